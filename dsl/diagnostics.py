@@ -1,0 +1,74 @@
+"""Diagnostics: collected, never raised one at a time, and printed by one formatter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .source import SourceFile, Span
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    message: str
+    span: Span | None = None
+    severity: str = "error"  # "error" | "warning" | "note"
+    hint: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    def sort_key(self) -> tuple:
+        if self.span is None:
+            return ("", 0, 0, self.message)
+        return (self.span.file, self.span.line, self.span.col, self.message)
+
+
+def error(message: str, span: Span | None, *, hint: str | None = None) -> Diagnostic:
+    return Diagnostic(message, span, "error", hint)
+
+
+def warning(message: str, span: Span | None, *, hint: str | None = None) -> Diagnostic:
+    return Diagnostic(message, span, "warning", hint)
+
+
+class CompileError(Exception):
+    """Raised by a stage that cannot go on; carries every diagnostic collected so far."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+        super().__init__("\n".join(d.message for d in self.diagnostics))
+
+
+def format_diagnostic(diag: Diagnostic, sources: Mapping[str, SourceFile]) -> str:
+    """`file:line:col: severity: message`, then the source line and a caret under the span."""
+    if diag.span is None:
+        lines = [f"par: {diag.severity}: {diag.message}"]
+    else:
+        span = diag.span
+        lines = [f"{span}: {diag.severity}: {diag.message}"]
+        source = sources.get(span.file)
+        text = source.line(span.line) if source else None
+        if text is not None:
+            lines.append("    " + text)
+            lines.append("    " + _caret(text, span))
+    if diag.hint:
+        lines.append(f"    help: {diag.hint}")
+    return "\n".join(lines)
+
+
+def _caret(text: str, span: Span) -> str:
+    start = max(span.col - 1, 0)
+    if span.end_line == span.line and span.end_col > span.col:
+        width = min(span.end_col, len(text) + 1) - span.col
+    else:
+        width = 1
+    # Keep tabs so the caret lines up under tab-indented text.
+    lead = "".join("\t" if ch == "\t" else " " for ch in text[:start])
+    return lead + "^" + "~" * max(width - 1, 0)
+
+
+def format_all(diagnostics: Iterable[Diagnostic], sources: Mapping[str, SourceFile]) -> str:
+    ordered = sorted(diagnostics, key=Diagnostic.sort_key)
+    return "\n".join(format_diagnostic(d, sources) for d in ordered)
