@@ -1,0 +1,71 @@
+"""`par build PATH... -o OUT [--check]`: write (or verify) every artifact of every spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import build as driver
+from ..inputs import UsageError, spec_inputs
+from .common import add_defines, compile_each, print_diagnostics, progress
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "build",
+        help="write the artifacts of specs to OUT/<stem>/",
+        description=(
+            "Compile each spec and write OUT/<stem>/ with its artifacts. Nothing is written unless "
+            "every spec compiles; unchanged files are left alone; each file is replaced atomically."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help=".par files or folders of them")
+    parser.add_argument("-o", "--out", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 listing every missing or stale artifact",
+    )
+    add_defines(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    inputs = spec_inputs(args.paths, args.defines)
+    _refuse_clashes(inputs.paths)
+    renderers = driver.artifact_renderers()
+    artifacts, failed, total = [], 0, len(inputs.paths)
+    for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs), start=1):
+        progress(f"[{index}/{total}] {path}")
+        print_diagnostics(diagnostics, inputs)
+        if compiled is None:
+            failed += 1
+            continue
+        artifacts += driver.render(compiled, args.out, renderers)
+    if failed:
+        progress(f"par: {failed} of {total} specs failed; nothing was written")
+        return 1
+    if args.check:
+        return _check(artifacts)
+    written = driver.write_all(artifacts)
+    progress(f"par: wrote {len(written)} of {len(artifacts)} files under {args.out} ({len(artifacts) - len(written)} unchanged)")
+    return 0
+
+
+def _check(artifacts) -> int:
+    problems = driver.stale(artifacts)
+    for path, state in problems:
+        print(f"{path}: {state}")
+    if problems:
+        progress(f"par: {len(problems)} of {len(artifacts)} artifacts are missing or stale; run par build")
+        return 1
+    progress(f"par: all {len(artifacts)} artifacts are current")
+    return 0
+
+
+def _refuse_clashes(paths: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for path in paths:
+        stem = path.stem
+        if stem in seen and seen[stem].resolve() != path.resolve():
+            raise UsageError(f"{seen[stem]} and {path} would both build into <OUT>/{stem}/; rename one")
+        seen[stem] = path

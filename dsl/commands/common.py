@@ -1,0 +1,42 @@
+"""Pieces shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..compiler import Compiled, compile_text
+from ..diagnostics import CompileError, Diagnostic, format_all
+from ..inputs import SpecInputs
+
+
+def add_defines(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-D",
+        dest="defines",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a setting of every spec, e.g. -D hidden=64 -D tp=2 -D dtype=fp32 (repeatable)",
+    )
+
+
+def compile_each(inputs: SpecInputs) -> Iterator[tuple[Path, Compiled | None, list[Diagnostic]]]:
+    """Compiles every spec; yields (path, result or None, diagnostics to print)."""
+    for path in inputs.paths:
+        try:
+            compiled = compile_text(inputs.read(path), str(path), inputs.overrides)
+        except CompileError as exc:
+            yield path, None, exc.diagnostics
+            continue
+        yield path, compiled, compiled.warnings
+
+
+def print_diagnostics(diagnostics: list[Diagnostic], inputs: SpecInputs) -> None:
+    if diagnostics:
+        print(format_all(diagnostics, inputs.sources), file=sys.stderr)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,46 @@
+"""The whole flow for one spec: text -> Spec -> Deployment -> Program -> DAG, validated."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from .check import check
+from .deployment import Deployment
+from .diagnostics import CompileError, Diagnostic
+from .expand import expand
+from .inputs import parse_defines
+from .lower import lower
+from .parser import parse_text
+from .program import Program
+from .spec import Override
+from .validate import validate
+
+
+@dataclass
+class Compiled:
+    deployment: Deployment
+    program: Program
+    graph: nx.DiGraph
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+
+def compile_file(path: str | Path, defines: Sequence[str] = ()) -> Compiled:
+    """Compile a spec file with `-D`-style overrides (`["hidden=64", "tp=2"]`)."""
+    overrides, _ = parse_defines(defines)
+    return compile_text(Path(path).read_text(encoding="utf-8"), str(path), overrides)
+
+
+def compile_text(text: str, file: str, overrides: Sequence[Override] = ()) -> Compiled:
+    """Raises CompileError carrying every diagnostic; a returned DAG is proven well-formed."""
+    spec = parse_text(text, file)
+    deployment, warnings = check(spec, overrides)
+    program = lower(deployment)
+    graph = expand(program)
+    problems = validate(graph)
+    if problems:
+        raise CompileError(problems + warnings)
+    return Compiled(deployment, program, graph, warnings)

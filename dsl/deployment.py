@@ -1,0 +1,126 @@
+"""A checked spec: every number evaluated, every name resolved. Produced by `dsl.check`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .source import Span
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+SCHEDULES = ("gpipe", "1f1b")
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    block: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int | None
+    batch: int
+    seq: int
+    dtype: str
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    tp: int
+    pp: int
+    dp: int
+    microbatches: int
+    stages: tuple[tuple[int, int], ...]  # per stage: (first layer, last layer), inclusive
+    schedule: str
+    sequence_parallel: bool
+
+    @property
+    def world(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def rank(self, *, dp_rank: int, stage: int, tp_rank: int) -> int:
+        """tp fastest, then pp, then dp (DESIGN.md: Mesh and ranks)."""
+        return (dp_rank * self.pp + stage) * self.tp + tp_rank
+
+    def coords(self, rank: int) -> tuple[int, int, int]:
+        """(dp_rank, stage, tp_rank) of a global rank."""
+        tp_rank = rank % self.tp
+        stage = (rank // self.tp) % self.pp
+        return rank // (self.tp * self.pp), stage, tp_rank
+
+    def tp_group(self, *, dp_rank: int, stage: int) -> tuple[int, ...]:
+        return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=t) for t in range(self.tp))
+
+    def stage_of_layer(self, layer: int) -> int:
+        for stage, (first, last) in enumerate(self.stages):
+            if first <= layer <= last:
+                return stage
+        raise ValueError(f"layer {layer} is on no stage")
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One op of the block's dataflow, arguments evaluated.
+
+    `name` is the value the op defines; `label` names a collective's node
+    (`layer_0_allgather_<label>`). Collectives written with `place` get a fresh name.
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    span: Span
+    out_features: int | None = None
+    style: str | None = None  # linear: column | row | replicated
+    dim: str | None = None  # reducescatter / alltoall: seq | hidden
+    label: str | None = None
+    placed: bool = False  # written with a `place` statement rather than inline
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    name: str
+    param: str
+    ops: tuple[Op, ...]
+    result: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    """Device and link numbers for the step-time estimate; bandwidths are per direction."""
+
+    name: str
+    peak_tflops: float
+    efficiency: float
+    memory_gb: float
+    devices_per_node: int
+    intra_gbps: float
+    intra_latency_us: float
+    inter_gbps: float
+    inter_latency_us: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    file: str
+    name: str  # the spec's stem, used for output folders
+    model: Model
+    mesh: Mesh
+    block: Block
+    strict: bool
+    hardware: Hardware | None
+    # Where each setting came from, for diagnostics raised by later stages.
+    spans: dict[str, Span] = field(default_factory=dict, compare=False, hash=False)
+
+    def span_of(self, name: str) -> Span:
+        return self.spans.get(name) or Span.point(self.file)

@@ -1,0 +1,254 @@
+"""Expansion: Program -> the full per-device DAG of one forward microbatch (networkx.DiGraph).
+
+One node per (device, op) per layer, one per collective instance, a Send/Recv pair per
+tensor-parallel rank at every stage boundary, and `input` / `output`. Nodes are added in a
+topological order, which the validator uses to prove acyclicity in one pass.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from . import ids
+from .deployment import Deployment
+from .program import Program, Step
+from .shapes import elements
+
+# Edge data: which operands of the consumer an edge feeds (several when a value is used twice).
+_OPERANDS = [(0,), (1,), (2,), (3,)]
+
+
+def expand(program: Program) -> nx.DiGraph:
+    return _Expander(program).run()
+
+
+def graph_attributes(program: Program) -> dict:
+    deployment = program.deployment
+    model, mesh = deployment.model, deployment.mesh
+    return {
+        "spec": deployment.name,
+        "source": deployment.file,
+        "model": {
+            "name": model.name,
+            "block": model.block,
+            "layers": model.layers,
+            "hidden": model.hidden,
+            "heads": model.heads,
+            "kv_heads": model.kv_heads,
+            "head_dim": model.head_dim,
+            "ffn": model.ffn,
+            "vocab": model.vocab,
+            "batch": model.batch,
+            "seq": model.seq,
+            "dtype": model.dtype,
+        },
+        "mesh": {
+            "tp": mesh.tp,
+            "pp": mesh.pp,
+            "dp": mesh.dp,
+            "world": mesh.world,
+            "microbatches": mesh.microbatches,
+            "stages": [list(stage) for stage in mesh.stages],
+            "schedule": mesh.schedule,
+            "sequence_parallel": mesh.sequence_parallel,
+        },
+        "layers": model.layers,
+        "stream": str(program.stream),
+        "microbatch_shape": list(program.stream_shape),
+        "strict": deployment.strict,
+    }
+
+
+class _Expander:
+    def __init__(self, program: Program):
+        self.program = program
+        self.deployment: Deployment = program.deployment
+        self.mesh = self.deployment.mesh
+        self.dtype_bytes = self.deployment.model.dtype_bytes
+        self.nodes: list[tuple[str, dict]] = []
+        self.edges: list[tuple[str, str, dict]] = []
+        self.templates = {step.name: self._template(step) for step in program.steps}
+        self.comm = {step.name for step in program.steps if step.kind == "comm"}
+
+    def run(self) -> nx.DiGraph:
+        mesh, program = self.mesh, self.program
+        stage_src = str(self.deployment.spans.get("stages") or self.deployment.span_of("pp"))
+        self._io("input", program.stream_shape, program.stream_shape, list(self._stage_ranks(0)), 0)
+        entry = {d: self._entry_points(d) for d in range(mesh.dp)}
+        exits: list[str] = []
+        for stage, (first, last) in enumerate(mesh.stages):
+            for dp_rank in range(mesh.dp):
+                group = mesh.tp_group(dp_rank=dp_rank, stage=stage)
+                current = entry[dp_rank]
+                for layer in range(first, last + 1):
+                    current = self._layer(layer, stage, dp_rank, group, current)
+                if stage + 1 < mesh.pp:
+                    entry[dp_rank] = self._boundary(stage, dp_rank, current, stage_src)
+                else:
+                    exits.extend(dict.fromkeys(current))
+        output = self._io("output", program.stream_local, program.stream_shape, list(self._stage_ranks(mesh.pp - 1)), mesh.pp - 1)
+        self.edges.extend((source, output, {"operands": (0,)}) for source in exits)
+        graph = nx.DiGraph(**graph_attributes(program))
+        graph.add_nodes_from(self.nodes)
+        graph.add_edges_from(self.edges)
+        return graph
+
+    def _stage_ranks(self, stage: int):
+        for dp_rank in range(self.mesh.dp):
+            yield from self.mesh.tp_group(dp_rank=dp_rank, stage=stage)
+
+    def _template(self, step: Step) -> dict:
+        bytes_in = elements(step.in_shape) * self.dtype_bytes
+        full = elements(step.global_out) * self.dtype_bytes
+        numerator, denominator = step.wire_fraction
+        wire, remainder = divmod(full * numerator, denominator)
+        data = {
+            "op": step.op,
+            "kind": step.kind,
+            "name": step.name,
+            "in_shape": step.in_shape,
+            "out_shape": step.out_shape,
+            "in_placement": str(step.in_placement),
+            "out_placement": str(step.out_placement),
+            "dtype": self.deployment.model.dtype,
+            "flops": step.flops,
+            "params": step.params,
+            "bytes": bytes_in,
+            "wire_bytes": wire if not remainder else full * numerator / denominator,
+            "src": str(step.span),
+        }
+        if step.kind == "comm":
+            data["reason"] = step.reason
+            data["inserted"] = step.inserted
+        else:
+            data["arity"] = len(step.inputs)
+        if step.style is not None:
+            data["style"] = step.style
+        if step.kind == "route":
+            data["reason"] = step.reason
+        return data
+
+    def _io(self, name: str, in_shape, out_shape, devices: list[int], stage: int) -> str:
+        self.nodes.append(
+            (
+                name,
+                {
+                    "op": name,
+                    "kind": "route",
+                    "name": name,
+                    "layer": None,
+                    "stage": stage,
+                    "devices": devices,
+                    "in_shape": tuple(in_shape),
+                    "out_shape": tuple(out_shape),
+                    "dtype": self.deployment.model.dtype,
+                    "flops": 0,
+                    "params": 0,
+                    "bytes": 0,
+                    "wire_bytes": 0,
+                    "src": str(self.deployment.span_of("batch" if name == "input" else "layers")),
+                },
+            )
+        )
+        return name
+
+    def _entry_points(self, dp_rank: int) -> list[str]:
+        """Where layer 0 reads the layer input on each rank: `input`, or a slice of it."""
+        group = self.mesh.tp_group(dp_rank=dp_rank, stage=0)
+        program = self.program
+        if program.stream.kind == "R" or self.mesh.tp == 1:
+            return [ids.INPUT] * len(group)
+        points = []
+        for rank in group:
+            node = ids.input_slice_id(rank)
+            data = {
+                "op": "slice",
+                "kind": "route",
+                "name": "input_slice",
+                "layer": None,
+                "stage": 0,
+                "devices": [rank],
+                "in_shape": program.stream_shape,
+                "out_shape": program.stream_local,
+                "in_placement": "R",
+                "out_placement": str(program.stream),
+                "dtype": self.deployment.model.dtype,
+                "flops": 0,
+                "params": 0,
+                "bytes": 0,
+                "wire_bytes": 0,
+                "arity": 1,
+                "src": str(self.deployment.span_of("sp")),
+                "reason": f"the residual stream is {program.stream}: each rank keeps its own part of the input",
+            }
+            self.nodes.append((node, data))
+            self.edges.append((ids.INPUT, node, {"operands": (0,)}))
+            points.append(node)
+        return points
+
+    def _layer(self, layer: int, stage: int, dp_rank: int, group: tuple[int, ...], entry: list[str]) -> list[str]:
+        """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output."""
+        mesh, program = self.mesh, self.program
+        devices = list(group)
+        produced: dict[str, list[str]] = {program.param: entry}
+        nodes, edges, templates = self.nodes, self.edges, self.templates
+        for step in program.steps:
+            template = templates[step.name]
+            if step.name in self.comm:
+                node = ids.collective_id(layer, step.name, dp_rank, mesh.dp)
+                nodes.append((node, dict(template, layer=layer, stage=stage, devices=devices)))
+                edges.extend((source, node, {"operands": (0,)}) for source in dict.fromkeys(produced[step.inputs[0]]))
+                produced[step.name] = [node] * len(group)
+                continue
+            names = [ids.compute_id(layer, step.name, rank) for rank in group]
+            for rank, node in zip(group, names):
+                nodes.append((node, dict(template, layer=layer, stage=stage, devices=[rank])))
+            self._operand_edges(step, produced, names)
+            produced[step.name] = names
+        return produced[program.result]
+
+    def _operand_edges(self, step: Step, produced: dict[str, list[str]], names: list[str]) -> None:
+        if len(set(step.inputs)) == len(step.inputs):
+            for operand, value in enumerate(step.inputs):
+                data = _OPERANDS[operand]
+                self.edges.extend((source, node, {"operands": data}) for source, node in zip(produced[value], names))
+            return
+        for position, node in enumerate(names):  # a value used twice: one edge, both operands
+            by_source: dict[str, tuple[int, ...]] = {}
+            for operand, value in enumerate(step.inputs):
+                source = produced[value][position]
+                by_source[source] = by_source.get(source, ()) + (operand,)
+            self.edges.extend((source, node, {"operands": operands}) for source, operands in by_source.items())
+
+    def _boundary(self, stage: int, dp_rank: int, outputs: list[str], src: str) -> list[str]:
+        """Send/Recv from each rank of `stage` to the same tensor-parallel rank of the next."""
+        mesh, program = self.mesh, self.program
+        local_bytes = elements(program.stream_local) * self.dtype_bytes
+        first_next = mesh.stages[stage + 1][0]
+        receivers = []
+        for tp_rank, source in enumerate(outputs):
+            sender = mesh.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
+            receiver = mesh.rank(dp_rank=dp_rank, stage=stage + 1, tp_rank=tp_rank)
+            reason = f"pipeline boundary: layer {first_next - 1} on stage {stage} feeds layer {first_next} on stage {stage + 1}"
+            common = {
+                "kind": "comm",
+                "layer": None,
+                "in_shape": program.stream_local,
+                "out_shape": program.stream_local,
+                "in_placement": str(program.stream),
+                "out_placement": str(program.stream),
+                "dtype": self.deployment.model.dtype,
+                "flops": 0,
+                "params": 0,
+                "bytes": local_bytes,
+                "src": src,
+                "reason": reason,
+                "inserted": True,
+            }
+            send, recv = ids.send_id(stage, sender), ids.recv_id(stage + 1, receiver)
+            self.nodes.append((send, dict(common, op="send", name="send", stage=stage, devices=[sender], peer=receiver, wire_bytes=local_bytes)))
+            self.nodes.append((recv, dict(common, op="recv", name="recv", stage=stage + 1, devices=[receiver], peer=sender, wire_bytes=0)))
+            self.edges.append((source, send, {"operands": (0,)}))
+            self.edges.append((send, recv, {"operands": (0,)}))
+            receivers.append(recv)
+        return receivers

@@ -1,0 +1,69 @@
+"""Resolve a `hardware` section: a built-in profile, settings of its own, or both."""
+
+from __future__ import annotations
+
+from .deployment import Hardware
+from .diagnostics import Diagnostic, error
+from .evaluate import AlreadyReported, EvalError, Namespace, did_you_mean
+from .hardware import PROFILES, SETTINGS
+from .spec import HardwareDecl
+
+
+def resolve_hardware(decl: HardwareDecl, diags: list[Diagnostic]) -> Hardware | None:
+    values: dict[str, float] = {}
+    if decl.profile is not None:
+        if decl.profile not in PROFILES:
+            hint = did_you_mean(decl.profile, PROFILES) or f"built-in profiles: {', '.join(sorted(PROFILES))}"
+            diags.append(error(f"unknown hardware profile '{decl.profile}'", decl.profile_span, hint=hint))
+            return None
+        values.update(PROFILES[decl.profile])
+    exprs, ok = {}, True
+    for setting in decl.settings:
+        if setting.name not in SETTINGS:
+            hint = did_you_mean(setting.name, SETTINGS) or f"hardware settings are: {', '.join(sorted(SETTINGS))}"
+            diags.append(error(f"unknown hardware setting '{setting.name}'", setting.name_span, hint=hint))
+            ok = False
+        elif setting.name in exprs:
+            diags.append(error(f"'{setting.name}' is set twice", setting.name_span))
+            ok = False
+        else:
+            exprs[setting.name] = setting
+    namespace = Namespace({name: s.value for name, s in exprs.items()})
+    for name, setting in exprs.items():
+        try:
+            value = float(namespace.get(name))
+        except EvalError as exc:
+            diags.append(exc.diagnostic)
+            ok = False
+            continue
+        except AlreadyReported:
+            ok = False
+            continue
+        if value <= 0 or (name == "efficiency" and value > 1):
+            limit = "between 0 and 1" if name == "efficiency" else "positive"
+            diags.append(error(f"{name} must be {limit}, not {value:g}", setting.value.span))
+            ok = False
+        values[name] = value
+    missing = [name for name in SETTINGS if name not in values]
+    if missing and ok:
+        diags.append(
+            error(
+                f"hardware does not set {', '.join(missing)}",
+                decl.span,
+                hint=f"start from a built-in profile ({', '.join(sorted(PROFILES))}): hardware h100 {{ ... }}",
+            )
+        )
+        return None
+    if not ok:
+        return None
+    return Hardware(
+        name=decl.profile or "custom",
+        peak_tflops=values["peak_tflops"],
+        efficiency=values["efficiency"],
+        memory_gb=values["memory_gb"],
+        devices_per_node=int(values["devices_per_node"]),
+        intra_gbps=values["intra_gbps"],
+        intra_latency_us=values["intra_latency_us"],
+        inter_gbps=values["inter_gbps"],
+        inter_latency_us=values["inter_latency_us"],
+    )

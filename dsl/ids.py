@@ -1,0 +1,28 @@
+"""Node ids of the DAG (DESIGN.md: DAG contract). Every module that names nodes uses these."""
+
+from __future__ import annotations
+
+INPUT = "input"
+OUTPUT = "output"
+
+
+def compute_id(layer: int, name: str, rank: int) -> str:
+    return f"layer_{layer}_{name}_gpu{rank}"
+
+
+def collective_id(layer: int, name: str, dp_rank: int, dp: int) -> str:
+    """`name` is `<kind>_<label>`; replicas of a data-parallel mesh get a `_dp<d>` suffix."""
+    suffix = f"_dp{dp_rank}" if dp > 1 else ""
+    return f"layer_{layer}_{name}{suffix}"
+
+
+def send_id(stage: int, rank: int) -> str:
+    return f"stage_{stage}_send_gpu{rank}"
+
+
+def recv_id(stage: int, rank: int) -> str:
+    return f"stage_{stage}_recv_gpu{rank}"
+
+
+def input_slice_id(rank: int) -> str:
+    return f"input_slice_gpu{rank}"

@@ -1,0 +1,300 @@
+"""Text to Spec. The only module that knows lark; its types never leave here."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+from lark import Lark, Token, Transformer_NonRecursive, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from . import spec as ast
+from .diagnostics import CompileError, Diagnostic, error
+from .source import Span
+
+# Readable names for the terminals lark reports in "expected ..." sets.
+_TERMINAL_NAMES = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "ONE_F_ONE_B": "'1f1b'",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "COMMA": "','",
+    "COLON": "':'",
+    "EQUAL": "'='",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "__ANON_0": "'..'",
+    "$END": "end of file",
+}
+
+
+@cache
+def _lark() -> Lark:
+    grammar = (files("grammar") / "par.lark").read_text(encoding="utf-8")
+    return Lark(
+        grammar,
+        parser="lalr",
+        strict=True,
+        start=["start", "override"],
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def _token_span(file: str, tok: Token) -> Span:
+    return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+class _ToSpec(Transformer_NonRecursive):
+    """Maps each grammar rule to the dataclass of the same meaning."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def _span(self, meta) -> Span:
+        if getattr(meta, "empty", True):
+            return Span.point(self.file)
+        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tok(self, tok: Token) -> Span:
+        return _token_span(self.file, tok)
+
+    # expressions
+    @v_args(meta=True)
+    def number(self, meta, children):
+        (tok,) = children
+        return ast.Num(_number_value(tok, self.file), self._span(meta))
+
+    @v_args(meta=True)
+    def ref(self, meta, children):
+        return ast.Ref(str(children[0]), self._span(meta))
+
+    def _binop(op):  # noqa: N805 - builds methods below
+        @v_args(meta=True)
+        def build(self, meta, children):
+            left, right = children
+            return ast.BinOp(op, left, right, self._span(meta))
+
+        return build
+
+    add, sub, mul, div = _binop("+"), _binop("-"), _binop("*"), _binop("/")
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        return ast.Neg(children[0], self._span(meta))
+
+    # settings and stages
+    @v_args(meta=True)
+    def setting(self, meta, children):
+        name = children[0]
+        value = next(c for c in children[1:] if isinstance(c, (ast.Num, ast.Ref, ast.BinOp, ast.Neg)))
+        return ast.Setting(str(name), value, self._span(meta), self._tok(name))
+
+    @v_args(meta=True)
+    def stage_count(self, meta, children):
+        return ast.StageSpec(children[0], None, self._span(meta))
+
+    @v_args(meta=True)
+    def stage_range(self, meta, children):
+        return ast.StageSpec(children[0], children[1], self._span(meta))
+
+    @v_args(meta=True)
+    def stages(self, meta, children):
+        return ("stages", tuple(c for c in children if c is not None), self._span(meta))
+
+    @v_args(meta=True)
+    def schedule(self, meta, children):
+        return ("schedule", str(children[0]), self._tok(children[0]))
+
+    @v_args(meta=True)
+    def sp(self, meta, children):
+        return ("sp", True, self._span(meta))
+
+    # top-level items
+    @v_args(meta=True)
+    def model(self, meta, children):
+        name, block, *settings = children
+        return ast.ModelDecl(
+            str(name),
+            str(block) if block is not None else None,
+            tuple(settings),
+            self._span(meta),
+            self._tok(block) if block is not None else None,
+        )
+
+    @v_args(meta=True)
+    def mesh(self, meta, children):
+        settings = tuple(c for c in children if isinstance(c, ast.Setting))
+        extras = {c[0]: c for c in children if isinstance(c, tuple)}
+        stages, schedule, sp = extras.get("stages"), extras.get("schedule"), extras.get("sp")
+        return ast.MeshDecl(
+            settings=settings,
+            stages=stages[1] if stages else None,
+            stages_span=stages[2] if stages else None,
+            schedule=schedule[1] if schedule else None,
+            schedule_span=schedule[2] if schedule else None,
+            sequence_parallel=sp is not None,
+            sp_span=sp[2] if sp else None,
+            span=self._span(meta),
+        )
+
+    @v_args(meta=True)
+    def statement(self, meta, children):
+        target, op, *args = children
+        args = tuple(a for a in args if a is not None)
+        return ast.Statement(str(target), str(op), args, self._span(meta), self._tok(target), self._tok(op))
+
+    @v_args(meta=True)
+    def block(self, meta, children):
+        name, param, *statements, result = children
+        return ast.BlockDef(
+            str(name),
+            str(param),
+            tuple(statements),
+            str(result),
+            self._span(meta),
+            self._tok(name),
+            self._tok(param),
+            self._tok(result),
+        )
+
+    @v_args(meta=True)
+    def target(self, meta, children):
+        after, alias = children
+        return ast.PlaceTarget(str(after), str(alias) if alias is not None else None, self._span(meta))
+
+    @v_args(meta=True)
+    def place(self, meta, children):
+        kind, *targets = children
+        return ast.Place(str(kind), tuple(targets), self._span(meta), self._tok(kind))
+
+    @v_args(meta=True)
+    def strict(self, meta, children):
+        return self._span(meta)
+
+    def hardware_body(self, children):
+        return tuple(children)
+
+    @v_args(meta=True)
+    def hardware(self, meta, children):
+        profile, body = children
+        return ast.HardwareDecl(
+            str(profile) if profile is not None else None,
+            body or (),
+            self._span(meta),
+            self._tok(profile) if profile is not None else None,
+        )
+
+    def start(self, children):
+        def of(kind):
+            return tuple(c for c in children if isinstance(c, kind))
+
+        strict = tuple(c for c in children if isinstance(c, Span))
+        return ast.Spec(
+            self.file, of(ast.ModelDecl), of(ast.MeshDecl), of(ast.BlockDef), of(ast.Place), strict, of(ast.HardwareDecl)
+        )
+
+    def override(self, children):
+        return tuple(c for c in children if c is not None)
+
+
+class _BadNumber(Exception):
+    def __init__(self, tok: Token, message: str):
+        self.tok, self.message = tok, message
+
+
+def _number_value(tok: Token, file: str) -> int | float:
+    text = str(tok).replace("_", "")
+    try:
+        if any(ch in text for ch in ".eE"):
+            return float(text)
+        return int(text)
+    except ValueError as exc:  # Python refuses integers of more than a few thousand digits
+        raise _BadNumber(tok, f"number {str(tok)[:20]}... is too long") from exc
+
+
+def parse_text(text: str, file: str) -> ast.Spec:
+    """Parse one spec; raises CompileError with a located diagnostic on bad syntax."""
+    return _parse(text, file, "start")
+
+
+def parse_override(name: str, value: str, span: Span) -> ast.Override:
+    """Parse the value of `-D name=value`; `span` locates the value on the command line."""
+    try:
+        stages = _parse(value, span.file, "override", line_offset=span.line - 1, col_offset=span.col - 1)
+    except CompileError as exc:
+        return ast.Override(name, value, (), span, exc.diagnostics[0])
+    return ast.Override(name, value, stages, span)
+
+
+def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset: int = 0):
+    try:
+        tree = _lark().parse(text, start=start)
+    except UnexpectedInput as exc:
+        line, col = exc.line + line_offset, exc.column + col_offset
+        raise CompileError([_syntax_error(exc, text, Span(file, line, col, line, col + 1))]) from None
+    try:
+        if line_offset or col_offset:
+            _shift(tree, line_offset, col_offset)
+        return _ToSpec(file).transform(tree)
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, _BadNumber):
+            bad = exc.orig_exc
+            raise CompileError([error(bad.message, _token_span(file, bad.tok))]) from None
+        raise
+    except RecursionError:
+        raise CompileError([error("expression is nested too deeply", Span.point(file))]) from None
+
+
+def _shift(tree, line_offset: int, col_offset: int) -> None:
+    """Move a command-line value's positions to where it sits on the command line."""
+    for tok in tree.scan_values(lambda v: isinstance(v, Token)):
+        tok.line += line_offset
+        tok.end_line += line_offset
+        tok.column += col_offset
+        tok.end_column += col_offset
+    for sub in tree.iter_subtrees():
+        if not sub.meta.empty:
+            sub.meta.line += line_offset
+            sub.meta.end_line += line_offset
+            sub.meta.column += col_offset
+            sub.meta.end_column += col_offset
+
+
+def _syntax_error(exc: UnexpectedInput, text: str, span: Span) -> Diagnostic:
+    if isinstance(exc, UnexpectedCharacters):
+        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}" if char else "end of input"
+        return error(f"unexpected character {shown}", span)
+    # `accepts` includes keywords the contextual lexer folds into NAME; `expected` does not.
+    accepted = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ()
+    expected = sorted({_TERMINAL_NAMES.get(t, _keyword(t)) for t in accepted})
+    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+        found = "end of file"
+    else:
+        found = repr(str(exc.token))
+    message = f"unexpected {found}"
+    if expected:
+        message += "; expected " + _one_of(expected)
+    return error(message, span)
+
+
+def _keyword(terminal: str) -> str:
+    # Anonymous keyword terminals are named after their text in upper case ("MODEL" for "model").
+    return f"'{terminal.lower()}'"
+
+
+def _one_of(options: list[str]) -> str:
+    if len(options) == 1:
+        return options[0]
+    if len(options) > 8:
+        return ", ".join(options[:8]) + " or another token"
+    return ", ".join(options[:-1]) + " or " + options[-1]

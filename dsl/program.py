@@ -1,0 +1,59 @@
+"""The lowered block: every op with its placements and every collective the mesh needs.
+
+One Program describes one layer on one tensor-parallel rank; `dsl.expand` stamps it out for
+every layer and every device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .deployment import Deployment
+from .placement import Placement
+from .source import Span
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One op, collective or local slice of the layer, in the order every rank issues them."""
+
+    name: str  # node-id component: `qkv`, `allgather_qkv`, `slice_ctx`
+    op: str  # layernorm ... mul | allgather allreduce reducescatter alltoall | slice
+    kind: str  # compute | comm | route
+    inputs: tuple[str, ...]  # step names, or the block's parameter
+    in_placement: Placement
+    out_placement: Placement
+    in_shape: Shape  # local, per device
+    out_shape: Shape
+    global_in: Shape
+    global_out: Shape
+    span: Span
+    flops: int = 0  # per device
+    params: int = 0  # per device
+    wire_fraction: tuple[int, int] = (0, 1)  # of the full tensor's bytes, sent by each rank
+    style: str | None = None
+    reason: str | None = None
+    inserted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    deployment: Deployment
+    steps: tuple[Step, ...]
+    param: str  # the block's input
+    result: str  # the step whose output leaves the layer
+    stream: Placement  # placement of the residual stream between layers
+    stream_shape: Shape  # global
+    stream_local: Shape
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    @property
+    def collectives(self) -> tuple[Step, ...]:
+        return tuple(step for step in self.steps if step.kind == "comm")
