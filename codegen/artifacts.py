@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .json_dag import emit_json
+from .pytorch import emit_model
 
 RENDERERS = [
     ("dag.json", lambda compiled: emit_json(compiled.graph)),
+    ("model.py", emit_model),
 ]

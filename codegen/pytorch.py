@@ -1,0 +1,127 @@
+"""model.py: runnable torch.distributed code for one spec, rendered from templates/model.py.jinja.
+
+This module is the template's view-model: plain Python over the compiled Program and DAG
+(it never imports torch). `pytorch_layer` writes the sharded layer, `pytorch_ops` the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsl.compiler import Compiled
+from dsl.placement import S_SEQ
+
+from .pytorch_layer import ShardedLayer, sharded_layer
+from .pytorch_ops import LayerCode, reference_layer
+from .templating import render
+
+TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
+# Largest relative error --check accepts: max |sharded - reference| / max |reference| per tensor.
+TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
+
+# Which low-level collectives each forward/backward pair (or other helper) issues.
+_PRIMITIVES = {
+    "all_reduce": ("all_reduce",),
+    "copy_to_tp": ("all_reduce",),
+    "all_gather": ("all_gather",),
+    "all_gather_to_tp": ("all_gather", "reduce_scatter"),
+    "reduce_scatter": ("reduce_scatter", "all_gather"),
+    "all_to_all": ("all_to_all",),
+    "scatter_to_tp": ("all_gather",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    source: str
+    spec: str
+    model: str
+    block: str
+    layer_class: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    batch: int
+    seq: int
+    dtype: str
+    tolerance: str
+    tp: int
+    pp: int
+    dp: int
+    world: int
+    microbatches: int
+    schedule: str
+    stages: str
+    sequence_parallel: bool  # the residual stream is split along seq across tp ranks
+    stream_shape: str  # one microbatch on one rank, between layers and stages
+    gqa: bool
+    layer: ShardedLayer
+    reference: LayerCode
+    helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
+    primitives: tuple[str, ...]  # low-level collectives the code issues
+    by_head: bool  # some weight is split per head of a fused QKV
+    tp_rank_used: bool  # the layer slices locally by its tensor-parallel rank
+    linear_classes: tuple[str, ...]  # the tensor-parallel linear modules the layer uses
+
+
+def emit_model(compiled: Compiled) -> str:
+    return render("model.py.jinja", view=model_view(compiled))
+
+
+def model_view(compiled: Compiled) -> ModelView:
+    program = compiled.program
+    deployment = program.deployment
+    model, mesh = deployment.model, deployment.mesh
+    layer = sharded_layer(program)
+    by_head = any(split.endswith("by head") for _, split in layer.sharding)
+    helpers = set(layer.helpers) | ({"group_heads"} if by_head else set())
+    primitives = {name for helper in helpers for name in _PRIMITIVES.get(helper, ())}
+    sequence_parallel = program.stream == S_SEQ and mesh.tp > 1
+    if layer.partial_gradients or mesh.dp > 1:
+        primitives.add("all_reduce")
+    return ModelView(
+        source=deployment.file.replace("\\", "/"),
+        spec=deployment.name,
+        model=model.name,
+        block=deployment.block.name,
+        layer_class=_class_name(deployment.block.name) + "Layer",
+        layers=model.layers,
+        hidden=model.hidden,
+        heads=model.heads,
+        kv_heads=model.kv_heads,
+        head_dim=model.head_dim,
+        batch=model.batch,
+        seq=model.seq,
+        dtype=TORCH_DTYPES[model.dtype],
+        tolerance=TOLERANCES[model.dtype],
+        tp=mesh.tp,
+        pp=mesh.pp,
+        dp=mesh.dp,
+        world=mesh.world,
+        microbatches=mesh.microbatches,
+        schedule=mesh.schedule,
+        stages=_tuple_literal(mesh.stages),
+        sequence_parallel=sequence_parallel,
+        stream_shape=_tuple_literal(program.stream_local),
+        gqa=model.kv_heads != model.heads,
+        layer=layer,
+        reference=reference_layer(program),
+        helpers=tuple(sorted(helpers)),
+        primitives=tuple(sorted(primitives)),
+        by_head=by_head,
+        tp_rank_used=layer.uses_tp_rank,
+        linear_classes=tuple(
+            name for name in ("ColumnParallelLinear", "RowParallelLinear")
+            if any(module.constructor.startswith(name) for module in layer.code.submodules)
+        ),
+    )
+
+
+def _class_name(block: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in block.split("_") if part) or "Block"
+
+
+def _tuple_literal(value) -> str:
+    return repr(tuple(value))

@@ -1,0 +1,264 @@
+"""The forward of one layer on one tensor-parallel rank: the Program's steps, in its order.
+
+Three decisions turn steps into code:
+
+* Gradients. The gradient of a replicated (R) tensor is whole on every rank, except for an
+  AllGather whose result feeds only tensor-parallel consumers (column-parallel linears,
+  slices): its gradient arrives as a partial sum and its backward is a ReduceScatter
+  (Megatron's sequence-parallel gather). Elsewhere an R tensor entering column-parallel
+  linears goes through `copy_to_tp` (identity forward, AllReduce backward), once per tensor,
+  and an R tensor that is only sliced goes through `scatter_to_tp` (slice forward, AllGather
+  backward).
+* Fused QKV layout. Every tensor whose features are fused Q, K, V (those feeding attention)
+  is in one of three layouts: `standard` ([Q heads | K heads | V heads]), `grouped` (one
+  [q | k | v] block per tensor-parallel rank, as an AllGather of head-sharded QKV leaves it)
+  or `local` (this rank's block). Weights are split per head; attention reads grouped input
+  as it is; where a consumer needs another layout, a local reordering is inserted.
+* Parameters of ops that see only this rank's part of the sequence (norms under sequence
+  parallelism) get partial gradients, summed over the tensor-parallel group after backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsl.placement import R, S_SEQ
+from dsl.program import Program, Step
+
+from .pytorch_names import Names
+from .pytorch_ops import ELEMENTWISE, NORM_PARAMETERS, NORMS, LayerCode, Line, Submodule, attention_call
+
+FEATURES = 2
+GROUP = "self.tp_group"
+# Ops across which a tensor keeps its feature layout (a fused QKV stays fused QKV).
+_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | {"allgather", "allreduce", "reducescatter", "alltoall", "slice"}
+
+
+@dataclass(frozen=True, slots=True)
+class ShardedLayer:
+    code: LayerCode
+    helpers: frozenset[str]  # module-level functions the forward calls
+    sharding: tuple[tuple[str, str], ...]  # (parameter, how it splits over tensor-parallel ranks)
+    partial_gradients: tuple[str, ...]  # parameters whose gradient is summed over the tp group
+    uses_tp_rank: bool  # the forward slices locally by the rank's tensor-parallel index
+
+
+def sharded_layer(program: Program) -> ShardedLayer:
+    return _Writer(program).run()
+
+
+def fused_qkv_values(steps: tuple[Step, ...]) -> set[str]:
+    """Values whose features are fused Q, K, V: attention inputs and all they share features with."""
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    for step in steps:
+        if step.op in _SAME_FEATURES:
+            for value in step.inputs:
+                parent[find(value)] = find(step.name)
+    roots = {find(step.inputs[0]) for step in steps if step.op == "attention"}
+    names = {name for step in steps for name in (step.name, *step.inputs)}
+    return {name for name in names if find(name) in roots}
+
+
+class _Writer:
+    def __init__(self, program: Program):
+        self.program = program
+        self.model = program.deployment.model
+        self.tp = program.deployment.mesh.tp
+        self.steps = {step.name: step for step in program.steps}
+        self.names = Names()
+        for name in (program.param, *self.steps):
+            self.names.of(name)
+        self.consumers: dict[str, list[Step]] = {}
+        for step in program.steps:
+            for value in dict.fromkeys(step.inputs):
+                self.consumers.setdefault(value, []).append(step)
+        self.fused = fused_qkv_values(program.steps) if self.tp > 1 else set()
+        self.layout: dict[str, str] = {}
+        self.held: dict[tuple[str, str], str] = {}  # (value, form) -> Python name
+        self.gathered_to_tp, self.copied = self._gradient_regions()
+        self.lines: list[Line] = []
+        self.submodules: list[Submodule] = []
+        self.helpers: set[str] = set()
+        self.sharding: list[tuple[str, str]] = []
+        self.partial: list[str] = []
+        self.uses_tp_rank = False
+
+    def run(self) -> ShardedLayer:
+        for step in self.program.steps:
+            {"comm": self._collective, "route": self._slice, "compute": self._compute}[step.kind](step)
+        code = LayerCode(
+            self.names.of(self.program.param),
+            self.names.of(self.program.result),
+            tuple(self.submodules),
+            tuple(self.lines),
+        )
+        return ShardedLayer(code, frozenset(self.helpers), tuple(self.sharding), tuple(self.partial), self.uses_tp_rank)
+
+    # -- decisions ---------------------------------------------------------------------------------
+
+    def _gradient_regions(self) -> tuple[set[str], set[str]]:
+        """AllGathers whose backward is a ReduceScatter; R tensors that need `copy_to_tp`."""
+        gathered, copied = set(), set()
+        if self.tp == 1:
+            return gathered, copied
+        replicated = [self.program.param] if self.program.stream == R else []
+        replicated += [step.name for step in self.program.steps if step.out_placement == R]
+        for value in replicated:
+            users = self.consumers.get(value, [])
+            parallel = [step for step in users if _enters_tp(step)]
+            producer = self.steps.get(value)
+            only_parallel = len(parallel) == len(users) and value != self.program.result
+            if producer is not None and producer.op == "allgather" and parallel and only_parallel:
+                gathered.add(value)
+            elif any(step.op == "linear" for step in parallel):
+                copied.add(value)
+        return gathered, copied
+
+    # -- operands ----------------------------------------------------------------------------------
+
+    def _name(self, value: str) -> str:
+        return self.names.of(value)
+
+    def _convert(self, source: str, form: str, expression: str, comment: str) -> str:
+        """`source_form = expression`, emitted the first time it is needed; its Python name."""
+        key = (source, form)
+        if key not in self.held:
+            self.held[key] = self.names.fresh(f"{source}_{form}")
+            self.lines.append(Line(self.held[key], expression, comment))
+        return self.held[key]
+
+    def _reordered(self, value: str, source: str, want: str) -> str:
+        """`source` (which holds `value`) with fused QKV features in layout `want`: standard | grouped."""
+        have = self.layout.get(value)
+        if have not in ("standard", "grouped") or have == want:
+            return source
+        helper = "ungroup_heads" if want == "standard" else "group_heads"
+        self.helpers.add(helper)
+        return self._convert(source, want, f"{helper}({source}, dim=-1)", "local reordering, no communication")
+
+    def _copied(self, value: str) -> str:
+        """`value`, through `copy_to_tp` if it enters column-parallel linears with a whole gradient."""
+        source = self._name(value)
+        if value not in self.copied:
+            return source
+        self.helpers.add("copy_to_tp")
+        return self._convert(source, "tp", f"copy_to_tp({source}, {GROUP})", "backward: AllReduce of the input gradient")
+
+    def _standard(self, value: str) -> str:
+        return self._reordered(value, self._name(value), "standard")
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def _emit(self, step: Step, expression: str, comment: str = "", layout: str | None = None) -> None:
+        self.lines.append(Line(self._name(step.name), expression, comment))
+        if step.name in self.fused and layout is not None:
+            self.layout[step.name] = layout
+
+    def _collective(self, step: Step) -> None:
+        value = step.inputs[0]
+        source, target = step.in_placement, step.out_placement
+        layout = self.layout.get(value)
+        comment = f"DAG: layer_<i>_{step.name}" + ("" if step.inserted else " (written in the spec)")
+        if step.op == "allreduce":
+            call = f"all_reduce({self._name(value)}, {GROUP})"
+            helper = "all_reduce"
+        elif step.op == "allgather":
+            helper = "all_gather_to_tp" if step.name in self.gathered_to_tp else "all_gather"
+            call = f"{helper}({self._name(value)}, dim={source.dim}, group={GROUP})"
+            layout = "grouped" if source.dim == FEATURES else layout
+        elif step.op == "reducescatter":
+            operand = self._features_split(value, self._name(value), target.dim)
+            call = f"reduce_scatter({operand}, dim={target.dim}, group={GROUP})"
+            helper = "reduce_scatter"
+            layout = "local" if target.dim == FEATURES else layout
+        else:
+            operand = self._features_split(value, self._name(value), target.dim)
+            call = f"all_to_all({operand}, scatter_dim={target.dim}, gather_dim={source.dim}, group={GROUP})"
+            helper = "all_to_all"
+            layout = "local" if target.dim == FEATURES else "grouped" if source.dim == FEATURES else layout
+        self.helpers.add(helper)
+        self._emit(step, call, comment, layout)
+
+    def _slice(self, step: Step) -> None:
+        value, dim = step.inputs[0], step.out_placement.dim
+        comment = f"DAG: layer_<i>_{step.name}_gpu<rank>"
+        if value in self.copied or value in self.gathered_to_tp:
+            operand = self._features_split(value, self._copied(value), dim)
+            call = f"{operand}.chunk(TP, dim={dim})[self.tp_rank]"
+            self.uses_tp_rank = True
+        else:
+            operand = self._features_split(value, self._name(value), dim)
+            self.helpers.add("scatter_to_tp")
+            call = f"scatter_to_tp({operand}, dim={dim}, group={GROUP})"
+        layout = "local" if dim == FEATURES else self.layout.get(value)
+        self._emit(step, call, comment, layout)
+
+    def _features_split(self, value: str, source: str, dim: int) -> str:
+        """What to split along `dim` so that each rank gets whole heads of a fused QKV."""
+        return self._reordered(value, source, "grouped") if dim == FEATURES else source
+
+    def _compute(self, step: Step) -> None:
+        if step.op in NORMS:
+            self._module(step, NORMS[step.op].format(step.global_in[-1]), [(name, "replicated") for name in NORM_PARAMETERS[step.op]])
+            self._emit(step, f"self.{self._name(step.name)}({self._standard(step.inputs[0])})", layout="standard")
+        elif step.op == "linear":
+            self._linear(step)
+        elif step.op == "attention":
+            self._attention(step)
+        else:
+            operands, layout = self._elementwise_operands(step)
+            self._emit(step, ELEMENTWISE[step.op].format(*operands), layout=layout)
+
+    def _module(self, step: Step, constructor: str, parameters: list[tuple[str, str]], comment: str = "") -> None:
+        attribute = self._name(step.name)
+        self.submodules.append(Submodule(attribute, constructor, comment))
+        self.sharding.extend((f"{attribute}.{name}", split) for name, split in parameters)
+        if step.in_placement == S_SEQ and self.tp > 1:
+            self.partial.extend(f"{attribute}.{name}" for name, split in parameters if split == "replicated")
+
+    def _linear(self, step: Step) -> None:
+        sizes = f"{step.global_in[-1]}, {step.global_out[-1]}"
+        value = step.inputs[0]
+        style = step.style if self.tp > 1 else "replicated"
+        if style == "column":
+            by_head = step.name in self.fused
+            split = "rows by head" if by_head else "rows"
+            comment = "fused Q, K, V: this rank's heads of each" if by_head else ""
+            self._module(step, f"ColumnParallelLinear({sizes})", [("weight", split)], comment)
+            operand = self._reordered(value, self._copied(value), "standard")
+            self._emit(step, f"self.{self._name(step.name)}({operand})", layout="local")
+        elif style == "row":
+            split = "columns by head" if value in self.fused else "columns"
+            self._module(step, f"RowParallelLinear({sizes})", [("weight", split)], "output is a partial sum (P)")
+            self._emit(step, f"self.{self._name(step.name)}({self._name(value)})", layout="standard")
+        else:
+            self._module(step, f"nn.Linear({sizes}, bias=False)", [("weight", "replicated")])
+            self._emit(step, f"self.{self._name(step.name)}({self._standard(value)})", layout="standard")
+
+    def _attention(self, step: Step) -> None:
+        model, value = self.model, step.inputs[0]
+        if self.tp > 1 and step.in_placement.kind == "S":
+            call = attention_call(self._name(value), heads=model.heads // self.tp, kv_heads=model.kv_heads // self.tp)
+            comment = "this rank's heads"
+        else:
+            groups = self.tp if self.layout.get(value) == "grouped" else 1
+            call = attention_call(self._name(value), heads=model.heads, kv_heads=model.kv_heads, groups=groups)
+            comment = "all heads" + (", one [q | k | v] block per rank" if groups > 1 else "")
+        self._emit(step, call, comment if self.tp > 1 else "")
+
+    def _elementwise_operands(self, step: Step) -> tuple[list[str], str | None]:
+        layouts = {self.layout.get(value) for value in step.inputs}
+        if len(layouts) == 1:
+            return [self._name(value) for value in step.inputs], layouts.pop()
+        return [self._standard(value) for value in step.inputs], "standard"
+
+
+def _enters_tp(step: Step) -> bool:
+    """Consumers whose output differs per tensor-parallel rank: their input gradient is partial."""
+    return step.kind == "route" or (step.op == "linear" and step.style == "column")

@@ -1,0 +1,104 @@
+"""How each block op reads in generated PyTorch code, and the unsharded reference layer.
+
+Shared by the sharded layer (`pytorch_layer`) and the reference, so both do the same math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsl.ops import COLLECTIVES
+from dsl.program import Program
+
+from .pytorch_names import Names
+
+# Elementwise ops: the expression over the Python names of the operands.
+ELEMENTWISE = {
+    "gelu": 'F.gelu({0}, approximate="tanh")',
+    "silu": "F.silu({0})",
+    "add": "{0} + {1}",
+    "mul": "{0} * {1}",
+}
+NORMS = {"layernorm": "nn.LayerNorm({0})", "rmsnorm": "nn.RMSNorm({0}, eps=1e-5)"}
+NORM_PARAMETERS = {"layernorm": ("weight", "bias"), "rmsnorm": ("weight",)}
+
+
+LINE_LENGTH = 120
+FORWARD_INDENT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """`target = expression  # comment` in a forward; the comment goes above if the line gets too long."""
+
+    target: str
+    expression: str
+    comment: str = ""
+
+    @property
+    def comment_above(self) -> bool:
+        width = FORWARD_INDENT + len(f"{self.target} = {self.expression}  # {self.comment}")
+        return bool(self.comment) and width > LINE_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class Submodule:
+    """`self.attribute = constructor  # comment` in an __init__."""
+
+    attribute: str
+    constructor: str
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LayerCode:
+    """A layer module's body: what __init__ builds and what forward computes."""
+
+    param: str
+    result: str
+    submodules: tuple[Submodule, ...]
+    lines: tuple[Line, ...]
+
+
+def attention_call(operand: str, *, heads: int, kv_heads: int, groups: int = 1) -> str:
+    extra = f", groups={groups}" if groups > 1 else ""
+    return f"causal_attention({operand}, heads={heads}, kv_heads={kv_heads}{extra})"
+
+
+def compute_steps(program: Program) -> dict[str, str]:
+    """Block op name -> the name of its compute step (one per non-collective op, in order)."""
+    ops = [op for op in program.deployment.block.ops if op.op not in COLLECTIVES]
+    steps = [step for step in program.steps if step.kind == "compute"]
+    return {op.name: step.name for op, step in zip(ops, steps)}
+
+
+def reference_layer(program: Program) -> LayerCode:
+    """The unsharded layer: the block's ops in order; collectives written in it are the identity."""
+    block = program.deployment.block
+    model = program.deployment.model
+    names = Names()
+    for name in (block.param, *(op.name for op in block.ops)):
+        names.of(name)
+    step_of = compute_steps(program)
+    value = {block.param: names.of(block.param)}
+    submodules, lines = [], []
+    for op in block.ops:
+        if op.op in COLLECTIVES:
+            value[op.name] = value[op.inputs[0]]
+            continue
+        args = [value[name] for name in op.inputs]
+        target = names.of(op.name)
+        step = program.step(step_of[op.name])
+        if op.op in NORMS:
+            submodules.append(Submodule(target, NORMS[op.op].format(step.global_in[-1])))
+            expression = f"self.{target}({args[0]})"
+        elif op.op == "linear":
+            submodules.append(Submodule(target, f"nn.Linear({step.global_in[-1]}, {step.global_out[-1]}, bias=False)"))
+            expression = f"self.{target}({args[0]})"
+        elif op.op == "attention":
+            expression = attention_call(args[0], heads=model.heads, kv_heads=model.kv_heads)
+        else:
+            expression = ELEMENTWISE[op.op].format(*args)
+        lines.append(Line(target, expression))
+        value[op.name] = target
+    return LayerCode(value[block.param], value[block.result], tuple(submodules), tuple(lines))

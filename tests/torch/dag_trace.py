@@ -1,0 +1,66 @@
+"""What a rank's collective trace must be, read from the DAG alone (the oracle of the trace tests).
+
+The DAG is forward-only and covers one microbatch. The contract checked here:
+
+* forward: the events of each microbatch, in the order the microbatches start, are exactly
+  the DAG's collectives that include this rank, in DAG order (op, group, bytes, peer);
+* backward: per microbatch, the pipeline's Send/Recv are the duals of the forward ones
+  (a gradient comes back from each rank the activation went to, and goes back to each rank
+  it came from), with the same bytes; tensor-parallel collectives of the backward are not in
+  the DAG and are proven right by the gradient check instead;
+* step: after the microbatches, only AllReduces over this rank's own groups (gradient
+  reduction) appear.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+_KEYS = ("op", "group", "bytes", "peer")
+
+
+def dag_collectives(graph: nx.DiGraph, rank: int) -> list[dict]:
+    """The DAG's collectives on `rank` in DAG order (nodes are stored in a topological order)."""
+    found = []
+    for node, data in graph.nodes(data=True):
+        if data["kind"] == "comm" and rank in data["devices"]:
+            event = {"op": data["op"], "group": list(data["devices"]), "bytes": data["bytes"]}
+            if "peer" in data:
+                event["peer"] = data["peer"]
+            found.append((node, event))
+    nodes = [node for node, _ in found]
+    for before, after in zip(nodes, nodes[1:]):  # one chain: the order is not a matter of choice
+        assert nx.has_path(graph, before, after), f"{before} and {after} are not ordered in the DAG"
+    return [event for _, event in found]
+
+
+def _shape(event: dict) -> dict:
+    return {key: event[key] for key in _KEYS if key in event}
+
+
+def trace_problems(graph: nx.DiGraph, rank: int, events: list[dict]) -> list[str]:
+    """Every way `events` (one rank's trace) breaks the contract above; empty when it holds."""
+    microbatches = graph.graph["mesh"]["microbatches"]
+    expected = dag_collectives(graph, rank)
+    problems = []
+    forward = [event for event in events if event["phase"] == "forward"]
+    order = list(dict.fromkeys(event["microbatch"] for event in forward))
+    if order != list(range(microbatches)):
+        problems.append(f"rank {rank}: forward microbatches ran as {order}, not 0..{microbatches - 1}")
+    for microbatch in range(microbatches):
+        got = [_shape(e) for e in forward if e["microbatch"] == microbatch]
+        if got != expected:
+            problems.append(f"rank {rank}, microbatch {microbatch}: forward issued {got}, the DAG has {expected}")
+        duals = [_dual(event) for event in reversed(expected) if event["op"] in ("send", "recv")]
+        issued = [_shape(e) for e in events if e["phase"] == "backward" and e["microbatch"] == microbatch]
+        pipeline = [event for event in issued if event["op"] in ("send", "recv")]
+        if pipeline != duals:
+            problems.append(f"rank {rank}, microbatch {microbatch}: backward sent/received {pipeline}, expected {duals}")
+    for event in events:
+        if event["phase"] == "step" and (event["op"] != "allreduce" or rank not in event["group"]):
+            problems.append(f"rank {rank}: unexpected {event} after the microbatches")
+    return problems
+
+
+def _dual(event: dict) -> dict:
+    return dict(event, op="recv" if event["op"] == "send" else "send")
