@@ -22,6 +22,24 @@ def expand(program: Program) -> nx.DiGraph:
     return _Expander(program).run()
 
 
+def assemble(attributes: dict, nodes: list[tuple[str, dict]], edges: list[tuple[str, str, dict]]) -> nx.DiGraph:
+    """Fills a DiGraph through the dicts networkx documents for subclasses (`_node`, `_succ`,
+    `_pred`): `add_nodes_from` would copy every attribute dict, which costs more than expansion.
+    Node ids must be unique and edges must join added nodes; both hold by construction."""
+    graph = nx.DiGraph(**attributes)
+    node_map, succ, pred = graph._node, graph._succ, graph._pred
+    for node, data in nodes:
+        node_map[node] = data
+        succ[node] = {}
+        pred[node] = {}
+    if len(node_map) != len(nodes):
+        raise AssertionError("expansion produced a node id twice")
+    for source, target, data in edges:
+        succ[source][target] = data
+        pred[target][source] = data
+    return graph
+
+
 def graph_attributes(program: Program) -> dict:
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
@@ -88,10 +106,7 @@ class _Expander:
                     exits.extend(dict.fromkeys(current))
         output = self._io("output", program.stream_local, program.stream_shape, list(self._stage_ranks(mesh.pp - 1)), mesh.pp - 1)
         self.edges.extend((source, output, {"operands": (0,)}) for source in exits)
-        graph = nx.DiGraph(**graph_attributes(program))
-        graph.add_nodes_from(self.nodes)
-        graph.add_edges_from(self.edges)
-        return graph
+        return assemble(graph_attributes(program), self.nodes, self.edges)
 
     def _stage_ranks(self, stage: int):
         for dp_rank in range(self.mesh.dp):
@@ -192,6 +207,7 @@ class _Expander:
         devices = list(group)
         produced: dict[str, list[str]] = {program.param: entry}
         nodes, edges, templates = self.nodes, self.edges, self.templates
+        prefix = f"layer_{layer}_"
         for step in program.steps:
             template = templates[step.name]
             if step.name in self.comm:
@@ -200,9 +216,9 @@ class _Expander:
                 edges.extend((source, node, {"operands": (0,)}) for source in dict.fromkeys(produced[step.inputs[0]]))
                 produced[step.name] = [node] * len(group)
                 continue
-            names = [ids.compute_id(layer, step.name, rank) for rank in group]
-            for rank, node in zip(group, names):
-                nodes.append((node, dict(template, layer=layer, stage=stage, devices=[rank])))
+            # ids.compute_id, spelled out: this loop makes most of the nodes of a large DAG.
+            names = [f"{prefix}{step.name}_gpu{rank}" for rank in group]
+            nodes.extend((node, dict(template, layer=layer, stage=stage, devices=[rank])) for rank, node in zip(group, names))
             self._operand_edges(step, produced, names)
             produced[step.name] = names
         return produced[program.result]

@@ -36,8 +36,9 @@ _TERMINAL_NAMES = {
 
 
 @cache
-def _lark() -> Lark:
+def _lark(keep_comments: bool = False) -> Lark:
     grammar = (files("grammar") / "par.lark").read_text(encoding="utf-8")
+    options = {"lexer_callbacks": {"COMMENT": _COMMENTS.append}} if keep_comments else {}
     return Lark(
         grammar,
         parser="lalr",
@@ -45,7 +46,12 @@ def _lark() -> Lark:
         start=["start", "override"],
         propagate_positions=True,
         maybe_placeholders=True,
+        **options,
     )
+
+
+# Filled by the comment-keeping lexer during one parse_with_comments call.
+_COMMENTS: list[Token] = []
 
 
 def _token_span(file: str, tok: Token) -> Span:
@@ -226,6 +232,17 @@ def parse_text(text: str, file: str) -> ast.Spec:
     return _parse(text, file, "start")
 
 
+def parse_with_comments(text: str, file: str) -> tuple[ast.Spec, list[ast.Comment]]:
+    """Parse one spec and return its comments too (for the formatter)."""
+    _COMMENTS.clear()
+    try:
+        spec = _parse(text, file, "start", keep_comments=True)
+        comments = [ast.Comment(str(tok), _token_span(file, tok)) for tok in _COMMENTS]
+    finally:
+        _COMMENTS.clear()
+    return spec, comments
+
+
 def parse_override(name: str, value: str, span: Span) -> ast.Override:
     """Parse the value of `-D name=value`; `span` locates the value on the command line."""
     try:
@@ -235,9 +252,9 @@ def parse_override(name: str, value: str, span: Span) -> ast.Override:
     return ast.Override(name, value, stages, span)
 
 
-def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset: int = 0):
+def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset: int = 0, keep_comments: bool = False):
     try:
-        tree = _lark().parse(text, start=start)
+        tree = _lark(keep_comments).parse(text, start=start)
     except UnexpectedInput as exc:
         line, col = exc.line + line_offset, exc.column + col_offset
         raise CompileError([_syntax_error(exc, text, Span(file, line, col, line, col + 1))]) from None

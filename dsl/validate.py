@@ -16,6 +16,7 @@ from .source import Span
 
 COLLECTIVE_OPS = frozenset({"allgather", "allreduce", "reducescatter", "alltoall"})
 POINT_TO_POINT = frozenset({"send", "recv"})
+COMMUNICATION = COLLECTIVE_OPS | POINT_TO_POINT
 ENDS = frozenset({"input", "output"})
 
 INVARIANTS = {
@@ -30,16 +31,7 @@ INVARIANTS = {
 
 
 def validate(graph: nx.DiGraph) -> list[Diagnostic]:
-    found: list[Diagnostic] = []
-    order = _topological_order(graph, found)
-    found += _check_degrees(graph)
-    found += _check_collectives(graph)
-    found += _check_point_to_point(graph)
-    found += _check_shapes(graph)
-    if order is not None:
-        found += _check_issue_order(graph, order)
-    found += _check_layers(graph)
-    return found
+    return _Validator(graph).run()
 
 
 def _violation(rule: int, message: str, graph: nx.DiGraph, node: str | None) -> Diagnostic:
@@ -57,224 +49,215 @@ def _span(src) -> Span | None:
     return Span(parts[0], line, col, line, col + 1)
 
 
-def _devices(data: dict) -> list:
-    return list(data.get("devices") or ())
+class _Validator:
+    def __init__(self, graph: nx.DiGraph):
+        self.graph = graph
+        self.nodes, self.succ, self.pred = graph._node, graph._succ, graph._pred
+        self.found: list[Diagnostic] = []
+        mesh = graph.graph.get("mesh") or {}
+        self.tp, self.pp = mesh.get("tp", 1), mesh.get("pp", 1)
+        # (dp rank, tp rank, layer, op name) -> the compute nodes there: invariant 7.
+        self.on_path: dict[tuple, object] = {}
 
+    def violation(self, rule: int, message: str, node: str | None) -> None:
+        self.found.append(_violation(rule, message, self.graph, node))
 
-# 1 ---------------------------------------------------------------------------------------------
+    def run(self) -> list[Diagnostic]:
+        forward = self.node_pass()
+        order = list(self.nodes) if forward else self.topological_order()
+        if order is not None:
+            self.issue_order(order)
+        self.layers()
+        return self.found
 
+    # 1 -----------------------------------------------------------------------------------------
 
-def _topological_order(graph: nx.DiGraph, found: list[Diagnostic]) -> list[str] | None:
-    """Insertion order if every edge goes forward in it (a proof of acyclicity), else a real sort."""
-    position = {node: index for index, node in enumerate(graph._node)}
-    if all(position[u] < position[v] for u, nbrs in graph._succ.items() for v in nbrs):
-        return list(graph._node)
-    try:
-        return list(nx.topological_sort(graph))
-    except nx.NetworkXUnfeasible:
-        cycle = [u for u, _ in nx.find_cycle(graph)]
-        path = " -> ".join(cycle + [cycle[0]])
-        found.append(_violation(1, f"cycle {path}", graph, cycle[0]))
-        return None
+    def topological_order(self) -> list[str] | None:
+        """For graphs whose insertion order is not topological: a sort, or the cycle reported."""
+        try:
+            return list(nx.topological_sort(self.graph))
+        except nx.NetworkXUnfeasible:
+            cycle = [u for u, _ in nx.find_cycle(self.graph)]
+            self.violation(1, f"cycle {' -> '.join(cycle + [cycle[0]])}", cycle[0])
+            return None
 
+    # 2, 3, 4, 5 and what 1 and 7 need, in one pass over the nodes ------------------------------
 
-# 2 ---------------------------------------------------------------------------------------------
+    def node_pass(self) -> bool:
+        """Returns whether every edge goes forward in insertion order: a proof of acyclicity."""
+        nodes, succ, pred = self.nodes, self.succ, self.pred
+        tp, stride = self.tp, self.tp * self.pp
+        on_path = self.on_path
+        visited: set[str] = set()
+        forward = True
+        for node, data in nodes.items():
+            visited.add(node)
+            inputs = pred[node]
+            in_shape = data.get("in_shape")
+            for source in inputs:
+                if forward and source not in visited:
+                    forward = False
+                out_shape = nodes[source].get("out_shape")
+                if out_shape is not in_shape and out_shape is not None and in_shape is not None and tuple(out_shape) != tuple(in_shape):
+                    self.violation(5, f"{source} gives {list(out_shape)} but {node} takes {list(in_shape)}", node)
+            if node in ENDS:
+                self.ends(node, inputs, succ[node])
+                continue
+            if not inputs:
+                self.violation(2, f"{node} has no in-edges", node)
+            elif "arity" in data:
+                missing = _missing_operand(inputs, data["arity"])
+                if missing is not None:
+                    self.violation(2, f"{node} lacks operand {missing} of {data['arity']}", node)
+            if not succ[node]:
+                self.violation(2, f"{node} has no out-edges", node)
+            op = data.get("op")
+            if op in COLLECTIVE_OPS:
+                self.collective(node, data)
+            elif op in POINT_TO_POINT:
+                self.point_to_point(node, data, op)
+            elif data.get("kind") == "compute" and data.get("layer") is not None:
+                devices = data.get("devices")
+                if devices and len(devices) == 1:
+                    rank = devices[0]
+                    key = (rank // stride, rank % tp, data["layer"], data.get("name") or op)
+                    seen = on_path.get(key)
+                    on_path[key] = node if seen is None else (seen if isinstance(seen, list) else [seen]) + [node]
+        return forward
 
+    def ends(self, node: str, inputs: dict, outputs: dict) -> None:
+        if node == "input" and not outputs:
+            self.violation(2, "input feeds nothing", node)
+        if node == "output" and not inputs:
+            self.violation(2, "nothing reaches output", node)
 
-def _check_degrees(graph: nx.DiGraph) -> list[Diagnostic]:
-    found = []
-    succ, pred = graph._succ, graph._pred
-    for node, data in graph._node.items():
-        if node in ENDS:
-            if node == "input" and not succ[node]:
-                found.append(_violation(2, "input feeds nothing", graph, node))
-            if node == "output" and not pred[node]:
-                found.append(_violation(2, "nothing reaches output", graph, node))
-            continue
-        if not pred[node]:
-            found.append(_violation(2, f"{node} has no in-edges", graph, node))
-        elif "arity" in data:
-            operands = Counter(i for edge in pred[node].values() for i in edge.get("operands", (0,)))
-            missing = [i for i in range(data["arity"]) if operands[i] != 1]
-            if missing:
-                found.append(_violation(2, f"{node} lacks operand {missing[0]} of {data['arity']}", graph, node))
-        if not succ[node]:
-            found.append(_violation(2, f"{node} has no out-edges", graph, node))
-    return found
+    # 3 -----------------------------------------------------------------------------------------
 
-
-# 3 ---------------------------------------------------------------------------------------------
-
-
-def _covered(graph: nx.DiGraph, neighbours, group: set) -> tuple[Counter, list[str]]:
-    """How often each member is covered by these neighbours, and the neighbours outside the group.
-
-    A single-device node covers its device; a collective over the same group covers every member.
-    """
-    counts: Counter = Counter()
-    strangers = []
-    for other in neighbours:
-        if other in ENDS:
-            continue
-        devices = _devices(graph._node[other])
-        if len(devices) == 1 and devices[0] in group:
-            counts[devices[0]] += 1
-        elif set(devices) == group:
-            counts.update(devices)
-        else:
-            strangers.append(other)
-    return counts, strangers
-
-
-def _check_collectives(graph: nx.DiGraph) -> list[Diagnostic]:
-    found = []
-    for node, data in graph._node.items():
-        if data.get("op") not in COLLECTIVE_OPS:
-            continue
-        group = set(_devices(data))
-        for direction, neighbours in (("in", graph._pred[node]), ("out", graph._succ[node])):
-            counts, strangers = _covered(graph, neighbours, group)
+    def collective(self, node: str, data: dict) -> None:
+        group = set(data.get("devices") or ())
+        for direction, neighbours in (("in", self.pred[node]), ("out", self.succ[node])):
+            side = "from" if direction == "in" else "to"
+            counts, strangers = self.covered(neighbours, group)
             for stranger in strangers:
-                found.append(_violation(3, f"{node} has an {direction}-edge {'from' if direction == 'in' else 'to'} {stranger}, outside its group {sorted(group)}", graph, node))
+                self.violation(3, f"{node} has an {direction}-edge {side} {stranger}, outside its group {sorted(group)}", node)
             absent = sorted(member for member in group if counts[member] == 0)
             if absent:
-                side = "from" if direction == "in" else "to"
-                found.append(_violation(3, f"{node} has no {direction}-edge {side} gpu {_ranks(absent)} of its group", graph, node))
-            if direction == "in":
-                doubled = sorted(member for member in group if counts[member] > 1)
-                if doubled:
-                    found.append(_violation(3, f"{node} has several in-edges from gpu {_ranks(doubled)}", graph, node))
-    return found
+                self.violation(3, f"{node} has no {direction}-edge {side} gpu {_ranks(absent)} of its group", node)
+            doubled = sorted(member for member in group if counts[member] > 1)
+            if direction == "in" and doubled:
+                self.violation(3, f"{node} has several in-edges from gpu {_ranks(doubled)}", node)
+
+    def covered(self, neighbours, group: set) -> tuple[Counter, list[str]]:
+        """How often each member is covered: a single-device node covers its device, a
+        collective over the same group covers every member. Also the neighbours outside it."""
+        counts: Counter = Counter()
+        strangers = []
+        for other in neighbours:
+            if other in ENDS:
+                continue
+            devices = self.nodes[other].get("devices") or ()
+            if len(devices) == 1 and devices[0] in group:
+                counts[devices[0]] += 1
+            elif set(devices) == group:
+                counts.update(devices)
+            else:
+                strangers.append(other)
+        return counts, strangers
+
+    # 4 -----------------------------------------------------------------------------------------
+
+    def point_to_point(self, node: str, data: dict, op: str) -> None:
+        nodes = self.nodes
+        if op == "recv":
+            sends = [u for u in self.pred[node] if nodes[u].get("op") == "send"]
+            if len(sends) != 1:
+                self.violation(4, f"{node} is fed by {len(sends)} sends, not 1", node)
+            return
+        recvs = [v for v in self.succ[node] if nodes[v].get("op") == "recv"]
+        if len(recvs) != 1:
+            self.violation(4, f"{node} reaches {len(recvs)} recvs, not 1", node)
+            return
+        recv = nodes[recvs[0]]
+        if recv.get("peer") not in (data.get("devices") or ()) or data.get("peer") not in (recv.get("devices") or ()):
+            self.violation(4, f"{node} and {recvs[0]} do not name each other as peers", node)
+
+    # 6 -----------------------------------------------------------------------------------------
+
+    def issue_order(self, order: list[str]) -> None:
+        """On every rank, each communication must depend on the one before it: a chain, not a
+        choice. With collectives shared by their members and the graph acyclic, chains on every
+        rank mean every member issues a group's collectives in the same order. One pass in
+        topological order tracks, for each single-device node, the latest communication of its
+        rank that reaches it."""
+        nodes, pred = self.nodes, self.pred
+        position = {node: index for index, node in enumerate(order)}
+        latest: dict[str, str | None] = {}
+        previous: dict[int, str] = {}
+        for node in order:
+            data = nodes[node]
+            devices = data.get("devices") or ()
+            if data.get("op") in COMMUNICATION:
+                for rank in devices:
+                    reached = _latest(nodes, pred[node], latest, position, rank)
+                    before = previous.get(rank)
+                    if before is not None and reached != before:
+                        self.violation(6, f"gpu {rank} may issue {before} and {node} in either order: neither depends on the other", node)
+                    previous[rank] = node
+            elif len(devices) == 1:
+                inputs = pred[node]
+                if len(inputs) == 1:  # the common case, inlined
+                    (source,) = inputs
+                    source_data = nodes[source]
+                    if devices[0] in (source_data.get("devices") or ()):
+                        latest[node] = source if source_data.get("op") in COMMUNICATION else latest.get(source)
+                    continue
+                latest[node] = _latest(nodes, inputs, latest, position, devices[0])
+
+    # 7 -----------------------------------------------------------------------------------------
+
+    def layers(self) -> None:
+        mesh = self.graph.graph.get("mesh") or {}
+        present: dict[tuple, set[int]] = defaultdict(set)
+        for dp_rank in range(mesh.get("dp", 1) if mesh else 0):
+            for tp_rank in range(self.tp):
+                present[(dp_rank, tp_rank)] = set()
+        for (dp_rank, tp_rank, layer, name), seen in sorted(self.on_path.items()):
+            present[(dp_rank, tp_rank)].add(layer)
+            if isinstance(seen, list):
+                self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(seen[:3])})", seen[0])
+        total = self.graph.graph.get("layers")
+        if total is None:
+            total = max((key[2] for key in self.on_path), default=-1) + 1
+        for (dp_rank, tp_rank), layers in sorted(present.items()):
+            missing = sorted(set(range(total)) - layers)
+            if missing:
+                self.violation(7, f"layer {_ranks(missing)} missing on the pipeline path of dp rank {dp_rank}, tp rank {tp_rank}", None)
+
+
+def _missing_operand(inputs: dict, arity: int) -> int | None:
+    """The first operand index not fed exactly once, or None when all are."""
+    if arity == 1 and len(inputs) == 1:
+        (edge,) = inputs.values()
+        if edge.get("operands", (0,)) == (0,):
+            return None
+    fed = sorted(i for edge in inputs.values() for i in edge.get("operands", (0,)))
+    if fed == list(range(arity)):
+        return None
+    counts = Counter(fed)
+    return next((i for i in range(arity) if counts[i] != 1), arity)
+
+
+def _latest(nodes, inputs, latest, position, rank: int) -> str | None:
+    best = None
+    for source in inputs:
+        data = nodes[source]
+        if rank not in (data.get("devices") or ()):
+            continue
+        candidate = source if data.get("op") in COMMUNICATION else latest.get(source)
+        if candidate is not None and (best is None or position[candidate] > position[best]):
+            best = candidate
+    return best
 
 
 def _ranks(ranks: list[int]) -> str:
     return ", ".join(map(str, ranks[:8])) + (f" and {len(ranks) - 8} more" if len(ranks) > 8 else "")
-
-
-# 4 ---------------------------------------------------------------------------------------------
-
-
-def _check_point_to_point(graph: nx.DiGraph) -> list[Diagnostic]:
-    found = []
-    nodes = graph._node
-    for node, data in nodes.items():
-        op = data.get("op")
-        if op == "send":
-            recvs = [v for v in graph._succ[node] if nodes[v].get("op") == "recv"]
-            if len(recvs) != 1:
-                found.append(_violation(4, f"{node} reaches {len(recvs)} recvs, not 1", graph, node))
-                continue
-            recv = nodes[recvs[0]]
-            if recv.get("peer") not in _devices(data) or data.get("peer") not in _devices(recv):
-                found.append(_violation(4, f"{node} and {recvs[0]} do not name each other as peers", graph, node))
-            if tuple(recv.get("in_shape") or ()) != tuple(data.get("out_shape") or ()):
-                found.append(_violation(4, f"{node} sends {data.get('out_shape')} but {recvs[0]} expects {recv.get('in_shape')}", graph, node))
-        elif op == "recv":
-            sends = [u for u in graph._pred[node] if nodes[u].get("op") == "send"]
-            if len(sends) != 1:
-                found.append(_violation(4, f"{node} is fed by {len(sends)} sends, not 1", graph, node))
-    return found
-
-
-# 5 ---------------------------------------------------------------------------------------------
-
-
-def _check_shapes(graph: nx.DiGraph) -> list[Diagnostic]:
-    found = []
-    nodes = graph._node
-    for u, nbrs in graph._succ.items():
-        out_shape = nodes[u].get("out_shape")
-        for v in nbrs:
-            in_shape = nodes[v].get("in_shape")
-            if out_shape is None or in_shape is None or out_shape == in_shape:
-                continue
-            if tuple(out_shape) != tuple(in_shape):
-                found.append(_violation(5, f"{u} gives {list(out_shape)} but {v} takes {list(in_shape)}", graph, v))
-    return found
-
-
-# 6 ---------------------------------------------------------------------------------------------
-
-
-def _check_issue_order(graph: nx.DiGraph, order: list[str]) -> list[Diagnostic]:
-    """On every rank, each communication must depend on the one before it: a chain, not a choice.
-
-    With collectives shared by their members and the graph acyclic, chains on every rank mean
-    every member issues a group's collectives in the same order.
-    """
-    nodes, succ = graph._node, graph._succ
-    position = {node: index for index, node in enumerate(order)}
-    per_rank: dict[int, list[str]] = defaultdict(list)
-    for node in order:
-        data = nodes[node]
-        if data.get("op") in COLLECTIVE_OPS or data.get("op") in POINT_TO_POINT:
-            for rank in _devices(data):
-                per_rank[rank].append(node)
-    found = []
-    for rank, sequence in sorted(per_rank.items()):
-        for before, after in zip(sequence, sequence[1:]):
-            if not _reaches(succ, nodes, position, before, after, rank):
-                found.append(
-                    _violation(6, f"gpu {rank} may issue {before} and {after} in either order: neither depends on the other", graph, after)
-                )
-                break
-    return found
-
-
-def _reaches(succ, nodes, position, start: str, goal: str, rank: int) -> bool:
-    limit = position[goal]
-    stack, seen = [start], {start}
-    while stack:
-        node = stack.pop()
-        for nxt in succ[node]:
-            if nxt == goal:
-                return True
-            if nxt in seen or position[nxt] > limit or rank not in (nodes[nxt].get("devices") or ()):
-                continue
-            seen.add(nxt)
-            stack.append(nxt)
-    return False
-
-
-# 7 ---------------------------------------------------------------------------------------------
-
-
-def _check_layers(graph: nx.DiGraph) -> list[Diagnostic]:
-    mesh = graph.graph.get("mesh") or {}
-    tp, pp = mesh.get("tp", 1), mesh.get("pp", 1)
-    counts: Counter = Counter()
-    where: dict[tuple, list] = defaultdict(list)
-    layers_seen: set[int] = set()
-    for node, data in graph._node.items():
-        layer = data.get("layer")
-        if layer is None or data.get("kind") != "compute":
-            continue
-        devices = _devices(data)
-        if len(devices) != 1:
-            continue
-        rank = devices[0]
-        path = (rank // (tp * pp), rank % tp)
-        key = (path, layer, data.get("name") or data.get("op"))
-        counts[key] += 1
-        where[key].append(node)
-        layers_seen.add(layer)
-    total = graph.graph.get("layers")
-    if total is None:
-        total = max(layers_seen) + 1 if layers_seen else 0
-    found = []
-    by_path: dict[tuple, set[int]] = defaultdict(set)
-    if mesh:
-        for dp_rank in range(mesh.get("dp", 1)):
-            for tp_rank in range(tp):
-                by_path[(dp_rank, tp_rank)] = set()
-    for path, layer, _ in counts:
-        by_path[path].add(layer)
-    for (path, layer, name), count in sorted(counts.items()):
-        if count > 1:
-            found.append(_violation(7, f"layer {layer} op {name} appears {count} times on one pipeline path ({', '.join(where[(path, layer, name)][:3])})", graph, where[(path, layer, name)][0]))
-    for path, present in sorted(by_path.items()):
-        missing = sorted(set(range(total)) - present)
-        if missing:
-            dp_rank, tp_rank = path
-            found.append(_violation(7, f"layer {_ranks(missing)} missing on the pipeline path of dp rank {dp_rank}, tp rank {tp_rank}", graph, None))
-    return found
