@@ -211,13 +211,12 @@ def _strict_error(convert: Convert, consumer: Op | None, span, sequence_parallel
 
 
 def _mismatch(op: Op, origin: Placement, producer: Op | None) -> Diagnostic:
-    fits = sorted(
-        {found.op for target in (R, S_SEQ) if (found := conversion(origin, target)) and found.kind == "comm"}
-    )
-    hint = (
-        f"{op.inputs[0]} is already complete: no collective is needed" if origin == R
-        else f"a {' or '.join(fits)} fits here" if fits else None
-    )
+    value = op.inputs[0]
+    fits = sorted({found.op for target in (R, S_SEQ) if (found := conversion(origin, target)) and found.op != "alltoall"})
+    if origin == R:
+        hint = f"{value} is already replicated: no collective is needed"
+    else:
+        hint = " or ".join(f"`{kind}`" for kind in fits) + f" fits {value} here"
     return error(
         f"{op.op} of '{op.inputs[0]}' needs {COLLECTIVE_NEEDS[op.op]}, but {op.inputs[0]} is "
         f"{describe(origin)} (from {_producer_text(producer)})",

@@ -256,7 +256,8 @@ def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset
     try:
         tree = _lark(keep_comments).parse(text, start=start)
     except UnexpectedInput as exc:
-        line, col = exc.line + line_offset, exc.column + col_offset
+        line, col = _error_position(exc, text)
+        line, col = line + line_offset, col + col_offset
         raise CompileError([_syntax_error(exc, text, Span(file, line, col, line, col + 1))]) from None
     try:
         if line_offset or col_offset:
@@ -269,6 +270,15 @@ def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset
         raise
     except RecursionError:
         raise CompileError([error("expression is nested too deeply", Span.point(file))]) from None
+
+
+def _error_position(exc: UnexpectedInput, text: str) -> tuple[int, int]:
+    """Where to point: the offending token, or just past the last text at end of file."""
+    at_end = isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END")
+    if not at_end and exc.line > 0:
+        return exc.line, exc.column
+    stripped = text.rstrip()
+    return stripped.count("\n") + 1, len(stripped) - (stripped.rfind("\n") + 1) + 1
 
 
 def _shift(tree, line_offset: int, col_offset: int) -> None:
@@ -290,7 +300,8 @@ def _syntax_error(exc: UnexpectedInput, text: str, span: Span) -> Diagnostic:
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
         shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}" if char else "end of input"
-        return error(f"unexpected character {shown}", span)
+        hint = "names are ASCII letters, digits and _" if char and not char.isascii() else None
+        return error(f"unexpected character {shown}", span, hint=hint)
     # `accepts` includes keywords the contextual lexer folds into NAME; `expected` does not.
     accepted = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ()
     expected = sorted({_TERMINAL_NAMES.get(t, _keyword(t)) for t in accepted})
@@ -301,7 +312,17 @@ def _syntax_error(exc: UnexpectedInput, text: str, span: Span) -> Diagnostic:
     message = f"unexpected {found}"
     if expected:
         message += "; expected " + _one_of(expected)
-    return error(message, span)
+    return error(message, span, hint=_missing_brace_hint(exc, text))
+
+
+def _missing_brace_hint(exc: UnexpectedInput, text: str) -> str | None:
+    """`model m { ...` left open runs into the next item, whose keyword then reads as a setting."""
+    if not isinstance(exc, UnexpectedToken) or exc.token.type != "LBRACE":
+        return None
+    before = text[: exc.token.start_pos].split()
+    if before and before[-1] in ("mesh", "hardware"):
+        return f"is a '}}' missing before '{before[-1]}'?"
+    return None
 
 
 def _keyword(terminal: str) -> str:
