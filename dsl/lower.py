@@ -54,16 +54,17 @@ class _Builder:
         for convert in choices[-1].converts:
             self._convert(convert, None)
         result = self.providers[(self.block.result, self.stream)]
-        steps = self.steps
+        steps, stream = self.steps, self.stream
         if self.tp == 1:
             steps, result = _without_collectives(steps, result)
+            stream = R
         shape = stream_shape(self.deployment)
         program = Program(
             deployment=self.deployment,
             steps=tuple(steps),
             param=self.block.param,
             result=result,
-            stream=self.stream,
+            stream=stream,
             stream_shape=shape,
             stream_local=self.stream.local_shape(shape, self.tp),
         )
@@ -164,7 +165,8 @@ class _Builder:
 
 
 def _without_collectives(steps: list[Step], result: str) -> tuple[list[Step], str]:
-    """With one rank per group, every collective and slice is the identity: drop them."""
+    """With one rank per group, every collective and slice is the identity and every tensor is
+    whole (R): drop them and say so."""
     alias: dict[str, str] = {}
     kept = []
     for step in steps:
@@ -172,7 +174,7 @@ def _without_collectives(steps: list[Step], result: str) -> tuple[list[Step], st
         if step.kind in ("comm", "route"):
             alias[step.name] = inputs[0]
             continue
-        kept.append(step if inputs == step.inputs else replace(step, inputs=inputs))
+        kept.append(replace(step, inputs=inputs, in_placement=R, out_placement=R))
     return kept, alias.get(result, result)
 
 

@@ -24,7 +24,7 @@ INVARIANTS = {
     2: "every node but input/output has in-edges and out-edges",
     3: "a collective has one in-edge from, and one out-edge to, each member of its group",
     4: "every send has exactly one matching recv",
-    5: "shapes agree along every edge",
+    5: "shapes (and placements, where stated) agree along every edge",
     6: "all members of a group issue their collectives in the same order",
     7: "every layer appears exactly once per pipeline path",
 }
@@ -94,12 +94,17 @@ class _Validator:
             visited.add(node)
             inputs = pred[node]
             in_shape = data.get("in_shape")
+            in_placement = data.get("in_placement")
             for source in inputs:
                 if forward and source not in visited:
                     forward = False
-                out_shape = nodes[source].get("out_shape")
+                source_data = nodes[source]
+                out_shape = source_data.get("out_shape")
                 if out_shape is not in_shape and out_shape is not None and in_shape is not None and tuple(out_shape) != tuple(in_shape):
                     self.violation(5, f"{source} gives {list(out_shape)} but {node} takes {list(in_shape)}", node)
+                out_placement = source_data.get("out_placement")
+                if out_placement != in_placement and out_placement is not None and in_placement is not None:
+                    self.violation(5, f"{source} gives a tensor that is {out_placement} but {node} takes {in_placement}", node)
             if node in ENDS:
                 self.ends(node, inputs, succ[node])
                 continue
@@ -120,7 +125,7 @@ class _Validator:
                 devices = data.get("devices")
                 if devices and len(devices) == 1:
                     rank = devices[0]
-                    key = (rank // stride, rank % tp, data["layer"], data.get("name") or op)
+                    key = (rank // stride, rank % tp, data["layer"], data.get("name") or node)
                     seen = on_path.get(key)
                     on_path[key] = node if seen is None else (seen if isinstance(seen, list) else [seen]) + [node]
         return forward
@@ -153,7 +158,8 @@ class _Validator:
         counts: Counter = Counter()
         strangers = []
         for other in neighbours:
-            if other in ENDS:
+            if other in ENDS:  # the graph's input and output serve every rank
+                counts.update(group)
                 continue
             devices = self.nodes[other].get("devices") or ()
             if len(devices) == 1 and devices[0] in group:
