@@ -63,10 +63,13 @@ class _Validator:
         self.found.append(_violation(rule, message, self.graph, node))
 
     def run(self) -> list[Diagnostic]:
-        forward = self.node_pass()
-        order = list(self.nodes) if forward else self.topological_order()
-        if order is not None:
-            self.issue_order(order)
+        forward, order_findings = self.node_pass()
+        if forward:  # insertion order is topological: the issue-order check made in passing holds
+            self.found += order_findings
+        else:
+            order = self.topological_order()
+            if order is not None:
+                self.issue_order(order)
         self.layers()
         return self.found
 
@@ -81,27 +84,29 @@ class _Validator:
             self.violation(1, f"cycle {' -> '.join(cycle + [cycle[0]])}", cycle[0])
             return None
 
-    # 2, 3, 4, 5 and what 1 and 7 need, in one pass over the nodes ------------------------------
+    # 2, 3, 4, 5, 6 and what 7 needs, in one pass over the nodes ----------------------------------
 
-    def node_pass(self) -> bool:
-        """Returns whether every edge goes forward in insertion order: a proof of acyclicity."""
+    def node_pass(self) -> tuple[bool, list[Diagnostic]]:
+        """Checks every node in insertion order. Returns whether every edge went forward in that
+        order (a proof of acyclicity) and the issue-order findings, valid only if it did."""
         nodes, succ, pred = self.nodes, self.succ, self.pred
         tp, stride = self.tp, self.tp * self.pp
         on_path = self.on_path
-        visited: set[str] = set()
+        order = _IssueOrder(nodes, pred)
+        position = order.position
         forward = True
-        for node, data in nodes.items():
-            visited.add(node)
+        for index, (node, data) in enumerate(nodes.items()):
+            position[node] = index
             inputs = pred[node]
             in_shape = data.get("in_shape")
             in_placement = data.get("in_placement")
             for source in inputs:
-                if forward and source not in visited:
+                if forward and source not in position:
                     forward = False
                 source_data = nodes[source]
                 out_shape = source_data.get("out_shape")
-                if out_shape is not in_shape and out_shape is not None and in_shape is not None and tuple(out_shape) != tuple(in_shape):
-                    self.violation(5, f"{source} gives {list(out_shape)} but {node} takes {list(in_shape)}", node)
+                if out_shape != in_shape and out_shape is not None and in_shape is not None:
+                    self.shapes_differ(source, out_shape, node, in_shape)
                 out_placement = source_data.get("out_placement")
                 if out_placement != in_placement and out_placement is not None and in_placement is not None:
                     self.violation(5, f"{source} gives a tensor that is {out_placement} but {node} takes {in_placement}", node)
@@ -117,18 +122,28 @@ class _Validator:
             if not succ[node]:
                 self.violation(2, f"{node} has no out-edges", node)
             op = data.get("op")
-            if op in COLLECTIVE_OPS:
-                self.collective(node, data)
-            elif op in POINT_TO_POINT:
-                self.point_to_point(node, data, op)
-            elif data.get("kind") == "compute" and data.get("layer") is not None:
-                devices = data.get("devices")
-                if devices and len(devices) == 1:
+            devices = data.get("devices") or ()
+            if op in COMMUNICATION:
+                if forward:
+                    order.communication(node, devices)
+                if op in COLLECTIVE_OPS:
+                    self.collective(node, data)
+                else:
+                    self.point_to_point(node, data, op)
+            elif len(devices) == 1:
+                if forward:
+                    order.single_device(node, inputs, devices[0])
+                layer = data.get("layer")
+                if layer is not None and data.get("kind") == "compute":
                     rank = devices[0]
-                    key = (rank // stride, rank % tp, data["layer"], data.get("name") or node)
+                    key = (rank // stride, rank % tp, layer, data.get("name") or node)
                     seen = on_path.get(key)
                     on_path[key] = node if seen is None else (seen if isinstance(seen, list) else [seen]) + [node]
-        return forward
+        return forward, [_violation(6, message, self.graph, node) for message, node in order.findings]
+
+    def shapes_differ(self, source: str, out_shape, node: str, in_shape) -> None:
+        if tuple(out_shape) != tuple(in_shape):  # a list and a tuple of the same sizes agree
+            self.violation(5, f"{source} gives {list(out_shape)} but {node} takes {list(in_shape)}", node)
 
     def ends(self, node: str, inputs: dict, outputs: dict) -> None:
         if node == "input" and not outputs:
@@ -190,34 +205,17 @@ class _Validator:
     # 6 -----------------------------------------------------------------------------------------
 
     def issue_order(self, order: list[str]) -> None:
-        """On every rank, each communication must depend on the one before it: a chain, not a
-        choice. With collectives shared by their members and the graph acyclic, chains on every
-        rank mean every member issues a group's collectives in the same order. One pass in
-        topological order tracks, for each single-device node, the latest communication of its
-        rank that reaches it."""
-        nodes, pred = self.nodes, self.pred
-        position = {node: index for index, node in enumerate(order)}
-        latest: dict[str, str | None] = {}
-        previous: dict[int, str] = {}
+        tracker = _IssueOrder(self.nodes, self.pred)
+        tracker.position.update((node, index) for index, node in enumerate(order))
         for node in order:
-            data = nodes[node]
+            data = self.nodes[node]
             devices = data.get("devices") or ()
             if data.get("op") in COMMUNICATION:
-                for rank in devices:
-                    reached = _latest(nodes, pred[node], latest, position, rank)
-                    before = previous.get(rank)
-                    if before is not None and reached != before:
-                        self.violation(6, f"gpu {rank} may issue {before} and {node} in either order: neither depends on the other", node)
-                    previous[rank] = node
+                tracker.communication(node, devices)
             elif len(devices) == 1:
-                inputs = pred[node]
-                if len(inputs) == 1:  # the common case, inlined
-                    (source,) = inputs
-                    source_data = nodes[source]
-                    if devices[0] in (source_data.get("devices") or ()):
-                        latest[node] = source if source_data.get("op") in COMMUNICATION else latest.get(source)
-                    continue
-                latest[node] = _latest(nodes, inputs, latest, position, devices[0])
+                tracker.single_device(node, self.pred[node], devices[0])
+        for message, node in tracker.findings:
+            self.violation(6, message, node)
 
     # 7 -----------------------------------------------------------------------------------------
 
@@ -227,10 +225,13 @@ class _Validator:
         for dp_rank in range(mesh.get("dp", 1) if mesh else 0):
             for tp_rank in range(self.tp):
                 present[(dp_rank, tp_rank)] = set()
-        for (dp_rank, tp_rank, layer, name), seen in sorted(self.on_path.items()):
+        doubled = []
+        for (dp_rank, tp_rank, layer, name), seen in self.on_path.items():
             present[(dp_rank, tp_rank)].add(layer)
             if isinstance(seen, list):
-                self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(seen[:3])})", seen[0])
+                doubled.append((dp_rank, tp_rank, layer, name, seen))
+        for _, _, layer, name, seen in sorted(doubled, key=lambda item: item[:4]):
+            self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(seen[:3])})", seen[0])
         total = self.graph.graph.get("layers")
         if total is None:
             total = max((key[2] for key in self.on_path), default=-1) + 1
@@ -253,16 +254,50 @@ def _missing_operand(inputs: dict, arity: int) -> int | None:
     return next((i for i in range(arity) if counts[i] != 1), arity)
 
 
-def _latest(nodes, inputs, latest, position, rank: int) -> str | None:
-    best = None
-    for source in inputs:
-        data = nodes[source]
-        if rank not in (data.get("devices") or ()):
-            continue
-        candidate = source if data.get("op") in COMMUNICATION else latest.get(source)
-        if candidate is not None and (best is None or position[candidate] > position[best]):
-            best = candidate
-    return best
+class _IssueOrder:
+    """Invariant 6. On every rank, each communication must depend on the one before it: a chain,
+    not a choice. With collectives shared by their members and the graph acyclic, chains on every
+    rank mean every member issues a group's collectives in the same order. Fed nodes in a
+    topological order, it tracks for each single-device node the latest communication of its
+    rank that reaches it."""
+
+    def __init__(self, nodes: dict, pred: dict):
+        self.nodes, self.pred = nodes, pred
+        self.position: dict[str, int] = {}
+        self.latest: dict[str, str | None] = {}
+        self.previous: dict[int, str] = {}
+        self.findings: list[tuple[str, str]] = []
+
+    def communication(self, node: str, devices) -> None:
+        for rank in devices:
+            reached = self.reaching(self.pred[node], rank)
+            before = self.previous.get(rank)
+            if before is not None and reached != before:
+                self.findings.append(
+                    (f"gpu {rank} may issue {before} and {node} in either order: neither depends on the other", node)
+                )
+            self.previous[rank] = node
+
+    def single_device(self, node: str, inputs: dict, rank: int) -> None:
+        if len(inputs) == 1:  # the common case, inlined
+            (source,) = inputs
+            data = self.nodes[source]
+            if rank in (data.get("devices") or ()):
+                self.latest[node] = source if data.get("op") in COMMUNICATION else self.latest.get(source)
+                return
+        self.latest[node] = self.reaching(inputs, rank)
+
+    def reaching(self, inputs, rank: int) -> str | None:
+        best = None
+        position = self.position
+        for source in inputs:
+            data = self.nodes[source]
+            if rank not in (data.get("devices") or ()):
+                continue
+            candidate = source if data.get("op") in COMMUNICATION else self.latest.get(source)
+            if candidate is not None and (best is None or position[candidate] > position[best]):
+                best = candidate
+        return best
 
 
 def _ranks(ranks: list[int]) -> str:
