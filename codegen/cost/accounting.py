@@ -201,8 +201,8 @@ def comm_by_rank(items: Iterable[Transfer], world: int) -> dict[int, dict[str, d
     return table
 
 
-def rank_costs(graph: nx.DiGraph) -> list[RankCost]:
-    """One RankCost per device, in rank order."""
+def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) -> list[RankCost]:
+    """One RankCost per device, in rank order; `items` are the graph's transfers if already known."""
     mesh = graph.graph["mesh"]
     world = mesh["world"]
     params, flops, activations = [0] * world, [0] * world, [0] * world
@@ -216,7 +216,7 @@ def rank_costs(graph: nx.DiGraph) -> list[RankCost]:
             activations[rank] += size
             if data["kind"] == "compute":
                 layers[rank].add(data["layer"])
-    comm = comm_by_rank(transfers(graph), world)
+    comm = comm_by_rank(transfers(graph) if items is None else items, world)
     return [
         RankCost(
             rank=rank,

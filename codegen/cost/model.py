@@ -77,8 +77,8 @@ class Cost:
 def cost_of(graph: nx.DiGraph, *, hardware: Hardware | None) -> Cost:
     """Everything the report says about a deployment, from its DAG and (optionally) hardware."""
     state = training_state(graph.graph["model"]["dtype"])
-    devices = tuple(rank_costs(graph))
     items = tuple(transfers(graph))
+    devices = tuple(rank_costs(graph, items=items))
     groups: dict[tuple, list[RankCost]] = {}
     for cost in devices:
         groups.setdefault(cost.signature(), []).append(cost)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from . import units
 from .accounting import KINDS, PHASES, RankCost, step_kinds
+from .estimate import fits
 from .model import Cost, DeviceGroup
 
 
@@ -137,7 +138,7 @@ def _memory_section(cost: Cost) -> Section:
             units.size(memory.total),
         )
         if hardware is not None:
-            verdict = "yes" if memory.total <= hardware.memory_gb * 1e9 else "NO"
+            verdict = "yes" if fits(memory, hardware) else "NO"
             row += (f"{verdict} ({units.percent(memory.total / (hardware.memory_gb * 1e9))} of {hardware.memory_gb:g} GB)",)
         rows.append(row)
     state = cost.state

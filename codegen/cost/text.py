@@ -29,10 +29,12 @@ def format_section(section: Section) -> str:
     return "\n".join(parts)
 
 
-def format_cost(cost: Cost) -> str:
+def format_cost(cost: Cost, *, brief: bool = False) -> str:
+    """The whole report; `brief`: the summary, warnings and the per-device and memory tables."""
     head = [title(cost), *summary(cost)]
     head += [f"WARNING: {line}" for line in warnings(cost)]
-    return "\n\n".join(["\n".join(head), *(format_section(s) for s in sections(cost))]) + "\n"
+    shown = sections(cost)[:2] if brief else sections(cost)
+    return "\n\n".join(["\n".join(head), *(format_section(s) for s in shown)]) + "\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,17 @@ def _kind_max(kind: str) -> Callable[[Cost], float]:
     return lambda cost: _max(cost, lambda d: d.comm.get("forward", {}).get(kind, 0))
 
 
+def _per_layer(of: Callable) -> Callable[[Cost], float]:
+    """A number of the first device divided by its layers (every layer of a device is the same)."""
+
+    def value(cost: Cost) -> float:
+        device = cost.devices[0]
+        total, layers = of(device), max(len(device.layers), 1)
+        return total // layers if total % layers == 0 else total / layers
+
+    return value
+
+
 def _step(cost: Cost) -> float | None:
     return cost.estimate.step if cost.hardware is not None else None
 
@@ -62,7 +75,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("activations/mb per device (max)", lambda c: _max(c, lambda d: d.activation_bytes), units.size),
     Metric("FLOP fwd/mb per device (max)", lambda c: _max(c, lambda d: d.flops), units.flop),
     Metric("FLOP per step, all devices", lambda c: sum(c.step_flops(d) for d in c.devices), units.flop),
+    Metric("FLOP fwd/mb per layer (gpu 0)", _per_layer(lambda d: d.flops), units.flop),
     *(Metric(f"{kind} sent fwd/mb per device (max)", _kind_max(kind), units.size) for kind in KINDS),
+    *(
+        Metric(f"{kind} sent fwd/mb per layer (gpu 0)", _per_layer(lambda d, k=kind: d.comm.get("forward", {}).get(k, 0)), units.size)
+        for kind in KINDS
+        if kind != "send"
+    ),
     Metric("bytes sent per step, all devices", lambda c: sum(c.step_comm(d) for d in c.devices), units.size),
     Metric("pipeline bubble", lambda c: c.estimate.bubble, units.percent),
     Metric("step time (estimate)", _step, units.seconds),
@@ -105,6 +124,8 @@ def difference(base: float | None, value: float | None, render: Callable[[float]
 
 
 def format_comparison(costs: Sequence[Cost]) -> str:
-    parts = [format_cost(cost).rstrip("\n") for cost in costs]
+    """Each spec in brief, then the side-by-side table."""
+    parts = [format_cost(cost, brief=True).rstrip("\n") for cost in costs]
     parts.append(format_section(comparison(costs)))
-    return ("\n\n" + "#" * 100 + "\n\n").join(parts[:-1]) + "\n\n" + parts[-1] + "\n"
+    parts.append("par cost SPEC prints every table of one spec: bytes by kind, one layer node by node, the pipeline.")
+    return "\n\n".join(parts) + "\n"

@@ -12,7 +12,7 @@ from .report import time_format
 LEFT, RIGHT, TOP, ROW, GAP, AXIS = 84, 24, 48, 34, 10, 44
 PLOT_WIDTH = 960
 COLORS = {"F": ("#7fb3e6", "#1f4e79"), "B": ("#f2a766", "#7a3b08")}  # fill, stroke
-LABEL_MIN_WIDTH = 18  # px: narrower boxes carry no label (their tooltip still does)
+LABEL_MIN_WIDTH = 14  # px: narrower boxes carry no label (their tooltip still does)
 
 
 def _px(value: float) -> str:

@@ -44,6 +44,9 @@ def test_side_by_side_shows_the_differences():
     rows = {row[0]: row for row in section.rows}
     allgather = rows["allgather sent fwd/mb per device (max)"]
     assert allgather[1:] == ("0 B", units.size(layers * gathers), f"+{units.size(layers * gathers)} (new)")
+    per_layer = rows["allgather sent fwd/mb per layer (gpu 0)"]
+    assert per_layer[1:3] == ("0 B", units.size(gathers))  # the two AllGathers of one layer
+    assert rows["FLOP fwd/mb per layer (gpu 0)"][3].startswith(f"+{units.flop(replicated)} (")
     flops = rows["FLOP fwd/mb per device (max)"]
     mega_flops = max(c.flops for c in rank_costs(megatron.graph))
     percent = layers * replicated / mega_flops * 100
