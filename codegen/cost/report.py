@@ -35,7 +35,7 @@ def summary(cost: Cost) -> list[str]:
     ]
     hardware = cost.hardware
     if hardware is None:
-        lines.append("hardware: none given, so no step time and no memory-fit check (add `hardware h100` to the spec or pass --hardware h100)")
+        lines.append("hardware: none given, so no step time and no memory-fit check (add `hardware h100` to the spec, or run par cost --hardware h100)")
     else:
         lines.append(
             f"hardware: {hardware.name}: {hardware.peak_tflops:g} TFLOP/s peak at {hardware.efficiency:g} efficiency, "
