@@ -88,12 +88,13 @@ class _Validator:
 
     def node_pass(self) -> tuple[bool, list[Diagnostic]]:
         """Checks every node in insertion order. Returns whether every edge went forward in that
-        order (a proof of acyclicity) and the issue-order findings, valid only if it did."""
+        order (a proof of acyclicity) and the issue-order findings, valid only if it did.
+
+        The common cases (one operand, one device) are inlined: this loop runs once per node."""
         nodes, succ, pred = self.nodes, self.succ, self.pred
-        tp, stride = self.tp, self.tp * self.pp
         on_path = self.on_path
         order = _IssueOrder(nodes, pred)
-        position = order.position
+        position, latest = order.position, order.latest
         forward = True
         for index, (node, data) in enumerate(nodes.items()):
             position[node] = index
@@ -113,12 +114,13 @@ class _Validator:
             if node in ENDS:
                 self.ends(node, inputs, succ[node])
                 continue
+            arity = data.get("arity")
             if not inputs:
                 self.violation(2, f"{node} has no in-edges", node)
-            elif "arity" in data:
-                missing = _missing_operand(inputs, data["arity"])
+            elif arity is not None and not (arity == 1 and len(inputs) == 1 and _sole_operand(inputs)):
+                missing = _missing_operand(inputs, arity)
                 if missing is not None:
-                    self.violation(2, f"{node} lacks operand {missing} of {data['arity']}", node)
+                    self.violation(2, f"{node} lacks operand {missing} of {arity}", node)
             if not succ[node]:
                 self.violation(2, f"{node} has no out-edges", node)
             op = data.get("op")
@@ -130,15 +132,25 @@ class _Validator:
                     self.collective(node, data)
                 else:
                     self.point_to_point(node, data, op)
-            elif len(devices) == 1:
-                if forward:
-                    order.single_device(node, inputs, devices[0])
-                layer = data.get("layer")
-                if layer is not None and data.get("kind") == "compute":
-                    rank = devices[0]
-                    key = (rank // stride, rank % tp, layer, data.get("name") or node)
-                    seen = on_path.get(key)
-                    on_path[key] = node if seen is None else (seen if isinstance(seen, list) else [seen]) + [node]
+                continue
+            if len(devices) != 1:
+                continue
+            rank = devices[0]
+            if forward:
+                if len(inputs) == 1:  # _IssueOrder.single_device, inlined
+                    (source,) = inputs
+                    source_data = nodes[source]
+                    if rank in (source_data.get("devices") or ()):
+                        latest[node] = source if source_data.get("op") in COMMUNICATION else latest.get(source)
+                    else:
+                        latest[node] = None
+                else:
+                    latest[node] = order.reaching(inputs, rank)
+            layer = data.get("layer")
+            if layer is not None and data.get("kind") == "compute":
+                key = (rank, layer, data.get("name") or node)
+                seen = on_path.get(key)
+                on_path[key] = node if seen is None else (seen if isinstance(seen, list) else [seen]) + [node]
         return forward, [_violation(6, message, self.graph, node) for message, node in order.findings]
 
     def shapes_differ(self, source: str, out_shape, node: str, in_shape) -> None:
@@ -220,33 +232,45 @@ class _Validator:
     # 7 -----------------------------------------------------------------------------------------
 
     def layers(self) -> None:
+        """Every layer once per pipeline path: the ranks (dp rank, ·, tp rank) across stages."""
         mesh = self.graph.graph.get("mesh") or {}
+        tp, stride = self.tp, self.tp * self.pp
         present: dict[tuple, set[int]] = defaultdict(set)
         for dp_rank in range(mesh.get("dp", 1) if mesh else 0):
-            for tp_rank in range(self.tp):
+            for tp_rank in range(tp):
                 present[(dp_rank, tp_rank)] = set()
-        doubled = []
-        for (dp_rank, tp_rank, layer, name), seen in self.on_path.items():
-            present[(dp_rank, tp_rank)].add(layer)
-            if isinstance(seen, list):
-                doubled.append((dp_rank, tp_rank, layer, name, seen))
-        for _, _, layer, name, seen in sorted(doubled, key=lambda item: item[:4]):
+        first: dict[tuple, object] = {}
+        doubled: dict[tuple, list[str]] = {}
+        for (rank, layer, name), seen in self.on_path.items():
+            path = (rank // stride, rank % tp)
+            present[path].add(layer)
+            key = (path, layer, name)
+            earlier = first.setdefault(key, seen)
+            if earlier is not seen or isinstance(seen, list):
+                listed = doubled.setdefault(key, [] if earlier is seen else _as_list(earlier))
+                listed += _as_list(seen)
+        for (path, layer, name), seen in sorted(doubled.items()):
             self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(seen[:3])})", seen[0])
         total = self.graph.graph.get("layers")
         if total is None:
-            total = max((key[2] for key in self.on_path), default=-1) + 1
+            total = max((key[1] for key in self.on_path), default=-1) + 1
         for (dp_rank, tp_rank), layers in sorted(present.items()):
             missing = sorted(set(range(total)) - layers)
             if missing:
                 self.violation(7, f"layer {_ranks(missing)} missing on the pipeline path of dp rank {dp_rank}, tp rank {tp_rank}", None)
 
 
+def _as_list(seen) -> list[str]:
+    return seen if isinstance(seen, list) else [seen]
+
+
+def _sole_operand(inputs: dict) -> bool:
+    (edge,) = inputs.values()
+    return edge.get("operands", (0,)) == (0,)
+
+
 def _missing_operand(inputs: dict, arity: int) -> int | None:
     """The first operand index not fed exactly once, or None when all are."""
-    if arity == 1 and len(inputs) == 1:
-        (edge,) = inputs.values()
-        if edge.get("operands", (0,)) == (0,):
-            return None
     fed = sorted(i for edge in inputs.values() for i in edge.get("operands", (0,)))
     if fed == list(range(arity)):
         return None
