@@ -65,6 +65,7 @@ class _Checker:
         self.diags: list[Diagnostic] = []
         self.values: dict[str, int] = {}
         self.spans: dict[str, Span] = {}
+        self.defaulted: set[str] = set()  # settings the spec left out, given their default
         self.file_span = Span.point(spec.file)
 
     def err(self, message: str, span: Span | None, hint: str | None = None) -> None:
@@ -97,7 +98,7 @@ class _Checker:
                 self.spans["stages"] = override.span
             elif applied == "schedule":
                 schedule = (override.text, override.span)
-        namespace = self._namespace(model_decl, exprs)
+        namespace = self._namespace(model_decl, mesh_decl, exprs)
         self._evaluate(namespace, model_decl)
         dtype = self._word("dtype", words["dtype"], default="bf16")
         schedule_name = self._schedule(schedule)
@@ -175,20 +176,23 @@ class _Checker:
 
     # -- numbers ---------------------------------------------------------------------------------
 
-    def _namespace(self, model_decl: ModelDecl, exprs: dict[str, Expr]) -> Namespace:
+    def _namespace(self, model_decl: ModelDecl, mesh_decl, exprs: dict[str, Expr]) -> Namespace:
         at = model_decl.span
+        mesh_at = mesh_decl.span if mesh_decl else at
         defaults: dict[str, Expr] = {
             "kv_heads": Ref("heads", at),
             "ffn": BinOp("*", Num(4, at), Ref("hidden", at), at),
-            "tp": Num(1, at),
-            "pp": Num(1, at),
-            "dp": Num(1, at),
-            "microbatches": Num(1, at),
+            "tp": Num(1, mesh_at),
+            "pp": Num(1, mesh_at),
+            "dp": Num(1, mesh_at),
+            "microbatches": Num(1, mesh_at),
             "head_dim": BinOp("/", Ref("hidden", at), Ref("heads", at), at),
         }
         for name, expr in defaults.items():
-            exprs.setdefault(name, expr)
-            self.spans.setdefault(name, at)
+            if name not in exprs:
+                exprs[name] = expr
+                self.spans.setdefault(name, expr.span)
+                self.defaulted.add(name)
         return Namespace(exprs)
 
     def _evaluate(self, namespace: Namespace, model_decl: ModelDecl) -> None:
@@ -209,6 +213,8 @@ class _Checker:
             return None
         except AlreadyReported:
             return None
+        if name in self.defaulted and not isinstance(value, int) or name in self.defaulted and value < 1:
+            return None  # derived from a setting whose own error is reported
         span = self.spans.get(name)
         if isinstance(value, float):
             if not value.is_integer():

@@ -51,11 +51,29 @@ def format_diagnostic(diag: Diagnostic, sources: Mapping[str, SourceFile]) -> st
         source = sources.get(span.file)
         text = source.line(span.line) if source else None
         if text is not None:
-            lines.append("    " + text)
-            lines.append("    " + _caret(text, span))
+            shown, caret = _window(text, span)
+            lines.append("    " + shown)
+            lines.append("    " + caret)
     if diag.hint:
         lines.append(f"    help: {diag.hint}")
     return "\n".join(lines)
+
+
+_WIDTH = 100
+
+
+def _window(text: str, span: Span) -> tuple[str, str]:
+    """The source line and its caret, cut to a window around the span when the line is long."""
+    caret = _caret(text, span)
+    if len(text) <= _WIDTH:
+        return text, caret
+    start = max(span.col - 1 - _WIDTH // 3, 0)
+    end = start + _WIDTH
+    prefix = "..." if start > 0 else ""
+    suffix = "..." if end < len(text) else ""
+    shown = prefix + text[start:end] + suffix
+    marks = caret[start:end].rstrip()
+    return shown, " " * len(prefix) + marks
 
 
 def _caret(text: str, span: Span) -> str:

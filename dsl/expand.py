@@ -14,10 +14,6 @@ from .deployment import Deployment
 from .program import Program, Step
 from .shapes import elements
 
-# Edge data: which operands of the consumer an edge feeds (several when a value is used twice).
-_OPERANDS = [(0,), (1,), (2,), (3,)]
-
-
 def expand(program: Program) -> nx.DiGraph:
     return _Expander(program).run()
 
@@ -65,8 +61,12 @@ class _Expander:
         self.deployment: Deployment = program.deployment
         self.mesh = self.deployment.mesh
         self.dtype_bytes = self.deployment.model.dtype_bytes
-        self.nodes: list[tuple[str, dict]] = []
-        self.edges: list[tuple[str, str, dict]] = []
+        # The graph is filled through the dicts networkx documents for subclasses (`_node`,
+        # `_succ`, `_pred`): `add_nodes_from` would copy every attribute dict, which costs more
+        # than expansion itself. Ids are unique by construction; `run` verifies the count.
+        self.graph = nx.DiGraph(**graph_attributes(program))
+        self.node_map, self.succ, self.pred = self.graph._node, self.graph._succ, self.graph._pred
+        self.added = 0
         self.templates = {step.name: self._template(step) for step in program.steps}
         self.comm = {step.name for step in program.steps if step.kind == "comm"}
 
@@ -87,11 +87,22 @@ class _Expander:
                 else:
                     exits.extend(dict.fromkeys(current))
         output = self._io("output", program.stream_local, program.stream_shape, list(self._stage_ranks(mesh.pp - 1)), mesh.pp - 1)
-        self.edges.extend((source, output, {"operands": (0,)}) for source in exits)
-        graph = nx.DiGraph(**graph_attributes(program))
-        graph.add_nodes_from(self.nodes)
-        graph.add_edges_from(self.edges)
-        return graph
+        for source in exits:
+            self._edge(source, output, (0,))
+        if len(self.node_map) != self.added:
+            raise AssertionError("expansion produced a node id twice")
+        return self.graph
+
+    def _node(self, node: str, data: dict) -> None:
+        self.node_map[node] = data
+        self.succ[node] = {}
+        self.pred[node] = {}
+        self.added += 1
+
+    def _edge(self, source: str, target: str, operands: tuple[int, ...]) -> None:
+        data = {"operands": operands}
+        self.succ[source][target] = data
+        self.pred[target][source] = data
 
     def _stage_ranks(self, stage: int):
         for dp_rank in range(self.mesh.dp):
@@ -129,27 +140,23 @@ class _Expander:
         return data
 
     def _io(self, name: str, in_shape, out_shape, devices: list[int], stage: int) -> str:
-        self.nodes.append(
-            (
-                name,
-                {
-                    "op": name,
-                    "kind": "route",
-                    "name": name,
-                    "layer": None,
-                    "stage": stage,
-                    "devices": devices,
-                    "in_shape": tuple(in_shape),
-                    "out_shape": tuple(out_shape),
-                    "dtype": self.deployment.model.dtype,
-                    "flops": 0,
-                    "params": 0,
-                    "bytes": 0,
-                    "wire_bytes": 0,
-                    "src": str(self.deployment.span_of("batch" if name == "input" else "layers")),
-                },
-            )
-        )
+        data = {
+            "op": name,
+            "kind": "route",
+            "name": name,
+            "layer": None,
+            "stage": stage,
+            "devices": devices,
+            "in_shape": tuple(in_shape),
+            "out_shape": tuple(out_shape),
+            "dtype": self.deployment.model.dtype,
+            "flops": 0,
+            "params": 0,
+            "bytes": 0,
+            "wire_bytes": 0,
+            "src": str(self.deployment.span_of("batch" if name == "input" else "layers")),
+        }
+        self._node(name, data)
         return name
 
     def _entry_points(self, dp_rank: int) -> list[str]:
@@ -181,74 +188,81 @@ class _Expander:
                 "src": str(self.deployment.span_of("sp")),
                 "reason": f"the residual stream is {program.stream}: each rank keeps its own part of the input",
             }
-            self.nodes.append((node, data))
-            self.edges.append((ids.INPUT, node, {"operands": (0,)}))
+            self._node(node, data)
+            self._edge(ids.INPUT, node, (0,))
             points.append(node)
         return points
 
     def _layer(self, layer: int, stage: int, dp_rank: int, group: tuple[int, ...], entry: list[str]) -> list[str]:
-        """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output."""
-        mesh, program = self.mesh, self.program
+        """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output.
+
+        This loop makes most of the nodes of a large DAG, so it writes the graph's dicts inline
+        (what `_node` and `_edge` do) and spells out `ids.compute_id`."""
+        program, templates = self.program, self.templates
+        node_map, succ, pred = self.node_map, self.succ, self.pred
         devices = list(group)
         produced: dict[str, list[str]] = {program.param: entry}
-        nodes, edges, templates = self.nodes, self.edges, self.templates
+        prefix = f"layer_{layer}_"
         for step in program.steps:
             template = templates[step.name]
             if step.name in self.comm:
-                node = ids.collective_id(layer, step.name, dp_rank, mesh.dp)
-                nodes.append((node, dict(template, layer=layer, stage=stage, devices=devices)))
-                edges.extend((source, node, {"operands": (0,)}) for source in dict.fromkeys(produced[step.inputs[0]]))
+                node = ids.collective_id(layer, step.name, dp_rank, self.mesh.dp)
+                self._node(node, dict(template, layer=layer, stage=stage, devices=devices))
+                for source in dict.fromkeys(produced[step.inputs[0]]):
+                    self._edge(source, node, (0,))
                 produced[step.name] = [node] * len(group)
                 continue
-            names = [ids.compute_id(layer, step.name, rank) for rank in group]
+            names = [f"{prefix}{step.name}_gpu{rank}" for rank in group]
             for rank, node in zip(group, names):
-                nodes.append((node, dict(template, layer=layer, stage=stage, devices=[rank])))
-            self._operand_edges(step, produced, names)
+                node_map[node] = dict(template, layer=layer, stage=stage, devices=[rank])
+                succ[node] = {}
+                pred[node] = {}
+            self.added += len(names)
+            for source_lists, operands in self._operands(step, produced):
+                for source, node in zip(source_lists, names):
+                    data = {"operands": operands}
+                    succ[source][node] = data
+                    pred[node][source] = data
             produced[step.name] = names
         return produced[program.result]
 
-    def _operand_edges(self, step: Step, produced: dict[str, list[str]], names: list[str]) -> None:
-        if len(set(step.inputs)) == len(step.inputs):
-            for operand, value in enumerate(step.inputs):
-                data = _OPERANDS[operand]
-                self.edges.extend((source, node, {"operands": data}) for source, node in zip(produced[value], names))
-            return
-        for position, node in enumerate(names):  # a value used twice: one edge, both operands
-            by_source: dict[str, tuple[int, ...]] = {}
-            for operand, value in enumerate(step.inputs):
-                source = produced[value][position]
-                by_source[source] = by_source.get(source, ()) + (operand,)
-            self.edges.extend((source, node, {"operands": operands}) for source, operands in by_source.items())
+    def _operands(self, step: Step, produced: dict[str, list[str]]):
+        """(per-rank producers, operand indices) for each distinct input of a step: a value used
+        twice feeds both operands through one edge."""
+        indices: dict[str, tuple[int, ...]] = {}
+        for operand, value in enumerate(step.inputs):
+            indices[value] = indices.get(value, ()) + (operand,)
+        return [(produced[value], operands) for value, operands in indices.items()]
 
     def _boundary(self, stage: int, dp_rank: int, outputs: list[str], src: str) -> list[str]:
         """Send/Recv from each rank of `stage` to the same tensor-parallel rank of the next."""
         mesh, program = self.mesh, self.program
         local_bytes = elements(program.stream_local) * self.dtype_bytes
         first_next = mesh.stages[stage + 1][0]
+        reason = f"pipeline boundary: layer {first_next - 1} on stage {stage} feeds layer {first_next} on stage {stage + 1}"
+        common = {
+            "kind": "comm",
+            "layer": None,
+            "in_shape": program.stream_local,
+            "out_shape": program.stream_local,
+            "in_placement": str(program.stream),
+            "out_placement": str(program.stream),
+            "dtype": self.deployment.model.dtype,
+            "flops": 0,
+            "params": 0,
+            "bytes": local_bytes,
+            "src": src,
+            "reason": reason,
+            "inserted": True,
+        }
         receivers = []
         for tp_rank, source in enumerate(outputs):
             sender = mesh.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
             receiver = mesh.rank(dp_rank=dp_rank, stage=stage + 1, tp_rank=tp_rank)
-            reason = f"pipeline boundary: layer {first_next - 1} on stage {stage} feeds layer {first_next} on stage {stage + 1}"
-            common = {
-                "kind": "comm",
-                "layer": None,
-                "in_shape": program.stream_local,
-                "out_shape": program.stream_local,
-                "in_placement": str(program.stream),
-                "out_placement": str(program.stream),
-                "dtype": self.deployment.model.dtype,
-                "flops": 0,
-                "params": 0,
-                "bytes": local_bytes,
-                "src": src,
-                "reason": reason,
-                "inserted": True,
-            }
             send, recv = ids.send_id(stage, sender), ids.recv_id(stage + 1, receiver)
-            self.nodes.append((send, dict(common, op="send", name="send", stage=stage, devices=[sender], peer=receiver, wire_bytes=local_bytes)))
-            self.nodes.append((recv, dict(common, op="recv", name="recv", stage=stage + 1, devices=[receiver], peer=sender, wire_bytes=0)))
-            self.edges.append((source, send, {"operands": (0,)}))
-            self.edges.append((send, recv, {"operands": (0,)}))
+            self._node(send, dict(common, op="send", name="send", stage=stage, devices=[sender], peer=receiver, wire_bytes=local_bytes))
+            self._node(recv, dict(common, op="recv", name="recv", stage=stage + 1, devices=[receiver], peer=sender, wire_bytes=0))
+            self._edge(source, send, (0,))
+            self._edge(send, recv, (0,))
             receivers.append(recv)
         return receivers

@@ -56,8 +56,19 @@ def resolve_hardware(decl: HardwareDecl, diags: list[Diagnostic]) -> Hardware | 
         return None
     if not ok:
         return None
+    return _hardware(decl.profile or "custom", values)
+
+
+def builtin_hardware(name: str) -> Hardware | None:
+    """A built-in profile as it stands, or None when there is no profile of that name."""
+    if name not in PROFILES:
+        return None
+    return _hardware(name, PROFILES[name])
+
+
+def _hardware(name: str, values: dict[str, float]) -> Hardware:
     return Hardware(
-        name=decl.profile or "custom",
+        name=name,
         peak_tflops=values["peak_tflops"],
         efficiency=values["efficiency"],
         memory_gb=values["memory_gb"],

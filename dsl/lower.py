@@ -54,16 +54,17 @@ class _Builder:
         for convert in choices[-1].converts:
             self._convert(convert, None)
         result = self.providers[(self.block.result, self.stream)]
-        steps = self.steps
+        steps, stream = self.steps, self.stream
         if self.tp == 1:
             steps, result = _without_collectives(steps, result)
+            stream = R
         shape = stream_shape(self.deployment)
         program = Program(
             deployment=self.deployment,
             steps=tuple(steps),
             param=self.block.param,
             result=result,
-            stream=self.stream,
+            stream=stream,
             stream_shape=shape,
             stream_local=self.stream.local_shape(shape, self.tp),
         )
@@ -164,7 +165,8 @@ class _Builder:
 
 
 def _without_collectives(steps: list[Step], result: str) -> tuple[list[Step], str]:
-    """With one rank per group, every collective and slice is the identity: drop them."""
+    """With one rank per group, every collective and slice is the identity and every tensor is
+    whole (R): drop them and say so."""
     alias: dict[str, str] = {}
     kept = []
     for step in steps:
@@ -172,7 +174,7 @@ def _without_collectives(steps: list[Step], result: str) -> tuple[list[Step], st
         if step.kind in ("comm", "route"):
             alias[step.name] = inputs[0]
             continue
-        kept.append(step if inputs == step.inputs else replace(step, inputs=inputs))
+        kept.append(replace(step, inputs=inputs, in_placement=R, out_placement=R))
     return kept, alias.get(result, result)
 
 
@@ -211,13 +213,12 @@ def _strict_error(convert: Convert, consumer: Op | None, span, sequence_parallel
 
 
 def _mismatch(op: Op, origin: Placement, producer: Op | None) -> Diagnostic:
-    fits = sorted(
-        {found.op for target in (R, S_SEQ) if (found := conversion(origin, target)) and found.kind == "comm"}
-    )
-    hint = (
-        f"{op.inputs[0]} is already complete: no collective is needed" if origin == R
-        else f"a {' or '.join(fits)} fits here" if fits else None
-    )
+    value = op.inputs[0]
+    fits = sorted({found.op for target in (R, S_SEQ) if (found := conversion(origin, target)) and found.op != "alltoall"})
+    if origin == R:
+        hint = f"{value} is already replicated: no collective is needed"
+    else:
+        hint = " or ".join(f"`{kind}`" for kind in fits) + f" fits {value} here"
     return error(
         f"{op.op} of '{op.inputs[0]}' needs {COLLECTIVE_NEEDS[op.op]}, but {op.inputs[0]} is "
         f"{describe(origin)} (from {_producer_text(producer)})",

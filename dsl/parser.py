@@ -36,8 +36,9 @@ _TERMINAL_NAMES = {
 
 
 @cache
-def _lark() -> Lark:
+def _lark(keep_comments: bool = False) -> Lark:
     grammar = (files("grammar") / "par.lark").read_text(encoding="utf-8")
+    options = {"lexer_callbacks": {"COMMENT": _COMMENTS.append}} if keep_comments else {}
     return Lark(
         grammar,
         parser="lalr",
@@ -45,7 +46,12 @@ def _lark() -> Lark:
         start=["start", "override"],
         propagate_positions=True,
         maybe_placeholders=True,
+        **options,
     )
+
+
+# Filled by the comment-keeping lexer during one parse_with_comments call.
+_COMMENTS: list[Token] = []
 
 
 def _token_span(file: str, tok: Token) -> Span:
@@ -226,6 +232,17 @@ def parse_text(text: str, file: str) -> ast.Spec:
     return _parse(text, file, "start")
 
 
+def parse_with_comments(text: str, file: str) -> tuple[ast.Spec, list[ast.Comment]]:
+    """Parse one spec and return its comments too (for the formatter)."""
+    _COMMENTS.clear()
+    try:
+        spec = _parse(text, file, "start", keep_comments=True)
+        comments = [ast.Comment(str(tok), _token_span(file, tok)) for tok in _COMMENTS]
+    finally:
+        _COMMENTS.clear()
+    return spec, comments
+
+
 def parse_override(name: str, value: str, span: Span) -> ast.Override:
     """Parse the value of `-D name=value`; `span` locates the value on the command line."""
     try:
@@ -235,11 +252,12 @@ def parse_override(name: str, value: str, span: Span) -> ast.Override:
     return ast.Override(name, value, stages, span)
 
 
-def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset: int = 0):
+def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset: int = 0, keep_comments: bool = False):
     try:
-        tree = _lark().parse(text, start=start)
+        tree = _lark(keep_comments).parse(text, start=start)
     except UnexpectedInput as exc:
-        line, col = exc.line + line_offset, exc.column + col_offset
+        line, col = _error_position(exc, text)
+        line, col = line + line_offset, col + col_offset
         raise CompileError([_syntax_error(exc, text, Span(file, line, col, line, col + 1))]) from None
     try:
         if line_offset or col_offset:
@@ -252,6 +270,15 @@ def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset
         raise
     except RecursionError:
         raise CompileError([error("expression is nested too deeply", Span.point(file))]) from None
+
+
+def _error_position(exc: UnexpectedInput, text: str) -> tuple[int, int]:
+    """Where to point: the offending token, or just past the last text at end of file."""
+    at_end = isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END")
+    if not at_end and exc.line > 0:
+        return exc.line, exc.column
+    stripped = text.rstrip()
+    return stripped.count("\n") + 1, len(stripped) - (stripped.rfind("\n") + 1) + 1
 
 
 def _shift(tree, line_offset: int, col_offset: int) -> None:
@@ -273,7 +300,8 @@ def _syntax_error(exc: UnexpectedInput, text: str, span: Span) -> Diagnostic:
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
         shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}" if char else "end of input"
-        return error(f"unexpected character {shown}", span)
+        hint = "names are ASCII letters, digits and _" if char and not char.isascii() else None
+        return error(f"unexpected character {shown}", span, hint=hint)
     # `accepts` includes keywords the contextual lexer folds into NAME; `expected` does not.
     accepted = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ()
     expected = sorted({_TERMINAL_NAMES.get(t, _keyword(t)) for t in accepted})
@@ -284,7 +312,17 @@ def _syntax_error(exc: UnexpectedInput, text: str, span: Span) -> Diagnostic:
     message = f"unexpected {found}"
     if expected:
         message += "; expected " + _one_of(expected)
-    return error(message, span)
+    return error(message, span, hint=_missing_brace_hint(exc, text))
+
+
+def _missing_brace_hint(exc: UnexpectedInput, text: str) -> str | None:
+    """`model m { ...` left open runs into the next item, whose keyword then reads as a setting."""
+    if not isinstance(exc, UnexpectedToken) or exc.token.type != "LBRACE":
+        return None
+    before = text[: exc.token.start_pos].split()
+    if before and before[-1] in ("mesh", "hardware"):
+        return f"is a '}}' missing before '{before[-1]}'?"
+    return None
 
 
 def _keyword(terminal: str) -> str:

@@ -151,3 +151,9 @@ class Override:
     value: tuple[StageSpec, ...]
     span: Span
     error: Diagnostic | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    text: str  # with its leading '#'
+    span: Span

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import build, check, explain
+from . import build, check, cost, explain, fmt
 
-COMMANDS = [check, build, explain]
+COMMANDS = [check, build, cost, explain, fmt]

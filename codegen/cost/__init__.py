@@ -1,0 +1,13 @@
+"""Cost model and report: per-device memory, FLOPs and communication, pipeline bubble, step time.
+
+Everything is read from the DAG (docs/cost.md). Entry points: `cost_of(graph, hardware=...)`,
+`per_rank_comm(graph, scope=...)`, and the renderers of report.md and timeline.svg.
+"""
+
+from __future__ import annotations
+
+from .accounting import per_rank_comm, rank_costs, transfers
+from .model import Cost, cost_of
+from .render import render_report, render_timeline
+
+__all__ = ["Cost", "cost_of", "per_rank_comm", "rank_costs", "render_report", "render_timeline", "transfers"]

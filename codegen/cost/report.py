@@ -1,0 +1,303 @@
+"""The view-model of a cost report: titled tables of strings, shared by `par cost` and report.md."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import units
+from .accounting import KINDS, PHASES, RankCost, step_kinds
+from .estimate import fits
+from .model import Cost, DeviceGroup
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    align: str  # one letter per column: l (left) or r (right)
+    notes: tuple[str, ...] = field(default=())
+
+
+def title(cost: Cost) -> str:
+    return f"{cost.name} ({cost.graph.graph['source']})"
+
+
+def summary(cost: Cost) -> list[str]:
+    model, mesh = cost.model, cost.mesh
+    lines = [
+        f"model: {model['name']} ({model['block']} block), {model['layers']} layers, hidden {model['hidden']}, "
+        f"heads {model['heads']} (kv {model['kv_heads']}), ffn {model['ffn']}, {model['dtype']}",
+        f"mesh: tp {mesh['tp']} x pp {mesh['pp']} x dp {mesh['dp']} = {mesh['world']} devices; "
+        f"{mesh['microbatches']} microbatches of {list(cost.graph.graph['microbatch_shape'])} per step, "
+        f"{mesh['schedule']} schedule" + (", sequence parallel" if mesh["sequence_parallel"] else ""),
+    ]
+    hardware = cost.hardware
+    if hardware is None:
+        lines.append("hardware: none given, so no step time and no memory-fit check (add `hardware h100` to the spec, or run par cost --hardware h100)")
+    else:
+        lines.append(
+            f"hardware: {hardware.name}: {hardware.peak_tflops:g} TFLOP/s peak at {hardware.efficiency:g} efficiency, "
+            f"{hardware.memory_gb:g} GB per device, {hardware.devices_per_node} devices per node, "
+            f"links {hardware.intra_gbps:g} GB/s + {hardware.intra_latency_us:g} us within a node, "
+            f"{hardware.inter_gbps:g} GB/s + {hardware.inter_latency_us:g} us across nodes"
+        )
+    return lines
+
+
+def warnings(cost: Cost) -> list[str]:
+    """One line per group of devices that does not fit in the hardware's memory, with the numbers."""
+    found = []
+    for group in cost.too_big():
+        memory = group.memory
+        found.append(
+            f"{_devices(group)} (stage {group.cost.stage}) does not fit: it needs {units.size(memory.total)} "
+            f"(weights {units.size(memory.weights)} + grads {units.size(memory.grads)} + optimizer "
+            f"{units.size(memory.optimizer)} + activations {memory.in_flight} x "
+            f"{units.size(memory.activations_per_microbatch)}) but {cost.hardware.name} has "
+            f"{cost.hardware.memory_gb:g} GB per device"
+        )
+    return found
+
+
+def sections(cost: Cost) -> list[Section]:
+    found = [_devices_section(cost), _memory_section(cost), _comm_section(cost), _layer_section(cost), _pipeline_section(cost)]
+    if cost.hardware is not None:
+        found.append(_step_section(cost))
+    found.append(_totals_section(cost))
+    return found
+
+
+def _devices(group: DeviceGroup) -> str:
+    return f"gpu {units.ranges(group.ranks)}"
+
+
+def _layers(cost: RankCost) -> str:
+    return units.ranges(cost.layers) or "-"
+
+
+def _sent(cost: RankCost, phase: str) -> float:
+    return sum(cost.comm.get(phase, {}).values())
+
+
+def _devices_section(cost: Cost) -> Section:
+    rows = []
+    for group in cost.groups:
+        device = group.cost
+        rows.append(
+            (
+                _devices(group),
+                str(device.stage),
+                _layers(device),
+                units.count(device.params),
+                units.flop(device.flops),
+                units.size(device.activation_bytes),
+                units.size(_sent(device, "forward")),
+                units.size(cost.step_comm(device)),
+            )
+        )
+    devices = cost.devices
+    rows.append(
+        (
+            f"all {len(devices)} devices",
+            "",
+            "",
+            units.count(sum(d.params for d in devices)),
+            units.flop(sum(d.flops for d in devices)),
+            units.size(sum(d.activation_bytes for d in devices)),
+            units.size(sum(_sent(d, "forward") for d in devices)),
+            units.size(sum(cost.step_comm(d) for d in devices)),
+        )
+    )
+    return Section(
+        "Per device",
+        ("devices", "stage", "layers", "params", "FLOP fwd/mb", "activations/mb", "sent fwd/mb", "sent/step"),
+        tuple(rows),
+        "lllrrrrr",
+        (
+            "/mb: the forward pass of one microbatch, as in the DAG. /step: a training step, "
+            f"{cost.mesh['microbatches']} microbatches forward and backward plus the gradient sync.",
+        ),
+    )
+
+
+def _memory_section(cost: Cost) -> Section:
+    hardware = cost.hardware
+    rows = []
+    for group in cost.groups:
+        memory = group.memory
+        row = (
+            _devices(group),
+            units.size(memory.weights),
+            units.size(memory.grads),
+            units.size(memory.optimizer),
+            units.size(memory.activations_per_microbatch),
+            str(memory.in_flight),
+            units.size(memory.activations),
+            units.size(memory.total),
+        )
+        if hardware is not None:
+            verdict = "yes" if fits(memory, hardware) else "NO"
+            row += (f"{verdict} ({units.percent(memory.total / (hardware.memory_gb * 1e9))} of {hardware.memory_gb:g} GB)",)
+        rows.append(row)
+    state = cost.state
+    headers = ("devices", "weights", "grads", "optimizer", "activations/mb", "in flight", "activations", "peak")
+    return Section(
+        "Memory per device (peak during a step)",
+        headers + (("fits",) if hardware else ()),
+        tuple(rows),
+        "lrrrrrrr" + ("l" if hardware else ""),
+        (
+            f"Per parameter: weights {state.weights} B + grads {state.grads} B + Adam optimizer state "
+            f"{state.optimizer} B = {state.total} B ({cost.model['dtype']}"
+            + ("; fp32 master weights, m and v" if state.optimizer == 12 else "; m and v") + ").",
+            f"In flight: microbatches whose activations a stage holds at once under {cost.mesh['schedule']} "
+            "(GPipe: m; 1F1B: min(p - stage, m)).",
+        ),
+    )
+
+
+def _comm_section(cost: Cost) -> Section:
+    rows = []
+    for group in cost.groups:
+        comm = group.cost.comm
+        step = step_kinds(comm, microbatches=cost.mesh["microbatches"])
+        for kind in KINDS:
+            if not step.get(kind):
+                continue
+            sent = [comm.get(phase, {}).get(kind, 0) for phase in PHASES]
+            rows.append((_devices(group), kind, *(units.size(value) for value in sent), units.size(step[kind])))
+    if not rows:
+        rows.append(("all", "none", "0 B", "0 B", "0 B", "0 B"))
+    return Section(
+        "Bytes sent per device",
+        ("devices", "kind", "forward/mb", "backward/mb", "gradients/step", "step"),
+        tuple(rows),
+        "llrrrr",
+        (
+            "Ring collectives: each rank sends 2(n-1)/n of the tensor for an AllReduce, (n-1)/n for an "
+            "AllGather or ReduceScatter, (n-1)/n^2 for an AllToAll; a pipeline send is the local tensor.",
+            "Backward: AllGather <-> ReduceScatter, AllToAll <-> AllToAll, AllReduce <-> nothing, "
+            "send <-> send back; a replicated value entering a column-parallel linear (not from an AllGather) "
+            "is AllReduced. Gradients: AllReduce over the data-parallel group; over the tensor-parallel "
+            "group for parameters of ops on sequence shards.",
+        ),
+    )
+
+
+def _layer_section(cost: Cost) -> Section:
+    graph = cost.graph
+    first = cost.groups[0]
+    rank, layer = first.ranks[0], (first.cost.layers or (None,))[0]
+    sent: dict[tuple[str, str], float] = {}
+    for item in cost.transfers:
+        if item.node is not None and rank in item.senders and item.phase != "gradients":
+            sent[(item.phase, item.node)] = sent.get((item.phase, item.node), 0) + item.bytes
+    rows, totals = [], [0, 0, 0, 0]
+    for node, data in graph.nodes(data=True):
+        if data["layer"] != layer or rank not in data["devices"]:
+            continue
+        values = (data["flops"], data["params"], sent.get(("forward", node), 0), sent.get(("backward", node), 0))
+        totals = [a + b for a, b in zip(totals, values)]
+        placement = f"{data['in_placement']} -> {data['out_placement']}" if "in_placement" in data else ""
+        rows.append((node, data["op"], placement, str(list(data["out_shape"])), f"{values[0]:,}", f"{values[1]:,}", f"{values[2]:,}", f"{values[3]:,}"))
+    rows.append(("layer total", "", "", "", *(f"{value:,}" for value in totals)))
+    return Section(
+        f"Layer {layer} on gpu {rank}, one microbatch (from the DAG)",
+        ("node", "op", "placement", "output (local)", "FLOP fwd", "params", "sent fwd (B)", "sent bwd (B)"),
+        tuple(rows),
+        "llllrrrr",
+        ("Every layer of a stage is the same; FLOPs count a multiply-add as 2.",),
+    )
+
+
+def time_format(cost: Cost) -> Callable[[float], str]:
+    return units.seconds if cost.estimate.unit == "s" else units.flop
+
+
+def _pipeline_section(cost: Cost) -> Section:
+    estimate, mesh = cost.estimate, cost.mesh
+    stages, m = mesh["pp"], mesh["microbatches"]
+    at = time_format(cost)
+    rows = []
+    for stage in range(stages):
+        group = next(g for g in cost.groups if g.cost.stage == stage)
+        rows.append(
+            (
+                str(stage),
+                _layers(group.cost),
+                at(estimate.stages.forward[stage]),
+                at(estimate.stages.backward[stage]),
+                str(group.memory.in_flight),
+            )
+        )
+    forward = estimate.stages.forward
+    mean = sum(forward) / len(forward)
+    closed = cost.closed_form_bubble
+    notes = [
+        f"Bubble: {units.percent(estimate.bubble)} of device time is idle (idle / (stages x pipeline time), "
+        f"simulated {mesh['schedule']} with the stage times above); closed form for equal stages "
+        f"(p-1)/(m+p-1) = ({stages}-1)/({m}+{stages}-1) = {closed.numerator}/{closed.denominator} = "
+        f"{units.percent(float(closed))}, the same for GPipe and 1F1B.",
+        f"Stage imbalance: slowest stage forward / mean = {max(forward) / mean if mean else 1:.3f}.",
+    ]
+    if estimate.unit != "s":
+        notes.append("Times in FLOPs on the critical path (no hardware given: communication is not timed).")
+    else:
+        notes.append("Times: critical path through the stage's part of the DAG; backward = 2 x compute + backward collectives.")
+    return Section(
+        "Pipeline",
+        ("stage", "layers", "forward/mb", "backward/mb", "in flight"),
+        tuple(rows),
+        "llrrr",
+        tuple(notes),
+    )
+
+
+def _step_section(cost: Cost) -> Section:
+    estimate, hardware, mesh = cost.estimate, cost.hardware, cost.mesh
+    flops = sum(cost.step_flops(device) for device in cost.devices)
+    peak = mesh["world"] * hardware.peak_tflops * 1e12
+    tokens = cost.model["batch"] * cost.model["seq"]
+    rows = (
+        ("one microbatch forward, whole DAG (critical path)", units.seconds(estimate.microbatch_latency)),
+        (f"pipeline: {mesh['microbatches']} microbatches forward and backward", units.seconds(estimate.pipeline)),
+        ("gradient sync after the pipeline (slowest device)", units.seconds(estimate.gradient_sync)),
+        ("step", units.seconds(estimate.step)),
+        ("counted FLOP/s / peak FLOP/s, all devices", units.percent(flops / (estimate.step * peak))),
+        ("tokens per second", units.count(tokens / estimate.step)),
+    )
+    return Section(
+        f"Step time estimate ({hardware.name})",
+        ("quantity", "time"),
+        rows,
+        "lr",
+        (
+            "Compute: FLOPs / (peak x efficiency). A collective: ring steps x latency + bytes sent / bandwidth "
+            "(2(n-1) steps for an AllReduce, n-1 for the others; a send is 1), intra-node links when the whole "
+            "group is in one node. No overlap of compute and communication.",
+        ),
+    )
+
+
+def _totals_section(cost: Cost) -> Section:
+    devices = cost.devices
+    rows = (
+        ("distinct parameters of the model", units.count(cost.model_params)),
+        ("parameters held, all devices (with copies)", units.count(sum(d.params for d in devices))),
+        ("FLOP per step, all devices", units.flop(sum(cost.step_flops(d) for d in devices))),
+        ("bytes sent per step, all devices", units.size(sum(cost.step_comm(d) for d in devices))),
+    )
+    return Section(
+        "Totals",
+        ("quantity", "value"),
+        rows,
+        "lr",
+        (
+            "The DAG holds the transformer layers: embeddings, the output head and the loss are not counted.",
+            "Activations: every tensor a device's forward produces (compute outputs, collective outputs, "
+            "received tensors) is kept for backward; no recomputation, no activation checkpointing; "
+            "attention is fused, so no seq x seq score matrix is kept. Backward FLOPs = 2 x forward.",
+        ),
+    )

@@ -1,0 +1,52 @@
+"""`par fmt SPEC... [--check | --write]`: print specs in canonical form."""
+
+from __future__ import annotations
+
+import sys
+
+from ..build import write_atomic
+from ..diagnostics import CompileError
+from ..format import format_spec
+from ..inputs import spec_inputs
+from ..parser import parse_with_comments
+from .common import print_diagnostics
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "fmt",
+        help="print specs in canonical form",
+        description=(
+            "Print each spec in canonical form (comments kept). --write rewrites the files; "
+            "--check exits 1 listing the files that are not formatted."
+        ),
+    )
+    parser.add_argument("specs", nargs="+", metavar="SPEC", help=".par files or folders of them")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="write nothing; list files that would change")
+    mode.add_argument("--write", action="store_true", help="rewrite files in place")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    inputs = spec_inputs(args.specs, None)
+    failed = changed = 0
+    for path in inputs.paths:
+        try:
+            text = inputs.read(path)
+            formatted = format_spec(*parse_with_comments(text, str(path)), text)
+        except CompileError as exc:
+            print_diagnostics(exc.diagnostics, inputs)
+            failed += 1
+            continue
+        if args.check:
+            if formatted != text:
+                print(f"{path}: not formatted")
+                changed += 1
+        elif args.write:
+            if formatted != text:
+                write_atomic(path, formatted.encode("utf-8"))
+                print(f"{path}: formatted", file=sys.stderr)
+        else:
+            sys.stdout.write(formatted)
+    return 1 if failed or changed else 0

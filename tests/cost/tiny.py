@@ -1,0 +1,36 @@
+"""Small specs compiled in memory for the cost tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dsl.compiler import compile_file, compile_text
+from dsl.inputs import parse_defines
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "specs"
+
+# A GPT block, small enough to compile in milliseconds; every size can be changed with -D.
+GPT = """
+model tiny : gpt { layers 4  hidden 64  heads 8  ffn 256  batch 8  seq 16  dtype fp16 }
+mesh { tp 4  pp 2  microbatches 2 }
+"""
+
+LLAMA = """
+model tiny : llama { layers 4  hidden 64  heads 8  kv_heads 2  ffn 160  batch 8  seq 16  dtype bf16 }
+mesh { tp 2  pp 2  microbatches 2 }
+"""
+
+
+def compile_source(text: str, *defines: str, name: str = "tiny.par"):
+    overrides, _ = parse_defines(list(defines))
+    return compile_text(text, name, overrides)
+
+
+def compile_spec(stem: str, *defines: str):
+    return compile_file(SPECS / f"{stem}.par", list(defines))
+
+
+# The seed deployments, shrunk so that tests stay fast; tp, pp and microbatches kept.
+SMALL = ("layers=4", "hidden=64", "heads=8", "ffn=256", "batch=8", "seq=16")
+

@@ -1,0 +1,84 @@
+"""The command line: exit codes, output, and no traceback for anything a user can type."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsl.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = "model m : gpt { layers 4  hidden 64  heads 4  ffn 256  batch 8  seq 16  dtype fp32 }\nmesh { tp 2  pp 2  microbatches 2 }\n"
+
+
+def par(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dsl", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=120)
+
+
+def test_check_the_shipped_specs():
+    result = par("check", "specs")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (") == len(list((ROOT / "specs").glob("*.par")))
+
+
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["check", "missing.par"], 2, "missing.par: no such file or folder"),
+        (["check", "-D", "tp", "specs"], 2, "-D expects name=value"),
+        (["bogus"], 2, "invalid choice"),
+        ([], 2, "usage"),
+        (["check", "specs", "-D", "hidden=63"], 1, "hidden (63) is not divisible by heads"),
+    ],
+)
+def test_exit_codes(args, code, words):
+    result = par(*args)
+    assert result.returncode == code
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\xff\xfe\x00\x01", b"model m : gpt {" * 3, b"(" * 20000, b"model \xc3\xa9 : gpt { }", b"\t\n\r\x0b"],
+)
+def test_no_traceback_on_bad_files(tmp_path, content):
+    path = tmp_path / "bad.par"
+    path.write_bytes(content)
+    result = par("check", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and f"{path}:" in result.stderr
+
+
+def test_fmt_check_and_write(tmp_path, capsys):
+    path = tmp_path / "x.par"
+    path.write_text("model m : gpt {layers=4,hidden 64 heads 4 ffn 256 batch 8 seq 16 dtype fp32}  # note\n")
+    assert main(["fmt", "--check", str(path)]) == 1
+    assert main(["fmt", "--write", str(path)]) == 0
+    assert path.read_text() == "model m : gpt { layers 4  hidden 64  heads 4  ffn 256  batch 8  seq 16  dtype fp32 }  # note\n"
+    assert main(["fmt", "--check", str(path)]) == 0
+    capsys.readouterr()
+
+
+def test_shipped_specs_and_library_are_formatted():
+    assert main(["fmt", "--check", str(ROOT / "specs"), str(ROOT / "dsl" / "library" / "blocks.par")]) == 0
+
+
+def test_explain_says_why(capsys):
+    assert main(["explain", str(ROOT / "specs" / "megatron_tp8_pp2.par"), "layer_3_allreduce_attn"]) == 0
+    out = capsys.readouterr().out
+    assert "P -> R is an AllReduce" in out and "gpu 0-7" in out and "h    = add(x, attn)" in out
+    assert main(["explain", str(ROOT / "specs" / "megatron_tp8_pp2.par"), "layer_3_allreduce_atn"]) == 1
+    assert "did you mean layer_3_allreduce_attn" in capsys.readouterr().err
+
+
+def test_works_from_any_directory(tmp_path):
+    spec = tmp_path / "m.par"
+    spec.write_text(GOOD)
+    result = subprocess.run(
+        [sys.executable, "-m", "dsl", "check", "m.par"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,83 @@
+"""Mutated, truncated and random input never escapes the front end as an unexpected exception."""
+
+import glob
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsl.check import check
+from dsl.diagnostics import CompileError
+from dsl.format import format_spec
+from dsl.lower import lower
+from dsl.parser import parse_text, parse_with_comments
+
+SEEDS = [open(path, encoding="utf-8").read() for path in sorted(glob.glob("specs/*.par"))]
+SEEDS.append(open("dsl/library/blocks.par", encoding="utf-8").read() + SEEDS[0])
+TOKENS = ["model", "mesh", "block", "place", "after", "as", "strict", "sp", "stages", "{", "}", "(", ")",
+          "[", "]", "..", ",", "=", "-", "*", "/", "+", "0", "1", "7", "4096", "x", "tp", "heads", "#", "\n", "1f1b"]
+
+
+def front_end(text: str) -> None:
+    """Parse, check and lower; only CompileError may come out."""
+    try:
+        deployment, _ = check(parse_text(text, "fuzz.par"))
+        lower(deployment)
+    except CompileError as exc:
+        assert exc.diagnostics and all(d.span is None or d.span.line >= 1 for d in exc.diagnostics)
+
+
+@st.composite
+def mutated(draw):
+    text = draw(st.sampled_from(SEEDS))
+    for _ in range(draw(st.integers(1, 4))):
+        position = draw(st.integers(0, len(text)))
+        action = draw(st.sampled_from(["cut", "delete", "insert", "token"]))
+        if action == "cut":
+            text = text[:position]
+        elif action == "delete":
+            text = text[:position] + text[position + draw(st.integers(1, 12)) :]
+        elif action == "insert":
+            text = text[:position] + draw(st.text(max_size=6)) + text[position:]
+        else:
+            text = text[:position] + " " + draw(st.sampled_from(TOKENS)) + " " + text[position:]
+    return text
+
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(mutated())
+def test_mutated_specs_give_a_spec_or_diagnostics(text):
+    front_end(text)
+
+
+@FUZZ
+@given(st.text(max_size=200))
+def test_arbitrary_text_gives_diagnostics(text):
+    front_end(text)
+
+
+@FUZZ
+@given(mutated())
+def test_whatever_parses_formats_to_the_same_spec(text):
+    try:
+        spec, comments = parse_with_comments(text, "fuzz.par")
+    except CompileError:
+        return
+    formatted = format_spec(spec, comments, text)
+    again, again_comments = parse_with_comments(formatted, "fuzz.par")
+    assert strip_spans(again) == strip_spans(spec)
+    assert [c.text for c in again_comments] == [c.text for c in comments]
+    assert format_spec(again, again_comments, formatted) == formatted
+
+
+def strip_spans(value):
+    """The spec with every source span removed, for comparing two parses of different text."""
+    if isinstance(value, tuple):
+        return tuple(strip_spans(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return (type(value).__name__,) + tuple(
+            strip_spans(getattr(value, name)) for name in value.__dataclass_fields__ if "span" not in name
+        )
+    return value
