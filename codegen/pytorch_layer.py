@@ -2,13 +2,14 @@
 
 Three decisions turn steps into code:
 
-* Gradients. The gradient of a replicated (R) tensor is whole on every rank, except for an
-  AllGather whose result feeds only tensor-parallel consumers (column-parallel linears,
-  slices): its gradient arrives as a partial sum and its backward is a ReduceScatter
-  (Megatron's sequence-parallel gather). Elsewhere an R tensor entering column-parallel
-  linears goes through `copy_to_tp` (identity forward, AllReduce backward), once per tensor,
-  and an R tensor that is only sliced goes through `scatter_to_tp` (slice forward, AllGather
-  backward).
+* Gradients. The gradient of a replicated (R) tensor is whole on every rank, except in the
+  region an AllGather's result reaches through replicated ops without parameters (attention,
+  gelu, ...) when every use in it ends in a tensor-parallel op (a column-parallel linear, a
+  slice): there gradients are partial sums, and the AllGather's backward is a ReduceScatter
+  (Megatron's sequence-parallel gather; docs/cost.md counts the same). Elsewhere an R tensor
+  entering column-parallel linears goes through `copy_to_tp` (identity forward, AllReduce
+  backward), once per tensor, and an R tensor that is only sliced goes through
+  `scatter_to_tp` (slice forward, AllGather backward).
 * Fused QKV layout. Every tensor whose features are fused Q, K, V (those feeding attention)
   is in one of three layouts: `standard` ([Q heads | K heads | V heads]), `grouped` (one
   [q | k | v] block per tensor-parallel rank, as an AllGather of head-sharded QKV leaves it)
@@ -22,16 +23,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsl.placement import R, S_SEQ
+from dsl.placement import S_SEQ, R
 from dsl.program import Program, Step
 
 from .pytorch_names import Names
-from .pytorch_ops import ELEMENTWISE, NORM_PARAMETERS, NORMS, LayerCode, Line, Submodule, attention_call
+from .pytorch_ops import (
+    ELEMENTWISE,
+    NORM_PARAMETERS,
+    NORMS,
+    LayerCode,
+    Line,
+    Submodule,
+    attention_call,
+)
 
 FEATURES = 2
 GROUP = "self.tp_group"
 # Ops across which a tensor keeps its feature layout (a fused QKV stays fused QKV).
 _SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | {"allgather", "allreduce", "reducescatter", "alltoall", "slice"}
+_PARAMETER_FREE = set(ELEMENTWISE) | {"attention"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +90,8 @@ class _Writer:
                 self.consumers.setdefault(value, []).append(step)
         self.fused = fused_qkv_values(program.steps) if self.tp > 1 else set()
         self.layout: dict[str, str] = {}
-        self.held: dict[tuple[str, str], str] = {}  # (value, form) -> Python name
-        self.gathered_to_tp, self.copied = self._gradient_regions()
+        self.held: dict[tuple[str, str], str] = {}  # (Python name, form) -> Python name of the converted value
+        self.gathered_to_tp, self.partial_grad, self.copied = self._gradient_regions()
         self.lines: list[Line] = []
         self.submodules: list[Submodule] = []
         self.helpers: set[str] = set()
@@ -102,23 +112,48 @@ class _Writer:
 
     # -- decisions ---------------------------------------------------------------------------------
 
-    def _gradient_regions(self) -> tuple[set[str], set[str]]:
-        """AllGathers whose backward is a ReduceScatter; R tensors that need `copy_to_tp`."""
-        gathered, copied = set(), set()
-        if self.tp == 1:
-            return gathered, copied
+    def _gradient_regions(self) -> tuple[set[str], set[str], set[str]]:
+        """Gathered values (backward ReduceScatter), partial-gradient values, values that need copy_to_tp."""
+        gathered: set[str] = set()
+        partial: set[str] = set()
+        if self.tp > 1:
+            for step in self.program.steps:
+                if step.op == "allgather" and step.out_placement == R:
+                    region = self._partial_region(step.name)
+                    if region:
+                        gathered.add(step.name)
+                        partial |= region
         replicated = [self.program.param] if self.program.stream == R else []
         replicated += [step.name for step in self.program.steps if step.out_placement == R]
-        for value in replicated:
+        copied = {
+            value
+            for value in replicated
+            if self.tp > 1 and value not in partial and any(_column(step) for step in self.consumers.get(value, []))
+        }
+        return gathered, partial, copied
+
+    def _partial_region(self, gathered: str) -> set[str]:
+        """What an AllGather's result reaches through ops that pass a partial gradient, if that is clean.
+
+        Clean: every value of the region is used only by ops that give it a partial gradient
+        (column-parallel linears, slices, or such ops whose inputs all lie in the region), and
+        none is the layer's result. Then the gradient of the gathered value is a partial sum,
+        and the AllGather's backward ReduceScatter sums it. Otherwise the region is empty.
+        """
+        region, frontier = {gathered}, [gathered]
+        while frontier:
+            for step in self.consumers.get(frontier.pop(), []):
+                if _passes_partial(step) and step.name not in region:
+                    region.add(step.name)
+                    frontier.append(step.name)
+        for value in region:
             users = self.consumers.get(value, [])
-            parallel = [step for step in users if _enters_tp(step)]
-            producer = self.steps.get(value)
-            only_parallel = len(parallel) == len(users) and value != self.program.result
-            if producer is not None and producer.op == "allgather" and parallel and only_parallel:
-                gathered.add(value)
-            elif any(step.op == "linear" for step in parallel):
-                copied.add(value)
-        return gathered, copied
+            if value == self.program.result or not users:
+                return set()
+            for step in users:
+                if not (_enters_tp(step) or (_passes_partial(step) and set(step.inputs) <= region)):
+                    return set()
+        return region
 
     # -- operands ----------------------------------------------------------------------------------
 
@@ -188,7 +223,7 @@ class _Writer:
     def _slice(self, step: Step) -> None:
         value, dim = step.inputs[0], step.out_placement.dim
         comment = f"DAG: layer_<i>_{step.name}_gpu<rank>"
-        if value in self.copied or value in self.gathered_to_tp:
+        if value in self.copied or value in self.partial_grad:
             operand = self._features_split(value, self._copied(value), dim)
             call = f"{operand}.chunk(TP, dim={dim})[self.tp_rank]"
             self.uses_tp_rank = True
@@ -205,7 +240,8 @@ class _Writer:
 
     def _compute(self, step: Step) -> None:
         if step.op in NORMS:
-            self._module(step, NORMS[step.op].format(step.global_in[-1]), [(name, "replicated") for name in NORM_PARAMETERS[step.op]])
+            parameters = [(name, "replicated") for name in NORM_PARAMETERS[step.op]]
+            self._module(step, NORMS[step.op].format(step.global_in[-1]), parameters)
             self._emit(step, f"self.{self._name(step.name)}({self._standard(step.inputs[0])})", layout="standard")
         elif step.op == "linear":
             self._linear(step)
@@ -259,6 +295,16 @@ class _Writer:
         return [self._standard(value) for value in step.inputs], "standard"
 
 
+def _column(step: Step) -> bool:
+    return step.op == "linear" and step.style == "column"
+
+
 def _enters_tp(step: Step) -> bool:
     """Consumers whose output differs per tensor-parallel rank: their input gradient is partial."""
-    return step.kind == "route" or (step.op == "linear" and step.style == "column")
+    return step.kind == "route" or _column(step)
+
+
+def _passes_partial(step: Step) -> bool:
+    """Replicated ops without parameters: their backward is linear in the output gradient, so a
+    partial output gradient gives partial input gradients."""
+    return step.kind == "compute" and step.op in _PARAMETER_FREE and step.out_placement == R

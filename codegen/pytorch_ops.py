@@ -69,7 +69,7 @@ def compute_steps(program: Program) -> dict[str, str]:
     """Block op name -> the name of its compute step (one per non-collective op, in order)."""
     ops = [op for op in program.deployment.block.ops if op.op not in COLLECTIVES]
     steps = [step for step in program.steps if step.kind == "compute"]
-    return {op.name: step.name for op, step in zip(ops, steps)}
+    return {op.name: step.name for op, step in zip(ops, steps, strict=True)}
 
 
 def reference_layer(program: Program) -> LayerCode:

@@ -14,6 +14,8 @@ The DAG is forward-only and covers one microbatch. The contract checked here:
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import networkx as nx
 
 _KEYS = ("op", "group", "bytes", "peer")
@@ -29,7 +31,7 @@ def dag_collectives(graph: nx.DiGraph, rank: int) -> list[dict]:
                 event["peer"] = data["peer"]
             found.append((node, event))
     nodes = [node for node, _ in found]
-    for before, after in zip(nodes, nodes[1:]):  # one chain: the order is not a matter of choice
+    for before, after in pairwise(nodes):  # one chain: the order is not a matter of choice
         assert nx.has_path(graph, before, after), f"{before} and {after} are not ordered in the DAG"
     return [event for _, event in found]
 

@@ -77,13 +77,15 @@ def start(path: Path, world: int, argv: list[str], logs: Path, env: dict | None 
     return processes
 
 
-def collect(processes: list, logs: Path, timeout: float) -> list[RankResult]:
-    """Waits up to `timeout` seconds for all ranks; kills the ones still running."""
+def collect(processes: list, logs: Path, timeout: float, ranks: list[int] | None = None) -> list[RankResult]:
+    """Waits up to `timeout` seconds for the ranks (all, or `ranks`); kills the ones still running."""
+    ranks = list(range(len(processes))) if ranks is None else ranks
     deadline = time.monotonic() + timeout
-    for process in processes:
-        process.join(max(deadline - time.monotonic(), 0))
+    for rank in ranks:
+        processes[rank].join(max(deadline - time.monotonic(), 0))
     results = []
-    for rank, process in enumerate(processes):
+    for rank in ranks:
+        process = processes[rank]
         exitcode = process.exitcode
         if exitcode is None:
             process.kill()
@@ -94,5 +96,7 @@ def collect(processes: list, logs: Path, timeout: float) -> list[RankResult]:
     return results
 
 
-def launch(path: Path, world: int, argv: list[str], logs: Path, timeout: float = 120, env: dict | None = None) -> list[RankResult]:
+def launch(
+    path: Path, world: int, argv: list[str], logs: Path, timeout: float = 120, env: dict | None = None
+) -> list[RankResult]:
     return collect(start(path, world, argv, logs, env), logs, timeout)

@@ -1,20 +1,27 @@
-"""Compile a spec small and write its model.py: the inputs of the distributed tests."""
+"""Specs compiled small, and their model.py written: the inputs of the distributed tests."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from codegen.pytorch import emit_model
 from dsl.compiler import Compiled, compile_file, compile_text
+from dsl.inputs import parse_defines
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
-# Every production spec shrunk to sizes a 2-core machine runs in a second.
+# Production sizes shrunk to what a 2-core machine runs in about a second.
 SMALL = ["hidden=64", "heads=4", "ffn=256", "seq=8", "dtype=fp32"]
 
 
 def compile_small(spec: str, defines: list[str]) -> Compiled:
     return compile_file(SPECS / f"{spec}.par", SMALL + defines)
+
+
+def compile_source(text: str, *defines: str) -> Compiled:
+    overrides, _ = parse_defines(list(defines))
+    return compile_text(text, "t.par", overrides)
 
 
 def write_model(compiled: Compiled, folder: Path) -> Path:
@@ -24,8 +31,72 @@ def write_model(compiled: Compiled, folder: Path) -> Path:
     return path
 
 
-def compile_spec_text(text: str, name: str = "custom.par") -> Compiled:
-    from dsl.inputs import parse_defines
+def read_trace(folder: Path, rank: int) -> list[dict]:
+    return json.loads((folder / f"rank{rank}.json").read_text())["events"]
 
-    overrides, _ = parse_defines([])
-    return compile_text(text, name, overrides)
+
+# Blocks the shipped specs do not exercise, each at tp 2 (2 processes).
+BLOCKS = {
+    # AllToAll under sequence parallelism: a fused QKV from a replicated linear is regrouped per
+    # rank before it is split by head; replicated linears on sequence shards get partial gradients.
+    "ulysses": """
+        block ulysses(x) {
+          ln1 = layernorm(x)
+          qkv = linear(ln1, 3 * hidden, replicated)
+          qkv_heads = alltoall(qkv, hidden)
+          ctx = attention(qkv_heads)
+          ctx_seq = alltoall(ctx, seq)
+          attn = linear(ctx_seq, hidden, replicated)
+          h = add(x, attn)
+          ln2 = layernorm(h)
+          fc1 = linear(ln2, ffn, column)
+          act = gelu(fc1)
+          mlp = linear(act, hidden, row)
+          out = add(h, mlp)
+          return out
+        }
+        model m : ulysses { layers 2  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2  sp }
+    """,
+    # A norm over gathered per-rank QKV blocks (reordered back first); GQA.
+    "norm over gathered qkv": """
+        block qn(x) {
+          ln1 = layernorm(x)
+          qkv = linear(ln1, (heads + 2 * kv_heads) * head_dim, column)
+          gathered = allgather(qkv)
+          normed = layernorm(gathered)
+          ctx = attention(normed)
+          attn = linear(ctx, hidden, row)
+          out = add(x, attn)
+          return out
+        }
+        model m : qn { layers 2  hidden 64  heads 4  kv_heads 2  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2 }
+    """,
+    # Attention on a replicated QKV, then a slice whose gradient must come back whole.
+    "replicated qkv": """
+        block rq(x) {
+          ln1 = rmsnorm(x)
+          qkv = linear(ln1, 3 * hidden, replicated)
+          ctx = attention(qkv)
+          attn = linear(ctx, hidden, row)
+          out = add(x, attn)
+          return out
+        }
+        model m : rq { layers 2  hidden 64  heads 4  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2 }
+    """,
+    # Value names that are Python keywords or would shadow what the generated code uses.
+    "clashing names": """
+        block b(self) {
+          pass = layernorm(self)
+          forward = linear(pass, hidden, column)
+          torch = gelu(forward)
+          lambda = linear(torch, hidden, row)
+          out = add(self, lambda)
+          return out
+        }
+        model m : b { layers 2  hidden 64  heads 4  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2 }
+    """,
+}

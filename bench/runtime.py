@@ -1,0 +1,158 @@
+"""One forward+backward step of a generated tp=2 model.py against PyTorch's own tensor parallelism.
+
+Both sides run the same GPT layers, weights and batch on 2 processes (gloo, CPU, one thread
+each), interleaved step by step in one run:
+
+* generated: the `Stage` of the model.py that `par` writes for the Megatron spec at tp 2;
+* parallelize_module: the same layers as an ordinary module, parallelized with
+  `torch.distributed.tensor.parallel.parallelize_module` and ColwiseParallel / RowwiseParallel
+  (QKV weight rows regrouped so that each rank's contiguous part holds whole heads).
+
+It prints each side's median step time, the ratio generated / parallelize_module (below 1.0
+means the generated code is faster) and the largest difference between the two outputs.
+
+    python bench/runtime.py [--steps N] [--hidden H] [--seq S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import multiprocessing
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from codegen.pytorch import emit_model  # noqa: E402
+from dsl.compiler import compile_file  # noqa: E402
+
+TP = 2
+
+
+def write_model(folder: Path, hidden: int, seq: int) -> Path:
+    defines = [f"hidden={hidden}", f"heads={hidden // 32}", f"ffn={4 * hidden}", f"seq={seq}", "batch=4"]
+    defines += ["layers=2", f"tp={TP}", "pp=1", "dp=1", "microbatches=1", "dtype=fp32"]
+    path = folder / "model.py"
+    path.write_text(emit_model(compile_file(ROOT / "specs" / "megatron_tp8_pp2.par", defines)))
+    return path
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location("generated_model", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def dtensor_model(module, reference, mesh):
+    """Reference's layers, parallelized by torch.distributed.tensor.parallel."""
+    import torch
+    from torch import nn
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    class Layer(nn.Module):
+        """A GPT layer whose attention reads however many heads its QKV shard holds."""
+
+        def __init__(self, source):
+            super().__init__()
+            self.ln1, self.qkv, self.attn = source.ln1, source.qkv, source.attn
+            self.ln2, self.fc1, self.mlp = source.ln2, source.fc1, source.mlp
+            with torch.no_grad():  # contiguous row blocks must hold whole heads: [q_0 k_0 v_0 | q_1 k_1 v_1]
+                self.qkv.weight.copy_(module.group_heads(self.qkv.weight, 0))
+
+        def forward(self, x):
+            qkv = self.qkv(self.ln1(x))
+            local_heads = qkv.shape[-1] // (3 * module.HEAD_DIM)
+            h = x + self.attn(module.causal_attention(qkv, heads=local_heads, kv_heads=local_heads))
+            return h + self.mlp(torch.nn.functional.gelu(self.fc1(self.ln2(h)), approximate="tanh"))
+
+    model = nn.Sequential(*(Layer(layer) for layer in reference.layers.values()))
+    plan = {"qkv": ColwiseParallel(), "attn": RowwiseParallel(), "fc1": ColwiseParallel(), "mlp": RowwiseParallel()}
+    for layer in model:
+        parallelize_module(layer, mesh, plan)
+    return model
+
+
+def timed_step(model, x, grad) -> float:
+    for param in model.parameters():
+        param.grad = None
+    start = time.perf_counter()
+    model(x).backward(grad)
+    return time.perf_counter() - start
+
+
+def rank_main(rank: int, port: int, path: str, steps: int, results) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(TP), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.set_num_threads(1)
+    module = load(Path(path))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    groups = module.init_groups(datetime.timedelta(seconds=120))
+    device = torch.device("cpu")
+    reference = module.Reference(seed=0)
+    generated = module.build_stage(groups, device, reference.state_dict())
+    parallel = dtensor_model(module, reference, init_device_mesh("cpu", (TP,)))
+
+    inputs, _ = module.make_batch(0, seed=0)
+    grad = torch.randn(inputs.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        difference = (generated(inputs) - parallel(inputs)).abs().max().item()
+    times = {"generated": [], "parallelize_module": []}
+    for step in range(steps + 5):  # the first 5 warm up
+        pair = (("generated", generated), ("parallelize_module", parallel))
+        for name, model in pair if step % 2 else reversed(pair):
+            elapsed = timed_step(model, inputs, grad)
+            if step >= 5:
+                times[name].append(elapsed)
+    if rank == 0:
+        results.put((times, difference))
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--seq", type=int, default=256)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_model(Path(folder), args.hidden, args.seq)
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        processes = [
+            context.Process(target=rank_main, args=(rank, port, str(path), args.steps, results)) for rank in range(TP)
+        ]
+        for process in processes:
+            process.start()
+        times, difference = results.get(timeout=600)
+        for process in processes:
+            process.join()
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"GPT, 2 layers, hidden {args.hidden}, seq {args.seq}, batch 4, fp32; tp {TP} on gloo (CPU), {args.steps} steps")
+    for name, median in medians.items():
+        print(f"  {name:<20} median forward+backward {median * 1e3:8.2f} ms")
+    print(f"  ratio generated / parallelize_module: {medians['generated'] / medians['parallelize_module']:.3f}")
+    print(f"  largest output difference: {difference:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The generated code, run on CPU with gloo, equals the unsharded Reference and issues the DAG's collectives.
+
+One launch per deployment: every rank runs `--check --trace`, which compares its outputs and
+every parameter's gradient with Reference (built from the same seed, on the same batch) and
+records each collective it issues; the traces are then held against the DAG.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+pytest.importorskip("torch")
+
+from dag_trace import trace_problems  # noqa: E402
+from fork_launch import launch  # noqa: E402
+from small_models import BLOCKS, compile_small, compile_source, read_trace, write_model  # noqa: E402
+
+from codegen.cost import per_rank_comm  # noqa: E402
+
+DEPLOYMENTS = {
+    # baseline: AllGathers written after qkv and fc1; attention reads the gathered per-rank heads
+    "baseline tp2 x pp2, gpipe": ("baseline_tp8_pp2", ["tp=2", "layers=4", "batch=4", "schedule=gpipe"]),
+    "megatron tp4": ("megatron_tp8_pp2", ["tp=4", "pp=1", "layers=2", "batch=4"]),
+    "megatron pp4, 8 microbatches, 1f1b": (
+        "megatron_tp8_pp2", ["tp=1", "pp=4", "layers=8", "batch=8", "microbatches=8", "schedule=1f1b"],
+    ),
+    "megatron pp4, 8 microbatches, gpipe": (
+        "megatron_tp8_pp2", ["tp=1", "pp=4", "layers=4", "batch=8", "microbatches=8", "schedule=gpipe"],
+    ),
+    "megatron tp2 x dp2": ("megatron_tp8_pp2", ["tp=2", "pp=1", "dp=2", "layers=2", "batch=4", "microbatches=2"]),
+    # layerwise: explicit stage ranges and a written AllReduce
+    "layerwise tp2 x pp2": ("layerwise", ["tp=2", "pp=2", "layers=4", "stages=2,2", "batch=4", "microbatches=2"]),
+    # llama: sequence parallel, GQA with 2 KV heads for 4 query heads, SwiGLU
+    "llama sp gqa tp2 x pp2, 1f1b": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"],
+    ),
+    "llama sp gqa tp2 x dp2": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=1", "dp=2", "layers=2", "batch=4", "microbatches=2"],
+    ),
+}
+
+def _run_and_compare(compiled, tmp_path) -> list[list[dict]]:
+    """Runs --check --trace on every rank; returns the traces."""
+    world = compiled.deployment.mesh.world
+    path = write_model(compiled, tmp_path)
+    results = launch(path, world, ["--check", "--trace", str(tmp_path / "trace")], tmp_path / "logs")
+    report = "\n".join(f"rank {r.rank} exit {r.exitcode}\n{r.stdout}{r.stderr}" for r in results)
+    assert all(r.exitcode == 0 for r in results), report
+    assert "check: OK" in results[0].stdout, report
+    traces = [read_trace(tmp_path / "trace", rank) for rank in range(world)]
+    for rank, events in enumerate(traces):
+        assert trace_problems(compiled.graph, rank, events) == []
+    return traces
+
+
+def _sent(event: dict) -> Fraction:
+    """Bytes a rank sends for one traced event, by DESIGN.md's ring formulas (T: the whole tensor)."""
+    size, local = len(event["group"]), event["bytes"]
+    return {
+        "allreduce": Fraction(2 * (size - 1), size) * local,  # T = local
+        "allgather": Fraction(size - 1) * local,  # T = size x local
+        "reducescatter": Fraction(size - 1, size) * local,  # T = local
+        "alltoall": Fraction(size - 1, size) * local,  # T = size x local, (n - 1) / n^2 of it
+        "send": Fraction(local),
+        "recv": Fraction(0),
+    }[event["op"]]
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_shipped_spec_matches_reference_dag_and_cost_model(name, tmp_path):
+    spec, defines = DEPLOYMENTS[name]
+    compiled = compile_small(spec, defines)
+    traces = _run_and_compare(compiled, tmp_path)
+    # The whole step, backward and gradient sync included, sends what the cost report counts.
+    counted = per_rank_comm(compiled.graph, scope="step")
+    for rank, events in enumerate(traces):
+        sent: dict[str, Fraction] = {}
+        for event in events:
+            sent[event["op"]] = sent.get(event["op"], 0) + _sent(event)
+        assert {kind: float(total) for kind, total in sent.items() if total} == pytest.approx(counted[rank])
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_other_blocks_match_reference_and_dag(name, tmp_path):
+    _run_and_compare(compile_source(BLOCKS[name]), tmp_path)
