@@ -64,6 +64,7 @@ class ModelView:
     by_head: bool  # some weight is split per head of a fused QKV
     tp_rank_used: bool  # the layer slices locally by its tensor-parallel rank
     linear_classes: tuple[str, ...]  # the tensor-parallel linear modules the layer uses
+    reduces_gradients: bool  # some gradient is summed over tp or averaged over dp after backward
 
 
 def emit_model(compiled: Compiled) -> str:
@@ -79,7 +80,8 @@ def model_view(compiled: Compiled) -> ModelView:
     helpers = set(layer.helpers) | ({"group_heads"} if by_head else set())
     primitives = {name for helper in helpers for name in _PRIMITIVES.get(helper, ())}
     sequence_parallel = program.stream == S_SEQ and mesh.tp > 1
-    if layer.partial_gradients or mesh.dp > 1:
+    reduces_gradients = bool(layer.partial_gradients) or mesh.dp > 1
+    if reduces_gradients:
         primitives.add("all_reduce")
     return ModelView(
         source=deployment.file.replace("\\", "/"),
@@ -112,6 +114,7 @@ def model_view(compiled: Compiled) -> ModelView:
         primitives=tuple(sorted(primitives)),
         by_head=by_head,
         tp_rank_used=layer.uses_tp_rank,
+        reduces_gradients=reduces_gradients,
         linear_classes=tuple(
             name for name in ("ColumnParallelLinear", "RowParallelLinear")
             if any(module.constructor.startswith(name) for module in layer.code.submodules)

@@ -71,7 +71,8 @@ def start(path: Path, world: int, argv: list[str], logs: Path, env: dict | None 
     port = free_port()
     processes = []
     for rank in range(world):
-        process = context.Process(target=_rank_main, args=(str(path), rank, world, port, list(argv), str(logs), env or {}))
+        arguments = (str(path), rank, world, port, list(argv), str(logs), env or {})
+        process = context.Process(target=_rank_main, args=arguments, daemon=True)  # never outlives the test run
         process.start()
         processes.append(process)
     return processes

@@ -32,9 +32,8 @@ def _compiled(stem, defines):
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    return [write_model(_compiled(stem, defines), folder / f"{stem}{index}") for index, (stem, defines) in enumerate(VARIANTS)]
+def written(module_dir):
+    return [write_model(_compiled(stem, defines), module_dir / f"{stem}{index}") for index, (stem, defines) in enumerate(VARIANTS)]
 
 
 def test_every_model_py_compiles(written):
@@ -91,10 +90,10 @@ def test_the_compiler_never_imports_torch():
     assert run.stdout.strip() == "False"
 
 
-def test_par_build_writes_model_py_next_to_the_other_artifacts(tmp_path):
-    assert par(["build", str(SPECS), "-o", str(tmp_path)]) == 0
+def test_par_build_writes_model_py_next_to_the_other_artifacts(workdir):
+    assert par(["build", str(SPECS), "-o", str(workdir)]) == 0
     for stem in SHIPPED:
-        folder = tmp_path / stem
+        folder = workdir / stem
         assert (folder / "dag.json").exists()
         assert (folder / "model.py").read_text() == emit_model(compile_file(SPECS / f"{stem}.par"))
 

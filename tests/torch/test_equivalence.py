@@ -41,15 +41,15 @@ DEPLOYMENTS = {
     ),
 }
 
-def _run_and_compare(compiled, tmp_path) -> list[list[dict]]:
+def _run_and_compare(compiled, workdir) -> list[list[dict]]:
     """Runs --check --trace on every rank; returns the traces."""
     world = compiled.deployment.mesh.world
-    path = write_model(compiled, tmp_path)
-    results = launch(path, world, ["--check", "--trace", str(tmp_path / "trace")], tmp_path / "logs")
+    path = write_model(compiled, workdir)
+    results = launch(path, world, ["--check", "--trace", str(workdir / "trace")], workdir / "logs")
     report = "\n".join(f"rank {r.rank} exit {r.exitcode}\n{r.stdout}{r.stderr}" for r in results)
     assert all(r.exitcode == 0 for r in results), report
     assert "check: OK" in results[0].stdout, report
-    traces = [read_trace(tmp_path / "trace", rank) for rank in range(world)]
+    traces = [read_trace(workdir / "trace", rank) for rank in range(world)]
     for rank, events in enumerate(traces):
         assert trace_problems(compiled.graph, rank, events) == []
     return traces
@@ -69,10 +69,10 @@ def _sent(event: dict) -> Fraction:
 
 
 @pytest.mark.parametrize("name", DEPLOYMENTS)
-def test_shipped_spec_matches_reference_dag_and_cost_model(name, tmp_path):
+def test_shipped_spec_matches_reference_dag_and_cost_model(name, workdir):
     spec, defines = DEPLOYMENTS[name]
     compiled = compile_small(spec, defines)
-    traces = _run_and_compare(compiled, tmp_path)
+    traces = _run_and_compare(compiled, workdir)
     # The whole step, backward and gradient sync included, sends what the cost report counts.
     counted = per_rank_comm(compiled.graph, scope="step")
     for rank, events in enumerate(traces):
@@ -83,5 +83,5 @@ def test_shipped_spec_matches_reference_dag_and_cost_model(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", BLOCKS)
-def test_other_blocks_match_reference_and_dag(name, tmp_path):
-    _run_and_compare(compile_source(BLOCKS[name]), tmp_path)
+def test_other_blocks_match_reference_and_dag(name, workdir):
+    _run_and_compare(compile_source(BLOCKS[name]), workdir)

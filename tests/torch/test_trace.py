@@ -13,21 +13,21 @@ from small_models import compile_small, read_trace, write_model  # noqa: E402
 REMOVED = "allreduce_mlp = all_reduce(mlp, self.tp_group)"
 
 
-def test_a_removed_collective_is_caught(tmp_path):
+def test_a_removed_collective_is_caught(workdir):
     compiled = compile_small("megatron_tp8_pp2", ["tp=2", "pp=1", "layers=1", "batch=4", "microbatches=2"])
-    path = write_model(compiled, tmp_path)
+    path = write_model(compiled, workdir)
     source = path.read_text()
     assert source.count(REMOVED) == 1
     path.write_text(source.replace(REMOVED, "allreduce_mlp = mlp"))
 
-    results = launch(path, 2, ["--check", "--trace", str(tmp_path / "trace")], tmp_path / "logs")
+    results = launch(path, 2, ["--check", "--trace", str(workdir / "trace")], workdir / "logs")
 
     assert [r.exitcode for r in results] == [1, 1]  # the gradient check fails too
     assert "check: MISMATCH" in results[0].stdout
     expected = dag_collectives(compiled.graph, 0)
     assert [event["op"] for event in expected] == ["allreduce", "allreduce"]  # after attn and after mlp
     for rank in range(2):
-        events = read_trace(tmp_path / "trace", rank)
+        events = read_trace(workdir / "trace", rank)
         forward = [event for event in events if event["phase"] == "forward" and event["microbatch"] == 0]
         assert [event["op"] for event in forward] == ["allreduce"]
         problems = trace_problems(compiled.graph, rank, events)
