@@ -33,7 +33,9 @@ def _compiled(stem, defines):
 
 @pytest.fixture(scope="module")
 def written(module_dir):
-    return [write_model(_compiled(stem, defines), module_dir / f"{stem}{index}") for index, (stem, defines) in enumerate(VARIANTS)]
+    return [
+        write_model(_compiled(stem, defines), module_dir / f"{stem}{index}") for index, (stem, defines) in enumerate(VARIANTS)
+    ]
 
 
 def test_every_model_py_compiles(written):
