@@ -15,7 +15,8 @@ STEP = re.compile(r"step (\d+)/5: loss ([0-9.]+), [0-9.]+ ms, [0-9,]+ tokens/s")
 
 
 def test_steps_print_a_falling_loss_and_throughput(workdir):
-    compiled = compile_small("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=1", "dp=1", "layers=2", "batch=4", "microbatches=2"])
+    defines = ["heads=4", "kv_heads=2", "tp=2", "pp=1", "dp=1", "layers=2", "batch=4", "microbatches=2"]
+    compiled = compile_small("llama_gqa", defines)
     results = launch(write_model(compiled, workdir), 2, ["--steps", "5"], workdir / "logs")
     assert [r.exitcode for r in results] == [0, 0], [r.stderr for r in results]
     steps = STEP.findall(results[0].stdout)  # rank 0: first rank of the last (only) stage
