@@ -24,13 +24,13 @@ def compare_with_spec(view: DagView, spec_dag, *, spec_name: str | None = None) 
     missing = sorted(spec_layers - dot_layers)
     if missing:
         findings.append(_at(view, "SPEC001", view.graph.line,
-                            f"layers {ranges(missing)} of {spec} have no node in this DAG "
-                            f"(it shows layers {ranges(dot_layers) or 'none'})"))
+                            f"{_layers(missing)} of {spec} {'has' if len(missing) == 1 else 'have'}"
+                            f" no node in this DAG (it shows {_layers(dot_layers)})"))
     extra = sorted(dot_layers - spec_layers)
     if extra:
         findings.append(_at(view, "SPEC004", _first_line(view, extra[0]),
-                            f"layers {ranges(extra)} are not in {spec} (its layers: "
-                            f"{ranges(spec_layers) or 'none'})"))
+                            f"{_layers(extra)} {'is' if len(extra) == 1 else 'are'} not in {spec}"
+                            f" (it has {_layers(spec_layers)})"))
     findings.extend(_compare_collectives(view, spec_dag, spec, spec_layers & dot_layers))
     return findings
 
@@ -60,6 +60,12 @@ def _compare_collectives(view: DagView, spec_dag, spec: str, layers: set[int]) -
                                 f"{where}: {-gap} {title} more than {spec} has ({len(want)}): "
                                 f"{node_list(extra, limit=4)}", extra))
     return findings
+
+
+def _layers(layers) -> str:
+    if not layers:
+        return "no layers"
+    return f"layer{'s' if len(layers) > 1 else ''} {ranges(layers)}"
 
 
 def _spec_collectives(spec_dag) -> dict[tuple, list[str]]:

@@ -27,6 +27,8 @@ RULES: dict[str, Rule] = {rule.code: rule for rule in (
     Rule("DAG009", "dims-mismatch", "an edge joins an Output: shape to a different Input: shape"),
     Rule("DAG010", "stray-node",
          "a bare statement named like an attribute value (`filled`) declares a node"),
+    Rule("DAG011", "tp-without-collective",
+         "the DAG shows tensor parallelism but has no AllReduce, AllGather or ReduceScatter"),
     Rule("SPEC001", "spec-layer-missing", "a layer of the spec's DAG has no node in the DOT file"),
     Rule("SPEC002", "spec-collective-missing",
          "a collective of the spec's DAG is missing from the DOT file's layer"),

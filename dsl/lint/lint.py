@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .compare import compare_with_spec
 from .dot_reader import DotGraph, DotReadError, read_dot_file
 from .findings import Finding
 from .rules import (
     check_connections, check_cycles, check_layer_gaps, check_stray_nodes, check_undefined,
 )
 from .rules_dataflow import check_dims, check_tp_merges
+from .rules_parallel import check_tp_without_collective
 from .view import DagView, build_view
 
 CHECKS = (check_cycles, check_connections, check_undefined, check_stray_nodes, check_layer_gaps,
-          check_tp_merges, check_dims)
+          check_tp_merges, check_tp_without_collective, check_dims)
 
 
 @dataclass(slots=True)
@@ -28,7 +30,6 @@ def lint_graph(graph: DotGraph, *, spec_dag=None,
     view = build_view(graph)
     findings = [finding for check in CHECKS for finding in check(view)]
     if spec_dag is not None:
-        from .compare import compare_with_spec
         findings.extend(compare_with_spec(view, spec_dag, spec_name=spec_name))
     return view, findings
 

@@ -28,9 +28,13 @@ def _summary(results: list[FileResult]) -> str:
     findings = [finding for result in results for finding in result.findings]
     errors = sum(finding.is_error for finding in findings)
     dirty = sum(bool(result.findings) for result in results)
-    noun = "file" if len(results) == 1 else "files"
-    return (f"par lint: {len(results)} {noun} checked, {len(findings)} findings "
-            f"({errors} errors) in {dirty} {'file' if dirty == 1 else 'files'}")
+    return (f"par lint: {_count(len(results), 'file')} checked, "
+            f"{_count(len(findings), 'finding')} ({_count(errors, 'error')}) "
+            f"in {_count(dirty, 'file')}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 # --- Markdown ----------------------------------------------------------------------------
@@ -44,8 +48,7 @@ def format_markdown(results: list[FileResult]) -> str:
 
 
 def _markdown_file(result: FileResult) -> list[str]:
-    count = len(result.findings)
-    head = f"## `{result.file}` — {count} finding{'s' if count != 1 else ''}"
+    head = f"## `{result.file}` — {_count(len(result.findings), 'finding')}"
     lines = [head, ""]
     for view in result.views:
         lines.extend([_graph_summary(view), ""])
@@ -79,8 +82,8 @@ def _graph_summary(view: DagView) -> str:
 def _markdown_rule(code: str, findings: list[Finding], infos: dict[str, NodeInfo]) -> list[str]:
     rule = RULES[code]
     nodes = {node for finding in findings for node in finding.nodes}
-    count = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} requiring modification" if nodes \
-        else f"{len(findings)} finding{'s' if len(findings) != 1 else ''}"
+    count = (f"{_count(len(nodes), 'node')} requiring modification" if nodes
+             else _count(len(findings), "finding"))
     summary = rule.summary[0].upper() + rule.summary[1:]
     lines = [f"### {code} {rule.name} — {count}", "", f"{summary}.", ""]
     lines.extend(["| line | nodes | finding | classified as |", "| --- | --- | --- | --- |"])

@@ -9,6 +9,7 @@ from .labels import Shape
 from .view import DagView
 
 _DEVICE_TOKEN = re.compile(r"(gpu|device|dev|rank)_?\d+", re.IGNORECASE)
+_TITLE_DEVICE = re.compile(r"(?<![a-z])(?:gpu|device|rank)\s*_?\d+", re.IGNORECASE)
 
 
 def check_tp_merges(view: DagView) -> list[Finding]:
@@ -21,7 +22,7 @@ def check_tp_merges(view: DagView) -> list[Finding]:
     as a mere aggregation) when they are shards: one op of one layer, repeated per GPU.
     Merges into the graph's output or into a routing node alone are left alone.
     """
-    shards = _sharded_nodes(view)
+    shards = set(sharded_nodes(view))
     findings = []
     for node_id, info in view.info.items():
         if info.kind != "compute":
@@ -64,14 +65,21 @@ def _pieces(view: DagView, node_id: str, shards: set[str]) -> tuple[list[str], l
     return list(pieces), list(via)
 
 
-def _sharded_nodes(view: DagView) -> set[str]:
-    """Nodes that are one op of one layer repeated on several single GPUs (`fc1_gpu0`, …)."""
+def sharded_nodes(view: DagView) -> list[str]:
+    """Computations that are one op of one layer repeated on several single GPUs: the same id
+    but for the device (`fc1_gpu0`, `fc1_gpu1`) or the same title ("Q Projection GPU0").
+    A node titled only by its device ("GPU 3") stands for the GPU itself, not an op."""
     groups: dict[tuple, list[str]] = {}
     for node_id, info in view.info.items():
-        if info.single_device is not None and info.kind == "compute":
-            groups.setdefault((info.layer, op_key(node_id)), []).append(node_id)
-    return {node for members in groups.values()
-            if len({view.info[node].single_device for node in members}) >= 2 for node in members}
+        title = _TITLE_DEVICE.sub("", info.title).strip(" :-_").lower()
+        if (info.single_device is None or info.kind != "compute" or not title
+                or node_id in view.undefined or node_id in view.stray):
+            continue
+        groups.setdefault((info.layer, "id", op_key(node_id)), []).append(node_id)
+        groups.setdefault((info.layer, "title", title), []).append(node_id)
+    shards = {node for members in groups.values()
+              if len({view.info[node].single_device for node in members}) >= 2 for node in members}
+    return [node for node in view.info if node in shards]
 
 
 def op_key(node_id: str) -> str:

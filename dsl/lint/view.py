@@ -60,9 +60,10 @@ def build_view(graph: DotGraph) -> DagView:
 def find_undefined(view: DagView) -> dict[str, str]:
     """Nodes that only exist because an edge named them (only where the file declares nodes).
 
-    A file Graphviz has already laid out (`dot -Tdot`) declares every node, the accidental
-    ones too; there an unlabelled node among labelled ones is the same defect, and so is a
-    node named like a cluster (an edge cannot end at a cluster).
+    The graph's own input and output may stay implicit. A file Graphviz has already laid out
+    (`dot -Tdot`: nodes carry `pos`) declares every node, the accidental ones too; there an
+    unlabelled node among labelled ones is the same defect. So is a node named like a cluster
+    (an edge cannot end at a cluster).
     """
     nodes = [view.graph.nodes[node_id] for node_id in view.info]
     declared = [node for node in nodes if node.declared]
@@ -77,10 +78,11 @@ def find_undefined(view: DagView) -> dict[str, str]:
                 f"edge refers to `{node.id}`, a cluster: an edge always joins nodes, so Graphviz "
                 "draws a new node of that name (to point at a cluster, set `compound=true` and "
                 "`lhead`/`ltail`)")
-        elif not node.declared:
+        elif not node.declared and view.info[node.id].role is None:
             found[node.id] = (f"edge refers to `{node.id}`, which no node statement declares "
                               "(a misspelt id, or a node the script forgot to emit)")
-        elif (not _own_label(node.attrs.get("label")) and len(labelled) >= 0.75 * len(declared)
+        elif ("pos" in node.attrs and not _own_label(node.attrs.get("label"))
+              and len(labelled) >= 0.75 * len(declared)
               and (view.preds[node.id] or view.succs[node.id])):
             found[node.id] = (
                 f"`{node.id}` has no label of its own, unlike {len(labelled)} of the "
