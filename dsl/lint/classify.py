@@ -17,8 +17,15 @@ from dataclasses import dataclass
 
 from .dot_reader import DotGraph, DotNode
 from .labels import (
-    Dims, device_in_id, devices_in_text, dims_in_lines, label_lines, layer_in_id, layer_in_text,
-    layer_range_in_id, layer_range_in_text,
+    Dims,
+    device_in_id,
+    devices_in_text,
+    dims_in_lines,
+    label_lines,
+    layer_in_id,
+    layer_in_text,
+    layer_range_in_id,
+    layer_range_in_text,
 )
 
 # Collective names, most specific first; matched against the id and the label.

@@ -12,7 +12,14 @@ import os
 from dataclasses import dataclass, field
 
 from .dot_syntax import (
-    Assign, AttrStmt, DotSyntaxError, EdgeStmt, GraphSyntax, NodeRef, NodeStmt, Subgraph,
+    Assign,
+    AttrStmt,
+    DotSyntaxError,
+    EdgeStmt,
+    GraphSyntax,
+    NodeRef,
+    NodeStmt,
+    Subgraph,
     parse_dot,
 )
 

@@ -143,7 +143,7 @@ class _ToSyntax(Transformer):
 
     def subgraph(self, children):
         keyword, name, stmts = children
-        line, col = _subgraph_pos(keyword, name, stmts)
+        line, col = _subgraph_pos(keyword, name)
         return Subgraph(name, stmts, line, col)
 
     def graph(self, children):
@@ -155,7 +155,7 @@ class _ToSyntax(Transformer):
         return tuple(children)
 
 
-def _subgraph_pos(keyword: Token | None, name: Id | None, stmts: tuple) -> tuple[int, int]:
+def _subgraph_pos(keyword: Token | None, name: Id | None) -> tuple[int, int]:
     if keyword is not None:
         return keyword.line, keyword.column
     if name is not None:

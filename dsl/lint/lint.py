@@ -8,7 +8,11 @@ from .compare import compare_with_spec
 from .dot_reader import DotGraph, DotReadError, read_dot_file
 from .findings import Finding
 from .rules import (
-    check_connections, check_cycles, check_layer_gaps, check_stray_nodes, check_undefined,
+    check_connections,
+    check_cycles,
+    check_layer_gaps,
+    check_stray_nodes,
+    check_undefined,
 )
 from .rules_dataflow import check_dims, check_tp_merges
 from .rules_parallel import check_tp_without_collective

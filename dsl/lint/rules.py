@@ -1,11 +1,11 @@
-"""The structural rules (DAG001-DAG009). Each is a function DagView -> list[Finding]."""
+"""The structural rules (DAG001-DAG007, DAG010). Each is a function DagView -> list[Finding]."""
 
 from __future__ import annotations
 
 import networkx as nx
 
 from .classify import COLLECTIVE_TITLES, NodeInfo
-from .findings import Finding, node_list, ranges
+from .findings import Finding, ranges
 from .view import DagView
 
 

@@ -191,3 +191,27 @@ def test_round_trip_of_generated_dags(dag):
     assert list(graph.nodes) == names
     assert edges(graph) == chosen
     assert all(node.declared for node in graph.nodes.values())
+
+
+# --- whatever the input, a finding or an error with a position, never a traceback ---------
+
+_DOT_PIECES = st.sampled_from([
+    "digraph", "graph", "strict", "subgraph", "node", "edge", "{", "}", "[", "]", ";", ",", "=",
+    "->", "--", ":", "+", '"', "<", ">", "\n", " ", "label", '"GPU: 0-7"', '"AllReduce"', "a",
+    "layer_0_allgather_qkv", "cluster_x", "shape=ellipse", "style=invis", "lhead=cluster_x",
+    '"Input: [8, 16]\\nOutput: [8, 32]"', "/*", "*/", "//", "#", "\\", "-1.5", "é", "'",
+])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.lists(_DOT_PIECES, max_size=60).map(" ".join), st.text(max_size=200)))
+def test_any_text_reads_or_fails_with_a_position(text):
+    from dsl.lint.lint import lint_graph
+
+    try:
+        graphs = read_dot_text(text)
+    except DotReadError as error:
+        assert error.line >= 1 and error.col >= 1 and error.message
+        return
+    for graph in graphs:
+        lint_graph(graph)

@@ -235,3 +235,38 @@ def test_declared_tensor_parallelism_needs_a_collective_somewhere():
 
 def test_data_parallel_replicas_are_not_tensor_parallel_shards():
     assert lint_text(render_dot(contract_dag(layers=2, tp=1, pp=1, dp=4))) == []
+
+
+# --- any graph at all: the rules report, they never crash, and they agree with each other --
+
+_LABELS = st.sampled_from([
+    "All-Reduce\\nGPU: 0-3", "AllGather", "Linear\\nGPU: 0", "Linear\\nGPU: 1", "Concat",
+    "Layer 2\\nLayerNorm", "Layers 1-8", "Input", "Output", "Send KV\\nGPU: 0", "GELU\\nGPU: all",
+    "Q Projection GPU3\\nInput: [8, 16]\\nOutput: [8, 32]", "Add\\nInput: [8, 32]", "TP=4 block",
+])
+
+
+@st.composite
+def any_graphs(draw):
+    count = draw(st.integers(1, 10))
+    nodes = [f"n{i}" for i in range(count)]
+    lines = ["digraph {"]
+    for node in nodes:
+        label = draw(_LABELS)
+        shape = draw(st.sampled_from(["box", "ellipse", "parallelogram", "diamond"]))
+        lines.append(f'{node} [label="{label}", shape={shape}];')
+    pairs = st.tuples(st.sampled_from(nodes), st.sampled_from(nodes))
+    for src, dst in draw(st.lists(pairs, max_size=15)):
+        label = draw(st.sampled_from(["", ' [label="AllReduce"]', " [style=invis]"]))
+        lines.append(f"{src} -> {dst}{label};")
+    return "\n".join(lines + ["}"]), nodes
+
+
+@settings(max_examples=60, deadline=None)
+@given(any_graphs())
+def test_rules_never_crash_and_name_real_nodes(graph):
+    text, nodes = graph
+    findings = lint_text(text)
+    per_node = [f.nodes[0] for f in findings if f.code in ("DAG002", "DAG003", "DAG004", "DAG005")]
+    assert len(per_node) == len(set(per_node))  # one connectivity finding per node at most
+    assert all(node in nodes for finding in findings for node in finding.nodes)
