@@ -44,6 +44,8 @@ def check_connections(view: DagView) -> list[Finding]:
         if node_id in view.undefined or node_id in view.stray:
             continue  # DAG006 / DAG010 say what is wrong with these
         no_in, no_out = not view.preds[node_id], not view.succs[node_id]
+        if not view.graph.directed:  # an undirected edge is both an input and an output
+            no_in = no_out = no_in and no_out
         finding = None
         if info.kind == "comm" and (no_in or no_out):
             finding = _comm_dangling(view, info, no_in, no_out)

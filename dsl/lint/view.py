@@ -10,6 +10,7 @@ from .labels import label_lines
 
 # Values of Graphviz's `style` attribute: a node with one of these names, declared bare,
 # is an attribute list gone wrong (`style=rounded filled` declares a node `filled`).
+ANNOTATION_SHAPES = frozenset({"note", "plaintext", "plain", "none"})
 STYLE_WORDS = frozenset({"filled", "rounded", "dashed", "dotted", "bold", "solid", "invis",
                          "diagonals", "striped", "wedged", "radial", "tapered"})
 
@@ -34,13 +35,13 @@ class DagView:
 
 
 def build_view(graph: DotGraph) -> DagView:
-    """The DAG as drawn: invisible edges (`style=invis`) are layout aids and left out, and so
-    are invisible nodes that only such edges touch."""
+    """The DAG as drawn: invisible edges (`style=invis`) are layout aids and left out; so are
+    invisible nodes, notes and legend entries that no drawn edge touches."""
     edges = [edge for edge in graph.edges if not is_invisible(edge.attrs)]
     touched = {node for edge in edges for node in (edge.src, edge.dst)}
     info = classify_graph(graph)
     view = DagView(graph, {node_id: info[node_id] for node_id, node in graph.nodes.items()
-                           if node_id in touched or not is_invisible(node.attrs)})
+                           if node_id in touched or not _is_decoration(graph, node)})
     for node_id in view.info:
         view.preds[node_id] = []
         view.succs[node_id] = []
@@ -116,6 +117,13 @@ def _name_loose_ends(view: DagView) -> None:
 
 def is_invisible(attrs: dict[str, str]) -> bool:
     return "invis" in attrs.get("style", "").lower()
+
+
+def _is_decoration(graph: DotGraph, node: DotNode) -> bool:
+    """Not part of the dataflow: invisible, a note or plain text, or an entry of a legend."""
+    if is_invisible(node.attrs) or node.attrs.get("shape", "").lower() in ANNOTATION_SHAPES:
+        return True
+    return any("legend" in f"{sub.name or ''} {sub.label}".lower() for sub in graph.scope_of(node))
 
 
 def _add_edge(view: DagView, src: str, dst: str, line: int, is_comm: bool) -> None:

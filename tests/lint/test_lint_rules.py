@@ -270,3 +270,15 @@ def test_rules_never_crash_and_name_real_nodes(graph):
     per_node = [f.nodes[0] for f in findings if f.code in ("DAG002", "DAG003", "DAG004", "DAG005")]
     assert len(per_node) == len(set(per_node))  # one connectivity finding per node at most
     assert all(node in nodes for finding in findings for node in finding.nodes)
+
+
+def test_legends_notes_and_undirected_graphs():
+    text = """digraph {
+        input -> a -> output; a [label="Linear"];
+        subgraph cluster_legend { label="Legend"; k1 [label="Computation", shape=box];
+                                  k2 [label="Communication", shape=ellipse]; }
+        remark [label="TP=8 everywhere", shape=note];
+    }"""
+    assert lint_text(text) == []
+    undirected = lint_text("graph { input -- a -- output; a; b; }")
+    assert [(f.code, f.nodes) for f in undirected] == [("DAG004", ("b",))]
