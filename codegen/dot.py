@@ -51,7 +51,7 @@ def full_view(compiled: Compiled) -> DotGraph:
     tree = ClusterTree(compiled.deployment.mesh)
     for node_id, data in graph.nodes(data=True):
         tree.place(node_id, data)
-    edges = [edge_view(tail, head, graph.nodes[tail], graph.nodes[head]) for tail, head in graph.edges]
+    edges = [edge_view(tail, head, tail_data=graph.nodes[tail], head_data=graph.nodes[head]) for tail, head in graph.edges]
     shown = [data for _, data in graph.nodes(data=True)]
     return _drawing(graph, tree, edges, shown, view="full DAG", folded=False)
 

@@ -29,7 +29,8 @@ class ClusterTree:
         self.members: dict[int, list[str]] = {}  # GPU rank -> DAG ids placed in its cluster
         for stage, (first, last) in enumerate(mesh.stages):
             ranks = self.stage_ranks(stage)
-            stage_cluster = cluster(f"cluster_stage_{stage}", f"Pipeline stage {stage}", (f"{layer_span(first, last)} · {gpus(ranks)}",), style.CLUSTER_STAGE)
+            rows = (f"{layer_span(first, last)} · {gpus(ranks)}",)
+            stage_cluster = cluster(f"cluster_stage_{stage}", title=f"Pipeline stage {stage}", rows=rows, colours=style.CLUSTER_STAGE)
             self.stages.append(stage_cluster)
             for dp_rank in range(mesh.dp):
                 self._replica(stage_cluster, stage, dp_rank)
@@ -41,11 +42,12 @@ class ClusterTree:
         group = self.mesh.tp_group(dp_rank=dp_rank, stage=stage)
         parent = stage_cluster
         if self.mesh.dp > 1:
-            parent = cluster(f"cluster_stage_{stage}_dp_{dp_rank}", f"Data-parallel replica {dp_rank}", (gpus(group),), style.CLUSTER_REPLICA)
+            title = f"Data-parallel replica {dp_rank}"
+            parent = cluster(f"cluster_stage_{stage}_dp_{dp_rank}", title=title, rows=(gpus(group),), colours=style.CLUSTER_REPLICA)
             stage_cluster.clusters.append(parent)
         self.replicas[(stage, dp_rank)] = parent
         for tp_rank, rank in enumerate(group):
-            self.gpus[rank] = cluster(f"cluster_gpu_{rank}", f"GPU {rank}", (f"tp rank {tp_rank}",), style.CLUSTER_GPU)
+            self.gpus[rank] = cluster(f"cluster_gpu_{rank}", title=f"GPU {rank}", rows=(f"tp rank {tp_rank}",), colours=style.CLUSTER_GPU)
             self.members[rank] = []
             parent.clusters.append(self.gpus[rank])
 

@@ -10,6 +10,7 @@ and every edge in and out of the expanded layer are the DAG's own.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import networkx as nx
@@ -41,12 +42,12 @@ class CompactLayout:
     tree: ClusterTree
     edges: list[DotEdge]
     nodes: list[str]  # DAG ids drawn as themselves
-    rep: object  # DAG id -> id that stands for it, or None
+    rep: Callable[[str], str | None]  # DAG id -> the id drawn for it, or None: not drawn
     folded: bool
     rows: list[list[str]]  # Send and Recv rows, left to right in rank order
 
 
-def folds(mesh: Mesh, expanded: int) -> list[Fold]:
+def folds(mesh: Mesh, *, expanded: int) -> list[Fold]:
     """The runs of layers of each stage other than `expanded`, in order."""
     runs: list[Fold] = []
     for stage, (first, last) in enumerate(mesh.stages):
@@ -63,7 +64,7 @@ def folds(mesh: Mesh, expanded: int) -> list[Fold]:
 
 def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
     graph, mesh = compiled.graph, compiled.deployment.mesh
-    ranges = folds(mesh, layer)
+    ranges = folds(mesh, expanded=layer)
     fold_of = {number: fold for fold in ranges for number in range(fold.first, fold.last + 1)}
 
     def rep(node_id: str) -> str | None:
@@ -90,13 +91,13 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
         elif target is not None:
             members[target].append(data)
     for fold in ranges:
-        tree.add(tree.replicas[(fold.stage, 0)], folded_node(fold, members[fold.id], compiled))
-    edges = quotient_edges(graph, rep)
+        tree.add(tree.replicas[(fold.stage, 0)], folded_node(fold, members=members[fold.id], compiled=compiled))
+    edges = quotient_edges(graph, rep=rep)
     rows = [row for _, row in sorted(pipeline.items()) if len(row) > 1]
     return CompactLayout(tree, edges, drawn, rep, folded=bool(ranges), rows=rows)
 
 
-def quotient_edges(graph: nx.DiGraph, rep) -> list[DotEdge]:
+def quotient_edges(graph: nx.DiGraph, *, rep: Callable[[str], str | None]) -> list[DotEdge]:
     """One edge per pair of drawn ends that some DAG edge connects, in DAG order."""
     pairs: dict[tuple[str, str], None] = {}
     for tail, head in graph.edges:
@@ -107,11 +108,11 @@ def quotient_edges(graph: nx.DiGraph, rep) -> list[DotEdge]:
     for tail, head in pairs:
         tail_data = graph.nodes[tail] if tail in graph else FOLDED_DATA
         head_data = graph.nodes[head] if head in graph else FOLDED_DATA
-        edges.append(edge_view(tail, head, tail_data, head_data))
+        edges.append(edge_view(tail, head, tail_data=tail_data, head_data=head_data))
     return edges
 
 
-def folded_node(fold: Fold, members: list[dict], compiled: Compiled) -> DotNode:
+def folded_node(fold: Fold, *, members: list[dict], compiled: Compiled) -> DotNode:
     """A box for a range of layers: what runs there, counted, and what it sends."""
     mesh = compiled.deployment.mesh
     count = fold.last - fold.first + 1

@@ -131,7 +131,7 @@ def tooltip(node_id: str, data: dict) -> str:
     return quoted_lines(lines)
 
 
-def edge_view(tail: str, head: str, tail_data: dict, head_data: dict) -> DotEdge:
+def edge_view(tail: str, head: str, *, tail_data: dict, head_data: dict) -> DotEdge:
     """Edges into and out of a collective take its colour; Send -> Recv is drawn bold.
 
     The input's edges weigh nothing, so its many long edges do not pull it to one side.
@@ -147,7 +147,7 @@ def edge_view(tail: str, head: str, tail_data: dict, head_data: dict) -> DotEdge
     return DotEdge(quoted(tail), quoted(head))
 
 
-def cluster(cluster_id: str, title: str, rows: tuple[str, ...], colours: tuple[str, str]) -> DotCluster:
+def cluster(cluster_id: str, *, title: str, rows: tuple[str, ...], colours: tuple[str, str]) -> DotCluster:
     fill, border = colours
     attrs = (("style", quoted("filled,rounded")), ("fillcolor", quoted(fill)), ("color", quoted(border)))
     return DotCluster(quoted(cluster_id), html(title), tuple(html(row) for row in rows), attrs)
@@ -157,7 +157,7 @@ def legend(shown: list[dict], *, folded: bool = False) -> DotCluster:
     """A row of sample nodes, ids `legend_<i>`: the shapes and colours of the nodes shown."""
     ops = {data["op"] for data in shown}
     has_route = any(data["kind"] == "route" and data["op"] not in ("input", "output") for data in shown)
-    box = cluster("cluster_legend", "Legend", (), ("#ffffff", "#c3cad2"))
+    box = cluster("cluster_legend", title="Legend", rows=(), colours=("#ffffff", "#c3cad2"))
     for index, (caption, look) in enumerate(style.legend_entries(ops, has_route, folded=folded)):
         attrs = look_attrs(look) + (("tooltip", quoted(caption)),)
         box.nodes.append(DotNode(quoted(f"legend_{index}"), html(caption), (), attrs))

@@ -81,5 +81,5 @@ def test_pipeline_sends_stay_in_rank_order(compiled, layout):
 
 def test_fold_ranges_skip_the_expanded_layer(compiled):
     mesh = compiled("specs/layerwise.par").deployment.mesh
-    assert [(fold.first, fold.last) for fold in folds(mesh, 0)] == [(1, 3), (4, 7), (8, 11), (12, 15)]
-    assert [(fold.first, fold.last) for fold in folds(mesh, 5)] == [(0, 3), (4, 4), (6, 7), (8, 11), (12, 15)]
+    assert [(fold.first, fold.last) for fold in folds(mesh, expanded=0)] == [(1, 3), (4, 7), (8, 11), (12, 15)]
+    assert [(fold.first, fold.last) for fold in folds(mesh, expanded=5)] == [(0, 3), (4, 4), (6, 7), (8, 11), (12, 15)]
