@@ -1,5 +1,10 @@
 """Where nodes go in a drawing: a cluster per pipeline stage, per data-parallel replica (dp > 1)
-and per GPU, with GPUs kept left to right in rank order and stages stacked in columns."""
+and per GPU, with GPUs kept left to right in rank order and stages stacked in columns.
+
+A stage's label reads "8 layers (0-7)", not "layer 0": readers of DOT files (`par lint`)
+take a cluster's "layer N" as the layer of the nodes inside that name none, such as the
+pipeline's Send and Recv, which belong to no layer.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import networkx as nx
 from dsl.deployment import Mesh
 
 from . import dot_style as style
-from .dot_text import gpus, layer_span, quoted
+from .dot_text import gpus, quoted
 from .dot_view import DotCluster, DotEdge, DotNode, cluster, node_view
 
 INVISIBLE = (("style", "invis"),)
@@ -29,7 +34,9 @@ class ClusterTree:
         self.members: dict[int, list[str]] = {}  # GPU rank -> DAG ids placed in its cluster
         for stage, (first, last) in enumerate(mesh.stages):
             ranks = self.stage_ranks(stage)
-            rows = (f"{layer_span(first, last)} · {gpus(ranks)}",)
+            count = last - first + 1
+            held = f"{count} layer{'s' if count > 1 else ''} ({first}{f'-{last}' if count > 1 else ''})"
+            rows = (f"{held} · {gpus(ranks)}",)
             stage_cluster = cluster(f"cluster_stage_{stage}", title=f"Pipeline stage {stage}", rows=rows, colours=style.CLUSTER_STAGE)
             self.stages.append(stage_cluster)
             for dp_rank in range(mesh.dp):
