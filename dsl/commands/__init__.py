@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import build, check, cost, explain, fmt
+from . import build, check, cost, explain, fmt, lint
 
-COMMANDS = [check, build, cost, explain, fmt]
+COMMANDS = [check, build, cost, explain, lint, fmt]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 from .. import build as driver
@@ -33,22 +34,50 @@ def run(args) -> int:
     inputs = spec_inputs(args.paths, args.defines)
     _refuse_clashes(inputs.paths)
     renderers = driver.artifact_renderers()
-    artifacts, failed, total = [], 0, len(inputs.paths)
+    artifacts, notices, failed, total = [], {}, 0, len(inputs.paths)
     for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs), start=1):
         progress(f"[{index}/{total}] {path}")
         print_diagnostics(diagnostics, inputs)
         if compiled is None:
             failed += 1
             continue
-        artifacts += driver.render(compiled, args.out, renderers)
+        if failed:
+            continue  # nothing will be written: the other specs are only compiled, for their diagnostics
+        rendered = _render(path, compiled, args.out, renderers)
+        if rendered is None:
+            failed += 1
+            continue
+        artifacts += rendered.artifacts
+        notices.update(dict.fromkeys(rendered.notices))
+    for notice in notices:
+        progress(f"par: note: {notice}")
     if failed:
         progress(f"par: {failed} of {total} specs failed; nothing was written")
         return 1
     if args.check:
         return _check(artifacts)
-    written = driver.write_all(artifacts)
+    try:
+        written = driver.write_all(artifacts)
+    except OSError as exc:
+        progress(f"par: error: cannot write {exc.filename or args.out}: {exc.strerror or exc}")
+        return 1
     progress(f"par: wrote {len(written)} of {len(artifacts)} files under {args.out} ({len(artifacts) - len(written)} unchanged)")
     return 0
+
+
+def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | None:
+    """The artifacts of one compiled spec; None (after saying why) if a renderer failed."""
+    try:
+        rendered = driver.render(compiled, out, renderers)
+    except driver.RenderError as exc:
+        progress(f"par: error: {path}: {exc}")
+        if not exc.expected:
+            progress("".join(traceback.format_exception(exc.__cause__)).rstrip())
+            progress("par: this is a bug in par; please report it with the spec")
+        return None
+    for name, seconds in rendered.slow:
+        progress(f"    {name}: {seconds:.1f} s")
+    return rendered
 
 
 def _check(artifacts) -> int:

@@ -1,0 +1,70 @@
+"""How each kind of node looks: the conventions of hand-drawn parallel-deployment DAGs.
+
+Rectangle = computation, ellipse = communication, parallelogram = split / aggregate / route.
+Collectives are coloured by kind (the same colour for the ellipse and for its edges).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    shape: str
+    fill: str
+    border: str
+    style: str = "filled"
+
+
+COMPUTE = Look("box", "#f4f6f8", "#4a5560", "filled,rounded")
+ROUTE = Look("parallelogram", "#fff6d5", "#9a7d0a")
+ENDPOINT = Look("parallelogram", "#e3e7ec", "#2f3a45")  # input, output
+FOLDED = Look("box3d", "#eef1f4", "#6b7785")
+
+# Collective kind -> (display name, look). Send and Recv share a colour: one transfer.
+COLLECTIVES = {
+    "allreduce": ("AllReduce", Look("ellipse", "#fde0c5", "#d9600c")),
+    "allgather": ("AllGather", Look("ellipse", "#d4e6f7", "#1f6fb4")),
+    "reducescatter": ("ReduceScatter", Look("ellipse", "#e4dcf2", "#6a4fb0")),
+    "alltoall": ("AllToAll", Look("ellipse", "#d5efd9", "#2a8a3e")),
+    "send": ("Send", Look("ellipse", "#fbd5d5", "#c0282d")),
+    "recv": ("Recv", Look("ellipse", "#fbd5d5", "#c0282d")),
+}
+SEND_RECV = "Send/Recv"
+
+EDGE_COLOUR = "#7b8794"
+CLUSTER_STAGE = ("#fafbfc", "#8a96a3")  # fill, border
+CLUSTER_REPLICA = ("#f5f7f9", "#a5afba")
+CLUSTER_GPU = ("#ffffff", "#c3cad2")
+
+
+def display_name(op: str) -> str:
+    """`AllGather`, `Send`, ...; other ops as written."""
+    return COLLECTIVES[op][0] if op in COLLECTIVES else op
+
+
+def look_of(data: dict) -> Look:
+    """The look of a DAG node from its attributes."""
+    if data["kind"] == "comm":
+        return COLLECTIVES.get(data["op"], (None, Look("ellipse", "#eeeeee", "#555555")))[1]
+    if data["kind"] == "route":
+        return ENDPOINT if data["op"] in ("input", "output") else ROUTE
+    return COMPUTE
+
+
+def legend_entries(ops: set[str], has_route: bool, *, folded: bool = False) -> list[tuple[str, Look]]:
+    """(caption, look) for every shape and colour that appears, in a fixed order."""
+    entries = [("computation", COMPUTE)]
+    if folded:
+        entries.append(("folded layers", FOLDED))
+    if has_route:
+        entries.append(("split / route (no communication)", ROUTE))
+    for op, (name, look) in COLLECTIVES.items():
+        if op == "recv":
+            continue
+        if op == "send" and "send" in ops:
+            entries.append((SEND_RECV, look))
+        elif op in ops and op != "send":
+            entries.append((name, look))
+    return entries

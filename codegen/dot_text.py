@@ -1,0 +1,63 @@
+"""Text for DOT files: escaping of spec text, and the dims and GPU lists of labels.
+
+Every string that reaches a `.dot` file from the spec (names, file paths, reasons) goes
+through `quoted` (a DOT quoted string: ids, tooltips) or `html` (text inside an HTML-like
+label); nothing a spec can contain breaks the DOT syntax or the SVG made from it.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+from .cost.units import ranges
+
+REPLACEMENT = "\ufffd"
+
+
+def printable(text: str) -> str:
+    """`text` with every character XML cannot carry (controls, surrogates, U+FFFE/U+FFFF) replaced."""
+    return "".join(REPLACEMENT if _unsafe(char) else char for char in text)
+
+
+def _unsafe(char: str) -> bool:
+    code = ord(char)
+    if unicodedata.category(char) in ("Cc", "Cs"):
+        return True
+    return (code & 0xFFFE) == 0xFFFE or 0xFDD0 <= code <= 0xFDEF
+
+
+def quoted(text: str) -> str:
+    """A DOT quoted string that Graphviz shows (in tooltips and SVG titles) as `text`.
+
+    Graphviz writes `&name;` through to SVG unescaped, so `&` itself is written `&amp;`; and it
+    expands `\\N`, `\\G`, `\\L` and drops unknown escapes in these strings after reading
+    `\\\\` as one backslash, so a backslash is written as four.
+    """
+    body = printable(text).replace("&", "&amp;").replace("\\", "\\\\\\\\").replace('"', '\\"')
+    return f'"{body}"'
+
+
+def quoted_lines(lines: Iterable[str]) -> str:
+    """A DOT quoted escString whose lines (joined by `\\n`) show as the given lines."""
+    return '"' + "\\n".join(quoted(line)[1:-1] for line in lines) + '"'
+
+
+def html(text: str) -> str:
+    """`text` as character data of an HTML-like label (where Graphviz expands `\\N`, `\\G`, ...)."""
+    escaped = printable(text).replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return escaped.replace('"', "&quot;").replace("'", "&#39;")
+
+
+def dims(shape: Sequence[int]) -> str:
+    """`[32, 10000, 4096]`."""
+    return "[" + ", ".join(str(size) for size in shape) + "]"
+
+
+def gpus(devices: Sequence[int]) -> str:
+    """`GPU 3` or `GPUs 0-7`."""
+    return f"GPU {devices[0]}" if len(devices) == 1 else f"GPUs {ranges(devices)}"
+
+
+def layer_span(first: int, last: int) -> str:
+    return f"layer {first}" if first == last else f"layers {first}-{last}"

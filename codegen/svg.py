@@ -1,0 +1,68 @@
+"""dag.svg and dag.compact.svg: Graphviz's `dot` run on the DOT text, with a timeout.
+
+Without `dot` on PATH the SVG renderers answer `Skip` with one notice (the same text for every
+spec and view, so the build prints it once) and the build writes everything else. A full DAG
+above FULL_SVG_MAX_NODES nodes is not rendered (its layout would take minutes); the compact
+view always is. `dot`'s SVG holds nothing run-dependent (no dates, no paths, no random ids),
+so the same DOT text gives the same bytes with the same Graphviz version.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+
+from dsl.build import ArtifactError, Skip
+from dsl.compiler import Compiled
+
+DOT_TIMEOUT_S = 180
+FULL_SVG_MAX_NODES = 8000
+MISSING = (
+    "Graphviz `dot` is not on PATH: dag.svg and dag.compact.svg are neither rendered nor checked "
+    "(install Graphviz, e.g. the Debian package graphviz)"
+)
+
+
+def dot_program() -> str | None:
+    return shutil.which("dot")
+
+
+def render_svg(dot_text: str, *, program: str, timeout: float = DOT_TIMEOUT_S) -> bytes:
+    """`dot -Tsvg` of `dot_text`; raises ArtifactError if dot fails or runs past `timeout` seconds."""
+    try:
+        done = subprocess.run(
+            [program, "-Tsvg"],
+            input=dot_text.encode("utf-8"),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ArtifactError(f"`dot -Tsvg` did not finish within {timeout:g} s") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot run {program}: {exc.strerror or exc}") from None
+    if done.returncode != 0:
+        message = done.stderr.decode("utf-8", "replace").strip()
+        raise ArtifactError(f"`dot -Tsvg` failed (exit {done.returncode}): {message}")
+    return done.stdout
+
+
+def svg_renderer(emit: Callable[[Compiled], str], *, file: str, max_nodes: int | None = None) -> Callable[[Compiled], bytes | Skip]:
+    """A renderer that draws `emit`'s DOT text as `file`; it skips DAGs above `max_nodes` nodes."""
+
+    def render(compiled: Compiled) -> bytes | Skip:
+        program = dot_program()
+        if program is None:
+            return Skip(MISSING)
+        nodes = compiled.graph.number_of_nodes()
+        if max_nodes is not None and nodes > max_nodes:
+            return Skip(
+                f"{compiled.deployment.name}: {file} not rendered: the DAG has {nodes:,} nodes, more than "
+                f"{max_nodes:,} (its layout would take minutes); dag.compact.svg draws it folded, and "
+                f"`dot -Tsvg dag.dot -o {file}` draws it in full"
+            )
+        return render_svg(emit(compiled), program=program)
+
+    render.__name__ = f"render_{file.replace('.', '_')}"
+    return render

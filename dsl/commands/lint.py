@@ -1,0 +1,50 @@
+"""`par lint DAG.dot... [--spec SPEC] [--format text|md|json]`: review DAG files from any tool."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..inputs import UsageError, spec_inputs
+from ..lint import run_lint
+from .common import add_defines, compile_each, print_diagnostics
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "lint",
+        help="check DAG files (Graphviz DOT) written by any tool",
+        description=(
+            "Check Graphviz DOT deployment DAGs for the defects reviewers look for: cycles, "
+            "unconnected collectives, missing AllReduces, skipped layers, shapes that disagree. "
+            "With --spec, also compare each file against the DAG par compiles from the spec. "
+            "Rules and codes: docs/lint.md."
+        ),
+    )
+    parser.add_argument("dags", nargs="+", metavar="DAG", help=".dot/.gv files or folders of them")
+    parser.add_argument("--spec", metavar="SPEC", help="a .par spec to compare the DAGs against")
+    parser.add_argument("--format", choices=("text", "md", "json"), default="text", help="report format (default: text)")
+    add_defines(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    for path in args.dags:
+        if not Path(path).exists():
+            raise UsageError(f"{path}: no such file or folder")
+    spec_dag, spec_name = None, None
+    if args.spec is not None:
+        inputs = spec_inputs([args.spec], args.defines)
+        if len(inputs.paths) != 1:
+            raise UsageError("--spec takes one spec file")
+        path, compiled, diagnostics = next(compile_each(inputs))
+        print_diagnostics(diagnostics, inputs)
+        if compiled is None:
+            return 1
+        spec_dag, spec_name = compiled.graph, str(path)
+    elif args.defines:
+        raise UsageError("-D applies to --spec; there is no spec to override")
+    text, code = run_lint(args.dags, fmt=args.format, spec_dag=spec_dag, spec_name=spec_name)
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    return code
+

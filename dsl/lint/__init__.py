@@ -1,0 +1,49 @@
+"""`par lint`: review Graphviz DOT deployment DAGs written by other tools.
+
+The CLI calls `run_lint`; everything else here is the machinery behind it:
+`dot_syntax` (lark grammar -> syntax tree), `dot_reader` (-> nodes, edges, subgraphs),
+`classify` (kind, devices, layer, dims of each node), `rules`/`rules_dataflow` (the checks),
+`compare` (against the DAG `par` compiles from a spec) and `report` (text, Markdown, JSON).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .findings import RULES, Finding, Rule
+from .lint import FileResult, lint_file
+from .report import format_json, format_markdown, format_text
+
+__all__ = ["RULES", "Finding", "FileResult", "Rule", "lint_file", "run_lint"]
+
+_FORMATS = {"text": format_text, "md": format_markdown, "json": format_json}
+_DOT_SUFFIXES = (".dot", ".gv")
+
+
+def run_lint(paths: list[str], *, fmt: str = "text", spec_dag=None,
+             spec_name: str | None = None) -> tuple[str, int]:
+    """Lint DOT files (a directory stands for the .dot/.gv files below it, sorted).
+
+    Returns the whole report in `fmt` ("text", "md" or "json") and the exit code:
+    1 when any error was found, else 0. `spec_dag` is the networkx DiGraph `par` compiles
+    from a spec (DESIGN.md's DAG contract); with it every file is also compared against it.
+    """
+    if fmt not in _FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
+    results = [lint_file(path, spec_dag=spec_dag, spec_name=spec_name)
+               for path in _expand(paths)]
+    failed = any(finding.is_error for result in results for finding in result.findings)
+    return _FORMATS[fmt](results), int(failed)
+
+
+def _expand(paths: list[str]) -> list[str]:
+    files: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            files.extend(os.path.join(root, name) for name in sorted(names)
+                         if name.lower().endswith(_DOT_SUFFIXES))
+    return files

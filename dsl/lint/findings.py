@@ -1,0 +1,83 @@
+"""The rules `par lint` applies, each with a stable code, and the findings they produce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    code: str
+    name: str
+    summary: str
+    severity: str = "error"  # error | warning
+
+
+RULES: dict[str, Rule] = {rule.code: rule for rule in (
+    Rule("DOT000", "unreadable", "the file cannot be read as DOT"),
+    Rule("DAG001", "cycle", "the graph has a cycle"),
+    Rule("DAG002", "no-input", "a node has no incoming edge and is not the graph's input"),
+    Rule("DAG003", "no-output", "a node has no outgoing edge and is not the graph's output"),
+    Rule("DAG004", "isolated", "a node has no edges at all"),
+    Rule("DAG005", "comm-dangling", "a communication node is missing its input or its output"),
+    Rule("DAG006", "undefined-node", "an edge names a node that is never declared"),
+    Rule("DAG007", "layer-gap", "the layer numbering skips layers"),
+    Rule("DAG008", "tp-no-collective",
+         "outputs computed on different GPUs meet in one computation with no collective between"),
+    Rule("DAG009", "dims-mismatch", "an edge joins an Output: shape to a different Input: shape"),
+    Rule("DAG010", "stray-node",
+         "a bare statement named like an attribute value (`filled`) declares a node"),
+    Rule("DAG011", "tp-without-collective",
+         "the DAG shows tensor parallelism but has no AllReduce, AllGather or ReduceScatter"),
+    Rule("SPEC001", "spec-layer-missing", "a layer of the spec's DAG has no node in the DOT file"),
+    Rule("SPEC002", "spec-collective-missing",
+         "a collective of the spec's DAG is missing from the DOT file's layer"),
+    Rule("SPEC003", "spec-collective-extra",
+         "the DOT file's layer has a collective the spec's DAG does not"),
+    Rule("SPEC004", "spec-layer-extra", "the DOT file has a layer the spec's DAG does not"),
+)}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    code: str
+    file: str
+    line: int
+    message: str
+    nodes: tuple[str, ...] = ()
+    col: int = 0  # 0: the line is enough (column only for syntax errors)
+    graph: str = ""
+
+    @property
+    def rule(self) -> Rule:
+        return RULES[self.code]
+
+    @property
+    def is_error(self) -> bool:
+        return self.rule.severity == "error"
+
+    def sort_key(self) -> tuple:
+        return (self.file, self.line, self.col, self.code, self.nodes, self.message)
+
+
+def node_list(nodes, *, limit: int = 6) -> str:
+    """`a`, `b`, `c` … and 13 more — every name up to `limit`."""
+    names = [f"`{node}`" for node in nodes]
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f" … and {len(names) - limit} more"
+
+
+def ranges(numbers) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    ordered = sorted(set(numbers))
+    parts: list[str] = []
+    start = prev = None
+    for number in ordered + [None]:
+        if start is not None and (number is None or number != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if number is not None and start is None:
+            start = number
+        prev = number
+    return ", ".join(parts)

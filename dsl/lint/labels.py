@@ -1,0 +1,194 @@
+"""What a node's label says, as the people who draw these DAGs write it.
+
+Labels are free text; each function here reads one convention (`GPU: 0-7`, `Layer 3`,
+`Input: [batch_size=8, seq_len=128]`) and returns None when the text does not use it.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from dataclasses import dataclass
+
+ALL_DEVICES = frozenset({-1})  # "GPU: all" — every device, count unknown
+
+_ESCAPES = re.compile(r"\\([nlrNG])")
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_TAG = re.compile(r"<[^<>]*>")
+
+
+def label_lines(raw: str, *, node_id: str, graph_name: str, html_label: bool) -> list[str]:
+    """The label as the reader sees it: escapes expanded, tags dropped, one entry per line."""
+    def expand(match: re.Match) -> str:
+        code = match.group(1)
+        return {"N": node_id, "G": graph_name}.get(code, "\n")
+
+    text = _ESCAPES.sub(expand, raw)
+    text = _BREAK.sub("\n", text)  # also written, unrendered, inside quoted labels
+    if html_label:
+        text = html.unescape(_TAG.sub("", text))
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+# --- devices -----------------------------------------------------------------------------
+
+_DEVICE_WORD = r"(?:gpus?|devices?)"
+_LABEL_DEVICE = re.compile(
+    rf"(?<![a-z]){_DEVICE_WORD}[\s:=#_]*(?:gpu_?)?(all\b|\d+(?:\s*(?:-|–|,)\s*\d+)*)",
+    re.IGNORECASE)
+_COUNT_BEFORE = re.compile(r"\d\s*$")
+_ID_DEVICE = re.compile(r"(?:^|[^a-z])(?:gpu|device|dev|rank)_?(\d+)(?![0-9])", re.IGNORECASE)
+_RANGE = re.compile(r"(\d+)\s*(?:-|–)\s*(\d+)|(\d+)")
+
+
+def parse_device_spec(spec: str) -> frozenset[int] | None:
+    if spec.lower().startswith("all"):
+        return ALL_DEVICES
+    devices: set[int] = set()
+    for match in _RANGE.finditer(spec):
+        if match.group(3) is not None:
+            devices.add(int(match.group(3)))
+            continue
+        first, last = int(match.group(1)), int(match.group(2))
+        if last < first or last - first > 4096:
+            return None
+        devices.update(range(first, last + 1))
+    return frozenset(devices) or None
+
+
+def devices_in_text(text: str) -> frozenset[int] | None:
+    """Devices named by the first `GPU: ...` / `GPUs 0-3` / `Device 2` mention in text."""
+    for match in _LABEL_DEVICE.finditer(text):
+        if _COUNT_BEFORE.search(text, 0, match.start()):
+            continue  # "16 GPUs 4 heads": a count of GPUs, not GPU 4
+        devices = parse_device_spec(match.group(1))
+        if devices is not None:
+            return devices
+    return None
+
+
+def device_in_id(node_id: str) -> int | None:
+    match = _ID_DEVICE.search(node_id)
+    return int(match.group(1)) if match else None
+
+
+# --- layers ------------------------------------------------------------------------------
+
+_ID_LAYER = re.compile(r"(?:^|_)(?:layer_?|l)(\d+)(?=_|$)", re.IGNORECASE)
+_ID_LAYER_RANGE = re.compile(r"(?:^|_)layers_?(\d+)_(\d+)(?=_|$)", re.IGNORECASE)
+_TEXT_LAYER = re.compile(r"(?<![a-z])(?:layer\s*(\d+)(?![\d-])|l(\d+)-)", re.IGNORECASE)
+_TEXT_LAYER_RANGE = re.compile(r"(?<![a-z])layers?\s*(\d+)\s*(?:-|–|to)\s*(\d+)", re.IGNORECASE)
+
+
+def layer_in_id(node_id: str) -> int | None:
+    match = _ID_LAYER.search(node_id)
+    return int(match.group(1)) if match else None
+
+
+def layer_range_in_id(node_id: str) -> tuple[int, int] | None:
+    match = _ID_LAYER_RANGE.search(node_id)
+    return _ordered(match) if match else None
+
+
+def layer_in_text(text: str) -> int | None:
+    match = _TEXT_LAYER.search(text)
+    if match is None:
+        return None
+    return int(match.group(1) or match.group(2))
+
+
+def layer_range_in_text(text: str) -> tuple[int, int] | None:
+    match = _TEXT_LAYER_RANGE.search(text)
+    return _ordered(match) if match else None
+
+
+def _ordered(match: re.Match) -> tuple[int, int] | None:
+    first, last = int(match.group(1)), int(match.group(2))
+    return (first, last) if first <= last else None
+
+
+# --- tensor dimensions -------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One bracketed shape, e.g. `[batch_size=8, seq_len=128, 1024]`."""
+
+    dims: tuple[tuple[str, str], ...]  # (name, value); either may be ""
+    text: str
+
+    @property
+    def numel(self) -> int | None:
+        values = [value for _, value in self.dims]
+        if not values or not all(v.isdigit() for v in values):
+            return None
+        return math.prod(int(v) for v in values)
+
+    def agrees_with(self, other: Shape) -> bool:
+        """Same element count where both are numeric (a reshape is fine); else same dims."""
+        if self.numel is not None and other.numel is not None:
+            return self.numel == other.numel
+        return _canonical(self) == _canonical(other) or len(self.dims) != len(other.dims)
+
+
+def _canonical(shape: Shape) -> tuple[str, ...]:
+    return tuple((value or name).lower() for name, value in shape.dims)
+
+
+_DIMS_FIELD = re.compile(r"(?<![a-z])(input|output|in|out)\s*\d*\s*:\s*", re.IGNORECASE)
+_SHAPE = re.compile(r"(?:(\d+)\s*[×x*]\s*)?\[([^\[\]]*)\](?:\s*[×x*]\s*(\d+))?")
+# `[8, 128, 1024] -> [8, 128, 4096]`: a line that is only an input and an output shape.
+_ONE_SHAPE = r"\s*\d*\s*[×x]?\s*\[[^\[\]]*\]"
+_ARROW = re.compile(rf"^({_ONE_SHAPE})\s*(?:->|→)\s*({_ONE_SHAPE}.*)$")
+_DIM_ITEM = re.compile(r"^([a-z_][\w]*)?\s*(?:=\s*)?(\d+(?:\*\d+)*)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Dims:
+    """The `Input:` and `Output:` shapes a label states; several when it lists several."""
+
+    inputs: tuple[Shape, ...]
+    outputs: tuple[Shape, ...]
+
+
+def parse_shape(body: str) -> Shape | None:
+    items = [item for item in re.split(r"[,×\s]+", re.sub(r"\s*=\s*", "=", body)) if item]
+    dims = []
+    for item in items:
+        match = _DIM_ITEM.match(item)
+        if match is None or not (match.group(1) or match.group(2)):
+            return None
+        value = match.group(2) or ""
+        if "*" in value:  # `32*128`: a dimension written as a product
+            value = str(math.prod(int(part) for part in value.split("*")))
+        dims.append((match.group(1) or "", value))
+    return Shape(tuple(dims), f"[{body.strip()}]") if dims else None
+
+
+def dims_in_lines(lines: list[str]) -> Dims | None:
+    inputs: list[Shape] = []
+    outputs: list[Shape] = []
+    for line in lines:
+        arrow = _ARROW.match(line)
+        if arrow:
+            inputs.extend(_shapes(arrow.group(1)))
+            outputs.extend(_shapes(arrow.group(2)))
+            continue
+        fields = list(_DIMS_FIELD.finditer(line))
+        for index, field in enumerate(fields):
+            end = fields[index + 1].start() if index + 1 < len(fields) else len(line)
+            shapes = _shapes(line[field.end():end])
+            target = inputs if field.group(1).lower().startswith("in") else outputs
+            target.extend(shapes)
+    if not inputs and not outputs:
+        return None
+    return Dims(tuple(inputs), tuple(outputs))
+
+
+def _shapes(text: str) -> list[Shape]:
+    shapes = []
+    for match in _SHAPE.finditer(text):
+        shape = parse_shape(match.group(2))
+        if shape is not None:
+            shapes.append(shape)
+    return shapes

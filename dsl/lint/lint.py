@@ -1,0 +1,53 @@
+"""Lint one DOT file: read, classify, apply every rule, compare with a spec's DAG if given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .compare import compare_with_spec
+from .dot_reader import DotGraph, DotReadError, read_dot_file
+from .findings import Finding
+from .rules import (
+    check_connections,
+    check_cycles,
+    check_layer_gaps,
+    check_stray_nodes,
+    check_undefined,
+)
+from .rules_dataflow import check_dims, check_tp_merges
+from .rules_parallel import check_tp_without_collective
+from .view import DagView, build_view
+
+CHECKS = (check_cycles, check_connections, check_undefined, check_stray_nodes, check_layer_gaps,
+          check_tp_merges, check_tp_without_collective, check_dims)
+
+
+@dataclass(slots=True)
+class FileResult:
+    file: str
+    views: list[DagView] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+def lint_graph(graph: DotGraph, *, spec_dag=None,
+               spec_name: str | None = None) -> tuple[DagView, list[Finding]]:
+    view = build_view(graph)
+    findings = [finding for check in CHECKS for finding in check(view)]
+    if spec_dag is not None:
+        findings.extend(compare_with_spec(view, spec_dag, spec_name=spec_name))
+    return view, findings
+
+
+def lint_file(path: str, *, spec_dag=None, spec_name: str | None = None) -> FileResult:
+    result = FileResult(path)
+    try:
+        graphs = read_dot_file(path)
+    except DotReadError as exc:
+        result.findings.append(Finding("DOT000", path, exc.line, exc.message, col=exc.col))
+        return result
+    for graph in graphs:
+        view, findings = lint_graph(graph, spec_dag=spec_dag, spec_name=spec_name)
+        result.views.append(view)
+        result.findings.extend(findings)
+    result.findings.sort(key=Finding.sort_key)
+    return result

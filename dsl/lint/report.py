@@ -1,0 +1,158 @@
+"""Findings as text lines, a Markdown review, or JSON. Pure functions of the lint results."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from .classify import NodeInfo
+from .findings import RULES, Finding, ranges
+from .lint import FileResult
+from .view import DagView
+
+
+def format_text(results: list[FileResult]) -> str:
+    lines = [_text_line(finding) for result in results for finding in result.findings]
+    lines.append(_summary(results))
+    return "\n".join(lines) + "\n"
+
+
+def _text_line(finding: Finding) -> str:
+    if finding.code == "DOT000":
+        return f"{finding.file}:{finding.line}:{finding.col}: error: DOT000: {finding.message}"
+    severity = "" if finding.is_error else "warning: "
+    return f"{finding.file}:{finding.line}: {finding.code}: {severity}{finding.message}"
+
+
+def _summary(results: list[FileResult]) -> str:
+    findings = [finding for result in results for finding in result.findings]
+    errors = sum(finding.is_error for finding in findings)
+    dirty = sum(bool(result.findings) for result in results)
+    return (f"par lint: {_count(len(results), 'file')} checked, "
+            f"{_count(len(findings), 'finding')} ({_count(errors, 'error')}) "
+            f"in {_count(dirty, 'file')}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+# --- Markdown ----------------------------------------------------------------------------
+
+def format_markdown(results: list[FileResult]) -> str:
+    summary = _summary(results).removeprefix("par lint: ")
+    parts = ["# DAG review (`par lint`)", "", summary[0].upper() + summary[1:] + ".", ""]
+    for result in results:
+        parts.extend(_markdown_file(result))
+    return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def _markdown_file(result: FileResult) -> list[str]:
+    head = f"## `{result.file}` — {_count(len(result.findings), 'finding')}"
+    lines = [head, ""]
+    for view in result.views:
+        lines.extend([_graph_summary(view), ""])
+    if not result.findings:
+        lines.extend(["No findings.", ""])
+    by_code: dict[str, list[Finding]] = {}
+    for finding in result.findings:
+        by_code.setdefault(finding.code, []).append(finding)
+    infos = {node: info for view in result.views for node, info in view.info.items()}
+    for code in sorted(by_code):
+        lines.extend(_markdown_rule(code, by_code[code], infos))
+    return lines
+
+
+def _graph_summary(view: DagView) -> str:
+    kinds = Counter(info.kind for info in view.info.values())
+    words = {"compute": "computation", "comm": "communication", "route": "routing",
+             "io": "input/output"}
+    counts = ", ".join(f"{kinds[kind]} {words[kind]}" for kind in words if kinds[kind])
+    devices = sorted({d for info in view.info.values() for d in (info.devices or ()) if d >= 0})
+    layers = sorted({info.layer for info in view.info.values() if info.layer is not None})
+    name = f"`{view.graph.name}`" if view.graph.name else "(unnamed)"
+    text = (f"Graph {name}: {len(view.info)} nodes ({counts}), {len(view.edge_line)} edges")
+    if devices:
+        text += f"; GPUs {ranges(devices)}"
+    if layers:
+        text += f"; layers {ranges(layers)}"
+    return text + "."
+
+
+def _markdown_rule(code: str, findings: list[Finding], infos: dict[str, NodeInfo]) -> list[str]:
+    rule = RULES[code]
+    nodes = {node for finding in findings for node in finding.nodes}
+    count = (f"{_count(len(nodes), 'node')} requiring modification" if nodes
+             else _count(len(findings), "finding"))
+    summary = rule.summary[0].upper() + rule.summary[1:]
+    lines = [f"### {code} {rule.name} — {count}", "", f"{summary}.", ""]
+    lines.extend(["| line | nodes | finding | classified as |", "| --- | --- | --- | --- |"])
+    for finding in findings:
+        cells = [str(finding.line), ", ".join(f"`{node}`" for node in finding.nodes),
+                 finding.message, _classification(finding, infos)]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    lines.append("")
+    return lines
+
+
+def _classification(finding: Finding, infos: dict[str, NodeInfo]) -> str:
+    if not finding.nodes or finding.nodes[0] not in infos:
+        return ""
+    info = infos[finding.nodes[0]]
+    text = f"{info.kind}: {info.kind_why}"
+    if info.layer is not None:
+        text += f"; layer {info.layer} ({info.layer_why})"
+    if info.devices is not None:
+        text += f"; {_devices_text(info)} ({info.devices_why})"
+    return text
+
+
+def _devices_text(info: NodeInfo) -> str:
+    if info.devices is not None and -1 in info.devices:
+        return "all GPUs"
+    return f"GPU {ranges(info.devices or ())}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+# --- JSON --------------------------------------------------------------------------------
+
+def format_json(results: list[FileResult]) -> str:
+    files = [_json_file(result) for result in results]
+    findings = [finding for result in results for finding in result.findings]
+    summary = {"files": len(results), "findings": len(findings),
+               "errors": sum(finding.is_error for finding in findings)}
+    return json.dumps({"files": files, "summary": summary}, indent=2, ensure_ascii=False) + "\n"
+
+
+def _json_file(result: FileResult) -> dict:
+    infos = {node: info for view in result.views for node, info in view.info.items()}
+    return {
+        "file": result.file,
+        "graphs": [{"name": view.graph.name, "nodes": len(view.info), "edges": len(view.edge_line)}
+                   for view in result.views],
+        "findings": [_json_finding(finding, infos) for finding in result.findings],
+    }
+
+
+def _json_finding(finding: Finding, infos: dict[str, NodeInfo]) -> dict:
+    return {
+        "code": finding.code, "rule": finding.rule.name, "severity": finding.rule.severity,
+        "line": finding.line, "col": finding.col or None, "message": finding.message,
+        "graph": finding.graph,
+        "nodes": [_json_node(node, infos.get(node)) for node in finding.nodes],
+    }
+
+
+def _json_node(node: str, info: NodeInfo | None) -> dict:
+    if info is None:
+        return {"id": node}
+    devices = None if info.devices is None else (
+        "all" if -1 in info.devices else sorted(info.devices))
+    return {
+        "id": node, "kind": info.kind, "kind_why": info.kind_why, "collective": info.collective,
+        "role": info.role, "devices": devices, "devices_why": info.devices_why,
+        "layer": info.layer, "layer_why": info.layer_why, "line": info.line,
+    }

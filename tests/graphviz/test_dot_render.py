@@ -1,0 +1,76 @@
+"""Rendering: every emitted .dot passes `dot` without a warning; dag.svg is made, skipped or refused."""
+
+import struct
+
+import pytest
+
+from codegen import svg
+from codegen.dot import emit_compact_dot, emit_dot
+from dsl.build import ArtifactError, Skip
+
+GOLDEN = ["tests/golden/specs/gpt_tp2_pp2.par", "tests/golden/specs/llama_sp_dp2.par", "tests/golden/specs/single_gpu.par"]
+SHIPPED = ["specs/baseline_tp8_pp2.par", "specs/layerwise.par", "specs/megatron_tp8_pp2.par", "specs/llama_gqa.par"]
+CASES = (
+    [(path, (), emit) for path in GOLDEN for emit in (emit_dot, emit_compact_dot)]
+    + [(path, (), emit_compact_dot) for path in SHIPPED]
+    + [(path, (), emit_dot) for path in SHIPPED[:3]]
+    + [("specs/llama_gqa.par", ("layers=4",), emit_dot)]
+)
+
+
+@pytest.mark.parametrize("path, defines, emit", CASES, ids=[f"{p.split('/')[-1]}{''.join(d)}-{e.__name__}" for p, d, e in CASES])
+def test_every_emitted_dot_renders_without_warnings(compiled, dot_run, path, defines, emit):
+    done = dot_run(emit(compiled(path, *defines)), "-Tsvg")
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stderr == b""
+    assert done.stdout.rstrip().endswith(b"</svg>")
+
+
+@pytest.mark.parametrize("emit", [emit_dot, emit_compact_dot])
+def test_the_small_spec_renders_to_png(compiled, dot_run, tmp_path, emit):
+    """2 layers, tp 2, pp 2: the picture of the design docs (docs/graphviz.md)."""
+    done = dot_run(emit(compiled(GOLDEN[0])), "-Tpng")
+    assert done.returncode == 0 and done.stderr == b"", done.stderr.decode()
+    png = done.stdout
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert 800 < width < 4000 and 1000 < height < 6000, (width, height)
+    (tmp_path / f"{emit.__name__}.png").write_bytes(png)
+
+
+def test_svg_is_dots_drawing_and_the_same_every_time(compiled, dot_run):
+    spec = compiled(GOLDEN[1])
+    render = svg.svg_renderer(emit_dot, file="dag.svg")
+    first, second = render(spec), render(spec)
+    assert first == second == dot_run(emit_dot(spec), "-Tsvg").stdout
+
+
+def test_without_dot_the_svg_is_skipped_with_one_notice(compiled, monkeypatch):
+    monkeypatch.setattr(svg, "dot_program", lambda: None)
+    spec = compiled(GOLDEN[0])
+    answers = [svg.svg_renderer(emit, file=name)(spec) for emit, name in [(emit_dot, "dag.svg"), (emit_compact_dot, "dag.compact.svg")]]
+    assert all(isinstance(answer, Skip) for answer in answers)
+    assert len({answer.notice for answer in answers}) == 1
+    assert "Graphviz" in answers[0].notice and "graphviz" in answers[0].notice
+
+
+def test_a_dag_above_the_limit_is_not_drawn_in_full(compiled, dot_binary):
+    spec = compiled(GOLDEN[0])
+    nodes = spec.graph.number_of_nodes()
+    answer = svg.svg_renderer(emit_dot, file="dag.svg", max_nodes=nodes - 1)(spec)
+    assert isinstance(answer, Skip)
+    assert f"{nodes:,} nodes" in answer.notice and spec.deployment.name in answer.notice
+    assert isinstance(svg.svg_renderer(emit_dot, file="dag.svg", max_nodes=nodes)(spec), bytes)
+
+
+def test_a_failing_dot_is_an_error_not_a_skip(dot_binary):
+    with pytest.raises(ArtifactError, match="failed"):
+        svg.render_svg("digraph { a -> }\n", program=dot_binary)
+
+
+def test_a_dot_that_hangs_is_stopped(tmp_path):
+    slow = tmp_path / "dot"
+    slow.write_text("#!/bin/sh\nsleep 10\n")
+    slow.chmod(0o755)
+    with pytest.raises(ArtifactError, match="did not finish"):
+        svg.render_svg("digraph { a }\n", program=str(slow), timeout=0.2)

@@ -1,0 +1,42 @@
+"""`par lint` on the command line, with and without --spec."""
+
+import json
+from pathlib import Path
+
+from lint_dags import render_dot
+
+from dsl.cli import main
+from dsl.compiler import compile_file
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "specs" / "megatron_tp8_pp2.par"
+SMALL = ["layers=2", "hidden=64", "heads=4", "ffn=256", "seq=8", "batch=4", "tp=2", "pp=2", "microbatches=2"]
+
+
+def test_lint_a_drawing_of_the_spec_against_the_spec(tmp_path, capsys):
+    compiled = compile_file(SPEC, SMALL)
+    dot = tmp_path / "drawn.dot"
+    dot.write_text(render_dot(compiled.graph))
+    args = ["lint", str(dot), "--spec", str(SPEC)] + [f"-D{d}" for d in SMALL]
+    assert main(args) == 0, capsys.readouterr().out
+    # The same drawing without its AllReduces: the spec comparison names what is missing.
+    broken = compiled.graph.copy()
+    for node in [n for n, d in broken.nodes(data=True) if d["op"] == "allreduce"]:
+        for producer in list(broken.predecessors(node)):
+            for consumer in list(broken.successors(node)):
+                if broken.nodes[producer]["devices"] == broken.nodes[consumer]["devices"]:
+                    broken.add_edge(producer, consumer, operands=(1,))
+        broken.remove_node(node)
+    dot.write_text(render_dot(broken))
+    capsys.readouterr()
+    assert main(args + ["--format", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert "SPEC002" in json.dumps(report)
+
+
+def test_usage_errors(tmp_path, capsys):
+    assert main(["lint", str(tmp_path / "missing.dot")]) == 2
+    dot = tmp_path / "a.dot"
+    dot.write_text("digraph { a -> b }\n")
+    assert main(["lint", str(dot), "-D", "tp=2"]) == 2
+    assert "-D applies to --spec" in capsys.readouterr().err
