@@ -447,6 +447,14 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
     }
 
 
+def parameter_names(rank: int) -> list[str]:
+    """The names of the parameters `rank` holds, in the order shard_state_dict gives them."""
+    _, stage, _ = coordinates(rank)
+    first, last = STAGES[stage]
+    names = SHARDING
+    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in names]
+
+
 def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tensor]) -> Stage:
     stage = Stage(groups).to(device=device, dtype=DTYPE)
     stage.load_state_dict(shard_state_dict(full, groups.rank))
@@ -601,26 +609,31 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
 
     outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, batches[groups.dp_rank], device)
 
-    errors = []  # (error, what)
+    output_error = -1.0  # -1: this rank produces no model output
     if outputs:
         mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
-        errors.append((relative_error(torch.cat(outputs), torch.cat(mine)), "output"))
+        output_error = relative_error(torch.cat(outputs), torch.cat(mine))
     reference_grads = shard_state_dict({name: param.grad for name, param in reference.named_parameters()}, groups.rank)
-    for name, param in stage.named_parameters():
-        errors.append((relative_error(param.grad, reference_grads[name]), f"gradient of {name}"))
+    grads = {name: param.grad for name, param in stage.named_parameters()}
+    gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
+    worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
 
-    everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, errors)  # reporting only: not one of the model's collectives
+    # Reporting only, not one of the model's collectives: every rank's worst errors, as numbers
+    # (gathering Python objects would need numpy); rank 0 names the tensors from the mesh.
+    summary = [output_error, gradient_errors[worst_gradient], worst_gradient]
+    summaries = [torch.empty(3, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(summaries, torch.tensor(summary, dtype=torch.float64, device=device))
     worst = {}
-    for rank, found in enumerate(everyone):
-        for error, what in found:
-            kind = "output" if what == "output" else "gradient"
-            worst[kind] = max(worst.get(kind, (0.0, "", 0)), (error, what, rank))
+    for rank, (output, gradient, index) in enumerate(found.tolist() for found in summaries):
+        if output >= 0:
+            worst["output"] = max(worst.get("output", (0.0, "", 0)), (output, "output", rank))
+        what = f"gradient of {parameter_names(rank)[int(index)]}"
+        worst["gradient"] = max(worst.get("gradient", (0.0, "", 0)), (gradient, what, rank))
     ok = all(error <= tolerance for error, _, _ in worst.values())
     if groups.rank == 0:
         for kind, (error, what, rank) in sorted(worst.items()):
             print(f"check: largest {kind} error {error:.3g} ({what} on rank {rank})")
-        count = sum(len(found) for found in everyone)
+        count = sum(len(parameter_names(rank)) for rank in range(WORLD_SIZE)) + DP * TP
         verdict = "OK" if ok else "MISMATCH"
         print(f"check: {verdict}: {count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:g}", flush=True)
     return ok
