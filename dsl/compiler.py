@@ -25,12 +25,16 @@ from .validate import validate
 @contextmanager
 def gc_paused():
     """Expansion allocates millions of small dicts and no cycles: the cyclic collector would
-    rescan the growing heap again and again for nothing."""
+    rescan the growing heap again and again for nothing. Afterwards the new objects go straight
+    to the oldest generation (freeze, then unfreeze), so the next young collection does not
+    walk them all either; a full collection still sees them."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
+        gc.unfreeze()
         if enabled:
             gc.enable()
 
