@@ -248,11 +248,5 @@ def _reroute(ops: list[Op], old: str, new: str, position: int) -> list[Op]:
     rerouted = ops[: position + 1]
     for op in ops[position + 1 :]:
         inputs = tuple(new if name == old else name for name in op.inputs)
-        rerouted.append(op if inputs == op.inputs else _with_inputs(op, inputs))
+        rerouted.append(op if inputs == op.inputs else replace(op, inputs=inputs))
     return rerouted
-
-
-def _with_inputs(op: Op, inputs: tuple[str, ...]) -> Op:
-    from dataclasses import replace
-
-    return replace(op, inputs=inputs)

@@ -213,7 +213,7 @@ class _Checker:
             return None
         except AlreadyReported:
             return None
-        if name in self.defaulted and not isinstance(value, int) or name in self.defaulted and value < 1:
+        if name in self.defaulted and (not isinstance(value, int) or value < 1):
             return None  # derived from a setting whose own error is reported
         span = self.spans.get(name)
         if isinstance(value, float):

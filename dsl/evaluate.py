@@ -113,7 +113,7 @@ def _apply(expr: BinOp, left: Number, right: Number) -> Number:
 
 
 def _bounded(value: Number, span: Span) -> Number:
-    if isinstance(value, float) and not math.isfinite(value) or abs(value) > _MAX_MAGNITUDE:
+    if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > _MAX_MAGNITUDE:
         raise EvalError(error("number is absurdly large", span))
     return value
 

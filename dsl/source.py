@@ -22,6 +22,16 @@ class Span:
     def point(cls, file: str, line: int = 1, col: int = 1) -> Span:
         return cls(file, line, col, line, col + 1)
 
+    @classmethod
+    def parse(cls, text: object) -> Span | None:
+        """The point a `file:line:col` string names (the `src` of a DAG node), or None."""
+        if not isinstance(text, str):
+            return None
+        parts = text.rsplit(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            return None
+        return cls.point(parts[0], int(parts[1]), int(parts[2]))
+
 
 @dataclass(frozen=True, slots=True)
 class SourceFile:

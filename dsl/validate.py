@@ -35,18 +35,9 @@ def validate(graph: nx.DiGraph) -> list[Diagnostic]:
 
 
 def _violation(rule: int, message: str, graph: nx.DiGraph, node: str | None) -> Diagnostic:
-    span = _span(graph._node[node].get("src")) if node is not None and node in graph._node else None
+    span = Span.parse(graph._node[node].get("src")) if node is not None and node in graph._node else None
     return error(f"DAG invariant {rule} ({INVARIANTS[rule]}): {message}", span)
 
-
-def _span(src) -> Span | None:
-    if not isinstance(src, str):
-        return None
-    parts = src.rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-        return None
-    line, col = int(parts[1]), int(parts[2])
-    return Span(parts[0], line, col, line, col + 1)
 
 
 class _Validator:

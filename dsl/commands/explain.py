@@ -6,7 +6,7 @@ import difflib
 
 from ..diagnostics import error
 from ..inputs import UsageError, spec_inputs
-from ..validate import _span
+from ..source import Span
 from .common import add_defines, compile_each, print_diagnostics
 
 
@@ -58,7 +58,7 @@ def describe(graph, node: str, sources) -> str:
     if data.get("reason"):
         lines.append(f"  why:       {data['reason']}")
     lines.append(f"  spec:      {data['src']}")
-    span = _span(data["src"])
+    span = Span.parse(data["src"])
     source = sources.get(span.file) if span else None
     text = source.line(span.line) if source else None
     if text is not None:
