@@ -17,9 +17,9 @@ import networkx as nx
 
 from dsl.compiler import Compiled
 from dsl.deployment import Mesh
+from dsl.units import size as human_bytes
 
 from . import dot_style as style
-from .cost.units import size as human_bytes
 from .dot_clusters import ClusterTree
 from .dot_text import dims, gpus, html, layer_span, quoted
 from .dot_view import DotEdge, DotNode, edge_view, look_attrs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from .cost.units import ranges
+from dsl.units import ranges
 
 REPLACEMENT = "\ufffd"
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dsl.units import size as human_bytes
+
 from . import dot_style as style
-from .cost.units import size as human_bytes
 from .dot_text import dims, gpus, html, printable, quoted, quoted_lines
 
 Attrs = tuple[tuple[str, str], ...]

@@ -64,7 +64,9 @@ class Rendered:
 
 def artifact_renderers() -> list[tuple[str, Renderer]]:
     """(file name, renderer) for every artifact; a renderer may return None to skip its file."""
-    from codegen.artifacts import RENDERERS  # the driver is the one place that reaches codegen
+    from codegen.artifacts import (
+        RENDERERS,  # the driver is the one place that reaches codegen
+    )
 
     return list(RENDERERS)
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 from . import stages as stage_split
 from .blockcheck import resolve_block
+from .crosscheck import cross_checks
 from .deployment import DTYPE_BYTES, SCHEDULES, Deployment, Mesh, Model
 from .diagnostics import CompileError, Diagnostic, error
-from .crosscheck import cross_checks
 from .evaluate import AlreadyReported, EvalError, Namespace, did_you_mean, evaluate
 from .hwcheck import resolve_hardware
 from .library import library_source

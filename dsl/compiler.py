@@ -14,7 +14,7 @@ from .check import check
 from .deployment import Deployment
 from .diagnostics import CompileError, Diagnostic
 from .expand import expand
-from .inputs import parse_defines
+from .inputs import parse_defines, read_spec
 from .lower import lower
 from .parser import parse_text
 from .program import Program
@@ -50,7 +50,8 @@ class Compiled:
 def compile_file(path: str | Path, defines: Sequence[str] = ()) -> Compiled:
     """Compile a spec file with `-D`-style overrides (`["hidden=64", "tp=2"]`)."""
     overrides, _ = parse_defines(defines)
-    return compile_text(Path(path).read_text(encoding="utf-8"), str(path), overrides)
+    source = read_spec(path)
+    return compile_text(source.text, source.name, overrides)
 
 
 def compile_text(text: str, file: str, overrides: Sequence[Override] = ()) -> Compiled:

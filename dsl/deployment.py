@@ -60,11 +60,37 @@ class Mesh:
     def tp_group(self, *, dp_rank: int, stage: int) -> tuple[int, ...]:
         return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=t) for t in range(self.tp))
 
-    def stage_of_layer(self, layer: int) -> int:
-        for stage, (first, last) in enumerate(self.stages):
-            if first <= layer <= last:
-                return stage
-        raise ValueError(f"layer {layer} is on no stage")
+    def tp_group_of(self, rank: int) -> tuple[int, ...]:
+        dp_rank, stage, _ = self.coords(rank)
+        return self.tp_group(dp_rank=dp_rank, stage=stage)
+
+    def dp_group_of(self, rank: int) -> tuple[int, ...]:
+        """The ranks that hold the same shard as `rank` in every data-parallel replica."""
+        _, stage, tp_rank = self.coords(rank)
+        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in range(self.dp))
+
+    def stage_ranks(self, stage: int) -> tuple[int, ...]:
+        """Every rank of a pipeline stage, replica by replica."""
+        return tuple(rank for d in range(self.dp) for rank in self.tp_group(dp_rank=d, stage=stage))
+
+    def attributes(self) -> dict:
+        """The mesh as the DAG's graph attributes carry it (`graph.graph["mesh"]`)."""
+        return {
+            "tp": self.tp,
+            "pp": self.pp,
+            "dp": self.dp,
+            "world": self.world,
+            "microbatches": self.microbatches,
+            "stages": [list(stage) for stage in self.stages],
+            "schedule": self.schedule,
+            "sequence_parallel": self.sequence_parallel,
+        }
+
+    @classmethod
+    def from_attributes(cls, data: dict) -> Mesh:
+        """The inverse of `attributes`, for code that has only the DAG."""
+        stages = tuple(tuple(stage) for stage in data["stages"])
+        return cls(data["tp"], data["pp"], data["dp"], data["microbatches"], stages, data["schedule"], data["sequence_parallel"])
 
 
 @dataclass(frozen=True, slots=True)

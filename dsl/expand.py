@@ -7,12 +7,16 @@ topological order, which the validator uses to prove acyclicity in one pass.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import networkx as nx
 
 from . import ids
 from .deployment import Deployment
+from .placement import share
 from .program import Program, Step
 from .shapes import elements
+
 
 def expand(program: Program) -> nx.DiGraph:
     return _Expander(program).run()
@@ -38,16 +42,7 @@ def graph_attributes(program: Program) -> dict:
             "seq": model.seq,
             "dtype": model.dtype,
         },
-        "mesh": {
-            "tp": mesh.tp,
-            "pp": mesh.pp,
-            "dp": mesh.dp,
-            "world": mesh.world,
-            "microbatches": mesh.microbatches,
-            "stages": [list(stage) for stage in mesh.stages],
-            "schedule": mesh.schedule,
-            "sequence_parallel": mesh.sequence_parallel,
-        },
+        "mesh": mesh.attributes(),
         "layers": model.layers,
         "stream": str(program.stream),
         "microbatch_shape": list(program.stream_shape),
@@ -73,7 +68,7 @@ class _Expander:
     def run(self) -> nx.DiGraph:
         mesh, program = self.mesh, self.program
         stage_src = str(self.deployment.spans.get("stages") or self.deployment.span_of("pp"))
-        self._io("input", program.stream_shape, program.stream_shape, list(self._stage_ranks(0)), 0)
+        self._io(ids.INPUT, program.stream_shape, program.stream_shape, list(mesh.stage_ranks(0)), 0)
         entry = {d: self._entry_points(d) for d in range(mesh.dp)}
         exits: list[str] = []
         for stage, (first, last) in enumerate(mesh.stages):
@@ -86,7 +81,7 @@ class _Expander:
                     entry[dp_rank] = self._boundary(stage, dp_rank, current, stage_src)
                 else:
                     exits.extend(dict.fromkeys(current))
-        output = self._io("output", program.stream_local, program.stream_shape, list(self._stage_ranks(mesh.pp - 1)), mesh.pp - 1)
+        output = self._io(ids.OUTPUT, program.stream_local, program.stream_shape, list(mesh.stage_ranks(mesh.pp - 1)), mesh.pp - 1)
         for source in exits:
             self._edge(source, output, (0,))
         if len(self.node_map) != self.added:
@@ -104,15 +99,9 @@ class _Expander:
         self.succ[source][target] = data
         self.pred[target][source] = data
 
-    def _stage_ranks(self, stage: int):
-        for dp_rank in range(self.mesh.dp):
-            yield from self.mesh.tp_group(dp_rank=dp_rank, stage=stage)
-
     def _template(self, step: Step) -> dict:
         bytes_in = elements(step.in_shape) * self.dtype_bytes
         full = elements(step.global_out) * self.dtype_bytes
-        numerator, denominator = step.wire_fraction
-        wire, remainder = divmod(full * numerator, denominator)
         data = {
             "op": step.op,
             "kind": step.kind,
@@ -125,7 +114,7 @@ class _Expander:
             "flops": step.flops,
             "params": step.params,
             "bytes": bytes_in,
-            "wire_bytes": wire if not remainder else full * numerator / denominator,
+            "wire_bytes": share(full, Fraction(*step.wire_fraction)),
             "src": str(step.span),
         }
         if step.kind == "comm":
@@ -154,7 +143,7 @@ class _Expander:
             "params": 0,
             "bytes": 0,
             "wire_bytes": 0,
-            "src": str(self.deployment.span_of("batch" if name == "input" else "layers")),
+            "src": str(self.deployment.span_of("batch" if name == ids.INPUT else "layers")),
         }
         self._node(name, data)
         return name

@@ -9,7 +9,7 @@ from pathlib import Path
 from .diagnostics import CompileError, error
 from .library import library_source
 from .parser import parse_override
-from .source import SourceFile, Span
+from .source import SourceFile, Span, TextDecodeError, decode_text
 from .spec import Override
 
 COMMAND_LINE = "<command line>"
@@ -29,21 +29,18 @@ class SpecInputs:
 
     def read(self, path: Path) -> str:
         """The text of a spec; raises CompileError if it is not UTF-8 text."""
-        data = path.read_bytes()
-        name = str(path)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            prefix = data[: exc.start]
-            line = prefix.count(b"\n") + 1
-            col = len(prefix) - (prefix.rfind(b"\n") + 1) + 1
-            raise CompileError(
-                [error(f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded", Span(name, line, col, line, col + 1))]
-            ) from None
-        if text.startswith("\ufeff"):
-            text = text[1:]
-        self.sources[name] = SourceFile(name, text)
-        return text
+        source = read_spec(path)
+        self.sources[source.name] = source
+        return source.text
+
+
+def read_spec(path: str | Path) -> SourceFile:
+    """A spec file's text (UTF-8, byte-order mark dropped); raises CompileError otherwise."""
+    name = str(path)
+    try:
+        return SourceFile(name, decode_text(Path(path).read_bytes()))
+    except TextDecodeError as exc:
+        raise CompileError([error(exc.message, Span.point(name, exc.line, exc.col))]) from None
 
 
 def spec_inputs(paths: Sequence[str], defines: Sequence[str] | None) -> SpecInputs:
@@ -58,14 +55,20 @@ def spec_inputs(paths: Sequence[str], defines: Sequence[str] | None) -> SpecInpu
 
 def collect_specs(paths: Sequence[str]) -> list[Path]:
     """Files as given, folders as the sorted .par files beneath them."""
+    return collect_files(paths, suffixes=(".par",))
+
+
+def collect_files(paths: Sequence[str], *, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files as given, folders as the sorted files beneath them whose names end in `suffixes`
+    (any case); each file once. A missing path or a folder without such files is a UsageError."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            specs = sorted(p for p in path.rglob("*.par") if p.is_file())
-            if not specs:
-                raise UsageError(f"{raw}: no .par files in this folder")
-            found.extend(specs)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+            if not files:
+                raise UsageError(f"{raw}: no {' or '.join(suffixes)} files in this folder")
+            found.extend(files)
         elif path.is_file():
             found.append(path)
         elif path.exists():

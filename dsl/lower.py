@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from .deployment import Deployment, Op
 from .diagnostics import CompileError, Diagnostic, error
-from .placement import COLLECTIVE_NEEDS, R, S_SEQ, Placement, conversion, describe
+from .placement import COLLECTIVE_NEEDS, S_SEQ, Placement, R, conversion, describe
 from .program import Program, Step
 from .shapes import Shape, flops, infer_shapes, params, stream_shape
 from .solve import Choice, Convert, solve

@@ -31,7 +31,6 @@ R = Placement("R")
 P = Placement("P")
 S_SEQ = Placement("S", 1)
 S_LAST = Placement("S", 2)
-DIM_OF = {"seq": S_SEQ, "hidden": S_LAST}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +43,16 @@ class Conversion:
     def wire_fraction(self, n: int) -> Fraction:
         """Bytes each rank sends, as a fraction of the full tensor (DESIGN.md's table)."""
         return _WIRE[self.op](n)
+
+    def wire_bytes(self, n: int, full_bytes: int) -> int | float:
+        """Bytes each rank sends for a full tensor of `full_bytes`."""
+        return share(full_bytes, self.wire_fraction(n))
+
+
+def share(full_bytes: int, fraction: Fraction) -> int | float:
+    """`fraction` of `full_bytes`: a whole number of bytes when it divides exactly."""
+    sent, remainder = divmod(full_bytes * fraction.numerator, fraction.denominator)
+    return sent if not remainder else full_bytes * fraction.numerator / fraction.denominator
 
 
 _WIRE = {
@@ -69,10 +78,6 @@ def conversion(source: Placement, target: Placement) -> Conversion | None:
     if source == target:
         return None
     return CONVERSIONS.get((source.kind, target.kind))
-
-
-def reachable(source: Placement, target: Placement) -> bool:
-    return source == target or (source.kind, target.kind) in CONVERSIONS
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .deployment import Deployment, Op
-from .placement import COLLECTIVE_NEEDS, R, S_SEQ, Conversion, Placement, Signature, conversion, signatures
+from .placement import (
+    COLLECTIVE_NEEDS,
+    S_SEQ,
+    Conversion,
+    Placement,
+    R,
+    Signature,
+    conversion,
+    signatures,
+)
 from .shapes import elements
 
 Cost = tuple[int, Fraction, int, int]  # errors, traffic (elements), collectives, slices

@@ -45,3 +45,27 @@ class SourceFile:
         if 1 <= number <= len(lines):
             return lines[number - 1]
         return None
+
+
+class TextDecodeError(ValueError):
+    """Bytes that are not UTF-8 text; `line` and `col` locate the first bad byte."""
+
+    def __init__(self, message: str, line: int, col: int):
+        super().__init__(message)
+        self.message, self.line, self.col = message, line, col
+
+
+def byte_position(data: bytes, offset: int) -> tuple[int, int]:
+    """The 1-based line and column of a byte offset."""
+    line = data.count(b"\n", 0, offset) + 1
+    return line, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 text without a leading byte-order mark; raises TextDecodeError at the first bad byte."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, col = byte_position(data, exc.start)
+        raise TextDecodeError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded", line, col) from None
+    return text[1:] if text.startswith("\ufeff") else text

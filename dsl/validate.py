@@ -11,13 +11,14 @@ from collections import Counter, defaultdict
 
 import networkx as nx
 
+from . import ids
 from .diagnostics import Diagnostic, error
 from .source import Span
 
 COLLECTIVE_OPS = frozenset({"allgather", "allreduce", "reducescatter", "alltoall"})
 POINT_TO_POINT = frozenset({"send", "recv"})
 COMMUNICATION = COLLECTIVE_OPS | POINT_TO_POINT
-ENDS = frozenset({"input", "output"})
+ENDS = frozenset({ids.INPUT, ids.OUTPUT})
 
 INVARIANTS = {
     1: "acyclic",

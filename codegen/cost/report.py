@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import units
+from dsl import units
+
 from .accounting import KINDS, PHASES, RankCost, step_kinds
 from .estimate import fits
 from .model import Cost, DeviceGroup

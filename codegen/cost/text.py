@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import units
+from dsl import units
+
 from .accounting import KINDS
 from .model import Cost
 from .report import Section, sections, summary, title, warnings

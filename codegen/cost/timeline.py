@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from xml.sax.saxutils import escape
 
-from . import units
+from dsl import units
+
 from .model import Cost
 from .report import time_format
 

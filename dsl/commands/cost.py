@@ -28,7 +28,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from codegen.cost.model import cost_of  # the one subcommand that reads the emitters' cost model
+    from codegen.cost.model import (
+        cost_of,  # the one subcommand that reads the emitters' cost model
+    )
     from codegen.cost.text import format_comparison, format_cost
 
     hardware = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 
+from .. import units
 from ..diagnostics import error
 from ..inputs import UsageError, spec_inputs
 from ..source import Span
@@ -44,7 +45,7 @@ def describe(graph, node: str, sources) -> str:
     data = graph.nodes[node]
     lines = [f"{node}: {data['op']} ({data['kind']})"]
     where = f"stage {data['stage']}" + (f", layer {data['layer']}" if data.get("layer") is not None else "")
-    lines.append(f"  devices:   {_devices(data['devices'])} ({where})")
+    lines.append(f"  devices:   gpu {units.ranges(data['devices'])} ({where})")
     placement = ""
     if "in_placement" in data:
         placement = f" — placement {data['in_placement']} -> {data['out_placement']} on the tensor-parallel axis"
@@ -66,12 +67,6 @@ def describe(graph, node: str, sources) -> str:
     lines.append(f"  inputs:    {_names(list(graph.predecessors(node)))}")
     lines.append(f"  outputs:   {_names(list(graph.successors(node)))}")
     return "\n".join(lines)
-
-
-def _devices(devices: list[int]) -> str:
-    if len(devices) > 2 and devices == list(range(devices[0], devices[-1] + 1)):
-        return f"gpu {devices[0]}-{devices[-1]}"
-    return "gpu " + ", ".join(map(str, devices))
 
 
 def _names(nodes: list[str]) -> str:

@@ -8,8 +8,9 @@ drawn once per GPU (`l3_allreduce_gpu0` … `l3_allreduce_gpu7`) counts once.
 
 from __future__ import annotations
 
+from ..units import ranges
 from .classify import COLLECTIVE_TITLES
-from .findings import Finding, node_list, ranges
+from .findings import Finding, node_list
 from .rules_dataflow import op_key
 from .view import DagView
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..source import TextDecodeError, byte_position, decode_text
 from .dot_syntax import (
     Assign,
     AttrStmt,
@@ -89,8 +90,6 @@ def read_dot_file(path: str) -> list[DotGraph]:
 
 
 def read_dot_text(text: str, *, file: str = "<text>") -> list[DotGraph]:
-    if text.startswith("\ufeff"):
-        text = text[1:]
     if not text.strip():
         raise DotReadError("empty file; a DOT file starts with 'digraph {' or 'graph {'")
     try:
@@ -114,20 +113,13 @@ def _read_text(path: str) -> str:
         raise DotReadError(f"cannot read file: {exc.strerror or exc}") from None
     nul = data.find(b"\0")
     if nul >= 0:
-        line, col = _byte_position(data, nul)
+        line, col = byte_position(data, nul)
         raise DotReadError(f"binary data (a NUL byte at line {line}, column {col}); "
                            "this is not a DOT text file", line, col)
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line, col = _byte_position(data, exc.start)
-        raise DotReadError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded",
-                           line, col) from None
-
-
-def _byte_position(data: bytes, offset: int) -> tuple[int, int]:
-    line = data.count(b"\n", 0, offset) + 1
-    return line, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+        return decode_text(data)
+    except TextDecodeError as exc:
+        raise DotReadError(exc.message, exc.line, exc.col) from None
 
 
 @dataclass(slots=True)

@@ -68,16 +68,3 @@ def node_list(nodes, *, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + f" … and {len(names) - limit} more"
 
 
-def ranges(numbers) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
-    ordered = sorted(set(numbers))
-    parts: list[str] = []
-    start = prev = None
-    for number in ordered + [None]:
-        if start is not None and (number is None or number != prev + 1):
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-            start = None
-        if number is not None and start is None:
-            start = number
-        prev = number
-    return ", ".join(parts)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from ..units import ranges
 from .classify import NodeInfo
-from .findings import RULES, Finding, ranges
+from .findings import RULES, Finding
 from .lint import FileResult
 from .view import DagView
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import networkx as nx
 
+from ..units import ranges
 from .classify import COLLECTIVE_TITLES, NodeInfo
-from .findings import Finding, ranges
+from .findings import Finding
 from .view import DagView
 
 

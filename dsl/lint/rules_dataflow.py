@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from .findings import Finding, node_list, ranges
+from ..units import ranges
+from .findings import Finding, node_list
 from .labels import Shape
 from .view import DagView
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from codegen.cost import cost_of, rank_costs
-from codegen.cost import units
+from dsl import units
 from codegen.cost.text import comparison
 from dsl.cli import main
 

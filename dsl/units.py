@@ -1,4 +1,7 @@
-"""Numbers as people read them: decimal SI prefixes, fixed precision, rank ranges."""
+"""Numbers as people read them: decimal SI prefixes, fixed precision, rank ranges.
+
+Shared by every printed or drawn output: reports, drawings, lint findings, `par explain`.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +49,9 @@ def percent(fraction: float) -> str:
 
 
 def ranges(numbers: Sequence[int]) -> str:
-    """[0, 1, 2, 3, 8, 9] -> "0-3, 8-9"."""
+    """[0, 1, 2, 3, 8, 9] -> "0-3, 8-9" (duplicates count once)."""
     parts, start, previous = [], None, None
-    for number in sorted(numbers):
+    for number in sorted(set(numbers)):
         if start is None:
             start = previous = number
         elif number == previous + 1:
