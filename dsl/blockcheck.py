@@ -174,7 +174,7 @@ class _BlockResolver:
 
     def _size(self, arg: Expr) -> int | None:
         try:
-            value = evaluate(arg, lambda name, span: self._lookup(name, span))
+            value = evaluate(arg, self.namespace.lookup)
         except EvalError as exc:
             self.diags.append(exc.diagnostic)
             self.ok = False
@@ -189,10 +189,6 @@ class _BlockResolver:
             return None
         return value
 
-    def _lookup(self, name: str, span):
-        if name not in self.namespace.names():
-            raise EvalError(error(f"unknown name '{name}'", span, hint=did_you_mean(name, self.namespace.names())))
-        return self.namespace.get(name)
 
 
 def _default_dim(op: str, sequence_parallel: bool) -> str | None:

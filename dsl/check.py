@@ -315,7 +315,7 @@ class _Checker:
 
     def _stage_number(self, expr: Expr, namespace: Namespace) -> int | None:
         try:
-            value = evaluate(expr, lambda name, span: namespace.get(name))
+            value = evaluate(expr, namespace.lookup)
         except EvalError as exc:
             self.diags.append(exc.diagnostic)
             return None

@@ -50,7 +50,7 @@ class Namespace:
             raise AlreadyReported()
         self._active.append(name)
         try:
-            value = evaluate(self._exprs[name], self._lookup)
+            value = evaluate(self._exprs[name], self.lookup)
         except (EvalError, AlreadyReported):
             self._failed.add(name)
             raise
@@ -59,7 +59,8 @@ class Namespace:
         self._values[name] = value
         return value
 
-    def _lookup(self, name: str, span: Span) -> Number:
+    def lookup(self, name: str, span: Span) -> Number:
+        """`get` for a name written at `span`: an unknown name is an EvalError there."""
         if name not in self._exprs and name not in self._values:
             hint = did_you_mean(name, self.names())
             raise EvalError(error(f"unknown name '{name}'", span, hint=hint))
