@@ -8,7 +8,7 @@ from dataclasses import replace
 from .deployment import Block, Op
 from .diagnostics import Diagnostic, error
 from .evaluate import AlreadyReported, EvalError, Namespace, did_you_mean, evaluate
-from .ops import COLLECTIVES, DIMS, OPS, STYLES, OpDef
+from .ops import COLLECTIVES, DIMS, OPS, STYLES, OpDef, default_dim
 from .spec import BlockDef, Expr, ModelDecl, Place, Ref, Statement
 
 
@@ -139,7 +139,7 @@ class _BlockResolver:
             span=statement.span,
             out_features=extras.get("size"),
             style=extras.get("style"),
-            dim=extras.get("dim") or _default_dim(statement.op, self.sequence_parallel),
+            dim=extras.get("dim") or default_dim(statement.op, self.sequence_parallel),
             label=statement.target if definition.collective else None,
         )
 
@@ -191,12 +191,6 @@ class _BlockResolver:
 
 
 
-def _default_dim(op: str, sequence_parallel: bool) -> str | None:
-    if op == "reducescatter":
-        return "seq" if sequence_parallel else "hidden"
-    return None
-
-
 def _apply_places(block: Block, places: Sequence[Place], sequence_parallel: bool, diags: list[Diagnostic]) -> Block | None:
     """Insert each placed collective right after its op and route that op's consumers through it."""
     ops = list(block.ops)
@@ -230,7 +224,7 @@ def _apply_places(block: Block, places: Sequence[Place], sequence_parallel: bool
                 continue
             names.add(name)
             followed[target.after] = str(target.span)
-            placed = Op(name, place.kind, (target.after,), target.span, dim=_default_dim(place.kind, sequence_parallel), label=label, placed=True)
+            placed = Op(name, place.kind, (target.after,), target.span, dim=default_dim(place.kind, sequence_parallel), label=label, placed=True)
             ops = _reroute(ops, target.after, name, position)
             ops.insert(position + 1, placed)
             if result == target.after:

@@ -12,9 +12,9 @@ from .deployment import DTYPE_BYTES, SCHEDULES, Deployment, Mesh, Model
 from .diagnostics import CompileError, Diagnostic, error
 from .evaluate import AlreadyReported, EvalError, Namespace, did_you_mean, evaluate
 from .hwcheck import resolve_hardware
-from .library import library_source
-from .parser import parse_text
-from .source import Span
+from .library import library_blocks
+from .settings import collect_settings
+from .source import Span, stem
 from .spec import BinOp, Expr, ModelDecl, Num, Override, Ref, Setting, Spec, StageSpec
 
 # Inclusive ranges; the upper bounds only keep absurd input away from later stages.
@@ -51,11 +51,6 @@ def check(spec: Spec, overrides: Sequence[Override] = ()) -> tuple[Deployment, l
     if errors or deployment is None:
         raise CompileError(checker.diags)
     return deployment, [d for d in checker.diags if not d.is_error]
-
-
-def _stem(file: str) -> str:
-    name = file.replace("\\", "/").rsplit("/", 1)[-1]
-    return name[:-4] if name.endswith(".par") else name
 
 
 class _Checker:
@@ -112,7 +107,7 @@ class _Checker:
         model = replace(model, block=block.name)
         return Deployment(
             file=spec.file,
-            name=_stem(spec.file),
+            name=stem(spec.file),
             model=model,
             mesh=mesh,
             block=block,
@@ -131,18 +126,10 @@ class _Checker:
         return items[0]
 
     def _collect(self, settings: Sequence[Setting], allowed: set[str], where: str) -> dict[str, Expr]:
-        found: dict[str, Expr] = {}
-        for setting in settings:
-            if setting.name not in allowed:
-                hint = did_you_mean(setting.name, allowed) or f"{where} settings are: {', '.join(sorted(allowed))}"
-                self.err(f"unknown {where} setting '{setting.name}'", setting.name_span, hint)
-            elif setting.name in found:
-                first = self.spans[setting.name]
-                self.err(f"'{setting.name}' is set twice (first at {first})", setting.name_span)
-            else:
-                found[setting.name] = setting.value
-                self.spans[setting.name] = setting.value.span
-        return found
+        found, diags = collect_settings(settings, allowed, where)
+        self.diags += diags
+        self.spans.update((name, setting.value.span) for name, setting in found.items())
+        return {name: setting.value for name, setting in found.items()}
 
     def _override(self, override: Override, exprs: dict, words: dict, flags: dict) -> str | None:
         name = override.name
@@ -327,11 +314,10 @@ class _Checker:
         return int(value)
 
     def _block(self, model_decl: ModelDecl, namespace: Namespace, sp: bool):
-        library = parse_text(library_source().text, library_source().name)
         block, diags = resolve_block(
             model_decl=model_decl,
             spec_blocks=self.spec.blocks,
-            library_blocks=library.blocks,
+            library_blocks=library_blocks(),
             places=self.spec.places,
             namespace=namespace,
             sequence_parallel=sp,

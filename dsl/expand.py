@@ -152,7 +152,7 @@ class _Expander:
         """Where layer 0 reads the layer input on each rank: `input`, or a slice of it."""
         group = self.mesh.tp_group(dp_rank=dp_rank, stage=0)
         program = self.program
-        if program.stream.kind == "R" or self.mesh.tp == 1:
+        if program.stream.kind == "R":  # with tp 1 lowering makes the stream R
             return [ids.INPUT] * len(group)
         points = []
         for rank in group:

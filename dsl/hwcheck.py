@@ -6,6 +6,7 @@ from .deployment import Hardware
 from .diagnostics import Diagnostic, error
 from .evaluate import AlreadyReported, EvalError, Namespace, did_you_mean
 from .hardware import PROFILES, SETTINGS
+from .settings import collect_settings
 from .spec import HardwareDecl
 
 
@@ -17,17 +18,9 @@ def resolve_hardware(decl: HardwareDecl, diags: list[Diagnostic]) -> Hardware | 
             diags.append(error(f"unknown hardware profile '{decl.profile}'", decl.profile_span, hint=hint))
             return None
         values.update(PROFILES[decl.profile])
-    exprs, ok = {}, True
-    for setting in decl.settings:
-        if setting.name not in SETTINGS:
-            hint = did_you_mean(setting.name, SETTINGS) or f"hardware settings are: {', '.join(sorted(SETTINGS))}"
-            diags.append(error(f"unknown hardware setting '{setting.name}'", setting.name_span, hint=hint))
-            ok = False
-        elif setting.name in exprs:
-            diags.append(error(f"'{setting.name}' is set twice", setting.name_span))
-            ok = False
-        else:
-            exprs[setting.name] = setting
+    exprs, problems = collect_settings(decl.settings, SETTINGS, "hardware")
+    diags += problems
+    ok = not problems
     namespace = Namespace({name: s.value for name, s in exprs.items()})
     for name, setting in exprs.items():
         try:
@@ -42,6 +35,9 @@ def resolve_hardware(decl: HardwareDecl, diags: list[Diagnostic]) -> Hardware | 
         if value <= 0 or (name == "efficiency" and value > 1):
             limit = "between 0 and 1" if name == "efficiency" else "positive"
             diags.append(error(f"{name} must be {limit}, not {value:g}", setting.value.span))
+            ok = False
+        elif name == "devices_per_node" and not value.is_integer():
+            diags.append(error(f"devices_per_node must be a whole number, not {value:g}", setting.value.span))
             ok = False
         values[name] = value
     missing = [name for name in SETTINGS if name not in values]

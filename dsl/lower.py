@@ -6,7 +6,17 @@ from dataclasses import replace
 
 from .deployment import Deployment, Op
 from .diagnostics import CompileError, Diagnostic, error
-from .placement import COLLECTIVE_NEEDS, S_SEQ, Placement, R, conversion, describe
+from .ops import OPS, default_dim
+from .placement import (
+    COLLECTIVE_NEEDS,
+    S_SEQ,
+    Placement,
+    R,
+    conversion,
+    describe,
+    dim_name,
+    stream_placement,
+)
 from .program import Program, Step
 from .shapes import Shape, flops, infer_shapes, params, stream_shape
 from .solve import Choice, Convert, solve
@@ -39,7 +49,7 @@ class _Builder:
         self.block = deployment.block
         self.tp = deployment.mesh.tp
         self.shapes = shapes
-        self.stream = S_SEQ if deployment.mesh.sequence_parallel else R
+        self.stream = stream_placement(deployment.mesh.sequence_parallel)
         self.ops = {op.name: op for op in self.block.ops}
         self.providers: dict[tuple[str, Placement], str] = {(self.block.param, self.stream): self.block.param}
         self.steps: list[Step] = []
@@ -79,7 +89,7 @@ class _Builder:
 
     def _op(self, op: Op, choice: Choice) -> None:
         signature = choice.signature
-        collective = op.op in COLLECTIVE_NEEDS
+        collective = OPS[op.op].collective
         if collective:
             origin = next(p for (value, p) in self.providers if value == op.inputs[0])
             inputs = (self.providers[(op.inputs[0], origin)],)
@@ -196,9 +206,13 @@ def _reason(convert: Convert, producer: Op | None, consumer: Op | None, stream: 
 def _strict_error(convert: Convert, consumer: Op | None, span, sequence_parallel: bool, ops: dict) -> Diagnostic:
     kind = convert.conversion.op
     where = f"before {consumer.op} '{consumer.name}'" if consumer else "at the end of the layer"
-    default_dim = "seq" if sequence_parallel else "hidden"
-    target_dim = "seq" if convert.target == S_SEQ else "hidden"
-    placeable = convert.value in ops and (kind != "reducescatter" or target_dim == default_dim) and kind != "alltoall"
+    target_dim = dim_name(convert.target)
+    # `place` writes a collective with its default dim; any other must be written in the block.
+    placeable = (
+        convert.value in ops
+        and kind != "alltoall"
+        and (kind != "reducescatter" or target_dim == default_dim(kind, sequence_parallel))
+    )
     if placeable:
         fix = f"write `place {kind} after {convert.value}`"
     else:

@@ -33,3 +33,11 @@ OPS: dict[str, OpDef] = {
 }
 
 COLLECTIVES = tuple(name for name, op in OPS.items() if op.collective)
+
+
+def default_dim(op: str, sequence_parallel: bool) -> str | None:
+    """The dim a reducescatter scatters along when the spec does not say: seq under sequence
+    parallelism, else hidden."""
+    if op == "reducescatter":
+        return "seq" if sequence_parallel else "hidden"
+    return None

@@ -31,6 +31,17 @@ R = Placement("R")
 P = Placement("P")
 S_SEQ = Placement("S", 1)
 S_LAST = Placement("S", 2)
+DIMS = {"seq": S_SEQ, "hidden": S_LAST}  # the dims a spec names, as split placements
+
+
+def dim_name(placement: Placement) -> str:
+    """The spec's name of the dim a split placement splits: `seq` or `hidden`."""
+    return "seq" if placement == S_SEQ else "hidden"
+
+
+def stream_placement(sequence_parallel: bool) -> Placement:
+    """Where the residual stream lives between layers: split along seq under sequence parallelism."""
+    return S_SEQ if sequence_parallel else R
 
 
 @dataclass(frozen=True, slots=True)

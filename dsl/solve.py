@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .deployment import Deployment, Op
+from .ops import OPS
 from .placement import (
-    COLLECTIVE_NEEDS,
-    S_SEQ,
     Conversion,
     Placement,
-    R,
     Signature,
     conversion,
     signatures,
+    stream_placement,
 )
 from .shapes import elements
 
@@ -64,7 +63,7 @@ class Solver:
         self.result = block.result
         self.strict = deployment.strict
         self.sequence_parallel = deployment.mesh.sequence_parallel
-        self.stream = S_SEQ if self.sequence_parallel else R
+        self.stream = stream_placement(self.sequence_parallel)
         # Decisions must not depend on the tp degree, so costs use a nominal group of 2+.
         self.group = max(deployment.mesh.tp, 2)
         self.sizes = {name: elements(shape) for name, shape in shapes.items()}
@@ -104,7 +103,7 @@ class Solver:
 
     def _choose(self, op: Op, signature: Signature, values: dict):
         available = {name: avail for name, (_, avail) in values.items()}
-        if op.op in COLLECTIVE_NEEDS:
+        if OPS[op.op].collective:
             origin = values[op.inputs[0]][0]
             return (Choice(signature, ()), ZERO, available) if origin == signature.inputs[0] else None
         converts, cost = [], ZERO

@@ -33,6 +33,12 @@ class Span:
         return cls.point(parts[0], int(parts[1]), int(parts[2]))
 
 
+def stem(file: str) -> str:
+    """A spec's name without folder and `.par`: the name of its output folder."""
+    name = file.replace("\\", "/").rsplit("/", 1)[-1]
+    return name[:-4] if name.endswith(".par") else name
+
+
 @dataclass(frozen=True, slots=True)
 class SourceFile:
     """The text of one spec, kept so diagnostics can quote the offending line."""

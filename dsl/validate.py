@@ -13,9 +13,10 @@ import networkx as nx
 
 from . import ids
 from .diagnostics import Diagnostic, error
+from .ops import COLLECTIVES
 from .source import Span
 
-COLLECTIVE_OPS = frozenset({"allgather", "allreduce", "reducescatter", "alltoall"})
+COLLECTIVE_OPS = frozenset(COLLECTIVES)
 POINT_TO_POINT = frozenset({"send", "recv"})
 COMMUNICATION = COLLECTIVE_OPS | POINT_TO_POINT
 ENDS = frozenset({ids.INPUT, ids.OUTPUT})

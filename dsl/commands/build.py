@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import build as driver
 from ..inputs import UsageError, spec_inputs
+from ..source import stem
 from .common import add_defines, compile_each, print_diagnostics, progress
 
 
@@ -94,7 +95,7 @@ def _check(artifacts) -> int:
 def _refuse_clashes(paths: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for path in paths:
-        stem = path.stem
-        if stem in seen and seen[stem].resolve() != path.resolve():
-            raise UsageError(f"{seen[stem]} and {path} would both build into <OUT>/{stem}/; rename one")
-        seen[stem] = path
+        name = stem(str(path))
+        if name in seen and seen[name].resolve() != path.resolve():
+            raise UsageError(f"{seen[name]} and {path} would both build into <OUT>/{name}/; rename one")
+        seen[name] = path

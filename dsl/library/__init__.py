@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import cache
 from importlib.resources import files
 
+from ..parser import parse_text
 from ..source import SourceFile
+from ..spec import BlockDef
 
 LIBRARY_NAME = "<library>/blocks.par"
 
@@ -13,3 +15,10 @@ LIBRARY_NAME = "<library>/blocks.par"
 @cache
 def library_source() -> SourceFile:
     return SourceFile(LIBRARY_NAME, (files(__package__) / "blocks.par").read_text(encoding="utf-8"))
+
+
+@cache
+def library_blocks() -> tuple[BlockDef, ...]:
+    """The built-in blocks, parsed once per process."""
+    source = library_source()
+    return parse_text(source.text, source.name).blocks

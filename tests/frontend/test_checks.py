@@ -168,6 +168,11 @@ def test_hardware_profiles(errors_of):
     assert any("hardware does not set" in m for m in found)
     found = messages(errors_of(model() + "hardware h100 { efficiency 2 }"))
     assert any("efficiency must be between 0 and 1" in m for m in found)
+    assert messages(errors_of(model() + "hardware h100 { devices_per_node 2.5 }")) == [
+        "devices_per_node must be a whole number, not 2.5"
+    ]
+    (twice,) = errors_of(model() + "hardware h100 { memory_gb 40  memory_gb 50 }")
+    assert twice.message == "'memory_gb' is set twice (first at t.par:2:27)"
 
 
 def test_overrides_replace_settings_and_are_checked():

@@ -82,3 +82,25 @@ def test_works_from_any_directory(tmp_path):
         env={**os.environ, "PYTHONPATH": ""},
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_output_folders_are_named_like_the_deployment(tmp_path, capsys):
+    # Two specs whose names differ only after the stem build side by side, each into its own folder.
+    (tmp_path / "a.par").write_text(GOOD)
+    (tmp_path / "a.txt").write_text(GOOD)
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_path / "a.par"), str(tmp_path / "a.txt"), "-o", str(out)]) == 0
+    assert (out / "a" / "dag.json").exists() and (out / "a.txt" / "dag.json").exists()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.par").write_text(GOOD)
+    assert main(["build", str(tmp_path / "a.par"), str(tmp_path / "sub" / "a.par"), "-o", str(out)]) == 2
+    assert "would both build into <OUT>/a/" in capsys.readouterr().err
+
+
+def test_compile_file_reads_specs_as_par_check_does(tmp_path):
+    from dsl.compiler import compile_file
+
+    path = tmp_path / "bom.par"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert main(["check", str(path)]) == 0
+    assert compile_file(path).deployment.name == "bom"

@@ -1,0 +1,27 @@
+"""Gathering `name value` settings: each name known, each set once."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from .diagnostics import Diagnostic, error
+from .evaluate import did_you_mean
+from .spec import Setting
+
+
+def collect_settings(
+    settings: Sequence[Setting], allowed: Collection[str], where: str
+) -> tuple[dict[str, Setting], list[Diagnostic]]:
+    """The settings by name, and an error for each unknown name and each repeated one."""
+    found: dict[str, Setting] = {}
+    diags: list[Diagnostic] = []
+    for setting in settings:
+        if setting.name not in allowed:
+            hint = did_you_mean(setting.name, allowed) or f"{where} settings are: {', '.join(sorted(allowed))}"
+            diags.append(error(f"unknown {where} setting '{setting.name}'", setting.name_span, hint=hint))
+        elif setting.name in found:
+            first = found[setting.name].value.span
+            diags.append(error(f"'{setting.name}' is set twice (first at {first})", setting.name_span))
+        else:
+            found[setting.name] = setting
+    return found, diags
