@@ -334,6 +334,7 @@ _EXAMPLES = {
 
 
 def _split_hint(layers: int, pp: int) -> str:
-    counts = [end - start + 1 for start, end in stage_split.even_split(layers, pp)] if pp <= layers else []
-    return f"for example stages {counts}" if counts else "use fewer stages"
+    if pp > layers:
+        return "use fewer stages"
+    return f"for example stages {stage_split.even_counts(layers, pp)}"
 

@@ -24,6 +24,7 @@ def _choices(options: list[int], near: int, limit: int = 8) -> str:
 def cross_checks(values: dict[str, int], *, sequence_parallel: bool, spans: dict[str, Span]) -> list[Diagnostic]:
     """Every check whose settings all evaluated; the others were reported already."""
     found: list[Diagnostic] = []
+    values = {**values, "sequence_parallel": sequence_parallel}
     for rule in _RULES:
         names = rule.__code__.co_varnames[: rule.__code__.co_argcount]
         if all(name in values for name in names):
@@ -32,16 +33,6 @@ def cross_checks(values: dict[str, int], *, sequence_parallel: bool, spans: dict
                 message, where, hint, severity = diagnostic
                 make = warning if severity == "warning" else error
                 found.append(make(message, spans.get(where), hint=hint))
-    if sequence_parallel and "seq" in values and "tp" in values:
-        seq, tp = values["seq"], values["tp"]
-        if seq % tp:
-            found.append(
-                error(
-                    f"seq ({seq}) is not divisible by tp ({tp}), which sequence parallelism needs",
-                    spans.get("seq"),
-                    hint=f"use a seq that is a multiple of {tp}, or tp {_choices(divisors(seq), tp)}",
-                )
-            )
     return found
 
 
@@ -95,6 +86,16 @@ def _ffn_tp(ffn, tp):
         )
 
 
+def _seq_sp(seq, tp, sequence_parallel):
+    if sequence_parallel and seq % tp:
+        return (
+            f"seq ({seq}) is not divisible by tp ({tp}), which sequence parallelism needs",
+            "seq",
+            f"use a seq that is a multiple of {tp}, or tp {_choices(divisors(seq), tp)}",
+            "error",
+        )
+
+
 def _batch_split(batch, dp, microbatches):
     per_step = dp * microbatches
     if batch % per_step:
@@ -129,4 +130,4 @@ def _bubble(pp, microbatches):
         )
 
 
-_RULES = (_head_dims, _kv_groups, _heads_tp, _kv_heads_tp, _ffn_tp, _batch_split, _world, _bubble)
+_RULES = (_head_dims, _kv_groups, _heads_tp, _kv_heads_tp, _ffn_tp, _seq_sp, _batch_split, _world, _bubble)

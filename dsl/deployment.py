@@ -33,6 +33,11 @@ class Model:
         return DTYPE_BYTES[self.dtype]
 
 
+def mesh_coords(rank: int, *, tp: int, pp: int) -> tuple[int, int, int]:
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
+    return rank // (tp * pp), (rank // tp) % pp, rank % tp
+
+
 @dataclass(frozen=True, slots=True)
 class Mesh:
     tp: int
@@ -53,9 +58,7 @@ class Mesh:
 
     def coords(self, rank: int) -> tuple[int, int, int]:
         """(dp_rank, stage, tp_rank) of a global rank."""
-        tp_rank = rank % self.tp
-        stage = (rank // self.tp) % self.pp
-        return rank // (self.tp * self.pp), stage, tp_rank
+        return mesh_coords(rank, tp=self.tp, pp=self.pp)
 
     def tp_group(self, *, dp_rank: int, stage: int) -> tuple[int, ...]:
         return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=t) for t in range(self.tp))

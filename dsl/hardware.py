@@ -15,17 +15,6 @@ PROFILES: dict[str, dict[str, float]] = {
         "inter_gbps": 50.0,
         "inter_latency_us": 8.0,
     },
-    # H200 SXM: the H100's compute and links with 141 GB of HBM3e.
-    "h200": {
-        "peak_tflops": 989.0,
-        "efficiency": 0.5,
-        "memory_gb": 141.0,
-        "devices_per_node": 8,
-        "intra_gbps": 450.0,
-        "intra_latency_us": 3.0,
-        "inter_gbps": 50.0,
-        "inter_latency_us": 8.0,
-    },
     # A100 SXM4 80GB: NVLink 3 (600 GB/s bidirectional), 200 Gb/s InfiniBand HDR per GPU.
     "a100": {
         "peak_tflops": 312.0,
@@ -38,6 +27,8 @@ PROFILES: dict[str, dict[str, float]] = {
         "inter_latency_us": 8.0,
     },
 }
+# H200 SXM: the H100's compute and links with 141 GB of HBM3e.
+PROFILES["h200"] = {**PROFILES["h100"], "memory_gb": 141.0}
 
 SETTINGS: dict[str, str] = {
     "peak_tflops": "peak dense FLOP/s of one device, in TFLOP/s, at the spec's dtype",

@@ -41,10 +41,11 @@ _TERMINAL_NAMES = {
 }
 
 
-@cache
-def _lark(keep_comments: bool = False) -> Lark:
-    grammar = (files("grammar") / "par.lark").read_text(encoding="utf-8")
-    options = {"lexer_callbacks": {"COMMENT": _COMMENTS.append}} if keep_comments else {}
+GRAMMAR = files("grammar") / "par.lark"
+
+
+def build_parser(grammar: str, **options) -> Lark:
+    """The parser for a grammar text; strict LALR, so a conflict fails right here."""
     return Lark(
         grammar,
         parser="lalr",
@@ -54,6 +55,12 @@ def _lark(keep_comments: bool = False) -> Lark:
         maybe_placeholders=True,
         **options,
     )
+
+
+@cache
+def _lark(keep_comments: bool = False) -> Lark:
+    options = {"lexer_callbacks": {"COMMENT": _COMMENTS.append}} if keep_comments else {}
+    return build_parser(GRAMMAR.read_text(encoding="utf-8"), **options)
 
 
 # Filled by the comment-keeping lexer during one parse_with_comments call.
@@ -106,8 +113,7 @@ class _ToSpec(Transformer_NonRecursive):
     # settings and stages
     @v_args(meta=True)
     def setting(self, meta, children):
-        name = children[0]
-        value = next(c for c in children[1:] if isinstance(c, (ast.Num, ast.Ref, ast.BinOp, ast.Neg)))
+        name, value = children  # the optional "=" and "," are anonymous tokens, filtered out
         return ast.Setting(str(name), value, self._span(meta), self._tok(name))
 
     @v_args(meta=True)
@@ -120,7 +126,7 @@ class _ToSpec(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def stages(self, meta, children):
-        return ("stages", tuple(c for c in children if c is not None), self._span(meta))
+        return ("stages", tuple(children), self._span(meta))
 
     @v_args(meta=True)
     def schedule(self, meta, children):
@@ -161,7 +167,7 @@ class _ToSpec(Transformer_NonRecursive):
     @v_args(meta=True)
     def statement(self, meta, children):
         target, op, *args = children
-        args = tuple(a for a in args if a is not None)
+        args = tuple(a for a in args if a is not None)  # `op()`: the empty argument list is None
         return ast.Statement(str(target), str(op), args, self._span(meta), self._tok(target), self._tok(op))
 
     @v_args(meta=True)
@@ -215,7 +221,7 @@ class _ToSpec(Transformer_NonRecursive):
         )
 
     def override(self, children):
-        return tuple(c for c in children if c is not None)
+        return tuple(children)
 
 
 class _BadNumber(Exception):

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 
+def even_counts(layers: int, pp: int) -> list[int]:
+    """Layers per stage, as even as can be: the first `layers % pp` stages get one layer more."""
+    base, extra = divmod(layers, pp)
+    return [base + (1 if stage < extra else 0) for stage in range(pp)]
+
+
 def even_split(layers: int, pp: int) -> tuple[tuple[int, int], ...]:
-    """Contiguous (first, last) layer ranges; the first `layers % pp` stages get one layer more.
+    """Contiguous (first, last) layer ranges of `even_counts`.
 
     No layer is ever dropped: the ranges cover 0..layers-1 exactly once. Needs 1 <= pp <= layers.
     """
-    base, extra = divmod(layers, pp)
-    ranges, first = [], 0
-    for stage in range(pp):
-        count = base + (1 if stage < extra else 0)
-        ranges.append((first, first + count - 1))
-        first += count
-    return tuple(ranges)
+    return from_counts(even_counts(layers, pp))
 
 
 def from_counts(counts: list[int]) -> tuple[tuple[int, int], ...]:
+    """Contiguous (first, last) layer ranges holding `counts` layers each."""
     ranges, first = [], 0
     for count in counts:
         ranges.append((first, first + count - 1))

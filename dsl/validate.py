@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 import networkx as nx
 
 from . import ids
+from .deployment import mesh_coords
 from .diagnostics import Diagnostic, error
 from .ops import COLLECTIVES
 from .source import Span
@@ -49,7 +50,7 @@ class _Validator:
         self.found: list[Diagnostic] = []
         mesh = graph.graph.get("mesh") or {}
         self.tp, self.pp = mesh.get("tp", 1), mesh.get("pp", 1)
-        # (dp rank, tp rank, layer, op name) -> the compute nodes there: invariant 7.
+        # (rank, layer, op name) -> the compute node(s) there, for invariant 7.
         self.on_path: dict[tuple, object] = {}
 
     def violation(self, rule: int, message: str, node: str | None) -> None:
@@ -227,15 +228,15 @@ class _Validator:
     def layers(self) -> None:
         """Every layer once per pipeline path: the ranks (dp rank, ·, tp rank) across stages."""
         mesh = self.graph.graph.get("mesh") or {}
-        tp, stride = self.tp, self.tp * self.pp
         present: dict[tuple, set[int]] = defaultdict(set)
         for dp_rank in range(mesh.get("dp", 1) if mesh else 0):
-            for tp_rank in range(tp):
+            for tp_rank in range(self.tp):
                 present[(dp_rank, tp_rank)] = set()
         first: dict[tuple, object] = {}
         doubled: dict[tuple, list[str]] = {}
         for (rank, layer, name), seen in self.on_path.items():
-            path = (rank // stride, rank % tp)
+            dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp)
+            path = (dp_rank, tp_rank)
             present[path].add(layer)
             key = (path, layer, name)
             earlier = first.setdefault(key, seen)

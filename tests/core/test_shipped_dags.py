@@ -109,3 +109,22 @@ def test_llama_sequence_parallel_collectives(shipped):
     assert sorted(graph.successors("layer_0_allgather_ln2_dp1")) == sorted(
         f"layer_0_{op}_gpu{r}" for op in ("gate", "up") for r in range(16, 24)
     )
+
+
+def test_node_ids_follow_the_contract(shipped):
+    # Expansion spells the compute ids out for speed; they must stay what dsl.ids says.
+    from dsl import ids
+    from dsl.deployment import Mesh
+
+    for stem in ("llama_gqa", "baseline_tp8_pp2"):
+        graph = shipped(stem).graph
+        mesh = Mesh.from_attributes(graph.graph["mesh"])
+        for node, data in graph.nodes(data=True):
+            if data["kind"] == "compute" or data["op"] == "slice" and data["layer"] is not None:
+                assert node == ids.compute_id(data["layer"], data["name"], data["devices"][0])
+            elif data["op"] in ("send", "recv"):
+                make = ids.send_id if data["op"] == "send" else ids.recv_id
+                assert node == make(data["stage"], data["devices"][0])
+            elif data["kind"] == "comm":
+                dp_rank = mesh.coords(data["devices"][0])[0]
+                assert node == ids.collective_id(data["layer"], data["name"], dp_rank, mesh.dp)

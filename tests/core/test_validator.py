@@ -76,8 +76,7 @@ def test_swapping_two_collectives_on_one_rank_is_reported(graph):
 def test_dropping_a_layer_is_reported(graph):
     layer_nodes = [n for n, d in graph.nodes(data=True) if d["layer"] == 1]
     graph.remove_nodes_from(layer_nodes)
-    for rank in (2, 3):
-        graph.add_edge(f"layer_0_out_gpu{rank - 2}", f"stage_0_send_gpu{rank - 2}")
+    # Stage 1 held only layer 1: its receives now feed the output directly.
     for rank in (2, 3):
         graph.add_edge(f"stage_1_recv_gpu{rank}", "output", operands=(0,))
     found = messages(graph)
@@ -127,7 +126,8 @@ def test_a_hand_built_dag_validates():
 
 def test_collectives_in_no_fixed_order_are_reported():
     found = messages(hand_built(with_order_bug=True))
-    assert "may issue" in found and "ar" in found and "ag" in found
+    for rank in (0, 1):
+        assert f"gpu {rank} may issue ag and ar in either order: neither depends on the other" in found
 
 
 def test_a_hand_built_cycle_is_printed():

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from codegen.cost import cost_of, rank_costs
-from dsl import units
 from codegen.cost.text import comparison
+from dsl import units
 from dsl.cli import main
 
 from .tiny import SMALL, SPECS, compile_spec

@@ -22,9 +22,8 @@ def test_every_bad_input_has_a_snapshot():
 
 @pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
 def test_diagnostics_match_the_snapshot(spec):
-    code, output = regen.check_output(spec.name)
+    code, output = regen.check_output(spec.name)  # in-process: a traceback would fail the test
     assert code == 1
-    assert "Traceback" not in output
     headlines = [line for line in output.splitlines() if not line.startswith(" ")]
     assert headlines and all(LOCATED.match(line) for line in headlines), headlines
     assert any(": error: " in line for line in headlines)

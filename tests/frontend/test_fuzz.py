@@ -1,6 +1,6 @@
 """Mutated, truncated and random input never escapes the front end as an unexpected exception."""
 
-import glob
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,8 +12,9 @@ from dsl.lower import lower
 from dsl.parser import parse_text, parse_with_comments
 from dsl.source import Span
 
-SEEDS = [open(path, encoding="utf-8").read() for path in sorted(glob.glob("specs/*.par"))]
-SEEDS.append(open("dsl/library/blocks.par", encoding="utf-8").read() + SEEDS[0])
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS = [path.read_text(encoding="utf-8") for path in sorted((ROOT / "specs").glob("*.par"))]
+SEEDS.append((ROOT / "dsl" / "library" / "blocks.par").read_text(encoding="utf-8") + SEEDS[0])
 TOKENS = ["model", "mesh", "block", "place", "after", "as", "strict", "sp", "stages", "{", "}", "(", ")",
           "[", "]", "..", ",", "=", "-", "*", "/", "+", "0", "1", "7", "4096", "x", "tp", "heads", "#", "\n", "1f1b"]
 

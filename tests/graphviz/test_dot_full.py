@@ -5,7 +5,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from codegen.dot import LARGE_DRAWING, emit_compact_dot, emit_dot, full_view, layout_attrs
+from codegen.dot import (
+    LARGE_DRAWING,
+    emit_compact_dot,
+    emit_dot,
+    full_view,
+    layout_attrs,
+)
 from dsl.compiler import compile_text
 from dsl.inputs import parse_defines
 

@@ -5,7 +5,15 @@ import xml.etree.ElementTree as ET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codegen.dot_text import REPLACEMENT, dims, gpus, html, printable, quoted, quoted_lines
+from codegen.dot_text import (
+    REPLACEMENT,
+    dims,
+    gpus,
+    html,
+    printable,
+    quoted,
+    quoted_lines,
+)
 
 HOSTILE = [
     'we"ird',
