@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..compiler import Compiled, compile_text
 from ..diagnostics import CompileError, Diagnostic, format_all
-from ..inputs import SpecInputs
+from ..inputs import SpecInputs, UsageError, spec_inputs
 
 
 def add_defines(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +31,16 @@ def compile_each(inputs: SpecInputs) -> Iterator[tuple[Path, Compiled | None, li
             yield path, None, exc.diagnostics
             continue
         yield path, compiled, compiled.warnings
+
+
+def compile_one(spec: str, defines, *, what: str) -> tuple[Compiled | None, SpecInputs]:
+    """Compiles the one spec a command names and prints its diagnostics; None when it fails."""
+    inputs = spec_inputs([spec], defines)
+    if len(inputs.paths) != 1:
+        raise UsageError(f"{what} takes one spec file")
+    _, compiled, diagnostics = next(compile_each(inputs))
+    print_diagnostics(diagnostics, inputs)
+    return compiled, inputs
 
 
 def print_diagnostics(diagnostics: list[Diagnostic], inputs: SpecInputs) -> None:

@@ -6,9 +6,8 @@ import difflib
 
 from .. import units
 from ..diagnostics import error
-from ..inputs import UsageError, spec_inputs
 from ..source import Span
-from .common import add_defines, compile_each, print_diagnostics
+from .common import add_defines, compile_one, print_diagnostics
 
 
 def register(sub) -> None:
@@ -24,11 +23,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    inputs = spec_inputs([args.spec], args.defines)
-    if len(inputs.paths) != 1:
-        raise UsageError("explain takes one spec file")
-    _, compiled, diagnostics = next(compile_each(inputs))
-    print_diagnostics(diagnostics, inputs)
+    compiled, inputs = compile_one(args.spec, args.defines, what="explain")
     if compiled is None:
         return 1
     graph = compiled.graph
