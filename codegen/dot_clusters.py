@@ -33,7 +33,7 @@ class ClusterTree:
         self.gpus: dict[int, DotCluster] = {}
         self.members: dict[int, list[str]] = {}  # GPU rank -> DAG ids placed in its cluster
         for stage, (first, last) in enumerate(mesh.stages):
-            ranks = self.stage_ranks(stage)
+            ranks = mesh.stage_ranks(stage)
             count = last - first + 1
             held = f"{count} layer{'s' if count > 1 else ''} ({first}{f'-{last}' if count > 1 else ''})"
             rows = (f"{held} · {gpus(ranks)}",)
@@ -41,9 +41,6 @@ class ClusterTree:
             self.stages.append(stage_cluster)
             for dp_rank in range(mesh.dp):
                 self._replica(stage_cluster, stage, dp_rank)
-
-    def stage_ranks(self, stage: int) -> list[int]:
-        return [rank for dp_rank in range(self.mesh.dp) for rank in self.mesh.tp_group(dp_rank=dp_rank, stage=stage)]
 
     def _replica(self, stage_cluster: DotCluster, stage: int, dp_rank: int) -> None:
         group = self.mesh.tp_group(dp_rank=dp_rank, stage=stage)
@@ -96,7 +93,7 @@ class ClusterTree:
         rep = rep or (lambda node_id: node_id)
         rows, edges = [], []
         for stage, stage_cluster in enumerate(self.stages):
-            filled = [rank for rank in self.stage_ranks(stage) if self.members[rank]]
+            filled = [rank for rank in self.mesh.stage_ranks(stage) if self.members[rank]]
             if len(filled) < 2:
                 continue
             row = []

@@ -137,7 +137,7 @@ def test_gpus_are_drawn_left_to_right_in_rank_order(compiled, layout, defines):
     got = layout(emit_dot(spec))
     mesh = spec.deployment.mesh
     for stage in range(mesh.pp):
-        ranks = [rank for dp_rank in range(mesh.dp) for rank in mesh.tp_group(dp_rank=dp_rank, stage=stage)]
+        ranks = mesh.stage_ranks(stage)
         lefts = [got.bbox(f"cluster_gpu_{rank}")[0] for rank in ranks]
         assert lefts == sorted(lefts), (stage, ranks, lefts)
 
