@@ -13,9 +13,10 @@ from collections.abc import Callable
 import networkx as nx
 
 from dsl.deployment import Mesh
+from dsl.units import ranges
 
 from . import dot_style as style
-from .dot_text import gpus, quoted
+from .dot_text import gpus, layer_count, quoted
 from .dot_view import DotCluster, DotEdge, DotNode, cluster, node_view
 
 INVISIBLE = (("style", "invis"),)
@@ -34,8 +35,7 @@ class ClusterTree:
         self.members: dict[int, list[str]] = {}  # GPU rank -> DAG ids placed in its cluster
         for stage, (first, last) in enumerate(mesh.stages):
             ranks = mesh.stage_ranks(stage)
-            count = last - first + 1
-            held = f"{count} layer{'s' if count > 1 else ''} ({first}{f'-{last}' if count > 1 else ''})"
+            held = f"{layer_count(last - first + 1)} ({ranges(range(first, last + 1))})"
             rows = (f"{held} · {gpus(ranks)}",)
             stage_cluster = cluster(f"cluster_stage_{stage}", title=f"Pipeline stage {stage}", rows=rows, colours=style.CLUSTER_STAGE)
             self.stages.append(stage_cluster)

@@ -21,7 +21,7 @@ from dsl.units import size as human_bytes
 
 from . import dot_style as style
 from .dot_clusters import ClusterTree
-from .dot_text import dims, gpus, html, layer_span, quoted
+from .dot_text import dims, gpus, html, layer_count, layer_span, quoted
 from .dot_view import DotEdge, DotNode, edge_view, look_attrs
 
 FOLDED_DATA = {"op": "folded", "kind": "folded"}  # what edge styling sees of a folded box
@@ -121,7 +121,7 @@ def folded_node(fold: Fold, *, members: list[dict], compiled: Compiled) -> DotNo
     sent = sum(data["wire_bytes"] for data in members if data["kind"] == "comm")
     stream = dims(compiled.program.stream_local)
     rows = [
-        f"{gpus(mesh.tp_group(dp_rank=0, stage=fold.stage))} · {count} layer{'s' if count > 1 else ''} like the one drawn",
+        f"{gpus(mesh.tp_group(dp_rank=0, stage=fold.stage))} · {layer_count(count)} like the one drawn",
         f"{kinds['compute']} computations" + (f", {kinds['route']} slices" if kinds["route"] else ""),
     ]
     if collectives:

@@ -61,3 +61,8 @@ def gpus(devices: Sequence[int]) -> str:
 
 def layer_span(first: int, last: int) -> str:
     return f"layer {first}" if first == last else f"layers {first}-{last}"
+
+
+def layer_count(count: int) -> str:
+    """`1 layer`, `8 layers`."""
+    return f"{count} layer{'s' if count != 1 else ''}"

@@ -10,6 +10,8 @@ from codegen.dot_text import (
     dims,
     gpus,
     html,
+    layer_count,
+    layer_span,
     printable,
     quoted,
     quoted_lines,
@@ -53,6 +55,11 @@ def test_dims_and_gpu_lists():
     assert dims((32, 10000, 4096)) == "[32, 10000, 4096]"
     assert gpus([3]) == "GPU 3"
     assert gpus([0, 1, 2, 3, 16, 17]) == "GPUs 0-3, 16-17"
+
+
+def test_layer_counts_and_spans():
+    assert (layer_count(1), layer_count(8)) == ("1 layer", "8 layers")
+    assert (layer_span(3, 3), layer_span(0, 7)) == ("layer 3", "layers 0-7")
 
 
 def _drawn(dot_run, texts):
