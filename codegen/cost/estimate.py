@@ -193,5 +193,10 @@ def device_memory(cost: RankCost, state: TrainingState, mesh: dict) -> Memory:
     )
 
 
+def capacity(hardware: Hardware) -> float:
+    """Bytes of memory on one device (`memory_gb` counts 10^9 bytes)."""
+    return hardware.memory_gb * 1e9
+
+
 def fits(memory: Memory, hardware: Hardware) -> bool:
-    return memory.total <= hardware.memory_gb * 1e9
+    return memory.total <= capacity(hardware)

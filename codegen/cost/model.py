@@ -20,7 +20,7 @@ from .accounting import (
     training_state,
     transfers,
 )
-from .estimate import Clock, Memory, StepEstimate, device_memory, estimate_step, fits
+from .estimate import BACKWARD_FLOPS, Clock, Memory, StepEstimate, device_memory, estimate_step, fits
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +70,8 @@ class Cost:
         return sum(step_kinds(cost.comm, microbatches=self.mesh["microbatches"]).values())
 
     def step_flops(self, cost: RankCost) -> float:
-        """Forward and backward FLOPs of a training step on a device (backward = 2 x forward)."""
-        return 3 * cost.flops * self.mesh["microbatches"]
+        """Forward and backward FLOPs of a training step on a device."""
+        return (1 + BACKWARD_FLOPS) * cost.flops * self.mesh["microbatches"]
 
 
 def cost_of(graph: nx.DiGraph, *, hardware: Hardware | None) -> Cost:

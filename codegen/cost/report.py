@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from dsl import units
 
 from .accounting import KINDS, PHASES, RankCost, step_kinds
-from .estimate import fits
+from .estimate import capacity, fits
 from .model import Cost, DeviceGroup
 
 
@@ -140,7 +140,7 @@ def _memory_section(cost: Cost) -> Section:
         )
         if hardware is not None:
             verdict = "yes" if fits(memory, hardware) else "NO"
-            row += (f"{verdict} ({units.percent(memory.total / (hardware.memory_gb * 1e9))} of {hardware.memory_gb:g} GB)",)
+            row += (f"{verdict} ({units.percent(memory.total / capacity(hardware))} of {hardware.memory_gb:g} GB)",)
         rows.append(row)
     state = cost.state
     headers = ("devices", "weights", "grads", "optimizer", "activations/mb", "in flight", "activations", "peak")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-SCHEDULES = ("gpipe", "1f1b")
+from dsl.deployment import SCHEDULES
 
 
 @dataclass(frozen=True, slots=True)
