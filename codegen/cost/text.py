@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from dsl import units
+from dsl.placement import share
 
 from .accounting import KINDS
 from .model import Cost
@@ -43,6 +45,7 @@ class Metric:
     label: str
     value: Callable[[Cost], float | None]
     render: Callable[[float], str]
+    hide_zero: bool = False  # left out when it is zero (or None) for every spec: a kind no spec sends
 
 
 def _max(cost: Cost, of: Callable) -> float:
@@ -58,8 +61,7 @@ def _per_layer(of: Callable) -> Callable[[Cost], float]:
 
     def value(cost: Cost) -> float:
         device = cost.devices[0]
-        total, layers = of(device), max(len(device.layers), 1)
-        return total // layers if total % layers == 0 else total / layers
+        return share(of(device), Fraction(1, max(len(device.layers), 1)))
 
     return value
 
@@ -77,9 +79,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("FLOP fwd/mb per device (max)", lambda c: _max(c, lambda d: d.flops), units.flop),
     Metric("FLOP per step, all devices", lambda c: sum(c.step_flops(d) for d in c.devices), units.flop),
     Metric("FLOP fwd/mb per layer (gpu 0)", _per_layer(lambda d: d.flops), units.flop),
-    *(Metric(f"{kind} sent fwd/mb per device (max)", _kind_max(kind), units.size) for kind in KINDS),
+    *(Metric(f"{kind} sent fwd/mb per device (max)", _kind_max(kind), units.size, hide_zero=True) for kind in KINDS),
     *(
-        Metric(f"{kind} sent fwd/mb per layer (gpu 0)", _per_layer(lambda d, k=kind: d.comm.get("forward", {}).get(k, 0)), units.size)
+        Metric(
+            f"{kind} sent fwd/mb per layer (gpu 0)",
+            _per_layer(lambda d, k=kind: d.comm.get("forward", {}).get(k, 0)),
+            units.size,
+            hide_zero=True,
+        )
         for kind in KINDS
         if kind != "send"
     ),
@@ -98,7 +105,7 @@ def comparison(costs: Sequence[Cost]) -> Section:
     rows = []
     for metric in METRICS:
         values = [metric.value(cost) for cost in costs]
-        if all(not value for value in values) and metric.label.split()[0] in KINDS:
+        if metric.hide_zero and all(not value for value in values):
             continue
         row = [metric.label, _show(values[0], metric)]
         for value in values[1:]:

@@ -52,6 +52,9 @@ def test_side_by_side_shows_the_differences():
     percent = layers * replicated / mega_flops * 100
     assert flops[3] == f"+{units.flop(layers * replicated)} ({percent:+.1f}%)"
     assert rows["devices"][3] == "same"
+    # Kinds neither spec sends have no rows; other metrics stay even when neither has a value.
+    assert not [label for label in rows if label.startswith(("alltoall", "reducescatter"))]
+    assert rows["step time (estimate)"][1:] == ("-", "-", "-")
 
 
 def test_par_cost_prints_both_and_the_comparison(capsys):
