@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dsl import units
@@ -82,35 +82,20 @@ def _sent(cost: RankCost, phase: str) -> float:
     return sum(cost.comm.get(phase, {}).values())
 
 
-def _devices_section(cost: Cost) -> Section:
-    rows = []
-    for group in cost.groups:
-        device = group.cost
-        rows.append(
-            (
-                _devices(group),
-                str(device.stage),
-                _layers(device),
-                units.count(device.params),
-                units.flop(device.flops),
-                units.size(device.activation_bytes),
-                units.size(_sent(device, "forward")),
-                units.size(cost.step_comm(device)),
-            )
-        )
-    devices = cost.devices
-    rows.append(
-        (
-            f"all {len(devices)} devices",
-            "",
-            "",
-            units.count(sum(d.params for d in devices)),
-            units.flop(sum(d.flops for d in devices)),
-            units.size(sum(d.activation_bytes for d in devices)),
-            units.size(sum(_sent(d, "forward") for d in devices)),
-            units.size(sum(cost.step_comm(d) for d in devices)),
-        )
+def _device_numbers(cost: Cost, devices: Sequence[RankCost]) -> tuple[str, ...]:
+    """The number columns of the per-device table, summed over `devices`."""
+    return (
+        units.count(sum(d.params for d in devices)),
+        units.flop(sum(d.flops for d in devices)),
+        units.size(sum(d.activation_bytes for d in devices)),
+        units.size(sum(_sent(d, "forward") for d in devices)),
+        units.size(sum(cost.step_comm(d) for d in devices)),
     )
+
+
+def _devices_section(cost: Cost) -> Section:
+    rows = [(_devices(group), str(group.cost.stage), _layers(group.cost), *_device_numbers(cost, [group.cost])) for group in cost.groups]
+    rows.append((f"all {len(cost.devices)} devices", "", "", *_device_numbers(cost, cost.devices)))
     return Section(
         "Per device",
         ("devices", "stage", "layers", "params", "FLOP fwd/mb", "activations/mb", "sent fwd/mb", "sent/step"),
