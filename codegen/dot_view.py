@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from dsl.units import size as human_bytes
 
 from . import dot_style as style
-from .dot_text import dims, gpus, html, printable, quoted, quoted_lines
+from .dot_text import dims, gpus, html, mesh_line, model_line, printable, quoted, quoted_lines
 
 Attrs = tuple[tuple[str, str], ...]
 
@@ -171,13 +171,9 @@ def banner(source: str, view: str) -> str:
 
 def header(graph_data: dict, view: str) -> tuple[str, tuple[str, ...]]:
     """The drawing's title and the facts under it, escaped."""
-    model, mesh = graph_data["model"], graph_data["mesh"]
-    kv = f" ({model['kv_heads']} kv)" if model["kv_heads"] != model["heads"] else ""
     rows = [
-        f"model {model['name']} ({model['block']} block): {model['layers']} layers, hidden {model['hidden']}, "
-        f"heads {model['heads']}{kv}, ffn {model['ffn']}, {model['dtype']}",
-        f"mesh: tp {mesh['tp']} × pp {mesh['pp']} × dp {mesh['dp']} = {mesh['world']} GPUs, "
-        f"{mesh['microbatches']} microbatches ({mesh['schedule']})" + (", sequence parallel" if mesh["sequence_parallel"] else ""),
+        model_line(graph_data, drawing=True),
+        mesh_line(graph_data, drawing=True),
         f"one forward pass of one microbatch {dims(graph_data['microbatch_shape'])}; shapes are per GPU",
         f"from {graph_data['source']}",
     ]

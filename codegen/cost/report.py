@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from dsl import units
 
+from ..dot_text import mesh_line, model_line
 from .accounting import KINDS, PHASES, RankCost, step_kinds
 from .estimate import capacity, fits
 from .model import Cost, DeviceGroup
@@ -26,14 +27,7 @@ def title(cost: Cost) -> str:
 
 
 def summary(cost: Cost) -> list[str]:
-    model, mesh = cost.model, cost.mesh
-    lines = [
-        f"model: {model['name']} ({model['block']} block), {model['layers']} layers, hidden {model['hidden']}, "
-        f"heads {model['heads']} (kv {model['kv_heads']}), ffn {model['ffn']}, {model['dtype']}",
-        f"mesh: tp {mesh['tp']} x pp {mesh['pp']} x dp {mesh['dp']} = {mesh['world']} devices; "
-        f"{mesh['microbatches']} microbatches of {list(cost.graph.graph['microbatch_shape'])} per step, "
-        f"{mesh['schedule']} schedule" + (", sequence parallel" if mesh["sequence_parallel"] else ""),
-    ]
+    lines = [model_line(cost.graph.graph, drawing=False), mesh_line(cost.graph.graph, drawing=False)]
     hardware = cost.hardware
     if hardware is None:
         lines.append("hardware: none given, so no step time and no memory-fit check (add `hardware h100` to the spec, or run par cost --hardware h100)")
