@@ -43,7 +43,7 @@ class RenderError(Exception):
         self.expected = isinstance(cause, ArtifactError)
 
 
-Renderer = Callable[[Compiled], "str | bytes | Skip | None"]
+Renderer = Callable[[Compiled], "str | bytes | Skip"]
 SLOW_S = 1.0  # renderers slower than this are named in the progress output
 
 
@@ -63,7 +63,7 @@ class Rendered:
 
 
 def artifact_renderers() -> list[tuple[str, Renderer]]:
-    """(file name, renderer) for every artifact; a renderer may return None to skip its file."""
+    """(file name, renderer) for every artifact; a renderer answers `Skip` when it cannot make its file."""
     from codegen.artifacts import (
         RENDERERS,  # the driver is the one place that reaches codegen
     )
@@ -84,8 +84,6 @@ def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Ren
         seconds = time.perf_counter() - started
         if seconds >= SLOW_S:
             rendered.slow.append((name, seconds))
-        if content is None:
-            continue
         if isinstance(content, Skip):
             rendered.notices.append(content.notice)
             continue
