@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
-from .cost import render_report, render_timeline
+from collections.abc import Callable
+from typing import TypeVar
+
+from dsl.build import Renderer
+from dsl.compiler import Compiled
+
+from .cost import render_report, render_timeline, spec_cost
 from .dot import emit_compact_dot, emit_dot
 from .json_dag import emit_json
 from .pytorch import emit_model
 from .svg import FULL_SVG_MAX_NODES, svg_renderer
 
-RENDERERS = [
-    ("dag.json", lambda compiled: emit_json(compiled.graph)),
-    ("dag.dot", emit_dot),
-    ("dag.compact.dot", emit_compact_dot),
-    ("dag.svg", svg_renderer(emit_dot, file="dag.svg", max_nodes=FULL_SVG_MAX_NODES)),
-    ("dag.compact.svg", svg_renderer(emit_compact_dot, file="dag.compact.svg")),
-    ("model.py", emit_model),
-    ("report.md", render_report),
-    ("timeline.svg", render_timeline),
-]
+T = TypeVar("T")
+
+
+def renderers() -> list[tuple[str, Renderer]]:
+    """(file name, renderer) of every artifact, in order; a fresh list for each build.
+
+    What several artifacts are made from (each drawing's DOT text, the cost) is computed once
+    per spec: the build calls every renderer of a spec before it moves to the next spec.
+    """
+    full, compact, cost = once_per_spec(emit_dot), once_per_spec(emit_compact_dot), once_per_spec(spec_cost)
+    return [
+        ("dag.json", lambda compiled: emit_json(compiled.graph)),
+        ("dag.dot", full),
+        ("dag.compact.dot", compact),
+        ("dag.svg", svg_renderer(full, file="dag.svg", max_nodes=FULL_SVG_MAX_NODES)),
+        ("dag.compact.svg", svg_renderer(compact, file="dag.compact.svg")),
+        ("model.py", emit_model),
+        ("report.md", lambda compiled: render_report(cost(compiled))),
+        ("timeline.svg", lambda compiled: render_timeline(cost(compiled))),
+    ]
+
+
+def once_per_spec(function: Callable[[Compiled], T]) -> Callable[[Compiled], T]:
+    """`function`, computed once for the compiled spec it was last called with, and kept until the next."""
+    last: list[tuple[Compiled, T]] = []
+
+    def cached(compiled: Compiled) -> T:
+        if not last or last[0][0] is not compiled:
+            last[:] = [(compiled, function(compiled))]
+        return last[0][1]
+
+    return cached

@@ -65,10 +65,10 @@ class Rendered:
 def artifact_renderers() -> list[tuple[str, Renderer]]:
     """(file name, renderer) for every artifact; a renderer answers `Skip` when it cannot make its file."""
     from codegen.artifacts import (
-        RENDERERS,  # the driver is the one place that reaches codegen
+        renderers,  # the driver is the one place that reaches codegen
     )
 
-    return list(RENDERERS)
+    return renderers()
 
 
 def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]]) -> Rendered:

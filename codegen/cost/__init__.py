@@ -1,13 +1,14 @@
 """Cost model and report: per-device memory, FLOPs and communication, pipeline bubble, step time.
 
-Everything is read from the DAG (docs/cost.md). Entry points: `cost_of(graph, hardware=...)`,
-`per_rank_comm(graph, scope=...)`, and the renderers of report.md and timeline.svg.
+Everything is read from the DAG (docs/cost.md). Entry points: `cost_of(graph, hardware=...)`
+(`spec_cost(compiled)` on the spec's own hardware), `per_rank_comm(graph, scope=...)`, and the
+renderers of report.md and timeline.svg, which take a `Cost`.
 """
 
 from __future__ import annotations
 
 from .accounting import per_rank_comm, rank_costs, transfers
 from .model import Cost, cost_of
-from .render import render_report, render_timeline
+from .render import render_report, render_timeline, spec_cost
 
-__all__ = ["Cost", "cost_of", "per_rank_comm", "rank_costs", "render_report", "render_timeline", "transfers"]
+__all__ = ["Cost", "cost_of", "per_rank_comm", "rank_costs", "render_report", "render_timeline", "spec_cost", "transfers"]

@@ -1,4 +1,4 @@
-"""report.md and timeline.svg of a compiled spec, from the view-models and their templates."""
+"""report.md and timeline.svg of a deployment's cost, from the view-models and their templates."""
 
 from __future__ import annotations
 
@@ -29,9 +29,14 @@ def report_view(cost: Cost) -> dict:
     }
 
 
-def render_report(compiled) -> str:
-    return render("report.md.jinja", **report_view(cost_of(compiled.graph, hardware=compiled.deployment.hardware)))
+def spec_cost(compiled) -> Cost:
+    """The cost of a compiled spec on the hardware the spec names (none: no step time)."""
+    return cost_of(compiled.graph, hardware=compiled.deployment.hardware)
 
 
-def render_timeline(compiled) -> str:
-    return render("timeline.svg.jinja", **timeline_view(cost_of(compiled.graph, hardware=compiled.deployment.hardware)))
+def render_report(cost: Cost) -> str:
+    return render("report.md.jinja", **report_view(cost))
+
+
+def render_timeline(cost: Cost) -> str:
+    return render("timeline.svg.jinja", **timeline_view(cost))

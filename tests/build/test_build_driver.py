@@ -1,11 +1,12 @@
 """`par build`: artifacts for every spec, atomic and all-or-nothing, untouched when unchanged, --check."""
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from codegen import svg
+from codegen import artifacts, svg
 from dsl import build as driver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,21 @@ def test_unchanged_files_are_not_rewritten(specs, tmp_path, par, snap, make_old)
     assert code == 0
     assert snap(out) == before
     assert f"wrote 0 of {len(before)} files" in err
+
+
+def test_what_several_artifacts_are_made_from_is_made_once_per_spec(specs, tmp_path, par, monkeypatch):
+    """The DOT text of each drawing (the .dot file and its SVG) and the cost (report.md, timeline.svg)."""
+    calls = Counter()
+    for name in ("emit_dot", "emit_compact_dot", "spec_cost"):
+
+        def counted(compiled, real=getattr(artifacts, name), name=name):
+            calls[(name, compiled.deployment.name)] += 1
+            return real(compiled)
+
+        monkeypatch.setattr(artifacts, name, counted)
+    assert par("build", specs, "-o", tmp_path / "build")[0] == 0
+    names = ("emit_dot", "emit_compact_dot", "spec_cost")
+    assert calls == {(name, spec): 1 for name in names for spec in ("gpt_tp2_pp2", "single_gpu")}
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from codegen.cost import cost_of, render_report, render_timeline
+from codegen.cost import cost_of, render_report, render_timeline, spec_cost
 from codegen.cost.report import sections
 from codegen.cost.text import format_cost
 from dsl.cli import main
@@ -22,7 +22,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_timeline_is_valid_svg_with_a_box_per_pass(schedule):
     compiled = compile_source(GPT, "pp=4", "layers=8", "microbatches=6", "batch=24", f"schedule={schedule}")
-    root = ET.fromstring(render_timeline(compiled))
+    root = ET.fromstring(render_timeline(spec_cost(compiled)))
     boxes = [g for g in root.iter(f"{SVG}g") if g.find(f"{SVG}title") is not None]
     titles = [g.find(f"{SVG}title").text for g in boxes]
     assert len(boxes) == 2 * 4 * 6
@@ -33,7 +33,7 @@ def test_timeline_is_valid_svg_with_a_box_per_pass(schedule):
 
 def test_timeline_boxes_of_a_stage_do_not_overlap():
     compiled = compile_source(GPT, "pp=2", "microbatches=3", "batch=12")
-    root = ET.fromstring(render_timeline(compiled))
+    root = ET.fromstring(render_timeline(spec_cost(compiled)))
     rows: dict[str, list[tuple[float, float]]] = {}
     for g in root.iter(f"{SVG}g"):
         rect = g.find(f"{SVG}rect")
@@ -47,8 +47,8 @@ def test_timeline_boxes_of_a_stage_do_not_overlap():
 
 def test_report_has_every_section_of_par_cost_and_links_the_timeline():
     compiled = compile_source(GPT + "hardware h100\n")
-    report = render_report(compiled)
     cost = cost_of(compiled.graph, hardware=compiled.deployment.hardware)
+    report = render_report(cost)
     for section in sections(cost):
         assert f"## {section.title}" in report
         for row in section.rows:
@@ -59,7 +59,7 @@ def test_report_has_every_section_of_par_cost_and_links_the_timeline():
 
 def test_report_carries_the_memory_warning():
     text = GPT.replace("hidden 64", "hidden 16384").replace("ffn 256", "ffn 65536").replace("seq 16", "seq 8192")
-    report = render_report(compile_source(text + "hardware h100\n", "layers=32"))
+    report = render_report(spec_cost(compile_source(text + "hardware h100\n", "layers=32")))
     assert "**Warning:**" in report and "does not fit" in report
 
 
@@ -74,10 +74,10 @@ def test_par_build_writes_report_and_timeline(tmp_path):
 
 def test_output_does_not_depend_on_hash_seeds(tmp_path):
     script = (
-        "import sys; from dsl.compiler import compile_file; from codegen.cost import render_report, render_timeline;"
-        "from codegen.cost.text import format_cost; from codegen.cost import cost_of;"
+        "import sys; from dsl.compiler import compile_file; from codegen.cost import render_report, render_timeline, spec_cost;"
+        "from codegen.cost.text import format_cost;"
         f"c = compile_file({str(SPECS / 'llama_gqa.par')!r}, {list(SMALL) + ['batch=16']!r});"
-        "sys.stdout.write(render_report(c) + render_timeline(c) + format_cost(cost_of(c.graph, hardware=c.deployment.hardware)))"
+        "sys.stdout.write(render_report(spec_cost(c)) + render_timeline(spec_cost(c)) + format_cost(spec_cost(c)))"
     )
     outputs = set()
     for seed in ("0", "1", "12345"):
