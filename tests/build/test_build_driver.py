@@ -24,8 +24,6 @@ def test_every_spec_gets_its_folder_of_artifacts(specs, tmp_path, par):
     assert code == 0, err
     assert sorted(path.name for path in out.iterdir()) == ["gpt_tp2_pp2", "single_gpu"]
     for folder in out.iterdir():
-        expected = DRAWN | (GRAPHVIZ if shutil.which("dot") else set())
-        assert expected <= files_of(folder)
         assert files_of(folder) == {name for name, _ in driver.artifact_renderers()} - (set() if shutil.which("dot") else GRAPHVIZ)
     assert "[1/2]" in err and "[2/2]" in err
 

@@ -8,6 +8,7 @@ from codegen.cost import cost_of
 from codegen.cost.accounting import Transfer
 from codegen.cost.estimate import Clock
 from codegen.cost.report import warnings
+from dsl import units
 from dsl.hwcheck import builtin_hardware
 
 from .tiny import GPT, compile_source
@@ -66,7 +67,13 @@ def test_a_deployment_that_does_not_fit_is_flagged_with_numbers():
     compiled = compile_source(text, "layers=32")
     cost = cost_of(compiled.graph, hardware=compiled.deployment.hardware)
     found = warnings(cost)
-    assert len(found) == len(cost.too_big()) > 0
+    model, mesh = compiled.deployment.model, compiled.deployment.mesh
+    # The training state alone (16 B per parameter; 12h^2 per layer, split over tp) is far above
+    # 80 GB on every device, so every stage's devices get one warning, in stage order.
+    params = model.layers // mesh.pp * 12 * model.hidden**2 // mesh.tp
+    assert params * 16 > 80e9
+    expected = [f"gpu {units.ranges(mesh.stage_ranks(stage))} (stage {stage}) does not fit" for stage in range(mesh.pp)]
+    assert [line.split(":")[0] for line in found] == expected
     memory = cost.too_big()[0].memory
     assert memory.total > 80e9
     assert "does not fit" in found[0] and "80 GB" in found[0] and f"{memory.in_flight} x" in found[0]
