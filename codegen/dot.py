@@ -31,11 +31,16 @@ POSITION_ITERATIONS = 1500
 
 
 def emit_dot(compiled: Compiled) -> str:
-    return render("dag.dot.jinja", graph=full_view(compiled))
+    return emit_view(full_view(compiled))
 
 
 def emit_compact_dot(compiled: Compiled) -> str:
-    return render("dag.dot.jinja", graph=compact_view(compiled))
+    return emit_view(compact_view(compiled))
+
+
+def emit_view(view: DotGraph) -> str:
+    """The DOT text of a drawing's view-model."""
+    return render("dag.dot.jinja", graph=view)
 
 
 def layout_attrs(node_count: int) -> tuple[tuple[str, str], ...]:
