@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from ..deployment import Hardware
 from ..hardware import PROFILES
-from ..hwcheck import builtin_hardware
+from ..hwcheck import resolve_hardware
 from ..inputs import UsageError, spec_inputs
+from ..source import Span
+from ..spec import HardwareDecl
 from .common import add_defines, compile_each, print_diagnostics
 
 
@@ -33,11 +36,7 @@ def run(args) -> int:
     )
     from codegen.cost.text import format_comparison, format_cost
 
-    hardware = None
-    if args.hardware is not None:
-        hardware = builtin_hardware(args.hardware)
-        if hardware is None:
-            raise UsageError(f"unknown hardware profile '{args.hardware}'; built-in profiles: {', '.join(sorted(PROFILES))}")
+    hardware = None if args.hardware is None else _profile(args.hardware)
     inputs = spec_inputs(args.specs, args.defines)
     costs, failed = [], 0
     for _, compiled, diagnostics in compile_each(inputs):
@@ -51,3 +50,13 @@ def run(args) -> int:
     elif costs:
         print(format_comparison(costs), end="")
     return 1 if failed else 0
+
+
+def _profile(name: str) -> Hardware:
+    """`--hardware NAME`, resolved as a spec's `hardware NAME` is, with the same message when unknown."""
+    problems = []
+    hardware = resolve_hardware(HardwareDecl(name, (), Span.point("--hardware"), None), problems)
+    if hardware is None:
+        problem = problems[0]
+        raise UsageError(f"{problem.message}; {problem.hint}" if problem.hint else problem.message)
+    return hardware

@@ -106,6 +106,9 @@ def test_unknown_hardware_is_a_usage_error(capsys):
     assert main(["cost", str(SPECS / "megatron_tp8_pp2.par"), "--hardware", "h1000"]) == 2
     err = capsys.readouterr().err
     assert "unknown hardware profile 'h1000'" in err and "h100" in err
+    assert err == "par: error: unknown hardware profile 'h1000'; did you mean 'h100'?\n"  # as for `hardware h1000` in a spec
+    assert main(["cost", str(SPECS / "megatron_tp8_pp2.par"), "--hardware", "tpu"]) == 2
+    assert capsys.readouterr().err == "par: error: unknown hardware profile 'tpu'; built-in profiles: a100, h100, h200\n"
 
 
 def test_a_bad_spec_prints_diagnostics_and_the_others_still_print(tmp_path, capsys):
