@@ -129,6 +129,6 @@ def folded_node(fold: Fold, *, members: list[dict], compiled: Compiled) -> DotNo
         rows.append(f"{listed}: {human_bytes(sent)} sent/rank")
     rows += [f"Input: {stream}", f"Output: {stream}"]
     title = f"{layer_span(fold.first, fold.last).capitalize()} (folded)"
-    tooltip = quoted(f"{fold.id}: {count} layers folded; every layer has the steps of the layer drawn in full")
+    tooltip = quoted(f"{fold.id}: {layer_count(count)} folded; every layer has the steps of the layer drawn in full")
     attrs = look_attrs(style.FOLDED) + (("tooltip", tooltip),)
     return DotNode(quoted(fold.id), html(title), tuple(html(row) for row in rows), attrs)
