@@ -55,12 +55,11 @@ def _markdown_file(result: FileResult) -> list[str]:
         lines.extend([_graph_summary(view), ""])
     if not result.findings:
         lines.extend(["No findings.", ""])
-    by_code: dict[str, list[Finding]] = {}
-    for finding in result.findings:
-        by_code.setdefault(finding.code, []).append(finding)
-    infos = {node: info for view in result.views for node, info in view.info.items()}
+    by_code: dict[str, list[tuple[Finding, DagView | None]]] = {}
+    for finding, view in result.located():
+        by_code.setdefault(finding.code, []).append((finding, view))
     for code in sorted(by_code):
-        lines.extend(_markdown_rule(code, by_code[code], infos))
+        lines.extend(_markdown_rule(code, by_code[code]))
     return lines
 
 
@@ -80,32 +79,36 @@ def _graph_summary(view: DagView) -> str:
     return text + "."
 
 
-def _markdown_rule(code: str, findings: list[Finding], infos: dict[str, NodeInfo]) -> list[str]:
+def _markdown_rule(code: str, located: list[tuple[Finding, DagView | None]]) -> list[str]:
     rule = RULES[code]
-    nodes = {node for finding in findings for node in finding.nodes}
+    nodes = {node for finding, _ in located for node in finding.nodes}
     count = (f"{_count(len(nodes), 'node')} requiring modification" if nodes
-             else _count(len(findings), "finding"))
+             else _count(len(located), "finding"))
     summary = rule.summary[0].upper() + rule.summary[1:]
     lines = [f"### {code} {rule.name} — {count}", "", f"{summary}.", ""]
     lines.extend(["| line | nodes | finding | classified as |", "| --- | --- | --- | --- |"])
-    for finding in findings:
+    for finding, view in located:
         cells = [str(finding.line), ", ".join(f"`{node}`" for node in finding.nodes),
-                 finding.message, _classification(finding, infos)]
+                 finding.message, _classification(finding, view)]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     lines.append("")
     return lines
 
 
-def _classification(finding: Finding, infos: dict[str, NodeInfo]) -> str:
-    if not finding.nodes or finding.nodes[0] not in infos:
+def _classification(finding: Finding, view: DagView | None) -> str:
+    info = _info(view, finding.nodes[0]) if finding.nodes else None
+    if info is None:
         return ""
-    info = infos[finding.nodes[0]]
     text = f"{info.kind}: {info.kind_why}"
     if info.layer is not None:
         text += f"; layer {info.layer} ({info.layer_why})"
     if info.devices is not None:
         text += f"; {_devices_text(info)} ({info.devices_why})"
     return text
+
+
+def _info(view: DagView | None, node: str) -> NodeInfo | None:
+    return view.info.get(node) if view is not None else None
 
 
 def _devices_text(info: NodeInfo) -> str:
@@ -129,21 +132,20 @@ def format_json(results: list[FileResult]) -> str:
 
 
 def _json_file(result: FileResult) -> dict:
-    infos = {node: info for view in result.views for node, info in view.info.items()}
     return {
         "file": result.file,
         "graphs": [{"name": view.graph.name, "nodes": len(view.info), "edges": len(view.edge_line)}
                    for view in result.views],
-        "findings": [_json_finding(finding, infos) for finding in result.findings],
+        "findings": [_json_finding(finding, view) for finding, view in result.located()],
     }
 
 
-def _json_finding(finding: Finding, infos: dict[str, NodeInfo]) -> dict:
+def _json_finding(finding: Finding, view: DagView | None) -> dict:
     return {
         "code": finding.code, "rule": finding.rule.name, "severity": finding.rule.severity,
         "line": finding.line, "col": finding.col or None, "message": finding.message,
         "graph": finding.graph,
-        "nodes": [_json_node(node, infos.get(node)) for node in finding.nodes],
+        "nodes": [_json_node(node, _info(view, node)) for node in finding.nodes],
     }
 
 
