@@ -32,7 +32,7 @@ def run_lint(paths: list[str], *, fmt: str = "text", spec_dag=None,
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
     results = [lint_file(path, spec_dag=spec_dag, spec_name=spec_name)
                for path in _expand(paths)]
-    failed = any(finding.is_error for result in results for finding in result.findings)
+    failed = any(result.findings for result in results)
     return _FORMATS[fmt](results), int(failed)
 
 

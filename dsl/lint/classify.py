@@ -80,7 +80,6 @@ class NodeInfo:
     title: str
     line: int
     col: int
-    declared: bool
 
     @property
     def single_device(self) -> int | None:
@@ -115,8 +114,7 @@ def classify_node(graph: DotGraph, node: DotNode) -> NodeInfo:
     xlabel = label_lines(node.attrs.get("xlabel", ""), node_id=node.id, graph_name=graph.name,
                          html_label=False)
     return NodeInfo(node.id, kind, why, collective, role, devices, devices_why, layer, layer_range,
-                    layer_why, dims_in_lines(lines + xlabel), title, node.line, node.col,
-                    node.declared)
+                    layer_why, dims_in_lines(lines + xlabel), title, node.line, node.col)
 
 
 def _role(node_id: str, title: str) -> str | None:

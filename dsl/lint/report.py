@@ -19,18 +19,17 @@ def format_text(results: list[FileResult]) -> str:
 
 
 def _text_line(finding: Finding) -> str:
-    if finding.code == "DOT000":
-        return f"{finding.file}:{finding.line}:{finding.col}: error: DOT000: {finding.message}"
-    severity = "" if finding.is_error else "warning: "
-    return f"{finding.file}:{finding.line}: {finding.code}: {severity}{finding.message}"
+    if finding.col:  # a syntax error: the compiler's file:line:col form
+        return (f"{finding.file}:{finding.line}:{finding.col}: error: {finding.code}: "
+                f"{finding.message}")
+    return f"{finding.file}:{finding.line}: {finding.code}: {finding.message}"
 
 
 def _summary(results: list[FileResult]) -> str:
-    findings = [finding for result in results for finding in result.findings]
-    errors = sum(finding.is_error for finding in findings)
+    findings = sum(len(result.findings) for result in results)
     dirty = sum(bool(result.findings) for result in results)
     return (f"par lint: {_count(len(results), 'file')} checked, "
-            f"{_count(len(findings), 'finding')} ({_count(errors, 'error')}) "
+            f"{_count(findings, 'finding')} ({_count(findings, 'error')}) "
             f"in {_count(dirty, 'file')}")
 
 
@@ -125,9 +124,8 @@ def _cell(text: str) -> str:
 
 def format_json(results: list[FileResult]) -> str:
     files = [_json_file(result) for result in results]
-    findings = [finding for result in results for finding in result.findings]
-    summary = {"files": len(results), "findings": len(findings),
-               "errors": sum(finding.is_error for finding in findings)}
+    findings = sum(len(result.findings) for result in results)
+    summary = {"files": len(results), "findings": findings, "errors": findings}
     return json.dumps({"files": files, "summary": summary}, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -142,7 +140,7 @@ def _json_file(result: FileResult) -> dict:
 
 def _json_finding(finding: Finding, view: DagView | None) -> dict:
     return {
-        "code": finding.code, "rule": finding.rule.name, "severity": finding.rule.severity,
+        "code": finding.code, "rule": finding.rule.name, "severity": "error",
         "line": finding.line, "col": finding.col or None, "message": finding.message,
         "graph": finding.graph,
         "nodes": [_json_node(node, _info(view, node)) for node in finding.nodes],
