@@ -45,6 +45,6 @@ def run(args) -> int:
     elif args.defines:
         raise UsageError("-D applies to --spec; there is no spec to override")
     text, code = run_lint(args.dags, fmt=args.format, spec_dag=spec_dag, spec_name=spec_name)
-    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    sys.stdout.write(text)
     return code
 

@@ -67,8 +67,9 @@ def _graph_summary(view: DagView) -> str:
     words = {"compute": "computation", "comm": "communication", "route": "routing",
              "io": "input/output"}
     counts = ", ".join(f"{kinds[kind]} {words[kind]}" for kind in words if kinds[kind])
-    devices = sorted({d for info in view.info.values() for d in (info.devices or ()) if d >= 0})
-    layers = sorted({info.layer for info in view.info.values() if info.layer is not None})
+    devices = sorted({device for info in view.info.values() if not info.all_devices
+                      for device in info.devices or ()})
+    layers = sorted({layer for info in view.info.values() for layer in info.layers})
     name = f"`{view.graph.name}`" if view.graph.name else "(unnamed)"
     text = (f"Graph {name}: {len(view.info)} nodes ({counts}), {len(view.edge_line)} edges")
     if devices:
@@ -111,7 +112,7 @@ def _info(view: DagView | None, node: str) -> NodeInfo | None:
 
 
 def _devices_text(info: NodeInfo) -> str:
-    if info.devices is not None and -1 in info.devices:
+    if info.all_devices:
         return "all GPUs"
     return f"GPU {ranges(info.devices or ())}"
 
@@ -151,7 +152,7 @@ def _json_node(node: str, info: NodeInfo | None) -> dict:
     if info is None:
         return {"id": node}
     devices = None if info.devices is None else (
-        "all" if -1 in info.devices else sorted(info.devices))
+        "all" if info.all_devices else sorted(info.devices))
     return {
         "id": node, "kind": info.kind, "kind_why": info.kind_why, "collective": info.collective,
         "role": info.role, "devices": devices, "devices_why": info.devices_why,

@@ -34,12 +34,11 @@ def check_tp_merges(view: DagView) -> list[Finding]:
             continue
         where = f"layer {info.layer}: " if info.layer is not None else ""
         through = f" through {node_list(via, limit=3)}" if via else ""
-        findings.append(Finding(
-            "DAG008", view.file, info.line,
+        findings.append(view.finding(
+            "DAG008", info.line,
             f"{where}outputs computed on GPUs {ranges(devices)} ({node_list(pieces, limit=4)}) "
             f"reach `{node_id}`{through} with no collective (AllReduce, AllGather, All-to-All) "
-            "between them",
-            (node_id,), graph=view.graph.name))
+            "between them", [node_id]))
     return findings
 
 
@@ -111,10 +110,10 @@ def check_dims(view: DagView) -> list[Finding]:
         given = "; ".join(f"`{pred}` gives {_shapes(view.info[pred].dims.outputs)}"
                           for pred in producers[:4])
         more = f"; … and {len(producers) - 4} more" if len(producers) > 4 else ""
-        findings.append(Finding(
-            "DAG009", view.file, view.edge_line[producers[0], node_id],
+        findings.append(view.finding(
+            "DAG009", view.edge_line[producers[0], node_id],
             f"`{node_id}` takes {_shapes(wanted)} but no producer gives it: {given}{more}",
-            (node_id,), graph=view.graph.name))
+            [node_id]))
     return findings
 
 

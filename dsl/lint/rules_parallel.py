@@ -33,12 +33,12 @@ def check_tp_without_collective(view: DagView) -> list[Finding]:
     if not evidence:
         return []
     first = min(evidence, key=lambda node: view.info[node].line)
-    return [Finding(
-        "DAG011", view.file, view.info[first].line,
+    return [view.finding(
+        "DAG011", view.info[first].line,
         f"the DAG shows tensor parallelism ({node_list(evidence, limit=4)}) but no AllReduce, "
         "AllGather or ReduceScatter anywhere: a tensor-parallel layer needs one where its "
         "shards or partial sums meet (after the attention output and the MLP projections)",
-        tuple(evidence), graph=view.graph.name)]
+        evidence)]
 
 
 def _meeting_shards(view: DagView) -> list[str]:

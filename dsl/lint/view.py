@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from .classify import NodeInfo, classify_graph, collective_named
 from .dot_reader import DotEdge, DotGraph, DotNode
+from .findings import Finding
 from .labels import label_lines
 
 # Values of Graphviz's `style` attribute: a node with one of these names, declared bare,
@@ -24,7 +25,7 @@ class DagView:
     edge_line: dict[tuple[str, str], int] = field(default_factory=dict)
     comm_edges: set[tuple[str, str]] = field(default_factory=set)
     stray: set[str] = field(default_factory=set)
-    undefined: dict[str, str] = field(default_factory=dict)  # node -> why it is suspect
+    undefined: dict[str, str] = field(default_factory=dict)  # node -> "cluster" | "undeclared" | "unlabelled"
 
     @property
     def file(self) -> str:
@@ -32,6 +33,10 @@ class DagView:
 
     def has_role(self, role: str) -> bool:
         return any(info.role == role for info in self.info.values())
+
+    def finding(self, code: str, line: int, message: str, nodes=()) -> Finding:
+        """A finding of this graph."""
+        return Finding(code, self.file, line, message, tuple(nodes), graph=self.graph.name)
 
 
 def build_view(graph: DotGraph) -> DagView:
@@ -59,37 +64,36 @@ def build_view(graph: DotGraph) -> DagView:
 
 
 def find_undefined(view: DagView) -> dict[str, str]:
-    """Nodes that only exist because an edge named them (only where the file declares nodes).
+    """Nodes that only exist because an edge named them (only where the file declares nodes),
+    each with the reason: "cluster", "undeclared" or "unlabelled".
 
     The graph's own input and output may stay implicit. A file Graphviz has already laid out
     (`dot -Tdot`: nodes carry `pos`) declares every node, the accidental ones too; there an
-    unlabelled node among labelled ones is the same defect. So is a node named like a cluster
-    (an edge cannot end at a cluster).
+    unlabelled node among labelled ones is the same defect ("unlabelled"). So is a node named
+    like a cluster (an edge cannot end at a cluster).
     """
-    nodes = [view.graph.nodes[node_id] for node_id in view.info]
-    declared = [node for node in nodes if node.declared]
+    declared, labelled = declared_and_labelled(view)
     if not declared:
         return {}
-    labelled = [node for node in declared if _own_label(node.attrs.get("label"))]
     clusters = {sub.name for sub in view.graph.subgraphs if sub.name}
     found = {}
-    for node in nodes:
+    for node in (view.graph.nodes[node_id] for node_id in view.info):
         if node.id in clusters:
-            found[node.id] = (
-                f"edge refers to `{node.id}`, a cluster: an edge always joins nodes, so Graphviz "
-                "draws a new node of that name (to point at a cluster, set `compound=true` and "
-                "`lhead`/`ltail`)")
+            found[node.id] = "cluster"
         elif not node.declared and view.info[node.id].role is None:
-            found[node.id] = (f"edge refers to `{node.id}`, which no node statement declares "
-                              "(a misspelt id, or a node the script forgot to emit)")
+            found[node.id] = "undeclared"
         elif ("pos" in node.attrs and not _own_label(node.attrs.get("label"))
-              and len(labelled) >= 0.75 * len(declared)
+              and labelled >= 0.75 * declared
               and (view.preds[node.id] or view.succs[node.id])):
-            found[node.id] = (
-                f"`{node.id}` has no label of its own, unlike {len(labelled)} of the "
-                f"{len(declared)} nodes: an edge created it from an id nothing else declares "
-                "(a misspelt or misnumbered id)")
+            found[node.id] = "unlabelled"
     return found
+
+
+def declared_and_labelled(view: DagView) -> tuple[int, int]:
+    """How many nodes a statement declares, and how many of those have a label of their own."""
+    declared = [view.graph.nodes[node_id] for node_id in view.info
+                if view.graph.nodes[node_id].declared]
+    return len(declared), sum(_own_label(node.attrs.get("label")) for node in declared)
 
 
 def _own_label(label: str | None) -> bool:

@@ -129,3 +129,12 @@ def test_nodes_are_described_from_their_own_graph(tmp_path):
     rows = [line for line in run_lint([str(path)], fmt="md")[0].splitlines()
             if line.startswith("| 2 |")]
     assert len(rows) == 1 and rows[0].endswith("| comm: id/label names AllGather |")
+
+
+def test_graph_summary_counts_the_layers_a_range_covers(tmp_path):
+    path = tmp_path / "ranges.dot"
+    path.write_text('digraph { input -> l0 -> mid -> l9 -> output; l0 [label="Layer 0"]; '
+                    'mid [label="Layers 1-8"]; l9 [label="Layer 9"]; }', encoding="utf-8")
+    summary = next(line for line in run_lint([str(path)], fmt="md")[0].splitlines()
+                   if line.startswith("Graph "))
+    assert summary.endswith("; layers 0-9.")
