@@ -2,7 +2,8 @@
 
 The CLI calls `run_lint`; everything else here is the machinery behind it:
 `dot_syntax` (lark grammar -> syntax tree), `dot_reader` (-> nodes, edges, subgraphs),
-`classify` (kind, devices, layer, dims of each node), `rules`/`rules_dataflow` (the checks),
+`classify` (kind, devices, layer, dims of each node), `view` (the edges as drawn, the shards),
+`rules`/`rules_parallel`/`rules_dataflow` (the checks),
 `compare` (against the DAG `par` compiles from a spec) and `report` (text, Markdown, JSON).
 """
 

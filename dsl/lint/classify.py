@@ -79,6 +79,7 @@ class NodeInfo:
     layer_why: str
     dims: Dims | None
     title: str
+    lines: tuple[str, ...]  # the label as the reader sees it (see `labels.label_lines`)
     line: int
     col: int
 
@@ -129,7 +130,8 @@ def classify_node(graph: DotGraph, node: DotNode) -> NodeInfo:
     xlabel = label_lines(node.attrs.get("xlabel", ""), node_id=node.id, graph_name=graph.name,
                          html_label=False)
     return NodeInfo(node.id, kind, why, collective, role, devices, devices_why, layer, layer_range,
-                    layer_why, dims_in_lines(lines + xlabel), title, node.line, node.col)
+                    layer_why, dims_in_lines(lines + xlabel), title, tuple(lines), node.line,
+                    node.col)
 
 
 def _role(node_id: str, title: str) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..units import ranges
 from .classify import COLLECTIVE_TITLES
 from .findings import Finding, node_list
-from .rules_dataflow import op_key
+from .labels import op_key
 from .view import DagView
 
 PIPELINE = None  # the "layer" of send/recv between stages

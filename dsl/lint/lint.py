@@ -14,12 +14,12 @@ from .rules import (
     check_stray_nodes,
     check_undefined,
 )
-from .rules_dataflow import check_dims, check_tp_merges
-from .rules_parallel import check_tp_without_collective
+from .rules_dataflow import check_dims
+from .rules_parallel import check_tensor_parallel
 from .view import DagView, build_view
 
 CHECKS = (check_cycles, check_connections, check_undefined, check_stray_nodes, check_layer_gaps,
-          check_tp_merges, check_tp_without_collective, check_dims)
+          check_tensor_parallel, check_dims)
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from .classify import NodeInfo, classify_graph, collective_named
 from .dot_reader import DotEdge, DotGraph, DotNode
 from .findings import Finding
-from .labels import label_lines
+from .labels import label_lines, op_key, op_title
 
 # Values of Graphviz's `style` attribute: a node with one of these names, declared bare,
 # is an attribute list gone wrong (`style=rounded filled` declares a node `filled`).
@@ -26,6 +26,7 @@ class DagView:
     comm_edges: set[tuple[str, str]] = field(default_factory=set)
     stray: set[str] = field(default_factory=set)
     undefined: dict[str, str] = field(default_factory=dict)  # node -> "cluster" | "undeclared" | "unlabelled"
+    shards: frozenset[str] = frozenset()  # see `sharded_nodes`
 
     @property
     def file(self) -> str:
@@ -60,6 +61,7 @@ def build_view(graph: DotGraph) -> DagView:
     _name_loose_ends(view)
     view.stray = {node_id for node_id in view.info if _is_stray(view, graph.nodes[node_id])}
     view.undefined = find_undefined(view)
+    view.shards = sharded_nodes(view)
     return view
 
 
@@ -94,6 +96,23 @@ def declared_and_labelled(view: DagView) -> tuple[int, int]:
     declared = [view.graph.nodes[node_id] for node_id in view.info
                 if view.graph.nodes[node_id].declared]
     return len(declared), sum(_own_label(node.attrs.get("label")) for node in declared)
+
+
+def sharded_nodes(view: DagView) -> frozenset[str]:
+    """Computations that are one op of one layer repeated on several single GPUs: the same id
+    but for the device (`fc1_gpu0`, `fc1_gpu1`) or the same title ("Q Projection GPU0").
+    A node titled only by its device ("GPU 3") stands for the GPU itself, not an op."""
+    groups: dict[tuple, list[str]] = {}
+    for node_id, info in view.info.items():
+        title = op_title(info.title)
+        if (info.single_device is None or info.kind != "compute" or not title
+                or node_id in view.undefined or node_id in view.stray):
+            continue
+        groups.setdefault((info.layer, "id", op_key(node_id)), []).append(node_id)
+        groups.setdefault((info.layer, "title", title), []).append(node_id)
+    return frozenset(node for members in groups.values()
+                     if len({view.info[node].single_device for node in members}) >= 2
+                     for node in members)
 
 
 def _own_label(label: str | None) -> bool:
