@@ -9,6 +9,7 @@ drawn once per GPU (`l3_allreduce_gpu0` … `l3_allreduce_gpu7`) counts once.
 from __future__ import annotations
 
 from ..units import ranges
+from ..validate import COMMUNICATION
 from .classify import COLLECTIVE_TITLES
 from .findings import Finding, node_list
 from .labels import op_key
@@ -76,7 +77,7 @@ def _layers(layers) -> str:
 def _spec_collectives(spec_dag) -> dict[tuple, list[str]]:
     found: dict[tuple, list[str]] = {}
     for node, data in spec_dag.nodes(data=True):
-        if data.get("kind") == "comm" and data.get("op") in COLLECTIVE_TITLES:
+        if data.get("kind") == "comm" and data.get("op") in COMMUNICATION:
             found.setdefault((data.get("layer"), data["op"]), []).append(str(node))
     return {key: sorted(nodes) for key, nodes in found.items()}
 
@@ -84,7 +85,7 @@ def _spec_collectives(spec_dag) -> dict[tuple, list[str]]:
 def _dot_collectives(view: DagView) -> dict[tuple, list[str]]:
     found: dict[tuple, list[str]] = {}
     for node, info in view.info.items():
-        if info.kind == "comm" and info.collective not in (None, "comm", "broadcast"):
+        if info.kind == "comm" and info.collective in COMMUNICATION:
             found.setdefault((info.layer, info.collective), []).append(node)
     return found
 
