@@ -40,3 +40,15 @@ def test_usage_errors(tmp_path, capsys):
     dot.write_text("digraph { a -> b }\n")
     assert main(["lint", str(dot), "-D", "tp=2"]) == 2
     assert "-D applies to --spec" in capsys.readouterr().err
+
+
+def test_folders_stand_for_their_dot_and_gv_files(tmp_path, capsys):
+    (tmp_path / "a.gv").write_text("digraph { x -> y }\n")
+    (tmp_path / "b.dot").write_text("digraph { x -> y -> x }\n")
+    (tmp_path / "notes.txt").write_text("digraph { x -> y -> x }\n")
+    assert main(["lint", str(tmp_path), "--format", "json"]) == 1
+    files = [entry["file"] for entry in json.loads(capsys.readouterr().out)["files"]]
+    assert files == [str(tmp_path / "a.gv"), str(tmp_path / "b.dot")]
+    (tmp_path / "empty").mkdir()
+    assert main(["lint", str(tmp_path / "empty")]) == 2
+    assert "no .dot or .gv files in this folder" in capsys.readouterr().err
