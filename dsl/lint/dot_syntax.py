@@ -1,7 +1,7 @@
 """DOT text -> a syntax tree of plain dataclasses. Lark types stop in this module.
 
-The tree keeps every statement in source order with its line and column; giving it meaning
-(default attributes, subgraph scopes, implicit nodes) is `dot_reader`'s job.
+The tree keeps every statement in source order, each id with its line and column; giving it
+meaning (default attributes, subgraph scopes, implicit nodes) is `dot_reader`'s job.
 """
 
 from __future__ import annotations
