@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from ..inputs import UsageError, spec_inputs
-from ..lint import run_lint
+from ..inputs import UsageError, collect_files, spec_inputs
+from ..lint import DOT_SUFFIXES, run_lint
 from .common import add_defines, compile_each, print_diagnostics
 
 
@@ -29,9 +28,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    for path in args.dags:
-        if not Path(path).exists():
-            raise UsageError(f"{path}: no such file or folder")
+    dags = [str(path) for path in collect_files(args.dags, suffixes=DOT_SUFFIXES)]
     spec_dag, spec_name = None, None
     if args.spec is not None:
         inputs = spec_inputs([args.spec], args.defines)
@@ -44,7 +41,7 @@ def run(args) -> int:
         spec_dag, spec_name = compiled.graph, str(path)
     elif args.defines:
         raise UsageError("-D applies to --spec; there is no spec to override")
-    text, code = run_lint(args.dags, fmt=args.format, spec_dag=spec_dag, spec_name=spec_name)
-    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    text, code = run_lint(dags, fmt=args.format, spec_dag=spec_dag, spec_name=spec_name)
+    sys.stdout.write(text)
     return code
 

@@ -2,7 +2,8 @@
 
 The CLI calls `run_lint`; everything else here is the machinery behind it:
 `dot_syntax` (lark grammar -> syntax tree), `dot_reader` (-> nodes, edges, subgraphs),
-`classify` (kind, devices, layer, dims of each node), `rules`/`rules_dataflow` (the checks),
+`classify` (kind, devices, layer, dims of each node), `view` (the edges as drawn, the shards),
+`rules`/`rules_parallel`/`rules_dataflow` (the checks),
 `compare` (against the DAG `par` compiles from a spec) and `report` (text, Markdown, JSON).
 """
 
@@ -10,21 +11,24 @@ from __future__ import annotations
 
 import os
 
+from ..inputs import collect_files
 from .findings import RULES, Finding, Rule
 from .lint import FileResult, lint_file
 from .report import format_json, format_markdown, format_text
 
-__all__ = ["RULES", "Finding", "FileResult", "Rule", "lint_file", "run_lint"]
+__all__ = ["DOT_SUFFIXES", "RULES", "Finding", "FileResult", "Rule", "lint_file", "run_lint"]
 
 _FORMATS = {"text": format_text, "md": format_markdown, "json": format_json}
-_DOT_SUFFIXES = (".dot", ".gv")
+DOT_SUFFIXES = (".dot", ".gv")  # the files a folder stands for
 
 
 def run_lint(paths: list[str], *, fmt: str = "text", spec_dag=None,
              spec_name: str | None = None) -> tuple[str, int]:
     """Lint DOT files (a directory stands for the .dot/.gv files below it, sorted).
 
-    Returns the whole report in `fmt` ("text", "md" or "json") and the exit code:
+    A file that cannot be read is a DOT000 finding; a folder without DOT files is a
+    `dsl.inputs.UsageError`. Returns the whole report in `fmt` ("text", "md" or "json") and
+    the exit code:
     1 when any error was found, else 0. `spec_dag` is the networkx DiGraph `par` compiles
     from a spec (DESIGN.md's DAG contract); with it every file is also compared against it.
     """
@@ -32,18 +36,17 @@ def run_lint(paths: list[str], *, fmt: str = "text", spec_dag=None,
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
     results = [lint_file(path, spec_dag=spec_dag, spec_name=spec_name)
                for path in _expand(paths)]
-    failed = any(finding.is_error for result in results for finding in result.findings)
+    failed = any(result.findings for result in results)
     return _FORMATS[fmt](results), int(failed)
 
 
 def _expand(paths: list[str]) -> list[str]:
+    """Folders as `collect_files` expands them; anything else as given (so that a missing
+    file is reported as a finding)."""
     files: list[str] = []
     for path in paths:
-        if not os.path.isdir(path):
+        if os.path.isdir(path):
+            files.extend(str(found) for found in collect_files([path], suffixes=DOT_SUFFIXES))
+        else:
             files.append(path)
-            continue
-        for root, dirs, names in os.walk(path):
-            dirs.sort()
-            files.extend(os.path.join(root, name) for name in sorted(names)
-                         if name.lower().endswith(_DOT_SUFFIXES))
     return files

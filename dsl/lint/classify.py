@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .dot_reader import DotGraph, DotNode
 from .labels import (
+    ALL_DEVICES,
     Dims,
     device_in_id,
     devices_in_text,
@@ -78,16 +79,30 @@ class NodeInfo:
     layer_why: str
     dims: Dims | None
     title: str
+    lines: tuple[str, ...]  # the label as the reader sees it (see `labels.label_lines`)
     line: int
     col: int
-    declared: bool
+
+    @property
+    def all_devices(self) -> bool:
+        """The label says "all" GPUs (how many is not known)."""
+        return self.devices == ALL_DEVICES
 
     @property
     def single_device(self) -> int | None:
-        if self.devices is not None and len(self.devices) == 1:
-            (device,) = self.devices
-            return device if device >= 0 else None
-        return None
+        if self.devices is None or len(self.devices) != 1 or self.all_devices:
+            return None
+        (device,) = self.devices
+        return device
+
+    @property
+    def layers(self) -> range:
+        """The layers the node stands for: its layer, the layers of its range, or none."""
+        if self.layer is not None:
+            return range(self.layer, self.layer + 1)
+        if self.layer_range is not None:
+            return range(self.layer_range[0], self.layer_range[1] + 1)
+        return range(0)
 
 
 def collective_named(text: str) -> str | None:
@@ -115,8 +130,8 @@ def classify_node(graph: DotGraph, node: DotNode) -> NodeInfo:
     xlabel = label_lines(node.attrs.get("xlabel", ""), node_id=node.id, graph_name=graph.name,
                          html_label=False)
     return NodeInfo(node.id, kind, why, collective, role, devices, devices_why, layer, layer_range,
-                    layer_why, dims_in_lines(lines + xlabel), title, node.line, node.col,
-                    node.declared)
+                    layer_why, dims_in_lines(lines + xlabel), title, tuple(lines), node.line,
+                    node.col)
 
 
 def _role(node_id: str, title: str) -> str | None:

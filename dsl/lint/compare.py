@@ -9,9 +9,10 @@ drawn once per GPU (`l3_allreduce_gpu0` … `l3_allreduce_gpu7`) counts once.
 from __future__ import annotations
 
 from ..units import ranges
+from ..validate import COMMUNICATION
 from .classify import COLLECTIVE_TITLES
 from .findings import Finding, node_list
-from .rules_dataflow import op_key
+from .labels import op_key
 from .view import DagView
 
 PIPELINE = None  # the "layer" of send/recv between stages
@@ -24,14 +25,17 @@ def compare_with_spec(view: DagView, spec_dag, *, spec_name: str | None = None) 
     findings = []
     missing = sorted(spec_layers - dot_layers)
     if missing:
-        findings.append(_at(view, "SPEC001", view.graph.line,
-                            f"{_layers(missing)} of {spec} {'has' if len(missing) == 1 else 'have'}"
-                            f" no node in this DAG (it shows {_layers(dot_layers)})"))
+        verb = "has" if len(missing) == 1 else "have"
+        findings.append(view.finding(
+            "SPEC001", view.graph.line,
+            f"{_layers(missing)} of {spec} {verb} no node in this DAG (it shows "
+            f"{_layers(dot_layers)})"))
     extra = sorted(dot_layers - spec_layers)
     if extra:
-        findings.append(_at(view, "SPEC004", _first_line(view, extra[0]),
-                            f"{_layers(extra)} {'is' if len(extra) == 1 else 'are'} not in {spec}"
-                            f" (it has {_layers(spec_layers)})"))
+        verb = "is" if len(extra) == 1 else "are"
+        findings.append(view.finding(
+            "SPEC004", _first_line(view, extra[0]),
+            f"{_layers(extra)} {verb} not in {spec} (it has {_layers(spec_layers)})"))
     findings.extend(_compare_collectives(view, spec_dag, spec, spec_layers & dot_layers))
     return findings
 
@@ -51,15 +55,16 @@ def _compare_collectives(view: DagView, spec_dag, spec: str, layers: set[int]) -
         title = COLLECTIVE_TITLES[kind]
         gap = len(unmatched_want) - len(instances)
         if gap > 0:
-            findings.append(_at(view, "SPEC002", _first_line(view, layer),
-                                f"{where}: {gap} {title} missing ({spec} has {len(want)}, this "
-                                f"DAG {len(want) - gap}); expected "
-                                f"{node_list(unmatched_want, limit=4)}"))
+            findings.append(view.finding(
+                "SPEC002", _first_line(view, layer),
+                f"{where}: {gap} {title} missing ({spec} has {len(want)}, this DAG "
+                f"{len(want) - gap}); expected {node_list(unmatched_want, limit=4)}"))
         elif gap < 0:
             extra = [node for nodes in instances[gap:] for node in nodes]
-            findings.append(_at(view, "SPEC003", view.info[extra[0]].line,
-                                f"{where}: {-gap} {title} more than {spec} has ({len(want)}): "
-                                f"{node_list(extra, limit=4)}", extra))
+            findings.append(view.finding(
+                "SPEC003", view.info[extra[0]].line,
+                f"{where}: {-gap} {title} more than {spec} has ({len(want)}): "
+                f"{node_list(extra, limit=4)}", extra))
     return findings
 
 
@@ -72,7 +77,7 @@ def _layers(layers) -> str:
 def _spec_collectives(spec_dag) -> dict[tuple, list[str]]:
     found: dict[tuple, list[str]] = {}
     for node, data in spec_dag.nodes(data=True):
-        if data.get("kind") == "comm" and data.get("op") in COLLECTIVE_TITLES:
+        if data.get("kind") == "comm" and data.get("op") in COMMUNICATION:
             found.setdefault((data.get("layer"), data["op"]), []).append(str(node))
     return {key: sorted(nodes) for key, nodes in found.items()}
 
@@ -80,7 +85,7 @@ def _spec_collectives(spec_dag) -> dict[tuple, list[str]]:
 def _dot_collectives(view: DagView) -> dict[tuple, list[str]]:
     found: dict[tuple, list[str]] = {}
     for node, info in view.info.items():
-        if info.kind == "comm" and info.collective not in (None, "comm", "broadcast"):
+        if info.kind == "comm" and info.collective in COMMUNICATION:
             found.setdefault((info.layer, info.collective), []).append(node)
     return found
 
@@ -94,13 +99,7 @@ def _instances(nodes: list[str]) -> list[list[str]]:
 
 
 def _dot_layers(view: DagView) -> set[int]:
-    layers: set[int] = set()
-    for info in view.info.values():
-        if info.layer is not None:
-            layers.add(info.layer)
-        elif info.layer_range is not None:
-            layers.update(range(info.layer_range[0], info.layer_range[1] + 1))
-    return layers
+    return {layer for info in view.info.values() for layer in info.layers}
 
 
 def _first_line(view: DagView, layer) -> int:
@@ -111,8 +110,4 @@ def _first_line(view: DagView, layer) -> int:
 def _order(key: tuple) -> tuple:
     layer, kind = key
     return (layer is PIPELINE, layer if layer is not None else 0, kind)
-
-
-def _at(view: DagView, code: str, line: int, message: str, nodes=()) -> Finding:
-    return Finding(code, view.file, line, message, tuple(nodes), graph=view.graph.name)
 

@@ -15,7 +15,7 @@ from ..source import TextDecodeError, byte_position, decode_text
 from .dot_syntax import (
     Assign,
     AttrStmt,
-    DotSyntaxError,
+    DotReadError,
     EdgeStmt,
     GraphSyntax,
     NodeRef,
@@ -31,8 +31,6 @@ MAX_BYTES = 16 * 1024 * 1024  # about 20 s of parsing; real DAGs are well under 
 class DotSubgraph:
     name: str | None
     attrs: dict[str, str]
-    line: int
-    col: int
 
     @property
     def label(self) -> str:
@@ -57,7 +55,6 @@ class DotEdge:
     dst: str
     attrs: dict[str, str]
     line: int
-    col: int
 
 
 @dataclass(slots=True)
@@ -75,16 +72,6 @@ class DotGraph:
         return [self.subgraphs[index] for index in node.scope]
 
 
-class DotReadError(Exception):
-    """A file that cannot be read as DOT, with the 1-based line and column to point at."""
-
-    def __init__(self, message: str, line: int = 1, col: int = 1):
-        super().__init__(message)
-        self.message = message
-        self.line = line
-        self.col = col
-
-
 def read_dot_file(path: str) -> list[DotGraph]:
     return read_dot_text(_read_text(path), file=path)
 
@@ -95,8 +82,6 @@ def read_dot_text(text: str, *, file: str = "<text>") -> list[DotGraph]:
     try:
         syntaxes = parse_dot(text)
         return [_Builder(syntax, file).build() for syntax in syntaxes]
-    except DotSyntaxError as exc:
-        raise DotReadError(exc.message, exc.line, exc.col) from None
     except RecursionError:
         raise DotReadError("subgraphs are nested too deeply to read") from None
 
@@ -167,20 +152,22 @@ class _Builder:
     def _subgraph(self, stmt: Subgraph, scope: _Scope) -> list[str]:
         index = len(self.graph.subgraphs)
         name = stmt.name.text if stmt.name else None
-        line, col = (stmt.line, stmt.col) if stmt.line else self._first_position(stmt)
-        self.graph.subgraphs.append(DotSubgraph(name, {}, line, col))
+        self.graph.subgraphs.append(DotSubgraph(name, {}))
         inner = _Scope(dict(scope.node_defaults), dict(scope.edge_defaults),
                        self.graph.subgraphs[index].attrs, scope.path + (index,))
         return self._statements(stmt.stmts, inner)
 
-    def _first_position(self, stmt: Subgraph) -> tuple[int, int]:
+    def _line_of(self, stmt: Subgraph) -> int:
+        """The subgraph's line; for an anonymous `{ ... }`, that of the first node it names."""
+        if stmt.line:
+            return stmt.line
         for inner in stmt.stmts:
             ref = inner.ref if isinstance(inner, NodeStmt) else None
             if isinstance(inner, EdgeStmt) and isinstance(inner.operands[0], NodeRef):
                 ref = inner.operands[0]
             if ref is not None:
-                return ref.id.line, ref.id.col
-        return self.syntax.line, self.syntax.col
+                return ref.id.line
+        return self.syntax.line
 
     def _mention(self, ref: NodeRef, scope: _Scope) -> DotNode:
         node = self.graph.nodes.get(ref.id.text)
@@ -203,26 +190,25 @@ class _Builder:
         return node.id
 
     def _edge_stmt(self, stmt: EdgeStmt, scope: _Scope) -> list[str]:
-        groups: list[tuple[list[str], int, int]] = []
+        groups: list[tuple[list[str], int]] = []
         for operand in stmt.operands:
             if isinstance(operand, NodeRef):
-                groups.append(([self._mention(operand, scope).id], operand.id.line, operand.id.col))
+                groups.append(([self._mention(operand, scope).id], operand.id.line))
             else:
-                line, col = ((operand.line, operand.col) if operand.line
-                             else self._first_position(operand))
-                groups.append((self._subgraph(operand, scope), line, col))
+                line = self._line_of(operand)
+                groups.append((self._subgraph(operand, scope), line))
         self._check_edge_ops(stmt)
         attrs = dict(scope.edge_defaults)
         attrs.update((attr.key, attr.value.text) for attr in stmt.attrs)
-        for (sources, line, col), (targets, _, _) in zip(groups, groups[1:]):
+        for (sources, line), (targets, _) in zip(groups, groups[1:]):
             for src in sources:
-                self.graph.edges.extend(DotEdge(src, dst, attrs, line, col) for dst in targets)
-        return [node_id for ids, _, _ in groups for node_id in ids]
+                self.graph.edges.extend(DotEdge(src, dst, attrs, line) for dst in targets)
+        return [node_id for ids, _ in groups for node_id in ids]
 
     def _check_edge_ops(self, stmt: EdgeStmt) -> None:
         wanted = "->" if self.graph.directed else "--"
         for op in stmt.ops:
             if op.value != wanted:
                 kind = "digraph" if self.graph.directed else "graph"
-                raise DotSyntaxError(f"'{op.value}' in a {kind}; edges of a {kind} use '{wanted}'",
-                                     op.line, op.column)
+                raise DotReadError(f"'{op.value}' in a {kind}; edges of a {kind} use '{wanted}'",
+                                   op.line, op.column)

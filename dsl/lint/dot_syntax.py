@@ -1,7 +1,7 @@
 """DOT text -> a syntax tree of plain dataclasses. Lark types stop in this module.
 
-The tree keeps every statement in source order with its line and column; giving it meaning
-(default attributes, subgraph scopes, implicit nodes) is `dot_reader`'s job.
+The tree keeps every statement in source order, each id with its line and column; giving it
+meaning (default attributes, subgraph scopes, implicit nodes) is `dot_reader`'s job.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from lark.exceptions import (
     UnexpectedInput,
     UnexpectedToken,
 )
+
+from ..source import byte_position
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +58,6 @@ class EdgeStmt:
 class AttrStmt:
     target: str  # graph | node | edge
     attrs: tuple[Attr, ...]
-    line: int
-    col: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +69,7 @@ class Assign:
 class Subgraph:
     name: Id | None
     stmts: tuple[Stmt, ...]
-    line: int
-    col: int
+    line: int  # 0 for an anonymous `{ ... }`: its statements carry their own positions
 
 
 Stmt = NodeStmt | EdgeStmt | AttrStmt | Assign | Subgraph
@@ -80,16 +79,14 @@ Stmt = NodeStmt | EdgeStmt | AttrStmt | Assign | Subgraph
 class GraphSyntax:
     name: Id | None
     directed: bool
-    strict: bool
     stmts: tuple[Stmt, ...]
     line: int
-    col: int
 
 
-class DotSyntaxError(Exception):
-    """Text that is not DOT; `line` and `col` are 1-based."""
+class DotReadError(Exception):
+    """A file or text that cannot be read as DOT, with the 1-based line and column to point at."""
 
-    def __init__(self, message: str, line: int, col: int):
+    def __init__(self, message: str, line: int = 1, col: int = 1):
         super().__init__(message)
         self.message = message
         self.line = line
@@ -127,7 +124,7 @@ class _ToSyntax(Transformer):
 
     def attr_stmt(self, children):
         target, attrs = children
-        return AttrStmt(target.value.lower(), attrs, target.line, target.column)
+        return AttrStmt(target.value.lower(), attrs)
 
     def port(self, children):
         return ":".join(part.text for part in children if part is not None)
@@ -148,24 +145,15 @@ class _ToSyntax(Transformer):
 
     def subgraph(self, children):
         keyword, name, stmts = children
-        line, col = _subgraph_pos(keyword, name)
-        return Subgraph(name, stmts, line, col)
+        line = keyword.line if keyword is not None else name.line if name is not None else 0
+        return Subgraph(name, stmts, line)
 
     def graph(self, children):
-        strict, kind, name, stmts = children
-        return GraphSyntax(name, kind.value.lower() == "digraph", strict is not None, stmts,
-                           kind.line, kind.column)
+        _strict, kind, name, stmts = children
+        return GraphSyntax(name, kind.value.lower() == "digraph", stmts, kind.line)
 
     def start(self, children):
         return tuple(children)
-
-
-def _subgraph_pos(keyword: Token | None, name: Id | None) -> tuple[int, int]:
-    if keyword is not None:
-        return keyword.line, keyword.column
-    if name is not None:
-        return name.line, name.col
-    return 0, 0  # an anonymous `{ ... }`: its statements carry their own positions
 
 
 @lru_cache(maxsize=1)
@@ -176,7 +164,7 @@ def _parser() -> Lark:
 
 
 def parse_dot(text: str) -> tuple[GraphSyntax, ...]:
-    """Parse DOT text; raises DotSyntaxError with the line and column of the first problem."""
+    """Parse DOT text; raises DotReadError with the line and column of the first problem."""
     try:
         return _parser().parse(text)
     except UnexpectedInput as exc:
@@ -199,7 +187,7 @@ def _expected(names) -> str:
     return ", ".join(words)
 
 
-def _syntax_error(exc: UnexpectedInput, text: str) -> DotSyntaxError:
+def _syntax_error(exc: UnexpectedInput, text: str) -> DotReadError:
     if isinstance(exc, UnexpectedCharacters):
         return _bad_character(exc, text)
     if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
@@ -207,13 +195,13 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> DotSyntaxError:
         shown = token.value if len(token.value) <= 40 else token.value[:37] + "..."
         where = " at the start of the file" if _only_space_before(text, token.start_pos) else ""
         message = f"unexpected {shown!r}{where}; expected {_expected(exc.expected)}"
-        return DotSyntaxError(message, token.line, token.column)
+        return DotReadError(message, token.line, token.column)
     line, col = _end_position(text)
     expected = exc.expected if isinstance(exc, (UnexpectedToken, UnexpectedEOF)) else ()
-    return DotSyntaxError(f"unexpected end of file; expected {_expected(expected)}", line, col)
+    return DotReadError(f"unexpected end of file; expected {_expected(expected)}", line, col)
 
 
-def _bad_character(exc: UnexpectedCharacters, text: str) -> DotSyntaxError:
+def _bad_character(exc: UnexpectedCharacters, text: str) -> DotReadError:
     char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
     if char == '"':
         message = "unterminated quoted string (no closing '\"')"
@@ -221,7 +209,7 @@ def _bad_character(exc: UnexpectedCharacters, text: str) -> DotSyntaxError:
         message = "unterminated or unbalanced <html> string"
     else:
         message = f"unexpected character {char!r}; it is not valid in DOT outside a quoted string"
-    return DotSyntaxError(message, exc.line, exc.column)
+    return DotReadError(message, exc.line, exc.column)
 
 
 def _only_space_before(text: str, pos: int | None) -> bool:
@@ -229,6 +217,6 @@ def _only_space_before(text: str, pos: int | None) -> bool:
 
 
 def _end_position(text: str) -> tuple[int, int]:
-    line = text.count("\n") + 1
-    col = len(text) - (text.rfind("\n") + 1) + 1
-    return line, col
+    # One byte per character (Latin-1, anything else as '?'), so the column counts characters
+    # as lark's positions do.
+    return byte_position(text.encode("latin-1", "replace"), len(text))

@@ -1,4 +1,7 @@
-"""The rules `par lint` applies, each with a stable code, and the findings they produce."""
+"""The rules `par lint` applies, each with a stable code, and the findings they produce.
+
+Every rule reports errors: a finding fails the run.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ class Rule:
     code: str
     name: str
     summary: str
-    severity: str = "error"  # error | warning
 
 
 RULES: dict[str, Rule] = {rule.code: rule for rule in (
@@ -51,10 +53,6 @@ class Finding:
     @property
     def rule(self) -> Rule:
         return RULES[self.code]
-
-    @property
-    def is_error(self) -> bool:
-        return self.rule.severity == "error"
 
     def sort_key(self) -> tuple:
         return (self.file, self.line, self.col, self.code, self.nodes, self.message)

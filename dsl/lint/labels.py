@@ -38,7 +38,11 @@ _LABEL_DEVICE = re.compile(
     rf"(?<![a-z]){_DEVICE_WORD}[\s:=#_]*(?:gpu_?)?(all\b|\d+(?:\s*(?:-|–|,)\s*\d+)*)",
     re.IGNORECASE)
 _COUNT_BEFORE = re.compile(r"\d\s*$")
-_ID_DEVICE = re.compile(r"(?:^|[^a-z])(?:gpu|device|dev|rank)_?(\d+)(?![0-9])", re.IGNORECASE)
+# A device in an id: `gpu3`, `device_0`, `dev2`, `rank_5`.
+_ID_DEVICE_WORD = r"(gpu|device|dev|rank)_?(\d+)"
+_ID_DEVICE = re.compile(rf"(?:^|[^a-z]){_ID_DEVICE_WORD}(?![0-9])", re.IGNORECASE)
+_ID_DEVICES = re.compile(_ID_DEVICE_WORD, re.IGNORECASE)
+_TITLE_DEVICE = re.compile(r"(?<![a-z])(?:gpu|device|rank)\s*_?\d+", re.IGNORECASE)
 _RANGE = re.compile(r"(\d+)\s*(?:-|–)\s*(\d+)|(\d+)")
 
 
@@ -70,7 +74,17 @@ def devices_in_text(text: str) -> frozenset[int] | None:
 
 def device_in_id(node_id: str) -> int | None:
     match = _ID_DEVICE.search(node_id)
-    return int(match.group(1)) if match else None
+    return int(match.group(2)) if match else None
+
+
+def op_key(node_id: str) -> str:
+    """The id without its device numbers: `layer_0_fc1_gpu3` -> `layer_0_fc1_gpu`."""
+    return _ID_DEVICES.sub(lambda match: match.group(1), node_id).lower()
+
+
+def op_title(title: str) -> str:
+    """The title without its device: "Q Projection GPU0" -> "q projection"."""
+    return _TITLE_DEVICE.sub("", title).strip(" :-_").lower()
 
 
 # --- layers ------------------------------------------------------------------------------

@@ -14,19 +14,42 @@ from .rules import (
     check_stray_nodes,
     check_undefined,
 )
-from .rules_dataflow import check_dims, check_tp_merges
-from .rules_parallel import check_tp_without_collective
+from .rules_dataflow import check_dims
+from .rules_parallel import check_tensor_parallel
 from .view import DagView, build_view
 
 CHECKS = (check_cycles, check_connections, check_undefined, check_stray_nodes, check_layer_gaps,
-          check_tp_merges, check_tp_without_collective, check_dims)
+          check_tensor_parallel, check_dims)
+
+
+@dataclass(slots=True)
+class GraphResult:
+    """One graph of a file and its findings: their nodes are this view's nodes."""
+
+    view: DagView
+    findings: list[Finding]
 
 
 @dataclass(slots=True)
 class FileResult:
     file: str
-    views: list[DagView] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
+    graphs: list[GraphResult] = field(default_factory=list)
+    unreadable: Finding | None = None  # DOT000: the file could not be read
+
+    @property
+    def views(self) -> list[DagView]:
+        return [graph.view for graph in self.graphs]
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [finding for finding, _ in self.located()]
+
+    def located(self) -> list[tuple[Finding, DagView | None]]:
+        """Every finding with the view its nodes belong to (None for DOT000), sorted."""
+        pairs = [(finding, graph.view) for graph in self.graphs for finding in graph.findings]
+        if self.unreadable is not None:
+            pairs.append((self.unreadable, None))
+        return sorted(pairs, key=lambda pair: pair[0].sort_key())
 
 
 def lint_graph(graph: DotGraph, *, spec_dag=None,
@@ -43,11 +66,9 @@ def lint_file(path: str, *, spec_dag=None, spec_name: str | None = None) -> File
     try:
         graphs = read_dot_file(path)
     except DotReadError as exc:
-        result.findings.append(Finding("DOT000", path, exc.line, exc.message, col=exc.col))
+        result.unreadable = Finding("DOT000", path, exc.line, exc.message, col=exc.col)
         return result
     for graph in graphs:
         view, findings = lint_graph(graph, spec_dag=spec_dag, spec_name=spec_name)
-        result.views.append(view)
-        result.findings.extend(findings)
-    result.findings.sort(key=Finding.sort_key)
+        result.graphs.append(GraphResult(view, findings))
     return result

@@ -19,18 +19,17 @@ def format_text(results: list[FileResult]) -> str:
 
 
 def _text_line(finding: Finding) -> str:
-    if finding.code == "DOT000":
-        return f"{finding.file}:{finding.line}:{finding.col}: error: DOT000: {finding.message}"
-    severity = "" if finding.is_error else "warning: "
-    return f"{finding.file}:{finding.line}: {finding.code}: {severity}{finding.message}"
+    if finding.col:  # a syntax error: the compiler's file:line:col form
+        return (f"{finding.file}:{finding.line}:{finding.col}: error: {finding.code}: "
+                f"{finding.message}")
+    return f"{finding.file}:{finding.line}: {finding.code}: {finding.message}"
 
 
 def _summary(results: list[FileResult]) -> str:
-    findings = [finding for result in results for finding in result.findings]
-    errors = sum(finding.is_error for finding in findings)
+    findings = sum(len(result.findings) for result in results)
     dirty = sum(bool(result.findings) for result in results)
     return (f"par lint: {_count(len(results), 'file')} checked, "
-            f"{_count(len(findings), 'finding')} ({_count(errors, 'error')}) "
+            f"{_count(findings, 'finding')} ({_count(findings, 'error')}) "
             f"in {_count(dirty, 'file')}")
 
 
@@ -55,12 +54,11 @@ def _markdown_file(result: FileResult) -> list[str]:
         lines.extend([_graph_summary(view), ""])
     if not result.findings:
         lines.extend(["No findings.", ""])
-    by_code: dict[str, list[Finding]] = {}
-    for finding in result.findings:
-        by_code.setdefault(finding.code, []).append(finding)
-    infos = {node: info for view in result.views for node, info in view.info.items()}
+    by_code: dict[str, list[tuple[Finding, DagView | None]]] = {}
+    for finding, view in result.located():
+        by_code.setdefault(finding.code, []).append((finding, view))
     for code in sorted(by_code):
-        lines.extend(_markdown_rule(code, by_code[code], infos))
+        lines.extend(_markdown_rule(code, by_code[code]))
     return lines
 
 
@@ -69,8 +67,9 @@ def _graph_summary(view: DagView) -> str:
     words = {"compute": "computation", "comm": "communication", "route": "routing",
              "io": "input/output"}
     counts = ", ".join(f"{kinds[kind]} {words[kind]}" for kind in words if kinds[kind])
-    devices = sorted({d for info in view.info.values() for d in (info.devices or ()) if d >= 0})
-    layers = sorted({info.layer for info in view.info.values() if info.layer is not None})
+    devices = sorted({device for info in view.info.values() if not info.all_devices
+                      for device in info.devices or ()})
+    layers = sorted({layer for info in view.info.values() for layer in info.layers})
     name = f"`{view.graph.name}`" if view.graph.name else "(unnamed)"
     text = (f"Graph {name}: {len(view.info)} nodes ({counts}), {len(view.edge_line)} edges")
     if devices:
@@ -80,26 +79,26 @@ def _graph_summary(view: DagView) -> str:
     return text + "."
 
 
-def _markdown_rule(code: str, findings: list[Finding], infos: dict[str, NodeInfo]) -> list[str]:
+def _markdown_rule(code: str, located: list[tuple[Finding, DagView | None]]) -> list[str]:
     rule = RULES[code]
-    nodes = {node for finding in findings for node in finding.nodes}
+    nodes = {node for finding, _ in located for node in finding.nodes}
     count = (f"{_count(len(nodes), 'node')} requiring modification" if nodes
-             else _count(len(findings), "finding"))
+             else _count(len(located), "finding"))
     summary = rule.summary[0].upper() + rule.summary[1:]
     lines = [f"### {code} {rule.name} — {count}", "", f"{summary}.", ""]
     lines.extend(["| line | nodes | finding | classified as |", "| --- | --- | --- | --- |"])
-    for finding in findings:
+    for finding, view in located:
         cells = [str(finding.line), ", ".join(f"`{node}`" for node in finding.nodes),
-                 finding.message, _classification(finding, infos)]
+                 finding.message, _classification(finding, view)]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     lines.append("")
     return lines
 
 
-def _classification(finding: Finding, infos: dict[str, NodeInfo]) -> str:
-    if not finding.nodes or finding.nodes[0] not in infos:
+def _classification(finding: Finding, view: DagView | None) -> str:
+    info = _info(view, finding.nodes[0]) if finding.nodes else None
+    if info is None:
         return ""
-    info = infos[finding.nodes[0]]
     text = f"{info.kind}: {info.kind_why}"
     if info.layer is not None:
         text += f"; layer {info.layer} ({info.layer_why})"
@@ -108,8 +107,12 @@ def _classification(finding: Finding, infos: dict[str, NodeInfo]) -> str:
     return text
 
 
+def _info(view: DagView | None, node: str) -> NodeInfo | None:
+    return view.info.get(node) if view is not None else None
+
+
 def _devices_text(info: NodeInfo) -> str:
-    if info.devices is not None and -1 in info.devices:
+    if info.all_devices:
         return "all GPUs"
     return f"GPU {ranges(info.devices or ())}"
 
@@ -122,28 +125,26 @@ def _cell(text: str) -> str:
 
 def format_json(results: list[FileResult]) -> str:
     files = [_json_file(result) for result in results]
-    findings = [finding for result in results for finding in result.findings]
-    summary = {"files": len(results), "findings": len(findings),
-               "errors": sum(finding.is_error for finding in findings)}
+    findings = sum(len(result.findings) for result in results)
+    summary = {"files": len(results), "findings": findings, "errors": findings}
     return json.dumps({"files": files, "summary": summary}, indent=2, ensure_ascii=False) + "\n"
 
 
 def _json_file(result: FileResult) -> dict:
-    infos = {node: info for view in result.views for node, info in view.info.items()}
     return {
         "file": result.file,
         "graphs": [{"name": view.graph.name, "nodes": len(view.info), "edges": len(view.edge_line)}
                    for view in result.views],
-        "findings": [_json_finding(finding, infos) for finding in result.findings],
+        "findings": [_json_finding(finding, view) for finding, view in result.located()],
     }
 
 
-def _json_finding(finding: Finding, infos: dict[str, NodeInfo]) -> dict:
+def _json_finding(finding: Finding, view: DagView | None) -> dict:
     return {
-        "code": finding.code, "rule": finding.rule.name, "severity": finding.rule.severity,
+        "code": finding.code, "rule": finding.rule.name, "severity": "error",
         "line": finding.line, "col": finding.col or None, "message": finding.message,
         "graph": finding.graph,
-        "nodes": [_json_node(node, infos.get(node)) for node in finding.nodes],
+        "nodes": [_json_node(node, _info(view, node)) for node in finding.nodes],
     }
 
 
@@ -151,7 +152,7 @@ def _json_node(node: str, info: NodeInfo | None) -> dict:
     if info is None:
         return {"id": node}
     devices = None if info.devices is None else (
-        "all" if -1 in info.devices else sorted(info.devices))
+        "all" if info.all_devices else sorted(info.devices))
     return {
         "id": node, "kind": info.kind, "kind_why": info.kind_why, "collective": info.collective,
         "role": info.role, "devices": devices, "devices_why": info.devices_why,

@@ -7,11 +7,19 @@ import networkx as nx
 from ..units import ranges
 from .classify import COLLECTIVE_TITLES, NodeInfo
 from .findings import Finding
-from .view import DagView
+from .view import DagView, declared_and_labelled
 
-
-def _finding(view: DagView, code: str, line: int, message: str, nodes=()) -> Finding:
-    return Finding(code, view.file, line, message, tuple(nodes), graph=view.graph.name)
+# DAG006's message for each reason `view.find_undefined` gives.
+_UNDEFINED = {
+    "cluster": ("edge refers to `{node}`, a cluster: an edge always joins nodes, so Graphviz "
+                "draws a new node of that name (to point at a cluster, set `compound=true` and "
+                "`lhead`/`ltail`)"),
+    "undeclared": ("edge refers to `{node}`, which no node statement declares (a misspelt id, or "
+                   "a node the script forgot to emit)"),
+    "unlabelled": ("`{node}` has no label of its own, unlike {labelled} of the {declared} nodes: "
+                   "an edge created it from an id nothing else declares (a misspelt or "
+                   "misnumbered id)"),
+}
 
 
 def check_cycles(view: DagView) -> list[Finding]:
@@ -22,7 +30,7 @@ def check_cycles(view: DagView) -> list[Finding]:
     digraph.add_nodes_from(view.info)
     digraph.add_edges_from(key for key in view.edge_line if key[0] != key[1])
     findings = [
-        _finding(view, "DAG001", line, f"self-loop: `{src}` -> `{src}`", [src])
+        view.finding("DAG001", line, f"self-loop: `{src}` -> `{src}`", [src])
         for (src, dst), line in view.edge_line.items() if src == dst
     ]
     for component in nx.strongly_connected_components(digraph):
@@ -32,7 +40,7 @@ def check_cycles(view: DagView) -> list[Finding]:
         cycle = nx.find_cycle(digraph.subgraph(component), source=start)
         path = [cycle[0][0]] + [dst for _, dst in cycle]
         line = view.edge_line[cycle[0][0], cycle[0][1]]
-        findings.append(_finding(view, "DAG001", line, "cycle: " + " -> ".join(path), path[:-1]))
+        findings.append(view.finding("DAG001", line, "cycle: " + " -> ".join(path), path[:-1]))
     return findings
 
 
@@ -53,14 +61,14 @@ def check_connections(view: DagView) -> list[Finding]:
         elif info.kind == "io":
             finding = _io_unconnected(view, info, no_in, no_out)
         elif no_in and no_out:
-            finding = _finding(view, "DAG004", info.line, f"{_describe(info)} has no edges: "
-                               "nothing feeds it and nothing uses it", [node_id])
+            finding = view.finding("DAG004", info.line, f"{_describe(info)} has no edges: "
+                                   "nothing feeds it and nothing uses it", [node_id])
         elif no_in and has_input:
-            finding = _finding(view, "DAG002", info.line, f"{_describe(info)} has no incoming "
-                               "edge and is not the graph's input", [node_id])
+            finding = view.finding("DAG002", info.line, f"{_describe(info)} has no incoming "
+                                   "edge and is not the graph's input", [node_id])
         elif no_out and has_output:
-            finding = _finding(view, "DAG003", info.line, f"{_describe(info)} has no outgoing "
-                               "edge and is not the graph's output", [node_id])
+            finding = view.finding("DAG003", info.line, f"{_describe(info)} has no outgoing "
+                                   "edge and is not the graph's output", [node_id])
         if finding is not None:
             findings.append(finding)
     return findings
@@ -69,18 +77,18 @@ def check_connections(view: DagView) -> list[Finding]:
 def _comm_dangling(view: DagView, info: NodeInfo, no_in: bool, no_out: bool) -> Finding:
     missing = "no input and no output edge" if no_in and no_out else (
         "no input edge" if no_in else "no output edge")
-    return _finding(view, "DAG005", info.line,
-                    f"communication node {_describe(info)} has {missing} ({info.kind_why})",
-                    [info.id])
+    return view.finding("DAG005", info.line,
+                        f"communication node {_describe(info)} has {missing} ({info.kind_why})",
+                        [info.id])
 
 
 def _io_unconnected(view: DagView, info: NodeInfo, no_in: bool, no_out: bool) -> Finding | None:
     if info.role == "input" and no_out:
-        return _finding(view, "DAG003", info.line,
-                        f"the graph's input `{info.id}` has no outgoing edge", [info.id])
+        return view.finding("DAG003", info.line,
+                            f"the graph's input `{info.id}` has no outgoing edge", [info.id])
     if info.role == "output" and no_in:
-        return _finding(view, "DAG002", info.line,
-                        f"the graph's output `{info.id}` has no incoming edge", [info.id])
+        return view.finding("DAG002", info.line,
+                            f"the graph's output `{info.id}` has no incoming edge", [info.id])
     return None
 
 
@@ -93,17 +101,20 @@ def _describe(info: NodeInfo) -> str:
 
 def check_undefined(view: DagView) -> list[Finding]:
     """DAG006: an edge names a node no statement declares (see `view.find_undefined`)."""
-    return [_finding(view, "DAG006", view.info[node].line, message, [node])
-            for node, message in view.undefined.items()]
+    declared, labelled = declared_and_labelled(view)
+    return [view.finding("DAG006", view.info[node].line,
+                         _UNDEFINED[reason].format(node=node, labelled=labelled, declared=declared),
+                         [node])
+            for node, reason in view.undefined.items()]
 
 
 def check_stray_nodes(view: DagView) -> list[Finding]:
     """DAG010: `style=rounded filled` declares a node `filled`; Graphviz draws it."""
     return [
-        _finding(view, "DAG010", view.info[node].line,
-                 f"stray node `{node}`: a bare `{node}` statement declares a node Graphviz will "
-                 f"draw; write the attribute as one value, e.g. `style=\"rounded,{node}\"`",
-                 [node])
+        view.finding("DAG010", view.info[node].line,
+                     f"stray node `{node}`: a bare `{node}` statement declares a node Graphviz "
+                     f"will draw; write the attribute as one value, e.g. "
+                     f"`style=\"rounded,{node}\"`", [node])
         for node in view.graph.nodes if node in view.stray
     ]
 
@@ -113,9 +124,7 @@ def check_layer_gaps(view: DagView) -> list[Finding]:
     covered: set[int] = set()
     first_node: dict[int, NodeInfo] = {}
     for info in view.info.values():
-        span = [info.layer] if info.layer is not None else (
-            range(info.layer_range[0], info.layer_range[1] + 1) if info.layer_range else [])
-        for layer in span:
+        for layer in info.layers:
             covered.add(layer)
             if layer not in first_node or info.line < first_node[layer].line:
                 first_node[layer] = info
@@ -128,8 +137,8 @@ def check_layer_gaps(view: DagView) -> list[Finding]:
             missing = ranges(range(before + 1, after))
             noun = "layer" if after - before == 2 else "layers"
             node = first_node[after]
-            findings.append(_finding(
-                view, "DAG007", node.line,
+            findings.append(view.finding(
+                "DAG007", node.line,
                 f"layer numbering skips {noun} {missing}: it jumps from layer {before} to layer "
                 f"{after} (`{node.id}`, layer from {node.layer_why})", [node.id]))
     return findings

@@ -1,91 +1,10 @@
-"""Rules about what flows along edges: tensor-parallel merges (DAG008) and shapes (DAG009)."""
+"""DAG009: the shapes that flow along edges."""
 
 from __future__ import annotations
 
-import re
-
-from ..units import ranges
-from .findings import Finding, node_list
+from .findings import Finding
 from .labels import Shape
 from .view import DagView
-
-_DEVICE_TOKEN = re.compile(r"(gpu|device|dev|rank)_?\d+", re.IGNORECASE)
-_TITLE_DEVICE = re.compile(r"(?<![a-z])(?:gpu|device|rank)\s*_?\d+", re.IGNORECASE)
-
-
-def check_tp_merges(view: DagView) -> list[Finding]:
-    """DAG008: outputs computed on different GPUs reach one computation with no collective.
-
-    A producer on a single GPU holds only its piece (a shard or a partial sum); a computation
-    that combines pieces from two or more GPUs needs a collective in between (AllReduce for
-    partial sums, AllGather for shards). Pieces count when they feed the computation directly,
-    or through routing/aggregation nodes (concat, gather, aggregate: the collective is drawn
-    as a mere aggregation) when they are shards: one op of one layer, repeated per GPU.
-    Merges into the graph's output or into a routing node alone are left alone.
-    """
-    shards = set(sharded_nodes(view))
-    findings = []
-    for node_id, info in view.info.items():
-        if info.kind != "compute":
-            continue
-        pieces, via = _pieces(view, node_id, shards)
-        devices = {view.info[piece].single_device for piece in pieces}
-        if len(devices) < 2:
-            continue
-        where = f"layer {info.layer}: " if info.layer is not None else ""
-        through = f" through {node_list(via, limit=3)}" if via else ""
-        findings.append(Finding(
-            "DAG008", view.file, info.line,
-            f"{where}outputs computed on GPUs {ranges(devices)} ({node_list(pieces, limit=4)}) "
-            f"reach `{node_id}`{through} with no collective (AllReduce, AllGather, All-to-All) "
-            "between them",
-            (node_id,), graph=view.graph.name))
-    return findings
-
-
-def _pieces(view: DagView, node_id: str, shards: set[str]) -> tuple[list[str], list[str]]:
-    """Single-GPU producers reaching node_id without a collective; and the routing nodes between."""
-    pieces: dict[str, None] = {}
-    via: dict[str, None] = {}
-    stack = [(pred, True) for pred in reversed(view.preds[node_id])
-             if (pred, node_id) not in view.comm_edges]
-    seen: set[str] = set()
-    while stack:
-        current, direct = stack.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        info = view.info[current]
-        if info.kind == "route":
-            via[current] = None
-            stack.extend((pred, False) for pred in reversed(view.preds[current])
-                         if (pred, current) not in view.comm_edges)
-        elif info.kind != "comm" and info.single_device is not None and (
-                direct or current in shards):
-            pieces[current] = None
-    return list(pieces), list(via)
-
-
-def sharded_nodes(view: DagView) -> list[str]:
-    """Computations that are one op of one layer repeated on several single GPUs: the same id
-    but for the device (`fc1_gpu0`, `fc1_gpu1`) or the same title ("Q Projection GPU0").
-    A node titled only by its device ("GPU 3") stands for the GPU itself, not an op."""
-    groups: dict[tuple, list[str]] = {}
-    for node_id, info in view.info.items():
-        title = _TITLE_DEVICE.sub("", info.title).strip(" :-_").lower()
-        if (info.single_device is None or info.kind != "compute" or not title
-                or node_id in view.undefined or node_id in view.stray):
-            continue
-        groups.setdefault((info.layer, "id", op_key(node_id)), []).append(node_id)
-        groups.setdefault((info.layer, "title", title), []).append(node_id)
-    shards = {node for members in groups.values()
-              if len({view.info[node].single_device for node in members}) >= 2 for node in members}
-    return [node for node in view.info if node in shards]
-
-
-def op_key(node_id: str) -> str:
-    """The id without its device number: `layer_0_fc1_gpu3` -> `layer_0_fc1_gpu`."""
-    return _DEVICE_TOKEN.sub(lambda match: match.group(1), node_id).lower()
 
 
 def check_dims(view: DagView) -> list[Finding]:
@@ -111,10 +30,10 @@ def check_dims(view: DagView) -> list[Finding]:
         given = "; ".join(f"`{pred}` gives {_shapes(view.info[pred].dims.outputs)}"
                           for pred in producers[:4])
         more = f"; … and {len(producers) - 4} more" if len(producers) > 4 else ""
-        findings.append(Finding(
-            "DAG009", view.file, view.edge_line[producers[0], node_id],
+        findings.append(view.finding(
+            "DAG009", view.edge_line[producers[0], node_id],
             f"`{node_id}` takes {_shapes(wanted)} but no producer gives it: {given}{more}",
-            (node_id,), graph=view.graph.name))
+            [node_id]))
     return findings
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field, replace
 
 from .classify import NodeInfo, classify_graph, collective_named
 from .dot_reader import DotEdge, DotGraph, DotNode
-from .labels import label_lines
+from .findings import Finding
+from .labels import label_lines, op_key, op_title
 
 # Values of Graphviz's `style` attribute: a node with one of these names, declared bare,
 # is an attribute list gone wrong (`style=rounded filled` declares a node `filled`).
@@ -24,7 +25,8 @@ class DagView:
     edge_line: dict[tuple[str, str], int] = field(default_factory=dict)
     comm_edges: set[tuple[str, str]] = field(default_factory=set)
     stray: set[str] = field(default_factory=set)
-    undefined: dict[str, str] = field(default_factory=dict)  # node -> why it is suspect
+    undefined: dict[str, str] = field(default_factory=dict)  # node -> "cluster" | "undeclared" | "unlabelled"
+    shards: frozenset[str] = frozenset()  # see `sharded_nodes`
 
     @property
     def file(self) -> str:
@@ -32,6 +34,10 @@ class DagView:
 
     def has_role(self, role: str) -> bool:
         return any(info.role == role for info in self.info.values())
+
+    def finding(self, code: str, line: int, message: str, nodes=()) -> Finding:
+        """A finding of this graph."""
+        return Finding(code, self.file, line, message, tuple(nodes), graph=self.graph.name)
 
 
 def build_view(graph: DotGraph) -> DagView:
@@ -55,41 +61,58 @@ def build_view(graph: DotGraph) -> DagView:
     _name_loose_ends(view)
     view.stray = {node_id for node_id in view.info if _is_stray(view, graph.nodes[node_id])}
     view.undefined = find_undefined(view)
+    view.shards = sharded_nodes(view)
     return view
 
 
 def find_undefined(view: DagView) -> dict[str, str]:
-    """Nodes that only exist because an edge named them (only where the file declares nodes).
+    """Nodes that only exist because an edge named them (only where the file declares nodes),
+    each with the reason: "cluster", "undeclared" or "unlabelled".
 
     The graph's own input and output may stay implicit. A file Graphviz has already laid out
     (`dot -Tdot`: nodes carry `pos`) declares every node, the accidental ones too; there an
-    unlabelled node among labelled ones is the same defect. So is a node named like a cluster
-    (an edge cannot end at a cluster).
+    unlabelled node among labelled ones is the same defect ("unlabelled"). So is a node named
+    like a cluster (an edge cannot end at a cluster).
     """
-    nodes = [view.graph.nodes[node_id] for node_id in view.info]
-    declared = [node for node in nodes if node.declared]
+    declared, labelled = declared_and_labelled(view)
     if not declared:
         return {}
-    labelled = [node for node in declared if _own_label(node.attrs.get("label"))]
     clusters = {sub.name for sub in view.graph.subgraphs if sub.name}
     found = {}
-    for node in nodes:
+    for node in (view.graph.nodes[node_id] for node_id in view.info):
         if node.id in clusters:
-            found[node.id] = (
-                f"edge refers to `{node.id}`, a cluster: an edge always joins nodes, so Graphviz "
-                "draws a new node of that name (to point at a cluster, set `compound=true` and "
-                "`lhead`/`ltail`)")
+            found[node.id] = "cluster"
         elif not node.declared and view.info[node.id].role is None:
-            found[node.id] = (f"edge refers to `{node.id}`, which no node statement declares "
-                              "(a misspelt id, or a node the script forgot to emit)")
+            found[node.id] = "undeclared"
         elif ("pos" in node.attrs and not _own_label(node.attrs.get("label"))
-              and len(labelled) >= 0.75 * len(declared)
+              and labelled >= 0.75 * declared
               and (view.preds[node.id] or view.succs[node.id])):
-            found[node.id] = (
-                f"`{node.id}` has no label of its own, unlike {len(labelled)} of the "
-                f"{len(declared)} nodes: an edge created it from an id nothing else declares "
-                "(a misspelt or misnumbered id)")
+            found[node.id] = "unlabelled"
     return found
+
+
+def declared_and_labelled(view: DagView) -> tuple[int, int]:
+    """How many nodes a statement declares, and how many of those have a label of their own."""
+    declared = [view.graph.nodes[node_id] for node_id in view.info
+                if view.graph.nodes[node_id].declared]
+    return len(declared), sum(_own_label(node.attrs.get("label")) for node in declared)
+
+
+def sharded_nodes(view: DagView) -> frozenset[str]:
+    """Computations that are one op of one layer repeated on several single GPUs: the same id
+    but for the device (`fc1_gpu0`, `fc1_gpu1`) or the same title ("Q Projection GPU0").
+    A node titled only by its device ("GPU 3") stands for the GPU itself, not an op."""
+    groups: dict[tuple, list[str]] = {}
+    for node_id, info in view.info.items():
+        title = op_title(info.title)
+        if (info.single_device is None or info.kind != "compute" or not title
+                or node_id in view.undefined or node_id in view.stray):
+            continue
+        groups.setdefault((info.layer, "id", op_key(node_id)), []).append(node_id)
+        groups.setdefault((info.layer, "title", title), []).append(node_id)
+    return frozenset(node for members in groups.values()
+                     if len({view.info[node].single_device for node in members}) >= 2
+                     for node in members)
 
 
 def _own_label(label: str | None) -> bool:

@@ -1,107 +1,37 @@
-"""Test DAGs for `par lint`: contract DAGs as `par` builds them, and DOT drawn from them.
+"""Test DAGs for `par lint`: contract DAGs as `par` compiles them, and DOT drawn from them.
 
-`contract_dag` builds a networkx DiGraph following DESIGN.md's DAG contract (ids, attrs, one
-in-edge from and one out-edge to each member of a collective) for a Megatron-style block;
-`render_dot` draws it with DESIGN.md's visual conventions (a cluster per pipeline stage, a
-nested cluster per GPU, ellipses for collectives, `GPU:`/`Input:`/`Output:` lines).
+`contract_dag` compiles the Megatron spec, made small with `-D` overrides, into DESIGN.md's DAG
+contract; `render_dot` draws it with DESIGN.md's visual conventions (a cluster per pipeline
+stage, a nested cluster per GPU, ellipses for collectives, `GPU:`/`Input:`/`Output:` lines).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+
 import networkx as nx
 
-BATCH, SEQ, HIDDEN = 4, 64, 256
+from dsl import ids
+from dsl.compiler import compile_file
+from dsl.units import ranges
 
-
-def rank_of(*, dp_rank: int, stage: int, tp_rank: int, tp: int, pp: int) -> int:
-    return (dp_rank * pp + stage) * tp + tp_rank
-
-
-def _block(tp: int, sp: bool) -> list[tuple[str, str, str, tuple, tuple]]:
-    """(name, kind, op, in_shape, out_shape) for one layer, in dataflow order."""
-    full, local = (BATCH, SEQ, HIDDEN), (BATCH, SEQ // tp if sp else SEQ, HIDDEN)
-    qkv, heads = (BATCH, SEQ, 3 * HIDDEN // tp), (BATCH, SEQ, HIDDEN // tp)
-    ffn = (BATCH, SEQ, 4 * HIDDEN // tp)
-    gather, reduce = ("allgather", "reducescatter") if sp else (None, "allreduce")
-
-    def tp_region(enter: str, leave: str, ops: list) -> list:
-        """Column-parallel in, row-parallel out: the collectives around them (tp > 1)."""
-        before = [(enter, "comm", gather, local, full)] if gather and tp > 1 else []
-        after = [(leave, "comm", reduce, full, local)] if tp > 1 else []
-        return before + ops + after
-
-    return ([("ln1", "compute", "layernorm", local, local)]
-            + tp_region("qkv", "attn", [("qkv", "compute", "linear", full, qkv),
-                                        ("attn", "compute", "attention", qkv, heads),
-                                        ("proj", "compute", "linear", heads, full)])
-            + [("add1", "compute", "add", local, local),
-               ("ln2", "compute", "layernorm", local, local)]
-            + tp_region("mlp", "mlp", [("fc1", "compute", "linear", full, ffn),
-                                       ("gelu", "compute", "gelu", ffn, ffn),
-                                       ("fc2", "compute", "linear", ffn, full)])
-            + [("add2", "compute", "add", local, local)])
+SPEC = Path(__file__).resolve().parents[2] / "specs" / "megatron_tp8_pp2.par"
+# The DAG's nodes and edges depend on the mesh, not on these sizes; small ones keep labels short.
+SMALL = ("hidden=64", "heads=8", "ffn=256", "seq=8", "batch=4", "microbatches=1")
 
 
 def contract_dag(*, layers: int = 16, tp: int = 8, pp: int = 2, dp: int = 1,
                  sp: bool = True) -> nx.DiGraph:
-    assert layers % pp == 0
-    dag = nx.DiGraph()
-    local = (BATCH, SEQ // tp if sp else SEQ, HIDDEN)
-    dag.add_node("input", op="input", kind="compute", layer=None, stage=0, devices=[],
-                 in_shape=local, out_shape=local)
-    dag.add_node("output", op="output", kind="compute", layer=None, stage=pp - 1, devices=[],
-                 in_shape=local, out_shape=local)
-    for d in range(dp):
-        # the node each tp rank's residual stream comes from
-        tails = {t: "input" for t in range(tp)}
-        for layer in range(layers):
-            stage = layer // (layers // pp)
-            ranks = [rank_of(dp_rank=d, stage=stage, tp_rank=t, tp=tp, pp=pp) for t in range(tp)]
-            if layer and stage != (layer - 1) // (layers // pp):
-                tails = _pipeline(dag, tails, ranks, stage, local)
-            suffix = f"_dp{d}" if dp > 1 else ""
-            tails = _layer(dag, tails, layer, stage, ranks, tp, sp, suffix=suffix)
-        for tail in tails.values():
-            dag.add_edge(tail, "output")
-    return dag
+    """The DAG `par` compiles from the Megatron spec on this mesh; a copy, for tests to break."""
+    return _compiled(layers, tp, pp, dp, sp).copy()
 
 
-def _pipeline(dag, tails, ranks, stage, shape):
-    new_tails = {}
-    for t, rank in enumerate(ranks):
-        prev = dag.nodes[tails[t]]["devices"][0]
-        send, recv = f"stage_{stage - 1}_send_gpu{prev}", f"stage_{stage}_recv_gpu{rank}"
-        dag.add_node(send, op="send", kind="comm", layer=None, stage=stage - 1, devices=[prev],
-                     in_shape=shape, out_shape=shape)
-        dag.add_node(recv, op="recv", kind="comm", layer=None, stage=stage, devices=[rank],
-                     in_shape=shape, out_shape=shape)
-        dag.add_edges_from([(tails[t], send), (send, recv)])
-        new_tails[t] = recv
-    return new_tails
-
-
-def _layer(dag, tails, layer, stage, ranks, tp, sp, *, suffix):
-    current = dict(tails)  # tp rank -> latest node
-    residual = dict(tails)
-    for name, kind, op, in_shape, out_shape in _block(tp, sp):
-        if kind == "comm":
-            node = f"layer_{layer}_{op}_{name}{suffix}"
-            dag.add_node(node, op=op, kind="comm", layer=layer, stage=stage, devices=list(ranks),
-                         in_shape=in_shape, out_shape=out_shape)
-            for t in range(tp):
-                dag.add_edge(current[t], node)
-            current = {t: node for t in range(tp)}
-            continue
-        for t, rank in enumerate(ranks):
-            node = f"layer_{layer}_{name}_gpu{rank}"
-            dag.add_node(node, op=op, kind="compute", layer=layer, stage=stage, devices=[rank],
-                         in_shape=in_shape, out_shape=out_shape)
-            dag.add_edge(current[t], node)
-            if name in ("add1", "add2"):
-                dag.add_edge(residual[t], node)
-                residual[t] = node
-            current[t] = node
-    return current
+@lru_cache(maxsize=None)
+def _compiled(layers: int, tp: int, pp: int, dp: int, sp: bool) -> nx.DiGraph:
+    defines = [*SMALL, f"layers={layers}", f"tp={tp}", f"pp={pp}", f"dp={dp}",
+               f"sp={'on' if sp else 'off'}"]
+    return compile_file(SPEC, defines).graph
 
 
 def bypass_collectives(dag: nx.DiGraph, nodes) -> nx.DiGraph:
@@ -121,32 +51,33 @@ def bypass_collectives(dag: nx.DiGraph, nodes) -> nx.DiGraph:
 
 # --- DOT -----------------------------------------------------------------------------------
 
+_ENDS = (ids.INPUT, ids.OUTPUT)
+
+
 def _dims(shape) -> str:
     names = ("batch", "seq", "hidden")
     return "[" + ", ".join(f"{name}={value}" for name, value in zip(names, shape)) + "]"
 
 
-def _label(node: str, data: dict) -> str:
-    devices = data["devices"]
-    gpus = "all" if not devices else (str(devices[0]) if len(devices) == 1
-                                      else f"{devices[0]}-{devices[-1]}")
+def _label(data: dict) -> str:
+    gpus = ranges(data["devices"]) if data["devices"] else "all"
     lines = [data["op"], f"GPU: {gpus}", f"Input: {_dims(data['in_shape'])}",
              f"Output: {_dims(data['out_shape'])}"]
     if data["kind"] == "comm":
-        lines.insert(1, f"bytes: {2 * BATCH * SEQ * HIDDEN}")
+        lines.insert(1, f"bytes: {data['bytes']}")
     return "\\n".join(lines)
 
 
 def _node_line(node: str, data: dict, indent: str) -> str:
     shape = {"comm": "ellipse", "route": "parallelogram"}.get(data["kind"], "box")
-    return f'{indent}{node} [label="{_label(node, data)}", shape={shape}];'
+    return f'{indent}{node} [label="{_label(data)}", shape={shape}];'
 
 
 def render_dot(dag: nx.DiGraph, *, name: str = "deployment") -> str:
     """DOT text with one cluster per stage and a nested cluster per GPU."""
     lines = [f"digraph {name} {{", "  rankdir=TB;", '  node [fontname="Helvetica"];']
     stages = sorted({data["stage"] for _, data in dag.nodes(data=True)})
-    io = [node for node, data in dag.nodes(data=True) if node in ("input", "output")]
+    io = [node for node in dag if node in _ENDS]
     lines += [_node_line(node, dag.nodes[node], "  ") for node in io]
     for stage in stages:
         lines += _stage_cluster(dag, stage)
@@ -157,7 +88,7 @@ def render_dot(dag: nx.DiGraph, *, name: str = "deployment") -> str:
 
 def _stage_cluster(dag: nx.DiGraph, stage: int) -> list[str]:
     members = [(node, data) for node, data in dag.nodes(data=True)
-               if data["stage"] == stage and node not in ("input", "output")]
+               if data["stage"] == stage and node not in _ENDS]
     lines = [f"  subgraph cluster_stage_{stage} {{", f'    label="Stage {stage}";']
     per_gpu: dict[int, list[str]] = {}
     for node, data in members:

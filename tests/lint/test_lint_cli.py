@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from lint_dags import render_dot
+from lint_dags import bypass_collectives, render_dot
 
 from dsl.cli import main
 from dsl.compiler import compile_file
@@ -20,13 +20,10 @@ def test_lint_a_drawing_of_the_spec_against_the_spec(tmp_path, capsys):
     args = ["lint", str(dot), "--spec", str(SPEC)] + [f"-D{d}" for d in SMALL]
     assert main(args) == 0, capsys.readouterr().out
     # The same drawing without its AllReduces: the spec comparison names what is missing.
-    broken = compiled.graph.copy()
-    for node in [n for n, d in broken.nodes(data=True) if d["op"] == "allreduce"]:
-        for producer in list(broken.predecessors(node)):
-            for consumer in list(broken.successors(node)):
-                if broken.nodes[producer]["devices"] == broken.nodes[consumer]["devices"]:
-                    broken.add_edge(producer, consumer, operands=(1,))
-        broken.remove_node(node)
+    allreduces = [node for node, data in compiled.graph.nodes(data=True)
+                  if data["op"] == "allreduce"]
+    broken = bypass_collectives(compiled.graph, allreduces)
+    broken.remove_nodes_from(allreduces)
     dot.write_text(render_dot(broken))
     capsys.readouterr()
     assert main(args + ["--format", "json"]) == 1
@@ -40,3 +37,15 @@ def test_usage_errors(tmp_path, capsys):
     dot.write_text("digraph { a -> b }\n")
     assert main(["lint", str(dot), "-D", "tp=2"]) == 2
     assert "-D applies to --spec" in capsys.readouterr().err
+
+
+def test_folders_stand_for_their_dot_and_gv_files(tmp_path, capsys):
+    (tmp_path / "a.gv").write_text("digraph { x -> y }\n")
+    (tmp_path / "b.dot").write_text("digraph { x -> y -> x }\n")
+    (tmp_path / "notes.txt").write_text("digraph { x -> y -> x }\n")
+    assert main(["lint", str(tmp_path), "--format", "json"]) == 1
+    files = [entry["file"] for entry in json.loads(capsys.readouterr().out)["files"]]
+    assert files == [str(tmp_path / "a.gv"), str(tmp_path / "b.dot")]
+    (tmp_path / "empty").mkdir()
+    assert main(["lint", str(tmp_path / "empty")]) == 2
+    assert "no .dot or .gv files in this folder" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lint_dags import bypass_collectives, contract_dag, render_dot
 
+from dsl import ids
 from dsl.lint import run_lint
 from dsl.lint.dot_reader import read_dot_text
 from dsl.lint.lint import lint_graph
@@ -42,10 +43,15 @@ def test_missing_collectives_are_named_by_layer_and_kind():
 def test_extra_collectives_and_extra_layers():
     spec = contract_dag(layers=2, tp=2, pp=1, sp=False)
     text = render_dot(spec)
+    layer_0_end, layer_1_start, layer_1_end = (ids.compute_id(0, "out", 0),
+                                               ids.compute_id(1, "ln1", 0),
+                                               ids.compute_id(1, "out", 0))
+    assert {layer_0_end, layer_1_start, layer_1_end} <= set(spec)
     text = text[:text.rindex("}")] + (
         '  layer_0_allgather_extra [label="AllGather\\nGPU: 0-1", shape=ellipse];\n'
-        '  layer_0_add2_gpu0 -> layer_0_allgather_extra -> layer_1_ln1_gpu0;\n'
-        '  layer_7_norm [label="LayerNorm"];\n  layer_1_add2_gpu0 -> layer_7_norm -> output;\n}\n')
+        f'  {layer_0_end} -> layer_0_allgather_extra -> {layer_1_start};\n'
+        f'  layer_7_norm [label="LayerNorm"];\n  {layer_1_end} -> layer_7_norm -> {ids.OUTPUT};\n'
+        '}\n')
     findings = sorted(spec_findings(text, spec), key=lambda finding: finding.code)
     assert [(f.code, f.nodes) for f in findings] == [
         ("SPEC003", ("layer_0_allgather_extra",)), ("SPEC004", ())]

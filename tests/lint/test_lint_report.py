@@ -113,3 +113,28 @@ def test_rule_codes_are_stable():
     assert sorted(RULES) == ["DAG001", "DAG002", "DAG003", "DAG004", "DAG005", "DAG006",
                              "DAG007", "DAG008", "DAG009", "DAG010", "DAG011", "DOT000", "SPEC001",
                              "SPEC002", "SPEC003", "SPEC004"]
+
+
+def test_nodes_are_described_from_their_own_graph(tmp_path):
+    # Two graphs in one file share the id `y`: A's finding must show A's node, not B's.
+    path = tmp_path / "two.dot"
+    path.write_text('digraph A {\n  x [label="Linear"]; y [label="AllGather"];\n  x -> y;\n}\n'
+                    'digraph B {\n  a [label="LayerNorm"]; b [label="GELU"];\n  a -> y -> b;\n'
+                    '  y [label="Linear"]\n}\n', encoding="utf-8")
+    (finding,) = json.loads(run_lint([str(path)], fmt="json")[0])["files"][0]["findings"]
+    assert (finding["code"], finding["graph"]) == ("DAG005", "A")
+    (node,) = finding["nodes"]
+    assert (node["id"], node["kind"], node["collective"], node["line"]) == ("y", "comm",
+                                                                            "allgather", 2)
+    rows = [line for line in run_lint([str(path)], fmt="md")[0].splitlines()
+            if line.startswith("| 2 |")]
+    assert len(rows) == 1 and rows[0].endswith("| comm: id/label names AllGather |")
+
+
+def test_graph_summary_counts_the_layers_a_range_covers(tmp_path):
+    path = tmp_path / "ranges.dot"
+    path.write_text('digraph { input -> l0 -> mid -> l9 -> output; l0 [label="Layer 0"]; '
+                    'mid [label="Layers 1-8"]; l9 [label="Layer 9"]; }', encoding="utf-8")
+    summary = next(line for line in run_lint([str(path)], fmt="md")[0].splitlines()
+                   if line.startswith("Graph "))
+    assert summary.endswith("; layers 0-9.")

@@ -1,6 +1,6 @@
 """Each rule finds what it names, and nothing in a DAG that is right.
 
-The oracles are the DAGs themselves: `lint_dags` builds them node by node, so a test knows
+The oracles are the DAGs themselves: `lint_dags` compiles them from a spec, so a test knows
 which nodes it broke.
 """
 
@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lint_dags import bypass_collectives, contract_dag, render_dot
 
+from dsl import ids
 from dsl.lint.dot_reader import read_dot_text
 from dsl.lint.lint import lint_graph
 
@@ -35,7 +36,8 @@ def by_code(findings) -> dict[str, list[str]]:
 def test_reviewers_case_reports_exactly_the_32_unconnected_allgathers():
     dag = contract_dag(layers=16, tp=8, pp=2, sp=True)
     allgathers = sorted(node for node in dag if "_allgather_" in node)
-    assert len(allgathers) == 32 and "layer_15_allgather_mlp" in allgathers
+    # two per layer with sequence parallelism: before the QKV projection and before the MLP
+    assert len(allgathers) == 32 and ids.collective_id(15, "allgather_ln2", 0, 1) in allgathers
     findings = lint_text(render_dot(bypass_collectives(dag, allgathers)))
     assert {finding.code for finding in findings} == {"DAG005"}
     assert sorted(node for finding in findings for node in finding.nodes) == allgathers
@@ -173,7 +175,8 @@ def test_shards_reaching_a_replicated_op_without_collective():
     findings = lint_text(render_dot(dag))
     codes = by_code(findings)
     assert sorted(codes) == ["DAG008"]
-    assert sorted(codes["DAG008"]) == [f"layer_0_add1_gpu{rank}" for rank in range(4)]
+    # the residual adds after attention (`h = add(x, attn)`) on GPUs 0-3
+    assert sorted(codes["DAG008"]) == [ids.compute_id(0, "h", rank) for rank in range(4)]
     assert "through `layer_0_concat_attn`" in findings[0].message
     assert "GPUs 0-3" in findings[0].message
 
