@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from ..inputs import UsageError, collect_files, spec_inputs
+from ..inputs import UsageError, collect_files
 from ..lint import DOT_SUFFIXES, run_lint
-from .common import add_defines, compile_each, print_diagnostics
+from .common import add_defines, compile_one
 
 
 def register(sub) -> None:
@@ -31,14 +31,10 @@ def run(args) -> int:
     dags = [str(path) for path in collect_files(args.dags, suffixes=DOT_SUFFIXES)]
     spec_dag, spec_name = None, None
     if args.spec is not None:
-        inputs = spec_inputs([args.spec], args.defines)
-        if len(inputs.paths) != 1:
-            raise UsageError("--spec takes one spec file")
-        path, compiled, diagnostics = next(compile_each(inputs))
-        print_diagnostics(diagnostics, inputs)
+        compiled, inputs = compile_one(args.spec, args.defines, what="--spec")
         if compiled is None:
             return 1
-        spec_dag, spec_name = compiled.graph, str(path)
+        spec_dag, spec_name = compiled.graph, str(inputs.paths[0])
     elif args.defines:
         raise UsageError("-D applies to --spec; there is no spec to override")
     text, code = run_lint(dags, fmt=args.format, spec_dag=spec_dag, spec_name=spec_name)
