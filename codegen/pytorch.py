@@ -84,7 +84,7 @@ def model_view(compiled: Compiled) -> ModelView:
     if reduces_gradients:
         primitives.add("all_reduce")
     return ModelView(
-        source=deployment.file.replace("\\", "/"),
+        source=compiled.graph.graph["source"],
         spec=deployment.name,
         model=model.name,
         block=deployment.block.name,

@@ -7,6 +7,7 @@ topological order, which the validator uses to prove acyclicity in one pass.
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import networkx as nx
@@ -27,7 +28,7 @@ def graph_attributes(program: Program) -> dict:
     model, mesh = deployment.model, deployment.mesh
     return {
         "spec": deployment.name,
-        "source": deployment.file,
+        "source": deployment.file.replace(os.sep, "/"),  # the same banners on every platform
         "model": {
             "name": model.name,
             "block": model.block,
