@@ -6,10 +6,10 @@ every layer and every device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .deployment import Deployment
-from .placement import Placement
+from .placement import Placement, R
 from .source import Span
 
 Shape = tuple[int, ...]
@@ -48,12 +48,26 @@ class Program:
     stream_shape: Shape  # global
     stream_local: Shape
 
-    def step(self, name: str) -> Step:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise KeyError(name)
-
     @property
     def collectives(self) -> tuple[Step, ...]:
         return tuple(step for step in self.steps if step.kind == "comm")
+
+    def without_collectives(self) -> Program:
+        """The layer with every collective and slice taken as the identity and every placement R:
+        what one rank per group runs, and the math of the unsharded reference. Steps keep their
+        names, global shapes and span; local shapes, FLOPs and parameters stay per device."""
+        alias: dict[str, str] = {}
+        kept = []
+        for step in self.steps:
+            inputs = tuple(alias.get(name, name) for name in step.inputs)
+            if step.kind in ("comm", "route"):
+                alias[step.name] = inputs[0]
+                continue
+            kept.append(replace(step, inputs=inputs, in_placement=R, out_placement=R))
+        return replace(
+            self,
+            steps=tuple(kept),
+            result=alias.get(self.result, self.result),
+            stream=R,
+            stream_local=self.stream_shape,
+        )

@@ -86,6 +86,20 @@ BLOCKS = {
         model m : rq { layers 2  hidden 64  heads 4  batch 4  seq 8  dtype fp32 }
         mesh { tp 2  microbatches 2 }
     """,
+    # An op named like the collective lowering inserts before it: the op's step is renamed
+    # (allreduce_m_2), and Reference must name its parameters the same way.
+    "op named like an inserted collective": """
+        block b(x) {
+          ln = layernorm(x)
+          fc = linear(ln, ffn, column)
+          m = linear(fc, hidden, row)
+          allreduce_m = layernorm(m)
+          out = add(x, allreduce_m)
+          return out
+        }
+        model m : b { layers 2  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2 }
+    """,
     # Value names that are Python keywords or would shadow what the generated code uses.
     "clashing names": """
         block b(self) {
