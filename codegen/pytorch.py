@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dsl.backward import PAIRS
 from dsl.compiler import Compiled
 from dsl.placement import S_SEQ
 
@@ -18,18 +19,6 @@ from .templating import render
 TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
 # Largest relative error --check accepts: max |sharded - reference| / max |reference| per tensor.
 TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
-
-# Which low-level collectives each forward/backward pair (or other helper) issues.
-_PRIMITIVES = {
-    "all_reduce": ("all_reduce",),
-    "copy_to_tp": ("all_reduce",),
-    "all_gather": ("all_gather",),
-    "all_gather_to_tp": ("all_gather", "reduce_scatter"),
-    "reduce_scatter": ("reduce_scatter", "all_gather"),
-    "all_to_all": ("all_to_all",),
-    "scatter_to_tp": ("all_gather",),
-}
-
 
 @dataclass(frozen=True, slots=True)
 class ModelView:
@@ -60,7 +49,7 @@ class ModelView:
     layer: ShardedLayer
     reference: LayerCode
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
-    primitives: tuple[str, ...]  # low-level collectives the code issues
+    primitives: tuple[str, ...]  # collectives the code issues: allreduce allgather reducescatter alltoall
     by_head: bool  # some weight is split per head of a fused QKV
     tp_rank_used: bool  # the layer slices locally by its tensor-parallel rank
     linear_classes: tuple[str, ...]  # the tensor-parallel linear modules the layer uses
@@ -78,11 +67,12 @@ def model_view(compiled: Compiled) -> ModelView:
     layer = sharded_layer(program)
     by_head = any(split.endswith("by head") for _, split in layer.sharding)
     helpers = set(layer.helpers) | ({"group_heads"} if by_head else set())
-    primitives = {name for helper in helpers for name in _PRIMITIVES.get(helper, ())}
+    pairs = [PAIRS[helper] for helper in helpers if helper in PAIRS]
+    primitives = {kind for pair in pairs for kind in (pair.forward, pair.backward) if kind}
     sequence_parallel = program.stream == S_SEQ and mesh.tp > 1
     reduces_gradients = bool(layer.partial_gradients) or mesh.dp > 1
     if reduces_gradients:
-        primitives.add("all_reduce")
+        primitives.add("allreduce")
     return ModelView(
         source=compiled.graph.graph["source"],
         spec=deployment.name,

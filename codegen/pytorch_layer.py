@@ -2,14 +2,10 @@
 
 Three decisions turn steps into code:
 
-* Gradients. The gradient of a replicated (R) tensor is whole on every rank, except in the
-  region an AllGather's result reaches through replicated ops without parameters (attention,
-  gelu, ...) when every use in it ends in a tensor-parallel op (a column-parallel linear, a
-  slice): there gradients are partial sums, and the AllGather's backward is a ReduceScatter
-  (Megatron's sequence-parallel gather; docs/cost.md counts the same). Elsewhere an R tensor
-  entering column-parallel linears goes through `copy_to_tp` (identity forward, AllReduce
-  backward), once per tensor, and an R tensor that is only sliced goes through
-  `scatter_to_tp` (slice forward, AllGather backward).
+* Gradients. Each collective and slice is carried by the forward/backward pair the compiler
+  chose for its step (`dsl.backward`, which says why; docs/cost.md counts the same pairs), and
+  a value the compiler marks `copied` (or the layer input) enters column-parallel linears
+  through `copy_to_tp`, once per value.
 * Fused QKV layout. Every tensor whose features are fused Q, K, V (those feeding attention)
   is in one of three layouts: `standard` ([Q heads | K heads | V heads]), `grouped` (one
   [q | k | v] block per tensor-parallel rank, as an AllGather of head-sharded QKV leaves it)
@@ -23,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsl.placement import S_SEQ, R
+from dsl.placement import S_SEQ
 from dsl.program import Program, Step
 
 from .pytorch_names import Names
@@ -41,7 +37,6 @@ FEATURES = 2
 GROUP = "self.tp_group"
 # Ops across which a tensor keeps its feature layout (a fused QKV stays fused QKV).
 _SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | {"allgather", "allreduce", "reducescatter", "alltoall", "slice"}
-_PARAMETER_FREE = set(ELEMENTWISE) | {"attention"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +79,12 @@ class _Writer:
         self.names = Names()
         for name in (program.param, *self.steps):
             self.names.of(name)
-        self.consumers: dict[str, list[Step]] = {}
-        for step in program.steps:
-            for value in dict.fromkeys(step.inputs):
-                self.consumers.setdefault(value, []).append(step)
+        self.copied = {step.name for step in program.steps if step.copied}
+        if program.param_copied:
+            self.copied.add(program.param)
         self.fused = fused_qkv_values(program.steps) if self.tp > 1 else set()
         self.layout: dict[str, str] = {}
         self.held: dict[tuple[str, str], str] = {}  # (Python name, form) -> Python name of the converted value
-        self.gathered_to_tp, self.partial_grad, self.copied = self._gradient_regions()
         self.lines: list[Line] = []
         self.submodules: list[Submodule] = []
         self.helpers: set[str] = set()
@@ -109,51 +102,6 @@ class _Writer:
             tuple(self.lines),
         )
         return ShardedLayer(code, frozenset(self.helpers), tuple(self.sharding), tuple(self.partial), self.uses_tp_rank)
-
-    # -- decisions ---------------------------------------------------------------------------------
-
-    def _gradient_regions(self) -> tuple[set[str], set[str], set[str]]:
-        """Gathered values (backward ReduceScatter), partial-gradient values, values that need copy_to_tp."""
-        gathered: set[str] = set()
-        partial: set[str] = set()
-        if self.tp > 1:
-            for step in self.program.steps:
-                if step.op == "allgather" and step.out_placement == R:
-                    region = self._partial_region(step.name)
-                    if region:
-                        gathered.add(step.name)
-                        partial |= region
-        replicated = [self.program.param] if self.program.stream == R else []
-        replicated += [step.name for step in self.program.steps if step.out_placement == R]
-        copied = {
-            value
-            for value in replicated
-            if self.tp > 1 and value not in partial and any(_column(step) for step in self.consumers.get(value, []))
-        }
-        return gathered, partial, copied
-
-    def _partial_region(self, gathered: str) -> set[str]:
-        """What an AllGather's result reaches through ops that pass a partial gradient, if that is clean.
-
-        Clean: every value of the region is used only by ops that give it a partial gradient
-        (column-parallel linears, slices, or such ops whose inputs all lie in the region), and
-        none is the layer's result. Then the gradient of the gathered value is a partial sum,
-        and the AllGather's backward ReduceScatter sums it. Otherwise the region is empty.
-        """
-        region, frontier = {gathered}, [gathered]
-        while frontier:
-            for step in self.consumers.get(frontier.pop(), []):
-                if _passes_partial(step) and step.name not in region:
-                    region.add(step.name)
-                    frontier.append(step.name)
-        for value in region:
-            users = self.consumers.get(value, [])
-            if value == self.program.result or not users:
-                return set()
-            for step in users:
-                if not (_enters_tp(step) or (_passes_partial(step) and set(step.inputs) <= region)):
-                    return set()
-        return region
 
     # -- operands ----------------------------------------------------------------------------------
 
@@ -178,7 +126,7 @@ class _Writer:
         return self._convert(source, want, f"{helper}({source}, dim=-1)", "local reordering, no communication")
 
     def _copied(self, value: str) -> str:
-        """`value`, through `copy_to_tp` if it enters column-parallel linears with a whole gradient."""
+        """`value`, through `copy_to_tp` where the compiler says so (`Step.copied`)."""
         source = self._name(value)
         if value not in self.copied:
             return source
@@ -200,22 +148,19 @@ class _Writer:
         source, target = step.in_placement, step.out_placement
         layout = self.layout.get(value)
         comment = f"DAG: layer_<i>_{step.name}" + ("" if step.inserted else " (written in the spec)")
+        helper = step.pair
         if step.op == "allreduce":
-            call = f"all_reduce({self._name(value)}, {GROUP})"
-            helper = "all_reduce"
+            call = f"{helper}({self._name(value)}, {GROUP})"
         elif step.op == "allgather":
-            helper = "all_gather_to_tp" if step.name in self.gathered_to_tp else "all_gather"
             call = f"{helper}({self._name(value)}, dim={source.dim}, group={GROUP})"
             layout = "grouped" if source.dim == FEATURES else layout
         elif step.op == "reducescatter":
             operand = self._features_split(value, self._name(value), target.dim)
-            call = f"reduce_scatter({operand}, dim={target.dim}, group={GROUP})"
-            helper = "reduce_scatter"
+            call = f"{helper}({operand}, dim={target.dim}, group={GROUP})"
             layout = "local" if target.dim == FEATURES else layout
         else:
             operand = self._features_split(value, self._name(value), target.dim)
-            call = f"all_to_all({operand}, scatter_dim={target.dim}, gather_dim={source.dim}, group={GROUP})"
-            helper = "all_to_all"
+            call = f"{helper}({operand}, scatter_dim={target.dim}, gather_dim={source.dim}, group={GROUP})"
             layout = "local" if target.dim == FEATURES else "grouped" if source.dim == FEATURES else layout
         self.helpers.add(helper)
         self._emit(step, call, comment, layout)
@@ -223,14 +168,14 @@ class _Writer:
     def _slice(self, step: Step) -> None:
         value, dim = step.inputs[0], step.out_placement.dim
         comment = f"DAG: layer_<i>_{step.name}_gpu<rank>"
-        if value in self.copied or value in self.partial_grad:
+        if step.pair is None:  # a local slice: the partial gradient is reduced upstream
             operand = self._features_split(value, self._copied(value), dim)
             call = f"{operand}.chunk(TP, dim={dim})[self.tp_rank]"
             self.uses_tp_rank = True
         else:
             operand = self._features_split(value, self._name(value), dim)
-            self.helpers.add("scatter_to_tp")
-            call = f"scatter_to_tp({operand}, dim={dim}, group={GROUP})"
+            self.helpers.add(step.pair)
+            call = f"{step.pair}({operand}, dim={dim}, group={GROUP})"
         layout = "local" if dim == FEATURES else self.layout.get(value)
         self._emit(step, call, comment, layout)
 
@@ -293,18 +238,3 @@ class _Writer:
         if len(layouts) == 1:
             return [self._name(value) for value in step.inputs], layouts.pop()
         return [self._standard(value) for value in step.inputs], "standard"
-
-
-def _column(step: Step) -> bool:
-    return step.op == "linear" and step.style == "column"
-
-
-def _enters_tp(step: Step) -> bool:
-    """Consumers whose output differs per tensor-parallel rank: their input gradient is partial."""
-    return step.kind == "route" or _column(step)
-
-
-def _passes_partial(step: Step) -> bool:
-    """Replicated ops without parameters: their backward is linear in the output gradient, so a
-    partial output gradient gives partial input gradients."""
-    return step.kind == "compute" and step.op in _PARAMETER_FREE and step.out_placement == R

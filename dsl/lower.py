@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .backward import with_pairs
 from .deployment import Deployment, Op
 from .diagnostics import CompileError, Diagnostic, error
 from .ops import OPS, default_dim
@@ -61,15 +62,18 @@ class _Builder:
             self._op(op, choice)
         for convert in choices[-1].converts:
             self._convert(convert, None)
+        result = self.providers[(self.block.result, self.stream)]
+        steps, param_copied = with_pairs(tuple(self.steps), self.block.param, result, self.stream)
         shape = stream_shape(self.deployment)
         program = Program(
             deployment=self.deployment,
-            steps=tuple(self.steps),
+            steps=steps,
             param=self.block.param,
-            result=self.providers[(self.block.result, self.stream)],
+            result=result,
             stream=self.stream,
             stream_shape=shape,
             stream_local=self.stream.local_shape(shape, self.tp),
+            param_copied=param_copied,
         )
         if self.tp == 1:  # one rank per group: every collective and slice is the identity
             program = program.without_collectives()

@@ -36,6 +36,12 @@ class Step:
     style: str | None = None
     reason: str | None = None
     inserted: bool = False
+    # Backward communication (dsl.backward). `pair`: the forward/backward pair (`PAIRS`) that
+    # performs a collective or slice (None: a compute step, or a plain local slice). `copied`:
+    # the output enters column-parallel linears through `copy_to_tp`, which AllReduces the
+    # gradient they give it.
+    pair: str | None = None
+    copied: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,7 @@ class Program:
     stream: Placement  # placement of the residual stream between layers
     stream_shape: Shape  # global
     stream_local: Shape
+    param_copied: bool = False  # the layer input goes through `copy_to_tp`, like a step's output
 
     @property
     def collectives(self) -> tuple[Step, ...]:
@@ -63,11 +70,12 @@ class Program:
             if step.kind in ("comm", "route"):
                 alias[step.name] = inputs[0]
                 continue
-            kept.append(replace(step, inputs=inputs, in_placement=R, out_placement=R))
+            kept.append(replace(step, inputs=inputs, in_placement=R, out_placement=R, pair=None, copied=False))
         return replace(
             self,
             steps=tuple(kept),
             result=alias.get(self.result, self.result),
             stream=R,
             stream_local=self.stream_shape,
+            param_copied=False,
         )
