@@ -20,10 +20,10 @@ TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torc
 # Largest relative error --check accepts: max |sharded - reference| / max |reference| per tensor.
 TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
 
+
 @dataclass(frozen=True, slots=True)
 class ModelView:
     source: str
-    spec: str
     model: str
     block: str
     layer_class: str
@@ -50,9 +50,6 @@ class ModelView:
     reference: LayerCode
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
     primitives: tuple[str, ...]  # collectives the code issues: allreduce allgather reducescatter alltoall
-    by_head: bool  # some weight is split per head of a fused QKV
-    tp_rank_used: bool  # the layer slices locally by its tensor-parallel rank
-    linear_classes: tuple[str, ...]  # the tensor-parallel linear modules the layer uses
     reduces_gradients: bool  # some gradient is summed over tp or averaged over dp after backward
 
 
@@ -65,17 +62,13 @@ def model_view(compiled: Compiled) -> ModelView:
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
     layer = sharded_layer(program)
-    by_head = any(split.endswith("by head") for _, split in layer.sharding)
-    helpers = set(layer.helpers) | ({"group_heads"} if by_head else set())
-    pairs = [PAIRS[helper] for helper in helpers if helper in PAIRS]
+    pairs = [PAIRS[helper] for helper in layer.helpers if helper in PAIRS]
     primitives = {kind for pair in pairs for kind in (pair.forward, pair.backward) if kind}
-    sequence_parallel = program.stream == S_SEQ and mesh.tp > 1
     reduces_gradients = bool(layer.partial_gradients) or mesh.dp > 1
     if reduces_gradients:
         primitives.add("allreduce")
     return ModelView(
         source=compiled.graph.graph["source"],
-        spec=deployment.name,
         model=model.name,
         block=deployment.block.name,
         layer_class=_class_name(deployment.block.name) + "Layer",
@@ -95,20 +88,14 @@ def model_view(compiled: Compiled) -> ModelView:
         microbatches=mesh.microbatches,
         schedule=mesh.schedule,
         stages=_tuple_literal(mesh.stages),
-        sequence_parallel=sequence_parallel,
+        sequence_parallel=program.stream == S_SEQ,
         stream_shape=_tuple_literal(program.stream_local),
         gqa=model.kv_heads != model.heads,
         layer=layer,
         reference=reference_layer(program),
-        helpers=tuple(sorted(helpers)),
+        helpers=tuple(sorted(layer.helpers)),
         primitives=tuple(sorted(primitives)),
-        by_head=by_head,
-        tp_rank_used=layer.uses_tp_rank,
         reduces_gradients=reduces_gradients,
-        linear_classes=tuple(
-            name for name in ("ColumnParallelLinear", "RowParallelLinear")
-            if any(module.constructor.startswith(name) for module in layer.code.submodules)
-        ),
     )
 
 

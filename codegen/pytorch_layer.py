@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsl.placement import S_SEQ
+from dsl import ids
+from dsl.ops import COLLECTIVES
+from dsl.placement import S_LAST, S_SEQ
 from dsl.program import Program, Step
 
 from .pytorch_names import Names
@@ -33,10 +35,10 @@ from .pytorch_ops import (
     attention_call,
 )
 
-FEATURES = 2
+FEATURES = S_LAST.dim
 GROUP = "self.tp_group"
 # Ops across which a tensor keeps its feature layout (a fused QKV stays fused QKV).
-_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | {"allgather", "allreduce", "reducescatter", "alltoall", "slice"}
+_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | set(COLLECTIVES) | {"slice"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ class ShardedLayer:
     sharding: tuple[tuple[str, str], ...]  # (parameter, how it splits over tensor-parallel ranks)
     partial_gradients: tuple[str, ...]  # parameters whose gradient is summed over the tp group
     uses_tp_rank: bool  # the forward slices locally by the rank's tensor-parallel index
+    linear_classes: frozenset[str]  # the tensor-parallel linear modules the layer uses
+    by_head: bool  # some weight is split per head of a fused QKV (shard_parameter regroups it)
 
 
 def sharded_layer(program: Program) -> ShardedLayer:
@@ -74,10 +78,10 @@ class _Writer:
     def __init__(self, program: Program):
         self.program = program
         self.model = program.deployment.model
-        self.tp = program.deployment.mesh.tp
-        self.steps = {step.name: step for step in program.steps}
+        self.mesh = program.deployment.mesh
+        self.tp = self.mesh.tp
         self.names = Names()
-        for name in (program.param, *self.steps):
+        for name in (program.param, *(step.name for step in program.steps)):
             self.names.of(name)
         self.copied = {step.name for step in program.steps if step.copied}
         if program.param_copied:
@@ -88,9 +92,11 @@ class _Writer:
         self.lines: list[Line] = []
         self.submodules: list[Submodule] = []
         self.helpers: set[str] = set()
+        self.classes: set[str] = set()
         self.sharding: list[tuple[str, str]] = []
         self.partial: list[str] = []
         self.uses_tp_rank = False
+        self.by_head = False
 
     def run(self) -> ShardedLayer:
         for step in self.program.steps:
@@ -101,7 +107,15 @@ class _Writer:
             tuple(self.submodules),
             tuple(self.lines),
         )
-        return ShardedLayer(code, frozenset(self.helpers), tuple(self.sharding), tuple(self.partial), self.uses_tp_rank)
+        return ShardedLayer(
+            code,
+            frozenset(self.helpers),
+            tuple(self.sharding),
+            tuple(self.partial),
+            self.uses_tp_rank,
+            frozenset(self.classes),
+            self.by_head,
+        )
 
     # -- operands ----------------------------------------------------------------------------------
 
@@ -147,7 +161,8 @@ class _Writer:
         value = step.inputs[0]
         source, target = step.in_placement, step.out_placement
         layout = self.layout.get(value)
-        comment = f"DAG: layer_<i>_{step.name}" + ("" if step.inserted else " (written in the spec)")
+        node = ids.collective_id("<i>", step.name, "<d>", self.mesh.dp)
+        comment = f"DAG: {node}" + ("" if step.inserted else " (written in the spec)")
         helper = step.pair
         if step.op == "allreduce":
             call = f"{helper}({self._name(value)}, {GROUP})"
@@ -167,7 +182,7 @@ class _Writer:
 
     def _slice(self, step: Step) -> None:
         value, dim = step.inputs[0], step.out_placement.dim
-        comment = f"DAG: layer_<i>_{step.name}_gpu<rank>"
+        comment = f"DAG: {ids.compute_id('<i>', step.name, '<rank>')}"
         if step.pair is None:  # a local slice: the partial gradient is reduced upstream
             operand = self._features_split(value, self._copied(value), dim)
             call = f"{operand}.chunk(TP, dim={dim})[self.tp_rank]"
@@ -200,8 +215,15 @@ class _Writer:
         attribute = self._name(step.name)
         self.submodules.append(Submodule(attribute, constructor, comment))
         self.sharding.extend((f"{attribute}.{name}", split) for name, split in parameters)
-        if step.in_placement == S_SEQ and self.tp > 1:
+        if step.in_placement == S_SEQ:
             self.partial.extend(f"{attribute}.{name}" for name, split in parameters if split == "replicated")
+
+    def _parallel_module(self, step: Step, cls: str, sizes: str, split: str, comment: str) -> None:
+        self.classes.add(cls)
+        if split.endswith("by head"):
+            self.by_head = True
+            self.helpers.add("group_heads")  # shard_parameter regroups the full weight
+        self._module(step, f"{cls}({sizes})", [("weight", split)], comment)
 
     def _linear(self, step: Step) -> None:
         sizes = f"{step.global_in[-1]}, {step.global_out[-1]}"
@@ -211,12 +233,12 @@ class _Writer:
             by_head = step.name in self.fused
             split = "rows by head" if by_head else "rows"
             comment = "fused Q, K, V: this rank's heads of each" if by_head else ""
-            self._module(step, f"ColumnParallelLinear({sizes})", [("weight", split)], comment)
+            self._parallel_module(step, "ColumnParallelLinear", sizes, split, comment)
             operand = self._reordered(value, self._copied(value), "standard")
             self._emit(step, f"self.{self._name(step.name)}({operand})", layout="local")
         elif style == "row":
             split = "columns by head" if value in self.fused else "columns"
-            self._module(step, f"RowParallelLinear({sizes})", [("weight", split)], "output is a partial sum (P)")
+            self._parallel_module(step, "RowParallelLinear", sizes, split, "output is a partial sum (P)")
             self._emit(step, f"self.{self._name(step.name)}({self._name(value)})", layout="standard")
         else:
             self._module(step, f"nn.Linear({sizes}, bias=False)", [("weight", "replicated")])
@@ -224,7 +246,7 @@ class _Writer:
 
     def _attention(self, step: Step) -> None:
         model, value = self.model, step.inputs[0]
-        if self.tp > 1 and step.in_placement.kind == "S":
+        if step.in_placement.kind == "S":
             call = attention_call(self._name(value), heads=model.heads // self.tp, kv_heads=model.kv_heads // self.tp)
             comment = "this rank's heads"
         else:

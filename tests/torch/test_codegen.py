@@ -149,7 +149,7 @@ def test_a_slice_of_a_replicated_tensor_that_stays_replicated_gathers_its_gradie
 def test_one_tensor_parallel_rank_has_plain_linears_and_no_collective_helpers():
     view = model_view(compile_small("megatron_tp8_pp2", ["tp=1", "pp=2", "layers=2", "batch=4"]))
     assert view.helpers == ()
-    assert view.linear_classes == ()
+    assert view.layer.linear_classes == frozenset()
     assert {split for _, split in view.layer.sharding} == {"replicated"}
 
 
@@ -158,6 +158,19 @@ def test_block_names_that_clash_with_python_get_other_identifiers():
     compile(source, "model.py", "exec")
     assert "self.forward_ = ColumnParallelLinear(64, 64)" in source
     assert "lambda_ = self.lambda_(torch_)" in source
+
+
+def test_the_generated_rank_arithmetic_is_the_meshs(workdir):
+    """model.py computes coordinates and ranks with DESIGN.md's formula; it must agree with `Mesh`."""
+    pytest.importorskip("torch")
+    from fork_launch import load_module
+    defines = ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=2", "layers=4", "batch=8", "microbatches=2"]
+    compiled = compile_small("llama_gqa", defines)
+    module = load_module(write_model(compiled, workdir), "rank_arithmetic")
+    mesh = compiled.deployment.mesh
+    for rank in range(mesh.world):
+        assert module.coordinates(rank) == mesh.coords(rank)
+        assert module.global_rank(*mesh.coords(rank)) == rank
 
 
 def test_banners_name_the_spec_with_forward_slashes_on_every_platform(monkeypatch):
