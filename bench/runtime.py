@@ -9,7 +9,8 @@ each), interleaved step by step in one run:
   (QKV weight rows regrouped so that each rank's contiguous part holds whole heads).
 
 It prints each side's median step time, the ratio generated / parallelize_module (below 1.0
-means the generated code is faster) and the largest difference between the two outputs.
+means the generated code is faster) and the relative difference between the two outputs, and
+exits 1 when that exceeds the generated file's --check tolerance: both must compute the same.
 
     python bench/runtime.py [--steps N] [--hidden H] [--seq S]
 """
@@ -18,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import multiprocessing
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "torch"))  # the launcher the distributed tests use
+
+from fork_launch import free_port, load_module  # noqa: E402
 
 from codegen.pytorch import emit_model  # noqa: E402
 from dsl.compiler import compile_file  # noqa: E402
@@ -43,14 +45,6 @@ def write_model(folder: Path, hidden: int, seq: int) -> Path:
     path = folder / "model.py"
     path.write_text(emit_model(compile_file(ROOT / "specs" / "megatron_tp8_pp2.par", defines)))
     return path
-
-
-def load(path: Path):
-    spec = importlib.util.spec_from_file_location("generated_model", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def dtensor_model(module, reference, mesh):
@@ -101,7 +95,7 @@ def rank_main(rank: int, port: int, path: str, steps: int, results) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     torch.set_num_threads(1)
-    module = load(Path(path))
+    module = load_module(Path(path))
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     groups = module.init_groups(datetime.timedelta(seconds=120))
     device = torch.device("cpu")
@@ -112,7 +106,7 @@ def rank_main(rank: int, port: int, path: str, steps: int, results) -> None:
     inputs, _ = module.make_batch(0, seed=0)
     grad = torch.randn(inputs.shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        difference = (generated(inputs) - parallel(inputs)).abs().max().item()
+        difference = module.relative_error(generated(inputs), parallel(inputs))
     times = {"generated": [], "parallelize_module": []}
     for step in range(steps + 5):  # the first 5 warm up
         pair = (("generated", generated), ("parallelize_module", parallel))
@@ -121,7 +115,7 @@ def rank_main(rank: int, port: int, path: str, steps: int, results) -> None:
             if step >= 5:
                 times[name].append(elapsed)
     if rank == 0:
-        results.put((times, difference))
+        results.put((times, difference, module.TOLERANCE))
     dist.destroy_process_group()
 
 
@@ -135,15 +129,13 @@ def main() -> None:
         path = write_model(Path(folder), args.hidden, args.seq)
         context = multiprocessing.get_context("fork")
         results = context.Queue()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         processes = [
             context.Process(target=rank_main, args=(rank, port, str(path), args.steps, results)) for rank in range(TP)
         ]
         for process in processes:
             process.start()
-        times, difference = results.get(timeout=600)
+        times, difference, tolerance = results.get(timeout=600)
         for process in processes:
             process.join()
     medians = {name: statistics.median(values) for name, values in times.items()}
@@ -151,7 +143,9 @@ def main() -> None:
     for name, median in medians.items():
         print(f"  {name:<20} median forward+backward {median * 1e3:8.2f} ms")
     print(f"  ratio generated / parallelize_module: {medians['generated'] / medians['parallelize_module']:.3f}")
-    print(f"  largest output difference: {difference:.2e}")
+    print(f"  output difference: {difference:.2e} of the largest output (tolerance {tolerance:g})")
+    if difference > tolerance:
+        sys.exit("error: the generated model and parallelize_module compute different outputs")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dsl.backward import PAIRS
 from dsl.compiler import Compiled
 from dsl.placement import S_SEQ
 
@@ -19,22 +20,10 @@ TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torc
 # Largest relative error --check accepts: max |sharded - reference| / max |reference| per tensor.
 TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
 
-# Which low-level collectives each forward/backward pair (or other helper) issues.
-_PRIMITIVES = {
-    "all_reduce": ("all_reduce",),
-    "copy_to_tp": ("all_reduce",),
-    "all_gather": ("all_gather",),
-    "all_gather_to_tp": ("all_gather", "reduce_scatter"),
-    "reduce_scatter": ("reduce_scatter", "all_gather"),
-    "all_to_all": ("all_to_all",),
-    "scatter_to_tp": ("all_gather",),
-}
-
 
 @dataclass(frozen=True, slots=True)
 class ModelView:
     source: str
-    spec: str
     model: str
     block: str
     layer_class: str
@@ -60,10 +49,7 @@ class ModelView:
     layer: ShardedLayer
     reference: LayerCode
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
-    primitives: tuple[str, ...]  # low-level collectives the code issues
-    by_head: bool  # some weight is split per head of a fused QKV
-    tp_rank_used: bool  # the layer slices locally by its tensor-parallel rank
-    linear_classes: tuple[str, ...]  # the tensor-parallel linear modules the layer uses
+    primitives: tuple[str, ...]  # collectives the code issues: allreduce allgather reducescatter alltoall
     reduces_gradients: bool  # some gradient is summed over tp or averaged over dp after backward
 
 
@@ -76,16 +62,13 @@ def model_view(compiled: Compiled) -> ModelView:
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
     layer = sharded_layer(program)
-    by_head = any(split.endswith("by head") for _, split in layer.sharding)
-    helpers = set(layer.helpers) | ({"group_heads"} if by_head else set())
-    primitives = {name for helper in helpers for name in _PRIMITIVES.get(helper, ())}
-    sequence_parallel = program.stream == S_SEQ and mesh.tp > 1
+    pairs = [PAIRS[helper] for helper in layer.helpers if helper in PAIRS]
+    primitives = {kind for pair in pairs for kind in (pair.forward, pair.backward) if kind}
     reduces_gradients = bool(layer.partial_gradients) or mesh.dp > 1
     if reduces_gradients:
-        primitives.add("all_reduce")
+        primitives.add("allreduce")
     return ModelView(
-        source=deployment.file.replace("\\", "/"),
-        spec=deployment.name,
+        source=compiled.graph.graph["source"],
         model=model.name,
         block=deployment.block.name,
         layer_class=_class_name(deployment.block.name) + "Layer",
@@ -105,20 +88,14 @@ def model_view(compiled: Compiled) -> ModelView:
         microbatches=mesh.microbatches,
         schedule=mesh.schedule,
         stages=_tuple_literal(mesh.stages),
-        sequence_parallel=sequence_parallel,
+        sequence_parallel=program.stream == S_SEQ,
         stream_shape=_tuple_literal(program.stream_local),
         gqa=model.kv_heads != model.heads,
         layer=layer,
         reference=reference_layer(program),
-        helpers=tuple(sorted(helpers)),
+        helpers=tuple(sorted(layer.helpers)),
         primitives=tuple(sorted(primitives)),
-        by_head=by_head,
-        tp_rank_used=layer.uses_tp_rank,
         reduces_gradients=reduces_gradients,
-        linear_classes=tuple(
-            name for name in ("ColumnParallelLinear", "RowParallelLinear")
-            if any(module.constructor.startswith(name) for module in layer.code.submodules)
-        ),
     )
 
 

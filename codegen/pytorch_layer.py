@@ -2,14 +2,10 @@
 
 Three decisions turn steps into code:
 
-* Gradients. The gradient of a replicated (R) tensor is whole on every rank, except in the
-  region an AllGather's result reaches through replicated ops without parameters (attention,
-  gelu, ...) when every use in it ends in a tensor-parallel op (a column-parallel linear, a
-  slice): there gradients are partial sums, and the AllGather's backward is a ReduceScatter
-  (Megatron's sequence-parallel gather; docs/cost.md counts the same). Elsewhere an R tensor
-  entering column-parallel linears goes through `copy_to_tp` (identity forward, AllReduce
-  backward), once per tensor, and an R tensor that is only sliced goes through
-  `scatter_to_tp` (slice forward, AllGather backward).
+* Gradients. Each collective and slice is carried by the forward/backward pair the compiler
+  chose for its step (`dsl.backward`, which says why; docs/cost.md counts the same pairs), and
+  a value the compiler marks `copied` (or the layer input) enters column-parallel linears
+  through `copy_to_tp`, once per value.
 * Fused QKV layout. Every tensor whose features are fused Q, K, V (those feeding attention)
   is in one of three layouts: `standard` ([Q heads | K heads | V heads]), `grouped` (one
   [q | k | v] block per tensor-parallel rank, as an AllGather of head-sharded QKV leaves it)
@@ -23,7 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsl.placement import S_SEQ, R
+from dsl import ids
+from dsl.ops import COLLECTIVES
+from dsl.placement import S_LAST, S_SEQ
 from dsl.program import Program, Step
 
 from .pytorch_names import Names
@@ -37,11 +35,10 @@ from .pytorch_ops import (
     attention_call,
 )
 
-FEATURES = 2
+FEATURES = S_LAST.dim
 GROUP = "self.tp_group"
 # Ops across which a tensor keeps its feature layout (a fused QKV stays fused QKV).
-_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | {"allgather", "allreduce", "reducescatter", "alltoall", "slice"}
-_PARAMETER_FREE = set(ELEMENTWISE) | {"attention"}
+_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | set(COLLECTIVES) | {"slice"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +48,8 @@ class ShardedLayer:
     sharding: tuple[tuple[str, str], ...]  # (parameter, how it splits over tensor-parallel ranks)
     partial_gradients: tuple[str, ...]  # parameters whose gradient is summed over the tp group
     uses_tp_rank: bool  # the forward slices locally by the rank's tensor-parallel index
+    linear_classes: frozenset[str]  # the tensor-parallel linear modules the layer uses
+    by_head: bool  # some weight is split per head of a fused QKV (shard_parameter regroups it)
 
 
 def sharded_layer(program: Program) -> ShardedLayer:
@@ -79,25 +78,25 @@ class _Writer:
     def __init__(self, program: Program):
         self.program = program
         self.model = program.deployment.model
-        self.tp = program.deployment.mesh.tp
-        self.steps = {step.name: step for step in program.steps}
+        self.mesh = program.deployment.mesh
+        self.tp = self.mesh.tp
         self.names = Names()
-        for name in (program.param, *self.steps):
+        for name in (program.param, *(step.name for step in program.steps)):
             self.names.of(name)
-        self.consumers: dict[str, list[Step]] = {}
-        for step in program.steps:
-            for value in dict.fromkeys(step.inputs):
-                self.consumers.setdefault(value, []).append(step)
+        self.copied = {step.name for step in program.steps if step.copied}
+        if program.param_copied:
+            self.copied.add(program.param)
         self.fused = fused_qkv_values(program.steps) if self.tp > 1 else set()
         self.layout: dict[str, str] = {}
         self.held: dict[tuple[str, str], str] = {}  # (Python name, form) -> Python name of the converted value
-        self.gathered_to_tp, self.partial_grad, self.copied = self._gradient_regions()
         self.lines: list[Line] = []
         self.submodules: list[Submodule] = []
         self.helpers: set[str] = set()
+        self.classes: set[str] = set()
         self.sharding: list[tuple[str, str]] = []
         self.partial: list[str] = []
         self.uses_tp_rank = False
+        self.by_head = False
 
     def run(self) -> ShardedLayer:
         for step in self.program.steps:
@@ -108,52 +107,15 @@ class _Writer:
             tuple(self.submodules),
             tuple(self.lines),
         )
-        return ShardedLayer(code, frozenset(self.helpers), tuple(self.sharding), tuple(self.partial), self.uses_tp_rank)
-
-    # -- decisions ---------------------------------------------------------------------------------
-
-    def _gradient_regions(self) -> tuple[set[str], set[str], set[str]]:
-        """Gathered values (backward ReduceScatter), partial-gradient values, values that need copy_to_tp."""
-        gathered: set[str] = set()
-        partial: set[str] = set()
-        if self.tp > 1:
-            for step in self.program.steps:
-                if step.op == "allgather" and step.out_placement == R:
-                    region = self._partial_region(step.name)
-                    if region:
-                        gathered.add(step.name)
-                        partial |= region
-        replicated = [self.program.param] if self.program.stream == R else []
-        replicated += [step.name for step in self.program.steps if step.out_placement == R]
-        copied = {
-            value
-            for value in replicated
-            if self.tp > 1 and value not in partial and any(_column(step) for step in self.consumers.get(value, []))
-        }
-        return gathered, partial, copied
-
-    def _partial_region(self, gathered: str) -> set[str]:
-        """What an AllGather's result reaches through ops that pass a partial gradient, if that is clean.
-
-        Clean: every value of the region is used only by ops that give it a partial gradient
-        (column-parallel linears, slices, or such ops whose inputs all lie in the region), and
-        none is the layer's result. Then the gradient of the gathered value is a partial sum,
-        and the AllGather's backward ReduceScatter sums it. Otherwise the region is empty.
-        """
-        region, frontier = {gathered}, [gathered]
-        while frontier:
-            for step in self.consumers.get(frontier.pop(), []):
-                if _passes_partial(step) and step.name not in region:
-                    region.add(step.name)
-                    frontier.append(step.name)
-        for value in region:
-            users = self.consumers.get(value, [])
-            if value == self.program.result or not users:
-                return set()
-            for step in users:
-                if not (_enters_tp(step) or (_passes_partial(step) and set(step.inputs) <= region)):
-                    return set()
-        return region
+        return ShardedLayer(
+            code,
+            frozenset(self.helpers),
+            tuple(self.sharding),
+            tuple(self.partial),
+            self.uses_tp_rank,
+            frozenset(self.classes),
+            self.by_head,
+        )
 
     # -- operands ----------------------------------------------------------------------------------
 
@@ -178,7 +140,7 @@ class _Writer:
         return self._convert(source, want, f"{helper}({source}, dim=-1)", "local reordering, no communication")
 
     def _copied(self, value: str) -> str:
-        """`value`, through `copy_to_tp` if it enters column-parallel linears with a whole gradient."""
+        """`value`, through `copy_to_tp` where the compiler says so (`Step.copied`)."""
         source = self._name(value)
         if value not in self.copied:
             return source
@@ -199,38 +161,36 @@ class _Writer:
         value = step.inputs[0]
         source, target = step.in_placement, step.out_placement
         layout = self.layout.get(value)
-        comment = f"DAG: layer_<i>_{step.name}" + ("" if step.inserted else " (written in the spec)")
+        node = ids.collective_id("<i>", step.name, "<d>", self.mesh.dp)
+        comment = f"DAG: {node}" + ("" if step.inserted else " (written in the spec)")
+        helper = step.pair
         if step.op == "allreduce":
-            call = f"all_reduce({self._name(value)}, {GROUP})"
-            helper = "all_reduce"
+            call = f"{helper}({self._name(value)}, {GROUP})"
         elif step.op == "allgather":
-            helper = "all_gather_to_tp" if step.name in self.gathered_to_tp else "all_gather"
             call = f"{helper}({self._name(value)}, dim={source.dim}, group={GROUP})"
             layout = "grouped" if source.dim == FEATURES else layout
         elif step.op == "reducescatter":
             operand = self._features_split(value, self._name(value), target.dim)
-            call = f"reduce_scatter({operand}, dim={target.dim}, group={GROUP})"
-            helper = "reduce_scatter"
+            call = f"{helper}({operand}, dim={target.dim}, group={GROUP})"
             layout = "local" if target.dim == FEATURES else layout
         else:
             operand = self._features_split(value, self._name(value), target.dim)
-            call = f"all_to_all({operand}, scatter_dim={target.dim}, gather_dim={source.dim}, group={GROUP})"
-            helper = "all_to_all"
+            call = f"{helper}({operand}, scatter_dim={target.dim}, gather_dim={source.dim}, group={GROUP})"
             layout = "local" if target.dim == FEATURES else "grouped" if source.dim == FEATURES else layout
         self.helpers.add(helper)
         self._emit(step, call, comment, layout)
 
     def _slice(self, step: Step) -> None:
         value, dim = step.inputs[0], step.out_placement.dim
-        comment = f"DAG: layer_<i>_{step.name}_gpu<rank>"
-        if value in self.copied or value in self.partial_grad:
+        comment = f"DAG: {ids.compute_id('<i>', step.name, '<rank>')}"
+        if step.pair is None:  # a local slice: the partial gradient is reduced upstream
             operand = self._features_split(value, self._copied(value), dim)
             call = f"{operand}.chunk(TP, dim={dim})[self.tp_rank]"
             self.uses_tp_rank = True
         else:
             operand = self._features_split(value, self._name(value), dim)
-            self.helpers.add("scatter_to_tp")
-            call = f"scatter_to_tp({operand}, dim={dim}, group={GROUP})"
+            self.helpers.add(step.pair)
+            call = f"{step.pair}({operand}, dim={dim}, group={GROUP})"
         layout = "local" if dim == FEATURES else self.layout.get(value)
         self._emit(step, call, comment, layout)
 
@@ -255,8 +215,15 @@ class _Writer:
         attribute = self._name(step.name)
         self.submodules.append(Submodule(attribute, constructor, comment))
         self.sharding.extend((f"{attribute}.{name}", split) for name, split in parameters)
-        if step.in_placement == S_SEQ and self.tp > 1:
+        if step.in_placement == S_SEQ:
             self.partial.extend(f"{attribute}.{name}" for name, split in parameters if split == "replicated")
+
+    def _parallel_module(self, step: Step, cls: str, sizes: str, split: str, comment: str) -> None:
+        self.classes.add(cls)
+        if split.endswith("by head"):
+            self.by_head = True
+            self.helpers.add("group_heads")  # shard_parameter regroups the full weight
+        self._module(step, f"{cls}({sizes})", [("weight", split)], comment)
 
     def _linear(self, step: Step) -> None:
         sizes = f"{step.global_in[-1]}, {step.global_out[-1]}"
@@ -266,12 +233,12 @@ class _Writer:
             by_head = step.name in self.fused
             split = "rows by head" if by_head else "rows"
             comment = "fused Q, K, V: this rank's heads of each" if by_head else ""
-            self._module(step, f"ColumnParallelLinear({sizes})", [("weight", split)], comment)
+            self._parallel_module(step, "ColumnParallelLinear", sizes, split, comment)
             operand = self._reordered(value, self._copied(value), "standard")
             self._emit(step, f"self.{self._name(step.name)}({operand})", layout="local")
         elif style == "row":
             split = "columns by head" if value in self.fused else "columns"
-            self._module(step, f"RowParallelLinear({sizes})", [("weight", split)], "output is a partial sum (P)")
+            self._parallel_module(step, "RowParallelLinear", sizes, split, "output is a partial sum (P)")
             self._emit(step, f"self.{self._name(step.name)}({self._name(value)})", layout="standard")
         else:
             self._module(step, f"nn.Linear({sizes}, bias=False)", [("weight", "replicated")])
@@ -279,7 +246,7 @@ class _Writer:
 
     def _attention(self, step: Step) -> None:
         model, value = self.model, step.inputs[0]
-        if self.tp > 1 and step.in_placement.kind == "S":
+        if step.in_placement.kind == "S":
             call = attention_call(self._name(value), heads=model.heads // self.tp, kv_heads=model.kv_heads // self.tp)
             comment = "this rank's heads"
         else:
@@ -293,18 +260,3 @@ class _Writer:
         if len(layouts) == 1:
             return [self._name(value) for value in step.inputs], layouts.pop()
         return [self._standard(value) for value in step.inputs], "standard"
-
-
-def _column(step: Step) -> bool:
-    return step.op == "linear" and step.style == "column"
-
-
-def _enters_tp(step: Step) -> bool:
-    """Consumers whose output differs per tensor-parallel rank: their input gradient is partial."""
-    return step.kind == "route" or _column(step)
-
-
-def _passes_partial(step: Step) -> bool:
-    """Replicated ops without parameters: their backward is linear in the output gradient, so a
-    partial output gradient gives partial input gradients."""
-    return step.kind == "compute" and step.op in _PARAMETER_FREE and step.out_placement == R

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import keyword
 
+from dsl.backward import PAIRS
+
+# Functions model.py defines for a layer's forward to call: the forward/backward pairs and the ops.
+HELPERS = frozenset(PAIRS) | {"causal_attention", "group_heads", "ungroup_heads"}
 # Module-level names a layer's forward refers to, and nn.Module attributes a submodule must not hide.
-_GLOBALS = {
-    "F", "TP", "dist", "nn", "torch", "self",
-    "all_gather", "all_gather_to_tp", "all_reduce", "all_to_all", "causal_attention", "copy_to_tp",
-    "group_heads", "reduce_scatter", "scatter_to_tp", "ungroup_heads",
-}
+_GLOBALS = {"F", "TP", "dist", "nn", "torch", "self"} | HELPERS
 _MODULE_ATTRIBUTES = {
     "add_module", "apply", "bfloat16", "buffers", "children", "compile", "cpu", "cuda", "double",
     "eval", "extra_repr", "float", "forward", "get_buffer", "get_extra_state", "get_parameter",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsl.ops import COLLECTIVES
 from dsl.program import Program
 
 from .pytorch_names import Names
@@ -65,40 +64,27 @@ def attention_call(operand: str, *, heads: int, kv_heads: int, groups: int = 1) 
     return f"causal_attention({operand}, heads={heads}, kv_heads={kv_heads}{extra})"
 
 
-def compute_steps(program: Program) -> dict[str, str]:
-    """Block op name -> the name of its compute step (one per non-collective op, in order)."""
-    ops = [op for op in program.deployment.block.ops if op.op not in COLLECTIVES]
-    steps = [step for step in program.steps if step.kind == "compute"]
-    return {op.name: step.name for op, step in zip(ops, steps, strict=True)}
-
-
 def reference_layer(program: Program) -> LayerCode:
-    """The unsharded layer: the block's ops in order; collectives written in it are the identity."""
-    block = program.deployment.block
+    """The unsharded layer: the Program's compute steps with every collective and slice taken as
+    the identity, so its modules are named as the sharded layer's are."""
     model = program.deployment.model
+    whole = program.without_collectives()
     names = Names()
-    for name in (block.param, *(op.name for op in block.ops)):
+    for name in (whole.param, *(step.name for step in whole.steps)):
         names.of(name)
-    step_of = compute_steps(program)
-    value = {block.param: names.of(block.param)}
     submodules, lines = [], []
-    for op in block.ops:
-        if op.op in COLLECTIVES:
-            value[op.name] = value[op.inputs[0]]
-            continue
-        args = [value[name] for name in op.inputs]
-        target = names.of(op.name)
-        step = program.step(step_of[op.name])
-        if op.op in NORMS:
-            submodules.append(Submodule(target, NORMS[op.op].format(step.global_in[-1])))
+    for step in whole.steps:
+        args = [names.of(name) for name in step.inputs]
+        target = names.of(step.name)
+        if step.op in NORMS:
+            submodules.append(Submodule(target, NORMS[step.op].format(step.global_in[-1])))
             expression = f"self.{target}({args[0]})"
-        elif op.op == "linear":
+        elif step.op == "linear":
             submodules.append(Submodule(target, f"nn.Linear({step.global_in[-1]}, {step.global_out[-1]}, bias=False)"))
             expression = f"self.{target}({args[0]})"
-        elif op.op == "attention":
+        elif step.op == "attention":
             expression = attention_call(args[0], heads=model.heads, kv_heads=model.kv_heads)
         else:
-            expression = ELEMENTWISE[op.op].format(*args)
+            expression = ELEMENTWISE[step.op].format(*args)
         lines.append(Line(target, expression))
-        value[op.name] = target
-    return LayerCode(value[block.param], value[block.result], tuple(submodules), tuple(lines))
+    return LayerCode(names.of(whole.param), names.of(whole.result), tuple(submodules), tuple(lines))

@@ -7,11 +7,13 @@ topological order, which the validator uses to prove acyclicity in one pass.
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import networkx as nx
 
 from . import ids
+from .backward import PAIRS, backward_kind, backward_wire_bytes
 from .deployment import Deployment
 from .placement import share
 from .program import Program, Step
@@ -27,7 +29,7 @@ def graph_attributes(program: Program) -> dict:
     model, mesh = deployment.model, deployment.mesh
     return {
         "spec": deployment.name,
-        "source": deployment.file,
+        "source": deployment.file.replace(os.sep, "/"),  # the same banners on every platform
         "model": {
             "name": model.name,
             "block": model.block,
@@ -126,7 +128,14 @@ class _Expander:
             data["style"] = step.style
         if step.kind == "route":
             data["reason"] = step.reason
+        self._backward(data, backward_kind(step), full)
         return data
+
+    def _backward(self, data: dict, kind: str | None, full_bytes: int) -> None:
+        """The collective the backward issues on the gradient of the node's output (dsl.backward)."""
+        if kind is not None:
+            data["backward"] = kind
+            data["backward_wire_bytes"] = backward_wire_bytes(kind, self.mesh.tp, full_bytes)
 
     def _io(self, name: str, in_shape, out_shape, devices: list[int], stage: int) -> str:
         data = {
@@ -191,6 +200,10 @@ class _Expander:
         node_map, succ, pred = self.node_map, self.succ, self.pred
         devices = list(group)
         produced: dict[str, list[str]] = {program.param: entry}
+        if program.param_copied:  # the layer input enters column-parallel linears: its producers carry the AllReduce
+            full = elements(program.stream_shape) * self.dtype_bytes
+            for node in dict.fromkeys(entry):
+                self._backward(node_map[node], PAIRS["copy_to_tp"].backward, full)
         prefix = f"layer_{layer}_"
         for step in program.steps:
             template = templates[step.name]

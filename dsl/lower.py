@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from .backward import with_pairs
 from .deployment import Deployment, Op
 from .diagnostics import CompileError, Diagnostic, error
 from .ops import OPS, default_dim
@@ -64,20 +63,20 @@ class _Builder:
         for convert in choices[-1].converts:
             self._convert(convert, None)
         result = self.providers[(self.block.result, self.stream)]
-        steps, stream = self.steps, self.stream
-        if self.tp == 1:
-            steps, result = _without_collectives(steps, result)
-            stream = R
+        steps, param_copied = with_pairs(tuple(self.steps), self.block.param, result, self.stream)
         shape = stream_shape(self.deployment)
         program = Program(
             deployment=self.deployment,
-            steps=tuple(steps),
+            steps=steps,
             param=self.block.param,
             result=result,
-            stream=stream,
+            stream=self.stream,
             stream_shape=shape,
             stream_local=self.stream.local_shape(shape, self.tp),
+            param_copied=param_copied,
         )
+        if self.tp == 1:  # one rank per group: every collective and slice is the identity
+            program = program.without_collectives()
         return program, self.diags
 
     def _unique(self, name: str) -> str:
@@ -172,20 +171,6 @@ class _Builder:
             )
             return shape
         return placement.local_shape(shape, self.tp)
-
-
-def _without_collectives(steps: list[Step], result: str) -> tuple[list[Step], str]:
-    """With one rank per group, every collective and slice is the identity and every tensor is
-    whole (R): drop them and say so."""
-    alias: dict[str, str] = {}
-    kept = []
-    for step in steps:
-        inputs = tuple(alias.get(name, name) for name in step.inputs)
-        if step.kind in ("comm", "route"):
-            alias[step.name] = inputs[0]
-            continue
-        kept.append(replace(step, inputs=inputs, in_placement=R, out_placement=R))
-    return kept, alias.get(result, result)
 
 
 def _producer_text(producer: Op | None) -> str:

@@ -6,10 +6,10 @@ every layer and every device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .deployment import Deployment
-from .placement import Placement
+from .placement import Placement, R
 from .source import Span
 
 Shape = tuple[int, ...]
@@ -36,6 +36,12 @@ class Step:
     style: str | None = None
     reason: str | None = None
     inserted: bool = False
+    # Backward communication (dsl.backward). `pair`: the forward/backward pair (`PAIRS`) that
+    # performs a collective or slice (None: a compute step, or a plain local slice). `copied`:
+    # the output enters column-parallel linears through `copy_to_tp`, which AllReduces the
+    # gradient they give it.
+    pair: str | None = None
+    copied: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +53,29 @@ class Program:
     stream: Placement  # placement of the residual stream between layers
     stream_shape: Shape  # global
     stream_local: Shape
-
-    def step(self, name: str) -> Step:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise KeyError(name)
+    param_copied: bool = False  # the layer input goes through `copy_to_tp`, like a step's output
 
     @property
     def collectives(self) -> tuple[Step, ...]:
         return tuple(step for step in self.steps if step.kind == "comm")
+
+    def without_collectives(self) -> Program:
+        """The layer with every collective and slice taken as the identity and every placement R:
+        what one rank per group runs, and the math of the unsharded reference. Steps keep their
+        names, global shapes and span; local shapes, FLOPs and parameters stay per device."""
+        alias: dict[str, str] = {}
+        kept = []
+        for step in self.steps:
+            inputs = tuple(alias.get(name, name) for name in step.inputs)
+            if step.kind in ("comm", "route"):
+                alias[step.name] = inputs[0]
+                continue
+            kept.append(replace(step, inputs=inputs, in_placement=R, out_placement=R, pair=None, copied=False))
+        return replace(
+            self,
+            steps=tuple(kept),
+            result=alias.get(self.result, self.result),
+            stream=R,
+            stream_local=self.stream_shape,
+            param_copied=False,
+        )

@@ -1,16 +1,13 @@
 """Per-device accounting, read from the DAG of one forward microbatch (docs/cost.md).
 
-Every number here is a sum over DAG nodes: `params`, `flops`, `out_shape` and `wire_bytes`
-are the node attributes the expander wrote. The backward pass and the gradient sync of a
-training step are not in the DAG; they are derived from its nodes by the rules below, which
-are the autograd pairs of DESIGN.md ("Training"):
+Every number here is a sum over DAG nodes: `params`, `flops`, `out_shape`, `wire_bytes` and
+`backward_wire_bytes` are the node attributes the expander wrote. The backward pass and the
+gradient sync of a training step are not in the DAG as nodes; their communication is:
 
-- forward AllGather -> backward ReduceScatter, ReduceScatter -> AllGather, AllToAll -> AllToAll,
-  each on the same group with the same bytes; AllReduce -> nothing (identity);
+- a node's `backward` attribute: the collective the backward issues on the gradient of the
+  node's output, decided by the compiler (`dsl.backward`) and the one the generated code issues;
+  a collective's on its group, any other node's on the tensor-parallel group of each of its ranks;
 - forward Send (stage k -> k+1) -> backward Send (k+1 -> k) of the gradient, same bytes;
-- a replicated value entering the tensor-parallel region (the input of a compute node that
-  takes R and gives a split, i.e. a column-parallel linear) whose producer is not an AllGather
-  -> backward AllReduce of that value over the tensor-parallel group, once per value;
 - per step: every rank AllReduces its gradients over its data-parallel group, and parameters of
   nodes that run on sequence shards (S(seq)) are AllReduced over the tensor-parallel group.
 """
@@ -22,23 +19,14 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from dsl.deployment import DTYPE_BYTES
+from dsl.deployment import DTYPE_BYTES, Mesh
 from dsl.placement import CONVERSIONS
 
 KINDS = ("allgather", "allreduce", "reducescatter", "alltoall", "send")
 PHASES = ("forward", "backward", "gradients")
 SCOPES = ("microbatch", "step")
 
-# Backward dual of each forward communication; None: the backward is the identity.
-BACKWARD_DUAL = {
-    "allgather": "reducescatter",
-    "reducescatter": "allgather",
-    "alltoall": "alltoall",
-    "allreduce": None,
-    "send": "send",
-}
-
-_RING = {conversion.op: conversion for conversion in CONVERSIONS.values()}
+_ALLREDUCE = CONVERSIONS[("P", "R")]
 
 Number = int | float
 
@@ -92,13 +80,6 @@ class RankCost:
         return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, comm)
 
 
-def ring_bytes(kind: str, group_size: int, full_bytes: int) -> Number:
-    """Bytes each rank sends for a ring collective over a tensor of `full_bytes` (DESIGN.md)."""
-    fraction = _RING[kind].wire_fraction(group_size)
-    sent, remainder = divmod(full_bytes * fraction.numerator, fraction.denominator)
-    return sent if not remainder else full_bytes * fraction.numerator / fraction.denominator
-
-
 def dtype_bytes(graph: nx.DiGraph) -> int:
     return DTYPE_BYTES[graph.graph["model"]["dtype"]]
 
@@ -112,6 +93,7 @@ def out_bytes(graph: nx.DiGraph, node: str) -> int:
 
 def transfers(graph: nx.DiGraph) -> list[Transfer]:
     """Every communication of a training step, forward and backward of one microbatch and the gradient sync."""
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
     found: list[Transfer] = []
     for node, data in graph.nodes(data=True):
         if data["kind"] != "comm":
@@ -126,39 +108,22 @@ def transfers(graph: nx.DiGraph) -> list[Transfer]:
         else:
             group = tuple(data["devices"])
             found.append(Transfer("forward", data["op"], node, group, group, data["wire_bytes"]))
-            dual = BACKWARD_DUAL[data["op"]]
-            if dual is not None:
-                found.append(Transfer("backward", dual, node, group, group, data["wire_bytes"]))
-    found += _region_entries(graph)
-    found += _gradient_sync(graph)
-    return found
-
-
-def _region_entries(graph: nx.DiGraph) -> list[Transfer]:
-    """Backward AllReduce of replicated values that enter the tensor-parallel region."""
-    mesh = graph.graph["mesh"]
-    if mesh["tp"] == 1:
-        return []
-    found, seen = [], set()
+            if "backward" in data:
+                found.append(Transfer("backward", data["backward"], node, group, group, data["backward_wire_bytes"]))
     for node, data in graph.nodes(data=True):
-        if data["kind"] != "compute" or data.get("in_placement") != "R" or not data["out_placement"].startswith("S"):
-            continue
-        (rank,) = data["devices"]
-        for producer in graph.predecessors(node):
-            if graph.nodes[producer]["op"] == "allgather" or (producer, rank) in seen:
-                continue
-            seen.add((producer, rank))
-            group = tp_group(mesh, rank)
-            sent = ring_bytes("allreduce", len(group), data["bytes"])
-            found.append(Transfer("backward", "allreduce", producer, group, (rank,), sent))
+        if data["kind"] != "comm" and "backward" in data:
+            for rank in data["devices"]:
+                group = mesh.tp_group_of(rank)
+                found.append(Transfer("backward", data["backward"], node, group, (rank,), data["backward_wire_bytes"]))
+    found += _gradient_sync(graph, mesh)
     return found
 
 
-def _gradient_sync(graph: nx.DiGraph) -> list[Transfer]:
+def _gradient_sync(graph: nx.DiGraph, mesh: Mesh) -> list[Transfer]:
     """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of sequence-shard params."""
-    mesh, size = graph.graph["mesh"], dtype_bytes(graph)
-    held: dict[int, int] = {rank: 0 for rank in range(mesh["world"])}
-    seq_sharded: dict[int, int] = {rank: 0 for rank in range(mesh["world"])}
+    size = dtype_bytes(graph)
+    held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
+    seq_sharded: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
     for _, data in graph.nodes(data=True):
         if data["kind"] != "compute" or not data["params"]:
             continue
@@ -167,28 +132,12 @@ def _gradient_sync(graph: nx.DiGraph) -> list[Transfer]:
             if data.get("in_placement") == "S(seq)":
                 seq_sharded[rank] += data["params"]
     found = []
-    for rank in range(mesh["world"]):
-        if mesh["dp"] > 1 and held[rank]:
-            group = dp_group(mesh, rank)
-            found.append(Transfer("gradients", "allreduce", None, group, (rank,), ring_bytes("allreduce", len(group), held[rank] * size)))
-        if mesh["tp"] > 1 and seq_sharded[rank]:
-            group = tp_group(mesh, rank)
-            found.append(Transfer("gradients", "allreduce", None, group, (rank,), ring_bytes("allreduce", len(group), seq_sharded[rank] * size)))
+    for rank in range(mesh.world):
+        for group, params in ((mesh.dp_group_of(rank), held[rank]), (mesh.tp_group_of(rank), seq_sharded[rank])):
+            if len(group) > 1 and params:
+                sent = _ALLREDUCE.wire_bytes(len(group), params * size)
+                found.append(Transfer("gradients", "allreduce", None, group, (rank,), sent))
     return found
-
-
-def tp_group(mesh: dict, rank: int) -> tuple[int, ...]:
-    first = rank - rank % mesh["tp"]
-    return tuple(range(first, first + mesh["tp"]))
-
-
-def dp_group(mesh: dict, rank: int) -> tuple[int, ...]:
-    stride = mesh["tp"] * mesh["pp"]
-    return tuple(range(rank % stride, mesh["world"], stride))
-
-
-def stage_of(mesh: dict, rank: int) -> int:
-    return (rank // mesh["tp"]) % mesh["pp"]
 
 
 def comm_by_rank(items: Iterable[Transfer], world: int) -> dict[int, dict[str, dict[str, Number]]]:
@@ -203,14 +152,14 @@ def comm_by_rank(items: Iterable[Transfer], world: int) -> dict[int, dict[str, d
 
 def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) -> list[RankCost]:
     """One RankCost per device, in rank order; `items` are the graph's transfers if already known."""
-    mesh = graph.graph["mesh"]
-    world = mesh["world"]
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
+    world = mesh.world
     params, flops, activations = [0] * world, [0] * world, [0] * world
     layers: list[set[int]] = [set() for _ in range(world)]
     for node, data in graph.nodes(data=True):
         kept = _kept_for_backward(data)
         size = out_bytes(graph, node) if kept else 0
-        for rank in data["devices"] if data["kind"] != "route" else ():
+        for rank in data["devices"]:
             params[rank] += data["params"]
             flops[rank] += data["flops"]
             activations[rank] += size
@@ -220,7 +169,7 @@ def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) ->
     return [
         RankCost(
             rank=rank,
-            stage=stage_of(mesh, rank),
+            stage=mesh.coords(rank)[1],
             layers=tuple(sorted(layers[rank])),
             params=params[rank],
             flops=flops[rank],
@@ -246,13 +195,13 @@ def per_rank_comm(graph: nx.DiGraph, *, scope: str = "microbatch") -> dict[int, 
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
-    mesh = graph.graph["mesh"]
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
     result: dict[int, dict[str, Number]] = {}
-    for rank, by_phase in comm_by_rank(transfers(graph), mesh["world"]).items():
+    for rank, by_phase in comm_by_rank(transfers(graph), mesh.world).items():
         if scope == "microbatch":
             kinds = by_phase.get("forward", {})
         else:
-            kinds = step_kinds(by_phase, microbatches=mesh["microbatches"])
+            kinds = step_kinds(by_phase, microbatches=mesh.microbatches)
         result[rank] = {kind: kinds[kind] for kind in KINDS if kinds.get(kind)}
     return result
 
@@ -273,13 +222,13 @@ def step_kinds(by_phase: dict[str, dict[str, Number]], *, microbatches: int) -> 
 
 def model_parameters(graph: nx.DiGraph) -> int:
     """Distinct parameters of the model: one data-parallel replica, replicated ops counted once."""
-    mesh = graph.graph["mesh"]
-    replica = range(mesh["tp"] * mesh["pp"])
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
     total = 0
     for _, data in graph.nodes(data=True):
-        if data["kind"] != "compute" or data["devices"][0] not in replica:
+        if data["kind"] != "compute":
             continue
+        dp_rank, _, tp_rank = mesh.coords(data["devices"][0])
         sharded = data.get("style") in ("column", "row")
-        if sharded or data["devices"][0] % mesh["tp"] == 0:
+        if dp_rank == 0 and (sharded or tp_rank == 0):
             total += data["params"]
     return total

@@ -167,3 +167,43 @@ def test_scopes_are_checked():
 def test_training_state_is_sixteen_bytes_per_parameter():
     assert training_state("fp16").total == training_state("bf16").total == training_state("fp32").total == 16
     assert training_state("bf16").optimizer == 12 and training_state("fp32").optimizer == 8
+
+
+# Blocks whose backward differs from "every AllGather reduce-scatters, every column input is
+# AllReduced": the counts below follow from where each gradient is partial (docs/cost.md).
+SIZES = "model tiny : b { layers 2  hidden 64  heads 8  ffn 256  batch 8  seq 16  dtype fp16 }\n"
+
+
+def _backward_of_block(body: str, mesh: str):
+    """(the sizes of `_sizes`, each rank's backward bytes by kind) for a block of 2 layers."""
+    compiled = compile_source("block b(x) {\n" + body + "\n}\n" + SIZES + mesh)
+    return _sizes(compiled), [cost.comm.get("backward", {}) for cost in rank_costs(compiled.graph)]
+
+
+def test_a_gather_reaching_a_column_linear_through_gelu_is_reduce_scattered_and_nothing_else():
+    body = "n = rmsnorm(x)\na = gelu(n)\nfc = linear(a, ffn, column)\nm = linear(fc, hidden, row)\nout = add(x, m)\nreturn out"
+    (_, mesh, b, s, h), backward = _backward_of_block(body, "mesh { tp 4  microbatches 2  sp }\nplace allgather after n\n")
+    part = (mesh.tp - 1) * b * s * h * FP16 // mesh.tp  # (t-1)/t of the b*s*h stream
+    # gelu has no parameters: the gradient reaching the AllGather is partial, its ReduceScatter sums it
+    assert backward == [{"reducescatter": 2 * part, "allgather": 2 * part}] * mesh.world
+
+
+def test_a_gather_that_reaches_the_residual_keeps_its_part_and_its_column_reader_allreduces():
+    body = (
+        "ln = layernorm(x)\nfc = linear(ln, hidden, column)\ng = allgather(fc)\nup = linear(g, ffn, column)\n"
+        "m = linear(up, hidden, row)\nh = add(x, g)\nout = add(h, m)\nreturn out"
+    )
+    (_, mesh, b, s, h), backward = _backward_of_block(body, "mesh { tp 4  microbatches 2 }")
+    allreduce = 2 * (mesh.tp - 1) * b * s * h * FP16 // mesh.tp
+    # the inputs of both column linears (ln and g) are AllReduced; g's gradient from the residual is whole
+    assert backward == [{"allreduce": 2 * 2 * allreduce}] * mesh.world
+
+
+def test_a_slice_of_a_replicated_tensor_whose_gradient_is_whole_gathers_it():
+    body = (
+        "ln = rmsnorm(x)\nqkv = linear(ln, 3 * hidden, replicated)\nctx = attention(qkv)\n"
+        "attn = linear(ctx, hidden, row)\nout = add(x, attn)\nreturn out"
+    )
+    (_, mesh, b, s, h), backward = _backward_of_block(body, "mesh { tp 4  microbatches 2 }")
+    part = (mesh.tp - 1) * b * s * h * FP16 // mesh.tp
+    assert backward == [{"allgather": 2 * part}] * mesh.world  # of ctx's gradient, one per layer

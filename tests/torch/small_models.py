@@ -86,6 +86,53 @@ BLOCKS = {
         model m : rq { layers 2  hidden 64  heads 4  batch 4  seq 8  dtype fp32 }
         mesh { tp 2  microbatches 2 }
     """,
+    # Sequence parallel, gathered right after the norm: gelu (no parameters) passes the partial
+    # gradient of the column-parallel linear back to the AllGather, whose backward ReduceScatter
+    # sums it; nothing else reduces it.
+    "sp gather before gelu": """
+        block sg(x) {
+          n = rmsnorm(x)
+          a = gelu(n)
+          fc = linear(a, ffn, column)
+          m = linear(fc, hidden, row)
+          out = add(x, m)
+          return out
+        }
+        model m : sg { layers 2  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2  sp }
+        place allgather after n
+    """,
+    # A gathered value that also reaches the residual stream: its gradient is whole, so the
+    # AllGather's backward keeps this rank's part, and the column-parallel linear reading it
+    # AllReduces its input gradient.
+    "gathered into the residual": """
+        block gr(x) {
+          ln = layernorm(x)
+          fc = linear(ln, hidden, column)
+          g = allgather(fc)
+          up = linear(g, ffn, column)
+          m = linear(up, hidden, row)
+          h = add(x, g)
+          out = add(h, m)
+          return out
+        }
+        model m : gr { layers 2  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2 }
+    """,
+    # An op named like the collective lowering inserts before it: the op's step is renamed
+    # (allreduce_m_2), and Reference must name its parameters the same way.
+    "op named like an inserted collective": """
+        block b(x) {
+          ln = layernorm(x)
+          fc = linear(ln, ffn, column)
+          m = linear(fc, hidden, row)
+          allreduce_m = layernorm(m)
+          out = add(x, allreduce_m)
+          return out
+        }
+        model m : b { layers 2  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2 }
+    """,
     # Value names that are Python keywords or would shadow what the generated code uses.
     "clashing names": """
         block b(self) {

@@ -460,8 +460,7 @@ def parameter_names(rank: int) -> list[str]:
     """The names of the parameters `rank` holds, in the order shard_state_dict gives them."""
     _, stage, _ = coordinates(rank)
     first, last = STAGES[stage]
-    names = SHARDING
-    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in names]
+    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in SHARDING]
 
 
 def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tensor]) -> Stage:

@@ -289,7 +289,8 @@ class RowParallelLinear(nn.Module):
 class LlamaLayer(nn.Module):
     """One layer of block `llama` on one tensor-parallel rank: the DAG's steps, in its order.
 
-    Comments name each step's DAG node; <i> is the layer's index and <rank> this process's.
+    Comments name each step's DAG node; <i> is the layer's index, <d> this process's data-parallel
+    replica and <rank> this process's.
     """
 
     def __init__(self, groups: Groups) -> None:
@@ -305,20 +306,20 @@ class LlamaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln1 = self.ln1(x)
-        allgather_ln1 = all_gather_to_tp(ln1, dim=1, group=self.tp_group)  # DAG: layer_<i>_allgather_ln1
+        allgather_ln1 = all_gather_to_tp(ln1, dim=1, group=self.tp_group)  # DAG: layer_<i>_allgather_ln1_dp<d>
         qkv = self.qkv(allgather_ln1)
         ctx = causal_attention(qkv, heads=4, kv_heads=1)  # this rank's heads
         attn = self.attn(ctx)
-        reducescatter_attn = reduce_scatter(attn, dim=1, group=self.tp_group)  # DAG: layer_<i>_reducescatter_attn
+        reducescatter_attn = reduce_scatter(attn, dim=1, group=self.tp_group)  # DAG: layer_<i>_reducescatter_attn_dp<d>
         h = x + reducescatter_attn
         ln2 = self.ln2(h)
-        allgather_ln2 = all_gather_to_tp(ln2, dim=1, group=self.tp_group)  # DAG: layer_<i>_allgather_ln2
+        allgather_ln2 = all_gather_to_tp(ln2, dim=1, group=self.tp_group)  # DAG: layer_<i>_allgather_ln2_dp<d>
         gate = self.gate(allgather_ln2)
         up = self.up(allgather_ln2)
         act = F.silu(gate)
         prod = act * up
         mlp = self.mlp(prod)
-        reducescatter_mlp = reduce_scatter(mlp, dim=1, group=self.tp_group)  # DAG: layer_<i>_reducescatter_mlp
+        reducescatter_mlp = reduce_scatter(mlp, dim=1, group=self.tp_group)  # DAG: layer_<i>_reducescatter_mlp_dp<d>
         out = h + reducescatter_mlp
         return out
 
@@ -451,8 +452,7 @@ def parameter_names(rank: int) -> list[str]:
     """The names of the parameters `rank` holds, in the order shard_state_dict gives them."""
     _, stage, _ = coordinates(rank)
     first, last = STAGES[stage]
-    names = SHARDING
-    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in names]
+    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in SHARDING]
 
 
 def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tensor]) -> Stage:

@@ -266,30 +266,38 @@ def reference_layer(layer: int, seed: int) -> ReferenceGptLayer:
 
 
 # -- Sharding a full state dict -----------------------------------------------------------------
-# With one tensor-parallel rank every parameter is whole: a rank holds those of its stage.
-PARAMETERS = (
-    "ln1.weight",
-    "ln1.bias",
-    "qkv.weight",
-    "attn.weight",
-    "ln2.weight",
-    "ln2.bias",
-    "fc1.weight",
-    "mlp.weight",
-)
+# How each parameter of a layer splits over the tensor-parallel ranks: "replicated", "rows" or
+# "columns" (even parts of dim 0 or 1 of the [out, in] weight).
+SHARDING = {
+    "ln1.weight": "replicated",
+    "ln1.bias": "replicated",
+    "qkv.weight": "replicated",
+    "attn.weight": "replicated",
+    "ln2.weight": "replicated",
+    "ln2.bias": "replicated",
+    "fc1.weight": "replicated",
+    "mlp.weight": "replicated",
+}
+
+
+def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int) -> torch.Tensor:
+    if split == "replicated":
+        return tensor
+    dim = 0 if split.startswith("rows") else 1
+    return tensor.chunk(TP, dim=dim)[tp_rank]
 
 
 def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
-    """The parameters `rank` holds, taken from a full state dict such as Reference's.
+    """The parameters `rank` holds, sliced from a full (unsharded) state dict such as Reference's.
 
     Only the layers of the rank's stage are read, so `full` may hold just those.
     """
-    _, stage, _ = coordinates(rank)
+    _, stage, tp_rank = coordinates(rank)
     first, last = STAGES[stage]
     return {
-        f"layers.{layer}.{name}": full[f"layers.{layer}.{name}"]
+        f"layers.{layer}.{name}": shard_parameter(full[f"layers.{layer}.{name}"], split, tp_rank)
         for layer in range(first, last + 1)
-        for name in PARAMETERS
+        for name, split in SHARDING.items()
     }
 
 
@@ -297,8 +305,7 @@ def parameter_names(rank: int) -> list[str]:
     """The names of the parameters `rank` holds, in the order shard_state_dict gives them."""
     _, stage, _ = coordinates(rank)
     first, last = STAGES[stage]
-    names = PARAMETERS
-    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in names]
+    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in SHARDING]
 
 
 def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tensor]) -> Stage:

@@ -1,0 +1,121 @@
+"""The backward communication the compiler decides for each step (dsl.backward), and the DAG attributes it becomes.
+
+Each expectation follows from where a gradient is partial: a column-parallel linear or a slice
+gives its R input a partial gradient; ops without parameters pass a partial gradient on; a
+gradient from anywhere else (a norm, the residual, the layer's output) is whole.
+"""
+
+from dsl.backward import PAIRS, backward_kind
+
+MODEL = "model m : {block} {{ layers 2  hidden 32  heads 4  ffn 64  batch 4  seq 8  dtype fp32 }}\n"
+
+
+def pairs(compiled):
+    """step -> (pair, copied), for the steps that have either."""
+    return {s.name: (s.pair, s.copied) for s in compiled.program.steps if s.pair or s.copied}
+
+
+def block(body: str, mesh: str, extra: str = "") -> str:
+    return f"block b(x) {{\n{body}\n}}\n" + MODEL.format(block="b") + f"mesh {{ {mesh} }}\n{extra}"
+
+
+def test_megatron_copies_the_inputs_of_the_column_linears_and_allreduces_have_no_backward(compile_spec):
+    compiled = compile_spec(MODEL.format(block="gpt") + "mesh { tp 2 }")
+    assert pairs(compiled) == {
+        "ln1": (None, True),
+        "allreduce_attn": ("all_reduce", False),
+        "ln2": (None, True),
+        "allreduce_mlp": ("all_reduce", False),
+    }
+    assert not compiled.program.param_copied
+
+
+def test_gathers_whose_results_are_only_sliced_reduce_scatter_in_backward(compile_spec):
+    # attention and gelu have no parameters, and their results are only sliced
+    compiled = compile_spec(MODEL.format(block="gpt") + "mesh { tp 2 }\nplace allgather after qkv, fc1 as mlp\n")
+    assert pairs(compiled) == {
+        "ln1": (None, True),
+        "allgather_qkv": ("all_gather_to_tp", False),
+        "allreduce_attn": ("all_reduce", False),
+        "ln2": (None, True),
+        "allgather_mlp": ("all_gather_to_tp", False),
+        "allreduce_mlp": ("all_reduce", False),
+    }
+
+
+def test_sequence_parallel_gathers_reduce_scatter_and_scatters_gather(compile_spec):
+    compiled = compile_spec(MODEL.format(block="llama") + "mesh { tp 2  sp }")
+    assert pairs(compiled) == {
+        "allgather_ln1": ("all_gather_to_tp", False),
+        "reducescatter_attn": ("reduce_scatter", False),
+        "allgather_ln2": ("all_gather_to_tp", False),
+        "reducescatter_mlp": ("reduce_scatter", False),
+    }
+
+
+def test_a_gather_reaching_a_column_linear_through_gelu_is_the_only_reduction(compile_spec):
+    body = "n = rmsnorm(x)\na = gelu(n)\nfc = linear(a, ffn, column)\nm = linear(fc, hidden, row)\nout = add(x, m)\nreturn out"
+    compiled = compile_spec(block(body, "tp 2  sp", "place allgather after n\n"))
+    assert pairs(compiled) == {"allgather_n": ("all_gather_to_tp", False), "reducescatter_m": ("reduce_scatter", False)}
+
+
+def test_a_gather_that_also_reaches_the_residual_keeps_its_part_and_is_copied(compile_spec):
+    body = (
+        "ln = layernorm(x)\nfc = linear(ln, hidden, column)\ng = allgather(fc)\nup = linear(g, ffn, column)\n"
+        "m = linear(up, hidden, row)\nh = add(x, g)\nout = add(h, m)\nreturn out"
+    )
+    compiled = compile_spec(block(body, "tp 2"))
+    assert pairs(compiled) == {
+        "ln": (None, True),
+        "allgather_g": ("all_gather", True),
+        "allreduce_m": ("all_reduce", False),
+    }
+
+
+def test_a_gather_read_by_a_norm_keeps_its_part_and_a_slice_of_a_whole_gradient_gathers_it(compile_spec):
+    body = (
+        "ln = layernorm(x)\nqkv = linear(ln, 3 * hidden, column)\ng = allgather(qkv)\nn = layernorm(g)\n"
+        "ctx = attention(n)\nattn = linear(ctx, hidden, row)\nout = add(x, attn)\nreturn out"
+    )
+    compiled = compile_spec(block(body, "tp 2"))
+    assert pairs(compiled) == {
+        "ln": (None, True),
+        "allgather_g": ("all_gather", False),
+        "slice_ctx": ("scatter_to_tp", False),
+        "allreduce_attn": ("all_reduce", False),
+    }
+
+
+def test_a_layer_input_read_by_a_column_linear_is_copied_and_its_producers_carry_the_allreduce(compile_spec):
+    body = "fc = linear(x, ffn, column)\nm = linear(fc, hidden, row)\nout = add(x, m)\nreturn out"
+    compiled = compile_spec(block(body, "tp 2  pp 2"))
+    assert compiled.program.param_copied
+    graph = compiled.graph
+    carriers = sorted(node for node, data in graph.nodes(data=True) if data.get("backward") == "allreduce")
+    # layer 0 reads `input`, layer 1 (stage 1) the received activation: each rank's gradient is AllReduced
+    assert carriers == ["input", "stage_1_recv_gpu2", "stage_1_recv_gpu3"]
+    whole = 4 * 8 * 32 * 4  # batch 4 (one microbatch), seq 8, hidden 32, fp32
+    assert {graph.nodes[node]["backward_wire_bytes"] for node in carriers} == {whole}  # 2(n-1)/n of it, n = 2
+
+
+def test_one_rank_per_group_has_no_backward_communication(compile_spec):
+    compiled = compile_spec(MODEL.format(block="gpt") + "mesh { tp 1  pp 2 }\nplace allgather after qkv\n")
+    assert pairs(compiled) == {} and not compiled.program.param_copied
+    assert not any("backward" in data for _, data in compiled.graph.nodes(data=True))
+
+
+def test_every_node_carries_its_steps_backward_collective_with_ring_bytes(compile_spec):
+    compiled = compile_spec(MODEL.format(block="llama") + "mesh { tp 2  sp }")
+    graph = compiled.graph
+    steps = {step.name: step for step in compiled.program.steps}
+    seen = 0
+    for _, data in graph.nodes(data=True):
+        step = steps.get(data["name"])
+        kind = backward_kind(step) if step else None
+        assert data.get("backward") == kind
+        if kind is not None:
+            seen += 1
+            # an AllGather or ReduceScatter of the whole [4, 8, 32] fp32 stream: (n-1)/n of it, n = 2
+            assert data["backward_wire_bytes"] == 4 * 8 * 32 * 4 // 2
+    assert seen == 4 * 2  # 4 collectives per layer, 2 layers, one tensor-parallel group
+    assert {pair.backward for pair in PAIRS.values()} == {None, "allreduce", "reducescatter", "allgather", "alltoall"}
