@@ -49,7 +49,10 @@ def quoted_lines(lines: Iterable[str]) -> str:
 def html(text: str) -> str:
     """`text` as character data of an HTML-like label (where Graphviz expands `\\N`, `\\G`, ...)."""
     escaped = printable(text).replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return escaped.replace('"', "&quot;").replace("'", "&#39;")
+    escaped = escaped.replace('"', "&quot;").replace("'", "&#39;")
+    if escaped and not escaped.strip("]"):  # Graphviz drops a text item of nothing but ']'
+        escaped = escaped.replace("]", "&#93;")
+    return escaped
 
 
 def dims(shape: Sequence[int]) -> str:

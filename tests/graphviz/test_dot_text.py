@@ -23,6 +23,8 @@ HOSTILE = [
     "trailing\\",
     '\\"',
     "{braces} [brackets] |pipes| <angles>",
+    "]",  # Graphviz drops a text item of nothing but ']'
+    "]]",
     "&amp; &lt; &#39; ]]> <!-- -->",
     "line\nbreak\ttab\r",
     "\x00\x01\x1f\x7f",
