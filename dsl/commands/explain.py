@@ -51,6 +51,8 @@ def describe(graph, node: str, sources) -> str:
         lines.append(f"  flops:     {data['flops']:,} per device")
     if data["kind"] == "comm":
         lines.append(f"  bytes:     {data['bytes']:,} in per rank, {data['wire_bytes']:,} sent per rank")
+    if data.get("backward"):
+        lines.append(f"  backward:  {data['backward']}, {data['backward_wire_bytes']:,} sent per rank (training)")
     if data.get("reason"):
         lines.append(f"  why:       {data['reason']}")
     lines.append(f"  spec:      {data['src']}")
