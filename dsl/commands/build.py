@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import traceback
 from pathlib import Path
 
 from .. import build as driver
-from ..inputs import UsageError, spec_inputs
-from ..source import stem
+from ..inputs import spec_inputs
+from ..output_folders import refuse_bad_folders
 from .common import add_defines, compile_each, print_diagnostics, progress
 
 
@@ -21,7 +22,7 @@ def register(sub) -> None:
         ),
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help=".par files or folders of them")
-    parser.add_argument("-o", "--out", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("-o", "--out", required=True, type=_out_folder, metavar="OUT", help="output folder")
     parser.add_argument(
         "--check",
         action="store_true",
@@ -33,7 +34,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     inputs = spec_inputs(args.paths, args.defines)
-    _refuse_clashes(inputs.paths)
+    refuse_bad_folders(inputs.paths)
     renderers = driver.artifact_renderers()
     artifacts, notices, failed, total = [], {}, 0, len(inputs.paths)
     for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs), start=1):
@@ -58,9 +59,12 @@ def run(args) -> int:
     if args.check:
         return _check(artifacts)
     try:
-        written = driver.write_all(artifacts)
-    except OSError as exc:
-        progress(f"par: error: cannot write {exc.filename or args.out}: {exc.strerror or exc}")
+        written = driver.write_all(artifacts, args.out)
+    except driver.WriteError as exc:
+        progress(f"par: error: {exc}")
+        for path, backup in exc.unrestored:
+            progress(f"par: error: could not put back {path}; its earlier content is in {backup}")
+        progress(f"par: every {'other ' if exc.unrestored else ''}artifact is as it was")
         return 1
     progress(f"par: wrote {len(written)} of {len(artifacts)} files under {args.out} ({len(artifacts) - len(written)} unchanged)")
     return 0
@@ -92,10 +96,7 @@ def _check(artifacts) -> int:
     return 0
 
 
-def _refuse_clashes(paths: list[Path]) -> None:
-    seen: dict[str, Path] = {}
-    for path in paths:
-        name = stem(str(path))
-        if name in seen and seen[name].resolve() != path.resolve():
-            raise UsageError(f"{seen[name]} and {path} would both build into <OUT>/{name}/; rename one")
-        seen[name] = path
+def _out_folder(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("OUT is empty; name a folder (use . for the current one)")
+    return Path(text)

@@ -24,7 +24,7 @@ def register(sub) -> None:
     parser.add_argument("specs", nargs="+", metavar="SPEC", help=".par files or folders of them")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="write nothing; list files that would change")
-    mode.add_argument("--write", action="store_true", help="rewrite files in place")
+    mode.add_argument("--write", action="store_true", help="rewrite files in place (atomically; through symbolic links; mode kept)")
     parser.set_defaults(run=run)
 
 
@@ -45,7 +45,12 @@ def run(args) -> int:
                 changed += 1
         elif args.write:
             if formatted != text:
-                write_atomic(path, formatted.encode("utf-8"))
+                try:
+                    write_atomic(path, formatted.encode("utf-8"))
+                except OSError as exc:
+                    print(f"par: error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+                    failed += 1
+                    continue
                 print(f"{path}: formatted", file=sys.stderr)
         else:
             sys.stdout.write(formatted)

@@ -66,3 +66,18 @@ def age(folder: Path) -> None:
 @pytest.fixture
 def make_old():
     return age
+
+
+@pytest.fixture
+def earlier(specs, tmp_path, par, snap, make_old):
+    """A build made an hour ago, then single_gpu.par edited so that its artifacts would change.
+
+    Returns (out folder, snapshot of the earlier artifacts).
+    """
+    out = tmp_path / "build"
+    assert par("build", specs, "-o", out)[0] == 0
+    make_old(out)
+    before = snap(out)
+    spec = specs / "single_gpu.par"
+    spec.write_text(spec.read_text().replace("batch 4", "batch 8"))
+    return out, before

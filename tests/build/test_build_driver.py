@@ -4,8 +4,6 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from codegen import artifacts, svg
 from dsl import build as driver
 
@@ -75,21 +73,6 @@ def test_what_several_artifacts_are_made_from_is_made_once_per_spec(specs, tmp_p
     assert par("build", specs, "-o", tmp_path / "build")[0] == 0
     names = ("emit_dot", "emit_compact_dot", "spec_cost")
     assert calls == {(name, spec): 1 for name in names for spec in ("gpt_tp2_pp2", "single_gpu")}
-
-
-@pytest.fixture
-def earlier(specs, tmp_path, par, snap, make_old):
-    """A build made an hour ago, then single_gpu.par edited so that its artifacts would change.
-
-    Returns (out folder, snapshot of the earlier artifacts).
-    """
-    out = tmp_path / "build"
-    assert par("build", specs, "-o", out)[0] == 0
-    make_old(out)
-    before = snap(out)
-    spec = specs / "single_gpu.par"
-    spec.write_text(spec.read_text().replace("batch 4", "batch 8"))
-    return out, before
 
 
 def test_a_changed_spec_rewrites_only_what_changed(specs, par, snap, earlier):
