@@ -80,7 +80,7 @@ def svg_renderer(emit: Callable[[Compiled], str], *, file: str, max_nodes: int |
                 f"{max_nodes:,} (its layout would take minutes); dag.compact.svg draws it folded, and "
                 f"`dot -Tsvg dag.dot -o {file}` draws it in full"
             )
-        return render_svg(emit(compiled), program=program)
+        return render_svg(emit(compiled), program=program, timeout=DOT_TIMEOUT_S)
 
     render.__name__ = f"render_{file.replace('.', '_')}"
     return render

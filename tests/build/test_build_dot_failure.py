@@ -3,6 +3,7 @@
 import os
 import stat
 
+from codegen import svg
 from dsl import build as driver
 
 GRAPHVIZ = {"dag.svg", "dag.compact.svg"}
@@ -45,3 +46,18 @@ def test_a_failing_dot_skips_its_svg_with_a_short_warning_and_writes_the_rest(sp
 
     code, listed, err = par("build", specs, "-o", out, "--check")
     assert code == 0 and listed == "", err  # the SVG that cannot be drawn is not called missing
+
+
+def test_a_dot_that_hangs_costs_its_svgs_only(specs, tmp_path, par, monkeypatch):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "dot").write_text("#!/bin/sh\nexec sleep 10\n")
+    (folder / "dot").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(svg, "DOT_TIMEOUT_S", 0.2)
+    out = tmp_path / "build"
+    code, _, err = par("build", specs / "single_gpu.par", "-o", out)
+    assert code == 0, err
+    assert {path.name for path in (out / "single_gpu").iterdir()} == {name for name, _ in driver.artifact_renderers()} - GRAPHVIZ
+    warnings = [line for line in err.splitlines() if line.startswith("par: warning:")]
+    assert len(warnings) == 2 and all("did not finish within 0.2 s" in line for line in warnings), err
