@@ -87,12 +87,15 @@ class ClusterTree:
         `dot` may reorder sibling clusters to reduce crossings and ignores ordering edges between
         them. So above each GPU's first node sits an anchor, in its column's group; the anchors
         of a stage form one ordered row, and any other order of the clusters would cross the
-        anchor edges, which the group makes expensive. `rep` maps a DAG node to the node that
+        anchor edges, which the group makes expensive. Each anchor sits in its GPU's replica
+        cluster (the stage's when dp is 1): anchors in a stage cluster above replica clusters
+        make Graphviz 2.43 lose nodes while ordering the ranks and fail with "trouble in
+        init_rank" (seen with pp 1, tp >= 2, dp >= 2). `rep` maps a DAG node to the node that
         stands for it in the drawing (None: not drawn). Returns the rows and the edges.
         """
         rep = rep or (lambda node_id: node_id)
         rows, edges = [], []
-        for stage, stage_cluster in enumerate(self.stages):
+        for stage in range(len(self.stages)):
             filled = [rank for rank in self.mesh.stage_ranks(stage) if self.members[rank]]
             if len(filled) < 2:
                 continue
@@ -100,7 +103,8 @@ class ClusterTree:
             for rank in filled:
                 first = self.members[rank][0]
                 anchor = quoted(f"anchor_stage_{stage}_gpu{rank}")
-                stage_cluster.nodes.append(DotNode(anchor, "", (), ANCHOR + self.column(rank)))
+                dp_rank = self.mesh.coords(rank)[0]
+                self.replicas[(stage, dp_rank)].nodes.append(DotNode(anchor, "", (), ANCHOR + self.column(rank)))
                 shown = dict.fromkeys(rep(before) for before in graph.predecessors(first))
                 edges.extend(DotEdge(quoted(before), anchor, INVISIBLE) for before in shown if before is not None)
                 edges.append(DotEdge(anchor, quoted(first), INVISIBLE))

@@ -3,7 +3,10 @@
 Without `dot` on PATH the SVG renderers answer `Skip` with one notice (the same text for every
 spec and view, so the build prints it once) and the build writes everything else. A full DAG
 above FULL_SVG_MAX_NODES nodes is not rendered (its layout would take minutes); the compact
-view always is. `dot`'s SVG holds nothing run-dependent (no dates, no paths, no random ids),
+view always is. If `dot` fails or runs past DOT_TIMEOUT_S, the renderer raises ArtifactError
+with one line of Graphviz's output, and the build skips that SVG with a warning (Graphviz's
+layout can fail on valid DOT, printing thousands of lines of its internal state after one
+`Error:` line). `dot`'s SVG holds nothing run-dependent (no dates, no paths, no random ids),
 so the same DOT text gives the same bytes with the same Graphviz version.
 """
 
@@ -16,7 +19,10 @@ from collections.abc import Callable
 from dsl.build import ArtifactError, Skip
 from dsl.compiler import Compiled
 
+from .dot_text import printable
+
 DOT_TIMEOUT_S = 180
+MESSAGE_CHARS = 200  # the most of Graphviz's message line a warning quotes
 FULL_SVG_MAX_NODES = 8000
 MISSING = (
     "Graphviz `dot` is not on PATH: dag.svg and dag.compact.svg are neither rendered nor checked "
@@ -43,9 +49,21 @@ def render_svg(dot_text: str, *, program: str, timeout: float = DOT_TIMEOUT_S) -
     except OSError as exc:
         raise ArtifactError(f"cannot run {program}: {exc.strerror or exc}") from None
     if done.returncode != 0:
-        message = done.stderr.decode("utf-8", "replace").strip()
-        raise ArtifactError(f"`dot -Tsvg` failed (exit {done.returncode}): {message}")
+        raise ArtifactError(f"`dot -Tsvg` failed (exit {done.returncode}): {first_error(done.stderr)}")
     return done.stdout
+
+
+def first_error(stderr: bytes) -> str:
+    """The line of `dot`'s stderr that says what went wrong (its first `Error` line, else its
+    first line), shortened and made printable, with how many lines followed."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    shown = next((line for line in lines if line.startswith("Error")), lines[0])
+    if len(shown) > MESSAGE_CHARS:
+        shown = shown[: MESSAGE_CHARS - 1] + "…"
+    rest = len(lines) - 1
+    return printable(shown) + (f" (and {rest:,} more lines from Graphviz)" if rest else "")
 
 
 def svg_renderer(emit: Callable[[Compiled], str], *, file: str, max_nodes: int | None = None) -> Callable[[Compiled], bytes | Skip]:
@@ -62,7 +80,7 @@ def svg_renderer(emit: Callable[[Compiled], str], *, file: str, max_nodes: int |
                 f"{max_nodes:,} (its layout would take minutes); dag.compact.svg draws it folded, and "
                 f"`dot -Tsvg dag.dot -o {file}` draws it in full"
             )
-        return render_svg(emit(compiled), program=program)
+        return render_svg(emit(compiled), program=program, timeout=DOT_TIMEOUT_S)
 
     render.__name__ = f"render_{file.replace('.', '_')}"
     return render

@@ -1,7 +1,8 @@
 """`par build`: every artifact of every spec rendered in memory first, then written atomically.
 
 A build that fails anywhere (a spec with errors, a renderer that raises) writes nothing, so
-earlier artifacts stay byte-identical. Writing is two-phase: every changed file is first
+earlier artifacts stay byte-identical. The one exception is ArtifactError, an external program
+failing on one file: that file alone is skipped, with a warning. Writing is two-phase: every changed file is first
 written to a temporary file beside it, and only when all of them are on disk is each renamed
 over its artifact, keeping a backup so that a failed rename undoes the ones before it (see
 `write_all`). Files whose content did not change are not touched; `--check` compares instead
@@ -35,16 +36,18 @@ class Skip:
 
 
 class ArtifactError(Exception):
-    """A renderer could not make its file for a reason that is not a bug (e.g. `dot` failed)."""
+    """A renderer could not make its file for a reason that is not a bug in par (e.g. `dot`
+    failed or timed out). The build goes on without that file, neither writing nor checking it,
+    and warns with the message, which should be one short line."""
 
 
 class RenderError(Exception):
-    """A renderer raised; names the artifact. `__cause__` is what it raised."""
+    """A renderer raised something other than ArtifactError (a bug); names the artifact.
+    `__cause__` is what it raised."""
 
     def __init__(self, name: str, cause: BaseException):
         super().__init__(f"cannot render {name}: {cause}")
         self.name = name
-        self.expected = isinstance(cause, ArtifactError)
 
 
 Renderer = Callable[[Compiled], "str | bytes | Skip"]
@@ -59,10 +62,12 @@ class Artifact:
 
 @dataclass
 class Rendered:
-    """The artifacts of one spec, the notices of its skipped files and the slow renderers."""
+    """The artifacts of one spec, the notices of its skipped files, the warnings of the files
+    that failed (ArtifactError) and the slow renderers."""
 
     artifacts: list[Artifact] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     slow: list[tuple[str, float]] = field(default_factory=list)
 
 
@@ -76,13 +81,17 @@ def artifact_renderers() -> list[tuple[str, Renderer]]:
 
 
 def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]]) -> Rendered:
-    """Every artifact of one spec, in memory; raises RenderError if a renderer raises."""
+    """Every artifact of one spec, in memory; raises RenderError if a renderer raises anything
+    but ArtifactError, which only skips that file."""
     folder = out_dir / compiled.deployment.name
     rendered = Rendered()
     for name, renderer in renderers:
         started = time.perf_counter()
         try:
             content = renderer(compiled)
+        except ArtifactError as exc:
+            rendered.warnings.append(f"{name} not written: {exc}")
+            continue
         except Exception as exc:
             raise RenderError(name, exc) from exc
         seconds = time.perf_counter() - started

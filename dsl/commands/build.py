@@ -76,10 +76,11 @@ def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | Non
         rendered = driver.render(compiled, out, renderers)
     except driver.RenderError as exc:
         progress(f"par: error: {path}: {exc}")
-        if not exc.expected:
-            progress("".join(traceback.format_exception(exc.__cause__)).rstrip())
-            progress("par: this is a bug in par; please report it with the spec")
+        progress("".join(traceback.format_exception(exc.__cause__)).rstrip())
+        progress("par: this is a bug in par; please report it with the spec")
         return None
+    for warning in rendered.warnings:
+        progress(f"par: warning: {path}: {warning}")
     for name, seconds in rendered.slow:
         progress(f"    {name}: {seconds:.1f} s")
     return rendered

@@ -63,9 +63,19 @@ def test_a_dag_above_the_limit_is_not_drawn_in_full(compiled, dot_binary):
     assert isinstance(svg.svg_renderer(emit_dot, file="dag.svg", max_nodes=nodes)(spec), bytes)
 
 
-def test_a_failing_dot_is_an_error_not_a_skip(dot_binary):
-    with pytest.raises(ArtifactError, match="failed"):
+def test_a_failing_dot_raises_one_line_of_its_message(dot_binary):
+    """ArtifactError, which the build turns into a warning that skips the SVG (tests/build)."""
+    with pytest.raises(ArtifactError, match="failed") as raised:
         svg.render_svg("digraph { a -> }\n", program=dot_binary)
+    assert "syntax error" in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_graphviz_messages_are_cut_to_the_error_line():
+    dump = b"Warning: first\n\nError: trouble in init_rank\n" + b"\t%0 2\n" * 3000
+    assert svg.first_error(dump) == "Error: trouble in init_rank (and 3,001 more lines from Graphviz)"
+    assert svg.first_error(b"  lone line \x1b[31m\n") == "lone line \ufffd[31m"
+    assert svg.first_error(b"") == "no message"
+    assert len(svg.first_error(b"Error: " + b"x" * 5000)) == svg.MESSAGE_CHARS
 
 
 def test_a_dot_that_hangs_is_stopped(tmp_path):
