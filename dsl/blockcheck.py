@@ -20,7 +20,10 @@ def resolve_block(
     places: Sequence[Place],
     namespace: Namespace,
     sequence_parallel: bool,
+    blocks_broken: bool = False,
 ) -> tuple[Block | None, list[Diagnostic]]:
+    """`blocks_broken`: a block of the spec may be in text that did not parse, so a block the
+    model cannot find is not reported (the syntax error is)."""
     diags: list[Diagnostic] = []
     own: dict[str, BlockDef] = {}
     for block in spec_blocks:
@@ -28,7 +31,7 @@ def resolve_block(
             diags.append(error(f"block '{block.name}' is defined twice (first at {own[block.name].span})", block.name_span))
         else:
             own[block.name] = block
-    chosen = _choose(model_decl, own, {b.name: b for b in library_blocks}, diags)
+    chosen = _choose(model_decl, own, {b.name: b for b in library_blocks}, [] if blocks_broken else diags)
     resolved: Block | None = None
     for block in own.values():
         result = _BlockResolver(block, namespace, sequence_parallel, diags).resolve()

@@ -118,12 +118,16 @@ class _Checker:
 
     def _single(self, items, what: str, required: bool = False):
         if not items:
-            if required:
+            if required and not self._maybe_broken(what):
                 self.err(f"the spec has no {what}", self.file_span, hint=f"add a line like: {_EXAMPLES[what]}")
             return None
         for extra in items[1:]:
             self.err(f"a spec has one {what}; this is a second one (the first is at {items[0].span})", extra.span)
         return items[0]
+
+    def _maybe_broken(self, kind: str) -> bool:
+        """Whether an item of this kind may be in text that did not parse."""
+        return kind in self.spec.broken or None in self.spec.broken
 
     def _collect(self, settings: Sequence[Setting], allowed: set[str], where: str) -> dict[str, Expr]:
         found, diags = collect_settings(settings, allowed, where)
@@ -321,6 +325,7 @@ class _Checker:
             places=self.spec.places,
             namespace=namespace,
             sequence_parallel=sp,
+            blocks_broken=self._maybe_broken("block"),
         )
         self.diags.extend(diags)
         return block
