@@ -323,6 +323,7 @@ _ITEM_START = re.compile(
     re.MULTILINE,
 )
 _ITEMS = frozenset({"model", "mesh", "block", "place", "strict", "hardware"})
+_KEYWORD = re.compile(r"\b(" + "|".join(sorted(_ITEMS)) + r")\b")
 MAX_SYNTAX_ERRORS = 100
 
 
@@ -332,7 +333,7 @@ def _parse_recovering(text: str, file: str, *, keep_comments: bool) -> Parsed:
     of the file is left unread, so a file of nothing but errors costs no more than a few parses."""
     items: list[Tree] = []
     errors: list[Diagnostic] = []
-    broken: list[str | None] = []
+    broken: set[str | None] = set()
     start, line_offset, reported = 0, 0, -1
     while True:
         segment = text[start:]
@@ -349,16 +350,21 @@ def _parse_recovering(text: str, file: str, *, keep_comments: bool) -> Parsed:
             _shift(Tree("start", done), line_offset, 0)
             items += done
             where = start + (first.start_pos if first is not None else _error_offset(exc, segment))
-            broken.append(str(first) if first is not None and str(first) in _ITEMS else None)
             newline = text.find("\n", where)
             following = _ITEM_START.search(text, newline + 1) if newline >= 0 else None
+            # What the dropped text may have held: every item keyword in it, and anything at all
+            # when it does not start with one (a misspelt keyword).
+            dropped = text[where : following.start() if following else len(text)]
+            broken.update(_KEYWORD.findall(dropped))
+            if first is None:
+                broken.add(None)
             if following is None:
                 break
             line_offset += text.count("\n", start, following.start())
             start = following.start()
             if len(errors) >= MAX_SYNTAX_ERRORS:  # bounds the work on a file of nothing but errors
                 errors.append(error(f"stopped reading after {MAX_SYNTAX_ERRORS} syntax errors", Span.point(file, line_offset + 1)))
-                broken.append(None)
+                broken.add(None)
                 break
             continue
         _shift(tree, line_offset, 0)
@@ -367,9 +373,9 @@ def _parse_recovering(text: str, file: str, *, keep_comments: bool) -> Parsed:
     try:
         spec = _transform(Tree("start", items), file)
     except CompileError as exc:  # a number too long to read, or too deep an expression
-        spec, broken = _transform(Tree("start", []), file), [None]
+        spec, broken = _transform(Tree("start", []), file), {None}
         errors += exc.diagnostics
-    return Parsed(replace(spec, broken=tuple(broken)), tuple(sorted(errors, key=Diagnostic.sort_key)))
+    return Parsed(replace(spec, broken=tuple(sorted(broken, key=str))), tuple(sorted(errors, key=Diagnostic.sort_key)))
 
 
 def _salvage(exc: UnexpectedInput) -> tuple[list[Tree], Token | None]:

@@ -57,6 +57,9 @@ def test_no_cascade_from_a_broken_model_or_block():
     assert len(found) == 1 and found[0][1].startswith("unexpected ']'")
     found = problems("model m : b { layers 4  hidden 64  heads 4  batch 8  seq 16 }\nblock b(x) { return }\n")
     assert len(found) == 1 and found[0][0] == 2 and found[0][1].startswith("unexpected '}'")
+    # An item dropped with the broken one, on its line, is not reported missing either.
+    found = problems("mesh { tp = } " + MODEL)
+    assert len(found) == 1 and found[0][1].startswith("unexpected '}'")
     # Text that starts like no item could have been the model.
     found = problems("modle m : gpt { layers 4 }\n")
     assert len(found) == 1 and found[0][1].startswith("unexpected 'modle'")
