@@ -74,7 +74,14 @@ def _choose(model_decl: ModelDecl, own: dict, library: dict, diags: list[Diagnos
 
 
 class _BlockResolver:
-    def __init__(self, block: BlockDef, namespace: Namespace, sequence_parallel: bool, diags: list[Diagnostic], blame=None):
+    def __init__(
+        self,
+        block: BlockDef,
+        namespace: Namespace,
+        sequence_parallel: bool,
+        diags: list[Diagnostic],
+        blame: Callable[[Diagnostic, Expr, str], None] | None = None,
+    ):
         self.block = block
         self.blame = blame
         self.namespace = namespace
