@@ -400,14 +400,16 @@ def _salvage(exc: UnexpectedInput) -> tuple[list[Tree], Token | None]:
 
 
 def _error_offset(exc: UnexpectedInput, text: str) -> int:
-    position = getattr(exc, "pos_in_stream", None)
-    return len(text) if position is None else position
+    return len(text) if _at_end(exc) else exc.pos_in_stream
+
+
+def _at_end(exc: UnexpectedInput) -> bool:
+    return isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END")
 
 
 def _error_position(exc: UnexpectedInput, text: str) -> tuple[int, int]:
     """Where to point: the offending token, or just past the last text at end of file."""
-    at_end = isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END")
-    if not at_end and exc.line > 0:
+    if not _at_end(exc) and exc.line > 0:
         return exc.line, exc.column
     stripped = text.rstrip()
     return stripped.count("\n") + 1, len(stripped) - (stripped.rfind("\n") + 1) + 1
@@ -440,7 +442,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, span: Span) -> Diagnostic:
     # `accepts` includes keywords the contextual lexer folds into NAME; `expected` does not.
     accepted = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ()
     expected = sorted({_TERMINAL_NAMES.get(t, _keyword(t)) for t in accepted})
-    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+    if _at_end(exc):
         found = "end of file"
     else:
         found = repr(str(exc.token))

@@ -91,3 +91,9 @@ def test_a_file_of_nothing_but_errors_stops_after_a_bounded_number():
     last = parsed.errors[-1]
     assert "stopped reading" in last.message and last.span.line == MAX_SYNTAX_ERRORS + 1
     assert None in parsed.spec.broken  # what was left unread may hold any item
+
+
+def test_the_item_resumed_at_can_still_run_out_at_the_end_of_the_file():
+    parsed = parse_spec("model m : gpt { layers 4\nmesh {", "t.par")
+    assert [(d.span.line, d.span.col) for d in parsed.errors] == [(2, 6), (2, 7)]
+    assert parsed.errors[1].message.startswith("unexpected end of file")
