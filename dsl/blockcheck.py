@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from .deployment import Block, Op
@@ -20,7 +20,13 @@ def resolve_block(
     places: Sequence[Place],
     namespace: Namespace,
     sequence_parallel: bool,
+    blocks_broken: bool = False,
+    blame: Callable[[Diagnostic, Expr, str], None] | None = None,
 ) -> tuple[Block | None, list[Diagnostic]]:
+    """`blocks_broken`: a block of the spec may be in text that did not parse, so a block the
+    model cannot find is not reported (the syntax error is). `blame(diagnostic, size, block)`
+    reports a size of a built-in block that the settings make fail: the user never wrote that
+    line, so the caller points at the settings instead."""
     diags: list[Diagnostic] = []
     own: dict[str, BlockDef] = {}
     for block in spec_blocks:
@@ -28,14 +34,14 @@ def resolve_block(
             diags.append(error(f"block '{block.name}' is defined twice (first at {own[block.name].span})", block.name_span))
         else:
             own[block.name] = block
-    chosen = _choose(model_decl, own, {b.name: b for b in library_blocks}, diags)
+    chosen = _choose(model_decl, own, {b.name: b for b in library_blocks}, [] if blocks_broken else diags)
     resolved: Block | None = None
     for block in own.values():
         result = _BlockResolver(block, namespace, sequence_parallel, diags).resolve()
         if block is chosen:
             resolved = result
     if chosen is not None and chosen.name not in own:
-        resolved = _BlockResolver(chosen, namespace, sequence_parallel, diags).resolve()
+        resolved = _BlockResolver(chosen, namespace, sequence_parallel, diags, blame).resolve()
     if resolved is not None:
         resolved = _apply_places(resolved, places, sequence_parallel, diags)
     else:
@@ -68,8 +74,16 @@ def _choose(model_decl: ModelDecl, own: dict, library: dict, diags: list[Diagnos
 
 
 class _BlockResolver:
-    def __init__(self, block: BlockDef, namespace: Namespace, sequence_parallel: bool, diags: list[Diagnostic]):
+    def __init__(
+        self,
+        block: BlockDef,
+        namespace: Namespace,
+        sequence_parallel: bool,
+        diags: list[Diagnostic],
+        blame: Callable[[Diagnostic, Expr, str], None] | None = None,
+    ):
         self.block = block
+        self.blame = blame
         self.namespace = namespace
         self.sequence_parallel = sequence_parallel
         self.diags = diags
@@ -176,8 +190,7 @@ class _BlockResolver:
         try:
             value = evaluate(arg, self.namespace.lookup)
         except EvalError as exc:
-            self.diags.append(exc.diagnostic)
-            self.ok = False
+            self._size_error(exc.diagnostic, arg)
             return None
         except AlreadyReported:
             self.ok = False
@@ -185,9 +198,16 @@ class _BlockResolver:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or not 1 <= value <= 1 << 26:
-            self.err(f"a feature size must be a whole number from 1 to {1 << 26}, not {value}", arg.span)
+            self._size_error(error(f"a feature size must be a whole number from 1 to {1 << 26}, not {value}", arg.span), arg)
             return None
         return value
+
+    def _size_error(self, diagnostic: Diagnostic, size: Expr) -> None:
+        self.ok = False
+        if self.blame is None:
+            self.diags.append(diagnostic)
+        else:
+            self.blame(diagnostic, size, self.block.name)
 
 
 

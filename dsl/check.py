@@ -9,7 +9,7 @@ from . import stages as stage_split
 from .blockcheck import resolve_block
 from .crosscheck import cross_checks
 from .deployment import DTYPE_BYTES, SCHEDULES, Deployment, Mesh, Model
-from .diagnostics import CompileError, Diagnostic, error
+from .diagnostics import CompileError, Diagnostic, error, note
 from .evaluate import AlreadyReported, EvalError, Namespace, did_you_mean, evaluate
 from .hwcheck import resolve_hardware
 from .library import library_blocks
@@ -118,12 +118,16 @@ class _Checker:
 
     def _single(self, items, what: str, required: bool = False):
         if not items:
-            if required:
+            if required and not self._maybe_broken(what):
                 self.err(f"the spec has no {what}", self.file_span, hint=f"add a line like: {_EXAMPLES[what]}")
             return None
         for extra in items[1:]:
             self.err(f"a spec has one {what}; this is a second one (the first is at {items[0].span})", extra.span)
         return items[0]
+
+    def _maybe_broken(self, kind: str) -> bool:
+        """Whether an item of this kind may be in text that did not parse."""
+        return kind in self.spec.broken or None in self.spec.broken
 
     def _collect(self, settings: Sequence[Setting], allowed: set[str], where: str) -> dict[str, Expr]:
         found, diags = collect_settings(settings, allowed, where)
@@ -180,7 +184,7 @@ class _Checker:
                 exprs[name] = expr
                 self.spans.setdefault(name, expr.span)
                 self.defaulted.add(name)
-        return Namespace(exprs)
+        return Namespace(exprs, accept=self._accept)
 
     def _evaluate(self, namespace: Namespace, model_decl: ModelDecl) -> None:
         for name in sorted(RANGES):
@@ -194,27 +198,29 @@ class _Checker:
 
     def _integer(self, namespace: Namespace, name: str) -> int | None:
         try:
-            value = namespace.get(name)
+            return namespace.get(name)
         except EvalError as exc:
             self.diags.append(exc.diagnostic)
-            return None
         except AlreadyReported:
-            return None
-        if name in self.defaulted and (not isinstance(value, int) or value < 1):
-            return None  # derived from a setting whose own error is reported
+            pass
+        return None
+
+    def _accept(self, name: str, value):
+        """Hands the namespace a setting's value once it is known to be in range, so that a bad
+        setting is reported once, at its own line, and whatever uses it (a derived default, a
+        size in a block) stays quiet instead of failing again somewhere else."""
+        if name not in RANGES:
+            return value
         span = self.spans.get(name)
         if isinstance(value, float):
             if not value.is_integer():
-                self.err(f"{name} must be a whole number, not {value:g}", span)
-                return None
+                raise EvalError(error(f"{name} must be a whole number, not {value:g}", span or self.file_span))
             value = int(value)
         low, high = RANGES[name]
         if value < low:
-            self.err(f"{name} must be at least {low}, not {value}", span)
-            return None
+            raise EvalError(error(f"{name} must be at least {low}, not {value}", span or self.file_span))
         if value > high:
-            self.err(f"{name} ({value}) is absurdly large; the most par accepts is {high}", span)
-            return None
+            raise EvalError(error(f"{name} ({value}) is absurdly large; the most par accepts is {high}", span or self.file_span))
         return value
 
     def _word(self, name: str, expr: Expr | None, default: str) -> str | None:
@@ -314,6 +320,9 @@ class _Checker:
         return int(value)
 
     def _block(self, model_decl: ModelDecl, namespace: Namespace, sp: bool):
+        def blame(diagnostic: Diagnostic, size: Expr, block: str) -> None:
+            self._blame(diagnostic, size, block, namespace, model_decl)
+
         block, diags = resolve_block(
             model_decl=model_decl,
             spec_blocks=self.spec.blocks,
@@ -321,9 +330,28 @@ class _Checker:
             places=self.spec.places,
             namespace=namespace,
             sequence_parallel=sp,
+            blocks_broken=self._maybe_broken("block"),
+            blame=blame,
         )
         self.diags.extend(diags)
         return block
+
+    def _blame(self, diagnostic: Diagnostic, size: Expr, block: str, namespace: Namespace, model_decl: ModelDecl) -> None:
+        """A size in a built-in block fails for these settings. The user never wrote that line:
+        the error goes on the settings the size reads (the first written), the block's line
+        becomes a note. When one of those settings has an error already (a divisibility rule
+        says the same in the user's terms), or another size failed the same way, that error
+        only gains the note: one bad setting, one error."""
+        here = note(f"used here, by the built-in block '{block}'", size.span)
+        read = namespace.depends_on(size)
+        spans = sorted({self.spans[name] for name in read if name in self.spans and name not in self.defaulted})
+        at = spans[0] if spans else model_decl.block_span or model_decl.span
+        message = f"{diagnostic.message} (in the built-in block '{block}')"
+        for index, known in enumerate(self.diags):
+            if known.is_error and (known.span in spans or (known.span, known.message) == (at, message)):
+                self.diags[index] = replace(known, notes=known.notes + (here,))
+                return
+        self.diags.append(replace(error(message, at, hint=diagnostic.hint), notes=(here,)))
 
 
 _EXAMPLES = {

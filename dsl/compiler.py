@@ -16,7 +16,7 @@ from .diagnostics import CompileError, Diagnostic
 from .expand import expand
 from .inputs import parse_defines, read_spec
 from .lower import lower
-from .parser import parse_text
+from .parser import parse_spec
 from .program import Program
 from .spec import Override
 from .validate import validate
@@ -56,8 +56,14 @@ def compile_file(path: str | Path, defines: Sequence[str] = ()) -> Compiled:
 
 def compile_text(text: str, file: str, overrides: Sequence[Override] = ()) -> Compiled:
     """Raises CompileError carrying every diagnostic; a returned DAG is proven well-formed."""
-    spec = parse_text(text, file)
-    deployment, warnings = check(spec, overrides)
+    parsed = parse_spec(text, file)
+    if parsed.errors:  # the items that did parse are still checked, to report every problem at once
+        try:
+            _, warnings = check(parsed.spec, overrides)
+        except CompileError as exc:
+            raise CompileError([*parsed.errors, *exc.diagnostics]) from None
+        raise CompileError([*parsed.errors, *warnings])
+    deployment, warnings = check(parsed.spec, overrides)
     program = lower(deployment)
     with gc_paused():
         graph = expand(program)

@@ -14,6 +14,7 @@ class Diagnostic:
     span: Span | None = None
     severity: str = "error"  # "error" | "warning" | "note"
     hint: str | None = None
+    notes: tuple[Diagnostic, ...] = ()  # further places that explain this one, printed after it
 
     @property
     def is_error(self) -> bool:
@@ -31,6 +32,10 @@ def error(message: str, span: Span | None, *, hint: str | None = None) -> Diagno
 
 def warning(message: str, span: Span | None, *, hint: str | None = None) -> Diagnostic:
     return Diagnostic(message, span, "warning", hint)
+
+
+def note(message: str, span: Span | None) -> Diagnostic:
+    return Diagnostic(message, span, "note")
 
 
 class CompileError(Exception):
@@ -56,6 +61,7 @@ def format_diagnostic(diag: Diagnostic, sources: Mapping[str, SourceFile]) -> st
             lines.append("    " + caret)
     if diag.hint:
         lines.append(f"    help: {diag.hint}")
+    lines += (format_diagnostic(n, sources) for n in diag.notes)
     return "\n".join(lines)
 
 

@@ -30,8 +30,16 @@ def did_you_mean(name: str, known) -> str | None:
 class Namespace:
     """Names bound to expressions, evaluated on first use; `fixed` holds already-known numbers."""
 
-    def __init__(self, exprs: Mapping[str, Expr], fixed: Mapping[str, Number] | None = None):
+    def __init__(
+        self,
+        exprs: Mapping[str, Expr],
+        fixed: Mapping[str, Number] | None = None,
+        accept: Callable[[str, Number], Number] | None = None,
+    ):
+        """`accept(name, value)` vets each computed value: it returns the value to keep, or
+        raises EvalError or AlreadyReported, after which every use of the name is quiet."""
         self._exprs = dict(exprs)
+        self._accept = accept
         self._values: dict[str, Number] = dict(fixed or {})
         self._active: list[str] = []
         self._failed: set[str] = set()
@@ -51,6 +59,8 @@ class Namespace:
         self._active.append(name)
         try:
             value = evaluate(self._exprs[name], self.lookup)
+            if self._accept is not None:
+                value = self._accept(name, value)
         except (EvalError, AlreadyReported):
             self._failed.add(name)
             raise
@@ -58,6 +68,22 @@ class Namespace:
             self._active.pop()
         self._values[name] = value
         return value
+
+    def depends_on(self, expr: Expr) -> list[str]:
+        """The names `expr` reads, directly or through other names, each once, first use first."""
+        found: dict[str, None] = {}
+        pending = [expr]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, Ref) and item.name not in found:
+                found[item.name] = None
+                if item.name in self._exprs:
+                    pending.append(self._exprs[item.name])
+            elif isinstance(item, BinOp):
+                pending += (item.right, item.left)
+            elif isinstance(item, Neg):
+                pending.append(item.operand)
+        return list(found)
 
     def lookup(self, name: str, span: Span) -> Number:
         """`get` for a name written at `span`: an unknown name is an EvalError there."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.resources import files
 
-from lark import Lark, Token, Transformer_NonRecursive, v_args
+from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -239,20 +241,40 @@ def _number_value(tok: Token, file: str) -> int | float:
         raise _BadNumber(tok, f"number {str(tok)[:20]}... is too long") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A spec as far as it parses: every item that parsed, and one error per broken stretch."""
+
+    spec: ast.Spec
+    errors: tuple[Diagnostic, ...]
+
+
 def parse_text(text: str, file: str) -> ast.Spec:
-    """Parse one spec; raises CompileError with a located diagnostic on bad syntax."""
-    return _parse(text, file, "start")
+    """Parse one spec; raises CompileError with every syntax error on bad syntax."""
+    parsed = parse_spec(text, file)
+    if parsed.errors:
+        raise CompileError(parsed.errors)
+    return parsed.spec
+
+
+def parse_spec(text: str, file: str) -> Parsed:
+    """Parse one spec, going on after a syntax error at the next item, so that the errors of
+    later items and the semantic errors of the items that did parse can be reported too.
+    Never raises: bad input comes back as `errors`."""
+    return _parse_recovering(text, file, keep_comments=False)
 
 
 def parse_with_comments(text: str, file: str) -> tuple[ast.Spec, list[ast.Comment]]:
     """Parse one spec and return its comments too (for the formatter)."""
     _COMMENTS.clear()
     try:
-        spec = _parse(text, file, "start", keep_comments=True)
+        parsed = _parse_recovering(text, file, keep_comments=True)
+        if parsed.errors:
+            raise CompileError(parsed.errors)
         comments = [ast.Comment(str(tok), _token_span(file, tok)) for tok in _COMMENTS]
     finally:
         _COMMENTS.clear()
-    return spec, comments
+    return parsed.spec, comments
 
 
 def parse_override(name: str, value: str, span: Span) -> ast.Override:
@@ -264,16 +286,19 @@ def parse_override(name: str, value: str, span: Span) -> ast.Override:
     return ast.Override(name, value, stages, span)
 
 
-def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset: int = 0, keep_comments: bool = False):
+def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset: int = 0):
     try:
-        tree = _lark(keep_comments).parse(text, start=start)
+        tree = _lark().parse(text, start=start)
     except UnexpectedInput as exc:
         line, col = _error_position(exc, text)
         line, col = line + line_offset, col + col_offset
         raise CompileError([_syntax_error(exc, text, Span(file, line, col, line, col + 1))]) from None
+    _shift(tree, line_offset, col_offset)
+    return _transform(tree, file)
+
+
+def _transform(tree: Tree, file: str):
     try:
-        if line_offset or col_offset:
-            _shift(tree, line_offset, col_offset)
         return _ToSpec(file).transform(tree)
     except VisitError as exc:
         if isinstance(exc.orig_exc, _BadNumber):
@@ -284,10 +309,107 @@ def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset
         raise CompileError([error("expression is nested too deeply", Span.point(file))]) from None
 
 
+# A line that starts an item: the keyword and what must follow it, so that a setting, statement
+# or place target that happens to be named `mesh` or `model` is not taken for one.
+_ITEM_START = re.compile(
+    r"^[ \t]*(?:"
+    r"model[ \t]+[A-Za-z_][A-Za-z0-9_]*[ \t]*(?::|\{)"
+    r"|mesh[ \t]*\{"
+    r"|block[ \t]+[A-Za-z_][A-Za-z0-9_]*[ \t]*\("
+    r"|place[ \t]+[A-Za-z_][A-Za-z0-9_]*[ \t]+[A-Za-z_]"
+    r"|strict[ \t]*(?:#|\r?$)"
+    r"|hardware(?:[ \t]+[A-Za-z_][A-Za-z0-9_]*)?[ \t]*(?:\{|#|\r?$)"
+    r")",
+    re.MULTILINE,
+)
+_ITEMS = frozenset({"model", "mesh", "block", "place", "strict", "hardware"})
+_KEYWORD = re.compile(r"\b(" + "|".join(sorted(_ITEMS)) + r")\b")
+MAX_SYNTAX_ERRORS = 100
+
+
+def _parse_recovering(text: str, file: str, *, keep_comments: bool) -> Parsed:
+    """Panic-mode recovery: on a syntax error, keep the items before it, drop the item it broke,
+    and parse again from the next line that starts an item. Past MAX_SYNTAX_ERRORS errors the rest
+    of the file is left unread, so a file of nothing but errors costs no more than a few parses."""
+    items: list[Tree] = []
+    errors: list[Diagnostic] = []
+    broken: set[str | None] = set()
+    start, line_offset, reported = 0, 0, -1
+    while True:
+        segment = text[start:]
+        try:
+            tree = _lark(keep_comments).parse(segment, start="start")
+        except UnexpectedInput as exc:
+            line, col = _error_position(exc, segment)
+            at = start + _error_offset(exc, segment)
+            if at > reported:  # an error at or before one already reported follows from it
+                span = Span(file, line + line_offset, col, line + line_offset, col + 1)
+                errors.append(_syntax_error(exc, segment, span))
+                reported = at
+            done, first = _salvage(exc)
+            _shift(Tree("start", done), line_offset, 0)
+            items += done
+            where = start + (first.start_pos if first is not None else _error_offset(exc, segment))
+            newline = text.find("\n", where)
+            following = _ITEM_START.search(text, newline + 1) if newline >= 0 else None
+            # What the dropped text may have held: every item keyword in it, and anything at all
+            # when it does not start with one (a misspelt keyword).
+            dropped = text[where : following.start() if following else len(text)]
+            broken.update(_KEYWORD.findall(dropped))
+            if first is None:
+                broken.add(None)
+            if following is None:
+                break
+            line_offset += text.count("\n", start, following.start())
+            start = following.start()
+            if len(errors) >= MAX_SYNTAX_ERRORS:  # bounds the work on a file of nothing but errors
+                errors.append(error(f"stopped reading after {MAX_SYNTAX_ERRORS} syntax errors", Span.point(file, line_offset + 1)))
+                broken.add(None)
+                break
+            continue
+        _shift(tree, line_offset, 0)
+        items += tree.children
+        break
+    try:
+        spec = _transform(Tree("start", items), file)
+    except CompileError as exc:  # a number too long to read, or too deep an expression
+        spec, broken = _transform(Tree("start", []), file), {None}
+        errors += exc.diagnostics
+    return Parsed(replace(spec, broken=tuple(sorted(broken, key=str))), tuple(sorted(errors, key=Diagnostic.sort_key)))
+
+
+def _salvage(exc: UnexpectedInput) -> tuple[list[Tree], Token | None]:
+    """The items complete before a syntax error, and the keyword of the item it broke (None
+    when the error fell between items)."""
+    interactive = getattr(exc, "interactive_parser", None)
+    if interactive is None:
+        return [], None
+    try:  # the error may fall right after a whole item the parser had not reduced yet
+        return list(interactive.feed_eof().children), None
+    except UnexpectedInput:
+        pass
+    done: list[Tree] = []
+    for value in interactive.parser_state.value_stack:
+        if isinstance(value, Tree) and value.data in _ITEMS:
+            done.append(value)
+        elif isinstance(value, Tree) and value.data.startswith("__start"):  # the items so far
+            done += value.children
+        else:
+            return done, value if isinstance(value, Token) else None
+    return done, None
+
+
+def _error_offset(exc: UnexpectedInput, text: str) -> int:
+    return len(text) if _at_end(exc) else exc.pos_in_stream
+
+
+def _at_end(exc: UnexpectedInput) -> bool:
+    return isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END")
+
+
 def _error_position(exc: UnexpectedInput, text: str) -> tuple[int, int]:
     """Where to point: the offending token, or just past the last text at end of file."""
-    at_end = isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END")
-    if not at_end and exc.line > 0:
+    if not _at_end(exc) and exc.line > 0:
         return exc.line, exc.column
     stripped = text.rstrip()
     return stripped.count("\n") + 1, len(stripped) - (stripped.rfind("\n") + 1) + 1
@@ -295,12 +417,15 @@ def _error_position(exc: UnexpectedInput, text: str) -> tuple[int, int]:
 
 def _shift(tree, line_offset: int, col_offset: int) -> None:
     """Move a command-line value's positions to where it sits on the command line."""
-    for tok in tree.scan_values(lambda v: isinstance(v, Token)):
-        tok.line += line_offset
-        tok.end_line += line_offset
-        tok.column += col_offset
-        tok.end_column += col_offset
-    for sub in tree.iter_subtrees():
+    if not (line_offset or col_offset):
+        return
+    for sub in tree.iter_subtrees():  # iterative: a deeply nested expression is no RecursionError
+        for tok in sub.children:
+            if isinstance(tok, Token):
+                tok.line += line_offset
+                tok.end_line += line_offset
+                tok.column += col_offset
+                tok.end_column += col_offset
         if not sub.meta.empty:
             sub.meta.line += line_offset
             sub.meta.end_line += line_offset
@@ -317,7 +442,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, span: Span) -> Diagnostic:
     # `accepts` includes keywords the contextual lexer folds into NAME; `expected` does not.
     accepted = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ()
     expected = sorted({_TERMINAL_NAMES.get(t, _keyword(t)) for t in accepted})
-    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+    if _at_end(exc):
         found = "end of file"
     else:
         found = repr(str(exc.token))

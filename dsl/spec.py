@@ -136,6 +136,9 @@ class Spec:
     places: tuple[Place, ...]
     strict: tuple[Span, ...]
     hardware: tuple[HardwareDecl, ...]
+    # The kinds of the items that did not parse (None: text that did not start like any item);
+    # checks stay quiet about what those items may have said.
+    broken: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 SPECS = sorted(HERE.glob("*.par"))
-LOCATED = re.compile(r"^\S+:\d+:\d+: (error|warning): \S")
+LOCATED = re.compile(r"^\S+:\d+:\d+: (error|warning|note): \S")
 
 _spec = importlib.util.spec_from_file_location("errors_regen", HERE / "regen.py")
 regen = importlib.util.module_from_spec(_spec)

@@ -9,7 +9,7 @@ from dsl.check import check
 from dsl.diagnostics import CompileError
 from dsl.format import format_spec
 from dsl.lower import lower
-from dsl.parser import parse_text, parse_with_comments
+from dsl.parser import parse_spec, parse_with_comments
 from dsl.source import Span
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,12 +20,19 @@ TOKENS = ["model", "mesh", "block", "place", "after", "as", "strict", "sp", "sta
 
 
 def front_end(text: str) -> None:
-    """Parse, check and lower; only CompileError may come out."""
+    """Parse (going on past syntax errors), check what parsed and lower; only CompileError may
+    come out, with at least one diagnostic. Each syntax error lies past the one before: recovery
+    never reports a place twice."""
+    parsed = parse_spec(text, "fuzz.par")
+    places = [(d.span.line, d.span.col) for d in parsed.errors]
+    assert places == sorted(set(places)) and all(line >= 1 for line, _ in places)
     try:
-        deployment, _ = check(parse_text(text, "fuzz.par"))
-        lower(deployment)
+        deployment, _ = check(parsed.spec)
+        if not parsed.errors:
+            lower(deployment)
     except CompileError as exc:
-        assert exc.diagnostics and all(d.span is None or d.span.line >= 1 for d in exc.diagnostics)
+        diagnostics = [*parsed.errors, *exc.diagnostics]
+        assert diagnostics and all(d.span is None or d.span.line >= 1 for d in diagnostics)
 
 
 @st.composite
