@@ -50,7 +50,7 @@ def percent(fraction: float) -> str:
 
 def ranges(numbers: Iterable[int]) -> str:
     """[0, 1, 2, 3, 8, 9] -> "0-3, 8-9" (duplicates count once)."""
-    return ", ".join(_span(first, last) for first, last in _runs(numbers))
+    return ", ".join(span(first, last) for first, last in _runs(numbers))
 
 
 _STRIDED_AFTER = 4  # up to this many runs are always listed in full
@@ -66,8 +66,8 @@ def strided_ranges(numbers: Iterable[int]) -> str:
         length, stride = first[1] - first[0], second[0] - first[0]
         regular = all(b - a == length and a - first[0] == i * stride for i, (a, b) in enumerate(runs))
         if regular:
-            return f"{_span(*first)}, {_span(*second)}, ..., {_span(*last)}"
-    return ", ".join(_span(first, last) for first, last in runs)
+            return f"{span(*first)}, {span(*second)}, ..., {span(*last)}"
+    return ", ".join(span(first, last) for first, last in runs)
 
 
 def _runs(numbers: Iterable[int]) -> list[tuple[int, int]]:
@@ -81,7 +81,8 @@ def _runs(numbers: Iterable[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _span(first: int, last: int) -> str:
+def span(first: int, last: int) -> str:
+    """One run: "3" or "3-7"."""
     return str(first) if first == last else f"{first}-{last}"
 
 
