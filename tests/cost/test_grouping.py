@@ -6,7 +6,13 @@ import networkx as nx
 import pytest
 
 from codegen.cost import spec_cost
-from codegen.cost.estimate import OUTSIDE_STAGES, Clock, longest_paths, node_durations, stage_times
+from codegen.cost.estimate import (
+    OUTSIDE_STAGES,
+    Clock,
+    longest_paths,
+    node_durations,
+    stage_times,
+)
 from codegen.cost.report import sections
 from dsl import units
 

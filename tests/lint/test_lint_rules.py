@@ -293,10 +293,10 @@ def test_huge_layer_numbers_are_gaps_in_constant_memory():
         a [label="Layer 0"]; b [label="Layer 99999999999"]; c [label="Layer 100000000001"]; }"""
     gaps = [f.message for f in lint_text(text) if f.code == "DAG007"]
     assert gaps == [
-        "layer numbering skips layers 1-99999999998: it jumps from layer 0 to layer 99999999999 "
-        "(`b`, layer from label line 'Layer 99999999999')",
-        "layer numbering skips layer 100000000000: it jumps from layer 99999999999 to layer "
-        "100000000001 (`c`, layer from label line 'Layer 100000000001')",
+        ("layer numbering skips layers 1-99999999998: it jumps from layer 0 to layer 99999999999 "
+         "(`b`, layer from label line 'Layer 99999999999')"),
+        ("layer numbering skips layer 100000000000: it jumps from layer 99999999999 to layer "
+         "100000000001 (`c`, layer from label line 'Layer 100000000001')"),
     ]
 
 
