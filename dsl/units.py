@@ -5,7 +5,7 @@ Shared by every printed or drawn output: reports, drawings, lint findings, `par 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 _PREFIXES = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
@@ -48,23 +48,41 @@ def percent(fraction: float) -> str:
     return f"{fraction * 100:.1f}%"
 
 
-def ranges(numbers: Sequence[int]) -> str:
+def ranges(numbers: Iterable[int]) -> str:
     """[0, 1, 2, 3, 8, 9] -> "0-3, 8-9" (duplicates count once)."""
-    parts, start, previous = [], None, None
+    return ", ".join(span(first, last) for first, last in _runs(numbers))
+
+
+_STRIDED_AFTER = 4  # up to this many runs are always listed in full
+
+
+def strided_ranges(numbers: Iterable[int]) -> str:
+    """ranges(), but a long regular pattern (runs of one length at one stride) keeps its first two
+    runs and its last: the 128 data-parallel copies of stage 0 at tp 8 x pp 16 read
+    "0-7, 128-135, ..., 16256-16263", not 128 runs. Any other pattern is spelled out."""
+    runs = _runs(numbers)
+    if len(runs) > _STRIDED_AFTER:
+        first, second, last = runs[0], runs[1], runs[-1]
+        length, stride = first[1] - first[0], second[0] - first[0]
+        regular = all(b - a == length and a - first[0] == i * stride for i, (a, b) in enumerate(runs))
+        if regular:
+            return f"{span(*first)}, {span(*second)}, ..., {span(*last)}"
+    return ", ".join(span(first, last) for first, last in runs)
+
+
+def _runs(numbers: Iterable[int]) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive numbers, as (first, last) pairs in order."""
+    runs: list[tuple[int, int]] = []
     for number in sorted(set(numbers)):
-        if start is None:
-            start = previous = number
-        elif number == previous + 1:
-            previous = number
+        if runs and number == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], number)
         else:
-            parts.append(_span(start, previous))
-            start = previous = number
-    if start is not None:
-        parts.append(_span(start, previous))
-    return ", ".join(parts)
+            runs.append((number, number))
+    return runs
 
 
-def _span(first: int, last: int) -> str:
+def span(first: int, last: int) -> str:
+    """One run: "3" or "3-7"."""
     return str(first) if first == last else f"{first}-{last}"
 
 

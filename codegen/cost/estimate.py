@@ -9,7 +9,7 @@ picture and the bubble, not for seconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -79,15 +79,24 @@ def node_durations(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -
     return Durations(forward, backward)
 
 
-def longest_path(graph: nx.DiGraph, duration: dict[str, float], include: Callable[[str], bool] = lambda node: True) -> float:
-    """Length of the longest path through the included nodes, node weights `duration`."""
+def longest_paths(graph: nx.DiGraph, duration: dict[str, float], part: Callable[[str], Hashable | None], *, order: Sequence[str] | None = None) -> dict[Hashable, float]:
+    """Per part, the length of the longest path through that part's nodes, node weights `duration`.
+
+    `part(node)` names the part a node belongs to (None: in no part); a path stays inside one part.
+    One pass over a topological `order` (computed when not given) serves every part at once.
+    """
     finish: dict[str, float] = {}
-    for node in nx.topological_sort(graph):
-        if not include(node):
+    owner: dict[str, Hashable] = {}
+    longest: dict[Hashable, float] = {}
+    for node in nx.topological_sort(graph) if order is None else order:
+        key = part(node)
+        if key is None:
             continue
-        start = max((finish[p] for p in graph.predecessors(node) if p in finish), default=0.0)
-        finish[node] = start + duration[node]
-    return max(finish.values(), default=0.0)
+        start = max((finish[p] for p in graph.predecessors(node) if owner.get(p) == key), default=0.0)
+        finish[node] = end = start + duration[node]
+        owner[node] = key
+        longest[key] = max(longest.get(key, 0.0), end)
+    return longest
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,21 +106,19 @@ class StageTimes:
     links: tuple[float, ...]  # stage s -> s+1 transfer of one microbatch
 
 
-def stage_times(graph: nx.DiGraph, durations: Durations, items: Sequence[Transfer], clock: Clock) -> StageTimes:
+def stage_times(graph: nx.DiGraph, durations: Durations, items: Sequence[Transfer], clock: Clock, *, order: Sequence[str]) -> StageTimes:
+    """Stage critical paths and links; `order` is a topological order of the graph."""
     pp = graph.graph["mesh"]["pp"]
-    forward, backward = [], []
-    for stage in range(pp):
-        def inside(node: str, stage: int = stage) -> bool:
-            data = graph.nodes[node]
-            return data["stage"] == stage and data["op"] not in OUTSIDE_STAGES
-        forward.append(longest_path(graph, durations.forward, inside))
-        backward.append(longest_path(graph, durations.backward, inside))
+    stage_of = {node: data["stage"] for node, data in graph.nodes(data=True) if data["op"] not in OUTSIDE_STAGES}
+    forward = longest_paths(graph, durations.forward, stage_of.get, order=order)
+    backward = longest_paths(graph, durations.backward, stage_of.get, order=order)
     links = [0.0] * (pp - 1)
     for item in items:
         if item.phase == "forward" and item.kind == "send":
             stage = graph.nodes[item.node]["stage"]
             links[stage] = max(links[stage], clock.transfer(item))
-    return StageTimes(tuple(forward), tuple(backward), tuple(links))
+    stages = range(pp)
+    return StageTimes(tuple(forward.get(s, 0.0) for s in stages), tuple(backward.get(s, 0.0) for s in stages), tuple(links))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +142,8 @@ class StepEstimate:
 def estimate_step(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -> StepEstimate:
     mesh = graph.graph["mesh"]
     durations = node_durations(graph, items, clock)
-    times = stage_times(graph, durations, items, clock)
+    order = list(nx.topological_sort(graph))  # once: every critical path below walks it
+    times = stage_times(graph, durations, items, clock, order=order)
     slots = pipeline.simulate(
         mesh["schedule"],
         forward=times.forward,
@@ -154,7 +162,7 @@ def estimate_step(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) ->
         slots=tuple(slots),
         pipeline=pipeline.makespan(slots),
         gradient_sync=max(sync.values(), default=0.0),
-        microbatch_latency=longest_path(graph, durations.forward),
+        microbatch_latency=longest_paths(graph, durations.forward, lambda node: 0, order=order).get(0, 0.0),
     )
 
 

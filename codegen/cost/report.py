@@ -65,7 +65,7 @@ def sections(cost: Cost) -> list[Section]:
 
 
 def _devices(group: DeviceGroup) -> str:
-    return f"gpu {units.ranges(group.ranks)}"
+    return f"gpu {units.strided_ranges(group.ranks)}"
 
 
 def _layers(cost: RankCost) -> str:

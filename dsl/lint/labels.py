@@ -44,6 +44,9 @@ _ID_DEVICE = re.compile(rf"(?:^|[^a-z]){_ID_DEVICE_WORD}(?![0-9])", re.IGNORECAS
 _ID_DEVICES = re.compile(_ID_DEVICE_WORD, re.IGNORECASE)
 _TITLE_DEVICE = re.compile(r"(?<![a-z])(?:gpu|device|rank)\s*_?\d+", re.IGNORECASE)
 _RANGE = re.compile(r"(\d+)\s*(?:-|–)\s*(\d+)|(\d+)")
+# A device or layer range wider than this is some other number in a label, not a range: the
+# reader never materialises millions of devices or layers from one hostile label.
+_WIDEST_RANGE = 4096
 
 
 def parse_device_spec(spec: str) -> frozenset[int] | None:
@@ -55,7 +58,7 @@ def parse_device_spec(spec: str) -> frozenset[int] | None:
             devices.add(int(match.group(3)))
             continue
         first, last = int(match.group(1)), int(match.group(2))
-        if last < first or last - first > 4096:
+        if last < first or last - first > _WIDEST_RANGE:
             return None
         devices.update(range(first, last + 1))
     return frozenset(devices) or None
@@ -119,7 +122,7 @@ def layer_range_in_text(text: str) -> tuple[int, int] | None:
 
 def _ordered(match: re.Match) -> tuple[int, int] | None:
     first, last = int(match.group(1)), int(match.group(2))
-    return (first, last) if first <= last else None
+    return (first, last) if 0 <= last - first <= _WIDEST_RANGE else None
 
 
 # --- tensor dimensions -------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..units import ranges
+from ..units import span
 from .classify import COLLECTIVE_TITLES, NodeInfo
 from .findings import Finding
 from .view import DagView, declared_and_labelled
@@ -120,25 +120,29 @@ def check_stray_nodes(view: DagView) -> list[Finding]:
 
 
 def check_layer_gaps(view: DagView) -> list[Finding]:
-    """DAG007: layers seen form [first, last]; every gap is one finding."""
-    covered: set[int] = set()
-    first_node: dict[int, NodeInfo] = {}
+    """DAG007: layers seen form [first, last]; every gap is one finding.
+
+    Works on each node's run of layers, never on the layers one by one, so a label naming
+    layer 10^12 costs no more than one naming layer 12."""
+    runs: list[tuple[int, int]] = []
+    starts: dict[int, NodeInfo] = {}  # per first layer of a run: the earliest node that starts it
     for info in view.info.values():
-        for layer in info.layers:
-            covered.add(layer)
-            if layer not in first_node or info.line < first_node[layer].line:
-                first_node[layer] = info
-    if len(covered) < 2:
-        return []
+        layers = info.layers
+        if layers.stop <= layers.start:
+            continue
+        runs.append((layers.start, layers.stop - 1))
+        if layers.start not in starts or info.line < starts[layers.start].line:
+            starts[layers.start] = info
     findings = []
-    ordered = sorted(covered)
-    for before, after in zip(ordered, ordered[1:]):
-        if after - before > 1:
-            missing = ranges(range(before + 1, after))
+    reach = None  # the last layer covered so far
+    for first, last in sorted(runs):
+        if reach is not None and first > reach + 1:
+            # A node covering the layer after the gap covers no layer before it: it starts there.
+            before, after, node = reach, first, starts[first]
             noun = "layer" if after - before == 2 else "layers"
-            node = first_node[after]
             findings.append(view.finding(
                 "DAG007", node.line,
-                f"layer numbering skips {noun} {missing}: it jumps from layer {before} to layer "
-                f"{after} (`{node.id}`, layer from {node.layer_why})", [node.id]))
+                f"layer numbering skips {noun} {span(before + 1, after - 1)}: it jumps from layer "
+                f"{before} to layer {after} (`{node.id}`, layer from {node.layer_why})", [node.id]))
+        reach = last if reach is None else max(reach, last)
     return findings

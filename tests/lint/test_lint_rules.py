@@ -285,3 +285,35 @@ def test_legends_notes_and_undirected_graphs():
     assert lint_text(text) == []
     undirected = lint_text("graph { input -- a -- output; a; b; }")
     assert [(f.code, f.nodes) for f in undirected] == [("DAG004", ("b",))]
+
+
+def test_huge_layer_numbers_are_gaps_in_constant_memory():
+    # One hostile label used to build every missing layer (MemoryError in par lint).
+    text = """digraph { a -> b -> c;
+        a [label="Layer 0"]; b [label="Layer 99999999999"]; c [label="Layer 100000000001"]; }"""
+    gaps = [f.message for f in lint_text(text) if f.code == "DAG007"]
+    assert gaps == [
+        ("layer numbering skips layers 1-99999999998: it jumps from layer 0 to layer 99999999999 "
+         "(`b`, layer from label line 'Layer 99999999999')"),
+        ("layer numbering skips layer 100000000000: it jumps from layer 99999999999 to layer "
+         "100000000001 (`c`, layer from label line 'Layer 100000000001')"),
+    ]
+
+
+def test_a_layer_range_too_wide_to_be_one_is_not_read_as_layers():
+    # "Layers 1-99999999999" used to put every one of those layers in a set (MemoryError).
+    text = """digraph { a -> b -> c -> d;
+        a [label="Layer 0"]; b [label="Layers 1-99999999999"]; c [label="Layers 1-4097"];
+        d [label="Layer 4098"]; }"""
+    (graph,) = read_dot_text(text, file="t.dot")
+    view, findings = lint_graph(graph)
+    assert findings == []
+    assert view.info["b"].layer_range is None
+    assert view.info["c"].layers == range(1, 4098)  # 4,097 layers: the widest range still read
+
+
+def test_gaps_around_overlapping_ranges_point_at_the_node_after_the_gap():
+    text = """digraph { a -> b -> c -> d;
+        a [label="Layers 0-5"]; b [label="Layers 2-3"]; c [label="Layer 9"]; d [label="Layers 9-12"]; }"""
+    (gap,) = [f for f in lint_text(text) if f.code == "DAG007"]
+    assert gap.nodes == ("c",) and "skips layers 6-8" in gap.message
