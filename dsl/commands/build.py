@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import build as driver
 from ..inputs import UsageError, spec_inputs
 from ..source import stem
-from .common import add_defines, compile_each, print_diagnostics, progress
+from .common import add_defines, add_limits, compile_each, limits, print_diagnostics, progress
 
 
 def register(sub) -> None:
@@ -28,11 +28,12 @@ def register(sub) -> None:
         help="write nothing; exit 1 listing every missing or stale artifact",
     )
     add_defines(parser)
+    add_limits(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    inputs = spec_inputs(args.paths, args.defines)
+    inputs = spec_inputs(args.paths, args.defines, **limits(args))
     _refuse_clashes(inputs.paths)
     renderers = driver.artifact_renderers()
     artifacts, notices, failed, total = [], {}, 0, len(inputs.paths)
