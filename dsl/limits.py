@@ -12,6 +12,11 @@ from .source import Span
 MAX_SPEC_BYTES = 1 << 20
 # How deep brackets nest, and how many levels of operators one expression holds.
 MAX_NESTING = 100
+# Ops of one block, placed collectives included: the placement search recurses once per op.
+MAX_BLOCK_OPS = 256
+# States the placement search may visit: each value kept live across later ops multiplies them
+# (the built-in blocks need about 40).
+MAX_SEARCH_STATES = 2_000
 # Nodes of the expanded DAG; the 16,384-GPU Llama-3-405B deployment has about 1.6 million.
 DEFAULT_MAX_NODES = 4_000_000
 # Diagnostics printed per run; the rest are counted.

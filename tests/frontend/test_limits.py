@@ -10,7 +10,7 @@ import dsl.source
 from dsl.cli import main
 from dsl.compiler import compile_text
 from dsl.diagnostics import CompileError
-from dsl.limits import DEFAULT_MAX_DIAGNOSTICS, DEFAULT_MAX_NODES, MAX_NESTING, MAX_SPEC_BYTES
+from dsl.limits import DEFAULT_MAX_DIAGNOSTICS, DEFAULT_MAX_NODES, MAX_BLOCK_OPS, MAX_NESTING, MAX_SEARCH_STATES, MAX_SPEC_BYTES
 
 # The gpt block on a tensor-parallel group: 10 compute nodes per rank and 2 AllReduces per layer.
 GPT_COMPUTE, GPT_COLLECTIVES = 10, 2
@@ -191,3 +191,31 @@ def test_errors_come_before_warnings_when_not_all_fit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert [line.split(": ", 2)[1] for line in headlines(err)] == ["error"]
     assert "par: ... and 1 more diagnostic (" in err
+
+
+def chain_block(ops: int) -> str:
+    body = "".join(f"  a{i} = gelu({'x' if i == 0 else f'a{i - 1}'})\n" for i in range(ops))
+    return f"block b(x) {{\n{body}  return a{ops - 1}\n}}\n"
+
+
+def test_a_block_of_more_ops_than_the_limit_is_refused_at_its_line(tmp_path, capsys):
+    head = "model m : b { layers 1  hidden 64  heads 4  batch 4  seq 8 }\nmesh { tp 2 }\n"
+    assert main(["check", write(tmp_path, head + chain_block(MAX_BLOCK_OPS))]) == 0
+    path = write(tmp_path, head + chain_block(MAX_BLOCK_OPS + 1))
+    assert main(["check", path]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:3:1: error: block 'b' has {MAX_BLOCK_OPS + 1} ops; par places blocks of at most {MAX_BLOCK_OPS}")
+
+
+def test_a_block_whose_placement_search_explodes_is_refused(tmp_path, capsys):
+    # Ten column-parallel values kept alive until the end: each may be used split or gathered,
+    # so the search would try about 3^10 combinations.
+    live = 10
+    body = "  n = layernorm(x)\n" + "".join(f"  c{i} = linear(n, hidden, column)\n  g{i} = gelu(c{i})\n" for i in range(live))
+    body += "".join(f"  s{i} = mul({'g0' if i == 1 else f's{i - 1}'}, g{i})\n" for i in range(1, live))
+    body += f"  o = linear(s{live - 1}, hidden, row)\n  out = add(x, o)\n"
+    text = "model m : b { layers 1  hidden 64  heads 4  batch 4  seq 8 }\nmesh { tp 2 }\n" + f"block b(x) {{\n{body}  return out\n}}\n"
+    path = write(tmp_path, text)
+    assert main(["check", path]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:3:1: error: placing block 'b' takes more than {MAX_SEARCH_STATES:,} search states")
