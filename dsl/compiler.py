@@ -12,9 +12,10 @@ import networkx as nx
 
 from .check import check
 from .deployment import Deployment
-from .diagnostics import CompileError, Diagnostic
-from .expand import expand
+from .diagnostics import CompileError, Diagnostic, error
+from .expand import expand, node_count
 from .inputs import parse_defines, read_spec
+from .limits import DEFAULT_MAX_NODES
 from .lower import lower
 from .parser import parse_spec
 from .program import Program
@@ -47,15 +48,16 @@ class Compiled:
     warnings: list[Diagnostic] = field(default_factory=list)
 
 
-def compile_file(path: str | Path, defines: Sequence[str] = ()) -> Compiled:
+def compile_file(path: str | Path, defines: Sequence[str] = (), *, max_nodes: int = DEFAULT_MAX_NODES) -> Compiled:
     """Compile a spec file with `-D`-style overrides (`["hidden=64", "tp=2"]`)."""
     overrides, _ = parse_defines(defines)
     source = read_spec(path)
-    return compile_text(source.text, source.name, overrides)
+    return compile_text(source.text, source.name, overrides, max_nodes=max_nodes)
 
 
-def compile_text(text: str, file: str, overrides: Sequence[Override] = ()) -> Compiled:
-    """Raises CompileError carrying every diagnostic; a returned DAG is proven well-formed."""
+def compile_text(text: str, file: str, overrides: Sequence[Override] = (), *, max_nodes: int = DEFAULT_MAX_NODES) -> Compiled:
+    """Raises CompileError carrying every diagnostic; a returned DAG is proven well-formed.
+    A deployment whose DAG would have more than `max_nodes` nodes is refused before expansion."""
     parsed = parse_spec(text, file)
     if parsed.errors:  # the items that did parse are still checked, to report every problem at once
         try:
@@ -65,9 +67,24 @@ def compile_text(text: str, file: str, overrides: Sequence[Override] = ()) -> Co
         raise CompileError([*parsed.errors, *warnings])
     deployment, warnings = check(parsed.spec, overrides)
     program = lower(deployment)
+    nodes = node_count(program)
+    if nodes > max_nodes:
+        raise CompileError([_over_budget(deployment, nodes, max_nodes)] + warnings)
     with gc_paused():
         graph = expand(program)
         problems = validate(graph)
     if problems:
         raise CompileError(problems + warnings)
     return Compiled(deployment, program, graph, warnings)
+
+
+def _over_budget(deployment: Deployment, nodes: int, max_nodes: int) -> Diagnostic:
+    model, mesh = deployment.model, deployment.mesh
+    return error(
+        f"the DAG would have {nodes:,} nodes, more than the node budget of {max_nodes:,}",
+        deployment.span_of("tp"),
+        hint=(
+            f"{model.layers:,} layers on tp {mesh.tp} × pp {mesh.pp} × dp {mesh.dp}; make the model or the mesh "
+            "smaller, or raise the budget with --max-nodes N if this machine has the memory"
+        ),
+    )

@@ -24,6 +24,19 @@ def expand(program: Program) -> nx.DiGraph:
     return _Expander(program).run()
 
 
+def node_count(program: Program) -> int:
+    """How many nodes `expand` makes, from the mesh and the layer alone: each layer has one node
+    per rank for each compute step and slice and one per collective, on every replica; stage 0
+    slices the input on every rank unless the stream is replicated; each stage boundary has a
+    send and a recv per rank. Checked against the node budget before anything is expanded."""
+    mesh = program.deployment.mesh
+    collectives = sum(1 for step in program.steps if step.kind == "comm")
+    per_layer = collectives + (len(program.steps) - collectives) * mesh.tp
+    input_slices = 0 if program.stream.kind == "R" else mesh.dp * mesh.tp
+    boundaries = 2 * (mesh.pp - 1) * mesh.dp * mesh.tp
+    return 2 + input_slices + program.deployment.model.layers * mesh.dp * per_layer + boundaries
+
+
 def graph_attributes(program: Program) -> dict:
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh

@@ -8,10 +8,11 @@ the source had one or more. Settings that shared a source line share an output l
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 from . import spec as ast
-from .source import Span
+from .source import Span, split_lines
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ONE_LINE_WIDTH = 100
@@ -28,7 +29,7 @@ def format_spec(spec: ast.Spec, comments: list[ast.Comment], text: str) -> str:
     lines: list[_Line] = []
     for item in _items(spec):
         lines += _render_item(item)
-    return _weave(lines, comments, text.splitlines())
+    return _weave(lines, comments, split_lines(text))
 
 
 def _items(spec: ast.Spec) -> list:
@@ -139,14 +140,15 @@ def _weave(lines: list[_Line], comments: list[ast.Comment], source: list[str]) -
     trailing = {
         last_index[c.span.line]: c for c in comments if c.span.line in last_index and _code_before(source, c.span)
     }
-    pending = sorted((c for c in comments if c not in trailing.values()), key=lambda c: c.span.line)
+    placed = {id(c) for c in trailing.values()}
+    pending = deque(sorted((c for c in comments if id(c) not in placed), key=lambda c: c.span.line))
     out: list[str] = []
     previous = 0
     for index, line in enumerate(lines):
         # A comment just before a closing brace belongs to the body it closes.
         indent = line.indent + 1 if line.text == "}" else line.indent
         while pending and pending[0].span.line < line.source_line:
-            comment = pending.pop(0)
+            comment = pending.popleft()
             previous = _emit(out, source, previous, comment.span.line, "  " * indent + comment.text)
         text = "  " * line.indent + line.text
         if index in trailing:

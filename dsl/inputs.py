@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .diagnostics import CompileError, error
 from .library import library_source
+from .limits import DEFAULT_MAX_DIAGNOSTICS, DEFAULT_MAX_NODES, MAX_SPEC_BYTES, too_large
 from .parser import parse_override
 from .source import SourceFile, Span, TextDecodeError, decode_text
 from .spec import Override
@@ -21,11 +23,15 @@ class UsageError(Exception):
 
 @dataclass
 class SpecInputs:
-    """Spec paths, the texts read so far (for quoting in diagnostics) and the overrides."""
+    """Spec paths, the texts read so far (for quoting in diagnostics), the overrides and the
+    limits of the run (`--max-nodes`, `--max-diagnostics`)."""
 
     paths: list[Path]
     overrides: list[Override]
     sources: dict[str, SourceFile] = field(default_factory=dict)
+    max_nodes: int = DEFAULT_MAX_NODES
+    max_diagnostics: int = DEFAULT_MAX_DIAGNOSTICS
+    printed: int = 0  # diagnostics printed so far in this run
 
     def read(self, path: Path) -> str:
         """The text of a spec; raises CompileError if it is not UTF-8 text."""
@@ -37,16 +43,21 @@ class SpecInputs:
 def read_spec(path: str | Path) -> SourceFile:
     """A spec file's text (UTF-8, byte-order mark dropped); raises CompileError otherwise."""
     name = str(path)
+    with open(path, "rb") as file:
+        data = file.read(MAX_SPEC_BYTES + 1)  # no more: a huge file is refused, not read
+        if len(data) > MAX_SPEC_BYTES:
+            raise CompileError([too_large(name, os.fstat(file.fileno()).st_size)])
     try:
-        return SourceFile(name, decode_text(Path(path).read_bytes()))
+        return SourceFile(name, decode_text(data))
     except TextDecodeError as exc:
         raise CompileError([error(exc.message, Span.point(name, exc.line, exc.col))]) from None
 
 
-def spec_inputs(paths: Sequence[str], defines: Sequence[str] | None) -> SpecInputs:
+def spec_inputs(paths: Sequence[str], defines: Sequence[str] | None, **limits: int) -> SpecInputs:
+    """`limits`: max_nodes and max_diagnostics, where the command takes them."""
     found = collect_specs(paths)
     overrides, source = parse_defines(defines or [])
-    inputs = SpecInputs(found, overrides)
+    inputs = SpecInputs(found, overrides, **limits)
     inputs.sources[COMMAND_LINE] = source
     library = library_source()
     inputs.sources[library.name] = library

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .backward import with_pairs
 from .deployment import Deployment, Op
 from .diagnostics import CompileError, Diagnostic, error
+from .limits import MAX_BLOCK_OPS, MAX_SEARCH_STATES
 from .ops import OPS, default_dim
 from .placement import (
     COLLECTIVE_NEEDS,
@@ -18,7 +19,7 @@ from .placement import (
 )
 from .program import Program, Step
 from .shapes import Shape, flops, infer_shapes, params, stream_shape
-from .solve import Choice, Convert, solve
+from .solve import Choice, Convert, SearchTooLarge, solve
 
 DISPLAY = {
     "allreduce": "an AllReduce",
@@ -34,7 +35,16 @@ def lower(deployment: Deployment) -> Program:
     shapes, diags = infer_shapes(deployment)
     if diags:
         raise CompileError(diags)
-    program, diags = _Builder(deployment, shapes).build(solve(deployment, shapes))
+    block = deployment.block
+    if len(block.ops) > MAX_BLOCK_OPS:
+        raise CompileError([error(f"block '{block.name}' has {len(block.ops)} ops; par places blocks of at most {MAX_BLOCK_OPS}", block.span)])
+    try:
+        choices = solve(deployment, shapes)
+    except SearchTooLarge:
+        message = f"placing block '{block.name}' takes more than {MAX_SEARCH_STATES:,} search states"
+        hint = "keep fewer values alive across later ops: each one multiplies the placements to try"
+        raise CompileError([error(message, block.span, hint=hint)]) from None
+    program, diags = _Builder(deployment, shapes).build(choices)
     if diags:
         raise CompileError(diags)
     return program

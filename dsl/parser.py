@@ -18,6 +18,7 @@ from lark.exceptions import (
 
 from . import spec as ast
 from .diagnostics import CompileError, Diagnostic, error
+from .limits import MAX_NESTING, nesting_error
 from .source import Span
 
 # Readable names for the terminals lark reports in "expected ..." sets.
@@ -79,6 +80,16 @@ class _ToSpec(Transformer_NonRecursive):
     def __init__(self, file: str):
         super().__init__()
         self.file = file
+        self.depths: dict[int, int] = {}  # levels of operators under each BinOp and Neg, by id
+
+    def _deeper(self, expr, *operands):
+        """`expr`, one level of operators deeper than its deepest operand, within MAX_NESTING:
+        the formatter and the evaluator walk expressions recursively."""
+        depth = 1 + max(self.depths.get(id(operand), 0) for operand in operands)
+        if depth > MAX_NESTING:
+            raise _Refused(expr.span, f"expression has more than {MAX_NESTING} levels of operators")
+        self.depths[id(expr)] = depth
+        return expr
 
     def _span(self, meta) -> Span:
         if getattr(meta, "empty", True):
@@ -102,7 +113,7 @@ class _ToSpec(Transformer_NonRecursive):
         @v_args(meta=True)
         def build(self, meta, children):
             left, right = children
-            return ast.BinOp(op, left, right, self._span(meta))
+            return self._deeper(ast.BinOp(op, left, right, self._span(meta)), left, right)
 
         return build
 
@@ -110,7 +121,7 @@ class _ToSpec(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def neg(self, meta, children):
-        return ast.Neg(children[0], self._span(meta))
+        return self._deeper(ast.Neg(children[0], self._span(meta)), children[0])
 
     # settings and stages
     @v_args(meta=True)
@@ -231,6 +242,11 @@ class _BadNumber(Exception):
         self.tok, self.message = tok, message
 
 
+class _Refused(Exception):
+    def __init__(self, span: Span, message: str):
+        self.span, self.message = span, message
+
+
 def _number_value(tok: Token, file: str) -> int | float:
     text = str(tok).replace("_", "")
     try:
@@ -287,6 +303,9 @@ def parse_override(name: str, value: str, span: Span) -> ast.Override:
 
 
 def _parse(text: str, file: str, start: str, *, line_offset: int = 0, col_offset: int = 0):
+    too_deep = nesting_error(text, file, line_offset=line_offset, col_offset=col_offset)
+    if too_deep is not None:
+        raise CompileError([too_deep])
     try:
         tree = _lark().parse(text, start=start)
     except UnexpectedInput as exc:
@@ -304,6 +323,8 @@ def _transform(tree: Tree, file: str):
         if isinstance(exc.orig_exc, _BadNumber):
             bad = exc.orig_exc
             raise CompileError([error(bad.message, _token_span(file, bad.tok))]) from None
+        if isinstance(exc.orig_exc, _Refused):
+            raise CompileError([error(exc.orig_exc.message, exc.orig_exc.span)]) from None
         raise
     except RecursionError:
         raise CompileError([error("expression is nested too deeply", Span.point(file))]) from None
@@ -331,6 +352,9 @@ def _parse_recovering(text: str, file: str, *, keep_comments: bool) -> Parsed:
     """Panic-mode recovery: on a syntax error, keep the items before it, drop the item it broke,
     and parse again from the next line that starts an item. Past MAX_SYNTAX_ERRORS errors the rest
     of the file is left unread, so a file of nothing but errors costs no more than a few parses."""
+    too_deep = nesting_error(text, file)
+    if too_deep is not None:  # checked before lark sees the text: deep nesting would cost it minutes
+        return Parsed(replace(_transform(Tree("start", []), file), broken=(None,)), (too_deep,))
     items: list[Tree] = []
     errors: list[Diagnostic] = []
     broken: set[str | None] = set()

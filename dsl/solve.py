@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .deployment import Deployment, Op
+from .limits import MAX_SEARCH_STATES
 from .ops import OPS
 from .placement import (
     Conversion,
@@ -49,8 +50,12 @@ class Choice:
     mismatch: bool = False  # a written collective whose input does not fit it
 
 
+class SearchTooLarge(Exception):
+    """The search visited MAX_SEARCH_STATES states without finishing."""
+
+
 def solve(deployment: Deployment, shapes: dict) -> tuple[Choice, ...]:
-    """One choice per op of the block, then one for the layer's output."""
+    """One choice per op of the block, then one for the layer's output; raises SearchTooLarge."""
     solver = Solver(deployment, shapes)
     return solver.best(0, solver.initial_state())[1]
 
@@ -77,6 +82,8 @@ class Solver:
     def best(self, index: int, state: State) -> tuple[Cost, tuple[Choice, ...]]:
         key = (index, state)
         if key not in self.memo:
+            if len(self.memo) >= MAX_SEARCH_STATES:
+                raise SearchTooLarge()
             self.memo[key] = self._finish(state) if index == len(self.ops) else self._best_op(index, state)
         return self.memo[key]
 

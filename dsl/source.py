@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -39,15 +39,30 @@ def stem(file: str) -> str:
     return name[:-4] if name.endswith(".par") else name
 
 
+def split_lines(text: str) -> list[str]:
+    """The lines of a text as the parser numbers them: only `\n` ends a line (the `\r` of a
+    `\r\n` is dropped). Unlike `str.splitlines`, a form feed, vertical tab, U+0085 or U+2028 in
+    a comment is an ordinary character, so it cannot shift the lines quoted after it."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # a final newline ends the last line; it does not start another
+    return [line.removesuffix("\r") for line in lines]
+
+
 @dataclass(frozen=True, slots=True)
 class SourceFile:
     """The text of one spec, kept so diagnostics can quote the offending line."""
 
     name: str
     text: str
+    # Split on first use, once: quoting many diagnostics must not split the file each time.
+    _lines: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def line(self, number: int) -> str | None:
-        lines = self.text.splitlines()
+        lines = self._lines
+        if lines is None:
+            lines = split_lines(self.text)
+            object.__setattr__(self, "_lines", lines)
         if 1 <= number <= len(lines):
             return lines[number - 1]
         return None

@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import build as driver
 from ..inputs import spec_inputs
 from ..output_folders import refuse_bad_folders
-from .common import add_defines, compile_each, print_diagnostics, progress
+from .common import add_defines, add_limits, compile_each, limits, print_diagnostics, progress
 
 
 def register(sub) -> None:
@@ -29,11 +29,12 @@ def register(sub) -> None:
         help="write nothing; exit 1 listing every missing or stale artifact",
     )
     add_defines(parser)
+    add_limits(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    inputs = spec_inputs(args.paths, args.defines)
+    inputs = spec_inputs(args.paths, args.defines, **limits(args))
     refuse_bad_folders(inputs.paths)
     renderers = driver.artifact_renderers()
     artifacts, notices, failed, total = [], {}, 0, len(inputs.paths)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..inputs import spec_inputs
-from .common import add_defines, compile_each, print_diagnostics
+from .common import add_defines, add_limits, compile_each, limits, print_diagnostics
 
 
 def register(sub) -> None:
@@ -16,11 +16,12 @@ def register(sub) -> None:
     )
     parser.add_argument("specs", nargs="+", metavar="SPEC", help=".par files or folders of them")
     add_defines(parser)
+    add_limits(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    inputs = spec_inputs(args.specs, args.defines)
+    inputs = spec_inputs(args.specs, args.defines, **limits(args))
     failed = 0
     for path, compiled, diagnostics in compile_each(inputs):
         print_diagnostics(diagnostics, inputs)

@@ -8,7 +8,7 @@ from ..hwcheck import resolve_hardware
 from ..inputs import UsageError, spec_inputs
 from ..source import Span
 from ..spec import HardwareDecl
-from .common import add_defines, compile_each, print_diagnostics
+from .common import add_defines, add_limits, compile_each, limits, print_diagnostics
 
 
 def register(sub) -> None:
@@ -27,6 +27,7 @@ def register(sub) -> None:
         help=f"estimate on a built-in hardware profile ({', '.join(sorted(PROFILES))}) in place of each spec's own",
     )
     add_defines(parser)
+    add_limits(parser)
     parser.set_defaults(run=run)
 
 
@@ -37,7 +38,7 @@ def run(args) -> int:
     from codegen.cost.text import format_comparison, format_cost
 
     hardware = None if args.hardware is None else _profile(args.hardware)
-    inputs = spec_inputs(args.specs, args.defines)
+    inputs = spec_inputs(args.specs, args.defines, **limits(args))
     costs, failed = [], 0
     for _, compiled, diagnostics in compile_each(inputs):
         print_diagnostics(diagnostics, inputs)

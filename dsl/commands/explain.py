@@ -7,7 +7,7 @@ import difflib
 from .. import units
 from ..diagnostics import error
 from ..source import Span
-from .common import add_defines, compile_one, print_diagnostics
+from .common import add_defines, add_limits, compile_one, limits, print_diagnostics
 
 
 def register(sub) -> None:
@@ -19,11 +19,12 @@ def register(sub) -> None:
     parser.add_argument("spec", metavar="SPEC", help="a .par file")
     parser.add_argument("node", metavar="NODE", help="a node id, e.g. layer_0_allreduce_attn")
     add_defines(parser)
+    add_limits(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    compiled, inputs = compile_one(args.spec, args.defines, what="explain")
+    compiled, inputs = compile_one(args.spec, args.defines, what="explain", **limits(args))
     if compiled is None:
         return 1
     graph = compiled.graph

@@ -9,7 +9,7 @@ from ..diagnostics import CompileError
 from ..format import format_spec
 from ..inputs import spec_inputs
 from ..parser import parse_with_comments
-from .common import print_diagnostics
+from .common import add_limits, limits, print_diagnostics
 
 
 def register(sub) -> None:
@@ -25,11 +25,12 @@ def register(sub) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="write nothing; list files that would change")
     mode.add_argument("--write", action="store_true", help="rewrite files in place (atomically; through symbolic links; mode kept)")
+    add_limits(parser, nodes=False)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    inputs = spec_inputs(args.specs, None)
+    inputs = spec_inputs(args.specs, None, **limits(args))
     failed = changed = 0
     for path in inputs.paths:
         try:

@@ -6,7 +6,7 @@ import sys
 
 from ..inputs import UsageError, collect_files
 from ..lint import DOT_SUFFIXES, run_lint
-from .common import add_defines, compile_one
+from .common import add_defines, add_limits, compile_one, limits
 
 
 def register(sub) -> None:
@@ -24,6 +24,7 @@ def register(sub) -> None:
     parser.add_argument("--spec", metavar="SPEC", help="a .par spec to compare the DAGs against")
     parser.add_argument("--format", choices=("text", "md", "json"), default="text", help="report format (default: text)")
     add_defines(parser)
+    add_limits(parser)
     parser.set_defaults(run=run)
 
 
@@ -31,7 +32,7 @@ def run(args) -> int:
     dags = [str(path) for path in collect_files(args.dags, suffixes=DOT_SUFFIXES)]
     spec_dag, spec_name = None, None
     if args.spec is not None:
-        compiled, inputs = compile_one(args.spec, args.defines, what="--spec")
+        compiled, inputs = compile_one(args.spec, args.defines, what="--spec", **limits(args))
         if compiled is None:
             return 1
         spec_dag, spec_name = compiled.graph, str(inputs.paths[0])
