@@ -38,7 +38,7 @@ def test_plain_python_without_torchrun_is_refused(model):
     env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK")}
     done = subprocess.run([sys.executable, str(model)], capture_output=True, text=True, env=env, timeout=BOUND)
     assert done.returncode == 2
-    assert "but 1 were launched; run: torchrun --nproc-per-node 4 model.py" in done.stderr
+    assert "but 1 was launched; run: torchrun --nproc-per-node 4 model.py" in done.stderr
 
 
 def _wait_for(path, text, timeout):
