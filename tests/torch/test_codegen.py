@@ -161,7 +161,7 @@ def test_block_names_that_clash_with_python_get_other_identifiers():
 
 
 def test_the_generated_rank_arithmetic_is_the_meshs(workdir):
-    """model.py computes coordinates and ranks with DESIGN.md's formula; it must agree with `Mesh`."""
+    """model.py computes coordinates and ranks with docs/cost.md's formula; it must agree with `Mesh`."""
     pytest.importorskip("torch")
     from fork_launch import load_module
     defines = ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=2", "layers=4", "batch=8", "microbatches=2"]
