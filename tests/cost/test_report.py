@@ -72,6 +72,7 @@ def test_par_build_writes_report_and_timeline(tmp_path):
     ET.parse(folder / "timeline.svg")
 
 
+@pytest.mark.slow  # fresh processes, one per hash seed
 def test_output_does_not_depend_on_hash_seeds(tmp_path):
     script = (
         "import sys; from dsl.compiler import compile_file; from codegen.cost import render_report, render_timeline, spec_cost;"

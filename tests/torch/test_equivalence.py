@@ -12,6 +12,7 @@ from fractions import Fraction
 import pytest
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # launches model.py on several processes
 
 from dag_trace import trace_problems  # noqa: E402
 from fork_launch import launch  # noqa: E402

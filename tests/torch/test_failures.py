@@ -11,6 +11,7 @@ import time
 import pytest
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # launches model.py on several processes
 
 from fork_launch import collect, launch, start  # noqa: E402
 from small_models import compile_small, write_model  # noqa: E402
