@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from codegen.json_dag import emit_json, load_json
 from dsl.validate import validate
 
@@ -26,6 +28,7 @@ def test_round_trip(shipped):
         assert key in node
 
 
+@pytest.mark.slow  # two fresh processes; tests/build/test_build_determinism.py keeps a fast one
 def test_build_writes_dag_json_identically_under_any_hash_seed():
     """The dag.json renderer `par build` uses, in fresh processes: no Graphviz run for a JSON file."""
     code = (
