@@ -13,7 +13,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from dsl.units import ranges
+from dsl.units import plural, ranges
 
 REPLACEMENT = "\ufffd"
 
@@ -99,12 +99,13 @@ def mesh_line(graph_data: dict, *, drawing: bool) -> str:
     microbatch's shape a line of its own.
     """
     mesh = graph_data["mesh"]
-    times, devices = (" × ", "GPUs") if drawing else (" x ", "devices")
+    times, device = (" × ", "GPU") if drawing else (" x ", "device")
     grid = times.join(f"{axis} {mesh[axis]}" for axis in ("tp", "pp", "dp"))
+    microbatches = plural(mesh["microbatches"], "microbatch", "microbatches")
     if drawing:
-        run = f", {mesh['microbatches']} microbatches ({mesh['schedule']})"
+        run = f", {microbatches} ({mesh['schedule']})"
     else:
         shape = list(graph_data["microbatch_shape"])
-        run = f"; {mesh['microbatches']} microbatches of {shape} per step, {mesh['schedule']} schedule"
+        run = f"; {microbatches} of {shape} per step, {mesh['schedule']} schedule"
     parallel = ", sequence parallel" if mesh["sequence_parallel"] else ""
-    return f"mesh: {grid} = {mesh['world']} {devices}{run}{parallel}"
+    return f"mesh: {grid} = {plural(mesh['world'], device)}{run}{parallel}"

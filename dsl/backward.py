@@ -1,7 +1,7 @@
 """The backward communication of a layer: which forward/backward pair carries each step.
 
 The DAG is one forward microbatch; a training step also runs the backward, whose collectives
-follow from the forward ones (DESIGN.md, "Training"). They are decided here, once, and read
+follow from the forward ones (docs/pytorch.md, the forward/backward pairs). They are decided here, once, and read
 by the generated code (which emits the pair's autograd function) and by the cost model
 (which counts the pair's backward collective; `dsl.expand` writes it on the DAG's nodes).
 

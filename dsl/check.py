@@ -35,6 +35,8 @@ MESH_RANGES = {
     "microbatches": (1, 1 << 20),
     "world": (1, 1 << 20),
 }
+# Mesh items with their own grammar rule (grammar/par.lark: _mesh_item) beside the settings above.
+MESH_KEYWORDS = ("schedule", "sp", "stages")
 RANGES = MODEL_RANGES | MESH_RANGES
 REQUIRED = ("layers", "hidden", "heads", "batch", "seq")
 WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES}
@@ -76,7 +78,7 @@ class _Checker:
         if model_decl is None:
             return None
         exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | {"dtype"}, "model")
-        exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES), "mesh")
+        exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES), "mesh", MESH_KEYWORDS)
         words = {"dtype": exprs.pop("dtype", None)}
         stage_specs = mesh_decl.stages if mesh_decl else None
         flags = {
@@ -129,8 +131,10 @@ class _Checker:
         """Whether an item of this kind may be in text that did not parse."""
         return kind in self.spec.broken or None in self.spec.broken
 
-    def _collect(self, settings: Sequence[Setting], allowed: set[str], where: str) -> dict[str, Expr]:
-        found, diags = collect_settings(settings, allowed, where)
+    def _collect(
+        self, settings: Sequence[Setting], allowed: set[str], where: str, keywords: Sequence[str] = ()
+    ) -> dict[str, Expr]:
+        found, diags = collect_settings(settings, allowed, where, keywords)
         self.diags += diags
         self.spans.update((name, setting.value.span) for name, setting in found.items())
         return {name: setting.value for name, setting in found.items()}

@@ -53,7 +53,7 @@ class Mesh:
         return self.tp * self.pp * self.dp
 
     def rank(self, *, dp_rank: int, stage: int, tp_rank: int) -> int:
-        """tp fastest, then pp, then dp (DESIGN.md: Mesh and ranks)."""
+        """tp fastest, then pp, then dp (docs/cost.md: Devices)."""
         return (dp_rank * self.pp + stage) * self.tp + tp_rank
 
     def coords(self, rank: int) -> tuple[int, int, int]:

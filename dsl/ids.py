@@ -1,4 +1,4 @@
-"""Node ids of the DAG (DESIGN.md: DAG contract). Every module that names nodes uses these."""
+"""Node ids of the DAG (README: The DAG). Every module that names nodes uses these."""
 
 from __future__ import annotations
 

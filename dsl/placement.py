@@ -52,7 +52,7 @@ class Conversion:
     kind: str  # comm | route
 
     def wire_fraction(self, n: int) -> Fraction:
-        """Bytes each rank sends, as a fraction of the full tensor (DESIGN.md's table)."""
+        """Bytes each rank sends, as a fraction of the full tensor (docs/cost.md's table)."""
         return _WIRE[self.op](n)
 
     def wire_bytes(self, n: int, full_bytes: int) -> int | float:

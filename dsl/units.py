@@ -44,6 +44,11 @@ def seconds(value: float) -> str:
     return f"{value * 1e6:.1f} us"
 
 
+def plural(number: int, word: str, words: str | None = None) -> str:
+    """A count and its noun in the right number: plural(1, "microbatch", "microbatches") == "1 microbatch"."""
+    return f"{number} {word if number == 1 else words or word + 's'}"
+
+
 def percent(fraction: float) -> str:
     return f"{fraction * 100:.1f}%"
 

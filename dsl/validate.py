@@ -1,4 +1,4 @@
-"""The validator: proves DESIGN.md's seven invariants on any DAG, ours or built by hand.
+"""The validator: proves the seven invariants of the README (The DAG) on any DAG, ours or built by hand.
 
 Each check returns diagnostics naming the offending nodes. The checks read networkx's
 adjacency dicts directly (`_succ`, `_pred`, `_node`): on million-node graphs the public views

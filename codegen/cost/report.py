@@ -89,7 +89,7 @@ def _device_numbers(cost: Cost, devices: Sequence[RankCost]) -> tuple[str, ...]:
 
 def _devices_section(cost: Cost) -> Section:
     rows = [(_devices(group), str(group.cost.stage), _layers(group.cost), *_device_numbers(cost, [group.cost])) for group in cost.groups]
-    rows.append((f"all {len(cost.devices)} devices", "", "", *_device_numbers(cost, cost.devices)))
+    rows.append((f"all {units.plural(len(cost.devices), 'device')}", "", "", *_device_numbers(cost, cost.devices)))
     return Section(
         "Per device",
         ("devices", "stage", "layers", "params", "FLOP fwd/mb", "activations/mb", "sent fwd/mb", "sent/step"),
@@ -97,7 +97,8 @@ def _devices_section(cost: Cost) -> Section:
         "lllrrrrr",
         (
             "/mb: the forward pass of one microbatch, as in the DAG. /step: a training step, "
-            f"{cost.mesh['microbatches']} microbatches forward and backward plus the gradient sync.",
+            f"{units.plural(cost.mesh['microbatches'], 'microbatch', 'microbatches')} forward and backward "
+            "plus the gradient sync.",
         ),
     )
 
@@ -242,7 +243,7 @@ def _step_section(cost: Cost) -> Section:
     tokens = cost.model["batch"] * cost.model["seq"]
     rows = (
         ("one microbatch forward, whole DAG (critical path)", units.seconds(estimate.microbatch_latency)),
-        (f"pipeline: {mesh['microbatches']} microbatches forward and backward", units.seconds(estimate.pipeline)),
+        (f"pipeline: {units.plural(mesh['microbatches'], 'microbatch', 'microbatches')} forward and backward", units.seconds(estimate.pipeline)),
         ("gradient sync after the pipeline (slowest device)", units.seconds(estimate.gradient_sync)),
         ("step", units.seconds(estimate.step)),
         ("counted FLOP/s / peak FLOP/s, all devices", units.percent(flops / (estimate.step * peak))),

@@ -73,7 +73,8 @@ def timeline_view(cost: Cost) -> dict:
     axis_y = _row_y(stages)
     unit = f"seconds ({cost.hardware.name})" if cost.hardware else "FLOPs on the critical path (no hardware given)"
     heading = (
-        f"{cost.name}: {mesh['schedule']} schedule, {stages} stages, {mesh['microbatches']} microbatches, "
+        f"{cost.name}: {mesh['schedule']} schedule, {units.plural(stages, 'stage')}, "
+        f"{units.plural(mesh['microbatches'], 'microbatch', 'microbatches')}, "
         f"bubble {units.percent(estimate.bubble)} (idle / total)"
     )
     return {

@@ -30,7 +30,7 @@ def run_lint(paths: list[str], *, fmt: str = "text", spec_dag=None,
     `dsl.inputs.UsageError`. Returns the whole report in `fmt` ("text", "md" or "json") and
     the exit code:
     1 when any error was found, else 0. `spec_dag` is the networkx DiGraph `par` compiles
-    from a spec (DESIGN.md's DAG contract); with it every file is also compared against it.
+    from a spec (the README's DAG contract); with it every file is also compared against it.
     """
     if fmt not in _FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")

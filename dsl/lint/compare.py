@@ -1,6 +1,6 @@
 """Compare a DOT DAG with the DAG `par` compiles from a spec (SPEC001-SPEC004).
 
-The spec's DAG follows DESIGN.md's contract: collectives are nodes with `kind == "comm"`, an
+The spec's DAG follows the README's DAG contract: collectives are nodes with `kind == "comm"`, an
 `op` (allgather, allreduce, reducescatter, alltoall, send, recv) and a `layer` (None for the
 pipeline's send/recv). The DOT file's collectives are its communication nodes; one collective
 drawn once per GPU (`l3_allreduce_gpu0` … `l3_allreduce_gpu7`) counts once.

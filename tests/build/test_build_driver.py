@@ -145,6 +145,7 @@ def test_without_graphviz_the_build_says_so_once_and_writes_the_rest(specs, tmp_
         assert err.count(svg.MISSING) == 1
 
 
+@pytest.mark.slow  # Graphviz lays out llama_gqa's 6,450 nodes twice
 def test_the_shipped_specs_build_and_check(tmp_path, par, monkeypatch):
     """The repository's own use: `par build specs -o build`, then `--check` (a touched byte: above)."""
     monkeypatch.chdir(ROOT)

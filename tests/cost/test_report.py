@@ -72,6 +72,7 @@ def test_par_build_writes_report_and_timeline(tmp_path):
     ET.parse(folder / "timeline.svg")
 
 
+@pytest.mark.slow  # fresh processes, one per hash seed
 def test_output_does_not_depend_on_hash_seeds(tmp_path):
     script = (
         "import sys; from dsl.compiler import compile_file; from codegen.cost import render_report, render_timeline, spec_cost;"
@@ -126,3 +127,23 @@ def test_text_layout_is_aligned():
     start = lines.index("Per device")
     header, rule = lines[start + 2], lines[start + 3]
     assert set(rule) <= {"-", " "} and len(rule) >= len(header.rstrip())
+
+
+def test_counts_of_one_are_singular_in_every_header():
+    """A single-GPU, single-microbatch spec reads "1 GPU, 1 microbatch", never "1 microbatches"."""
+    from codegen.dot import emit_compact_dot, emit_dot
+
+    compiled = compile_source(GPT, "tp=1", "pp=1", "dp=1", "microbatches=1")
+    texts = {
+        "report.md": render_report(spec_cost(compiled)),
+        "timeline.svg": render_timeline(spec_cost(compiled)),
+        "dag.dot": emit_dot(compiled),
+        "dag.compact.dot": emit_compact_dot(compiled),
+    }
+    for name, text in texts.items():
+        for wrong in ("1 microbatches", "1 GPUs", "1 devices", "1 stages"):
+            assert wrong not in text, (name, wrong)
+        assert "1 microbatch" in text, name
+    assert "1 stage," in texts["timeline.svg"]
+    assert "= 1 GPU," in texts["dag.dot"]
+    assert "= 1 device;" in texts["report.md"]

@@ -188,3 +188,17 @@ def test_bad_overrides_point_at_the_command_line(errors_of):
     assert "-D: unknown setting 'tpp'" in located[("<command line>", 1)]
     assert "heads (4) is not divisible by tp (3)" in located[("<command line>", 2)]
     assert "-D sp takes on or off" in located[("<command line>", 3)]
+
+
+def test_the_unknown_mesh_setting_hint_lists_every_item_the_grammar_accepts(errors_of):
+    """The oracle is the grammar itself: `setting` plus each other `_mesh_item` alternative."""
+    import re
+    from pathlib import Path
+
+    grammar = (Path(__file__).resolve().parents[2] / "grammar" / "par.lark").read_text(encoding="utf-8")
+    items = re.search(r"^_mesh_item:(.*?)^\S", grammar, re.M | re.S).group(1)
+    keywords = {name for name in re.findall(r"\w+", items) if name != "setting"}
+    assert keywords >= {"stages", "schedule", "sp"}
+    (err,) = errors_of(model() + "mesh { tp 2  foo 3 }")
+    listed = set(err.hint.removeprefix("mesh settings are: ").split(", "))
+    assert listed == keywords | {"tp", "pp", "dp", "microbatches", "world"}

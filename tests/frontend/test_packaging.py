@@ -1,5 +1,6 @@
 """A real wheel carries the grammar, the block library and the templates."""
 
+import os
 import subprocess
 import sys
 import venv
@@ -10,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = "model m : gpt { layers 2  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }\nmesh { tp 2 }\n"
+
+
+pytestmark = pytest.mark.slow  # builds a wheel and a venv
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +33,32 @@ def test_the_wheel_holds_the_data_files(wheel):
     assert any(name.startswith("templates/") for name in names)
 
 
+def running_site_packages() -> list[str]:
+    """The folders the running interpreter imports installed packages from (a venv's, the system's)."""
+    return [path for path in sys.path if Path(path).name in ("site-packages", "dist-packages") and Path(path).is_dir()]
+
+
 def test_installed_wheel_checks_a_spec_from_another_directory(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    # System site packages provide lark, jinja2 and networkx; par itself comes from the wheel.
-    venv.create(env_dir, with_pip=True, system_site_packages=True)
+    venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True, timeout=300)
+    # lark, jinja2 and networkx come from wherever the tests run (the system or a venv, which
+    # `system_site_packages` would miss): a .pth file adds those folders after the venv's own,
+    # as plain paths, so their .pth files (an editable par among them) stay inactive.
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    Path(purelib, "running_env.pth").write_text("\n".join(running_site_packages()) + "\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # par from the wheel only
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True, timeout=300, env=env)
     work = tmp_path / "work"
     work.mkdir()
     (work / "m.par").write_text(SPEC)
     located = subprocess.run(
         [python, "-c", "import dsl, grammar; print(dsl.__file__); print(grammar.__file__)"],
-        capture_output=True, text=True, cwd=work, check=True,
+        capture_output=True, text=True, cwd=work, check=True, env=env,
     ).stdout.split()
     assert all(str(env_dir) in path for path in located), located
-    result = subprocess.run([env_dir / "bin" / "par", "check", "m.par"], capture_output=True, text=True, cwd=work, timeout=120)
+    result = subprocess.run([env_dir / "bin" / "par", "check", "m.par"], capture_output=True, text=True, cwd=work, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert "m.par: ok" in result.stdout

@@ -18,6 +18,7 @@ CASES = (
 )
 
 
+@pytest.mark.slow  # Graphviz lays out every shipped spec
 @pytest.mark.parametrize("path, defines, emit", CASES, ids=[f"{p.split('/')[-1]}{''.join(d)}-{e.__name__}" for p, d, e in CASES])
 def test_every_emitted_dot_renders_without_warnings(compiled, dot_run, path, defines, emit):
     done = dot_run(emit(compiled(path, *defines)), "-Tsvg")

@@ -1,7 +1,7 @@
 """Test DAGs for `par lint`: contract DAGs as `par` compiles them, and DOT drawn from them.
 
-`contract_dag` compiles the Megatron spec, made small with `-D` overrides, into DESIGN.md's DAG
-contract; `render_dot` draws it with DESIGN.md's visual conventions (a cluster per pipeline
+`contract_dag` compiles the Megatron spec, made small with `-D` overrides, into the README's DAG
+contract; `render_dot` draws it with docs/graphviz.md's visual conventions (a cluster per pipeline
 stage, a nested cluster per GPU, ellipses for collectives, `GPU:`/`Input:`/`Output:` lines).
 """
 

@@ -12,6 +12,7 @@ from fractions import Fraction
 import pytest
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # launches model.py on several processes
 
 from dag_trace import trace_problems  # noqa: E402
 from fork_launch import launch  # noqa: E402
@@ -63,7 +64,7 @@ def _run_and_compare(compiled, workdir) -> None:
 
 
 def _sent(event: dict) -> Fraction:
-    """Bytes a rank sends for one traced event, by DESIGN.md's ring formulas (T: the whole tensor)."""
+    """Bytes a rank sends for one traced event, by docs/cost.md's ring formulas (T: the whole tensor)."""
     size, local = len(event["group"]), event["bytes"]
     return {
         "allreduce": Fraction(2 * (size - 1), size) * local,  # T = local

@@ -11,6 +11,7 @@ import time
 import pytest
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # launches model.py on several processes
 
 from fork_launch import collect, launch, start  # noqa: E402
 from small_models import compile_small, write_model  # noqa: E402
@@ -38,7 +39,7 @@ def test_plain_python_without_torchrun_is_refused(model):
     env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK")}
     done = subprocess.run([sys.executable, str(model)], capture_output=True, text=True, env=env, timeout=BOUND)
     assert done.returncode == 2
-    assert "but 1 were launched; run: torchrun --nproc-per-node 4 model.py" in done.stderr
+    assert "but 1 was launched; run: torchrun --nproc-per-node 4 model.py" in done.stderr
 
 
 def _wait_for(path, text, timeout):

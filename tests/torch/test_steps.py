@@ -7,6 +7,7 @@ import re
 import pytest
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # launches model.py on several processes
 
 from fork_launch import launch  # noqa: E402
 from small_models import compile_small, write_model  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # launches model.py on several processes
 
 from dag_trace import dag_collectives, trace_problems  # noqa: E402
 from fork_launch import launch  # noqa: E402

@@ -512,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     if world != WORLD_SIZE:
         print(
             f"model.py: error: this deployment runs on {WORLD_SIZE} processes (tp {TP} x pp {PP} x dp {DP}), "
-            f"but {world} were launched; run: torchrun --nproc-per-node {WORLD_SIZE} model.py",
+            f"but {world} {'was' if world == 1 else 'were'} launched; "
+            f"run: torchrun --nproc-per-node {WORLD_SIZE} model.py",
             file=sys.stderr,
         )
         return 2
