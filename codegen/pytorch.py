@@ -100,7 +100,9 @@ def model_view(compiled: Compiled) -> ModelView:
 
 
 def _class_name(block: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in block.split("_") if part) or "Block"
+    """CamelCase of the block's name; `Block` in front where that would not start with a letter (`_1`)."""
+    name = "".join(part[:1].upper() + part[1:] for part in block.split("_") if part)
+    return name if name[:1].isalpha() else "Block" + name
 
 
 def _tuple_literal(value) -> str:
