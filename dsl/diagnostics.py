@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .escape import terminal
 from .source import SourceFile, Span
 
 
@@ -56,7 +57,7 @@ def format_diagnostic(diag: Diagnostic, sources: Mapping[str, SourceFile]) -> st
             lines.append("    " + caret)
     if diag.hint:
         lines.append(f"    help: {diag.hint}")
-    return "\n".join(lines)
+    return "\n".join(terminal(line) for line in lines)  # spec text may hold escape sequences
 
 
 _WIDTH = 100

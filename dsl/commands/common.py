@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..compiler import Compiled, compile_text
 from ..diagnostics import CompileError, Diagnostic, format_all
-from ..inputs import SpecInputs, UsageError, spec_inputs
+from ..inputs import SpecInputs, UsageError, spec_inputs, spec_name
 
 
 def add_defines(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def compile_each(inputs: SpecInputs) -> Iterator[tuple[Path, Compiled | None, li
     """Compiles every spec; yields (path, result or None, diagnostics to print)."""
     for path in inputs.paths:
         try:
-            compiled = compile_text(inputs.read(path), str(path), inputs.overrides)
+            compiled = compile_text(inputs.read(path), spec_name(path), inputs.overrides)
         except CompileError as exc:
             yield path, None, exc.diagnostics
             continue
