@@ -6,6 +6,7 @@ import traceback
 from pathlib import Path
 
 from .. import build as driver
+from ..escape import terminal
 from ..inputs import UsageError, spec_inputs
 from ..source import stem
 from .common import add_defines, compile_each, print_diagnostics, progress
@@ -84,7 +85,7 @@ def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | Non
 def _check(artifacts) -> int:
     problems = driver.stale(artifacts)
     for path, state in problems:
-        print(f"{path}: {state}")
+        print(terminal(f"{path}: {state}"))
     if problems:
         progress(f"par: {len(problems)} of {len(artifacts)} artifacts are missing or stale; run par build")
         return 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..compiler import Compiled, compile_text
 from ..diagnostics import CompileError, Diagnostic, format_all
+from ..escape import terminal
 from ..inputs import SpecInputs, UsageError, spec_inputs, spec_name
 
 
@@ -49,4 +50,4 @@ def print_diagnostics(diagnostics: list[Diagnostic], inputs: SpecInputs) -> None
 
 
 def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(terminal(message), file=sys.stderr, flush=True)

@@ -128,3 +128,15 @@ def test_a_stray_escape_character_is_shown_and_pointed_at(tmp_path, monkeypatch)
     lines = printed.splitlines()
     quoted, caret = lines[1], lines[2]
     assert quoted[caret.index("^")] == "\u241b"
+
+
+def test_the_command_line_echoes_hostile_paths_without_escape_sequences(tmp_path, monkeypatch, par):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / f"s{ESC}]0;title{BEL}.par").write_text((GOLDEN_SPECS / "single_gpu.par").read_text())
+    checked = par("check", ".")
+    assert checked[0] == 0 and "ok" in checked[1]
+    missing = par("check", f"missing{ESC}[2J.par")
+    assert missing[0] == 2 and "no such file" in missing[2]
+    stale = par("build", ".", "-o", "out", "--check")
+    printed = "".join(checked[1:] + missing[1:] + stale[1:])
+    assert "\u241b" in printed and ESC not in printed and BEL not in printed
