@@ -140,3 +140,11 @@ def test_the_command_line_echoes_hostile_paths_without_escape_sequences(tmp_path
     stale = par("build", ".", "-o", "out", "--check")
     printed = "".join(checked[1:] + missing[1:] + stale[1:])
     assert "\u241b" in printed and ESC not in printed and BEL not in printed
+
+
+def test_explain_quotes_a_spec_line_without_its_escape_sequences(tmp_path, monkeypatch, par):
+    monkeypatch.chdir(tmp_path)
+    text = (GOLDEN_SPECS / "single_gpu.par").read_text()
+    (tmp_path / "s.par").write_text(text.replace("\nmesh", f"  # {ESC}[2J{ESC}]0;title{BEL}\nmesh", 1))
+    code, out, _ = par("explain", "s.par", "input")
+    assert code == 0 and "\u241b[2J" in out and ESC not in out and BEL not in out
