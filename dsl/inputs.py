@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,10 +42,8 @@ def spec_name(path: str | Path) -> str:
     with `..` segments). So a checkout builds the same bytes from wherever it lies."""
     given = os.fspath(path)
     if os.path.isabs(given):
-        try:
+        with contextlib.suppress(ValueError):  # another drive (Windows): no relative path exists
             given = _relative(given)
-        except ValueError:  # another drive (Windows): no relative path exists
-            pass
     return os.path.normpath(given).replace(os.sep, "/")
 
 

@@ -28,9 +28,9 @@ def test_no_python_name_starts_with_an_underscore_or_is_reserved():
 
 def _free_names(function: ast.FunctionDef) -> set[str]:
     assigned = {arg.arg for arg in function.args.args}
-    assigned |= {node.id for node in ast.walk(function) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
-    loaded = {node.id for node in ast.walk(function) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
-    return loaded - assigned
+    names = [node for node in ast.walk(function) if isinstance(node, ast.Name)]
+    assigned |= {node.id for node in names if isinstance(node.ctx, ast.Store)}
+    return {node.id for node in names if isinstance(node.ctx, ast.Load)} - assigned
 
 
 @pytest.mark.parametrize("name", BLOCKS)

@@ -22,9 +22,10 @@ def test_a_rank_prints_no_numpy_warning_where_numpy_is_missing(workdir):
         os.environ, PYTHONWARNINGS="default", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
     )
-    plain = subprocess.run([sys.executable, "-c", f"{NO_NUMPY}; import torch"], env=env, capture_output=True, text=True, timeout=120)
+    plain = subprocess.run([sys.executable, "-c", f"{NO_NUMPY}; import torch"], env=env, capture_output=True, text=True)
     assert "NumPy" in plain.stderr  # torch does warn here, so the run below can show it
-    run = f"{NO_NUMPY}; import runpy; sys.argv = [{str(path)!r}, '--check']; runpy.run_path(sys.argv[0], run_name='__main__')"
+    argv = [str(path), "--check"]
+    run = f"{NO_NUMPY}; import runpy; sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
     done = subprocess.run([sys.executable, "-c", run], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "check: OK" in done.stdout
