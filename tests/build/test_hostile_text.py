@@ -148,3 +148,11 @@ def test_explain_quotes_a_spec_line_without_its_escape_sequences(tmp_path, monke
     (tmp_path / "s.par").write_text(text.replace("\nmesh", f"  # {ESC}[2J{ESC}]0;title{BEL}\nmesh", 1))
     code, out, _ = par("explain", "s.par", "input")
     assert code == 0 and "\u241b[2J" in out and ESC not in out and BEL not in out
+
+
+def test_cost_comparison_heads_columns_with_spec_names_without_escape_sequences(tmp_path, monkeypatch, par):
+    monkeypatch.chdir(tmp_path)
+    for name in (f"a{ESC}[2J.par", "b.par"):
+        (tmp_path / name).write_text((GOLDEN_SPECS / "single_gpu.par").read_text())
+    code, out, _ = par("cost", f"a{ESC}[2J.par", "b.par")
+    assert code == 0 and "a\u241b[2J" in out and ESC not in out
