@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from dsl.backward import PAIRS
 from dsl.compiler import Compiled
+from dsl.escape import python_comment
 from dsl.placement import S_SEQ
 
 from .pytorch_layer import ShardedLayer, sharded_layer
@@ -23,7 +24,7 @@ TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
 
 @dataclass(frozen=True, slots=True)
 class ModelView:
-    source: str
+    source: str  # the spec's path, escaped for the banner comment
     model: str
     block: str
     layer_class: str
@@ -68,7 +69,7 @@ def model_view(compiled: Compiled) -> ModelView:
     if reduces_gradients:
         primitives.add("allreduce")
     return ModelView(
-        source=compiled.graph.graph["source"],
+        source=python_comment(compiled.graph.graph["source"]),
         model=model.name,
         block=deployment.block.name,
         layer_class=_class_name(deployment.block.name) + "Layer",
@@ -100,7 +101,9 @@ def model_view(compiled: Compiled) -> ModelView:
 
 
 def _class_name(block: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in block.split("_") if part) or "Block"
+    """CamelCase of the block's name; `Block` in front where that would not start with a letter (`_1`)."""
+    name = "".join(part[:1].upper() + part[1:] for part in block.split("_") if part)
+    return name if name[:1].isalpha() else "Block" + name
 
 
 def _tuple_literal(value) -> str:

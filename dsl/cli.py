@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import COMMANDS
+from .escape import terminal
 from .inputs import UsageError
 
 DESCRIPTION = """\
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as exc:
-        print(f"par: error: {exc}", file=sys.stderr)
+        print(terminal(f"par: error: {exc}"), file=sys.stderr)  # it may quote a path
         return 2
     except KeyboardInterrupt:
         print("par: interrupted", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .escape import terminal
 from .source import SourceFile, Span
 
 
@@ -61,8 +62,8 @@ def format_diagnostic(diag: Diagnostic, sources: Mapping[str, SourceFile]) -> st
             lines.append("    " + caret)
     if diag.hint:
         lines.append(f"    help: {diag.hint}")
-    lines += (format_diagnostic(n, sources) for n in diag.notes)
-    return "\n".join(lines)
+    text = "\n".join(terminal(line) for line in lines)  # spec text may hold escape sequences
+    return "\n".join([text, *(format_diagnostic(n, sources) for n in diag.notes)])
 
 
 _WIDTH = 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,9 +41,31 @@ class SpecInputs:
         return source.text
 
 
+def spec_name(path: str | Path) -> str:
+    """The name par gives a spec file in diagnostics, banners and dag.json: its path relative to the
+    current folder, with `/` (a relative path as given, normalised; outside the current folder,
+    with `..` segments). So a checkout builds the same bytes from wherever it lies."""
+    given = os.fspath(path)
+    if os.path.isabs(given):
+        with contextlib.suppress(ValueError):  # another drive (Windows): no relative path exists
+            given = _relative(given)
+    return os.path.normpath(given).replace(os.sep, "/")
+
+
+def _relative(path: str) -> str:
+    cwd = os.getcwd()
+    lexical = os.path.relpath(path, cwd)
+    if lexical.split(os.sep, 1)[0] != os.pardir:
+        return lexical
+    # The current folder is a resolved path; `path` may name it through a symlink (/tmp -> /private/tmp).
+    folder, name = os.path.split(path)
+    real = os.path.relpath(os.path.join(os.path.realpath(folder), name), os.path.realpath(cwd))
+    return real if real.split(os.sep, 1)[0] != os.pardir else lexical
+
+
 def read_spec(path: str | Path) -> SourceFile:
-    """A spec file's text (UTF-8, byte-order mark dropped); raises CompileError otherwise."""
-    name = str(path)
+    """A spec file's text (UTF-8, byte-order mark dropped), named by `spec_name`; raises CompileError otherwise."""
+    name = spec_name(path)
     with open(path, "rb") as file:
         data = file.read(MAX_SPEC_BYTES + 1)  # no more: a huge file is refused, not read
         if len(data) > MAX_SPEC_BYTES:

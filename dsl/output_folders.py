@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
+from .escape import terminal
 from .inputs import UsageError
 from .source import stem
 
@@ -27,14 +28,14 @@ def refuse_bad_folders(paths: Sequence[Path]) -> None:
     for path in paths:
         problem = folder_problem(path)
         if problem:
-            raise UsageError(f"{shown(path)}: cannot build into <OUT>/<stem>/: {problem}; rename the file")
+            raise UsageError(f"{terminal(str(path))}: cannot build into <OUT>/<stem>/: {problem}; rename the file")
         name = stem(str(path))
         key = unicodedata.normalize("NFC", name).casefold()
         owner = owners.setdefault(key, path)
         if owner != path and owner.resolve() != path.resolve():
             other = stem(str(owner))
             why = "" if other == name else " (macOS and Windows do not tell these names apart)"
-            raise UsageError(f"{shown(owner)} and {shown(path)} would both build into <OUT>/{other}/{why}; rename one")
+            raise UsageError(f"{terminal(str(owner))} and {terminal(str(path))} would both build into <OUT>/{other}/{why}; rename one")
 
 
 def folder_problem(path: Path) -> str | None:
@@ -52,12 +53,6 @@ def folder_problem(path: Path) -> str | None:
     if name.split(".", 1)[0].rstrip(" ").upper() in DEVICES:
         return f"its stem {name!r} is a device name on Windows"
     return None
-
-
-def shown(path: Path) -> str:
-    """A path as printed in a message: escaped if it holds characters a terminal would act on."""
-    text = str(path)
-    return text if text.isprintable() else ascii(text)
 
 
 def _char(char: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dsl.escape import html_comment, markdown
+
 from ..templating import render
 from .model import Cost, cost_of
 from .report import sections, summary, warnings
@@ -12,8 +14,8 @@ _RULES = {"l": "---", "r": "---:"}
 
 def report_view(cost: Cost) -> dict:
     return {
-        "name": cost.name,
-        "source": cost.graph.graph["source"],
+        "name": markdown(cost.name),
+        "source": html_comment(cost.graph.graph["source"]),
         "summary": summary(cost),
         "warnings": warnings(cost),
         "sections": [

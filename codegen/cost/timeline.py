@@ -6,6 +6,7 @@ import math
 from xml.sax.saxutils import escape
 
 from dsl import units
+from dsl.escape import one_line
 
 from .model import Cost
 from .report import time_format
@@ -80,7 +81,7 @@ def timeline_view(cost: Cost) -> dict:
     return {
         "width": LEFT + PLOT_WIDTH + RIGHT,
         "height": axis_y + AXIS + 28,
-        "title": {"x": LEFT, "y": 24, "text": escape(heading)},
+        "title": {"x": LEFT, "y": 24, "text": escape(one_line(heading))},
         "rows": [
             {
                 "label": f"stage {stage}",

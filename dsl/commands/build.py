@@ -7,6 +7,7 @@ import traceback
 from pathlib import Path
 
 from .. import build as driver
+from ..escape import terminal
 from ..inputs import spec_inputs
 from ..output_folders import refuse_bad_folders
 from .common import add_defines, add_limits, compile_each, limits, print_diagnostics, progress
@@ -90,7 +91,7 @@ def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | Non
 def _check(artifacts) -> int:
     problems = driver.stale(artifacts)
     for path, state in problems:
-        print(f"{path}: {state}")
+        print(terminal(f"{path}: {state}"))
     if problems:
         progress(f"par: {len(problems)} of {len(artifacts)} artifacts are missing or stale; run par build")
         return 1

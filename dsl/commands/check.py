@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..escape import terminal
 from ..inputs import spec_inputs
 from .common import add_defines, add_limits, compile_each, limits, print_diagnostics
 
@@ -28,7 +29,7 @@ def run(args) -> int:
         if compiled is None:
             failed += 1
             continue
-        print(f"{path}: ok ({summary(compiled.graph)})")
+        print(terminal(f"{path}: ok ({summary(compiled.graph)})"))
     return 1 if failed else 0
 
 

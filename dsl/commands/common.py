@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..compiler import Compiled, compile_text
 from ..diagnostics import CompileError, Diagnostic, format_all
-from ..inputs import SpecInputs, UsageError, spec_inputs
+from ..escape import terminal
+from ..inputs import SpecInputs, UsageError, spec_inputs, spec_name
 from ..limits import DEFAULT_MAX_DIAGNOSTICS, DEFAULT_MAX_NODES
 
 
@@ -61,7 +62,7 @@ def compile_each(inputs: SpecInputs) -> Iterator[tuple[Path, Compiled | None, li
     """Compiles every spec; yields (path, result or None, diagnostics to print)."""
     for path in inputs.paths:
         try:
-            compiled = compile_text(inputs.read(path), str(path), inputs.overrides, max_nodes=inputs.max_nodes)
+            compiled = compile_text(inputs.read(path), spec_name(path), inputs.overrides, max_nodes=inputs.max_nodes)
         except CompileError as exc:
             yield path, None, exc.diagnostics
             continue
@@ -100,4 +101,4 @@ def print_diagnostics(diagnostics: list[Diagnostic], inputs: SpecInputs) -> None
 
 
 def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(terminal(message), file=sys.stderr, flush=True)

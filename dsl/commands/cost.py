@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..deployment import Hardware
+from ..escape import terminal
 from ..hardware import PROFILES
 from ..hwcheck import resolve_hardware
 from ..inputs import UsageError, spec_inputs
@@ -46,10 +47,9 @@ def run(args) -> int:
             failed += 1
             continue
         costs.append(cost_of(compiled.graph, hardware=hardware or compiled.deployment.hardware))
-    if len(costs) == 1:
-        print(format_cost(costs[0]), end="")
-    elif costs:
-        print(format_comparison(costs), end="")
+    if costs:
+        text = format_cost(costs[0]) if len(costs) == 1 else format_comparison(costs)
+        print("\n".join(terminal(line) for line in text.split("\n")), end="")  # spec names head the columns
     return 1 if failed else 0
 
 

@@ -6,6 +6,7 @@ import difflib
 
 from .. import units
 from ..diagnostics import error
+from ..escape import terminal
 from ..source import Span
 from .common import add_defines, add_limits, compile_one, limits, print_diagnostics
 
@@ -64,7 +65,7 @@ def describe(graph, node: str, sources) -> str:
         lines.append(f"             {text.strip()}")
     lines.append(f"  inputs:    {_names(list(graph.predecessors(node)))}")
     lines.append(f"  outputs:   {_names(list(graph.successors(node)))}")
-    return "\n".join(lines)
+    return "\n".join(terminal(line) for line in lines)  # the quoted spec line may hold escape sequences
 
 
 def _names(nodes: list[str]) -> str:

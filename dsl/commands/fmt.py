@@ -7,7 +7,7 @@ import sys
 from ..build import write_atomic
 from ..diagnostics import CompileError
 from ..format import format_spec
-from ..inputs import spec_inputs
+from ..inputs import spec_inputs, spec_name
 from ..parser import parse_with_comments
 from .common import add_limits, limits, print_diagnostics
 
@@ -35,7 +35,7 @@ def run(args) -> int:
     for path in inputs.paths:
         try:
             text = inputs.read(path)
-            formatted = format_spec(*parse_with_comments(text, str(path)), text)
+            formatted = format_spec(*parse_with_comments(text, spec_name(path)), text)
         except CompileError as exc:
             print_diagnostics(exc.diagnostics, inputs)
             failed += 1

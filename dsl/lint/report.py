@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from ..escape import markdown_cell, markdown_code, terminal
 from ..units import ranges
 from .classify import NodeInfo
 from .findings import RULES, Finding
@@ -13,7 +14,7 @@ from .view import DagView
 
 
 def format_text(results: list[FileResult]) -> str:
-    lines = [_text_line(finding) for result in results for finding in result.findings]
+    lines = [terminal(_text_line(finding)) for result in results for finding in result.findings]
     lines.append(_summary(results))
     return "\n".join(lines) + "\n"
 
@@ -48,7 +49,7 @@ def format_markdown(results: list[FileResult]) -> str:
 
 
 def _markdown_file(result: FileResult) -> list[str]:
-    head = f"## `{result.file}` — {_count(len(result.findings), 'finding')}"
+    head = f"## {markdown_code(result.file)} — {_count(len(result.findings), 'finding')}"
     lines = [head, ""]
     for view in result.views:
         lines.extend([_graph_summary(view), ""])
@@ -70,7 +71,7 @@ def _graph_summary(view: DagView) -> str:
     devices = sorted({device for info in view.info.values() if not info.all_devices
                       for device in info.devices or ()})
     layers = sorted({layer for info in view.info.values() for layer in info.layers})
-    name = f"`{view.graph.name}`" if view.graph.name else "(unnamed)"
+    name = markdown_code(view.graph.name) if view.graph.name else "(unnamed)"
     text = (f"Graph {name}: {len(view.info)} nodes ({counts}), {len(view.edge_line)} edges")
     if devices:
         text += f"; GPUs {ranges(devices)}"
@@ -88,9 +89,9 @@ def _markdown_rule(code: str, located: list[tuple[Finding, DagView | None]]) -> 
     lines = [f"### {code} {rule.name} — {count}", "", f"{summary}.", ""]
     lines.extend(["| line | nodes | finding | classified as |", "| --- | --- | --- | --- |"])
     for finding, view in located:
-        cells = [str(finding.line), ", ".join(f"`{node}`" for node in finding.nodes),
+        cells = [str(finding.line), ", ".join(markdown_code(node) for node in finding.nodes),
                  finding.message, _classification(finding, view)]
-        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+        lines.append("| " + " | ".join(markdown_cell(cell) for cell in cells) + " |")
     lines.append("")
     return lines
 
@@ -115,10 +116,6 @@ def _devices_text(info: NodeInfo) -> str:
     if info.all_devices:
         return "all GPUs"
     return f"GPU {ranges(info.devices or ())}"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 # --- JSON --------------------------------------------------------------------------------

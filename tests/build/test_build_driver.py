@@ -4,6 +4,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from codegen import artifacts, svg
 from dsl import build as driver
 

@@ -10,7 +10,15 @@ import dsl.source
 from dsl.cli import main
 from dsl.compiler import compile_text
 from dsl.diagnostics import CompileError
-from dsl.limits import DEFAULT_MAX_DIAGNOSTICS, DEFAULT_MAX_NODES, MAX_BLOCK_OPS, MAX_NESTING, MAX_SEARCH_STATES, MAX_SPEC_BYTES
+from dsl.inputs import spec_name
+from dsl.limits import (
+    DEFAULT_MAX_DIAGNOSTICS,
+    DEFAULT_MAX_NODES,
+    MAX_BLOCK_OPS,
+    MAX_NESTING,
+    MAX_SEARCH_STATES,
+    MAX_SPEC_BYTES,
+)
 
 # The gpt block on a tensor-parallel group: 10 compute nodes per rank and 2 AllReduces per layer.
 GPT_COMPUTE, GPT_COLLECTIVES = 10, 2
@@ -48,7 +56,7 @@ def test_a_huge_mesh_is_refused_before_expansion_with_the_count_and_the_budget(t
     assert main(["check", path]) == 1
     err = capsys.readouterr().err
     assert nodes > DEFAULT_MAX_NODES
-    assert f"{path}:2:" in err.splitlines()[0]  # the mesh line
+    assert f"{spec_name(path)}:2:" in err.splitlines()[0]  # the mesh line
     assert f"{nodes:,} nodes" in err and f"node budget of {DEFAULT_MAX_NODES:,}" in err
     assert "--max-nodes" in err and "Traceback" not in err
 
@@ -88,7 +96,7 @@ def test_a_spec_over_the_size_limit_is_refused_at_its_first_line(tmp_path, capsy
     path.write_bytes(b"#" * MAX_SPEC_BYTES + b"\n")
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"{path}:1:1: error: the file is {MAX_SPEC_BYTES + 1:,} bytes")
+    assert err.startswith(f"{spec_name(path)}:1:1: error: the file is {MAX_SPEC_BYTES + 1:,} bytes")
     assert f"at most {MAX_SPEC_BYTES:,} bytes" in err
 
 
@@ -111,7 +119,7 @@ def test_brackets_nested_past_the_limit_are_refused_at_the_first_one_too_deep(tm
     assert main(["check", path]) == 1
     err = capsys.readouterr().err
     column = len("model m : gpt { layers ") + MAX_NESTING  # the bracket at depth MAX_NESTING + 1
-    assert err.startswith(f"{path}:2:{column}: error: brackets nest more than {MAX_NESTING} deep")
+    assert err.startswith(f"{spec_name(path)}:2:{column}: error: brackets nest more than {MAX_NESTING} deep")
 
 
 def test_megabytes_of_brackets_are_refused_without_parsing(tmp_path, capsys, monkeypatch):
@@ -135,7 +143,7 @@ def test_an_expression_of_too_many_operators_is_an_error_not_a_crash(tmp_path, c
         path = write(tmp_path, f"model m : gpt {{ layers {chain}  hidden 64  heads 4  batch 4  seq 8 }}\n")
         assert main([command, path]) == 1
         err = capsys.readouterr().err
-        assert re.match(rf"{re.escape(path)}:1:\d+: error: expression has more than {MAX_NESTING} levels of operators\n", err)
+        assert re.match(rf"{re.escape(spec_name(path))}:1:\d+: error: expression has more than {MAX_NESTING} levels of operators\n", err)
 
 
 def many_errors(count: int) -> str:
@@ -165,7 +173,7 @@ def test_at_most_the_cap_is_printed_then_how_many_more(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(headlines(err)) == DEFAULT_MAX_DIAGNOSTICS
     assert err.rstrip().endswith(f"par: ... and {300 - DEFAULT_MAX_DIAGNOSTICS} more diagnostics (at most {DEFAULT_MAX_DIAGNOSTICS} are printed; --max-diagnostics N prints more)")
-    assert f"{path}:3:" in headlines(err)[0]  # the first ones, in order
+    assert f"{spec_name(path)}:3:" in headlines(err)[0]  # the first ones, in order
 
 
 def test_the_cap_holds_across_the_specs_of_a_run(tmp_path, capsys):
@@ -204,7 +212,7 @@ def test_a_block_of_more_ops_than_the_limit_is_refused_at_its_line(tmp_path, cap
     path = write(tmp_path, head + chain_block(MAX_BLOCK_OPS + 1))
     assert main(["check", path]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"{path}:3:1: error: block 'b' has {MAX_BLOCK_OPS + 1} ops; par places blocks of at most {MAX_BLOCK_OPS}")
+    assert err.startswith(f"{spec_name(path)}:3:1: error: block 'b' has {MAX_BLOCK_OPS + 1} ops; par places blocks of at most {MAX_BLOCK_OPS}")
 
 
 def test_a_block_whose_placement_search_explodes_is_refused(tmp_path, capsys):
@@ -218,4 +226,4 @@ def test_a_block_whose_placement_search_explodes_is_refused(tmp_path, capsys):
     path = write(tmp_path, text)
     assert main(["check", path]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"{path}:3:1: error: placing block 'b' takes more than {MAX_SEARCH_STATES:,} search states")
+    assert err.startswith(f"{spec_name(path)}:3:1: error: placing block 'b' takes more than {MAX_SEARCH_STATES:,} search states")

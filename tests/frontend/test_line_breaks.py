@@ -4,6 +4,7 @@ that Unicode calls line breaks must not shift the lines that diagnostics quote."
 import pytest
 
 from dsl.cli import main
+from dsl.inputs import spec_name
 from dsl.source import SourceFile
 
 NOT_BREAKS = {"form_feed": "\f", "vertical_tab": "\v", "nel": "\x85", "line_sep": "\u2028", "para_sep": "\u2029", "file_sep": "\x1c"}
@@ -17,7 +18,7 @@ def test_a_break_character_in_a_comment_does_not_shift_quoted_lines(tmp_path, ca
     path.write_text(f"# one{char}two{char}three\n{BAD}\n", encoding="utf-8")
     assert main(["check", str(path)]) == 1
     headline, quoted, caret, *_ = capsys.readouterr().err.splitlines()
-    assert headline.startswith(f"{path}:2:{COLUMN}: error: hidden (63) is not divisible by heads")
+    assert headline.startswith(f"{spec_name(path)}:2:{COLUMN}: error: hidden (63) is not divisible by heads")
     assert quoted == "    " + BAD
     assert caret == "    " + " " * (COLUMN - 1) + "^"
 

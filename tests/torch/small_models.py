@@ -146,4 +146,21 @@ BLOCKS = {
         model m : b { layers 2  hidden 64  heads 4  batch 4  seq 8  dtype fp32 }
         mesh { tp 2  microbatches 2 }
     """,
+    # Value names that are dunders, private or public nn.Module attributes, and a block whose
+    # class name would start with a digit.
+    "dunder and module attribute names": """
+        block _1(_) {
+          __init__ = layernorm(_)
+          _modules = linear(__init__, ffn, column)
+          __call__ = gelu(_modules)
+          _parameters = linear(__call__, hidden, row)
+          __dict__ = add(_, _parameters)
+          __setattr__ = rmsnorm(__dict__)
+          dump_patches = linear(__setattr__, hidden, replicated)
+          call_super_init = add(__dict__, dump_patches)
+          return call_super_init
+        }
+        model m : _1 { layers 2  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2 }
+    """,
 }
