@@ -18,8 +18,7 @@ import statistics
 import time
 
 import networkx as nx
-
-from dsl.compiler import compile_text, gc_paused
+from par.dsl.compiler import compile_text, gc_paused
 
 # (layers, tp, pp, dp): GPT blocks, Megatron placement; about layers·dp·(10·tp + 2) nodes.
 SIZES = [(16, 8, 2, 1), (32, 8, 4, 4), (64, 8, 8, 16), (96, 8, 8, 64), (128, 8, 8, 96)]

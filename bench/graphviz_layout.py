@@ -18,8 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-from codegen.dot import GRAPH_DEFAULTS, LARGE_DRAWING, emit_compact_dot, emit_dot, emit_view, full_view
-from dsl.compiler import compile_file
+from par.codegen.dot.emit import (
+    GRAPH_DEFAULTS,
+    LARGE_DRAWING,
+    emit_compact_dot,
+    emit_dot,
+    emit_view,
+    full_view,
+)
+from par.dsl.compiler import compile_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -47,17 +47,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dsl.check import OVERRIDABLE, check
-from dsl.cli import main as par
-from dsl.compiler import gc_paused
-from dsl.diagnostics import CompileError, format_all
-from dsl.expand import expand
-from dsl.inputs import spec_inputs
-from dsl.lower import lower
-from dsl.ops import OPS
-from dsl.parser import parse_text
-from dsl.program import Program
-from dsl.validate import validate
+from par.dsl.checks.check import OVERRIDABLE, check
+from par.dsl.compiler import gc_paused
+from par.dsl.dag.expand import expand
+from par.dsl.dag.validate import validate
+from par.dsl.diagnostics import CompileError, format_all
+from par.dsl.frontend.inputs import spec_inputs
+from par.dsl.frontend.parser import parse_text
+from par.dsl.lowering.lower import lower
+from par.dsl.lowering.ops import OPS
+from par.dsl.lowering.program import Program
+
+from par.cli import main as par
 
 SLOW = 10.0  # seconds: a run over this counts as slow
 FORMATS = ("text", "md", "json")

@@ -16,10 +16,9 @@ import shutil
 import subprocess
 from collections.abc import Callable
 
-from dsl.build import ArtifactError, Skip
-from dsl.compiler import Compiled
-
-from .dot_text import printable
+from par.codegen.dot.text import printable
+from par.codegen.renderer import ArtifactError, Skip
+from par.dsl.compiler import Compiled
 
 DOT_TIMEOUT_S = 180
 MESSAGE_CHARS = 200  # the most of Graphviz's message line a warning quotes

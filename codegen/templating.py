@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from functools import cache
-from importlib.resources import files
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 
 @cache
 def environment() -> Environment:
     return Environment(
-        loader=FileSystemLoader(str(files("templates"))),
+        loader=PackageLoader("par.templates", "."),  # a package resource: zipped installs work
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

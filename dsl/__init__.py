@@ -1,3 +1,1 @@
-"""par: a declarative language and compiler for parallel deployments of transformer models."""
-
-__version__ = "0.1.0"
+"""The compiler core: front end -> checks -> lowering -> DAG (expanded, validated), and the cost analysis over it."""

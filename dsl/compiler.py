@@ -9,18 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
-
-from .check import check
-from .deployment import Deployment
-from .diagnostics import CompileError, Diagnostic, error
-from .expand import expand, node_count
-from .inputs import parse_defines, read_spec
-from .limits import DEFAULT_MAX_NODES
-from .lower import lower
-from .parser import parse_spec
-from .program import Program
-from .spec import Override
-from .validate import validate
+from par.dsl.checks.check import check
+from par.dsl.checks.deployment import Deployment
+from par.dsl.dag.expand import expand, node_count
+from par.dsl.dag.validate import validate
+from par.dsl.diagnostics import CompileError, Diagnostic, error
+from par.dsl.frontend.inputs import parse_defines, read_spec
+from par.dsl.frontend.parser import parse_spec
+from par.dsl.frontend.spec import Override
+from par.dsl.limits import DEFAULT_MAX_NODES
+from par.dsl.lowering.lower import lower
+from par.dsl.lowering.program import Program
 
 
 @contextmanager

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .escape import terminal
-from .source import SourceFile, Span
+from par.dsl.escape import terminal
+from par.dsl.frontend.source import SourceFile, Span
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """User-controlled text (spec paths and names, comments, DOT ids and labels) made inert where it is written.
 
 One function per target: the terminal, a Python comment, an HTML comment, Markdown text and a
-Markdown code span. DOT strings and labels are escaped by `codegen.dot_text` (`quoted`, `html`).
+Markdown code span. DOT strings and labels are escaped by `par.codegen.dot.text` (`quoted`, `html`).
 Every target first gets `one_line`: each character that could move the cursor, start an escape
 sequence, end a line or reorder text is shown as one visible character in its place, so a caret
 under a quoted source line stays aligned.

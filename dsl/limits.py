@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from .diagnostics import Diagnostic, error
-from .source import Span
+from par.dsl.diagnostics import Diagnostic, error
+from par.dsl.frontend.source import Span
 
 # A real spec is a few kilobytes; a megabyte is already thousands of lines.
 MAX_SPEC_BYTES = 1 << 20

@@ -14,9 +14,9 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
-from .escape import terminal
-from .inputs import UsageError
-from .source import stem
+from par.dsl.escape import terminal
+from par.dsl.frontend.inputs import UsageError
+from par.dsl.frontend.source import stem
 
 FORBIDDEN = '<>:"|?*'  # forbidden on Windows; neither slash ever reaches a stem
 DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10))}

@@ -7,8 +7,8 @@ renderers of report.md and timeline.svg, which take a `Cost`.
 
 from __future__ import annotations
 
-from .accounting import per_rank_comm, rank_costs, transfers
-from .model import Cost, cost_of
-from .render import render_report, render_timeline, spec_cost
+from par.codegen.cost.render import render_report, render_timeline, spec_cost
+from par.dsl.cost.accounting import per_rank_comm, rank_costs, transfers
+from par.dsl.cost.model import Cost, cost_of
 
 __all__ = ["Cost", "cost_of", "per_rank_comm", "rank_costs", "render_report", "render_timeline", "spec_cost", "transfers"]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dsl.escape import html_comment, markdown
-
-from ..templating import render
-from .model import Cost, cost_of
-from .report import sections, summary, warnings
-from .timeline import timeline_view
+from par.codegen.cost.report import sections, summary, warnings
+from par.codegen.cost.timeline import timeline_view
+from par.codegen.templating import render
+from par.dsl.cost.model import Cost, cost_of
+from par.dsl.escape import html_comment, markdown
 
 _RULES = {"l": "---", "r": "---:"}
 

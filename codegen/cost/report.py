@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dsl import units
-
-from ..dot_text import mesh_line, model_line
-from .accounting import KINDS, PHASES, RankCost, step_kinds
-from .estimate import capacity, fits
-from .model import Cost, DeviceGroup
+from par.codegen.dot.text import mesh_line, model_line
+from par.dsl import units
+from par.dsl.cost.accounting import KINDS, PHASES, RankCost, step_kinds
+from par.dsl.cost.estimate import capacity, fits
+from par.dsl.cost.model import Cost, DeviceGroup
 
 
 @dataclass(frozen=True, slots=True)

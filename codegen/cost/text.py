@@ -6,12 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from dsl import units
-from dsl.placement import share
-
-from .accounting import KINDS
-from .model import Cost
-from .report import Section, sections, summary, title, warnings
+from par.codegen.cost.report import Section, sections, summary, title, warnings
+from par.dsl import units
+from par.dsl.cost.accounting import KINDS
+from par.dsl.cost.model import Cost
+from par.dsl.lowering.placement import share
 
 
 def table(section: Section) -> str:

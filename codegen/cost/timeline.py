@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from xml.sax.saxutils import escape
 
-from dsl import units
-from dsl.escape import one_line
-
-from .model import Cost
-from .report import time_format
+from par.codegen.cost.report import time_format
+from par.dsl import units
+from par.dsl.cost.model import Cost
+from par.dsl.escape import one_line
 
 LEFT, RIGHT, TOP, ROW, GAP, AXIS = 84, 24, 48, 34, 10, 44
 PLOT_WIDTH = 960

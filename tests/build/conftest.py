@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dsl.cli import main
+from par.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_SPECS = ROOT / "tests" / "golden" / "specs"

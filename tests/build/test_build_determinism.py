@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def build(out: Path, seed: str) -> dict[str, bytes]:
     env = dict(os.environ, PYTHONHASHSEED=seed)
     done = subprocess.run(
-        [sys.executable, "-m", "dsl", "build", "tests/golden/specs", "-o", str(out)],
+        [sys.executable, "-m", "par", "build", "tests/golden/specs", "-o", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr

@@ -3,8 +3,9 @@
 import os
 import stat
 
-from codegen import svg
-from dsl import build as driver
+from par.codegen import svg
+
+from par import build as driver
 
 GRAPHVIZ = {"dag.svg", "dag.compact.svg"}
 DUMP_LINES = 3000

@@ -5,9 +5,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from par.codegen import artifacts, svg
 
-from codegen import artifacts, svg
-from dsl import build as driver
+from par import build as driver
 
 ROOT = Path(__file__).resolve().parents[2]
 DRAWN = {"dag.json", "dag.dot", "dag.compact.dot"}

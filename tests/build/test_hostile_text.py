@@ -8,14 +8,13 @@ import tokenize
 import xml.etree.ElementTree as ET
 
 import pytest
+from par.codegen.artifacts import renderers
+from par.dsl.compiler import compile_file
+from par.dsl.diagnostics import CompileError, format_all
+from par.dsl.frontend.inputs import read_spec
 
-from codegen.artifacts import renderers
-from dsl.compiler import compile_file
-from dsl.diagnostics import CompileError, format_all
-from dsl.inputs import read_spec
-from dsl.lint import run_lint
-
-from .conftest import GOLDEN_SPECS
+from par.lint import run_lint
+from tests.build.conftest import GOLDEN_SPECS
 
 ESC, BEL = "\x1b", "\x07"
 # A file name that tries every target: a new line with a statement, the end of an HTML comment,

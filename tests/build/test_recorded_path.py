@@ -3,11 +3,11 @@ same bytes wherever it lies and however the spec is named on the command line.""
 
 import shutil
 
-from codegen.artifacts import renderers
-from dsl.compiler import compile_file
-from dsl.inputs import spec_name
+from par.codegen.artifacts import renderers
+from par.dsl.compiler import compile_file
+from par.dsl.frontend.inputs import spec_name
 
-from .conftest import GOLDEN_SPECS
+from tests.build.conftest import GOLDEN_SPECS
 
 TEXT_ARTIFACTS = ("dag.json", "dag.dot", "dag.compact.dot", "model.py", "report.md", "timeline.svg")
 

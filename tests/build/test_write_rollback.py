@@ -1,5 +1,5 @@
 """A write that fails at any point leaves every artifact as it was: bytes, time and inode, with no
-temporary file or backup left behind (dsl.build.write_all)."""
+temporary file or backup left behind (par.build.write_all)."""
 
 import errno
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dsl import build as driver
+from par import build as driver
 
 
 @pytest.fixture

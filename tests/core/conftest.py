@@ -1,9 +1,8 @@
 from pathlib import Path
 
 import pytest
-
-from dsl.compiler import compile_file, compile_text
-from dsl.inputs import parse_defines
+from par.dsl.compiler import compile_file, compile_text
+from par.dsl.frontend.inputs import parse_defines
 
 ROOT = Path(__file__).resolve().parents[2]
 

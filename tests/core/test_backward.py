@@ -1,11 +1,11 @@
-"""The backward communication the compiler decides for each step (dsl.backward), and the DAG attributes it becomes.
+"""The backward communication the compiler decides for each step (par.dsl.lowering.backward), and the DAG attributes it becomes.
 
 Each expectation follows from where a gradient is partial: a column-parallel linear or a slice
 gives its R input a partial gradient; ops without parameters pass a partial gradient on; a
 gradient from anywhere else (a norm, the residual, the layer's output) is whole.
 """
 
-from dsl.backward import PAIRS, backward_kind
+from par.dsl.lowering.backward import PAIRS, backward_kind
 
 MODEL = "model m : {block} {{ layers 2  hidden 32  heads 4  ffn 64  batch 4  seq 8  dtype fp32 }}\n"
 

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from codegen.json_dag import emit_json, load_json
-from dsl.validate import validate
+from par.codegen.json_dag import emit_json, load_json
+from par.dsl.dag.validate import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +32,8 @@ def test_build_writes_dag_json_identically_under_any_hash_seed():
     """The dag.json renderer `par build` uses, in fresh processes: no Graphviz run for a JSON file."""
     code = (
         "import sys\n"
-        "from codegen.artifacts import renderers\n"
-        "from dsl.compiler import compile_file\n"
+        "from par.codegen.artifacts import renderers\n"
+        "from par.dsl.compiler import compile_file\n"
         "text = dict(renderers())['dag.json'](compile_file(sys.argv[1], ['layers=8']))\n"
         "sys.stdout.buffer.write(text if isinstance(text, bytes) else text.encode())\n"
     )
@@ -51,8 +50,8 @@ def test_build_writes_dag_json_identically_under_any_hash_seed():
 
 def test_the_compiler_never_imports_torch():
     code = (
-        "import sys, dsl.cli, codegen.artifacts\n"
-        "from dsl.compiler import compile_file\n"
+        "import sys, par.cli, par.codegen.artifacts\n"
+        "from par.dsl.compiler import compile_file\n"
         f"compile_file({str(ROOT / 'specs' / 'baseline_tp8_pp2.par')!r})\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

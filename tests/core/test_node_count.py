@@ -2,9 +2,8 @@
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from dsl.compiler import compile_text
-from dsl.expand import node_count
+from par.dsl.compiler import compile_text
+from par.dsl.dag.expand import node_count
 
 # Spec-defined blocks beside the built-in ones: written collectives, replicated linears, no
 # attention, a reduce-scatter; each compiles at every tp below, with and without sp.

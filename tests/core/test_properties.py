@@ -4,9 +4,8 @@ from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from dsl.compiler import compile_text
-from dsl.validate import validate
+from par.dsl.compiler import compile_text
+from par.dsl.dag.validate import validate
 
 # Per layer and tensor-parallel group, derived by hand from the placement rules:
 # (compute ops per rank, local slices per rank, collectives by kind)

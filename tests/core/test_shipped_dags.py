@@ -112,9 +112,9 @@ def test_llama_sequence_parallel_collectives(shipped):
 
 
 def test_node_ids_follow_the_contract(shipped):
-    # Expansion spells the compute ids out for speed; they must stay what dsl.ids says.
-    from dsl import ids
-    from dsl.deployment import Mesh
+    # Expansion spells the compute ids out for speed; they must stay what par.dsl.dag.ids says.
+    from par.dsl.checks.deployment import Mesh
+    from par.dsl.dag import ids
 
     for stem in ("llama_gqa", "baseline_tp8_pp2"):
         graph = shipped(stem).graph

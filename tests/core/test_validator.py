@@ -2,8 +2,7 @@
 
 import networkx as nx
 import pytest
-
-from dsl.validate import validate
+from par.dsl.dag.validate import validate
 
 SMALL = (
     "model m : gpt { layers 2  hidden 32  heads 4  ffn 64  batch 4  seq 8  dtype fp32 }\n"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from codegen.cost import cost_of, rank_costs
-from codegen.cost.text import comparison
-from dsl import units
-from dsl.cli import main
+from par.codegen.cost import cost_of, rank_costs
+from par.codegen.cost.text import comparison
+from par.dsl import units
 
-from .tiny import SMALL, SPECS, compile_spec
+from par.cli import main
+from tests.cost.tiny import SMALL, SPECS, compile_spec
 
 FP16 = 2
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from par.codegen.cost import per_rank_comm
+from par.dsl.lowering.shapes import elements
 
-from codegen.cost import per_rank_comm
-from dsl.shapes import elements
-
-from .tiny import GPT, LLAMA, compile_source
+from tests.cost.tiny import GPT, LLAMA, compile_source
 
 
 def _expected(compiled) -> dict[int, dict[str, int]]:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from par.codegen.cost import cost_of
+from par.codegen.cost.report import warnings
+from par.dsl import units
+from par.dsl.checks.hwcheck import builtin_hardware
+from par.dsl.cost.accounting import Transfer
+from par.dsl.cost.estimate import Clock
 
-from codegen.cost import cost_of
-from codegen.cost.accounting import Transfer
-from codegen.cost.estimate import Clock
-from codegen.cost.report import warnings
-from dsl import units
-from dsl.hwcheck import builtin_hardware
-
-from .tiny import GPT, compile_source
+from tests.cost.tiny import GPT, compile_source
 
 H100 = builtin_hardware("h100")
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import networkx as nx
 import pytest
-
-from codegen.cost import spec_cost
-from codegen.cost.estimate import (
+from par.codegen.cost import spec_cost
+from par.codegen.cost.report import sections
+from par.dsl import units
+from par.dsl.cost.estimate import (
     OUTSIDE_STAGES,
     Clock,
     longest_paths,
     node_durations,
     stage_times,
 )
-from codegen.cost.report import sections
-from dsl import units
 
-from .tiny import GPT, LLAMA, compile_source
+from tests.cost.tiny import GPT, LLAMA, compile_source
 
 
 def expand_cell(cell: str) -> set[int]:

@@ -8,13 +8,12 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
+from par.codegen.cost import cost_of, render_report, render_timeline, spec_cost
+from par.codegen.cost.report import sections
+from par.codegen.cost.text import format_cost
 
-from codegen.cost import cost_of, render_report, render_timeline, spec_cost
-from codegen.cost.report import sections
-from codegen.cost.text import format_cost
-from dsl.cli import main
-
-from .tiny import GPT, ROOT, SMALL, SPECS, compile_source
+from par.cli import main
+from tests.cost.tiny import GPT, ROOT, SMALL, SPECS, compile_source
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -75,8 +74,8 @@ def test_par_build_writes_report_and_timeline(tmp_path):
 @pytest.mark.slow  # fresh processes, one per hash seed
 def test_output_does_not_depend_on_hash_seeds(tmp_path):
     script = (
-        "import sys; from dsl.compiler import compile_file; from codegen.cost import render_report, render_timeline, spec_cost;"
-        "from codegen.cost.text import format_cost;"
+        "import sys; from par.dsl.compiler import compile_file; from par.codegen.cost import render_report, render_timeline, spec_cost;"
+        "from par.codegen.cost.text import format_cost;"
         f"c = compile_file({str(SPECS / 'llama_gqa.par')!r}, {list(SMALL) + ['batch=16']!r});"
         "sys.stdout.write(render_report(spec_cost(c)) + render_timeline(spec_cost(c)) + format_cost(spec_cost(c)))"
     )
@@ -131,7 +130,7 @@ def test_text_layout_is_aligned():
 
 def test_counts_of_one_are_singular_in_every_header():
     """A single-GPU, single-microbatch spec reads "1 GPU, 1 microbatch", never "1 microbatches"."""
-    from codegen.dot import emit_compact_dot, emit_dot
+    from par.codegen.dot.emit import emit_compact_dot, emit_dot
 
     compiled = compile_source(GPT, "tp=1", "pp=1", "dp=1", "microbatches=1")
     texts = {

@@ -7,8 +7,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from codegen.cost.schedule import (
+from par.dsl.cost.schedule import (
     bubble_fraction,
     closed_form_bubble,
     in_flight,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dsl.compiler import compile_file, compile_text
-from dsl.inputs import parse_defines
+from par.dsl.compiler import compile_file, compile_text
+from par.dsl.frontend.inputs import parse_defines
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"

@@ -111,7 +111,7 @@ def runnable(command: Shown) -> bool:
 
 
 def par_help(subcommand: str) -> str:
-    from dsl.cli import main
+    from par.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
@@ -198,7 +198,7 @@ def workspace(tmp_path: Path) -> Path:
 def run(command: Shown, cwd: Path) -> subprocess.CompletedProcess:
     """The command as a user would type it, `par` and `torchrun` being this checkout's."""
     words = shlex.split(command.text)
-    program = ["-m", "dsl"] if words[0] == "par" else ["-m", "torch.distributed.run"]
+    program = ["-m", "par"] if words[0] == "par" else ["-m", "torch.distributed.run"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.run(
         [sys.executable, *program, *words[1:]],

@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 
 def check_output(name: str) -> tuple[int, str]:
     """Exit code and stderr of `par check NAME`, run inside this folder."""
-    from dsl.cli import main
+    from par.cli import main
 
     stderr = io.StringIO()
     previous = os.getcwd()

@@ -1,8 +1,7 @@
 import pytest
-
-from dsl.check import check
-from dsl.diagnostics import CompileError
-from dsl.parser import parse_text
+from par.dsl.checks.check import check
+from par.dsl.diagnostics import CompileError
+from par.dsl.frontend.parser import parse_text
 
 
 def diagnostics_of(text: str, *, overrides=()):

@@ -1,10 +1,9 @@
 """Semantic checks: every problem reported at once, each naming its factors and a fix."""
 
 import pytest
-
-from dsl.check import check
-from dsl.inputs import parse_defines
-from dsl.parser import parse_text
+from par.dsl.checks.check import check
+from par.dsl.frontend.inputs import parse_defines
+from par.dsl.frontend.parser import parse_text
 
 
 def model(**settings) -> str:

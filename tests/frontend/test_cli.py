@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from dsl.cli import main
+from par.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = "model m : gpt { layers 4  hidden 64  heads 4  ffn 256  batch 8  seq 16  dtype fp32 }\nmesh { tp 2  pp 2  microbatches 2 }\n"
 
 
 def par(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dsl", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=120)
+    return subprocess.run([sys.executable, "-m", "par", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=120)
 
 
 def test_check_the_shipped_specs():
@@ -63,7 +63,7 @@ def test_fmt_check_and_write(tmp_path, capsys):
 
 
 def test_shipped_specs_and_library_are_formatted():
-    assert main(["fmt", "--check", str(ROOT / "specs"), str(ROOT / "dsl" / "library" / "blocks.par")]) == 0
+    assert main(["fmt", "--check", str(ROOT / "specs"), str(ROOT / "dsl" / "frontend" / "library" / "blocks.par")]) == 0
 
 
 def test_explain_says_why(capsys):
@@ -78,7 +78,7 @@ def test_works_from_any_directory(tmp_path):
     spec = tmp_path / "m.par"
     spec.write_text(GOOD)
     result = subprocess.run(
-        [sys.executable, "-m", "dsl", "check", "m.par"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [sys.executable, "-m", "par", "check", "m.par"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
         env={**os.environ, "PYTHONPATH": ""},
     )
     assert result.returncode == 0, result.stderr
@@ -98,7 +98,7 @@ def test_output_folders_are_named_like_the_deployment(tmp_path, capsys):
 
 
 def test_compile_file_reads_specs_as_par_check_does(tmp_path):
-    from dsl.compiler import compile_file
+    from par.dsl.compiler import compile_file
 
     path = tmp_path / "bom.par"
     path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())

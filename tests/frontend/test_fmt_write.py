@@ -4,7 +4,7 @@ import errno
 import os
 import stat
 
-from dsl.cli import main
+from par.cli import main
 
 UNFORMATTED = "model m : gpt {layers=4,hidden 64 heads 4 ffn 256 batch 8 seq 16 dtype fp32}  # note\n"
 FORMATTED = "model m : gpt { layers 4  hidden 64  heads 4  ffn 256  batch 8  seq 16  dtype fp32 }  # note\n"

@@ -4,17 +4,16 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from dsl.check import check
-from dsl.diagnostics import CompileError
-from dsl.format import format_spec
-from dsl.lower import lower
-from dsl.parser import parse_spec, parse_with_comments
-from dsl.source import Span
+from par.dsl.checks.check import check
+from par.dsl.diagnostics import CompileError
+from par.dsl.frontend.format import format_spec
+from par.dsl.frontend.parser import parse_spec, parse_with_comments
+from par.dsl.frontend.source import Span
+from par.dsl.lowering.lower import lower
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [path.read_text(encoding="utf-8") for path in sorted((ROOT / "specs").glob("*.par"))]
-SEEDS.append((ROOT / "dsl" / "library" / "blocks.par").read_text(encoding="utf-8") + SEEDS[0])
+SEEDS.append((ROOT / "dsl" / "frontend" / "library" / "blocks.par").read_text(encoding="utf-8") + SEEDS[0])
 TOKENS = ["model", "mesh", "block", "place", "after", "as", "strict", "sp", "stages", "{", "}", "(", ")",
           "[", "]", "..", ",", "=", "-", "*", "/", "+", "0", "1", "7", "4096", "x", "tp", "heads", "#", "\n", "1f1b"]
 

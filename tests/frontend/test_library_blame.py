@@ -1,13 +1,12 @@
 """A bad setting is one error at the user's own line; a built-in block that cannot use it is a note."""
 
+import par.dsl.checks.check
 import pytest
-
-import dsl.check
-from dsl.check import check
-from dsl.diagnostics import CompileError, format_all
-from dsl.library import LIBRARY_NAME, library_source
-from dsl.parser import parse_text
-from dsl.source import SourceFile
+from par.dsl.checks.check import check
+from par.dsl.diagnostics import CompileError, format_all
+from par.dsl.frontend.library import LIBRARY_NAME, library_source
+from par.dsl.frontend.parser import parse_text
+from par.dsl.frontend.source import SourceFile
 
 
 def spec(block: str, **settings) -> str:
@@ -36,7 +35,7 @@ def test_a_bad_setting_is_one_error_at_its_own_line(block, setting, value):
 
 
 def test_a_bad_override_is_one_error_on_the_command_line():
-    from dsl.inputs import parse_defines
+    from par.dsl.frontend.inputs import parse_defines
 
     overrides, _ = parse_defines(["hidden=0"])
     (only,) = errors(spec("gpt"), overrides)
@@ -69,7 +68,7 @@ def test_a_built_in_size_that_fails_for_valid_settings_points_at_the_settings(mo
     # the same failure is still one error, with a note for each line of the block.
     library = parse_text("block thirds(x) {\n  a = linear(x, hidden / 3, column)\n  b = linear(a, hidden / 3, column)\n"
                          "  c = linear(b, hidden, row)\n  return c\n}\n", LIBRARY_NAME).blocks
-    monkeypatch.setattr(dsl.check, "library_blocks", lambda: library)
+    monkeypatch.setattr(par.dsl.checks.check, "library_blocks", lambda: library)
     text = spec("thirds")
     (only,) = errors(text)
     assert (only.span.file, only.span.col) == ("t.par", column_of(text, "hidden 64") + len("hidden "))

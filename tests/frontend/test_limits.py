@@ -2,16 +2,14 @@
 
 import re
 
+import par.dsl.compiler
+import par.dsl.frontend.parser
+import par.dsl.frontend.source
 import pytest
-
-import dsl.compiler
-import dsl.parser
-import dsl.source
-from dsl.cli import main
-from dsl.compiler import compile_text
-from dsl.diagnostics import CompileError
-from dsl.inputs import spec_name
-from dsl.limits import (
+from par.dsl.compiler import compile_text
+from par.dsl.diagnostics import CompileError
+from par.dsl.frontend.inputs import spec_name
+from par.dsl.limits import (
     DEFAULT_MAX_DIAGNOSTICS,
     DEFAULT_MAX_NODES,
     MAX_BLOCK_OPS,
@@ -19,6 +17,8 @@ from dsl.limits import (
     MAX_SEARCH_STATES,
     MAX_SPEC_BYTES,
 )
+
+from par.cli import main
 
 # The gpt block on a tensor-parallel group: 10 compute nodes per rank and 2 AllReduces per layer.
 GPT_COMPUTE, GPT_COLLECTIVES = 10, 2
@@ -47,7 +47,7 @@ def no_expansion(monkeypatch):
     def refuse(program):
         raise AssertionError("expanded a deployment over the node budget")
 
-    monkeypatch.setattr(dsl.compiler, "expand", refuse)
+    monkeypatch.setattr(par.dsl.compiler, "expand", refuse)
 
 
 @pytest.mark.parametrize("text, nodes", HUGE, ids=["layers_100000_tp_1024_dp_1024", "tp_65536_dp_16"])
@@ -123,7 +123,7 @@ def test_brackets_nested_past_the_limit_are_refused_at_the_first_one_too_deep(tm
 
 
 def test_megabytes_of_brackets_are_refused_without_parsing(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(dsl.parser, "_lark", lambda *a, **k: pytest.fail("parsed"))
+    monkeypatch.setattr(par.dsl.frontend.parser, "_lark", lambda *a, **k: pytest.fail("parsed"))
     path = write(tmp_path, "model m : gpt { layers " + "(" * (MAX_SPEC_BYTES // 2) + "1" + ")" * (MAX_SPEC_BYTES // 2 - 30))
     assert main(["check", path]) == 1
     assert "brackets nest more than" in capsys.readouterr().err
@@ -157,8 +157,8 @@ def headlines(err: str) -> list[str]:
 
 def test_printing_many_diagnostics_splits_the_file_once(tmp_path, capsys, monkeypatch):
     calls = []
-    split = dsl.source.split_lines
-    monkeypatch.setattr(dsl.source, "split_lines", lambda text: calls.append(len(text)) or split(text))
+    split = par.dsl.frontend.source.split_lines
+    monkeypatch.setattr(par.dsl.frontend.source, "split_lines", lambda text: calls.append(len(text)) or split(text))
     path = write(tmp_path, many_errors(2000))
     assert main(["check", path, "--max-diagnostics", "5000"]) == 1
     err = capsys.readouterr().err

@@ -23,14 +23,15 @@ def wheel(tmp_path_factory) -> Path:
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(out), "-q"],
         check=True, capture_output=True, timeout=300,
     )
-    (found,) = out.glob("par-*.whl")
+    (found,) = out.glob("par_compiler-*.whl")
     return found
 
 
 def test_the_wheel_holds_the_data_files(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"grammar/par.lark", "dsl/library/blocks.par", "dsl/cli.py", "codegen/templating.py"} <= names
-    assert any(name.startswith("templates/") for name in names)
+    assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"par"}
+    assert {"par/grammar/par.lark", "par/dsl/frontend/library/blocks.par", "par/cli.py",
+            "par/codegen/templating.py", "par/templates/model.py.jinja"} <= names
 
 
 def running_site_packages() -> list[str]:
@@ -55,7 +56,7 @@ def test_installed_wheel_checks_a_spec_from_another_directory(wheel, tmp_path):
     work.mkdir()
     (work / "m.par").write_text(SPEC)
     located = subprocess.run(
-        [python, "-c", "import dsl, grammar; print(dsl.__file__); print(grammar.__file__)"],
+        [python, "-c", "import par.dsl, par.grammar; print(par.dsl.__file__); print(par.grammar.__file__)"],
         capture_output=True, text=True, cwd=work, check=True, env=env,
     ).stdout.split()
     assert all(str(env_dir) in path for path in located), located

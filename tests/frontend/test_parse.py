@@ -2,10 +2,9 @@
 
 import pytest
 from lark.exceptions import GrammarError
-
-from dsl import spec as ast
-from dsl.diagnostics import CompileError
-from dsl.parser import GRAMMAR, _lark, build_parser, parse_text
+from par.dsl.diagnostics import CompileError
+from par.dsl.frontend import spec as ast
+from par.dsl.frontend.parser import GRAMMAR, _lark, build_parser, parse_text
 
 
 def test_grammar_is_strict_lalr():

@@ -1,10 +1,9 @@
 """After a syntax error the front end goes on at the next item: every problem of a file at once."""
 
 import pytest
-
-from dsl.compiler import compile_text
-from dsl.diagnostics import CompileError
-from dsl.parser import MAX_SYNTAX_ERRORS, parse_spec, parse_text
+from par.dsl.compiler import compile_text
+from par.dsl.diagnostics import CompileError
+from par.dsl.frontend.parser import MAX_SYNTAX_ERRORS, parse_spec, parse_text
 
 MODEL = "model m : gpt { layers 4  hidden 64  heads 4  batch 8  seq 16 }\n"
 

@@ -2,8 +2,7 @@
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from dsl.stages import coverage_problems, even_split, from_counts
+from par.dsl.checks.stages import coverage_problems, even_split, from_counts
 
 
 @given(st.integers(1, 500), st.integers(1, 64))

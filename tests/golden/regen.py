@@ -22,7 +22,7 @@ GRAPHVIZ_RENDERED = {"dag.svg", "dag.compact.svg"}
 
 def build(out: Path) -> tuple[int, str]:
     """Exit code and stderr of `par build tests/golden/specs -o OUT`, run from the repository root."""
-    from dsl.cli import main
+    from par.cli import main
 
     stderr = io.StringIO()
     previous = os.getcwd()

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from dsl.compiler import compile_file
+from par.dsl.compiler import compile_file
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_SPECS = ROOT / "tests" / "golden" / "specs"

@@ -3,9 +3,8 @@
 import re
 
 import pytest
-
-from codegen.dot import emit_compact_dot
-from codegen.dot_compact import folds
+from par.codegen.dot.compact import folds
+from par.codegen.dot.emit import emit_compact_dot
 
 GPT = "tests/golden/specs/gpt_tp2_pp2.par"
 LLAMA = "tests/golden/specs/llama_sp_dp2.par"

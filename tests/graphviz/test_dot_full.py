@@ -5,18 +5,17 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
-from codegen.dot import (
+from par.codegen.dot.emit import (
     LARGE_DRAWING,
     emit_compact_dot,
     emit_dot,
     full_view,
     layout_attrs,
 )
-from codegen.json_dag import emit_json
-from dsl import units
-from dsl.compiler import compile_file, compile_text
-from dsl.inputs import parse_defines
+from par.codegen.json_dag import emit_json
+from par.dsl import units
+from par.dsl.compiler import compile_file, compile_text
+from par.dsl.frontend.inputs import parse_defines
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT = "tests/golden/specs/gpt_tp2_pp2.par"

@@ -9,9 +9,8 @@ import itertools
 import json
 
 import pytest
-
-from codegen.dot import emit_compact_dot, emit_dot
-from dsl.compiler import compile_text
+from par.codegen.dot.emit import emit_compact_dot, emit_dot
+from par.dsl.compiler import compile_text
 
 BLOCKS = {"gpt": "heads 4", "llama": "heads 4  kv_heads 2"}
 

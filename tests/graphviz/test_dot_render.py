@@ -3,10 +3,9 @@
 import struct
 
 import pytest
-
-from codegen import svg
-from codegen.dot import emit_compact_dot, emit_dot
-from dsl.build import ArtifactError, Skip
+from par.codegen import svg
+from par.codegen.dot.emit import emit_compact_dot, emit_dot
+from par.codegen.renderer import ArtifactError, Skip
 
 GOLDEN = ["tests/golden/specs/gpt_tp2_pp2.par", "tests/golden/specs/llama_sp_dp2.par", "tests/golden/specs/single_gpu.par"]
 SHIPPED = ["specs/baseline_tp8_pp2.par", "specs/layerwise.par", "specs/megatron_tp8_pp2.par", "specs/llama_gqa.par"]

@@ -4,8 +4,7 @@ import xml.etree.ElementTree as ET
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from codegen.dot_text import (
+from par.codegen.dot.text import (
     REPLACEMENT,
     dims,
     gpus,

@@ -11,10 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import networkx as nx
-
-from dsl import ids
-from dsl.compiler import compile_file
-from dsl.units import ranges
+from par.dsl.compiler import compile_file
+from par.dsl.dag import ids
+from par.dsl.units import ranges
 
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "megatron_tp8_pp2.par"
 # The DAG's nodes and edges depend on the mesh, not on these sizes; small ones keep labels short.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dsl.lint import run_lint
+from par.lint import run_lint
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dsl.lint.classify import classify_graph
-from dsl.lint.dot_reader import read_dot_text
-from dsl.lint.labels import ALL_DEVICES, devices_in_text, dims_in_lines, label_lines
-from dsl.lint.view import build_view
+from par.lint.classify import classify_graph
+from par.lint.dot_reader import read_dot_text
+from par.lint.labels import ALL_DEVICES, devices_in_text, dims_in_lines, label_lines
+from par.lint.view import build_view
 
 
 def classify(statement: str, *, node: str = "n", context: str = ""):

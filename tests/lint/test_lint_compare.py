@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from lint_dags import bypass_collectives, contract_dag, render_dot
+from par.dsl.dag import ids
 
-from dsl import ids
-from dsl.lint import run_lint
-from dsl.lint.dot_reader import read_dot_text
-from dsl.lint.lint import lint_graph
+from par.lint import run_lint
+from par.lint.dot_reader import read_dot_text
+from par.lint.lint import lint_graph
 
 
 def spec_findings(dot_text: str, spec_dag, spec_name="tiny.par"):

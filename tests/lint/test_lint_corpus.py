@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from lint_snapshots import full_corpus, lint_sample, samples, snapshot_path
 
-from dsl.lint import run_lint
-from dsl.lint.dot_reader import DotReadError, read_dot_file
+from par.lint import run_lint
+from par.lint.dot_reader import DotReadError, read_dot_file
 
 
 @pytest.mark.parametrize("sample", samples(), ids=lambda path: path.name[:40])

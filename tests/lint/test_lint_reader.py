@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsl.lint.dot_reader import DotReadError, read_dot_file, read_dot_text
+from par.lint.dot_reader import DotReadError, read_dot_file, read_dot_text
 
 
 def one(text: str):
@@ -206,7 +206,7 @@ _DOT_PIECES = st.sampled_from([
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(st.lists(_DOT_PIECES, max_size=60).map(" ".join), st.text(max_size=200)))
 def test_any_text_reads_or_fails_with_a_position(text):
-    from dsl.lint.lint import lint_graph
+    from par.lint.lint import lint_graph
 
     try:
         graphs = read_dot_text(text)

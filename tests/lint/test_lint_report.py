@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from lint_dags import bypass_collectives, contract_dag, render_dot
 
-from dsl.lint import RULES, run_lint
+from par.lint import RULES, run_lint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def test_output_does_not_depend_on_hash_order(tmp_path):
     path = tmp_path / "d.dot"
     path.write_text(render_dot(bypass_collectives(dag, [n for n in dag if "_allgather_" in n])),
                     encoding="utf-8")
-    script = f"from dsl.lint import run_lint; print(run_lint([{str(path)!r}], fmt='md')[0], end='')"
+    script = f"from par.lint import run_lint; print(run_lint([{str(path)!r}], fmt='md')[0], end='')"
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"}, cwd=REPO, check=True)
     assert other.stdout == run_lint([str(path)], fmt="md")[0]

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lint_dags import bypass_collectives, contract_dag, render_dot
+from par.dsl.dag import ids
 
-from dsl import ids
-from dsl.lint.dot_reader import read_dot_text
-from dsl.lint.lint import lint_graph
+from par.lint.dot_reader import read_dot_text
+from par.lint.lint import lint_graph
 
 
 def lint_text(text: str):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from codegen.pytorch import emit_model
-from dsl.compiler import Compiled, compile_file, compile_text
-from dsl.inputs import parse_defines
+from par.codegen.pytorch.emit import emit_model
+from par.dsl.compiler import Compiled, compile_file, compile_text
+from par.dsl.frontend.inputs import parse_defines
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from par.codegen import svg
+from par.codegen.cost import render_report, spec_cost
+from par.codegen.pytorch.emit import emit_model, model_view
+from par.codegen.pytorch.layer import fused_qkv_values
+from par.dsl.compiler import compile_file, compile_text
+from par.dsl.frontend.inputs import parse_defines
 from small_models import BLOCKS, ROOT, SPECS, compile_small, compile_source, write_model
 
-from codegen import svg
-from codegen.cost import render_report, spec_cost
-from codegen.pytorch import emit_model, model_view
-from codegen.pytorch_layer import fused_qkv_values
-from dsl.cli import main as par
-from dsl.compiler import compile_file, compile_text
-from dsl.inputs import parse_defines
+from par.cli import main as par
 
 SHIPPED = sorted(path.stem for path in SPECS.glob("*.par"))
 # (spec, defines) for every shipped spec at full size and small, as the distributed tests run them.
@@ -74,8 +74,8 @@ def test_model_py_is_lint_clean_and_formatted(written):
 
 RENDER_ALL = """
 import hashlib, pathlib
-from codegen.pytorch import emit_model
-from dsl.compiler import compile_file
+from par.codegen.pytorch.emit import emit_model
+from par.dsl.compiler import compile_file
 text = "".join(emit_model(compile_file(path)) for path in sorted(pathlib.Path("specs").glob("*.par")))
 print(hashlib.sha256(text.encode()).hexdigest())
 """
@@ -92,7 +92,7 @@ def test_output_is_byte_identical_across_hash_seeds():
 
 
 def test_the_compiler_never_imports_torch():
-    probe = "import sys, codegen.artifacts, dsl.build, dsl.cli; print('torch' in sys.modules)"
+    probe = "import sys, par.codegen.artifacts, par.build, par.cli; print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
 

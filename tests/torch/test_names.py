@@ -5,10 +5,9 @@ from __future__ import annotations
 import ast
 
 import pytest
+from par.codegen.pytorch.emit import emit_model
+from par.codegen.pytorch.names import GLOBALS, MODULE_ATTRIBUTES, Names
 from small_models import BLOCKS, compile_source
-
-from codegen.pytorch import emit_model
-from codegen.pytorch_names import GLOBALS, MODULE_ATTRIBUTES, Names
 
 
 def test_every_public_module_attribute_is_reserved():

@@ -1,0 +1,1 @@
+"""dag.dot and dag.compact.dot: the view-model of a drawing and its DOT text."""

@@ -1,0 +1,111 @@
+"""Where nodes go in a drawing: a cluster per pipeline stage, per data-parallel replica (dp > 1)
+and per GPU, with GPUs kept left to right in rank order and stages stacked in columns.
+
+A stage's label reads "8 layers (0-7)", not "layer 0": readers of DOT files (`par lint`)
+take a cluster's "layer N" as the layer of the nodes inside that name none, such as the
+pipeline's Send and Recv, which belong to no layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import networkx as nx
+from par.codegen.dot import style
+from par.codegen.dot.text import gpus, layer_count, quoted
+from par.codegen.dot.view import DotCluster, DotEdge, DotNode, cluster, node_view
+from par.dsl.checks.deployment import Mesh
+from par.dsl.units import ranges
+
+INVISIBLE = (("style", "invis"),)
+ANCHOR = (("shape", "point"), ("style", "invis"), ("width", "0"), ("height", "0"))
+
+
+class ClusterTree:
+    """The clusters of one drawing and the nodes placed in them, in the order they were placed."""
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+        self.top: list[DotNode] = []
+        self.stages: list[DotCluster] = []
+        self.replicas: dict[tuple[int, int], DotCluster] = {}
+        self.gpus: dict[int, DotCluster] = {}
+        self.members: dict[int, list[str]] = {}  # GPU rank -> DAG ids placed in its cluster
+        for stage, (first, last) in enumerate(mesh.stages):
+            ranks = mesh.stage_ranks(stage)
+            held = f"{layer_count(last - first + 1)} ({ranges(range(first, last + 1))})"
+            rows = (f"{held} · {gpus(ranks)}",)
+            stage_cluster = cluster(f"cluster_stage_{stage}", title=f"Pipeline stage {stage}", rows=rows, colours=style.CLUSTER_STAGE)
+            self.stages.append(stage_cluster)
+            for dp_rank in range(mesh.dp):
+                self._replica(stage_cluster, stage, dp_rank)
+
+    def _replica(self, stage_cluster: DotCluster, stage: int, dp_rank: int) -> None:
+        group = self.mesh.tp_group(dp_rank=dp_rank, stage=stage)
+        parent = stage_cluster
+        if self.mesh.dp > 1:
+            title = f"Data-parallel replica {dp_rank}"
+            parent = cluster(f"cluster_stage_{stage}_dp_{dp_rank}", title=title, rows=(gpus(group),), colours=style.CLUSTER_REPLICA)
+            stage_cluster.clusters.append(parent)
+        self.replicas[(stage, dp_rank)] = parent
+        for tp_rank, rank in enumerate(group):
+            self.gpus[rank] = cluster(f"cluster_gpu_{rank}", title=f"GPU {rank}", rows=(f"tp rank {tp_rank}",), colours=style.CLUSTER_GPU)
+            self.members[rank] = []
+            parent.clusters.append(self.gpus[rank])
+
+    def column(self, rank: int) -> tuple[tuple[str, str], ...]:
+        """`group` of a GPU's nodes: one per (replica, tp rank), so stages line up in columns and
+        `dot` avoids crossing the edges inside a GPU."""
+        dp_rank, _, tp_rank = self.mesh.coords(rank)
+        return (("group", quoted(f"column_{dp_rank}_{tp_rank}")),)
+
+    def place(self, node_id: str, data: dict, *, in_gpu: bool = True) -> None:
+        """Adds a DAG node to its GPU's cluster (unless not `in_gpu`), else its replica's (a
+        collective), or its stage's (`input`, `output`)."""
+        devices = data["devices"]
+        if data["op"] in ("input", "output"):
+            self.stages[data["stage"]].nodes.append(node_view(node_id, data))
+        elif len(devices) == 1 and in_gpu:
+            self.gpus[devices[0]].nodes.append(node_view(node_id, data, extra=self.column(devices[0])))
+            self.members[devices[0]].append(node_id)
+        else:
+            dp_rank, stage, _ = self.mesh.coords(devices[0])
+            self.replicas[(stage, dp_rank)].nodes.append(node_view(node_id, data))
+
+    def add(self, home: DotCluster | None, node: DotNode) -> None:
+        """Adds a node that stands for no single DAG node (a folded range of layers)."""
+        (self.top if home is None else home.nodes).append(node)
+
+    def roots(self) -> list[DotCluster]:
+        return [kept for kept in (stage.pruned() for stage in self.stages) if kept]
+
+    def anchors(self, graph: nx.DiGraph, *, rep: Callable[[str], str | None] | None = None) -> tuple[list[list[str]], list[DotEdge]]:
+        """Invisible nodes that keep each stage's GPU clusters left to right in rank order.
+
+        `dot` may reorder sibling clusters to reduce crossings and ignores ordering edges between
+        them. So above each GPU's first node sits an anchor, in its column's group; the anchors
+        of a stage form one ordered row, and any other order of the clusters would cross the
+        anchor edges, which the group makes expensive. Each anchor sits in its GPU's replica
+        cluster (the stage's when dp is 1): anchors in a stage cluster above replica clusters
+        make Graphviz 2.43 lose nodes while ordering the ranks and fail with "trouble in
+        init_rank" (seen with pp 1, tp >= 2, dp >= 2). `rep` maps a DAG node to the node that
+        stands for it in the drawing (None: not drawn). Returns the rows and the edges.
+        """
+        rep = rep or (lambda node_id: node_id)
+        rows, edges = [], []
+        for stage in range(len(self.stages)):
+            filled = [rank for rank in self.mesh.stage_ranks(stage) if self.members[rank]]
+            if len(filled) < 2:
+                continue
+            row = []
+            for rank in filled:
+                first = self.members[rank][0]
+                anchor = quoted(f"anchor_stage_{stage}_gpu{rank}")
+                dp_rank = self.mesh.coords(rank)[0]
+                self.replicas[(stage, dp_rank)].nodes.append(DotNode(anchor, "", (), ANCHOR + self.column(rank)))
+                shown = dict.fromkeys(rep(before) for before in graph.predecessors(first))
+                edges.extend(DotEdge(quoted(before), anchor, INVISIBLE) for before in shown if before is not None)
+                edges.append(DotEdge(anchor, quoted(first), INVISIBLE))
+                row.append(anchor)
+            rows.append(row)
+        return rows, edges

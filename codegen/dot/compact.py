@@ -1,0 +1,132 @@
+"""The compact drawing: one layer in full, every other run of layers of a stage folded into one box.
+
+Only data-parallel replica 0 is drawn (the others are copies of it); the pipeline's Sends and
+Recvs sit in their stage, in rank order, outside the GPU clusters of the expanded layer. Each DAG node is drawn
+as itself, as the folded box of its layer range, or not at all; the edges are those of the
+DAG between what stands for their ends (the quotient graph), so the pipeline's Send/Recv
+and every edge in and out of the expanded layer are the DAG's own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import networkx as nx
+from par.codegen.dot import style
+from par.codegen.dot.clusters import ClusterTree
+from par.codegen.dot.text import dims, gpus, html, layer_count, layer_span, quoted
+from par.codegen.dot.view import DotEdge, DotNode, edge_view, look_attrs
+from par.dsl.checks.deployment import Mesh
+from par.dsl.compiler import Compiled
+from par.dsl.units import size as human_bytes
+
+FOLDED_DATA = {"op": "folded", "kind": "folded"}  # what edge styling sees of a folded box
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """Consecutive layers of one stage drawn as one box."""
+
+    id: str
+    stage: int
+    first: int
+    last: int
+
+
+@dataclass
+class CompactLayout:
+    tree: ClusterTree
+    edges: list[DotEdge]
+    nodes: list[str]  # DAG ids drawn as themselves
+    rep: Callable[[str], str | None]  # DAG id -> the id drawn for it, or None: not drawn
+    folded: bool
+    rows: list[list[str]]  # Send and Recv rows, left to right in rank order
+
+
+def folds(mesh: Mesh, *, expanded: int) -> list[Fold]:
+    """The runs of layers of each stage other than `expanded`, in order."""
+    runs: list[Fold] = []
+    for stage, (first, last) in enumerate(mesh.stages):
+        run: list[int] = []
+        for layer in [*range(first, last + 1), None]:
+            if layer is None or layer == expanded:
+                if run:
+                    runs.append(Fold(f"folded_layers_{run[0]}_{run[-1]}", stage, run[0], run[-1]))
+                run = []
+            else:
+                run.append(layer)
+    return runs
+
+
+def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
+    graph, mesh = compiled.graph, compiled.deployment.mesh
+    ranges = folds(mesh, expanded=layer)
+    fold_of = {number: fold for fold in ranges for number in range(fold.first, fold.last + 1)}
+
+    def rep(node_id: str) -> str | None:
+        data = graph.nodes[node_id]
+        if data["op"] in ("input", "output"):
+            return node_id
+        if mesh.coords(data["devices"][0])[0] != 0:
+            return None
+        if data["layer"] is None or data["layer"] == layer:
+            return node_id
+        return fold_of[data["layer"]].id
+
+    tree = ClusterTree(mesh)
+    drawn = [node_id for node_id in graph.nodes if rep(node_id) == node_id]
+    members: dict[str, list[dict]] = {fold.id: [] for fold in ranges}
+    pipeline: dict[tuple[int, str], list[str]] = {}  # (stage, send | recv) -> ids, in rank order
+    for node_id, data in graph.nodes(data=True):
+        target = rep(node_id)
+        if target == node_id:
+            boundary = data["op"] in ("send", "recv")
+            tree.place(node_id, data, in_gpu=not boundary)
+            if boundary:
+                pipeline.setdefault((data["stage"], data["op"]), []).append(quoted(node_id))
+        elif target is not None:
+            members[target].append(data)
+    for fold in ranges:
+        tree.add(tree.replicas[(fold.stage, 0)], folded_node(fold, members=members[fold.id], compiled=compiled))
+    edges = quotient_edges(graph, rep=rep)
+    rows = [row for _, row in sorted(pipeline.items()) if len(row) > 1]
+    return CompactLayout(tree, edges, drawn, rep, folded=bool(ranges), rows=rows)
+
+
+def quotient_edges(graph: nx.DiGraph, *, rep: Callable[[str], str | None]) -> list[DotEdge]:
+    """One edge per pair of drawn ends that some DAG edge connects, in DAG order."""
+    pairs: dict[tuple[str, str], None] = {}
+    for tail, head in graph.edges:
+        ends = (rep(tail), rep(head))
+        if None not in ends and ends[0] != ends[1]:
+            pairs[ends] = None
+    edges = []
+    for tail, head in pairs:
+        tail_data = graph.nodes[tail] if tail in graph else FOLDED_DATA
+        head_data = graph.nodes[head] if head in graph else FOLDED_DATA
+        edges.append(edge_view(tail, head, tail_data=tail_data, head_data=head_data))
+    return edges
+
+
+def folded_node(fold: Fold, *, members: list[dict], compiled: Compiled) -> DotNode:
+    """A box for a range of layers: what runs there, counted, and what it sends."""
+    mesh = compiled.deployment.mesh
+    count = fold.last - fold.first + 1
+    kinds = Counter(data["kind"] for data in members)
+    collectives = Counter(style.display_name(data["op"]) for data in members if data["kind"] == "comm")
+    sent = sum(data["wire_bytes"] for data in members if data["kind"] == "comm")
+    stream = dims(compiled.program.stream_local)
+    rows = [
+        f"{gpus(mesh.tp_group(dp_rank=0, stage=fold.stage))} · {layer_count(count)} like the one drawn",
+        f"{kinds['compute']} computations" + (f", {kinds['route']} slices" if kinds["route"] else ""),
+    ]
+    if collectives:
+        listed = ", ".join(f"{number} {name}" for name, number in sorted(collectives.items()))
+        rows.append(f"{listed}: {human_bytes(sent)} sent/rank")
+    rows += [f"Input: {stream}", f"Output: {stream}"]
+    title = f"{layer_span(fold.first, fold.last).capitalize()} (folded)"
+    tooltip = quoted(f"{fold.id}: {layer_count(count)} folded; every layer has the steps of the layer drawn in full")
+    attrs = look_attrs(style.FOLDED) + (("tooltip", tooltip),)
+    return DotNode(quoted(fold.id), html(title), tuple(html(row) for row in rows), attrs)

@@ -1,0 +1,97 @@
+"""dag.dot (every layer on every GPU) and dag.compact.dot (one layer in full, the rest folded)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import networkx as nx
+from par.codegen.dot.clusters import ClusterTree
+from par.codegen.dot.compact import compact_layout
+from par.codegen.dot.text import quoted
+from par.codegen.dot.view import (
+    EDGE_DEFAULTS,
+    NODE_DEFAULTS,
+    DotEdge,
+    DotGraph,
+    banner,
+    edge_view,
+    header,
+    legend,
+)
+from par.codegen.templating import render
+from par.dsl.compiler import Compiled
+
+GRAPH_DEFAULTS = (
+    ("rankdir", "TB"),
+    ("newrank", "true"),
+    ("fontname", quoted("Helvetica,Arial,sans-serif")),
+    ("fontsize", "12"),
+    ("labelloc", "t"),
+    ("labeljust", "l"),
+    ("nodesep", "0.2"),
+    ("ranksep", "0.3"),
+)
+# Above this many nodes `dot`'s x-coordinate pass (network simplex) grows quadratic; it is then
+# stopped after about POSITION_ITERATIONS iterations (docs/graphviz.md: Performance).
+LARGE_DRAWING = 2000
+POSITION_ITERATIONS = 1500
+
+
+def emit_dot(compiled: Compiled) -> str:
+    return emit_view(full_view(compiled))
+
+
+def emit_compact_dot(compiled: Compiled) -> str:
+    return emit_view(compact_view(compiled))
+
+
+def emit_view(view: DotGraph) -> str:
+    """The DOT text of a drawing's view-model."""
+    return render("dag.dot.jinja", graph=view)
+
+
+def layout_attrs(node_count: int) -> tuple[tuple[str, str], ...]:
+    """Graph attributes for a drawing of `node_count` nodes: the defaults, plus `nslimit` when large."""
+    if node_count <= LARGE_DRAWING:
+        return GRAPH_DEFAULTS
+    return GRAPH_DEFAULTS + (("nslimit", f"{POSITION_ITERATIONS / node_count:.4f}"),)
+
+
+def full_view(compiled: Compiled) -> DotGraph:
+    """Every node of the DAG: a cluster per pipeline stage, per data-parallel replica, per GPU."""
+    graph = compiled.graph
+    tree = ClusterTree(compiled.deployment.mesh)
+    for node_id, data in graph.nodes(data=True):
+        tree.place(node_id, data)
+    edges = [edge_view(tail, head, tail_data=graph.nodes[tail], head_data=graph.nodes[head]) for tail, head in graph.edges]
+    shown = [data for _, data in graph.nodes(data=True)]
+    return _drawing(graph, tree, edges, shown, view="full DAG", folded=False)
+
+
+def compact_view(compiled: Compiled, *, layer: int = 0) -> DotGraph:
+    """Layer `layer` of data-parallel replica 0 in full; every other run of layers of a stage folded."""
+    graph = compiled.graph
+    layout = compact_layout(compiled, layer=layer)
+    shown = [graph.nodes[node_id] for node_id in layout.nodes]
+    dp = compiled.deployment.mesh.dp
+    view = f"compact view (layer {layer} in full, other layers folded" + (f"; data-parallel replica 0 of {dp})" if dp > 1 else ")")
+    return _drawing(graph, layout.tree, layout.edges, shown, view=view, folded=layout.folded, rep=layout.rep, ordered=layout.rows)
+
+
+def _drawing(graph: nx.DiGraph, tree: ClusterTree, edges: Sequence[DotEdge], shown: list[dict], *, view: str, folded: bool, rep=None, ordered=()) -> DotGraph:
+    anchor_rows, anchor_edges = tree.anchors(graph, rep=rep)
+    title, rows = header(graph.graph, view)
+    key = legend(shown, folded=folded)
+    return DotGraph(
+        name=quoted(graph.graph["spec"]),
+        banner=banner(graph.graph["source"], view),
+        title=title,
+        rows=rows,
+        graph_attrs=layout_attrs(len(shown)),
+        node_attrs=NODE_DEFAULTS,
+        edge_attrs=EDGE_DEFAULTS,
+        nodes=tree.top,
+        clusters=tree.roots() + [key],
+        edges=list(edges) + anchor_edges,
+        rows_in_order=anchor_rows + list(ordered) + [[node.id for node in key.nodes]],
+    )

@@ -1,0 +1,1 @@
+"""model.py: runnable torch.distributed code for one spec."""

@@ -1,0 +1,261 @@
+"""The forward of one layer on one tensor-parallel rank: the Program's steps, in its order.
+
+Three decisions turn steps into code:
+
+* Gradients. Each collective and slice is carried by the forward/backward pair the compiler
+  chose for its step (`par.dsl.lowering.backward`, which says why; docs/cost.md counts the same pairs), and
+  a value the compiler marks `copied` (or the layer input) enters column-parallel linears
+  through `copy_to_tp`, once per value.
+* Fused QKV layout. Every tensor whose features are fused Q, K, V (those feeding attention)
+  is in one of three layouts: `standard` ([Q heads | K heads | V heads]), `grouped` (one
+  [q | k | v] block per tensor-parallel rank, as an AllGather of head-sharded QKV leaves it)
+  or `local` (this rank's block). Weights are split per head; attention reads grouped input
+  as it is; where a consumer needs another layout, a local reordering is inserted.
+* Parameters of ops that see only this rank's part of the sequence (norms under sequence
+  parallelism) get partial gradients, summed over the tensor-parallel group after backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from par.codegen.pytorch.names import Names
+from par.codegen.pytorch.ops import (
+    ELEMENTWISE,
+    NORM_PARAMETERS,
+    NORMS,
+    LayerCode,
+    Line,
+    Submodule,
+    attention_call,
+)
+from par.dsl.dag import ids
+from par.dsl.lowering.ops import COLLECTIVES
+from par.dsl.lowering.placement import S_LAST, S_SEQ
+from par.dsl.lowering.program import Program, Step
+
+FEATURES = S_LAST.dim
+GROUP = "self.tp_group"
+# Ops across which a tensor keeps its feature layout (a fused QKV stays fused QKV).
+_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | set(COLLECTIVES) | {"slice"}
+
+
+@dataclass(frozen=True, slots=True)
+class ShardedLayer:
+    code: LayerCode
+    helpers: frozenset[str]  # module-level functions the forward calls
+    sharding: tuple[tuple[str, str], ...]  # (parameter, how it splits over tensor-parallel ranks)
+    partial_gradients: tuple[str, ...]  # parameters whose gradient is summed over the tp group
+    uses_tp_rank: bool  # the forward slices locally by the rank's tensor-parallel index
+    linear_classes: frozenset[str]  # the tensor-parallel linear modules the layer uses
+    by_head: bool  # some weight is split per head of a fused QKV (shard_parameter regroups it)
+
+
+def sharded_layer(program: Program) -> ShardedLayer:
+    return _Writer(program).run()
+
+
+def fused_qkv_values(steps: tuple[Step, ...]) -> set[str]:
+    """Values whose features are fused Q, K, V: attention inputs and all they share features with."""
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    for step in steps:
+        if step.op in _SAME_FEATURES:
+            for value in step.inputs:
+                parent[find(value)] = find(step.name)
+    roots = {find(step.inputs[0]) for step in steps if step.op == "attention"}
+    names = {name for step in steps for name in (step.name, *step.inputs)}
+    return {name for name in names if find(name) in roots}
+
+
+class _Writer:
+    def __init__(self, program: Program):
+        self.program = program
+        self.model = program.deployment.model
+        self.mesh = program.deployment.mesh
+        self.tp = self.mesh.tp
+        self.names = Names()
+        for name in (program.param, *(step.name for step in program.steps)):
+            self.names.of(name)
+        self.copied = {step.name for step in program.steps if step.copied}
+        if program.param_copied:
+            self.copied.add(program.param)
+        self.fused = fused_qkv_values(program.steps) if self.tp > 1 else set()
+        self.layout: dict[str, str] = {}
+        self.held: dict[tuple[str, str], str] = {}  # (Python name, form) -> Python name of the converted value
+        self.lines: list[Line] = []
+        self.submodules: list[Submodule] = []
+        self.helpers: set[str] = set()
+        self.classes: set[str] = set()
+        self.sharding: list[tuple[str, str]] = []
+        self.partial: list[str] = []
+        self.uses_tp_rank = False
+        self.by_head = False
+
+    def run(self) -> ShardedLayer:
+        for step in self.program.steps:
+            {"comm": self._collective, "route": self._slice, "compute": self._compute}[step.kind](step)
+        code = LayerCode(
+            self.names.of(self.program.param),
+            self.names.of(self.program.result),
+            tuple(self.submodules),
+            tuple(self.lines),
+        )
+        return ShardedLayer(
+            code,
+            frozenset(self.helpers),
+            tuple(self.sharding),
+            tuple(self.partial),
+            self.uses_tp_rank,
+            frozenset(self.classes),
+            self.by_head,
+        )
+
+    # -- operands ----------------------------------------------------------------------------------
+
+    def _name(self, value: str) -> str:
+        return self.names.of(value)
+
+    def _convert(self, source: str, form: str, expression: str, comment: str) -> str:
+        """`source_form = expression`, emitted the first time it is needed; its Python name."""
+        key = (source, form)
+        if key not in self.held:
+            self.held[key] = self.names.fresh(f"{source}_{form}")
+            self.lines.append(Line(self.held[key], expression, comment))
+        return self.held[key]
+
+    def _reordered(self, value: str, source: str, want: str) -> str:
+        """`source` (which holds `value`) with fused QKV features in layout `want`: standard | grouped."""
+        have = self.layout.get(value)
+        if have not in ("standard", "grouped") or have == want:
+            return source
+        helper = "ungroup_heads" if want == "standard" else "group_heads"
+        self.helpers.add(helper)
+        return self._convert(source, want, f"{helper}({source}, dim=-1)", "local reordering, no communication")
+
+    def _copied(self, value: str) -> str:
+        """`value`, through `copy_to_tp` where the compiler says so (`Step.copied`)."""
+        source = self._name(value)
+        if value not in self.copied:
+            return source
+        self.helpers.add("copy_to_tp")
+        return self._convert(source, "tp", f"copy_to_tp({source}, {GROUP})", "backward: AllReduce of the input gradient")
+
+    def _standard(self, value: str) -> str:
+        return self._reordered(value, self._name(value), "standard")
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def _emit(self, step: Step, expression: str, comment: str = "", layout: str | None = None) -> None:
+        self.lines.append(Line(self._name(step.name), expression, comment))
+        if step.name in self.fused and layout is not None:
+            self.layout[step.name] = layout
+
+    def _collective(self, step: Step) -> None:
+        value = step.inputs[0]
+        source, target = step.in_placement, step.out_placement
+        layout = self.layout.get(value)
+        node = ids.collective_id("<i>", step.name, "<d>", self.mesh.dp)
+        comment = f"DAG: {node}" + ("" if step.inserted else " (written in the spec)")
+        helper = step.pair
+        if step.op == "allreduce":
+            call = f"{helper}({self._name(value)}, {GROUP})"
+        elif step.op == "allgather":
+            call = f"{helper}({self._name(value)}, dim={source.dim}, group={GROUP})"
+            layout = "grouped" if source.dim == FEATURES else layout
+        elif step.op == "reducescatter":
+            operand = self._features_split(value, self._name(value), target.dim)
+            call = f"{helper}({operand}, dim={target.dim}, group={GROUP})"
+            layout = "local" if target.dim == FEATURES else layout
+        else:
+            operand = self._features_split(value, self._name(value), target.dim)
+            call = f"{helper}({operand}, scatter_dim={target.dim}, gather_dim={source.dim}, group={GROUP})"
+            layout = "local" if target.dim == FEATURES else "grouped" if source.dim == FEATURES else layout
+        self.helpers.add(helper)
+        self._emit(step, call, comment, layout)
+
+    def _slice(self, step: Step) -> None:
+        value, dim = step.inputs[0], step.out_placement.dim
+        comment = f"DAG: {ids.compute_id('<i>', step.name, '<rank>')}"
+        if step.pair is None:  # a local slice: the partial gradient is reduced upstream
+            operand = self._features_split(value, self._copied(value), dim)
+            call = f"{operand}.chunk(TP, dim={dim})[self.tp_rank]"
+            self.uses_tp_rank = True
+        else:
+            operand = self._features_split(value, self._name(value), dim)
+            self.helpers.add(step.pair)
+            call = f"{step.pair}({operand}, dim={dim}, group={GROUP})"
+        layout = "local" if dim == FEATURES else self.layout.get(value)
+        self._emit(step, call, comment, layout)
+
+    def _features_split(self, value: str, source: str, dim: int) -> str:
+        """What to split along `dim` so that each rank gets whole heads of a fused QKV."""
+        return self._reordered(value, source, "grouped") if dim == FEATURES else source
+
+    def _compute(self, step: Step) -> None:
+        if step.op in NORMS:
+            parameters = [(name, "replicated") for name in NORM_PARAMETERS[step.op]]
+            self._module(step, NORMS[step.op].format(step.global_in[-1]), parameters)
+            self._emit(step, f"self.{self._name(step.name)}({self._standard(step.inputs[0])})", layout="standard")
+        elif step.op == "linear":
+            self._linear(step)
+        elif step.op == "attention":
+            self._attention(step)
+        else:
+            operands, layout = self._elementwise_operands(step)
+            self._emit(step, ELEMENTWISE[step.op].format(*operands), layout=layout)
+
+    def _module(self, step: Step, constructor: str, parameters: list[tuple[str, str]], comment: str = "") -> None:
+        attribute = self._name(step.name)
+        self.submodules.append(Submodule(attribute, constructor, comment))
+        self.sharding.extend((f"{attribute}.{name}", split) for name, split in parameters)
+        if step.in_placement == S_SEQ:
+            self.partial.extend(f"{attribute}.{name}" for name, split in parameters if split == "replicated")
+
+    def _parallel_module(self, step: Step, cls: str, sizes: str, split: str, comment: str) -> None:
+        self.classes.add(cls)
+        if split.endswith("by head"):
+            self.by_head = True
+            self.helpers.add("group_heads")  # shard_parameter regroups the full weight
+        self._module(step, f"{cls}({sizes})", [("weight", split)], comment)
+
+    def _linear(self, step: Step) -> None:
+        sizes = f"{step.global_in[-1]}, {step.global_out[-1]}"
+        value = step.inputs[0]
+        style = step.style if self.tp > 1 else "replicated"
+        if style == "column":
+            by_head = step.name in self.fused
+            split = "rows by head" if by_head else "rows"
+            comment = "fused Q, K, V: this rank's heads of each" if by_head else ""
+            self._parallel_module(step, "ColumnParallelLinear", sizes, split, comment)
+            operand = self._reordered(value, self._copied(value), "standard")
+            self._emit(step, f"self.{self._name(step.name)}({operand})", layout="local")
+        elif style == "row":
+            split = "columns by head" if value in self.fused else "columns"
+            self._parallel_module(step, "RowParallelLinear", sizes, split, "output is a partial sum (P)")
+            self._emit(step, f"self.{self._name(step.name)}({self._name(value)})", layout="standard")
+        else:
+            self._module(step, f"nn.Linear({sizes}, bias=False)", [("weight", "replicated")])
+            self._emit(step, f"self.{self._name(step.name)}({self._standard(value)})", layout="standard")
+
+    def _attention(self, step: Step) -> None:
+        model, value = self.model, step.inputs[0]
+        if step.in_placement.kind == "S":
+            call = attention_call(self._name(value), heads=model.heads // self.tp, kv_heads=model.kv_heads // self.tp)
+            comment = "this rank's heads"
+        else:
+            groups = self.tp if self.layout.get(value) == "grouped" else 1
+            call = attention_call(self._name(value), heads=model.heads, kv_heads=model.kv_heads, groups=groups)
+            comment = "all heads" + (", one [q | k | v] block per rank" if groups > 1 else "")
+        self._emit(step, call, comment if self.tp > 1 else "")
+
+    def _elementwise_operands(self, step: Step) -> tuple[list[str], str | None]:
+        layouts = {self.layout.get(value) for value in step.inputs}
+        if len(layouts) == 1:
+            return [self._name(value) for value in step.inputs], layouts.pop()
+        return [self._standard(value) for value in step.inputs], "standard"

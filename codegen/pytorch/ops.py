@@ -1,0 +1,89 @@
+"""How each block op reads in generated PyTorch code, and the unsharded reference layer.
+
+Shared by the sharded layer (`pytorch_layer`) and the reference, so both do the same math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from par.codegen.pytorch.names import Names
+from par.dsl.lowering.program import Program
+
+# Elementwise ops: the expression over the Python names of the operands.
+ELEMENTWISE = {
+    "gelu": 'F.gelu({0}, approximate="tanh")',
+    "silu": "F.silu({0})",
+    "add": "{0} + {1}",
+    "mul": "{0} * {1}",
+}
+NORMS = {"layernorm": "nn.LayerNorm({0})", "rmsnorm": "nn.RMSNorm({0}, eps=1e-5)"}
+NORM_PARAMETERS = {"layernorm": ("weight", "bias"), "rmsnorm": ("weight",)}
+
+
+LINE_LENGTH = 120
+FORWARD_INDENT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """`target = expression  # comment` in a forward; the comment goes above if the line gets too long."""
+
+    target: str
+    expression: str
+    comment: str = ""
+
+    @property
+    def comment_above(self) -> bool:
+        width = FORWARD_INDENT + len(f"{self.target} = {self.expression}  # {self.comment}")
+        return bool(self.comment) and width > LINE_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class Submodule:
+    """`self.attribute = constructor  # comment` in an __init__."""
+
+    attribute: str
+    constructor: str
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LayerCode:
+    """A layer module's body: what __init__ builds and what forward computes."""
+
+    param: str
+    result: str
+    submodules: tuple[Submodule, ...]
+    lines: tuple[Line, ...]
+
+
+def attention_call(operand: str, *, heads: int, kv_heads: int, groups: int = 1) -> str:
+    extra = f", groups={groups}" if groups > 1 else ""
+    return f"causal_attention({operand}, heads={heads}, kv_heads={kv_heads}{extra})"
+
+
+def reference_layer(program: Program) -> LayerCode:
+    """The unsharded layer: the Program's compute steps with every collective and slice taken as
+    the identity, so its modules are named as the sharded layer's are."""
+    model = program.deployment.model
+    whole = program.without_collectives()
+    names = Names()
+    for name in (whole.param, *(step.name for step in whole.steps)):
+        names.of(name)
+    submodules, lines = [], []
+    for step in whole.steps:
+        args = [names.of(name) for name in step.inputs]
+        target = names.of(step.name)
+        if step.op in NORMS:
+            submodules.append(Submodule(target, NORMS[step.op].format(step.global_in[-1])))
+            expression = f"self.{target}({args[0]})"
+        elif step.op == "linear":
+            submodules.append(Submodule(target, f"nn.Linear({step.global_in[-1]}, {step.global_out[-1]}, bias=False)"))
+            expression = f"self.{target}({args[0]})"
+        elif step.op == "attention":
+            expression = attention_call(args[0], heads=model.heads, kv_heads=model.kv_heads)
+        else:
+            expression = ELEMENTWISE[step.op].format(*args)
+        lines.append(Line(target, expression))
+    return LayerCode(names.of(whole.param), names.of(whole.result), tuple(submodules), tuple(lines))

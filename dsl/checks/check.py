@@ -1,0 +1,388 @@
+"""Semantic checks: a Spec and its -D overrides become a Deployment, or every diagnostic at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from par.dsl.checks import stages as stage_split
+from par.dsl.checks.blockcheck import resolve_block
+from par.dsl.checks.crosscheck import cross_checks
+from par.dsl.checks.deployment import DTYPE_BYTES, SCHEDULES, Deployment, Mesh, Model
+from par.dsl.checks.evaluate import (
+    AlreadyReported,
+    EvalError,
+    Namespace,
+    did_you_mean,
+    evaluate,
+)
+from par.dsl.checks.hwcheck import resolve_hardware
+from par.dsl.checks.settings import collect_settings
+from par.dsl.diagnostics import CompileError, Diagnostic, error, note
+from par.dsl.frontend.library import library_blocks
+from par.dsl.frontend.source import Span, stem
+from par.dsl.frontend.spec import (
+    BinOp,
+    Expr,
+    ModelDecl,
+    Num,
+    Override,
+    Ref,
+    Setting,
+    Spec,
+    StageSpec,
+)
+
+# Inclusive ranges; the upper bounds only keep absurd input away from later stages.
+MODEL_RANGES = {
+    "layers": (1, 100_000),
+    "hidden": (1, 1 << 24),
+    "heads": (1, 1 << 16),
+    "kv_heads": (1, 1 << 16),
+    "ffn": (1, 1 << 26),
+    "vocab": (1, 1 << 24),
+    "batch": (1, 1 << 24),
+    "seq": (1, 1 << 26),
+}
+MESH_RANGES = {
+    "tp": (1, 1 << 16),
+    "pp": (1, 1 << 16),
+    "dp": (1, 1 << 16),
+    "microbatches": (1, 1 << 20),
+    "world": (1, 1 << 20),
+}
+# Mesh items with their own grammar rule (grammar/par.lark: _mesh_item) beside the settings above.
+MESH_KEYWORDS = ("schedule", "sp", "stages")
+RANGES = MODEL_RANGES | MESH_RANGES
+REQUIRED = ("layers", "hidden", "heads", "batch", "seq")
+WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES}
+FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
+ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+OVERRIDABLE = sorted(set(RANGES) | set(WORDS) | set(FLAGS) | {"stages"})
+
+
+def check(spec: Spec, overrides: Sequence[Override] = ()) -> tuple[Deployment, list[Diagnostic]]:
+    """Returns the deployment and its warnings; raises CompileError listing every error."""
+    checker = _Checker(spec, overrides)
+    deployment = checker.run()
+    errors = [d for d in checker.diags if d.is_error]
+    if errors or deployment is None:
+        raise CompileError(checker.diags)
+    return deployment, [d for d in checker.diags if not d.is_error]
+
+
+class _Checker:
+    def __init__(self, spec: Spec, overrides: Sequence[Override]):
+        self.spec = spec
+        self.overrides = list(overrides)
+        self.diags: list[Diagnostic] = []
+        self.values: dict[str, int] = {}
+        self.spans: dict[str, Span] = {}
+        self.defaulted: set[str] = set()  # settings the spec left out, given their default
+        self.file_span = Span.point(spec.file)
+
+    def err(self, message: str, span: Span | None, hint: str | None = None) -> None:
+        self.diags.append(error(message, span or self.file_span, hint=hint))
+
+    # -- top level -------------------------------------------------------------------------------
+
+    def run(self) -> Deployment | None:
+        spec = self.spec
+        model_decl = self._single(spec.models, "model", required=True)
+        mesh_decl = self._single(spec.meshes, "mesh")
+        hardware_decl = self._single(spec.hardware, "hardware")
+        if model_decl is None:
+            return None
+        exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | {"dtype"}, "model")
+        exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES), "mesh", MESH_KEYWORDS)
+        words = {"dtype": exprs.pop("dtype", None)}
+        stage_specs = mesh_decl.stages if mesh_decl else None
+        flags = {
+            "sp": bool(mesh_decl and mesh_decl.sequence_parallel),
+            "strict": bool(spec.strict),
+        }
+        schedule = (mesh_decl.schedule, mesh_decl.schedule_span) if mesh_decl and mesh_decl.schedule else None
+        self.spans["sp"] = mesh_decl.sp_span if mesh_decl and mesh_decl.sp_span else self.file_span
+        self.spans["stages"] = mesh_decl.stages_span if mesh_decl and mesh_decl.stages_span else None
+        for override in self.overrides:
+            applied = self._override(override, exprs, words, flags)
+            if applied == "stages":
+                stage_specs = override.value
+                self.spans["stages"] = override.span
+            elif applied == "schedule":
+                schedule = (override.text, override.span)
+        namespace = self._namespace(model_decl, mesh_decl, exprs)
+        self._evaluate(namespace, model_decl)
+        dtype = self._word("dtype", words["dtype"], default="bf16")
+        schedule_name = self._schedule(schedule)
+        model = self._model(model_decl, dtype)
+        mesh = self._mesh(stage_specs, schedule_name, flags["sp"], namespace)
+        self.diags.extend(cross_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
+        block = self._block(model_decl, namespace, flags["sp"])
+        hardware = resolve_hardware(hardware_decl, self.diags) if hardware_decl else None
+        if model is None or mesh is None or block is None or any(d.is_error for d in self.diags):
+            return None
+        model = replace(model, block=block.name)
+        return Deployment(
+            file=spec.file,
+            name=stem(spec.file),
+            model=model,
+            mesh=mesh,
+            block=block,
+            strict=flags["strict"],
+            hardware=hardware,
+            spans=dict(self.spans),
+        )
+
+    def _single(self, items, what: str, required: bool = False):
+        if not items:
+            if required and not self._maybe_broken(what):
+                self.err(f"the spec has no {what}", self.file_span, hint=f"add a line like: {_EXAMPLES[what]}")
+            return None
+        for extra in items[1:]:
+            self.err(f"a spec has one {what}; this is a second one (the first is at {items[0].span})", extra.span)
+        return items[0]
+
+    def _maybe_broken(self, kind: str) -> bool:
+        """Whether an item of this kind may be in text that did not parse."""
+        return kind in self.spec.broken or None in self.spec.broken
+
+    def _collect(
+        self, settings: Sequence[Setting], allowed: set[str], where: str, keywords: Sequence[str] = ()
+    ) -> dict[str, Expr]:
+        found, diags = collect_settings(settings, allowed, where, keywords)
+        self.diags += diags
+        self.spans.update((name, setting.value.span) for name, setting in found.items())
+        return {name: setting.value for name, setting in found.items()}
+
+    def _override(self, override: Override, exprs: dict, words: dict, flags: dict) -> str | None:
+        name = override.name
+        if name not in OVERRIDABLE:
+            hint = did_you_mean(name, OVERRIDABLE) or f"-D accepts: {', '.join(OVERRIDABLE)}"
+            self.err(f"-D: unknown setting '{name}'", override.span, hint)
+            return None
+        if name in FLAGS:
+            text = override.text.strip().lower()
+            if text not in ON + OFF:
+                self.err(f"-D {name} takes on or off, not '{override.text}'", override.span)
+                return None
+            flags[name] = text in ON
+            self.spans[name] = override.span
+            return name
+        if name == "schedule":
+            return name
+        if override.error is not None:
+            self.diags.append(override.error)
+            return None
+        if name == "stages":
+            return name
+        value = override.value
+        if len(value) != 1 or value[0].last is not None:
+            self.err(f"-D {name} takes a single value", override.span)
+            return None
+        target = words if name in WORDS else exprs
+        target[name] = value[0].first
+        self.spans[name] = override.span
+        return name
+
+    # -- numbers ---------------------------------------------------------------------------------
+
+    def _namespace(self, model_decl: ModelDecl, mesh_decl, exprs: dict[str, Expr]) -> Namespace:
+        at = model_decl.span
+        mesh_at = mesh_decl.span if mesh_decl else at
+        defaults: dict[str, Expr] = {
+            "kv_heads": Ref("heads", at),
+            "ffn": BinOp("*", Num(4, at), Ref("hidden", at), at),
+            "tp": Num(1, mesh_at),
+            "pp": Num(1, mesh_at),
+            "dp": Num(1, mesh_at),
+            "microbatches": Num(1, mesh_at),
+            "head_dim": BinOp("/", Ref("hidden", at), Ref("heads", at), at),
+        }
+        for name, expr in defaults.items():
+            if name not in exprs:
+                exprs[name] = expr
+                self.spans.setdefault(name, expr.span)
+                self.defaulted.add(name)
+        return Namespace(exprs, accept=self._accept)
+
+    def _evaluate(self, namespace: Namespace, model_decl: ModelDecl) -> None:
+        for name in sorted(RANGES):
+            if name not in namespace.names():
+                if name in REQUIRED:
+                    self.err(f"model '{model_decl.name}' does not set '{name}'", model_decl.span)
+                continue
+            value = self._integer(namespace, name)
+            if value is not None:
+                self.values[name] = value
+
+    def _integer(self, namespace: Namespace, name: str) -> int | None:
+        try:
+            return namespace.get(name)
+        except EvalError as exc:
+            self.diags.append(exc.diagnostic)
+        except AlreadyReported:
+            pass
+        return None
+
+    def _accept(self, name: str, value):
+        """Hands the namespace a setting's value once it is known to be in range, so that a bad
+        setting is reported once, at its own line, and whatever uses it (a derived default, a
+        size in a block) stays quiet instead of failing again somewhere else."""
+        if name not in RANGES:
+            return value
+        span = self.spans.get(name)
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise EvalError(error(f"{name} must be a whole number, not {value:g}", span or self.file_span))
+            value = int(value)
+        low, high = RANGES[name]
+        if value < low:
+            raise EvalError(error(f"{name} must be at least {low}, not {value}", span or self.file_span))
+        if value > high:
+            raise EvalError(error(f"{name} ({value}) is absurdly large; the most par accepts is {high}", span or self.file_span))
+        return value
+
+    def _word(self, name: str, expr: Expr | None, default: str) -> str | None:
+        if expr is None:
+            return default
+        options = WORDS[name]
+        if isinstance(expr, Ref) and expr.name in options:
+            return expr.name
+        shown = expr.name if isinstance(expr, Ref) else "a number"
+        self.err(f"{name} must be one of {', '.join(options)}, not {shown}", expr.span, did_you_mean(shown, options))
+        return None
+
+    def _schedule(self, schedule: tuple[str, Span] | None) -> str | None:
+        if schedule is None:
+            return "1f1b"
+        name, span = schedule
+        if name.lower() in SCHEDULES:
+            return name.lower()
+        self.err(f"unknown schedule '{name}'; use {' or '.join(SCHEDULES)}", span)
+        return None
+
+    # -- model and mesh --------------------------------------------------------------------------
+
+    def _model(self, model_decl: ModelDecl, dtype: str | None) -> Model | None:
+        v = self.values
+        if dtype is None or any(name not in v for name in REQUIRED + ("kv_heads", "ffn")):
+            return None
+        return Model(
+            name=model_decl.name,
+            block=model_decl.block or "",
+            layers=v["layers"],
+            hidden=v["hidden"],
+            heads=v["heads"],
+            kv_heads=v["kv_heads"],
+            ffn=v["ffn"],
+            vocab=v.get("vocab"),
+            batch=v["batch"],
+            seq=v["seq"],
+            dtype=dtype,
+        )
+
+    def _mesh(self, stage_specs, schedule: str | None, sp: bool, namespace: Namespace) -> Mesh | None:
+        v = self.values
+        if schedule is None or any(name not in v for name in ("tp", "pp", "dp", "microbatches", "layers")):
+            return None
+        ranges = self._stages(stage_specs, v["layers"], v["pp"], namespace)
+        if ranges is None:
+            return None
+        return Mesh(v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp)
+
+    def _stages(self, specs: Sequence[StageSpec] | None, layers: int, pp: int, namespace: Namespace):
+        if specs is None:
+            if pp > layers:
+                self.err(
+                    f"pp ({pp}) is more than layers ({layers}): a stage would hold no layer",
+                    self.spans.get("pp"),
+                    f"use pp {layers} or fewer, or more layers",
+                )
+                return None
+            return stage_split.even_split(layers, pp)
+        span = self.spans.get("stages")
+        if len(specs) != pp:
+            self.err(f"stages lists {len(specs)} stages but pp is {pp}", span, f"give {pp} entries or set pp {len(specs)}")
+            return None
+        kinds = {spec.last is None for spec in specs}
+        if len(kinds) > 1:
+            self.err("stages mixes layer counts and layer ranges; use one or the other", span)
+            return None
+        numbers = [[self._stage_number(e, namespace) for e in (s.first, s.last) if e is not None] for s in specs]
+        if any(n is None for entry in numbers for n in entry):
+            return None
+        if kinds == {True}:
+            counts = [entry[0] for entry in numbers]
+            if any(c < 1 for c in counts) or sum(counts) != layers:
+                empty = [str(i) for i, c in enumerate(counts) if c < 1]
+                detail = f"stage {', '.join(empty)} would hold no layer" if empty else f"they add up to {sum(counts)}"
+                self.err(f"stages {counts} do not split {layers} layers: {detail}", span, _split_hint(layers, pp))
+                return None
+            return stage_split.from_counts(counts)
+        ranges = [(entry[0], entry[1]) for entry in numbers]
+        problems = stage_split.coverage_problems(ranges, layers)
+        for problem in problems:
+            self.err(f"stages do not place each of the {layers} layers on exactly one stage: {problem}", span)
+        return None if problems else tuple(ranges)
+
+    def _stage_number(self, expr: Expr, namespace: Namespace) -> int | None:
+        try:
+            value = evaluate(expr, namespace.lookup)
+        except EvalError as exc:
+            self.diags.append(exc.diagnostic)
+            return None
+        except AlreadyReported:
+            return None
+        if not isinstance(value, int) and not float(value).is_integer():
+            self.err(f"a stage entry must be a whole number, not {value:g}", expr.span)
+            return None
+        return int(value)
+
+    def _block(self, model_decl: ModelDecl, namespace: Namespace, sp: bool):
+        def blame(diagnostic: Diagnostic, size: Expr, block: str) -> None:
+            self._blame(diagnostic, size, block, namespace, model_decl)
+
+        block, diags = resolve_block(
+            model_decl=model_decl,
+            spec_blocks=self.spec.blocks,
+            library_blocks=library_blocks(),
+            places=self.spec.places,
+            namespace=namespace,
+            sequence_parallel=sp,
+            blocks_broken=self._maybe_broken("block"),
+            blame=blame,
+        )
+        self.diags.extend(diags)
+        return block
+
+    def _blame(self, diagnostic: Diagnostic, size: Expr, block: str, namespace: Namespace, model_decl: ModelDecl) -> None:
+        """A size in a built-in block fails for these settings. The user never wrote that line:
+        the error goes on the settings the size reads (the first written), the block's line
+        becomes a note. When one of those settings has an error already (a divisibility rule
+        says the same in the user's terms), or another size failed the same way, that error
+        only gains the note: one bad setting, one error."""
+        here = note(f"used here, by the built-in block '{block}'", size.span)
+        read = namespace.depends_on(size)
+        spans = sorted({self.spans[name] for name in read if name in self.spans and name not in self.defaulted})
+        at = spans[0] if spans else model_decl.block_span or model_decl.span
+        message = f"{diagnostic.message} (in the built-in block '{block}')"
+        for index, known in enumerate(self.diags):
+            if known.is_error and (known.span in spans or (known.span, known.message) == (at, message)):
+                self.diags[index] = replace(known, notes=known.notes + (here,))
+                return
+        self.diags.append(replace(error(message, at, hint=diagnostic.hint), notes=(here,)))
+
+
+_EXAMPLES = {
+    "model": "model gpt16 : gpt { layers 16  hidden 4096  heads 32  batch 8  seq 2048 }",
+    "mesh": "mesh { tp 8  pp 2 }",
+    "hardware": "hardware h100",
+}
+
+
+def _split_hint(layers: int, pp: int) -> str:
+    if pp > layers:
+        return "use fewer stages"
+    return f"for example stages {stage_split.even_counts(layers, pp)}"
+

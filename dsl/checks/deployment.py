@@ -1,0 +1,155 @@
+"""A checked spec: every number evaluated, every name resolved. Produced by `par.dsl.checks.check`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from par.dsl.frontend.source import Span
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+SCHEDULES = ("gpipe", "1f1b")
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    block: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int | None
+    batch: int
+    seq: int
+    dtype: str
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+
+def mesh_coords(rank: int, *, tp: int, pp: int) -> tuple[int, int, int]:
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
+    return rank // (tp * pp), (rank // tp) % pp, rank % tp
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    tp: int
+    pp: int
+    dp: int
+    microbatches: int
+    stages: tuple[tuple[int, int], ...]  # per stage: (first layer, last layer), inclusive
+    schedule: str
+    sequence_parallel: bool
+
+    @property
+    def world(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def rank(self, *, dp_rank: int, stage: int, tp_rank: int) -> int:
+        """tp fastest, then pp, then dp (docs/cost.md: Devices)."""
+        return (dp_rank * self.pp + stage) * self.tp + tp_rank
+
+    def coords(self, rank: int) -> tuple[int, int, int]:
+        """(dp_rank, stage, tp_rank) of a global rank."""
+        return mesh_coords(rank, tp=self.tp, pp=self.pp)
+
+    def tp_group(self, *, dp_rank: int, stage: int) -> tuple[int, ...]:
+        return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=t) for t in range(self.tp))
+
+    def tp_group_of(self, rank: int) -> tuple[int, ...]:
+        dp_rank, stage, _ = self.coords(rank)
+        return self.tp_group(dp_rank=dp_rank, stage=stage)
+
+    def dp_group_of(self, rank: int) -> tuple[int, ...]:
+        """The ranks that hold the same shard as `rank` in every data-parallel replica."""
+        _, stage, tp_rank = self.coords(rank)
+        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in range(self.dp))
+
+    def stage_ranks(self, stage: int) -> tuple[int, ...]:
+        """Every rank of a pipeline stage, replica by replica."""
+        return tuple(rank for d in range(self.dp) for rank in self.tp_group(dp_rank=d, stage=stage))
+
+    def attributes(self) -> dict:
+        """The mesh as the DAG's graph attributes carry it (`graph.graph["mesh"]`)."""
+        return {
+            "tp": self.tp,
+            "pp": self.pp,
+            "dp": self.dp,
+            "world": self.world,
+            "microbatches": self.microbatches,
+            "stages": [list(stage) for stage in self.stages],
+            "schedule": self.schedule,
+            "sequence_parallel": self.sequence_parallel,
+        }
+
+    @classmethod
+    def from_attributes(cls, data: dict) -> Mesh:
+        """The inverse of `attributes`, for code that has only the DAG."""
+        stages = tuple(tuple(stage) for stage in data["stages"])
+        return cls(data["tp"], data["pp"], data["dp"], data["microbatches"], stages, data["schedule"], data["sequence_parallel"])
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One op of the block's dataflow, arguments evaluated.
+
+    `name` is the value the op defines; `label` names a collective's node
+    (`layer_0_allgather_<label>`). Collectives written with `place` get a fresh name.
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    span: Span
+    out_features: int | None = None
+    style: str | None = None  # linear: column | row | replicated
+    dim: str | None = None  # reducescatter / alltoall: seq | hidden
+    label: str | None = None
+    placed: bool = False  # written with a `place` statement rather than inline
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    name: str
+    param: str
+    ops: tuple[Op, ...]
+    result: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    """Device and link numbers for the step-time estimate; bandwidths are per direction."""
+
+    name: str
+    peak_tflops: float
+    efficiency: float
+    memory_gb: float
+    devices_per_node: int
+    intra_gbps: float
+    intra_latency_us: float
+    inter_gbps: float
+    inter_latency_us: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    file: str
+    name: str  # the spec's stem, used for output folders
+    model: Model
+    mesh: Mesh
+    block: Block
+    strict: bool
+    hardware: Hardware | None
+    # Where each setting came from, for diagnostics raised by later stages.
+    spans: dict[str, Span] = field(default_factory=dict, compare=False, hash=False)
+
+    def span_of(self, name: str) -> Span:
+        return self.spans.get(name) or Span.point(self.file)

@@ -1,7 +1,0 @@
-"""One module per `par` subcommand; each has `register(subparsers)`."""
-
-from __future__ import annotations
-
-from . import build, check, cost, explain, fmt, lint
-
-COMMANDS = [check, build, cost, explain, lint, fmt]

@@ -1,0 +1,233 @@
+"""Per-device accounting, read from the DAG of one forward microbatch (docs/cost.md).
+
+Every number here is a sum over DAG nodes: `params`, `flops`, `out_shape`, `wire_bytes` and
+`backward_wire_bytes` are the node attributes the expander wrote. The backward pass and the
+gradient sync of a training step are not in the DAG as nodes; their communication is:
+
+- a node's `backward` attribute: the collective the backward issues on the gradient of the
+  node's output, decided by the compiler (`par.dsl.lowering.backward`) and the one the generated code issues;
+  a collective's on its group, any other node's on the tensor-parallel group of each of its ranks;
+- forward Send (stage k -> k+1) -> backward Send (k+1 -> k) of the gradient, same bytes;
+- per step: every rank AllReduces its gradients over its data-parallel group, and parameters of
+  nodes that run on sequence shards (S(seq)) are AllReduced over the tensor-parallel group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import networkx as nx
+from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
+from par.dsl.lowering.placement import CONVERSIONS
+
+KINDS = ("allgather", "allreduce", "reducescatter", "alltoall", "send")
+PHASES = ("forward", "backward", "gradients")
+SCOPES = ("microbatch", "step")
+
+_ALLREDUCE = CONVERSIONS[("P", "R")]
+
+Number = int | float
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingState:
+    """Bytes each parameter costs during training (Adam; see docs/cost.md)."""
+
+    weights: int
+    grads: int
+    optimizer: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.grads + self.optimizer
+
+
+def training_state(dtype: str) -> TrainingState:
+    """Mixed precision (fp16/bf16): 2 + 2 + fp32 master, m, v (12) = 16; fp32: 4 + 4 + m, v (8) = 16."""
+    size = DTYPE_BYTES[dtype]
+    return TrainingState(weights=size, grads=size, optimizer=12 if size < 4 else 8)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One communication: `bytes` sent by each of `senders`; `group` is every rank taking part."""
+
+    phase: str  # forward | backward (both per microbatch) | gradients (per step)
+    kind: str  # allgather | allreduce | reducescatter | alltoall | send
+    node: str | None  # the DAG node it belongs to (its backward, for the backward phase)
+    group: tuple[int, ...]
+    senders: tuple[int, ...]
+    bytes: Number
+
+
+@dataclass(frozen=True, slots=True)
+class RankCost:
+    """One device: forward numbers are for one microbatch; `comm` holds every phase."""
+
+    rank: int
+    stage: int
+    layers: tuple[int, ...]
+    params: int
+    flops: int  # forward, one microbatch
+    activation_bytes: int  # one microbatch, kept for backward
+    comm: dict[str, dict[str, Number]] = field(default_factory=dict)  # phase -> kind -> bytes sent
+
+    def signature(self) -> tuple:
+        """Everything but the rank: devices with equal signatures are shown as one row."""
+        comm = tuple((phase, tuple(sorted(kinds.items()))) for phase, kinds in sorted(self.comm.items()))
+        return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, comm)
+
+
+def dtype_bytes(graph: nx.DiGraph) -> int:
+    return DTYPE_BYTES[graph.graph["model"]["dtype"]]
+
+
+def out_bytes(graph: nx.DiGraph, node: str) -> int:
+    count = 1
+    for size in graph.nodes[node]["out_shape"]:
+        count *= size
+    return count * dtype_bytes(graph)
+
+
+def transfers(graph: nx.DiGraph) -> list[Transfer]:
+    """Every communication of a training step, forward and backward of one microbatch and the gradient sync."""
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
+    found: list[Transfer] = []
+    for node, data in graph.nodes(data=True):
+        if data["kind"] != "comm":
+            continue
+        if data["op"] == "send":
+            group = (data["devices"][0], data["peer"])
+            found.append(Transfer("forward", "send", node, group, group[:1], data["wire_bytes"]))
+        elif data["op"] == "recv":
+            sender = next(iter(graph.predecessors(node)))
+            group = (data["devices"][0], data["peer"])
+            found.append(Transfer("backward", "send", node, group, group[:1], graph.nodes[sender]["wire_bytes"]))
+        else:
+            group = tuple(data["devices"])
+            found.append(Transfer("forward", data["op"], node, group, group, data["wire_bytes"]))
+            if "backward" in data:
+                found.append(Transfer("backward", data["backward"], node, group, group, data["backward_wire_bytes"]))
+    for node, data in graph.nodes(data=True):
+        if data["kind"] != "comm" and "backward" in data:
+            for rank in data["devices"]:
+                group = mesh.tp_group_of(rank)
+                found.append(Transfer("backward", data["backward"], node, group, (rank,), data["backward_wire_bytes"]))
+    found += _gradient_sync(graph, mesh)
+    return found
+
+
+def _gradient_sync(graph: nx.DiGraph, mesh: Mesh) -> list[Transfer]:
+    """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of sequence-shard params."""
+    size = dtype_bytes(graph)
+    held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
+    seq_sharded: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
+    for _, data in graph.nodes(data=True):
+        if data["kind"] != "compute" or not data["params"]:
+            continue
+        for rank in data["devices"]:
+            held[rank] += data["params"]
+            if data.get("in_placement") == "S(seq)":
+                seq_sharded[rank] += data["params"]
+    found = []
+    for rank in range(mesh.world):
+        for group, params in ((mesh.dp_group_of(rank), held[rank]), (mesh.tp_group_of(rank), seq_sharded[rank])):
+            if len(group) > 1 and params:
+                sent = _ALLREDUCE.wire_bytes(len(group), params * size)
+                found.append(Transfer("gradients", "allreduce", None, group, (rank,), sent))
+    return found
+
+
+def comm_by_rank(items: Iterable[Transfer], world: int) -> dict[int, dict[str, dict[str, Number]]]:
+    """rank -> phase -> kind -> bytes sent, zero entries left out."""
+    table: dict[int, dict[str, dict[str, Number]]] = {rank: {} for rank in range(world)}
+    for item in items:
+        for rank in item.senders:
+            kinds = table[rank].setdefault(item.phase, {})
+            kinds[item.kind] = kinds.get(item.kind, 0) + item.bytes
+    return table
+
+
+def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) -> list[RankCost]:
+    """One RankCost per device, in rank order; `items` are the graph's transfers if already known."""
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
+    world = mesh.world
+    params, flops, activations = [0] * world, [0] * world, [0] * world
+    layers: list[set[int]] = [set() for _ in range(world)]
+    for node, data in graph.nodes(data=True):
+        kept = _kept_for_backward(data)
+        size = out_bytes(graph, node) if kept else 0
+        for rank in data["devices"]:
+            params[rank] += data["params"]
+            flops[rank] += data["flops"]
+            activations[rank] += size
+            if data["kind"] == "compute":
+                layers[rank].add(data["layer"])
+    comm = comm_by_rank(transfers(graph) if items is None else items, world)
+    return [
+        RankCost(
+            rank=rank,
+            stage=mesh.coords(rank)[1],
+            layers=tuple(sorted(layers[rank])),
+            params=params[rank],
+            flops=flops[rank],
+            activation_bytes=activations[rank],
+            comm=comm[rank],
+        )
+        for rank in range(world)
+    ]
+
+
+def _kept_for_backward(data: dict) -> bool:
+    """Outputs of compute nodes, collectives and receives; not slices (views), sends, input, output."""
+    if data["kind"] == "compute":
+        return True
+    return data["kind"] == "comm" and data["op"] != "send"
+
+
+def per_rank_comm(graph: nx.DiGraph, *, scope: str = "microbatch") -> dict[int, dict[str, Number]]:
+    """Bytes each rank sends, by collective kind: {rank: {kind: bytes}}, zero kinds left out.
+
+    scope="microbatch": the forward pass of one microbatch, exactly the DAG's collectives.
+    scope="step": a training step: microbatches x (forward + backward) plus the gradient sync.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
+    result: dict[int, dict[str, Number]] = {}
+    for rank, by_phase in comm_by_rank(transfers(graph), mesh.world).items():
+        if scope == "microbatch":
+            kinds = by_phase.get("forward", {})
+        else:
+            kinds = step_kinds(by_phase, microbatches=mesh.microbatches)
+        result[rank] = {kind: kinds[kind] for kind in KINDS if kinds.get(kind)}
+    return result
+
+
+def phase_repeats(microbatches: int) -> dict[str, int]:
+    """How often each phase runs in a training step."""
+    return {"forward": microbatches, "backward": microbatches, "gradients": 1}
+
+
+def step_kinds(by_phase: dict[str, dict[str, Number]], *, microbatches: int) -> dict[str, Number]:
+    """kind -> bytes a device sends in one training step, from its per-phase bytes."""
+    kinds: dict[str, Number] = {}
+    for phase, times in phase_repeats(microbatches).items():
+        for kind, sent in by_phase.get(phase, {}).items():
+            kinds[kind] = kinds.get(kind, 0) + sent * times
+    return kinds
+
+
+def model_parameters(graph: nx.DiGraph) -> int:
+    """Distinct parameters of the model: one data-parallel replica, replicated ops counted once."""
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
+    total = 0
+    for _, data in graph.nodes(data=True):
+        if data["kind"] != "compute":
+            continue
+        dp_rank, _, tp_rank = mesh.coords(data["devices"][0])
+        sharded = data.get("style") in ("column", "row")
+        if dp_rank == 0 and (sharded or tp_rank == 0):
+            total += data["params"]
+    return total

@@ -1,0 +1,208 @@
+"""Step-time and memory estimates: alpha-beta ring model, critical paths, pipeline simulation.
+
+Times come from a Clock. With a hardware description: compute takes flops / (peak x
+efficiency) and a transfer takes steps x latency + bytes / bandwidth, on the intra-node links
+when every rank of its group sits in one node and on the inter-node links otherwise. Without
+one, times are counted in FLOPs and communication takes no time: good for the pipeline
+picture and the bubble, not for seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+from par.dsl.checks.deployment import Hardware
+from par.dsl.cost import schedule as pipeline
+from par.dsl.cost.accounting import RankCost, TrainingState, Transfer
+
+# Ring steps each collective takes over a group of n ranks; a send is one message.
+RING_STEPS: dict[str, Callable[[int], int]] = {
+    "allreduce": lambda n: 2 * (n - 1),
+    "allgather": lambda n: n - 1,
+    "reducescatter": lambda n: n - 1,
+    "alltoall": lambda n: n - 1,
+    "send": lambda n: 1,
+}
+BACKWARD_FLOPS = 2  # backward FLOPs per forward FLOP
+OUTSIDE_STAGES = ("send", "recv", "input", "output")
+
+
+class Clock:
+    """Durations in seconds on `hardware`, or in FLOPs (communication free) when it is None."""
+
+    def __init__(self, hardware: Hardware | None):
+        self.hardware = hardware
+        self.unit = "s" if hardware else "FLOP"
+
+    def compute(self, flops: float) -> float:
+        if self.hardware is None:
+            return float(flops)
+        return flops / (self.hardware.peak_tflops * 1e12 * self.hardware.efficiency)
+
+    def transfer(self, item: Transfer) -> float:
+        if self.hardware is None or not item.bytes:
+            return 0.0
+        bandwidth, latency = self.link(item.group)
+        return RING_STEPS[item.kind](len(item.group)) * latency + item.bytes / bandwidth
+
+    def link(self, group: Iterable[int]) -> tuple[float, float]:
+        """(bytes per second, seconds per message) of the links a group uses."""
+        hardware = self.hardware
+        nodes = {rank // hardware.devices_per_node for rank in group}
+        if len(nodes) == 1:
+            return hardware.intra_gbps * 1e9, hardware.intra_latency_us * 1e-6
+        return hardware.inter_gbps * 1e9, hardware.inter_latency_us * 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Durations:
+    forward: dict[str, float]
+    backward: dict[str, float]
+
+
+def node_durations(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -> Durations:
+    """Forward and backward time of every node; a node's transfers run at once on their ranks (max)."""
+    comm: dict[tuple[str, str], float] = {}
+    for item in items:
+        if item.node is not None:
+            key = (item.phase, item.node)
+            comm[key] = max(comm.get(key, 0.0), clock.transfer(item))
+    forward, backward = {}, {}
+    for node, data in graph.nodes(data=True):
+        compute = clock.compute(data["flops"]) if data["kind"] == "compute" else 0.0
+        forward[node] = compute + comm.get(("forward", node), 0.0)
+        backward[node] = BACKWARD_FLOPS * compute + comm.get(("backward", node), 0.0)
+    return Durations(forward, backward)
+
+
+def longest_paths(graph: nx.DiGraph, duration: dict[str, float], part: Callable[[str], Hashable | None], *, order: Sequence[str] | None = None) -> dict[Hashable, float]:
+    """Per part, the length of the longest path through that part's nodes, node weights `duration`.
+
+    `part(node)` names the part a node belongs to (None: in no part); a path stays inside one part.
+    One pass over a topological `order` (computed when not given) serves every part at once.
+    """
+    finish: dict[str, float] = {}
+    owner: dict[str, Hashable] = {}
+    longest: dict[Hashable, float] = {}
+    for node in nx.topological_sort(graph) if order is None else order:
+        key = part(node)
+        if key is None:
+            continue
+        start = max((finish[p] for p in graph.predecessors(node) if owner.get(p) == key), default=0.0)
+        finish[node] = end = start + duration[node]
+        owner[node] = key
+        longest[key] = max(longest.get(key, 0.0), end)
+    return longest
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimes:
+    forward: tuple[float, ...]  # one microbatch's forward on each stage (critical path)
+    backward: tuple[float, ...]
+    links: tuple[float, ...]  # stage s -> s+1 transfer of one microbatch
+
+
+def stage_times(graph: nx.DiGraph, durations: Durations, items: Sequence[Transfer], clock: Clock, *, order: Sequence[str]) -> StageTimes:
+    """Stage critical paths and links; `order` is a topological order of the graph."""
+    pp = graph.graph["mesh"]["pp"]
+    stage_of = {node: data["stage"] for node, data in graph.nodes(data=True) if data["op"] not in OUTSIDE_STAGES}
+    forward = longest_paths(graph, durations.forward, stage_of.get, order=order)
+    backward = longest_paths(graph, durations.backward, stage_of.get, order=order)
+    links = [0.0] * (pp - 1)
+    for item in items:
+        if item.phase == "forward" and item.kind == "send":
+            stage = graph.nodes[item.node]["stage"]
+            links[stage] = max(links[stage], clock.transfer(item))
+    stages = range(pp)
+    return StageTimes(tuple(forward.get(s, 0.0) for s in stages), tuple(backward.get(s, 0.0) for s in stages), tuple(links))
+
+
+@dataclass(frozen=True, slots=True)
+class StepEstimate:
+    unit: str  # "s" with hardware, "FLOP" without
+    stages: StageTimes
+    slots: tuple[pipeline.Slot, ...]
+    pipeline: float  # makespan of the m forwards and backwards
+    gradient_sync: float  # slowest rank's gradient AllReduces, after the pipeline drains
+    microbatch_latency: float  # one microbatch forward through the whole DAG (critical path)
+
+    @property
+    def step(self) -> float:
+        return self.pipeline + self.gradient_sync
+
+    @property
+    def bubble(self) -> float:
+        return pipeline.bubble_fraction(self.slots, len(self.stages.forward))
+
+
+def estimate_step(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -> StepEstimate:
+    mesh = graph.graph["mesh"]
+    durations = node_durations(graph, items, clock)
+    order = list(nx.topological_sort(graph))  # once: every critical path below walks it
+    times = stage_times(graph, durations, items, clock, order=order)
+    slots = pipeline.simulate(
+        mesh["schedule"],
+        forward=times.forward,
+        backward=times.backward,
+        links=times.links,
+        microbatches=mesh["microbatches"],
+    )
+    sync: dict[int, float] = {}
+    for item in items:
+        if item.phase == "gradients":
+            for rank in item.senders:
+                sync[rank] = sync.get(rank, 0.0) + clock.transfer(item)
+    return StepEstimate(
+        unit=clock.unit,
+        stages=times,
+        slots=tuple(slots),
+        pipeline=pipeline.makespan(slots),
+        gradient_sync=max(sync.values(), default=0.0),
+        microbatch_latency=longest_paths(graph, durations.forward, lambda node: 0, order=order).get(0, 0.0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """Bytes one device holds at its peak during a step."""
+
+    weights: int
+    grads: int
+    optimizer: int
+    activations_per_microbatch: int
+    in_flight: int
+
+    @property
+    def activations(self) -> int:
+        return self.activations_per_microbatch * self.in_flight
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.grads + self.optimizer + self.activations
+
+
+def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int) -> int:
+    """Microbatches whose activations a stage holds at once (GPipe: m; 1F1B: min(p - stage, m))."""
+    order = pipeline.stage_order(schedule, stage=stage, stages=stages, microbatches=microbatches)
+    return pipeline.in_flight(order)
+
+
+def device_memory(cost: RankCost, state: TrainingState, mesh: dict) -> Memory:
+    return Memory(
+        weights=cost.params * state.weights,
+        grads=cost.params * state.grads,
+        optimizer=cost.params * state.optimizer,
+        activations_per_microbatch=cost.activation_bytes,
+        in_flight=in_flight(mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"]),
+    )
+
+
+def capacity(hardware: Hardware) -> float:
+    """Bytes of memory on one device (`memory_gb` counts 10^9 bytes)."""
+    return hardware.memory_gb * 1e9
+
+
+def fits(memory: Memory, hardware: Hardware) -> bool:
+    return memory.total <= capacity(hardware)

@@ -1,0 +1,105 @@
+"""The cost of one deployment, gathered from its DAG: what `par cost` prints and report.md shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import networkx as nx
+from par.dsl.checks.deployment import Hardware
+from par.dsl.cost import schedule as pipeline
+from par.dsl.cost.accounting import (
+    RankCost,
+    TrainingState,
+    Transfer,
+    model_parameters,
+    rank_costs,
+    step_kinds,
+    training_state,
+    transfers,
+)
+from par.dsl.cost.estimate import (
+    BACKWARD_FLOPS,
+    Clock,
+    Memory,
+    StepEstimate,
+    device_memory,
+    estimate_step,
+    fits,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceGroup:
+    """Devices whose numbers are all equal, shown as one row."""
+
+    ranks: tuple[int, ...]
+    cost: RankCost  # the first of them
+    memory: Memory
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    graph: nx.DiGraph
+    hardware: Hardware | None
+    state: TrainingState
+    transfers: tuple[Transfer, ...]
+    devices: tuple[RankCost, ...]
+    groups: tuple[DeviceGroup, ...]
+    model_params: int
+    estimate: StepEstimate
+
+    @property
+    def mesh(self) -> dict:
+        return self.graph.graph["mesh"]
+
+    @property
+    def model(self) -> dict:
+        return self.graph.graph["model"]
+
+    @property
+    def name(self) -> str:
+        return self.graph.graph["spec"]
+
+    @property
+    def closed_form_bubble(self) -> Fraction:
+        return pipeline.closed_form_bubble(stages=self.mesh["pp"], microbatches=self.mesh["microbatches"])
+
+    def too_big(self) -> list[DeviceGroup]:
+        """Groups whose peak memory exceeds the hardware's; empty without hardware."""
+        if self.hardware is None:
+            return []
+        return [group for group in self.groups if not fits(group.memory, self.hardware)]
+
+    def step_comm(self, cost: RankCost) -> float:
+        """Bytes a device sends in a training step, every phase."""
+        return sum(step_kinds(cost.comm, microbatches=self.mesh["microbatches"]).values())
+
+    def step_flops(self, cost: RankCost) -> float:
+        """Forward and backward FLOPs of a training step on a device."""
+        return (1 + BACKWARD_FLOPS) * cost.flops * self.mesh["microbatches"]
+
+
+def cost_of(graph: nx.DiGraph, *, hardware: Hardware | None) -> Cost:
+    """Everything the report says about a deployment, from its DAG and (optionally) hardware."""
+    state = training_state(graph.graph["model"]["dtype"])
+    items = tuple(transfers(graph))
+    devices = tuple(rank_costs(graph, items=items))
+    groups: dict[tuple, list[RankCost]] = {}
+    for cost in devices:
+        groups.setdefault(cost.signature(), []).append(cost)
+    mesh = graph.graph["mesh"]
+    rows = tuple(
+        DeviceGroup(tuple(c.rank for c in members), members[0], device_memory(members[0], state, mesh))
+        for members in groups.values()
+    )
+    return Cost(
+        graph=graph,
+        hardware=hardware,
+        state=state,
+        transfers=items,
+        devices=devices,
+        groups=tuple(sorted(rows, key=lambda group: (group.cost.stage, group.ranks))),
+        model_params=model_parameters(graph),
+        estimate=estimate_step(graph, items, Clock(hardware)),
+    )

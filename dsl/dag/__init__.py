@@ -1,0 +1,1 @@
+"""The DAG: a Program expanded per device (networkx.DiGraph), then validated."""

@@ -1,0 +1,282 @@
+"""Expansion: Program -> the full per-device DAG of one forward microbatch (networkx.DiGraph).
+
+One node per (device, op) per layer, one per collective instance, a Send/Recv pair per
+tensor-parallel rank at every stage boundary, and `input` / `output`. Nodes are added in a
+topological order, which the validator uses to prove acyclicity in one pass.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import networkx as nx
+from par.dsl.checks.deployment import Deployment
+from par.dsl.dag import ids
+from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
+from par.dsl.lowering.placement import share
+from par.dsl.lowering.program import Program, Step
+from par.dsl.lowering.shapes import elements
+
+
+def expand(program: Program) -> nx.DiGraph:
+    return _Expander(program).run()
+
+
+def node_count(program: Program) -> int:
+    """How many nodes `expand` makes, from the mesh and the layer alone: each layer has one node
+    per rank for each compute step and slice and one per collective, on every replica; stage 0
+    slices the input on every rank unless the stream is replicated; each stage boundary has a
+    send and a recv per rank. Checked against the node budget before anything is expanded."""
+    mesh = program.deployment.mesh
+    collectives = sum(1 for step in program.steps if step.kind == "comm")
+    per_layer = collectives + (len(program.steps) - collectives) * mesh.tp
+    input_slices = 0 if program.stream.kind == "R" else mesh.dp * mesh.tp
+    boundaries = 2 * (mesh.pp - 1) * mesh.dp * mesh.tp
+    return 2 + input_slices + program.deployment.model.layers * mesh.dp * per_layer + boundaries
+
+
+def graph_attributes(program: Program) -> dict:
+    deployment = program.deployment
+    model, mesh = deployment.model, deployment.mesh
+    return {
+        "spec": deployment.name,
+        "source": deployment.file.replace(os.sep, "/"),  # the same banners on every platform
+        "model": {
+            "name": model.name,
+            "block": model.block,
+            "layers": model.layers,
+            "hidden": model.hidden,
+            "heads": model.heads,
+            "kv_heads": model.kv_heads,
+            "head_dim": model.head_dim,
+            "ffn": model.ffn,
+            "vocab": model.vocab,
+            "batch": model.batch,
+            "seq": model.seq,
+            "dtype": model.dtype,
+        },
+        "mesh": mesh.attributes(),
+        "layers": model.layers,
+        "stream": str(program.stream),
+        "microbatch_shape": list(program.stream_shape),
+        "strict": deployment.strict,
+    }
+
+
+class _Expander:
+    def __init__(self, program: Program):
+        self.program = program
+        self.deployment: Deployment = program.deployment
+        self.mesh = self.deployment.mesh
+        self.dtype_bytes = self.deployment.model.dtype_bytes
+        # The graph is filled through the dicts networkx documents for subclasses (`_node`,
+        # `_succ`, `_pred`): `add_nodes_from` would copy every attribute dict, which costs more
+        # than expansion itself. Ids are unique by construction; `run` verifies the count.
+        self.graph = nx.DiGraph(**graph_attributes(program))
+        self.node_map, self.succ, self.pred = self.graph._node, self.graph._succ, self.graph._pred
+        self.added = 0
+        self.templates = {step.name: self._template(step) for step in program.steps}
+        self.comm = {step.name for step in program.steps if step.kind == "comm"}
+
+    def run(self) -> nx.DiGraph:
+        mesh, program = self.mesh, self.program
+        stage_src = str(self.deployment.spans.get("stages") or self.deployment.span_of("pp"))
+        self._io(ids.INPUT, program.stream_shape, program.stream_shape, list(mesh.stage_ranks(0)), 0)
+        entry = {d: self._entry_points(d) for d in range(mesh.dp)}
+        exits: list[str] = []
+        for stage, (first, last) in enumerate(mesh.stages):
+            for dp_rank in range(mesh.dp):
+                group = mesh.tp_group(dp_rank=dp_rank, stage=stage)
+                current = entry[dp_rank]
+                for layer in range(first, last + 1):
+                    current = self._layer(layer, stage, dp_rank, group, current)
+                if stage + 1 < mesh.pp:
+                    entry[dp_rank] = self._boundary(stage, dp_rank, current, stage_src)
+                else:
+                    exits.extend(dict.fromkeys(current))
+        output = self._io(ids.OUTPUT, program.stream_local, program.stream_shape, list(mesh.stage_ranks(mesh.pp - 1)), mesh.pp - 1)
+        for source in exits:
+            self._edge(source, output, (0,))
+        if len(self.node_map) != self.added:
+            raise AssertionError("expansion produced a node id twice")
+        return self.graph
+
+    def _node(self, node: str, data: dict) -> None:
+        self.node_map[node] = data
+        self.succ[node] = {}
+        self.pred[node] = {}
+        self.added += 1
+
+    def _edge(self, source: str, target: str, operands: tuple[int, ...]) -> None:
+        data = {"operands": operands}
+        self.succ[source][target] = data
+        self.pred[target][source] = data
+
+    def _template(self, step: Step) -> dict:
+        bytes_in = elements(step.in_shape) * self.dtype_bytes
+        full = elements(step.global_out) * self.dtype_bytes
+        data = {
+            "op": step.op,
+            "kind": step.kind,
+            "name": step.name,
+            "in_shape": step.in_shape,
+            "out_shape": step.out_shape,
+            "in_placement": str(step.in_placement),
+            "out_placement": str(step.out_placement),
+            "dtype": self.deployment.model.dtype,
+            "flops": step.flops,
+            "params": step.params,
+            "bytes": bytes_in,
+            "wire_bytes": share(full, Fraction(*step.wire_fraction)),
+            "src": str(step.span),
+        }
+        if step.kind == "comm":
+            data["reason"] = step.reason
+            data["inserted"] = step.inserted
+        else:
+            data["arity"] = len(step.inputs)
+        if step.style is not None:
+            data["style"] = step.style
+        if step.kind == "route":
+            data["reason"] = step.reason
+        self._backward(data, backward_kind(step), full)
+        return data
+
+    def _backward(self, data: dict, kind: str | None, full_bytes: int) -> None:
+        """The collective the backward issues on the gradient of the node's output (par.dsl.lowering.backward)."""
+        if kind is not None:
+            data["backward"] = kind
+            data["backward_wire_bytes"] = backward_wire_bytes(kind, self.mesh.tp, full_bytes)
+
+    def _io(self, name: str, in_shape, out_shape, devices: list[int], stage: int) -> str:
+        data = {
+            "op": name,
+            "kind": "route",
+            "name": name,
+            "layer": None,
+            "stage": stage,
+            "devices": devices,
+            "in_shape": tuple(in_shape),
+            "out_shape": tuple(out_shape),
+            "dtype": self.deployment.model.dtype,
+            "flops": 0,
+            "params": 0,
+            "bytes": 0,
+            "wire_bytes": 0,
+            "src": str(self.deployment.span_of("batch" if name == ids.INPUT else "layers")),
+        }
+        self._node(name, data)
+        return name
+
+    def _entry_points(self, dp_rank: int) -> list[str]:
+        """Where layer 0 reads the layer input on each rank: `input`, or a slice of it."""
+        group = self.mesh.tp_group(dp_rank=dp_rank, stage=0)
+        program = self.program
+        if program.stream.kind == "R":  # with tp 1 lowering makes the stream R
+            return [ids.INPUT] * len(group)
+        points = []
+        for rank in group:
+            node = ids.input_slice_id(rank)
+            data = {
+                "op": "slice",
+                "kind": "route",
+                "name": "input_slice",
+                "layer": None,
+                "stage": 0,
+                "devices": [rank],
+                "in_shape": program.stream_shape,
+                "out_shape": program.stream_local,
+                "in_placement": "R",
+                "out_placement": str(program.stream),
+                "dtype": self.deployment.model.dtype,
+                "flops": 0,
+                "params": 0,
+                "bytes": 0,
+                "wire_bytes": 0,
+                "arity": 1,
+                "src": str(self.deployment.span_of("sp")),
+                "reason": f"the residual stream is {program.stream}: each rank keeps its own part of the input",
+            }
+            self._node(node, data)
+            self._edge(ids.INPUT, node, (0,))
+            points.append(node)
+        return points
+
+    def _layer(self, layer: int, stage: int, dp_rank: int, group: tuple[int, ...], entry: list[str]) -> list[str]:
+        """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output.
+
+        This loop makes most of the nodes of a large DAG, so it writes the graph's dicts inline
+        (what `_node` and `_edge` do) and spells out `ids.compute_id`."""
+        program, templates = self.program, self.templates
+        node_map, succ, pred = self.node_map, self.succ, self.pred
+        devices = list(group)
+        produced: dict[str, list[str]] = {program.param: entry}
+        if program.param_copied:  # the layer input enters column-parallel linears: its producers carry the AllReduce
+            full = elements(program.stream_shape) * self.dtype_bytes
+            for node in dict.fromkeys(entry):
+                self._backward(node_map[node], PAIRS["copy_to_tp"].backward, full)
+        prefix = f"layer_{layer}_"
+        for step in program.steps:
+            template = templates[step.name]
+            if step.name in self.comm:
+                node = ids.collective_id(layer, step.name, dp_rank, self.mesh.dp)
+                self._node(node, dict(template, layer=layer, stage=stage, devices=devices))
+                for source in dict.fromkeys(produced[step.inputs[0]]):
+                    self._edge(source, node, (0,))
+                produced[step.name] = [node] * len(group)
+                continue
+            names = [f"{prefix}{step.name}_gpu{rank}" for rank in group]
+            for rank, node in zip(group, names):
+                node_map[node] = dict(template, layer=layer, stage=stage, devices=[rank])
+                succ[node] = {}
+                pred[node] = {}
+            self.added += len(names)
+            for source_lists, operands in self._operands(step, produced):
+                for source, node in zip(source_lists, names):
+                    data = {"operands": operands}
+                    succ[source][node] = data
+                    pred[node][source] = data
+            produced[step.name] = names
+        return produced[program.result]
+
+    def _operands(self, step: Step, produced: dict[str, list[str]]):
+        """(per-rank producers, operand indices) for each distinct input of a step: a value used
+        twice feeds both operands through one edge."""
+        indices: dict[str, tuple[int, ...]] = {}
+        for operand, value in enumerate(step.inputs):
+            indices[value] = indices.get(value, ()) + (operand,)
+        return [(produced[value], operands) for value, operands in indices.items()]
+
+    def _boundary(self, stage: int, dp_rank: int, outputs: list[str], src: str) -> list[str]:
+        """Send/Recv from each rank of `stage` to the same tensor-parallel rank of the next."""
+        mesh, program = self.mesh, self.program
+        local_bytes = elements(program.stream_local) * self.dtype_bytes
+        first_next = mesh.stages[stage + 1][0]
+        reason = f"pipeline boundary: layer {first_next - 1} on stage {stage} feeds layer {first_next} on stage {stage + 1}"
+        common = {
+            "kind": "comm",
+            "layer": None,
+            "in_shape": program.stream_local,
+            "out_shape": program.stream_local,
+            "in_placement": str(program.stream),
+            "out_placement": str(program.stream),
+            "dtype": self.deployment.model.dtype,
+            "flops": 0,
+            "params": 0,
+            "bytes": local_bytes,
+            "src": src,
+            "reason": reason,
+            "inserted": True,
+        }
+        receivers = []
+        for tp_rank, source in enumerate(outputs):
+            sender = mesh.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
+            receiver = mesh.rank(dp_rank=dp_rank, stage=stage + 1, tp_rank=tp_rank)
+            send, recv = ids.send_id(stage, sender), ids.recv_id(stage + 1, receiver)
+            self._node(send, dict(common, op="send", name="send", stage=stage, devices=[sender], peer=receiver, wire_bytes=local_bytes))
+            self._node(recv, dict(common, op="recv", name="recv", stage=stage + 1, devices=[receiver], peer=sender, wire_bytes=0))
+            self._edge(source, send, (0,))
+            self._edge(send, recv, (0,))
+            receivers.append(recv)
+        return receivers

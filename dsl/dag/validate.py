@@ -1,0 +1,321 @@
+"""The validator: proves the seven invariants of the README (The DAG) on any DAG, ours or built by hand.
+
+Each check returns diagnostics naming the offending nodes. The checks read networkx's
+adjacency dicts directly (`_succ`, `_pred`, `_node`): on million-node graphs the public views
+cost more than the checks themselves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import networkx as nx
+from par.dsl.checks.deployment import mesh_coords
+from par.dsl.dag import ids
+from par.dsl.diagnostics import Diagnostic, error
+from par.dsl.frontend.source import Span
+from par.dsl.lowering.ops import COLLECTIVES
+
+COLLECTIVE_OPS = frozenset(COLLECTIVES)
+POINT_TO_POINT = frozenset({"send", "recv"})
+COMMUNICATION = COLLECTIVE_OPS | POINT_TO_POINT
+ENDS = frozenset({ids.INPUT, ids.OUTPUT})
+
+INVARIANTS = {
+    1: "acyclic",
+    2: "every node but input/output has in-edges and out-edges",
+    3: "a collective has one in-edge from, and one out-edge to, each member of its group",
+    4: "every send has exactly one matching recv",
+    5: "shapes (and placements, where stated) agree along every edge",
+    6: "all members of a group issue their collectives in the same order",
+    7: "every layer appears exactly once per pipeline path",
+}
+
+
+def validate(graph: nx.DiGraph) -> list[Diagnostic]:
+    return _Validator(graph).run()
+
+
+def _violation(rule: int, message: str, graph: nx.DiGraph, node: str | None) -> Diagnostic:
+    span = Span.parse(graph._node[node].get("src")) if node is not None and node in graph._node else None
+    return error(f"DAG invariant {rule} ({INVARIANTS[rule]}): {message}", span)
+
+
+
+class _Validator:
+    def __init__(self, graph: nx.DiGraph):
+        self.graph = graph
+        self.nodes, self.succ, self.pred = graph._node, graph._succ, graph._pred
+        self.found: list[Diagnostic] = []
+        mesh = graph.graph.get("mesh") or {}
+        self.tp, self.pp = mesh.get("tp", 1), mesh.get("pp", 1)
+        # (rank, layer, op name) -> the compute node(s) there, for invariant 7.
+        self.on_path: dict[tuple, object] = {}
+
+    def violation(self, rule: int, message: str, node: str | None) -> None:
+        self.found.append(_violation(rule, message, self.graph, node))
+
+    def run(self) -> list[Diagnostic]:
+        forward, order_findings = self.node_pass()
+        if forward:  # insertion order is topological: the issue-order check made in passing holds
+            self.found += order_findings
+        else:
+            order = self.topological_order()
+            if order is not None:
+                self.issue_order(order)
+        self.layers()
+        return self.found
+
+    # 1 -----------------------------------------------------------------------------------------
+
+    def topological_order(self) -> list[str] | None:
+        """For graphs whose insertion order is not topological: a sort, or the cycle reported."""
+        try:
+            return list(nx.topological_sort(self.graph))
+        except nx.NetworkXUnfeasible:
+            cycle = [u for u, _ in nx.find_cycle(self.graph)]
+            self.violation(1, f"cycle {' -> '.join(cycle + [cycle[0]])}", cycle[0])
+            return None
+
+    # 2, 3, 4, 5, 6 and what 7 needs, in one pass over the nodes ----------------------------------
+
+    def node_pass(self) -> tuple[bool, list[Diagnostic]]:
+        """Checks every node in insertion order. Returns whether every edge went forward in that
+        order (a proof of acyclicity) and the issue-order findings, valid only if it did.
+
+        The common cases (one operand, one device) are inlined: this loop runs once per node."""
+        nodes, succ, pred = self.nodes, self.succ, self.pred
+        on_path = self.on_path
+        order = _IssueOrder(nodes, pred)
+        position, latest = order.position, order.latest
+        forward = True
+        for index, (node, data) in enumerate(nodes.items()):
+            position[node] = index
+            inputs = pred[node]
+            in_shape = data.get("in_shape")
+            in_placement = data.get("in_placement")
+            for source in inputs:
+                if forward and source not in position:
+                    forward = False
+                source_data = nodes[source]
+                out_shape = source_data.get("out_shape")
+                if out_shape != in_shape and out_shape is not None and in_shape is not None:
+                    self.shapes_differ(source, out_shape, node, in_shape)
+                out_placement = source_data.get("out_placement")
+                if out_placement != in_placement and out_placement is not None and in_placement is not None:
+                    self.violation(5, f"{source} gives a tensor that is {out_placement} but {node} takes {in_placement}", node)
+            if node in ENDS:
+                self.ends(node, inputs, succ[node])
+                continue
+            arity = data.get("arity")
+            if not inputs:
+                self.violation(2, f"{node} has no in-edges", node)
+            elif arity is not None and not (arity == 1 and len(inputs) == 1 and _sole_operand(inputs)):
+                missing = _missing_operand(inputs, arity)
+                if missing is not None:
+                    self.violation(2, f"{node} lacks operand {missing} of {arity}", node)
+            if not succ[node]:
+                self.violation(2, f"{node} has no out-edges", node)
+            op = data.get("op")
+            devices = data.get("devices") or ()
+            if op in COMMUNICATION:
+                if forward:
+                    order.communication(node, devices)
+                if op in COLLECTIVE_OPS:
+                    self.collective(node, data)
+                else:
+                    self.point_to_point(node, data, op)
+                continue
+            if len(devices) != 1:
+                continue
+            rank = devices[0]
+            if forward:
+                if len(inputs) == 1:  # _IssueOrder.single_device, inlined
+                    (source,) = inputs
+                    source_data = nodes[source]
+                    if rank in (source_data.get("devices") or ()):
+                        latest[node] = source if source_data.get("op") in COMMUNICATION else latest.get(source)
+                    else:
+                        latest[node] = None
+                else:
+                    latest[node] = order.reaching(inputs, rank)
+            layer = data.get("layer")
+            if layer is not None and data.get("kind") == "compute":
+                key = (rank, layer, data.get("name") or node)
+                seen = on_path.get(key)
+                on_path[key] = node if seen is None else (seen if isinstance(seen, list) else [seen]) + [node]
+        return forward, [_violation(6, message, self.graph, node) for message, node in order.findings]
+
+    def shapes_differ(self, source: str, out_shape, node: str, in_shape) -> None:
+        if tuple(out_shape) != tuple(in_shape):  # a list and a tuple of the same sizes agree
+            self.violation(5, f"{source} gives {list(out_shape)} but {node} takes {list(in_shape)}", node)
+
+    def ends(self, node: str, inputs: dict, outputs: dict) -> None:
+        if node == "input" and not outputs:
+            self.violation(2, "input feeds nothing", node)
+        if node == "output" and not inputs:
+            self.violation(2, "nothing reaches output", node)
+
+    # 3 -----------------------------------------------------------------------------------------
+
+    def collective(self, node: str, data: dict) -> None:
+        group = set(data.get("devices") or ())
+        for direction, neighbours in (("in", self.pred[node]), ("out", self.succ[node])):
+            side = "from" if direction == "in" else "to"
+            counts, strangers = self.covered(neighbours, group)
+            for stranger in strangers:
+                self.violation(3, f"{node} has an {direction}-edge {side} {stranger}, outside its group {sorted(group)}", node)
+            absent = sorted(member for member in group if counts[member] == 0)
+            if absent:
+                self.violation(3, f"{node} has no {direction}-edge {side} gpu {_ranks(absent)} of its group", node)
+            doubled = sorted(member for member in group if counts[member] > 1)
+            if direction == "in" and doubled:
+                self.violation(3, f"{node} has several in-edges from gpu {_ranks(doubled)}", node)
+
+    def covered(self, neighbours, group: set) -> tuple[Counter, list[str]]:
+        """How often each member is covered: a single-device node covers its device, a
+        collective over the same group covers every member. Also the neighbours outside it."""
+        counts: Counter = Counter()
+        strangers = []
+        for other in neighbours:
+            if other in ENDS:  # the graph's input and output serve every rank
+                counts.update(group)
+                continue
+            devices = self.nodes[other].get("devices") or ()
+            if len(devices) == 1 and devices[0] in group:
+                counts[devices[0]] += 1
+            elif set(devices) == group:
+                counts.update(devices)
+            else:
+                strangers.append(other)
+        return counts, strangers
+
+    # 4 -----------------------------------------------------------------------------------------
+
+    def point_to_point(self, node: str, data: dict, op: str) -> None:
+        nodes = self.nodes
+        if op == "recv":
+            sends = [u for u in self.pred[node] if nodes[u].get("op") == "send"]
+            if len(sends) != 1:
+                self.violation(4, f"{node} is fed by {len(sends)} sends, not 1", node)
+            return
+        recvs = [v for v in self.succ[node] if nodes[v].get("op") == "recv"]
+        if len(recvs) != 1:
+            self.violation(4, f"{node} reaches {len(recvs)} recvs, not 1", node)
+            return
+        recv = nodes[recvs[0]]
+        if recv.get("peer") not in (data.get("devices") or ()) or data.get("peer") not in (recv.get("devices") or ()):
+            self.violation(4, f"{node} and {recvs[0]} do not name each other as peers", node)
+
+    # 6 -----------------------------------------------------------------------------------------
+
+    def issue_order(self, order: list[str]) -> None:
+        tracker = _IssueOrder(self.nodes, self.pred)
+        tracker.position.update((node, index) for index, node in enumerate(order))
+        for node in order:
+            data = self.nodes[node]
+            devices = data.get("devices") or ()
+            if data.get("op") in COMMUNICATION:
+                tracker.communication(node, devices)
+            elif len(devices) == 1:
+                tracker.single_device(node, self.pred[node], devices[0])
+        for message, node in tracker.findings:
+            self.violation(6, message, node)
+
+    # 7 -----------------------------------------------------------------------------------------
+
+    def layers(self) -> None:
+        """Every layer once per pipeline path: the ranks (dp rank, ·, tp rank) across stages."""
+        mesh = self.graph.graph.get("mesh") or {}
+        present: dict[tuple, set[int]] = defaultdict(set)
+        for dp_rank in range(mesh.get("dp", 1) if mesh else 0):
+            for tp_rank in range(self.tp):
+                present[(dp_rank, tp_rank)] = set()
+        first: dict[tuple, object] = {}
+        doubled: dict[tuple, list[str]] = {}
+        for (rank, layer, name), seen in self.on_path.items():
+            dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp)
+            path = (dp_rank, tp_rank)
+            present[path].add(layer)
+            key = (path, layer, name)
+            earlier = first.setdefault(key, seen)
+            if earlier is not seen or isinstance(seen, list):
+                listed = doubled.setdefault(key, [] if earlier is seen else _as_list(earlier))
+                listed += _as_list(seen)
+        for (path, layer, name), seen in sorted(doubled.items()):
+            self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(seen[:3])})", seen[0])
+        total = self.graph.graph.get("layers")
+        if total is None:
+            total = max((key[1] for key in self.on_path), default=-1) + 1
+        for (dp_rank, tp_rank), layers in sorted(present.items()):
+            missing = sorted(set(range(total)) - layers)
+            if missing:
+                self.violation(7, f"layer {_ranks(missing)} missing on the pipeline path of dp rank {dp_rank}, tp rank {tp_rank}", None)
+
+
+def _as_list(seen) -> list[str]:
+    return seen if isinstance(seen, list) else [seen]
+
+
+def _sole_operand(inputs: dict) -> bool:
+    (edge,) = inputs.values()
+    return edge.get("operands", (0,)) == (0,)
+
+
+def _missing_operand(inputs: dict, arity: int) -> int | None:
+    """The first operand index not fed exactly once, or None when all are."""
+    fed = sorted(i for edge in inputs.values() for i in edge.get("operands", (0,)))
+    if fed == list(range(arity)):
+        return None
+    counts = Counter(fed)
+    return next((i for i in range(arity) if counts[i] != 1), arity)
+
+
+class _IssueOrder:
+    """Invariant 6. On every rank, each communication must depend on the one before it: a chain,
+    not a choice. With collectives shared by their members and the graph acyclic, chains on every
+    rank mean every member issues a group's collectives in the same order. Fed nodes in a
+    topological order, it tracks for each single-device node the latest communication of its
+    rank that reaches it."""
+
+    def __init__(self, nodes: dict, pred: dict):
+        self.nodes, self.pred = nodes, pred
+        self.position: dict[str, int] = {}
+        self.latest: dict[str, str | None] = {}
+        self.previous: dict[int, str] = {}
+        self.findings: list[tuple[str, str]] = []
+
+    def communication(self, node: str, devices) -> None:
+        for rank in devices:
+            reached = self.reaching(self.pred[node], rank)
+            before = self.previous.get(rank)
+            if before is not None and reached != before:
+                self.findings.append(
+                    (f"gpu {rank} may issue {before} and {node} in either order: neither depends on the other", node)
+                )
+            self.previous[rank] = node
+
+    def single_device(self, node: str, inputs: dict, rank: int) -> None:
+        if len(inputs) == 1:  # the common case, inlined
+            (source,) = inputs
+            data = self.nodes[source]
+            if rank in (data.get("devices") or ()):
+                self.latest[node] = source if data.get("op") in COMMUNICATION else self.latest.get(source)
+                return
+        self.latest[node] = self.reaching(inputs, rank)
+
+    def reaching(self, inputs, rank: int) -> str | None:
+        best = None
+        position = self.position
+        for source in inputs:
+            data = self.nodes[source]
+            if rank not in (data.get("devices") or ()):
+                continue
+            candidate = source if data.get("op") in COMMUNICATION else self.latest.get(source)
+            if candidate is not None and (best is None or position[candidate] > position[best]):
+                best = candidate
+        return best
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ", ".join(map(str, ranks[:8])) + (f" and {len(ranks) - 8} more" if len(ranks) > 8 else "")

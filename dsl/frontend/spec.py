@@ -1,0 +1,162 @@
+"""The typed spec: what a .par file says, as frozen dataclasses that keep their source spans.
+
+Nothing here is checked or evaluated yet; `par.dsl.checks.check` turns a Spec into a Deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from par.dsl.diagnostics import Diagnostic
+from par.dsl.frontend.source import Span
+
+
+@dataclass(frozen=True, slots=True)
+class Num:
+    value: int | float
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BinOp:
+    op: str  # one of + - * /
+    left: Expr
+    right: Expr
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Neg:
+    operand: Expr
+    span: Span
+
+
+Expr = Num | Ref | BinOp | Neg
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    value: Expr
+    span: Span  # the whole `name value`
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """One entry of `stages [...]`: a layer count, or an inclusive layer range `first..last`."""
+
+    first: Expr
+    last: Expr | None  # None: `first` is a count
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDecl:
+    name: str
+    block: str | None
+    settings: tuple[Setting, ...]
+    span: Span
+    block_span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
+class MeshDecl:
+    settings: tuple[Setting, ...]
+    stages: tuple[StageSpec, ...] | None
+    stages_span: Span | None
+    schedule: str | None
+    schedule_span: Span | None
+    sequence_parallel: bool
+    sp_span: Span | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """`target = op(arg, ...)`: one op of a block's dataflow."""
+
+    target: str
+    op: str
+    args: tuple[Expr, ...]
+    span: Span
+    target_span: Span
+    op_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDef:
+    name: str
+    param: str
+    statements: tuple[Statement, ...]
+    result: str
+    span: Span
+    name_span: Span
+    param_span: Span
+    result_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceTarget:
+    after: str
+    alias: str | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    kind: str
+    targets: tuple[PlaceTarget, ...]
+    span: Span
+    kind_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareDecl:
+    profile: str | None
+    settings: tuple[Setting, ...]
+    span: Span
+    profile_span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One parsed .par file, items kept in the order they were written."""
+
+    file: str
+    models: tuple[ModelDecl, ...]
+    meshes: tuple[MeshDecl, ...]
+    blocks: tuple[BlockDef, ...]
+    places: tuple[Place, ...]
+    strict: tuple[Span, ...]
+    hardware: tuple[HardwareDecl, ...]
+    # The kinds of the items that did not parse (None: text that did not start like any item);
+    # checks stay quiet about what those items may have said.
+    broken: tuple[str | None, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """`-D name=value` from the command line.
+
+    `value` is the text parsed as stage entries (a single entry for a plain number); where it
+    does not parse, `error` says why, and words such as `fp16` or `1f1b` are read from `text`.
+    """
+
+    name: str
+    text: str
+    value: tuple[StageSpec, ...]
+    span: Span
+    error: Diagnostic | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    text: str  # with its leading '#'
+    span: Span

@@ -1,0 +1,1 @@
+"""Lowering: Deployment -> Program, every op placed and every needed collective inserted."""

@@ -1,0 +1,81 @@
+"""The lowered block: every op with its placements and every collective the mesh needs.
+
+One Program describes one layer on one tensor-parallel rank; `par.dsl.dag.expand` stamps it out for
+every layer and every device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from par.dsl.checks.deployment import Deployment
+from par.dsl.frontend.source import Span
+from par.dsl.lowering.placement import Placement, R
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One op, collective or local slice of the layer, in the order every rank issues them."""
+
+    name: str  # node-id component: `qkv`, `allgather_qkv`, `slice_ctx`
+    op: str  # layernorm ... mul | allgather allreduce reducescatter alltoall | slice
+    kind: str  # compute | comm | route
+    inputs: tuple[str, ...]  # step names, or the block's parameter
+    in_placement: Placement
+    out_placement: Placement
+    in_shape: Shape  # local, per device
+    out_shape: Shape
+    global_in: Shape
+    global_out: Shape
+    span: Span
+    flops: int = 0  # per device
+    params: int = 0  # per device
+    wire_fraction: tuple[int, int] = (0, 1)  # of the full tensor's bytes, sent by each rank
+    style: str | None = None
+    reason: str | None = None
+    inserted: bool = False
+    # Backward communication (par.dsl.lowering.backward). `pair`: the forward/backward pair (`PAIRS`) that
+    # performs a collective or slice (None: a compute step, or a plain local slice). `copied`:
+    # the output enters column-parallel linears through `copy_to_tp`, which AllReduces the
+    # gradient they give it.
+    pair: str | None = None
+    copied: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    deployment: Deployment
+    steps: tuple[Step, ...]
+    param: str  # the block's input
+    result: str  # the step whose output leaves the layer
+    stream: Placement  # placement of the residual stream between layers
+    stream_shape: Shape  # global
+    stream_local: Shape
+    param_copied: bool = False  # the layer input goes through `copy_to_tp`, like a step's output
+
+    @property
+    def collectives(self) -> tuple[Step, ...]:
+        return tuple(step for step in self.steps if step.kind == "comm")
+
+    def without_collectives(self) -> Program:
+        """The layer with every collective and slice taken as the identity and every placement R:
+        what one rank per group runs, and the math of the unsharded reference. Steps keep their
+        names, global shapes and span; local shapes, FLOPs and parameters stay per device."""
+        alias: dict[str, str] = {}
+        kept = []
+        for step in self.steps:
+            inputs = tuple(alias.get(name, name) for name in step.inputs)
+            if step.kind in ("comm", "route"):
+                alias[step.name] = inputs[0]
+                continue
+            kept.append(replace(step, inputs=inputs, in_placement=R, out_placement=R, pair=None, copied=False))
+        return replace(
+            self,
+            steps=tuple(kept),
+            result=alias.get(self.result, self.result),
+            stream=R,
+            stream_local=self.stream_shape,
+            param_copied=False,
+        )

@@ -1,0 +1,5 @@
+import sys
+
+from par.cli import main
+
+sys.exit(main())

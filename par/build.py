@@ -1,0 +1,255 @@
+"""`par build`: every artifact of every spec rendered in memory first, then written atomically.
+
+A build that fails anywhere (a spec with errors, a renderer that raises) writes nothing, so
+earlier artifacts stay byte-identical. The one exception is ArtifactError, an external program
+failing on one file: that file alone is skipped, with a warning. Writing is two-phase: every changed file is first
+written to a temporary file beside it, and only when all of them are on disk is each renamed
+over its artifact, keeping a backup so that a failed rename undoes the ones before it (see
+`write_all`). Files whose content did not change are not touched; `--check` compares instead
+of writing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from par.codegen.artifacts import renderers
+from par.codegen.renderer import ArtifactError, Renderer, Skip
+from par.dsl.compiler import Compiled
+
+
+class RenderError(Exception):
+    """A renderer raised something other than ArtifactError (a bug); names the artifact.
+    `__cause__` is what it raised."""
+
+    def __init__(self, name: str, cause: BaseException):
+        super().__init__(f"cannot render {name}: {cause}")
+        self.name = name
+
+
+SLOW_S = 1.0  # renderers slower than this are named in the progress output
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    content: bytes
+
+
+@dataclass
+class Rendered:
+    """The artifacts of one spec, the notices of its skipped files, the warnings of the files
+    that failed (ArtifactError) and the slow renderers."""
+
+    artifacts: list[Artifact] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    slow: list[tuple[str, float]] = field(default_factory=list)
+
+
+def artifact_renderers() -> list[tuple[str, Renderer]]:
+    """(file name, renderer) for every artifact; a renderer answers `Skip` when it cannot make its file."""
+    return renderers()
+
+
+def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]]) -> Rendered:
+    """Every artifact of one spec, in memory; raises RenderError if a renderer raises anything
+    but ArtifactError, which only skips that file."""
+    folder = out_dir / compiled.deployment.name
+    rendered = Rendered()
+    for name, renderer in renderers:
+        started = time.perf_counter()
+        try:
+            content = renderer(compiled)
+        except ArtifactError as exc:
+            rendered.warnings.append(f"{name} not written: {exc}")
+            continue
+        except Exception as exc:
+            raise RenderError(name, exc) from exc
+        seconds = time.perf_counter() - started
+        if seconds >= SLOW_S:
+            rendered.slow.append((name, seconds))
+        if isinstance(content, Skip):
+            rendered.notices.append(content.notice)
+            continue
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        rendered.artifacts.append(Artifact(folder / name, data))
+    return rendered
+
+
+def stale(artifacts: Sequence[Artifact]) -> list[tuple[Path, str]]:
+    """Artifacts whose file is missing or differs, with which of the two it is."""
+    found = []
+    for artifact in artifacts:
+        if not artifact.path.is_file():
+            found.append((artifact.path, "missing"))
+        elif artifact.path.read_bytes() != artifact.content:
+            found.append((artifact.path, "stale"))
+    return found
+
+
+class WriteError(Exception):
+    """Writing failed and was undone. `unrestored` lists (artifact, backup) pairs the undo could
+    not put back: the artifact's earlier content is left in the backup file."""
+
+    def __init__(self, message: str, unrestored: Sequence[tuple[Path, Path]] = ()):
+        super().__init__(message)
+        self.unrestored = list(unrestored)
+
+
+def write_all(artifacts: Sequence[Artifact], out: Path) -> list[Path]:
+    """Writes the changed artifacts so that either every one of them changes or none does.
+
+    Each changed file is first written to a temporary file beside it. Then, one at a time, the
+    artifact is kept as a backup (a hard link to it) and the temporary file renamed over it. If
+    anything fails or is interrupted, the renamed artifacts are put back from their backups,
+    the files and folders this write created are removed, and the error is raised again (an
+    OSError as WriteError); no temporary file or backup is left either way. Returns the paths
+    written. Raises WriteError, writing nothing, if an artifact's folder resolves outside `out`.
+    """
+    _refuse_outside(artifacts, out)
+    write = _Write()
+    try:
+        differing = dict(stale(artifacts))
+        changed = [artifact for artifact in artifacts if artifact.path in differing]
+        for artifact in changed:
+            write.stage(artifact)
+        write.commit()
+    except OSError as exc:
+        unrestored = write.undo()
+        raise WriteError(f"cannot write {write.current or exc.filename}: {exc.strerror or exc}", unrestored) from exc
+    except BaseException:
+        write.undo()
+        raise
+    write.finish()
+    return [artifact.path for artifact in changed]
+
+
+class _Write:
+    """What one `write_all` has done so far, so that it can be finished or undone."""
+
+    def __init__(self) -> None:
+        self.current: Path | None = None  # the artifact being staged or renamed
+        self.folders: list[Path] = []  # created, parents first
+        self.staged: list[tuple[str, Path]] = []  # (temporary file, artifact)
+        self.replaced: list[tuple[Path, str | None]] = []  # (artifact, backup of its earlier file or None), in order
+
+    def stage(self, artifact: Artifact) -> None:
+        self.current = artifact.path
+        missing = [folder for folder in (artifact.path.parent, *artifact.path.parent.parents) if not folder.exists()]
+        for folder in reversed(missing):
+            folder.mkdir()
+            self.folders.append(folder)
+        self.staged.append((stage(artifact.path, artifact.content), artifact.path))
+
+    def commit(self) -> None:
+        for temporary, path in self.staged:
+            self.current = path
+            # Recorded before the rename: undoing one that never happened changes nothing.
+            self.replaced.append((path, _backup(path)))
+            os.replace(temporary, path)
+
+    def undo(self) -> list[tuple[Path, Path]]:
+        """Puts every artifact back; returns those it could not, with their backups."""
+        unrestored = []
+        for path, backup in reversed(self.replaced):
+            if backup is None:
+                with suppress(OSError):  # not there, or the folder that made the rename fail
+                    os.unlink(path)
+                continue
+            try:
+                os.replace(backup, path)
+                _remove(backup)  # left when the rename never happened: renaming a file onto itself does nothing
+            except OSError:
+                unrestored.append((path, Path(backup)))
+        for temporary, _ in self.staged:
+            with suppress(OSError):
+                _remove(temporary)
+        for folder in reversed(self.folders):
+            with suppress(OSError):  # not empty: something else was put there meanwhile
+                folder.rmdir()
+        return unrestored
+
+    def finish(self) -> None:
+        for _, backup in self.replaced:
+            if backup is not None:
+                with suppress(OSError):  # the write itself is complete; a stray backup is only clutter
+                    os.unlink(backup)
+
+
+def _backup(path: Path) -> str | None:
+    """A second name for the file at `path` (None if there is none), so it can be put back.
+
+    A hard link keeps the artifact in place meanwhile; where the file system has none, the file
+    is renamed. A folder is not kept: renaming a file over it fails, so it is never replaced.
+    """
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return None
+    except FileNotFoundError:
+        return None
+    backup = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.bak")
+    try:
+        os.link(path, backup, follow_symlinks=False)
+    except FileExistsError:
+        raise  # never rename over a file that is not ours
+    except OSError:
+        os.rename(path, backup)
+    return backup
+
+
+def _refuse_outside(artifacts: Sequence[Artifact], out: Path) -> None:
+    """Every artifact's folder must lie inside `out` once resolved: a check behind the stem rule
+    that also catches a folder in `out` that is a symbolic link leading out of it."""
+    root = out.resolve()
+    for artifact in artifacts:
+        folder = artifact.path.parent.resolve()
+        if folder == root or not folder.is_relative_to(root):
+            raise WriteError(f"{artifact.path} is not inside {out} (its folder resolves to {folder})")
+
+
+def stage(path: Path, content: bytes, mode: int | None = None) -> str:
+    """Writes `content` to a new temporary file beside `path`, with `mode` (by default, that of a
+    new file: readable like a normal file)."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+        os.chmod(temporary, 0o666 & ~_umask() if mode is None else mode)
+    except BaseException:
+        _remove(temporary)
+        raise
+    return temporary
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """Replaces one file's content atomically (temporary file, then rename), keeping its mode.
+
+    A symbolic link is written through: the file it leads to is replaced and the link stays.
+    """
+    target = Path(os.path.realpath(path))
+    temporary = stage(target, content, stat.S_IMODE(os.stat(target).st_mode))
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def _remove(name: str) -> None:
+    if os.path.lexists(name):
+        os.unlink(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,45 @@
+"""The `par` command line. Exit codes: 0 ok, 1 diagnostics or stale artifacts, 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from par import __version__
+from par.commands import COMMANDS
+from par.dsl.escape import terminal
+from par.dsl.frontend.inputs import UsageError
+
+DESCRIPTION = """\
+par compiles .par deployment specs of transformer models into the full per-device DAG,
+proves it well-formed, and writes the artifacts generated from it."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        print(terminal(f"par: error: {exc}"), file=sys.stderr)  # it may quote a path
+        return 2
+    except KeyboardInterrupt:
+        print("par: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="par", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"par {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

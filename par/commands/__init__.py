@@ -1,0 +1,7 @@
+"""One module per `par` subcommand; each has `register(subparsers)`."""
+
+from __future__ import annotations
+
+from par.commands import build, check, cost, explain, fmt, lint
+
+COMMANDS = [check, build, cost, explain, lint, fmt]

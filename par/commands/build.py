@@ -1,0 +1,112 @@
+"""`par build PATH... -o OUT [--check]`: write (or verify) every artifact of every spec."""
+
+from __future__ import annotations
+
+import argparse
+import traceback
+from pathlib import Path
+
+from par import build as driver
+from par.commands.common import (
+    add_defines,
+    add_limits,
+    compile_each,
+    limits,
+    print_diagnostics,
+    progress,
+)
+from par.dsl.escape import terminal
+from par.dsl.frontend.inputs import spec_inputs
+from par.dsl.output_folders import refuse_bad_folders
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "build",
+        help="write the artifacts of specs to OUT/<stem>/",
+        description=(
+            "Compile each spec and write OUT/<stem>/ with its artifacts. Nothing is written unless "
+            "every spec compiles; unchanged files are left alone; each file is replaced atomically."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help=".par files or folders of them")
+    parser.add_argument("-o", "--out", required=True, type=_out_folder, metavar="OUT", help="output folder")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 listing every missing or stale artifact",
+    )
+    add_defines(parser)
+    add_limits(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    inputs = spec_inputs(args.paths, args.defines, **limits(args))
+    refuse_bad_folders(inputs.paths)
+    renderers = driver.artifact_renderers()
+    artifacts, notices, failed, total = [], {}, 0, len(inputs.paths)
+    for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs), start=1):
+        progress(f"[{index}/{total}] {path}")
+        print_diagnostics(diagnostics, inputs)
+        if compiled is None:
+            failed += 1
+            continue
+        if failed:
+            continue  # nothing will be written: the other specs are only compiled, for their diagnostics
+        rendered = _render(path, compiled, args.out, renderers)
+        if rendered is None:
+            failed += 1
+            continue
+        artifacts += rendered.artifacts
+        notices.update(dict.fromkeys(rendered.notices))
+    for notice in notices:
+        progress(f"par: note: {notice}")
+    if failed:
+        progress(f"par: {failed} of {total} specs failed; nothing was written")
+        return 1
+    if args.check:
+        return _check(artifacts)
+    try:
+        written = driver.write_all(artifacts, args.out)
+    except driver.WriteError as exc:
+        progress(f"par: error: {exc}")
+        for path, backup in exc.unrestored:
+            progress(f"par: error: could not put back {path}; its earlier content is in {backup}")
+        progress(f"par: every {'other ' if exc.unrestored else ''}artifact is as it was")
+        return 1
+    progress(f"par: wrote {len(written)} of {len(artifacts)} files under {args.out} ({len(artifacts) - len(written)} unchanged)")
+    return 0
+
+
+def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | None:
+    """The artifacts of one compiled spec; None (after saying why) if a renderer failed."""
+    try:
+        rendered = driver.render(compiled, out, renderers)
+    except driver.RenderError as exc:
+        progress(f"par: error: {path}: {exc}")
+        progress("".join(traceback.format_exception(exc.__cause__)).rstrip())
+        progress("par: this is a bug in par; please report it with the spec")
+        return None
+    for warning in rendered.warnings:
+        progress(f"par: warning: {path}: {warning}")
+    for name, seconds in rendered.slow:
+        progress(f"    {name}: {seconds:.1f} s")
+    return rendered
+
+
+def _check(artifacts) -> int:
+    problems = driver.stale(artifacts)
+    for path, state in problems:
+        print(terminal(f"{path}: {state}"))
+    if problems:
+        progress(f"par: {len(problems)} of {len(artifacts)} artifacts are missing or stale; run par build")
+        return 1
+    progress(f"par: all {len(artifacts)} artifacts are current")
+    return 0
+
+
+def _out_folder(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("OUT is empty; name a folder (use . for the current one)")
+    return Path(text)

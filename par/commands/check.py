@@ -1,0 +1,46 @@
+"""`par check SPEC...`: parse, check, lower, expand and validate; write nothing."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from par.commands.common import (
+    add_defines,
+    add_limits,
+    compile_each,
+    limits,
+    print_diagnostics,
+)
+from par.dsl.escape import terminal
+from par.dsl.frontend.inputs import spec_inputs
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "check",
+        help="parse, check, expand and validate specs",
+        description="Compile each spec to its DAG and prove the DAG well-formed; print every diagnostic.",
+    )
+    parser.add_argument("specs", nargs="+", metavar="SPEC", help=".par files or folders of them")
+    add_defines(parser)
+    add_limits(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    inputs = spec_inputs(args.specs, args.defines, **limits(args))
+    failed = 0
+    for path, compiled, diagnostics in compile_each(inputs):
+        print_diagnostics(diagnostics, inputs)
+        if compiled is None:
+            failed += 1
+            continue
+        print(terminal(f"{path}: ok ({summary(compiled.graph)})"))
+    return 1 if failed else 0
+
+
+def summary(graph) -> str:
+    kinds = Counter(data["op"] for _, data in graph.nodes(data=True) if data["kind"] == "comm")
+    parts = [f"{graph.number_of_nodes()} nodes", f"{graph.number_of_edges()} edges"]
+    parts += [f"{count} {op}" for op, count in sorted(kinds.items())]
+    return ", ".join(parts)

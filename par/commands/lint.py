@@ -1,0 +1,44 @@
+"""`par lint DAG.dot... [--spec SPEC] [--format text|md|json]`: review DAG files from any tool."""
+
+from __future__ import annotations
+
+import sys
+
+from par.commands.common import add_defines, add_limits, compile_one, limits
+from par.dsl.frontend.inputs import UsageError, collect_files
+from par.lint import DOT_SUFFIXES, run_lint
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "lint",
+        help="check DAG files (Graphviz DOT) written by any tool",
+        description=(
+            "Check Graphviz DOT deployment DAGs for the defects reviewers look for: cycles, "
+            "unconnected collectives, missing AllReduces, skipped layers, shapes that disagree. "
+            "With --spec, also compare each file against the DAG par compiles from the spec. "
+            "Rules and codes: docs/lint.md."
+        ),
+    )
+    parser.add_argument("dags", nargs="+", metavar="DAG", help=".dot/.gv files or folders of them")
+    parser.add_argument("--spec", metavar="SPEC", help="a .par spec to compare the DAGs against")
+    parser.add_argument("--format", choices=("text", "md", "json"), default="text", help="report format (default: text)")
+    add_defines(parser)
+    add_limits(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    dags = [str(path) for path in collect_files(args.dags, suffixes=DOT_SUFFIXES)]
+    spec_dag, spec_name = None, None
+    if args.spec is not None:
+        compiled, inputs = compile_one(args.spec, args.defines, what="--spec", **limits(args))
+        if compiled is None:
+            return 1
+        spec_dag, spec_name = compiled.graph, str(inputs.paths[0])
+    elif args.defines:
+        raise UsageError("-D applies to --spec; there is no spec to override")
+    text, code = run_lint(dags, fmt=args.format, spec_dag=spec_dag, spec_name=spec_name)
+    sys.stdout.write(text)
+    return code
+
