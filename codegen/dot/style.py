@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from par.dsl.registry.collectives import COLLECTIVES
+
 
 @dataclass(frozen=True, slots=True)
 class Look:
@@ -22,14 +24,15 @@ ROUTE = Look("parallelogram", "#fff6d5", "#9a7d0a")
 ENDPOINT = Look("parallelogram", "#e3e7ec", "#2f3a45")  # input, output
 FOLDED = Look("box3d", "#eef1f4", "#6b7785")
 
-# Collective kind -> (display name, look). Send and Recv share a colour: one transfer.
-COLLECTIVES = {
-    "allreduce": ("AllReduce", Look("ellipse", "#fde0c5", "#d9600c")),
-    "allgather": ("AllGather", Look("ellipse", "#d4e6f7", "#1f6fb4")),
-    "reducescatter": ("ReduceScatter", Look("ellipse", "#e4dcf2", "#6a4fb0")),
-    "alltoall": ("AllToAll", Look("ellipse", "#d5efd9", "#2a8a3e")),
-    "send": ("Send", Look("ellipse", "#fbd5d5", "#c0282d")),
-    "recv": ("Recv", Look("ellipse", "#fbd5d5", "#c0282d")),
+# The look of each communication in the registry (par.dsl.registry.collectives), in legend
+# order. Send and Recv share a colour: one transfer.
+LOOKS = {
+    "allreduce": Look("ellipse", "#fde0c5", "#d9600c"),
+    "allgather": Look("ellipse", "#d4e6f7", "#1f6fb4"),
+    "reducescatter": Look("ellipse", "#e4dcf2", "#6a4fb0"),
+    "alltoall": Look("ellipse", "#d5efd9", "#2a8a3e"),
+    "send": Look("ellipse", "#fbd5d5", "#c0282d"),
+    "recv": Look("ellipse", "#fbd5d5", "#c0282d"),
 }
 SEND_RECV = "Send/Recv"
 
@@ -41,13 +44,13 @@ CLUSTER_GPU = ("#ffffff", "#c3cad2")
 
 def display_name(op: str) -> str:
     """`AllGather`, `Send`, ...; other ops as written."""
-    return COLLECTIVES[op][0] if op in COLLECTIVES else op
+    return COLLECTIVES[op].title if op in COLLECTIVES else op
 
 
 def look_of(data: dict) -> Look:
     """The look of a DAG node from its attributes."""
     if data["kind"] == "comm":
-        return COLLECTIVES.get(data["op"], (None, Look("ellipse", "#eeeeee", "#555555")))[1]
+        return LOOKS.get(data["op"], Look("ellipse", "#eeeeee", "#555555"))
     if data["kind"] == "route":
         return ENDPOINT if data["op"] in ("input", "output") else ROUTE
     return COMPUTE
@@ -60,11 +63,11 @@ def legend_entries(ops: set[str], has_route: bool, *, folded: bool = False) -> l
         entries.append(("folded layers", FOLDED))
     if has_route:
         entries.append(("split / route (no communication)", ROUTE))
-    for op, (name, look) in COLLECTIVES.items():
+    for op, look in LOOKS.items():
         if op == "recv":
             continue
         if op == "send" and "send" in ops:
             entries.append((SEND_RECV, look))
         elif op in ops and op != "send":
-            entries.append((name, look))
+            entries.append((display_name(op), look))
     return entries

@@ -148,11 +148,11 @@ def edge_view(tail: str, head: str, *, tail_data: dict, head_data: dict) -> DotE
     if tail_data["op"] == "input":
         return DotEdge(quoted(tail), quoted(head), (("weight", "0"),))
     if tail_data["op"] == "send" and head_data["op"] == "recv":
-        border = style.COLLECTIVES["send"][1].border
+        border = style.LOOKS["send"].border
         return DotEdge(quoted(tail), quoted(head), (("color", quoted(border)), ("penwidth", "2")))
     for data in (tail_data, head_data):
-        if data["kind"] == "comm" and data["op"] in style.COLLECTIVES and data["op"] not in ("send", "recv"):
-            return DotEdge(quoted(tail), quoted(head), (("color", quoted(style.COLLECTIVES[data["op"]][1].border)),))
+        if data["kind"] == "comm" and data["op"] in style.LOOKS and data["op"] not in ("send", "recv"):
+            return DotEdge(quoted(tail), quoted(head), (("color", quoted(style.LOOKS[data["op"]].border)),))
     return DotEdge(quoted(tail), quoted(head))
 
 

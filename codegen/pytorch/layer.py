@@ -30,14 +30,14 @@ from par.codegen.pytorch.ops import (
     attention_call,
 )
 from par.dsl.dag import ids
-from par.dsl.lowering.ops import COLLECTIVES
 from par.dsl.lowering.placement import S_LAST, S_SEQ
 from par.dsl.lowering.program import Program, Step
+from par.dsl.registry.statements import WRITTEN
 
 FEATURES = S_LAST.dim
 GROUP = "self.tp_group"
 # Ops across which a tensor keeps its feature layout (a fused QKV stays fused QKV).
-_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | set(COLLECTIVES) | {"slice"}
+_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | set(WRITTEN) | {"slice"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from par.codegen.pytorch.names import Names
 from par.dsl.lowering.program import Program
 
+# Keyed by the registry's op names (par.dsl.registry.ops); linear and attention are written by
+# the layer writers. tests/core/test_registry.py holds the keys equal.
 # Elementwise ops: the expression over the Python names of the operands.
 ELEMENTWISE = {
     "gelu": 'F.gelu({0}, approximate="tanh")',

@@ -15,7 +15,9 @@ from par.dsl.checks.evaluate import (
 )
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.spec import BlockDef, Expr, ModelDecl, Place, Ref, Statement
-from par.dsl.lowering.ops import COLLECTIVES, DIMS, OPS, STYLES, OpDef, default_dim
+from par.dsl.registry.collectives import COLLECTIVES
+from par.dsl.registry.ops import Syntax
+from par.dsl.registry.statements import STATEMENTS, WRITTEN, choices, default_dim
 
 
 def resolve_block(
@@ -56,11 +58,11 @@ def resolve_block(
 
 
 def _kind_error(place: Place) -> Diagnostic | None:
-    if place.kind not in COLLECTIVES:
-        hint = did_you_mean(place.kind, COLLECTIVES) or f"collectives are: {', '.join(COLLECTIVES)}"
+    if place.kind not in WRITTEN:
+        hint = did_you_mean(place.kind, WRITTEN) or f"collectives are: {', '.join(WRITTEN)}"
         return error(f"unknown collective '{place.kind}'", place.kind_span, hint=hint)
-    if place.kind == "alltoall":
-        return error("alltoall needs a dim; write it inside the block: y = alltoall(x, seq)", place.kind_span)
+    if not COLLECTIVES[place.kind].written.placeable:
+        return error(f"{place.kind} needs a dim; write it inside the block: y = {place.kind}(x, seq)", place.kind_span)
     return None
 
 
@@ -136,9 +138,9 @@ class _BlockResolver:
                 )
 
     def _statement(self, statement: Statement, defined: dict, later: dict) -> Op | None:
-        definition = OPS.get(statement.op)
+        definition = STATEMENTS.get(statement.op)
         if definition is None:
-            hint = did_you_mean(statement.op, OPS) or f"ops are: {', '.join(OPS)}"
+            hint = did_you_mean(statement.op, STATEMENTS) or f"ops are: {', '.join(STATEMENTS)}"
             self.err(f"unknown op '{statement.op}'", statement.op_span, hint)
             return None
         args = statement.args
@@ -160,12 +162,12 @@ class _BlockResolver:
             out_features=extras.get("size"),
             style=extras.get("style"),
             dim=extras.get("dim") or default_dim(statement.op, self.sequence_parallel),
-            label=statement.target if definition.collective else None,
+            label=statement.target if statement.op in WRITTEN else None,
         )
 
     def _value(self, arg: Expr, defined: dict, later: dict, statement: Statement) -> str | None:
         if not isinstance(arg, Ref):
-            self.err(f"{statement.op} expects a value here, not a number", arg.span, f"usage: {OPS[statement.op].usage}")
+            self.err(f"{statement.op} expects a value here, not a number", arg.span, f"usage: {STATEMENTS[statement.op].usage}")
             return None
         if arg.name in defined:
             return arg.name
@@ -176,13 +178,13 @@ class _BlockResolver:
             self.err(f"undefined value '{arg.name}'", arg.span, did_you_mean(arg.name, defined))
         return None
 
-    def _extras(self, definition: OpDef, args: Sequence[Expr], statement: Statement) -> dict | None:
+    def _extras(self, definition: Syntax, args: Sequence[Expr], statement: Statement) -> dict | None:
         found, ok = {}, True
         for kind, arg in zip(definition.extras, args):
             if kind == "size":
                 value = self._size(arg)
             else:
-                options = STYLES if kind == "style" else DIMS
+                options = choices(statement.op)
                 value = arg.name if isinstance(arg, Ref) and arg.name in options else None
                 if value is None:
                     shown = f"'{arg.name}'" if isinstance(arg, Ref) else "a number"

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
-from par.dsl.lowering.placement import CONVERSIONS
+from par.dsl.registry.collectives import COLLECTIVES
 
-KINDS = ("allgather", "allreduce", "reducescatter", "alltoall", "send")
+KINDS = tuple(name for name, spec in COLLECTIVES.items() if spec.sends)  # of a Transfer
 PHASES = ("forward", "backward", "gradients")
 SCOPES = ("microbatch", "step")
 
-_ALLREDUCE = CONVERSIONS[("P", "R")]
+_ALLREDUCE = COLLECTIVES["allreduce"]
 
 Number = int | float
 

@@ -16,15 +16,8 @@ import networkx as nx
 from par.dsl.checks.deployment import Hardware
 from par.dsl.cost import schedule as pipeline
 from par.dsl.cost.accounting import RankCost, TrainingState, Transfer
+from par.dsl.registry.collectives import COLLECTIVES
 
-# Ring steps each collective takes over a group of n ranks; a send is one message.
-RING_STEPS: dict[str, Callable[[int], int]] = {
-    "allreduce": lambda n: 2 * (n - 1),
-    "allgather": lambda n: n - 1,
-    "reducescatter": lambda n: n - 1,
-    "alltoall": lambda n: n - 1,
-    "send": lambda n: 1,
-}
 BACKWARD_FLOPS = 2  # backward FLOPs per forward FLOP
 OUTSIDE_STAGES = ("send", "recv", "input", "output")
 
@@ -45,7 +38,7 @@ class Clock:
         if self.hardware is None or not item.bytes:
             return 0.0
         bandwidth, latency = self.link(item.group)
-        return RING_STEPS[item.kind](len(item.group)) * latency + item.bytes / bandwidth
+        return COLLECTIVES[item.kind].ring_steps(len(item.group)) * latency + item.bytes / bandwidth
 
     def link(self, group: Iterable[int]) -> tuple[float, float]:
         """(bytes per second, seconds per message) of the links a group uses."""

@@ -16,7 +16,8 @@ from par.dsl.dag import ids
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
 from par.dsl.lowering.placement import share
 from par.dsl.lowering.program import Program, Step
-from par.dsl.lowering.shapes import elements
+from par.dsl.registry.collectives import COLLECTIVES
+from par.dsl.registry.ops import elements
 
 
 def expand(program: Program) -> nx.DiGraph:
@@ -252,6 +253,7 @@ class _Expander:
         """Send/Recv from each rank of `stage` to the same tensor-parallel rank of the next."""
         mesh, program = self.mesh, self.program
         local_bytes = elements(program.stream_local) * self.dtype_bytes
+        wire = {op: COLLECTIVES[op].wire_bytes(2, local_bytes) for op in ("send", "recv")}  # a rank and its peer
         first_next = mesh.stages[stage + 1][0]
         reason = f"pipeline boundary: layer {first_next - 1} on stage {stage} feeds layer {first_next} on stage {stage + 1}"
         common = {
@@ -274,8 +276,8 @@ class _Expander:
             sender = mesh.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
             receiver = mesh.rank(dp_rank=dp_rank, stage=stage + 1, tp_rank=tp_rank)
             send, recv = ids.send_id(stage, sender), ids.recv_id(stage + 1, receiver)
-            self._node(send, dict(common, op="send", name="send", stage=stage, devices=[sender], peer=receiver, wire_bytes=local_bytes))
-            self._node(recv, dict(common, op="recv", name="recv", stage=stage + 1, devices=[receiver], peer=sender, wire_bytes=0))
+            self._node(send, dict(common, op="send", name="send", stage=stage, devices=[sender], peer=receiver, wire_bytes=wire["send"]))
+            self._node(recv, dict(common, op="recv", name="recv", stage=stage + 1, devices=[receiver], peer=sender, wire_bytes=wire["recv"]))
             self._edge(source, send, (0,))
             self._edge(send, recv, (0,))
             receivers.append(recv)

@@ -14,10 +14,10 @@ from par.dsl.checks.deployment import mesh_coords
 from par.dsl.dag import ids
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.source import Span
-from par.dsl.lowering.ops import COLLECTIVES
+from par.dsl.registry.collectives import COLLECTIVES
 
-COLLECTIVE_OPS = frozenset(COLLECTIVES)
-POINT_TO_POINT = frozenset({"send", "recv"})
+COLLECTIVE_OPS = frozenset(name for name, spec in COLLECTIVES.items() if spec.group == "tp")
+POINT_TO_POINT = frozenset(name for name, spec in COLLECTIVES.items() if spec.group == "pipeline")
 COMMUNICATION = COLLECTIVE_OPS | POINT_TO_POINT
 ENDS = frozenset({ids.INPUT, ids.OUTPUT})
 

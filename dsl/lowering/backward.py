@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from par.dsl.lowering.placement import CONVERSIONS, Placement, R
+from par.dsl.lowering.placement import Placement, R
 from par.dsl.lowering.program import Step
+from par.dsl.registry.collectives import COLLECTIVES, COPY_TO_TP
+from par.dsl.registry.ops import OPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,30 +37,19 @@ class Pair:
     backward: str | None  # on the gradient of the forward's output
 
 
-# Named after Megatron's mappings; model.py defines a function of each name it uses.
-PAIRS: dict[str, Pair] = {
-    "all_reduce": Pair("allreduce", None),
-    "copy_to_tp": Pair(None, "allreduce"),
-    "all_gather": Pair("allgather", None),
-    "all_gather_to_tp": Pair("allgather", "reducescatter"),
-    "reduce_scatter": Pair("reducescatter", "allgather"),
-    "all_to_all": Pair("alltoall", "alltoall"),
-    "scatter_to_tp": Pair(None, "allgather"),
+# Named after Megatron's mappings; model.py defines a function of each name it uses. Each is
+# declared with what it carries (par.dsl.registry.collectives).
+PAIRS: dict[str, Pair] = {COPY_TO_TP.function: Pair(None, COPY_TO_TP.backward)} | {
+    declared.function: Pair(spec.name if spec.kind == "comm" else None, declared.backward)
+    for spec in COLLECTIVES.values()
+    for declared in (spec.pair, spec.partial_pair)
+    if declared is not None
 }
-
-# The pair of each collective the DAG holds, outside partial regions.
-_COLLECTIVE_PAIRS = {
-    "allreduce": "all_reduce",
-    "allgather": "all_gather",
-    "reducescatter": "reduce_scatter",
-    "alltoall": "all_to_all",
-}
-_RING = {conversion.op: conversion for conversion in CONVERSIONS.values()}
 
 
 def backward_wire_bytes(kind: str, n: int, full_bytes: int) -> int | float:
     """Bytes each of `n` ranks sends for a backward collective `kind` on a gradient of `full_bytes` (whole tensor)."""
-    return _RING[kind].wire_bytes(n, full_bytes)
+    return COLLECTIVES[kind].wire_bytes(n, full_bytes)
 
 
 def backward_kind(step: Step) -> str | None:
@@ -67,7 +58,7 @@ def backward_kind(step: Step) -> str | None:
     At most one: the pairs with a backward collective give a split output or one inside a
     partial region, and neither goes through `copy_to_tp`."""
     if step.copied:
-        return PAIRS["copy_to_tp"].backward
+        return COPY_TO_TP.backward
     return PAIRS[step.pair].backward if step.pair else None
 
 
@@ -80,21 +71,22 @@ def with_pairs(steps: tuple[Step, ...], param: str, result: str, stream: Placeme
     gathered: set[str] = set()
     partial: set[str] = set()
     for step in steps:
-        if step.op == "allgather":
+        if step.kind == "comm" and COLLECTIVES[step.op].partial_pair is not None:
             region = _partial_region(step.name, consumers, result)
             if region:
                 gathered.add(step.name)
                 partial |= region
     replicated = ([param] if stream == R else []) + [step.name for step in steps if step.out_placement == R]
     copied = {
-        value for value in replicated if value not in partial and any(_column(step) for step in consumers.get(value, []))
+        value for value in replicated if value not in partial and any(_takes_copy(step) for step in consumers.get(value, []))
     }
 
     def pair(step: Step) -> str | None:
         if step.kind == "comm":
-            return "all_gather_to_tp" if step.name in gathered else _COLLECTIVE_PAIRS[step.op]
+            spec = COLLECTIVES[step.op]
+            return (spec.partial_pair if step.name in gathered else spec.pair).function
         if step.kind == "route" and step.inputs[0] not in copied | partial:
-            return "scatter_to_tp"
+            return COLLECTIVES[step.op].pair.function
         return None
 
     paired = tuple(replace(step, pair=pair(step), copied=step.name in copied) for step in steps)
@@ -124,13 +116,14 @@ def _partial_region(gathered: str, consumers: dict[str, list[Step]], result: str
     return region
 
 
-def _column(step: Step) -> bool:
-    return step.op == "linear" and step.style == "column"
+def _takes_copy(step: Step) -> bool:
+    """Ops whose input gradient is partial although the input is replicated (`OpSpec.enters_tp`)."""
+    return step.kind == "compute" and step.style in OPS[step.op].enters_tp
 
 
 def _enters_tp(step: Step) -> bool:
     """Consumers whose output differs per tensor-parallel rank: their input gradient is partial."""
-    return step.kind == "route" or _column(step)
+    return step.kind == "route" or _takes_copy(step)
 
 
 def _passes_partial(step: Step) -> bool:

@@ -6,28 +6,20 @@ from par.dsl.checks.deployment import Deployment, Op
 from par.dsl.diagnostics import CompileError, Diagnostic, error
 from par.dsl.limits import MAX_BLOCK_OPS, MAX_SEARCH_STATES
 from par.dsl.lowering.backward import with_pairs
-from par.dsl.lowering.ops import OPS, default_dim
 from par.dsl.lowering.placement import (
-    COLLECTIVE_NEEDS,
     S_SEQ,
     Placement,
     R,
-    conversion,
     describe,
     dim_name,
     stream_placement,
 )
 from par.dsl.lowering.program import Program, Step
-from par.dsl.lowering.shapes import Shape, flops, infer_shapes, params, stream_shape
+from par.dsl.lowering.shapes import Shape, infer_shapes, stream_shape
 from par.dsl.lowering.solve import Choice, Convert, SearchTooLarge, solve
-
-DISPLAY = {
-    "allreduce": "an AllReduce",
-    "allgather": "an AllGather",
-    "reducescatter": "a ReduceScatter",
-    "alltoall": "an AllToAll",
-    "slice": "a local slice",
-}
+from par.dsl.registry.collectives import COLLECTIVES, conversion
+from par.dsl.registry.ops import OPS
+from par.dsl.registry.statements import default_dim
 
 
 def lower(deployment: Deployment) -> Program:
@@ -98,7 +90,7 @@ class _Builder:
 
     def _op(self, op: Op, choice: Choice) -> None:
         signature = choice.signature
-        collective = OPS[op.op].collective
+        collective = op.op in COLLECTIVES
         if collective:
             origin = next(p for (value, p) in self.providers if value == op.inputs[0])
             inputs = (self.providers[(op.inputs[0], origin)],)
@@ -130,7 +122,7 @@ class _Builder:
         if key in self.providers:
             return
         source = self.providers[(convert.value, convert.source)]
-        kind = convert.conversion.op
+        kind = convert.conversion.name
         name = self._unique(f"{kind}_{convert.value}")
         reason = _reason(convert, self.ops.get(convert.value), consumer, self.stream)
         shape = self.shapes[convert.value]
@@ -160,8 +152,8 @@ class _Builder:
                 global_in=global_in,
                 global_out=global_out,
                 span=op.span if op else span,
-                flops=flops(op_name, local_in, local_out) if kind == "compute" else 0,
-                params=params(op_name, local_in, local_out) if kind == "compute" else 0,
+                flops=OPS[op_name].flops(local_in, local_out) if kind == "compute" else 0,
+                params=OPS[op_name].params(local_in, local_out) if kind == "compute" else 0,
                 wire_fraction=(wire.numerator, wire.denominator) if wire else (0, 1),
                 style=op.style if op else None,
                 reason=reason,
@@ -194,28 +186,30 @@ def _reason(convert: Convert, producer: Op | None, consumer: Op | None, stream: 
     need = f"{consumer.op} '{consumer.name}' at {consumer.span}" if consumer else f"the layer output (the residual stream is {stream})"
     return (
         f"{convert.value} is {describe(convert.source)} from {_producer_text(producer)}, but {need} needs it "
-        f"{describe(convert.target)}: {convert.source} -> {convert.target} is {DISPLAY[convert.conversion.op]}"
+        f"{describe(convert.target)}: {convert.source} -> {convert.target} is {convert.conversion.prose}"
     )
 
 
 def _strict_error(convert: Convert, consumer: Op | None, span, sequence_parallel: bool, ops: dict) -> Diagnostic:
-    kind = convert.conversion.op
+    kind = convert.conversion.name
+    written = convert.conversion.written
     where = f"before {consumer.op} '{consumer.name}'" if consumer else "at the end of the layer"
     target_dim = dim_name(convert.target)
     # `place` writes a collective with its default dim; any other must be written in the block.
+    takes_dim = "dim" in written.syntax.extras
     placeable = (
         convert.value in ops
-        and kind != "alltoall"
-        and (kind != "reducescatter" or target_dim == default_dim(kind, sequence_parallel))
+        and written.placeable
+        and (not takes_dim or target_dim == default_dim(kind, sequence_parallel))
     )
     if placeable:
         fix = f"write `place {kind} after {convert.value}`"
     else:
-        dim = f", {target_dim}" if kind in ("reducescatter", "alltoall") else ""
+        dim = f", {target_dim}" if takes_dim else ""
         fix = f"write `{convert.value}_{kind} = {kind}({convert.value}{dim})` in the block and use it"
     return error(
         f"strict: {convert.value} is {convert.source} but is needed {convert.target} {where}; "
-        f"that takes {DISPLAY[kind]}, which the spec does not write",
+        f"that takes {convert.conversion.prose}, which the spec does not write",
         span,
         hint=fix,
     )
@@ -223,13 +217,15 @@ def _strict_error(convert: Convert, consumer: Op | None, span, sequence_parallel
 
 def _mismatch(op: Op, origin: Placement, producer: Op | None) -> Diagnostic:
     value = op.inputs[0]
-    fits = sorted({found.op for target in (R, S_SEQ) if (found := conversion(origin, target)) and found.op != "alltoall"})
+    fits = sorted(
+        {found.name for target in (R, S_SEQ) if (found := conversion(origin, target)) and found.written and found.written.placeable}
+    )
     if origin == R:
         hint = f"{value} is already replicated: no collective is needed"
     else:
         hint = " or ".join(f"`{kind}`" for kind in fits) + f" fits {value} here"
     return error(
-        f"{op.op} of '{op.inputs[0]}' needs {COLLECTIVE_NEEDS[op.op]}, but {op.inputs[0]} is "
+        f"{op.op} of '{op.inputs[0]}' needs {COLLECTIVES[op.op].written.needs}, but {op.inputs[0]} is "
         f"{describe(origin)} (from {_producer_text(producer)})",
         op.span,
         hint=hint,

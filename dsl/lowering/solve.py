@@ -1,6 +1,6 @@
 """The placement search: which signature each op of the block takes, and what it converts.
 
-Every op offers signatures (par.dsl.lowering.placement). The solver picks one per op so that the whole
+Every op offers signatures (par.dsl.registry). The solver picks one per op so that the whole
 layer sends the fewest bytes, then uses the fewest collectives, then the fewest slices; ties
 go to the op that converts least, then to the earlier signature. Where a producer's placement
 is not what its consumer accepts, the conversion from the table is inserted and remembers why.
@@ -15,16 +15,10 @@ from fractions import Fraction
 
 from par.dsl.checks.deployment import Deployment, Op
 from par.dsl.limits import MAX_SEARCH_STATES
-from par.dsl.lowering.ops import OPS
-from par.dsl.lowering.placement import (
-    Conversion,
-    Placement,
-    Signature,
-    conversion,
-    signatures,
-    stream_placement,
-)
-from par.dsl.lowering.shapes import elements
+from par.dsl.lowering.placement import Placement, Signature, stream_placement
+from par.dsl.registry.collectives import COLLECTIVES, CollectiveSpec, conversion
+from par.dsl.registry.ops import elements
+from par.dsl.registry.statements import signatures
 
 Cost = tuple[int, Fraction, int, int]  # errors, traffic (elements), collectives, slices
 ZERO: Cost = (0, Fraction(0), 0, 0)
@@ -40,7 +34,7 @@ class Convert:
     value: str
     source: Placement
     target: Placement
-    conversion: Conversion
+    conversion: CollectiveSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +104,7 @@ class Solver:
 
     def _choose(self, op: Op, signature: Signature, values: dict):
         available = {name: avail for name, (_, avail) in values.items()}
-        if OPS[op.op].collective:
+        if op.op in COLLECTIVES:
             origin = values[op.inputs[0]][0]
             return (Choice(signature, ()), ZERO, available) if origin == signature.inputs[0] else None
         converts, cost = [], ZERO

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from par.dsl.registry.collectives import COLLECTIVES as REGISTRY
 from par.lint.dot_reader import DotGraph, DotNode
 from par.lint.labels import (
     ALL_DEVICES,
@@ -29,24 +30,19 @@ from par.lint.labels import (
     layer_range_in_text,
 )
 
-# Collective names, most specific first; matched against the id and the label.
+# Collective names, most specific first; matched against the id and the label. The ones par
+# knows are declared in its registry; lint also knows a broadcast, and communication of no
+# named kind (last: any collective's name is more specific).
+_NAMED = tuple(
+    (spec.name, spec.lint_pattern, spec.lint_title) for spec in REGISTRY.values() if spec.lint_pattern is not None
+) + (
+    ("broadcast", r"broadcast", "Broadcast"),
+    ("comm", r"(?<![a-z])(?:comm|communication|transfer|p2p)(?![a-z])", "communication"),
+)
 COLLECTIVES: tuple[tuple[str, re.Pattern], ...] = tuple(
-    (name, re.compile(pattern, re.IGNORECASE)) for name, pattern in (
-        ("allreduce", r"all[\s_-]?reduce"),
-        ("allgather", r"all[\s_-]?gather"),
-        ("reducescatter", r"reduce[\s_-]?scatter"),
-        ("alltoall", r"all[\s_-]?to[\s_-]?all|all2all|(?<![a-z0-9])a2a(?![a-z0-9])"),
-        ("broadcast", r"broadcast"),
-        ("send", r"(?<![a-z])send(?![a-z])"),
-        ("recv", r"(?<![a-z])(?:recv|receive)(?![a-z])"),
-        ("comm", r"(?<![a-z])(?:comm|communication|transfer|p2p)(?![a-z])"),
-    ))
-
-COLLECTIVE_TITLES = {
-    "allreduce": "AllReduce", "allgather": "AllGather", "reducescatter": "ReduceScatter",
-    "alltoall": "All-to-All", "broadcast": "Broadcast", "send": "Send", "recv": "Recv",
-    "comm": "communication",
-}
+    (name, re.compile(pattern, re.IGNORECASE)) for name, pattern, _ in _NAMED
+)
+COLLECTIVE_TITLES = {name: title for name, _, title in _NAMED}
 
 _ROUTE = re.compile(
     r"split|concat|(?<![a-z])gat(?:e|ing)(?!\s*_?proj)|rout(?:e|er|ing)|dispatch|combine|"

@@ -1,0 +1,176 @@
+"""The ops a block computes: one declaration each, read by every stage and emitter.
+
+An op's declaration holds what the core knows about it: how a block statement calls it, the
+placements it accepts and produces on the tensor-parallel axis, its output shape, the FLOPs and
+parameters of one device's shard, and which variants take a replicated input into the
+tensor-parallel region. How generated PyTorch computes it is the emitter's
+(`par.codegen.pytorch.ops`, keyed by the same names; a test holds the keys equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from par.dsl.checks.deployment import Model, Op
+from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, Signature
+
+Shape = tuple[int, ...]
+
+
+def elements(shape: Shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class Syntax:
+    """How a block statement calls an op: `tensors` leading operands, then the extras."""
+
+    tensors: int
+    extras: tuple[str, ...] = ()  # kinds of the arguments after them: size | style | dim
+    optional: int = 0  # how many trailing extras may be left out
+    usage: str = ""
+
+
+class ShapeError(Exception):
+    """The inputs of an op do not fit it; the message names them."""
+
+
+ShapeRule = Callable[[Op, list[Shape], Model], Shape]  # (op, global input shapes, model) -> output shape
+PerDevice = Callable[[Shape, Shape], int]  # (local input shape, local output shape) -> count on one device
+Signatures = Mapping[str | None, tuple[Signature, ...]]  # variant -> signatures, preferred first
+
+
+def no_parameters(local_in: Shape, local_out: Shape) -> int:
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    name: str
+    syntax: Syntax
+    # What the op accepts and produces on the tensor-parallel axis, by variant: the value of its
+    # style argument (linear), None for an op without one. The variants are the values the
+    # argument may take.
+    signatures: Signatures
+    shape: ShapeRule
+    flops: PerDevice  # forward, multiply-add = 2
+    params: PerDevice = no_parameters
+    # Variants whose output differs per tensor-parallel rank although their input is replicated:
+    # the input's gradient is partial there, so a replicated input enters through `copy_to_tp`
+    # (identity forward, AllReduce of the gradient in backward; par.dsl.lowering.backward).
+    enters_tp: frozenset[str | None] = frozenset()
+
+
+# -- shape rules ------------------------------------------------------------------------------------
+
+
+def same_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    """Elementwise: the output has the shape of its inputs, which must agree."""
+    if len(inputs) == 2 and inputs[0] != inputs[1]:
+        raise ShapeError(
+            f"{op.op} of '{op.inputs[0]}' {list(inputs[0])} and '{op.inputs[1]}' {list(inputs[1])}: shapes differ"
+        )
+    return inputs[0]
+
+
+def _linear_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    return inputs[0][:-1] + (op.out_features,)
+
+
+def _attention_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    """Fused Q, K and V in; the heads' outputs, concatenated, out."""
+    want = (model.heads + 2 * model.kv_heads) * model.head_dim
+    if inputs[0][-1] != want:
+        raise ShapeError(
+            f"attention needs fused Q, K and V: (heads + 2 × kv_heads) × head_dim = "
+            f"({model.heads} + 2 × {model.kv_heads}) × {model.head_dim} = {want} features, "
+            f"but '{op.inputs[0]}' has {inputs[0][-1]}"
+        )
+    return inputs[0][:-1] + (model.heads * model.head_dim,)
+
+
+# -- FLOPs and parameters of one device's shard -----------------------------------------------------
+
+
+def per_element(count: int) -> PerDevice:
+    """An elementwise op spending `count` FLOPs per output element."""
+
+    def flops(local_in: Shape, local_out: Shape) -> int:
+        return count * elements(local_out)
+
+    return flops
+
+
+def _matmul_flops(local_in: Shape, local_out: Shape) -> int:
+    return 2 * elements(local_in) * local_out[-1]
+
+
+def _attention_flops(local_in: Shape, local_out: Shape) -> int:
+    # QK^T and attention-times-V, over the full seq × seq score matrix of the local heads.
+    batch, seq, features = local_out
+    return 4 * batch * seq * seq * features
+
+
+def _weight(local_in: Shape, local_out: Shape) -> int:
+    return local_in[-1] * local_out[-1]  # no bias
+
+
+def _scale(local_in: Shape, local_out: Shape) -> int:
+    return local_out[-1]
+
+
+def _scale_and_shift(local_in: Shape, local_out: Shape) -> int:
+    return 2 * local_out[-1]
+
+
+# -- signatures -------------------------------------------------------------------------------------
+
+
+def same_placement(*placements: Placement, arity: int) -> Signatures:
+    """An op that accepts any of `placements`, all operands alike, and gives the same."""
+    return {None: tuple(Signature((p,) * arity, p) for p in placements)}
+
+
+# Norms run where the residual stream lives: replicated, or split along seq under sequence
+# parallelism (which is what makes the stream stay split there).
+_NORM: Signatures = {None: (Signature((R,), R, mode="no_sp"), Signature((S_SEQ,), S_SEQ, mode="sp"))}
+
+
+OPS: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        OpSpec("layernorm", Syntax(1, usage="layernorm(x)"), _NORM, same_shape, per_element(5), _scale_and_shift),
+        OpSpec("rmsnorm", Syntax(1, usage="rmsnorm(x)"), _NORM, same_shape, per_element(4), _scale),
+        OpSpec(
+            "linear",
+            Syntax(1, ("size", "style"), usage="linear(x, out_features, column|row|replicated)"),
+            {
+                "column": (Signature((R,), S_LAST),),
+                "row": (Signature((S_LAST,), P),),
+                "replicated": (Signature((R,), R), Signature((S_SEQ,), S_SEQ, mode="sp")),
+            },
+            _linear_shape,
+            _matmul_flops,
+            _weight,
+            enters_tp=frozenset({"column"}),
+        ),
+        # S(-1) of a fused QKV is head-aligned: each rank holds whole Q, K and V heads.
+        OpSpec(
+            "attention",
+            Syntax(1, usage="attention(qkv)"),
+            {None: (Signature((S_LAST,), S_LAST), Signature((R,), R))},
+            _attention_shape,
+            _attention_flops,
+        ),
+        # Nonlinear elementwise ops: anything but a partial sum.
+        OpSpec("gelu", Syntax(1, usage="gelu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(8)),
+        OpSpec("silu", Syntax(1, usage="silu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(4)),
+        # add is linear, so P + P is fine; mul is not.
+        OpSpec("add", Syntax(2, usage="add(a, b)"), same_placement(R, S_SEQ, S_LAST, P, arity=2), same_shape, per_element(1)),
+        OpSpec("mul", Syntax(2, usage="mul(a, b)"), same_placement(R, S_SEQ, S_LAST, arity=2), same_shape, per_element(1)),
+    )
+}
