@@ -3,7 +3,7 @@
 The four ring collectives of the tensor-parallel group, the pipeline's send and recv, and the
 local slice (a change of placement with no communication). A declaration holds how drawings,
 reports and diagnostics name it, the placement change it performs, the bytes each rank sends
-and the messages that takes (DESIGN.md's table), the autograd pair that carries it in training,
+and the messages that takes (docs/cost.md's table), the autograd pair that carries it in training,
 how a block writes it (for the ones a block may write) and how lint recognises it in DAGs drawn
 by other tools. Colours are the drawing's (`par.codegen.dot.style`), keyed by the same names.
 """

@@ -1,5 +1,5 @@
 """The registry (par.dsl.registry): every table keyed by op or collective names agrees with it,
-its derived views agree with each other and with DESIGN.md, and adding an op is one declaration."""
+its derived views agree with each other and with docs/cost.md's table, and adding an op is one declaration."""
 
 import re
 from dataclasses import replace
@@ -115,7 +115,7 @@ def test_a_written_collective_converts_what_its_declaration_says(name):
 
 
 def test_conversions_follow_design_md():
-    # from -> to: the DESIGN.md table; S -> P is illegal; equal placements need nothing
+    # from -> to: docs/cost.md's table; S -> P is illegal; equal placements need nothing
     expected = {
         (P, R): "allreduce", (P, S_SEQ): "reducescatter", (P, S_LAST): "reducescatter",
         (S_SEQ, R): "allgather", (S_LAST, R): "allgather",
@@ -158,7 +158,7 @@ def test_the_pairs_are_the_declared_ones_and_carry_their_collective():
 
 
 def test_a_gathers_backward_undoes_it_and_a_scatters_gathers():
-    # the dual of DESIGN.md's "Training": AllGather <-> ReduceScatter
+    # the forward/backward duals of docs/pytorch.md: AllGather <-> ReduceScatter
     assert COLLECTIVES["reducescatter"].pair.backward == "allgather"
     assert COLLECTIVES["allgather"].partial_pair.backward == "reducescatter"
     assert COLLECTIVES["slice"].pair.backward == "allgather"
