@@ -1,13 +1,16 @@
 """model.py: runnable torch.distributed code for one spec, rendered from templates/model.py.jinja.
 
 This module is the template's view-model: plain Python over the compiled Program and DAG
-(it never imports torch). `pytorch_layer` writes the sharded layer, `pytorch_ops` the reference.
+(it never imports torch). `layer` writes the sharded layer, `ops` the reference, and `inline`
+the runtime (`par.codegen.pytorch.runtime`: trace, collectives, pairs, schedules, check,
+train loop), folded for the spec and pruned to what the model reaches.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from par.codegen.pytorch import inline
 from par.codegen.pytorch.layer import ShardedLayer, sharded_layer
 from par.codegen.pytorch.ops import LayerCode, reference_layer
 from par.codegen.templating import render
@@ -19,6 +22,13 @@ from par.dsl.lowering.placement import S_SEQ
 TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
 # Largest relative error --check accepts: max |sharded - reference| / max |reference| per tensor.
 TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
+# The runtime modules model.py holds, where it holds them: beside the layer (the ops and linears
+# it calls), beside Reference (its random streams), after the SHARDING table, and after the
+# whole model (the harness). `schedule` is the pipeline module or the single-stage one.
+BESIDE_LAYER = ("ops", "linears")
+BESIDE_REFERENCE = ("seeds",)
+AFTER_SHARDING = ("sharding",)
+HARNESS = ("groups", "trace", "collectives", "pairs", "batches", "schedule", "step", "modes", "cli")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +61,53 @@ class ModelView:
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
     primitives: tuple[str, ...]  # collectives the code issues: allreduce allgather reducescatter alltoall
     reduces_gradients: bool  # some gradient is summed over tp or averaged over dp after backward
+    runtime: dict[str, str]  # per place (BESIDE_LAYER, ...): the runtime sections inlined there
 
 
 def emit_model(compiled: Compiled) -> str:
     return render("model.py.jinja", view=model_view(compiled))
 
 
+def runtime_sections(compiled: Compiled, layer: ShardedLayer) -> dict[str, list[inline.Section]]:
+    """The runtime modules folded for this spec, per place in model.py."""
+    program = compiled.program
+    model, mesh = program.deployment.model, program.deployment.mesh
+    constants = {
+        "LAYERS": model.layers, "HIDDEN": model.hidden, "HEADS": model.heads, "KV_HEADS": model.kv_heads,
+        "HEAD_DIM": model.head_dim, "BATCH": model.batch, "SEQ": model.seq, "TP": mesh.tp, "PP": mesh.pp,
+        "DP": mesh.dp, "WORLD_SIZE": mesh.world, "MICROBATCHES": mesh.microbatches, "STAGES": tuple(mesh.stages),
+        "PARTIAL_GRADIENTS": layer.partial_gradients,
+        "SEQUENCE_PARALLEL": program.stream == S_SEQ, "SCHEDULE": mesh.schedule, "BY_HEAD": layer.by_head,
+    }
+    schedule = "pipeline" if mesh.pp > 1 else "single_stage"
+    places = {"beside_layer": BESIDE_LAYER, "beside_reference": BESIDE_REFERENCE, "after_sharding": AFTER_SHARDING,
+              "harness": HARNESS}
+    return {
+        place: [inline.section(schedule if module == "schedule" else module, constants) for module in modules]
+        for place, modules in places.items()
+    }
+
+
 def model_view(compiled: Compiled) -> ModelView:
+    """The view with the runtime pieces that model.py's own code reaches, and only those."""
+    view = _bare_view(compiled)
+    sections = runtime_sections(compiled, view.layer)
+    every = [found for found in sections.values() for found in found]
+    whole = render("model.py.jinja", view=_placed(view, sections, None))
+    kept = inline.reachable(every, inline.own_references(whole, every))
+    return _placed(view, sections, kept)
+
+
+def _placed(view: ModelView, sections: dict[str, list[inline.Section]], kept: set[inline.Piece] | None) -> ModelView:
+    """`view` holding `sections` (only the `kept` pieces; all if None), joined per place."""
+    runtime = {}
+    for place, found in sections.items():
+        texts = [part.text(kept if kept is not None else set(part.pieces)) for part in found]
+        runtime[place] = "\n\n\n".join(text for text in texts if text)
+    return replace(view, runtime=runtime)
+
+
+def _bare_view(compiled: Compiled) -> ModelView:
     program = compiled.program
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
@@ -96,6 +146,7 @@ def model_view(compiled: Compiled) -> ModelView:
         helpers=tuple(sorted(layer.helpers)),
         primitives=tuple(sorted(primitives)),
         reduces_gradients=reduces_gradients,
+        runtime={},
     )
 
 

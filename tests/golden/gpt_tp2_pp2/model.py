@@ -23,7 +23,6 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 # Importing torch probes for NumPy and warns where it is missing; this file never uses NumPy.
@@ -52,153 +51,6 @@ STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (32, 10000, 4096)  # one microbatch on one rank between layers: [batch, seq, hidden]
 TOLERANCE = 1e-2  # --check: largest accepted max|sharded - reference| / max|reference|
 
-
-# -- Collective trace ---------------------------------------------------------------------------
-# With --trace DIR, every process writes DIR/rank<r>.json: each collective it issues, in order,
-# with its phase ("forward" or "backward" of a microbatch, or "step" for the gradient reduction
-# after the last microbatch), the microbatch, the collective (allreduce, allgather,
-# reducescatter, alltoall, send, recv), the global ranks of its group ([this rank] and `peer`
-# for send and recv) and the bytes of this rank's input. The forward events of every
-# microbatch are the DAG's collectives on this rank, in DAG order.
-
-
-class CollectiveTrace:
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        self.phase = "step"
-        self.microbatch: int | None = None
-
-    def record(self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None) -> None:
-        event = {
-            "phase": self.phase,
-            "microbatch": self.microbatch,
-            "op": op,
-            "group": group,
-            "bytes": tensor.numel() * tensor.element_size(),
-        }
-        if peer is not None:
-            event["peer"] = peer
-        self.events.append(event)
-
-    def write(self, folder: str, rank: int) -> None:
-        path = Path(folder) / f"rank{rank}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"rank": rank, "events": self.events}, indent=1) + "\n")
-
-
-TRACE: CollectiveTrace | None = None
-
-
-def set_phase(phase: str, microbatch: int | None = None) -> None:
-    if TRACE is not None:
-        TRACE.phase, TRACE.microbatch = phase, microbatch
-
-
-def _record(op: str, tensor: torch.Tensor, group: dist.ProcessGroup | None = None, peer: int | None = None) -> None:
-    if TRACE is not None:
-        ranks = [dist.get_rank()] if group is None else dist.get_process_group_ranks(group)
-        TRACE.record(op, tensor, ranks, peer)
-
-
-# -- Collectives: every one the model issues goes through these functions -----------------------
-
-
-def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """Sums `tensor` over `group`, in place."""
-    _record("allreduce", tensor, group)
-    dist.all_reduce(tensor, group=group)
-    return tensor
-
-
-def _all_gather(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """The parts of all ranks of `group`, concatenated along `dim` in rank order."""
-    _record("allgather", tensor, group)
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
-
-
-def _reduce_scatter(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """This rank's part along `dim` of the sum of `tensor` over `group`."""
-    _record("reducescatter", tensor, group)
-    parts = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=dim)]
-    output = torch.empty_like(parts[0])
-    dist.reduce_scatter(output, parts, group=group)
-    return output
-
-
-def _send(tensor: torch.Tensor, peer: int) -> dist.Work:
-    _record("send", tensor, peer=peer)
-    return dist.isend(tensor.contiguous(), dst=peer)
-
-
-def _recv(tensor: torch.Tensor, peer: int) -> torch.Tensor:
-    _record("recv", tensor, peer=peer)
-    dist.recv(tensor, src=peer)
-    return tensor
-
-
-# -- Forward/backward pairs (Megatron's mappings) -----------------------------------------------
-# Placements on the tensor-parallel group: R replicated, P partial sum, S(dim) split along dim
-# (1 = seq, 2 = features). The gradient of an R tensor is whole on every rank, that of a P
-# tensor is whole too, that of an S(dim) tensor is split the same way.
-
-
-class _AllReduce(torch.autograd.Function):
-    """Forward: AllReduce, P -> R. Backward: identity."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        return _all_reduce(x.clone(), group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-def all_reduce(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    return _AllReduce.apply(x, group)
-
-
-class _CopyToTP(torch.autograd.Function):
-    """Forward: identity, an R tensor entering column-parallel linears. Backward: AllReduce of the partial gradients."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_reduce(grad.contiguous().clone(), ctx.group), None
-
-
-def copy_to_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    return _CopyToTP.apply(x, group)
-
-
-class _AllGatherToTP(torch.autograd.Function):
-    """Forward: AllGather, S(dim) -> R. Backward: ReduceScatter.
-
-    Every use of the gathered tensor ends, directly or through replicated ops without
-    parameters, in a tensor-parallel op (a column-parallel linear, a slice), so its gradient
-    arrives as a partial sum: the backward sums it and keeps this rank's part in one step.
-    """
-
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return _all_gather(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.dim, ctx.group), None, None
-
-
-def all_gather_to_tp(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    return _AllGatherToTP.apply(x, dim, group)
-
-
 # -- Ops ----------------------------------------------------------------------------------------
 
 
@@ -224,47 +76,6 @@ def group_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     q, k, v = tensor.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=dim)
     blocks = zip(q.chunk(TP, dim=dim), k.chunk(TP, dim=dim), v.chunk(TP, dim=dim), strict=True)
     return torch.cat([part for block in blocks for part in block], dim=dim)
-
-
-# -- Process groups -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Groups:
-    """This process's place in the mesh and the process groups it belongs to."""
-
-    rank: int
-    dp_rank: int
-    stage: int
-    tp_rank: int
-    tp: dist.ProcessGroup  # the tensor-parallel ranks of this stage and replica
-
-
-def coordinates(rank: int) -> tuple[int, int, int]:
-    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
-    return rank // (TP * PP), rank // TP % PP, rank % TP
-
-
-def global_rank(dp_rank: int, stage: int, tp_rank: int) -> int:
-    return (dp_rank * PP + stage) * TP + tp_rank
-
-
-def init_groups(timeout: datetime.timedelta) -> Groups:
-    """Every process creates every group, in the same order, as torch.distributed requires."""
-    rank = dist.get_rank()
-    dp_rank, stage, tp_rank = coordinates(rank)
-    tp_groups = {
-        (d, s): dist.new_group([global_rank(d, s, t) for t in range(TP)], timeout=timeout)
-        for d in range(DP)
-        for s in range(PP)
-    }
-    return Groups(
-        rank=rank,
-        dp_rank=dp_rank,
-        stage=stage,
-        tp_rank=tp_rank,
-        tp=tp_groups[dp_rank, stage],
-    )
 
 
 # -- Tensor-parallel linears --------------------------------------------------------------------
@@ -473,6 +284,191 @@ def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tens
     return stage
 
 
+# -- Process groups -----------------------------------------------------------------------------
+
+
+def coordinates(rank: int) -> tuple[int, int, int]:
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
+    return rank // (TP * PP), rank // TP % PP, rank % TP
+
+
+def global_rank(dp_rank: int, stage: int, tp_rank: int) -> int:
+    return (dp_rank * PP + stage) * TP + tp_rank
+
+
+class Groups:
+    """This process's place in the mesh and the process groups it belongs to.
+
+    Every process creates every group, in the same order, as torch.distributed requires.
+    """
+
+    def __init__(self, rank: int, timeout: datetime.timedelta) -> None:
+        self.rank = rank
+        self.dp_rank, self.stage, self.tp_rank = coordinates(rank)
+        # the tensor-parallel ranks of this stage and replica
+        tp_groups = {
+            (d, s): dist.new_group([global_rank(d, s, t) for t in range(TP)], timeout=timeout)
+            for d in range(DP)
+            for s in range(PP)
+        }
+        self.tp = tp_groups[self.dp_rank, self.stage]
+
+
+# -- Collective trace ---------------------------------------------------------------------------
+# With --trace DIR, every process writes DIR/rank<r>.json: each collective it issues, in order,
+# with its phase ("forward" or "backward" of a microbatch, or "step" for the gradient reduction
+# after the last microbatch), the microbatch, the collective (allreduce, allgather,
+# reducescatter, alltoall, send, recv), the global ranks of its group ([this rank] and `peer`
+# for send and recv) and the bytes of this rank's input. The forward events of every
+# microbatch are the DAG's collectives on this rank, in DAG order.
+
+
+class CollectiveTrace:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.phase = "step"
+        self.microbatch: int | None = None
+
+    def record(self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None) -> None:
+        event = {
+            "phase": self.phase,
+            "microbatch": self.microbatch,
+            "op": op,
+            "group": group,
+            "bytes": tensor.numel() * tensor.element_size(),
+        }
+        if peer is not None:
+            event["peer"] = peer
+        self.events.append(event)
+
+    def write(self, folder: str, rank: int) -> None:
+        path = Path(folder) / f"rank{rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rank": rank, "events": self.events}, indent=1) + "\n")
+
+
+TRACE: CollectiveTrace | None = None
+
+
+def start_trace() -> CollectiveTrace:
+    """From now on, record every collective."""
+    global TRACE
+    TRACE = CollectiveTrace()
+    return TRACE
+
+
+def set_phase(phase: str, microbatch: int | None = None) -> None:
+    if TRACE is not None:
+        TRACE.phase, TRACE.microbatch = phase, microbatch
+
+
+def _record(op: str, tensor: torch.Tensor, group: dist.ProcessGroup | None = None, peer: int | None = None) -> None:
+    if TRACE is not None:
+        ranks = [dist.get_rank()] if group is None else dist.get_process_group_ranks(group)
+        TRACE.record(op, tensor, ranks, peer)
+
+
+# -- Collectives: every one the model issues goes through these functions -----------------------
+
+
+def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """Sums `tensor` over `group`, in place."""
+    _record("allreduce", tensor, group)
+    dist.all_reduce(tensor, group=group)
+    return tensor
+
+
+def _all_gather(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
+    """The parts of all ranks of `group`, concatenated along `dim` in rank order."""
+    _record("allgather", tensor, group)
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return torch.cat(parts, dim=dim)
+
+
+def _reduce_scatter(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
+    """This rank's part along `dim` of the sum of `tensor` over `group`."""
+    _record("reducescatter", tensor, group)
+    parts = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=dim)]
+    output = torch.empty_like(parts[0])
+    dist.reduce_scatter(output, parts, group=group)
+    return output
+
+
+def _send(tensor: torch.Tensor, peer: int) -> dist.Work:
+    _record("send", tensor, peer=peer)
+    work = dist.isend(tensor.contiguous(), dst=peer)
+    assert work is not None  # None only for a rank outside the default group
+    return work
+
+
+def _recv(tensor: torch.Tensor, peer: int) -> torch.Tensor:
+    _record("recv", tensor, peer=peer)
+    dist.recv(tensor, src=peer)
+    return tensor
+
+
+# -- Forward/backward pairs (Megatron's mappings) -----------------------------------------------
+# Placements on the tensor-parallel group: R replicated, P partial sum, S(dim) split along dim
+# (1 = seq, 2 = features). The gradient of an R tensor is whole on every rank, that of a P
+# tensor is whole too, that of an S(dim) tensor is split the same way.
+
+
+class _AllReduce(torch.autograd.Function):
+    """Forward: AllReduce, P -> R. Backward: identity."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        return _all_reduce(x.clone(), group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def all_reduce(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    return _AllReduce.apply(x, group)
+
+
+class _CopyToTP(torch.autograd.Function):
+    """Forward: identity, an R tensor entering column-parallel linears. Backward: AllReduce of the partial gradients."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(grad.contiguous().clone(), ctx.group), None
+
+
+def copy_to_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    return _CopyToTP.apply(x, group)
+
+
+class _AllGatherToTP(torch.autograd.Function):
+    """Forward: AllGather, S(dim) -> R. Backward: ReduceScatter.
+
+    Every use of the gathered tensor ends, directly or through replicated ops without
+    parameters, in a tensor-parallel op (a column-parallel linear, a slice), so its gradient
+    arrives as a partial sum: the backward sums it and keeps this rank's part in one step.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dim, group):
+        ctx.dim, ctx.group = dim, group
+        return _all_gather(x, dim, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter(grad, ctx.dim, ctx.group), None, None
+
+
+def all_gather_to_tp(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
+    return _AllGatherToTP.apply(x, dim, group)
+
+
 # -- Training step ------------------------------------------------------------------------------
 
 
@@ -485,20 +481,22 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
     """A replica's batch cut into microbatches."""
-    return list(batch.to(device=device, dtype=DTYPE).chunk(MICROBATCHES))
+    parts = batch.to(device=device, dtype=DTYPE).chunk(MICROBATCHES)
+    return list(parts)
 
 
 def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error over one microbatch, divided by the size of the replica's batch.
+    """Squared error over this rank's part of one microbatch, divided by the size of the replica's batch.
 
-    Summed over microbatches it is the replica's mean squared error; averaged
-    over replicas, that of the whole batch, which is what Reference's loss is.
+    Summed over tensor-parallel ranks (under sequence parallelism) and microbatches it is the
+    replica's mean squared error; averaged over replicas, that of the whole batch, which is what
+    Reference's loss is.
     """
     return (output - target).square().sum() / (BATCH // DP * SEQ * HIDDEN)
 
 
 class PipelineSchedule:
-    """One training step of this stage: 1F1B over MICROBATCHES microbatches.
+    """One training step of this stage over MICROBATCHES microbatches, in the schedule's order.
 
     Built on plain isend/recv rather than torch.distributed.pipelining: the DAG fixes the
     collectives of every rank, and pipelining adds its own (a warm-up vote between stages on
@@ -517,7 +515,8 @@ class PipelineSchedule:
         self.next = global_rank(dp_rank, self.index + 1, tp_rank) if self.index < PP - 1 else None
 
     def order(self) -> list[tuple[str, int]]:
-        """1F1B: a few forwards to fill the pipeline, then one forward and one backward in turn."""
+        """The (action, microbatch) pairs this stage runs, in order."""
+        # 1F1B: a few forwards to fill the pipeline, then one forward and one backward in turn.
         warmup = min(PP - 1 - self.index, MICROBATCHES)
         order = [("forward", i) for i in range(warmup)]
         for i in range(MICROBATCHES - warmup):
@@ -528,7 +527,8 @@ class PipelineSchedule:
         """Runs every microbatch; returns the outputs and losses (on the last stage, else empty)."""
         self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sends: list[dist.Work] = []
-        outputs, losses = [], []
+        outputs: list[torch.Tensor] = []
+        losses: list[torch.Tensor] = []
         for action, microbatch in self.order():
             set_phase(action, microbatch)
             if action == "forward":
@@ -562,12 +562,17 @@ class PipelineSchedule:
         else:
             y.backward(_recv(torch.empty_like(y), self.next))
         if self.previous is not None:
+            assert x.grad is not None  # x was received and requires its gradient
             self.sends.append(_send(x.grad, self.previous))
+
+
+def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The gradient of every parameter of `module` that has one, by name."""
+    return {name: param.grad for name, param in module.named_parameters() if param.grad is not None}
 
 
 def reduce_gradients(stage: Stage, groups: Groups) -> None:
     """After the last microbatch: make every gradient what Reference's would be (sliced)."""
-    # Nothing to do: every gradient is whole on its rank already.
 
 
 def train_step(schedule: PipelineSchedule, groups: Groups, batch: tuple, device: torch.device) -> tuple[list, list]:
@@ -601,8 +606,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
     if outputs:
         mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
         output_error = relative_error(torch.cat(outputs), torch.cat(mine))
-    reference_grads = shard_state_dict({name: param.grad for name, param in reference.named_parameters()}, groups.rank)
-    grads = {name: param.grad for name, param in stage.named_parameters()}
+    reference_grads = shard_state_dict(gradients(reference), groups.rank)
+    grads = gradients(stage)
     gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
     worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
 
@@ -611,7 +616,7 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
     summary = [output_error, gradient_errors[worst_gradient], worst_gradient]
     summaries = [torch.empty(3, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(summaries, torch.tensor(summary, dtype=torch.float64, device=device))
-    worst = {}
+    worst: dict[str, tuple[float, str, int]] = {}
     for rank, (output, gradient, index) in enumerate(found.tolist() for found in summaries):
         if output >= 0:
             worst["output"] = max(worst.get("output", (0.0, "", 0)), (output, "output", rank))
@@ -691,17 +696,15 @@ def init_distributed(timeout: datetime.timedelta) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> bool:
-    global TRACE
     timeout = datetime.timedelta(seconds=args.timeout)
     device = init_distributed(timeout)
-    groups = init_groups(timeout)
-    if args.trace:
-        TRACE = CollectiveTrace()
+    groups = Groups(dist.get_rank(), timeout)
+    trace = start_trace() if args.trace else None
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)
-    if TRACE is not None:
-        TRACE.write(args.trace, groups.rank)
+    if trace is not None:
+        trace.write(args.trace, groups.rank)
     dist.destroy_process_group()
     return ok
 

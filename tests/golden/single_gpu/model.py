@@ -23,7 +23,6 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 # Importing torch probes for NumPy and warns where it is missing; this file never uses NumPy.
@@ -52,57 +51,6 @@ STAGES = ((0, 1),)  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (4, 16, 64)  # one microbatch on one rank between layers: [batch, seq, hidden]
 TOLERANCE = 1e-5  # --check: largest accepted max|sharded - reference| / max|reference|
 
-
-# -- Collective trace ---------------------------------------------------------------------------
-# With --trace DIR, every process writes DIR/rank<r>.json: each collective it issues, in order,
-# with its phase ("forward" or "backward" of a microbatch, or "step" for the gradient reduction
-# after the last microbatch), the microbatch, the collective (allreduce, allgather,
-# reducescatter, alltoall, send, recv), the global ranks of its group ([this rank] and `peer`
-# for send and recv) and the bytes of this rank's input. The forward events of every
-# microbatch are the DAG's collectives on this rank, in DAG order.
-
-
-class CollectiveTrace:
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        self.phase = "step"
-        self.microbatch: int | None = None
-
-    def record(self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None) -> None:
-        event = {
-            "phase": self.phase,
-            "microbatch": self.microbatch,
-            "op": op,
-            "group": group,
-            "bytes": tensor.numel() * tensor.element_size(),
-        }
-        if peer is not None:
-            event["peer"] = peer
-        self.events.append(event)
-
-    def write(self, folder: str, rank: int) -> None:
-        path = Path(folder) / f"rank{rank}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"rank": rank, "events": self.events}, indent=1) + "\n")
-
-
-TRACE: CollectiveTrace | None = None
-
-
-def set_phase(phase: str, microbatch: int | None = None) -> None:
-    if TRACE is not None:
-        TRACE.phase, TRACE.microbatch = phase, microbatch
-
-
-def _record(op: str, tensor: torch.Tensor, group: dist.ProcessGroup | None = None, peer: int | None = None) -> None:
-    if TRACE is not None:
-        ranks = [dist.get_rank()] if group is None else dist.get_process_group_ranks(group)
-        TRACE.record(op, tensor, ranks, peer)
-
-
-# -- Collectives: every one the model issues goes through these functions -----------------------
-
-
 # -- Ops ----------------------------------------------------------------------------------------
 
 
@@ -121,40 +69,6 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
-
-
-# -- Process groups -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Groups:
-    """This process's place in the mesh and the process groups it belongs to."""
-
-    rank: int
-    dp_rank: int
-    stage: int
-    tp_rank: int
-
-
-def coordinates(rank: int) -> tuple[int, int, int]:
-    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
-    return rank // (TP * PP), rank // TP % PP, rank % TP
-
-
-def global_rank(dp_rank: int, stage: int, tp_rank: int) -> int:
-    return (dp_rank * PP + stage) * TP + tp_rank
-
-
-def init_groups(timeout: datetime.timedelta) -> Groups:
-    """Every process creates every group, in the same order, as torch.distributed requires."""
-    rank = dist.get_rank()
-    dp_rank, stage, tp_rank = coordinates(rank)
-    return Groups(
-        rank=rank,
-        dp_rank=dp_rank,
-        stage=stage,
-        tp_rank=tp_rank,
-    )
 
 
 # -- The model ----------------------------------------------------------------------------------
@@ -318,6 +232,73 @@ def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tens
     return stage
 
 
+# -- Process groups -----------------------------------------------------------------------------
+
+
+def coordinates(rank: int) -> tuple[int, int, int]:
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
+    return rank // (TP * PP), rank // TP % PP, rank % TP
+
+
+class Groups:
+    """This process's place in the mesh and the process groups it belongs to.
+
+    Every process creates every group, in the same order, as torch.distributed requires.
+    """
+
+    def __init__(self, rank: int, timeout: datetime.timedelta) -> None:
+        self.rank = rank
+        self.dp_rank, self.stage, self.tp_rank = coordinates(rank)
+
+
+# -- Collective trace ---------------------------------------------------------------------------
+# With --trace DIR, every process writes DIR/rank<r>.json: each collective it issues, in order,
+# with its phase ("forward" or "backward" of a microbatch, or "step" for the gradient reduction
+# after the last microbatch), the microbatch, the collective (allreduce, allgather,
+# reducescatter, alltoall, send, recv), the global ranks of its group ([this rank] and `peer`
+# for send and recv) and the bytes of this rank's input. The forward events of every
+# microbatch are the DAG's collectives on this rank, in DAG order.
+
+
+class CollectiveTrace:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.phase = "step"
+        self.microbatch: int | None = None
+
+    def record(self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None) -> None:
+        event = {
+            "phase": self.phase,
+            "microbatch": self.microbatch,
+            "op": op,
+            "group": group,
+            "bytes": tensor.numel() * tensor.element_size(),
+        }
+        if peer is not None:
+            event["peer"] = peer
+        self.events.append(event)
+
+    def write(self, folder: str, rank: int) -> None:
+        path = Path(folder) / f"rank{rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rank": rank, "events": self.events}, indent=1) + "\n")
+
+
+TRACE: CollectiveTrace | None = None
+
+
+def start_trace() -> CollectiveTrace:
+    """From now on, record every collective."""
+    global TRACE
+    TRACE = CollectiveTrace()
+    return TRACE
+
+
+def set_phase(phase: str, microbatch: int | None = None) -> None:
+    if TRACE is not None:
+        TRACE.phase, TRACE.microbatch = phase, microbatch
+
+
 # -- Training step ------------------------------------------------------------------------------
 
 
@@ -330,14 +311,16 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
     """A replica's batch cut into microbatches."""
-    return list(batch.to(device=device, dtype=DTYPE).chunk(MICROBATCHES))
+    parts = batch.to(device=device, dtype=DTYPE).chunk(MICROBATCHES)
+    return list(parts)
 
 
 def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error over one microbatch, divided by the size of the replica's batch.
+    """Squared error over this rank's part of one microbatch, divided by the size of the replica's batch.
 
-    Summed over microbatches it is the replica's mean squared error; averaged
-    over replicas, that of the whole batch, which is what Reference's loss is.
+    Summed over tensor-parallel ranks (under sequence parallelism) and microbatches it is the
+    replica's mean squared error; averaged over replicas, that of the whole batch, which is what
+    Reference's loss is.
     """
     return (output - target).square().sum() / (BATCH // DP * SEQ * HIDDEN)
 
@@ -366,9 +349,13 @@ class PipelineSchedule:
         return outputs, losses
 
 
+def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The gradient of every parameter of `module` that has one, by name."""
+    return {name: param.grad for name, param in module.named_parameters() if param.grad is not None}
+
+
 def reduce_gradients(stage: Stage, groups: Groups) -> None:
     """After the last microbatch: make every gradient what Reference's would be (sliced)."""
-    # Nothing to do: every gradient is whole on its rank already.
 
 
 def train_step(schedule: PipelineSchedule, groups: Groups, batch: tuple, device: torch.device) -> tuple[list, list]:
@@ -402,8 +389,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
     if outputs:
         mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
         output_error = relative_error(torch.cat(outputs), torch.cat(mine))
-    reference_grads = shard_state_dict({name: param.grad for name, param in reference.named_parameters()}, groups.rank)
-    grads = {name: param.grad for name, param in stage.named_parameters()}
+    reference_grads = shard_state_dict(gradients(reference), groups.rank)
+    grads = gradients(stage)
     gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
     worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
 
@@ -412,7 +399,7 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
     summary = [output_error, gradient_errors[worst_gradient], worst_gradient]
     summaries = [torch.empty(3, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(summaries, torch.tensor(summary, dtype=torch.float64, device=device))
-    worst = {}
+    worst: dict[str, tuple[float, str, int]] = {}
     for rank, (output, gradient, index) in enumerate(found.tolist() for found in summaries):
         if output >= 0:
             worst["output"] = max(worst.get("output", (0.0, "", 0)), (output, "output", rank))
@@ -495,17 +482,15 @@ def init_distributed(timeout: datetime.timedelta) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> bool:
-    global TRACE
     timeout = datetime.timedelta(seconds=args.timeout)
     device = init_distributed(timeout)
-    groups = init_groups(timeout)
-    if args.trace:
-        TRACE = CollectiveTrace()
+    groups = Groups(dist.get_rank(), timeout)
+    trace = start_trace() if args.trace else None
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)
-    if TRACE is not None:
-        TRACE.write(args.trace, groups.rank)
+    if trace is not None:
+        trace.write(args.trace, groups.rank)
     dist.destroy_process_group()
     return ok
 

@@ -1,0 +1,81 @@
+"""The entry point: arguments, the process group, and the modes (`--check`, `--steps`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from par.codegen.pytorch.runtime.groups import Groups
+from par.codegen.pytorch.runtime.modes import check, train
+from par.codegen.pytorch.runtime.spec import DP, PP, TOLERANCE, TP, WORLD_SIZE
+from par.codegen.pytorch.runtime.trace import start_trace
+
+# -- Entry point --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare one step with the unsharded Reference")
+    parser.add_argument("--steps", type=int, default=0, metavar="K", help="train K steps (10 if no --check)")
+    parser.add_argument("--trace", metavar="DIR", help="write every collective each rank issues to DIR/rank<r>.json")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of --steps")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest relative error --check accepts")
+    parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
+    args = parser.parse_args(argv)
+    if not args.check and not args.steps:
+        args.steps = 10
+    return args
+
+
+def init_distributed(timeout: datetime.timedelta) -> torch.device:
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if WORLD_SIZE == 1 and "MASTER_ADDR" not in os.environ:  # started without torchrun
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        return device
+    dist.init_process_group(backend, timeout=timeout)
+    return device
+
+
+def run(args: argparse.Namespace) -> bool:
+    timeout = datetime.timedelta(seconds=args.timeout)
+    device = init_distributed(timeout)
+    groups = Groups(dist.get_rank(), timeout)
+    trace = start_trace() if args.trace else None
+    ok = check(groups, device, args.seed, args.tolerance) if args.check else True
+    if args.steps:
+        train(groups, device, args.steps, args.seed, args.lr)
+    if trace is not None:
+        trace.write(args.trace, groups.rank)
+    dist.destroy_process_group()
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != WORLD_SIZE:
+        print(
+            f"model.py: error: this deployment runs on {WORLD_SIZE} processes (tp {TP} x pp {PP} x dp {DP}), "
+            f"but {world} {'was' if world == 1 else 'were'} launched; "
+            f"run: torchrun --nproc-per-node {WORLD_SIZE} model.py",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return 0 if run(args) else 1
+    except Exception as error:  # a failed peer or a timeout: report it and stop now
+        rank = os.environ.get("RANK", "0")
+        print(f"model.py: rank {rank}: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        os._exit(1)  # no teardown: destroying process groups can wait on the dead peer

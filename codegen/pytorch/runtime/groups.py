@@ -1,0 +1,47 @@
+"""Process groups: this process's place in the mesh, with DESIGN.md's rank formula."""
+
+from __future__ import annotations
+
+import datetime
+
+import torch.distributed as dist
+
+from par.codegen.pytorch.runtime.spec import DP, PP, TP
+
+# -- Process groups -----------------------------------------------------------------------------
+
+
+def coordinates(rank: int) -> tuple[int, int, int]:
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
+    return rank // (TP * PP), rank // TP % PP, rank % TP
+
+
+def global_rank(dp_rank: int, stage: int, tp_rank: int) -> int:
+    return (dp_rank * PP + stage) * TP + tp_rank
+
+
+class Groups:
+    """This process's place in the mesh and the process groups it belongs to.
+
+    Every process creates every group, in the same order, as torch.distributed requires.
+    """
+
+    def __init__(self, rank: int, timeout: datetime.timedelta) -> None:
+        self.rank = rank
+        self.dp_rank, self.stage, self.tp_rank = coordinates(rank)
+        if TP > 1:
+            # the tensor-parallel ranks of this stage and replica
+            tp_groups = {
+                (d, s): dist.new_group([global_rank(d, s, t) for t in range(TP)], timeout=timeout)
+                for d in range(DP)
+                for s in range(PP)
+            }
+            self.tp = tp_groups[self.dp_rank, self.stage]
+        if DP > 1:
+            # the ranks holding the same shard in every replica
+            dp_groups = {
+                (s, t): dist.new_group([global_rank(d, s, t) for d in range(DP)], timeout=timeout)
+                for s in range(PP)
+                for t in range(TP)
+            }
+            self.dp = dp_groups[self.stage, self.tp_rank]

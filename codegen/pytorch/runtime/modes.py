@@ -1,0 +1,103 @@
+"""The modes of model.py: `--check` (one step against Reference) and `--steps` (training)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from par.codegen.pytorch.runtime.batches import make_batch, microbatches
+from par.codegen.pytorch.runtime.groups import Groups
+from par.codegen.pytorch.runtime.model import Reference, reference_layer
+from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
+from par.codegen.pytorch.runtime.sharding import build_stage, parameter_names, shard_state_dict
+from par.codegen.pytorch.runtime.spec import BATCH, DP, DTYPE, PP, SEQ, SEQUENCE_PARALLEL, STAGES, TP, WORLD_SIZE
+from par.codegen.pytorch.runtime.step import gradients, train_step
+
+# -- Modes --------------------------------------------------------------------------------------
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    scale = expected.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    return ((actual.float() - expected.float()).abs().max() / scale.float()).item()
+
+
+def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> bool:
+    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?"""
+    reference = Reference(seed).to(device)
+    stage = build_stage(groups, device, reference.state_dict())
+    batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
+    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE) for parts in zip(*batches, strict=True))
+    expected = reference(inputs)
+    F.mse_loss(expected, targets).backward()
+
+    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, batches[groups.dp_rank], device)
+
+    output_error = -1.0  # -1: this rank produces no model output
+    if outputs:
+        mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
+        output_error = relative_error(torch.cat(outputs), torch.cat(mine))
+    reference_grads = shard_state_dict(gradients(reference), groups.rank)
+    grads = gradients(stage)
+    gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
+    worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
+
+    # Reporting only, not one of the model's collectives: every rank's worst errors, as numbers
+    # (gathering Python objects would need numpy); rank 0 names the tensors from the mesh.
+    summary = [output_error, gradient_errors[worst_gradient], worst_gradient]
+    summaries = [torch.empty(3, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(summaries, torch.tensor(summary, dtype=torch.float64, device=device))
+    worst: dict[str, tuple[float, str, int]] = {}
+    for rank, (output, gradient, index) in enumerate(found.tolist() for found in summaries):
+        if output >= 0:
+            worst["output"] = max(worst.get("output", (0.0, "", 0)), (output, "output", rank))
+        what = f"gradient of {parameter_names(rank)[int(index)]}"
+        worst["gradient"] = max(worst.get("gradient", (0.0, "", 0)), (gradient, what, rank))
+    ok = all(error <= tolerance for error, _, _ in worst.values())
+    if groups.rank == 0:
+        for kind, (error, what, rank) in sorted(worst.items()):
+            print(f"check: largest {kind} error {error:.3g} ({what} on rank {rank})")
+        count = sum(len(parameter_names(rank)) for rank in range(WORLD_SIZE)) + DP * TP
+        verdict = "OK" if ok else "MISMATCH"
+        print(f"check: {verdict}: {count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:g}", flush=True)
+    return ok
+
+
+def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float) -> None:
+    """`steps` AdamW steps on one fixed batch; the first rank of the last stage prints loss and throughput."""
+    first, last = STAGES[groups.stage]
+    full = {
+        f"layers.{layer}.{name}": tensor
+        for layer in range(first, last + 1)
+        for name, tensor in reference_layer(layer, seed).state_dict().items()
+    }
+    stage = build_stage(groups, device, full)
+    schedule = PipelineSchedule(stage, groups, device)
+    optimizer = torch.optim.AdamW(stage.parameters(), lr=lr)
+    batch = make_batch(groups.dp_rank, seed)
+    reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
+    times = []
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        _, losses = train_step(schedule, groups, batch, device)
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+        if groups.stage == PP - 1:
+            loss = torch.stack(losses).sum()
+            if SEQUENCE_PARALLEL:
+                dist.all_reduce(loss, group=groups.tp)  # reporting only: each rank has its part of the sequence
+            if DP > 1:
+                dist.all_reduce(loss, group=groups.dp)  # reporting only: the mean over replicas
+                loss /= DP
+            if reporter:
+                rate = BATCH * SEQ / times[-1]
+                message = f"step {step}/{steps}: loss {loss.item():.6f}, {times[-1] * 1e3:.1f} ms, {rate:,.0f} tokens/s"
+                print(message, flush=True)
+    if reporter:
+        median = sorted(times)[len(times) // 2]
+        print(f"median step {median * 1e3:.1f} ms, {BATCH * SEQ / median:,.0f} tokens/s", flush=True)

@@ -1,0 +1,34 @@
+"""The training step of a deployment with one pipeline stage: microbatches in turn."""
+
+from __future__ import annotations
+
+import torch
+
+from par.codegen.pytorch.runtime.batches import microbatch_loss
+from par.codegen.pytorch.runtime.groups import Groups
+from par.codegen.pytorch.runtime.model import Stage
+from par.codegen.pytorch.runtime.trace import set_phase
+
+
+class PipelineSchedule:
+    """One training step: each of MICROBATCHES microbatches forward and backward in turn.
+
+    One pipeline stage, so there is nothing to overlap: gradients simply accumulate.
+    """
+
+    def __init__(self, stage: Stage, groups: Groups, device: torch.device) -> None:
+        self.stage = stage
+
+    def step(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[list, list]:
+        """Runs every microbatch; returns the outputs and losses."""
+        outputs, losses = [], []
+        for microbatch, (x, target) in enumerate(zip(inputs, targets, strict=True)):
+            set_phase("forward", microbatch)
+            y = self.stage(x)
+            loss = microbatch_loss(y, target)
+            set_phase("backward", microbatch)
+            loss.backward()
+            outputs.append(y.detach())
+            losses.append(loss.detach())
+        set_phase("step")
+        return outputs, losses

@@ -1,0 +1,37 @@
+"""The spec's constants, as the runtime modules see them outside model.py.
+
+model.py defines the constants the spec fixes (TP, HIDDEN, STAGES, ...) itself, above the
+runtime; the inliner drops every import of a runtime module, this one included. The values
+here are those of a small deployment, so that the runtime modules import, type-check and run
+in unit tests (which change them with monkeypatch where a test needs another mesh).
+
+The names below the line are build-time facts: the inliner decides every `if` on them (and on
+the constants) when it writes model.py, so they never appear there.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LAYERS = 2
+HIDDEN = 16
+HEADS = 4
+KV_HEADS = 2
+HEAD_DIM = HIDDEN // HEADS
+BATCH = 4
+SEQ = 8
+DTYPE = torch.float32
+TP = 1
+PP = 1
+DP = 1
+WORLD_SIZE = TP * PP * DP
+MICROBATCHES = 2
+STAGES = ((0, 1),)
+STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)
+TOLERANCE = 1e-5
+PARTIAL_GRADIENTS: tuple[str, ...] = ()
+
+# -- build-time facts: decided by the inliner, never written into model.py --------------------------
+SEQUENCE_PARALLEL = False  # the residual stream is split along seq across tp ranks
+SCHEDULE = "1f1b"  # the pipeline schedule: gpipe | 1f1b
+BY_HEAD = False  # some weight is split per head of a fused QKV
