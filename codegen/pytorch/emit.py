@@ -16,7 +16,6 @@ from par.codegen.pytorch.ops import LayerCode, reference_layer
 from par.codegen.templating import render
 from par.dsl.compiler import Compiled
 from par.dsl.escape import python_comment
-from par.dsl.lowering.backward import PAIRS
 from par.dsl.lowering.placement import S_SEQ
 
 TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
@@ -59,8 +58,6 @@ class ModelView:
     layer: ShardedLayer
     reference: LayerCode
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
-    primitives: tuple[str, ...]  # collectives the code issues: allreduce allgather reducescatter alltoall
-    reduces_gradients: bool  # some gradient is summed over tp or averaged over dp after backward
     runtime: dict[str, str]  # per place (BESIDE_LAYER, ...): the runtime sections inlined there
 
 
@@ -73,15 +70,31 @@ def runtime_sections(compiled: Compiled, layer: ShardedLayer) -> dict[str, list[
     program = compiled.program
     model, mesh = program.deployment.model, program.deployment.mesh
     constants = {
-        "LAYERS": model.layers, "HIDDEN": model.hidden, "HEADS": model.heads, "KV_HEADS": model.kv_heads,
-        "HEAD_DIM": model.head_dim, "BATCH": model.batch, "SEQ": model.seq, "TP": mesh.tp, "PP": mesh.pp,
-        "DP": mesh.dp, "WORLD_SIZE": mesh.world, "MICROBATCHES": mesh.microbatches, "STAGES": tuple(mesh.stages),
+        "LAYERS": model.layers,
+        "HIDDEN": model.hidden,
+        "HEADS": model.heads,
+        "KV_HEADS": model.kv_heads,
+        "HEAD_DIM": model.head_dim,
+        "BATCH": model.batch,
+        "SEQ": model.seq,
+        "TP": mesh.tp,
+        "PP": mesh.pp,
+        "DP": mesh.dp,
+        "WORLD_SIZE": mesh.world,
+        "MICROBATCHES": mesh.microbatches,
+        "STAGES": tuple(mesh.stages),
         "PARTIAL_GRADIENTS": layer.partial_gradients,
-        "SEQUENCE_PARALLEL": program.stream == S_SEQ, "SCHEDULE": mesh.schedule, "BY_HEAD": layer.by_head,
+        "SEQUENCE_PARALLEL": program.stream == S_SEQ,
+        "SCHEDULE": mesh.schedule,
+        "BY_HEAD": layer.by_head,
     }
     schedule = "pipeline" if mesh.pp > 1 else "single_stage"
-    places = {"beside_layer": BESIDE_LAYER, "beside_reference": BESIDE_REFERENCE, "after_sharding": AFTER_SHARDING,
-              "harness": HARNESS}
+    places = {
+        "beside_layer": BESIDE_LAYER,
+        "beside_reference": BESIDE_REFERENCE,
+        "after_sharding": AFTER_SHARDING,
+        "harness": HARNESS,
+    }
     return {
         place: [inline.section(schedule if module == "schedule" else module, constants) for module in modules]
         for place, modules in places.items()
@@ -112,11 +125,6 @@ def _bare_view(compiled: Compiled) -> ModelView:
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
     layer = sharded_layer(program)
-    pairs = [PAIRS[helper] for helper in layer.helpers if helper in PAIRS]
-    primitives = {kind for pair in pairs for kind in (pair.forward, pair.backward) if kind}
-    reduces_gradients = bool(layer.partial_gradients) or mesh.dp > 1
-    if reduces_gradients:
-        primitives.add("allreduce")
     return ModelView(
         source=python_comment(compiled.graph.graph["source"]),
         model=model.name,
@@ -144,8 +152,6 @@ def _bare_view(compiled: Compiled) -> ModelView:
         layer=layer,
         reference=reference_layer(program),
         helpers=tuple(sorted(layer.helpers)),
-        primitives=tuple(sorted(primitives)),
-        reduces_gradients=reduces_gradients,
         runtime={},
     )
 

@@ -68,7 +68,8 @@ def fold(text: str, constants: Mapping[str, object]) -> str:
     """`text` with every `if` on `constants` decided."""
     while True:
         tree = ast.parse(text)
-        found = next((node for node in ast.walk(tree) if isinstance(node, ast.If) and _decided(node.test, constants)), None)
+        ifs = (node for node in ast.walk(tree) if isinstance(node, ast.If))
+        found = next((node for node in ifs if _decided(node.test, constants)), None)
         if found is None:
             return text
         text = _decide(text.splitlines(), found, constants)
@@ -106,10 +107,8 @@ def _decide(lines: list[str], node: ast.If, constants: Mapping[str, object]) -> 
         return "\n".join(lines) + "\n"
     end = node.end_lineno or node.lineno
     if node.orelse:
-        first_else = node.orelse[0]
-        assert not (isinstance(first_else, ast.If) and len(node.orelse) == 1 and lines[first_else.lineno - 1].lstrip().startswith("elif")), (
-            f"runtime: no `elif` on a constant (line {node.lineno})"
-        )
+        chained = lines[node.orelse[0].lineno - 1].lstrip().startswith("elif")
+        assert not chained, f"runtime: no `elif` after a test on constants (line {node.lineno})"
         otherwise = next(i for i in range(node.body[-1].end_lineno or 0, end) if lines[i].strip() == "else:")
         body, orelse = lines[node.lineno : otherwise], lines[otherwise + 1 : end]
     else:
@@ -132,14 +131,16 @@ def split(module: str, text: str) -> Section:
         preamble = statements.pop(0).end_lineno or 0
     header, pieces, previous = "", [], preamble
     for statement in statements:
-        start = min([statement.lineno] + [decorator.lineno for decorator in getattr(statement, "decorator_list", [])]) - 1
+        decorators = [decorator.lineno for decorator in getattr(statement, "decorator_list", [])]
+        start = min([statement.lineno, *decorators]) - 1
         while start > previous and lines[start - 1].lstrip().startswith("#"):
             start -= 1
         if not pieces:
             header = "\n".join(lines[previous:start]).strip("\n")
             previous = start
         end = statement.end_lineno or statement.lineno
-        pieces.append(Piece(_defines(statement), frozenset(_names(statement)), "\n".join(lines[previous:end]).strip("\n")))
+        text = "\n".join(lines[previous:end]).strip("\n")
+        pieces.append(Piece(_defines(statement), frozenset(_names(statement)), text))
         previous = end
     stray = _names(ast.Module(body=statements, type_ignores=[])) & BUILD_TIME
     assert not stray, f"runtime/{module}.py: {sorted(stray)} outside an `if` test"

@@ -19,3 +19,7 @@ def workdir():
 def module_dir():
     with tempfile.TemporaryDirectory(prefix="par-torch-") as folder:
         yield Path(folder)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (distributed runs, type checking)")

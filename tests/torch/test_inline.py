@@ -1,0 +1,168 @@
+"""Inlining the runtime into model.py: ifs on constants decided, pieces split, only what is reached kept."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+
+import pytest
+from par.codegen.pytorch import inline
+from par.codegen.pytorch.emit import emit_model, model_view
+from par.dsl.lowering.backward import PAIRS
+from small_models import BLOCKS, compile_small, compile_source
+
+CONSTANTS = {"TP": 2, "DP": 1, "SCHEDULE": "gpipe"}
+
+
+def _fold(text: str) -> str:
+    return inline.fold(textwrap.dedent(text), CONSTANTS)
+
+
+def test_an_if_on_constants_keeps_the_branch_taken_dedented():
+    folded = _fold(
+        """
+        def f(x):
+            if TP > 1:
+                # split over TP
+                x = x.chunk(TP)
+            else:
+                x = [x]
+            if DP > 1:
+                x = x * DP
+            return x
+        """
+    )
+    assert folded == textwrap.dedent(
+        """
+        def f(x):
+            # split over TP
+            x = x.chunk(TP)
+            return x
+        """
+    )
+
+
+def test_the_else_branch_is_kept_when_the_test_fails_also_in_a_class_body():
+    folded = _fold(
+        """
+        class C:
+            if SCHEDULE == "1f1b":
+                a = 1
+            else:
+                b = 2
+        """
+    )
+    assert "a = 1" not in folded and "    b = 2" in folded
+    ast.parse(folded)
+
+
+def test_a_leading_fact_of_a_conjunction_is_decided_and_the_rest_kept():
+    folded = _fold(
+        """
+        if TP > 1 and x.ok:  # why
+            y = 1
+        if DP > 1 and x.ok:
+            z = 1
+        """
+    )
+    assert folded == "\nif x.ok:  # why\n    y = 1\n"
+
+
+def test_ifs_on_runtime_values_stay():
+    text = "if x > 1:\n    y = TP\n"
+    assert inline.fold(text, CONSTANTS) == text
+
+
+def test_split_drops_docstring_and_imports_and_keeps_the_header_and_attached_comments():
+    text = textwrap.dedent(
+        '''
+        """Doc."""
+
+        import torch
+
+        # -- Header --------
+        # about the section
+
+
+        # about f
+        def f():
+            return g()
+
+
+        def g():
+            return 1
+
+
+        H = 3
+        '''
+    )
+    section = inline.split("m", text)
+    assert section.header == "# -- Header --------\n# about the section"
+    assert [sorted(piece.defines) for piece in section.pieces] == [["f"], ["g"], ["H"]]
+    assert section.pieces[0].text.startswith("# about f\ndef f():")
+    assert "g" in section.pieces[0].refers
+    kept = inline.reachable([section], ["f"])
+    assert (
+        section.text(kept)
+        == "# -- Header --------\n# about the section\n\n\n# about f\ndef f():\n    return g()\n\n\ndef g():\n    return 1"
+    )
+    assert section.text(set()) == ""
+
+
+def test_a_build_time_fact_outside_an_if_test_is_refused():
+    with pytest.raises(AssertionError, match="SCHEDULE"):
+        inline.split("m", "def f():\n    return SCHEDULE\n")
+
+
+def _top_level(source: str) -> dict[str, ast.stmt]:
+    found = {}
+    for statement in ast.parse(source).body:
+        if isinstance(statement, ast.FunctionDef | ast.ClassDef):
+            found[statement.name] = statement
+    return found
+
+
+MODELS = [
+    ("baseline_tp8_pp2", ["tp=2", "layers=4", "batch=4"]),
+    ("megatron_tp8_pp2", ["tp=1", "pp=2", "layers=2", "batch=4"]),
+    ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=2", "layers=4", "batch=8", "microbatches=2"]),
+]
+
+
+@pytest.mark.parametrize(("spec", "defines"), MODELS)
+def test_every_function_and_class_of_model_py_is_used(spec, defines):
+    source = emit_model(compile_small(spec, defines))
+    definitions = _top_level(source)
+    tree = ast.parse(source)
+    for name, statement in definitions.items():
+        users = [
+            other
+            for other in tree.body
+            if other is not statement and name in {n.id for n in ast.walk(other) if isinstance(n, ast.Name)}
+        ]
+        assert users, f"{spec}: {name} is defined but never used"
+
+
+@pytest.mark.parametrize(
+    "compiled",
+    [compile_small(spec, defines) for spec, defines in MODELS] + [compile_source(BLOCKS["ulysses"])],
+    ids=[spec for spec, _ in MODELS] + ["ulysses"],
+)
+def test_model_py_defines_exactly_the_collectives_its_pairs_and_gradient_reduction_issue(compiled):
+    view = model_view(compiled)
+    issued = {
+        kind for helper in view.helpers if helper in PAIRS for kind in (PAIRS[helper].forward, PAIRS[helper].backward)
+    }
+    mesh = compiled.deployment.mesh
+    if view.layer.partial_gradients or mesh.dp > 1:
+        issued.add("allreduce")
+    names = {
+        "allreduce": "_all_reduce",
+        "allgather": "_all_gather",
+        "reducescatter": "_reduce_scatter",
+        "alltoall": "_all_to_all",
+    }
+    expected = {names[kind] for kind in issued if kind} | ({"_send", "_recv"} if mesh.pp > 1 else set())
+    defined = set(_top_level(emit_model(compiled)))
+    assert defined & {*names.values(), "_send", "_recv"} == expected
+    assert {helper for helper in PAIRS if helper in defined} == {helper for helper in view.helpers if helper in PAIRS}

@@ -1,0 +1,85 @@
+"""model.py and its runtime pass ruff and mypy: every shipped spec (small, as the distributed tests
+run them), every golden spec, every extra block, and the runtime modules themselves."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from par.dsl.compiler import compile_file
+from small_models import BLOCKS, ROOT, SPECS, compile_small, compile_source, write_model
+from test_codegen import VARIANTS
+
+GOLDEN = ROOT / "tests" / "golden" / "specs"
+RUNTIME = ROOT / "codegen" / "pytorch" / "runtime"
+RUFF = ["check", "--no-cache", "--line-length", "120", "--target-version", "py311", "--select", "E,F,W,B,UP,I,SIM"]
+MYPY = [
+    "--python-version",
+    "3.11",
+    "--check-untyped-defs",
+    "--strict-equality",
+    "--warn-redundant-casts",
+    "--no-error-summary",
+]
+
+
+def _tool(name: str) -> None:
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+
+
+@pytest.fixture(scope="module")
+def checked(module_dir) -> Path:
+    """One folder: every model.py under a name of its own (mypy needs distinct module names), and
+    the runtime package as an installed tree, par/codegen/pytorch/runtime/."""
+    folder = module_dir / "checked"
+    models = [
+        (f"{stem}_{index}", compile_small(stem, defines) if defines else compile_file(SPECS / f"{stem}.par"))
+        for index, (stem, defines) in enumerate(VARIANTS)
+    ]
+    with contextlib.chdir(ROOT):  # as regen builds them: the banner names the spec relative to the checkout
+        models += [(path.stem, compile_file(path.relative_to(ROOT))) for path in sorted(GOLDEN.glob("*.par"))]
+    models += [(f"block_{index}", compile_source(text)) for index, text in enumerate(BLOCKS.values())]
+    for name, compiled in models:
+        path = write_model(compiled, module_dir / name)
+        (folder / "models").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, folder / "models" / f"model_{name}.py")
+    package = folder / "tree" / "par" / "codegen" / "pytorch"
+    shutil.copytree(RUNTIME, package / "runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    for level in (package.parents[1], package.parent, package):
+        (level / "__init__.py").write_text("")
+    return folder
+
+
+def test_model_py_and_the_runtime_pass_ruff(checked):
+    _tool("ruff")
+    first_party = ["--config", "lint.isort.known-first-party=['par']"]
+    run = subprocess.run(
+        [sys.executable, "-m", "ruff", *RUFF, *first_party, "models", "tree"],
+        cwd=checked,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_model_py_and_the_runtime_pass_mypy(checked):
+    _tool("mypy")
+    cache = ["--cache-dir", str(checked / ".mypy_cache")]
+    models = subprocess.run(
+        [sys.executable, "-m", "mypy", *MYPY, *cache, "models"], cwd=checked, capture_output=True, text=True
+    )
+    assert models.returncode == 0, models.stdout + models.stderr
+    runtime = subprocess.run(
+        [sys.executable, "-m", "mypy", *MYPY, *cache, "-p", "par.codegen.pytorch.runtime"],
+        cwd=checked / "tree",
+        capture_output=True,
+        text=True,
+    )
+    assert runtime.returncode == 0, runtime.stdout + runtime.stderr
