@@ -41,6 +41,7 @@ class ModelView:
     heads: int
     kv_heads: int
     head_dim: int
+    ffn: int
     batch: int
     seq: int
     dtype: str
@@ -135,6 +136,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
         heads=model.heads,
         kv_heads=model.kv_heads,
         head_dim=model.head_dim,
+        ffn=model.ffn,
         batch=model.batch,
         seq=model.seq,
         dtype=TORCH_DTYPES[model.dtype],

@@ -28,6 +28,7 @@ from par.codegen.pytorch.ops import (
     Line,
     Submodule,
     attention_call,
+    size,
 )
 from par.dsl.dag import ids
 from par.dsl.lowering.placement import S_LAST, S_SEQ
@@ -144,7 +145,8 @@ class _Writer:
         if value not in self.copied:
             return source
         self.helpers.add("copy_to_tp")
-        return self._convert(source, "tp", f"copy_to_tp({source}, {GROUP})", "backward: AllReduce of the input gradient")
+        comment = "backward: AllReduce of the input gradient"
+        return self._convert(source, "tp", f"copy_to_tp({source}, {GROUP})", comment)
 
     def _standard(self, value: str) -> str:
         return self._reordered(value, self._name(value), "standard")
@@ -200,7 +202,7 @@ class _Writer:
     def _compute(self, step: Step) -> None:
         if step.op in NORMS:
             parameters = [(name, "replicated") for name in NORM_PARAMETERS[step.op]]
-            self._module(step, NORMS[step.op].format(step.global_in[-1]), parameters)
+            self._module(step, NORMS[step.op].format(size(step.global_in[-1], self.model)), parameters)
             self._emit(step, f"self.{self._name(step.name)}({self._standard(step.inputs[0])})", layout="standard")
         elif step.op == "linear":
             self._linear(step)
@@ -225,7 +227,7 @@ class _Writer:
         self._module(step, f"{cls}({sizes})", [("weight", split)], comment)
 
     def _linear(self, step: Step) -> None:
-        sizes = f"{step.global_in[-1]}, {step.global_out[-1]}"
+        sizes = f"{size(step.global_in[-1], self.model)}, {size(step.global_out[-1], self.model)}"
         value = step.inputs[0]
         style = step.style if self.tp > 1 else "replicated"
         if style == "column":
@@ -244,14 +246,14 @@ class _Writer:
             self._emit(step, f"self.{self._name(step.name)}({self._standard(value)})", layout="standard")
 
     def _attention(self, step: Step) -> None:
-        model, value = self.model, step.inputs[0]
+        value = step.inputs[0]
         if step.in_placement.kind == "S":
-            call = attention_call(self._name(value), heads=model.heads // self.tp, kv_heads=model.kv_heads // self.tp)
+            call = attention_call(self._name(value), heads="HEADS // TP", kv_heads="KV_HEADS // TP")
             comment = "this rank's heads"
         else:
-            groups = self.tp if self.layout.get(value) == "grouped" else 1
-            call = attention_call(self._name(value), heads=model.heads, kv_heads=model.kv_heads, groups=groups)
-            comment = "all heads" + (", one [q | k | v] block per rank" if groups > 1 else "")
+            grouped = self.layout.get(value) == "grouped"
+            call = attention_call(self._name(value), heads="HEADS", kv_heads="KV_HEADS", groups="TP" if grouped else "")
+            comment = "all heads" + (", one [q | k | v] block per rank" if grouped else "")
         self._emit(step, call, comment if self.tp > 1 else "")
 
     def _elementwise_operands(self, step: Step) -> tuple[list[str], str | None]:

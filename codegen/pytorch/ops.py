@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from par.codegen.pytorch.names import Names
+from par.dsl.checks.deployment import Model
 from par.dsl.lowering.program import Program
 
 # Keyed by the registry's op names (par.dsl.registry.ops); linear and attention are written by
@@ -49,6 +50,11 @@ class Submodule:
     constructor: str
     comment: str = ""
 
+    @property
+    def comment_above(self) -> bool:
+        width = FORWARD_INDENT + len(f"self.{self.attribute} = {self.constructor}  # {self.comment}")
+        return bool(self.comment) and width > LINE_LENGTH
+
 
 @dataclass(frozen=True, slots=True)
 class LayerCode:
@@ -60,8 +66,31 @@ class LayerCode:
     lines: tuple[Line, ...]
 
 
-def attention_call(operand: str, *, heads: int, kv_heads: int, groups: int = 1) -> str:
-    extra = f", groups={groups}" if groups > 1 else ""
+# Multiples of a named size that `size` writes as such (`3 * HIDDEN`, `4 * FFN`).
+_MULTIPLES = range(2, 9)
+
+
+def size(value: int, model: Model) -> str:
+    """A feature count of the block as model.py's constants write it: `HIDDEN`, `FFN`, the fused
+    QKV width of grouped-query attention, or a small multiple of `HIDDEN` or `FFN`; else the number.
+    Ties go to the first of that order."""
+    named = [("HIDDEN", model.hidden)]
+    if model.kv_heads != model.heads:
+        named.append(("(HEADS + 2 * KV_HEADS) * HEAD_DIM", (model.heads + 2 * model.kv_heads) * model.head_dim))
+    named.append(("FFN", model.ffn))
+    for name, amount in named:
+        if value == amount:
+            return name
+    for name, amount in (("HIDDEN", model.hidden), ("FFN", model.ffn)):
+        for times in _MULTIPLES:
+            if value == times * amount:
+                return f"{times} * {name}"
+    return str(value)
+
+
+def attention_call(operand: str, *, heads: str, kv_heads: str, groups: str = "") -> str:
+    """`causal_attention(...)` with head counts written as expressions of model.py's constants."""
+    extra = f", groups={groups}" if groups else ""
     return f"causal_attention({operand}, heads={heads}, kv_heads={kv_heads}{extra})"
 
 
@@ -78,13 +107,14 @@ def reference_layer(program: Program) -> LayerCode:
         args = [names.of(name) for name in step.inputs]
         target = names.of(step.name)
         if step.op in NORMS:
-            submodules.append(Submodule(target, NORMS[step.op].format(step.global_in[-1])))
+            submodules.append(Submodule(target, NORMS[step.op].format(size(step.global_in[-1], model))))
             expression = f"self.{target}({args[0]})"
         elif step.op == "linear":
-            submodules.append(Submodule(target, f"nn.Linear({step.global_in[-1]}, {step.global_out[-1]}, bias=False)"))
+            sizes = f"{size(step.global_in[-1], model)}, {size(step.global_out[-1], model)}"
+            submodules.append(Submodule(target, f"nn.Linear({sizes}, bias=False)"))
             expression = f"self.{target}({args[0]})"
         elif step.op == "attention":
-            expression = attention_call(args[0], heads=model.heads, kv_heads=model.kv_heads)
+            expression = attention_call(args[0], heads="HEADS", kv_heads="KV_HEADS")
         else:
             expression = ELEMENTWISE[step.op].format(*args)
         lines.append(Line(target, expression))

@@ -102,10 +102,8 @@ def test_split_drops_docstring_and_imports_and_keeps_the_header_and_attached_com
     assert section.pieces[0].text.startswith("# about f\ndef f():")
     assert "g" in section.pieces[0].refers
     kept = inline.reachable([section], ["f"])
-    assert (
-        section.text(kept)
-        == "# -- Header --------\n# about the section\n\n\n# about f\ndef f():\n    return g()\n\n\ndef g():\n    return 1"
-    )
+    header = "# -- Header --------\n# about the section"
+    assert section.text(kept) == f"{header}\n\n\n# about f\ndef f():\n    return g()\n\n\ndef g():\n    return 1"
     assert section.text(set()) == ""
 
 

@@ -1,4 +1,4 @@
-"""Process groups: this process's place in the mesh, with DESIGN.md's rank formula."""
+"""Process groups: this process's place in the mesh, with the rank formula of docs/cost.md."""
 
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ HIDDEN = 4096
 HEADS = 32
 KV_HEADS = 32
 HEAD_DIM = 128
+FFN = 16384
 BATCH = 128  # samples per training step, all replicas together
 SEQ = 10000
 DTYPE = torch.float16
@@ -50,6 +51,7 @@ MICROBATCHES = 4  # per replica and step
 STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (32, 10000, 4096)  # one microbatch on one rank between layers: [batch, seq, hidden]
 TOLERANCE = 1e-2  # --check: largest accepted max|sharded - reference| / max|reference|
+
 
 # -- Ops ----------------------------------------------------------------------------------------
 
@@ -117,12 +119,12 @@ class GptLayer(nn.Module):
         super().__init__()
         self.tp_group = groups.tp
         self.tp_rank = groups.tp_rank
-        self.ln1 = nn.LayerNorm(4096)
-        self.qkv = ColumnParallelLinear(4096, 12288)  # fused Q, K, V: this rank's heads of each
-        self.attn = RowParallelLinear(4096, 4096)  # output is a partial sum (P)
-        self.ln2 = nn.LayerNorm(4096)
-        self.fc1 = ColumnParallelLinear(4096, 16384)
-        self.mlp = RowParallelLinear(16384, 4096)  # output is a partial sum (P)
+        self.ln1 = nn.LayerNorm(HIDDEN)
+        self.qkv = ColumnParallelLinear(HIDDEN, 3 * HIDDEN)  # fused Q, K, V: this rank's heads of each
+        self.attn = RowParallelLinear(HIDDEN, HIDDEN)  # output is a partial sum (P)
+        self.ln2 = nn.LayerNorm(HIDDEN)
+        self.fc1 = ColumnParallelLinear(HIDDEN, FFN)
+        self.mlp = RowParallelLinear(FFN, HIDDEN)  # output is a partial sum (P)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln1 = self.ln1(x)
@@ -131,7 +133,7 @@ class GptLayer(nn.Module):
         # DAG: layer_<i>_allgather_qkv (written in the spec)
         allgather_qkv = all_gather_to_tp(qkv, dim=2, group=self.tp_group)
         # all heads, one [q | k | v] block per rank
-        ctx = causal_attention(allgather_qkv, heads=32, kv_heads=32, groups=2)
+        ctx = causal_attention(allgather_qkv, heads=HEADS, kv_heads=KV_HEADS, groups=TP)
         slice_ctx = ctx.chunk(TP, dim=2)[self.tp_rank]  # DAG: layer_<i>_slice_ctx_gpu<rank>
         attn = self.attn(slice_ctx)
         allreduce_attn = all_reduce(attn, self.tp_group)  # DAG: layer_<i>_allreduce_attn
@@ -172,17 +174,17 @@ class ReferenceGptLayer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(4096)
-        self.qkv = nn.Linear(4096, 12288, bias=False)
-        self.attn = nn.Linear(4096, 4096, bias=False)
-        self.ln2 = nn.LayerNorm(4096)
-        self.fc1 = nn.Linear(4096, 16384, bias=False)
-        self.mlp = nn.Linear(16384, 4096, bias=False)
+        self.ln1 = nn.LayerNorm(HIDDEN)
+        self.qkv = nn.Linear(HIDDEN, 3 * HIDDEN, bias=False)
+        self.attn = nn.Linear(HIDDEN, HIDDEN, bias=False)
+        self.ln2 = nn.LayerNorm(HIDDEN)
+        self.fc1 = nn.Linear(HIDDEN, FFN, bias=False)
+        self.mlp = nn.Linear(FFN, HIDDEN, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln1 = self.ln1(x)
         qkv = self.qkv(ln1)
-        ctx = causal_attention(qkv, heads=32, kv_heads=32)
+        ctx = causal_attention(qkv, heads=HEADS, kv_heads=KV_HEADS)
         attn = self.attn(ctx)
         h = x + attn
         ln2 = self.ln2(h)

@@ -39,6 +39,7 @@ HIDDEN = 256
 HEADS = 8
 KV_HEADS = 2
 HEAD_DIM = 32
+FFN = 512
 BATCH = 16  # samples per training step, all replicas together
 SEQ = 64
 DTYPE = torch.bfloat16
@@ -50,6 +51,7 @@ MICROBATCHES = 2  # per replica and step
 STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (4, 32, 256)  # one microbatch on one rank between layers: [batch, seq, hidden], seq split over TP
 TOLERANCE = 5e-2  # --check: largest accepted max|sharded - reference| / max|reference|
+
 
 # -- Ops ----------------------------------------------------------------------------------------
 
@@ -120,19 +122,20 @@ class LlamaLayer(nn.Module):
     def __init__(self, groups: Groups) -> None:
         super().__init__()
         self.tp_group = groups.tp
-        self.ln1 = nn.RMSNorm(256, eps=1e-5)
-        self.qkv = ColumnParallelLinear(256, 384)  # fused Q, K, V: this rank's heads of each
-        self.attn = RowParallelLinear(256, 256)  # output is a partial sum (P)
-        self.ln2 = nn.RMSNorm(256, eps=1e-5)
-        self.gate = ColumnParallelLinear(256, 512)
-        self.up = ColumnParallelLinear(256, 512)
-        self.mlp = RowParallelLinear(512, 256)  # output is a partial sum (P)
+        self.ln1 = nn.RMSNorm(HIDDEN, eps=1e-5)
+        # fused Q, K, V: this rank's heads of each
+        self.qkv = ColumnParallelLinear(HIDDEN, (HEADS + 2 * KV_HEADS) * HEAD_DIM)
+        self.attn = RowParallelLinear(HIDDEN, HIDDEN)  # output is a partial sum (P)
+        self.ln2 = nn.RMSNorm(HIDDEN, eps=1e-5)
+        self.gate = ColumnParallelLinear(HIDDEN, FFN)
+        self.up = ColumnParallelLinear(HIDDEN, FFN)
+        self.mlp = RowParallelLinear(FFN, HIDDEN)  # output is a partial sum (P)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln1 = self.ln1(x)
         allgather_ln1 = all_gather_to_tp(ln1, dim=1, group=self.tp_group)  # DAG: layer_<i>_allgather_ln1_dp<d>
         qkv = self.qkv(allgather_ln1)
-        ctx = causal_attention(qkv, heads=4, kv_heads=1)  # this rank's heads
+        ctx = causal_attention(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP)  # this rank's heads
         attn = self.attn(ctx)
         reducescatter_attn = reduce_scatter(attn, dim=1, group=self.tp_group)  # DAG: layer_<i>_reducescatter_attn_dp<d>
         h = x + reducescatter_attn
@@ -171,18 +174,18 @@ class ReferenceLlamaLayer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ln1 = nn.RMSNorm(256, eps=1e-5)
-        self.qkv = nn.Linear(256, 384, bias=False)
-        self.attn = nn.Linear(256, 256, bias=False)
-        self.ln2 = nn.RMSNorm(256, eps=1e-5)
-        self.gate = nn.Linear(256, 512, bias=False)
-        self.up = nn.Linear(256, 512, bias=False)
-        self.mlp = nn.Linear(512, 256, bias=False)
+        self.ln1 = nn.RMSNorm(HIDDEN, eps=1e-5)
+        self.qkv = nn.Linear(HIDDEN, (HEADS + 2 * KV_HEADS) * HEAD_DIM, bias=False)
+        self.attn = nn.Linear(HIDDEN, HIDDEN, bias=False)
+        self.ln2 = nn.RMSNorm(HIDDEN, eps=1e-5)
+        self.gate = nn.Linear(HIDDEN, FFN, bias=False)
+        self.up = nn.Linear(HIDDEN, FFN, bias=False)
+        self.mlp = nn.Linear(FFN, HIDDEN, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln1 = self.ln1(x)
         qkv = self.qkv(ln1)
-        ctx = causal_attention(qkv, heads=8, kv_heads=2)
+        ctx = causal_attention(qkv, heads=HEADS, kv_heads=KV_HEADS)
         attn = self.attn(ctx)
         h = x + attn
         ln2 = self.ln2(h)

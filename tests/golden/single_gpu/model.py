@@ -39,6 +39,7 @@ HIDDEN = 64
 HEADS = 4
 KV_HEADS = 4
 HEAD_DIM = 16
+FFN = 256
 BATCH = 4  # samples per training step, all replicas together
 SEQ = 16
 DTYPE = torch.float32
@@ -50,6 +51,7 @@ MICROBATCHES = 1  # per replica and step
 STAGES = ((0, 1),)  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (4, 16, 64)  # one microbatch on one rank between layers: [batch, seq, hidden]
 TOLERANCE = 1e-5  # --check: largest accepted max|sharded - reference| / max|reference|
+
 
 # -- Ops ----------------------------------------------------------------------------------------
 
@@ -79,17 +81,17 @@ class GptLayer(nn.Module):
 
     def __init__(self, groups: Groups) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(64)
-        self.qkv = nn.Linear(64, 192, bias=False)
-        self.attn = nn.Linear(64, 64, bias=False)
-        self.ln2 = nn.LayerNorm(64)
-        self.fc1 = nn.Linear(64, 256, bias=False)
-        self.mlp = nn.Linear(256, 64, bias=False)
+        self.ln1 = nn.LayerNorm(HIDDEN)
+        self.qkv = nn.Linear(HIDDEN, 3 * HIDDEN, bias=False)
+        self.attn = nn.Linear(HIDDEN, HIDDEN, bias=False)
+        self.ln2 = nn.LayerNorm(HIDDEN)
+        self.fc1 = nn.Linear(HIDDEN, FFN, bias=False)
+        self.mlp = nn.Linear(FFN, HIDDEN, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln1 = self.ln1(x)
         qkv = self.qkv(ln1)
-        ctx = causal_attention(qkv, heads=4, kv_heads=4)
+        ctx = causal_attention(qkv, heads=HEADS, kv_heads=KV_HEADS)
         attn = self.attn(ctx)
         h = x + attn
         ln2 = self.ln2(h)
@@ -123,17 +125,17 @@ class ReferenceGptLayer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(64)
-        self.qkv = nn.Linear(64, 192, bias=False)
-        self.attn = nn.Linear(64, 64, bias=False)
-        self.ln2 = nn.LayerNorm(64)
-        self.fc1 = nn.Linear(64, 256, bias=False)
-        self.mlp = nn.Linear(256, 64, bias=False)
+        self.ln1 = nn.LayerNorm(HIDDEN)
+        self.qkv = nn.Linear(HIDDEN, 3 * HIDDEN, bias=False)
+        self.attn = nn.Linear(HIDDEN, HIDDEN, bias=False)
+        self.ln2 = nn.LayerNorm(HIDDEN)
+        self.fc1 = nn.Linear(HIDDEN, FFN, bias=False)
+        self.mlp = nn.Linear(FFN, HIDDEN, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln1 = self.ln1(x)
         qkv = self.qkv(ln1)
-        ctx = causal_attention(qkv, heads=4, kv_heads=4)
+        ctx = causal_attention(qkv, heads=HEADS, kv_heads=KV_HEADS)
         attn = self.attn(ctx)
         h = x + attn
         ln2 = self.ln2(h)
