@@ -56,6 +56,7 @@ def checked(module_dir) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_model_py_and_the_runtime_pass_ruff(checked):
     _tool("ruff")
     first_party = ["--config", "lint.isort.known-first-party=['par']"]

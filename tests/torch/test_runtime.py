@@ -193,6 +193,7 @@ def test_attention_reads_one_qkv_block_per_rank_as_the_whole_fused_qkv(monkeypat
 def test_check_steps_and_trace_run_on_one_process_without_torchrun(workdir, monkeypatch, capsys):
     for name in ("MASTER_ADDR", "WORLD_SIZE", "RANK"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(trace, "TRACE", None)  # restored after the test: --trace starts one
     assert cli.main(["--check", "--steps", "2", "--trace", str(workdir), "--timeout", "60"]) == 0
     printed = capsys.readouterr().out
     assert "check: OK" in printed
@@ -200,4 +201,3 @@ def test_check_steps_and_trace_run_on_one_process_without_torchrun(workdir, monk
     events = json.loads((workdir / "rank0.json").read_text())["events"]
     assert events == []  # one process: no collective at all
     assert trace.TRACE is not None
-    monkeypatch.setattr(trace, "TRACE", None)
