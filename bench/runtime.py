@@ -96,7 +96,7 @@ def rank_main(rank: int, port: int, path: str, steps: int, results) -> None:
     torch.set_num_threads(1)
     module = load_module(Path(path))
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
-    groups = module.init_groups(datetime.timedelta(seconds=120))
+    groups = module.Groups(dist.get_rank(), datetime.timedelta(seconds=120))
     device = torch.device("cpu")
     reference = module.Reference(seed=0)
     generated = module.build_stage(groups, device, reference.state_dict())

@@ -58,7 +58,13 @@ def source(module: str) -> str:
 
 
 def section(module: str, constants: Mapping[str, object]) -> Section:
-    return split(module, fold(source(module), constants))
+    return _section(module, tuple(sorted(constants.items())))
+
+
+@cache
+def _section(module: str, constants: tuple[tuple[str, object], ...]) -> Section:
+    """Folding re-parses the module once per `if`: done once per module and set of constants."""
+    return split(module, fold(source(module), dict(constants)))
 
 
 # -- Fold -------------------------------------------------------------------------------------------
