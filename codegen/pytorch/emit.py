@@ -53,7 +53,6 @@ class ModelView:
     microbatches: int
     schedule: str
     stages: str
-    sequence_parallel: bool  # the residual stream is split along seq across tp ranks
     stream_shape: str  # one microbatch on one rank, between layers and stages
     gqa: bool
     layer: ShardedLayer
@@ -148,8 +147,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
         microbatches=mesh.microbatches,
         schedule=mesh.schedule,
         stages=_tuple_literal(mesh.stages),
-        sequence_parallel=program.stream == S_SEQ,
-        stream_shape=_tuple_literal(program.stream_local),
+        stream_shape=_stream_shape(compiled),
         gqa=model.kv_heads != model.heads,
         layer=layer,
         reference=reference_layer(program),
@@ -162,6 +160,21 @@ def _class_name(block: str) -> str:
     """CamelCase of the block's name; `Block` in front where that would not start with a letter (`_1`)."""
     name = "".join(part[:1].upper() + part[1:] for part in block.split("_") if part)
     return name if name[:1].isalpha() else "Block" + name
+
+
+def _stream_shape(compiled: Compiled) -> str:
+    """STREAM_SHAPE in the constants above it, `(BATCH // DP // MICROBATCHES, SEQ // TP, HIDDEN)`,
+    when that is the compiled local shape; else as numbers."""
+    program = compiled.program
+    model, mesh = program.deployment.model, program.deployment.mesh
+    names = ["BATCH // DP // MICROBATCHES", "SEQ", "HIDDEN"]
+    sizes = [model.batch // mesh.dp // mesh.microbatches, model.seq, model.hidden]
+    if program.stream.kind == "S" and program.stream.dim is not None:
+        names[program.stream.dim] += " // TP"
+        sizes[program.stream.dim] //= mesh.tp
+    if tuple(sizes) != tuple(program.stream_local):
+        return _tuple_literal(program.stream_local)
+    return f"({', '.join(names)})"
 
 
 def _tuple_literal(value) -> str:

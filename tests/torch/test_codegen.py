@@ -172,6 +172,7 @@ def test_the_generated_rank_arithmetic_is_the_meshs(workdir):
     compiled = compile_small("llama_gqa", defines)
     module = load_module(write_model(compiled, workdir), "rank_arithmetic")
     mesh = compiled.deployment.mesh
+    assert module.STREAM_SHAPE == tuple(compiled.program.stream_local)  # written as SEQ // TP under sp
     for rank in range(mesh.world):
         assert module.coordinates(rank) == mesh.coords(rank)
         assert module.global_rank(*mesh.coords(rank)) == rank

@@ -49,7 +49,8 @@ DP = 2  # data-parallel replicas
 WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 2  # per replica and step
 STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
-STREAM_SHAPE = (4, 32, 256)  # one microbatch on one rank between layers: [batch, seq, hidden], seq split over TP
+STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ // TP, HIDDEN)  # one microbatch on one rank, between layers
+
 TOLERANCE = 5e-2  # --check: largest accepted max|sharded - reference| / max|reference|
 
 

@@ -49,7 +49,8 @@ DP = 1  # data-parallel replicas
 WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 1  # per replica and step
 STAGES = ((0, 1),)  # (first, last) layer of each pipeline stage
-STREAM_SHAPE = (4, 16, 64)  # one microbatch on one rank between layers: [batch, seq, hidden]
+STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)  # one microbatch on one rank, between layers
+
 TOLERANCE = 1e-5  # --check: largest accepted max|sharded - reference| / max|reference|
 
 
