@@ -7,7 +7,8 @@ grammar (grammar/*.lark) and of the language (settings, ops), deletions, duplica
 huge numbers, deep nesting, and unicode and control characters. Then, in this process:
 
 - a spec: read and decode it, parse, check and lower it, then expand and validate the DAG
-  when the lowered layer says it has at most --max-nodes nodes (see `estimated_nodes`), and
+  when its DAG is within the node budget (--max-nodes, checked by the compiler before it
+  expands anything), and
   print its diagnostics as `par check` does;
 - a DOT file: `par lint` on it, in every output format in turn.
 
@@ -21,9 +22,6 @@ raised or was slow. The seed is fixed (--seed), so a result can be reproduced.
 
     python bench/hostile.py [--specs N --dots M --seed S --max-nodes K --save DIR]
 
-The node limit is this benchmark's own estimate from the lowered layer (layers x dp x the
-layer's nodes per replica, plus the pipeline sends and receives) because the compiler has no
-node budget of its own yet; when it has one, this should use it instead.
 """
 
 from __future__ import annotations
@@ -45,18 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from par.dsl.checks.check import OVERRIDABLE, check
-from par.dsl.compiler import gc_paused
-from par.dsl.dag.expand import expand
-from par.dsl.dag.validate import validate
+from par.dsl.checks.check import OVERRIDABLE
+from par.dsl.compiler import compile_text
 from par.dsl.diagnostics import CompileError, format_all
-from par.dsl.frontend.inputs import spec_inputs
-from par.dsl.frontend.parser import parse_text
-from par.dsl.lowering.lower import lower
-from par.dsl.lowering.ops import OPS
-from par.dsl.lowering.program import Program
+from par.dsl.frontend.inputs import spec_inputs, spec_name
+from par.dsl.registry.ops import OPS
 
 from par.cli import main as par
 
@@ -121,16 +113,6 @@ def mutate(data: bytes, rng: random.Random, kind: str) -> bytes:
     return data
 
 
-def estimated_nodes(program: Program) -> int:
-    """The DAG's node count from the lowered layer, without expanding it: every layer of every
-    replica has each collective once and every other step once per tensor-parallel rank; each
-    stage boundary adds a send and a receive per rank; plus input and output."""
-    mesh = program.deployment.mesh
-    collectives = len(program.collectives)
-    per_layer = collectives + (len(program.steps) - collectives) * mesh.tp
-    return mesh.dp * (program.deployment.model.layers * per_layer + 2 * (mesh.pp - 1) * mesh.tp) + 2
-
-
 class Stopped(Exception):
     """A run went past --stop seconds."""
 
@@ -150,18 +132,10 @@ def time_limit(seconds: float):
 
 
 def run_spec(path: Path, max_nodes: int) -> str:
-    """Compile one spec as far as the node limit allows; the outcome in a word."""
+    """Compile one spec under the compiler's node budget, as `par check --max-nodes` does; the outcome in a word."""
     inputs = spec_inputs([str(path)], None)
     try:
-        spec = parse_text(inputs.read(path), str(path))
-        deployment, _ = check(spec)
-        program = lower(deployment)
-        if estimated_nodes(program) > max_nodes:
-            return "over the node limit"
-        with gc_paused():
-            problems = validate(expand(program))
-        if problems:
-            raise CompileError(problems)
+        compile_text(inputs.read(path), spec_name(path), max_nodes=max_nodes)
     except CompileError as exc:
         if not exc.diagnostics:
             raise AssertionError("a CompileError without diagnostics") from None
@@ -244,7 +218,7 @@ def main() -> int:
     parser.add_argument("--specs", type=int, default=10_000, help="mutated specs to run (default 10000)")
     parser.add_argument("--dots", type=int, default=5_000, help="mutated DOT files to lint (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--max-nodes", type=int, default=200_000, help="expand only specs estimated at most this big")
+    parser.add_argument("--max-nodes", type=int, default=200_000, help="the node budget each spec compiles under (the compiler's --max-nodes)")
     parser.add_argument("--stop", type=float, default=60.0, help="stop a run after this many seconds (counted as slow)")
     parser.add_argument("--memory-gb", type=float, default=4.0, help="address-space limit of this process (a MemoryError past it)")
     parser.add_argument("--save", type=Path, default=Path("hostile-failures"), help="folder for failing inputs")

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "torch"))  # the launcher the distributed tests use
 
 from fork_launch import free_port, load_module  # noqa: E402
