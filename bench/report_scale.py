@@ -17,8 +17,9 @@ import gc
 import time
 from pathlib import Path
 
-from par.codegen.cost import render_report, render_timeline, spec_cost
+from par.codegen.cost import render_report, render_timeline
 from par.dsl.compiler import compile_file
+from par.dsl.cost import spec_cost
 
 SPEC = Path(__file__).resolve().parent / "llama3_405b.par"
 DP = (1, 2, 4, 8, 16, 32, 64, 128)

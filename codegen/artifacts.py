@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from par.codegen.cost import render_report, render_timeline, spec_cost
+from par.codegen.cost import render_report, render_timeline
 from par.codegen.dot.emit import emit_compact_dot, emit_dot
 from par.codegen.json_dag import emit_json
 from par.codegen.pytorch.emit import emit_model
 from par.codegen.renderer import Renderer
 from par.codegen.svg import FULL_SVG_MAX_NODES, svg_renderer
 from par.dsl.compiler import Compiled
+from par.dsl.cost import spec_cost
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from par.codegen.cost.report import sections, summary, warnings
 from par.codegen.cost.timeline import timeline_view
 from par.codegen.templating import render
-from par.dsl.cost.model import Cost, cost_of
+from par.dsl.cost.model import Cost
 from par.dsl.escape import html_comment, markdown
 
 _RULES = {"l": "---", "r": "---:"}
@@ -28,11 +28,6 @@ def report_view(cost: Cost) -> dict:
             for section in sections(cost)
         ],
     }
-
-
-def spec_cost(compiled) -> Cost:
-    """The cost of a compiled spec on the hardware the spec names (none: no step time)."""
-    return cost_of(compiled.graph, hardware=compiled.deployment.hardware)
 
 
 def render_report(cost: Cost) -> str:

@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import networkx as nx
 from par.dsl.checks.deployment import Hardware
+from par.dsl.compiler import Compiled
 from par.dsl.cost import schedule as pipeline
 from par.dsl.cost.accounting import (
     RankCost,
@@ -103,3 +104,8 @@ def cost_of(graph: nx.DiGraph, *, hardware: Hardware | None) -> Cost:
         model_params=model_parameters(graph),
         estimate=estimate_step(graph, items, Clock(hardware)),
     )
+
+
+def spec_cost(compiled: Compiled) -> Cost:
+    """The cost of a compiled spec on the hardware the spec names (none: no step time)."""
+    return cost_of(compiled.graph, hardware=compiled.deployment.hardware)

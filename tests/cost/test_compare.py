@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from par.codegen.cost import cost_of, rank_costs
 from par.codegen.cost.text import comparison
 from par.dsl import units
+from par.dsl.cost import cost_of, rank_costs
 
 from par.cli import main
 from tests.cost.tiny import SMALL, SPECS, compile_spec

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from par.codegen.cost import cost_of
 from par.codegen.cost.report import warnings
 from par.dsl import units
 from par.dsl.checks.hwcheck import builtin_hardware
+from par.dsl.cost import cost_of
 from par.dsl.cost.accounting import Transfer
 from par.dsl.cost.estimate import Clock
 

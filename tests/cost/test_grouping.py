@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import networkx as nx
 import pytest
-from par.codegen.cost import spec_cost
 from par.codegen.cost.report import sections
 from par.dsl import units
+from par.dsl.cost import spec_cost
 from par.dsl.cost.estimate import (
     OUTSIDE_STAGES,
     Clock,

@@ -8,9 +8,10 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-from par.codegen.cost import cost_of, render_report, render_timeline, spec_cost
+from par.codegen.cost import render_report, render_timeline
 from par.codegen.cost.report import sections
 from par.codegen.cost.text import format_cost
+from par.dsl.cost import cost_of, spec_cost
 
 from par.cli import main
 from tests.cost.tiny import GPT, ROOT, SMALL, SPECS, compile_source
@@ -74,7 +75,7 @@ def test_par_build_writes_report_and_timeline(tmp_path):
 @pytest.mark.slow  # fresh processes, one per hash seed
 def test_output_does_not_depend_on_hash_seeds(tmp_path):
     script = (
-        "import sys; from par.dsl.compiler import compile_file; from par.codegen.cost import render_report, render_timeline, spec_cost;"
+        "import sys; from par.dsl.compiler import compile_file; from par.codegen.cost import render_report, render_timeline; from par.dsl.cost import spec_cost;"
         "from par.codegen.cost.text import format_cost;"
         f"c = compile_file({str(SPECS / 'llama_gqa.par')!r}, {list(SMALL) + ['batch=16']!r});"
         "sys.stdout.write(render_report(spec_cost(c)) + render_timeline(spec_cost(c)) + format_cost(spec_cost(c)))"

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from par.codegen import svg
-from par.codegen.cost import render_report, spec_cost
+from par.codegen.cost import render_report
 from par.codegen.pytorch.emit import emit_model, model_view
 from par.codegen.pytorch.layer import fused_qkv_values
 from par.dsl.compiler import compile_file, compile_text
+from par.dsl.cost import spec_cost
 from par.dsl.frontend.inputs import parse_defines
 from small_models import BLOCKS, ROOT, SPECS, compile_small, compile_source, write_model
 

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import torch
-
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.seeds import generator
-from par.codegen.pytorch.runtime.spec import BATCH, DP, DTYPE, HIDDEN, MICROBATCHES, SEQ, SEQUENCE_PARALLEL, TP
+from par.codegen.pytorch.runtime.spec import (
+    BATCH,
+    DP,
+    DTYPE,
+    HIDDEN,
+    MICROBATCHES,
+    SEQ,
+    SEQUENCE_PARALLEL,
+    TP,
+)
 
 # -- Training step ------------------------------------------------------------------------------
 

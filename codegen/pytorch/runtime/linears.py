@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from par.codegen.pytorch.runtime.spec import TP
+from torch import nn
 
 # -- Tensor-parallel linears --------------------------------------------------------------------
 # Weights start empty: they are always loaded, sliced from a full state dict (shard_state_dict).

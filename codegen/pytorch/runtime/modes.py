@@ -7,13 +7,26 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
 from par.codegen.pytorch.runtime.batches import make_batch, microbatches
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Reference, reference_layer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
-from par.codegen.pytorch.runtime.sharding import build_stage, parameter_names, shard_state_dict
-from par.codegen.pytorch.runtime.spec import BATCH, DP, DTYPE, PP, SEQ, SEQUENCE_PARALLEL, STAGES, TP, WORLD_SIZE
+from par.codegen.pytorch.runtime.sharding import (
+    build_stage,
+    parameter_names,
+    shard_state_dict,
+)
+from par.codegen.pytorch.runtime.spec import (
+    BATCH,
+    DP,
+    DTYPE,
+    PP,
+    SEQ,
+    SEQUENCE_PARALLEL,
+    STAGES,
+    TP,
+    WORLD_SIZE,
+)
 from par.codegen.pytorch.runtime.step import gradients, train_step
 
 # -- Modes --------------------------------------------------------------------------------------

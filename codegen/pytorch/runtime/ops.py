@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from par.codegen.pytorch.runtime.spec import HEAD_DIM, HEADS, KV_HEADS, TP
 
 # -- Ops ----------------------------------------------------------------------------------------

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
-from par.codegen.pytorch.runtime.collectives import _all_gather, _all_reduce, _all_to_all, _reduce_scatter
+from par.codegen.pytorch.runtime.collectives import (
+    _all_gather,
+    _all_reduce,
+    _all_to_all,
+    _reduce_scatter,
+)
 
 # -- Forward/backward pairs (Megatron's mappings) -----------------------------------------------
 # Placements on the tensor-parallel group: R replicated, P partial sum, S(dim) split along dim

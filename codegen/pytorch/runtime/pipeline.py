@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
 from par.codegen.pytorch.runtime.batches import microbatch_loss
 from par.codegen.pytorch.runtime.collectives import _recv, _send
 from par.codegen.pytorch.runtime.groups import Groups, global_rank
 from par.codegen.pytorch.runtime.model import Stage
-from par.codegen.pytorch.runtime.spec import DTYPE, MICROBATCHES, PP, SCHEDULE, STREAM_SHAPE
+from par.codegen.pytorch.runtime.spec import (
+    DTYPE,
+    MICROBATCHES,
+    PP,
+    SCHEDULE,
+    STREAM_SHAPE,
+)
 from par.codegen.pytorch.runtime.trace import set_phase
 
 
