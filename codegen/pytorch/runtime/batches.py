@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.seeds import generator
 from par.codegen.pytorch.runtime.spec import (

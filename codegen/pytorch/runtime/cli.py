@@ -9,6 +9,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.modes import check, train
 from par.codegen.pytorch.runtime.spec import DP, PP, TOLERANCE, TP, WORLD_SIZE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
 from par.codegen.pytorch.runtime.trace import _record
 
 # -- Collectives: every one the model issues goes through these functions -----------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 import torch.distributed as dist
+
 from par.codegen.pytorch.runtime.spec import DP, PP, TP
 
 # -- Process groups -----------------------------------------------------------------------------

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from par.codegen.pytorch.runtime.spec import TP
 from torch import nn
+
+from par.codegen.pytorch.runtime.spec import TP
 
 # -- Tensor-parallel linears --------------------------------------------------------------------
 # Weights start empty: they are always loaded, sliced from a full state dict (shard_state_dict).

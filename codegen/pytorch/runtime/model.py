@@ -9,10 +9,11 @@ emitter writes them, so that the harness type-checks and runs in unit tests.
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.seeds import generator
 from par.codegen.pytorch.runtime.spec import DTYPE, HIDDEN, LAYERS, STAGES
-from torch import nn
 
 
 class ResidualLayer(nn.Module):

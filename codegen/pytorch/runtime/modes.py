@@ -7,6 +7,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
 from par.codegen.pytorch.runtime.batches import make_batch, microbatches
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Reference, reference_layer

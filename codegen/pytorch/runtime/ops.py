@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from par.codegen.pytorch.runtime.spec import HEAD_DIM, HEADS, KV_HEADS, TP
 
 # -- Ops ----------------------------------------------------------------------------------------

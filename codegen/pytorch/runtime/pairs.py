@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
 from par.codegen.pytorch.runtime.collectives import (
     _all_gather,
     _all_reduce,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
 from par.codegen.pytorch.runtime.batches import microbatch_loss
 from par.codegen.pytorch.runtime.collectives import _recv, _send
 from par.codegen.pytorch.runtime.groups import Groups, global_rank

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from par.codegen.pytorch.runtime.groups import Groups, coordinates
 from par.codegen.pytorch.runtime.model import SHARDING, Stage
 from par.codegen.pytorch.runtime.ops import group_heads

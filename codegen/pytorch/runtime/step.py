@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
 from par.codegen.pytorch.runtime.batches import microbatches
 from par.codegen.pytorch.runtime.collectives import _all_reduce
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.spec import DP, PARTIAL_GRADIENTS
-from torch import nn
 
 
 def _all_reduce_flat(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> None:
