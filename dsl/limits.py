@@ -8,7 +8,7 @@ import re
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.source import Span
 
-# A real spec is a few kilobytes; lark needs about 1.5 s of CPU for 256 KiB of the worst text (hostile bench).
+# A real spec is a few kilobytes; lark needs about 2 s of CPU for 256 KiB of the worst text bench/hostile.py found.
 MAX_SPEC_BYTES = 256 << 10
 # How deep brackets nest, and how many levels of operators one expression holds.
 MAX_NESTING = 100
