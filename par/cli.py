@@ -30,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("par: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # a node budget raised past what this machine holds
+        print("par: error: out of memory; build a smaller deployment or keep --max-nodes lower", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

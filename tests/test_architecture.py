@@ -96,11 +96,17 @@ def test_no_import_cycle():
             visit(module)
 
 
-def test_the_check_can_fail():
-    """A planted upward import is seen."""
-    source = "from par.build import Skip\n"
-    tree_imports = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom):
-            tree_imports.add(node.module)
-    assert any(layer(name) > layer("par.codegen.svg") for name in tree_imports)
+def test_the_check_can_fail(tmp_path):
+    """A planted emitter module with a lazy upward import and a relative one is caught by both rules."""
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "from ..dot import view\n"
+        "def render():\n"
+        "    from par.build import write_all  # lazy, still upward\n"
+        "    from ... import cli\n"
+        "    return write_all, cli, view\n",
+        encoding="utf-8",
+    )
+    found = imports("par.codegen.cost.planted", planted, set(GRAPH))
+    assert {"par.build", "par.cli", "par.codegen.dot.view"} <= found
+    assert {t for t in found if layer(t) > layer("par.codegen.cost.planted")} == {"par", "par.build", "par.cli"}

@@ -47,17 +47,19 @@ class SpecInputs:
 
 
 def spec_name(path: str | Path) -> str:
-    """The name par gives a spec file in diagnostics, banners and dag.json: its path relative to the
-    current folder, with `/` (a relative path as given, normalised; outside the current folder,
-    with `..` segments). So a checkout builds the same bytes from wherever it lies."""
+    """The name par gives a spec file in diagnostics, banners and dag.json, with `/`: a relative
+    path as given (normalised); an absolute path inside the current folder made relative to it, so
+    a checkout builds the same bytes from wherever it lies; any other absolute path as it is
+    (`../../tmp/x.par` would only be harder to read)."""
     given = os.fspath(path)
     if os.path.isabs(given):
         with contextlib.suppress(ValueError):  # another drive (Windows): no relative path exists
-            given = _relative(given)
+            given = _inside_cwd(given) or given
     return os.path.normpath(given).replace(os.sep, "/")
 
 
-def _relative(path: str) -> str:
+def _inside_cwd(path: str) -> str | None:
+    """`path` relative to the current folder if it lies inside it, else None."""
     cwd = os.getcwd()
     lexical = os.path.relpath(path, cwd)
     if lexical.split(os.sep, 1)[0] != os.pardir:
@@ -65,7 +67,7 @@ def _relative(path: str) -> str:
     # The current folder is a resolved path; `path` may name it through a symlink (/tmp -> /private/tmp).
     folder, name = os.path.split(path)
     real = os.path.relpath(os.path.join(os.path.realpath(folder), name), os.path.realpath(cwd))
-    return real if real.split(os.sep, 1)[0] != os.pardir else lexical
+    return real if real.split(os.sep, 1)[0] != os.pardir else None
 
 
 def read_spec(path: str | Path) -> SourceFile:

@@ -93,7 +93,7 @@ def print_diagnostics(diagnostics: list[Diagnostic], inputs: SpecInputs) -> None
     if len(shown) < len(diagnostics):
         more = len(diagnostics) - len(shown)
         note = (
-            f"par: ... and {more} more {'diagnostic' if more == 1 else 'diagnostics'} "
+            f"par: ... and {more:,} more {'diagnostic' if more == 1 else 'diagnostics'} "
             f"(at most {inputs.max_diagnostics} are printed; --max-diagnostics N prints more)"
         )
         text = f"{text}\n{note}" if text else note

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import shlex
 import shutil
@@ -199,11 +198,9 @@ def run(command: Shown, cwd: Path) -> subprocess.CompletedProcess:
     """The command as a user would type it, `par` and `torchrun` being this checkout's."""
     words = shlex.split(command.text)
     program = ["-m", "par"] if words[0] == "par" else ["-m", "torch.distributed.run"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.run(
         [sys.executable, *program, *words[1:]],
         cwd=cwd,
-        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

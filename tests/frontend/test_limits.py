@@ -227,3 +227,16 @@ def test_a_block_whose_placement_search_explodes_is_refused(tmp_path, capsys):
     assert main(["check", path]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"{spec_name(path)}:3:1: error: placing block 'b' takes more than {MAX_SEARCH_STATES:,} search states")
+
+
+def test_running_out_of_memory_is_a_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """A budget raised past what the machine holds ends in a clear error."""
+    path = write(tmp_path, "model m : gpt { layers 1  hidden 64  heads 4  batch 4  seq 8 }\n")
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(par.dsl.compiler, "expand", exhausted)
+    assert main(["check", path]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("par: error: out of memory") and "Traceback" not in err
