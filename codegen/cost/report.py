@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from par.codegen.dot.text import mesh_line, model_line
+from par.codegen.summary import mesh_line, model_line
 from par.dsl import units
 from par.dsl.cost.accounting import KINDS, PHASES, RankCost, step_kinds
 from par.dsl.cost.estimate import capacity, fits

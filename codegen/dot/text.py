@@ -1,8 +1,5 @@
 """Text for DOT files: escaping of spec text, and the dims and GPU lists of labels.
 
-Also the one-line summaries of the model and the mesh, which the cost report shares (worded
-for each: see `model_line` and `mesh_line`).
-
 Every string that reaches a `.dot` file from the spec (names, file paths, reasons) goes
 through `quoted` (a DOT quoted string: ids, tooltips) or `html` (text inside an HTML-like
 label); nothing a spec can contain breaks the DOT syntax or the SVG made from it.
@@ -13,7 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from par.dsl.units import plural, ranges
+from par.dsl.units import ranges
 
 REPLACEMENT = "\ufffd"
 
@@ -74,38 +71,3 @@ def layer_count(count: int) -> str:
     return f"{count} layer{'s' if count != 1 else ''}"
 
 
-def model_line(graph_data: dict, *, drawing: bool) -> str:
-    """The DAG's model in one line, as the cost report words it:
-    `model: gpt2 (gpt block), 2 layers, hidden 4096, heads 32 (kv 32), ffn 16384, fp16`.
-
-    A drawing writes `model gpt2 (gpt block): 2 layers, ...` and names the kv heads only where
-    they differ from the heads: `heads 8 (2 kv)`.
-    """
-    model = graph_data["model"]
-    named = f"{model['name']} ({model['block']} block)"
-    if drawing:
-        head = f"model {named}:"
-        kv = f" ({model['kv_heads']} kv)" if model["kv_heads"] != model["heads"] else ""
-    else:
-        head, kv = f"model: {named},", f" (kv {model['kv_heads']})"
-    return f"{head} {model['layers']} layers, hidden {model['hidden']}, heads {model['heads']}{kv}, ffn {model['ffn']}, {model['dtype']}"
-
-
-def mesh_line(graph_data: dict, *, drawing: bool) -> str:
-    """The DAG's mesh and pipeline in one line, as the cost report words it:
-    `mesh: tp 2 x pp 2 x dp 1 = 4 devices; 4 microbatches of [32, 10000, 4096] per step, 1f1b schedule`.
-
-    A drawing writes `mesh: tp 2 × pp 2 × dp 1 = 4 GPUs, 4 microbatches (1f1b)` and gives the
-    microbatch's shape a line of its own.
-    """
-    mesh = graph_data["mesh"]
-    times, device = (" × ", "GPU") if drawing else (" x ", "device")
-    grid = times.join(f"{axis} {mesh[axis]}" for axis in ("tp", "pp", "dp"))
-    microbatches = plural(mesh["microbatches"], "microbatch", "microbatches")
-    if drawing:
-        run = f", {microbatches} ({mesh['schedule']})"
-    else:
-        shape = list(graph_data["microbatch_shape"])
-        run = f"; {microbatches} of {shape} per step, {mesh['schedule']} schedule"
-    parallel = ", sequence parallel" if mesh["sequence_parallel"] else ""
-    return f"mesh: {grid} = {plural(mesh['world'], device)}{run}{parallel}"

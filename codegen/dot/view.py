@@ -14,12 +14,11 @@ from par.codegen.dot.text import (
     dims,
     gpus,
     html,
-    mesh_line,
-    model_line,
     printable,
     quoted,
     quoted_lines,
 )
+from par.codegen.summary import mesh_line, model_line
 from par.dsl.units import size as human_bytes
 
 Attrs = tuple[tuple[str, str], ...]

@@ -17,7 +17,7 @@ from par.commands.common import (
 )
 from par.dsl.escape import terminal
 from par.dsl.frontend.inputs import spec_inputs
-from par.dsl.output_folders import refuse_bad_folders
+from par.output_folders import refuse_bad_folders
 
 
 def register(sub) -> None:

@@ -5,7 +5,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from par.dsl.output_folders import folder_problem
+from par.output_folders import folder_problem
 
 from par import build as driver
 from par.cli import main
