@@ -18,6 +18,13 @@ from par.dsl.lowering import backward  # noqa: E402
 from small_models import compile_small, compile_source, read_trace, write_model  # noqa: E402
 
 BASELINE = ("baseline_tp8_pp2", ["tp=2", "pp=1", "layers=2", "batch=4", "microbatches=2"])
+# Grouped-query attention over gathered per-rank QKV blocks: each rank's query heads read only
+# its own KV heads, so attention keeps the ranks' parts apart here too.
+GQA_GATHERED = """
+    model m : llama { layers 2  hidden 64  heads 4  kv_heads 2  ffn 256  batch 4  seq 8  dtype fp32 }
+    mesh { tp 2  microbatches 2 }
+    place allgather after qkv
+"""
 
 # Gathered along seq, then causal attention: each rank's positions read every earlier
 # position, so rank 1's loss depends on rank 0's part and the gradients must be summed.
@@ -61,6 +68,15 @@ def test_the_baselines_traced_backward_has_no_reduce_scatter_and_matches_the_ref
     for events in traces:
         assert "reducescatter" not in {event["op"] for event in events}
         assert _backward_ops(events) == {"allreduce"}  # the QKV and FC1 inputs' gradients
+
+
+def test_gathered_grouped_query_attention_has_no_reduce_scatter_and_matches_the_reference(workdir):
+    compiled = compile_source(GQA_GATHERED)
+    assert [step.name for step in compiled.program.steps if step.backward_reason] == ["allgather_qkv"]
+    results, traces = _check(compiled, workdir)
+    assert all(r.exitcode == 0 for r in results), _report(results)
+    assert "check: OK" in results[0].stdout
+    assert all("reducescatter" not in {event["op"] for event in events} for events in traces)
 
 
 def test_the_baseline_with_its_reduce_scatters_kept_gives_the_same_check(workdir, monkeypatch):
