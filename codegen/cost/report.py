@@ -150,7 +150,7 @@ def _comm_section(cost: Cost) -> Section:
             rows.append((_devices(group), kind, *(units.size(value) for value in sent), units.size(step[kind])))
     if not rows:
         rows.append(("all", "none", "0 B", "0 B", "0 B", "0 B"))
-    notes = (
+    notes: tuple[str, ...] = (
         "Ring collectives: each rank sends 2(n-1)/n of the tensor for an AllReduce, (n-1)/n for an "
         "AllGather or ReduceScatter, (n-1)/n^2 for an AllToAll; a pipeline send is the local tensor.",
         "Backward: AllGather <-> ReduceScatter, AllToAll <-> AllToAll, AllReduce <-> nothing, "
