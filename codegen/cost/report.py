@@ -150,19 +150,27 @@ def _comm_section(cost: Cost) -> Section:
             rows.append((_devices(group), kind, *(units.size(value) for value in sent), units.size(step[kind])))
     if not rows:
         rows.append(("all", "none", "0 B", "0 B", "0 B", "0 B"))
+    notes: tuple[str, ...] = (
+        "Ring collectives: each rank sends 2(n-1)/n of the tensor for an AllReduce, (n-1)/n for an "
+        "AllGather or ReduceScatter, (n-1)/n^2 for an AllToAll; a pipeline send is the local tensor.",
+        "Backward: AllGather <-> ReduceScatter, AllToAll <-> AllToAll, AllReduce <-> nothing, "
+        "send <-> send back; a replicated value entering a column-parallel linear (not from an AllGather) "
+        "is AllReduced. Gradients: AllReduce over the data-parallel group; over the tensor-parallel "
+        "group for parameters of ops on sequence shards.",
+    )
+    elided = sorted({data["name"] for _, data in cost.graph.nodes(data=True) if data.get("backward_reason")})
+    if elided:
+        notes += (
+            f"No ReduceScatter in backward for {', '.join(elided)} (every layer): each rank reads only its own "
+            "part of the gathered tensor, so the gradient is zero elsewhere and the backward keeps that part "
+            "(par explain on the node says why).",
+        )
     return Section(
         "Bytes sent per device",
         ("devices", "kind", "forward/mb", "backward/mb", "gradients/step", "step"),
         tuple(rows),
         "llrrrr",
-        (
-            "Ring collectives: each rank sends 2(n-1)/n of the tensor for an AllReduce, (n-1)/n for an "
-            "AllGather or ReduceScatter, (n-1)/n^2 for an AllToAll; a pipeline send is the local tensor.",
-            "Backward: AllGather <-> ReduceScatter, AllToAll <-> AllToAll, AllReduce <-> nothing, "
-            "send <-> send back; a replicated value entering a column-parallel linear (not from an AllGather) "
-            "is AllReduced. Gradients: AllReduce over the data-parallel group; over the tensor-parallel "
-            "group for parameters of ops on sequence shards.",
-        ),
+        notes,
     )
 
 

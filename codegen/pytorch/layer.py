@@ -3,7 +3,8 @@
 Three decisions turn steps into code:
 
 * Gradients. Each collective and slice is carried by the forward/backward pair the compiler
-  chose for its step (`par.dsl.lowering.backward`, which says why; docs/cost.md counts the same pairs), and
+  chose for its step (`par.dsl.lowering.backward`, which says why; docs/cost.md counts the same pairs;
+  an AllGather whose gradient is zero outside each rank's part keeps that part, `all_gather`), and
   a value the compiler marks `copied` (or the layer input) enters column-parallel linears
   through `copy_to_tp`, once per value.
 * Fused QKV layout. Every tensor whose features are fused Q, K, V (those feeding attention)
@@ -164,6 +165,8 @@ class _Writer:
         layout = self.layout.get(value)
         node = ids.collective_id("<i>", step.name, "<d>", self.mesh.dp)
         comment = f"DAG: {node}" + ("" if step.inserted else " (written in the spec)")
+        if step.backward_reason is not None:
+            comment += "; backward: this rank's part, no ReduceScatter"  # the rest of the gradient is zero
         helper = step.pair
         if step.op == "allreduce":
             call = f"{helper}({self._name(value)}, {GROUP})"

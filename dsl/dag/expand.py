@@ -142,6 +142,8 @@ class _Expander:
         if step.kind == "route":
             data["reason"] = step.reason
         self._backward(data, backward_kind(step), full)
+        if step.backward_reason is not None:
+            data["backward_reason"] = step.backward_reason
         return data
 
     def _backward(self, data: dict, kind: str | None, full_bytes: int) -> None:

@@ -10,20 +10,38 @@ region* of an AllGather: what its result reaches through replicated ops without 
 (attention, gelu, add, ...) when every use in the region ends in an op whose output differs
 per tensor-parallel rank (a column-parallel linear, a slice) and none is the layer's result.
 There gradients are partial sums, and the AllGather's backward is a ReduceScatter, which sums
-them (Megatron's sequence-parallel gather). Elsewhere:
+them (Megatron's sequence-parallel gather), unless each rank's uses read only its own part
+(below). Elsewhere:
 
 * an R tensor entering column-parallel linears goes through `copy_to_tp` (identity forward,
   AllReduce of the partial input gradient in backward), once per tensor (`Step.copied`);
 * an R tensor that is only sliced goes through `scatter_to_tp` (slice forward, AllGather of
   the gradient in backward); a slice inside a partial region, or of a tensor that went
   through `copy_to_tp`, is a plain local slice (no pair): its partial gradient is reduced there.
+
+**ReduceScatters of zeros are elided.** Take an AllGather along dim d whose partial region is
+clean, and cut every value of the region into n parts along d (n: the tensor-parallel size;
+part k of the gathered tensor is what rank k held). If
+
+1. every op of the region keeps parts apart along d (`OpSpec.keeps_parts`: part k of its
+   output depends only on part k of each input, and all its inputs lie in the region), and
+2. every use that leaves the region is a slice along d (which keeps this rank's part),
+
+then rank r's uses read only part r of the gathered tensor: the gradient rank r computes for
+it is zero outside part r, so the ReduceScatter's sum, cut to part r, is rank r's own gradient
+cut to part r. Such an AllGather is carried by the pair that keeps this rank's part of the
+gradient (a local slice, nothing sent), and the step records why (`Step.backward_reason`).
+Anything else keeps the ReduceScatter: a column-parallel linear reads every part, attention
+over a sequence split mixes positions, a slice along the other dim reads every part. In the
+baseline, `allgather_qkv -> attention -> slice_ctx` (attention keeps heads apart, the slice
+takes this rank's heads) and `allgather_mlp -> gelu -> slice_act` are elided.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from par.dsl.lowering.placement import Placement, R
+from par.dsl.lowering.placement import Placement, R, dim_name
 from par.dsl.lowering.program import Step
 from par.dsl.registry.collectives import COLLECTIVES, COPY_TO_TP
 from par.dsl.registry.ops import OPS
@@ -70,11 +88,16 @@ def with_pairs(steps: tuple[Step, ...], param: str, result: str, stream: Placeme
             consumers.setdefault(value, []).append(step)
     gathered: set[str] = set()
     partial: set[str] = set()
+    elided: dict[str, str] = {}  # AllGather -> why its backward keeps this rank's part
     for step in steps:
         if step.kind == "comm" and COLLECTIVES[step.op].partial_pair is not None:
             region = _partial_region(step.name, consumers, result)
             if region:
-                gathered.add(step.name)
+                reason = _own_part_only(step, region, steps)
+                if reason is None:
+                    gathered.add(step.name)
+                else:
+                    elided[step.name] = reason
                 partial |= region
     replicated = ([param] if stream == R else []) + [step.name for step in steps if step.out_placement == R]
     copied = {
@@ -89,7 +112,10 @@ def with_pairs(steps: tuple[Step, ...], param: str, result: str, stream: Placeme
             return COLLECTIVES[step.op].pair.function
         return None
 
-    paired = tuple(replace(step, pair=pair(step), copied=step.name in copied) for step in steps)
+    paired = tuple(
+        replace(step, pair=pair(step), copied=step.name in copied, backward_reason=elided.get(step.name))
+        for step in steps
+    )
     return paired, param in copied
 
 
@@ -114,6 +140,29 @@ def _partial_region(gathered: str, consumers: dict[str, list[Step]], result: str
             if not (_enters_tp(step) or (_passes_partial(step) and set(step.inputs) <= region)):
                 return set()
     return region
+
+
+def _own_part_only(gather: Step, region: set[str], steps: tuple[Step, ...]) -> str | None:
+    """Why each rank's uses of a gathered tensor read only its own part (the rule in the module
+    docstring), or None when that is not proven. `region`: the gather's clean partial region."""
+    dim = gather.in_placement.dim
+    ops = [step for step in steps if step.name in region and step.name != gather.name]
+    if any(dim not in OPS[step.op].keeps_parts for step in ops):
+        return None
+    exits = [step for step in steps if step.name not in region and set(step.inputs) & region]
+    if any(step.kind != "route" or step.out_placement.dim != dim for step in exits):
+        return None
+    kinds = list(dict.fromkeys(step.op for step in ops))
+    through = f"{' and '.join(kinds)} {_verb(kinds)} the ranks' parts apart, then " if ops else ""
+    return (
+        f"each rank reads only its own part of the result along {dim_name(gather.in_placement)}: {through}"
+        f"{' and '.join(step.name for step in exits)} {_verb(exits)} this rank's part. The gradient is zero outside "
+        "that part on every rank, so the backward keeps it (a local slice) instead of a ReduceScatter of zeros"
+    )
+
+
+def _verb(subjects: list) -> str:
+    return "keeps" if len(subjects) == 1 else "keep"
 
 
 def _takes_copy(step: Step) -> bool:

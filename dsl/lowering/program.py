@@ -39,9 +39,11 @@ class Step:
     # Backward communication (par.dsl.lowering.backward). `pair`: the forward/backward pair (`PAIRS`) that
     # performs a collective or slice (None: a compute step, or a plain local slice). `copied`:
     # the output enters column-parallel linears through `copy_to_tp`, which AllReduces the
-    # gradient they give it.
+    # gradient they give it. `backward_reason`: why an AllGather's backward keeps this rank's
+    # part of the gradient (a local slice) where a ReduceScatter would sum zeros.
     pair: str | None = None
     copied: bool = False
+    backward_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

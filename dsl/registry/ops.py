@@ -63,6 +63,13 @@ class OpSpec:
     # the input's gradient is partial there, so a replicated input enters through `copy_to_tp`
     # (identity forward, AllReduce of the gradient in backward; par.dsl.lowering.backward).
     enters_tp: frozenset[str | None] = frozenset()
+    # The split dims (`Placement.dim`) along which the op keeps parts apart: cut its inputs and
+    # its output into n equal parts along the dim, and part k of the output depends only on
+    # part k of each input. Elementwise ops keep both dims apart; attention keeps heads apart
+    # (features: the parts of a fused QKV split along them are whole heads of Q, K and V) but
+    # mixes positions. An AllGather whose result reaches only such ops and then slices has a
+    # gradient that is zero outside each rank's part (par.dsl.lowering.backward).
+    keeps_parts: frozenset[int | None] = frozenset()
 
 
 # -- shape rules ------------------------------------------------------------------------------------
@@ -137,6 +144,9 @@ def same_placement(*placements: Placement, arity: int) -> Signatures:
 
 # Norms run where the residual stream lives: replicated, or split along seq under sequence
 # parallelism (which is what makes the stream stay split there).
+# Elementwise: each output element depends on the same element of each input.
+_EVERY_DIM = frozenset({S_SEQ.dim, S_LAST.dim})
+
 _NORM: Signatures = {None: (Signature((R,), R, mode="no_sp"), Signature((S_SEQ,), S_SEQ, mode="sp"))}
 
 
@@ -165,12 +175,13 @@ OPS: dict[str, OpSpec] = {
             {None: (Signature((S_LAST,), S_LAST), Signature((R,), R))},
             _attention_shape,
             _attention_flops,
+            keeps_parts=frozenset({S_LAST.dim}),
         ),
         # Nonlinear elementwise ops: anything but a partial sum.
-        OpSpec("gelu", Syntax(1, usage="gelu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(8)),
-        OpSpec("silu", Syntax(1, usage="silu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(4)),
+        OpSpec("gelu", Syntax(1, usage="gelu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(8), keeps_parts=_EVERY_DIM),
+        OpSpec("silu", Syntax(1, usage="silu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(4), keeps_parts=_EVERY_DIM),
         # add is linear, so P + P is fine; mul is not.
-        OpSpec("add", Syntax(2, usage="add(a, b)"), same_placement(R, S_SEQ, S_LAST, P, arity=2), same_shape, per_element(1)),
-        OpSpec("mul", Syntax(2, usage="mul(a, b)"), same_placement(R, S_SEQ, S_LAST, arity=2), same_shape, per_element(1)),
+        OpSpec("add", Syntax(2, usage="add(a, b)"), same_placement(R, S_SEQ, S_LAST, P, arity=2), same_shape, per_element(1), keeps_parts=_EVERY_DIM),
+        OpSpec("mul", Syntax(2, usage="mul(a, b)"), same_placement(R, S_SEQ, S_LAST, arity=2), same_shape, per_element(1), keeps_parts=_EVERY_DIM),
     )
 }

@@ -61,6 +61,8 @@ def describe(graph, node: str, sources) -> str:
         lines.append(f"  bytes:     {data['bytes']:,} in per rank, {data['wire_bytes']:,} sent per rank")
     if data.get("backward"):
         lines.append(f"  backward:  {data['backward']}, {data['backward_wire_bytes']:,} sent per rank (training)")
+    if data.get("backward_reason"):
+        lines.append(f"  backward:  this rank's part of the gradient, nothing sent (training): {data['backward_reason']}")
     if data.get("reason"):
         lines.append(f"  why:       {data['reason']}")
     lines.append(f"  spec:      {data['src']}")

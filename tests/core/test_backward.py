@@ -30,17 +30,58 @@ def test_megatron_copies_the_inputs_of_the_column_linears_and_allreduces_have_no
     assert not compiled.program.param_copied
 
 
-def test_gathers_whose_results_are_only_sliced_reduce_scatter_in_backward(compile_spec):
-    # attention and gelu have no parameters, and their results are only sliced
+def test_the_baselines_gathers_keep_their_part_in_backward_because_each_rank_reads_only_its_own(compile_spec):
+    # attention (per head) and gelu (per element) keep the ranks' parts apart, and their results
+    # are only sliced to this rank's part: the gradient outside it is zero, so no ReduceScatter
     compiled = compile_spec(MODEL.format(block="gpt") + "mesh { tp 2 }\nplace allgather after qkv, fc1 as mlp\n")
     assert pairs(compiled) == {
         "ln1": (None, True),
-        "allgather_qkv": ("all_gather_to_tp", False),
+        "allgather_qkv": ("all_gather", False),
         "allreduce_attn": ("all_reduce", False),
         "ln2": (None, True),
-        "allgather_mlp": ("all_gather_to_tp", False),
+        "allgather_mlp": ("all_gather", False),
         "allreduce_mlp": ("all_reduce", False),
     }
+    reasons = {step.name: step.backward_reason for step in compiled.program.steps if step.backward_reason}
+    assert set(reasons) == {"allgather_qkv", "allgather_mlp"}
+    assert "attention" in reasons["allgather_qkv"] and "slice_ctx" in reasons["allgather_qkv"]
+    assert "gelu" in reasons["allgather_mlp"] and "slice_act" in reasons["allgather_mlp"]
+    graph = compiled.graph
+    assert not any(data.get("backward") == "reducescatter" for _, data in graph.nodes(data=True))
+    gathers = [data for _, data in graph.nodes(data=True) if data["op"] == "allgather"]
+    assert len(gathers) == 2 * 2  # two per layer, two layers
+    assert all("backward" not in data and data["backward_reason"] for data in gathers)
+
+
+def test_a_gather_read_by_a_column_linear_reduce_scatters_its_partial_gradient(compile_spec):
+    # the column-parallel linear reads every part of the gathered tensor: each rank's gradient
+    # is dense, and the ranks' gradients must be summed
+    body = (
+        "ln = layernorm(x)\nfc = linear(ln, hidden, column)\ng = allgather(fc)\na = gelu(g)\n"
+        "up = linear(a, ffn, column)\nm = linear(up, hidden, row)\nout = add(x, m)\nreturn out"
+    )
+    compiled = compile_spec(block(body, "tp 2"))
+    assert pairs(compiled)["allgather_g"] == ("all_gather_to_tp", False)
+    assert not any(step.backward_reason for step in compiled.program.steps)
+
+
+SEQUENCE_GATHER = "n = rmsnorm(x)\n{gathered}\n{op}\nout = add(x, a)\nreturn out"
+
+
+def test_a_sequence_gather_through_gelu_to_a_slice_keeps_its_part(compile_spec):
+    body = SEQUENCE_GATHER.format(gathered="g = allgather(n)", op="a = gelu(g)")
+    compiled = compile_spec(block(body, "tp 2  sp"))
+    assert pairs(compiled) == {"allgather_g": ("all_gather", False)}
+    assert "along seq" in compiled.program.steps[1].backward_reason
+
+
+def test_a_sequence_gather_through_attention_reduce_scatters_because_attention_mixes_positions(compile_spec):
+    # the same shape of block, but causal attention reads every earlier position: rank 1's part
+    # of the output depends on rank 0's part of the input, whose gradient is then not zero
+    body = SEQUENCE_GATHER.format(gathered="qkv = linear(n, 3 * hidden, replicated)\ng = allgather(qkv)", op="a = attention(g)")
+    compiled = compile_spec(block(body, "tp 2  sp"))
+    assert pairs(compiled)["allgather_g"] == ("all_gather_to_tp", False)
+    assert not any(step.backward_reason for step in compiled.program.steps)
 
 
 def test_sequence_parallel_gathers_reduce_scatter_and_scatters_gather(compile_spec):

@@ -74,6 +74,14 @@ def test_explain_says_why(capsys):
     assert "did you mean layer_3_allreduce_attn" in capsys.readouterr().err
 
 
+def test_explain_says_why_a_gathers_backward_sends_nothing(capsys):
+    assert main(["explain", str(ROOT / "specs" / "baseline_tp8_pp2.par"), "layer_5_allgather_qkv"]) == 0
+    backward = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("backward:")]
+    assert len(backward) == 1
+    assert "nothing sent" in backward[0] and "attention" in backward[0] and "slice_ctx" in backward[0]
+    assert "instead of a ReduceScatter" in backward[0]
+
+
 def test_works_from_any_directory(tmp_path):
     spec = tmp_path / "m.par"
     spec.write_text(GOOD)

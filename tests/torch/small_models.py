@@ -102,6 +102,20 @@ BLOCKS = {
         mesh { tp 2  microbatches 2  sp }
         place allgather after n
     """,
+    # Sequence parallel, gathered and only sliced back after gelu (which keeps positions apart):
+    # each rank reads only its own positions, so the AllGather's backward keeps this rank's part
+    # and no ReduceScatter runs.
+    "sp gather through gelu to a slice": """
+        block gs(x) {
+          n = rmsnorm(x)
+          g = allgather(n)
+          a = gelu(g)
+          out = add(x, a)
+          return out
+        }
+        model m : gs { layers 2  hidden 64  heads 4  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2  sp }
+    """,
     # A gathered value that also reaches the residual stream: its gradient is whole, so the
     # AllGather's backward keeps this rank's part, and the column-parallel linear reading it
     # AllReduces its input gradient.

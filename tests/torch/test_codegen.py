@@ -131,16 +131,17 @@ def test_sequence_parallel_gathers_reduce_scatter_in_backward_and_norm_gradients
     assert "copy_to_tp" not in view.helpers
 
 
-def test_the_baselines_allgathers_reduce_scatter_in_backward_and_attention_reads_one_block_per_rank():
+def test_the_baselines_allgathers_keep_their_part_in_backward_and_attention_reads_one_block_per_rank():
     compiled = compile_small("baseline_tp8_pp2", ["tp=2", "layers=2", "batch=4"])
     view = model_view(compiled)
     lines = {line.target: line.expression for line in view.layer.code.lines}
     assert fused_qkv_values(compiled.program.steps) == {"qkv", "allgather_qkv"}
     assert lines["ctx"] == "causal_attention(allgather_qkv, heads=HEADS, kv_heads=KV_HEADS, groups=TP)"
-    # attention and gelu have no parameters and their results are only sliced: the gradients
-    # of the gathered values come back partial, and the gathers' backward sums them
-    assert lines["allgather_qkv"] == "all_gather_to_tp(qkv, dim=2, group=self.tp_group)"
-    assert lines["allgather_mlp"] == "all_gather_to_tp(fc1, dim=2, group=self.tp_group)"
+    # attention (per head) and gelu (per element) lead only to slices of this rank's part: the
+    # gradients of the gathered values are zero elsewhere, so the backward keeps this rank's part
+    assert lines["allgather_qkv"] == "all_gather(qkv, dim=2, group=self.tp_group)"
+    assert lines["allgather_mlp"] == "all_gather(fc1, dim=2, group=self.tp_group)"
+    assert "all_gather_to_tp" not in view.helpers
     assert lines["slice_ctx"] == "ctx.chunk(TP, dim=2)[self.tp_rank]"
     assert lines["slice_act"] == "act.chunk(TP, dim=2)[self.tp_rank]"
 

@@ -56,7 +56,12 @@ def copy_to_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 
 class _AllGather(torch.autograd.Function):
-    """Forward: AllGather, S(dim) -> R. Backward: this rank's part of the whole gradient."""
+    """Forward: AllGather, S(dim) -> R. Backward: this rank's part of the gradient, nothing sent.
+
+    Right where the gradient is whole on every rank, and where the compiler proved it zero
+    outside each rank's part (each rank's uses read only its own part): there this rank's part
+    is what the ReduceScatter of `all_gather_to_tp` would give.
+    """
 
     @staticmethod
     def forward(ctx, x, dim, group):

@@ -131,8 +131,8 @@ class GptLayer(nn.Module):
         ln1 = self.ln1(x)
         ln1_tp = copy_to_tp(ln1, self.tp_group)  # backward: AllReduce of the input gradient
         qkv = self.qkv(ln1_tp)
-        # DAG: layer_<i>_allgather_qkv (written in the spec)
-        allgather_qkv = all_gather_to_tp(qkv, dim=2, group=self.tp_group)
+        # DAG: layer_<i>_allgather_qkv (written in the spec); backward: this rank's part, no ReduceScatter
+        allgather_qkv = all_gather(qkv, dim=2, group=self.tp_group)
         # all heads, one [q | k | v] block per rank
         ctx = causal_attention(allgather_qkv, heads=HEADS, kv_heads=KV_HEADS, groups=TP)
         slice_ctx = ctx.chunk(TP, dim=2)[self.tp_rank]  # DAG: layer_<i>_slice_ctx_gpu<rank>
@@ -142,8 +142,8 @@ class GptLayer(nn.Module):
         ln2 = self.ln2(h)
         ln2_tp = copy_to_tp(ln2, self.tp_group)  # backward: AllReduce of the input gradient
         fc1 = self.fc1(ln2_tp)
-        # DAG: layer_<i>_allgather_mlp (written in the spec)
-        allgather_mlp = all_gather_to_tp(fc1, dim=2, group=self.tp_group)
+        # DAG: layer_<i>_allgather_mlp (written in the spec); backward: this rank's part, no ReduceScatter
+        allgather_mlp = all_gather(fc1, dim=2, group=self.tp_group)
         act = F.gelu(allgather_mlp, approximate="tanh")
         slice_act = act.chunk(TP, dim=2)[self.tp_rank]  # DAG: layer_<i>_slice_act_gpu<rank>
         mlp = self.mlp(slice_act)
@@ -389,15 +389,6 @@ def _all_gather(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> tor
     return torch.cat(parts, dim=dim)
 
 
-def _reduce_scatter(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """This rank's part along `dim` of the sum of `tensor` over `group`."""
-    _record("reducescatter", tensor, group)
-    parts = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=dim)]
-    output = torch.empty_like(parts[0])
-    dist.reduce_scatter(output, parts, group=group)
-    return output
-
-
 def _send(tensor: torch.Tensor, peer: int) -> dist.Work:
     _record("send", tensor, peer=peer)
     work = dist.isend(tensor.contiguous(), dst=peer)
@@ -450,12 +441,12 @@ def copy_to_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     return _CopyToTP.apply(x, group)
 
 
-class _AllGatherToTP(torch.autograd.Function):
-    """Forward: AllGather, S(dim) -> R. Backward: ReduceScatter.
+class _AllGather(torch.autograd.Function):
+    """Forward: AllGather, S(dim) -> R. Backward: this rank's part of the gradient, nothing sent.
 
-    Every use of the gathered tensor ends, directly or through replicated ops without
-    parameters, in a tensor-parallel op (a column-parallel linear, a slice), so its gradient
-    arrives as a partial sum: the backward sums it and keeps this rank's part in one step.
+    Right where the gradient is whole on every rank, and where the compiler proved it zero
+    outside each rank's part (each rank's uses read only its own part): there this rank's part
+    is what the ReduceScatter of `all_gather_to_tp` would give.
     """
 
     @staticmethod
@@ -465,11 +456,12 @@ class _AllGatherToTP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.dim, ctx.group), None, None
+        part = grad.chunk(dist.get_world_size(ctx.group), dim=ctx.dim)[dist.get_rank(ctx.group)]
+        return part.contiguous(), None, None
 
 
-def all_gather_to_tp(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    return _AllGatherToTP.apply(x, dim, group)
+def all_gather(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
+    return _AllGather.apply(x, dim, group)
 
 
 # -- Training step ------------------------------------------------------------------------------
