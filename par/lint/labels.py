@@ -142,21 +142,26 @@ class Shape:
         return math.prod(int(v) for v in values)
 
     def agrees_with(self, other: Shape) -> bool:
-        """Same element count where both are numeric (a reshape is fine); else same dims."""
+        """Same element count where both are numeric (a reshape is fine). Otherwise a symbolic
+        dimension (`tokens_per_expert`, `T0`) stands for any size: the shapes disagree only
+        where two numbers at the same place differ."""
         if self.numel is not None and other.numel is not None:
             return self.numel == other.numel
-        return _canonical(self) == _canonical(other) or len(self.dims) != len(other.dims)
-
-
-def _canonical(shape: Shape) -> tuple[str, ...]:
-    return tuple((value or name).lower() for name, value in shape.dims)
+        if len(self.dims) != len(other.dims):
+            return True
+        return all(not (mine and theirs) or mine == theirs
+                   for (_, mine), (_, theirs) in zip(self.dims, other.dims))
 
 
 _DIMS_FIELD = re.compile(r"(?<![a-z])(input|output|in|out)\s*\d*\s*:\s*", re.IGNORECASE)
 _SHAPE = re.compile(r"(?:(\d+)\s*[×x*]\s*)?\[([^\[\]]*)\](?:\s*[×x*]\s*(\d+))?")
-# `[8, 128, 1024] -> [8, 128, 4096]`: a line that is only an input and an output shape.
+# `[8, 128, 1024] -> [8, 128, 4096]`: a line that is only input shapes (`[..] + [..]` for two)
+# and an output shape; the arrow may also start the next line (`[8, 128, 1024]` / `→ [8, 2]`).
 _ONE_SHAPE = r"\s*\d*\s*[×x]?\s*\[[^\[\]]*\]"
-_ARROW = re.compile(rf"^({_ONE_SHAPE})\s*(?:->|→)\s*({_ONE_SHAPE}.*)$")
+_SHAPES_ONLY = rf"{_ONE_SHAPE}(?:\s*[+,]\s*{_ONE_SHAPE})*"
+_ARROW = re.compile(rf"^({_SHAPES_ONLY})\s*(?:->|→)\s*({_ONE_SHAPE}.*)$")
+_SHAPES_LINE = re.compile(rf"^({_SHAPES_ONLY})\s*$")
+_ARROW_START = re.compile(rf"^\s*(?:->|→)\s*({_ONE_SHAPE}.*)$")
 _DIM_ITEM = re.compile(r"^([a-z_][\w]*)?\s*(?:=\s*)?(\d+(?:\*\d+)*)?$", re.IGNORECASE)
 
 
@@ -185,11 +190,18 @@ def parse_shape(body: str) -> Shape | None:
 def dims_in_lines(lines: list[str]) -> Dims | None:
     inputs: list[Shape] = []
     outputs: list[Shape] = []
-    for line in lines:
+    for index, line in enumerate(lines):
         arrow = _ARROW.match(line)
         if arrow:
             inputs.extend(_shapes(arrow.group(1)))
             outputs.extend(_shapes(arrow.group(2)))
+            continue
+        after = _ARROW_START.match(line)
+        if after:
+            before = _SHAPES_LINE.match(lines[index - 1]) if index else None
+            if before:
+                inputs.extend(_shapes(before.group(1)))
+                outputs.extend(_shapes(after.group(1)))
             continue
         fields = list(_DIMS_FIELD.finditer(line))
         for index, field in enumerate(fields):

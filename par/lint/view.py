@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
-from par.lint.classify import NodeInfo, classify_graph, collective_named
+from par.lint.classify import NodeInfo, classify_graph, collective_named, names_computation
 from par.lint.dot_reader import DotEdge, DotGraph, DotNode
 from par.lint.findings import Finding
 from par.lint.labels import label_lines, op_key, op_title
@@ -100,8 +101,10 @@ def declared_and_labelled(view: DagView) -> tuple[int, int]:
 
 def sharded_nodes(view: DagView) -> frozenset[str]:
     """Computations that are one op of one layer repeated on several single GPUs: the same id
-    but for the device (`fc1_gpu0`, `fc1_gpu1`) or the same title ("Q Projection GPU0").
-    A node titled only by its device ("GPU 3") stands for the GPU itself, not an op."""
+    but for the device (`fc1_gpu0`, `fc1_gpu1`), the same title ("Q Projection GPU0"), or
+    experts that differ only in their number ("Expert 0" on GPU 0, "Expert 1" on GPU 1: the
+    experts of one MoE layer are its shards). A node titled only by its device ("GPU 3")
+    stands for the GPU itself, not an op."""
     groups: dict[tuple, list[str]] = {}
     for node_id, info in view.info.items():
         title = op_title(info.title)
@@ -110,6 +113,8 @@ def sharded_nodes(view: DagView) -> frozenset[str]:
             continue
         groups.setdefault((info.layer, "id", op_key(node_id)), []).append(node_id)
         groups.setdefault((info.layer, "title", title), []).append(node_id)
+        if "expert" in title:
+            groups.setdefault((info.layer, "expert", re.sub(r"\d+", "#", title)), []).append(node_id)
     return frozenset(node for members in groups.values()
                      if len({view.info[node].single_device for node in members}) >= 2
                      for node in members)
@@ -125,11 +130,14 @@ def _is_stray(view: DagView, node: DotNode) -> bool:
 
 
 def _name_loose_ends(view: DagView) -> None:
-    """A source titled "Input ..." is the graph's input, a sink titled "Output ..." its output."""
+    """A source titled "Input ..." is the graph's input, a sink titled "Output ..." its output;
+    but not a node with no edges at all, nor one whose title names a computation ("Output
+    Projection")."""
     for node_id, info in view.info.items():
         words = info.title.lower().split()
         first = words[0].strip(":") if words else ""
-        if info.role is not None or first not in ("input", "output"):
+        if info.role is not None or first not in ("input", "output") or \
+                names_computation(info.title) or not (view.preds[node_id] or view.succs[node_id]):
             continue
         loose = not view.preds[node_id] if first == "input" else not view.succs[node_id]
         if loose:

@@ -317,3 +317,23 @@ def test_gaps_around_overlapping_ranges_point_at_the_node_after_the_gap():
         a [label="Layers 0-5"]; b [label="Layers 2-3"]; c [label="Layer 9"]; d [label="Layers 9-12"]; }"""
     (gap,) = [f for f in lint_text(text) if f.code == "DAG007"]
     assert gap.nodes == ("c",) and "skips layers 6-8" in gap.message
+
+
+def test_a_fused_qkv_output_feeds_attention_a_third_of_its_width():
+    text = """digraph {
+        qkv [label="QKV Projection\\n[32, 2048, 7168] -> [32, 2048, 128, 384]\\nGPU: 0"];
+        attn [label="MHA\\n[32, 2048, 128, 128] -> [32, 2048, 128, 128]\\nGPU: 0"];
+        mlp [label="MLP Up\\n[32, 2048, 128, 128] -> [32, 2048, 128, 512]\\nGPU: 0"];
+        down [label="MLP Down\\n[32, 2048, 128, 128] -> [32, 2048, 128, 128]\\nGPU: 0"];
+        qkv -> attn -> mlp -> down;
+    }"""
+    # a third of a fused QKV is Q, K or V; a quarter of an MLP's output is a mismatch
+    assert [(f.code, f.nodes) for f in lint_text(text)] == [("DAG009", ("down",))]
+
+
+def test_experts_meeting_over_receive_edges_are_not_tensor_parallelism():
+    experts = "".join(f'e{g} [label="Expert {g} Linear\\nGPU: {g}"]; split -> e{g}; '
+                      f'e{g} -> agg [label="recv from GPU {g}"]; ' for g in range(4))
+    text = (f'digraph {{ input; output; split [label="Token Split"]; '
+            f'agg [label="Expert Aggregate"]; input -> split; {experts} agg -> output; }}')
+    assert lint_text(text) == []
