@@ -34,8 +34,9 @@ def label_lines(raw: str, *, node_id: str, graph_name: str, html_label: bool) ->
 # --- devices -----------------------------------------------------------------------------
 
 _DEVICE_WORD = r"(?:gpus?|devices?)"
+# "GPU: 0-7 → 8-15" is a transfer: the devices at both ends.
 _LABEL_DEVICE = re.compile(
-    rf"(?<![a-z]){_DEVICE_WORD}[\s:=#_]*(?:gpu_?)?(all\b|\d+(?:\s*(?:-|–|,)\s*\d+)*)",
+    rf"(?<![a-z]){_DEVICE_WORD}[\s:=#_]*(?:gpu_?)?(all\b|\d+(?:\s*(?:->|→|-|–|,)\s*\d+)*)",
     re.IGNORECASE)
 _COUNT_BEFORE = re.compile(r"\d\s*$")
 # A device in an id: `gpu3`, `device_0`, `dev2`, `rank_5`.
@@ -53,7 +54,7 @@ def parse_device_spec(spec: str) -> frozenset[int] | None:
     if spec.lower().startswith("all"):
         return ALL_DEVICES
     devices: set[int] = set()
-    for match in _RANGE.finditer(spec):
+    for match in _RANGE.finditer(re.sub(r"->|→", ",", spec)):
         if match.group(3) is not None:
             devices.add(int(match.group(3)))
             continue

@@ -47,8 +47,11 @@ def build_view(graph: DotGraph) -> DagView:
     edges = [edge for edge in graph.edges if not is_invisible(edge.attrs)]
     touched = {node for edge in edges for node in (edge.src, edge.dst)}
     info = classify_graph(graph)
+    tables = _tables(graph, touched)
     view = DagView(graph, {node_id: info[node_id] for node_id, node in graph.nodes.items()
-                           if node_id in touched or not _is_decoration(graph, node)})
+                           if node_id in touched or not (
+                               _is_decoration(graph, node) or _is_note(info[node_id], node)
+                               or node.scope and node.scope[-1] in tables)})
     for node_id in view.info:
         view.preds[node_id] = []
         view.succs[node_id] = []
@@ -148,6 +151,42 @@ def _name_loose_ends(view: DagView) -> None:
 
 def is_invisible(attrs: dict[str, str]) -> bool:
     return "invis" in attrs.get("style", "").lower()
+
+
+# An edge-less node whose label says it stands for others, or that heads the drawing.
+_PLACEHOLDER = re.compile(r"same (?:structure|operations|pattern)|similar|repeated|^\.\.\.|…",
+                          re.IGNORECASE | re.MULTILINE)
+_NOTE_ID = re.compile(r"^(?:title|legend|note|notes|summary|caption)(?:_\w*)?$", re.IGNORECASE)
+
+
+def _is_note(info: NodeInfo, node: DotNode) -> bool:
+    """An edge-less node that is no part of the dataflow: a heading or legend, a placeholder
+    ("... GPU 1-15 (Same structure as GPU 0)"), or an information ellipse that names no
+    collective ("DP=8", "16 Ring Stages", "Ring Communication Pattern"). A bare style word
+    (`filled`) is DAG010's."""
+    if node.bare and node.id.lower() in STYLE_WORDS:
+        return False
+    text = "\n".join(info.lines)
+    return bool(_NOTE_ID.match(info.id) or _PLACEHOLDER.search(text)
+                or (info.kind == "comm" and info.collective == "comm"))
+
+
+def _tables(graph: DotGraph, touched: set[str]) -> set[int]:
+    """Clusters that are tables, not dataflow: no node in them has an edge, nor does any node
+    elsewhere named like one of theirs (`gpu8_available`); a cluster of GPUs that lacks the
+    edges its sibling cluster's GPUs have (`gpu_16` beside a wired `gpu_0`) is not a table."""
+    families_touched = {_family(node) for node in touched}
+    members: dict[int, list[str]] = {}
+    for node in graph.nodes.values():
+        if node.scope:
+            members.setdefault(node.scope[-1], []).append(node.id)
+    return {index for index, nodes in members.items()
+            if graph.subgraphs[index].name and graph.subgraphs[index].name.startswith("cluster")
+            and not any(node in touched or _family(node) in families_touched for node in nodes)}
+
+
+def _family(node_id: str) -> str:
+    return re.sub(r"\d+", "#", node_id.lower())
 
 
 def _is_decoration(graph: DotGraph, node: DotNode) -> bool:

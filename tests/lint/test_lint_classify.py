@@ -124,3 +124,8 @@ def test_dims_in_the_ways_labels_state_them():
 def test_device_counts_are_not_devices():
     assert devices_in_text("Base Layer (8 GPUs)") is None
     assert devices_in_text("TP=2 on GPUs 0,1") == {0, 1}
+
+
+def test_a_transfer_names_the_devices_at_both_ends():
+    assert devices_in_text("GPU: 3→8") == {3, 8}
+    assert devices_in_text("GPU: 0-7 -> 8-15") == set(range(16))

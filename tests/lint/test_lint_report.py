@@ -118,7 +118,7 @@ def test_rule_codes_are_stable():
 def test_nodes_are_described_from_their_own_graph(tmp_path):
     # Two graphs in one file share the id `y`: A's finding must show A's node, not B's.
     path = tmp_path / "two.dot"
-    path.write_text('digraph A {\n  x [label="Linear"]; y [label="AllGather"];\n  x -> y;\n}\n'
+    path.write_text('digraph A {\n  x [label="Linear"]; y [label="AllGather"]; z [label="Add"];\n  x -> y; x -> z;\n}\n'
                     'digraph B {\n  a [label="LayerNorm"]; b [label="GELU"];\n  a -> y -> b;\n'
                     '  y [label="Linear"]\n}\n', encoding="utf-8")
     (finding,) = json.loads(run_lint([str(path)], fmt="json")[0])["files"][0]["findings"]

@@ -337,3 +337,53 @@ def test_experts_meeting_over_receive_edges_are_not_tensor_parallelism():
     text = (f'digraph {{ input; output; split [label="Token Split"]; '
             f'agg [label="Expert Aggregate"]; input -> split; {experts} agg -> output; }}')
     assert lint_text(text) == []
+
+
+def test_notes_placeholders_and_tables_are_not_dataflow():
+    text = """digraph {
+        input -> attn -> output; attn [label="Attention"];
+        title [label="Memory Layout Analysis", shape=box];
+        dp [label="DP=8", shape=ellipse];
+        ring [label="16 Ring Stages", shape=ellipse];
+        ellipse [shape=ellipse];
+        rest [label="...\\nGPU 1-15\\n(Same structure as GPU 0)"];
+        subgraph cluster_table { gpu8_free [label="GPU 8\\nAvailable"]; gpu9_free [label="GPU 9"]; }
+        lost [label="LayerNorm"];
+        ar [label="All-Reduce", shape=ellipse];
+    }"""
+    # an edge-less computation or collective is still reported
+    assert by_code(lint_text(text)) == {"DAG004": ["lost"], "DAG005": ["ar"]}
+
+
+def test_an_edge_less_cluster_beside_a_wired_one_is_not_a_table():
+    text = """digraph {
+        subgraph cluster_0 { gpu_0 [label="GPU 0\\nExpert 0"]; gpu_1 [label="GPU 1\\nExpert 0"]; }
+        subgraph cluster_1 { gpu_2 [label="GPU 2\\nExpert 1"]; }
+        input -> gpu_0 -> gpu_1 -> output;
+    }"""
+    assert by_code(lint_text(text)) == {"DAG004": ["gpu_2"]}
+
+
+def test_a_collective_that_ends_a_drawing_without_an_output_is_one_of_its_sinks():
+    sink = "digraph { a [label=FC2]; b [label=FC2]; ar [label=AllReduce]; a -> ar; b -> ar; }"
+    assert lint_text(sink) == []
+    # a branch off a path that goes on, or a graph with an output: the result is lost
+    branch = sink.replace("}", "c [label=Add]; a -> c; }")
+    assert by_code(lint_text(branch)) == {"DAG005": ["ar"]}
+    with_output = "digraph { a [label=FC2]; input -> a -> ar; a -> output; ar [label=AllReduce]; }"
+    assert by_code(lint_text(with_output)) == {"DAG005": ["ar"]}
+
+
+def test_gpus_linked_both_ways_are_not_a_cycle_but_ops_are():
+    links = """digraph { g0 [label="GPU 0"]; g1 [label="GPU 1"]; a2a [label="All-to-All"];
+        g0 -> g1 [label=TP_AllReduce]; g1 -> g0; g0 -> a2a; a2a -> g1; }"""
+    assert "DAG001" not in by_code(lint_text(links))
+    ops = """digraph { a [label="FC1\\nGPU 0"]; b [label="FC2\\nGPU 0"]; a -> b -> a; }"""
+    assert "DAG001" in by_code(lint_text(ops))
+
+
+def test_an_edge_that_says_layers_are_left_out_covers_the_gap():
+    text = """digraph { input -> layer_0_mlp -> layer_9_mlp [label="... 8 layers ..."];
+        layer_9_mlp -> output; }"""
+    assert lint_text(text) == []
+    assert by_code(lint_text(text.replace('"... 8 layers ..."', "next"))) == {"DAG007": ["layer_9_mlp"]}
