@@ -86,6 +86,23 @@ def op_key(node_id: str) -> str:
     return _ID_DEVICES.sub(lambda match: match.group(1), node_id).lower()
 
 
+def id_family(node_id: str) -> str:
+    """The id with every number blanked: `gpu8_available` and `gpu9_available` are one family."""
+    return re.sub(r"\d+", "#", node_id.lower())
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: inserts, deletes and substitutions of one character."""
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (char != other)))
+        previous = current
+    return previous[-1]
+
+
 def op_title(title: str) -> str:
     """The title without its device: "Q Projection GPU0" -> "q projection"."""
     return _TITLE_DEVICE.sub("", title).strip(" :-_").lower()

@@ -61,7 +61,8 @@ def check_connections(view: DagView) -> list[Finding]:
     has_output = view.has_role("output")
     findings = []
     for node_id, info in view.info.items():
-        if node_id in view.undefined or node_id in view.stray:
+        if node_id in view.undefined or node_id in view.stray or \
+                node_id in view.near_miss.values():
             continue  # DAG006 / DAG010 say what is wrong with these
         no_in, no_out = not view.preds[node_id], not view.succs[node_id]
         if not view.graph.directed:  # an undirected edge is both an input and an output
@@ -120,10 +121,16 @@ def _describe(info: NodeInfo) -> str:
 def check_undefined(view: DagView) -> list[Finding]:
     """DAG006: an edge names a node no statement declares (see `view.find_undefined`)."""
     declared, labelled = declared_and_labelled(view)
-    return [view.finding("DAG006", view.info[node].line,
-                         _UNDEFINED[reason].format(node=node, labelled=labelled, declared=declared),
-                         [node])
-            for node, reason in view.undefined.items()]
+    findings = []
+    for node, reason in view.undefined.items():
+        message = _UNDEFINED[reason].format(node=node, labelled=labelled, declared=declared)
+        meant = view.near_miss.get(node)
+        if meant is not None:  # one defect: the misspelt id, and the node it left unconnected
+            message += (f"; did you mean `{meant}` (line {view.info[meant].line}, which has no "
+                        "edges)?")
+        findings.append(view.finding("DAG006", view.info[node].line, message,
+                                     [node] if meant is None else [node, meant]))
+    return findings
 
 
 def check_stray_nodes(view: DagView) -> list[Finding]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from par.lint.classify import NodeInfo, classify_graph, collective_named, names_computation
 from par.lint.dot_reader import DotEdge, DotGraph, DotNode
 from par.lint.findings import Finding
-from par.lint.labels import label_lines, op_key, op_title
+from par.lint.labels import edit_distance, id_family, label_lines, op_key, op_title
 
 # Values of Graphviz's `style` attribute: a node with one of these names, declared bare,
 # is an attribute list gone wrong (`style=rounded filled` declares a node `filled`).
@@ -28,6 +28,7 @@ class DagView:
     stray: set[str] = field(default_factory=set)
     undefined: dict[str, str] = field(default_factory=dict)  # node -> "cluster" | "undeclared" | "unlabelled"
     shards: frozenset[str] = frozenset()  # see `sharded_nodes`
+    near_miss: dict[str, str] = field(default_factory=dict)  # see `near_misses`
 
     @property
     def file(self) -> str:
@@ -66,7 +67,28 @@ def build_view(graph: DotGraph) -> DagView:
     view.stray = {node_id for node_id in view.info if _is_stray(view, graph.nodes[node_id])}
     view.undefined = find_undefined(view)
     view.shards = sharded_nodes(view)
+    view.near_miss = near_misses(view)
     return view
+
+
+def near_misses(view: DagView) -> dict[str, str]:
+    """Undefined edge endpoints -> the declared node with no edges they were meant to be
+    (`l0_expert-8_gpu8` for `l0_expert0_gpu8`): at most 2 edits apart, and fewer than a third
+    of the id. Each isolated node is claimed once, by the endpoints in file order."""
+    isolated = [node for node in view.info
+                if view.graph.nodes[node].declared and node not in view.undefined
+                and node not in view.stray and not view.preds[node] and not view.succs[node]]
+    found: dict[str, str] = {}
+    for node in sorted(view.undefined, key=lambda name: view.info[name].line):
+        if view.undefined[node] == "cluster":
+            continue
+        scored = [(edit_distance(node, other), index, other) for index, other in enumerate(isolated)
+                  if other not in found.values() and abs(len(other) - len(node)) <= 2]
+        if scored:
+            distance, _, best = min(scored)
+            if distance <= 2 and 3 * distance < len(node):
+                found[node] = best
+    return found
 
 
 def find_undefined(view: DagView) -> dict[str, str]:
@@ -175,18 +197,14 @@ def _tables(graph: DotGraph, touched: set[str]) -> set[int]:
     """Clusters that are tables, not dataflow: no node in them has an edge, nor does any node
     elsewhere named like one of theirs (`gpu8_available`); a cluster of GPUs that lacks the
     edges its sibling cluster's GPUs have (`gpu_16` beside a wired `gpu_0`) is not a table."""
-    families_touched = {_family(node) for node in touched}
+    families_touched = {id_family(node) for node in touched}
     members: dict[int, list[str]] = {}
     for node in graph.nodes.values():
         if node.scope:
             members.setdefault(node.scope[-1], []).append(node.id)
     return {index for index, nodes in members.items()
             if graph.subgraphs[index].name and graph.subgraphs[index].name.startswith("cluster")
-            and not any(node in touched or _family(node) in families_touched for node in nodes)}
-
-
-def _family(node_id: str) -> str:
-    return re.sub(r"\d+", "#", node_id.lower())
+            and not any(node in touched or id_family(node) in families_touched for node in nodes)}
 
 
 def _is_decoration(graph: DotGraph, node: DotNode) -> bool:

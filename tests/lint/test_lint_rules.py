@@ -387,3 +387,29 @@ def test_an_edge_that_says_layers_are_left_out_covers_the_gap():
         layer_9_mlp -> output; }"""
     assert lint_text(text) == []
     assert by_code(lint_text(text.replace('"... 8 layers ..."', "next"))) == {"DAG007": ["layer_9_mlp"]}
+
+
+def test_one_finding_per_defect_repeated_on_every_gpu():
+    nodes = "".join(f'fc_gpu{g} [label="FC\\nGPU: {g}"]; ' for g in range(8))
+    findings = lint_text(f"digraph {{ norm [label=Norm]; input -> norm -> output; {nodes} }}")
+    assert [(f.code, f.nodes) for f in findings] == [
+        ("DAG004", tuple(f"fc_gpu{g}" for g in range(8)))]
+    assert "the same for `fc_gpu1`" in findings[0].message
+
+
+def test_a_misspelt_endpoint_names_the_isolated_node_it_meant_once():
+    text = """digraph {
+        input; output; router [label="Router"];
+        expert0_gpu8 [label="Expert 0"]; expert1_gpu8 [label="Expert 1"];
+        other_node [label="Norm"];
+        input -> router; router -> "expert-8_gpu8"; router -> "expert-7_gpu8"; router -> output;
+        "expert-8_gpu8" -> output; "expert-7_gpu8" -> output;
+    }"""
+    findings = lint_text(text)
+    # each misspelt id is one DAG006 naming its isolated node; that node gets no DAG004 of its
+    # own; an isolated node no endpoint resembles still does
+    assert [(f.code, f.nodes) for f in findings] == [
+        ("DAG004", ("other_node",)),
+        ("DAG006", ("expert-8_gpu8", "expert0_gpu8")),
+        ("DAG006", ("expert-7_gpu8", "expert1_gpu8"))]
+    assert "did you mean `expert0_gpu8`" in findings[1].message
