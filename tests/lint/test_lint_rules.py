@@ -413,3 +413,13 @@ def test_a_misspelt_endpoint_names_the_isolated_node_it_meant_once():
         ("DAG006", ("expert-8_gpu8", "expert0_gpu8")),
         ("DAG006", ("expert-7_gpu8", "expert1_gpu8"))]
     assert "did you mean `expert0_gpu8`" in findings[1].message
+
+
+@pytest.mark.parametrize("second, gap", [("Layers 4-7", False), ("Layers 6-7", True)])
+def test_a_stage_label_range_covers_the_nodes_inside(second, gap):
+    text = f"""digraph {{
+        subgraph cluster_s0 {{ label="Pipeline Stage 0 (Layers 0-3)"; a [label="Attention"]; }}
+        subgraph s1 {{ graph [label="Pipeline Stage 1 ({second})"]; b [label="Attention"]; }}
+        input -> a -> send -> b -> output; send [label="Send"];
+    }}"""
+    assert ("DAG007" in by_code(lint_text(text))) == gap
