@@ -4,10 +4,11 @@ Every decision records *why* it was made (`kind_why`, `devices_why`, `layer_why`
 can say "communication: label names AllGather" or "device 3: cluster 'GPU 3'".
 
 Kinds: `io` (the graph's input/output), `comm` (communication), `route` (split, concat,
-gate, aggregation) and `compute` (the rest), decided in this order: a name of the graph's
-input/output; a collective's name in the id or label; the ellipse shape (unless the title names
-a computation: an ellipse labelled "Residual Add" is a computation); a routing name in the
-title or id; the parallelogram shape. A parallelogram labelled "All-Reduce" is communication.
+gate, aggregation) and `compute` (the rest), decided by the label first and the shape second:
+a name of the graph's input/output; a collective's name in the id or label; a routing name in
+the title ("Expert Aggregation" routes, whatever shape it is drawn with); a computation's name in
+the title (an ellipse labelled "Residual Add" computes); the ellipse shape; a routing name in the
+id; the parallelogram shape. A parallelogram labelled "All-Reduce" is communication.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ COLLECTIVES: tuple[tuple[str, re.Pattern], ...] = tuple(
 COLLECTIVE_TITLES = {name: title for name, _, title in _NAMED}
 
 _ROUTE = re.compile(
-    r"split|concat|(?<![a-z])gat(?:e|ing)(?!\s*_?proj)|rout(?:e|er|ing)|dispatch|combine|"
+    r"split|concat|(?<![a-z])(?<!mlp\s)(?<!ffn\s)gat(?:e|ing)(?!\s*_?proj)|rout(?:e|er|ing)|dispatch|combine|"
     r"aggregat|gather|scatter|merge", re.IGNORECASE)
 _COMPUTE = re.compile(
     r"(?<![a-z])add(?![a-z])|norm|attention|attn|proj|linear|embed|expert|mlp|ffn|gelu|silu|"
@@ -108,6 +109,10 @@ def collective_named(text: str) -> str | None:
     return None
 
 
+def names_computation(title: str) -> bool:
+    return _COMPUTE.search(title) is not None
+
+
 def classify_graph(graph: DotGraph) -> dict[str, NodeInfo]:
     return {node_id: classify_node(graph, node) for node_id, node in graph.nodes.items()}
 
@@ -145,15 +150,17 @@ def _kind(node: DotNode, lines: list[str], title: str, role: str | None):
     if collective is not None:
         return "comm", f"id/label names {COLLECTIVE_TITLES[collective]}", collective
     shape = node.attrs.get("shape", "").lower()
-    if shape in ("ellipse", "oval"):
-        compute = _COMPUTE.search(title)
-        if compute is None:
-            return "comm", f"shape {shape}", "comm"
-        why = f"label names a computation ({compute.group(0).lower()}); shape {shape} ignored"
-        return "compute", why, None
-    route = _ROUTE.search(title) or _ROUTE.search(node.id)
+    route = _ROUTE.search(title)
     if route is not None:
         return "route", f"label names routing/aggregation ({route.group(0).lower()})", None
+    compute = _COMPUTE.search(title)
+    if compute is not None:
+        return "compute", f"label names a computation ({compute.group(0).lower()})", None
+    if shape in ("ellipse", "oval"):
+        return "comm", f"shape {shape}", "comm"
+    route = _ROUTE.search(node.id)
+    if route is not None:
+        return "route", f"id names routing/aggregation ({route.group(0).lower()})", None
     if shape == "parallelogram":
         return "route", "shape parallelogram", None
     return "compute", f"shape {shape or 'default'}, no communication or routing name", None
@@ -184,10 +191,12 @@ def _devices(node_id: str, lines: list[str], clusters: list[list[str]],
 
 
 def _layer(node_id: str, lines: list[str], clusters: list[list[str]]):
-    """A single layer (`layer_3_...`, "Layer 3") before a range ("Layers 1-8"); the node's own
-    id and label before the labels of the clusters around it, innermost first."""
-    attempts = [(layer_in_id, [node_id], "id"), (layer_in_text, lines, "label line"),
-                (layer_range_in_text, lines, "label line"), (layer_range_in_id, [node_id], "id")]
+    """The node's own label and id before the labels of the clusters around it, innermost
+    first. A range in the label ("Layers 1-6 (Same structure)") beats the id: a placeholder
+    named `layer1_out` stands for all of its layers; otherwise a single layer (`layer_3_...`,
+    "Layer 3") before a range."""
+    attempts = [(layer_range_in_text, lines, "label line"), (layer_in_id, [node_id], "id"),
+                (layer_in_text, lines, "label line"), (layer_range_in_id, [node_id], "id")]
     for label in clusters:
         attempts += [(layer_in_text, label, "cluster label line"),
                      (layer_range_in_text, label, "cluster label line")]

@@ -34,8 +34,9 @@ def label_lines(raw: str, *, node_id: str, graph_name: str, html_label: bool) ->
 # --- devices -----------------------------------------------------------------------------
 
 _DEVICE_WORD = r"(?:gpus?|devices?)"
+# "GPU: 0-7 → 8-15" is a transfer: the devices at both ends.
 _LABEL_DEVICE = re.compile(
-    rf"(?<![a-z]){_DEVICE_WORD}[\s:=#_]*(?:gpu_?)?(all\b|\d+(?:\s*(?:-|–|,)\s*\d+)*)",
+    rf"(?<![a-z]){_DEVICE_WORD}[\s:=#_]*(?:gpu_?)?(all\b|\d+(?:\s*(?:->|→|-|–|,)\s*\d+)*)",
     re.IGNORECASE)
 _COUNT_BEFORE = re.compile(r"\d\s*$")
 # A device in an id: `gpu3`, `device_0`, `dev2`, `rank_5`.
@@ -53,7 +54,7 @@ def parse_device_spec(spec: str) -> frozenset[int] | None:
     if spec.lower().startswith("all"):
         return ALL_DEVICES
     devices: set[int] = set()
-    for match in _RANGE.finditer(spec):
+    for match in _RANGE.finditer(re.sub(r"->|→", ",", spec)):
         if match.group(3) is not None:
             devices.add(int(match.group(3)))
             continue
@@ -83,6 +84,23 @@ def device_in_id(node_id: str) -> int | None:
 def op_key(node_id: str) -> str:
     """The id without its device numbers: `layer_0_fc1_gpu3` -> `layer_0_fc1_gpu`."""
     return _ID_DEVICES.sub(lambda match: match.group(1), node_id).lower()
+
+
+def id_family(node_id: str) -> str:
+    """The id with every number blanked: `gpu8_available` and `gpu9_available` are one family."""
+    return re.sub(r"\d+", "#", node_id.lower())
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: inserts, deletes and substitutions of one character."""
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (char != other)))
+        previous = current
+    return previous[-1]
 
 
 def op_title(title: str) -> str:
@@ -142,21 +160,26 @@ class Shape:
         return math.prod(int(v) for v in values)
 
     def agrees_with(self, other: Shape) -> bool:
-        """Same element count where both are numeric (a reshape is fine); else same dims."""
+        """Same element count where both are numeric (a reshape is fine). Otherwise a symbolic
+        dimension (`tokens_per_expert`, `T0`) stands for any size: the shapes disagree only
+        where two numbers at the same place differ."""
         if self.numel is not None and other.numel is not None:
             return self.numel == other.numel
-        return _canonical(self) == _canonical(other) or len(self.dims) != len(other.dims)
-
-
-def _canonical(shape: Shape) -> tuple[str, ...]:
-    return tuple((value or name).lower() for name, value in shape.dims)
+        if len(self.dims) != len(other.dims):
+            return True
+        return all(not (mine and theirs) or mine == theirs
+                   for (_, mine), (_, theirs) in zip(self.dims, other.dims))
 
 
 _DIMS_FIELD = re.compile(r"(?<![a-z])(input|output|in|out)\s*\d*\s*:\s*", re.IGNORECASE)
 _SHAPE = re.compile(r"(?:(\d+)\s*[×x*]\s*)?\[([^\[\]]*)\](?:\s*[×x*]\s*(\d+))?")
-# `[8, 128, 1024] -> [8, 128, 4096]`: a line that is only an input and an output shape.
+# `[8, 128, 1024] -> [8, 128, 4096]`: a line that is only input shapes (`[..] + [..]` for two)
+# and an output shape; the arrow may also start the next line (`[8, 128, 1024]` / `→ [8, 2]`).
 _ONE_SHAPE = r"\s*\d*\s*[×x]?\s*\[[^\[\]]*\]"
-_ARROW = re.compile(rf"^({_ONE_SHAPE})\s*(?:->|→)\s*({_ONE_SHAPE}.*)$")
+_SHAPES_ONLY = rf"{_ONE_SHAPE}(?:\s*[+,]\s*{_ONE_SHAPE})*"
+_ARROW = re.compile(rf"^({_SHAPES_ONLY})\s*(?:->|→)\s*({_ONE_SHAPE}.*)$")
+_SHAPES_LINE = re.compile(rf"^({_SHAPES_ONLY})\s*$")
+_ARROW_START = re.compile(rf"^\s*(?:->|→)\s*({_ONE_SHAPE}.*)$")
 _DIM_ITEM = re.compile(r"^([a-z_][\w]*)?\s*(?:=\s*)?(\d+(?:\*\d+)*)?$", re.IGNORECASE)
 
 
@@ -185,11 +208,18 @@ def parse_shape(body: str) -> Shape | None:
 def dims_in_lines(lines: list[str]) -> Dims | None:
     inputs: list[Shape] = []
     outputs: list[Shape] = []
-    for line in lines:
+    for index, line in enumerate(lines):
         arrow = _ARROW.match(line)
         if arrow:
             inputs.extend(_shapes(arrow.group(1)))
             outputs.extend(_shapes(arrow.group(2)))
+            continue
+        after = _ARROW_START.match(line)
+        if after:
+            before = _SHAPES_LINE.match(lines[index - 1]) if index else None
+            if before:
+                inputs.extend(_shapes(before.group(1)))
+                outputs.extend(_shapes(after.group(1)))
             continue
         fields = list(_DIMS_FIELD.finditer(line))
         for index, field in enumerate(fields):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from par.lint.compare import compare_with_spec
 from par.lint.dot_reader import DotGraph, DotReadError, read_dot_file
-from par.lint.findings import Finding
+from par.lint.findings import Finding, node_list
+from par.lint.labels import id_family
 from par.lint.rules import (
     check_connections,
     check_cycles,
@@ -16,10 +17,11 @@ from par.lint.rules import (
 )
 from par.lint.rules_dataflow import check_dims
 from par.lint.rules_parallel import check_tensor_parallel
+from par.lint.rules_semantic import check_semantics
 from par.lint.view import DagView, build_view
 
 CHECKS = (check_cycles, check_connections, check_undefined, check_stray_nodes, check_layer_gaps,
-          check_tensor_parallel, check_dims)
+          check_tensor_parallel, check_dims, check_semantics)
 
 
 @dataclass(slots=True)
@@ -52,10 +54,44 @@ class FileResult:
         return sorted(pairs, key=lambda pair: pair[0].sort_key())
 
 
+# Rules whose findings on nodes of one family (ids equal but for their numbers) share a cause:
+# the same op left unconnected, or the same shape disagreement, on every GPU or layer.
+GROUPED = frozenset({"DAG002", "DAG003", "DAG004", "DAG009", "DAG015"})
+
+
+def group_findings(findings: list[Finding]) -> list[Finding]:
+    """One finding per defect: those of a GROUPED rule whose first nodes are of one family
+    become the first of them, naming the others."""
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    order: list[Finding | tuple[str, str]] = []
+    for finding in findings:
+        if finding.code not in GROUPED or not finding.nodes:
+            order.append(finding)
+            continue
+        key = (finding.code, id_family(finding.nodes[0]))
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(finding)
+    grouped = []
+    for item in order:
+        if isinstance(item, Finding):
+            grouped.append(item)
+            continue
+        first, *others = groups[item]
+        if others:
+            nodes = [node for finding in groups[item] for node in finding.nodes]
+            first = replace(first, nodes=tuple(nodes), message=(
+                f"{first.message}; the same for "
+                f"{node_list([finding.nodes[0] for finding in others])}"))
+        grouped.append(first)
+    return grouped
+
+
 def lint_graph(graph: DotGraph, *, spec_dag=None,
                spec_name: str | None = None) -> tuple[DagView, list[Finding]]:
     view = build_view(graph)
-    findings = [finding for check in CHECKS for finding in check(view)]
+    findings = group_findings([finding for check in CHECKS for finding in check(view)])
     if spec_dag is not None:
         findings.extend(compare_with_spec(view, spec_dag, spec_name=spec_name))
     return view, findings

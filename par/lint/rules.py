@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import networkx as nx
 
 from par.dsl.units import span
 from par.lint.classify import COLLECTIVE_TITLES, NodeInfo
 from par.lint.findings import Finding
+from par.lint.labels import op_title
 from par.lint.view import DagView, declared_and_labelled
 
 # DAG006's message for each reason `view.find_undefined` gives.
@@ -34,7 +37,7 @@ def check_cycles(view: DagView) -> list[Finding]:
         for (src, dst), line in view.edge_line.items() if src == dst
     ]
     for component in nx.strongly_connected_components(digraph):
-        if len(component) == 1:
+        if len(component) == 1 or _links_gpus(view, component):
             continue
         start = min(component, key=lambda node: (view.info[node].line, view.info[node].col))
         cycle = nx.find_cycle(digraph.subgraph(component), source=start)
@@ -44,20 +47,30 @@ def check_cycles(view: DagView) -> list[Finding]:
     return findings
 
 
+def _links_gpus(view: DagView, component) -> bool:
+    """GPUs (nodes titled only by their device, "GPU 3") joined both ways, directly or through
+    collectives: a drawing of links, not of dependencies."""
+    gpus = [node for node in component
+            if view.info[node].single_device is not None and not op_title(view.info[node].title)]
+    return bool(gpus) and all(node in gpus or view.info[node].kind == "comm" for node in component)
+
+
 def check_connections(view: DagView) -> list[Finding]:
     """DAG002-DAG005: nodes missing inputs or outputs; one finding per node, the most specific."""
     has_input = view.has_role("input")
     has_output = view.has_role("output")
     findings = []
     for node_id, info in view.info.items():
-        if node_id in view.undefined or node_id in view.stray:
+        if node_id in view.undefined or node_id in view.stray or \
+                node_id in view.near_miss.values():
             continue  # DAG006 / DAG010 say what is wrong with these
         no_in, no_out = not view.preds[node_id], not view.succs[node_id]
         if not view.graph.directed:  # an undirected edge is both an input and an output
             no_in = no_out = no_in and no_out
         finding = None
         if info.kind == "comm" and (no_in or no_out):
-            finding = _comm_dangling(view, info, no_in, no_out)
+            if not (no_out and not no_in and not has_output and _ends_branch(view, node_id)):
+                finding = _comm_dangling(view, info, no_in, no_out)
         elif info.kind == "io":
             finding = _io_unconnected(view, info, no_in, no_out)
         elif no_in and no_out:
@@ -72,6 +85,12 @@ def check_connections(view: DagView) -> list[Finding]:
         if finding is not None:
             findings.append(finding)
     return findings
+
+
+def _ends_branch(view: DagView, node_id: str) -> bool:
+    """Everything that feeds the collective feeds only it: where the graph names no output,
+    it is where that branch of the drawing ends (an AllReduce as the last step shown)."""
+    return all(view.succs[pred] == [node_id] for pred in view.preds[node_id])
 
 
 def _comm_dangling(view: DagView, info: NodeInfo, no_in: bool, no_out: bool) -> Finding:
@@ -102,10 +121,16 @@ def _describe(info: NodeInfo) -> str:
 def check_undefined(view: DagView) -> list[Finding]:
     """DAG006: an edge names a node no statement declares (see `view.find_undefined`)."""
     declared, labelled = declared_and_labelled(view)
-    return [view.finding("DAG006", view.info[node].line,
-                         _UNDEFINED[reason].format(node=node, labelled=labelled, declared=declared),
-                         [node])
-            for node, reason in view.undefined.items()]
+    findings = []
+    for node, reason in view.undefined.items():
+        message = _UNDEFINED[reason].format(node=node, labelled=labelled, declared=declared)
+        meant = view.near_miss.get(node)
+        if meant is not None:  # one defect: the misspelt id, and the node it left unconnected
+            message += (f"; did you mean `{meant}` (line {view.info[meant].line}, which has no "
+                        "edges)?")
+        findings.append(view.finding("DAG006", view.info[node].line, message,
+                                     [node] if meant is None else [node, meant]))
+    return findings
 
 
 def check_stray_nodes(view: DagView) -> list[Finding]:
@@ -136,7 +161,7 @@ def check_layer_gaps(view: DagView) -> list[Finding]:
     findings = []
     reach = None  # the last layer covered so far
     for first, last in sorted(runs):
-        if reach is not None and first > reach + 1:
+        if reach is not None and first > reach + 1 and not _elided(view, starts[first].id):
             # A node covering the layer after the gap covers no layer before it: it starts there.
             before, after, node = reach, first, starts[first]
             noun = "layer" if after - before == 2 else "layers"
@@ -146,3 +171,12 @@ def check_layer_gaps(view: DagView) -> list[Finding]:
                 f"{before} to layer {after} (`{node.id}`, layer from {node.layer_why})", [node.id]))
         reach = last if reach is None else max(reach, last)
     return findings
+
+
+_ELIDED = re.compile(r"\.\.\.|…|\d+\s+(?:more\s+)?layers", re.IGNORECASE)
+
+
+def _elided(view: DagView, node: str) -> bool:
+    """An edge into the node says layers are left out ("... 124 layers ...")."""
+    return any(_ELIDED.search(edge.attrs.get("label", "")) for edge in view.graph.edges
+               if edge.dst == node)

@@ -106,12 +106,14 @@ def check_tp_without_collective(view: DagView) -> list[Finding]:
 
 
 def _meeting_shards(view: DagView) -> list[str]:
-    """Shards that feed one routing node or computation from two or more GPUs."""
+    """Shards that feed one routing node or computation from two or more GPUs, along edges
+    that name no communication ("recv from GPU 3" is one)."""
     meeting: set[str] = set()
     for node, info in view.info.items():
         if info.kind not in ("route", "compute"):
             continue
-        producers = [pred for pred in view.preds[node] if pred in view.shards]
+        producers = [pred for pred in view.preds[node]
+                     if pred in view.shards and (pred, node) not in view.comm_edges]
         if _several_gpus(view, producers):
             meeting.update(producers)
     return [node for node in view.info if node in meeting]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
-from par.lint.classify import NodeInfo, classify_graph, collective_named
+from par.lint.classify import NodeInfo, classify_graph, collective_named, names_computation
 from par.lint.dot_reader import DotEdge, DotGraph, DotNode
 from par.lint.findings import Finding
-from par.lint.labels import label_lines, op_key, op_title
+from par.lint.labels import edit_distance, id_family, label_lines, op_key, op_title
 
 # Values of Graphviz's `style` attribute: a node with one of these names, declared bare,
 # is an attribute list gone wrong (`style=rounded filled` declares a node `filled`).
@@ -27,6 +28,7 @@ class DagView:
     stray: set[str] = field(default_factory=set)
     undefined: dict[str, str] = field(default_factory=dict)  # node -> "cluster" | "undeclared" | "unlabelled"
     shards: frozenset[str] = frozenset()  # see `sharded_nodes`
+    near_miss: dict[str, str] = field(default_factory=dict)  # see `near_misses`
 
     @property
     def file(self) -> str:
@@ -46,8 +48,11 @@ def build_view(graph: DotGraph) -> DagView:
     edges = [edge for edge in graph.edges if not is_invisible(edge.attrs)]
     touched = {node for edge in edges for node in (edge.src, edge.dst)}
     info = classify_graph(graph)
+    tables = _tables(graph, touched)
     view = DagView(graph, {node_id: info[node_id] for node_id, node in graph.nodes.items()
-                           if node_id in touched or not _is_decoration(graph, node)})
+                           if node_id in touched or not (
+                               _is_decoration(graph, node) or _is_note(info[node_id], node)
+                               or node.scope and node.scope[-1] in tables)})
     for node_id in view.info:
         view.preds[node_id] = []
         view.succs[node_id] = []
@@ -62,7 +67,28 @@ def build_view(graph: DotGraph) -> DagView:
     view.stray = {node_id for node_id in view.info if _is_stray(view, graph.nodes[node_id])}
     view.undefined = find_undefined(view)
     view.shards = sharded_nodes(view)
+    view.near_miss = near_misses(view)
     return view
+
+
+def near_misses(view: DagView) -> dict[str, str]:
+    """Undefined edge endpoints -> the declared node with no edges they were meant to be
+    (`l0_expert-8_gpu8` for `l0_expert0_gpu8`): at most 2 edits apart, and fewer than a third
+    of the id. Each isolated node is claimed once, by the endpoints in file order."""
+    isolated = [node for node in view.info
+                if view.graph.nodes[node].declared and node not in view.undefined
+                and node not in view.stray and not view.preds[node] and not view.succs[node]]
+    found: dict[str, str] = {}
+    for node in sorted(view.undefined, key=lambda name: view.info[name].line):
+        if view.undefined[node] == "cluster":
+            continue
+        scored = [(edit_distance(node, other), index, other) for index, other in enumerate(isolated)
+                  if other not in found.values() and abs(len(other) - len(node)) <= 2]
+        if scored:
+            distance, _, best = min(scored)
+            if distance <= 2 and 3 * distance < len(node):
+                found[node] = best
+    return found
 
 
 def find_undefined(view: DagView) -> dict[str, str]:
@@ -100,8 +126,10 @@ def declared_and_labelled(view: DagView) -> tuple[int, int]:
 
 def sharded_nodes(view: DagView) -> frozenset[str]:
     """Computations that are one op of one layer repeated on several single GPUs: the same id
-    but for the device (`fc1_gpu0`, `fc1_gpu1`) or the same title ("Q Projection GPU0").
-    A node titled only by its device ("GPU 3") stands for the GPU itself, not an op."""
+    but for the device (`fc1_gpu0`, `fc1_gpu1`), the same title ("Q Projection GPU0"), or
+    experts that differ only in their number ("Expert 0" on GPU 0, "Expert 1" on GPU 1: the
+    experts of one MoE layer are its shards). A node titled only by its device ("GPU 3")
+    stands for the GPU itself, not an op."""
     groups: dict[tuple, list[str]] = {}
     for node_id, info in view.info.items():
         title = op_title(info.title)
@@ -110,6 +138,8 @@ def sharded_nodes(view: DagView) -> frozenset[str]:
             continue
         groups.setdefault((info.layer, "id", op_key(node_id)), []).append(node_id)
         groups.setdefault((info.layer, "title", title), []).append(node_id)
+        if "expert" in title:
+            groups.setdefault((info.layer, "expert", re.sub(r"\d+", "#", title)), []).append(node_id)
     return frozenset(node for members in groups.values()
                      if len({view.info[node].single_device for node in members}) >= 2
                      for node in members)
@@ -125,11 +155,14 @@ def _is_stray(view: DagView, node: DotNode) -> bool:
 
 
 def _name_loose_ends(view: DagView) -> None:
-    """A source titled "Input ..." is the graph's input, a sink titled "Output ..." its output."""
+    """A source titled "Input ..." is the graph's input, a sink titled "Output ..." its output;
+    but not a node with no edges at all, nor one whose title names a computation ("Output
+    Projection")."""
     for node_id, info in view.info.items():
         words = info.title.lower().split()
         first = words[0].strip(":") if words else ""
-        if info.role is not None or first not in ("input", "output"):
+        if info.role is not None or first not in ("input", "output") or \
+                names_computation(info.title) or not (view.preds[node_id] or view.succs[node_id]):
             continue
         loose = not view.preds[node_id] if first == "input" else not view.succs[node_id]
         if loose:
@@ -140,6 +173,38 @@ def _name_loose_ends(view: DagView) -> None:
 
 def is_invisible(attrs: dict[str, str]) -> bool:
     return "invis" in attrs.get("style", "").lower()
+
+
+# An edge-less node whose label says it stands for others, or that heads the drawing.
+_PLACEHOLDER = re.compile(r"same (?:structure|operations|pattern)|similar|repeated|^\.\.\.|…",
+                          re.IGNORECASE | re.MULTILINE)
+_NOTE_ID = re.compile(r"^(?:title|legend|note|notes|summary|caption)(?:_\w*)?$", re.IGNORECASE)
+
+
+def _is_note(info: NodeInfo, node: DotNode) -> bool:
+    """An edge-less node that is no part of the dataflow: a heading or legend, a placeholder
+    ("... GPU 1-15 (Same structure as GPU 0)"), or an information ellipse that names no
+    collective ("DP=8", "16 Ring Stages", "Ring Communication Pattern"). A bare style word
+    (`filled`) is DAG010's."""
+    if node.bare and node.id.lower() in STYLE_WORDS:
+        return False
+    text = "\n".join(info.lines)
+    return bool(_NOTE_ID.match(info.id) or _PLACEHOLDER.search(text)
+                or (info.kind == "comm" and info.collective == "comm"))
+
+
+def _tables(graph: DotGraph, touched: set[str]) -> set[int]:
+    """Clusters that are tables, not dataflow: no node in them has an edge, nor does any node
+    elsewhere named like one of theirs (`gpu8_available`); a cluster of GPUs that lacks the
+    edges its sibling cluster's GPUs have (`gpu_16` beside a wired `gpu_0`) is not a table."""
+    families_touched = {id_family(node) for node in touched}
+    members: dict[int, list[str]] = {}
+    for node in graph.nodes.values():
+        if node.scope:
+            members.setdefault(node.scope[-1], []).append(node.id)
+    return {index for index, nodes in members.items()
+            if graph.subgraphs[index].name and graph.subgraphs[index].name.startswith("cluster")
+            and not any(node in touched or id_family(node) in families_touched for node in nodes)}
 
 
 def _is_decoration(graph: DotGraph, node: DotNode) -> bool:

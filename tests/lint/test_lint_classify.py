@@ -23,14 +23,19 @@ def classify(statement: str, *, node: str = "n", context: str = ""):
      "names a computation (residual)"),
     ('n [label="Token Split\\nGPU: 0-7"]', "route", None, "routing/aggregation (split)"),
     ('n [label="Expert Gate"]', "route", None, "(gate)"),
-    ('n [label="Gate Projection"]', "compute", None, "no communication or routing name"),
+    ('n [label="Gate Projection"]', "compute", None, "names a computation (proj)"),
+    ('n [label="MLP Gate\\nGPU: 0"]', "compute", None, "names a computation (mlp)"),
+    # the label decides before the shape does
+    ('n [label="Expert Aggregation", shape=ellipse]', "route", None, "(aggregat)"),
+    ('n [label="Expert Aggregation", shape=rectangle]', "route", None, "(aggregat)"),
+    ('n [label="Network Stats"]', "compute", None, "shape default"),
     ("n [shape=parallelogram]", "route", None, "shape parallelogram"),
     ('n [label="Expert Dispatch\\nAll-to-All (128 ops)", shape=ellipse]', "comm", "alltoall",
      "names All-to-All"),
     ('n [label="Pipeline Send"]', "comm", "send", "names Send"),
     ('n [label="KV Ring Recv"]', "comm", "recv", "names Recv"),
     ('n [label="FC1 Linear (Column Parallel)\\nInput: [8, 16]\\nOutput: [8, 32]"]', "compute", None,
-     "shape default"),
+     "names a computation (linear)"),
 ])
 def test_kinds_and_reasons(statement, kind, collective, why):
     info = classify(statement)
@@ -119,3 +124,8 @@ def test_dims_in_the_ways_labels_state_them():
 def test_device_counts_are_not_devices():
     assert devices_in_text("Base Layer (8 GPUs)") is None
     assert devices_in_text("TP=2 on GPUs 0,1") == {0, 1}
+
+
+def test_a_transfer_names_the_devices_at_both_ends():
+    assert devices_in_text("GPU: 3→8") == {3, 8}
+    assert devices_in_text("GPU: 0-7 -> 8-15") == set(range(16))

@@ -111,14 +111,15 @@ def test_unknown_format_is_refused(clean):
 
 def test_rule_codes_are_stable():
     assert sorted(RULES) == ["DAG001", "DAG002", "DAG003", "DAG004", "DAG005", "DAG006",
-                             "DAG007", "DAG008", "DAG009", "DAG010", "DAG011", "DOT000", "SPEC001",
-                             "SPEC002", "SPEC003", "SPEC004"]
+                             "DAG007", "DAG008", "DAG009", "DAG010", "DAG011", "DAG012", "DAG013",
+                             "DAG014", "DAG015", "DAG016", "DAG017", "DAG018", "DAG019", "DOT000",
+                             "SPEC001", "SPEC002", "SPEC003", "SPEC004"]
 
 
 def test_nodes_are_described_from_their_own_graph(tmp_path):
     # Two graphs in one file share the id `y`: A's finding must show A's node, not B's.
     path = tmp_path / "two.dot"
-    path.write_text('digraph A {\n  x [label="Linear"]; y [label="AllGather"];\n  x -> y;\n}\n'
+    path.write_text('digraph A {\n  x [label="Linear"]; y [label="AllGather"]; z [label="Add"];\n  x -> y; x -> z;\n}\n'
                     'digraph B {\n  a [label="LayerNorm"]; b [label="GELU"];\n  a -> y -> b;\n'
                     '  y [label="Linear"]\n}\n', encoding="utf-8")
     (finding,) = json.loads(run_lint([str(path)], fmt="json")[0])["files"][0]["findings"]

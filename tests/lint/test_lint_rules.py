@@ -317,3 +317,109 @@ def test_gaps_around_overlapping_ranges_point_at_the_node_after_the_gap():
         a [label="Layers 0-5"]; b [label="Layers 2-3"]; c [label="Layer 9"]; d [label="Layers 9-12"]; }"""
     (gap,) = [f for f in lint_text(text) if f.code == "DAG007"]
     assert gap.nodes == ("c",) and "skips layers 6-8" in gap.message
+
+
+def test_a_fused_qkv_output_feeds_attention_a_third_of_its_width():
+    text = """digraph {
+        qkv [label="QKV Projection\\n[32, 2048, 7168] -> [32, 2048, 128, 384]\\nGPU: 0"];
+        attn [label="MHA\\n[32, 2048, 128, 128] -> [32, 2048, 128, 128]\\nGPU: 0"];
+        mlp [label="MLP Up\\n[32, 2048, 128, 128] -> [32, 2048, 128, 512]\\nGPU: 0"];
+        down [label="MLP Down\\n[32, 2048, 128, 128] -> [32, 2048, 128, 128]\\nGPU: 0"];
+        qkv -> attn -> mlp -> down;
+    }"""
+    # a third of a fused QKV is Q, K or V; a quarter of an MLP's output is a mismatch
+    assert [(f.code, f.nodes) for f in lint_text(text)] == [("DAG009", ("down",))]
+
+
+def test_experts_meeting_over_receive_edges_are_not_tensor_parallelism():
+    experts = "".join(f'e{g} [label="Expert {g} Linear\\nGPU: {g}"]; split -> e{g}; '
+                      f'e{g} -> agg [label="recv from GPU {g}"]; ' for g in range(4))
+    text = (f'digraph {{ input; output; split [label="Token Split"]; '
+            f'agg [label="Expert Aggregate"]; input -> split; {experts} agg -> output; }}')
+    assert lint_text(text) == []
+
+
+def test_notes_placeholders_and_tables_are_not_dataflow():
+    text = """digraph {
+        input -> attn -> output; attn [label="Attention"];
+        title [label="Memory Layout Analysis", shape=box];
+        dp [label="DP=8", shape=ellipse];
+        ring [label="16 Ring Stages", shape=ellipse];
+        ellipse [shape=ellipse];
+        rest [label="...\\nGPU 1-15\\n(Same structure as GPU 0)"];
+        subgraph cluster_table { gpu8_free [label="GPU 8\\nAvailable"]; gpu9_free [label="GPU 9"]; }
+        lost [label="LayerNorm"];
+        ar [label="All-Reduce", shape=ellipse];
+    }"""
+    # an edge-less computation or collective is still reported
+    assert by_code(lint_text(text)) == {"DAG004": ["lost"], "DAG005": ["ar"]}
+
+
+def test_an_edge_less_cluster_beside_a_wired_one_is_not_a_table():
+    text = """digraph {
+        subgraph cluster_0 { gpu_0 [label="GPU 0\\nExpert 0"]; gpu_1 [label="GPU 1\\nExpert 0"]; }
+        subgraph cluster_1 { gpu_2 [label="GPU 2\\nExpert 1"]; }
+        input -> gpu_0 -> gpu_1 -> output;
+    }"""
+    assert by_code(lint_text(text)) == {"DAG004": ["gpu_2"]}
+
+
+def test_a_collective_that_ends_a_drawing_without_an_output_is_one_of_its_sinks():
+    sink = "digraph { a [label=FC2]; b [label=FC2]; ar [label=AllReduce]; a -> ar; b -> ar; }"
+    assert lint_text(sink) == []
+    # a branch off a path that goes on, or a graph with an output: the result is lost
+    branch = sink.replace("}", "c [label=Add]; a -> c; }")
+    assert by_code(lint_text(branch)) == {"DAG005": ["ar"]}
+    with_output = "digraph { a [label=FC2]; input -> a -> ar; a -> output; ar [label=AllReduce]; }"
+    assert by_code(lint_text(with_output)) == {"DAG005": ["ar"]}
+
+
+def test_gpus_linked_both_ways_are_not_a_cycle_but_ops_are():
+    links = """digraph { g0 [label="GPU 0"]; g1 [label="GPU 1"]; a2a [label="All-to-All"];
+        g0 -> g1 [label=TP_AllReduce]; g1 -> g0; g0 -> a2a; a2a -> g1; }"""
+    assert "DAG001" not in by_code(lint_text(links))
+    ops = """digraph { a [label="FC1\\nGPU 0"]; b [label="FC2\\nGPU 0"]; a -> b -> a; }"""
+    assert "DAG001" in by_code(lint_text(ops))
+
+
+def test_an_edge_that_says_layers_are_left_out_covers_the_gap():
+    text = """digraph { input -> layer_0_mlp -> layer_9_mlp [label="... 8 layers ..."];
+        layer_9_mlp -> output; }"""
+    assert lint_text(text) == []
+    assert by_code(lint_text(text.replace('"... 8 layers ..."', "next"))) == {"DAG007": ["layer_9_mlp"]}
+
+
+def test_one_finding_per_defect_repeated_on_every_gpu():
+    nodes = "".join(f'fc_gpu{g} [label="FC\\nGPU: {g}"]; ' for g in range(8))
+    findings = lint_text(f"digraph {{ norm [label=Norm]; input -> norm -> output; {nodes} }}")
+    assert [(f.code, f.nodes) for f in findings] == [
+        ("DAG004", tuple(f"fc_gpu{g}" for g in range(8)))]
+    assert "the same for `fc_gpu1`" in findings[0].message
+
+
+def test_a_misspelt_endpoint_names_the_isolated_node_it_meant_once():
+    text = """digraph {
+        input; output; router [label="Router"];
+        expert0_gpu8 [label="Expert 0"]; expert1_gpu8 [label="Expert 1"];
+        other_node [label="Norm"];
+        input -> router; router -> "expert-8_gpu8"; router -> "expert-7_gpu8"; router -> output;
+        "expert-8_gpu8" -> output; "expert-7_gpu8" -> output;
+    }"""
+    findings = lint_text(text)
+    # each misspelt id is one DAG006 naming its isolated node; that node gets no DAG004 of its
+    # own; an isolated node no endpoint resembles still does
+    assert [(f.code, f.nodes) for f in findings] == [
+        ("DAG004", ("other_node",)),
+        ("DAG006", ("expert-8_gpu8", "expert0_gpu8")),
+        ("DAG006", ("expert-7_gpu8", "expert1_gpu8"))]
+    assert "did you mean `expert0_gpu8`" in findings[1].message
+
+
+@pytest.mark.parametrize("second, gap", [("Layers 4-7", False), ("Layers 6-7", True)])
+def test_a_stage_label_range_covers_the_nodes_inside(second, gap):
+    text = f"""digraph {{
+        subgraph cluster_s0 {{ label="Pipeline Stage 0 (Layers 0-3)"; a [label="Attention"]; }}
+        subgraph s1 {{ graph [label="Pipeline Stage 1 ({second})"]; b [label="Attention"]; }}
+        input -> a -> send -> b -> output; send [label="Send"];
+    }}"""
+    assert ("DAG007" in by_code(lint_text(text))) == gap
