@@ -6,7 +6,7 @@ import pytest
 from par.codegen.cost import per_rank_comm, rank_costs
 from par.dsl.cost.accounting import model_parameters, training_state
 
-from tests.cost.tiny import GPT, LLAMA, SMALL, compile_source, compile_spec
+from tests.cost.tiny import GPT, LLAMA, SMALL, compile_source, compile_spec, megatron_layer_bytes
 
 FP16 = 2
 
@@ -118,18 +118,18 @@ def test_rank_flops_sum_the_layer_closed_form():
 def test_megatron_activations_per_layer():
     compiled = compile_source(GPT, "tp=4", "pp=1")
     model, mesh, b, s, h = _sizes(compiled)
-    t, ffn = mesh.tp, model.ffn
-    # ln1, qkv/t, ctx/t, attn (partial), allreduce, h, ln2, fc1/t, act/t, mlp (partial), allreduce, out
-    per_layer = b * s * (h + 3 * h // t + h // t + h + h + h + h + ffn // t + ffn // t + h + h + h) * FP16
+    per_layer = megatron_layer_bytes(b, s, h, model.ffn, model.heads, mesh.tp, FP16)
     for cost in rank_costs(compiled.graph):
         assert cost.activation_bytes == model.layers * per_layer
 
 
-def test_stage_one_also_keeps_the_received_activation():
+def test_a_sending_stage_also_keeps_its_output():
+    """The schedule keeps a stage's output until the gradient comes back; the last stage keeps
+    the loss instead, and both keep their input (the first layer's norm saves it)."""
     compiled = compile_source(GPT, "tp=2", "pp=2")
     model, mesh, b, s, h = _sizes(compiled)
     costs = rank_costs(compiled.graph)
-    assert costs[2].activation_bytes - costs[0].activation_bytes == b * s * h * FP16
+    assert costs[0].activation_bytes - costs[2].activation_bytes == b * s * h * FP16
 
 
 def test_data_parallel_gradients_are_allreduced_once_per_step():
