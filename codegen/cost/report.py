@@ -223,9 +223,9 @@ def _pipeline_section(cost: Cost) -> Section:
         f"Stage imbalance: slowest stage forward / mean = {max(forward) / mean if mean else 1:.3f}.",
     ]
     if estimate.unit != "s":
-        notes.append("Times in FLOPs on the critical path (no hardware given: communication is not timed).")
+        notes.append("Times in FLOPs of the slowest device, its ops one after another (no hardware given: communication is not timed).")
     else:
-        notes.append("Times: critical path through the stage's part of the DAG; backward = 2 x compute + backward collectives.")
+        notes.append("Times: the stage's slowest device, its ops and collectives one after another; backward = 2 x compute + backward collectives.")
     return Section(
         "Pipeline",
         ("stage", "layers", "forward/mb", "backward/mb", "in flight"),
@@ -241,7 +241,7 @@ def _step_section(cost: Cost) -> Section:
     peak = mesh["world"] * hardware.peak_tflops * 1e12
     tokens = cost.model["batch"] * cost.model["seq"]
     rows = (
-        ("one microbatch forward, whole DAG (critical path)", units.seconds(estimate.microbatch_latency)),
+        ("one microbatch forward, every stage and link in turn", units.seconds(estimate.microbatch_latency)),
         (f"pipeline: {units.plural(mesh['microbatches'], 'microbatch', 'microbatches')} forward and backward", units.seconds(estimate.pipeline)),
         ("gradient sync after the pipeline (slowest device)", units.seconds(estimate.gradient_sync)),
         ("step", units.seconds(estimate.step)),
