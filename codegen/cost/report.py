@@ -47,7 +47,8 @@ def warnings(cost: Cost) -> list[str]:
         memory = group.memory
         found.append(
             f"{_devices(group)} (stage {group.cost.stage}) does not fit: it needs {units.size(memory.total)} "
-            f"(weights {units.size(memory.weights)} + grads {units.size(memory.grads)} + optimizer "
+            f"(weights {units.size(memory.weights)} + grads {units.size(memory.grads)} + master "
+            f"{units.size(memory.master)} + optimizer "
             f"{units.size(memory.optimizer)} + activations {memory.in_flight} x "
             f"{units.size(memory.activations_per_microbatch)}) but {cost.hardware.name} has "
             f"{cost.hardware.memory_gb:g} GB per device"
@@ -111,6 +112,7 @@ def _memory_section(cost: Cost) -> Section:
             _devices(group),
             units.size(memory.weights),
             units.size(memory.grads),
+            units.size(memory.master),
             units.size(memory.optimizer),
             units.size(memory.activations_per_microbatch),
             str(memory.in_flight),
@@ -122,16 +124,16 @@ def _memory_section(cost: Cost) -> Section:
             row += (f"{verdict} ({units.percent(memory.total / capacity(hardware))} of {hardware.memory_gb:g} GB)",)
         rows.append(row)
     state = cost.state
-    headers = ("devices", "weights", "grads", "optimizer", "activations/mb", "in flight", "activations", "peak")
+    master = f" + master weights {state.master} B" if state.master else ""
+    headers = ("devices", "weights", "grads", "master", "optimizer", "activations/mb", "in flight", "activations", "peak")
     return Section(
         "Memory per device (peak during a step)",
         headers + (("fits",) if hardware else ()),
         tuple(rows),
-        "lrrrrrrr" + ("l" if hardware else ""),
+        "lrrrrrrrr" + ("l" if hardware else ""),
         (
-            f"Per parameter: weights {state.weights} B + grads {state.grads} B + Adam optimizer state "
-            f"{state.optimizer} B = {state.total} B ({cost.model['dtype']}"
-            + ("; fp32 master weights, m and v" if state.optimizer == 12 else "; m and v") + ").",
+            f"Per parameter: weights {state.weights} B ({cost.model['dtype']}) + grads {state.grads} B{master} "
+            f"+ Adam m and v {state.optimizer} B = {state.total} B, all but the weights in fp32.",
             f"In flight: microbatches whose activations a stage holds at once under {cost.mesh['schedule']} "
             "(GPipe: m; 1F1B: min(p - stage, m)).",
         ),

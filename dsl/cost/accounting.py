@@ -33,21 +33,31 @@ Number = int | float
 
 @dataclass(frozen=True, slots=True)
 class TrainingState:
-    """Bytes each parameter costs during training (Adam; see docs/cost.md)."""
+    """Bytes each parameter costs during training with Adam, in the precision the code runs (docs/cost.md)."""
 
-    weights: int
-    grads: int
-    optimizer: int
+    weights: int  # in the spec's dtype
+    grads: int  # the gradient buffer, accumulated over microbatches and reduced in the gradient dtype
+    master: int  # fp32 master weights the optimizer updates (none when the weights are fp32)
+    optimizer: int  # Adam's m and v, fp32
 
     @property
     def total(self) -> int:
-        return self.weights + self.grads + self.optimizer
+        return self.weights + self.grads + self.master + self.optimizer
 
 
-def training_state(dtype: str) -> TrainingState:
-    """Mixed precision (fp16/bf16): 2 + 2 + fp32 master, m, v (12) = 16; fp32: 4 + 4 + m, v (8) = 16."""
+FP32 = DTYPE_BYTES["fp32"]
+
+
+def training_state(dtype: str, grad_dtype: str = "fp32") -> TrainingState:
+    """fp32: 4 + 4 + 0 + 8 = 16 B; fp16/bf16: 2 + fp32 grads 4 + fp32 master 4 + 8 = 18 B
+    (16 B when the gradients are reduced in the low precision)."""
     size = DTYPE_BYTES[dtype]
-    return TrainingState(weights=size, grads=size, optimizer=12 if size < 4 else 8)
+    return TrainingState(
+        weights=size,
+        grads=DTYPE_BYTES[grad_dtype],
+        master=FP32 if size < FP32 else 0,
+        optimizer=2 * FP32,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +128,7 @@ def transfers(graph: nx.DiGraph) -> list[Transfer]:
 
 def _gradient_sync(graph: nx.DiGraph, mesh: Mesh) -> list[Transfer]:
     """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of sequence-shard params."""
-    size = dtype_bytes(graph)
+    size = training_state(graph.graph["model"]["dtype"]).grads
     held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
     seq_sharded: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
     for _, data in graph.nodes(data=True):

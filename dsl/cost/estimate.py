@@ -158,6 +158,7 @@ class Memory:
 
     weights: int
     grads: int
+    master: int
     optimizer: int
     activations_per_microbatch: int
     in_flight: int
@@ -168,7 +169,7 @@ class Memory:
 
     @property
     def total(self) -> int:
-        return self.weights + self.grads + self.optimizer + self.activations
+        return self.weights + self.grads + self.master + self.optimizer + self.activations
 
 
 def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int) -> int:
@@ -181,6 +182,7 @@ def device_memory(cost: RankCost, state: TrainingState, mesh: dict) -> Memory:
     return Memory(
         weights=cost.params * state.weights,
         grads=cost.params * state.grads,
+        master=cost.params * state.master,
         optimizer=cost.params * state.optimizer,
         activations_per_microbatch=cost.activation_bytes,
         in_flight=in_flight(mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"]),

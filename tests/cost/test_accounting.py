@@ -138,7 +138,7 @@ def test_data_parallel_gradients_are_allreduced_once_per_step():
     step, micro = per_rank_comm(compiled.graph, scope="step"), per_rank_comm(compiled.graph, scope="microbatch")
     m = compiled.deployment.mesh.microbatches
     for cost in rank_costs(compiled.graph):
-        grads = 2 * (dp - 1) * cost.params * FP16 // dp
+        grads = 2 * (dp - 1) * cost.params * 4 // dp  # gradients are reduced in fp32
         backward = cost.comm["backward"]["allreduce"]
         assert step[cost.rank]["allreduce"] == m * (micro[cost.rank]["allreduce"] + backward) + grads
 
@@ -154,7 +154,7 @@ def test_sequence_parallel_swaps_allreduces_for_gathers_and_scatters():
         assert cost.comm["backward"] == {"allgather": 2 * layers * part, "reducescatter": 2 * layers * part}
         # RMSNorm weights see only their sequence shard: their gradients are summed over the tp group.
         norms = 2 * layers * h
-        assert cost.comm["gradients"] == {"allreduce": 2 * (t - 1) * norms * 2 // t}
+        assert cost.comm["gradients"] == {"allreduce": 2 * (t - 1) * norms * 4 // t}  # fp32 gradients
 
 
 def test_scopes_are_checked():
@@ -163,9 +163,15 @@ def test_scopes_are_checked():
         per_rank_comm(compiled.graph, scope="layer")
 
 
-def test_training_state_is_sixteen_bytes_per_parameter():
-    assert training_state("fp16").total == training_state("bf16").total == training_state("fp32").total == 16
-    assert training_state("bf16").optimizer == 12 and training_state("fp32").optimizer == 8
+def test_training_state_follows_the_precision_the_code_runs():
+    """fp32: weights, grads, m, v in fp32 (4 + 4 + 8). fp16/bf16: weights in the dtype, an fp32
+    gradient buffer, fp32 master weights and m, v (2 + 4 + 4 + 8); low-precision gradients save 2."""
+    fp32 = training_state("fp32")
+    assert (fp32.weights, fp32.grads, fp32.master, fp32.optimizer, fp32.total) == (4, 4, 0, 8, 16)
+    for dtype in ("fp16", "bf16"):
+        mixed = training_state(dtype)
+        assert (mixed.weights, mixed.grads, mixed.master, mixed.optimizer, mixed.total) == (2, 4, 4, 8, 18)
+        assert training_state(dtype, grad_dtype=dtype).total == 16
 
 
 # Blocks whose backward differs from "every AllGather reduce-scatters, every column input is
