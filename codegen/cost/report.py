@@ -278,8 +278,8 @@ def _totals_section(cost: Cost) -> Section:
         "lr",
         (
             "The DAG holds the transformer layers: embeddings, the output head and the loss are not counted.",
-            "Activations: every tensor a device's forward produces (compute outputs, collective outputs, "
-            "received tensors) is kept for backward; no recomputation, no activation checkpointing; "
-            "attention is fused, so no seq x seq score matrix is kept. Backward FLOPs = 2 x forward.",
+            "Activations: the tensors the generated code keeps for backward (what autograd saves for each op, "
+            "each tensor once, and the stage output a sending stage holds); no recomputation, no activation "
+            "checkpointing; fused attention keeps a logsumexp, no seq x seq score matrix. Backward FLOPs = 2 x forward.",
         ),
     )
