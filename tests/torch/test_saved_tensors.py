@@ -33,6 +33,9 @@ SHIPPED = {
     "layerwise": ("layerwise", ["tp=2", "pp=2", "layers=4", "stages=2,2", "batch=4", "microbatches=2"]),
     "llama": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"]),
     "llama mha": ("llama_gqa", ["heads=4", "kv_heads=4", "tp=4", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"]),
+    # Low precision: norm statistics (fp32 on CUDA, the dtype on CPU) and RMSNorm's fp32 copies.
+    "megatron fp16": ("megatron_tp8_pp2", ["tp=2", "layers=4", "batch=4", "dtype=fp16"]),
+    "llama bf16": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "dtype=bf16"]),
 }
 TOLERANCE = 0.05
 
