@@ -47,7 +47,8 @@ def warnings(cost: Cost) -> list[str]:
         memory = group.memory
         found.append(
             f"{_devices(group)} (stage {group.cost.stage}) does not fit: it needs {units.size(memory.total)} "
-            f"(weights {units.size(memory.weights)} + grads {units.size(memory.grads)} + optimizer "
+            f"(weights {units.size(memory.weights)} + grads {units.size(memory.grads)} + master "
+            f"{units.size(memory.master)} + optimizer "
             f"{units.size(memory.optimizer)} + activations {memory.in_flight} x "
             f"{units.size(memory.activations_per_microbatch)}) but {cost.hardware.name} has "
             f"{cost.hardware.memory_gb:g} GB per device"
@@ -111,6 +112,7 @@ def _memory_section(cost: Cost) -> Section:
             _devices(group),
             units.size(memory.weights),
             units.size(memory.grads),
+            units.size(memory.master),
             units.size(memory.optimizer),
             units.size(memory.activations_per_microbatch),
             str(memory.in_flight),
@@ -122,16 +124,16 @@ def _memory_section(cost: Cost) -> Section:
             row += (f"{verdict} ({units.percent(memory.total / capacity(hardware))} of {hardware.memory_gb:g} GB)",)
         rows.append(row)
     state = cost.state
-    headers = ("devices", "weights", "grads", "optimizer", "activations/mb", "in flight", "activations", "peak")
+    master = f" + master weights {state.master} B" if state.master else ""
+    headers = ("devices", "weights", "grads", "master", "optimizer", "activations/mb", "in flight", "activations", "peak")
     return Section(
         "Memory per device (peak during a step)",
         headers + (("fits",) if hardware else ()),
         tuple(rows),
-        "lrrrrrrr" + ("l" if hardware else ""),
+        "lrrrrrrrr" + ("l" if hardware else ""),
         (
-            f"Per parameter: weights {state.weights} B + grads {state.grads} B + Adam optimizer state "
-            f"{state.optimizer} B = {state.total} B ({cost.model['dtype']}"
-            + ("; fp32 master weights, m and v" if state.optimizer == 12 else "; m and v") + ").",
+            f"Per parameter: weights {state.weights} B ({cost.model['dtype']}) + grads {state.grads} B{master} "
+            f"+ Adam m and v {state.optimizer} B = {state.total} B, all but the weights in fp32.",
             f"In flight: microbatches whose activations a stage holds at once under {cost.mesh['schedule']} "
             "(GPipe: m; 1F1B: min(p - stage, m)).",
         ),
@@ -231,9 +233,9 @@ def _pipeline_section(cost: Cost) -> Section:
         f"Stage imbalance: slowest stage forward / mean = {max(forward) / mean if mean else 1:.3f}.",
     ]
     if estimate.unit != "s":
-        notes.append("Times in FLOPs on the critical path (no hardware given: communication is not timed).")
+        notes.append("Times in FLOPs of the slowest device, its ops one after another (no hardware given: communication is not timed).")
     else:
-        notes.append("Times: critical path through the stage's part of the DAG; backward = 2 x compute + backward collectives.")
+        notes.append("Times: the stage's slowest device, its ops and collectives one after another; backward = 2 x compute + backward collectives.")
     return Section(
         "Pipeline",
         ("stage", "layers", "forward/mb", "backward/mb", "in flight"),
@@ -249,7 +251,7 @@ def _step_section(cost: Cost) -> Section:
     peak = mesh["world"] * hardware.peak_tflops * 1e12
     tokens = cost.model["batch"] * cost.model["seq"]
     rows = (
-        ("one microbatch forward, whole DAG (critical path)", units.seconds(estimate.microbatch_latency)),
+        ("one microbatch forward, every stage and link in turn", units.seconds(estimate.microbatch_latency)),
         (f"pipeline: {units.plural(mesh['microbatches'], 'microbatch', 'microbatches')} forward and backward", units.seconds(estimate.pipeline)),
         ("gradient sync after the pipeline (slowest device)", units.seconds(estimate.gradient_sync)),
         ("step", units.seconds(estimate.step)),
@@ -284,8 +286,8 @@ def _totals_section(cost: Cost) -> Section:
         "lr",
         (
             "The DAG holds the transformer layers: embeddings, the output head and the loss are not counted.",
-            "Activations: every tensor a device's forward produces (compute outputs, collective outputs, "
-            "received tensors) is kept for backward; no recomputation, no activation checkpointing; "
-            "attention is fused, so no seq x seq score matrix is kept. Backward FLOPs = 2 x forward.",
+            "Activations: the tensors the generated code keeps for backward (what autograd saves for each op, "
+            "each tensor once, and the stage output a sending stage holds); no recomputation, no activation "
+            "checkpointing; fused attention keeps a logsumexp, no seq x seq score matrix. Backward FLOPs = 2 x forward.",
         ),
     )

@@ -71,7 +71,7 @@ def timeline_view(cost: Cost) -> dict:
     scale = PLOT_WIDTH / span
     at = time_format(cost)
     axis_y = _row_y(stages)
-    unit = f"seconds ({cost.hardware.name})" if cost.hardware else "FLOPs on the critical path (no hardware given)"
+    unit = f"seconds ({cost.hardware.name})" if cost.hardware else "FLOPs of the slowest device (no hardware given)"
     heading = (
         f"{cost.name}: {mesh['schedule']} schedule, {units.plural(stages, 'stage')}, "
         f"{units.plural(mesh['microbatches'], 'microbatch', 'microbatches')}, "

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
 from par.dsl.registry.collectives import COLLECTIVES
+from par.dsl.registry.ops import OPS, Saves, Stored, elements
 
 KINDS = tuple(name for name, spec in COLLECTIVES.items() if spec.sends)  # of a Transfer
 PHASES = ("forward", "backward", "gradients")
@@ -32,21 +33,31 @@ Number = int | float
 
 @dataclass(frozen=True, slots=True)
 class TrainingState:
-    """Bytes each parameter costs during training (Adam; see docs/cost.md)."""
+    """Bytes each parameter costs during training with Adam, in the precision the code runs (docs/cost.md)."""
 
-    weights: int
-    grads: int
-    optimizer: int
+    weights: int  # in the spec's dtype
+    grads: int  # the gradient buffer, accumulated over microbatches and reduced in the gradient dtype
+    master: int  # fp32 master weights the optimizer updates (none when the weights are fp32)
+    optimizer: int  # Adam's m and v, fp32
 
     @property
     def total(self) -> int:
-        return self.weights + self.grads + self.optimizer
+        return self.weights + self.grads + self.master + self.optimizer
 
 
-def training_state(dtype: str) -> TrainingState:
-    """Mixed precision (fp16/bf16): 2 + 2 + fp32 master, m, v (12) = 16; fp32: 4 + 4 + m, v (8) = 16."""
+FP32 = DTYPE_BYTES["fp32"]
+
+
+def training_state(dtype: str, grad_dtype: str = "fp32") -> TrainingState:
+    """fp32: 4 + 4 + 0 + 8 = 16 B; fp16/bf16: 2 + fp32 grads 4 + fp32 master 4 + 8 = 18 B
+    (16 B when the gradients are reduced in the low precision)."""
     size = DTYPE_BYTES[dtype]
-    return TrainingState(weights=size, grads=size, optimizer=12 if size < 4 else 8)
+    return TrainingState(
+        weights=size,
+        grads=DTYPE_BYTES[grad_dtype],
+        master=FP32 if size < FP32 else 0,
+        optimizer=2 * FP32,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +95,7 @@ def dtype_bytes(graph: nx.DiGraph) -> int:
 
 
 def out_bytes(graph: nx.DiGraph, node: str) -> int:
-    count = 1
-    for size in graph.nodes[node]["out_shape"]:
-        count *= size
-    return count * dtype_bytes(graph)
+    return elements(tuple(graph.nodes[node]["out_shape"])) * dtype_bytes(graph)
 
 
 def transfers(graph: nx.DiGraph) -> list[Transfer]:
@@ -120,7 +128,7 @@ def transfers(graph: nx.DiGraph) -> list[Transfer]:
 
 def _gradient_sync(graph: nx.DiGraph, mesh: Mesh) -> list[Transfer]:
     """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of sequence-shard params."""
-    size = dtype_bytes(graph)
+    size = training_state(graph.graph["model"]["dtype"]).grads
     held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
     seq_sharded: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
     for _, data in graph.nodes(data=True):
@@ -153,17 +161,15 @@ def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) ->
     """One RankCost per device, in rank order; `items` are the graph's transfers if already known."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     world = mesh.world
-    params, flops, activations = [0] * world, [0] * world, [0] * world
+    params, flops = [0] * world, [0] * world
     layers: list[set[int]] = [set() for _ in range(world)]
     for node, data in graph.nodes(data=True):
-        kept = _kept_for_backward(data)
-        size = out_bytes(graph, node) if kept else 0
         for rank in data["devices"]:
             params[rank] += data["params"]
             flops[rank] += data["flops"]
-            activations[rank] += size
             if data["kind"] == "compute":
                 layers[rank].add(data["layer"])
+    activations = saved_bytes(graph)
     comm = comm_by_rank(transfers(graph) if items is None else items, world)
     return [
         RankCost(
@@ -179,11 +185,57 @@ def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) ->
     ]
 
 
-def _kept_for_backward(data: dict) -> bool:
-    """Outputs of compute nodes, collectives and receives; not slices (views), sends, input, output."""
+def saves_of(data: dict) -> Saves:
+    """What the generated code keeps of a node for its backward (the registry's `saves`)."""
     if data["kind"] == "compute":
-        return True
-    return data["kind"] == "comm" and data["op"] != "send"
+        return OPS[data["op"]].saves
+    spec = COLLECTIVES.get(data["op"])
+    return spec.saves if spec is not None else Saves()
+
+
+def saved_tensors(graph: nx.DiGraph, *, on_cpu: bool = False) -> dict[int, dict[tuple, int]]:
+    """rank -> the tensors its forward of one microbatch keeps for the backward -> their bytes.
+
+    Each node keeps what its op's `saves` says. A tensor kept by several nodes is one tensor: it
+    is keyed by the node that produced it (and the rank, for a collective's result). A local
+    slice without a pair is a view of its source: keeping it keeps the whole source. `on_cpu`: with what
+    torch's CPU kernels keep instead of its CUDA ones (the test that measures them runs on CPU).
+    """
+    model = graph.graph["model"]
+    stored = Stored(dtype_bytes(graph), model["head_dim"], model["kv_heads"] != model["heads"])
+    kept: dict[int, dict[tuple, int]] = {rank: {} for rank in range(graph.graph["mesh"]["world"])}
+    for node, data in graph.nodes(data=True):
+        saves = saves_of(data)
+        operands = {index: source for source, _, edge in graph.in_edges(node, data=True) for index in edge["operands"]}
+        for rank in data["devices"]:
+            tensors = kept[rank]
+            for index in saves.operands:
+                key, size = _tensor(graph, operands[index], rank)
+                tensors[key] = size
+            if saves.output:
+                tensors[(node, rank)] = out_bytes(graph, node)
+            local = (tuple(data["in_shape"]), tuple(data["out_shape"]), stored)
+            extra = saves.extra(*local) + (saves.on_cpu(*local) if on_cpu else 0)
+            if extra:
+                tensors[(node, rank, "extra")] = extra
+    return kept
+
+
+def _tensor(graph: nx.DiGraph, node: str, rank: int) -> tuple[tuple, int]:
+    """The tensor that holds `node`'s result on `rank` (a plain slice's source) and its bytes.
+
+    The slice of the microbatch input is no view: each rank is given its part of the stream."""
+    data = graph.nodes[node]
+    if data["op"] == "slice" and "backward" not in data:
+        source = next(iter(graph.predecessors(node)))
+        if graph.nodes[source]["op"] != "input":
+            return _tensor(graph, source, rank)
+    return (node, rank), out_bytes(graph, node)
+
+
+def saved_bytes(graph: nx.DiGraph, *, on_cpu: bool = False) -> list[int]:
+    """Per rank, the bytes its forward of one microbatch keeps for the backward (`saved_tensors`)."""
+    return [sum(tensors.values()) for _, tensors in sorted(saved_tensors(graph, on_cpu=on_cpu).items())]
 
 
 def per_rank_comm(graph: nx.DiGraph, *, scope: str = "microbatch") -> dict[int, dict[str, Number]]:

@@ -1,4 +1,4 @@
-"""Step-time and memory estimates: alpha-beta ring model, critical paths, pipeline simulation.
+"""Step-time and memory estimates: alpha-beta ring model, device times, pipeline simulation.
 
 Times come from a Clock. With a hardware description: compute takes flops / (peak x
 efficiency) and a transfer takes steps x latency + bytes / bandwidth, on the intra-node links
@@ -9,11 +9,11 @@ picture and the bubble, not for seconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
-from par.dsl.checks.deployment import Hardware
+from par.dsl.checks.deployment import Hardware, Mesh
 from par.dsl.cost import schedule as pipeline
 from par.dsl.cost.accounting import RankCost, TrainingState, Transfer
 from par.dsl.registry.collectives import COLLECTIVES
@@ -70,39 +70,35 @@ def node_durations(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -
     return Durations(forward, backward)
 
 
-def longest_paths(graph: nx.DiGraph, duration: dict[str, float], part: Callable[[str], Hashable | None], *, order: Sequence[str] | None = None) -> dict[Hashable, float]:
-    """Per part, the length of the longest path through that part's nodes, node weights `duration`.
-
-    `part(node)` names the part a node belongs to (None: in no part); a path stays inside one part.
-    One pass over a topological `order` (computed when not given) serves every part at once.
-    """
-    finish: dict[str, float] = {}
-    owner: dict[str, Hashable] = {}
-    longest: dict[Hashable, float] = {}
-    for node in nx.topological_sort(graph) if order is None else order:
-        key = part(node)
-        if key is None:
+def device_times(graph: nx.DiGraph, duration: dict[str, float]) -> dict[int, float]:
+    """Per rank, the time of its nodes one after another: a device runs its ops in turn, and a
+    collective occupies each of its ranks. Sends, receives, input and output are left out."""
+    busy: dict[int, float] = {}
+    for node, data in graph.nodes(data=True):
+        if data["op"] in OUTSIDE_STAGES:
             continue
-        start = max((finish[p] for p in graph.predecessors(node) if owner.get(p) == key), default=0.0)
-        finish[node] = end = start + duration[node]
-        owner[node] = key
-        longest[key] = max(longest.get(key, 0.0), end)
-    return longest
+        for rank in data["devices"]:
+            busy[rank] = busy.get(rank, 0.0) + duration[node]
+    return busy
 
 
 @dataclass(frozen=True, slots=True)
 class StageTimes:
-    forward: tuple[float, ...]  # one microbatch's forward on each stage (critical path)
+    forward: tuple[float, ...]  # one microbatch's forward on each stage (its slowest device)
     backward: tuple[float, ...]
     links: tuple[float, ...]  # stage s -> s+1 transfer of one microbatch
 
 
-def stage_times(graph: nx.DiGraph, durations: Durations, items: Sequence[Transfer], clock: Clock, *, order: Sequence[str]) -> StageTimes:
-    """Stage critical paths and links; `order` is a topological order of the graph."""
-    pp = graph.graph["mesh"]["pp"]
-    stage_of = {node: data["stage"] for node, data in graph.nodes(data=True) if data["op"] not in OUTSIDE_STAGES}
-    forward = longest_paths(graph, durations.forward, stage_of.get, order=order)
-    backward = longest_paths(graph, durations.backward, stage_of.get, order=order)
+def stage_times(graph: nx.DiGraph, durations: Durations, items: Sequence[Transfer], clock: Clock) -> StageTimes:
+    """Each stage's slowest device, forward and backward, and the links between stages."""
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
+    pp = mesh.pp
+    forward: dict[int, float] = {}
+    backward: dict[int, float] = {}
+    for totals, duration in ((forward, durations.forward), (backward, durations.backward)):
+        for rank, busy in device_times(graph, duration).items():
+            stage = mesh.coords(rank)[1]
+            totals[stage] = max(totals.get(stage, 0.0), busy)
     links = [0.0] * (pp - 1)
     for item in items:
         if item.phase == "forward" and item.kind == "send":
@@ -119,7 +115,7 @@ class StepEstimate:
     slots: tuple[pipeline.Slot, ...]
     pipeline: float  # makespan of the m forwards and backwards
     gradient_sync: float  # slowest rank's gradient AllReduces, after the pipeline drains
-    microbatch_latency: float  # one microbatch forward through the whole DAG (critical path)
+    microbatch_latency: float  # one microbatch forward through every stage and link in turn
 
     @property
     def step(self) -> float:
@@ -133,8 +129,7 @@ class StepEstimate:
 def estimate_step(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -> StepEstimate:
     mesh = graph.graph["mesh"]
     durations = node_durations(graph, items, clock)
-    order = list(nx.topological_sort(graph))  # once: every critical path below walks it
-    times = stage_times(graph, durations, items, clock, order=order)
+    times = stage_times(graph, durations, items, clock)
     slots = pipeline.simulate(
         mesh["schedule"],
         forward=times.forward,
@@ -153,7 +148,7 @@ def estimate_step(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) ->
         slots=tuple(slots),
         pipeline=pipeline.makespan(slots),
         gradient_sync=max(sync.values(), default=0.0),
-        microbatch_latency=longest_paths(graph, durations.forward, lambda node: 0, order=order).get(0, 0.0),
+        microbatch_latency=sum(times.forward) + sum(times.links),
     )
 
 
@@ -163,6 +158,7 @@ class Memory:
 
     weights: int
     grads: int
+    master: int
     optimizer: int
     activations_per_microbatch: int
     in_flight: int
@@ -173,7 +169,7 @@ class Memory:
 
     @property
     def total(self) -> int:
-        return self.weights + self.grads + self.optimizer + self.activations
+        return self.weights + self.grads + self.master + self.optimizer + self.activations
 
 
 def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int) -> int:
@@ -186,6 +182,7 @@ def device_memory(cost: RankCost, state: TrainingState, mesh: dict) -> Memory:
     return Memory(
         weights=cost.params * state.weights,
         grads=cost.params * state.grads,
+        master=cost.params * state.master,
         optimizer=cost.params * state.optimizer,
         activations_per_microbatch=cost.activation_bytes,
         in_flight=in_flight(mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"]),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, Signature, share
-from par.dsl.registry.ops import Syntax
+from par.dsl.registry.ops import NOTHING, Saves, Syntax
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,9 @@ class CollectiveSpec:
     written: Written | None = None  # None: only the compiler inserts it
     lint_title: str | None = None  # lint's name for it in findings; None: lint does not look for it
     lint_pattern: str | None = None  # how DAGs drawn by other tools name it (case-insensitive regex)
+    # What the code keeps of it for the backward: its pairs keep only the group and the dims
+    # (they save no tensor), so nothing but for a send, whose tensor the schedule keeps.
+    saves: Saves = NOTHING
 
     @property
     def kind(self) -> str:
@@ -146,10 +149,12 @@ COLLECTIVES: dict[str, CollectiveSpec] = {
             lint_pattern=r"all[\s_-]?to[\s_-]?all|all2all|(?<![a-z0-9])a2a(?![a-z0-9])",
         ),
         # The backward of a pipeline transfer sends the gradient back the same way (docs/cost.md).
+        # The schedule keeps the stage's output until its backward (`y.backward(grad)`).
         CollectiveSpec(
             "send", "Send", "a Send", "pipeline",
             wire_fraction=lambda n: Fraction(1),
             ring_steps=lambda n: 1,
+            saves=Saves(operands=(0,)),
             lint_title="Send",
             lint_pattern=r"(?<![a-z])send(?![a-z])",
         ),

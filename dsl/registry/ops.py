@@ -49,6 +49,43 @@ def no_parameters(local_in: Shape, local_out: Shape) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Stored:
+    """What one device's activations are stored as: the size of the spec's dtype and the model's head size."""
+
+    dtype_bytes: int
+    head_dim: int
+    grouped_query: bool  # fewer K and V heads than query heads
+
+
+StoredBytes = Callable[[Shape, Shape, Stored], int]  # (local input shape, local output shape, storage) -> bytes
+
+
+def no_bytes(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Saves:
+    """What autograd keeps for an op's backward in the generated code (docs/cost.md, Activation memory),
+    as measured with torch.autograd.graph.saved_tensors_hooks (tests/torch/test_saved_tensors.py).
+
+    `operands`: the indices of the operands it keeps (the tensors themselves: one kept by several
+    ops is one tensor); `output`: whether it keeps its result; `extra`: bytes of tensors it
+    allocates only for its backward (statistics, expanded heads), as torch's CUDA kernels keep
+    them; `on_cpu`: what torch's CPU kernels keep beyond that (negative: short of it).
+    An operand that is a view (a local slice) keeps the whole tensor it views alive.
+    """
+
+    operands: tuple[int, ...] = ()
+    output: bool = False
+    extra: StoredBytes = no_bytes
+    on_cpu: StoredBytes = no_bytes
+
+
+NOTHING = Saves()
+
+
+@dataclass(frozen=True, slots=True)
 class OpSpec:
     name: str
     syntax: Syntax
@@ -70,6 +107,7 @@ class OpSpec:
     # mixes positions. An AllGather whose result reaches only such ops and then slices has a
     # gradient that is zero outside each rank's part (par.dsl.lowering.backward).
     keeps_parts: frozenset[int | None] = frozenset()
+    saves: Saves = NOTHING  # what autograd keeps for its backward
 
 
 # -- shape rules ------------------------------------------------------------------------------------
@@ -134,6 +172,42 @@ def _scale_and_shift(local_in: Shape, local_out: Shape) -> int:
     return 2 * local_out[-1]
 
 
+# -- what autograd keeps ---------------------------------------------------------------------------
+FP32 = 4  # norm statistics and attention's logsumexp are kept in fp32 whatever the dtype
+
+
+def _rows(shape: Shape) -> int:
+    return elements(shape) // shape[-1]
+
+
+def _layernorm_stats(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    return 2 * FP32 * _rows(local_out)  # mean and 1/std per row
+
+
+def _layernorm_stats_on_cpu(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    return -2 * (FP32 - stored.dtype_bytes) * _rows(local_out)  # the CPU kernel keeps them in the input's dtype
+
+
+def _rmsnorm_stats(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    return FP32 * _rows(local_out)  # 1/rms per row (torch's fused kernel, _fused_rms_norm)
+
+
+def _rmsnorm_on_cpu(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    # No fused kernel on CPU: the composite keeps x·(1/rms) in fp32, and the fp32 copy of a
+    # low-precision input in place of the input.
+    return elements(local_out) * (2 * FP32 - stored.dtype_bytes)
+
+
+def _attention_extra(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    # SDPA's fused kernels keep q, k, v (views of the fused input), the output and one fp32
+    # logsumexp per query head and position, never the seq × seq scores. Under grouped-query
+    # attention the runtime expands K and V to every query head first (repeat_interleave):
+    # SDPA keeps the two expanded copies, each the size of the output.
+    logsumexp = FP32 * elements(local_out) // stored.head_dim
+    expanded = 2 * elements(local_out) * stored.dtype_bytes if stored.grouped_query else 0
+    return logsumexp + expanded
+
+
 # -- signatures -------------------------------------------------------------------------------------
 
 
@@ -153,8 +227,14 @@ _NORM: Signatures = {None: (Signature((R,), R, mode="no_sp"), Signature((S_SEQ,)
 OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
-        OpSpec("layernorm", Syntax(1, usage="layernorm(x)"), _NORM, same_shape, per_element(5), _scale_and_shift),
-        OpSpec("rmsnorm", Syntax(1, usage="rmsnorm(x)"), _NORM, same_shape, per_element(4), _scale),
+        OpSpec(
+            "layernorm", Syntax(1, usage="layernorm(x)"), _NORM, same_shape, per_element(5), _scale_and_shift,
+            saves=Saves(operands=(0,), extra=_layernorm_stats, on_cpu=_layernorm_stats_on_cpu),
+        ),
+        OpSpec(
+            "rmsnorm", Syntax(1, usage="rmsnorm(x)"), _NORM, same_shape, per_element(4), _scale,
+            saves=Saves(operands=(0,), extra=_rmsnorm_stats, on_cpu=_rmsnorm_on_cpu),
+        ),
         OpSpec(
             "linear",
             Syntax(1, ("size", "style"), usage="linear(x, out_features, column|row|replicated)"),
@@ -167,6 +247,7 @@ OPS: dict[str, OpSpec] = {
             _matmul_flops,
             _weight,
             enters_tp=frozenset({"column"}),
+            saves=Saves(operands=(0,)),  # the input; the weight is a parameter
         ),
         # S(-1) of a fused QKV is head-aligned: each rank holds whole Q, K and V heads.
         OpSpec(
@@ -175,13 +256,26 @@ OPS: dict[str, OpSpec] = {
             {None: (Signature((S_LAST,), S_LAST), Signature((R,), R))},
             _attention_shape,
             _attention_flops,
+            saves=Saves(operands=(0,), output=True, extra=_attention_extra),
             keeps_parts=frozenset({S_LAST.dim}),
         ),
         # Nonlinear elementwise ops: anything but a partial sum.
-        OpSpec("gelu", Syntax(1, usage="gelu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(8), keeps_parts=_EVERY_DIM),
-        OpSpec("silu", Syntax(1, usage="silu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(4), keeps_parts=_EVERY_DIM),
-        # add is linear, so P + P is fine; mul is not.
-        OpSpec("add", Syntax(2, usage="add(a, b)"), same_placement(R, S_SEQ, S_LAST, P, arity=2), same_shape, per_element(1), keeps_parts=_EVERY_DIM),
-        OpSpec("mul", Syntax(2, usage="mul(a, b)"), same_placement(R, S_SEQ, S_LAST, arity=2), same_shape, per_element(1), keeps_parts=_EVERY_DIM),
+        OpSpec(
+            "gelu", Syntax(1, usage="gelu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(8),
+            saves=Saves(operands=(0,)), keeps_parts=_EVERY_DIM,
+        ),
+        OpSpec(
+            "silu", Syntax(1, usage="silu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(4),
+            saves=Saves(operands=(0,)), keeps_parts=_EVERY_DIM,
+        ),
+        # add is linear, so P + P is fine; mul is not. add keeps nothing; mul keeps both factors.
+        OpSpec(
+            "add", Syntax(2, usage="add(a, b)"), same_placement(R, S_SEQ, S_LAST, P, arity=2), same_shape, per_element(1),
+            keeps_parts=_EVERY_DIM,
+        ),
+        OpSpec(
+            "mul", Syntax(2, usage="mul(a, b)"), same_placement(R, S_SEQ, S_LAST, arity=2), same_shape, per_element(1),
+            saves=Saves(operands=(0, 1)), keeps_parts=_EVERY_DIM,
+        ),
     )
 }

@@ -221,3 +221,11 @@ def test_one_declaration_adds_an_op_to_the_compiler(monkeypatch, compile_spec):
     node = graph.nodes["layer_0_d_gpu1"]
     assert (node["op"], node["in_placement"], node["out_placement"]) == ("dropout", "S(-1)", "S(-1)")
     assert node["flops"] == elements(node["out_shape"]) == 4 * 8 * 32
+
+
+def test_what_an_op_keeps_names_its_own_operands():
+    """`saves.operands` index the op's tensor operands (a collective and a send take one)."""
+    for name, spec in OPS.items():
+        assert all(0 <= index < spec.syntax.tensors for index in spec.saves.operands), name
+    for name, spec in COLLECTIVES.items():
+        assert all(index == 0 for index in spec.saves.operands), name

@@ -6,7 +6,7 @@ import pytest
 from par.dsl.cost import per_rank_comm, rank_costs
 from par.dsl.cost.accounting import model_parameters, training_state
 
-from tests.cost.tiny import GPT, LLAMA, SMALL, compile_source, compile_spec
+from tests.cost.tiny import GPT, LLAMA, SMALL, compile_source, compile_spec, megatron_layer_bytes
 
 FP16 = 2
 
@@ -122,18 +122,18 @@ def test_rank_flops_sum_the_layer_closed_form():
 def test_megatron_activations_per_layer():
     compiled = compile_source(GPT, "tp=4", "pp=1")
     model, mesh, b, s, h = _sizes(compiled)
-    t, ffn = mesh.tp, model.ffn
-    # ln1, qkv/t, ctx/t, attn (partial), allreduce, h, ln2, fc1/t, act/t, mlp (partial), allreduce, out
-    per_layer = b * s * (h + 3 * h // t + h // t + h + h + h + h + ffn // t + ffn // t + h + h + h) * FP16
+    per_layer = megatron_layer_bytes(b, s, h, model.ffn, model.heads, mesh.tp, FP16)
     for cost in rank_costs(compiled.graph):
         assert cost.activation_bytes == model.layers * per_layer
 
 
-def test_stage_one_also_keeps_the_received_activation():
+def test_a_sending_stage_also_keeps_its_output():
+    """The schedule keeps a stage's output until the gradient comes back; the last stage keeps
+    the loss instead, and both keep their input (the first layer's norm saves it)."""
     compiled = compile_source(GPT, "tp=2", "pp=2")
     model, mesh, b, s, h = _sizes(compiled)
     costs = rank_costs(compiled.graph)
-    assert costs[2].activation_bytes - costs[0].activation_bytes == b * s * h * FP16
+    assert costs[0].activation_bytes - costs[2].activation_bytes == b * s * h * FP16
 
 
 def test_data_parallel_gradients_are_allreduced_once_per_step():
@@ -142,7 +142,7 @@ def test_data_parallel_gradients_are_allreduced_once_per_step():
     step, micro = per_rank_comm(compiled.graph, scope="step"), per_rank_comm(compiled.graph, scope="microbatch")
     m = compiled.deployment.mesh.microbatches
     for cost in rank_costs(compiled.graph):
-        grads = 2 * (dp - 1) * cost.params * FP16 // dp
+        grads = 2 * (dp - 1) * cost.params * 4 // dp  # gradients are reduced in fp32
         backward = cost.comm["backward"]["allreduce"]
         assert step[cost.rank]["allreduce"] == m * (micro[cost.rank]["allreduce"] + backward) + grads
 
@@ -158,7 +158,7 @@ def test_sequence_parallel_swaps_allreduces_for_gathers_and_scatters():
         assert cost.comm["backward"] == {"allgather": 2 * layers * part, "reducescatter": 2 * layers * part}
         # RMSNorm weights see only their sequence shard: their gradients are summed over the tp group.
         norms = 2 * layers * h
-        assert cost.comm["gradients"] == {"allreduce": 2 * (t - 1) * norms * 2 // t}
+        assert cost.comm["gradients"] == {"allreduce": 2 * (t - 1) * norms * 4 // t}  # fp32 gradients
 
 
 def test_scopes_are_checked():
@@ -167,9 +167,15 @@ def test_scopes_are_checked():
         per_rank_comm(compiled.graph, scope="layer")
 
 
-def test_training_state_is_sixteen_bytes_per_parameter():
-    assert training_state("fp16").total == training_state("bf16").total == training_state("fp32").total == 16
-    assert training_state("bf16").optimizer == 12 and training_state("fp32").optimizer == 8
+def test_training_state_follows_the_precision_the_code_runs():
+    """fp32: weights, grads, m, v in fp32 (4 + 4 + 8). fp16/bf16: weights in the dtype, an fp32
+    gradient buffer, fp32 master weights and m, v (2 + 4 + 4 + 8); low-precision gradients save 2."""
+    fp32 = training_state("fp32")
+    assert (fp32.weights, fp32.grads, fp32.master, fp32.optimizer, fp32.total) == (4, 4, 0, 8, 16)
+    for dtype in ("fp16", "bf16"):
+        mixed = training_state(dtype)
+        assert (mixed.weights, mixed.grads, mixed.master, mixed.optimizer, mixed.total) == (2, 4, 4, 8, 18)
+        assert training_state(dtype, grad_dtype=dtype).total == 16
 
 
 # Blocks whose backward differs from "every AllGather reduce-scatters, every column input is

@@ -47,7 +47,7 @@ def test_single_device_step_is_forward_plus_twice_forward():
 def test_step_counts_the_gradient_allreduce():
     compiled = compile_source(GPT, "tp=1", "pp=1", "dp=2", "microbatches=1")
     cost = cost_of(compiled.graph, hardware=H100)
-    params_bytes = cost.devices[0].params * 2
+    params_bytes = cost.devices[0].params * 4  # fp32 gradients
     sync = 2 * H100.intra_latency_us * 1e-6 + params_bytes / (H100.intra_gbps * 1e9)  # n = 2: 2 steps, half sent twice
     assert cost.estimate.gradient_sync == pytest.approx(sync)
     assert cost.estimate.step == pytest.approx(cost.estimate.pipeline + sync)

@@ -34,3 +34,13 @@ def compile_spec(stem: str, *defines: str):
 # The seed deployments, shrunk so that tests stay fast; tp, pp and microbatches kept.
 SMALL = ("layers=4", "hidden=64", "heads=8", "ffn=256", "batch=8", "seq=16")
 
+
+def megatron_layer_bytes(b: int, s: int, h: int, ffn: int, heads: int, t: int, dtype: int) -> int:
+    """What one Megatron layer keeps for backward on one tensor-parallel rank (docs/cost.md):
+    the inputs of ln1 and ln2 and of the four linears, QKV and the attention output (SDPA's q, k, v
+    and out; the output projection reads the same tensor), the input of gelu; one fp32 mean and
+    1/std per row for each LayerNorm, one fp32 logsumexp per local head and row. No partial sum
+    and no AllReduce output is kept."""
+    stream = h + h + h + h  # ln1's input, ln1's output (qkv's input), h (ln2's input), ln2's output (fc1's input)
+    sharded = (3 * h + h + ffn + ffn) // t  # qkv, the attention output, fc1 (gelu's input), act (mlp's input)
+    return b * s * (stream + sharded) * dtype + b * s * (2 * 2 * 4 + heads // t * 4)

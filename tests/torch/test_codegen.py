@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import os
 import py_compile
 import shutil
@@ -178,6 +179,23 @@ def test_the_generated_rank_arithmetic_is_the_meshs(workdir):
     for rank in range(mesh.world):
         assert module.coordinates(rank) == mesh.coords(rank)
         assert module.global_rank(*mesh.coords(rank)) == rank
+
+
+@pytest.mark.parametrize("spec, defines", [
+    ("megatron_tp8_pp2", ["tp=2", "pp=2", "layers=4", "batch=4"]),  # the whole replicated stream
+    ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"]),  # its seq shard
+])
+def test_the_pipeline_send_counted_is_the_tensor_the_schedule_sends(spec, defines, workdir):
+    """Every tensor-parallel rank sends its whole stage output (STREAM_SHAPE): the scatter/gather
+    optimisation is not applied, and the cost model counts that same tensor per rank."""
+    pytest.importorskip("torch")
+    from fork_launch import load_module
+    compiled = compile_small(spec, defines)
+    module = load_module(write_model(compiled, workdir), f"send_{spec}")
+    sent = math.prod(module.STREAM_SHAPE) * module.torch.empty((), dtype=module.DTYPE).element_size()
+    sends = [data for _, data in compiled.graph.nodes(data=True) if data["op"] == "send"]
+    assert len(sends) == compiled.deployment.mesh.tp * compiled.deployment.mesh.dp * (compiled.deployment.mesh.pp - 1)
+    assert {data["wire_bytes"] for data in sends} == {sent}
 
 
 def test_banners_name_the_spec_with_forward_slashes_on_every_platform(monkeypatch):
