@@ -44,9 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from par.cli import main as par
 from par.dsl.checks.check import OVERRIDABLE, check
 from par.dsl.compiler import gc_paused
 from par.dsl.dag.expand import expand
@@ -55,10 +53,10 @@ from par.dsl.diagnostics import CompileError, format_all
 from par.dsl.frontend.inputs import spec_inputs
 from par.dsl.frontend.parser import parse_text
 from par.dsl.lowering.lower import lower
-from par.dsl.lowering.ops import OPS
 from par.dsl.lowering.program import Program
+from par.dsl.registry.ops import OPS
 
-from par.cli import main as par
+ROOT = Path(__file__).resolve().parents[1]
 
 SLOW = 10.0  # seconds: a run over this counts as slow
 FORMATS = ("text", "md", "json")

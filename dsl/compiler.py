@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
+
 from par.dsl.checks.check import check
 from par.dsl.checks.deployment import Deployment
 from par.dsl.dag.expand import expand, node_count

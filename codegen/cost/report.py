@@ -179,7 +179,7 @@ def _layer_section(cost: Cost) -> Section:
         if data["layer"] != layer or rank not in data["devices"]:
             continue
         values = (data["flops"], data["params"], sent.get(("forward", node), 0), sent.get(("backward", node), 0))
-        totals = [a + b for a, b in zip(totals, values)]
+        totals = [a + b for a, b in zip(totals, values, strict=True)]
         placement = f"{data['in_placement']} -> {data['out_placement']}" if "in_placement" in data else ""
         rows.append((node, data["op"], placement, str(list(data["out_shape"])), f"{values[0]:,}", f"{values[1]:,}", f"{values[2]:,}", f"{values[3]:,}"))
     rows.append(("layer total", "", "", "", *(f"{value:,}" for value in totals)))

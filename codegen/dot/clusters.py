@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import networkx as nx
+
 from par.codegen.dot import style
 from par.codegen.dot.text import gpus, layer_count, quoted
 from par.codegen.dot.view import DotCluster, DotEdge, DotNode, cluster, node_view

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import networkx as nx
+
 from par.codegen.dot import style
 from par.codegen.dot.clusters import ClusterTree
 from par.codegen.dot.text import dims, gpus, html, layer_count, layer_span, quoted

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import networkx as nx
+
 from par.codegen.dot.clusters import ClusterTree
 from par.codegen.dot.compact import compact_layout
 from par.codegen.dot.text import quoted

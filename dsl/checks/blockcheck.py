@@ -180,7 +180,7 @@ class _BlockResolver:
 
     def _extras(self, definition: Syntax, args: Sequence[Expr], statement: Statement) -> dict | None:
         found, ok = {}, True
-        for kind, arg in zip(definition.extras, args):
+        for kind, arg in zip(definition.extras, args, strict=False):
             if kind == "size":
                 value = self._size(arg)
             else:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import networkx as nx
+
 from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
 from par.dsl.registry.collectives import COLLECTIVES
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
+
 from par.dsl.checks.deployment import Hardware
 from par.dsl.cost import schedule as pipeline
 from par.dsl.cost.accounting import RankCost, TrainingState, Transfer

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import networkx as nx
+
 from par.dsl.checks.deployment import Hardware
 from par.dsl.cost import schedule as pipeline
 from par.dsl.cost.accounting import (

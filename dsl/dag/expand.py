@@ -11,6 +11,7 @@ import os
 from fractions import Fraction
 
 import networkx as nx
+
 from par.dsl.checks.deployment import Deployment
 from par.dsl.dag import ids
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
@@ -228,13 +229,13 @@ class _Expander:
                 produced[step.name] = [node] * len(group)
                 continue
             names = [f"{prefix}{step.name}_gpu{rank}" for rank in group]
-            for rank, node in zip(group, names):
+            for rank, node in zip(group, names, strict=True):
                 node_map[node] = dict(template, layer=layer, stage=stage, devices=[rank])
                 succ[node] = {}
                 pred[node] = {}
             self.added += len(names)
             for source_lists, operands in self._operands(step, produced):
-                for source, node in zip(source_lists, names):
+                for source, node in zip(source_lists, names, strict=True):
                     data = {"operands": operands}
                     succ[source][node] = data
                     pred[node][source] = data

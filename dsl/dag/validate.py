@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import networkx as nx
+
 from par.dsl.checks.deployment import mesh_coords
 from par.dsl.dag import ids
 from par.dsl.diagnostics import Diagnostic, error
@@ -242,7 +243,7 @@ class _Validator:
             if earlier is not seen or isinstance(seen, list):
                 listed = doubled.setdefault(key, [] if earlier is seen else _as_list(earlier))
                 listed += _as_list(seen)
-        for (path, layer, name), seen in sorted(doubled.items()):
+        for (_path, layer, name), seen in sorted(doubled.items()):
             self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(seen[:3])})", seen[0])
         total = self.graph.graph.get("layers")
         if total is None:

@@ -15,6 +15,7 @@ from lark.exceptions import (
     UnexpectedToken,
     VisitError,
 )
+
 from par.dsl.diagnostics import CompileError, Diagnostic, error
 from par.dsl.frontend import spec as ast
 from par.dsl.frontend.source import Span

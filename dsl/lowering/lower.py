@@ -58,7 +58,7 @@ class _Builder:
         self.diags: list[Diagnostic] = []
 
     def build(self, choices: tuple[Choice, ...]) -> tuple[Program, list[Diagnostic]]:
-        for op, choice in zip(self.block.ops, choices):
+        for op, choice in zip(self.block.ops, choices, strict=False):  # the last choice converts the result
             for convert in choice.converts:
                 self._convert(convert, op)
             self._op(op, choice)
@@ -99,7 +99,7 @@ class _Builder:
                 self.providers[(op.name, signature.output)] = inputs[0]  # carry on to find more errors
                 return
         else:
-            inputs = tuple(self.providers[(value, need)] for value, need in zip(op.inputs, signature.inputs))
+            inputs = tuple(self.providers[(value, need)] for value, need in zip(op.inputs, signature.inputs, strict=True))
         name = self._unique(f"{op.op}_{op.label}" if collective else op.name)
         reason = None
         if collective:

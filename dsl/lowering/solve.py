@@ -108,7 +108,7 @@ class Solver:
             origin = values[op.inputs[0]][0]
             return (Choice(signature, ()), ZERO, available) if origin == signature.inputs[0] else None
         converts, cost = [], ZERO
-        for value, need in zip(op.inputs, signature.inputs):
+        for value, need in zip(op.inputs, signature.inputs, strict=True):
             if need in available[value]:
                 continue
             step = self._cheapest(value, available[value], need)

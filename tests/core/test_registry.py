@@ -8,11 +8,12 @@ from fractions import Fraction
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from par.codegen.dot.style import LOOKS
 from par.codegen.pytorch.ops import ELEMENTWISE, NORM_PARAMETERS, NORMS
 from par.dsl.cost.accounting import KINDS
 from par.dsl.lowering.backward import PAIRS
-from par.dsl.lowering.placement import P, R, S_LAST, S_SEQ
+from par.dsl.lowering.placement import S_LAST, S_SEQ, P, R
 from par.dsl.registry import statements
 from par.dsl.registry.collectives import COLLECTIVES, conversion
 from par.dsl.registry.ops import OPS, OpSpec, Syntax, elements, per_element, same_placement, same_shape

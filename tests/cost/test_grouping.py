@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 import pytest
+
 from par.codegen.cost import spec_cost
 from par.codegen.cost.report import sections
 from par.dsl import units
@@ -14,7 +15,6 @@ from par.dsl.cost.estimate import (
     node_durations,
     stage_times,
 )
-
 from tests.cost.tiny import GPT, LLAMA, compile_source
 
 
@@ -34,7 +34,7 @@ def oracle(graph: nx.DiGraph, rank: int) -> tuple:
     params = sum(data["params"] for data in mine)
     flops = sum(data["flops"] for data in mine)
     sent = 0
-    for node, data in graph.nodes(data=True):
+    for _node, data in graph.nodes(data=True):
         if data["kind"] != "comm" or data["op"] == "recv":
             continue
         if data["devices"][0] == rank or (data["op"] != "send" and rank in data["devices"]):

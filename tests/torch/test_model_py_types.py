@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from par.dsl.compiler import compile_file
 from small_models import BLOCKS, ROOT, SPECS, compile_small, compile_source, write_model
 from test_codegen import VARIANTS
+
+from par.dsl.compiler import compile_file
 
 GOLDEN = ROOT / "tests" / "golden" / "specs"
 RUNTIME = ROOT / "codegen" / "pytorch" / "runtime"
