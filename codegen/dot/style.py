@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from par.dsl.dag.types import NodeAttrs
 from par.dsl.registry.collectives import COLLECTIVES
 
 
@@ -47,7 +48,7 @@ def display_name(op: str) -> str:
     return COLLECTIVES[op].title if op in COLLECTIVES else op
 
 
-def look_of(data: dict) -> Look:
+def look_of(data: NodeAttrs) -> Look:
     """The look of a DAG node from its attributes."""
     if data["kind"] == "comm":
         return LOOKS.get(data["op"], Look("ellipse", "#eeeeee", "#555555"))

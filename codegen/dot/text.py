@@ -13,6 +13,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable, Sequence
 
+from par.dsl.dag.types import GraphAttrs
 from par.dsl.units import plural, ranges
 
 REPLACEMENT = "\ufffd"
@@ -74,7 +75,7 @@ def layer_count(count: int) -> str:
     return f"{count} layer{'s' if count != 1 else ''}"
 
 
-def model_line(graph_data: dict, *, drawing: bool) -> str:
+def model_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
     """The DAG's model in one line, as the cost report words it:
     `model: gpt2 (gpt block), 2 layers, hidden 4096, heads 32 (kv 32), ffn 16384, fp16`.
 
@@ -91,7 +92,7 @@ def model_line(graph_data: dict, *, drawing: bool) -> str:
     return f"{head} {model['layers']} layers, hidden {model['hidden']}, heads {model['heads']}{kv}, ffn {model['ffn']}, {model['dtype']}"
 
 
-def mesh_line(graph_data: dict, *, drawing: bool) -> str:
+def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
     """The DAG's mesh and pipeline in one line, as the cost report words it:
     `mesh: tp 2 x pp 2 x dp 1 = 4 devices; 4 microbatches of [32, 10000, 4096] per step, 1f1b schedule`.
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
+from par.dsl.dag.types import Dag, NodeAttrs
 from par.dsl.registry.collectives import COLLECTIVES
 
 KINDS = tuple(name for name, spec in COLLECTIVES.items() if spec.sends)  # of a Transfer
@@ -80,18 +79,18 @@ class RankCost:
         return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, comm)
 
 
-def dtype_bytes(graph: nx.DiGraph) -> int:
+def dtype_bytes(graph: Dag) -> int:
     return DTYPE_BYTES[graph.graph["model"]["dtype"]]
 
 
-def out_bytes(graph: nx.DiGraph, node: str) -> int:
+def out_bytes(graph: Dag, node: str) -> int:
     count = 1
     for size in graph.nodes[node]["out_shape"]:
         count *= size
     return count * dtype_bytes(graph)
 
 
-def transfers(graph: nx.DiGraph) -> list[Transfer]:
+def transfers(graph: Dag) -> list[Transfer]:
     """Every communication of a training step, forward and backward of one microbatch and the gradient sync."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     found: list[Transfer] = []
@@ -119,7 +118,7 @@ def transfers(graph: nx.DiGraph) -> list[Transfer]:
     return found
 
 
-def _gradient_sync(graph: nx.DiGraph, mesh: Mesh) -> list[Transfer]:
+def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
     """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of sequence-shard params."""
     size = dtype_bytes(graph)
     held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
@@ -150,7 +149,7 @@ def comm_by_rank(items: Iterable[Transfer], world: int) -> dict[int, dict[str, d
     return table
 
 
-def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) -> list[RankCost]:
+def rank_costs(graph: Dag, *, items: Iterable[Transfer] | None = None) -> list[RankCost]:
     """One RankCost per device, in rank order; `items` are the graph's transfers if already known."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     world = mesh.world
@@ -180,14 +179,14 @@ def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) ->
     ]
 
 
-def _kept_for_backward(data: dict) -> bool:
+def _kept_for_backward(data: NodeAttrs) -> bool:
     """Outputs of compute nodes, collectives and receives; not slices (views), sends, input, output."""
     if data["kind"] == "compute":
         return True
     return data["kind"] == "comm" and data["op"] != "send"
 
 
-def per_rank_comm(graph: nx.DiGraph, *, scope: str = "microbatch") -> dict[int, dict[str, Number]]:
+def per_rank_comm(graph: Dag, *, scope: str = "microbatch") -> dict[int, dict[str, Number]]:
     """Bytes each rank sends, by collective kind: {rank: {kind: bytes}}, zero kinds left out.
 
     scope="microbatch": the forward pass of one microbatch, exactly the DAG's collectives.
@@ -220,7 +219,7 @@ def step_kinds(by_phase: dict[str, dict[str, Number]], *, microbatches: int) -> 
     return kinds
 
 
-def model_parameters(graph: nx.DiGraph) -> int:
+def model_parameters(graph: Dag) -> int:
     """Distinct parameters of the model: one data-parallel replica, replicated ops counted once."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     total = 0

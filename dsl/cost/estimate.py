@@ -17,6 +17,7 @@ import networkx as nx
 from par.dsl.checks.deployment import Hardware
 from par.dsl.cost import schedule as pipeline
 from par.dsl.cost.accounting import RankCost, TrainingState, Transfer
+from par.dsl.dag.types import Dag, MeshAttrs, plain
 from par.dsl.registry.collectives import COLLECTIVES
 
 BACKWARD_FLOPS = 2  # backward FLOPs per forward FLOP
@@ -56,7 +57,7 @@ class Durations:
     backward: dict[str, float]
 
 
-def node_durations(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -> Durations:
+def node_durations(graph: Dag, items: Sequence[Transfer], clock: Clock) -> Durations:
     """Forward and backward time of every node; a node's transfers run at once on their ranks (max)."""
     comm: dict[tuple[str, str], float] = {}
     for item in items:
@@ -71,7 +72,7 @@ def node_durations(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -
     return Durations(forward, backward)
 
 
-def longest_paths(graph: nx.DiGraph, duration: dict[str, float], part: Callable[[str], Hashable | None], *, order: Sequence[str] | None = None) -> dict[Hashable, float]:
+def longest_paths(graph: Dag, duration: dict[str, float], part: Callable[[str], Hashable | None], *, order: Sequence[str] | None = None) -> dict[Hashable, float]:
     """Per part, the length of the longest path through that part's nodes, node weights `duration`.
 
     `part(node)` names the part a node belongs to (None: in no part); a path stays inside one part.
@@ -80,7 +81,7 @@ def longest_paths(graph: nx.DiGraph, duration: dict[str, float], part: Callable[
     finish: dict[str, float] = {}
     owner: dict[str, Hashable] = {}
     longest: dict[Hashable, float] = {}
-    for node in nx.topological_sort(graph) if order is None else order:
+    for node in nx.topological_sort(plain(graph)) if order is None else order:
         key = part(node)
         if key is None:
             continue
@@ -98,7 +99,7 @@ class StageTimes:
     links: tuple[float, ...]  # stage s -> s+1 transfer of one microbatch
 
 
-def stage_times(graph: nx.DiGraph, durations: Durations, items: Sequence[Transfer], clock: Clock, *, order: Sequence[str]) -> StageTimes:
+def stage_times(graph: Dag, durations: Durations, items: Sequence[Transfer], clock: Clock, *, order: Sequence[str]) -> StageTimes:
     """Stage critical paths and links; `order` is a topological order of the graph."""
     pp = graph.graph["mesh"]["pp"]
     stage_of = {node: data["stage"] for node, data in graph.nodes(data=True) if data["op"] not in OUTSIDE_STAGES}
@@ -131,10 +132,10 @@ class StepEstimate:
         return pipeline.bubble_fraction(self.slots, len(self.stages.forward))
 
 
-def estimate_step(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -> StepEstimate:
+def estimate_step(graph: Dag, items: Sequence[Transfer], clock: Clock) -> StepEstimate:
     mesh = graph.graph["mesh"]
     durations = node_durations(graph, items, clock)
-    order = list(nx.topological_sort(graph))  # once: every critical path below walks it
+    order = list(nx.topological_sort(plain(graph)))  # once: every critical path below walks it
     times = stage_times(graph, durations, items, clock, order=order)
     slots = pipeline.simulate(
         mesh["schedule"],
@@ -183,7 +184,7 @@ def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int) -> i
     return pipeline.in_flight(order)
 
 
-def device_memory(cost: RankCost, state: TrainingState, mesh: dict) -> Memory:
+def device_memory(cost: RankCost, state: TrainingState, mesh: MeshAttrs) -> Memory:
     return Memory(
         weights=cost.params * state.weights,
         grads=cost.params * state.grads,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-INPUT = "input"
-OUTPUT = "output"
+from typing import Final
+
+INPUT: Final = "input"
+OUTPUT: Final = "output"
 
 
 def compute_id(layer: int, name: str, rank: int) -> str:
