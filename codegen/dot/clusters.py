@@ -92,7 +92,8 @@ class ClusterTree:
         stands for it in the drawing (None: not drawn). Returns the rows and the edges.
         """
         rep = rep or (lambda node_id: node_id)
-        rows, edges = [], []
+        rows: list[list[str]] = []
+        edges: list[DotEdge] = []
         for stage in range(len(self.stages)):
             filled = [rank for rank in self.mesh.stage_ranks(stage) if self.members[rank]]
             if len(filled) < 2:

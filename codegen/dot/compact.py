@@ -99,9 +99,9 @@ def quotient_edges(graph: Dag, *, rep: Callable[[str], str | None]) -> list[DotE
     """One edge per pair of drawn ends that some DAG edge connects, in DAG order."""
     pairs: dict[tuple[str, str], None] = {}
     for tail, head in graph.edges:
-        ends = (rep(tail), rep(head))
-        if None not in ends and ends[0] != ends[1]:
-            pairs[ends] = None
+        drawn_tail, drawn_head = rep(tail), rep(head)
+        if drawn_tail is not None and drawn_head is not None and drawn_tail != drawn_head:
+            pairs[(drawn_tail, drawn_head)] = None
     edges = []
     for tail, head in pairs:
         tail_data = graph.nodes[tail] if tail in graph else FOLDED_DATA

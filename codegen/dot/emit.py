@@ -19,7 +19,7 @@ from par.codegen.dot.view import (
 )
 from par.codegen.templating import render
 from par.dsl.compiler import Compiled
-from par.dsl.dag.types import Dag, NodeAttrs
+from par.dsl.dag.types import Dag, NodeAttrs, graph_attrs
 
 GRAPH_DEFAULTS = (
     ("rankdir", "TB"),
@@ -80,7 +80,7 @@ def compact_view(compiled: Compiled, *, layer: int = 0) -> DotGraph:
 
 def _drawing(graph: Dag, tree: ClusterTree, edges: Sequence[DotEdge], shown: list[NodeAttrs], *, view: str, folded: bool, rep=None, ordered=()) -> DotGraph:
     anchor_rows, anchor_edges = tree.anchors(graph, rep=rep)
-    title, rows = header(graph.graph, view)
+    title, rows = header(graph_attrs(graph), view)
     key = legend(shown, folded=folded)
     return DotGraph(
         name=quoted(graph.graph["spec"]),

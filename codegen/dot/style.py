@@ -6,6 +6,7 @@ Collectives are coloured by kind (the same colour for the ellipse and for its ed
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from par.dsl.dag.types import NodeAttrs
@@ -57,7 +58,7 @@ def look_of(data: NodeAttrs) -> Look:
     return COMPUTE
 
 
-def legend_entries(ops: set[str], has_route: bool, *, folded: bool = False) -> list[tuple[str, Look]]:
+def legend_entries(ops: AbstractSet[str], has_route: bool, *, folded: bool = False) -> list[tuple[str, Look]]:
     """(caption, look) for every shape and colour that appears, in a fixed order."""
     entries = [("computation", COMPUTE)]
     if folded:

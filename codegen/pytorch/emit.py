@@ -105,7 +105,7 @@ def model_view(compiled: Compiled) -> ModelView:
     """The view with the runtime pieces that model.py's own code reaches, and only those."""
     view = _bare_view(compiled)
     sections = runtime_sections(compiled, view.layer)
-    every = [found for found in sections.values() for found in found]
+    every = [piece for found in sections.values() for piece in found]
     whole = render("model.py.jinja", view=_placed(view, sections, None))
     kept = inline.reachable(every, inline.own_references(whole, every))
     return _placed(view, sections, kept)

@@ -165,6 +165,7 @@ class _Writer:
         node = ids.collective_id("<i>", step.name, "<d>", self.mesh.dp)
         comment = f"DAG: {node}" + ("" if step.inserted else " (written in the spec)")
         helper = step.pair
+        assert helper is not None  # lowering pairs every collective
         if step.op == "allreduce":
             call = f"{helper}({self._name(value)}, {GROUP})"
         elif step.op == "allgather":
@@ -195,7 +196,7 @@ class _Writer:
         layout = "local" if dim == FEATURES else self.layout.get(value)
         self._emit(step, call, comment, layout)
 
-    def _features_split(self, value: str, source: str, dim: int) -> str:
+    def _features_split(self, value: str, source: str, dim: int | None) -> str:
         """What to split along `dim` so that each rank gets whole heads of a fused QKV."""
         return self._reordered(value, source, "grouped") if dim == FEATURES else source
 

@@ -94,7 +94,7 @@ class Mesh:
     @classmethod
     def from_attributes(cls, data: MeshAttrs) -> Mesh:
         """The inverse of `attributes`, for code that has only the DAG."""
-        stages = tuple(tuple(stage) for stage in data["stages"])
+        stages = tuple((first, last) for first, last in data["stages"])
         return cls(data["tp"], data["pp"], data["dp"], data["microbatches"], stages, data["schedule"], data["sequence_parallel"])
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
-from par.dsl.dag.types import Dag, NodeAttrs
+from par.dsl.dag.types import Dag, Dtype, NodeAttrs
 from par.dsl.registry.collectives import COLLECTIVES
 
 KINDS = tuple(name for name, spec in COLLECTIVES.items() if spec.sends)  # of a Transfer
@@ -43,7 +43,7 @@ class TrainingState:
         return self.weights + self.grads + self.optimizer
 
 
-def training_state(dtype: str) -> TrainingState:
+def training_state(dtype: Dtype) -> TrainingState:
     """Mixed precision (fp16/bf16): 2 + 2 + fp32 master, m, v (12) = 16; fp32: 4 + 4 + m, v (8) = 16."""
     size = DTYPE_BYTES[dtype]
     return TrainingState(weights=size, grads=size, optimizer=12 if size < 4 else 8)
@@ -97,6 +97,7 @@ def transfers(graph: Dag) -> list[Transfer]:
     for node, data in graph.nodes(data=True):
         if data["kind"] != "comm":
             continue
+        group: tuple[int, ...]
         if data["op"] == "send":
             group = (data["devices"][0], data["peer"])
             found.append(Transfer("forward", "send", node, group, group[:1], data["wire_bytes"]))
@@ -162,7 +163,7 @@ def rank_costs(graph: Dag, *, items: Iterable[Transfer] | None = None) -> list[R
             params[rank] += data["params"]
             flops[rank] += data["flops"]
             activations[rank] += size
-            if data["kind"] == "compute":
+            if data["kind"] == "compute" and data["layer"] is not None:
                 layers[rank].add(data["layer"])
     comm = comm_by_rank(transfers(graph) if items is None else items, world)
     return [

@@ -45,6 +45,7 @@ class Clock:
     def link(self, group: Iterable[int]) -> tuple[float, float]:
         """(bytes per second, seconds per message) of the links a group uses."""
         hardware = self.hardware
+        assert hardware is not None  # asked only for transfers that take time
         nodes = {rank // hardware.devices_per_node for rank in group}
         if len(nodes) == 1:
             return hardware.intra_gbps * 1e9, hardware.intra_latency_us * 1e-6
@@ -107,7 +108,7 @@ def stage_times(graph: Dag, durations: Durations, items: Sequence[Transfer], clo
     backward = longest_paths(graph, durations.backward, stage_of.get, order=order)
     links = [0.0] * (pp - 1)
     for item in items:
-        if item.phase == "forward" and item.kind == "send":
+        if item.phase == "forward" and item.kind == "send" and item.node is not None:
             stage = graph.nodes[item.node]["stage"]
             links[stage] = max(links[stage], clock.transfer(item))
     stages = range(pp)

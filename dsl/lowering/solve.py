@@ -151,6 +151,8 @@ class Solver:
         avail = next(avail for name, _, avail in state if name == self.result)
         if self.stream in avail:
             return ZERO, (Choice(final, ()),)
-        cost, convert = self._cheapest(self.result, avail, self.stream)
+        cheapest = self._cheapest(self.result, avail, self.stream)
+        assert cheapest is not None  # the search keeps only states that can reach the stream
+        cost, convert = cheapest
         return cost, (Choice(final, (convert,)),)
 

@@ -171,6 +171,14 @@ COLLECTIVES: dict[str, CollectiveSpec] = {
     )
 }
 
+def block_form(name: str) -> Written:
+    """How a block writes collective `name`, one of those it may write."""
+    written = COLLECTIVES[name].written
+    if written is None:
+        raise KeyError(f"a block does not write {name}")
+    return written
+
+
 # (from kind, to kind) -> what converts; * -> P is illegal.
 CONVERSIONS: dict[tuple[PlacementKind, PlacementKind], CollectiveSpec] = {
     spec.converts: spec for spec in COLLECTIVES.values() if spec.converts is not None

@@ -66,7 +66,7 @@ def describe(graph, node: str, sources) -> str:
     lines.append(f"  spec:      {data['src']}")
     span = Span.parse(data["src"])
     source = sources.get(span.file) if span else None
-    text = source.line(span.line) if source else None
+    text = source.line(span.line) if source and span else None
     if text is not None:
         lines.append(f"             {text.strip()}")
     lines.append(f"  inputs:    {_names(list(graph.predecessors(node)))}")

@@ -212,4 +212,4 @@ class _Builder:
             if op.value != wanted:
                 kind = "digraph" if self.graph.directed else "graph"
                 raise DotReadError(f"'{op.value}' in a {kind}; edges of a {kind} use '{wanted}'",
-                                   op.line, op.column)
+                                   op.line or 1, op.column or 1)

@@ -18,17 +18,17 @@ def check_dims(view: DagView) -> list[Finding]:
     findings = []
     for node_id, info in view.info.items():
         wanted = info.dims.inputs if info.dims else ()
-        producers = [pred for pred in view.preds[node_id]
-                     if view.info[pred].dims and view.info[pred].dims.outputs]
+        produced_by = [(pred, dims.outputs) for pred in view.preds[node_id]
+                       if (dims := view.info[pred].dims) and dims.outputs]
+        producers = [pred for pred, _ in produced_by]
         if not wanted or not producers:
             continue
         slicing = info.kind != "comm"
-        outputs = [view.info[pred].dims.outputs for pred in producers]
+        outputs = [shapes for _, shapes in produced_by]
         if any(_feeds(produced, wanted, slicing) for produced in outputs) or \
                 _together(outputs, wanted):
             continue
-        given = "; ".join(f"`{pred}` gives {_shapes(view.info[pred].dims.outputs)}"
-                          for pred in producers[:4])
+        given = "; ".join(f"`{pred}` gives {_shapes(shapes)}" for pred, shapes in produced_by[:4])
         more = f"; … and {len(producers) - 4} more" if len(producers) > 4 else ""
         findings.append(view.finding(
             "DAG009", view.edge_line[producers[0], node_id],
@@ -50,7 +50,7 @@ def _feeds(produced: tuple[Shape, ...], wanted: tuple[Shape, ...], slicing: bool
 def _together(outputs: list[tuple[Shape, ...]], wanted: tuple[Shape, ...]) -> bool:
     if len(outputs) < 2 or any(produced[0].numel is None for produced in outputs):
         return False
-    total = sum(produced[0].numel for produced in outputs)
+    total = sum(produced[0].numel or 0 for produced in outputs)  # none is None, as checked
     return any(inp.numel == total for inp in wanted)
 
 
