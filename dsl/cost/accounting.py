@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
 from par.dsl.dag.types import Dag, Dtype, NodeAttrs
+from par.dsl.lowering.placement import PLACEMENTS, S_SEQ
 from par.dsl.registry.collectives import COLLECTIVES
 
 KINDS = tuple(name for name, spec in COLLECTIVES.items() if spec.sends)  # of a Transfer
@@ -129,7 +130,7 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
             continue
         for rank in data["devices"]:
             held[rank] += data["params"]
-            if data.get("in_placement") == "S(seq)":
+            if "in_placement" in data and PLACEMENTS[data["in_placement"]] == S_SEQ:
                 seq_sharded[rank] += data["params"]
     found = []
     for rank in range(mesh.world):
