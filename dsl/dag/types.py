@@ -1,9 +1,10 @@
 """The types of the DAG (README: The DAG): what a node, an edge and the graph carry, and the
 enumerations they are made of. Expansion writes these attributes and every reader of the DAG
 reads them; tests hold the keys to what `expand` writes and the op names to the registry.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: TypedDict reads `NotRequired` from evaluated
+annotations, and the tests compare its required and optional keys with real nodes.
+"""
 
 from typing import TYPE_CHECKING, Literal, NotRequired, TypeAlias, TypedDict, cast
 
@@ -101,11 +102,11 @@ else:
     Dag = nx.DiGraph
 
 
-def plain(graph: Dag) -> nx.DiGraph[str]:
+def plain(graph: "Dag") -> "nx.DiGraph[str]":
     """The graph as networkx's algorithms type it: their stubs take plain attribute dicts."""
     return cast("nx.DiGraph[str]", graph)
 
 
-def graph_attrs(graph: Dag) -> GraphAttrs:
+def graph_attrs(graph: "Dag") -> GraphAttrs:
     """The graph's attributes, typed (networkx types `graph.graph` as a plain dict)."""
     return cast(GraphAttrs, graph.graph)
