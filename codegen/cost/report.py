@@ -23,7 +23,7 @@ class Section:
 
 
 def title(cost: Cost) -> str:
-    return f"{cost.name} ({cost.graph.graph['source']})"
+    return f"{cost.name} ({graph_attrs(cost.graph)['source']})"
 
 
 def summary(cost: Cost) -> list[str]:

@@ -83,8 +83,8 @@ def _drawing(graph: Dag, tree: ClusterTree, edges: Sequence[DotEdge], shown: lis
     title, rows = header(graph_attrs(graph), view)
     key = legend(shown, folded=folded)
     return DotGraph(
-        name=quoted(graph.graph["spec"]),
-        banner=banner(graph.graph["source"], view),
+        name=quoted(graph_attrs(graph)["spec"]),
+        banner=banner(graph_attrs(graph)["source"], view),
         title=title,
         rows=rows,
         graph_attrs=layout_attrs(len(shown)),

@@ -15,6 +15,7 @@ from par.codegen.pytorch.layer import ShardedLayer, sharded_layer
 from par.codegen.pytorch.ops import LayerCode, reference_layer
 from par.codegen.templating import render
 from par.dsl.compiler import Compiled
+from par.dsl.dag.types import graph_attrs
 from par.dsl.escape import python_comment
 from par.dsl.lowering.placement import S_SEQ
 
@@ -126,7 +127,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
     model, mesh = deployment.model, deployment.mesh
     layer = sharded_layer(program)
     return ModelView(
-        source=python_comment(compiled.graph.graph["source"]),
+        source=python_comment(graph_attrs(compiled.graph)["source"]),
         model=model.name,
         block=deployment.block.name,
         layer_class=_class_name(deployment.block.name) + "Layer",

@@ -12,6 +12,7 @@ from par.commands.common import (
     print_diagnostics,
 )
 from par.dsl import units
+from par.dsl.dag.types import Dag
 from par.dsl.diagnostics import error
 from par.dsl.escape import terminal
 from par.dsl.frontend.source import Span
@@ -44,7 +45,7 @@ def run(args) -> int:
     return 0
 
 
-def describe(graph, node: str, sources) -> str:
+def describe(graph: Dag, node: str, sources) -> str:
     data = graph.nodes[node]
     lines = [f"{node}: {data['op']} ({data['kind']})"]
     where = f"stage {data['stage']}" + (f", layer {data['layer']}" if data.get("layer") is not None else "")
