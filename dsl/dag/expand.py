@@ -13,7 +13,7 @@ from typing import Literal
 
 from par.dsl.checks.deployment import Deployment
 from par.dsl.dag import ids
-from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, GraphAttrs, IoOp, NodeAttrs, Shape, StepAttrs
+from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, GraphAttrs, IoOp, NodeAttrs, Shape
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
 from par.dsl.lowering.placement import R, share
 from par.dsl.lowering.program import Program, Step
@@ -117,13 +117,17 @@ class _Expander:
         self.succ[source][target] = data
         self.pred[target][source] = data
 
-    def _template(self, step: Step) -> StepAttrs:
+    def _template(self, step: Step) -> NodeAttrs:
+        """The attributes of every node of a step; each copy gets its layer, stage and devices."""
         bytes_in = elements(step.in_shape) * self.dtype_bytes
         full = elements(step.global_out) * self.dtype_bytes
-        data: StepAttrs = {
+        data: NodeAttrs = {
             "op": step.op,
             "kind": step.kind,
             "name": step.name,
+            "layer": None,
+            "stage": 0,
+            "devices": [],
             "in_shape": step.in_shape,
             "out_shape": step.out_shape,
             "in_placement": step.in_placement.text,
@@ -147,7 +151,7 @@ class _Expander:
         self._backward(data, backward_kind(step), full)
         return data
 
-    def _backward(self, data: StepAttrs, kind: CollectiveOp | None, full_bytes: int) -> None:
+    def _backward(self, data: NodeAttrs, kind: CollectiveOp | None, full_bytes: int) -> None:
         """The collective the backward issues on the gradient of the node's output (par.dsl.lowering.backward)."""
         if kind is not None:
             data["backward"] = kind
@@ -225,22 +229,26 @@ class _Expander:
             template = templates[step.name]
             if step.name in self.comm:
                 node = ids.collective_id(layer, step.name, dp_rank, self.mesh.dp)
-                self._node(node, {**template, "layer": layer, "stage": stage, "devices": devices})
+                collective = template.copy()
+                collective["layer"], collective["stage"], collective["devices"] = layer, stage, devices
+                self._node(node, collective)
                 for source in dict.fromkeys(produced[step.inputs[0]]):
                     self._edge(source, node, (0,))
                 produced[step.name] = [node] * len(group)
                 continue
             names = [f"{prefix}{step.name}_gpu{rank}" for rank in group]
             for rank, node in zip(group, names, strict=True):
-                node_map[node] = {**template, "layer": layer, "stage": stage, "devices": [rank]}
+                data = template.copy()  # what `dict(template, layer=...)` makes, faster
+                data["layer"], data["stage"], data["devices"] = layer, stage, [rank]
+                node_map[node] = data
                 succ[node] = {}
                 pred[node] = {}
             self.added += len(names)
             for source_lists, operands in self._operands(step, produced):
                 for source, node in zip(source_lists, names, strict=True):
-                    data: EdgeAttrs = {"operands": operands}
-                    succ[source][node] = data
-                    pred[node][source] = data
+                    edge: EdgeAttrs = {"operands": operands}
+                    succ[source][node] = edge
+                    pred[node][source] = edge
             produced[step.name] = names
         return produced[program.result]
 

@@ -23,12 +23,13 @@ Severity = Literal["error", "warning", "note"]
 Shape = tuple[int, ...]
 
 
-class StepAttrs(TypedDict):
-    """What every node of one step of the layer carries, on every layer and device."""
-
+class NodeAttrs(TypedDict):
     op: OpName
     kind: Kind
     name: str  # the node-id component: `qkv`, `allgather_qkv`, `send`
+    layer: int | None  # None: input, output, input slices, send and recv
+    stage: int
+    devices: list[int]
     in_shape: Shape  # local, per device
     out_shape: Shape
     dtype: Dtype
@@ -47,12 +48,6 @@ class StepAttrs(TypedDict):
     # The collective the training backward issues on the gradient of the output (par.dsl.lowering.backward).
     backward: NotRequired[CollectiveOp]
     backward_wire_bytes: NotRequired[int | float]
-
-
-class NodeAttrs(StepAttrs):
-    layer: int | None  # None: input, output, input slices, send and recv
-    stage: int
-    devices: list[int]
 
 
 class EdgeAttrs(TypedDict):
