@@ -24,6 +24,8 @@ Shape = tuple[int, ...]
 
 
 class NodeAttrs(TypedDict):
+    """A node: one op on one device, one collective instance, a send, a recv, input or output."""
+
     op: OpName
     kind: Kind
     name: str  # the node-id component: `qkv`, `allgather_qkv`, `send`
