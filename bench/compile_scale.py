@@ -18,6 +18,7 @@ import statistics
 import time
 
 import networkx as nx
+
 from par.dsl.compiler import compile_text, gc_paused
 
 # (layers, tp, pp, dp): GPT blocks, Megatron placement; about layers·dp·(10·tp + 2) nodes.

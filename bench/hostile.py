@@ -42,15 +42,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from par.cli import main as par
 from par.dsl.checks.check import OVERRIDABLE
 from par.dsl.compiler import compile_text
 from par.dsl.diagnostics import CompileError, format_all
 from par.dsl.frontend.inputs import spec_inputs, spec_name
 from par.dsl.registry.ops import OPS
 
-from par.cli import main as par
+ROOT = Path(__file__).resolve().parents[1]
 
 SLOW = 10.0  # seconds: a run over this counts as slow
 FORMATS = ("text", "md", "json")

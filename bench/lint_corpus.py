@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lint"))
 
 from lint_snapshots import full_corpus  # noqa: E402
-from par.dsl.frontend.inputs import collect_files  # noqa: E402
 
+from par.dsl.frontend.inputs import collect_files  # noqa: E402
 from par.lint import DOT_SUFFIXES, run_lint  # noqa: E402
 from par.lint.dot_reader import read_dot_text  # noqa: E402
 

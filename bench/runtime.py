@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "torch"))  # the launcher the distributed tests use
 
 from fork_launch import free_port, load_module  # noqa: E402
+
 from par.codegen.pytorch.emit import emit_model  # noqa: E402
 from par.dsl.compiler import compile_file  # noqa: E402
 

@@ -6,9 +6,11 @@ import json
 
 import networkx as nx
 
+from par.dsl.dag.types import Dag, plain
 
-def emit_json(graph: nx.DiGraph) -> str:
-    data = nx.node_link_data(graph, edges="edges")
+
+def emit_json(graph: Dag) -> str:
+    data = nx.node_link_data(plain(graph), edges="edges")
     nodes = data.pop("nodes")
     edges = data.pop("edges")
     head = {key: data[key] for key in sorted(data)}
@@ -31,4 +33,6 @@ def emit_json(graph: nx.DiGraph) -> str:
 
 def load_json(text: str) -> nx.DiGraph:
     """The inverse of emit_json (shapes come back as lists)."""
-    return nx.node_link_graph(json.loads(text), directed=True, multigraph=False, edges="edges")
+    graph = nx.node_link_graph(json.loads(text), directed=True, multigraph=False, edges="edges")
+    assert isinstance(graph, nx.DiGraph)
+    return graph

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from par.dsl.dag.types import GraphAttrs
 from par.dsl.units import plural
 
 
-def model_line(graph_data: dict, *, drawing: bool) -> str:
+def model_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
     """The DAG's model in one line, as the cost report words it:
     `model: gpt2 (gpt block), 2 layers, hidden 4096, heads 32 (kv 32), ffn 16384, fp16`.
 
@@ -22,7 +23,7 @@ def model_line(graph_data: dict, *, drawing: bool) -> str:
     return f"{head} {model['layers']} layers, hidden {model['hidden']}, heads {model['heads']}{kv}, ffn {model['ffn']}, {model['dtype']}"
 
 
-def mesh_line(graph_data: dict, *, drawing: bool) -> str:
+def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
     """The DAG's mesh and pipeline in one line, as the cost report words it:
     `mesh: tp 2 x pp 2 x dp 1 = 4 devices; 4 microbatches of [32, 10000, 4096] per step, 1f1b schedule`.
 

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
 from par.dsl.checks.check import check
 from par.dsl.checks.deployment import Deployment
 from par.dsl.dag.expand import expand, node_count
+from par.dsl.dag.types import Dag
 from par.dsl.dag.validate import validate
 from par.dsl.diagnostics import CompileError, Diagnostic, error
 from par.dsl.frontend.inputs import parse_defines, read_spec
@@ -43,7 +43,7 @@ def gc_paused():
 class Compiled:
     deployment: Deployment
     program: Program
-    graph: nx.DiGraph
+    graph: Dag
     warnings: list[Diagnostic] = field(default_factory=list)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from par.dsl.dag.types import Severity
 from par.dsl.escape import terminal
 from par.dsl.frontend.source import SourceFile, Span
 
@@ -13,7 +14,7 @@ from par.dsl.frontend.source import SourceFile, Span
 class Diagnostic:
     message: str
     span: Span | None = None
-    severity: str = "error"  # "error" | "warning" | "note"
+    severity: Severity = "error"
     hint: str | None = None
     notes: tuple[Diagnostic, ...] = ()  # further places that explain this one, printed after it
 

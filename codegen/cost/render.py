@@ -6,6 +6,7 @@ from par.codegen.cost.report import sections, summary, warnings
 from par.codegen.cost.timeline import timeline_view
 from par.codegen.templating import render
 from par.dsl.cost.model import Cost
+from par.dsl.dag.types import graph_attrs
 from par.dsl.escape import html_comment, markdown
 
 _RULES = {"l": "---", "r": "---:"}
@@ -14,7 +15,7 @@ _RULES = {"l": "---", "r": "---:"}
 def report_view(cost: Cost) -> dict:
     return {
         "name": markdown(cost.name),
-        "source": html_comment(cost.graph.graph["source"]),
+        "source": html_comment(graph_attrs(cost.graph)["source"]),
         "summary": summary(cost),
         "warnings": warnings(cost),
         "sections": [

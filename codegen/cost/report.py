@@ -10,6 +10,7 @@ from par.dsl import units
 from par.dsl.cost.accounting import KINDS, PHASES, RankCost, step_kinds
 from par.dsl.cost.estimate import capacity, fits
 from par.dsl.cost.model import Cost, DeviceGroup
+from par.dsl.dag.types import graph_attrs
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +23,11 @@ class Section:
 
 
 def title(cost: Cost) -> str:
-    return f"{cost.name} ({cost.graph.graph['source']})"
+    return f"{cost.name} ({graph_attrs(cost.graph)['source']})"
 
 
 def summary(cost: Cost) -> list[str]:
-    lines = [model_line(cost.graph.graph, drawing=False), mesh_line(cost.graph.graph, drawing=False)]
+    lines = [model_line(graph_attrs(cost.graph), drawing=False), mesh_line(graph_attrs(cost.graph), drawing=False)]
     hardware = cost.hardware
     if hardware is None:
         lines.append("hardware: none given, so no step time and no memory-fit check (add `hardware h100` to the spec, or run par cost --hardware h100)")
@@ -44,6 +45,7 @@ def warnings(cost: Cost) -> list[str]:
     """One line per group of devices that does not fit in the hardware's memory, with the numbers."""
     found = []
     for group in cost.too_big():
+        assert cost.hardware is not None  # only hardware makes a group too big
         memory = group.memory
         found.append(
             f"{_devices(group)} (stage {group.cost.stage}) does not fit: it needs {units.size(memory.total)} "
@@ -105,10 +107,10 @@ def _devices_section(cost: Cost) -> Section:
 
 def _memory_section(cost: Cost) -> Section:
     hardware = cost.hardware
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for group in cost.groups:
         memory = group.memory
-        row = (
+        row: tuple[str, ...] = (
             _devices(group),
             units.size(memory.weights),
             units.size(memory.grads),
@@ -184,12 +186,13 @@ def _layer_section(cost: Cost) -> Section:
     for item in cost.transfers:
         if item.node is not None and rank in item.senders and item.phase != "gradients":
             sent[(item.phase, item.node)] = sent.get((item.phase, item.node), 0) + item.bytes
-    rows, totals = [], [0, 0, 0, 0]
+    rows: list[tuple[str, ...]] = []
+    totals: list[int | float] = [0, 0, 0, 0]
     for node, data in graph.nodes(data=True):
         if data["layer"] != layer or rank not in data["devices"]:
             continue
         values = (data["flops"], data["params"], sent.get(("forward", node), 0), sent.get(("backward", node), 0))
-        totals = [a + b for a, b in zip(totals, values)]
+        totals = [a + b for a, b in zip(totals, values, strict=True)]
         placement = f"{data['in_placement']} -> {data['out_placement']}" if "in_placement" in data else ""
         rows.append((node, data["op"], placement, str(list(data["out_shape"])), f"{values[0]:,}", f"{values[1]:,}", f"{values[2]:,}", f"{values[3]:,}"))
     rows.append(("layer total", "", "", "", *(f"{value:,}" for value in totals)))
@@ -247,6 +250,7 @@ def _pipeline_section(cost: Cost) -> Section:
 
 def _step_section(cost: Cost) -> Section:
     estimate, hardware, mesh = cost.estimate, cost.hardware, cost.mesh
+    assert hardware is not None  # the estimate section is written only with hardware
     flops = sum(cost.step_flops(device) for device in cost.devices)
     peak = mesh["world"] * hardware.peak_tflops * 1e12
     tokens = cost.model["batch"] * cost.model["seq"]

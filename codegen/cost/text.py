@@ -17,7 +17,7 @@ def table(section: Section) -> str:
     widths = [max(len(row[i]) for row in (section.headers, *section.rows)) for i in range(len(section.headers))]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [cell.ljust(width) if align == "l" else cell.rjust(width) for cell, width, align in zip(cells, widths, section.align)]
+        parts = [cell.ljust(width) if align == "l" else cell.rjust(width) for cell, width, align in zip(cells, widths, section.align, strict=True)]
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * width for width in widths)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import networkx as nx
 from par.codegen.dot import style
 from par.codegen.dot.text import gpus, layer_count, quoted
 from par.codegen.dot.view import DotCluster, DotEdge, DotNode, cluster, node_view
 from par.dsl.checks.deployment import Mesh
+from par.dsl.dag.types import Dag, NodeAttrs
 from par.dsl.units import ranges
 
 INVISIBLE = (("style", "invis"),)
@@ -59,7 +59,7 @@ class ClusterTree:
         dp_rank, _, tp_rank = self.mesh.coords(rank)
         return (("group", quoted(f"column_{dp_rank}_{tp_rank}")),)
 
-    def place(self, node_id: str, data: dict, *, in_gpu: bool = True) -> None:
+    def place(self, node_id: str, data: NodeAttrs, *, in_gpu: bool = True) -> None:
         """Adds a DAG node to its GPU's cluster (unless not `in_gpu`), else its replica's (a
         collective), or its stage's (`input`, `output`)."""
         devices = data["devices"]
@@ -79,7 +79,7 @@ class ClusterTree:
     def roots(self) -> list[DotCluster]:
         return [kept for kept in (stage.pruned() for stage in self.stages) if kept]
 
-    def anchors(self, graph: nx.DiGraph, *, rep: Callable[[str], str | None] | None = None) -> tuple[list[list[str]], list[DotEdge]]:
+    def anchors(self, graph: Dag, *, rep: Callable[[str], str | None] | None = None) -> tuple[list[list[str]], list[DotEdge]]:
         """Invisible nodes that keep each stage's GPU clusters left to right in rank order.
 
         `dot` may reorder sibling clusters to reduce crossings and ignores ordering edges between
@@ -92,7 +92,8 @@ class ClusterTree:
         stands for it in the drawing (None: not drawn). Returns the rows and the edges.
         """
         rep = rep or (lambda node_id: node_id)
-        rows, edges = [], []
+        rows: list[list[str]] = []
+        edges: list[DotEdge] = []
         for stage in range(len(self.stages)):
             filled = [rank for rank in self.mesh.stage_ranks(stage) if self.members[rank]]
             if len(filled) < 2:

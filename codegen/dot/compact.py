@@ -13,13 +13,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import networkx as nx
 from par.codegen.dot import style
 from par.codegen.dot.clusters import ClusterTree
 from par.codegen.dot.text import dims, gpus, html, layer_count, layer_span, quoted
 from par.codegen.dot.view import DotEdge, DotNode, edge_view, look_attrs
 from par.dsl.checks.deployment import Mesh
 from par.dsl.compiler import Compiled
+from par.dsl.dag.types import Dag, NodeAttrs
 from par.dsl.units import size as human_bytes
 
 FOLDED_DATA = {"op": "folded", "kind": "folded"}  # what edge styling sees of a folded box
@@ -77,7 +77,7 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
 
     tree = ClusterTree(mesh)
     drawn = [node_id for node_id in graph.nodes if rep(node_id) == node_id]
-    members: dict[str, list[dict]] = {fold.id: [] for fold in ranges}
+    members: dict[str, list[NodeAttrs]] = {fold.id: [] for fold in ranges}
     pipeline: dict[tuple[int, str], list[str]] = {}  # (stage, send | recv) -> ids, in rank order
     for node_id, data in graph.nodes(data=True):
         target = rep(node_id)
@@ -95,13 +95,13 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
     return CompactLayout(tree, edges, drawn, rep, folded=bool(ranges), rows=rows)
 
 
-def quotient_edges(graph: nx.DiGraph, *, rep: Callable[[str], str | None]) -> list[DotEdge]:
+def quotient_edges(graph: Dag, *, rep: Callable[[str], str | None]) -> list[DotEdge]:
     """One edge per pair of drawn ends that some DAG edge connects, in DAG order."""
     pairs: dict[tuple[str, str], None] = {}
     for tail, head in graph.edges:
-        ends = (rep(tail), rep(head))
-        if None not in ends and ends[0] != ends[1]:
-            pairs[ends] = None
+        drawn_tail, drawn_head = rep(tail), rep(head)
+        if drawn_tail is not None and drawn_head is not None and drawn_tail != drawn_head:
+            pairs[(drawn_tail, drawn_head)] = None
     edges = []
     for tail, head in pairs:
         tail_data = graph.nodes[tail] if tail in graph else FOLDED_DATA
@@ -110,7 +110,7 @@ def quotient_edges(graph: nx.DiGraph, *, rep: Callable[[str], str | None]) -> li
     return edges
 
 
-def folded_node(fold: Fold, *, members: list[dict], compiled: Compiled) -> DotNode:
+def folded_node(fold: Fold, *, members: list[NodeAttrs], compiled: Compiled) -> DotNode:
     """A box for a range of layers: what runs there, counted, and what it sends."""
     mesh = compiled.deployment.mesh
     count = fold.last - fold.first + 1

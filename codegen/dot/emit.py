@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import networkx as nx
 from par.codegen.dot.clusters import ClusterTree
 from par.codegen.dot.compact import compact_layout
 from par.codegen.dot.text import quoted
@@ -20,6 +19,7 @@ from par.codegen.dot.view import (
 )
 from par.codegen.templating import render
 from par.dsl.compiler import Compiled
+from par.dsl.dag.types import Dag, NodeAttrs, graph_attrs
 
 GRAPH_DEFAULTS = (
     ("rankdir", "TB"),
@@ -78,13 +78,13 @@ def compact_view(compiled: Compiled, *, layer: int = 0) -> DotGraph:
     return _drawing(graph, layout.tree, layout.edges, shown, view=view, folded=layout.folded, rep=layout.rep, ordered=layout.rows)
 
 
-def _drawing(graph: nx.DiGraph, tree: ClusterTree, edges: Sequence[DotEdge], shown: list[dict], *, view: str, folded: bool, rep=None, ordered=()) -> DotGraph:
+def _drawing(graph: Dag, tree: ClusterTree, edges: Sequence[DotEdge], shown: list[NodeAttrs], *, view: str, folded: bool, rep=None, ordered=()) -> DotGraph:
     anchor_rows, anchor_edges = tree.anchors(graph, rep=rep)
-    title, rows = header(graph.graph, view)
+    title, rows = header(graph_attrs(graph), view)
     key = legend(shown, folded=folded)
     return DotGraph(
-        name=quoted(graph.graph["spec"]),
-        banner=banner(graph.graph["source"], view),
+        name=quoted(graph_attrs(graph)["spec"]),
+        banner=banner(graph_attrs(graph)["source"], view),
         title=title,
         rows=rows,
         graph_attrs=layout_attrs(len(shown)),

@@ -6,8 +6,10 @@ Collectives are coloured by kind (the same colour for the ellipse and for its ed
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
+from par.dsl.dag.types import NodeAttrs
 from par.dsl.registry.collectives import COLLECTIVES
 
 
@@ -47,7 +49,7 @@ def display_name(op: str) -> str:
     return COLLECTIVES[op].title if op in COLLECTIVES else op
 
 
-def look_of(data: dict) -> Look:
+def look_of(data: NodeAttrs) -> Look:
     """The look of a DAG node from its attributes."""
     if data["kind"] == "comm":
         return LOOKS.get(data["op"], Look("ellipse", "#eeeeee", "#555555"))
@@ -56,7 +58,7 @@ def look_of(data: dict) -> Look:
     return COMPUTE
 
 
-def legend_entries(ops: set[str], has_route: bool, *, folded: bool = False) -> list[tuple[str, Look]]:
+def legend_entries(ops: AbstractSet[str], has_route: bool, *, folded: bool = False) -> list[tuple[str, Look]]:
     """(caption, look) for every shape and colour that appears, in a fixed order."""
     entries = [("computation", COMPUTE)]
     if folded:

@@ -15,6 +15,7 @@ from par.codegen.pytorch.layer import ShardedLayer, sharded_layer
 from par.codegen.pytorch.ops import LayerCode, reference_layer
 from par.codegen.templating import render
 from par.dsl.compiler import Compiled
+from par.dsl.dag.types import graph_attrs
 from par.dsl.escape import python_comment
 from par.dsl.lowering.placement import S_SEQ
 
@@ -105,7 +106,7 @@ def model_view(compiled: Compiled) -> ModelView:
     """The view with the runtime pieces that model.py's own code reaches, and only those."""
     view = _bare_view(compiled)
     sections = runtime_sections(compiled, view.layer)
-    every = [found for found in sections.values() for found in found]
+    every = [piece for found in sections.values() for piece in found]
     whole = render("model.py.jinja", view=_placed(view, sections, None))
     kept = inline.reachable(every, inline.own_references(whole, every))
     return _placed(view, sections, kept)
@@ -126,7 +127,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
     model, mesh = deployment.model, deployment.mesh
     layer = sharded_layer(program)
     return ModelView(
-        source=python_comment(compiled.graph.graph["source"]),
+        source=python_comment(graph_attrs(compiled.graph)["source"]),
         model=model.name,
         block=deployment.block.name,
         layer_class=_class_name(deployment.block.name) + "Layer",

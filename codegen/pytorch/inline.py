@@ -135,7 +135,8 @@ def split(module: str, text: str) -> Section:
     preamble = 0
     while statements and isinstance(statements[0], ast.Import | ast.ImportFrom):
         preamble = statements.pop(0).end_lineno or 0
-    header, pieces, previous = "", [], preamble
+    header, previous = "", preamble
+    pieces: list[Piece] = []
     for statement in statements:
         decorators = [decorator.lineno for decorator in getattr(statement, "decorator_list", [])]
         start = min([statement.lineno, *decorators]) - 1

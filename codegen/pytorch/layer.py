@@ -168,6 +168,7 @@ class _Writer:
         if step.backward_reason is not None:
             comment += "; backward: this rank's part, no ReduceScatter"  # the rest of the gradient is zero
         helper = step.pair
+        assert helper is not None  # lowering pairs every collective
         if step.op == "allreduce":
             call = f"{helper}({self._name(value)}, {GROUP})"
         elif step.op == "allgather":
@@ -198,7 +199,7 @@ class _Writer:
         layout = "local" if dim == FEATURES else self.layout.get(value)
         self._emit(step, call, comment, layout)
 
-    def _features_split(self, value: str, source: str, dim: int) -> str:
+    def _features_split(self, value: str, source: str, dim: int | None) -> str:
         """What to split along `dim` so that each rank gets whole heads of a fused QKV."""
         return self._reordered(value, source, "grouped") if dim == FEATURES else source
 

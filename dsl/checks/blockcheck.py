@@ -15,7 +15,7 @@ from par.dsl.checks.evaluate import (
 )
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.spec import BlockDef, Expr, ModelDecl, Place, Ref, Statement
-from par.dsl.registry.collectives import COLLECTIVES
+from par.dsl.registry.collectives import block_form
 from par.dsl.registry.ops import Syntax
 from par.dsl.registry.statements import STATEMENTS, WRITTEN, choices, default_dim
 
@@ -61,7 +61,7 @@ def _kind_error(place: Place) -> Diagnostic | None:
     if place.kind not in WRITTEN:
         hint = did_you_mean(place.kind, WRITTEN) or f"collectives are: {', '.join(WRITTEN)}"
         return error(f"unknown collective '{place.kind}'", place.kind_span, hint=hint)
-    if not COLLECTIVES[place.kind].written.placeable:
+    if not block_form(place.kind).placeable:
         return error(f"{place.kind} needs a dim; write it inside the block: y = {place.kind}(x, seq)", place.kind_span)
     return None
 
@@ -103,7 +103,7 @@ class _BlockResolver:
 
     def resolve(self) -> Block | None:
         block = self.block
-        later = {}
+        later: dict[str, Statement] = {}
         for statement in block.statements:
             later.setdefault(statement.target, statement)
         defined = {block.param: block.param_span}
@@ -157,7 +157,7 @@ class _BlockResolver:
         return Op(
             name=statement.target,
             op=statement.op,
-            inputs=tuple(inputs),
+            inputs=tuple(i for i in inputs if i is not None),  # none is, as checked above
             span=statement.span,
             out_features=extras.get("size"),
             style=extras.get("style"),
@@ -180,7 +180,8 @@ class _BlockResolver:
 
     def _extras(self, definition: Syntax, args: Sequence[Expr], statement: Statement) -> dict | None:
         found, ok = {}, True
-        for kind, arg in zip(definition.extras, args):
+        for kind, arg in zip(definition.extras, args, strict=False):
+            value: int | str | None
             if kind == "size":
                 value = self._size(arg)
             else:

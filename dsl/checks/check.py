@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import cast
 
 from par.dsl.checks import stages as stage_split
 from par.dsl.checks.blockcheck import resolve_block
@@ -18,6 +19,7 @@ from par.dsl.checks.evaluate import (
 )
 from par.dsl.checks.hwcheck import resolve_hardware
 from par.dsl.checks.settings import collect_settings
+from par.dsl.dag.types import Dtype, Schedule
 from par.dsl.diagnostics import CompileError, Diagnostic, error, note
 from par.dsl.frontend.library import library_blocks
 from par.dsl.frontend.source import Span, stem
@@ -103,7 +105,8 @@ class _Checker:
         }
         schedule = (mesh_decl.schedule, mesh_decl.schedule_span) if mesh_decl and mesh_decl.schedule else None
         self.spans["sp"] = mesh_decl.sp_span if mesh_decl and mesh_decl.sp_span else self.file_span
-        self.spans["stages"] = mesh_decl.stages_span if mesh_decl and mesh_decl.stages_span else None
+        if mesh_decl and mesh_decl.stages_span:
+            self.spans["stages"] = mesh_decl.stages_span
         for override in self.overrides:
             applied = self._override(override, exprs, words, flags)
             if applied == "stages":
@@ -113,7 +116,7 @@ class _Checker:
                 schedule = (override.text, override.span)
         namespace = self._namespace(model_decl, mesh_decl, exprs)
         self._evaluate(namespace, model_decl)
-        dtype = self._word("dtype", words["dtype"], default="bf16")
+        dtype = cast(Dtype | None, self._word("dtype", words["dtype"], default="bf16"))  # one of DTYPE_BYTES
         schedule_name = self._schedule(schedule)
         model = self._model(model_decl, dtype)
         mesh = self._mesh(stage_specs, schedule_name, flags["sp"], namespace)
@@ -218,7 +221,7 @@ class _Checker:
 
     def _integer(self, namespace: Namespace, name: str) -> int | None:
         try:
-            return namespace.get(name)
+            return cast(int, namespace.get(name))  # `_accept` made it a whole number
         except EvalError as exc:
             self.diags.append(exc.diagnostic)
         except AlreadyReported:
@@ -253,18 +256,18 @@ class _Checker:
         self.err(f"{name} must be one of {', '.join(options)}, not {shown}", expr.span, did_you_mean(shown, options))
         return None
 
-    def _schedule(self, schedule: tuple[str, Span] | None) -> str | None:
+    def _schedule(self, schedule: tuple[str, Span] | None) -> Schedule | None:
         if schedule is None:
             return "1f1b"
         name, span = schedule
         if name.lower() in SCHEDULES:
-            return name.lower()
+            return cast(Schedule, name.lower())
         self.err(f"unknown schedule '{name}'; use {' or '.join(SCHEDULES)}", span)
         return None
 
     # -- model and mesh --------------------------------------------------------------------------
 
-    def _model(self, model_decl: ModelDecl, dtype: str | None) -> Model | None:
+    def _model(self, model_decl: ModelDecl, dtype: Dtype | None) -> Model | None:
         v = self.values
         if dtype is None or any(name not in v for name in REQUIRED + ("kv_heads", "ffn")):
             return None
@@ -282,7 +285,7 @@ class _Checker:
             dtype=dtype,
         )
 
-    def _mesh(self, stage_specs, schedule: str | None, sp: bool, namespace: Namespace) -> Mesh | None:
+    def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, namespace: Namespace) -> Mesh | None:
         v = self.values
         if schedule is None or any(name not in v for name in ("tp", "pp", "dp", "microbatches", "layers")):
             return None
@@ -309,9 +312,10 @@ class _Checker:
         if len(kinds) > 1:
             self.err("stages mixes layer counts and layer ranges; use one or the other", span)
             return None
-        numbers = [[self._stage_number(e, namespace) for e in (s.first, s.last) if e is not None] for s in specs]
-        if any(n is None for entry in numbers for n in entry):
+        found = [[self._stage_number(e, namespace) for e in (s.first, s.last) if e is not None] for s in specs]
+        if any(n is None for entry in found for n in entry):
             return None
+        numbers = cast(list[list[int]], found)
         if kinds == {True}:
             counts = [entry[0] for entry in numbers]
             if any(c < 1 for c in counts) or sum(counts) != layers:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import get_args
 
+from par.dsl.dag.types import Dtype, MeshAttrs, Schedule
 from par.dsl.frontend.source import Span
 
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-SCHEDULES = ("gpipe", "1f1b")
+DTYPE_BYTES: dict[Dtype, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
+SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +24,7 @@ class Model:
     vocab: int | None
     batch: int
     seq: int
-    dtype: str
+    dtype: Dtype
 
     @property
     def head_dim(self) -> int:
@@ -45,7 +47,7 @@ class Mesh:
     dp: int
     microbatches: int
     stages: tuple[tuple[int, int], ...]  # per stage: (first layer, last layer), inclusive
-    schedule: str
+    schedule: Schedule
     sequence_parallel: bool
 
     @property
@@ -76,7 +78,7 @@ class Mesh:
         """Every rank of a pipeline stage, replica by replica."""
         return tuple(rank for d in range(self.dp) for rank in self.tp_group(dp_rank=d, stage=stage))
 
-    def attributes(self) -> dict:
+    def attributes(self) -> MeshAttrs:
         """The mesh as the DAG's graph attributes carry it (`graph.graph["mesh"]`)."""
         return {
             "tp": self.tp,
@@ -90,9 +92,9 @@ class Mesh:
         }
 
     @classmethod
-    def from_attributes(cls, data: dict) -> Mesh:
+    def from_attributes(cls, data: MeshAttrs) -> Mesh:
         """The inverse of `attributes`, for code that has only the DAG."""
-        stages = tuple(tuple(stage) for stage in data["stages"])
+        stages = tuple((first, last) for first, last in data["stages"])
         return cls(data["tp"], data["pp"], data["dp"], data["microbatches"], stages, data["schedule"], data["sequence_parallel"])
 
 

@@ -52,8 +52,9 @@ def coverage_problems(ranges: list[tuple[int, int]], layers: int) -> list[str]:
 
 
 def _layers(numbers: list[int]) -> str:
-    runs, start = [], numbers[0]
-    for prev, cur in zip(numbers, numbers[1:] + [None]):
+    runs: list[str] = []
+    start: int | None = numbers[0]
+    for prev, cur in zip(numbers, numbers[1:] + [None], strict=True):
         if cur != prev + 1 if cur is not None else True:
             runs.append(str(start) if start == prev else f"{start}..{prev}")
             start = cur

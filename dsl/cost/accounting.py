@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import networkx as nx
 from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
+from par.dsl.dag.types import Dag, Dtype, NodeAttrs
+from par.dsl.lowering.placement import PLACEMENTS, S_SEQ
 from par.dsl.registry.collectives import COLLECTIVES
 from par.dsl.registry.ops import OPS, Saves, Stored, elements
 
@@ -48,7 +49,7 @@ class TrainingState:
 FP32 = DTYPE_BYTES["fp32"]
 
 
-def training_state(dtype: str, grad_dtype: str = "fp32") -> TrainingState:
+def training_state(dtype: Dtype, grad_dtype: Dtype = "fp32") -> TrainingState:
     """fp32: 4 + 4 + 0 + 8 = 16 B; fp16/bf16: 2 + fp32 grads 4 + fp32 master 4 + 8 = 18 B
     (16 B when the gradients are reduced in the low precision)."""
     size = DTYPE_BYTES[dtype]
@@ -90,21 +91,22 @@ class RankCost:
         return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, comm)
 
 
-def dtype_bytes(graph: nx.DiGraph) -> int:
+def dtype_bytes(graph: Dag) -> int:
     return DTYPE_BYTES[graph.graph["model"]["dtype"]]
 
 
-def out_bytes(graph: nx.DiGraph, node: str) -> int:
+def out_bytes(graph: Dag, node: str) -> int:
     return elements(tuple(graph.nodes[node]["out_shape"])) * dtype_bytes(graph)
 
 
-def transfers(graph: nx.DiGraph) -> list[Transfer]:
+def transfers(graph: Dag) -> list[Transfer]:
     """Every communication of a training step, forward and backward of one microbatch and the gradient sync."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     found: list[Transfer] = []
     for node, data in graph.nodes(data=True):
         if data["kind"] != "comm":
             continue
+        group: tuple[int, ...]
         if data["op"] == "send":
             group = (data["devices"][0], data["peer"])
             found.append(Transfer("forward", "send", node, group, group[:1], data["wire_bytes"]))
@@ -126,7 +128,7 @@ def transfers(graph: nx.DiGraph) -> list[Transfer]:
     return found
 
 
-def _gradient_sync(graph: nx.DiGraph, mesh: Mesh) -> list[Transfer]:
+def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
     """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of sequence-shard params."""
     size = training_state(graph.graph["model"]["dtype"]).grads
     held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
@@ -136,7 +138,7 @@ def _gradient_sync(graph: nx.DiGraph, mesh: Mesh) -> list[Transfer]:
             continue
         for rank in data["devices"]:
             held[rank] += data["params"]
-            if data.get("in_placement") == "S(seq)":
+            if "in_placement" in data and PLACEMENTS[data["in_placement"]] == S_SEQ:
                 seq_sharded[rank] += data["params"]
     found = []
     for rank in range(mesh.world):
@@ -157,17 +159,17 @@ def comm_by_rank(items: Iterable[Transfer], world: int) -> dict[int, dict[str, d
     return table
 
 
-def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) -> list[RankCost]:
+def rank_costs(graph: Dag, *, items: Iterable[Transfer] | None = None) -> list[RankCost]:
     """One RankCost per device, in rank order; `items` are the graph's transfers if already known."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     world = mesh.world
     params, flops = [0] * world, [0] * world
     layers: list[set[int]] = [set() for _ in range(world)]
-    for node, data in graph.nodes(data=True):
+    for _, data in graph.nodes(data=True):
         for rank in data["devices"]:
             params[rank] += data["params"]
             flops[rank] += data["flops"]
-            if data["kind"] == "compute":
+            if data["kind"] == "compute" and data["layer"] is not None:
                 layers[rank].add(data["layer"])
     activations = saved_bytes(graph)
     comm = comm_by_rank(transfers(graph) if items is None else items, world)
@@ -185,7 +187,7 @@ def rank_costs(graph: nx.DiGraph, *, items: Iterable[Transfer] | None = None) ->
     ]
 
 
-def saves_of(data: dict) -> Saves:
+def saves_of(data: NodeAttrs) -> Saves:
     """What the generated code keeps of a node for its backward (the registry's `saves`)."""
     if data["kind"] == "compute":
         return OPS[data["op"]].saves
@@ -193,7 +195,7 @@ def saves_of(data: dict) -> Saves:
     return spec.saves if spec is not None else Saves()
 
 
-def saved_tensors(graph: nx.DiGraph, *, on_cpu: bool = False) -> dict[int, dict[tuple, int]]:
+def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, int]]:
     """rank -> the tensors its forward of one microbatch keeps for the backward -> their bytes.
 
     Each node keeps what its op's `saves` says. A tensor kept by several nodes is one tensor: it
@@ -221,7 +223,7 @@ def saved_tensors(graph: nx.DiGraph, *, on_cpu: bool = False) -> dict[int, dict[
     return kept
 
 
-def _tensor(graph: nx.DiGraph, node: str, rank: int) -> tuple[tuple, int]:
+def _tensor(graph: Dag, node: str, rank: int) -> tuple[tuple, int]:
     """The tensor that holds `node`'s result on `rank` (a plain slice's source) and its bytes.
 
     The slice of the microbatch input is no view: each rank is given its part of the stream."""
@@ -233,12 +235,12 @@ def _tensor(graph: nx.DiGraph, node: str, rank: int) -> tuple[tuple, int]:
     return (node, rank), out_bytes(graph, node)
 
 
-def saved_bytes(graph: nx.DiGraph, *, on_cpu: bool = False) -> list[int]:
+def saved_bytes(graph: Dag, *, on_cpu: bool = False) -> list[int]:
     """Per rank, the bytes its forward of one microbatch keeps for the backward (`saved_tensors`)."""
     return [sum(tensors.values()) for _, tensors in sorted(saved_tensors(graph, on_cpu=on_cpu).items())]
 
 
-def per_rank_comm(graph: nx.DiGraph, *, scope: str = "microbatch") -> dict[int, dict[str, Number]]:
+def per_rank_comm(graph: Dag, *, scope: str = "microbatch") -> dict[int, dict[str, Number]]:
     """Bytes each rank sends, by collective kind: {rank: {kind: bytes}}, zero kinds left out.
 
     scope="microbatch": the forward pass of one microbatch, exactly the DAG's collectives.
@@ -271,7 +273,7 @@ def step_kinds(by_phase: dict[str, dict[str, Number]], *, microbatches: int) -> 
     return kinds
 
 
-def model_parameters(graph: nx.DiGraph) -> int:
+def model_parameters(graph: Dag) -> int:
     """Distinct parameters of the model: one data-parallel replica, replicated ops counted once."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     total = 0

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import networkx as nx
 from par.dsl.checks.deployment import Hardware, Mesh
 from par.dsl.cost import schedule as pipeline
 from par.dsl.cost.accounting import RankCost, TrainingState, Transfer
+from par.dsl.dag.types import Dag, MeshAttrs
 from par.dsl.registry.collectives import COLLECTIVES
 
 BACKWARD_FLOPS = 2  # backward FLOPs per forward FLOP
@@ -43,6 +43,7 @@ class Clock:
     def link(self, group: Iterable[int]) -> tuple[float, float]:
         """(bytes per second, seconds per message) of the links a group uses."""
         hardware = self.hardware
+        assert hardware is not None  # asked only for transfers that take time
         nodes = {rank // hardware.devices_per_node for rank in group}
         if len(nodes) == 1:
             return hardware.intra_gbps * 1e9, hardware.intra_latency_us * 1e-6
@@ -55,7 +56,7 @@ class Durations:
     backward: dict[str, float]
 
 
-def node_durations(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -> Durations:
+def node_durations(graph: Dag, items: Sequence[Transfer], clock: Clock) -> Durations:
     """Forward and backward time of every node; a node's transfers run at once on their ranks (max)."""
     comm: dict[tuple[str, str], float] = {}
     for item in items:
@@ -70,7 +71,7 @@ def node_durations(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -
     return Durations(forward, backward)
 
 
-def device_times(graph: nx.DiGraph, duration: dict[str, float]) -> dict[int, float]:
+def device_times(graph: Dag, duration: dict[str, float]) -> dict[int, float]:
     """Per rank, the time of its nodes one after another: a device runs its ops in turn, and a
     collective occupies each of its ranks. Sends, receives, input and output are left out."""
     busy: dict[int, float] = {}
@@ -89,7 +90,7 @@ class StageTimes:
     links: tuple[float, ...]  # stage s -> s+1 transfer of one microbatch
 
 
-def stage_times(graph: nx.DiGraph, durations: Durations, items: Sequence[Transfer], clock: Clock) -> StageTimes:
+def stage_times(graph: Dag, durations: Durations, items: Sequence[Transfer], clock: Clock) -> StageTimes:
     """Each stage's slowest device, forward and backward, and the links between stages."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     pp = mesh.pp
@@ -101,7 +102,7 @@ def stage_times(graph: nx.DiGraph, durations: Durations, items: Sequence[Transfe
             totals[stage] = max(totals.get(stage, 0.0), busy)
     links = [0.0] * (pp - 1)
     for item in items:
-        if item.phase == "forward" and item.kind == "send":
+        if item.phase == "forward" and item.kind == "send" and item.node is not None:
             stage = graph.nodes[item.node]["stage"]
             links[stage] = max(links[stage], clock.transfer(item))
     stages = range(pp)
@@ -126,7 +127,7 @@ class StepEstimate:
         return pipeline.bubble_fraction(self.slots, len(self.stages.forward))
 
 
-def estimate_step(graph: nx.DiGraph, items: Sequence[Transfer], clock: Clock) -> StepEstimate:
+def estimate_step(graph: Dag, items: Sequence[Transfer], clock: Clock) -> StepEstimate:
     mesh = graph.graph["mesh"]
     durations = node_durations(graph, items, clock)
     times = stage_times(graph, durations, items, clock)
@@ -178,7 +179,7 @@ def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int) -> i
     return pipeline.in_flight(order)
 
 
-def device_memory(cost: RankCost, state: TrainingState, mesh: dict) -> Memory:
+def device_memory(cost: RankCost, state: TrainingState, mesh: MeshAttrs) -> Memory:
     return Memory(
         weights=cost.params * state.weights,
         grads=cost.params * state.grads,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-import networkx as nx
 from par.dsl.checks.deployment import Hardware
 from par.dsl.compiler import Compiled
 from par.dsl.cost import schedule as pipeline
@@ -28,6 +27,7 @@ from par.dsl.cost.estimate import (
     estimate_step,
     fits,
 )
+from par.dsl.dag.types import Dag, MeshAttrs, ModelAttrs, graph_attrs
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class DeviceGroup:
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    graph: nx.DiGraph
+    graph: Dag
     hardware: Hardware | None
     state: TrainingState
     transfers: tuple[Transfer, ...]
@@ -51,12 +51,12 @@ class Cost:
     estimate: StepEstimate
 
     @property
-    def mesh(self) -> dict:
-        return self.graph.graph["mesh"]
+    def mesh(self) -> MeshAttrs:
+        return graph_attrs(self.graph)["mesh"]
 
     @property
-    def model(self) -> dict:
-        return self.graph.graph["model"]
+    def model(self) -> ModelAttrs:
+        return graph_attrs(self.graph)["model"]
 
     @property
     def name(self) -> str:
@@ -81,7 +81,7 @@ class Cost:
         return (1 + BACKWARD_FLOPS) * cost.flops * self.mesh["microbatches"]
 
 
-def cost_of(graph: nx.DiGraph, *, hardware: Hardware | None) -> Cost:
+def cost_of(graph: Dag, *, hardware: Hardware | None) -> Cost:
     """Everything the report says about a deployment, from its DAG and (optionally) hardware."""
     state = training_state(graph.graph["model"]["dtype"])
     items = tuple(transfers(graph))

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
+from typing import Literal
 
-import networkx as nx
 from par.dsl.checks.deployment import Deployment
 from par.dsl.dag import ids
+from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, GraphAttrs, IoOp, NodeAttrs, Shape
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
-from par.dsl.lowering.placement import share
+from par.dsl.lowering.placement import R, share
 from par.dsl.lowering.program import Program, Step
 from par.dsl.registry.collectives import COLLECTIVES
 from par.dsl.registry.ops import elements
 
 
-def expand(program: Program) -> nx.DiGraph:
+def expand(program: Program) -> Dag:
     return _Expander(program).run()
 
 
@@ -32,12 +33,12 @@ def node_count(program: Program) -> int:
     mesh = program.deployment.mesh
     collectives = sum(1 for step in program.steps if step.kind == "comm")
     per_layer = collectives + (len(program.steps) - collectives) * mesh.tp
-    input_slices = 0 if program.stream.kind == "R" else mesh.dp * mesh.tp
+    input_slices = 0 if program.stream == R else mesh.dp * mesh.tp
     boundaries = 2 * (mesh.pp - 1) * mesh.dp * mesh.tp
     return 2 + input_slices + program.deployment.model.layers * mesh.dp * per_layer + boundaries
 
 
-def graph_attributes(program: Program) -> dict:
+def graph_attributes(program: Program) -> GraphAttrs:
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
     return {
@@ -59,7 +60,7 @@ def graph_attributes(program: Program) -> dict:
         },
         "mesh": mesh.attributes(),
         "layers": model.layers,
-        "stream": str(program.stream),
+        "stream": program.stream.text,
         "microbatch_shape": list(program.stream_shape),
         "strict": deployment.strict,
     }
@@ -74,13 +75,15 @@ class _Expander:
         # The graph is filled through the dicts networkx documents for subclasses (`_node`,
         # `_succ`, `_pred`): `add_nodes_from` would copy every attribute dict, which costs more
         # than expansion itself. Ids are unique by construction; `run` verifies the count.
-        self.graph = nx.DiGraph(**graph_attributes(program))
-        self.node_map, self.succ, self.pred = self.graph._node, self.graph._succ, self.graph._pred
+        self.graph: Dag = Dag(**graph_attributes(program))
+        self.node_map: dict[str, NodeAttrs] = self.graph._node  # type: ignore[attr-defined]  # not in the stubs
+        self.succ: dict[str, dict[str, EdgeAttrs]] = self.graph._succ  # type: ignore[attr-defined]
+        self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred  # type: ignore[attr-defined]
         self.added = 0
         self.templates = {step.name: self._template(step) for step in program.steps}
         self.comm = {step.name for step in program.steps if step.kind == "comm"}
 
-    def run(self) -> nx.DiGraph:
+    def run(self) -> Dag:
         mesh, program = self.mesh, self.program
         stage_src = str(self.deployment.spans.get("stages") or self.deployment.span_of("pp"))
         self._io(ids.INPUT, program.stream_shape, program.stream_shape, list(mesh.stage_ranks(0)), 0)
@@ -103,28 +106,32 @@ class _Expander:
             raise AssertionError("expansion produced a node id twice")
         return self.graph
 
-    def _node(self, node: str, data: dict) -> None:
+    def _node(self, node: str, data: NodeAttrs) -> None:
         self.node_map[node] = data
         self.succ[node] = {}
         self.pred[node] = {}
         self.added += 1
 
     def _edge(self, source: str, target: str, operands: tuple[int, ...]) -> None:
-        data = {"operands": operands}
+        data: EdgeAttrs = {"operands": operands}
         self.succ[source][target] = data
         self.pred[target][source] = data
 
-    def _template(self, step: Step) -> dict:
+    def _template(self, step: Step) -> NodeAttrs:
+        """The attributes of every node of a step; each copy gets its layer, stage and devices."""
         bytes_in = elements(step.in_shape) * self.dtype_bytes
         full = elements(step.global_out) * self.dtype_bytes
-        data = {
+        data: NodeAttrs = {
             "op": step.op,
             "kind": step.kind,
             "name": step.name,
+            "layer": None,
+            "stage": 0,
+            "devices": [],
             "in_shape": step.in_shape,
             "out_shape": step.out_shape,
-            "in_placement": str(step.in_placement),
-            "out_placement": str(step.out_placement),
+            "in_placement": step.in_placement.text,
+            "out_placement": step.out_placement.text,
             "dtype": self.deployment.model.dtype,
             "flops": step.flops,
             "params": step.params,
@@ -132,36 +139,36 @@ class _Expander:
             "wire_bytes": share(full, Fraction(*step.wire_fraction)),
             "src": str(step.span),
         }
-        if step.kind == "comm":
+        if step.kind != "compute":
+            assert step.reason is not None  # lowering says why each collective and slice is there
             data["reason"] = step.reason
+        if step.kind == "comm":
             data["inserted"] = step.inserted
         else:
             data["arity"] = len(step.inputs)
         if step.style is not None:
             data["style"] = step.style
-        if step.kind == "route":
-            data["reason"] = step.reason
         self._backward(data, backward_kind(step), full)
         if step.backward_reason is not None:
             data["backward_reason"] = step.backward_reason
         return data
 
-    def _backward(self, data: dict, kind: str | None, full_bytes: int) -> None:
+    def _backward(self, data: NodeAttrs, kind: CollectiveOp | None, full_bytes: int) -> None:
         """The collective the backward issues on the gradient of the node's output (par.dsl.lowering.backward)."""
         if kind is not None:
             data["backward"] = kind
             data["backward_wire_bytes"] = backward_wire_bytes(kind, self.mesh.tp, full_bytes)
 
-    def _io(self, name: str, in_shape, out_shape, devices: list[int], stage: int) -> str:
-        data = {
+    def _io(self, name: IoOp, in_shape: Shape, out_shape: Shape, devices: list[int], stage: int) -> str:
+        data: NodeAttrs = {
             "op": name,
             "kind": "route",
             "name": name,
             "layer": None,
             "stage": stage,
             "devices": devices,
-            "in_shape": tuple(in_shape),
-            "out_shape": tuple(out_shape),
+            "in_shape": in_shape,
+            "out_shape": out_shape,
             "dtype": self.deployment.model.dtype,
             "flops": 0,
             "params": 0,
@@ -176,12 +183,12 @@ class _Expander:
         """Where layer 0 reads the layer input on each rank: `input`, or a slice of it."""
         group = self.mesh.tp_group(dp_rank=dp_rank, stage=0)
         program = self.program
-        if program.stream.kind == "R":  # with tp 1 lowering makes the stream R
+        if program.stream == R:  # with tp 1 lowering makes the stream R
             return [ids.INPUT] * len(group)
         points = []
         for rank in group:
             node = ids.input_slice_id(rank)
-            data = {
+            data: NodeAttrs = {
                 "op": "slice",
                 "kind": "route",
                 "name": "input_slice",
@@ -191,7 +198,7 @@ class _Expander:
                 "in_shape": program.stream_shape,
                 "out_shape": program.stream_local,
                 "in_placement": "R",
-                "out_placement": str(program.stream),
+                "out_placement": program.stream.text,
                 "dtype": self.deployment.model.dtype,
                 "flops": 0,
                 "params": 0,
@@ -224,26 +231,30 @@ class _Expander:
             template = templates[step.name]
             if step.name in self.comm:
                 node = ids.collective_id(layer, step.name, dp_rank, self.mesh.dp)
-                self._node(node, dict(template, layer=layer, stage=stage, devices=devices))
+                collective = template.copy()
+                collective["layer"], collective["stage"], collective["devices"] = layer, stage, devices
+                self._node(node, collective)
                 for source in dict.fromkeys(produced[step.inputs[0]]):
                     self._edge(source, node, (0,))
                 produced[step.name] = [node] * len(group)
                 continue
             names = [f"{prefix}{step.name}_gpu{rank}" for rank in group]
-            for rank, node in zip(group, names):
-                node_map[node] = dict(template, layer=layer, stage=stage, devices=[rank])
+            for rank, node in zip(group, names, strict=True):
+                data = template.copy()  # what `dict(template, layer=...)` makes, faster
+                data["layer"], data["stage"], data["devices"] = layer, stage, [rank]
+                node_map[node] = data
                 succ[node] = {}
                 pred[node] = {}
             self.added += len(names)
             for source_lists, operands in self._operands(step, produced):
-                for source, node in zip(source_lists, names):
-                    data = {"operands": operands}
-                    succ[source][node] = data
-                    pred[node][source] = data
+                for source, node in zip(source_lists, names, strict=True):
+                    edge: EdgeAttrs = {"operands": operands}
+                    succ[source][node] = edge
+                    pred[node][source] = edge
             produced[step.name] = names
         return produced[program.result]
 
-    def _operands(self, step: Step, produced: dict[str, list[str]]):
+    def _operands(self, step: Step, produced: dict[str, list[str]]) -> list[tuple[list[str], tuple[int, ...]]]:
         """(per-rank producers, operand indices) for each distinct input of a step: a value used
         twice feeds both operands through one edge."""
         indices: dict[str, tuple[int, ...]] = {}
@@ -258,28 +269,38 @@ class _Expander:
         wire = {op: COLLECTIVES[op].wire_bytes(2, local_bytes) for op in ("send", "recv")}  # a rank and its peer
         first_next = mesh.stages[stage + 1][0]
         reason = f"pipeline boundary: layer {first_next - 1} on stage {stage} feeds layer {first_next} on stage {stage + 1}"
-        common = {
-            "kind": "comm",
-            "layer": None,
-            "in_shape": program.stream_local,
-            "out_shape": program.stream_local,
-            "in_placement": str(program.stream),
-            "out_placement": str(program.stream),
-            "dtype": self.deployment.model.dtype,
-            "flops": 0,
-            "params": 0,
-            "bytes": local_bytes,
-            "src": src,
-            "reason": reason,
-            "inserted": True,
-        }
+        placement = program.stream.text
+
+        def transfer(op: Literal["send", "recv"], stage: int, rank: int, peer: int) -> NodeAttrs:
+            return {
+                "op": op,
+                "kind": "comm",
+                "name": op,
+                "layer": None,
+                "stage": stage,
+                "devices": [rank],
+                "in_shape": program.stream_local,
+                "out_shape": program.stream_local,
+                "in_placement": placement,
+                "out_placement": placement,
+                "dtype": self.deployment.model.dtype,
+                "flops": 0,
+                "params": 0,
+                "bytes": local_bytes,
+                "wire_bytes": wire[op],
+                "src": src,
+                "reason": reason,
+                "inserted": True,
+                "peer": peer,
+            }
+
         receivers = []
         for tp_rank, source in enumerate(outputs):
             sender = mesh.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
             receiver = mesh.rank(dp_rank=dp_rank, stage=stage + 1, tp_rank=tp_rank)
             send, recv = ids.send_id(stage, sender), ids.recv_id(stage + 1, receiver)
-            self._node(send, dict(common, op="send", name="send", stage=stage, devices=[sender], peer=receiver, wire_bytes=wire["send"]))
-            self._node(recv, dict(common, op="recv", name="recv", stage=stage + 1, devices=[receiver], peer=sender, wire_bytes=wire["recv"]))
+            self._node(send, transfer("send", stage, sender, receiver))
+            self._node(recv, transfer("recv", stage + 1, receiver, sender))
             self._edge(source, send, (0,))
             self._edge(send, recv, (0,))
             receivers.append(recv)

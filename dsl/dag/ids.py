@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-INPUT = "input"
-OUTPUT = "output"
+from typing import Final
+
+INPUT: Final = "input"
+OUTPUT: Final = "output"
 
 
-def compute_id(layer: int, name: str, rank: int) -> str:
+# Numbers, or placeholders such as `<i>` where generated code names a node of any layer.
+def compute_id(layer: int | str, name: str, rank: int | str) -> str:
     return f"layer_{layer}_{name}_gpu{rank}"
 
 
-def collective_id(layer: int, name: str, dp_rank: int, dp: int) -> str:
+def collective_id(layer: int | str, name: str, dp_rank: int | str, dp: int) -> str:
     """`name` is `<kind>_<label>`; replicas of a data-parallel mesh get a `_dp<d>` suffix."""
     suffix = f"_dp{dp_rank}" if dp > 1 else ""
     return f"layer_{layer}_{name}{suffix}"

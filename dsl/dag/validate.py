@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import networkx as nx
+
 from par.dsl.checks.deployment import mesh_coords
 from par.dsl.dag import ids
+from par.dsl.dag.types import Dag, EdgeAttrs, NodeAttrs, plain
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.source import Span
 from par.dsl.registry.collectives import COLLECTIVES
@@ -32,20 +34,23 @@ INVARIANTS = {
 }
 
 
-def validate(graph: nx.DiGraph) -> list[Diagnostic]:
+def validate(graph: Dag) -> list[Diagnostic]:
     return _Validator(graph).run()
 
 
-def _violation(rule: int, message: str, graph: nx.DiGraph, node: str | None) -> Diagnostic:
-    span = Span.parse(graph._node[node].get("src")) if node is not None and node in graph._node else None
+def _violation(rule: int, message: str, graph: Dag, node: str | None) -> Diagnostic:
+    data = graph.nodes[node] if node is not None and node in graph else None
+    span = Span.parse(data.get("src")) if data is not None else None
     return error(f"DAG invariant {rule} ({INVARIANTS[rule]}): {message}", span)
 
 
 
 class _Validator:
-    def __init__(self, graph: nx.DiGraph):
+    def __init__(self, graph: Dag):
         self.graph = graph
-        self.nodes, self.succ, self.pred = graph._node, graph._succ, graph._pred
+        self.nodes: dict[str, NodeAttrs] = graph._node  # type: ignore[attr-defined]  # not in the stubs
+        self.succ: dict[str, dict[str, EdgeAttrs]] = graph._succ  # type: ignore[attr-defined]
+        self.pred: dict[str, dict[str, EdgeAttrs]] = graph._pred  # type: ignore[attr-defined]
         self.found: list[Diagnostic] = []
         mesh = graph.graph.get("mesh") or {}
         self.tp, self.pp = mesh.get("tp", 1), mesh.get("pp", 1)
@@ -71,9 +76,9 @@ class _Validator:
     def topological_order(self) -> list[str] | None:
         """For graphs whose insertion order is not topological: a sort, or the cycle reported."""
         try:
-            return list(nx.topological_sort(self.graph))
+            return list(nx.topological_sort(plain(self.graph)))
         except nx.NetworkXUnfeasible:
-            cycle = [u for u, _ in nx.find_cycle(self.graph)]
+            cycle = [u for u, _ in nx.find_cycle(plain(self.graph))]
             self.violation(1, f"cycle {' -> '.join(cycle + [cycle[0]])}", cycle[0])
             return None
 
@@ -117,7 +122,7 @@ class _Validator:
             if not succ[node]:
                 self.violation(2, f"{node} has no out-edges", node)
             op = data.get("op")
-            devices = data.get("devices") or ()
+            devices = data.get("devices") or []
             if op in COMMUNICATION:
                 if forward:
                     order.communication(node, devices)
@@ -133,7 +138,7 @@ class _Validator:
                 if len(inputs) == 1:  # _IssueOrder.single_device, inlined
                     (source,) = inputs
                     source_data = nodes[source]
-                    if rank in (source_data.get("devices") or ()):
+                    if rank in (source_data.get("devices") or []):
                         latest[node] = source if source_data.get("op") in COMMUNICATION else latest.get(source)
                     else:
                         latest[node] = None
@@ -158,8 +163,8 @@ class _Validator:
 
     # 3 -----------------------------------------------------------------------------------------
 
-    def collective(self, node: str, data: dict) -> None:
-        group = set(data.get("devices") or ())
+    def collective(self, node: str, data: NodeAttrs) -> None:
+        group = set(data.get("devices") or [])
         for direction, neighbours in (("in", self.pred[node]), ("out", self.succ[node])):
             side = "from" if direction == "in" else "to"
             counts, strangers = self.covered(neighbours, group)
@@ -181,7 +186,7 @@ class _Validator:
             if other in ENDS:  # the graph's input and output serve every rank
                 counts.update(group)
                 continue
-            devices = self.nodes[other].get("devices") or ()
+            devices = self.nodes[other].get("devices") or []
             if len(devices) == 1 and devices[0] in group:
                 counts[devices[0]] += 1
             elif set(devices) == group:
@@ -192,7 +197,7 @@ class _Validator:
 
     # 4 -----------------------------------------------------------------------------------------
 
-    def point_to_point(self, node: str, data: dict, op: str) -> None:
+    def point_to_point(self, node: str, data: NodeAttrs, op: str) -> None:
         nodes = self.nodes
         if op == "recv":
             sends = [u for u in self.pred[node] if nodes[u].get("op") == "send"]
@@ -204,7 +209,7 @@ class _Validator:
             self.violation(4, f"{node} reaches {len(recvs)} recvs, not 1", node)
             return
         recv = nodes[recvs[0]]
-        if recv.get("peer") not in (data.get("devices") or ()) or data.get("peer") not in (recv.get("devices") or ()):
+        if recv.get("peer") not in (data.get("devices") or []) or data.get("peer") not in (recv.get("devices") or []):
             self.violation(4, f"{node} and {recvs[0]} do not name each other as peers", node)
 
     # 6 -----------------------------------------------------------------------------------------
@@ -214,7 +219,7 @@ class _Validator:
         tracker.position.update((node, index) for index, node in enumerate(order))
         for node in order:
             data = self.nodes[node]
-            devices = data.get("devices") or ()
+            devices = data.get("devices") or []
             if data.get("op") in COMMUNICATION:
                 tracker.communication(node, devices)
             elif len(devices) == 1:
@@ -242,7 +247,7 @@ class _Validator:
             if earlier is not seen or isinstance(seen, list):
                 listed = doubled.setdefault(key, [] if earlier is seen else _as_list(earlier))
                 listed += _as_list(seen)
-        for (path, layer, name), seen in sorted(doubled.items()):
+        for (_path, layer, name), seen in sorted(doubled.items()):
             self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(seen[:3])})", seen[0])
         total = self.graph.graph.get("layers")
         if total is None:
@@ -278,7 +283,7 @@ class _IssueOrder:
     topological order, it tracks for each single-device node the latest communication of its
     rank that reaches it."""
 
-    def __init__(self, nodes: dict, pred: dict):
+    def __init__(self, nodes: dict[str, NodeAttrs], pred: dict[str, dict[str, EdgeAttrs]]):
         self.nodes, self.pred = nodes, pred
         self.position: dict[str, int] = {}
         self.latest: dict[str, str | None] = {}
@@ -299,7 +304,7 @@ class _IssueOrder:
         if len(inputs) == 1:  # the common case, inlined
             (source,) = inputs
             data = self.nodes[source]
-            if rank in (data.get("devices") or ()):
+            if rank in (data.get("devices") or []):
                 self.latest[node] = source if data.get("op") in COMMUNICATION else self.latest.get(source)
                 return
         self.latest[node] = self.reaching(inputs, rank)
@@ -309,7 +314,7 @@ class _IssueOrder:
         position = self.position
         for source in inputs:
             data = self.nodes[source]
-            if rank not in (data.get("devices") or ()):
+            if rank not in (data.get("devices") or []):
                 continue
             candidate = source if data.get("op") in COMMUNICATION else self.latest.get(source)
             if candidate is not None and (best is None or position[candidate] > position[best]):

@@ -67,12 +67,12 @@ def _setting(setting: ast.Setting) -> str:
 
 def _mesh_parts(mesh: ast.MeshDecl) -> list[tuple[Span, str]]:
     parts = [(s.span, _setting(s)) for s in mesh.settings]
-    if mesh.stages is not None:
+    if mesh.stages is not None and mesh.stages_span is not None:
         entries = ", ".join(_stage(stage) for stage in mesh.stages)
         parts.append((mesh.stages_span, f"stages [{entries}]"))
-    if mesh.schedule is not None:
+    if mesh.schedule is not None and mesh.schedule_span is not None:
         parts.append((mesh.schedule_span, f"schedule {mesh.schedule}"))
-    if mesh.sequence_parallel:
+    if mesh.sequence_parallel and mesh.sp_span is not None:
         parts.append((mesh.sp_span, "sp"))
     return sorted(parts, key=lambda part: (part[0].line, part[0].col))
 

@@ -83,11 +83,17 @@ def read_spec(path: str | Path) -> SourceFile:
         raise CompileError([error(exc.message, Span.point(name, exc.line, exc.col))]) from None
 
 
-def spec_inputs(paths: Sequence[str], defines: Sequence[str] | None, **limits: int) -> SpecInputs:
-    """`limits`: max_nodes and max_diagnostics, where the command takes them."""
+def spec_inputs(
+    paths: Sequence[str],
+    defines: Sequence[str] | None,
+    *,
+    max_nodes: int = DEFAULT_MAX_NODES,
+    max_diagnostics: int = DEFAULT_MAX_DIAGNOSTICS,
+) -> SpecInputs:
+    """The limits are the command's, where it takes them."""
     found = collect_specs(paths)
     overrides, source = parse_defines(defines or [])
-    inputs = SpecInputs(found, overrides, **limits)
+    inputs = SpecInputs(found, overrides, max_nodes=max_nodes, max_diagnostics=max_diagnostics)
     inputs.sources[COMMAND_LINE] = source
     library = library_source()
     inputs.sources[library.name] = library

@@ -15,6 +15,7 @@ from lark.exceptions import (
     UnexpectedToken,
     VisitError,
 )
+
 from par.dsl.diagnostics import CompileError, Diagnostic, error
 from par.dsl.frontend import spec as ast
 from par.dsl.frontend.source import Span
@@ -69,8 +70,25 @@ def _lark(keep_comments: bool = False) -> Lark:
 _COMMENTS: list[Token] = []
 
 
+def _known(position: int | None) -> int:
+    """Lark types positions as optional; the tokens of its lexer and its errors always have them."""
+    assert position is not None
+    return position
+
+
 def _token_span(file: str, tok: Token) -> Span:
-    return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+    return Span(file, _known(tok.line), _known(tok.column), _known(tok.end_line), _known(tok.end_column))
+
+
+def _binop(op: str):
+    """A method of `_ToSpec` that builds `left op right`."""
+
+    @v_args(meta=True)
+    def build(self: _ToSpec, meta, children):
+        left, right = children
+        return self._deeper(ast.BinOp(op, left, right, self._span(meta)), left, right)
+
+    return build
 
 
 class _ToSpec(Transformer_NonRecursive):
@@ -107,14 +125,6 @@ class _ToSpec(Transformer_NonRecursive):
     @v_args(meta=True)
     def ref(self, meta, children):
         return ast.Ref(str(children[0]), self._span(meta))
-
-    def _binop(op):  # noqa: N805 - builds methods below
-        @v_args(meta=True)
-        def build(self, meta, children):
-            left, right = children
-            return self._deeper(ast.BinOp(op, left, right, self._span(meta)), left, right)
-
-        return build
 
     add, sub, mul, div = _binop("+"), _binop("-"), _binop("*"), _binop("/")
 
@@ -354,7 +364,7 @@ def _parse_recovering(text: str, file: str, *, keep_comments: bool) -> Parsed:
     too_deep = nesting_error(text, file)
     if too_deep is not None:  # checked before lark sees the text: deep nesting would cost it minutes
         return Parsed(replace(_transform(Tree("start", []), file), broken=(None,)), (too_deep,))
-    items: list[Tree] = []
+    items: list[Tree | Token] = []
     errors: list[Diagnostic] = []
     broken: set[str | None] = set()
     start, line_offset, reported = 0, 0, -1
@@ -372,7 +382,7 @@ def _parse_recovering(text: str, file: str, *, keep_comments: bool) -> Parsed:
             done, first = _salvage(exc)
             _shift(Tree("start", done), line_offset, 0)
             items += done
-            where = start + (first.start_pos if first is not None else _error_offset(exc, segment))
+            where = start + (_known(first.start_pos) if first is not None else _error_offset(exc, segment))
             newline = text.find("\n", where)
             following = _ITEM_START.search(text, newline + 1) if newline >= 0 else None
             # What the dropped text may have held: every item keyword in it, and anything at all
@@ -423,7 +433,7 @@ def _salvage(exc: UnexpectedInput) -> tuple[list[Tree], Token | None]:
 
 
 def _error_offset(exc: UnexpectedInput, text: str) -> int:
-    return len(text) if _at_end(exc) else exc.pos_in_stream
+    return len(text) if _at_end(exc) else _known(exc.pos_in_stream)
 
 
 def _at_end(exc: UnexpectedInput) -> bool:
@@ -445,10 +455,10 @@ def _shift(tree, line_offset: int, col_offset: int) -> None:
     for sub in tree.iter_subtrees():  # iterative: a deeply nested expression is no RecursionError
         for tok in sub.children:
             if isinstance(tok, Token):
-                tok.line += line_offset
-                tok.end_line += line_offset
-                tok.column += col_offset
-                tok.end_column += col_offset
+                tok.line = _known(tok.line) + line_offset
+                tok.end_line = _known(tok.end_line) + line_offset
+                tok.column = _known(tok.column) + col_offset
+                tok.end_column = _known(tok.end_column) + col_offset
         if not sub.meta.empty:
             sub.meta.line += line_offset
             sub.meta.end_line += line_offset
@@ -458,17 +468,18 @@ def _shift(tree, line_offset: int, col_offset: int) -> None:
 
 def _syntax_error(exc: UnexpectedInput, text: str, span: Span) -> Diagnostic:
     if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        at = _known(exc.pos_in_stream)
+        char = text[at] if at < len(text) else ""
         shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}" if char else "end of input"
         hint = "names are ASCII letters, digits and _" if char and not char.isascii() else None
         return error(f"unexpected character {shown}", span, hint=hint)
     # `accepts` includes keywords the contextual lexer folds into NAME; `expected` does not.
     accepted = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ()
     expected = sorted({_TERMINAL_NAMES.get(t, _keyword(t)) for t in accepted})
-    if _at_end(exc):
-        found = "end of file"
-    else:
+    if isinstance(exc, UnexpectedToken) and not _at_end(exc):
         found = repr(str(exc.token))
+    else:
+        found = "end of file"
     message = f"unexpected {found}"
     if expected:
         message += "; expected " + _one_of(expected)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from par.dsl.dag.types import CollectiveOp
 from par.dsl.lowering.placement import Placement, R, dim_name
 from par.dsl.lowering.program import Step
 from par.dsl.registry.collectives import COLLECTIVES, COPY_TO_TP
@@ -52,7 +53,7 @@ class Pair:
     """An autograd function of the generated code: the collective its forward and its backward issue."""
 
     forward: str | None  # allreduce | allgather | reducescatter | alltoall; None: no communication
-    backward: str | None  # on the gradient of the forward's output
+    backward: CollectiveOp | None  # on the gradient of the forward's output
 
 
 # Named after Megatron's mappings; model.py defines a function of each name it uses. Each is
@@ -70,7 +71,7 @@ def backward_wire_bytes(kind: str, n: int, full_bytes: int) -> int | float:
     return COLLECTIVES[kind].wire_bytes(n, full_bytes)
 
 
-def backward_kind(step: Step) -> str | None:
+def backward_kind(step: Step) -> CollectiveOp | None:
     """The collective the backward issues on the gradient of the step's output, if any.
 
     At most one: the pairs with a backward collective give a split output or one inside a
@@ -107,10 +108,13 @@ def with_pairs(steps: tuple[Step, ...], param: str, result: str, stream: Placeme
     def pair(step: Step) -> str | None:
         if step.kind == "comm":
             spec = COLLECTIVES[step.op]
-            return (spec.partial_pair if step.name in gathered else spec.pair).function
-        if step.kind == "route" and step.inputs[0] not in copied | partial:
-            return COLLECTIVES[step.op].pair.function
-        return None
+            declared = spec.partial_pair if step.name in gathered else spec.pair
+        elif step.kind == "route" and step.inputs[0] not in copied | partial:
+            declared = COLLECTIVES[step.op].pair
+        else:
+            return None
+        assert declared is not None  # every tensor-parallel collective and the slice declare their pair
+        return declared.function
 
     paired = tuple(
         replace(step, pair=pair(step), copied=step.name in copied, backward_reason=elided.get(step.name))

@@ -17,7 +17,7 @@ from par.dsl.lowering.placement import (
 from par.dsl.lowering.program import Program, Step
 from par.dsl.lowering.shapes import Shape, infer_shapes, stream_shape
 from par.dsl.lowering.solve import Choice, Convert, SearchTooLarge, solve
-from par.dsl.registry.collectives import COLLECTIVES, conversion
+from par.dsl.registry.collectives import COLLECTIVES, block_form, conversion
 from par.dsl.registry.ops import OPS
 from par.dsl.registry.statements import default_dim
 
@@ -58,7 +58,7 @@ class _Builder:
         self.diags: list[Diagnostic] = []
 
     def build(self, choices: tuple[Choice, ...]) -> tuple[Program, list[Diagnostic]]:
-        for op, choice in zip(self.block.ops, choices):
+        for op, choice in zip(self.block.ops, choices, strict=False):  # the last choice converts the result
             for convert in choice.converts:
                 self._convert(convert, op)
             self._op(op, choice)
@@ -93,13 +93,13 @@ class _Builder:
         collective = op.op in COLLECTIVES
         if collective:
             origin = next(p for (value, p) in self.providers if value == op.inputs[0])
-            inputs = (self.providers[(op.inputs[0], origin)],)
+            inputs: tuple[str, ...] = (self.providers[(op.inputs[0], origin)],)
             if choice.mismatch:
                 self.diags.append(_mismatch(op, origin, self.ops.get(op.inputs[0])))
                 self.providers[(op.name, signature.output)] = inputs[0]  # carry on to find more errors
                 return
         else:
-            inputs = tuple(self.providers[(value, need)] for value, need in zip(op.inputs, signature.inputs))
+            inputs = tuple(self.providers[(value, need)] for value, need in zip(op.inputs, signature.inputs, strict=True))
         name = self._unique(f"{op.op}_{op.label}" if collective else op.name)
         reason = None
         if collective:
@@ -138,7 +138,8 @@ class _Builder:
         global_in, global_out = global_shapes
         local_in = self._local(global_in, source, name, op, span)
         local_out = self._local(global_out, target, name, op, span)
-        wire = conversion(source, target).wire_fraction(self.tp) if kind == "comm" else 0
+        converter = conversion(source, target) if kind == "comm" else None
+        wire = converter.wire_fraction(self.tp) if converter is not None else 0
         self.steps.append(
             Step(
                 name=name,
@@ -162,7 +163,7 @@ class _Builder:
         )
 
     def _local(self, shape: Shape, placement: Placement, name: str, op: Op | None, span) -> Shape:
-        if placement.kind == "S" and shape[placement.dim] % self.tp:
+        if placement.kind == "S" and placement.dim is not None and shape[placement.dim] % self.tp:
             axis = "seq" if placement.dim == 1 else "features"
             self.diags.append(
                 error(
@@ -192,7 +193,7 @@ def _reason(convert: Convert, producer: Op | None, consumer: Op | None, stream: 
 
 def _strict_error(convert: Convert, consumer: Op | None, span, sequence_parallel: bool, ops: dict) -> Diagnostic:
     kind = convert.conversion.name
-    written = convert.conversion.written
+    written = block_form(convert.conversion.name)
     where = f"before {consumer.op} '{consumer.name}'" if consumer else "at the end of the layer"
     target_dim = dim_name(convert.target)
     # `place` writes a collective with its default dim; any other must be written in the block.
@@ -225,7 +226,7 @@ def _mismatch(op: Op, origin: Placement, producer: Op | None) -> Diagnostic:
     else:
         hint = " or ".join(f"`{kind}`" for kind in fits) + f" fits {value} here"
     return error(
-        f"{op.op} of '{op.inputs[0]}' needs {COLLECTIVES[op.op].written.needs}, but {op.inputs[0]} is "
+        f"{op.op} of '{op.inputs[0]}' needs {block_form(op.op).needs}, but {op.inputs[0]} is "
         f"{describe(origin)} (from {_producer_text(producer)})",
         op.span,
         hint=hint,

@@ -11,13 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+from par.dsl.dag.types import PlacementKind, PlacementText
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Placement:
-    kind: str  # "R" | "P" | "S"
+    kind: PlacementKind
     dim: int | None = None  # S only: 1 = seq, 2 = features
 
     def __str__(self) -> str:
+        return self.text
+
+    @property
+    def text(self) -> PlacementText:
+        """How DAG nodes, drawings and reports write it."""
         if self.kind != "S":
             return self.kind
         return "S(seq)" if self.dim == 1 else "S(-1)"
@@ -32,6 +39,7 @@ R = Placement("R")
 P = Placement("P")
 S_SEQ = Placement("S", 1)
 S_LAST = Placement("S", 2)
+PLACEMENTS: dict[PlacementText, Placement] = {p.text: p for p in (R, P, S_SEQ, S_LAST)}  # by how DAG nodes write them
 
 
 def dim_name(placement: Placement) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from par.dsl.checks.deployment import Deployment
+from par.dsl.dag.types import Kind, OpName
 from par.dsl.frontend.source import Span
 from par.dsl.lowering.placement import Placement, R
 
@@ -20,8 +21,8 @@ class Step:
     """One op, collective or local slice of the layer, in the order every rank issues them."""
 
     name: str  # node-id component: `qkv`, `allgather_qkv`, `slice_ctx`
-    op: str  # layernorm ... mul | allgather allreduce reducescatter alltoall | slice
-    kind: str  # compute | comm | route
+    op: OpName  # an op or collective of the registry
+    kind: Kind
     inputs: tuple[str, ...]  # step names, or the block's parameter
     in_placement: Placement
     out_placement: Placement

@@ -108,7 +108,7 @@ class Solver:
             origin = values[op.inputs[0]][0]
             return (Choice(signature, ()), ZERO, available) if origin == signature.inputs[0] else None
         converts, cost = [], ZERO
-        for value, need in zip(op.inputs, signature.inputs):
+        for value, need in zip(op.inputs, signature.inputs, strict=True):
             if need in available[value]:
                 continue
             step = self._cheapest(value, available[value], need)
@@ -151,6 +151,8 @@ class Solver:
         avail = next(avail for name, _, avail in state if name == self.result)
         if self.stream in avail:
             return ZERO, (Choice(final, ()),)
-        cost, convert = self._cheapest(self.result, avail, self.stream)
+        cheapest = self._cheapest(self.result, avail, self.stream)
+        assert cheapest is not None  # the search keeps only states that can reach the stream
+        cost, convert = cheapest
         return cost, (Choice(final, (convert,)),)
 

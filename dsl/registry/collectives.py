@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
+from par.dsl.dag.types import CollectiveOp, Kind, PlacementKind
 from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, Signature, share
 from par.dsl.registry.ops import NOTHING, Saves, Syntax
 
@@ -25,7 +26,7 @@ class BackwardPair:
     name, None: nothing) on the gradient of its output."""
 
     function: str
-    backward: str | None
+    backward: CollectiveOp | None
 
 
 # Not a collective: the identity, on a replicated value entering the tensor-parallel region
@@ -60,7 +61,7 @@ class CollectiveSpec:
     # recv: of the local tensor, which is whole on each side).
     wire_fraction: Callable[[int], Fraction]
     ring_steps: Callable[[int], int]  # messages each rank sends one after another: the latency term
-    converts: tuple[str, str] | None = None  # the placement kinds (from, to) it converts between
+    converts: tuple[PlacementKind, PlacementKind] | None = None  # the placement kinds (from, to) it converts between
     pair: BackwardPair | None = None  # what carries it in training (None: the plain op, no pair)
     # The pair inside a partial region, where the gradient of its output is partial (an AllGather's).
     partial_pair: BackwardPair | None = None
@@ -72,7 +73,7 @@ class CollectiveSpec:
     saves: Saves = NOTHING
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Kind:
         """The DAG node kind: `comm`, or `route` for what moves no byte between ranks."""
         return "route" if self.group == "local" else "comm"
 
@@ -175,8 +176,16 @@ COLLECTIVES: dict[str, CollectiveSpec] = {
     )
 }
 
+def block_form(name: str) -> Written:
+    """How a block writes collective `name`, one of those it may write."""
+    written = COLLECTIVES[name].written
+    if written is None:
+        raise KeyError(f"a block does not write {name}")
+    return written
+
+
 # (from kind, to kind) -> what converts; * -> P is illegal.
-CONVERSIONS: dict[tuple[str, str], CollectiveSpec] = {
+CONVERSIONS: dict[tuple[PlacementKind, PlacementKind], CollectiveSpec] = {
     spec.converts: spec for spec in COLLECTIVES.values() if spec.converts is not None
 }
 

@@ -123,6 +123,7 @@ def same_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
 
 
 def _linear_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    assert op.out_features is not None  # the block checker requires linear's size
     return inputs[0][:-1] + (op.out_features,)
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from par.dsl.lowering.placement import Signature
-from par.dsl.registry.collectives import COLLECTIVES
+from par.dsl.registry.collectives import COLLECTIVES, block_form
 from par.dsl.registry.ops import OPS, Signatures, Syntax
 
 WRITTEN = tuple(name for name, spec in COLLECTIVES.items() if spec.written is not None)
 STATEMENTS: dict[str, Syntax] = {name: spec.syntax for name, spec in OPS.items()} | {
-    name: COLLECTIVES[name].written.syntax for name in WRITTEN
+    name: block_form(name).syntax for name in WRITTEN
 }
 
 
 def _signatures(op: str) -> Signatures:
-    return OPS[op].signatures if op in OPS else COLLECTIVES[op].written.signatures
+    return OPS[op].signatures if op in OPS else block_form(op).signatures
 
 
 def choices(op: str) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from par.commands.common import (
     limits,
     print_diagnostics,
 )
+from par.dsl.dag.types import Dag
 from par.dsl.escape import terminal
 from par.dsl.frontend.inputs import spec_inputs
 
@@ -39,7 +40,7 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def summary(graph) -> str:
+def summary(graph: Dag) -> str:
     kinds = Counter(data["op"] for _, data in graph.nodes(data=True) if data["kind"] == "comm")
     parts = [f"{graph.number_of_nodes()} nodes", f"{graph.number_of_edges()} edges"]
     parts += [f"{count} {op}" for op, count in sorted(kinds.items())]

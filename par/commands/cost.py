@@ -12,6 +12,7 @@ from par.commands.common import (
 from par.dsl.checks.deployment import Hardware
 from par.dsl.checks.hardware import PROFILES
 from par.dsl.checks.hwcheck import resolve_hardware
+from par.dsl.diagnostics import Diagnostic
 from par.dsl.escape import terminal
 from par.dsl.frontend.inputs import UsageError, spec_inputs
 from par.dsl.frontend.source import Span
@@ -59,7 +60,7 @@ def run(args) -> int:
 
 def _profile(name: str) -> Hardware:
     """`--hardware NAME`, resolved as a spec's `hardware NAME` is, with the same message when unknown."""
-    problems = []
+    problems: list[Diagnostic] = []
     hardware = resolve_hardware(HardwareDecl(name, (), Span.point("--hardware"), None), problems)
     if hardware is None:
         problem = problems[0]

@@ -12,6 +12,7 @@ from par.commands.common import (
     print_diagnostics,
 )
 from par.dsl import units
+from par.dsl.dag.types import Dag
 from par.dsl.diagnostics import error
 from par.dsl.escape import terminal
 from par.dsl.frontend.source import Span
@@ -44,7 +45,7 @@ def run(args) -> int:
     return 0
 
 
-def describe(graph, node: str, sources) -> str:
+def describe(graph: Dag, node: str, sources) -> str:
     data = graph.nodes[node]
     lines = [f"{node}: {data['op']} ({data['kind']})"]
     where = f"stage {data['stage']}" + (f", layer {data['layer']}" if data.get("layer") is not None else "")
@@ -68,7 +69,7 @@ def describe(graph, node: str, sources) -> str:
     lines.append(f"  spec:      {data['src']}")
     span = Span.parse(data["src"])
     source = sources.get(span.file) if span else None
-    text = source.line(span.line) if source else None
+    text = source.line(span.line) if source and span else None
     if text is not None:
         lines.append(f"             {text.strip()}")
     lines.append(f"  inputs:    {_names(list(graph.predecessors(node)))}")

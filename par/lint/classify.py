@@ -180,7 +180,7 @@ def _devices(node_id: str, lines: list[str], clusters: list[list[str]],
     device = device_in_id(node_id)
     if device is not None:
         return frozenset({device}), f"id {node_id!r}"
-    for label, name in zip(clusters, cluster_names):
+    for label, name in zip(clusters, cluster_names, strict=True):
         for line in label:
             devices = devices_in_text(line)
             if devices is not None:

@@ -8,6 +8,7 @@ drawn once per GPU (`l3_allreduce_gpu0` … `l3_allreduce_gpu7`) counts once.
 
 from __future__ import annotations
 
+from par.dsl.dag.types import Dag
 from par.dsl.dag.validate import COMMUNICATION
 from par.dsl.units import ranges
 from par.lint.classify import COLLECTIVE_TITLES
@@ -18,9 +19,9 @@ from par.lint.view import DagView
 PIPELINE = None  # the "layer" of send/recv between stages
 
 
-def compare_with_spec(view: DagView, spec_dag, *, spec_name: str | None = None) -> list[Finding]:
+def compare_with_spec(view: DagView, spec_dag: Dag, *, spec_name: str | None = None) -> list[Finding]:
     spec = f"spec `{spec_name}`" if spec_name else "the spec"
-    spec_layers = {data.get("layer") for _, data in spec_dag.nodes(data=True)} - {None}
+    spec_layers = {layer for _, data in spec_dag.nodes(data=True) if (layer := data["layer"]) is not None}
     dot_layers = _dot_layers(view)
     findings = []
     missing = sorted(spec_layers - dot_layers)
@@ -40,7 +41,7 @@ def compare_with_spec(view: DagView, spec_dag, *, spec_name: str | None = None) 
     return findings
 
 
-def _compare_collectives(view: DagView, spec_dag, spec: str, layers: set[int]) -> list[Finding]:
+def _compare_collectives(view: DagView, spec_dag: Dag, spec: str, layers: set[int]) -> list[Finding]:
     expected = _spec_collectives(spec_dag)
     drawn = _dot_collectives(view)
     findings = []
@@ -74,7 +75,7 @@ def _layers(layers) -> str:
     return f"layer{'s' if len(layers) > 1 else ''} {ranges(layers)}"
 
 
-def _spec_collectives(spec_dag) -> dict[tuple, list[str]]:
+def _spec_collectives(spec_dag: Dag) -> dict[tuple, list[str]]:
     found: dict[tuple, list[str]] = {}
     for node, data in spec_dag.nodes(data=True):
         if data.get("kind") == "comm" and data.get("op") in COMMUNICATION:

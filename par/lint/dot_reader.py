@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from par.dsl.frontend.source import TextDecodeError, byte_position, decode_text
 from par.lint.dot_syntax import (
@@ -200,7 +201,7 @@ class _Builder:
         self._check_edge_ops(stmt)
         attrs = dict(scope.edge_defaults)
         attrs.update((attr.key, attr.value.text) for attr in stmt.attrs)
-        for (sources, line), (targets, _) in zip(groups, groups[1:]):
+        for (sources, line), (targets, _) in pairwise(groups):
             for src in sources:
                 self.graph.edges.extend(DotEdge(src, dst, attrs, line) for dst in targets)
         return [node_id for ids, _ in groups for node_id in ids]
@@ -211,4 +212,4 @@ class _Builder:
             if op.value != wanted:
                 kind = "digraph" if self.graph.directed else "graph"
                 raise DotReadError(f"'{op.value}' in a {kind}; edges of a {kind} use '{wanted}'",
-                                   op.line, op.column)
+                                   op.line or 1, op.column or 1)

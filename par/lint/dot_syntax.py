@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
+from typing import cast
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import (
@@ -166,7 +167,7 @@ def _parser() -> Lark:
 def parse_dot(text: str) -> tuple[GraphSyntax, ...]:
     """Parse DOT text; raises DotReadError with the line and column of the first problem."""
     try:
-        return _parser().parse(text)
+        return cast(tuple[GraphSyntax, ...], _parser().parse(text))  # what the transformer builds
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text) from None
 
@@ -202,7 +203,8 @@ def _syntax_error(exc: UnexpectedInput, text: str) -> DotReadError:
 
 
 def _bad_character(exc: UnexpectedCharacters, text: str) -> DotReadError:
-    char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+    at = exc.pos_in_stream or 0  # lark's errors always have it; typed optional
+    char = text[at] if at < len(text) else ""
     if char == '"':
         message = "unterminated quoted string (no closing '\"')"
     elif char == "<":

@@ -168,7 +168,7 @@ class Shape:
         if len(self.dims) != len(other.dims):
             return True
         return all(not (mine and theirs) or mine == theirs
-                   for (_, mine), (_, theirs) in zip(self.dims, other.dims))
+                   for (_, mine), (_, theirs) in zip(self.dims, other.dims, strict=False))
 
 
 _DIMS_FIELD = re.compile(r"(?<![a-z])(input|output|in|out)\s*\d*\s*:\s*", re.IGNORECASE)

@@ -48,7 +48,9 @@ class FileResult:
 
     def located(self) -> list[tuple[Finding, DagView | None]]:
         """Every finding with the view its nodes belong to (None for DOT000), sorted."""
-        pairs = [(finding, graph.view) for graph in self.graphs for finding in graph.findings]
+        pairs: list[tuple[Finding, DagView | None]] = [
+            (finding, graph.view) for graph in self.graphs for finding in graph.findings
+        ]
         if self.unreadable is not None:
             pairs.append((self.unreadable, None))
         return sorted(pairs, key=lambda pair: pair[0].sort_key())

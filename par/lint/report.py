@@ -56,8 +56,8 @@ def _markdown_file(result: FileResult) -> list[str]:
     if not result.findings:
         lines.extend(["No findings.", ""])
     by_code: dict[str, list[tuple[Finding, DagView | None]]] = {}
-    for finding, view in result.located():
-        by_code.setdefault(finding.code, []).append((finding, view))
+    for finding, where in result.located():
+        by_code.setdefault(finding.code, []).append((finding, where))
     for code in sorted(by_code):
         lines.extend(_markdown_rule(code, by_code[code]))
     return lines

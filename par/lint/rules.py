@@ -29,7 +29,7 @@ def check_cycles(view: DagView) -> list[Finding]:
     """DAG001: every self-loop, and one cycle through each other strongly connected component."""
     if not view.graph.directed:
         return []
-    digraph = nx.DiGraph()
+    digraph: nx.DiGraph[str] = nx.DiGraph()
     digraph.add_nodes_from(view.info)
     digraph.add_edges_from(key for key in view.edge_line if key[0] != key[1])
     findings = [

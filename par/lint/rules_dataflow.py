@@ -24,17 +24,17 @@ def check_dims(view: DagView) -> list[Finding]:
     findings = []
     for node_id, info in view.info.items():
         wanted = info.dims.inputs if info.dims else ()
-        producers = [pred for pred in view.preds[node_id]
-                     if view.info[pred].dims and view.info[pred].dims.outputs]
+        produced_by = [(pred, dims.outputs) for pred in view.preds[node_id]
+                       if (dims := view.info[pred].dims) and dims.outputs]
+        producers = [pred for pred, _ in produced_by]
         if not wanted or not producers:
             continue
-        outputs = [view.info[pred].dims.outputs for pred in producers]
-        if any(_feeds(view.info[pred].dims.outputs, wanted, _slices(view, pred, node_id),
+        outputs = [produced for _, produced in produced_by]
+        if any(_feeds(produced, wanted, _slices(view, pred, node_id),
                       _FUSED_QKV.search(view.info[pred].title) is not None)
-               for pred in producers) or _together(outputs, wanted):
+               for pred, produced in produced_by) or _together(outputs, wanted):
             continue
-        given = "; ".join(f"`{pred}` gives {_shapes(view.info[pred].dims.outputs)}"
-                          for pred in producers[:4])
+        given = "; ".join(f"`{pred}` gives {_shapes(shapes)}" for pred, shapes in produced_by[:4])
         more = f"; … and {len(producers) - 4} more" if len(producers) > 4 else ""
         findings.append(view.finding(
             "DAG009", view.edge_line[producers[0], node_id],
@@ -75,7 +75,7 @@ def _one_third(out: Shape, inp: Shape) -> bool:
     """A fused QKV projection's output is Q, K and V side by side: one dim three times wider."""
     if len(out.dims) != len(inp.dims):
         return False
-    differ = [(mine, theirs) for (_, mine), (_, theirs) in zip(out.dims, inp.dims)
+    differ = [(mine, theirs) for (_, mine), (_, theirs) in zip(out.dims, inp.dims, strict=False)
               if mine != theirs]
     return len(differ) == 1 and all(differ[0]) and int(differ[0][0]) == 3 * int(differ[0][1])
 
@@ -83,7 +83,7 @@ def _one_third(out: Shape, inp: Shape) -> bool:
 def _together(outputs: list[tuple[Shape, ...]], wanted: tuple[Shape, ...]) -> bool:
     if len(outputs) < 2 or any(produced[0].numel is None for produced in outputs):
         return False
-    total = sum(produced[0].numel for produced in outputs)
+    total = sum(produced[0].numel or 0 for produced in outputs)  # none is None, as checked
     return any(inp.numel == total for inp in wanted)
 
 

@@ -80,7 +80,7 @@ def _pieces(view: DagView, node_id: str) -> tuple[list[str], list[str]]:
 
 def _several_gpus(view: DagView, producers: list[str]) -> set[int]:
     """The GPUs of single-GPU producers when there are two or more of them, else none."""
-    devices = {view.info[node].single_device for node in producers}
+    devices = {device for node in producers if (device := view.info[node].single_device) is not None}
     return devices if len(devices) >= 2 else set()
 
 

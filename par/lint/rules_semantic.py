@@ -42,9 +42,10 @@ def check_allreduce_widens(view: DagView) -> list[Finding]:
     for node, info in view.info.items():
         if info.collective != "allreduce" or not info.dims:
             continue
-        inputs = [shape.numel for shape in info.dims.inputs]
-        outputs = [shape.numel for shape in info.dims.outputs]
-        if inputs and outputs and None not in inputs + outputs and min(outputs) > max(inputs):
+        inputs = [shape.numel for shape in info.dims.inputs if shape.numel is not None]
+        outputs = [shape.numel for shape in info.dims.outputs if shape.numel is not None]
+        complete = len(inputs) == len(info.dims.inputs) and len(outputs) == len(info.dims.outputs)
+        if complete and inputs and outputs and min(outputs) > max(inputs):
             findings.append(view.finding(
                 "DAG012", info.line,
                 f"`{node}` is drawn as an AllReduce but its output "
@@ -141,8 +142,11 @@ def check_stage_transfers(view: DagView) -> list[Finding]:
         a, b = view.info[src], view.info[dst]
         if (src, dst) in view.comm_edges or "comm" in (a.kind, b.kind) or "io" in (a.kind, b.kind):
             continue
-        stages = (_stage(view, src), _stage(view, dst))
-        if None in stages or stages[0] == stages[1] or stages in seen:
+        first, second = _stage(view, src), _stage(view, dst)
+        if first is None or second is None:
+            continue
+        stages = (first, second)
+        if first == second or stages in seen:
             continue
         if a.devices is None or b.devices is None or a.all_devices or b.all_devices or \
                 a.devices & b.devices:
@@ -182,7 +186,7 @@ def check_stage_gpus(view: DagView) -> list[Finding]:
         if said is None or not members or len(own) < len(members) or \
                 any(devices is None or devices == frozenset({-1}) for devices in own):
             continue
-        used = frozenset().union(*own)
+        used = frozenset[int]().union(*(devices for devices in own if devices is not None))
         if len(used) < said:
             findings.append(view.finding(
                 "DAG018", view.info[members[0]].line,

@@ -203,7 +203,7 @@ def _tables(graph: DotGraph, touched: set[str]) -> set[int]:
         if node.scope:
             members.setdefault(node.scope[-1], []).append(node.id)
     return {index for index, nodes in members.items()
-            if graph.subgraphs[index].name and graph.subgraphs[index].name.startswith("cluster")
+            if (graph.subgraphs[index].name or "").startswith("cluster")
             and not any(node in touched or id_family(node) in families_touched for node in nodes)}
 
 

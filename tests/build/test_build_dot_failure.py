@@ -3,9 +3,8 @@
 import os
 import stat
 
-from par.codegen import svg
-
 from par import build as driver
+from par.codegen import svg
 
 GRAPHVIZ = {"dag.svg", "dag.compact.svg"}
 DUMP_LINES = 3000

@@ -5,9 +5,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from par.codegen import artifacts, svg
 
 from par import build as driver
+from par.codegen import artifacts, svg
 
 ROOT = Path(__file__).resolve().parents[2]
 DRAWN = {"dag.json", "dag.dot", "dag.compact.dot"}
@@ -65,13 +65,16 @@ def test_unchanged_files_are_not_rewritten(specs, tmp_path, par, snap, make_old)
 def test_what_several_artifacts_are_made_from_is_made_once_per_spec(specs, tmp_path, par, monkeypatch):
     """The DOT text of each drawing (the .dot file and its SVG) and the cost (report.md, timeline.svg)."""
     calls = Counter()
-    for name in ("emit_dot", "emit_compact_dot", "spec_cost"):
 
-        def counted(compiled, real=getattr(artifacts, name), name=name):
+    def counting(name, real):
+        def counted(compiled):
             calls[(name, compiled.deployment.name)] += 1
             return real(compiled)
 
-        monkeypatch.setattr(artifacts, name, counted)
+        return counted
+
+    for name in ("emit_dot", "emit_compact_dot", "spec_cost"):
+        monkeypatch.setattr(artifacts, name, counting(name, getattr(artifacts, name)))
     assert par("build", specs, "-o", tmp_path / "build")[0] == 0
     names = ("emit_dot", "emit_compact_dot", "spec_cost")
     assert calls == {(name, spec): 1 for name in names for spec in ("gpt_tp2_pp2", "single_gpu")}

@@ -8,11 +8,11 @@ import tokenize
 import xml.etree.ElementTree as ET
 
 import pytest
+
 from par.codegen.artifacts import renderers
 from par.dsl.compiler import compile_file
 from par.dsl.diagnostics import CompileError, format_all
 from par.dsl.frontend.inputs import read_spec
-
 from par.lint import run_lint
 from tests.build.conftest import GOLDEN_SPECS
 

@@ -5,10 +5,10 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from par.output_folders import folder_problem
 
 from par import build as driver
 from par.cli import main
+from par.output_folders import folder_problem
 
 SPEC = (Path(__file__).resolve().parents[1] / "golden" / "specs" / "single_gpu.par").read_text()
 

@@ -6,7 +6,6 @@ import shutil
 from par.codegen.artifacts import renderers
 from par.dsl.compiler import compile_file
 from par.dsl.frontend.inputs import spec_name
-
 from tests.build.conftest import GOLDEN_SPECS
 
 TEXT_ARTIFACTS = ("dag.json", "dag.dot", "dag.compact.dot", "model.py", "report.md", "timeline.svg")

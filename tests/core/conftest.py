@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from par.dsl.compiler import compile_file, compile_text
 from par.dsl.frontend.inputs import parse_defines
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from par.codegen.json_dag import emit_json, load_json
 from par.dsl.dag.validate import validate
 

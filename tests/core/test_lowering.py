@@ -1,6 +1,7 @@
 """Placement inference: which collectives appear, why, and what is an error."""
 
 import pytest
+
 from par.dsl.diagnostics import CompileError
 
 MODEL = "model m : {block} {{ layers 2  hidden 32  heads 4  ffn 64  batch 4  seq 8  dtype fp32 }}\n"

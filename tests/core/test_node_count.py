@@ -2,6 +2,7 @@
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from par.dsl.compiler import compile_text
 from par.dsl.dag.expand import node_count
 

@@ -4,6 +4,7 @@ from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from par.dsl.compiler import compile_text
 from par.dsl.dag.validate import validate
 

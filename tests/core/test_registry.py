@@ -8,6 +8,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from par.codegen.dot.style import LOOKS
 from par.codegen.pytorch.ops import ELEMENTWISE, NORM_PARAMETERS, NORMS
 from par.dsl.cost.accounting import KINDS
@@ -24,7 +25,6 @@ from par.dsl.registry.ops import (
     same_placement,
     same_shape,
 )
-
 from par.lint.classify import COLLECTIVE_TITLES, collective_named
 
 PLACEMENTS = (R, P, S_SEQ, S_LAST)

@@ -2,6 +2,7 @@
 
 import networkx as nx
 import pytest
+
 from par.dsl.dag.validate import validate
 
 SMALL = (
@@ -42,7 +43,7 @@ def test_dropping_a_collective_is_reported(graph):
 def test_bypassing_a_collective_is_a_placement_mismatch(graph):
     # What a generator that forgets the AllReduce draws: producers wired straight to consumers.
     node = "layer_0_allreduce_attn"
-    pairs = list(zip(sorted(graph.predecessors(node)), sorted(graph.successors(node))))
+    pairs = list(zip(sorted(graph.predecessors(node)), sorted(graph.successors(node)), strict=True))
     graph.remove_node(node)
     for producer, consumer in pairs:
         graph.add_edge(producer, consumer, operands=(1,))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from par.dsl.cost import per_rank_comm, rank_costs
 from par.dsl.cost.accounting import model_parameters, training_state
-
 from tests.cost.tiny import GPT, LLAMA, SMALL, compile_source, compile_spec, megatron_layer_bytes
 
 FP16 = 2

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from par.cli import main
 from par.codegen.cost.text import comparison
 from par.dsl import units
 from par.dsl.cost import cost_of, rank_costs
-
-from par.cli import main
 from tests.cost.tiny import SMALL, SPECS, compile_spec
 
 FP16 = 2
@@ -28,7 +27,7 @@ def _closed_forms(compiled):
 def test_extra_allgathers_and_replicated_compute_per_layer():
     baseline, megatron = _pair()
     gathers, replicated = _closed_forms(baseline)
-    for base, mega in zip(rank_costs(baseline.graph), rank_costs(megatron.graph)):
+    for base, mega in zip(rank_costs(baseline.graph), rank_costs(megatron.graph), strict=True):
         layers = len(base.layers)
         assert base.comm["forward"]["allgather"] - mega.comm["forward"].get("allgather", 0) == layers * gathers
         assert base.comm["forward"]["allreduce"] == mega.comm["forward"]["allreduce"]

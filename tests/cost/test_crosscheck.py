@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from par.dsl.cost import per_rank_comm
 from par.dsl.registry.ops import elements
-
 from tests.cost.tiny import GPT, LLAMA, compile_source
 
 

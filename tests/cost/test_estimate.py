@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+
 from par.codegen.cost.report import warnings
 from par.dsl import units
 from par.dsl.checks.hwcheck import builtin_hardware
 from par.dsl.cost import cost_of
 from par.dsl.cost.accounting import Transfer
 from par.dsl.cost.estimate import Clock
-
 from tests.cost.tiny import GPT, compile_source
 
 H100 = builtin_hardware("h100")
@@ -87,7 +87,7 @@ def test_gpipe_and_1f1b_share_the_bubble_but_not_the_memory():
     gpipe = cost_of(compile_source(GPT, "schedule=gpipe", "pp=2", "microbatches=4").graph, hardware=None)
     one = cost_of(compile_source(GPT, "schedule=1f1b", "pp=2", "microbatches=4").graph, hardware=None)
     assert gpipe.estimate.bubble == pytest.approx(one.estimate.bubble) == pytest.approx(1 / 5)
-    for a, b in zip(gpipe.groups, one.groups):
+    for a, b in zip(gpipe.groups, one.groups, strict=True):
         assert a.memory.in_flight == 4 and b.memory.in_flight == 2 - b.cost.stage
         assert a.memory.activations > b.memory.activations
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import networkx as nx
 import pytest
+
 from par.codegen.cost.report import sections
 from par.dsl import units
 from par.dsl.cost import spec_cost
 from par.dsl.cost.estimate import OUTSIDE_STAGES, Clock, node_durations
-
 from tests.cost.tiny import GPT, LLAMA, compile_source
 
 
@@ -28,7 +28,7 @@ def oracle(graph: nx.DiGraph, rank: int) -> tuple:
     params = sum(data["params"] for data in mine)
     flops = sum(data["flops"] for data in mine)
     sent = 0
-    for node, data in graph.nodes(data=True):
+    for _node, data in graph.nodes(data=True):
         if data["kind"] != "comm" or data["op"] == "recv":
             continue
         if data["devices"][0] == rank or (data["op"] != "send" and rank in data["devices"]):

@@ -6,14 +6,15 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from itertools import pairwise
 
 import pytest
+
+from par.cli import main
 from par.codegen.cost import render_report, render_timeline
 from par.codegen.cost.report import sections
 from par.codegen.cost.text import format_cost
 from par.dsl.cost import cost_of, spec_cost
-
-from par.cli import main
 from tests.cost.tiny import GPT, ROOT, SMALL, SPECS, compile_source
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -42,7 +43,7 @@ def test_timeline_boxes_of_a_stage_do_not_overlap():
     assert len(rows) == 2
     for spans in rows.values():
         spans.sort()
-        assert all(a[1] <= b[0] + 0.01 for a, b in zip(spans, spans[1:]))
+        assert all(a[1] <= b[0] + 0.01 for a, b in pairwise(spans))
 
 
 def test_report_has_every_section_of_par_cost_and_links_the_timeline():

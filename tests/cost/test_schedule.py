@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from par.dsl.cost.schedule import (
     bubble_fraction,
     closed_form_bubble,
@@ -85,5 +87,5 @@ def test_every_pass_runs_once_after_its_inputs(schedule, forward, m, ratio, link
                 assert slot.start >= at[("B", stage + 1, j)].end + link - 1e-9
     for stage in range(p):  # a stage runs one pass at a time
         mine = sorted((s for s in slots if s.stage == stage), key=lambda s: s.start)
-        assert all(a.end <= b.start + 1e-9 for a, b in zip(mine, mine[1:]))
+        assert all(a.end <= b.start + 1e-9 for a, b in pairwise(mine))
     assert 0.0 <= bubble_fraction(slots, p) < 1.0

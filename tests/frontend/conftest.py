@@ -1,4 +1,5 @@
 import pytest
+
 from par.dsl.checks.check import check
 from par.dsl.diagnostics import CompileError
 from par.dsl.frontend.parser import parse_text

@@ -1,6 +1,7 @@
 """Semantic checks: every problem reported at once, each naming its factors and a fix."""
 
 import pytest
+
 from par.dsl.checks.check import check
 from par.dsl.frontend.inputs import parse_defines
 from par.dsl.frontend.parser import parse_text

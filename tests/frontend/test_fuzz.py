@@ -4,6 +4,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from par.dsl.checks.check import check
 from par.dsl.diagnostics import CompileError
 from par.dsl.frontend.format import format_spec

@@ -1,7 +1,8 @@
 """A bad setting is one error at the user's own line; a built-in block that cannot use it is a note."""
 
-import par.dsl.checks.check
 import pytest
+
+import par.dsl.checks.check
 from par.dsl.checks.check import check
 from par.dsl.diagnostics import CompileError, format_all
 from par.dsl.frontend.library import LIBRARY_NAME, library_source

@@ -2,10 +2,12 @@
 
 import re
 
+import pytest
+
 import par.dsl.compiler
 import par.dsl.frontend.parser
 import par.dsl.frontend.source
-import pytest
+from par.cli import main
 from par.dsl.compiler import compile_text
 from par.dsl.diagnostics import CompileError
 from par.dsl.frontend.inputs import spec_name
@@ -17,8 +19,6 @@ from par.dsl.limits import (
     MAX_SEARCH_STATES,
     MAX_SPEC_BYTES,
 )
-
-from par.cli import main
 
 # The gpt block on a tensor-parallel group: 10 compute nodes per rank and 2 AllReduces per layer.
 GPT_COMPUTE, GPT_COLLECTIVES = 10, 2

@@ -2,10 +2,10 @@
 that Unicode calls line breaks must not shift the lines that diagnostics quote."""
 
 import pytest
-from par.dsl.frontend.inputs import spec_name
-from par.dsl.frontend.source import SourceFile
 
 from par.cli import main
+from par.dsl.frontend.inputs import spec_name
+from par.dsl.frontend.source import SourceFile
 
 NOT_BREAKS = {"form_feed": "\f", "vertical_tab": "\v", "nel": "\x85", "line_sep": "\u2028", "para_sep": "\u2029", "file_sep": "\x1c"}
 BAD = "model m : gpt { layers 2  hidden 63  heads 4  batch 4  seq 8 }"

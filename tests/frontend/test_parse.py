@@ -2,6 +2,7 @@
 
 import pytest
 from lark.exceptions import GrammarError
+
 from par.dsl.diagnostics import CompileError
 from par.dsl.frontend import spec as ast
 from par.dsl.frontend.parser import GRAMMAR, _lark, build_parser, parse_text

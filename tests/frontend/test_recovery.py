@@ -1,6 +1,7 @@
 """After a syntax error the front end goes on at the next item: every problem of a file at once."""
 
 import pytest
+
 from par.dsl.compiler import compile_text
 from par.dsl.diagnostics import CompileError
 from par.dsl.frontend.parser import MAX_SYNTAX_ERRORS, parse_spec, parse_text

@@ -2,6 +2,7 @@
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from par.dsl.checks.stages import coverage_problems, even_split, from_counts
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from par.dsl.compiler import compile_file
 
 ROOT = Path(__file__).resolve().parents[2]

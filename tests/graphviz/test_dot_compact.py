@@ -3,6 +3,7 @@
 import re
 
 import pytest
+
 from par.codegen.dot.compact import folds
 from par.codegen.dot.emit import emit_compact_dot
 

@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from par.codegen.dot.emit import (
     LARGE_DRAWING,
     emit_compact_dot,

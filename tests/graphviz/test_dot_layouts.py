@@ -9,6 +9,7 @@ import itertools
 import json
 
 import pytest
+
 from par.codegen.dot.emit import emit_compact_dot, emit_dot
 from par.dsl.compiler import compile_text
 

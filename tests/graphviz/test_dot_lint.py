@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
-from par.codegen.dot.emit import emit_compact_dot, emit_dot
 
 from par.cli import main
+from par.codegen.dot.emit import emit_compact_dot, emit_dot
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ["tests/golden/specs/gpt_tp2_pp2.par", "tests/golden/specs/llama_sp_dp2.par", "tests/golden/specs/single_gpu.par", "specs/layerwise.par"]

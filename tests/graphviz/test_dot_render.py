@@ -3,6 +3,7 @@
 import struct
 
 import pytest
+
 from par.codegen import svg
 from par.codegen.dot.emit import emit_compact_dot, emit_dot
 from par.codegen.renderer import ArtifactError, Skip

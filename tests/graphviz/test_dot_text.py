@@ -4,6 +4,7 @@ import xml.etree.ElementTree as ET
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from par.codegen.dot.text import (
     REPLACEMENT,
     dims,
@@ -84,7 +85,7 @@ def _shown(text: str) -> str:
 def _check(dot_run, texts):
     nodes = _drawn(dot_run, texts)
     assert len(nodes) == len(texts)  # no text merged two nodes or split one
-    for node, text in zip(nodes, texts):
+    for node, text in zip(nodes, texts, strict=True):
         lines = [" ".join((element.text or "").split()) for element in node.iter(f"{SVG}text")]
         assert [line for line in lines if line] == [_shown(text)] * 2 if _shown(text) else True
         link = next(node.iter(f"{SVG}a"))

@@ -7,10 +7,11 @@ stage, a nested cluster per GPU, ellipses for collectives, `GPU:`/`Input:`/`Outp
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import networkx as nx
+
 from par.dsl.compiler import compile_file
 from par.dsl.dag import ids
 from par.dsl.units import ranges
@@ -26,7 +27,7 @@ def contract_dag(*, layers: int = 16, tp: int = 8, pp: int = 2, dp: int = 1,
     return _compiled(layers, tp, pp, dp, sp).copy()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(layers: int, tp: int, pp: int, dp: int, sp: bool) -> nx.DiGraph:
     defines = [*SMALL, f"layers={layers}", f"tp={tp}", f"pp={pp}", f"dp={dp}",
                f"sp={'on' if sp else 'off'}"]
@@ -55,7 +56,7 @@ _ENDS = (ids.INPUT, ids.OUTPUT)
 
 def _dims(shape) -> str:
     names = ("batch", "seq", "hidden")
-    return "[" + ", ".join(f"{name}={value}" for name, value in zip(names, shape)) + "]"
+    return "[" + ", ".join(f"{name}={value}" for name, value in zip(names, shape, strict=True)) + "]"
 
 
 def _label(data: dict) -> str:

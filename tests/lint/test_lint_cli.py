@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 from lint_dags import bypass_collectives, render_dot
-from par.dsl.compiler import compile_file
 
 from par.cli import main
+from par.dsl.compiler import compile_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "megatron_tp8_pp2.par"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from lint_dags import bypass_collectives, contract_dag, render_dot
-from par.dsl.dag import ids
 
+from par.dsl.dag import ids
 from par.lint import run_lint
 from par.lint.dot_reader import read_dot_text
 from par.lint.lint import lint_graph

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lint_dags import bypass_collectives, contract_dag, render_dot
-from par.dsl.dag import ids
 
+from par.dsl.dag import ids
 from par.lint.dot_reader import read_dot_text
 from par.lint.lint import lint_graph
 

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from small_models import BLOCKS, ROOT, SPECS, compile_small, compile_source, write_model
+
+from par.cli import main as par
 from par.codegen import svg
 from par.codegen.cost import render_report
 from par.codegen.pytorch.emit import emit_model, model_view
@@ -19,9 +22,6 @@ from par.codegen.pytorch.layer import fused_qkv_values
 from par.dsl.compiler import compile_file, compile_text
 from par.dsl.cost import spec_cost
 from par.dsl.frontend.inputs import parse_defines
-from small_models import BLOCKS, ROOT, SPECS, compile_small, compile_source, write_model
-
-from par.cli import main as par
 
 SHIPPED = sorted(path.stem for path in SPECS.glob("*.par"))
 # (spec, defines) for every shipped spec at full size and small, as the distributed tests run them.

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow  # launches model.py on several processes
 
 from dag_trace import trace_problems  # noqa: E402
 from fork_launch import launch  # noqa: E402
-from par.dsl.cost import per_rank_comm  # noqa: E402
 from small_models import BLOCKS, compile_small, compile_source, read_trace, write_model  # noqa: E402
+
+from par.dsl.cost import per_rank_comm  # noqa: E402
 
 DEPLOYMENTS = {
     # baseline: AllGathers written after qkv and fc1; attention reads the gathered per-rank heads

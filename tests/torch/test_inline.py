@@ -6,10 +6,11 @@ import ast
 import textwrap
 
 import pytest
+from small_models import BLOCKS, compile_small, compile_source
+
 from par.codegen.pytorch import inline
 from par.codegen.pytorch.emit import emit_model, model_view
 from par.dsl.lowering.backward import PAIRS
-from small_models import BLOCKS, compile_small, compile_source
 
 CONSTANTS = {"TP": 2, "DP": 1, "SCHEDULE": "gpipe"}
 

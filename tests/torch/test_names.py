@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 
 import pytest
+from small_models import BLOCKS, compile_source
+
 from par.codegen.pytorch.emit import emit_model
 from par.codegen.pytorch.names import GLOBALS, MODULE_ATTRIBUTES, Names
-from small_models import BLOCKS, compile_source
 
 
 def test_every_public_module_attribute_is_reserved():

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 from fork_launch import free_port  # noqa: E402
+
 from par.codegen.pytorch.runtime import cli, groups, ops, pairs, pipeline, trace  # noqa: E402
 
 WORLD = 2

@@ -16,13 +16,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fork_launch import load_module  # noqa: E402
+from small_models import BLOCKS, SPECS, compile_small, compile_source, write_model  # noqa: E402
+
 from par.codegen.pytorch.runtime import pairs  # noqa: E402
 from par.dsl.compiler import compile_file  # noqa: E402
 from par.dsl.cost.accounting import saved_bytes  # noqa: E402
 from par.dsl.cost.model import cost_of  # noqa: E402
 from par.dsl.registry.collectives import COLLECTIVES  # noqa: E402
 from par.dsl.registry.ops import Saves  # noqa: E402
-from small_models import BLOCKS, SPECS, compile_small, compile_source, write_model  # noqa: E402
 from tests.cost.tiny import megatron_layer_bytes  # noqa: E402
 
 # Tiny builds of every shipped spec; tp as large as 4 heads allow, two stages where the spec has them.

@@ -14,8 +14,9 @@ pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # launches model.py on several processes
 
 from fork_launch import launch  # noqa: E402
-from par.dsl.lowering import backward  # noqa: E402
 from small_models import compile_small, compile_source, read_trace, write_model  # noqa: E402
+
+from par.dsl.lowering import backward  # noqa: E402
 
 BASELINE = ("baseline_tp8_pp2", ["tp=2", "pp=1", "layers=2", "batch=4", "microbatches=2"])
 # Grouped-query attention over gathered per-rank QKV blocks: each rank's query heads read only

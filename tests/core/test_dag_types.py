@@ -1,0 +1,124 @@
+"""The DAG's types (par.dsl.dag.types) describe what expansion writes, and their enumerations
+are the registry's names: the types cannot drift from the DAG or from the registry."""
+
+import types
+import typing
+from typing import Literal, Union, get_args, get_origin, get_type_hints
+
+import pytest
+
+from par.dsl.checks.deployment import DTYPE_BYTES
+from par.dsl.dag import ids
+from par.dsl.dag.types import (
+    CollectiveOp,
+    ComputeOp,
+    EdgeAttrs,
+    GraphAttrs,
+    IoOp,
+    Kind,
+    ModelAttrs,
+    NodeAttrs,
+    OpName,
+    PlacementKind,
+    PlacementText,
+    Severity,
+)
+from par.dsl.diagnostics import error, note, warning
+from par.dsl.lowering.placement import PLACEMENTS, S_LAST, S_SEQ, P, R
+from par.dsl.registry.collectives import COLLECTIVES
+from par.dsl.registry.ops import OPS
+
+# Between them: every kind of node (compute, collectives, slices of the input and inside the
+# layer, send and recv), every optional attribute, and data-parallel replicas.
+CASES = [
+    ("megatron_tp8_pp2", ()),
+    ("megatron_tp8_pp2", ("sp=on", "dp=2")),
+    ("baseline_tp8_pp2", ()),
+    ("layerwise", ()),
+    ("llama_gqa", ()),
+]
+
+
+def fits(value, hint) -> bool:
+    """Whether `value` is of type `hint`, for the types the DAG's TypedDicts use."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return value in get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(fits(value, option) for option in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = get_args(hint)
+        return isinstance(value, list) and all(fits(v, item) for v in value)
+    if origin is tuple:
+        item, _ = get_args(hint)  # tuple[X, ...]
+        return isinstance(value, tuple) and all(fits(v, item) for v in value)
+    if typing.is_typeddict(hint):
+        return isinstance(value, dict) and not typed_dict_problems(value, hint)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def typed_dict_problems(data: dict, typed) -> list[str]:
+    """What in `data` the TypedDict `typed` does not describe: missing, unknown or mistyped keys."""
+    hints = get_type_hints(typed)
+    problems = [f"missing {key}" for key in sorted(typed.__required_keys__ - set(data))]
+    problems += [f"unknown {key}" for key in sorted(set(data) - set(hints))]
+    problems += [f"{key}={data[key]!r}" for key in sorted(set(data) & set(hints)) if not fits(data[key], hints[key])]
+    return problems
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda case: "-".join((case[0], *case[1])))
+def graph(request, shipped):
+    stem, defines = request.param
+    return shipped(stem, *defines).graph
+
+
+def test_every_node_is_a_node_attrs(graph):
+    for node, data in graph.nodes(data=True):
+        assert not typed_dict_problems(data, NodeAttrs), (node, typed_dict_problems(data, NodeAttrs))
+
+
+def test_every_edge_and_the_graph_are_typed(graph):
+    for source, target, data in graph.edges(data=True):
+        assert not typed_dict_problems(data, EdgeAttrs), (source, target)
+    assert not typed_dict_problems(graph.graph, GraphAttrs), typed_dict_problems(graph.graph, GraphAttrs)
+
+
+def test_every_attribute_the_type_names_is_written(shipped):
+    """No key of NodeAttrs that expansion never writes: the union over the cases is all of them."""
+    written = {key for stem, defines in CASES for _, data in shipped(stem, *defines).graph.nodes(data=True) for key in data}
+    assert written == set(get_type_hints(NodeAttrs))
+
+
+def test_the_checker_rejects_what_the_types_do_not_describe(shipped):
+    data = dict(next(iter(shipped("layerwise").graph.nodes.values())))
+    assert not typed_dict_problems(data, NodeAttrs)
+    assert typed_dict_problems({**data, "colour": "red"}, NodeAttrs) == ["unknown colour"]
+    assert typed_dict_problems({**data, "op": "conv2d"}, NodeAttrs) == ["op='conv2d'"]
+    assert typed_dict_problems({**data, "in_placement": "S(0)"}, NodeAttrs) == ["in_placement='S(0)'"]
+    assert typed_dict_problems({key: value for key, value in data.items() if key != "src"}, NodeAttrs) == ["missing src"]
+
+
+def test_op_names_are_the_registrys():
+    assert set(get_args(ComputeOp)) == set(OPS)
+    assert set(get_args(CollectiveOp)) == set(COLLECTIVES)
+    assert set(get_args(IoOp)) == {ids.INPUT, ids.OUTPUT}
+    assert {name for part in get_args(OpName) for name in get_args(part)} == set(OPS) | set(COLLECTIVES) | {ids.INPUT, ids.OUTPUT}
+
+
+def test_node_kinds_are_the_registrys():
+    assert set(get_args(Kind)) == {"compute"} | {spec.kind for spec in COLLECTIVES.values()}
+
+
+def test_dtypes_and_placements_and_severities():
+    assert set(get_args(get_type_hints(ModelAttrs)["dtype"])) == set(DTYPE_BYTES)
+    assert set(get_args(PlacementText)) == set(PLACEMENTS) == {p.text for p in (R, P, S_SEQ, S_LAST)}
+    assert all(str(placement) == text for text, placement in PLACEMENTS.items())
+    assert set(get_args(PlacementKind)) == {p.kind for p in PLACEMENTS.values()}
+    made = {make("m", None).severity for make in (error, warning, note)}
+    assert made == set(get_args(Severity))
