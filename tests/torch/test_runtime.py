@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import os
 import traceback
-from types import SimpleNamespace
 
 import pytest
 
@@ -121,9 +120,7 @@ def _schedule(monkeypatch, stages: int, microbatches: int, schedule: str, stage:
     monkeypatch.setattr(pipeline, "PP", stages)
     monkeypatch.setattr(pipeline, "MICROBATCHES", microbatches)
     monkeypatch.setattr(pipeline, "SCHEDULE", schedule)
-    monkeypatch.setattr(groups, "PP", stages)
-    place = SimpleNamespace(stage=stage, dp_rank=0, tp_rank=0)
-    return pipeline.PipelineSchedule(torch.nn.Identity(), place, torch.device("cpu")).order()  # type: ignore[arg-type]
+    return pipeline.schedule_order(stage)
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])

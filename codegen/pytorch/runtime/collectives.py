@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from par.codegen.pytorch.runtime.trace import _record
+from par.codegen.pytorch.runtime.trace import _record, set_phase
 
 # -- Collectives: every one the model issues goes through these functions -----------------------
 
@@ -43,14 +43,15 @@ def _all_to_all(tensor: torch.Tensor, scatter_dim: int, gather_dim: int, group: 
     return torch.cat(outputs, dim=gather_dim)
 
 
-def _send(tensor: torch.Tensor, peer: int) -> dist.Work:
-    _record("send", tensor, peer=peer)
-    work = dist.isend(tensor.contiguous(), dst=peer)
-    assert work is not None  # None only for a rank outside the default group
-    return work
+def _exchange(messages: list[tuple[str, torch.Tensor, int, str, int]]) -> None:
+    """Posts every (op, tensor, peer, phase, microbatch) of `messages` at once, then waits for all.
 
-
-def _recv(tensor: torch.Tensor, peer: int) -> torch.Tensor:
-    _record("recv", tensor, peer=peer)
-    dist.recv(tensor, src=peer)
-    return tensor
+    op is "send" or "recv"; the trace records each under its own phase and microbatch.
+    """
+    operations = []
+    for op, tensor, peer, phase, microbatch in messages:
+        set_phase(phase, microbatch)
+        _record(op, tensor, peer=peer)
+        operations.append(dist.P2POp(dist.isend if op == "send" else dist.irecv, tensor.contiguous(), peer))
+    for work in dist.batch_isend_irecv(operations):
+        work.wait()

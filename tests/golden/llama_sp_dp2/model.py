@@ -414,17 +414,18 @@ def _reduce_scatter(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) ->
     return output
 
 
-def _send(tensor: torch.Tensor, peer: int) -> dist.Work:
-    _record("send", tensor, peer=peer)
-    work = dist.isend(tensor.contiguous(), dst=peer)
-    assert work is not None  # None only for a rank outside the default group
-    return work
+def _exchange(messages: list[tuple[str, torch.Tensor, int, str, int]]) -> None:
+    """Posts every (op, tensor, peer, phase, microbatch) of `messages` at once, then waits for all.
 
-
-def _recv(tensor: torch.Tensor, peer: int) -> torch.Tensor:
-    _record("recv", tensor, peer=peer)
-    dist.recv(tensor, src=peer)
-    return tensor
+    op is "send" or "recv"; the trace records each under its own phase and microbatch.
+    """
+    operations = []
+    for op, tensor, peer, phase, microbatch in messages:
+        set_phase(phase, microbatch)
+        _record(op, tensor, peer=peer)
+        operations.append(dist.P2POp(dist.isend if op == "send" else dist.irecv, tensor.contiguous(), peer))
+    for work in dist.batch_isend_irecv(operations):
+        work.wait()
 
 
 # -- Forward/backward pairs (Megatron's mappings) -----------------------------------------------
@@ -500,15 +501,58 @@ def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output - target).square().sum() / (BATCH // DP * SEQ * HIDDEN)
 
 
+# A message between neighbouring stages: (op, kind, microbatch, peer): op "send" or "recv", kind
+# "activation" (forward) or "gradient" (backward), peer "previous" or "next" stage.
+Message = tuple[str, str, int, str]
+
+
+def schedule_order(stage: int) -> list[tuple[str, int]]:
+    """The (action, microbatch) pairs `stage` runs, in order."""
+    # 1F1B: a few forwards to fill the pipeline, then one forward and one backward in turn.
+    warmup = min(PP - 1 - stage, MICROBATCHES)
+    order = [("forward", i) for i in range(warmup)]
+    for i in range(MICROBATCHES - warmup):
+        order += [("forward", warmup + i), ("backward", i)]
+    return order + [("backward", i) for i in range(MICROBATCHES - warmup, MICROBATCHES)]
+
+
+def _receives(action: str, microbatch: int, stage: int) -> list[Message]:
+    if action == "forward":
+        return [("recv", "activation", microbatch, "previous")] if stage > 0 else []
+    else:
+        return [("recv", "gradient", microbatch, "next")] if stage < PP - 1 else []
+
+
+def _sends(action: str, microbatch: int, stage: int) -> list[Message]:
+    if action == "forward":
+        return [("send", "activation", microbatch, "next")] if stage < PP - 1 else []
+    else:
+        return [("send", "gradient", microbatch, "previous")] if stage > 0 else []
+
+
+def schedule_plan(stage: int) -> list[tuple[str, int] | list[Message]]:
+    """The stage's actions, each preceded by one exchange: the previous action's send and this one's receive."""
+    plan: list[tuple[str, int] | list[Message]] = []
+    owed: list[Message] = []
+    for action, microbatch in schedule_order(stage):
+        exchange = owed + _receives(action, microbatch, stage)
+        if exchange:
+            plan.append(exchange)
+        plan.append((action, microbatch))
+        owed = _sends(action, microbatch, stage)
+    if owed:
+        plan.append(owed)
+    return plan
+
+
 class PipelineSchedule:
     """One training step of this stage over MICROBATCHES microbatches, in the schedule's order.
 
-    Built on plain isend/recv rather than torch.distributed.pipelining: the DAG fixes the
+    Built on batched isend/irecv rather than torch.distributed.pipelining: the DAG fixes the
     collectives of every rank, and pipelining adds its own (a warm-up vote between stages on
-    the first step, metadata exchange, batched sends and receives), so a trace of what ran
-    could not match the DAG. Shapes are static (STREAM_SHAPE), so receive buffers need no
-    metadata. Activations go to the same tensor-parallel rank of the next stage and gradients
-    come back the same way; sends are asynchronous and receives block, so no order deadlocks.
+    the first step, metadata exchange), so a trace of what ran could not match the DAG. Shapes
+    are static (STREAM_SHAPE), so receive buffers need no metadata. Activations go to the same
+    tensor-parallel rank of the next stage and gradients come back the same way.
     """
 
     def __init__(self, stage: Stage, groups: Groups, device: torch.device) -> None:
@@ -516,59 +560,65 @@ class PipelineSchedule:
         self.index = groups.stage
         self.device = device
         dp_rank, tp_rank = groups.dp_rank, groups.tp_rank
-        self.previous = global_rank(dp_rank, self.index - 1, tp_rank) if self.index > 0 else None
-        self.next = global_rank(dp_rank, self.index + 1, tp_rank) if self.index < PP - 1 else None
-
-    def order(self) -> list[tuple[str, int]]:
-        """The (action, microbatch) pairs this stage runs, in order."""
-        # 1F1B: a few forwards to fill the pipeline, then one forward and one backward in turn.
-        warmup = min(PP - 1 - self.index, MICROBATCHES)
-        order = [("forward", i) for i in range(warmup)]
-        for i in range(MICROBATCHES - warmup):
-            order += [("forward", warmup + i), ("backward", i)]
-        return order + [("backward", i) for i in range(MICROBATCHES - warmup, MICROBATCHES)]
+        self.peers = {
+            "previous": global_rank(dp_rank, self.index - 1, tp_rank) if self.index > 0 else -1,
+            "next": global_rank(dp_rank, self.index + 1, tp_rank) if self.index < PP - 1 else -1,
+        }
 
     def step(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[list, list]:
         """Runs every microbatch; returns the outputs and losses (on the last stage, else empty)."""
         self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.sends: list[dist.Work] = []
+        # what this stage has to send, and what it received, by (kind, microbatch)
+        self.outbox: dict[tuple[str, int], torch.Tensor] = {}
+        self.inbox: dict[tuple[str, int], torch.Tensor] = {}
         outputs: list[torch.Tensor] = []
         losses: list[torch.Tensor] = []
-        for action, microbatch in self.order():
+        for item in schedule_plan(self.index):
+            if isinstance(item, list):
+                self._exchange(item)
+                continue
+            action, microbatch = item
             set_phase(action, microbatch)
             if action == "forward":
                 self._forward(microbatch, inputs, targets, outputs, losses)
             else:
                 self._backward(microbatch)
-        for work in self.sends:
-            work.wait()
         set_phase("step")
         return outputs, losses
 
+    def _exchange(self, messages: list[Message]) -> None:
+        posted = []
+        for op, kind, microbatch, peer in messages:
+            if op == "send":
+                tensor = self.outbox.pop((kind, microbatch))
+            else:
+                tensor = torch.empty(STREAM_SHAPE, dtype=DTYPE, device=self.device)
+                self.inbox[kind, microbatch] = tensor
+            phase = "forward" if kind == "activation" else "backward"
+            posted.append((op, tensor, self.peers[peer], phase, microbatch))
+        _exchange(posted)
+
     def _forward(self, microbatch: int, inputs: list, targets: list, outputs: list, losses: list) -> None:
-        if self.previous is None:
-            x = inputs[microbatch]
-        else:
-            x = _recv(torch.empty(STREAM_SHAPE, dtype=DTYPE, device=self.device), self.previous).requires_grad_()
+        x = inputs[microbatch] if self.index == 0 else self.inbox.pop(("activation", microbatch)).requires_grad_()
         y = self.stage(x)
-        if self.next is None:
+        if self.index == PP - 1:
             loss = microbatch_loss(y, targets[microbatch])
             outputs.append(y.detach())
             losses.append(loss.detach())
             self.saved[microbatch] = (x, loss)
         else:
-            self.sends.append(_send(y.detach(), self.next))
+            self.outbox["activation", microbatch] = y.detach()
             self.saved[microbatch] = (x, y)
 
     def _backward(self, microbatch: int) -> None:
         x, y = self.saved.pop(microbatch)
-        if self.next is None:
+        if self.index == PP - 1:
             y.backward()
         else:
-            y.backward(_recv(torch.empty_like(y), self.next))
-        if self.previous is not None:
+            y.backward(self.inbox.pop(("gradient", microbatch)))
+        if self.index > 0:
             assert x.grad is not None  # x was received and requires its gradient
-            self.sends.append(_send(x.grad, self.previous))
+            self.outbox["gradient", microbatch] = x.grad
 
 
 def _all_reduce_flat(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> None:
@@ -712,7 +762,9 @@ def init_distributed(timeout: datetime.timedelta) -> torch.device:
     else:
         device = torch.device("cpu")
         backend = "gloo"
-    dist.init_process_group(backend, timeout=timeout)
+    # With nccl, the communicators are made now on every rank: batched sends and receives use
+    # the whole group's, which all ranks must join the first time.
+    dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
     return device
 
 

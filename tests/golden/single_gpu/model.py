@@ -480,7 +480,9 @@ def init_distributed(timeout: datetime.timedelta) -> torch.device:
     if "MASTER_ADDR" not in os.environ:  # started without torchrun
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         return device
-    dist.init_process_group(backend, timeout=timeout)
+    # With nccl, the communicators are made now on every rank: batched sends and receives use
+    # the whole group's, which all ranks must join the first time.
+    dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
     return device
 
 
