@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 from fork_launch import free_port  # noqa: E402
-from par.codegen.pytorch.runtime import cli, groups, ops, pairs, pipeline, trace  # noqa: E402
+from par.codegen.pytorch.runtime import cli, collectives, groups, ops, pairs, pipeline, trace  # noqa: E402
 
 WORLD = 2
 
@@ -57,11 +57,26 @@ def _check_pairs(rank: int, group) -> None:
         return [_grad(r, shape) for r in ranks]
 
     trace.start_trace()
-    y, g = _run(pairs.all_reduce, rank, group=group)
-    assert torch.equal(y, total) and torch.equal(g, _grad(rank, y.shape))  # backward: identity
+    partial: list[torch.Tensor] = []  # the partial sum, as a row-parallel linear leaves it
 
-    y, g = _run(pairs.copy_to_tp, rank, group=group)
+    def reduce(x, group):
+        partial.append(x * 1)
+        return pairs.all_reduce(partial[0], group)
+
+    y, g = _run(reduce, rank, group=group)
+    assert torch.equal(y, total) and torch.equal(g, _grad(rank, y.shape))  # backward: identity
+    assert torch.equal(partial[0], total)  # reduced in place, no copy
+
+    arrived: list[torch.Tensor] = []  # the gradient the backward is handed
+
+    def copy(x, group):
+        y = pairs.copy_to_tp(x, group)
+        y.register_hook(arrived.append)
+        return y
+
+    y, g = _run(copy, rank, group=group)
     assert torch.equal(y, every[rank]) and torch.equal(g, sum(grads(y.shape)))
+    assert torch.equal(arrived[0], g)  # reduced in place, no copy
 
     y, g = _run(pairs.all_gather, rank, dim=1, group=group)
     assert torch.equal(y, torch.cat(every, dim=1))
@@ -98,6 +113,13 @@ def _check_pairs(rank: int, group) -> None:
         "alltoall",
     ]
     assert all(event["group"] == [0, 1] for event in trace.TRACE.events)
+
+    # gathered along a dimension with only size-1 dimensions before it: a view of the buffer the
+    # collective wrote, no copy
+    sequence = (torch.arange(6.0) + 10 * rank).reshape(1, 3, 2)
+    gathered = collectives._all_gather(sequence, 1, group)
+    assert torch.equal(gathered, torch.cat([(torch.arange(6.0) + 10 * r).reshape(1, 3, 2) for r in ranks], dim=1))
+    assert gathered._base is not None
     assert trace.TRACE.events[0]["bytes"] == 8 * 4
 
 

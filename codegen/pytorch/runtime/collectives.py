@@ -18,29 +18,43 @@ def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 
 def _all_gather(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """The parts of all ranks of `group`, concatenated along `dim` in rank order."""
+    """The parts of all ranks of `group`, concatenated along `dim` in rank order.
+
+    Gathered into one buffer, the parts one after another, then viewed as the concatenation: no copy when
+    every dimension before `dim` has size 1 (dim 0, or the sequence of a one-sample
+    microbatch), else one.
+    """
     _record("allgather", tensor, group)
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+    ranks = dist.get_world_size(group)
+    gathered = tensor.new_empty((ranks * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_single(gathered, tensor.contiguous(), group=group)
+    return gathered.unflatten(0, (ranks, -1)).movedim(0, dim).flatten(dim, dim + 1)
+
+
+def _rank_major(tensor: torch.Tensor, dim: int, ranks: int) -> torch.Tensor:
+    """`tensor` cut into `ranks` parts along `dim`, the parts stacked along a new first dimension."""
+    return tensor.unflatten(dim, (ranks, -1)).movedim(dim, 0).contiguous()
 
 
 def _reduce_scatter(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """This rank's part along `dim` of the sum of `tensor` over `group`."""
+    """This rank's part along `dim` of the sum of `tensor` over `group`.
+
+    No copy before the collective when every dimension before `dim` has size 1, else one.
+    """
     _record("reducescatter", tensor, group)
-    parts = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=dim)]
-    output = torch.empty_like(parts[0])
-    dist.reduce_scatter(output, parts, group=group)
+    parts = _rank_major(tensor, dim, dist.get_world_size(group))
+    output = parts.new_empty(parts.shape[1:])
+    dist.reduce_scatter_single(output, parts.flatten(0, 1), group=group)
     return output
 
 
 def _all_to_all(tensor: torch.Tensor, scatter_dim: int, gather_dim: int, group: dist.ProcessGroup) -> torch.Tensor:
     """Split along `scatter_dim`, one part to each rank; what arrives is concatenated along `gather_dim`."""
     _record("alltoall", tensor, group)
-    inputs = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=scatter_dim)]
-    outputs = [torch.empty_like(part) for part in inputs]
-    dist.all_to_all(outputs, inputs, group=group)
-    return torch.cat(outputs, dim=gather_dim)
+    parts = _rank_major(tensor, scatter_dim, dist.get_world_size(group))
+    arrived = torch.empty_like(parts)
+    dist.all_to_all_single(arrived, parts, group=group)
+    return arrived.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)
 
 
 def _exchange(messages: list[tuple[str, torch.Tensor, int, str, int]]) -> None:

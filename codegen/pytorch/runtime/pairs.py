@@ -18,11 +18,12 @@ from par.codegen.pytorch.runtime.collectives import _all_gather, _all_reduce, _a
 
 
 class _AllReduce(torch.autograd.Function):
-    """Forward: AllReduce, P -> R. Backward: identity."""
+    """Forward: AllReduce, P -> R, in place (the partial sum has no other use). Backward: identity."""
 
     @staticmethod
     def forward(ctx, x, group):
-        return _all_reduce(x.clone(), group)
+        ctx.mark_dirty(x)  # autograd refuses the step if anything saved the partial sum
+        return _all_reduce(x, group)
 
     @staticmethod
     def backward(ctx, grad):
@@ -43,7 +44,8 @@ class _CopyToTP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_reduce(grad.contiguous().clone(), ctx.group), None
+        # in place, as Megatron does: the gradient of a column-parallel linear's input is its own
+        return _all_reduce(grad.contiguous(), ctx.group), None
 
 
 def copy_to_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:

@@ -70,7 +70,8 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
     k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
     v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads), without copying K and V per head.
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
 
 
@@ -382,19 +383,33 @@ def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 
 def _all_gather(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """The parts of all ranks of `group`, concatenated along `dim` in rank order."""
+    """The parts of all ranks of `group`, concatenated along `dim` in rank order.
+
+    Gathered into one buffer, the parts one after another, then viewed as the concatenation: no copy when
+    every dimension before `dim` has size 1 (dim 0, or the sequence of a one-sample
+    microbatch), else one.
+    """
     _record("allgather", tensor, group)
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+    ranks = dist.get_world_size(group)
+    gathered = tensor.new_empty((ranks * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_single(gathered, tensor.contiguous(), group=group)
+    return gathered.unflatten(0, (ranks, -1)).movedim(0, dim).flatten(dim, dim + 1)
+
+
+def _rank_major(tensor: torch.Tensor, dim: int, ranks: int) -> torch.Tensor:
+    """`tensor` cut into `ranks` parts along `dim`, the parts stacked along a new first dimension."""
+    return tensor.unflatten(dim, (ranks, -1)).movedim(dim, 0).contiguous()
 
 
 def _reduce_scatter(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """This rank's part along `dim` of the sum of `tensor` over `group`."""
+    """This rank's part along `dim` of the sum of `tensor` over `group`.
+
+    No copy before the collective when every dimension before `dim` has size 1, else one.
+    """
     _record("reducescatter", tensor, group)
-    parts = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=dim)]
-    output = torch.empty_like(parts[0])
-    dist.reduce_scatter(output, parts, group=group)
+    parts = _rank_major(tensor, dim, dist.get_world_size(group))
+    output = parts.new_empty(parts.shape[1:])
+    dist.reduce_scatter_single(output, parts.flatten(0, 1), group=group)
     return output
 
 
@@ -419,11 +434,12 @@ def _exchange(messages: list[tuple[str, torch.Tensor, int, str, int]]) -> None:
 
 
 class _AllReduce(torch.autograd.Function):
-    """Forward: AllReduce, P -> R. Backward: identity."""
+    """Forward: AllReduce, P -> R, in place (the partial sum has no other use). Backward: identity."""
 
     @staticmethod
     def forward(ctx, x, group):
-        return _all_reduce(x.clone(), group)
+        ctx.mark_dirty(x)  # autograd refuses the step if anything saved the partial sum
+        return _all_reduce(x, group)
 
     @staticmethod
     def backward(ctx, grad):
@@ -444,7 +460,8 @@ class _CopyToTP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_reduce(grad.contiguous().clone(), ctx.group), None
+        # in place, as Megatron does: the gradient of a column-parallel linear's input is its own
+        return _all_reduce(grad.contiguous(), ctx.group), None
 
 
 def copy_to_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:

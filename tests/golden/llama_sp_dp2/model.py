@@ -70,10 +70,8 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
     k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
     v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads).
-    k = k.repeat_interleave(heads // kv_heads, dim=1)
-    v = v.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads), without copying K and V per head.
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
 
 
@@ -398,19 +396,33 @@ def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 
 def _all_gather(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """The parts of all ranks of `group`, concatenated along `dim` in rank order."""
+    """The parts of all ranks of `group`, concatenated along `dim` in rank order.
+
+    Gathered into one buffer, the parts one after another, then viewed as the concatenation: no copy when
+    every dimension before `dim` has size 1 (dim 0, or the sequence of a one-sample
+    microbatch), else one.
+    """
     _record("allgather", tensor, group)
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+    ranks = dist.get_world_size(group)
+    gathered = tensor.new_empty((ranks * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_single(gathered, tensor.contiguous(), group=group)
+    return gathered.unflatten(0, (ranks, -1)).movedim(0, dim).flatten(dim, dim + 1)
+
+
+def _rank_major(tensor: torch.Tensor, dim: int, ranks: int) -> torch.Tensor:
+    """`tensor` cut into `ranks` parts along `dim`, the parts stacked along a new first dimension."""
+    return tensor.unflatten(dim, (ranks, -1)).movedim(dim, 0).contiguous()
 
 
 def _reduce_scatter(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """This rank's part along `dim` of the sum of `tensor` over `group`."""
+    """This rank's part along `dim` of the sum of `tensor` over `group`.
+
+    No copy before the collective when every dimension before `dim` has size 1, else one.
+    """
     _record("reducescatter", tensor, group)
-    parts = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=dim)]
-    output = torch.empty_like(parts[0])
-    dist.reduce_scatter(output, parts, group=group)
+    parts = _rank_major(tensor, dim, dist.get_world_size(group))
+    output = parts.new_empty(parts.shape[1:])
+    dist.reduce_scatter_single(output, parts.flatten(0, 1), group=group)
     return output
 
 
