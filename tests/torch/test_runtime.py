@@ -6,13 +6,14 @@ import json
 import multiprocessing
 import os
 import traceback
+from types import SimpleNamespace
 
 import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 from fork_launch import free_port  # noqa: E402
-from par.codegen.pytorch.runtime import cli, collectives, groups, ops, pairs, pipeline, trace  # noqa: E402
+from par.codegen.pytorch.runtime import batches, cli, collectives, groups, ops, pairs, pipeline, trace  # noqa: E402
 
 WORLD = 2
 
@@ -220,3 +221,33 @@ def test_check_steps_and_trace_run_on_one_process_without_torchrun(workdir, monk
     events = json.loads((workdir / "rank0.json").read_text())["events"]
     assert events == []  # one process: no collective at all
     assert trace.TRACE is not None
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True])
+def test_each_rank_draws_only_its_parts_of_the_microbatches_its_stage_uses(monkeypatch, sequence_parallel):
+    for module in (batches, groups):
+        monkeypatch.setattr(module, "PP", 3)
+    monkeypatch.setattr(batches, "TP", 2)
+    monkeypatch.setattr(batches, "SEQUENCE_PARALLEL", sequence_parallel)
+    drawn: list[tuple] = []
+    make = batches.make_microbatch
+
+    def counted(kind, dp_rank, microbatch, seed):
+        drawn.append((kind, dp_rank, microbatch))
+        return make(kind, dp_rank, microbatch, seed)
+
+    replica_inputs, replica_targets = batches.make_batch(1, seed=3)  # what Reference reads in --check
+    monkeypatch.setattr(batches, "make_microbatch", counted)
+    for stage, uses in ((0, {"inputs"}), (1, set()), (2, {"targets"})):
+        place = SimpleNamespace(stage=stage, dp_rank=1, tp_rank=1)
+        drawn.clear()
+        inputs, targets = batches.rank_data(place, 3, torch.device("cpu"))  # type: ignore[arg-type]
+        assert {kind for kind, _, _ in drawn} == uses
+        assert sorted(drawn) == sorted((kind, 1, i) for kind in uses for i in range(batches.MICROBATCHES))
+        for name, got, replica in (("inputs", inputs, replica_inputs), ("targets", targets, replica_targets)):
+            expected = batches.microbatches(replica, place, torch.device("cpu")) if name in uses else []  # type: ignore[arg-type]
+            assert len(got) == len(expected)
+            for part, whole in zip(got, expected, strict=True):
+                assert torch.equal(part, whole)
+        if sequence_parallel and inputs:
+            assert inputs[0].shape[1] == batches.SEQ // 2

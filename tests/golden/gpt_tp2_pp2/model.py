@@ -493,17 +493,46 @@ def all_gather_to_tp(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> 
 # -- Training step ------------------------------------------------------------------------------
 
 
+def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torch.Tensor:
+    """One microbatch of a replica's "inputs" or "targets", [BATCH // DP // MICROBATCHES, SEQ, HIDDEN].
+
+    Each from a random stream of its own, so that a rank draws only the microbatches it uses.
+    """
+    random = generator(seed, "batch", kind, dp_rank, microbatch)
+    return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
+
+
 def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets of one data-parallel replica, [BATCH // DP, SEQ, HIDDEN] each."""
-    random = generator(seed, "batch", dp_rank)
-    shape = (BATCH // DP, SEQ, HIDDEN)
-    return torch.randn(shape, generator=random), torch.randn(shape, generator=random)
+    """Inputs and targets of one data-parallel replica, [BATCH // DP, SEQ, HIDDEN] each: its microbatches in turn."""
+    inputs, targets = (
+        torch.cat([make_microbatch(kind, dp_rank, i, seed) for i in range(MICROBATCHES)])
+        for kind in ("inputs", "targets")
+    )
+    return inputs, targets
+
+
+def rank_part(microbatch: torch.Tensor, groups: Groups, device: torch.device) -> torch.Tensor:
+    """This rank's part of a microbatch, on its device."""
+    return microbatch.to(device=device, dtype=DTYPE)
 
 
 def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
-    """A replica's batch cut into microbatches."""
-    parts = batch.to(device=device, dtype=DTYPE).chunk(MICROBATCHES)
-    return list(parts)
+    """A replica's batch cut into microbatches, this rank's part of each."""
+    return [rank_part(part, groups, device) for part in batch.chunk(MICROBATCHES)]
+
+
+def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """This rank's part of each microbatch of its replica: inputs on the first stage, targets on the last, else none.
+
+    Drawn once, before the steps, and moved to the device then.
+    """
+    inputs, targets = (
+        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups, device) for i in range(MICROBATCHES)]
+        if needed
+        else []
+        for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))
+    )
+    return inputs, targets
 
 
 def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -645,10 +674,9 @@ def reduce_gradients(stage: Stage, groups: Groups) -> None:
     """After the last microbatch: make every gradient what Reference's would be (sliced)."""
 
 
-def train_step(schedule: PipelineSchedule, groups: Groups, batch: tuple, device: torch.device) -> tuple[list, list]:
-    """Forward and backward of every microbatch of the replica's batch, then the gradient reduction."""
-    inputs, targets = (microbatches(part, groups, device) for part in batch)
-    outputs, losses = schedule.step(inputs, targets)
+def train_step(schedule: PipelineSchedule, groups: Groups, data: tuple[list, list]) -> tuple[list, list]:
+    """Forward and backward of every microbatch (`data`: this rank's inputs, targets), then the gradient reduction."""
+    outputs, losses = schedule.step(*data)
     reduce_gradients(schedule.stage, groups)
     return outputs, losses
 
@@ -670,7 +698,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
-    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, batches[groups.dp_rank], device)
+    data = rank_data(groups, seed, device)
+    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
@@ -713,13 +742,13 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
     stage = build_stage(groups, device, full)
     schedule = PipelineSchedule(stage, groups, device)
     optimizer = torch.optim.AdamW(stage.parameters(), lr=lr)
-    batch = make_batch(groups.dp_rank, seed)
+    data = rank_data(groups, seed, device)
     reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
         optimizer.zero_grad()
-        _, losses = train_step(schedule, groups, batch, device)
+        _, losses = train_step(schedule, groups, data)
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
