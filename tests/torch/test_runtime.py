@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import traceback
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 from fork_launch import free_port  # noqa: E402
-from par.codegen.pytorch.runtime import batches, cli, collectives, groups, ops, pairs, pipeline, trace  # noqa: E402
+from par.codegen.pytorch.runtime import batches, cli, collectives, groups, ops, pairs, pipeline, regather, trace  # noqa: E402
 
 WORLD = 2
 
@@ -121,6 +122,33 @@ def _check_pairs(rank: int, group) -> None:
     gathered = collectives._all_gather(sequence, 1, group)
     assert torch.equal(gathered, torch.cat([(torch.arange(6.0) + 10 * r).reshape(1, 3, 2) for r in ranks], dim=1))
     assert gathered._base is not None
+
+    # --regather: the gathered tensor a linear saves is kept as its shard and gathered again in
+    # backward; outputs and gradients are unchanged
+    regather.TP = WORLD  # this process is a child of the test's: the change dies with it
+    found = {}
+    for enabled in (False, True):
+        regather.set_regather(enabled)
+        trace.start_trace()
+        x = _inputs(rank)
+        weight = (torch.arange(12.0).reshape(3, 4) / 10).requires_grad_()
+        wholes: list[torch.Tensor] = []
+
+        def layer(x, weight=weight, wholes=wholes):
+            wholes.append(pairs.all_gather_to_tp(x, dim=0, group=group))
+            return torch.nn.functional.linear(wholes[0], weight)  # saves the whole for the weight's gradient
+
+        y = regather.stage_forward(layer, x)  # type: ignore[arg-type]
+        alive = weakref.ref(wholes.pop())
+        kept = alive() is not None
+        y.backward(_grad(rank, y.shape))
+        gathers = [event["op"] for event in trace.TRACE.events].count("allgather")
+        found[enabled] = (y.detach(), x.grad, weight.grad, kept, gathers)
+    regather.set_regather(False)
+    (y, xg, wg, kept, gathers), (y2, xg2, wg2, kept2, gathers2) = found[False], found[True]
+    assert torch.equal(y, y2) and torch.equal(xg, xg2) and torch.equal(wg, wg2)
+    assert (kept, kept2) == (True, False)
+    assert (gathers, gathers2) == (1, 2)
     assert trace.TRACE.events[0]["bytes"] == 8 * 4
 
 

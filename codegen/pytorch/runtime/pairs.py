@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from par.codegen.pytorch.runtime.collectives import _all_gather, _all_reduce, _all_to_all, _reduce_scatter
+from par.codegen.pytorch.runtime.regather import remember_gathered
 
 # -- Forward/backward pairs (Megatron's mappings) -----------------------------------------------
 # Placements on the tensor-parallel group: R replicated, P partial sum, S(dim) split along dim
@@ -89,7 +90,9 @@ class _AllGatherToTP(torch.autograd.Function):
 
 
 def all_gather_to_tp(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    return _AllGatherToTP.apply(x, dim, group)
+    whole = _AllGatherToTP.apply(x, dim, group)
+    remember_gathered(whole, x, dim, group)
+    return whole
 
 
 class _ReduceScatter(torch.autograd.Function):

@@ -23,6 +23,7 @@ from par.codegen.pytorch.runtime.batches import microbatch_loss
 from par.codegen.pytorch.runtime.collectives import _exchange
 from par.codegen.pytorch.runtime.groups import Groups, global_rank
 from par.codegen.pytorch.runtime.model import Stage
+from par.codegen.pytorch.runtime.regather import stage_forward
 from par.codegen.pytorch.runtime.spec import (
     DTYPE,
     MICROBATCHES,
@@ -137,7 +138,7 @@ class PipelineSchedule:
 
     def _forward(self, microbatch: int, inputs: list, targets: list, outputs: list, losses: list) -> None:
         x = inputs[microbatch] if self.index == 0 else self.inbox.pop(("activation", microbatch)).requires_grad_()
-        y = self.stage(x)
+        y = stage_forward(self.stage, x)
         if self.index == PP - 1:
             loss = microbatch_loss(y, targets[microbatch])
             outputs.append(y.detach())

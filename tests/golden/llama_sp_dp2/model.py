@@ -440,6 +440,78 @@ def _exchange(messages: list[tuple[str, torch.Tensor, int, str, int]]) -> None:
         work.wait()
 
 
+# -- Re-gathering in backward (--regather) -------------------------------------------------------
+# An AllGather's output is saved for backward by the linear (or attention) that reads it: the
+# whole tensor, TP times its shard. With --regather, the shard is saved instead and gathered
+# again when the backward first needs it (Megatron's sequence-parallel memory): an AllGather
+# more per gathered tensor and microbatch in backward, traded for TP - 1 shards less kept.
+
+
+class _Regather:
+    """The shard of a gathered tensor and how to gather it again, saved in place of the whole."""
+
+    def __init__(self, shard: torch.Tensor, dim: int, group: dist.ProcessGroup) -> None:
+        self.shard, self.dim, self.group = shard, dim, group
+        self.gathered: torch.Tensor | None = None
+
+    def unpack(self) -> torch.Tensor:
+        if self.gathered is None:  # the first backward op that needs it gathers it, the others reuse it
+            self.gathered = _all_gather(self.shard, self.dim, self.group)
+        return self.gathered
+
+
+REGATHER = False
+
+
+# the tensors gathered in the forward now running, by the address of their memory; held until
+# it ends, so no address is reused. A backward op may save a view of one (a linear flattens
+# its input), so a saved tensor is matched by its memory and re-viewed the same way.
+GATHERED: dict[int, _Regather] = {}
+
+
+HELD: list[torch.Tensor] = []
+
+
+Saved = tuple[_Regather, torch.Size, tuple[int, ...], int]
+
+
+def set_regather(enabled: bool) -> None:
+    global REGATHER
+    REGATHER = enabled
+
+
+def remember_gathered(whole: torch.Tensor, shard: torch.Tensor, dim: int, group: dist.ProcessGroup) -> None:
+    """With --regather: `whole`, gathered from `shard`, is saved as its shard."""
+    if REGATHER:
+        GATHERED[whole.untyped_storage().data_ptr()] = _Regather(shard.detach(), dim, group)
+        HELD.append(whole)
+
+
+def _pack(tensor: torch.Tensor) -> torch.Tensor | Saved:
+    found = GATHERED.get(tensor.untyped_storage().data_ptr())
+    return tensor if found is None else (found, tensor.size(), tensor.stride(), tensor.storage_offset())
+
+
+def _unpack(saved: torch.Tensor | Saved) -> torch.Tensor:
+    if isinstance(saved, torch.Tensor):
+        return saved
+    regather, size, stride, offset = saved
+    return regather.unpack().as_strided(size, stride, offset)
+
+
+def stage_forward(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """stage(x); with --regather, every gathered tensor a backward op saves is saved as its shard."""
+    if REGATHER:
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+                return stage(x)
+        finally:
+            GATHERED.clear()
+            HELD.clear()
+    else:
+        return stage(x)
+
+
 # -- Forward/backward pairs (Megatron's mappings) -----------------------------------------------
 # Placements on the tensor-parallel group: R replicated, P partial sum, S(dim) split along dim
 # (1 = seq, 2 = features). The gradient of an R tensor is whole on every rank, that of a P
@@ -465,7 +537,9 @@ class _AllGatherToTP(torch.autograd.Function):
 
 
 def all_gather_to_tp(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    return _AllGatherToTP.apply(x, dim, group)
+    whole = _AllGatherToTP.apply(x, dim, group)
+    remember_gathered(whole, x, dim, group)
+    return whole
 
 
 class _ReduceScatter(torch.autograd.Function):
@@ -642,7 +716,7 @@ class PipelineSchedule:
 
     def _forward(self, microbatch: int, inputs: list, targets: list, outputs: list, losses: list) -> None:
         x = inputs[microbatch] if self.index == 0 else self.inbox.pop(("activation", microbatch)).requires_grad_()
-        y = self.stage(x)
+        y = stage_forward(self.stage, x)
         if self.index == PP - 1:
             loss = microbatch_loss(y, targets[microbatch])
             outputs.append(y.detach())
@@ -789,6 +863,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of --steps")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest relative error --check accepts")
+    parser.add_argument(
+        "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
     args = parser.parse_args(argv)
     if not args.check and not args.steps:
@@ -815,6 +892,7 @@ def run(args: argparse.Namespace) -> bool:
     device = init_distributed(timeout)
     groups = Groups(dist.get_rank(), timeout)
     trace = start_trace() if args.trace else None
+    set_regather(args.regather)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)

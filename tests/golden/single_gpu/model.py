@@ -303,6 +303,26 @@ def set_phase(phase: str, microbatch: int | None = None) -> None:
         TRACE.phase, TRACE.microbatch = phase, microbatch
 
 
+# -- Re-gathering in backward (--regather) -------------------------------------------------------
+# An AllGather's output is saved for backward by the linear (or attention) that reads it: the
+# whole tensor, TP times its shard. With --regather, the shard is saved instead and gathered
+# again when the backward first needs it (Megatron's sequence-parallel memory): an AllGather
+# more per gathered tensor and microbatch in backward, traded for TP - 1 shards less kept.
+
+
+REGATHER = False
+
+
+def set_regather(enabled: bool) -> None:
+    global REGATHER
+    REGATHER = enabled
+
+
+def stage_forward(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """stage(x); with --regather, every gathered tensor a backward op saves is saved as its shard."""
+    return stage(x)
+
+
 # -- Training step ------------------------------------------------------------------------------
 
 
@@ -372,7 +392,7 @@ class PipelineSchedule:
         outputs, losses = [], []
         for microbatch, (x, target) in enumerate(zip(inputs, targets, strict=True)):
             set_phase("forward", microbatch)
-            y = self.stage(x)
+            y = stage_forward(self.stage, x)
             loss = microbatch_loss(y, target)
             set_phase("backward", microbatch)
             loss.backward()
@@ -492,6 +512,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of --steps")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest relative error --check accepts")
+    parser.add_argument(
+        "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
     args = parser.parse_args(argv)
     if not args.check and not args.steps:
@@ -521,6 +544,7 @@ def run(args: argparse.Namespace) -> bool:
     device = init_distributed(timeout)
     groups = Groups(dist.get_rank(), timeout)
     trace = start_trace() if args.trace else None
+    set_regather(args.regather)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)
