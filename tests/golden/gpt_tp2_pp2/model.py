@@ -476,7 +476,7 @@ def remember_gathered(whole: torch.Tensor, shard: torch.Tensor, dim: int, group:
 
 def _pack(tensor: torch.Tensor) -> torch.Tensor | Saved:
     found = GATHERED.get(tensor.untyped_storage().data_ptr())
-    return tensor if found is None else (found, tensor.size(), tensor.stride(), tensor.storage_offset())
+    return tensor if found is None else (found, tensor.size(), tensor.stride(), int(tensor.storage_offset()))
 
 
 def _unpack(saved: torch.Tensor | Saved) -> torch.Tensor:
