@@ -9,8 +9,16 @@ each), interleaved step by step in one run:
   (QKV weight rows regrouped so that each rank's contiguous part holds whole heads).
 
 It prints each side's median step time, the ratio generated / parallelize_module (below 1.0
-means the generated code is faster) and the relative difference between the two outputs, and
-exits 1 when that exceeds the generated file's --check tolerance: both must compute the same.
+means the generated code is faster), each side's peak memory per rank during a step and the
+relative difference between the two outputs, and exits 1 when that exceeds the generated
+file's --check tolerance: both must compute the same.
+
+Peak memory is measured, not estimated: before each step the kernel's peak resident set of the
+process (VmHWM) is reset to its current size (`/proc/self/clear_refs`, Linux), and after it
+the peak's rise is read; the figure is the largest rise over the steps. Each rank makes glibc map
+every block over 64 KiB on its own and unmap it when freed (`mallopt`), so the rise is the
+step's peak of live activations, gradients and communication buffers (the weights are
+resident before it), not what the allocator happened to keep from earlier steps.
 
     python bench/runtime.py [--steps N] [--hidden H] [--seq S]
 """
@@ -18,6 +26,7 @@ exits 1 when that exceeds the generated file's --check tolerance: both must comp
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import multiprocessing
 import os
@@ -79,12 +88,37 @@ def dtensor_model(module, reference, mesh):
     return model
 
 
-def timed_step(model, x, grad) -> float:
+def _status_kib(field: str) -> int:
+    """A size from /proc/self/status, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _map_large_blocks() -> None:
+    """glibc: map every block over 64 KiB on its own and return it when freed (a fixed threshold)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: the figure is then an upper bound
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 * 1024)
+    libc.mallopt(m_trim_threshold, 64 * 1024)
+
+
+def timed_step(model, x, grad) -> tuple[float, int | None]:
+    """(seconds, peak rise of the resident set in KiB, None where Linux cannot measure it) of one step."""
     for param in model.parameters():
         param.grad = None
+    measured = Path("/proc/self/clear_refs").exists()
+    if measured:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        before = _status_kib("VmRSS")
     start = time.perf_counter()
     model(x).backward(grad)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return elapsed, _status_kib("VmHWM") - before if measured else None
 
 
 def rank_main(rank: int, port: int, path: str, steps: int, results) -> None:
@@ -94,6 +128,7 @@ def rank_main(rank: int, port: int, path: str, steps: int, results) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     torch.set_num_threads(1)
+    _map_large_blocks()
     module = load_module(Path(path))
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     groups = module.Groups(dist.get_rank(), datetime.timedelta(seconds=120))
@@ -106,15 +141,16 @@ def rank_main(rank: int, port: int, path: str, steps: int, results) -> None:
     grad = torch.randn(inputs.shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         difference = module.relative_error(generated(inputs), parallel(inputs))
-    times = {"generated": [], "parallelize_module": []}
+    times: dict[str, list[float]] = {"generated": [], "parallelize_module": []}
+    peaks: dict[str, list[int | None]] = {"generated": [], "parallelize_module": []}
     for step in range(steps + 5):  # the first 5 warm up
         pair = (("generated", generated), ("parallelize_module", parallel))
         for name, model in pair if step % 2 else reversed(pair):
-            elapsed = timed_step(model, inputs, grad)
+            elapsed, peak = timed_step(model, inputs, grad)
             if step >= 5:
                 times[name].append(elapsed)
-    if rank == 0:
-        results.put((times, difference, module.TOLERANCE))
+                peaks[name].append(peak)
+    results.put((rank, times, peaks, difference, module.TOLERANCE))
     dist.destroy_process_group()
 
 
@@ -134,14 +170,21 @@ def main() -> None:
         ]
         for process in processes:
             process.start()
-        times, difference, tolerance = results.get(timeout=600)
+        found = sorted((results.get(timeout=600) for _ in range(TP)), key=lambda result: result[0])
         for process in processes:
             process.join()
+    _, times, _, difference, tolerance = found[0]
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"GPT, 2 layers, hidden {args.hidden}, seq {args.seq}, batch 4, fp32; tp {TP} on gloo (CPU), {args.steps} steps")
+    print(
+        f"GPT, 2 layers, hidden {args.hidden}, seq {args.seq}, batch 4, fp32; tp {TP} on gloo (CPU), {args.steps} steps"
+    )
     for name, median in medians.items():
         print(f"  {name:<20} median forward+backward {median * 1e3:8.2f} ms")
     print(f"  ratio generated / parallelize_module: {medians['generated'] / medians['parallelize_module']:.3f}")
+    for rank, _, peaks, _, _ in found:
+        shown = {name: None if None in values else max(values) / 1024 for name, values in peaks.items()}
+        text = ", ".join(f"{name} {'n/a' if mib is None else f'{mib:.1f} MiB'}" for name, mib in shown.items())
+        print(f"  rank {rank} peak memory of a step (resident set rise): {text}")
     print(f"  output difference: {difference:.2e} of the largest output (tolerance {tolerance:g})")
     if difference > tolerance:
         sys.exit("error: the generated model and parallelize_module compute different outputs")

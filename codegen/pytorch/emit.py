@@ -28,7 +28,7 @@ TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
 BESIDE_LAYER = ("ops", "linears")
 BESIDE_REFERENCE = ("seeds",)
 AFTER_SHARDING = ("sharding",)
-HARNESS = ("groups", "trace", "collectives", "pairs", "batches", "schedule", "step", "modes", "cli")
+HARNESS = ("groups", "trace", "collectives", "regather", "pairs", "batches", "schedule", "step", "modes", "cli")
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,7 +161,7 @@ def test_model_py_defines_exactly_the_collectives_its_pairs_and_gradient_reducti
         "reducescatter": "_reduce_scatter",
         "alltoall": "_all_to_all",
     }
-    expected = {names[kind] for kind in issued if kind} | ({"_send", "_recv"} if mesh.pp > 1 else set())
+    expected = {names[kind] for kind in issued if kind} | ({"_exchange"} if mesh.pp > 1 else set())
     defined = set(_top_level(emit_model(compiled)))
-    assert defined & {*names.values(), "_send", "_recv"} == expected
+    assert defined & {*names.values(), "_exchange"} == expected
     assert {helper for helper in PAIRS if helper in defined} == {helper for helper in view.helpers if helper in PAIRS}

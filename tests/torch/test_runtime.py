@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import traceback
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,7 @@ torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 from fork_launch import free_port  # noqa: E402
 
-from par.codegen.pytorch.runtime import cli, groups, ops, pairs, pipeline, trace  # noqa: E402
+from par.codegen.pytorch.runtime import batches, cli, collectives, groups, ops, pairs, pipeline, regather, trace  # noqa: E402
 
 WORLD = 2
 
@@ -59,11 +60,26 @@ def _check_pairs(rank: int, group) -> None:
         return [_grad(r, shape) for r in ranks]
 
     trace.start_trace()
-    y, g = _run(pairs.all_reduce, rank, group=group)
-    assert torch.equal(y, total) and torch.equal(g, _grad(rank, y.shape))  # backward: identity
+    partial: list[torch.Tensor] = []  # the partial sum, as a row-parallel linear leaves it
 
-    y, g = _run(pairs.copy_to_tp, rank, group=group)
+    def reduce(x, group):
+        partial.append(x * 1)
+        return pairs.all_reduce(partial[0], group)
+
+    y, g = _run(reduce, rank, group=group)
+    assert torch.equal(y, total) and torch.equal(g, _grad(rank, y.shape))  # backward: identity
+    assert torch.equal(partial[0], total)  # reduced in place, no copy
+
+    arrived: list[torch.Tensor] = []  # the gradient the backward is handed
+
+    def copy(x, group):
+        y = pairs.copy_to_tp(x, group)
+        y.register_hook(arrived.append)
+        return y
+
+    y, g = _run(copy, rank, group=group)
     assert torch.equal(y, every[rank]) and torch.equal(g, sum(grads(y.shape)))
+    assert torch.equal(arrived[0], g)  # reduced in place, no copy
 
     y, g = _run(pairs.all_gather, rank, dim=1, group=group)
     assert torch.equal(y, torch.cat(every, dim=1))
@@ -100,6 +116,40 @@ def _check_pairs(rank: int, group) -> None:
         "alltoall",
     ]
     assert all(event["group"] == [0, 1] for event in trace.TRACE.events)
+
+    # gathered along a dimension with only size-1 dimensions before it: a view of the buffer the
+    # collective wrote, no copy
+    sequence = (torch.arange(6.0) + 10 * rank).reshape(1, 3, 2)
+    gathered = collectives._all_gather(sequence, 1, group)
+    assert torch.equal(gathered, torch.cat([(torch.arange(6.0) + 10 * r).reshape(1, 3, 2) for r in ranks], dim=1))
+    assert gathered._base is not None
+
+    # --regather: the gathered tensor a linear saves is kept as its shard and gathered again in
+    # backward; outputs and gradients are unchanged
+    regather.TP = WORLD  # this process is a child of the test's: the change dies with it
+    found = {}
+    for enabled in (False, True):
+        regather.set_regather(enabled)
+        trace.start_trace()
+        x = _inputs(rank)
+        weight = (torch.arange(12.0).reshape(3, 4) / 10).requires_grad_()
+        wholes: list[torch.Tensor] = []
+
+        def layer(x, weight=weight, wholes=wholes):
+            wholes.append(pairs.all_gather_to_tp(x, dim=0, group=group))
+            return torch.nn.functional.linear(wholes[0], weight)  # saves the whole for the weight's gradient
+
+        y = regather.stage_forward(layer, x)  # type: ignore[arg-type]
+        alive = weakref.ref(wholes.pop())
+        kept = alive() is not None
+        y.backward(_grad(rank, y.shape))
+        gathers = [event["op"] for event in trace.TRACE.events].count("allgather")
+        found[enabled] = (y.detach(), x.grad, weight.grad, kept, gathers)
+    regather.set_regather(False)
+    (y, xg, wg, kept, gathers), (y2, xg2, wg2, kept2, gathers2) = found[False], found[True]
+    assert torch.equal(y, y2) and torch.equal(xg, xg2) and torch.equal(wg, wg2)
+    assert (kept, kept2) == (True, False)
+    assert (gathers, gathers2) == (1, 2)
     assert trace.TRACE.events[0]["bytes"] == 8 * 4
 
 
@@ -122,9 +172,7 @@ def _schedule(monkeypatch, stages: int, microbatches: int, schedule: str, stage:
     monkeypatch.setattr(pipeline, "PP", stages)
     monkeypatch.setattr(pipeline, "MICROBATCHES", microbatches)
     monkeypatch.setattr(pipeline, "SCHEDULE", schedule)
-    monkeypatch.setattr(groups, "PP", stages)
-    place = SimpleNamespace(stage=stage, dp_rank=0, tp_rank=0)
-    return pipeline.PipelineSchedule(torch.nn.Identity(), place, torch.device("cpu")).order()  # type: ignore[arg-type]
+    return pipeline.schedule_order(stage)
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
@@ -202,3 +250,33 @@ def test_check_steps_and_trace_run_on_one_process_without_torchrun(workdir, monk
     events = json.loads((workdir / "rank0.json").read_text())["events"]
     assert events == []  # one process: no collective at all
     assert trace.TRACE is not None
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True])
+def test_each_rank_draws_only_its_parts_of_the_microbatches_its_stage_uses(monkeypatch, sequence_parallel):
+    for module in (batches, groups):
+        monkeypatch.setattr(module, "PP", 3)
+    monkeypatch.setattr(batches, "TP", 2)
+    monkeypatch.setattr(batches, "SEQUENCE_PARALLEL", sequence_parallel)
+    drawn: list[tuple] = []
+    make = batches.make_microbatch
+
+    def counted(kind, dp_rank, microbatch, seed):
+        drawn.append((kind, dp_rank, microbatch))
+        return make(kind, dp_rank, microbatch, seed)
+
+    replica_inputs, replica_targets = batches.make_batch(1, seed=3)  # what Reference reads in --check
+    monkeypatch.setattr(batches, "make_microbatch", counted)
+    for stage, uses in ((0, {"inputs"}), (1, set()), (2, {"targets"})):
+        place = SimpleNamespace(stage=stage, dp_rank=1, tp_rank=1)
+        drawn.clear()
+        inputs, targets = batches.rank_data(place, 3, torch.device("cpu"))  # type: ignore[arg-type]
+        assert {kind for kind, _, _ in drawn} == uses
+        assert sorted(drawn) == sorted((kind, 1, i) for kind in uses for i in range(batches.MICROBATCHES))
+        for name, got, replica in (("inputs", inputs, replica_inputs), ("targets", targets, replica_targets)):
+            expected = batches.microbatches(replica, place, torch.device("cpu")) if name in uses else []  # type: ignore[arg-type]
+            assert len(got) == len(expected)
+            for part, whole in zip(got, expected, strict=True):
+                assert torch.equal(part, whole)
+        if sequence_parallel and inputs:
+            assert inputs[0].shape[1] == batches.SEQ // 2

@@ -8,7 +8,8 @@ package resources. One module per concern, in the order model.py holds them:
   (column- and row-parallel linears); beside Reference: `seeds` (random streams);
   after the SHARDING table: `sharding` (shard_state_dict);
 * the harness: `groups` (ranks and process groups), `trace` (--trace), `collectives` (every
-  torch.distributed call of the model), `pairs` (autograd forward/backward pairs), `batches`,
+  torch.distributed call of the model), `regather` (--regather: gathered
+  activations saved as their shard), `pairs` (autograd forward/backward pairs), `batches`,
   `pipeline` or `single_stage` (the schedule: one of the two, both define PipelineSchedule),
   `step` (gradient reduction, train_step), `modes` (--check, --steps), `cli` (main).
 

@@ -6,36 +6,55 @@ import torch
 
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.seeds import generator
-from par.codegen.pytorch.runtime.spec import (
-    BATCH,
-    DP,
-    DTYPE,
-    HIDDEN,
-    MICROBATCHES,
-    SEQ,
-    SEQUENCE_PARALLEL,
-    TP,
-)
+from par.codegen.pytorch.runtime.spec import BATCH, DP, DTYPE, HIDDEN, MICROBATCHES, PP, SEQ, SEQUENCE_PARALLEL, TP
 
 # -- Training step ------------------------------------------------------------------------------
 
 
+def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torch.Tensor:
+    """One microbatch of a replica's "inputs" or "targets", [BATCH // DP // MICROBATCHES, SEQ, HIDDEN].
+
+    Each from a random stream of its own, so that a rank draws only the microbatches it uses.
+    """
+    random = generator(seed, "batch", kind, dp_rank, microbatch)
+    return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
+
+
 def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets of one data-parallel replica, [BATCH // DP, SEQ, HIDDEN] each."""
-    random = generator(seed, "batch", dp_rank)
-    shape = (BATCH // DP, SEQ, HIDDEN)
-    return torch.randn(shape, generator=random), torch.randn(shape, generator=random)
+    """Inputs and targets of one data-parallel replica, [BATCH // DP, SEQ, HIDDEN] each: its microbatches in turn."""
+    inputs, targets = (
+        torch.cat([make_microbatch(kind, dp_rank, i, seed) for i in range(MICROBATCHES)])
+        for kind in ("inputs", "targets")
+    )
+    return inputs, targets
 
 
-def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
-    """A replica's batch cut into microbatches."""
-    parts = batch.to(device=device, dtype=DTYPE).chunk(MICROBATCHES)
+def rank_part(microbatch: torch.Tensor, groups: Groups, device: torch.device) -> torch.Tensor:
+    """This rank's part of a microbatch, on its device."""
     if SEQUENCE_PARALLEL:
         # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
         # residual stream is S(seq).
-        return [part.chunk(TP, dim=1)[groups.tp_rank].contiguous() for part in parts]
-    else:
-        return list(parts)
+        microbatch = microbatch.chunk(TP, dim=1)[groups.tp_rank].contiguous()
+    return microbatch.to(device=device, dtype=DTYPE)
+
+
+def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
+    """A replica's batch cut into microbatches, this rank's part of each."""
+    return [rank_part(part, groups, device) for part in batch.chunk(MICROBATCHES)]
+
+
+def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """This rank's part of each microbatch of its replica: inputs on the first stage, targets on the last, else none.
+
+    Drawn once, before the steps, and moved to the device then.
+    """
+    inputs, targets = (
+        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups, device) for i in range(MICROBATCHES)]
+        if needed
+        else []
+        for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))
+    )
+    return inputs, targets
 
 
 def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.modes import check, train
+from par.codegen.pytorch.runtime.regather import set_regather
 from par.codegen.pytorch.runtime.spec import DP, PP, TOLERANCE, TP, WORLD_SIZE
 from par.codegen.pytorch.runtime.trace import start_trace
 
@@ -26,6 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of --steps")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest relative error --check accepts")
+    parser.add_argument(
+        "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
     args = parser.parse_args(argv)
     if not args.check and not args.steps:
@@ -44,7 +48,9 @@ def init_distributed(timeout: datetime.timedelta) -> torch.device:
     if WORLD_SIZE == 1 and "MASTER_ADDR" not in os.environ:  # started without torchrun
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         return device
-    dist.init_process_group(backend, timeout=timeout)
+    # With nccl, the communicators are made now on every rank: batched sends and receives use
+    # the whole group's, which all ranks must join the first time.
+    dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
     return device
 
 
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> bool:
     device = init_distributed(timeout)
     groups = Groups(dist.get_rank(), timeout)
     trace = start_trace() if args.trace else None
+    set_regather(args.regather)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)

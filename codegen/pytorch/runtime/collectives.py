@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from par.codegen.pytorch.runtime.trace import _record
+from par.codegen.pytorch.runtime.trace import _record, set_phase
 
 # -- Collectives: every one the model issues goes through these functions -----------------------
 
@@ -18,39 +18,54 @@ def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 
 def _all_gather(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """The parts of all ranks of `group`, concatenated along `dim` in rank order."""
+    """The parts of all ranks of `group`, concatenated along `dim` in rank order.
+
+    Gathered into one buffer, the parts one after another, then viewed as the concatenation: no copy when
+    every dimension before `dim` has size 1 (dim 0, or the sequence of a one-sample
+    microbatch), else one.
+    """
     _record("allgather", tensor, group)
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+    ranks = dist.get_world_size(group)
+    gathered = tensor.new_empty((ranks * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_single(gathered, tensor.contiguous(), group=group)
+    return gathered.unflatten(0, (ranks, -1)).movedim(0, dim).flatten(dim, dim + 1)
+
+
+def _rank_major(tensor: torch.Tensor, dim: int, ranks: int) -> torch.Tensor:
+    """`tensor` cut into `ranks` parts along `dim`, the parts stacked along a new first dimension."""
+    return tensor.unflatten(dim, (ranks, -1)).movedim(dim, 0).contiguous()
 
 
 def _reduce_scatter(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """This rank's part along `dim` of the sum of `tensor` over `group`."""
+    """This rank's part along `dim` of the sum of `tensor` over `group`.
+
+    No copy before the collective when every dimension before `dim` has size 1, else one.
+    """
     _record("reducescatter", tensor, group)
-    parts = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=dim)]
-    output = torch.empty_like(parts[0])
-    dist.reduce_scatter(output, parts, group=group)
+    parts = _rank_major(tensor, dim, dist.get_world_size(group))
+    output = parts.new_empty(parts.shape[1:])
+    dist.reduce_scatter_single(output, parts.flatten(0, 1), group=group)
     return output
 
 
 def _all_to_all(tensor: torch.Tensor, scatter_dim: int, gather_dim: int, group: dist.ProcessGroup) -> torch.Tensor:
     """Split along `scatter_dim`, one part to each rank; what arrives is concatenated along `gather_dim`."""
     _record("alltoall", tensor, group)
-    inputs = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=scatter_dim)]
-    outputs = [torch.empty_like(part) for part in inputs]
-    dist.all_to_all(outputs, inputs, group=group)
-    return torch.cat(outputs, dim=gather_dim)
+    parts = _rank_major(tensor, scatter_dim, dist.get_world_size(group))
+    arrived = torch.empty_like(parts)
+    dist.all_to_all_single(arrived, parts, group=group)
+    return arrived.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)
 
 
-def _send(tensor: torch.Tensor, peer: int) -> dist.Work:
-    _record("send", tensor, peer=peer)
-    work = dist.isend(tensor.contiguous(), dst=peer)
-    assert work is not None  # None only for a rank outside the default group
-    return work
+def _exchange(messages: list[tuple[str, torch.Tensor, int, str, int]]) -> None:
+    """Posts every (op, tensor, peer, phase, microbatch) of `messages` at once, then waits for all.
 
-
-def _recv(tensor: torch.Tensor, peer: int) -> torch.Tensor:
-    _record("recv", tensor, peer=peer)
-    dist.recv(tensor, src=peer)
-    return tensor
+    op is "send" or "recv"; the trace records each under its own phase and microbatch.
+    """
+    operations = []
+    for op, tensor, peer, phase, microbatch in messages:
+        set_phase(phase, microbatch)
+        _record(op, tensor, peer=peer)
+        operations.append(dist.P2POp(dist.isend if op == "send" else dist.irecv, tensor.contiguous(), peer))
+    for work in dist.batch_isend_irecv(operations):
+        work.wait()

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from par.codegen.pytorch.runtime.batches import make_batch, microbatches
+from par.codegen.pytorch.runtime.batches import make_batch, microbatches, rank_data
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Reference, reference_layer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
@@ -47,7 +47,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
-    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, batches[groups.dp_rank], device)
+    data = rank_data(groups, seed, device)
+    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
@@ -90,13 +91,13 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
     stage = build_stage(groups, device, full)
     schedule = PipelineSchedule(stage, groups, device)
     optimizer = torch.optim.AdamW(stage.parameters(), lr=lr)
-    batch = make_batch(groups.dp_rank, seed)
+    data = rank_data(groups, seed, device)
     reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
         optimizer.zero_grad()
-        _, losses = train_step(schedule, groups, batch, device)
+        _, losses = train_step(schedule, groups, data)
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -23,11 +23,8 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
     k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
     v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    if KV_HEADS != HEADS:
-        # Grouped-query attention: query head h uses KV head h // (heads // kv_heads).
-        k = k.repeat_interleave(heads // kv_heads, dim=1)
-        v = v.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads), without copying K and V per head.
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
 
 

@@ -9,12 +9,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from par.codegen.pytorch.runtime.collectives import (
-    _all_gather,
-    _all_reduce,
-    _all_to_all,
-    _reduce_scatter,
-)
+from par.codegen.pytorch.runtime.collectives import _all_gather, _all_reduce, _all_to_all, _reduce_scatter
+from par.codegen.pytorch.runtime.regather import remember_gathered
 
 # -- Forward/backward pairs (Megatron's mappings) -----------------------------------------------
 # Placements on the tensor-parallel group: R replicated, P partial sum, S(dim) split along dim
@@ -23,11 +19,12 @@ from par.codegen.pytorch.runtime.collectives import (
 
 
 class _AllReduce(torch.autograd.Function):
-    """Forward: AllReduce, P -> R. Backward: identity."""
+    """Forward: AllReduce, P -> R, in place (the partial sum has no other use). Backward: identity."""
 
     @staticmethod
     def forward(ctx, x, group):
-        return _all_reduce(x.clone(), group)
+        ctx.mark_dirty(x)  # autograd refuses the step if anything saved the partial sum
+        return _all_reduce(x, group)
 
     @staticmethod
     def backward(ctx, grad):
@@ -48,7 +45,8 @@ class _CopyToTP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_reduce(grad.contiguous().clone(), ctx.group), None
+        # in place, as Megatron does: the gradient of a column-parallel linear's input is its own
+        return _all_reduce(grad.contiguous(), ctx.group), None
 
 
 def copy_to_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
@@ -97,7 +95,9 @@ class _AllGatherToTP(torch.autograd.Function):
 
 
 def all_gather_to_tp(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    return _AllGatherToTP.apply(x, dim, group)
+    whole = _AllGatherToTP.apply(x, dim, group)
+    remember_gathered(whole, x, dim, group)
+    return whole
 
 
 class _ReduceScatter(torch.autograd.Function):

@@ -7,6 +7,7 @@ import torch
 from par.codegen.pytorch.runtime.batches import microbatch_loss
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
+from par.codegen.pytorch.runtime.regather import stage_forward
 from par.codegen.pytorch.runtime.trace import set_phase
 
 
@@ -24,7 +25,7 @@ class PipelineSchedule:
         outputs, losses = [], []
         for microbatch, (x, target) in enumerate(zip(inputs, targets, strict=True)):
             set_phase("forward", microbatch)
-            y = self.stage(x)
+            y = stage_forward(self.stage, x)
             loss = microbatch_loss(y, target)
             set_phase("backward", microbatch)
             loss.backward()

@@ -6,7 +6,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from par.codegen.pytorch.runtime.batches import microbatches
 from par.codegen.pytorch.runtime.collectives import _all_reduce
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
@@ -38,9 +37,8 @@ def reduce_gradients(stage: Stage, groups: Groups) -> None:
         _all_reduce_flat(grads, groups.dp)  # the mean over replicas
 
 
-def train_step(schedule: PipelineSchedule, groups: Groups, batch: tuple, device: torch.device) -> tuple[list, list]:
-    """Forward and backward of every microbatch of the replica's batch, then the gradient reduction."""
-    inputs, targets = (microbatches(part, groups, device) for part in batch)
-    outputs, losses = schedule.step(inputs, targets)
+def train_step(schedule: PipelineSchedule, groups: Groups, data: tuple[list, list]) -> tuple[list, list]:
+    """Forward and backward of every microbatch (`data`: this rank's inputs, targets), then the gradient reduction."""
+    outputs, losses = schedule.step(*data)
     reduce_gradients(schedule.stage, groups)
     return outputs, losses

@@ -70,10 +70,8 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
     k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
     v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads).
-    k = k.repeat_interleave(heads // kv_heads, dim=1)
-    v = v.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads), without copying K and V per head.
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
 
 
@@ -398,33 +396,120 @@ def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 
 def _all_gather(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """The parts of all ranks of `group`, concatenated along `dim` in rank order."""
+    """The parts of all ranks of `group`, concatenated along `dim` in rank order.
+
+    Gathered into one buffer, the parts one after another, then viewed as the concatenation: no copy when
+    every dimension before `dim` has size 1 (dim 0, or the sequence of a one-sample
+    microbatch), else one.
+    """
     _record("allgather", tensor, group)
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+    ranks = dist.get_world_size(group)
+    gathered = tensor.new_empty((ranks * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_single(gathered, tensor.contiguous(), group=group)
+    return gathered.unflatten(0, (ranks, -1)).movedim(0, dim).flatten(dim, dim + 1)
+
+
+def _rank_major(tensor: torch.Tensor, dim: int, ranks: int) -> torch.Tensor:
+    """`tensor` cut into `ranks` parts along `dim`, the parts stacked along a new first dimension."""
+    return tensor.unflatten(dim, (ranks, -1)).movedim(dim, 0).contiguous()
 
 
 def _reduce_scatter(tensor: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """This rank's part along `dim` of the sum of `tensor` over `group`."""
+    """This rank's part along `dim` of the sum of `tensor` over `group`.
+
+    No copy before the collective when every dimension before `dim` has size 1, else one.
+    """
     _record("reducescatter", tensor, group)
-    parts = [part.contiguous() for part in tensor.chunk(dist.get_world_size(group), dim=dim)]
-    output = torch.empty_like(parts[0])
-    dist.reduce_scatter(output, parts, group=group)
+    parts = _rank_major(tensor, dim, dist.get_world_size(group))
+    output = parts.new_empty(parts.shape[1:])
+    dist.reduce_scatter_single(output, parts.flatten(0, 1), group=group)
     return output
 
 
-def _send(tensor: torch.Tensor, peer: int) -> dist.Work:
-    _record("send", tensor, peer=peer)
-    work = dist.isend(tensor.contiguous(), dst=peer)
-    assert work is not None  # None only for a rank outside the default group
-    return work
+def _exchange(messages: list[tuple[str, torch.Tensor, int, str, int]]) -> None:
+    """Posts every (op, tensor, peer, phase, microbatch) of `messages` at once, then waits for all.
+
+    op is "send" or "recv"; the trace records each under its own phase and microbatch.
+    """
+    operations = []
+    for op, tensor, peer, phase, microbatch in messages:
+        set_phase(phase, microbatch)
+        _record(op, tensor, peer=peer)
+        operations.append(dist.P2POp(dist.isend if op == "send" else dist.irecv, tensor.contiguous(), peer))
+    for work in dist.batch_isend_irecv(operations):
+        work.wait()
 
 
-def _recv(tensor: torch.Tensor, peer: int) -> torch.Tensor:
-    _record("recv", tensor, peer=peer)
-    dist.recv(tensor, src=peer)
-    return tensor
+# -- Re-gathering in backward (--regather) -------------------------------------------------------
+# An AllGather's output is saved for backward by the linear (or attention) that reads it: the
+# whole tensor, TP times its shard. With --regather, the shard is saved instead and gathered
+# again when the backward first needs it (Megatron's sequence-parallel memory): an AllGather
+# more per gathered tensor and microbatch in backward, traded for TP - 1 shards less kept.
+
+
+class _Regather:
+    """The shard of a gathered tensor and how to gather it again, saved in place of the whole."""
+
+    def __init__(self, shard: torch.Tensor, dim: int, group: dist.ProcessGroup) -> None:
+        self.shard, self.dim, self.group = shard, dim, group
+        self.gathered: torch.Tensor | None = None
+
+    def unpack(self) -> torch.Tensor:
+        if self.gathered is None:  # the first backward op that needs it gathers it, the others reuse it
+            self.gathered = _all_gather(self.shard, self.dim, self.group)
+        return self.gathered
+
+
+REGATHER = False
+
+
+# the tensors gathered in the forward now running, by the address of their memory; held until
+# it ends, so no address is reused. A backward op may save a view of one (a linear flattens
+# its input), so a saved tensor is matched by its memory and re-viewed the same way.
+GATHERED: dict[int, _Regather] = {}
+
+
+HELD: list[torch.Tensor] = []
+
+
+Saved = tuple[_Regather, torch.Size, tuple[int, ...], int]
+
+
+def set_regather(enabled: bool) -> None:
+    global REGATHER
+    REGATHER = enabled
+
+
+def remember_gathered(whole: torch.Tensor, shard: torch.Tensor, dim: int, group: dist.ProcessGroup) -> None:
+    """With --regather: `whole`, gathered from `shard`, is saved as its shard."""
+    if REGATHER:
+        GATHERED[whole.untyped_storage().data_ptr()] = _Regather(shard.detach(), dim, group)
+        HELD.append(whole)
+
+
+def _pack(tensor: torch.Tensor) -> torch.Tensor | Saved:
+    found = GATHERED.get(tensor.untyped_storage().data_ptr())
+    return tensor if found is None else (found, tensor.size(), tensor.stride(), int(tensor.storage_offset()))
+
+
+def _unpack(saved: torch.Tensor | Saved) -> torch.Tensor:
+    if isinstance(saved, torch.Tensor):
+        return saved
+    regather, size, stride, offset = saved
+    return regather.unpack().as_strided(size, stride, offset)
+
+
+def stage_forward(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """stage(x); with --regather, every gathered tensor a backward op saves is saved as its shard."""
+    if REGATHER:
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+                return stage(x)
+        finally:
+            GATHERED.clear()
+            HELD.clear()
+    else:
+        return stage(x)
 
 
 # -- Forward/backward pairs (Megatron's mappings) -----------------------------------------------
@@ -452,7 +537,9 @@ class _AllGatherToTP(torch.autograd.Function):
 
 
 def all_gather_to_tp(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    return _AllGatherToTP.apply(x, dim, group)
+    whole = _AllGatherToTP.apply(x, dim, group)
+    remember_gathered(whole, x, dim, group)
+    return whole
 
 
 class _ReduceScatter(torch.autograd.Function):
@@ -475,19 +562,49 @@ def reduce_scatter(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> to
 # -- Training step ------------------------------------------------------------------------------
 
 
+def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torch.Tensor:
+    """One microbatch of a replica's "inputs" or "targets", [BATCH // DP // MICROBATCHES, SEQ, HIDDEN].
+
+    Each from a random stream of its own, so that a rank draws only the microbatches it uses.
+    """
+    random = generator(seed, "batch", kind, dp_rank, microbatch)
+    return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
+
+
 def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets of one data-parallel replica, [BATCH // DP, SEQ, HIDDEN] each."""
-    random = generator(seed, "batch", dp_rank)
-    shape = (BATCH // DP, SEQ, HIDDEN)
-    return torch.randn(shape, generator=random), torch.randn(shape, generator=random)
+    """Inputs and targets of one data-parallel replica, [BATCH // DP, SEQ, HIDDEN] each: its microbatches in turn."""
+    inputs, targets = (
+        torch.cat([make_microbatch(kind, dp_rank, i, seed) for i in range(MICROBATCHES)])
+        for kind in ("inputs", "targets")
+    )
+    return inputs, targets
+
+
+def rank_part(microbatch: torch.Tensor, groups: Groups, device: torch.device) -> torch.Tensor:
+    """This rank's part of a microbatch, on its device."""
+    # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
+    # residual stream is S(seq).
+    microbatch = microbatch.chunk(TP, dim=1)[groups.tp_rank].contiguous()
+    return microbatch.to(device=device, dtype=DTYPE)
 
 
 def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
-    """A replica's batch cut into microbatches."""
-    parts = batch.to(device=device, dtype=DTYPE).chunk(MICROBATCHES)
-    # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
-    # residual stream is S(seq).
-    return [part.chunk(TP, dim=1)[groups.tp_rank].contiguous() for part in parts]
+    """A replica's batch cut into microbatches, this rank's part of each."""
+    return [rank_part(part, groups, device) for part in batch.chunk(MICROBATCHES)]
+
+
+def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """This rank's part of each microbatch of its replica: inputs on the first stage, targets on the last, else none.
+
+    Drawn once, before the steps, and moved to the device then.
+    """
+    inputs, targets = (
+        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups, device) for i in range(MICROBATCHES)]
+        if needed
+        else []
+        for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))
+    )
+    return inputs, targets
 
 
 def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -500,15 +617,58 @@ def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output - target).square().sum() / (BATCH // DP * SEQ * HIDDEN)
 
 
+# A message between neighbouring stages: (op, kind, microbatch, peer): op "send" or "recv", kind
+# "activation" (forward) or "gradient" (backward), peer "previous" or "next" stage.
+Message = tuple[str, str, int, str]
+
+
+def schedule_order(stage: int) -> list[tuple[str, int]]:
+    """The (action, microbatch) pairs `stage` runs, in order."""
+    # 1F1B: a few forwards to fill the pipeline, then one forward and one backward in turn.
+    warmup = min(PP - 1 - stage, MICROBATCHES)
+    order = [("forward", i) for i in range(warmup)]
+    for i in range(MICROBATCHES - warmup):
+        order += [("forward", warmup + i), ("backward", i)]
+    return order + [("backward", i) for i in range(MICROBATCHES - warmup, MICROBATCHES)]
+
+
+def _receives(action: str, microbatch: int, stage: int) -> list[Message]:
+    if action == "forward":
+        return [("recv", "activation", microbatch, "previous")] if stage > 0 else []
+    else:
+        return [("recv", "gradient", microbatch, "next")] if stage < PP - 1 else []
+
+
+def _sends(action: str, microbatch: int, stage: int) -> list[Message]:
+    if action == "forward":
+        return [("send", "activation", microbatch, "next")] if stage < PP - 1 else []
+    else:
+        return [("send", "gradient", microbatch, "previous")] if stage > 0 else []
+
+
+def schedule_plan(stage: int) -> list[tuple[str, int] | list[Message]]:
+    """The stage's actions, each preceded by one exchange: the previous action's send and this one's receive."""
+    plan: list[tuple[str, int] | list[Message]] = []
+    owed: list[Message] = []
+    for action, microbatch in schedule_order(stage):
+        exchange = owed + _receives(action, microbatch, stage)
+        if exchange:
+            plan.append(exchange)
+        plan.append((action, microbatch))
+        owed = _sends(action, microbatch, stage)
+    if owed:
+        plan.append(owed)
+    return plan
+
+
 class PipelineSchedule:
     """One training step of this stage over MICROBATCHES microbatches, in the schedule's order.
 
-    Built on plain isend/recv rather than torch.distributed.pipelining: the DAG fixes the
+    Built on batched isend/irecv rather than torch.distributed.pipelining: the DAG fixes the
     collectives of every rank, and pipelining adds its own (a warm-up vote between stages on
-    the first step, metadata exchange, batched sends and receives), so a trace of what ran
-    could not match the DAG. Shapes are static (STREAM_SHAPE), so receive buffers need no
-    metadata. Activations go to the same tensor-parallel rank of the next stage and gradients
-    come back the same way; sends are asynchronous and receives block, so no order deadlocks.
+    the first step, metadata exchange), so a trace of what ran could not match the DAG. Shapes
+    are static (STREAM_SHAPE), so receive buffers need no metadata. Activations go to the same
+    tensor-parallel rank of the next stage and gradients come back the same way.
     """
 
     def __init__(self, stage: Stage, groups: Groups, device: torch.device) -> None:
@@ -516,59 +676,65 @@ class PipelineSchedule:
         self.index = groups.stage
         self.device = device
         dp_rank, tp_rank = groups.dp_rank, groups.tp_rank
-        self.previous = global_rank(dp_rank, self.index - 1, tp_rank) if self.index > 0 else None
-        self.next = global_rank(dp_rank, self.index + 1, tp_rank) if self.index < PP - 1 else None
-
-    def order(self) -> list[tuple[str, int]]:
-        """The (action, microbatch) pairs this stage runs, in order."""
-        # 1F1B: a few forwards to fill the pipeline, then one forward and one backward in turn.
-        warmup = min(PP - 1 - self.index, MICROBATCHES)
-        order = [("forward", i) for i in range(warmup)]
-        for i in range(MICROBATCHES - warmup):
-            order += [("forward", warmup + i), ("backward", i)]
-        return order + [("backward", i) for i in range(MICROBATCHES - warmup, MICROBATCHES)]
+        self.peers = {
+            "previous": global_rank(dp_rank, self.index - 1, tp_rank) if self.index > 0 else -1,
+            "next": global_rank(dp_rank, self.index + 1, tp_rank) if self.index < PP - 1 else -1,
+        }
 
     def step(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[list, list]:
         """Runs every microbatch; returns the outputs and losses (on the last stage, else empty)."""
         self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.sends: list[dist.Work] = []
+        # what this stage has to send, and what it received, by (kind, microbatch)
+        self.outbox: dict[tuple[str, int], torch.Tensor] = {}
+        self.inbox: dict[tuple[str, int], torch.Tensor] = {}
         outputs: list[torch.Tensor] = []
         losses: list[torch.Tensor] = []
-        for action, microbatch in self.order():
+        for item in schedule_plan(self.index):
+            if isinstance(item, list):
+                self._exchange(item)
+                continue
+            action, microbatch = item
             set_phase(action, microbatch)
             if action == "forward":
                 self._forward(microbatch, inputs, targets, outputs, losses)
             else:
                 self._backward(microbatch)
-        for work in self.sends:
-            work.wait()
         set_phase("step")
         return outputs, losses
 
+    def _exchange(self, messages: list[Message]) -> None:
+        posted = []
+        for op, kind, microbatch, peer in messages:
+            if op == "send":
+                tensor = self.outbox.pop((kind, microbatch))
+            else:
+                tensor = torch.empty(STREAM_SHAPE, dtype=DTYPE, device=self.device)
+                self.inbox[kind, microbatch] = tensor
+            phase = "forward" if kind == "activation" else "backward"
+            posted.append((op, tensor, self.peers[peer], phase, microbatch))
+        _exchange(posted)
+
     def _forward(self, microbatch: int, inputs: list, targets: list, outputs: list, losses: list) -> None:
-        if self.previous is None:
-            x = inputs[microbatch]
-        else:
-            x = _recv(torch.empty(STREAM_SHAPE, dtype=DTYPE, device=self.device), self.previous).requires_grad_()
-        y = self.stage(x)
-        if self.next is None:
+        x = inputs[microbatch] if self.index == 0 else self.inbox.pop(("activation", microbatch)).requires_grad_()
+        y = stage_forward(self.stage, x)
+        if self.index == PP - 1:
             loss = microbatch_loss(y, targets[microbatch])
             outputs.append(y.detach())
             losses.append(loss.detach())
             self.saved[microbatch] = (x, loss)
         else:
-            self.sends.append(_send(y.detach(), self.next))
+            self.outbox["activation", microbatch] = y.detach()
             self.saved[microbatch] = (x, y)
 
     def _backward(self, microbatch: int) -> None:
         x, y = self.saved.pop(microbatch)
-        if self.next is None:
+        if self.index == PP - 1:
             y.backward()
         else:
-            y.backward(_recv(torch.empty_like(y), self.next))
-        if self.previous is not None:
+            y.backward(self.inbox.pop(("gradient", microbatch)))
+        if self.index > 0:
             assert x.grad is not None  # x was received and requires its gradient
-            self.sends.append(_send(x.grad, self.previous))
+            self.outbox["gradient", microbatch] = x.grad
 
 
 def _all_reduce_flat(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> None:
@@ -593,10 +759,9 @@ def reduce_gradients(stage: Stage, groups: Groups) -> None:
     _all_reduce_flat(grads, groups.dp)  # the mean over replicas
 
 
-def train_step(schedule: PipelineSchedule, groups: Groups, batch: tuple, device: torch.device) -> tuple[list, list]:
-    """Forward and backward of every microbatch of the replica's batch, then the gradient reduction."""
-    inputs, targets = (microbatches(part, groups, device) for part in batch)
-    outputs, losses = schedule.step(inputs, targets)
+def train_step(schedule: PipelineSchedule, groups: Groups, data: tuple[list, list]) -> tuple[list, list]:
+    """Forward and backward of every microbatch (`data`: this rank's inputs, targets), then the gradient reduction."""
+    outputs, losses = schedule.step(*data)
     reduce_gradients(schedule.stage, groups)
     return outputs, losses
 
@@ -618,7 +783,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
-    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, batches[groups.dp_rank], device)
+    data = rank_data(groups, seed, device)
+    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
@@ -661,13 +827,13 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
     stage = build_stage(groups, device, full)
     schedule = PipelineSchedule(stage, groups, device)
     optimizer = torch.optim.AdamW(stage.parameters(), lr=lr)
-    batch = make_batch(groups.dp_rank, seed)
+    data = rank_data(groups, seed, device)
     reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
         optimizer.zero_grad()
-        _, losses = train_step(schedule, groups, batch, device)
+        _, losses = train_step(schedule, groups, data)
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -697,6 +863,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of --steps")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest relative error --check accepts")
+    parser.add_argument(
+        "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
     args = parser.parse_args(argv)
     if not args.check and not args.steps:
@@ -712,7 +881,9 @@ def init_distributed(timeout: datetime.timedelta) -> torch.device:
     else:
         device = torch.device("cpu")
         backend = "gloo"
-    dist.init_process_group(backend, timeout=timeout)
+    # With nccl, the communicators are made now on every rank: batched sends and receives use
+    # the whole group's, which all ranks must join the first time.
+    dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
     return device
 
 
@@ -721,6 +892,7 @@ def run(args: argparse.Namespace) -> bool:
     device = init_distributed(timeout)
     groups = Groups(dist.get_rank(), timeout)
     trace = start_trace() if args.trace else None
+    set_regather(args.regather)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)

@@ -70,7 +70,8 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
     k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
     v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads), without copying K and V per head.
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
 
 
@@ -302,20 +303,69 @@ def set_phase(phase: str, microbatch: int | None = None) -> None:
         TRACE.phase, TRACE.microbatch = phase, microbatch
 
 
+# -- Re-gathering in backward (--regather) -------------------------------------------------------
+# An AllGather's output is saved for backward by the linear (or attention) that reads it: the
+# whole tensor, TP times its shard. With --regather, the shard is saved instead and gathered
+# again when the backward first needs it (Megatron's sequence-parallel memory): an AllGather
+# more per gathered tensor and microbatch in backward, traded for TP - 1 shards less kept.
+
+
+REGATHER = False
+
+
+def set_regather(enabled: bool) -> None:
+    global REGATHER
+    REGATHER = enabled
+
+
+def stage_forward(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """stage(x); with --regather, every gathered tensor a backward op saves is saved as its shard."""
+    return stage(x)
+
+
 # -- Training step ------------------------------------------------------------------------------
 
 
+def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torch.Tensor:
+    """One microbatch of a replica's "inputs" or "targets", [BATCH // DP // MICROBATCHES, SEQ, HIDDEN].
+
+    Each from a random stream of its own, so that a rank draws only the microbatches it uses.
+    """
+    random = generator(seed, "batch", kind, dp_rank, microbatch)
+    return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
+
+
 def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets of one data-parallel replica, [BATCH // DP, SEQ, HIDDEN] each."""
-    random = generator(seed, "batch", dp_rank)
-    shape = (BATCH // DP, SEQ, HIDDEN)
-    return torch.randn(shape, generator=random), torch.randn(shape, generator=random)
+    """Inputs and targets of one data-parallel replica, [BATCH // DP, SEQ, HIDDEN] each: its microbatches in turn."""
+    inputs, targets = (
+        torch.cat([make_microbatch(kind, dp_rank, i, seed) for i in range(MICROBATCHES)])
+        for kind in ("inputs", "targets")
+    )
+    return inputs, targets
+
+
+def rank_part(microbatch: torch.Tensor, groups: Groups, device: torch.device) -> torch.Tensor:
+    """This rank's part of a microbatch, on its device."""
+    return microbatch.to(device=device, dtype=DTYPE)
 
 
 def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
-    """A replica's batch cut into microbatches."""
-    parts = batch.to(device=device, dtype=DTYPE).chunk(MICROBATCHES)
-    return list(parts)
+    """A replica's batch cut into microbatches, this rank's part of each."""
+    return [rank_part(part, groups, device) for part in batch.chunk(MICROBATCHES)]
+
+
+def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """This rank's part of each microbatch of its replica: inputs on the first stage, targets on the last, else none.
+
+    Drawn once, before the steps, and moved to the device then.
+    """
+    inputs, targets = (
+        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups, device) for i in range(MICROBATCHES)]
+        if needed
+        else []
+        for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))
+    )
+    return inputs, targets
 
 
 def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -342,7 +392,7 @@ class PipelineSchedule:
         outputs, losses = [], []
         for microbatch, (x, target) in enumerate(zip(inputs, targets, strict=True)):
             set_phase("forward", microbatch)
-            y = self.stage(x)
+            y = stage_forward(self.stage, x)
             loss = microbatch_loss(y, target)
             set_phase("backward", microbatch)
             loss.backward()
@@ -361,10 +411,9 @@ def reduce_gradients(stage: Stage, groups: Groups) -> None:
     """After the last microbatch: make every gradient what Reference's would be (sliced)."""
 
 
-def train_step(schedule: PipelineSchedule, groups: Groups, batch: tuple, device: torch.device) -> tuple[list, list]:
-    """Forward and backward of every microbatch of the replica's batch, then the gradient reduction."""
-    inputs, targets = (microbatches(part, groups, device) for part in batch)
-    outputs, losses = schedule.step(inputs, targets)
+def train_step(schedule: PipelineSchedule, groups: Groups, data: tuple[list, list]) -> tuple[list, list]:
+    """Forward and backward of every microbatch (`data`: this rank's inputs, targets), then the gradient reduction."""
+    outputs, losses = schedule.step(*data)
     reduce_gradients(schedule.stage, groups)
     return outputs, losses
 
@@ -386,7 +435,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
-    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, batches[groups.dp_rank], device)
+    data = rank_data(groups, seed, device)
+    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
@@ -429,13 +479,13 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
     stage = build_stage(groups, device, full)
     schedule = PipelineSchedule(stage, groups, device)
     optimizer = torch.optim.AdamW(stage.parameters(), lr=lr)
-    batch = make_batch(groups.dp_rank, seed)
+    data = rank_data(groups, seed, device)
     reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
         optimizer.zero_grad()
-        _, losses = train_step(schedule, groups, batch, device)
+        _, losses = train_step(schedule, groups, data)
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -462,6 +512,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of --steps")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest relative error --check accepts")
+    parser.add_argument(
+        "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
     args = parser.parse_args(argv)
     if not args.check and not args.steps:
@@ -480,7 +533,9 @@ def init_distributed(timeout: datetime.timedelta) -> torch.device:
     if "MASTER_ADDR" not in os.environ:  # started without torchrun
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         return device
-    dist.init_process_group(backend, timeout=timeout)
+    # With nccl, the communicators are made now on every rank: batched sends and receives use
+    # the whole group's, which all ranks must join the first time.
+    dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
     return device
 
 
@@ -489,6 +544,7 @@ def run(args: argparse.Namespace) -> bool:
     device = init_distributed(timeout)
     groups = Groups(dist.get_rank(), timeout)
     trace = start_trace() if args.trace else None
+    set_regather(args.regather)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)

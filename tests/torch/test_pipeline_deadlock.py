@@ -1,0 +1,136 @@
+"""The pipeline schedules cannot deadlock when a send blocks until its receive is posted (NCCL).
+
+An independent model of NCCL's point-to-point semantics runs each stage's program: a rank runs
+its operations one after another; each step posts a set of sends and receives together and
+ends only when every one of them has met its counterpart, which the peer must have posted in
+its own current step (a send does not return until its receive is posted, nor a receive until
+its send is). Messages between two ranks match in posting order, as NCCL's do, so the model also
+checks that each send meets the receive meant for it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+from par.codegen.pytorch.runtime import pipeline  # noqa: E402
+
+# (op, kind, microbatch, peer stage)
+Op = tuple[str, str, int, int]
+
+
+def _plan(monkeypatch, stages: int, microbatches: int, schedule: str) -> list[list[list[Op]]]:
+    """Each stage's steps, as the runtime posts them: the exchanges of `schedule_plan`, peers as stage numbers."""
+    monkeypatch.setattr(pipeline, "PP", stages)
+    monkeypatch.setattr(pipeline, "MICROBATCHES", microbatches)
+    monkeypatch.setattr(pipeline, "SCHEDULE", schedule)
+    programs = []
+    for stage in range(stages):
+        steps = [
+            [(op, kind, i, stage - 1 if peer == "previous" else stage + 1) for op, kind, i, peer in item]
+            for item in pipeline.schedule_plan(stage)
+            if isinstance(item, list)
+        ]
+        programs.append(steps)
+    return programs
+
+
+def _old_order(monkeypatch, stages: int, microbatches: int, schedule: str) -> list[list[list[Op]]]:
+    """The order before batching: a blocking receive before each action, an asynchronous send after it."""
+    monkeypatch.setattr(pipeline, "PP", stages)
+    monkeypatch.setattr(pipeline, "MICROBATCHES", microbatches)
+    monkeypatch.setattr(pipeline, "SCHEDULE", schedule)
+    programs = []
+    for stage in range(stages):
+        steps: list[list[Op]] = []
+        for action, i in pipeline.schedule_order(stage):
+            upstream, downstream = (stage - 1, stage + 1) if action == "forward" else (stage + 1, stage - 1)
+            kind = "activation" if action == "forward" else "gradient"
+            if 0 <= upstream < stages:
+                steps.append([("recv", kind, i, upstream)])
+            if 0 <= downstream < stages:
+                steps.append([("send", kind, i, downstream)])  # queued behind the next receive on NCCL
+        programs.append(steps)
+    return programs
+
+
+def run_blocking(programs: list[list[list[Op]]]) -> list[int]:
+    """Runs the programs under blocking sends; returns the stages that are stuck (empty: all finished)."""
+    # number every operation on its channel (sender, receiver) in posting order
+    sequence: dict[tuple[int, int, int], int] = {}
+    counts: dict[tuple[str, int, int], int] = {}
+    meant: dict[tuple[int, int, int], tuple[str, int]] = {}
+    for rank, steps in enumerate(programs):
+        for s, step in enumerate(steps):
+            for o, (op, kind, i, peer) in enumerate(step):
+                channel = (op, rank, peer) if op == "send" else (op, peer, rank)
+                sequence[rank, s, o] = counts.get(channel, 0)
+                counts[channel] = counts.get(channel, 0) + 1
+                meant[rank, s, o] = (kind, i)
+    current = [0] * len(programs)
+    matched: set[tuple[int, int, int]] = set()
+    progress = True
+    while progress:
+        progress = False
+        for rank, steps in enumerate(programs):
+            if current[rank] == len(steps):
+                continue
+            s = current[rank]
+            for o, (op, _kind, _i, peer) in enumerate(steps[s]):
+                if (rank, s, o) in matched or not 0 <= peer < len(programs) or current[peer] == len(programs[peer]):
+                    continue
+                counterpart = "recv" if op == "send" else "send"
+                for po, (pop, _, _, ppeer) in enumerate(programs[peer][current[peer]]):
+                    here = (peer, current[peer], po)
+                    if pop == counterpart and ppeer == rank and sequence[here] == sequence[rank, s, o]:
+                        assert meant[here] == meant[rank, s, o], f"{meant[here]} met {meant[rank, s, o]}"
+                        matched |= {(rank, s, o), (peer, current[peer], po)}
+                        progress = True
+            if all((rank, s, o) in matched for o in range(len(steps[s]))):
+                current[rank] += 1
+                progress = True
+    return [rank for rank, steps in enumerate(programs) if current[rank] < len(steps)]
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("stages", [2, 3, 4])
+@pytest.mark.parametrize("microbatches", [1, 2, 3, 4, 5, 8])
+def test_every_schedule_finishes_under_blocking_sends(monkeypatch, schedule, stages, microbatches):
+    programs = _plan(monkeypatch, stages, microbatches, schedule)
+    assert run_blocking(programs) == []
+    # every activation and gradient between neighbours is sent once and received once
+    for stage, steps in enumerate(programs):
+        ops = sorted(op for step in steps for op in step)
+        expected = []
+        for i in range(microbatches):
+            if stage > 0:
+                expected += [
+                    ("recv", "activation", i, stage - 1),
+                    ("send", "gradient", i, stage - 1),
+                ]
+            if stage < stages - 1:
+                expected += [
+                    ("send", "activation", i, stage + 1),
+                    ("recv", "gradient", i, stage + 1),
+                ]
+        assert ops == sorted(expected)
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4])
+@pytest.mark.parametrize("microbatches", [2, 4, 8])
+def test_the_unbatched_1f1b_order_deadlocks_under_blocking_sends(monkeypatch, stages, microbatches):
+    stuck = run_blocking(_old_order(monkeypatch, stages, microbatches, "1f1b"))
+    assert stuck, "the model must catch the deadlock of an asynchronous send followed by a blocking receive"
+
+
+def test_the_model_detects_a_receive_that_no_send_meets():
+    crossed = [
+        [[("recv", "activation", 0, 1)], [("send", "gradient", 0, 1)]],
+        [[("recv", "gradient", 0, 0)], [("send", "activation", 0, 0)]],
+    ]
+    assert run_blocking(crossed) == [0, 1]
+    paired = [
+        [[("send", "activation", 0, 1), ("recv", "gradient", 0, 1)]],
+        [[("recv", "activation", 0, 0), ("send", "gradient", 0, 0)]],
+    ]
+    assert run_blocking(paired) == []
