@@ -204,7 +204,7 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
     torch's CPU kernels keep instead of its CUDA ones (the test that measures them runs on CPU).
     """
     model = graph.graph["model"]
-    stored = Stored(dtype_bytes(graph), model["head_dim"], model["kv_heads"] != model["heads"])
+    stored = Stored(dtype_bytes(graph), model["head_dim"])
     kept: dict[int, dict[tuple, int]] = {rank: {} for rank in range(graph.graph["mesh"]["world"])}
     for node, data in graph.nodes(data=True):
         saves = saves_of(data)

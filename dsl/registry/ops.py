@@ -54,7 +54,6 @@ class Stored:
 
     dtype_bytes: int
     head_dim: int
-    grouped_query: bool  # fewer K and V heads than query heads
 
 
 StoredBytes = Callable[[Shape, Shape, Stored], int]  # (local input shape, local output shape, storage) -> bytes
@@ -201,12 +200,9 @@ def _rmsnorm_on_cpu(local_in: Shape, local_out: Shape, stored: Stored) -> int:
 
 def _attention_extra(local_in: Shape, local_out: Shape, stored: Stored) -> int:
     # SDPA's fused kernels keep q, k, v (views of the fused input), the output and one fp32
-    # logsumexp per query head and position, never the seq × seq scores. Under grouped-query
-    # attention the runtime expands K and V to every query head first (repeat_interleave):
-    # SDPA keeps the two expanded copies, each the size of the output.
-    logsumexp = FP32 * elements(local_out) // stored.head_dim
-    expanded = 2 * elements(local_out) * stored.dtype_bytes if stored.grouped_query else 0
-    return logsumexp + expanded
+    # logsumexp per query head and position, never the seq × seq scores. Grouped-query
+    # attention runs with enable_gqa, so no expanded K and V are made or kept.
+    return FP32 * elements(local_out) // stored.head_dim
 
 
 # -- signatures -------------------------------------------------------------------------------------
