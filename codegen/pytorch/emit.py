@@ -27,7 +27,7 @@ TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
 BESIDE_LAYER = ("ops", "linears")
 BESIDE_REFERENCE = ("seeds",)
 AFTER_SHARDING = ("sharding",)
-HARNESS = ("groups", "trace", "collectives", "pairs", "batches", "schedule", "step", "modes", "cli")
+HARNESS = ("groups", "trace", "collectives", "pairs", "batches", "schedule", "step", "optimizer", "modes", "cli")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,7 @@ class ModelView:
     batch: int
     seq: int
     dtype: str
+    grad_dtype: str
     tolerance: str
     tp: int
     pp: int
@@ -87,6 +88,9 @@ def runtime_sections(compiled: Compiled, layer: ShardedLayer) -> dict[str, list[
         "SEQUENCE_PARALLEL": program.stream == S_SEQ,
         "SCHEDULE": mesh.schedule,
         "BY_HEAD": layer.by_head,
+        "MIXED_PRECISION": model.dtype != "fp32",
+        "FP32_GRADIENTS": model.dtype != "fp32" and mesh.grad_dtype == "fp32",
+        "LOSS_SCALING": model.dtype == "fp16",
     }
     schedule = "pipeline" if mesh.pp > 1 else "single_stage"
     places = {
@@ -139,6 +143,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
         batch=model.batch,
         seq=model.seq,
         dtype=TORCH_DTYPES[model.dtype],
+        grad_dtype=TORCH_DTYPES[mesh.grad_dtype],
         tolerance=TOLERANCES[model.dtype],
         tp=mesh.tp,
         pp=mesh.pp,

@@ -42,7 +42,8 @@ HEAD_DIM = 32
 FFN = 512
 BATCH = 16  # samples per training step, all replicas together
 SEQ = 64
-DTYPE = torch.bfloat16
+DTYPE = torch.bfloat16  # parameters and activations
+GRAD_DTYPE = torch.float32  # gradients, accumulated over microbatches and reduced (AdamW: fp32)
 TP = 2  # tensor-parallel ranks of each stage
 PP = 2  # pipeline stages
 DP = 2  # data-parallel replicas
@@ -495,9 +496,9 @@ def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Summed over tensor-parallel ranks (under sequence parallelism) and microbatches it is the
     replica's mean squared error; averaged over replicas, that of the whole batch, which is what
-    Reference's loss is.
+    Reference's loss is. Computed in fp32: in fp16 the sum of squares overflows.
     """
-    return (output - target).square().sum() / (BATCH // DP * SEQ * HIDDEN)
+    return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)
 
 
 class PipelineSchedule:
@@ -571,11 +572,11 @@ class PipelineSchedule:
             self.sends.append(_send(x.grad, self.previous))
 
 
-def _all_reduce_flat(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> None:
-    """One AllReduce for many tensors, through one flat buffer."""
-    flat = _all_reduce(torch.cat([tensor.reshape(-1) for tensor in tensors]), group)
-    for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
-        tensor.copy_(part.view_as(tensor))
+# -- Gradients ----------------------------------------------------------------------------------
+# Every gradient of a stage lives in one flat GRAD_DTYPE buffer, allocated once: accumulated
+# there over the microbatches and reduced there in place, one AllReduce per group. Parameters
+# whose gradients are partial over the tensor-parallel group (PARTIAL_GRADIENTS) come first, so
+# that their AllReduce is one slice of the buffer.
 
 
 def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -583,22 +584,80 @@ def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: param.grad for name, param in module.named_parameters() if param.grad is not None}
 
 
-def reduce_gradients(stage: Stage, groups: Groups) -> None:
-    """After the last microbatch: make every gradient what Reference's would be (sliced)."""
-    partial = [grad for name, grad in gradients(stage).items() if name.split(".", 2)[2] in PARTIAL_GRADIENTS]
-    _all_reduce_flat(partial, groups.tp)
-    grads = list(gradients(stage).values())
-    for grad in grads:
-        grad.div_(DP)
-    _all_reduce_flat(grads, groups.dp)  # the mean over replicas
+class AddGradient:
+    """A parameter's hook: adds its gradient of one microbatch to `into` (fp32), and frees it."""
+
+    def __init__(self, into: torch.Tensor) -> None:
+        self.into = into
+
+    def __call__(self, param: torch.Tensor) -> None:
+        assert param.grad is not None  # the hook runs right after autograd has set it
+        self.into.add_(param.grad)
+        param.grad = None
 
 
-def train_step(schedule: PipelineSchedule, groups: Groups, batch: tuple, device: torch.device) -> tuple[list, list]:
+class GradientBuffer:
+    """The stage's gradients in one flat buffer of GRAD_DTYPE; `main_views`: each one in fp32, by name."""
+
+    def __init__(self, stage: Stage) -> None:
+        named = list(stage.named_parameters())
+        named.sort(key=lambda item: item[0].split(".", 2)[2] not in PARTIAL_GRADIENTS)  # partial ones first
+        self.partial = sum(param.numel() for name, param in named if name.split(".", 2)[2] in PARTIAL_GRADIENTS)
+        first = named[0][1]
+        self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
+        parts = self.flat.split([param.numel() for _, param in named])
+        views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        # Autograd writes each microbatch's gradient in the parameter's dtype; a hook adds it
+        # to the fp32 buffer at once, so accumulation over microbatches is in fp32.
+        for name, param in named:
+            param.register_post_accumulate_grad_hook(AddGradient(views[name]))
+        # The fp32 gradients AdamW reads: the buffer itself, or its fp32 copy when it is fp16/bf16.
+        self.main, self.main_views = self.flat, views
+
+    def zero(self) -> None:
+        self.flat.zero_()
+
+    def reduce(self, groups: Groups) -> None:
+        """After the last microbatch: make every gradient what Reference's would be (sliced), in `main` in fp32."""
+        _all_reduce(self.flat[: self.partial], groups.tp)
+        self.flat.div_(DP)
+        _all_reduce(self.flat, groups.dp)  # the mean over replicas
+
+
+def train_step(
+    schedule: PipelineSchedule, buffer: GradientBuffer, groups: Groups, batch: tuple, device: torch.device
+) -> tuple[list, list]:
     """Forward and backward of every microbatch of the replica's batch, then the gradient reduction."""
     inputs, targets = (microbatches(part, groups, device) for part in batch)
     outputs, losses = schedule.step(inputs, targets)
-    reduce_gradients(schedule.stage, groups)
+    buffer.reduce(groups)
     return outputs, losses
+
+
+# -- Optimizer ----------------------------------------------------------------------------------
+
+
+class Optimizer:
+    """AdamW on fp32 weights and state, reading the fp32 gradients of `buffer`.
+
+    In fp16/bf16 the stage's parameters are copies of fp32 master weights, written back after
+    every step: an update smaller than one fp16/bf16 step still moves the master weight.
+    """
+
+    def __init__(self, stage: Stage, buffer: GradientBuffer, lr: float) -> None:
+        self.buffer = buffer
+        self.params: dict[str, torch.Tensor] = dict(stage.named_parameters())
+        self.weights = {name: param.detach().float() for name, param in self.params.items()}
+        for name, weight in self.weights.items():
+            weight.grad = buffer.main_views[name]
+        self.adamw = torch.optim.AdamW(list(self.weights.values()), lr=lr)
+
+    def step(self) -> None:
+        """One AdamW step on the reduced gradients; skipped in fp16 if one is inf or NaN on any rank."""
+        self.adamw.step()
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(self.weights[name])
 
 
 # -- Modes --------------------------------------------------------------------------------------
@@ -610,22 +669,29 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> bool:
-    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?"""
+    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?
+
+    Reference computes in fp32 on the same weights and batch (rounded to DTYPE as this rank's are),
+    so the errors are those of this rank's fp16/bf16 arithmetic alone.
+    """
     reference = Reference(seed).to(device)
     stage = build_stage(groups, device, reference.state_dict())
+    reference.float()
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE) for parts in zip(*batches, strict=True))
+    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
-    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, batches[groups.dp_rank], device)
+    schedule = PipelineSchedule(stage, groups, device)
+    buffer = GradientBuffer(stage)
+    outputs, _ = train_step(schedule, buffer, groups, batches[groups.dp_rank], device)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
         mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
         output_error = relative_error(torch.cat(outputs), torch.cat(mine))
     reference_grads = shard_state_dict(gradients(reference), groups.rank)
-    grads = gradients(stage)
+    grads = buffer.main_views
     gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
     worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
 
@@ -660,14 +726,15 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
     }
     stage = build_stage(groups, device, full)
     schedule = PipelineSchedule(stage, groups, device)
-    optimizer = torch.optim.AdamW(stage.parameters(), lr=lr)
+    buffer = GradientBuffer(stage)
+    optimizer = Optimizer(stage, buffer, lr)
     batch = make_batch(groups.dp_rank, seed)
     reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
-        optimizer.zero_grad()
-        _, losses = train_step(schedule, groups, batch, device)
+        buffer.zero()
+        _, losses = train_step(schedule, buffer, groups, batch, device)
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
