@@ -19,8 +19,6 @@ from par.dsl.escape import python_comment
 from par.dsl.lowering.placement import S_SEQ
 
 TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
-# Largest relative error --check accepts: max |sharded - reference| / max |reference| per tensor.
-TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
 # The runtime modules model.py holds, where it holds them: beside the layer (the ops and linears
 # it calls), beside Reference (its random streams), after the SHARDING table, and after the
 # whole model (the harness). `schedule` is the pipeline module or the single-stage one.
@@ -46,7 +44,6 @@ class ModelView:
     seq: int
     dtype: str
     grad_dtype: str
-    tolerance: str
     tp: int
     pp: int
     dp: int
@@ -144,7 +141,6 @@ def _bare_view(compiled: Compiled) -> ModelView:
         seq=model.seq,
         dtype=TORCH_DTYPES[model.dtype],
         grad_dtype=TORCH_DTYPES[mesh.grad_dtype],
-        tolerance=TOLERANCES[model.dtype],
         tp=mesh.tp,
         pp=mesh.pp,
         dp=mesh.dp,

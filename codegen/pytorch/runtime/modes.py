@@ -18,7 +18,9 @@ from par.codegen.pytorch.runtime.spec import (
     BATCH,
     DP,
     DTYPE,
+    LAYERS,
     LOSS_SCALING,
+    MICROBATCHES,
     PP,
     SEQ,
     SEQUENCE_PARALLEL,
@@ -36,7 +38,23 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.float() - expected.float()).abs().max() / scale.float()).item()
 
 
-def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> bool:
+def derived_tolerance() -> tuple[float, str]:
+    """--check's tolerance for DTYPE, and how it was derived.
+
+    The sharded step rounds to DTYPE where Reference keeps fp32. Rounding errors of either sign
+    add up like a random walk: after k roundings of relative size eps / 2 the error is about
+    eps / 2 * sqrt(k) (Higham and Mary's probabilistic bound); the factor 4 is the margin. A
+    gradient passes through the backward of every layer and sums over the tokens of a
+    microbatch, whose partial sums are rounded to DTYPE (torch's norm kernels on CPU do), so
+    k = LAYERS * tokens. fp32 keeps 1e-5 at least: there only the order of the sums differs.
+    """
+    eps = torch.finfo(DTYPE).eps
+    tokens = BATCH // DP // MICROBATCHES * SEQ
+    derived = 2 * eps * (LAYERS * tokens) ** 0.5
+    return max(1e-5, derived), f"2 eps sqrt(layers x tokens) = 2 x {eps:.3g} x sqrt({LAYERS} x {tokens}), at least 1e-5"
+
+
+def check(groups: Groups, device: torch.device, seed: int, tolerance: float | None) -> bool:
     """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?
 
     Reference computes in fp32 on the same weights and batch (rounded to DTYPE as this rank's are),
@@ -83,13 +101,17 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
             worst["output"] = max(worst.get("output", (0.0, "", 0)), (output, "output", rank))
         what = f"gradient of {parameter_names(rank)[int(index)]}"
         worst["gradient"] = max(worst.get("gradient", (0.0, "", 0)), (gradient, what, rank))
+    if tolerance is None:
+        tolerance, why = derived_tolerance()
+    else:
+        why = "--tolerance"
     ok = all(error <= tolerance for error, _, _ in worst.values())
     if groups.rank == 0:
         for kind, (error, what, rank) in sorted(worst.items()):
             print(f"check: largest {kind} error {error:.3g} ({what} on rank {rank})")
         count = sum(len(parameter_names(rank)) for rank in range(WORLD_SIZE)) + DP * TP
         verdict = "OK" if ok else "MISMATCH"
-        print(f"check: {verdict}: {count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:g}", flush=True)
+        print(f"check: {verdict}: {count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:.3g} ({why})", flush=True)
     return ok
 
 

@@ -29,7 +29,6 @@ WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 2
 STAGES = ((0, 1),)
 STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)
-TOLERANCE = 1e-5
 PARTIAL_GRADIENTS: tuple[str, ...] = ()
 
 # -- build-time facts: decided by the inliner, never written into model.py --------------------------
