@@ -202,3 +202,24 @@ def test_fp16_check_at_seq_512_passes_and_prints_its_tolerance(workdir):
     assert verdict[2].startswith("2 eps sqrt(layers x tokens)")
     gradient = re.search(r"largest gradient error (\S+)", results[0].stdout)
     assert gradient and float(gradient[1]) < 0.081
+
+
+@pytest.mark.parametrize(
+    ("dtype", "grad_dtype", "written", "hooks", "scaling"),
+    [
+        ("fp32", "fp32", "torch.float32", False, False),
+        ("bf16", "fp32", "torch.float32", True, False),
+        ("bf16", "model", "torch.bfloat16", False, False),
+        ("fp16", "fp32", "torch.float32", True, True),
+        ("fp16", "model", "torch.float16", False, True),
+    ],
+)
+def test_model_py_holds_the_precision_its_spec_asks_for(dtype, grad_dtype, written, hooks, scaling):
+    from par.codegen.pytorch.emit import emit_model
+    from small_models import compile_small
+
+    text = emit_model(compile_small("megatron_tp8_pp2", ["tp=2", "pp=1", f"dtype={dtype}", f"grad_dtype={grad_dtype}"]))
+    assert f"\nGRAD_DTYPE = {written}  #" in text
+    assert ("register_post_accumulate_grad_hook" in text) == hooks  # fp32 accumulation beside fp16/bf16
+    assert ("class LossScaler" in text) == scaling
+    assert ("param.detach().float()" in text) == (dtype != "fp32")  # master weights
