@@ -83,7 +83,9 @@ def test_master_weights_move_bf16_norm_weights_that_plain_adamw_leaves_at_one(mi
         plain_adamw.step()
     assert torch.all(plain == 1.0)
     assert torch.all(norm < 1.0) and norm.dtype == torch.bfloat16
-    assert torch.allclose(adamw.weights["layers.0.ln.weight"], torch.full_like(norm, 1 - 10e-3, dtype=torch.float32), atol=5e-4)
+    assert torch.allclose(
+        adamw.weights["layers.0.ln.weight"], torch.full_like(norm, 1 - 10e-3, dtype=torch.float32), atol=5e-4
+    )
 
 
 def test_fp16_steps_with_inf_or_nan_gradients_are_skipped_and_the_scale_backs_off(mixed, monkeypatch):
@@ -175,12 +177,17 @@ def test_100_fp16_and_bf16_steps_stay_finite_and_their_loss_falls_as_fp32s(workd
     AdamW on the fp16 weights themselves gave NaN from the second step."""
     reference, _ = _losses(workdir, "fp32")
     assert reference[-1] < reference[0] / 100  # one fixed batch: the model memorises it
-    for dtype, defines, eps in (("fp16", (), 2.0**-10), ("bf16", (), 2.0**-7), ("bf16", ("grad_dtype=model",), 2.0**-7)):
+    for dtype, defines, eps in (
+        ("fp16", (), 2.0**-10),
+        ("bf16", (), 2.0**-7),
+        ("bf16", ("grad_dtype=model",), 2.0**-7),
+    ):
         losses, printed = _losses(workdir, dtype, *defines)
         assert all(math.isfinite(loss) for loss in losses), (dtype, defines)
         assert losses[0] == pytest.approx(reference[0], rel=10 * eps), (dtype, defines)
         assert losses[-1] == pytest.approx(reference[-1], rel=100 * eps), (dtype, defines)
-        print(f"{dtype} {' '.join(defines)}: first loss {losses[0]} (fp32 {reference[0]}), last {losses[-1]} (fp32 {reference[-1]})")
+        print(f"{dtype} {' '.join(defines)}: first loss {losses[0]} (fp32 {reference[0]}), ", end="")
+        print(f"last {losses[-1]} (fp32 {reference[-1]})")
         if dtype == "fp16":
             assert re.search(r"^skipped \d+ of 100 steps \(inf or NaN gradients\), loss scale \d+$", printed, re.M)
 
@@ -215,8 +222,9 @@ def test_fp16_check_at_seq_512_passes_and_prints_its_tolerance(workdir):
     ],
 )
 def test_model_py_holds_the_precision_its_spec_asks_for(dtype, grad_dtype, written, hooks, scaling):
-    from par.codegen.pytorch.emit import emit_model
     from small_models import compile_small
+
+    from par.codegen.pytorch.emit import emit_model
 
     text = emit_model(compile_small("megatron_tp8_pp2", ["tp=2", "pp=1", f"dtype={dtype}", f"grad_dtype={grad_dtype}"]))
     assert f"\nGRAD_DTYPE = {written}  #" in text

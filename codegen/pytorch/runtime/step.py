@@ -85,4 +85,3 @@ def train_step(
     outputs, losses = schedule.step(inputs, targets)
     buffer.reduce(groups)
     return outputs, losses
-
