@@ -730,8 +730,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
             print(f"check: largest {kind} error {error:.3g} ({what} on rank {rank})")
         count = sum(len(parameter_names(rank)) for rank in range(WORLD_SIZE)) + DP * TP
         verdict = "OK" if ok else "MISMATCH"
-        summary = f"{count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:.3g} ({why})"
-        print(f"check: {verdict}: {summary}", flush=True)
+        counted = f"{count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:.3g} ({why})"
+        print(f"check: {verdict}: {counted}", flush=True)
     return ok
 
 
