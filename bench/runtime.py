@@ -150,7 +150,7 @@ def rank_main(rank: int, port: int, path: str, steps: int, results) -> None:
             if step >= 5:
                 times[name].append(elapsed)
                 peaks[name].append(peak)
-    results.put((rank, times, peaks, difference, module.TOLERANCE))
+    results.put((rank, times, peaks, difference, module.derived_tolerance()[0]))
     dist.destroy_process_group()
 
 

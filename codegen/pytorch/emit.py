@@ -20,15 +20,13 @@ from par.dsl.escape import python_comment
 from par.dsl.lowering.placement import S_SEQ
 
 TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
-# Largest relative error --check accepts: max |sharded - reference| / max |reference| per tensor.
-TOLERANCES = {"fp32": "1e-5", "bf16": "5e-2", "fp16": "1e-2"}
 # The runtime modules model.py holds, where it holds them: beside the layer (the ops and linears
 # it calls), beside Reference (its random streams), after the SHARDING table, and after the
 # whole model (the harness). `schedule` is the pipeline module or the single-stage one.
 BESIDE_LAYER = ("ops", "linears")
 BESIDE_REFERENCE = ("seeds",)
 AFTER_SHARDING = ("sharding",)
-HARNESS = ("groups", "trace", "collectives", "regather", "pairs", "batches", "schedule", "step", "modes", "cli")
+HARNESS = ("groups", "trace", "collectives", "regather", "pairs", "batches", "schedule", "step", "optimizer", "modes", "cli")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +44,7 @@ class ModelView:
     batch: int
     seq: int
     dtype: str
-    tolerance: str
+    grad_dtype: str
     tp: int
     pp: int
     dp: int
@@ -88,6 +86,9 @@ def runtime_sections(compiled: Compiled, layer: ShardedLayer) -> dict[str, list[
         "SEQUENCE_PARALLEL": program.stream == S_SEQ,
         "SCHEDULE": mesh.schedule,
         "BY_HEAD": layer.by_head,
+        "MIXED_PRECISION": model.dtype != "fp32",
+        "FP32_GRADIENTS": model.dtype != "fp32" and mesh.grad_dtype == "fp32",
+        "LOSS_SCALING": model.dtype == "fp16",
     }
     schedule = "pipeline" if mesh.pp > 1 else "single_stage"
     places = {
@@ -140,7 +141,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
         batch=model.batch,
         seq=model.seq,
         dtype=TORCH_DTYPES[model.dtype],
-        tolerance=TOLERANCES[model.dtype],
+        grad_dtype=TORCH_DTYPES[mesh.grad_dtype],
         tp=mesh.tp,
         pp=mesh.pp,
         dp=mesh.dp,

@@ -9,7 +9,7 @@ from typing import cast
 from par.dsl.checks import stages as stage_split
 from par.dsl.checks.blockcheck import resolve_block
 from par.dsl.checks.crosscheck import cross_checks
-from par.dsl.checks.deployment import DTYPE_BYTES, SCHEDULES, Deployment, Mesh, Model
+from par.dsl.checks.deployment import DTYPE_BYTES, GRAD_DTYPES, SCHEDULES, Deployment, Mesh, Model
 from par.dsl.checks.evaluate import (
     AlreadyReported,
     EvalError,
@@ -57,7 +57,7 @@ MESH_RANGES = {
 MESH_KEYWORDS = ("schedule", "sp", "stages")
 RANGES = MODEL_RANGES | MESH_RANGES
 REQUIRED = ("layers", "hidden", "heads", "batch", "seq")
-WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES}
+WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES}
 FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 OVERRIDABLE = sorted(set(RANGES) | set(WORDS) | set(FLAGS) | {"stages"})
@@ -96,8 +96,8 @@ class _Checker:
         if model_decl is None:
             return None
         exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | {"dtype"}, "model")
-        exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES), "mesh", MESH_KEYWORDS)
-        words = {"dtype": exprs.pop("dtype", None)}
+        exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype"}, "mesh", MESH_KEYWORDS)
+        words = {"dtype": exprs.pop("dtype", None), "grad_dtype": exprs.pop("grad_dtype", None)}
         stage_specs = mesh_decl.stages if mesh_decl else None
         flags = {
             "sp": bool(mesh_decl and mesh_decl.sequence_parallel),
@@ -118,8 +118,9 @@ class _Checker:
         self._evaluate(namespace, model_decl)
         dtype = cast(Dtype | None, self._word("dtype", words["dtype"], default="bf16"))  # one of DTYPE_BYTES
         schedule_name = self._schedule(schedule)
+        grad_dtype = self._grad_dtype(words["grad_dtype"], dtype)
         model = self._model(model_decl, dtype)
-        mesh = self._mesh(stage_specs, schedule_name, flags["sp"], namespace)
+        mesh = self._mesh(stage_specs, schedule_name, flags["sp"], grad_dtype, namespace)
         self.diags.extend(cross_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
         block = self._block(model_decl, namespace, flags["sp"])
         hardware = resolve_hardware(hardware_decl, self.diags) if hardware_decl else None
@@ -256,6 +257,19 @@ class _Checker:
         self.err(f"{name} must be one of {', '.join(options)}, not {shown}", expr.span, did_you_mean(shown, options))
         return None
 
+    def _grad_dtype(self, expr: Expr | None, dtype: str | None) -> str | None:
+        """What gradients are accumulated and reduced in: fp32 (the default) or the model's dtype,
+        written `model` or by its name."""
+        if expr is None or dtype is None:
+            return "fp32" if dtype else None
+        accepted = (*GRAD_DTYPES, dtype)
+        if isinstance(expr, Ref) and expr.name in accepted:
+            return "fp32" if expr.name == "fp32" else dtype
+        shown = expr.name if isinstance(expr, Ref) else "a number"
+        message = f"grad_dtype must be fp32 or model (the model's dtype, {dtype}), not {shown}"
+        self.err(message, expr.span, did_you_mean(shown, accepted))
+        return None
+
     def _schedule(self, schedule: tuple[str, Span] | None) -> Schedule | None:
         if schedule is None:
             return "1f1b"
@@ -285,14 +299,14 @@ class _Checker:
             dtype=dtype,
         )
 
-    def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, namespace: Namespace) -> Mesh | None:
+    def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: str | None, namespace: Namespace) -> Mesh | None:
         v = self.values
-        if schedule is None or any(name not in v for name in ("tp", "pp", "dp", "microbatches", "layers")):
+        if schedule is None or grad_dtype is None or any(name not in v for name in ("tp", "pp", "dp", "microbatches", "layers")):
             return None
         ranges = self._stages(stage_specs, v["layers"], v["pp"], namespace)
         if ranges is None:
             return None
-        return Mesh(v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp)
+        return Mesh(v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp, grad_dtype)
 
     def _stages(self, specs: Sequence[StageSpec] | None, layers: int, pp: int, namespace: Namespace):
         if specs is None:

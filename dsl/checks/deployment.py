@@ -10,6 +10,8 @@ from par.dsl.frontend.source import Span
 
 DTYPE_BYTES: dict[Dtype, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
 SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
+# The mesh's `grad_dtype`: gradients are accumulated and reduced in fp32, or in the model's dtype.
+GRAD_DTYPES = ("fp32", "model")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class Mesh:
     stages: tuple[tuple[int, int], ...]  # per stage: (first layer, last layer), inclusive
     schedule: Schedule
     sequence_parallel: bool
+    grad_dtype: Dtype  # fp32, or the model's dtype: what gradients are accumulated and reduced in
 
     @property
     def world(self) -> int:
@@ -89,13 +92,23 @@ class Mesh:
             "stages": [list(stage) for stage in self.stages],
             "schedule": self.schedule,
             "sequence_parallel": self.sequence_parallel,
+            "grad_dtype": self.grad_dtype,
         }
 
     @classmethod
     def from_attributes(cls, data: MeshAttrs) -> Mesh:
         """The inverse of `attributes`, for code that has only the DAG."""
         stages = tuple((first, last) for first, last in data["stages"])
-        return cls(data["tp"], data["pp"], data["dp"], data["microbatches"], stages, data["schedule"], data["sequence_parallel"])
+        return cls(
+            data["tp"],
+            data["pp"],
+            data["dp"],
+            data["microbatches"],
+            stages,
+            data["schedule"],
+            data["sequence_parallel"],
+            data["grad_dtype"],
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,12 +50,14 @@ FP32 = DTYPE_BYTES["fp32"]
 
 
 def training_state(dtype: Dtype, grad_dtype: Dtype = "fp32") -> TrainingState:
-    """fp32: 4 + 4 + 0 + 8 = 16 B; fp16/bf16: 2 + fp32 grads 4 + fp32 master 4 + 8 = 18 B
-    (16 B when the gradients are reduced in the low precision)."""
+    """What the generated code keeps per parameter. fp32: 4 + 4 + 0 + 8 = 16 B; fp16/bf16: 2 +
+    fp32 grads 4 + fp32 master 4 + Adam m, v 8 = 18 B. With gradients reduced in the model's
+    dtype the code keeps them (2 B) and their fp32 copy that AdamW reads (4 B): 20 B."""
     size = DTYPE_BYTES[dtype]
+    grads = DTYPE_BYTES[grad_dtype] + (FP32 if DTYPE_BYTES[grad_dtype] < FP32 else 0)
     return TrainingState(
         weights=size,
-        grads=DTYPE_BYTES[grad_dtype],
+        grads=grads,
         master=FP32 if size < FP32 else 0,
         optimizer=2 * FP32,
     )
@@ -130,7 +132,7 @@ def transfers(graph: Dag) -> list[Transfer]:
 
 def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
     """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of sequence-shard params."""
-    size = training_state(graph.graph["model"]["dtype"]).grads
+    size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]]  # what the gradients are reduced in
     held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
     seq_sharded: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
     for _, data in graph.nodes(data=True):

@@ -83,7 +83,7 @@ class Cost:
 
 def cost_of(graph: Dag, *, hardware: Hardware | None) -> Cost:
     """Everything the report says about a deployment, from its DAG and (optionally) hardware."""
-    state = training_state(graph.graph["model"]["dtype"])
+    state = training_state(graph.graph["model"]["dtype"], graph.graph["mesh"]["grad_dtype"])
     items = tuple(transfers(graph))
     devices = tuple(rank_costs(graph, items=items))
     groups: dict[tuple, list[RankCost]] = {}

@@ -81,6 +81,7 @@ class MeshAttrs(TypedDict):
     stages: list[list[int]]  # per stage: [first layer, last layer]
     schedule: Schedule
     sequence_parallel: bool
+    grad_dtype: Dtype  # what gradients are accumulated and reduced in
 
 
 class GraphAttrs(TypedDict):

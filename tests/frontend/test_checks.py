@@ -3,6 +3,7 @@
 import pytest
 
 from par.dsl.checks.check import check
+from par.dsl.diagnostics import CompileError
 from par.dsl.frontend.inputs import parse_defines
 from par.dsl.frontend.parser import parse_text
 
@@ -201,4 +202,38 @@ def test_the_unknown_mesh_setting_hint_lists_every_item_the_grammar_accepts(erro
     assert keywords >= {"stages", "schedule", "sp"}
     (err,) = errors_of(model() + "mesh { tp 2  foo 3 }")
     listed = set(err.hint.removeprefix("mesh settings are: ").split(", "))
-    assert listed == keywords | {"tp", "pp", "dp", "microbatches", "world"}
+    assert listed == keywords | {"tp", "pp", "dp", "microbatches", "world", "grad_dtype"}
+
+
+@pytest.mark.parametrize(
+    "dtype, written, expected",
+    [
+        ("fp16", None, "fp32"),
+        ("fp16", "fp32", "fp32"),
+        ("fp16", "model", "fp16"),
+        ("bf16", "bf16", "bf16"),
+        ("fp32", "model", "fp32"),
+    ],
+)
+def test_grad_dtype_is_fp32_or_the_models_dtype(dtype, written, expected):
+    mesh = f"mesh {{ tp 2  grad_dtype {written} }}" if written else "mesh { tp 2 }"
+    deployment, _ = check(parse_text(model(dtype=dtype) + mesh, "t.par"))
+    assert deployment.mesh.grad_dtype == expected
+    assert deployment.mesh.attributes()["grad_dtype"] == expected
+
+
+def test_grad_dtype_other_than_fp32_or_the_models_is_an_error_at_its_value(errors_of):
+    (err,) = errors_of(model(dtype="fp16") + "mesh { tp 2  grad_dtype bf16 }")
+    assert err.message == "grad_dtype must be fp32 or model (the model's dtype, fp16), not bf16"
+    assert (err.span.line, err.span.col) == (2, 25)
+    (err,) = errors_of(model(dtype="fp16") + "mesh { grad_dtype 2 }")
+    assert err.message.endswith("not a number")
+
+
+def test_grad_dtype_is_overridable():
+    overrides, _ = parse_defines(["grad_dtype=model", "dtype=bf16"])
+    deployment, _ = check(parse_text(model() + "mesh { tp 2 }", "t.par"), overrides)
+    assert deployment.mesh.grad_dtype == "bf16"
+    overrides, _ = parse_defines(["grad_dtype=fp8"])
+    with pytest.raises(CompileError, match="grad_dtype must be fp32 or model"):
+        check(parse_text(model() + "mesh { tp 2 }", "t.par"), overrides)

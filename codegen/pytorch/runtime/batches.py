@@ -62,6 +62,6 @@ def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Summed over tensor-parallel ranks (under sequence parallelism) and microbatches it is the
     replica's mean squared error; averaged over replicas, that of the whole batch, which is what
-    Reference's loss is.
+    Reference's loss is. Computed in fp32: in fp16 the sum of squares overflows.
     """
-    return (output - target).square().sum() / (BATCH // DP * SEQ * HIDDEN)
+    return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)

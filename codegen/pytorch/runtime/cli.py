@@ -13,7 +13,7 @@ import torch.distributed as dist
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.modes import check, train
 from par.codegen.pytorch.runtime.regather import set_regather
-from par.codegen.pytorch.runtime.spec import DP, PP, TOLERANCE, TP, WORLD_SIZE
+from par.codegen.pytorch.runtime.spec import DP, PP, TP, WORLD_SIZE
 from par.codegen.pytorch.runtime.trace import start_trace
 
 # -- Entry point --------------------------------------------------------------------------------
@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trace", metavar="DIR", help="write every collective each rank issues to DIR/rank<r>.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of --steps")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest relative error --check accepts")
+    parser.add_argument(
+        "--tolerance", type=float, help="largest relative error --check accepts (default: derived from the dtype)"
+    )
     parser.add_argument(
         "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
     )

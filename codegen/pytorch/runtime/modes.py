@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from par.codegen.pytorch.runtime.batches import make_batch, microbatches, rank_data
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Reference, reference_layer
+from par.codegen.pytorch.runtime.optimizer import LossScaler, Optimizer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
-from par.codegen.pytorch.runtime.sharding import (
-    build_stage,
-    parameter_names,
-    shard_state_dict,
-)
+from par.codegen.pytorch.runtime.sharding import build_stage, parameter_names, shard_state_dict
 from par.codegen.pytorch.runtime.spec import (
     BATCH,
     DP,
     DTYPE,
+    LAYERS,
+    LOSS_SCALING,
+    MICROBATCHES,
     PP,
     SEQ,
     SEQUENCE_PARALLEL,
@@ -28,7 +28,7 @@ from par.codegen.pytorch.runtime.spec import (
     TP,
     WORLD_SIZE,
 )
-from par.codegen.pytorch.runtime.step import gradients, train_step
+from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step
 
 # -- Modes --------------------------------------------------------------------------------------
 
@@ -38,24 +38,56 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.float() - expected.float()).abs().max() / scale.float()).item()
 
 
-def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> bool:
-    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?"""
+def derived_tolerance() -> tuple[float, str]:
+    """--check's tolerance for DTYPE, and how it was derived.
+
+    The sharded step rounds to DTYPE where Reference keeps fp32. Rounding errors of either sign
+    add up like a random walk: after k roundings of relative size eps / 2 the error is about
+    eps / 2 * sqrt(k) (Higham and Mary's probabilistic bound); the factor 4 is the margin. A
+    gradient passes through the backward of every layer and sums over the tokens of a
+    microbatch, whose partial sums are rounded to DTYPE (torch's norm kernels on CPU do), so
+    k = LAYERS * tokens. fp32 keeps 1e-5 at least: there only the order of the sums differs.
+    """
+    eps = torch.finfo(DTYPE).eps
+    tokens = BATCH // DP // MICROBATCHES * SEQ
+    derived = 2 * eps * (LAYERS * tokens) ** 0.5
+    return max(1e-5, derived), f"2 eps sqrt(layers x tokens) = 2 x {eps:.3g} x sqrt({LAYERS} x {tokens}), at least 1e-5"
+
+
+def check(groups: Groups, device: torch.device, seed: int, tolerance: float | None) -> bool:
+    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?
+
+    Reference computes in fp32 on the same weights and batch (rounded to DTYPE as this rank's are),
+    so the errors are those of this rank's fp16/bf16 arithmetic alone.
+    """
     reference = Reference(seed).to(device)
     stage = build_stage(groups, device, reference.state_dict())
+    reference.float()
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE) for parts in zip(*batches, strict=True))
+    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
     data = rank_data(groups, seed, device)
-    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, data)
+    schedule = PipelineSchedule(stage, groups, device)
+    buffer = GradientBuffer(stage)
+    if LOSS_SCALING:
+        scaler = LossScaler()
+        schedule.loss_scale = scaler.scale
+    outputs, _ = train_step(schedule, buffer, groups, data)
+    if LOSS_SCALING:
+        # fp16: the step as training runs it; a scale that overflows is halved and the step run again.
+        while not scaler.unscale(buffer.main) and scaler.scale >= 1:
+            buffer.zero()
+            schedule.loss_scale = scaler.scale
+            outputs, _ = train_step(schedule, buffer, groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
         mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
         output_error = relative_error(torch.cat(outputs), torch.cat(mine))
     reference_grads = shard_state_dict(gradients(reference), groups.rank)
-    grads = gradients(stage)
+    grads = buffer.main_views
     gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
     worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
 
@@ -70,13 +102,18 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
             worst["output"] = max(worst.get("output", (0.0, "", 0)), (output, "output", rank))
         what = f"gradient of {parameter_names(rank)[int(index)]}"
         worst["gradient"] = max(worst.get("gradient", (0.0, "", 0)), (gradient, what, rank))
+    if tolerance is None:
+        tolerance, why = derived_tolerance()
+    else:
+        why = "--tolerance"
     ok = all(error <= tolerance for error, _, _ in worst.values())
     if groups.rank == 0:
         for kind, (error, what, rank) in sorted(worst.items()):
             print(f"check: largest {kind} error {error:.3g} ({what} on rank {rank})")
         count = sum(len(parameter_names(rank)) for rank in range(WORLD_SIZE)) + DP * TP
         verdict = "OK" if ok else "MISMATCH"
-        print(f"check: {verdict}: {count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:g}", flush=True)
+        counted = f"{count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:.3g} ({why})"
+        print(f"check: {verdict}: {counted}", flush=True)
     return ok
 
 
@@ -90,14 +127,17 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
     }
     stage = build_stage(groups, device, full)
     schedule = PipelineSchedule(stage, groups, device)
-    optimizer = torch.optim.AdamW(stage.parameters(), lr=lr)
+    buffer = GradientBuffer(stage)
+    optimizer = Optimizer(stage, buffer, lr)
     data = rank_data(groups, seed, device)
     reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
-        optimizer.zero_grad()
-        _, losses = train_step(schedule, groups, data)
+        buffer.zero()
+        if LOSS_SCALING:
+            schedule.loss_scale = optimizer.scaler.scale
+        _, losses = train_step(schedule, buffer, groups, data)
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -112,7 +152,13 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
             if reporter:
                 rate = BATCH * SEQ / times[-1]
                 message = f"step {step}/{steps}: loss {loss.item():.6f}, {times[-1] * 1e3:.1f} ms, {rate:,.0f} tokens/s"
+                if LOSS_SCALING and not optimizer.scaler.finite:
+                    message += f", skipped (inf or NaN gradients; loss scale now {optimizer.scaler.scale:g})"
                 print(message, flush=True)
     if reporter:
         median = sorted(times)[len(times) // 2]
         print(f"median step {median * 1e3:.1f} ms, {BATCH * SEQ / median:,.0f} tokens/s", flush=True)
+        if LOSS_SCALING:
+            scaler = optimizer.scaler
+            skipped = f"skipped {scaler.skipped} of {steps} steps (inf or NaN gradients)"
+            print(f"{skipped}, loss scale {scaler.scale:g}", flush=True)

@@ -24,13 +24,7 @@ from par.codegen.pytorch.runtime.collectives import _exchange
 from par.codegen.pytorch.runtime.groups import Groups, global_rank
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.regather import stage_forward
-from par.codegen.pytorch.runtime.spec import (
-    DTYPE,
-    MICROBATCHES,
-    PP,
-    SCHEDULE,
-    STREAM_SHAPE,
-)
+from par.codegen.pytorch.runtime.spec import DTYPE, LOSS_SCALING, MICROBATCHES, PP, SCHEDULE, STREAM_SHAPE
 from par.codegen.pytorch.runtime.trace import set_phase
 
 # A message between neighbouring stages: (op, kind, microbatch, peer): op "send" or "recv", kind
@@ -95,6 +89,8 @@ class PipelineSchedule:
 
     def __init__(self, stage: Stage, groups: Groups, device: torch.device) -> None:
         self.stage = stage
+        if LOSS_SCALING:
+            self.loss_scale = 1.0  # fp16: backward runs on the loss times this (set by each step)
         self.index = groups.stage
         self.device = device
         dp_rank, tp_rank = groups.dp_rank, groups.tp_rank
@@ -151,7 +147,10 @@ class PipelineSchedule:
     def _backward(self, microbatch: int) -> None:
         x, y = self.saved.pop(microbatch)
         if self.index == PP - 1:
-            y.backward()
+            if LOSS_SCALING:
+                (y * self.loss_scale).backward()
+            else:
+                y.backward()
         else:
             y.backward(self.inbox.pop(("gradient", microbatch)))
         if self.index > 0:

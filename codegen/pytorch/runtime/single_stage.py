@@ -8,6 +8,7 @@ from par.codegen.pytorch.runtime.batches import microbatch_loss
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.regather import stage_forward
+from par.codegen.pytorch.runtime.spec import LOSS_SCALING
 from par.codegen.pytorch.runtime.trace import set_phase
 
 
@@ -19,6 +20,8 @@ class PipelineSchedule:
 
     def __init__(self, stage: Stage, groups: Groups, device: torch.device) -> None:
         self.stage = stage
+        if LOSS_SCALING:
+            self.loss_scale = 1.0  # fp16: backward runs on the loss times this (set by each step)
 
     def step(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[list, list]:
         """Runs every microbatch; returns the outputs and losses."""
@@ -28,7 +31,10 @@ class PipelineSchedule:
             y = stage_forward(self.stage, x)
             loss = microbatch_loss(y, target)
             set_phase("backward", microbatch)
-            loss.backward()
+            if LOSS_SCALING:
+                (loss * self.loss_scale).backward()
+            else:
+                loss.backward()
             outputs.append(y.detach())
             losses.append(loss.detach())
         set_phase("step")

@@ -21,6 +21,7 @@ HEAD_DIM = HIDDEN // HEADS
 BATCH = 4
 SEQ = 8
 DTYPE = torch.float32
+GRAD_DTYPE = torch.float32
 TP = 1
 PP = 1
 DP = 1
@@ -28,10 +29,12 @@ WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 2
 STAGES = ((0, 1),)
 STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)
-TOLERANCE = 1e-5
 PARTIAL_GRADIENTS: tuple[str, ...] = ()
 
 # -- build-time facts: decided by the inliner, never written into model.py --------------------------
 SEQUENCE_PARALLEL = False  # the residual stream is split along seq across tp ranks
 SCHEDULE = "1f1b"  # the pipeline schedule: gpipe | 1f1b
 BY_HEAD = False  # some weight is split per head of a fused QKV
+MIXED_PRECISION = False  # fp16 or bf16 parameters: AdamW runs on fp32 master weights
+FP32_GRADIENTS = False  # fp16 or bf16 parameters whose gradients are accumulated and reduced in fp32
+LOSS_SCALING = False  # fp16: dynamic loss scaling

@@ -1,23 +1,21 @@
-"""One training step: every microbatch through the schedule, then the gradient reduction."""
+"""One training step: every microbatch through the schedule, then the gradient reduction, on one flat buffer."""
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from par.codegen.pytorch.runtime.collectives import _all_reduce
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
-from par.codegen.pytorch.runtime.spec import DP, PARTIAL_GRADIENTS
+from par.codegen.pytorch.runtime.spec import DP, FP32_GRADIENTS, GRAD_DTYPE, MIXED_PRECISION, PARTIAL_GRADIENTS
 
-
-def _all_reduce_flat(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> None:
-    """One AllReduce for many tensors, through one flat buffer."""
-    flat = _all_reduce(torch.cat([tensor.reshape(-1) for tensor in tensors]), group)
-    for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
-        tensor.copy_(part.view_as(tensor))
+# -- Gradients ----------------------------------------------------------------------------------
+# Every gradient of a stage lives in one flat GRAD_DTYPE buffer, allocated once: accumulated
+# there over the microbatches and reduced there in place, one AllReduce per group. Parameters
+# whose gradients are partial over the tensor-parallel group (PARTIAL_GRADIENTS) come first, so
+# that their AllReduce is one slice of the buffer.
 
 
 def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -25,20 +23,63 @@ def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: param.grad for name, param in module.named_parameters() if param.grad is not None}
 
 
-def reduce_gradients(stage: Stage, groups: Groups) -> None:
-    """After the last microbatch: make every gradient what Reference's would be (sliced)."""
-    if PARTIAL_GRADIENTS:
-        partial = [grad for name, grad in gradients(stage).items() if name.split(".", 2)[2] in PARTIAL_GRADIENTS]
-        _all_reduce_flat(partial, groups.tp)
-    if DP > 1:
-        grads = list(gradients(stage).values())
-        for grad in grads:
-            grad.div_(DP)
-        _all_reduce_flat(grads, groups.dp)  # the mean over replicas
+class AddGradient:
+    """A parameter's hook: adds its gradient of one microbatch to `into` (fp32), and frees it."""
+
+    def __init__(self, into: torch.Tensor) -> None:
+        self.into = into
+
+    def __call__(self, param: torch.Tensor) -> None:
+        assert param.grad is not None  # the hook runs right after autograd has set it
+        self.into.add_(param.grad)
+        param.grad = None
 
 
-def train_step(schedule: PipelineSchedule, groups: Groups, data: tuple[list, list]) -> tuple[list, list]:
+class GradientBuffer:
+    """The stage's gradients in one flat buffer of GRAD_DTYPE; `main_views`: each one in fp32, by name."""
+
+    def __init__(self, stage: Stage) -> None:
+        named = list(stage.named_parameters())
+        if PARTIAL_GRADIENTS:
+            named.sort(key=lambda item: item[0].split(".", 2)[2] not in PARTIAL_GRADIENTS)  # partial ones first
+            self.partial = sum(param.numel() for name, param in named if name.split(".", 2)[2] in PARTIAL_GRADIENTS)
+        first = named[0][1]
+        self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
+        parts = self.flat.split([param.numel() for _, param in named])
+        views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        if FP32_GRADIENTS:
+            # Autograd writes each microbatch's gradient in the parameter's dtype; a hook adds it
+            # to the fp32 buffer at once, so accumulation over microbatches is in fp32.
+            for name, param in named:
+                param.register_post_accumulate_grad_hook(AddGradient(views[name]))
+        else:
+            for name, param in named:
+                param.grad = views[name]  # autograd accumulates into it in place
+        # The fp32 gradients AdamW reads: the buffer itself, or its fp32 copy when it is fp16/bf16.
+        self.main, self.main_views = self.flat, views
+        if MIXED_PRECISION and not FP32_GRADIENTS:
+            self.main = torch.zeros_like(self.flat, dtype=torch.float32)
+            parts = self.main.split([param.numel() for _, param in named])
+            self.main_views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+
+    def zero(self) -> None:
+        self.flat.zero_()
+
+    def reduce(self, groups: Groups) -> None:
+        """After the last microbatch: make every gradient what Reference's would be (sliced), in `main` in fp32."""
+        if PARTIAL_GRADIENTS:
+            _all_reduce(self.flat[: self.partial], groups.tp)
+        if DP > 1:
+            self.flat.div_(DP)
+            _all_reduce(self.flat, groups.dp)  # the mean over replicas
+        if MIXED_PRECISION and not FP32_GRADIENTS:
+            self.main.copy_(self.flat)
+
+
+def train_step(
+    schedule: PipelineSchedule, buffer: GradientBuffer, groups: Groups, data: tuple[list, list]
+) -> tuple[list, list]:
     """Forward and backward of every microbatch (`data`: this rank's inputs, targets), then the gradient reduction."""
     outputs, losses = schedule.step(*data)
-    reduce_gradients(schedule.stage, groups)
+    buffer.reduce(groups)
     return outputs, losses

@@ -42,7 +42,8 @@ HEAD_DIM = 16
 FFN = 256
 BATCH = 4  # samples per training step, all replicas together
 SEQ = 16
-DTYPE = torch.float32
+DTYPE = torch.float32  # parameters and activations
+GRAD_DTYPE = torch.float32  # gradients, accumulated over microbatches and reduced (AdamW: fp32)
 TP = 1  # tensor-parallel ranks of each stage
 PP = 1  # pipeline stages
 DP = 1  # data-parallel replicas
@@ -50,8 +51,6 @@ WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 1  # per replica and step
 STAGES = ((0, 1),)  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)  # one microbatch on one rank, between layers
-
-TOLERANCE = 1e-5  # --check: largest accepted max|sharded - reference| / max|reference|
 
 
 # -- Ops ----------------------------------------------------------------------------------------
@@ -373,9 +372,9 @@ def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Summed over tensor-parallel ranks (under sequence parallelism) and microbatches it is the
     replica's mean squared error; averaged over replicas, that of the whole batch, which is what
-    Reference's loss is.
+    Reference's loss is. Computed in fp32: in fp16 the sum of squares overflows.
     """
-    return (output - target).square().sum() / (BATCH // DP * SEQ * HIDDEN)
+    return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)
 
 
 class PipelineSchedule:
@@ -402,20 +401,69 @@ class PipelineSchedule:
         return outputs, losses
 
 
+# -- Gradients ----------------------------------------------------------------------------------
+# Every gradient of a stage lives in one flat GRAD_DTYPE buffer, allocated once: accumulated
+# there over the microbatches and reduced there in place, one AllReduce per group. Parameters
+# whose gradients are partial over the tensor-parallel group (PARTIAL_GRADIENTS) come first, so
+# that their AllReduce is one slice of the buffer.
+
+
 def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
     """The gradient of every parameter of `module` that has one, by name."""
     return {name: param.grad for name, param in module.named_parameters() if param.grad is not None}
 
 
-def reduce_gradients(stage: Stage, groups: Groups) -> None:
-    """After the last microbatch: make every gradient what Reference's would be (sliced)."""
+class GradientBuffer:
+    """The stage's gradients in one flat buffer of GRAD_DTYPE; `main_views`: each one in fp32, by name."""
+
+    def __init__(self, stage: Stage) -> None:
+        named = list(stage.named_parameters())
+        first = named[0][1]
+        self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
+        parts = self.flat.split([param.numel() for _, param in named])
+        views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        for name, param in named:
+            param.grad = views[name]  # autograd accumulates into it in place
+        # The fp32 gradients AdamW reads: the buffer itself, or its fp32 copy when it is fp16/bf16.
+        self.main, self.main_views = self.flat, views
+
+    def zero(self) -> None:
+        self.flat.zero_()
+
+    def reduce(self, groups: Groups) -> None:
+        """After the last microbatch: make every gradient what Reference's would be (sliced), in `main` in fp32."""
 
 
-def train_step(schedule: PipelineSchedule, groups: Groups, data: tuple[list, list]) -> tuple[list, list]:
+def train_step(
+    schedule: PipelineSchedule, buffer: GradientBuffer, groups: Groups, data: tuple[list, list]
+) -> tuple[list, list]:
     """Forward and backward of every microbatch (`data`: this rank's inputs, targets), then the gradient reduction."""
     outputs, losses = schedule.step(*data)
-    reduce_gradients(schedule.stage, groups)
+    buffer.reduce(groups)
     return outputs, losses
+
+
+# -- Optimizer ----------------------------------------------------------------------------------
+
+
+class Optimizer:
+    """AdamW on fp32 weights and state, reading the fp32 gradients of `buffer`.
+
+    In fp16/bf16 the stage's parameters are copies of fp32 master weights, written back after
+    every step: an update smaller than one fp16/bf16 step still moves the master weight.
+    """
+
+    def __init__(self, stage: Stage, buffer: GradientBuffer, lr: float) -> None:
+        self.buffer = buffer
+        self.params: dict[str, torch.Tensor] = dict(stage.named_parameters())
+        self.weights = self.params
+        for name, weight in self.weights.items():
+            weight.grad = buffer.main_views[name]
+        self.adamw = torch.optim.AdamW(list(self.weights.values()), lr=lr)
+
+    def step(self) -> None:
+        """One AdamW step on the reduced gradients; skipped in fp16 if one is inf or NaN on any rank."""
+        self.adamw.step()
 
 
 # -- Modes --------------------------------------------------------------------------------------
@@ -426,24 +474,47 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.float() - expected.float()).abs().max() / scale.float()).item()
 
 
-def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> bool:
-    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?"""
+def derived_tolerance() -> tuple[float, str]:
+    """--check's tolerance for DTYPE, and how it was derived.
+
+    The sharded step rounds to DTYPE where Reference keeps fp32. Rounding errors of either sign
+    add up like a random walk: after k roundings of relative size eps / 2 the error is about
+    eps / 2 * sqrt(k) (Higham and Mary's probabilistic bound); the factor 4 is the margin. A
+    gradient passes through the backward of every layer and sums over the tokens of a
+    microbatch, whose partial sums are rounded to DTYPE (torch's norm kernels on CPU do), so
+    k = LAYERS * tokens. fp32 keeps 1e-5 at least: there only the order of the sums differs.
+    """
+    eps = torch.finfo(DTYPE).eps
+    tokens = BATCH // DP // MICROBATCHES * SEQ
+    derived = 2 * eps * (LAYERS * tokens) ** 0.5
+    return max(1e-5, derived), f"2 eps sqrt(layers x tokens) = 2 x {eps:.3g} x sqrt({LAYERS} x {tokens}), at least 1e-5"
+
+
+def check(groups: Groups, device: torch.device, seed: int, tolerance: float | None) -> bool:
+    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?
+
+    Reference computes in fp32 on the same weights and batch (rounded to DTYPE as this rank's are),
+    so the errors are those of this rank's fp16/bf16 arithmetic alone.
+    """
     reference = Reference(seed).to(device)
     stage = build_stage(groups, device, reference.state_dict())
+    reference.float()
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE) for parts in zip(*batches, strict=True))
+    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
     data = rank_data(groups, seed, device)
-    outputs, _ = train_step(PipelineSchedule(stage, groups, device), groups, data)
+    schedule = PipelineSchedule(stage, groups, device)
+    buffer = GradientBuffer(stage)
+    outputs, _ = train_step(schedule, buffer, groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
         mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
         output_error = relative_error(torch.cat(outputs), torch.cat(mine))
     reference_grads = shard_state_dict(gradients(reference), groups.rank)
-    grads = gradients(stage)
+    grads = buffer.main_views
     gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
     worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
 
@@ -458,13 +529,18 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float) -> 
             worst["output"] = max(worst.get("output", (0.0, "", 0)), (output, "output", rank))
         what = f"gradient of {parameter_names(rank)[int(index)]}"
         worst["gradient"] = max(worst.get("gradient", (0.0, "", 0)), (gradient, what, rank))
+    if tolerance is None:
+        tolerance, why = derived_tolerance()
+    else:
+        why = "--tolerance"
     ok = all(error <= tolerance for error, _, _ in worst.values())
     if groups.rank == 0:
         for kind, (error, what, rank) in sorted(worst.items()):
             print(f"check: largest {kind} error {error:.3g} ({what} on rank {rank})")
         count = sum(len(parameter_names(rank)) for rank in range(WORLD_SIZE)) + DP * TP
         verdict = "OK" if ok else "MISMATCH"
-        print(f"check: {verdict}: {count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:g}", flush=True)
+        counted = f"{count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:.3g} ({why})"
+        print(f"check: {verdict}: {counted}", flush=True)
     return ok
 
 
@@ -478,14 +554,15 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
     }
     stage = build_stage(groups, device, full)
     schedule = PipelineSchedule(stage, groups, device)
-    optimizer = torch.optim.AdamW(stage.parameters(), lr=lr)
+    buffer = GradientBuffer(stage)
+    optimizer = Optimizer(stage, buffer, lr)
     data = rank_data(groups, seed, device)
     reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
-        optimizer.zero_grad()
-        _, losses = train_step(schedule, groups, data)
+        buffer.zero()
+        _, losses = train_step(schedule, buffer, groups, data)
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -511,7 +588,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trace", metavar="DIR", help="write every collective each rank issues to DIR/rank<r>.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of --steps")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest relative error --check accepts")
+    parser.add_argument(
+        "--tolerance", type=float, help="largest relative error --check accepts (default: derived from the dtype)"
+    )
     parser.add_argument(
         "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
     )
