@@ -257,7 +257,7 @@ class _Checker:
         self.err(f"{name} must be one of {', '.join(options)}, not {shown}", expr.span, did_you_mean(shown, options))
         return None
 
-    def _grad_dtype(self, expr: Expr | None, dtype: str | None) -> str | None:
+    def _grad_dtype(self, expr: Expr | None, dtype: Dtype | None) -> Dtype | None:
         """What gradients are accumulated and reduced in: fp32 (the default) or the model's dtype,
         written `model` or by its name."""
         if expr is None or dtype is None:
@@ -299,7 +299,7 @@ class _Checker:
             dtype=dtype,
         )
 
-    def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: str | None, namespace: Namespace) -> Mesh | None:
+    def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace) -> Mesh | None:
         v = self.values
         if schedule is None or grad_dtype is None or any(name not in v for name in ("tp", "pp", "dp", "microbatches", "layers")):
             return None
