@@ -40,6 +40,7 @@ def test_exit_codes(args, code, words):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a fresh `python -m par` per input; test_fuzz covers the same in-process
 @pytest.mark.parametrize(
     "content",
     [b"", b"\xff\xfe\x00\x01", b"model m : gpt {" * 3, b"(" * 20000, b"model \xc3\xa9 : gpt { }", b"\t\n\r\x0b"],

@@ -15,6 +15,7 @@ from small_models import compile_small, write_model
 NO_NUMPY = "import sys; sys.modules['numpy'] = None"
 
 
+@pytest.mark.slow  # launches model.py in a fresh process
 def test_a_rank_prints_no_numpy_warning_where_numpy_is_missing(workdir):
     pytest.importorskip("torch")
     path = write_model(compile_small("megatron_tp8_pp2", ["tp=1", "pp=1", "layers=1", "batch=4"]), workdir)
