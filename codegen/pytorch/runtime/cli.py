@@ -29,9 +29,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tolerance", type=float, help="largest relative error --check accepts (default: derived from the dtype)"
     )
-    parser.add_argument(
-        "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
-    )
+    if TP > 1:  # only tensor parallelism gathers activations
+        parser.add_argument(
+            "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
+        )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
     args = parser.parse_args(argv)
     if not args.check and not args.steps:
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> bool:
     device = init_distributed(timeout)
     groups = Groups(dist.get_rank(), timeout)
     trace = start_trace() if args.trace else None
-    set_regather(args.regather)
+    if TP > 1:
+        set_regather(args.regather)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)

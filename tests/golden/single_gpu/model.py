@@ -302,26 +302,6 @@ def set_phase(phase: str, microbatch: int | None = None) -> None:
         TRACE.phase, TRACE.microbatch = phase, microbatch
 
 
-# -- Re-gathering in backward (--regather) -------------------------------------------------------
-# An AllGather's output is saved for backward by the linear (or attention) that reads it: the
-# whole tensor, TP times its shard. With --regather, the shard is saved instead and gathered
-# again when the backward first needs it (Megatron's sequence-parallel memory): an AllGather
-# more per gathered tensor and microbatch in backward, traded for TP - 1 shards less kept.
-
-
-REGATHER = False
-
-
-def set_regather(enabled: bool) -> None:
-    global REGATHER
-    REGATHER = enabled
-
-
-def stage_forward(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """stage(x); with --regather, every gathered tensor a backward op saves is saved as its shard."""
-    return stage(x)
-
-
 # -- Training step ------------------------------------------------------------------------------
 
 
@@ -391,7 +371,7 @@ class PipelineSchedule:
         outputs, losses = [], []
         for microbatch, (x, target) in enumerate(zip(inputs, targets, strict=True)):
             set_phase("forward", microbatch)
-            y = stage_forward(self.stage, x)
+            y = self.stage(x)
             loss = microbatch_loss(y, target)
             set_phase("backward", microbatch)
             loss.backward()
@@ -591,9 +571,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tolerance", type=float, help="largest relative error --check accepts (default: derived from the dtype)"
     )
-    parser.add_argument(
-        "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
-    )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
     args = parser.parse_args(argv)
     if not args.check and not args.steps:
@@ -623,7 +600,6 @@ def run(args: argparse.Namespace) -> bool:
     device = init_distributed(timeout)
     groups = Groups(dist.get_rank(), timeout)
     trace = start_trace() if args.trace else None
-    set_regather(args.regather)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)
