@@ -20,6 +20,7 @@ from par.codegen.dot.view import DotEdge, DotNode, edge_view, look_attrs
 from par.dsl.checks.deployment import Mesh
 from par.dsl.compiler import Compiled
 from par.dsl.dag.types import Dag, NodeAttrs
+from par.dsl.registry.collectives import PIPELINE
 from par.dsl.units import size as human_bytes
 
 FOLDED_DATA = {"op": "folded", "kind": "folded"}  # what edge styling sees of a folded box
@@ -82,7 +83,7 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
     for node_id, data in graph.nodes(data=True):
         target = rep(node_id)
         if target == node_id:
-            boundary = data["op"] in ("send", "recv")
+            boundary = data["op"] in PIPELINE
             tree.place(node_id, data, in_gpu=not boundary)
             if boundary:
                 pipeline.setdefault((data["stage"], data["op"]), []).append(quoted(node_id))

@@ -22,6 +22,7 @@ from par.codegen.dot.text import (
 )
 from par.codegen.summary import mesh_line, model_line
 from par.dsl.dag.types import GraphAttrs, NodeAttrs
+from par.dsl.registry.collectives import PIPELINE
 from par.dsl.units import size as human_bytes
 
 Attrs = tuple[tuple[str, str], ...]
@@ -116,7 +117,7 @@ def node_rows(data: NodeAttrs) -> list[str]:
     where = gpus(data["devices"])
     if data["layer"] is not None:
         where = f"layer {data['layer']} · {where}"
-    if "out_placement" in data and data["op"] not in ("send", "recv"):
+    if "out_placement" in data and data["op"] not in PIPELINE:
         where += f" · {data['in_placement']} → {data['out_placement']}"
     rows = [where, f"Input: {dims(data['in_shape'])}", f"Output: {dims(data['out_shape'])}"]
     if data["kind"] == "comm":
@@ -154,7 +155,7 @@ def edge_view(tail: str, head: str, *, tail_data: Mapping[str, Any], head_data: 
         border = style.LOOKS["send"].border
         return DotEdge(quoted(tail), quoted(head), (("color", quoted(border)), ("penwidth", "2")))
     for data in (tail_data, head_data):
-        if data["kind"] == "comm" and data["op"] in style.LOOKS and data["op"] not in ("send", "recv"):
+        if data["kind"] == "comm" and data["op"] in style.LOOKS and data["op"] not in PIPELINE:
             return DotEdge(quoted(tail), quoted(head), (("color", quoted(style.LOOKS[data["op"]].border)),))
     return DotEdge(quoted(tail), quoted(head))
 

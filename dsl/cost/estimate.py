@@ -16,10 +16,10 @@ from par.dsl.checks.deployment import Hardware, Mesh
 from par.dsl.cost import schedule as pipeline
 from par.dsl.cost.accounting import RankCost, TrainingState, Transfer
 from par.dsl.dag.types import Dag, MeshAttrs
-from par.dsl.registry.collectives import COLLECTIVES
+from par.dsl.registry.collectives import COLLECTIVES, PIPELINE
 
 BACKWARD_FLOPS = 2  # backward FLOPs per forward FLOP
-OUTSIDE_STAGES = ("send", "recv", "input", "output")
+OUTSIDE_STAGES = (*sorted(PIPELINE), "input", "output")
 
 
 class Clock:

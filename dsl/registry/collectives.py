@@ -184,6 +184,9 @@ def block_form(name: str) -> Written:
     return written
 
 
+# The point-to-point transfers between pipeline stages (send, recv).
+PIPELINE = frozenset(name for name, spec in COLLECTIVES.items() if spec.group == "pipeline")
+
 # (from kind, to kind) -> what converts; * -> P is illegal.
 CONVERSIONS: dict[tuple[PlacementKind, PlacementKind], CollectiveSpec] = {
     spec.converts: spec for spec in COLLECTIVES.values() if spec.converts is not None
