@@ -6,7 +6,7 @@ import json
 from collections import Counter
 
 from par.dsl.escape import markdown_cell, markdown_code, terminal
-from par.dsl.units import ranges
+from par.dsl.units import plural, ranges
 from par.lint.classify import NodeInfo
 from par.lint.findings import RULES, Finding
 from par.lint.lint import FileResult
@@ -72,9 +72,9 @@ def _graph_summary(view: DagView) -> str:
                       for device in info.devices or ()})
     layers = sorted({layer for info in view.info.values() for layer in info.layers})
     name = markdown_code(view.graph.name) if view.graph.name else "(unnamed)"
-    text = (f"Graph {name}: {len(view.info)} nodes ({counts}), {len(view.edge_line)} edges")
+    text = f"Graph {name}: {plural(len(view.info), 'node')} ({counts}), {plural(len(view.edge_line), 'edge')}"
     if devices:
-        text += f"; GPUs {ranges(devices)}"
+        text += f"; {'GPU' if len(devices) == 1 else 'GPUs'} {ranges(devices)}"
     if layers:
         text += f"; layers {ranges(layers)}"
     return text + "."
