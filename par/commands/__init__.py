@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from par.commands import build, check, cost, explain, fmt, lint
+from par.commands import build, check, cost, explain, fmt, lint, new
 
-COMMANDS = [check, build, cost, explain, lint, fmt]
+COMMANDS = [check, build, cost, explain, lint, fmt, new]
