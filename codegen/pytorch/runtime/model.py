@@ -84,3 +84,12 @@ def reference_layer(layer: int, seed: int) -> ReferenceResidualLayer:
 
 
 SHARDING = {"ln.weight": "replicated", "ln.bias": "replicated", "fc.weight": "replicated"}
+
+# Hugging Face checkpoint names: each parameter is its checkpoint tensors concatenated along the
+# rows; TRANSPOSED ones are stored [in, out].
+CHECKPOINT = {
+    "layers.{i}.ln.weight": ("model.layers.{i}.norm.weight",),
+    "layers.{i}.ln.bias": ("model.layers.{i}.norm.bias",),
+    "layers.{i}.fc.weight": ("model.layers.{i}.fc.weight",),
+}
+TRANSPOSED: tuple[str, ...] = ()

@@ -20,6 +20,7 @@ KV_HEADS = 2
 HEAD_DIM = HIDDEN // HEADS
 BATCH = 4
 SEQ = 8
+VOCAB = 64
 DTYPE = torch.float32
 GRAD_DTYPE = torch.float32
 TP = 1
