@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from par.codegen.pytorch import inline
+from par.codegen.pytorch.checkpoint import CheckpointTable, checkpoint_table
 from par.codegen.pytorch.layer import ShardedLayer, sharded_layer
 from par.codegen.pytorch.ops import LayerCode, reference_layer
 from par.codegen.templating import render
@@ -26,7 +27,10 @@ TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torc
 BESIDE_LAYER = ("ops", "linears")
 BESIDE_REFERENCE = ("seeds",)
 AFTER_SHARDING = ("sharding",)
-HARNESS = ("groups", "trace", "collectives", "regather", "pairs", "batches", "schedule", "step", "optimizer", "modes", "cli")
+HARNESS = (
+    "groups", "trace", "collectives", "regather", "pairs", "batches", "schedule", "step", "optimizer", "checkpoint", "modes",
+    "cli",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,7 @@ class ModelView:
     layer: ShardedLayer
     reference: LayerCode
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
+    checkpoint: CheckpointTable | None  # Hugging Face names of the parameters (--load, --save), if the block has them
     runtime: dict[str, str]  # per place (BESIDE_LAYER, ...): the runtime sections inlined there
 
 
@@ -89,6 +94,7 @@ def runtime_sections(compiled: Compiled, layer: ShardedLayer) -> dict[str, list[
         "MIXED_PRECISION": model.dtype != "fp32",
         "FP32_GRADIENTS": model.dtype != "fp32" and mesh.grad_dtype == "fp32",
         "LOSS_SCALING": model.dtype == "fp16",
+        "HF_CHECKPOINT": _checkpoint(compiled, layer) is not None,
     }
     schedule = "pipeline" if mesh.pp > 1 else "single_stage"
     places = {
@@ -154,8 +160,14 @@ def _bare_view(compiled: Compiled) -> ModelView:
         layer=layer,
         reference=reference_layer(program),
         helpers=tuple(sorted(layer.helpers)),
+        checkpoint=_checkpoint(compiled, layer),
         runtime={},
     )
+
+
+def _checkpoint(compiled: Compiled, layer: ShardedLayer) -> CheckpointTable | None:
+    parameters = [f"layers.{{i}}.{name}" for name, _ in layer.sharding]
+    return checkpoint_table(compiled.program.deployment.block.name, parameters)
 
 
 def _class_name(block: str) -> str:

@@ -23,7 +23,7 @@ from par.codegen.pytorch.runtime.groups import Groups, global_rank
 from par.codegen.pytorch.runtime.model import CHECKPOINT, SHARDING, TRANSPOSED
 from par.codegen.pytorch.runtime.ops import ungroup_heads
 from par.codegen.pytorch.runtime.sharding import parameter_names, shard_parameter
-from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, HEAD_DIM, HEADS, KV_HEADS, LAYERS, PP, TP, VOCAB
+from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, HEAD_DIM, HEADS, KV_HEADS, LAYERS, PP, TP
 
 # -- Hugging Face checkpoints -------------------------------------------------------------------
 # The files of a checkpoint, in the order they are looked for: sharded or single safetensors,
@@ -38,13 +38,34 @@ BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 VOCAB_ROWS = ("embed.weight", "head.weight")
 
 
+# --load and --save: the folders the command line named (None: not given).
+PATHS: dict[str, str | None] = {"load": None, "save": None}
+
+
+def set_checkpoints(load: str | None, save: str | None) -> None:
+    PATHS.update(load=load, save=save)
+
+
+def load_requested(stage: nn.Module, groups: Groups) -> Checkpoint | None:
+    """The stage's weights from --load's checkpoint, if given; the checkpoint read."""
+    load = PATHS["load"]
+    return load_checkpoint(load, stage, groups) if load is not None else None
+
+
+def save_requested(stage: nn.Module, groups: Groups, loaded: Checkpoint | None) -> None:
+    """Writes the stage's weights to --save's folder, if given, in the layout of the checkpoint loaded."""
+    save = PATHS["save"]
+    if save is not None:
+        save_checkpoint(save, dict(stage.named_parameters()), groups, loaded)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not hold this model's parameters; the message says which."""
 
 
 def split_of(name: str) -> str:
     """How a parameter splits over the tensor-parallel ranks (SHARDING's words)."""
-    pattern, layer = pattern_of(name)
+    _, layer = pattern_of(name)
     return SHARDING[name.split(".", 2)[2]] if layer is not None else "replicated"
 
 
@@ -182,9 +203,15 @@ def read_parameter(checkpoint: Checkpoint, name: str, local: torch.Size, tp_rank
     if (total != rows and not padded) or wrong:
         shapes = " + ".join(str(tuple(extent)) for extent in extents)
         want = (rows, cols) if cols else (rows,)
-        raise CheckpointError(f"{name}: the checkpoint's {', '.join(sources)} ({shapes}) do not make this model's {want}")
+        raise CheckpointError(
+            f"{name}: the checkpoint's {', '.join(sources)} ({shapes}) do not make this model's {want}"
+        )
     row_runs = runs(held_indices(rows, split, tp_rank, 0) if split.startswith("rows") else torch.arange(rows))
-    col_runs = [(0, cols)] if cols is None else runs(held_indices(cols, split, tp_rank, 1) if split.startswith("columns") else torch.arange(cols))
+    col_runs = (
+        [(0, cols)]
+        if cols is None
+        else runs(held_indices(cols, split, tp_rank, 1) if split.startswith("columns") else torch.arange(cols))
+    )
     parts = []
     for start, stop in row_runs:
         offset = 0
@@ -265,7 +292,7 @@ def source_rows(name: str, checkpoint: Checkpoint | None) -> list[int]:
         return [shape[-1] if pattern in TRANSPOSED else shape[0] for shape in shapes]
     if len(CHECKPOINT[pattern]) == 3:  # a fused Q, K, V
         return [HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM]
-    return [VOCAB if name in VOCAB_ROWS else -1]
+    return [-1]
 
 
 def checkpoint_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | None) -> dict[str, torch.Tensor]:
@@ -274,7 +301,10 @@ def checkpoint_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | N
     sizes = [size if size >= 0 else full.shape[0] for size in source_rows(name, checkpoint)]
     names = [checkpoint.resolve(source) if checkpoint else source for source in sources_of(name)]
     pieces = full[: sum(sizes)].split(sizes)
-    return {hf: (piece.t() if pattern in TRANSPOSED else piece).contiguous() for hf, piece in zip(names, pieces, strict=True)}
+    return {
+        hf: (piece.t() if pattern in TRANSPOSED else piece).contiguous()
+        for hf, piece in zip(names, pieces, strict=True)
+    }
 
 
 def gather_parameter(name: str, tensors: dict[str, torch.Tensor], groups: Groups) -> torch.Tensor | None:

@@ -10,10 +10,11 @@ import sys
 import torch
 import torch.distributed as dist
 
+from par.codegen.pytorch.runtime.checkpoint import set_checkpoints
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.modes import check, train
 from par.codegen.pytorch.runtime.regather import set_regather
-from par.codegen.pytorch.runtime.spec import DP, PP, TP, WORLD_SIZE
+from par.codegen.pytorch.runtime.spec import DP, HF_CHECKPOINT, PP, TP, WORLD_SIZE
 from par.codegen.pytorch.runtime.trace import start_trace
 
 # -- Entry point --------------------------------------------------------------------------------
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
         )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
+    if HF_CHECKPOINT:
+        parser.add_argument("--load", metavar="DIR", help="start from this Hugging Face checkpoint")
+        parser.add_argument("--save", metavar="DIR", help="write the trained weights as a Hugging Face checkpoint")
     args = parser.parse_args(argv)
     if not args.check and not args.steps:
         args.steps = 10
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> bool:
     trace = start_trace() if args.trace else None
     if TP > 1:
         set_regather(args.regather)
+    if HF_CHECKPOINT:
+        set_checkpoints(args.load, args.save)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)

@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from par.codegen.pytorch.runtime.batches import make_batch, microbatches, rank_data
+from par.codegen.pytorch.runtime.checkpoint import load_requested, save_requested
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Reference, reference_layer
 from par.codegen.pytorch.runtime.optimizer import LossScaler, Optimizer
@@ -18,6 +19,7 @@ from par.codegen.pytorch.runtime.spec import (
     BATCH,
     DP,
     DTYPE,
+    HF_CHECKPOINT,
     LAYERS,
     LOSS_SCALING,
     MICROBATCHES,
@@ -126,6 +128,8 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
         for name, tensor in reference_layer(layer, seed).state_dict().items()
     }
     stage = build_stage(groups, device, full)
+    if HF_CHECKPOINT:
+        loaded = load_requested(stage, groups)
     schedule = PipelineSchedule(stage, groups, device)
     buffer = GradientBuffer(stage)
     optimizer = Optimizer(stage, buffer, lr)
@@ -162,3 +166,5 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
             scaler = optimizer.scaler
             skipped = f"skipped {scaler.skipped} of {steps} steps (inf or NaN gradients)"
             print(f"{skipped}, loss scale {scaler.scale:g}", flush=True)
+    if HF_CHECKPOINT:
+        save_requested(stage, groups, loaded)

@@ -20,10 +20,12 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 # Importing torch probes for NumPy and warns where it is missing; this file never uses NumPy.
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
@@ -79,6 +81,13 @@ def group_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     q, k, v = tensor.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=dim)
     blocks = zip(q.chunk(TP, dim=dim), k.chunk(TP, dim=dim), v.chunk(TP, dim=dim), strict=True)
     return torch.cat([part for block in blocks for part in block], dim=dim)
+
+
+def ungroup_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """The inverse of group_heads: one [q | k | v] block per rank -> [Q | K | V]."""
+    sizes = [HEADS // TP * HEAD_DIM, KV_HEADS // TP * HEAD_DIM, KV_HEADS // TP * HEAD_DIM]
+    blocks = [block.split(sizes, dim=dim) for block in tensor.chunk(TP, dim=dim)]
+    return torch.cat([block[part] for part in range(3) for block in blocks], dim=dim)
 
 
 # -- Tensor-parallel linears --------------------------------------------------------------------
@@ -255,6 +264,23 @@ PARTIAL_GRADIENTS = (
     "ln1.weight",
     "ln2.weight",
 )
+
+# Hugging Face checkpoint names (--load, --save): each parameter is its checkpoint tensors
+# concatenated along its rows, {i} the layer index in both.
+CHECKPOINT = {
+    "layers.{i}.ln1.weight": ("model.layers.{i}.input_layernorm.weight",),
+    "layers.{i}.qkv.weight": (
+        "model.layers.{i}.self_attn.q_proj.weight",
+        "model.layers.{i}.self_attn.k_proj.weight",
+        "model.layers.{i}.self_attn.v_proj.weight",
+    ),
+    "layers.{i}.attn.weight": ("model.layers.{i}.self_attn.o_proj.weight",),
+    "layers.{i}.ln2.weight": ("model.layers.{i}.post_attention_layernorm.weight",),
+    "layers.{i}.gate.weight": ("model.layers.{i}.mlp.gate_proj.weight",),
+    "layers.{i}.up.weight": ("model.layers.{i}.mlp.up_proj.weight",),
+    "layers.{i}.mlp.weight": ("model.layers.{i}.mlp.down_proj.weight",),
+}
+TRANSPOSED = ()
 
 
 def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int) -> torch.Tensor:
@@ -823,6 +849,383 @@ class Optimizer:
                 param.copy_(self.weights[name])
 
 
+# -- Hugging Face checkpoints -------------------------------------------------------------------
+# The files of a checkpoint, in the order they are looked for: sharded or single safetensors,
+# then PyTorch's pickles (read memory-mapped with torch.load).
+INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+# Buffers older checkpoints hold beside the weights: GPT-2's causal masks, Llama's RoPE
+# frequencies. The code computes them; loading skips them.
+BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+
+
+# Parameters whose rows are the vocabulary, padded to a multiple of TP: the rows past the
+# checkpoint's are zero when loading and dropped when saving.
+VOCAB_ROWS = ("embed.weight", "head.weight")
+
+
+# --load and --save: the folders the command line named (None: not given).
+PATHS: dict[str, str | None] = {"load": None, "save": None}
+
+
+def set_checkpoints(load: str | None, save: str | None) -> None:
+    PATHS.update(load=load, save=save)
+
+
+def load_requested(stage: nn.Module, groups: Groups) -> Checkpoint | None:
+    """The stage's weights from --load's checkpoint, if given; the checkpoint read."""
+    load = PATHS["load"]
+    return load_checkpoint(load, stage, groups) if load is not None else None
+
+
+def save_requested(stage: nn.Module, groups: Groups, loaded: Checkpoint | None) -> None:
+    """Writes the stage's weights to --save's folder, if given, in the layout of the checkpoint loaded."""
+    save = PATHS["save"]
+    if save is not None:
+        save_checkpoint(save, dict(stage.named_parameters()), groups, loaded)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not hold this model's parameters; the message says which."""
+
+
+def split_of(name: str) -> str:
+    """How a parameter splits over the tensor-parallel ranks (SHARDING's words)."""
+    _, layer = pattern_of(name)
+    return SHARDING[name.split(".", 2)[2]] if layer is not None else "replicated"
+
+
+def pattern_of(name: str) -> tuple[str, int | None]:
+    """`layers.5.qkv.weight` -> (`layers.{i}.qkv.weight`, 5); other names are their own pattern."""
+    parts = name.split(".", 2)
+    if parts[0] == "layers" and len(parts) == 3:
+        return f"layers.{{i}}.{parts[2]}", int(parts[1])
+    return name, None
+
+
+def sources_of(name: str) -> list[str]:
+    """The checkpoint tensors `name` is the row-wise concatenation of, with its layer filled in."""
+    pattern, layer = pattern_of(name)
+    return [source.format(i=layer) for source in CHECKPOINT[pattern]]
+
+
+def expected_names() -> list[str]:
+    """Every checkpoint tensor the whole model reads, in CHECKPOINT's order, layer by layer."""
+    names = []
+    for pattern, sources in CHECKPOINT.items():
+        layers = range(LAYERS) if "{i}" in pattern else [None]
+        names += [source.format(i=layer) for layer in layers for source in sources]
+    return sorted(set(names), key=names.index)
+
+
+class Checkpoint:
+    """The tensors of a checkpoint folder, read lazily: only the slices asked for leave the files."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self._opened: dict[str, Any] = {}
+        index = next((self.directory / name for name in INDEXES if (self.directory / name).is_file()), None)
+        self.sharded = index is not None
+        if index is not None:
+            self.files: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        else:
+            single = next((name for name in SINGLE_FILES if (self.directory / name).is_file()), None)
+            if single is None:
+                raise CheckpointError(f"{directory}: no {', '.join(INDEXES + SINGLE_FILES)}")
+            self.files = dict.fromkeys(self._open(single).keys(), single)
+
+    def _open(self, file: str) -> Any:
+        if file not in self._opened:
+            path = self.directory / file
+            if file.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                self._opened[file] = safe_open(str(path), framework="pt")
+            else:
+                self._opened[file] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return self._opened[file]
+
+    def resolve(self, name: str) -> str:
+        """The name the checkpoint holds `name` under: as written, or without the base model's
+        prefix (`transformer.h.0...` is `h.0...` in checkpoints saved from GPT2Model)."""
+        if name in self.files:
+            return name
+        bare = name.split(".", 1)[-1]
+        return bare if bare in self.files else name
+
+    def tensor(self, name: str) -> Any:
+        """A handle on the tensor that slices read from: a safetensors slice, or a memory-mapped tensor."""
+        file = self.files[name]
+        opened = self._open(file)
+        return opened.get_slice(name) if file.endswith(".safetensors") else opened[name]
+
+    def shape(self, name: str) -> list[int]:
+        handle = self.tensor(name)
+        return list(handle.get_shape()) if hasattr(handle, "get_shape") else list(handle.shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        handle = self.tensor(name)
+        return SAFETENSORS_DTYPES[handle.get_dtype()] if hasattr(handle, "get_dtype") else handle.dtype
+
+    def written(self) -> set[str]:
+        """The checkpoint names this model's parameters are saved under."""
+        return {self.resolve(name) for name in expected_names()}
+
+    def check(self) -> None:
+        """Raises CheckpointError unless the checkpoint holds exactly the tensors CHECKPOINT reads
+        (besides buffers): the same verdict on every rank, from the index alone."""
+        wanted = self.written()
+        missing = [name for name in expected_names() if self.resolve(name) not in self.files]
+        unread = sorted(name for name in self.files if name not in wanted and not name.endswith(BUFFERS))
+        if TIED and unread == [self.resolve("lm_head.weight")]:
+            unread = []  # a pickled checkpoint of a tied model holds the head too: the embedding's copy
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} tensors this model needs are missing ({', '.join(missing[:4])}, ...)")
+        if unread:
+            problems.append(f"{len(unread)} tensors this model has no parameter for ({', '.join(unread[:4])}, ...)")
+        if problems:
+            raise CheckpointError(f"{self.directory}: " + "; ".join(problems))
+
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+TIED = "head.weight" not in CHECKPOINT
+
+
+def runs(indices: torch.Tensor) -> list[tuple[int, int]]:
+    """Contiguous runs [start, stop) of an increasing index vector, in order."""
+    found: list[tuple[int, int]] = []
+    for index in indices.tolist():
+        if found and found[-1][1] == index:
+            found[-1] = (found[-1][0], index + 1)
+        else:
+            found.append((index, index + 1))
+    return found
+
+
+def held_indices(full: int, split: str, tp_rank: int, dim: int) -> torch.Tensor:
+    """The indices along `dim` of a full parameter that `tp_rank` holds: shard_parameter applied
+    to the indices themselves, so loading shards exactly as shard_state_dict does."""
+    shape = [1, 1]
+    shape[dim] = full
+    return shard_parameter(torch.arange(full).view(shape), split, tp_rank).reshape(-1)
+
+
+def read_parameter(checkpoint: Checkpoint, name: str, local: torch.Size, tp_rank: int) -> torch.Tensor:
+    """This rank's shard of parameter `name` (local shape `local`), read from the checkpoint."""
+    split = split_of(name)
+    rows = local[0] * (TP if split.startswith("rows") else 1)
+    cols = local[1] * (TP if split.startswith("columns") else 1) if len(local) == 2 else None
+    sources = [checkpoint.resolve(source) for source in sources_of(name)]
+    pattern, _ = pattern_of(name)
+    transposed = pattern in TRANSPOSED
+    extents = []
+    for source in sources:
+        shape = checkpoint.shape(source)
+        extents.append(shape[::-1] if transposed else shape)
+    total = sum(extent[0] for extent in extents)
+    padded = name in VOCAB_ROWS and 0 <= rows - total < TP
+    wrong = [source for source, extent in zip(sources, extents, strict=True) if extent[1:] != ([cols] if cols else [])]
+    if (total != rows and not padded) or wrong:
+        shapes = " + ".join(str(tuple(extent)) for extent in extents)
+        want = (rows, cols) if cols else (rows,)
+        raise CheckpointError(
+            f"{name}: the checkpoint's {', '.join(sources)} ({shapes}) do not make this model's {want}"
+        )
+    row_runs = runs(held_indices(rows, split, tp_rank, 0) if split.startswith("rows") else torch.arange(rows))
+    col_runs = (
+        [(0, cols)]
+        if cols is None
+        else runs(held_indices(cols, split, tp_rank, 1) if split.startswith("columns") else torch.arange(cols))
+    )
+    parts = []
+    for start, stop in row_runs:
+        offset = 0
+        for source, extent in zip(sources, extents, strict=True):
+            low, high = max(start, offset), min(stop, offset + extent[0])
+            if low < high:
+                parts.append(_read_block(checkpoint, source, (low - offset, high - offset), col_runs, transposed))
+            offset += extent[0]
+        if stop > total:  # vocabulary padding
+            pad = [stop - max(start, total)] + ([local[1]] if cols else [])
+            parts.append(torch.zeros(pad, dtype=parts[-1].dtype if parts else DTYPE))
+    return torch.cat(parts)
+
+
+def _read_block(checkpoint: Checkpoint, source: str, rows: tuple[int, int], col_runs, transposed: bool) -> torch.Tensor:
+    handle = checkpoint.tensor(source)
+    if len(checkpoint.shape(source)) == 1:
+        return handle[rows[0] : rows[1]]
+    if transposed:
+        return torch.cat([handle[c0:c1, rows[0] : rows[1]].t() for c0, c1 in col_runs], dim=1)
+    return torch.cat([handle[rows[0] : rows[1], c0:c1] for c0, c1 in col_runs], dim=1)
+
+
+def load_checkpoint(directory: str, stage: nn.Module, groups: Groups) -> Checkpoint:
+    """Fills `stage`'s parameters with this rank's shards of the checkpoint in `directory`.
+
+    Every rank checks the checkpoint's names first (the same verdict everywhere); a shape that
+    does not fit on one rank fails every rank, before any of the model's collectives.
+    """
+    checkpoint = Checkpoint(directory)
+    checkpoint.check()
+    failed: list[str] = []
+    with torch.no_grad():
+        for name, param in stage.named_parameters():
+            try:
+                param.copy_(read_parameter(checkpoint, name, param.shape, groups.tp_rank))  # in the parameter's dtype
+            except CheckpointError as error:
+                failed.append(str(error))
+    verdict = torch.tensor([len(failed)], device=next(stage.parameters()).device)
+    dist.all_reduce(verdict)  # not one of the model's collectives: every rank learns if one failed
+    if failed or verdict.item():
+        raise CheckpointError(failed[0] if failed else "another rank could not read its shard of the checkpoint")
+    return checkpoint
+
+
+# -- Saving -------------------------------------------------------------------------------------
+
+
+def every_parameter() -> list[str]:
+    """The names of the whole model's parameters, stage after stage, each once."""
+    names = [name for stage in range(PP) for name in parameter_names(global_rank(0, stage, 0))]
+    return list(dict.fromkeys(names))
+
+
+def owners(name: str) -> list[int]:
+    """The global ranks of the first replica that hold parts of `name`, in tp order (its first stage)."""
+    stage = next(s for s in range(PP) if name in parameter_names(global_rank(0, s, 0)))
+    return [global_rank(0, stage, t) for t in range(TP)]
+
+
+def whole(name: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """The full parameter from its TP shards: the inverse of shard_parameter."""
+    split = split_of(name)
+    if split == "replicated":
+        return parts[0]
+    dim = 0 if split.startswith("rows") else 1
+    full = torch.cat(parts, dim=dim)
+    if split.endswith("by head"):
+        full = ungroup_heads(full, dim)
+    return full
+
+
+def source_rows(name: str, checkpoint: Checkpoint | None) -> list[int]:
+    """The rows each checkpoint tensor of `name` gives it: the loaded checkpoint's, or the model's sizes."""
+    pattern, _ = pattern_of(name)
+    if checkpoint is not None:
+        shapes = [checkpoint.shape(checkpoint.resolve(source)) for source in sources_of(name)]
+        return [shape[-1] if pattern in TRANSPOSED else shape[0] for shape in shapes]
+    if len(CHECKPOINT[pattern]) == 3:  # a fused Q, K, V
+        return [HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM]
+    return [-1]
+
+
+def checkpoint_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | None) -> dict[str, torch.Tensor]:
+    """A full parameter as the checkpoint tensors it came from: split along the rows, padding dropped."""
+    pattern, _ = pattern_of(name)
+    sizes = [size if size >= 0 else full.shape[0] for size in source_rows(name, checkpoint)]
+    names = [checkpoint.resolve(source) if checkpoint else source for source in sources_of(name)]
+    pieces = full[: sum(sizes)].split(sizes)
+    return {
+        hf: (piece.t() if pattern in TRANSPOSED else piece).contiguous()
+        for hf, piece in zip(names, pieces, strict=True)
+    }
+
+
+def gather_parameter(name: str, tensors: dict[str, torch.Tensor], groups: Groups) -> torch.Tensor | None:
+    """Rank 0 gets the full parameter `name`, in fp32 (exact for fp16 and bf16); None elsewhere.
+
+    Its owners send their shard's shape, then the shard, to rank 0, one after the other; every
+    rank walks the parameters in the same order, so sends and receives pair up.
+    """
+    ranks = owners(name)
+    if groups.rank != 0:
+        if groups.rank in ranks:
+            shard = tensors[name].detach().float().contiguous()
+            dist.send(torch.tensor([*shard.shape, -1][:2], device=shard.device), dst=0)
+            dist.send(shard, dst=0)
+        return None
+    device = next(iter(tensors.values())).device
+    parts = []
+    for rank in ranks:
+        if rank == 0:
+            parts.append(tensors[name].detach().float().cpu())
+            continue
+        shape = torch.empty(2, dtype=torch.int64, device=device)
+        dist.recv(shape, src=rank)
+        part = torch.empty([size for size in shape.tolist() if size >= 0], dtype=torch.float32, device=device)
+        dist.recv(part, src=rank)
+        parts.append(part.cpu())
+    return whole(name, parts)
+
+
+def save_checkpoint(directory: str, tensors: dict[str, torch.Tensor], groups: Groups, like: Checkpoint | None) -> None:
+    """Writes the model's tensors (this rank's shards by parameter name: the weights, or their
+    gradients) as a Hugging Face checkpoint in `directory`.
+
+    Rank 0 gathers one parameter at a time and writes each file as soon as it holds all of its
+    tensors: the names, dtypes and files of `like` (the checkpoint --load read, whose config.json
+    it copies), or one model.safetensors in DTYPE. Files are written under a temporary name and
+    renamed, so a failed save leaves no half-written file.
+    """
+    out = Path(directory)
+    writer = groups.rank == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    expected: dict[str, set[str]] = {}
+    if like is not None:
+        for hf in like.written():
+            expected.setdefault(like.files[hf], set()).add(hf)
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    index: dict[str, str] = {}
+    size = 0
+    for name in every_parameter():
+        full = gather_parameter(name, tensors, groups)
+        if full is None:
+            continue
+        for hf, tensor in checkpoint_tensors(name, full, like).items():
+            file = like.files[hf] if like is not None else "model.safetensors"
+            tensor = tensor.to(like.dtype(hf) if like is not None else DTYPE)
+            pending.setdefault(file, {})[hf] = tensor
+            index[hf] = file
+            size += tensor.numel() * tensor.element_size()
+        for file in [file for file in pending if like is not None and set(pending[file]) == expected[file]]:
+            _write(out / file, pending.pop(file))
+    if not writer:
+        return
+    for file in list(pending):
+        _write(out / file, pending.pop(file))
+    if like is not None and like.sharded:
+        weight_map = dict(sorted(index.items()))
+        text = json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=2) + "\n"
+        index_name = INDEXES[0] if like.files[next(iter(index))].endswith(".safetensors") else INDEXES[1]
+        temporary = out / f".{index_name}.partial"
+        temporary.write_text(text)
+        os.replace(temporary, out / index_name)
+    if like is not None:
+        for extra in ("config.json", "generation_config.json"):
+            if (like.directory / extra).is_file():
+                shutil.copyfile(like.directory / extra, out / extra)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    if path.name.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
+    else:
+        torch.save(tensors, temporary)
+    os.replace(temporary, path)
+
+
 # -- Modes --------------------------------------------------------------------------------------
 
 
@@ -910,6 +1313,7 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
         for name, tensor in reference_layer(layer, seed).state_dict().items()
     }
     stage = build_stage(groups, device, full)
+    loaded = load_requested(stage, groups)
     schedule = PipelineSchedule(stage, groups, device)
     buffer = GradientBuffer(stage)
     optimizer = Optimizer(stage, buffer, lr)
@@ -936,6 +1340,7 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
     if reporter:
         median = sorted(times)[len(times) // 2]
         print(f"median step {median * 1e3:.1f} ms, {BATCH * SEQ / median:,.0f} tokens/s", flush=True)
+    save_requested(stage, groups, loaded)
 
 
 # -- Entry point --------------------------------------------------------------------------------
@@ -955,6 +1360,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
     )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
+    parser.add_argument("--load", metavar="DIR", help="start from this Hugging Face checkpoint")
+    parser.add_argument("--save", metavar="DIR", help="write the trained weights as a Hugging Face checkpoint")
     args = parser.parse_args(argv)
     if not args.check and not args.steps:
         args.steps = 10
@@ -981,6 +1388,7 @@ def run(args: argparse.Namespace) -> bool:
     groups = Groups(dist.get_rank(), timeout)
     trace = start_trace() if args.trace else None
     set_regather(args.regather)
+    set_checkpoints(args.load, args.save)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         train(groups, device, args.steps, args.seed, args.lr)

@@ -1,0 +1,16 @@
+"""The Hugging Face interop tests: transformers as the independent oracle; the launch helpers of tests/torch."""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "torch"))
+
+
+@pytest.fixture
+def workdir():
+    """A fresh folder outside pytest's basetemp, which another session may prune while ranks write to it."""
+    with tempfile.TemporaryDirectory(prefix="par-hf-") as folder:
+        yield Path(folder)
