@@ -14,9 +14,9 @@ from par.codegen.pytorch import inline
 from par.codegen.pytorch.layer import ShardedLayer, sharded_layer
 from par.codegen.pytorch.ops import LayerCode, number, reference_layer
 from par.codegen.templating import render
+from par.dsl.checks.deployment import Model
 from par.dsl.compiler import Compiled
 from par.dsl.dag.types import graph_attrs
-from par.dsl.checks.deployment import Model
 from par.dsl.escape import python_comment
 from par.dsl.lowering.placement import S_SEQ
 

@@ -147,8 +147,8 @@ class _BlockResolver:
         bias = next((arg for arg in args[definition.tensors :] if isinstance(arg, Ref) and arg.name == "bias"), None)
         if bias is not None and "bias" not in definition.extras:
             which = [name for name, syntax in STATEMENTS.items() if "bias" in syntax.extras]
-            hint = f"usage: {STATEMENTS[which[0]].usage}" if which else None
-            self.err(f"{statement.op} takes no bias argument; only {' and '.join(which)} does", bias.span, hint)
+            usage = f"usage: {STATEMENTS[which[0]].usage}" if which else None
+            self.err(f"{statement.op} takes no bias argument; only {' and '.join(which)} does", bias.span, usage)
             return None
         most = definition.tensors + len(definition.extras)
         least = most - definition.optional

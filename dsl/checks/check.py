@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import cast
 
+from par.dsl.checks import rope
 from par.dsl.checks import stages as stage_split
 from par.dsl.checks.blockcheck import resolve_block
 from par.dsl.checks.crosscheck import cross_checks
-from par.dsl.checks import rope
 from par.dsl.checks.deployment import DTYPE_BYTES, GRAD_DTYPES, ROPE_SCALINGS, SCHEDULES, Deployment, Mesh, Model, Rope
 from par.dsl.checks.evaluate import (
     AlreadyReported,

@@ -1,4 +1,4 @@
-"""The ops a layer's forward calls beside torch's: attention and the rotary embedding over fused Q, K, V, and its reorderings."""
+"""The ops a layer's forward calls beside torch's: attention and rope over fused Q, K, V, and its reorderings."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def rope_frequencies(device: torch.device) -> torch.Tensor:
         high_freq_wavelen = ROPE_ORIGINAL_MAX_POSITIONS / ROPE_HIGH_FREQ_FACTOR
         wavelen = 2 * torch.pi / inv_freq
         scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / ROPE_FACTOR, inv_freq)
-        smooth = (ROPE_ORIGINAL_MAX_POSITIONS / wavelen - ROPE_LOW_FREQ_FACTOR) / (ROPE_HIGH_FREQ_FACTOR - ROPE_LOW_FREQ_FACTOR)
+        band = ROPE_HIGH_FREQ_FACTOR - ROPE_LOW_FREQ_FACTOR
+        smooth = (ROPE_ORIGINAL_MAX_POSITIONS / wavelen - ROPE_LOW_FREQ_FACTOR) / band
         smoothed = (1 - smooth) * scaled / ROPE_FACTOR + smooth * scaled
         medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
         inv_freq = torch.where(medium, smoothed, scaled)
@@ -90,7 +91,8 @@ class RotaryEmbedding(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        return rotate(grad, *ctx.heads, back=True), None, None, None
+        heads, kv_heads, groups = ctx.heads
+        return rotate(grad, heads, kv_heads, groups, back=True), None, None, None
 
 
 def rotary_embedding(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:

@@ -115,7 +115,8 @@ class RotaryEmbedding(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        return rotate(grad, *ctx.heads, back=True), None, None, None
+        heads, kv_heads, groups = ctx.heads
+        return rotate(grad, heads, kv_heads, groups, back=True), None, None, None
 
 
 def rotary_embedding(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
