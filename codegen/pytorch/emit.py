@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from par.codegen.pytorch import inline
 from par.codegen.pytorch.checkpoint import CheckpointTable, checkpoint_table
 from par.codegen.pytorch.layer import ShardedLayer, sharded_layer
-from par.codegen.pytorch.ops import LayerCode, reference_layer
+from par.codegen.pytorch.ops import LayerCode, number, reference_layer
 from par.codegen.templating import render
+from par.dsl.checks.deployment import Model
 from par.dsl.compiler import Compiled
 from par.dsl.dag.types import graph_attrs
 from par.dsl.escape import python_comment
@@ -58,6 +59,7 @@ class ModelView:
     stages: str
     stream_shape: str  # one microbatch on one rank, between layers and stages
     gqa: bool
+    rope: tuple[tuple[str, str], ...]  # (constant, value): the rotary embedding's, where the block has one
     layer: ShardedLayer
     reference: LayerCode
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
@@ -95,6 +97,7 @@ def runtime_sections(compiled: Compiled, layer: ShardedLayer) -> dict[str, list[
         "FP32_GRADIENTS": model.dtype != "fp32" and mesh.grad_dtype == "fp32",
         "LOSS_SCALING": model.dtype == "fp16",
         "HF_CHECKPOINT": _checkpoint(compiled, layer) is not None,
+        "ROPE_SCALING": model.rope.scaling,
     }
     schedule = "pipeline" if mesh.pp > 1 else "single_stage"
     places = {
@@ -157,6 +160,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
         stages=_tuple_literal(mesh.stages),
         stream_shape=_stream_shape(compiled),
         gqa=model.kv_heads != model.heads,
+        rope=_rope_constants(model) if any(step.op == "rope" for step in program.steps) else (),
         layer=layer,
         reference=reference_layer(program),
         helpers=tuple(sorted(layer.helpers)),
@@ -168,6 +172,22 @@ def _bare_view(compiled: Compiled) -> ModelView:
 def _checkpoint(compiled: Compiled, layer: ShardedLayer) -> CheckpointTable | None:
     parameters = [f"layers.{{i}}.{name}" for name, _ in layer.sharding]
     return checkpoint_table(compiled.program.deployment.block.name, parameters)
+
+
+def _rope_constants(model: Model) -> tuple[tuple[str, str], ...]:
+    """The rotary embedding's base, and the numbers its scaling reads (par.dsl.checks.rope)."""
+    rope = model.rope
+    numbers = {
+        "linear": [("ROPE_FACTOR", rope.factor)],
+        "llama3": [
+            ("ROPE_FACTOR", rope.factor),
+            ("ROPE_LOW_FREQ_FACTOR", rope.low_freq_factor),
+            ("ROPE_HIGH_FREQ_FACTOR", rope.high_freq_factor),
+            ("ROPE_ORIGINAL_MAX_POSITIONS", rope.original_max_positions),
+        ],
+    }.get(rope.scaling, [])
+    shown = [(name, str(value) if isinstance(value, int) else number(value)) for name, value in numbers]
+    return (("ROPE_THETA", number(rope.theta)), *shown)
 
 
 def _class_name(block: str) -> str:

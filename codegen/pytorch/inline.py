@@ -24,7 +24,10 @@ from importlib import resources
 RUNTIME = "par.codegen.pytorch.runtime"
 # Names the runtime may test in an `if` that model.py does not define: decided at build time.
 BUILD_TIME = frozenset(
-    {"SEQUENCE_PARALLEL", "SCHEDULE", "BY_HEAD", "MIXED_PRECISION", "FP32_GRADIENTS", "LOSS_SCALING", "HF_CHECKPOINT"}
+    {
+        "SEQUENCE_PARALLEL", "SCHEDULE", "BY_HEAD", "MIXED_PRECISION", "FP32_GRADIENTS", "LOSS_SCALING", "ROPE_SCALING",
+        "HF_CHECKPOINT",
+    }
 )
 INDENT = 4
 

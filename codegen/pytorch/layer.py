@@ -29,6 +29,8 @@ from par.codegen.pytorch.ops import (
     Line,
     Submodule,
     attention_call,
+    linear_module,
+    norm,
     size,
 )
 from par.dsl.dag import ids
@@ -39,7 +41,9 @@ from par.dsl.registry.statements import WRITTEN
 FEATURES = S_LAST.dim
 GROUP = "self.tp_group"
 # Ops across which a tensor keeps its feature layout (a fused QKV stays fused QKV).
-_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | set(WRITTEN) | {"slice"}
+_SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | set(WRITTEN) | {"slice", "rope"}
+# Ops that read fused Q, K, V heads: their inputs are fused QKV, whatever feeds them.
+_READ_HEADS = {"attention", "rope"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,7 @@ def sharded_layer(program: Program) -> ShardedLayer:
 
 
 def fused_qkv_values(steps: tuple[Step, ...]) -> set[str]:
-    """Values whose features are fused Q, K, V: attention inputs and all they share features with."""
+    """Values whose features are fused Q, K, V: attention and rope inputs and all they share features with."""
     parent: dict[str, str] = {}
 
     def find(name: str) -> str:
@@ -70,7 +74,7 @@ def fused_qkv_values(steps: tuple[Step, ...]) -> set[str]:
         if step.op in _SAME_FEATURES:
             for value in step.inputs:
                 parent[find(value)] = find(step.name)
-    roots = {find(step.inputs[0]) for step in steps if step.op == "attention"}
+    roots = {find(step.inputs[0]) for step in steps if step.op in _READ_HEADS}
     names = {name for step in steps for name in (step.name, *step.inputs)}
     return {name for name in names if find(name) in roots}
 
@@ -206,12 +210,12 @@ class _Writer:
     def _compute(self, step: Step) -> None:
         if step.op in NORMS:
             parameters = [(name, "replicated") for name in NORM_PARAMETERS[step.op]]
-            self._module(step, NORMS[step.op].format(size(step.global_in[-1], self.model)), parameters)
+            self._module(step, norm(step.op, step.global_in[-1], self.model), parameters)
             self._emit(step, f"self.{self._name(step.name)}({self._standard(step.inputs[0])})", layout="standard")
         elif step.op == "linear":
             self._linear(step)
-        elif step.op == "attention":
-            self._attention(step)
+        elif step.op in _READ_HEADS:
+            self._heads(step)
         else:
             operands, layout = self._elementwise_operands(step)
             self._emit(step, ELEMENTWISE[step.op].format(*operands), layout=layout)
@@ -223,12 +227,15 @@ class _Writer:
         if step.in_placement == S_SEQ:
             self.partial.extend(f"{attribute}.{name}" for name, split in parameters if split == "replicated")
 
-    def _parallel_module(self, step: Step, cls: str, sizes: str, split: str, comment: str) -> None:
+    def _parallel_module(self, step: Step, cls: str, sizes: str, splits: tuple[str, str], comment: str) -> None:
+        """`splits`: how the weight and the bias (if the step has one) split over the ranks."""
         self.classes.add(cls)
-        if split.endswith("by head"):
+        weight, bias = splits
+        if weight.endswith("by head"):
             self.by_head = True
             self.helpers.add("group_heads")  # shard_parameter regroups the full weight
-        self._module(step, f"{cls}({sizes})", [("weight", split)], comment)
+        parameters = [("weight", weight)] + ([("bias", bias)] if step.bias else [])
+        self._module(step, f"{cls}({sizes})", parameters, comment)
 
     def _linear(self, step: Step) -> None:
         sizes = f"{size(step.global_in[-1], self.model)}, {size(step.global_out[-1], self.model)}"
@@ -236,29 +243,39 @@ class _Writer:
         style = step.style if self.tp > 1 else "replicated"
         if style == "column":
             by_head = step.name in self.fused
-            split = "rows by head" if by_head else "rows"
+            split = "rows by head" if by_head else "rows"  # the bias splits like the output
             comment = "fused Q, K, V: this rank's heads of each" if by_head else ""
-            self._parallel_module(step, "ColumnParallelLinear", sizes, split, comment)
+            self._parallel_module(step, "ColumnParallelLinear", sizes + (", bias=True" if step.bias else ""), (split, split), comment)
             operand = self._reordered(value, self._copied(value), "standard")
             self._emit(step, f"self.{self._name(step.name)}({operand})", layout="local")
         elif style == "row":
             split = "columns by head" if value in self.fused else "columns"
-            self._parallel_module(step, "RowParallelLinear", sizes, split, "output is a partial sum (P)")
+            if step.bias:  # added by one rank to its partial sum: its gradient is summed over the group
+                sizes += ", bias=True, adds_bias=groups.tp_rank == 0"
+                self.partial.append(f"{self._name(step.name)}.bias")
+            comment = "output is a partial sum (P)" + ("; rank 0 adds the bias" if step.bias else "")
+            self._parallel_module(step, "RowParallelLinear", sizes, (split, "replicated"), comment)
             self._emit(step, f"self.{self._name(step.name)}({self._name(value)})", layout="standard")
         else:
-            self._module(step, f"nn.Linear({sizes}, bias=False)", [("weight", "replicated")])
+            constructor = linear_module(step.global_in[-1], step.global_out[-1], step.bias, self.model)
+            self._module(step, constructor, [("weight", "replicated")] + ([("bias", "replicated")] if step.bias else []))
             self._emit(step, f"self.{self._name(step.name)}({self._standard(value)})", layout="standard")
 
-    def _attention(self, step: Step) -> None:
+    def _heads(self, step: Step) -> None:
+        """Attention or rope: over this rank's heads (S(-1)), or all heads in their layout (R)."""
         value = step.inputs[0]
+        function = "causal_attention" if step.op == "attention" else "rotary_embedding"
         if step.in_placement.kind == "S":
-            call = attention_call(self._name(value), heads="HEADS // TP", kv_heads="KV_HEADS // TP")
+            call = attention_call(self._name(value), heads="HEADS // TP", kv_heads="KV_HEADS // TP", function=function)
             comment = "this rank's heads"
         else:
             grouped = self.layout.get(value) == "grouped"
-            call = attention_call(self._name(value), heads="HEADS", kv_heads="KV_HEADS", groups="TP" if grouped else "")
+            groups = "TP" if grouped else ""
+            call = attention_call(self._name(value), heads="HEADS", kv_heads="KV_HEADS", groups=groups, function=function)
             comment = "all heads" + (", one [q | k | v] block per rank" if grouped else "")
-        self._emit(step, call, comment if self.tp > 1 else "")
+        # rope keeps the layout of the fused QKV it turns; attention's output is per head, not QKV
+        layout = self.layout.get(value) if step.op == "rope" else None
+        self._emit(step, call, comment if self.tp > 1 else "", layout)
 
     def _elementwise_operands(self, step: Step) -> tuple[list[str], str | None]:
         layouts = {self.layout.get(value) for value in step.inputs}

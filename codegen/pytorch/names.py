@@ -17,7 +17,7 @@ import keyword
 from par.dsl.lowering.backward import PAIRS
 
 # Functions model.py defines for a layer's forward to call: the forward/backward pairs and the ops.
-HELPERS = frozenset(PAIRS) | {"causal_attention", "group_heads", "ungroup_heads"}
+HELPERS = frozenset(PAIRS) | {"causal_attention", "rotary_embedding", "group_heads", "ungroup_heads"}
 # Module-level names a layer's forward refers to (tests/torch/test_names.py reads the forward to check).
 GLOBALS = frozenset({"F", "TP", "HIDDEN", "FFN", "HEADS", "KV_HEADS", "HEAD_DIM", "dist", "nn", "torch", "self"} | HELPERS)
 # Public attributes of an nn.Module instance (torch 2.13; tests/torch/test_names.py checks them against

@@ -11,8 +11,8 @@ from par.codegen.pytorch.names import Names
 from par.dsl.checks.deployment import Model
 from par.dsl.lowering.program import Program
 
-# Keyed by the registry's op names (par.dsl.registry.ops); linear and attention are written by
-# the layer writers. tests/core/test_registry.py holds the keys equal.
+# Keyed by the registry's op names (par.dsl.registry.ops); linear, attention and rope are written
+# by the layer writers. tests/core/test_registry.py holds the keys equal.
 # Elementwise ops: the expression over the Python names of the operands.
 ELEMENTWISE = {
     "gelu": 'F.gelu({0}, approximate="tanh")',
@@ -20,7 +20,8 @@ ELEMENTWISE = {
     "add": "{0} + {1}",
     "mul": "{0} * {1}",
 }
-NORMS = {"layernorm": "nn.LayerNorm({0})", "rmsnorm": "nn.RMSNorm({0}, eps=1e-5)"}
+# Norms: the constructor over the feature count and the model's epsilon.
+NORMS = {"layernorm": "nn.LayerNorm({0}, eps={1})", "rmsnorm": "nn.RMSNorm({0}, eps={1})"}
 NORM_PARAMETERS = {"layernorm": ("weight", "bias"), "rmsnorm": ("weight",)}
 
 
@@ -88,10 +89,27 @@ def size(value: int, model: Model) -> str:
     return str(value)
 
 
-def attention_call(operand: str, *, heads: str, kv_heads: str, groups: str = "") -> str:
-    """`causal_attention(...)` with head counts written as expressions of model.py's constants."""
+def number(value: float) -> str:
+    """A float as Python reads it back exactly, exponents without a leading zero (`1e-5`)."""
+    text = repr(float(value))
+    return text.replace("e-0", "e-").replace("e+0", "e+")
+
+
+def norm(op: str, features: int, model: Model) -> str:
+    """The constructor of a norm module over `features` with the model's epsilon."""
+    return NORMS[op].format(size(features, model), number(model.norm_eps))
+
+
+def attention_call(operand: str, *, heads: str, kv_heads: str, groups: str = "", function: str = "causal_attention") -> str:
+    """`causal_attention(...)` (or another op over fused Q, K, V heads: `rotary_embedding`) with
+    head counts written as expressions of model.py's constants."""
     extra = f", groups={groups}" if groups else ""
-    return f"causal_attention({operand}, heads={heads}, kv_heads={kv_heads}{extra})"
+    return f"{function}({operand}, heads={heads}, kv_heads={kv_heads}{extra})"
+
+
+def linear_module(in_features: int, out_features: int, bias: bool, model: Model) -> str:
+    """An unsharded linear: nn.Linear with the block's sizes."""
+    return f"nn.Linear({size(in_features, model)}, {size(out_features, model)}, bias={bias})"
 
 
 def reference_layer(program: Program) -> LayerCode:
@@ -107,14 +125,15 @@ def reference_layer(program: Program) -> LayerCode:
         args = [names.of(name) for name in step.inputs]
         target = names.of(step.name)
         if step.op in NORMS:
-            submodules.append(Submodule(target, NORMS[step.op].format(size(step.global_in[-1], model))))
+            submodules.append(Submodule(target, norm(step.op, step.global_in[-1], model)))
             expression = f"self.{target}({args[0]})"
         elif step.op == "linear":
-            sizes = f"{size(step.global_in[-1], model)}, {size(step.global_out[-1], model)}"
-            submodules.append(Submodule(target, f"nn.Linear({sizes}, bias=False)"))
+            submodules.append(Submodule(target, linear_module(step.global_in[-1], step.global_out[-1], step.bias, model)))
             expression = f"self.{target}({args[0]})"
         elif step.op == "attention":
             expression = attention_call(args[0], heads="HEADS", kv_heads="KV_HEADS")
+        elif step.op == "rope":
+            expression = attention_call(args[0], heads="HEADS", kv_heads="KV_HEADS", function="rotary_embedding")
         else:
             expression = ELEMENTWISE[step.op].format(*args)
         lines.append(Line(target, expression))

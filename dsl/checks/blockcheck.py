@@ -144,6 +144,12 @@ class _BlockResolver:
             self.err(f"unknown op '{statement.op}'", statement.op_span, hint)
             return None
         args = statement.args
+        bias = next((arg for arg in args[definition.tensors :] if isinstance(arg, Ref) and arg.name == "bias"), None)
+        if bias is not None and "bias" not in definition.extras:
+            which = [name for name, syntax in STATEMENTS.items() if "bias" in syntax.extras]
+            usage = f"usage: {STATEMENTS[which[0]].usage}" if which else None
+            self.err(f"{statement.op} takes no bias argument; only {' and '.join(which)} does", bias.span, usage)
+            return None
         most = definition.tensors + len(definition.extras)
         least = most - definition.optional
         if not least <= len(args) <= most:
@@ -161,6 +167,7 @@ class _BlockResolver:
             span=statement.span,
             out_features=extras.get("size"),
             style=extras.get("style"),
+            bias=extras.get("bias", False),
             dim=extras.get("dim") or default_dim(statement.op, self.sequence_parallel),
             label=statement.target if statement.op in WRITTEN else None,
         )
@@ -181,9 +188,14 @@ class _BlockResolver:
     def _extras(self, definition: Syntax, args: Sequence[Expr], statement: Statement) -> dict | None:
         found, ok = {}, True
         for kind, arg in zip(definition.extras, args, strict=False):
-            value: int | str | None
+            value: int | str | bool | None
             if kind == "size":
                 value = self._size(arg)
+            elif kind == "bias":
+                value = True if isinstance(arg, Ref) and arg.name == "bias" else None
+                if value is None:
+                    shown = f"'{arg.name}'" if isinstance(arg, Ref) else "a number"
+                    self.err(f"{statement.op}'s last argument may only be the word bias, not {shown}", arg.span, f"usage: {definition.usage}")
             else:
                 options = choices(statement.op)
                 value = arg.name if isinstance(arg, Ref) and arg.name in options else None

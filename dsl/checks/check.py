@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import cast
 
+from par.dsl.checks import rope
 from par.dsl.checks import stages as stage_split
 from par.dsl.checks.blockcheck import resolve_block
 from par.dsl.checks.crosscheck import cross_checks
-from par.dsl.checks.deployment import DTYPE_BYTES, GRAD_DTYPES, SCHEDULES, Deployment, Mesh, Model
+from par.dsl.checks.deployment import DTYPE_BYTES, GRAD_DTYPES, ROPE_SCALINGS, SCHEDULES, Deployment, Mesh, Model, Rope
 from par.dsl.checks.evaluate import (
     AlreadyReported,
     EvalError,
@@ -45,6 +46,7 @@ MODEL_RANGES = {
     "vocab": (1, 1 << 24),
     "batch": (1, 1 << 24),
     "seq": (1, 1 << 26),
+    rope.ORIGINAL_MAX_POSITIONS: (1, 1 << 26),
 }
 MESH_RANGES = {
     "tp": (1, 1 << 16),
@@ -57,10 +59,12 @@ MESH_RANGES = {
 MESH_KEYWORDS = ("schedule", "sp", "stages")
 RANGES = MODEL_RANGES | MESH_RANGES
 REQUIRED = ("layers", "hidden", "heads", "batch", "seq")
-WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES}
+WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "rope_scaling": ROPE_SCALINGS}
+# Model settings that take any positive number, not only whole ones.
+REALS = ("norm_eps", *rope.REALS)
 FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
-OVERRIDABLE = sorted(set(RANGES) | set(WORDS) | set(FLAGS) | {"stages"})
+OVERRIDABLE = sorted(set(RANGES) | set(WORDS) | set(FLAGS) | set(REALS) | {"stages"})
 
 
 def check(spec: Spec, overrides: Sequence[Override] = ()) -> tuple[Deployment, list[Diagnostic]]:
@@ -95,9 +99,9 @@ class _Checker:
         hardware_decl = self._single(spec.hardware, "hardware")
         if model_decl is None:
             return None
-        exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | {"dtype"}, "model")
+        exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | set(REALS) | {"dtype", "rope_scaling"}, "model")
         exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype"}, "mesh", MESH_KEYWORDS)
-        words = {"dtype": exprs.pop("dtype", None), "grad_dtype": exprs.pop("grad_dtype", None)}
+        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "rope_scaling")}
         stage_specs = mesh_decl.stages if mesh_decl else None
         flags = {
             "sp": bool(mesh_decl and mesh_decl.sequence_parallel),
@@ -119,7 +123,7 @@ class _Checker:
         dtype = cast(Dtype | None, self._word("dtype", words["dtype"], default="bf16"))  # one of DTYPE_BYTES
         schedule_name = self._schedule(schedule)
         grad_dtype = self._grad_dtype(words["grad_dtype"], dtype)
-        model = self._model(model_decl, dtype)
+        model = self._model(model_decl, dtype, self._reals(namespace), words["rope_scaling"])
         mesh = self._mesh(stage_specs, schedule_name, flags["sp"], grad_dtype, namespace)
         self.diags.extend(cross_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
         block = self._block(model_decl, namespace, flags["sp"])
@@ -247,6 +251,46 @@ class _Checker:
             raise EvalError(error(f"{name} ({value}) is absurdly large; the most par accepts is {high}", span or self.file_span))
         return value
 
+    def _reals(self, namespace: Namespace) -> dict[str, float] | None:
+        """The real-valued settings the spec sets, each positive; None if one is not."""
+        found: dict[str, float] = {}
+        ok = True
+        for name in REALS:
+            if name not in namespace.names():
+                continue
+            try:
+                value = float(namespace.get(name))
+            except EvalError as exc:
+                self.diags.append(exc.diagnostic)
+                ok = False
+                continue
+            except AlreadyReported:
+                ok = False
+                continue
+            span = self.spans.get(name)
+            if value <= 0:
+                self.err(f"{name} must be positive, not {value:g}", span)
+                ok = False
+            elif name == "norm_eps" and value >= 1:
+                self.err(f"norm_eps ({value:g}) must be below 1: a norm adds it to the variance it divides by", span)
+                ok = False
+            found[name] = value
+        return found if ok else None
+
+    def _rope(self, reals: dict[str, float], scaling_expr: Expr | None) -> Rope | None:
+        scaling = self._word("rope_scaling", scaling_expr, default="none")
+        if scaling is None:
+            return None
+        numbers: dict[str, float | int] = {name: value for name, value in reals.items() if name.startswith("rope_")}
+        if rope.ORIGINAL_MAX_POSITIONS in self.values:
+            numbers[rope.ORIGINAL_MAX_POSITIONS] = self.values[rope.ORIGINAL_MAX_POSITIONS]
+        elif rope.ORIGINAL_MAX_POSITIONS in self.spans:
+            return None  # its own error is reported
+        span = scaling_expr.span if scaling_expr is not None else self.file_span
+        found, diags = rope.rope_settings(scaling, numbers, self.spans, span)
+        self.diags += diags
+        return found
+
     def _word(self, name: str, expr: Expr | None, default: str) -> str | None:
         if expr is None:
             return default
@@ -281,9 +325,12 @@ class _Checker:
 
     # -- model and mesh --------------------------------------------------------------------------
 
-    def _model(self, model_decl: ModelDecl, dtype: Dtype | None) -> Model | None:
+    def _model(
+        self, model_decl: ModelDecl, dtype: Dtype | None, reals: dict[str, float] | None, rope_scaling: Expr | None
+    ) -> Model | None:
         v = self.values
-        if dtype is None or any(name not in v for name in REQUIRED + ("kv_heads", "ffn")):
+        rotary = self._rope(reals, rope_scaling) if reals is not None else None
+        if dtype is None or rotary is None or reals is None or any(name not in v for name in REQUIRED + ("kv_heads", "ffn")):
             return None
         return Model(
             name=model_decl.name,
@@ -297,6 +344,8 @@ class _Checker:
             batch=v["batch"],
             seq=v["seq"],
             dtype=dtype,
+            norm_eps=reals.get("norm_eps", 1e-5),
+            rope=rotary,
         )
 
     def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace) -> Mesh | None:

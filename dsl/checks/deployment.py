@@ -14,6 +14,23 @@ SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
 GRAD_DTYPES = ("fp32", "model")
 
 
+# Rotary embedding's frequency scalings, as transformers' rope init functions name them.
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+@dataclass(frozen=True, slots=True)
+class Rope:
+    """The rotary embedding's settings (`rope_*`): the base and the frequency scaling, with the
+    numbers transformers' `rope_init_fn`s read (`factor`; Llama 3.1's frequency bands)."""
+
+    theta: float = 10000.0
+    scaling: str = "none"  # one of ROPE_SCALINGS
+    factor: float = 1.0  # linear and llama3
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    original_max_positions: int = 8192  # llama3
+
+
 @dataclass(frozen=True, slots=True)
 class Model:
     name: str
@@ -27,6 +44,8 @@ class Model:
     batch: int
     seq: int
     dtype: Dtype
+    norm_eps: float = 1e-5  # every norm's epsilon
+    rope: Rope = Rope()
 
     @property
     def head_dim(self) -> int:
@@ -125,6 +144,7 @@ class Op:
     span: Span
     out_features: int | None = None
     style: str | None = None  # linear: column | row | replicated
+    bias: bool = False  # linear: written with `bias`
     dim: str | None = None  # reducescatter / alltoall: seq | hidden
     label: str | None = None
     placed: bool = False  # written with a `place` statement rather than inline

@@ -131,20 +131,24 @@ def transfers(graph: Dag) -> list[Transfer]:
 
 
 def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
-    """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of sequence-shard params."""
+    """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of the parameters
+    whose gradient is partial over tp: those of ops on sequence shards, and the bias of a
+    row-parallel linear, which one rank adds (docs/pytorch.md)."""
     size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]]  # what the gradients are reduced in
     held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
-    seq_sharded: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
+    tp_partial: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
     for _, data in graph.nodes(data=True):
         if data["kind"] != "compute" or not data["params"]:
             continue
         for rank in data["devices"]:
             held[rank] += data["params"]
             if "in_placement" in data and PLACEMENTS[data["in_placement"]] == S_SEQ:
-                seq_sharded[rank] += data["params"]
+                tp_partial[rank] += data["params"]
+            elif data.get("bias") and data.get("style") == "row" and mesh.tp > 1:
+                tp_partial[rank] += data["out_shape"][-1]
     found = []
     for rank in range(mesh.world):
-        for group, params in ((mesh.dp_group_of(rank), held[rank]), (mesh.tp_group_of(rank), seq_sharded[rank])):
+        for group, params in ((mesh.dp_group_of(rank), held[rank]), (mesh.tp_group_of(rank), tp_partial[rank])):
             if len(group) > 1 and params:
                 sent = _ALLREDUCE.wire_bytes(len(group), params * size)
                 found.append(Transfer("gradients", "allreduce", None, group, (rank,), sent))

@@ -148,6 +148,8 @@ class _Expander:
             data["arity"] = len(step.inputs)
         if step.style is not None:
             data["style"] = step.style
+        if step.bias:
+            data["bias"] = True
         self._backward(data, backward_kind(step), full)
         if step.backward_reason is not None:
             data["backward_reason"] = step.backward_reason

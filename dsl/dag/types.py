@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal, NotRequired, TypeAlias, TypedDict, ca
 import networkx as nx
 
 Kind = Literal["compute", "comm", "route"]
-ComputeOp = Literal["layernorm", "rmsnorm", "linear", "attention", "gelu", "silu", "add", "mul"]  # registry.ops
+ComputeOp = Literal["layernorm", "rmsnorm", "linear", "attention", "rope", "gelu", "silu", "add", "mul"]  # registry.ops
 CollectiveOp = Literal["allgather", "allreduce", "reducescatter", "alltoall", "send", "recv", "slice"]  # registry.collectives
 IoOp = Literal["input", "output"]
 OpName = ComputeOp | CollectiveOp | IoOp
@@ -44,6 +44,7 @@ class NodeAttrs(TypedDict):
     out_placement: NotRequired[PlacementText]
     arity: NotRequired[int]  # compute nodes and slices: how many operands
     style: NotRequired[str]  # linear: column | row | replicated
+    bias: NotRequired[bool]  # linear: it adds a bias (true only; absent: none)
     reason: NotRequired[str]  # collectives and slices: why the node exists
     inserted: NotRequired[bool]  # collectives: the compiler added it, the spec did not write it
     peer: NotRequired[int]  # send and recv: the rank on the other side

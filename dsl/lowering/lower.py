@@ -140,6 +140,13 @@ class _Builder:
         local_out = self._local(global_out, target, name, op, span)
         converter = conversion(source, target) if kind == "comm" else None
         wire = converter.wire_fraction(self.tp) if converter is not None else 0
+        flops = params = 0
+        if kind == "compute":
+            spec = OPS[op_name]
+            flops = spec.flops(local_in, local_out)
+            if spec.computes_on is not None:
+                flops = int(flops * spec.computes_on(self.deployment.model))
+            params = spec.params(local_in, local_out) + (spec.bias(local_in, local_out) if op and op.bias else 0)
         self.steps.append(
             Step(
                 name=name,
@@ -153,10 +160,11 @@ class _Builder:
                 global_in=global_in,
                 global_out=global_out,
                 span=op.span if op else span,
-                flops=OPS[op_name].flops(local_in, local_out) if kind == "compute" else 0,
-                params=OPS[op_name].params(local_in, local_out) if kind == "compute" else 0,
+                flops=flops,
+                params=params,
                 wire_fraction=(wire.numerator, wire.denominator) if wire else (0, 1),
                 style=op.style if op else None,
+                bias=bool(op and op.bias),
                 reason=reason,
                 inserted=inserted,
             )

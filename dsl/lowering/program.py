@@ -35,6 +35,7 @@ class Step:
     params: int = 0  # per device
     wire_fraction: tuple[int, int] = (0, 1)  # of the full tensor's bytes, sent by each rank
     style: str | None = None
+    bias: bool = False  # linear: it adds a bias
     reason: str | None = None
     inserted: bool = False
     # Backward communication (par.dsl.lowering.backward). `pair`: the forward/backward pair (`PAIRS`) that

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 
 from par.dsl.checks.deployment import Model, Op
 from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, Signature
@@ -30,7 +31,7 @@ class Syntax:
     """How a block statement calls an op: `tensors` leading operands, then the extras."""
 
     tensors: int
-    extras: tuple[str, ...] = ()  # kinds of the arguments after them: size | style | dim
+    extras: tuple[str, ...] = ()  # kinds of the arguments after them: size | style | dim | bias (the word)
     optional: int = 0  # how many trailing extras may be left out
     usage: str = ""
 
@@ -95,6 +96,13 @@ class OpSpec:
     shape: ShapeRule
     flops: PerDevice  # forward, multiply-add = 2
     params: PerDevice = no_parameters
+    # Parameters of the bias an op takes when its statement says `bias` (an op whose syntax has a
+    # `bias` extra). A bias adds one FLOP per output element, below 1 / in_features of a
+    # linear's own: not counted.
+    bias: PerDevice = no_parameters
+    # The share of the input's features the op computes on, for its FLOPs (rope: Q and K of a
+    # fused QKV, not V); None: all of them.
+    computes_on: Callable[[Model], Fraction] | None = None
     # Variants whose output differs per tensor-parallel rank although their input is replicated:
     # the input's gradient is partial there, so a replicated input enters through `copy_to_tp`
     # (identity forward, AllReduce of the gradient in backward; par.dsl.lowering.backward).
@@ -128,14 +136,31 @@ def _linear_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
 
 def _attention_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
     """Fused Q, K and V in; the heads' outputs, concatenated, out."""
+    _fused_qkv(op, inputs, model, "")
+    return inputs[0][:-1] + (model.heads * model.head_dim,)
+
+
+def _fused_qkv(op: Op, inputs: list[Shape], model: Model, need: str) -> None:
+    """Raises ShapeError unless the input's features are a fused Q, K and V."""
     want = (model.heads + 2 * model.kv_heads) * model.head_dim
     if inputs[0][-1] != want:
         raise ShapeError(
-            f"attention needs fused Q, K and V: (heads + 2 × kv_heads) × head_dim = "
+            f"{op.op} needs fused Q, K and V{need}: (heads + 2 × kv_heads) × head_dim = "
             f"({model.heads} + 2 × {model.kv_heads}) × {model.head_dim} = {want} features, "
             f"but '{op.inputs[0]}' has {inputs[0][-1]}"
         )
-    return inputs[0][:-1] + (model.heads * model.head_dim,)
+
+
+def _rope_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    """Rotates the Q and K heads of a fused QKV in place: the shape of its input."""
+    _fused_qkv(op, inputs, model, " (it rotates the Q and K heads and leaves V)")
+    if model.head_dim % 2:
+        raise ShapeError(f"rope rotates pairs of features: head_dim must be even, not {model.head_dim}")
+    return inputs[0]
+
+
+def _query_and_key(model: Model) -> Fraction:
+    return Fraction(model.heads + model.kv_heads, model.heads + 2 * model.kv_heads)
 
 
 # -- FLOPs and parameters of one device's shard -----------------------------------------------------
@@ -161,7 +186,13 @@ def _attention_flops(local_in: Shape, local_out: Shape) -> int:
 
 
 def _weight(local_in: Shape, local_out: Shape) -> int:
-    return local_in[-1] * local_out[-1]  # no bias
+    return local_in[-1] * local_out[-1]
+
+
+def _linear_bias(local_in: Shape, local_out: Shape) -> int:
+    # Column-parallel: this rank's part of the output features; row-parallel and replicated:
+    # every output feature (each rank holds the whole bias; docs/cost.md says where it is added).
+    return local_out[-1]
 
 
 def _scale(local_in: Shape, local_out: Shape) -> int:
@@ -234,7 +265,7 @@ OPS: dict[str, OpSpec] = {
         ),
         OpSpec(
             "linear",
-            Syntax(1, ("size", "style"), usage="linear(x, out_features, column|row|replicated)"),
+            Syntax(1, ("size", "style", "bias"), optional=1, usage="linear(x, out_features, column|row|replicated[, bias])"),
             {
                 "column": (Signature((R,), S_LAST),),
                 "row": (Signature((S_LAST,), P),),
@@ -243,6 +274,7 @@ OPS: dict[str, OpSpec] = {
             _linear_shape,
             _matmul_flops,
             _weight,
+            bias=_linear_bias,
             enters_tp=frozenset({"column"}),
             saves=Saves(operands=(0,)),  # the input; the weight is a parameter
         ),
@@ -255,6 +287,18 @@ OPS: dict[str, OpSpec] = {
             _attention_flops,
             saves=Saves(operands=(0,), output=True, extra=_attention_extra),
             keeps_parts=frozenset({S_LAST.dim}),
+        ),
+        # Rotary position embedding of the Q and K heads of a fused QKV, per head and position:
+        # head-aligned S(-1) or R, like attention (never S(seq): it needs each token's position).
+        # Its backward rotates the gradient back, so it keeps nothing (docs/pytorch.md).
+        OpSpec(
+            "rope",
+            Syntax(1, usage="rope(qkv)"),
+            {None: (Signature((S_LAST,), S_LAST), Signature((R,), R))},
+            _rope_shape,
+            per_element(3),  # x·cos + rotate_half(x)·sin
+            computes_on=_query_and_key,
+            keeps_parts=_EVERY_DIM,
         ),
         # Nonlinear elementwise ops: anything but a partial sum.
         OpSpec(

@@ -37,6 +37,8 @@ CASES = [
     ("layerwise", ()),
     ("llama_gqa", ()),
 ]
+# A block with a bias (and rope), which no shipped spec has.
+BIASED = "model m : qwen2 { layers 2  hidden 64  heads 4  kv_heads 2  batch 4  seq 8 }\nmesh { tp 2 }\n"
 
 
 def fits(value, hint) -> bool:
@@ -89,9 +91,15 @@ def test_every_edge_and_the_graph_are_typed(graph):
     assert not typed_dict_problems(graph.graph, GraphAttrs), typed_dict_problems(graph.graph, GraphAttrs)
 
 
-def test_every_attribute_the_type_names_is_written(shipped):
+def test_a_biased_blocks_nodes_are_node_attrs(compile_spec):
+    for node, data in compile_spec(BIASED).graph.nodes(data=True):
+        assert not typed_dict_problems(data, NodeAttrs), (node, typed_dict_problems(data, NodeAttrs))
+
+
+def test_every_attribute_the_type_names_is_written(shipped, compile_spec):
     """No key of NodeAttrs that expansion never writes: the union over the cases is all of them."""
-    written = {key for stem, defines in CASES for _, data in shipped(stem, *defines).graph.nodes(data=True) for key in data}
+    graphs = [shipped(stem, *defines).graph for stem, defines in CASES] + [compile_spec(BIASED).graph]
+    written = {key for graph in graphs for _, data in graph.nodes(data=True) for key in data}
     assert written == set(get_type_hints(NodeAttrs))
 
 

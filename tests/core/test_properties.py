@@ -13,13 +13,16 @@ from par.dsl.dag.validate import validate
 CLOSED_FORM = {
     # Megatron: AllReduce after each row-parallel linear.
     ("gpt", False, False): (10, 0, {"allreduce": 2}),
-    ("llama", False, False): (12, 0, {"allreduce": 2}),
+    ("llama", False, False): (13, 0, {"allreduce": 2}),
+    # Biases change no node: gpt2 has gpt's, qwen2 llama's.
+    ("gpt2", False, False): (10, 0, {"allreduce": 2}),
+    ("qwen2", True, False): (13, 0, {"allgather": 2, "reducescatter": 2}),
     # Written AllGathers after QKV and FC1: attention and GELU then run replicated and are
     # sliced back for the row-parallel linear; the AllReduces stay.
     ("gpt", False, True): (10, 2, {"allreduce": 2, "allgather": 2}),
     # Sequence parallel: AllGather before the column linears, ReduceScatter after the row linears.
     ("gpt", True, False): (10, 0, {"allgather": 2, "reducescatter": 2}),
-    ("llama", True, False): (12, 0, {"allgather": 2, "reducescatter": 2}),
+    ("llama", True, False): (13, 0, {"allgather": 2, "reducescatter": 2}),
     ("gpt", True, True): (10, 2, {"allgather": 4, "reducescatter": 2}),
 }
 
@@ -33,7 +36,7 @@ def deployments(draw):
     layers = draw(st.integers(pp, 6))
     microbatches = draw(st.integers(1, 3))
     heads = tp * draw(st.integers(1, 2))
-    kv_heads = heads if block == "gpt" else tp
+    kv_heads = heads if block.startswith("gpt") else tp
     head_dim = 8
     return {
         "block": block, "sp": sp, "gathers": gathers, "tp": tp, "pp": pp, "dp": dp, "layers": layers,

@@ -29,7 +29,7 @@ from par.lint.classify import COLLECTIVE_TITLES, collective_named
 
 PLACEMENTS = (R, P, S_SEQ, S_LAST)
 # The ops whose PyTorch code the layer writers build themselves (modules, head arithmetic).
-HAND_WRITTEN = {"linear", "attention"}
+HAND_WRITTEN = {"linear", "attention", "rope"}
 
 
 def torch_mismatch(ops, elementwise, norms) -> set[str]:

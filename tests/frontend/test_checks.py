@@ -129,7 +129,7 @@ def test_block_names_and_ops(errors_of):
     by_line = {(d.span.line, d.message) for d in found}
     expected = {
         (3, "undefined value 'y'"),
-        (4, "linear takes 3 arguments, not 2"),
+        (4, "linear takes 3 to 4 arguments, not 2"),
         (5, "'d' is used before it is defined (at t.par:6:3)"),
         (6, "unknown op 'frob'"),
         (7, "'a' is defined twice in block 'mine' (first at t.par:3:3)"),

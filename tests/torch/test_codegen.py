@@ -136,7 +136,8 @@ def test_sequence_parallel_gathers_reduce_scatter_in_backward_and_norm_gradients
     lines = {line.target: line.expression for line in view.layer.code.lines}
     assert lines["allgather_ln1"].startswith("all_gather_to_tp(ln1, dim=1")
     assert lines["allgather_ln2"].startswith("all_gather_to_tp(ln2, dim=1")
-    assert lines["ctx"] == "causal_attention(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP)"
+    assert lines["pos"] == "rotary_embedding(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP)"
+    assert lines["ctx"] == "causal_attention(pos, heads=HEADS // TP, kv_heads=KV_HEADS // TP)"
     assert view.layer.partial_gradients == ("ln1.weight", "ln2.weight")
     assert "copy_to_tp" not in view.helpers
 

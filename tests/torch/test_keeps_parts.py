@@ -4,8 +4,8 @@ The compiler leaves out an AllGather's backward ReduceScatter when every op afte
 ranks' parts apart (par.dsl.lowering.backward). Here each declaration is measured: cut the
 inputs and the output into TP parts along a dim, and take the gradient of one output part; the
 op keeps parts apart along that dim exactly when that gradient is zero outside the same part
-of every input. Attention reads its fused QKV as the gathered tensor holds it (one block of
-heads per rank) and runs grouped-query (4 heads, 2 KV heads).
+of every input. Attention and rope read their fused QKV as the gathered tensor holds it (one
+block of heads per rank); attention runs grouped-query (4 heads, 2 KV heads).
 """
 
 from __future__ import annotations
@@ -22,17 +22,20 @@ from par.dsl.registry.ops import OPS  # noqa: E402
 
 TP = 2
 DIMS = {"seq": S_SEQ.dim, "features": S_LAST.dim}
+HEADS = ("attention", "rope")  # the ops over fused Q, K, V heads
 
 
 def _run(op: str, inputs: list) -> torch.Tensor:
     if op == "attention":
         return ops.causal_attention(inputs[0], heads=ops.HEADS, kv_heads=ops.KV_HEADS, groups=TP)
+    if op == "rope":
+        return ops.rotary_embedding(inputs[0], heads=ops.HEADS, kv_heads=ops.KV_HEADS, groups=TP)
     return eval(ELEMENTWISE[op].format(*(f"inputs[{index}]" for index in range(len(inputs)))))
 
 
 def _inputs(op: str) -> list:
     generator = torch.Generator().manual_seed(0)
-    width = (ops.HEADS + 2 * ops.KV_HEADS) * ops.HEAD_DIM if op == "attention" else 8
+    width = (ops.HEADS + 2 * ops.KV_HEADS) * ops.HEAD_DIM if op in HEADS else 8
     return [torch.randn(2, 6, width, generator=generator, requires_grad=True) for _ in range(OPS[op].syntax.tensors)]
 
 
@@ -53,7 +56,7 @@ def _keeps_parts_apart(op: str, dim: int) -> bool:
 
 
 @pytest.mark.parametrize("dim", DIMS)
-@pytest.mark.parametrize("op", [*ELEMENTWISE, "attention"])
+@pytest.mark.parametrize("op", [*ELEMENTWISE, *HEADS])
 def test_an_op_keeps_parts_apart_exactly_where_the_registry_says(op, dim, monkeypatch):
     monkeypatch.setattr(ops, "TP", TP)
     assert _keeps_parts_apart(op, DIMS[dim]) == (DIMS[dim] in OPS[op].keeps_parts)
@@ -61,4 +64,4 @@ def test_an_op_keeps_parts_apart_exactly_where_the_registry_says(op, dim, monkey
 
 def test_ops_with_parameters_declare_no_parts_kept_apart():
     # a norm or linear is never passed through by a partial gradient, so it never needs one
-    assert {name for name, spec in OPS.items() if spec.keeps_parts} == {*ELEMENTWISE, "attention"}
+    assert {name for name, spec in OPS.items() if spec.keeps_parts} == {*ELEMENTWISE, *HEADS}

@@ -1,11 +1,22 @@
-"""The ops a layer's forward calls beside torch's: attention over fused Q, K, V and its reorderings."""
+"""The ops a layer's forward calls beside torch's: attention and rope over fused Q, K, V, and its reorderings."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from par.codegen.pytorch.runtime.spec import HEAD_DIM, HEADS, KV_HEADS, TP
+from par.codegen.pytorch.runtime.spec import (
+    HEAD_DIM,
+    HEADS,
+    KV_HEADS,
+    ROPE_FACTOR,
+    ROPE_HIGH_FREQ_FACTOR,
+    ROPE_LOW_FREQ_FACTOR,
+    ROPE_ORIGINAL_MAX_POSITIONS,
+    ROPE_SCALING,
+    ROPE_THETA,
+    TP,
+)
 
 # -- Ops ----------------------------------------------------------------------------------------
 
@@ -26,6 +37,68 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     # Grouped-query attention: query head h uses KV head h // (heads // kv_heads), without copying K and V per head.
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
+
+
+def rope_frequencies(device: torch.device) -> torch.Tensor:
+    """The rotary embedding's inverse frequencies, [HEAD_DIM // 2] in fp32, computed as
+    transformers' rope init functions compute them (default, `linear`, `llama3`)."""
+    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.int64, device=device).float() / HEAD_DIM))
+    if ROPE_SCALING == "linear":
+        inv_freq = inv_freq / ROPE_FACTOR
+    if ROPE_SCALING == "llama3":
+        # Llama 3.1: long wavelengths divided by the factor, short ones kept, the band between smoothed.
+        low_freq_wavelen = ROPE_ORIGINAL_MAX_POSITIONS / ROPE_LOW_FREQ_FACTOR
+        high_freq_wavelen = ROPE_ORIGINAL_MAX_POSITIONS / ROPE_HIGH_FREQ_FACTOR
+        wavelen = 2 * torch.pi / inv_freq
+        scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / ROPE_FACTOR, inv_freq)
+        band = ROPE_HIGH_FREQ_FACTOR - ROPE_LOW_FREQ_FACTOR
+        smooth = (ROPE_ORIGINAL_MAX_POSITIONS / wavelen - ROPE_LOW_FREQ_FACTOR) / band
+        smoothed = (1 - smooth) * scaled / ROPE_FACTOR + smooth * scaled
+        medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def rotate(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool) -> torch.Tensor:
+    """The Q and K heads of fused Q, K, V features (laid out as `causal_attention` reads them)
+    turned by each position's angles, or turned `back` by them; V as it is.
+
+    Positions are 0 .. seq - 1: the rotary embedding runs on the whole sequence (its signatures
+    take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
+    rotate_half, so Hugging Face checkpoints load as they are.
+    """
+    batch, seq, features = qkv.shape
+    q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
+    qk, v = qkv.reshape(batch, seq, groups, q_size + 2 * kv_size).split([q_size + kv_size, kv_size], dim=-1)
+    qk = qk.reshape(batch, seq, groups, (q_size + kv_size) // HEAD_DIM, HEAD_DIM)
+    angles = torch.arange(seq, device=qkv.device).float()[:, None] * rope_frequencies(qkv.device)
+    angles = torch.cat((angles, angles), dim=-1)[:, None, None, :]  # [seq, 1, 1, HEAD_DIM]
+    cos, sin = angles.cos().to(qkv.dtype), angles.sin().to(qkv.dtype)
+    first, second = qk.chunk(2, dim=-1)
+    half_turned = torch.cat((-second, first), dim=-1)
+    turned = qk * cos - half_turned * sin if back else qk * cos + half_turned * sin
+    return torch.cat((turned.flatten(-2), v), dim=-1).reshape(batch, seq, features)
+
+
+class RotaryEmbedding(torch.autograd.Function):
+    """The rotary embedding; its backward turns the gradient back by the same angles (the
+    rotation's transpose), so autograd keeps no tensor for it."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, heads: int, kv_heads: int, groups: int) -> torch.Tensor:
+        ctx.heads = (heads, kv_heads, groups)
+        return rotate(qkv, heads, kv_heads, groups, back=False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        heads, kv_heads, groups = ctx.heads
+        return rotate(grad, heads, kv_heads, groups, back=True), None, None, None
+
+
+def rotary_embedding(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
+    """Rotary position embedding of the Q and K heads of fused Q, K, V features; `heads`,
+    `kv_heads` and `groups` as `causal_attention` takes them."""
+    return RotaryEmbedding.apply(qkv, heads, kv_heads, groups)
 
 
 def group_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:

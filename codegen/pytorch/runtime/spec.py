@@ -28,6 +28,11 @@ DP = 1
 WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 2
 STAGES = ((0, 1),)
+ROPE_THETA = 10000.0  # the rotary embedding's base, and its scaling's numbers (transformers' names)
+ROPE_FACTOR = 8.0
+ROPE_LOW_FREQ_FACTOR = 1.0
+ROPE_HIGH_FREQ_FACTOR = 4.0
+ROPE_ORIGINAL_MAX_POSITIONS = 8192
 STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)
 PARTIAL_GRADIENTS: tuple[str, ...] = ()
 
@@ -39,3 +44,4 @@ MIXED_PRECISION = False  # fp16 or bf16 parameters: AdamW runs on fp32 master we
 FP32_GRADIENTS = False  # fp16 or bf16 parameters whose gradients are accumulated and reduced in fp32
 LOSS_SCALING = False  # fp16: dynamic loss scaling
 HF_CHECKPOINT = True  # the block's parameters have Hugging Face names: --load and --save
+ROPE_SCALING = "none"  # the rotary embedding's frequency scaling: none | linear | llama3

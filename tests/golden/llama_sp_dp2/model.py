@@ -53,6 +53,8 @@ WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 2  # per replica and step
 STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ // TP, HIDDEN)  # one microbatch on one rank, between layers
+# The rotary embedding: its base.
+ROPE_THETA = 10000.0
 
 
 # -- Ops ----------------------------------------------------------------------------------------
@@ -76,6 +78,55 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
 
 
+def rope_frequencies(device: torch.device) -> torch.Tensor:
+    """The rotary embedding's inverse frequencies, [HEAD_DIM // 2] in fp32, computed as
+    transformers' rope init functions compute them (default, `linear`, `llama3`)."""
+    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.int64, device=device).float() / HEAD_DIM))
+    return inv_freq
+
+
+def rotate(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool) -> torch.Tensor:
+    """The Q and K heads of fused Q, K, V features (laid out as `causal_attention` reads them)
+    turned by each position's angles, or turned `back` by them; V as it is.
+
+    Positions are 0 .. seq - 1: the rotary embedding runs on the whole sequence (its signatures
+    take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
+    rotate_half, so Hugging Face checkpoints load as they are.
+    """
+    batch, seq, features = qkv.shape
+    q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
+    qk, v = qkv.reshape(batch, seq, groups, q_size + 2 * kv_size).split([q_size + kv_size, kv_size], dim=-1)
+    qk = qk.reshape(batch, seq, groups, (q_size + kv_size) // HEAD_DIM, HEAD_DIM)
+    angles = torch.arange(seq, device=qkv.device).float()[:, None] * rope_frequencies(qkv.device)
+    angles = torch.cat((angles, angles), dim=-1)[:, None, None, :]  # [seq, 1, 1, HEAD_DIM]
+    cos, sin = angles.cos().to(qkv.dtype), angles.sin().to(qkv.dtype)
+    first, second = qk.chunk(2, dim=-1)
+    half_turned = torch.cat((-second, first), dim=-1)
+    turned = qk * cos - half_turned * sin if back else qk * cos + half_turned * sin
+    return torch.cat((turned.flatten(-2), v), dim=-1).reshape(batch, seq, features)
+
+
+class RotaryEmbedding(torch.autograd.Function):
+    """The rotary embedding; its backward turns the gradient back by the same angles (the
+    rotation's transpose), so autograd keeps no tensor for it."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, heads: int, kv_heads: int, groups: int) -> torch.Tensor:
+        ctx.heads = (heads, kv_heads, groups)
+        return rotate(qkv, heads, kv_heads, groups, back=False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        heads, kv_heads, groups = ctx.heads
+        return rotate(grad, heads, kv_heads, groups, back=True), None, None, None
+
+
+def rotary_embedding(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
+    """Rotary position embedding of the Q and K heads of fused Q, K, V features; `heads`,
+    `kv_heads` and `groups` as `causal_attention` takes them."""
+    return RotaryEmbedding.apply(qkv, heads, kv_heads, groups)
+
+
 def group_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     """Fused [Q | K | V] along `dim` -> one [q | k | v] block per tensor-parallel rank, in rank order."""
     q, k, v = tensor.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=dim)
@@ -95,25 +146,34 @@ def ungroup_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ColumnParallelLinear(nn.Module):
-    """x @ W.T for this rank's rows of the full [out_features, in_features] weight: R -> S(-1)."""
+    """x @ W.T (+ b) for this rank's rows of the full [out_features, in_features] weight (and
+    its part of the bias, split like the output): R -> S(-1)."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features // TP, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features // TP)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return F.linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
-    """x @ W.T for this rank's columns of the full [out_features, in_features] weight: S(-1) -> P."""
+    """x @ W.T for this rank's columns of the full [out_features, in_features] weight: S(-1) -> P.
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    The output is a partial sum over the group, so only the rank that `adds_bias` (rank 0)
+    adds the whole bias: the sum holds it once. Its gradient is whole there and zero on the
+    others, and is summed over the group (PARTIAL_GRADIENTS).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, adds_bias: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features // TP))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.adds_bias = adds_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return F.linear(x, self.weight, self.bias if self.adds_bias else None)
 
 
 # -- The model ----------------------------------------------------------------------------------
@@ -142,7 +202,8 @@ class LlamaLayer(nn.Module):
         ln1 = self.ln1(x)
         allgather_ln1 = all_gather_to_tp(ln1, dim=1, group=self.tp_group)  # DAG: layer_<i>_allgather_ln1_dp<d>
         qkv = self.qkv(allgather_ln1)
-        ctx = causal_attention(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP)  # this rank's heads
+        pos = rotary_embedding(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP)  # this rank's heads
+        ctx = causal_attention(pos, heads=HEADS // TP, kv_heads=KV_HEADS // TP)  # this rank's heads
         attn = self.attn(ctx)
         reducescatter_attn = reduce_scatter(attn, dim=1, group=self.tp_group)  # DAG: layer_<i>_reducescatter_attn_dp<d>
         h = x + reducescatter_attn
@@ -192,7 +253,8 @@ class ReferenceLlamaLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln1 = self.ln1(x)
         qkv = self.qkv(ln1)
-        ctx = causal_attention(qkv, heads=HEADS, kv_heads=KV_HEADS)
+        pos = rotary_embedding(qkv, heads=HEADS, kv_heads=KV_HEADS)
+        ctx = causal_attention(pos, heads=HEADS, kv_heads=KV_HEADS)
         attn = self.attn(ctx)
         h = x + attn
         ln2 = self.ln2(h)

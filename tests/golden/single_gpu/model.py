@@ -82,10 +82,10 @@ class GptLayer(nn.Module):
 
     def __init__(self, groups: Groups) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(HIDDEN)
+        self.ln1 = nn.LayerNorm(HIDDEN, eps=1e-5)
         self.qkv = nn.Linear(HIDDEN, 3 * HIDDEN, bias=False)
         self.attn = nn.Linear(HIDDEN, HIDDEN, bias=False)
-        self.ln2 = nn.LayerNorm(HIDDEN)
+        self.ln2 = nn.LayerNorm(HIDDEN, eps=1e-5)
         self.fc1 = nn.Linear(HIDDEN, FFN, bias=False)
         self.mlp = nn.Linear(FFN, HIDDEN, bias=False)
 
@@ -126,10 +126,10 @@ class ReferenceGptLayer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(HIDDEN)
+        self.ln1 = nn.LayerNorm(HIDDEN, eps=1e-5)
         self.qkv = nn.Linear(HIDDEN, 3 * HIDDEN, bias=False)
         self.attn = nn.Linear(HIDDEN, HIDDEN, bias=False)
-        self.ln2 = nn.LayerNorm(HIDDEN)
+        self.ln2 = nn.LayerNorm(HIDDEN, eps=1e-5)
         self.fc1 = nn.Linear(HIDDEN, FFN, bias=False)
         self.mlp = nn.Linear(FFN, HIDDEN, bias=False)
 
