@@ -1,0 +1,35 @@
+"""Run on every rank by the oracle tests (through fork_launch, as a model.py would be): loads a
+generated model.py as a module, fills its stage from a Hugging Face checkpoint with model.py's own
+--load, runs one training step on the batch model.py draws from its seed, and writes what the
+test compares with transformers: this rank's outputs (last stage), and the reduced gradients as
+a Hugging Face checkpoint (written by rank 0 with model.py's own --save machinery).
+
+    main([model_py, checkpoint, out])
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from fork_launch import load_module
+
+
+def main(argv: list[str]) -> int:
+    model_py, checkpoint, out = argv
+    m = load_module(Path(model_py), "model_under_test")
+    timeout = datetime.timedelta(seconds=120)
+    device = m.init_distributed(timeout)
+    groups = m.Groups(dist.get_rank(), timeout)
+    stage = m.Stage(groups).to(device=device, dtype=m.DTYPE)
+    loaded = m.load_checkpoint(checkpoint, stage, groups)
+    schedule = m.PipelineSchedule(stage, groups, device)
+    buffer = m.GradientBuffer(stage)
+    outputs, losses = m.train_step(schedule, buffer, groups, m.rank_data(groups, 0, device))
+    if outputs:
+        torch.save([output.detach().cpu() for output in outputs], f"{out}/outputs{groups.rank}.pt")
+    m.save_checkpoint(f"{out}/gradients", buffer.main_views, groups, loaded)
+    dist.destroy_process_group()
+    return 0

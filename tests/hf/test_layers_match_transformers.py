@@ -1,0 +1,145 @@
+"""The generated layer stack against transformers' own decoder layers (an oracle that shares no
+code with par): a tiny random Llama (grouped-query attention, RoPE with Llama 3.1's scaling) and
+Qwen2 (QKV bias), their layers' weights loaded with model.py --load's code, one training step on
+every rank of the layout; outputs and the gradient of every parameter within 1e-5 (fp32).
+
+A spec without `vocab` is the layer stack alone: its input is the residual stream, its loss the
+mean squared error against a target (model.py draws both from its seed; the test takes them from
+model.py's own `make_batch`, and the gradients, written in Hugging Face names by rank 0, are
+compared with transformers' by name).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+transformers = pytest.importorskip("transformers")
+import torch.nn.functional as F  # noqa: E402
+from fork_launch import launch, load_module  # noqa: E402
+from small_models import compile_source, write_model  # noqa: E402
+
+PROBE = Path(__file__).resolve().parent / "probe.py"
+TOLERANCE = 1e-5
+SIZES = "layers 2  hidden 32  heads 4  kv_heads 2  ffn 48  batch 4  seq 8  dtype fp32  norm_eps 1e-6"
+# Llama 3.1's RoPE scaling with an original context of 16: of the four frequencies of a head of
+# 8, one lies in the smoothed band and three are divided by the factor.
+ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}
+ROPE_SETTINGS = "rope_scaling llama3  rope_factor 8  rope_low_freq_factor 1  rope_high_freq_factor 4  rope_original_max_positions 16"
+
+
+def hf_model(block: str):
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                  vocab_size=16, rms_norm_eps=1e-6, attn_implementation="sdpa")
+    if block == "llama":
+        config = transformers.LlamaConfig(**common, rope_theta=10000.0, rope_scaling=ROPE)
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, rope_theta=10000.0))
+    torch.manual_seed(1)
+    with torch.no_grad():  # every parameter random, biases and norm weights included
+        for name, param in model.named_parameters():
+            scale = param.shape[-1] ** -0.5 if param.dim() == 2 else 0.1
+            param.copy_(torch.randn_like(param) * scale + (1.0 if name.endswith("norm.weight") else 0.0))
+    return model
+
+
+def spec(block: str, tp: int, pp: int, dp: int, sp: bool) -> str:
+    rope = ROPE_SETTINGS if block == "llama" else ""
+    mesh = f"tp {tp}  pp {pp}  dp {dp}  microbatches 2" + ("  sp" if sp else "")
+    return f"model stack : {block} {{ {SIZES}  rope_theta 10000  {rope} }}\nmesh {{ {mesh} }}\n"
+
+
+def layer_checkpoint(model, folder) -> None:
+    folder.mkdir()
+    layers = {name: t.contiguous() for name, t in model.state_dict().items() if name.startswith("model.layers.")}
+    safetensors_torch.save_file(layers, folder / "model.safetensors")
+
+
+def transformers_step(model, inputs, targets):
+    """transformers' decoder layers on the residual stream, and the gradients of the mean squared error."""
+    model.zero_grad()
+    positions = torch.arange(inputs.shape[1])[None].expand(inputs.shape[0], -1)
+    rotary = model.model.rotary_emb(inputs, positions)
+    hidden = inputs
+    for layer in model.model.layers:
+        hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+    F.mse_loss(hidden, targets).backward()
+    return hidden.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def relative(actual, expected) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def run_layout(folder, block: str, tp: int, pp: int, dp: int, sp: bool, mutate=None) -> tuple[float, float]:
+    """The largest relative errors of the outputs and of any gradient, against transformers."""
+    model_py = write_model(compile_source(spec(block, tp, pp, dp, sp)), folder / "build")
+    if mutate is not None:
+        model_py.write_text(mutate(model_py.read_text()))
+    model = hf_model(block)
+    layer_checkpoint(model, folder / "checkpoint")
+    out = folder / "out"
+    out.mkdir()
+    results = launch(PROBE, tp * pp * dp,
+                     [str(model_py), str(folder / "checkpoint"), str(out)], folder / "logs", timeout=240)
+    assert all(result.exitcode == 0 for result in results), [result.stderr for result in results]
+    generated = load_module(model_py, "generated_for_batches")
+    batches = [generated.make_batch(d, 0) for d in range(dp)]
+    inputs, targets = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    expected, grads = transformers_step(model, inputs, targets)
+    replicas = []
+    for d in range(dp):
+        ranks = [(d * pp + pp - 1) * tp + t for t in range(tp)]
+        outputs = [torch.load(out / f"outputs{rank}.pt") for rank in ranks]
+        microbatches = [torch.cat(parts, dim=1) if sp else parts[0] for parts in zip(*outputs, strict=True)]
+        replicas.append(torch.cat(microbatches))
+    output_error = relative(torch.cat(replicas), expected)
+    saved = safetensors_torch.load_file(out / "gradients" / "model.safetensors")
+    assert saved.keys() == {name for name in grads if name.startswith("model.layers.")}
+    gradient_error = max(relative(saved[name], grads[name]) for name in saved)
+    return output_error, gradient_error
+
+
+LAYOUTS = [
+    pytest.param("llama", 2, 1, 1, True, id="llama-tp2-sp"),
+    pytest.param("llama", 1, 1, 1, False, id="llama-tp1", marks=pytest.mark.slow),
+    pytest.param("llama", 2, 2, 1, False, id="llama-tp2-pp2", marks=pytest.mark.slow),
+    pytest.param("llama", 2, 2, 2, True, id="llama-tp2-pp2-dp2-sp", marks=pytest.mark.slow),
+    pytest.param("qwen2", 2, 2, 2, False, id="qwen2-tp2-pp2-dp2", marks=pytest.mark.slow),
+    pytest.param("qwen2", 2, 1, 1, True, id="qwen2-tp2-sp"),
+]
+
+
+@pytest.mark.parametrize(("block", "tp", "pp", "dp", "sp"), LAYOUTS)
+def test_layers_equal_transformers(workdir, block, tp, pp, dp, sp):
+    output_error, gradient_error = run_layout(workdir, block, tp, pp, dp, sp)
+    assert output_error <= TOLERANCE and gradient_error <= TOLERANCE, (output_error, gradient_error)
+
+
+WRONG_GQA = (  # the issue's mutation: K and V heads repeated, not interleaved, for the query heads
+    "    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)",
+    "    k, v = (t.repeat(1, heads // kv_heads, 1, 1) for t in (k, v))\n"
+    "    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)",
+)
+NO_ROPE = (
+    "    turned = qk * cos - half_turned * sin if back else qk * cos + half_turned * sin",
+    "    turned = qk",
+)
+
+
+@pytest.mark.parametrize("mutation", [WRONG_GQA, NO_ROPE], ids=["repeat-not-interleave", "no-rope"])
+def test_a_wrong_gqa_mapping_or_a_missing_rope_fails_the_comparison(workdir, mutation):
+    old, new = mutation
+
+    def mutate(text: str) -> str:
+        assert old in text
+        return text.replace(old, new)
+
+    # tp 1: all four query heads and both KV heads on one rank, where repeat and interleave differ
+    output_error, _ = run_layout(workdir, "llama", 1, 1, 1, False, mutate)
+    assert output_error > 100 * TOLERANCE
