@@ -40,7 +40,7 @@ def layer_checkpoint(folder: Path, files: int) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.mark.parametrize("files", [1, 2])
+@pytest.mark.parametrize("files", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_load_then_save_is_lossless_across_tp_pp_and_dp(workdir, files):
     model_py = write_model(compile_source(SPEC), workdir / "build")
     source = workdir / "source"

@@ -1,6 +1,6 @@
 """The generated layer stack against transformers' own decoder layers (an oracle that shares no
-code with par): a tiny random Llama (grouped-query attention, RoPE with Llama 3.1's scaling) and
-Qwen2 (QKV bias), their layers' weights loaded with model.py --load's code, one training step on
+code with par): a tiny random Llama (grouped-query attention, RoPE with Llama 3.1's scaling),
+Qwen2 (QKV bias) and GPT-2 (biases, Conv1D weights stored transposed), their layers' weights loaded with model.py --load's code, one training step on
 every rank of the layout; outputs and the gradient of every parameter within 1e-5 (fp32).
 
 A spec without `vocab` is the layer stack alone: its input is the residual stream, its loss the
@@ -38,36 +38,50 @@ def hf_model(block: str):
     if block == "llama":
         config = transformers.LlamaConfig(**common, rope_theta=10000.0, rope_scaling=ROPE)
         model = transformers.LlamaForCausalLM(config)
+    elif block == "gpt2":
+        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=16, attn_implementation="sdpa")
+        model = transformers.GPT2LMHeadModel(config)
     else:
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, rope_theta=10000.0))
     torch.manual_seed(1)
     with torch.no_grad():  # every parameter random, biases and norm weights included
         for name, param in model.named_parameters():
             scale = param.shape[-1] ** -0.5 if param.dim() == 2 else 0.1
-            param.copy_(torch.randn_like(param) * scale + (1.0 if name.endswith("norm.weight") else 0.0))
-    return model
+            norm = name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight"))
+            param.copy_(torch.randn_like(param) * scale + (1.0 if norm else 0.0))
+    return model.eval()  # no dropout (GPT-2's config has 0.1); gradients are computed all the same
 
 
 def spec(block: str, tp: int, pp: int, dp: int, sp: bool) -> str:
-    rope = ROPE_SETTINGS if block == "llama" else ""
     mesh = f"tp {tp}  pp {pp}  dp {dp}  microbatches 2" + ("  sp" if sp else "")
-    return f"model stack : {block} {{ {SIZES}  rope_theta 10000  {rope} }}\nmesh {{ {mesh} }}\n"
+    if block == "gpt2":
+        model = "layers 2  hidden 32  heads 4  batch 4  seq 8  dtype fp32"
+    else:
+        model = f"{SIZES}  rope_theta 10000  {ROPE_SETTINGS if block == 'llama' else ''}"
+    return f"model stack : {block} {{ {model} }}\nmesh {{ {mesh} }}\n"
 
 
 def layer_checkpoint(model, folder) -> None:
     folder.mkdir()
-    layers = {name: t.contiguous() for name, t in model.state_dict().items() if name.startswith("model.layers.")}
+    layers = {name: t.contiguous() for name, t in model.state_dict().items() if name.startswith(LAYERS_PREFIX)}
     safetensors_torch.save_file(layers, folder / "model.safetensors")
+
+
+LAYERS_PREFIX = ("model.layers.", "transformer.h.")
 
 
 def transformers_step(model, inputs, targets):
     """transformers' decoder layers on the residual stream, and the gradients of the mean squared error."""
     model.zero_grad()
-    positions = torch.arange(inputs.shape[1])[None].expand(inputs.shape[0], -1)
-    rotary = model.model.rotary_emb(inputs, positions)
     hidden = inputs
-    for layer in model.model.layers:
-        hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+    if isinstance(model, transformers.GPT2LMHeadModel):
+        for layer in model.transformer.h:
+            hidden = layer(hidden)
+    else:
+        positions = torch.arange(inputs.shape[1])[None].expand(inputs.shape[0], -1)
+        rotary = model.model.rotary_emb(inputs, positions)
+        for layer in model.model.layers:
+            hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
     F.mse_loss(hidden, targets).backward()
     return hidden.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
@@ -100,7 +114,7 @@ def run_layout(folder, block: str, tp: int, pp: int, dp: int, sp: bool, mutate=N
         replicas.append(torch.cat(microbatches))
     output_error = relative(torch.cat(replicas), expected)
     saved = safetensors_torch.load_file(out / "gradients" / "model.safetensors")
-    assert saved.keys() == {name for name in grads if name.startswith("model.layers.")}
+    assert saved.keys() == {name for name in grads if name.startswith(LAYERS_PREFIX)}
     gradient_error = max(relative(saved[name], grads[name]) for name in saved)
     return output_error, gradient_error
 
@@ -111,7 +125,9 @@ LAYOUTS = [
     pytest.param("llama", 2, 2, 1, False, id="llama-tp2-pp2", marks=pytest.mark.slow),
     pytest.param("llama", 2, 2, 2, True, id="llama-tp2-pp2-dp2-sp", marks=pytest.mark.slow),
     pytest.param("qwen2", 2, 2, 2, False, id="qwen2-tp2-pp2-dp2", marks=pytest.mark.slow),
-    pytest.param("qwen2", 2, 1, 1, True, id="qwen2-tp2-sp"),
+    pytest.param("qwen2", 2, 1, 1, True, id="qwen2-tp2-sp", marks=pytest.mark.slow),
+    pytest.param("gpt2", 2, 1, 1, True, id="gpt2-tp2-sp", marks=pytest.mark.slow),
+    pytest.param("gpt2", 2, 2, 2, False, id="gpt2-tp2-pp2-dp2", marks=pytest.mark.slow),
 ]
 
 
