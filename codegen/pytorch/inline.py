@@ -24,7 +24,18 @@ from importlib import resources
 RUNTIME = "par.codegen.pytorch.runtime"
 # Names the runtime may test in an `if` that model.py does not define: decided at build time.
 BUILD_TIME = frozenset(
-    {"SEQUENCE_PARALLEL", "SCHEDULE", "BY_HEAD", "MIXED_PRECISION", "FP32_GRADIENTS", "LOSS_SCALING"}
+    {
+        "SEQUENCE_PARALLEL",
+        "SCHEDULE",
+        "BY_HEAD",
+        "MIXED_PRECISION",
+        "FP32_GRADIENTS",
+        "LOSS_SCALING",
+        "ENDS",
+        "TIED",
+        "LEARNED_POSITIONS",
+        "PADDED",
+    }
 )
 INDENT = 4
 

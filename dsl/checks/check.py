@@ -9,7 +9,7 @@ from typing import cast
 from par.dsl.checks import stages as stage_split
 from par.dsl.checks.blockcheck import resolve_block
 from par.dsl.checks.crosscheck import cross_checks
-from par.dsl.checks.deployment import DTYPE_BYTES, GRAD_DTYPES, SCHEDULES, Deployment, Mesh, Model
+from par.dsl.checks.deployment import DTYPE_BYTES, GRAD_DTYPES, SCHEDULES, Block, Deployment, Mesh, Model
 from par.dsl.checks.evaluate import (
     AlreadyReported,
     EvalError,
@@ -45,6 +45,7 @@ MODEL_RANGES = {
     "vocab": (1, 1 << 24),
     "batch": (1, 1 << 24),
     "seq": (1, 1 << 26),
+    "max_positions": (1, 1 << 26),
 }
 MESH_RANGES = {
     "tp": (1, 1 << 16),
@@ -57,7 +58,14 @@ MESH_RANGES = {
 MESH_KEYWORDS = ("schedule", "sp", "stages")
 RANGES = MODEL_RANGES | MESH_RANGES
 REQUIRED = ("layers", "hidden", "heads", "batch", "seq")
-WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES}
+# The model's ends (docs/language.md, The model's ends): words, and what each needs.
+END_WORDS = {
+    "tie_embeddings": ("false", "true"),
+    "positions": ("none", "learned"),
+    "final_norm": ("layernorm", "rmsnorm"),
+}
+ENDS = (*END_WORDS, "max_positions")
+WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES} | END_WORDS
 FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 OVERRIDABLE = sorted(set(RANGES) | set(WORDS) | set(FLAGS) | {"stages"})
@@ -95,9 +103,9 @@ class _Checker:
         hardware_decl = self._single(spec.hardware, "hardware")
         if model_decl is None:
             return None
-        exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | {"dtype"}, "model")
+        exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | {"dtype", *END_WORDS}, "model")
         exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype"}, "mesh", MESH_KEYWORDS)
-        words = {"dtype": exprs.pop("dtype", None), "grad_dtype": exprs.pop("grad_dtype", None)}
+        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", *END_WORDS)}
         stage_specs = mesh_decl.stages if mesh_decl else None
         flags = {
             "sp": bool(mesh_decl and mesh_decl.sequence_parallel),
@@ -126,7 +134,9 @@ class _Checker:
         hardware = resolve_hardware(hardware_decl, self.diags) if hardware_decl else None
         if model is None or mesh is None or block is None or any(d.is_error for d in self.diags):
             return None
-        model = replace(model, block=block.name)
+        model = self._ends(replace(model, block=block.name), words, block, mesh)
+        if model is None:
+            return None
         return Deployment(
             file=spec.file,
             name=stem(spec.file),
@@ -297,6 +307,46 @@ class _Checker:
             batch=v["batch"],
             seq=v["seq"],
             dtype=dtype,
+        )
+
+    def _ends(self, model: Model, words: dict[str, Expr | None], block: Block, mesh: Mesh) -> Model | None:
+        """The settings of the model's ends: each needs `vocab`; learned positions need a row per position."""
+        first_norm = next((op.op for op in block.ops if op.op in END_WORDS["final_norm"]), "layernorm")
+        chosen = {
+            name: self._word(name, words[name], default)
+            for name, default in (("tie_embeddings", "false"), ("positions", "none"), ("final_norm", first_norm))
+        }
+        if any(value is None for value in chosen.values()):
+            return None
+        if model.vocab is None:
+            for name in ENDS:
+                if name in self.spans and (name != "max_positions" or name in self.values):
+                    self.err(
+                        f"{name} needs vocab: without it the model has no embedding, head or loss",
+                        self.spans[name],
+                        "set vocab",
+                    )
+            return None if any(d.is_error for d in self.diags) else model
+        max_positions = self.values.get("max_positions", model.seq)
+        if chosen["positions"] == "learned" and max_positions < model.seq:
+            message = f"max_positions ({max_positions}) is less than seq ({model.seq}): position {max_positions} has no learned row"
+            self.err(message, self.spans.get("max_positions"), f"use max_positions {model.seq} or more")
+            return None
+        padded = model.padded_vocab(mesh.tp)
+        if padded != model.vocab:
+            rows = padded - model.vocab
+            self.diags.append(
+                note(
+                    f"vocab {model.vocab} padded to {padded} for tp {mesh.tp} ({rows} row{'s' * (rows > 1)})",
+                    self.spans.get("vocab"),
+                )
+            )
+        return replace(
+            model,
+            tie_embeddings=chosen["tie_embeddings"] == "true",
+            positions=cast(str, chosen["positions"]),
+            max_positions=max_positions,
+            final_norm=cast(str, chosen["final_norm"]),
         )
 
     def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace) -> Mesh | None:

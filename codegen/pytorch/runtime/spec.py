@@ -30,6 +30,9 @@ MICROBATCHES = 2
 STAGES = ((0, 1),)
 STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)
 PARTIAL_GRADIENTS: tuple[str, ...] = ()
+VOCAB = 50  # the model's ends (ENDS below)
+PADDED_VOCAB = VOCAB  # a multiple of TP
+MAX_POSITIONS = SEQ
 
 # -- build-time facts: decided by the inliner, never written into model.py --------------------------
 SEQUENCE_PARALLEL = False  # the residual stream is split along seq across tp ranks
@@ -38,3 +41,7 @@ BY_HEAD = False  # some weight is split per head of a fused QKV
 MIXED_PRECISION = False  # fp16 or bf16 parameters: AdamW runs on fp32 master weights
 FP32_GRADIENTS = False  # fp16 or bf16 parameters whose gradients are accumulated and reduced in fp32
 LOSS_SCALING = False  # fp16: dynamic loss scaling
+ENDS = False  # the model has a vocabulary: token ids in, embedding, final norm, LM head and cross-entropy
+TIED = False  # the LM head is the embedding's matrix
+LEARNED_POSITIONS = False  # learned absolute positions are added at the embedding
+PADDED = False  # PADDED_VOCAB > VOCAB: the padding rows' logits are masked
