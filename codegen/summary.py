@@ -20,7 +20,18 @@ def model_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
         kv = f" ({model['kv_heads']} kv)" if model["kv_heads"] != model["heads"] else ""
     else:
         head, kv = f"model: {named},", f" (kv {model['kv_heads']})"
-    return f"{head} {model['layers']} layers, hidden {model['hidden']}, heads {model['heads']}{kv}, ffn {model['ffn']}, {model['dtype']}"
+    return f"{head} {model['layers']} layers, hidden {model['hidden']}, heads {model['heads']}{kv}, ffn {model['ffn']}{_vocab(graph_data)}, {model['dtype']}"
+
+
+def _vocab(graph_data: GraphAttrs) -> str:
+    """`, vocab 50257 (padded to 50258, tied)`: the model's ends, when it has them."""
+    model = graph_data["model"]
+    if model.get("vocab") is None:
+        return ""
+    notes = [f"padded to {model['padded_vocab']}"] if model["padded_vocab"] != model["vocab"] else []
+    notes += ["tied"] if model["tie_embeddings"] else []
+    notes += ["learned positions"] if model["positions"] == "learned" else []
+    return f", vocab {model['vocab']}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:

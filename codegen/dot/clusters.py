@@ -104,7 +104,12 @@ class ClusterTree:
                 anchor = quoted(f"anchor_stage_{stage}_gpu{rank}")
                 dp_rank = self.mesh.coords(rank)[0]
                 self.replicas[(stage, dp_rank)].nodes.append(DotNode(anchor, "", (), ANCHOR + self.column(rank)))
-                shown = dict.fromkeys(rep(before) for before in graph.predecessors(first))
+                # Not from `input` into an embedding (which its collective follows in the replica
+                # cluster): Graphviz 2.43 fails on those edges the same way (llama_gqa).
+                embedding = graph.nodes[first]["op"] == "embedding"
+                shown = dict.fromkeys(
+                    rep(before) for before in graph.predecessors(first) if not (embedding and before == "input")
+                )
                 edges.extend(DotEdge(quoted(before), anchor, INVISIBLE) for before in shown if before is not None)
                 edges.append(DotEdge(anchor, quoted(first), INVISIBLE))
                 row.append(anchor)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from par.codegen.pytorch import inline
 from par.codegen.pytorch.checkpoint import CheckpointTable, checkpoint_table
+from par.codegen.pytorch.ends import EndsView, ends_view
 from par.codegen.pytorch.layer import ShardedLayer, sharded_layer
 from par.codegen.pytorch.ops import LayerCode, number, reference_layer
 from par.codegen.templating import render
@@ -25,7 +26,7 @@ TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torc
 # The runtime modules model.py holds, where it holds them: beside the layer (the ops and linears
 # it calls), beside Reference (its random streams), after the SHARDING table, and after the
 # whole model (the harness). `schedule` is the pipeline module or the single-stage one.
-BESIDE_LAYER = ("ops", "linears")
+BESIDE_LAYER = ("ops", "linears", "vocab")
 BESIDE_REFERENCE = ("seeds",)
 AFTER_SHARDING = ("sharding",)
 HARNESS = (
@@ -56,11 +57,14 @@ class ModelView:
     world: int
     microbatches: int
     schedule: str
+    sequence_parallel: bool
     stages: str
     stream_shape: str  # one microbatch on one rank, between layers and stages
     gqa: bool
     rope: tuple[tuple[str, str], ...]  # (constant, value): the rotary embedding's, where the block has one
     layer: ShardedLayer
+    ends: EndsView | None  # the embedding, final norm, head and loss, when the model has a vocabulary
+    partial_gradients: tuple[str, ...]  # the layer's and the ends' parameters whose gradients are summed over tp
     reference: LayerCode
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
     checkpoint: CheckpointTable | None  # Hugging Face names of the parameters (--load, --save), if the block has them
@@ -71,10 +75,11 @@ def emit_model(compiled: Compiled) -> str:
     return render("model.py.jinja", view=model_view(compiled))
 
 
-def runtime_sections(compiled: Compiled, layer: ShardedLayer) -> dict[str, list[inline.Section]]:
+def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inline.Section]]:
     """The runtime modules folded for this spec, per place in model.py."""
     program = compiled.program
     model, mesh = program.deployment.model, program.deployment.mesh
+    layer, ends = view.layer, view.ends
     constants = {
         "LAYERS": model.layers,
         "HIDDEN": model.hidden,
@@ -89,16 +94,22 @@ def runtime_sections(compiled: Compiled, layer: ShardedLayer) -> dict[str, list[
         "WORLD_SIZE": mesh.world,
         "MICROBATCHES": mesh.microbatches,
         "STAGES": tuple(mesh.stages),
-        "PARTIAL_GRADIENTS": layer.partial_gradients,
+        "PARTIAL_GRADIENTS": view.partial_gradients,
         "SEQUENCE_PARALLEL": program.stream == S_SEQ,
         "SCHEDULE": mesh.schedule,
         "BY_HEAD": layer.by_head,
         "MIXED_PRECISION": model.dtype != "fp32",
         "FP32_GRADIENTS": model.dtype != "fp32" and mesh.grad_dtype == "fp32",
         "LOSS_SCALING": model.dtype == "fp16",
-        "HF_CHECKPOINT": _checkpoint(compiled, layer) is not None,
+        "HF_CHECKPOINT": view.checkpoint is not None,
         "ROPE_SCALING": model.rope.scaling,
+        "ENDS": ends is not None,
+        "TIED": ends is not None and ends.tied,
+        "LEARNED_POSITIONS": ends is not None and ends.positions,
+        "PADDED": ends is not None and ends.padded_vocab != ends.vocab,
     }
+    if ends is not None:
+        constants |= {"VOCAB": ends.vocab, "PADDED_VOCAB": ends.padded_vocab, "MAX_POSITIONS": ends.max_positions}
     schedule = "pipeline" if mesh.pp > 1 else "single_stage"
     places = {
         "beside_layer": BESIDE_LAYER,
@@ -115,7 +126,7 @@ def runtime_sections(compiled: Compiled, layer: ShardedLayer) -> dict[str, list[
 def model_view(compiled: Compiled) -> ModelView:
     """The view with the runtime pieces that model.py's own code reaches, and only those."""
     view = _bare_view(compiled)
-    sections = runtime_sections(compiled, view.layer)
+    sections = runtime_sections(compiled, view)
     every = [piece for found in sections.values() for piece in found]
     whole = render("model.py.jinja", view=_placed(view, sections, None))
     kept = inline.reachable(every, inline.own_references(whole, every))
@@ -136,6 +147,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
     layer = sharded_layer(program)
+    ends = ends_view(program)
     return ModelView(
         source=python_comment(graph_attrs(compiled.graph)["source"]),
         model=model.name,
@@ -157,20 +169,26 @@ def _bare_view(compiled: Compiled) -> ModelView:
         world=mesh.world,
         microbatches=mesh.microbatches,
         schedule=mesh.schedule,
+        sequence_parallel=program.stream == S_SEQ,
         stages=_tuple_literal(mesh.stages),
         stream_shape=_stream_shape(compiled),
         gqa=model.kv_heads != model.heads,
         rope=_rope_constants(model) if any(step.op == "rope" for step in program.steps) else (),
         layer=layer,
+        ends=ends,
+        partial_gradients=layer.partial_gradients + (ends.partial_gradients if ends else ()),
         reference=reference_layer(program),
         helpers=tuple(sorted(layer.helpers)),
-        checkpoint=_checkpoint(compiled, layer),
+        checkpoint=_checkpoint(compiled, layer, ends),
         runtime={},
     )
 
 
-def _checkpoint(compiled: Compiled, layer: ShardedLayer) -> CheckpointTable | None:
-    parameters = [f"layers.{{i}}.{name}" for name, _ in layer.sharding]
+def _checkpoint(compiled: Compiled, layer: ShardedLayer, ends: EndsView | None) -> CheckpointTable | None:
+    ends_names = [name for name, _ in ends.sharding] if ends else []
+    first = [name for name in ends_names if name.split(".")[0] in ("embed", "pos_embed")]
+    last = [name for name in ends_names if name not in first]
+    parameters = first + [f"layers.{{i}}.{name}" for name, _ in layer.sharding] + last
     return checkpoint_table(compiled.program.deployment.block.name, parameters)
 
 

@@ -26,7 +26,7 @@ RUNTIME = "par.codegen.pytorch.runtime"
 BUILD_TIME = frozenset(
     {
         "SEQUENCE_PARALLEL", "SCHEDULE", "BY_HEAD", "MIXED_PRECISION", "FP32_GRADIENTS", "LOSS_SCALING", "ROPE_SCALING",
-        "HF_CHECKPOINT",
+        "HF_CHECKPOINT", "ENDS", "TIED", "LEARNED_POSITIONS", "PADDED",
     }
 )
 INDENT = 4

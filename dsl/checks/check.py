@@ -10,7 +10,17 @@ from par.dsl.checks import rope
 from par.dsl.checks import stages as stage_split
 from par.dsl.checks.blockcheck import resolve_block
 from par.dsl.checks.crosscheck import cross_checks
-from par.dsl.checks.deployment import DTYPE_BYTES, GRAD_DTYPES, ROPE_SCALINGS, SCHEDULES, Deployment, Mesh, Model, Rope
+from par.dsl.checks.deployment import (
+    DTYPE_BYTES,
+    GRAD_DTYPES,
+    ROPE_SCALINGS,
+    SCHEDULES,
+    Block,
+    Deployment,
+    Mesh,
+    Model,
+    Rope,
+)
 from par.dsl.checks.evaluate import (
     AlreadyReported,
     EvalError,
@@ -47,6 +57,7 @@ MODEL_RANGES = {
     "batch": (1, 1 << 24),
     "seq": (1, 1 << 26),
     rope.ORIGINAL_MAX_POSITIONS: (1, 1 << 26),
+    "max_positions": (1, 1 << 26),
 }
 MESH_RANGES = {
     "tp": (1, 1 << 16),
@@ -59,7 +70,14 @@ MESH_RANGES = {
 MESH_KEYWORDS = ("schedule", "sp", "stages")
 RANGES = MODEL_RANGES | MESH_RANGES
 REQUIRED = ("layers", "hidden", "heads", "batch", "seq")
-WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "rope_scaling": ROPE_SCALINGS}
+# The model's ends (docs/language.md, The model's ends): words, and what each needs.
+END_WORDS = {
+    "tie_embeddings": ("false", "true"),
+    "positions": ("none", "learned"),
+    "final_norm": ("layernorm", "rmsnorm"),
+}
+ENDS = (*END_WORDS, "max_positions")
+WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "rope_scaling": ROPE_SCALINGS} | END_WORDS
 # Model settings that take any positive number, not only whole ones.
 REALS = ("norm_eps", *rope.REALS)
 FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
@@ -99,9 +117,9 @@ class _Checker:
         hardware_decl = self._single(spec.hardware, "hardware")
         if model_decl is None:
             return None
-        exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | set(REALS) | {"dtype", "rope_scaling"}, "model")
+        exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | set(REALS) | {"dtype", "rope_scaling", *END_WORDS}, "model")
         exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype"}, "mesh", MESH_KEYWORDS)
-        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "rope_scaling")}
+        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "rope_scaling", *END_WORDS)}
         stage_specs = mesh_decl.stages if mesh_decl else None
         flags = {
             "sp": bool(mesh_decl and mesh_decl.sequence_parallel),
@@ -130,7 +148,9 @@ class _Checker:
         hardware = resolve_hardware(hardware_decl, self.diags) if hardware_decl else None
         if model is None or mesh is None or block is None or any(d.is_error for d in self.diags):
             return None
-        model = replace(model, block=block.name)
+        model = self._ends(replace(model, block=block.name), words, block, mesh)
+        if model is None:
+            return None
         return Deployment(
             file=spec.file,
             name=stem(spec.file),
@@ -346,6 +366,46 @@ class _Checker:
             dtype=dtype,
             norm_eps=reals.get("norm_eps", 1e-5),
             rope=rotary,
+        )
+
+    def _ends(self, model: Model, words: dict[str, Expr | None], block: Block, mesh: Mesh) -> Model | None:
+        """The settings of the model's ends: each needs `vocab`; learned positions need a row per position."""
+        first_norm = next((op.op for op in block.ops if op.op in END_WORDS["final_norm"]), "layernorm")
+        chosen = {
+            name: self._word(name, words[name], default)
+            for name, default in (("tie_embeddings", "false"), ("positions", "none"), ("final_norm", first_norm))
+        }
+        if any(value is None for value in chosen.values()):
+            return None
+        if model.vocab is None:
+            for name in ENDS:
+                if name in self.spans and (name != "max_positions" or name in self.values):
+                    self.err(
+                        f"{name} needs vocab: without it the model has no embedding, head or loss",
+                        self.spans[name],
+                        "set vocab",
+                    )
+            return None if any(d.is_error for d in self.diags) else model
+        max_positions = self.values.get("max_positions", model.seq)
+        if chosen["positions"] == "learned" and max_positions < model.seq:
+            message = f"max_positions ({max_positions}) is less than seq ({model.seq}): position {max_positions} has no learned row"
+            self.err(message, self.spans.get("max_positions"), f"use max_positions {model.seq} or more")
+            return None
+        padded = model.padded_vocab(mesh.tp)
+        if padded != model.vocab:
+            rows = padded - model.vocab
+            self.diags.append(
+                note(
+                    f"vocab {model.vocab} padded to {padded} for tp {mesh.tp} ({rows} row{'s' * (rows > 1)})",
+                    self.spans.get("vocab"),
+                )
+            )
+        return replace(
+            model,
+            tie_embeddings=chosen["tie_embeddings"] == "true",
+            positions=cast(str, chosen["positions"]),
+            max_positions=max_positions,
+            final_norm=cast(str, chosen["final_norm"]),
         )
 
     def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace) -> Mesh | None:

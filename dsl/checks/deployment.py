@@ -46,10 +46,20 @@ class Model:
     dtype: Dtype
     norm_eps: float = 1e-5  # every norm's epsilon
     rope: Rope = Rope()
+    # The model's ends (when `vocab` is set): the embedding, final norm, LM head and loss.
+    tie_embeddings: bool = False  # the LM head reuses the embedding matrix
+    positions: str = "none"  # none | learned: absolute positions added at the embedding
+    max_positions: int | None = None  # rows of the learned position table (default: seq)
+    final_norm: str = "layernorm"  # layernorm | rmsnorm (default: the kind of the block's first norm)
 
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
+
+    def padded_vocab(self, tp: int) -> int:
+        """The vocabulary rounded up to a multiple of tp: each rank holds as many rows."""
+        assert self.vocab is not None
+        return -(-self.vocab // tp) * tp
 
     @property
     def dtype_bytes(self) -> int:

@@ -21,7 +21,7 @@ from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
 from par.dsl.dag.types import Dag, Dtype, NodeAttrs
 from par.dsl.lowering.placement import PLACEMENTS, S_SEQ
 from par.dsl.registry.collectives import COLLECTIVES
-from par.dsl.registry.ops import OPS, Saves, Stored, elements
+from par.dsl.registry.ops import COMPUTE_OPS, Saves, Stored, elements
 
 KINDS = tuple(name for name, spec in COLLECTIVES.items() if spec.sends)  # of a Transfer
 PHASES = ("forward", "backward", "gradients")
@@ -147,6 +147,13 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
             elif data.get("bias") and data.get("style") == "row" and mesh.tp > 1:
                 tp_partial[rank] += data["out_shape"][-1]
     found = []
+    for node, data in graph.nodes(data=True):
+        if data.get("tied"):  # the two copies of a tied embedding sum their gradients (Megatron's embedding group)
+            for rank in data["devices"]:
+                dp_rank, _, tp_rank = mesh.coords(rank)
+                group = (mesh.rank(dp_rank=dp_rank, stage=0, tp_rank=tp_rank), rank)
+                sent = _ALLREDUCE.wire_bytes(2, data["params"] * size)
+                found += [Transfer("gradients", "allreduce", node, group, (member,), sent) for member in group]
     for rank in range(mesh.world):
         for group, params in ((mesh.dp_group_of(rank), held[rank]), (mesh.tp_group_of(rank), tp_partial[rank])):
             if len(group) > 1 and params:
@@ -196,7 +203,7 @@ def rank_costs(graph: Dag, *, items: Iterable[Transfer] | None = None) -> list[R
 def saves_of(data: NodeAttrs) -> Saves:
     """What the generated code keeps of a node for its backward (the registry's `saves`)."""
     if data["kind"] == "compute":
-        return OPS[data["op"]].saves
+        return COMPUTE_OPS[data["op"]].saves
     spec = COLLECTIVES.get(data["op"])
     return spec.saves if spec is not None else Saves()
 
@@ -280,14 +287,15 @@ def step_kinds(by_phase: dict[str, dict[str, Number]], *, microbatches: int) -> 
 
 
 def model_parameters(graph: Dag) -> int:
-    """Distinct parameters of the model: one data-parallel replica, replicated ops counted once."""
+    """Distinct parameters of the model: one data-parallel replica, replicated ops counted once,
+    the last stage's copy of a tied embedding not at all."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     total = 0
     for _, data in graph.nodes(data=True):
-        if data["kind"] != "compute":
+        if data["kind"] != "compute" or data.get("tied"):
             continue
         dp_rank, _, tp_rank = mesh.coords(data["devices"][0])
-        sharded = data.get("style") in ("column", "row")
+        sharded = data.get("style") in ("column", "row") or data["op"] == "embedding"  # split over tp
         if dp_rank == 0 and (sharded or tp_rank == 0):
             total += data["params"]
     return total

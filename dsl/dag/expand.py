@@ -31,11 +31,17 @@ def node_count(program: Program) -> int:
     slices the input on every rank unless the stream is replicated; each stage boundary has a
     send and a recv per rank. Checked against the node budget before anything is expanded."""
     mesh = program.deployment.mesh
-    collectives = sum(1 for step in program.steps if step.kind == "comm")
-    per_layer = collectives + (len(program.steps) - collectives) * mesh.tp
-    input_slices = 0 if program.stream == R else mesh.dp * mesh.tp
+
+    def nodes(steps: tuple[Step, ...]) -> int:
+        collectives = sum(1 for step in steps if step.kind == "comm")
+        return collectives + (len(steps) - collectives) * mesh.tp
+
+    per_layer = nodes(program.steps)
+    ends = program.ends
+    input_slices = 0 if program.stream == R or ends is not None else mesh.dp * mesh.tp
     boundaries = 2 * (mesh.pp - 1) * mesh.dp * mesh.tp
-    return 2 + input_slices + program.deployment.model.layers * mesh.dp * per_layer + boundaries
+    per_replica = program.deployment.model.layers * per_layer + (nodes(ends.first) + nodes(ends.last) if ends else 0)
+    return 2 + input_slices + mesh.dp * per_replica + boundaries
 
 
 def graph_attributes(program: Program) -> GraphAttrs:
@@ -54,6 +60,11 @@ def graph_attributes(program: Program) -> GraphAttrs:
             "head_dim": model.head_dim,
             "ffn": model.ffn,
             "vocab": model.vocab,
+            "padded_vocab": model.padded_vocab(mesh.tp) if model.vocab is not None else None,
+            "tie_embeddings": model.tie_embeddings,
+            "positions": model.positions,
+            "max_positions": model.max_positions,
+            "final_norm": model.final_norm,
             "batch": model.batch,
             "seq": model.seq,
             "dtype": model.dtype,
@@ -81,12 +92,17 @@ class _Expander:
         self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred  # type: ignore[attr-defined]
         self.added = 0
         self.templates = {step.name: self._template(step) for step in program.steps}
+        ends = program.ends
+        self.ends = ends
+        self.end_templates = {step.name: self._template(step) for step in (ends.first + ends.last if ends else ())}
         self.comm = {step.name for step in program.steps if step.kind == "comm"}
 
     def run(self) -> Dag:
         mesh, program = self.mesh, self.program
         stage_src = str(self.deployment.spans.get("stages") or self.deployment.span_of("pp"))
-        self._io(ids.INPUT, program.stream_shape, program.stream_shape, list(mesh.stage_ranks(0)), 0)
+        ends = self.ends
+        given = ends.tokens if ends else program.stream_shape
+        self._io(ids.INPUT, given, given, list(mesh.stage_ranks(0)), 0)
         entry = {d: self._entry_points(d) for d in range(mesh.dp)}
         exits: list[str] = []
         for stage, (first, last) in enumerate(mesh.stages):
@@ -98,8 +114,17 @@ class _Expander:
                 if stage + 1 < mesh.pp:
                     entry[dp_rank] = self._boundary(stage, dp_rank, current, stage_src)
                 else:
+                    if ends:
+                        current = self._ends(
+                            ends.last, ends.last_param, ends.last_result, stage, dp_rank, group, current
+                        )
                     exits.extend(dict.fromkeys(current))
-        output = self._io(ids.OUTPUT, program.stream_local, program.stream_shape, list(mesh.stage_ranks(mesh.pp - 1)), mesh.pp - 1)
+        last = mesh.pp - 1
+        if ends:
+            self._io(ids.OUTPUT, ends.loss, ends.loss, list(mesh.stage_ranks(last)), last)
+        else:
+            self._io(ids.OUTPUT, program.stream_local, program.stream_shape, list(mesh.stage_ranks(last)), last)
+        output = ids.OUTPUT
         for source in exits:
             self._edge(source, output, (0,))
         if len(self.node_map) != self.added:
@@ -153,6 +178,12 @@ class _Expander:
         self._backward(data, backward_kind(step), full)
         if step.backward_reason is not None:
             data["backward_reason"] = step.backward_reason
+        if step.operand_shapes is not None:
+            data["operand_shapes"] = list(step.operand_shapes)
+        if step.operand_placements is not None:
+            data["operand_placements"] = [placement.text for placement in step.operand_placements]
+        if step.tied:
+            data["tied"] = True
         return data
 
     def _backward(self, data: NodeAttrs, kind: CollectiveOp | None, full_bytes: int) -> None:
@@ -185,6 +216,11 @@ class _Expander:
         """Where layer 0 reads the layer input on each rank: `input`, or a slice of it."""
         group = self.mesh.tp_group(dp_rank=dp_rank, stage=0)
         program = self.program
+        ends = self.ends
+        if ends:  # the embedding reads the token ids, whole on every rank
+            return self._ends(
+                ends.first, ends.first_param, ends.first_result, 0, dp_rank, group, [ids.INPUT] * len(group)
+            )
         if program.stream == R:  # with tp 1 lowering makes the stream R
             return [ids.INPUT] * len(group)
         points = []
@@ -214,6 +250,37 @@ class _Expander:
             self._edge(ids.INPUT, node, (0,))
             points.append(node)
         return points
+
+    def _ends(
+        self,
+        steps: tuple[Step, ...],
+        param: str,
+        result: str,
+        stage: int,
+        dp_rank: int,
+        group: tuple[int, ...],
+        entry: list[str],
+    ) -> list[str]:
+        """Adds one end of the model (embedding, or final norm, head and loss) on one tensor-parallel
+        group; returns the per-rank nodes of its output."""
+        produced: dict[str, list[str]] = {param: entry}
+        for step in steps:
+            template = self.end_templates[step.name]
+            if step.kind == "comm":
+                node = ids.end_collective_id(step.name, dp_rank, self.mesh.dp)
+                self._node(node, {**template, "stage": stage, "devices": list(group)})
+                for source in dict.fromkeys(produced[step.inputs[0]]):
+                    self._edge(source, node, (0,))
+                produced[step.name] = [node] * len(group)
+                continue
+            names = [ids.end_id(step.name, rank) for rank in group]
+            for rank, node in zip(group, names, strict=True):
+                self._node(node, {**template, "stage": stage, "devices": [rank]})
+            for sources, operands in self._operands(step, produced):
+                for source, node in zip(sources, names, strict=True):
+                    self._edge(source, node, operands)
+            produced[step.name] = names
+        return produced[result]
 
     def _layer(self, layer: int, stage: int, dp_rank: int, group: tuple[int, ...], entry: list[str]) -> list[str]:
         """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output.

@@ -29,3 +29,13 @@ def recv_id(stage: int, rank: int) -> str:
 
 def input_slice_id(rank: int) -> str:
     return f"input_slice_gpu{rank}"
+
+
+# The model's ends (embedding, final norm, head, loss) belong to no layer.
+def end_id(name: str, rank: int | str) -> str:
+    return f"{name}_gpu{rank}"
+
+
+def end_collective_id(name: str, dp_rank: int | str, dp: int) -> str:
+    suffix = f"_dp{dp_rank}" if dp > 1 else ""
+    return f"{name}{suffix}"

@@ -11,7 +11,11 @@ from typing import TYPE_CHECKING, Literal, NotRequired, TypeAlias, TypedDict, ca
 import networkx as nx
 
 Kind = Literal["compute", "comm", "route"]
-ComputeOp = Literal["layernorm", "rmsnorm", "linear", "attention", "rope", "gelu", "silu", "add", "mul"]  # registry.ops
+# registry.ops: OPS, then MODEL_OPS (the model's ends: embedding, positions, the vocabulary-parallel loss)
+ComputeOp = Literal[
+    "layernorm", "rmsnorm", "linear", "attention", "rope", "gelu", "silu", "add", "mul",
+    "embedding", "positions", "loss_max", "loss_sum", "loss",
+]
 CollectiveOp = Literal["allgather", "allreduce", "reducescatter", "alltoall", "send", "recv", "slice"]  # registry.collectives
 IoOp = Literal["input", "output"]
 OpName = ComputeOp | CollectiveOp | IoOp
@@ -52,6 +56,10 @@ class NodeAttrs(TypedDict):
     backward: NotRequired[CollectiveOp]
     backward_wire_bytes: NotRequired[int | float]
     backward_reason: NotRequired[str]  # why an AllGather needs no ReduceScatter in backward
+    # Nodes whose operands differ (the loss reads the logits and the largest logit): per operand.
+    operand_shapes: NotRequired[list[Shape]]
+    operand_placements: NotRequired[list[PlacementText]]
+    tied: NotRequired[bool]  # the LM head's own copy of the embedding matrix (tie_embeddings, pp > 1)
 
 
 class EdgeAttrs(TypedDict):
@@ -68,6 +76,11 @@ class ModelAttrs(TypedDict):
     head_dim: int
     ffn: int
     vocab: int | None
+    padded_vocab: int | None  # a multiple of tp
+    tie_embeddings: bool
+    positions: str
+    max_positions: int | None
+    final_norm: str
     batch: int
     seq: int
     dtype: Dtype

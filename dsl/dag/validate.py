@@ -99,10 +99,13 @@ class _Validator:
             inputs = pred[node]
             in_shape = data.get("in_shape")
             in_placement = data.get("in_placement")
+            per_operand = "operand_shapes" in data or "operand_placements" in data
             for source in inputs:
                 if forward and source not in position:
                     forward = False
                 source_data = nodes[source]
+                if per_operand:  # operands that differ: each edge is held to its own operand's
+                    in_shape, in_placement = _operand(data, inputs[source])
                 out_shape = source_data.get("out_shape")
                 if out_shape != in_shape and out_shape is not None and in_shape is not None:
                     self.shapes_differ(source, out_shape, node, in_shape)
@@ -260,6 +263,15 @@ class _Validator:
 
 def _as_list(seen) -> list[str]:
     return seen if isinstance(seen, list) else [seen]
+
+
+def _operand(data, edge) -> tuple:
+    """The local shape and placement a node takes at the first operand an edge feeds."""
+    index = (edge.get("operands") or (0,))[0]
+    shapes, placements = data.get("operand_shapes"), data.get("operand_placements")
+    shape = shapes[index] if shapes and index < len(shapes) else data.get("in_shape")
+    placement = placements[index] if placements and index < len(placements) else data.get("in_placement")
+    return shape, placement
 
 
 def _sole_operand(inputs: dict) -> bool:

@@ -45,7 +45,7 @@ from par.dsl.dag.types import CollectiveOp
 from par.dsl.lowering.placement import Placement, R, dim_name
 from par.dsl.lowering.program import Step
 from par.dsl.registry.collectives import COLLECTIVES, COPY_TO_TP
-from par.dsl.registry.ops import OPS
+from par.dsl.registry.ops import COMPUTE_OPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,7 @@ def _own_part_only(gather: Step, region: set[str], steps: tuple[Step, ...]) -> s
     docstring), or None when that is not proven. `region`: the gather's clean partial region."""
     dim = gather.in_placement.dim
     ops = [step for step in steps if step.name in region and step.name != gather.name]
-    if any(dim not in OPS[step.op].keeps_parts for step in ops):
+    if any(dim not in COMPUTE_OPS[step.op].keeps_parts for step in ops):
         return None
     exits = [step for step in steps if step.name not in region and set(step.inputs) & region]
     if any(step.kind != "route" or step.out_placement.dim != dim for step in exits):
@@ -171,7 +171,7 @@ def _verb(subjects: list) -> str:
 
 def _takes_copy(step: Step) -> bool:
     """Ops whose input gradient is partial although the input is replicated (`OpSpec.enters_tp`)."""
-    return step.kind == "compute" and step.style in OPS[step.op].enters_tp
+    return step.kind == "compute" and step.style in COMPUTE_OPS[step.op].enters_tp
 
 
 def _enters_tp(step: Step) -> bool:

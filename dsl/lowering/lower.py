@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from par.dsl.checks.deployment import Deployment, Op
 from par.dsl.diagnostics import CompileError, Diagnostic, error
 from par.dsl.limits import MAX_BLOCK_OPS, MAX_SEARCH_STATES
 from par.dsl.lowering.backward import with_pairs
+from par.dsl.lowering.ends import model_ends
 from par.dsl.lowering.placement import (
     S_SEQ,
     Placement,
@@ -79,7 +82,7 @@ class _Builder:
         )
         if self.tp == 1:  # one rank per group: every collective and slice is the identity
             program = program.without_collectives()
-        return program, self.diags
+        return replace(program, ends=model_ends(self.deployment)), self.diags
 
     def _unique(self, name: str) -> str:
         candidate, counter = name, 2

@@ -46,6 +46,44 @@ class Step:
     pair: str | None = None
     copied: bool = False
     backward_reason: str | None = None
+    # Steps whose operands differ in local shape or placement (the loss reads the logits and
+    # the largest logit): each operand's, in order. None: every operand is in_shape, in_placement.
+    operand_shapes: tuple[Shape, ...] | None = None
+    operand_placements: tuple[Placement, ...] | None = None
+    tied: bool = False  # the LM head's copy of the embedding matrix on the last stage (tie_embeddings, pp > 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Ends:
+    """The model's ends (par.dsl.lowering.ends): the steps before layer 0 on the first stage,
+    and after the last layer on the last stage."""
+
+    first: tuple[Step, ...]  # reads the token ids, gives the residual stream
+    first_param: str
+    first_result: str
+    last: tuple[Step, ...]  # reads the residual stream, gives the loss
+    last_param: str
+    last_result: str
+    tokens: Shape  # global: one microbatch of token ids [batch, seq]
+    loss: Shape
+
+
+def drop_collectives(steps: tuple[Step, ...], result: str) -> tuple[tuple[Step, ...], str]:
+    """The steps with every collective and slice taken as the identity and every placement R,
+    and what becomes of `result`. Steps keep their names, global shapes and span."""
+    alias: dict[str, str] = {}
+    kept = []
+    for step in steps:
+        inputs = tuple(alias.get(name, name) for name in step.inputs)
+        if step.kind in ("comm", "route"):
+            alias[step.name] = inputs[0]
+            continue
+        kept.append(
+            replace(
+                step, inputs=inputs, in_placement=R, out_placement=R, pair=None, copied=False, operand_placements=None
+            )
+        )
+    return tuple(kept), alias.get(result, result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +96,7 @@ class Program:
     stream_shape: Shape  # global
     stream_local: Shape
     param_copied: bool = False  # the layer input goes through `copy_to_tp`, like a step's output
+    ends: Ends | None = None  # the embedding, final norm, head and loss, when the model has a vocabulary
 
     @property
     def collectives(self) -> tuple[Step, ...]:
@@ -67,18 +106,11 @@ class Program:
         """The layer with every collective and slice taken as the identity and every placement R:
         what one rank per group runs, and the math of the unsharded reference. Steps keep their
         names, global shapes and span; local shapes, FLOPs and parameters stay per device."""
-        alias: dict[str, str] = {}
-        kept = []
-        for step in self.steps:
-            inputs = tuple(alias.get(name, name) for name in step.inputs)
-            if step.kind in ("comm", "route"):
-                alias[step.name] = inputs[0]
-                continue
-            kept.append(replace(step, inputs=inputs, in_placement=R, out_placement=R, pair=None, copied=False))
+        steps, result = drop_collectives(self.steps, self.result)
         return replace(
             self,
-            steps=tuple(kept),
-            result=alias.get(self.result, self.result),
+            steps=steps,
+            result=result,
             stream=R,
             stream_local=self.stream_shape,
             param_copied=False,

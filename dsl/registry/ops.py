@@ -320,3 +320,88 @@ OPS: dict[str, OpSpec] = {
         ),
     )
 }
+
+
+# -- the model's ends -------------------------------------------------------------------------------
+# Ops of the first and last stages (par.dsl.lowering.ends), not block statements: the token
+# embedding, learned positions, and the three parts of the vocabulary-parallel cross-entropy.
+# Token ids are [batch, seq]. A table's parameters (its rows: the vocabulary split over tp, or
+# max_positions) are not in its shapes: the builder of the ends counts them.
+INT64 = 8  # token ids and positions, as torch indexes with them
+
+
+def _lookup_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    return inputs[0] + (model.hidden,)
+
+
+def _reduced_shape(width: int) -> ShapeRule:
+    """Per token: `width` numbers (a maximum; a sum of exponentials and the target's logit)."""
+
+    def shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+        return inputs[0][:-1] + (width,)
+
+    return shape
+
+
+def _mean_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    return (1,)
+
+
+def _per_input(count: int) -> PerDevice:
+    def flops(local_in: Shape, local_out: Shape) -> int:
+        return count * elements(local_in)
+
+    return flops
+
+
+def _lookup_saves(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    return INT64 * elements(local_in)  # each token's row on this rank (-1: another rank's)
+
+
+def _positions_saves(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    return INT64 * local_out[-2]  # the positions of this rank's part of the sequence
+
+
+def _softmax_saves(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    # The softmax of this rank's logits in fp32 (the gradient is softmax - one-hot) and each
+    # target's row on this rank (-1: another rank's).
+    return FP32 * elements(local_in) + INT64 * _rows(local_in)
+
+
+MODEL_OPS: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        # Each rank looks up the ids in its rows and zeroes the others: a partial sum over tp.
+        OpSpec(
+            "embedding",
+            Syntax(1),
+            {None: (Signature((R,), P),)},
+            _lookup_shape,
+            no_parameters,
+            saves=Saves(extra=_lookup_saves),
+        ),
+        OpSpec(
+            "positions",
+            Syntax(1),
+            {None: (Signature((R,), R), Signature((R,), S_SEQ, mode="sp"))},
+            _lookup_shape,
+            no_parameters,
+            saves=Saves(extra=_positions_saves),
+        ),
+        # The maximum of this rank's logits per token (one comparison each), AllReduced with MAX.
+        OpSpec("loss_max", Syntax(1), {None: (Signature((S_LAST,), P),)}, _reduced_shape(1), _per_input(1)),
+        # exp(logit - max) summed, and the target's logit where this rank holds it.
+        OpSpec(
+            "loss_sum",
+            Syntax(2),
+            {None: (Signature((S_LAST, R), P),)},
+            _reduced_shape(2),
+            _per_input(3),
+            saves=Saves(extra=_softmax_saves),
+        ),
+        # log(sum) - target logit, averaged over the tokens that have a target.
+        OpSpec("loss", Syntax(1), {None: (Signature((R,), R),)}, _mean_shape, _per_input(1)),
+    )
+}
+# Every op a DAG's compute node may name.
+COMPUTE_OPS: dict[str, OpSpec] = OPS | MODEL_OPS

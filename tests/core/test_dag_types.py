@@ -26,7 +26,7 @@ from par.dsl.dag.types import (
 from par.dsl.diagnostics import error, note, warning
 from par.dsl.lowering.placement import PLACEMENTS, S_LAST, S_SEQ, P, R
 from par.dsl.registry.collectives import COLLECTIVES
-from par.dsl.registry.ops import OPS
+from par.dsl.registry.ops import COMPUTE_OPS, MODEL_OPS, OPS
 
 # Between them: every kind of node (compute, collectives, slices of the input and inside the
 # layer, send and recv), every optional attribute, and data-parallel replicas.
@@ -36,6 +36,7 @@ CASES = [
     ("baseline_tp8_pp2", ()),
     ("layerwise", ()),
     ("llama_gqa", ()),
+    ("llama_gqa", ("tie_embeddings=true", "positions=learned")),  # the head's own copy of a tied embedding
 ]
 # A block with a bias (and rope), which no shipped spec has.
 BIASED = "model m : qwen2 { layers 2  hidden 64  heads 4  kv_heads 2  batch 4  seq 8 }\nmesh { tp 2 }\n"
@@ -113,10 +114,10 @@ def test_the_checker_rejects_what_the_types_do_not_describe(shipped):
 
 
 def test_op_names_are_the_registrys():
-    assert set(get_args(ComputeOp)) == set(OPS)
+    assert set(get_args(ComputeOp)) == set(COMPUTE_OPS) == set(OPS) | set(MODEL_OPS)
     assert set(get_args(CollectiveOp)) == set(COLLECTIVES)
     assert set(get_args(IoOp)) == {ids.INPUT, ids.OUTPUT}
-    assert {name for part in get_args(OpName) for name in get_args(part)} == set(OPS) | set(COLLECTIVES) | {ids.INPUT, ids.OUTPUT}
+    assert {name for part in get_args(OpName) for name in get_args(part)} == set(COMPUTE_OPS) | set(COLLECTIVES) | {ids.INPUT, ids.OUTPUT}
 
 
 def test_node_kinds_are_the_registrys():

@@ -103,7 +103,14 @@ def test_llama_sequence_parallel_collectives(shipped):
     layers, dp = 32, 2
     kinds = Counter(d["op"] for _, d in graph.nodes(data=True) if d["kind"] == "comm")
     # Megatron-SP: AllGather before attention and MLP, ReduceScatter after each; one replica per dp rank.
-    assert kinds == {"allgather": 2 * layers * dp, "reducescatter": 2 * layers * dp, "send": 8 * dp, "recv": 8 * dp}
+    # The ends: the embedding's ReduceScatter, the AllGather before the head, the loss's two AllReduces.
+    assert kinds == {
+        "allgather": (2 * layers + 1) * dp,
+        "reducescatter": (2 * layers + 1) * dp,
+        "allreduce": 2 * dp,
+        "send": 8 * dp,
+        "recv": 8 * dp,
+    }
     gather = graph.nodes["layer_0_allgather_ln2_dp1"]
     assert gather["devices"] == list(range(16, 24))
     assert sorted(graph.successors("layer_0_allgather_ln2_dp1")) == sorted(
@@ -120,11 +127,16 @@ def test_node_ids_follow_the_contract(shipped):
         graph = shipped(stem).graph
         mesh = Mesh.from_attributes(graph.graph["mesh"])
         for node, data in graph.nodes(data=True):
-            if data["kind"] == "compute" or data["op"] == "slice" and data["layer"] is not None:
+            if data["kind"] == "compute" and data["layer"] is None:  # the model's ends
+                assert node == ids.end_id(data["name"], data["devices"][0])
+            elif data["kind"] == "compute" or data["op"] == "slice" and data["layer"] is not None:
                 assert node == ids.compute_id(data["layer"], data["name"], data["devices"][0])
             elif data["op"] in ("send", "recv"):
                 make = ids.send_id if data["op"] == "send" else ids.recv_id
                 assert node == make(data["stage"], data["devices"][0])
+            elif data["kind"] == "comm" and data["layer"] is None:
+                dp_rank = mesh.coords(data["devices"][0])[0]
+                assert node == ids.end_collective_id(data["name"], dp_rank, mesh.dp)
             elif data["kind"] == "comm":
                 dp_rank = mesh.coords(data["devices"][0])[0]
                 assert node == ids.collective_id(data["layer"], data["name"], dp_rank, mesh.dp)

@@ -61,11 +61,10 @@ def test_each_rank_reads_only_its_q_k_and_v_heads_of_the_fused_qkv(tmp_path, mon
     q, k, v = (torch.randn(heads * HEAD_DIM, HIDDEN) for heads in (HEADS, KV_HEADS, KV_HEADS))
     safetensors_torch.save_file({name.format(i=3): t for name, t in zip(QKV, (q, k, v), strict=True)}, tmp_path / "model.safetensors")
     monkeypatch.setattr(checkpoint, "CHECKPOINT", {"layers.{i}.qkv.weight": QKV})
-    monkeypatch.setattr(checkpoint, "SHARDING", {"qkv.weight": "rows by head"})
     rows = (HEADS + 2 * KV_HEADS) * HEAD_DIM // 2
     for rank in range(2):
         found, log = opened(tmp_path, monkeypatch)
-        shard = checkpoint.read_parameter(found, "layers.3.qkv.weight", torch.Size([rows, HIDDEN]), rank)
+        shard = checkpoint.read_parameter(found, "layers.3.qkv.weight", "rows by head", torch.Size([rows, HIDDEN]), rank)
         q_rows, kv_rows = HEADS // 2 * HEAD_DIM, KV_HEADS // 2 * HEAD_DIM
         expected = torch.cat([q[rank * q_rows : (rank + 1) * q_rows], k[rank * kv_rows : (rank + 1) * kv_rows],
                               v[rank * kv_rows : (rank + 1) * kv_rows]])
@@ -78,9 +77,8 @@ def test_a_transposed_conv1d_weight_split_by_columns(tmp_path, monkeypatch, tp2)
     safetensors_torch.save_file({"h.0.attn.c_proj.weight": conv}, tmp_path / "model.safetensors")
     monkeypatch.setattr(checkpoint, "CHECKPOINT", {"layers.{i}.attn.weight": ("transformer.h.{i}.attn.c_proj.weight",)})
     monkeypatch.setattr(checkpoint, "TRANSPOSED", ("layers.{i}.attn.weight",))
-    monkeypatch.setattr(checkpoint, "SHARDING", {"attn.weight": "columns"})
     found, log = opened(tmp_path, monkeypatch)  # saved without the `transformer.` prefix, as GPT2Model saves
-    shard = checkpoint.read_parameter(found, "layers.0.attn.weight", torch.Size([HIDDEN + 2, HIDDEN // 2]), 1)
+    shard = checkpoint.read_parameter(found, "layers.0.attn.weight", "columns", torch.Size([HIDDEN + 2, HIDDEN // 2]), 1)
     assert torch.equal(shard, conv.t()[:, HIDDEN // 2 :]) and sum(log) == shard.numel()
 
 
@@ -88,14 +86,16 @@ def test_vocabulary_rows_past_the_checkpoint_are_zero_padding(tmp_path, monkeypa
     embed = torch.randn(7, HIDDEN)
     safetensors_torch.save_file({"model.embed_tokens.weight": embed}, tmp_path / "model.safetensors")
     monkeypatch.setattr(checkpoint, "CHECKPOINT", {"embed.weight": ("model.embed_tokens.weight",)})
-    monkeypatch.setattr(checkpoint, "split_of", lambda name: "rows")
+    monkeypatch.setattr(sharding, "PADDED", True)
+    monkeypatch.setattr(sharding, "PADDED_VOCAB", 8)
     found = checkpoint.Checkpoint(tmp_path)
-    shards = [checkpoint.read_parameter(found, "embed.weight", torch.Size([4, HIDDEN]), rank) for rank in range(2)]
+    vocabulary = "rows of the vocabulary"
+    shards = [checkpoint.read_parameter(found, "embed.weight", vocabulary, torch.Size([4, HIDDEN]), rank) for rank in range(2)]
     assert torch.equal(torch.cat(shards), torch.cat([embed, torch.zeros(1, HIDDEN)]))
     assert torch.equal(checkpoint.checkpoint_tensors("embed.weight", torch.cat(shards), found)["model.embed_tokens.weight"], embed)
     too_short = torch.Size([3, HIDDEN])  # 6 rows: not the padding of a vocabulary of 7
     with pytest.raises(checkpoint.CheckpointError, match=r"model.embed_tokens.weight \(\(7, 8\)\) do not make this model's \(6, 8\)"):
-        checkpoint.read_parameter(found, "embed.weight", too_short, 0)
+        checkpoint.read_parameter(found, "embed.weight", vocabulary, too_short, 0)
 
 
 def _checkpoint_of_the_runtime_model(folder, dtype, files=1):

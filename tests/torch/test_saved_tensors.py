@@ -94,14 +94,28 @@ def measured_stage(compiled, folder, stage: int) -> int:
     for name, stand_in in _stand_ins(module.TP).items():
         if hasattr(module, name):
             setattr(module, name, stand_in)
+    if hasattr(module, "_all_reduce"):  # the loss's AllReduces, in place: this rank's values stand for the group's
+        module._all_reduce = lambda tensor, group, op=None: tensor
     groups = types.SimpleNamespace(tp=None, dp=None, stage=stage, tp_rank=0, dp_rank=0, rank=stage * module.TP)
     torch.manual_seed(0)
     model = module.Stage(groups).to(module.DTYPE)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0, 0.1)
-    x = torch.randn(module.STREAM_SHAPE, dtype=module.DTYPE, requires_grad=True)
-    total, y, storages = measure(model, [x], list(model.parameters()))
+    ends = hasattr(module, "VOCAB")  # token ids in on the first stage, the loss out of the last
+    if ends and stage == 0:
+        x = torch.randint(module.VOCAB, (module.STREAM_SHAPE[0], module.SEQ))
+    else:
+        x = torch.randn(module.STREAM_SHAPE, dtype=module.DTYPE, requires_grad=True)
+
+    def forward(x):
+        y = model(x)
+        if ends and stage == module.PP - 1:
+            targets = module.next_tokens(torch.randint(module.VOCAB, y.shape[:2]))
+            return module.microbatch_loss(model, y, targets)
+        return y
+
+    total, y, storages = measure(forward, [x], list(model.parameters()))
     if stage < module.PP - 1 and y.untyped_storage().data_ptr() not in storages:
         total += y.untyped_storage().nbytes()  # the schedule keeps the output for y.backward(grad)
     return total

@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from par.codegen.pytorch.runtime.groups import Groups
+from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.seeds import generator
-from par.codegen.pytorch.runtime.spec import BATCH, DP, DTYPE, HIDDEN, MICROBATCHES, PP, SEQ, SEQUENCE_PARALLEL, TP
+from par.codegen.pytorch.runtime.spec import (
+    BATCH,
+    DP,
+    DTYPE,
+    ENDS,
+    HIDDEN,
+    MICROBATCHES,
+    PP,
+    SEQ,
+    SEQUENCE_PARALLEL,
+    TP,
+    VOCAB,
+)
+from par.codegen.pytorch.runtime.vocab import vocab_parallel_cross_entropy
 
 # -- Training step ------------------------------------------------------------------------------
 
 
 def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torch.Tensor:
-    """One microbatch of a replica's "inputs" or "targets", [BATCH // DP // MICROBATCHES, SEQ, HIDDEN].
+    """One microbatch of a replica's "inputs" or "targets".
 
-    Each from a random stream of its own, so that a rank draws only the microbatches it uses.
+    Token ids [BATCH // DP // MICROBATCHES, SEQ], the targets the ids shifted by one (token t
+    predicts token t + 1, the last has no target: -1); or, without a vocabulary, random
+    [BATCH // DP // MICROBATCHES, SEQ, HIDDEN]. Each from a random stream of its own, so that a
+    rank draws only the microbatches it uses.
     """
-    random = generator(seed, "batch", kind, dp_rank, microbatch)
-    return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
+    if ENDS:
+        ids = torch.randint(
+            VOCAB, (BATCH // DP // MICROBATCHES, SEQ), generator=generator(seed, "batch", dp_rank, microbatch)
+        )
+        if kind == "targets":
+            return next_tokens(ids)
+        else:
+            return ids
+    else:
+        random = generator(seed, "batch", kind, dp_rank, microbatch)
+        return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
+
+
+def next_tokens(ids: torch.Tensor) -> torch.Tensor:
+    """The target of each position: the next token; none (-1) for the last."""
+    return torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -1)], dim=1)
 
 
 def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +64,8 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rank_part(microbatch: torch.Tensor, groups: Groups, device: torch.device) -> torch.Tensor:
     """This rank's part of a microbatch, on its device."""
+    if ENDS:
+        return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
     if SEQUENCE_PARALLEL:
         # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
         # residual stream is S(seq).
@@ -57,11 +92,54 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     return inputs, targets
 
 
-def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error over this rank's part of one microbatch, divided by the size of the replica's batch.
+def microbatch_loss(stage: Stage, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The loss of one microbatch, as a part of the replica's mean.
 
-    Summed over tensor-parallel ranks (under sequence parallelism) and microbatches it is the
-    replica's mean squared error; averaged over replicas, that of the whole batch, which is what
-    Reference's loss is. Computed in fp32: in fp16 the sum of squares overflows.
+    With a vocabulary: the cross-entropy of this rank's logits, computed vocabulary-parallel,
+    summed over the tokens with a target and divided by their number in the replica's batch
+    (each microbatch has as many): summed over microbatches it is the replica's mean, averaged
+    over replicas that of the whole batch, which is what Reference's loss is. Without one: the
+    squared error over this rank's part of the microbatch, divided by the size of the replica's
+    batch (summed over tensor-parallel ranks under sequence parallelism). Computed in fp32.
     """
-    return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)
+    if ENDS:
+        losses = vocab_parallel_cross_entropy(output, target, stage.groups)
+        return losses.sum() / ((target >= 0).sum() * MICROBATCHES)
+    else:
+        return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)
+
+
+# -- Token files (--data) -----------------------------------------------------------------------
+TOKEN_DTYPES = {"uint16": torch.uint16, "int32": torch.int32}
+
+
+def open_tokens(path: str, dtype: str) -> torch.Tensor:
+    """A token file, memory-mapped: a flat array of ids of `dtype` (uint16 or int32), never copied whole."""
+    kind = TOKEN_DTYPES[dtype]
+    count = os.path.getsize(path) // kind.itemsize
+    if count < SEQ + 1:
+        raise ValueError(f"--data {path}: {count} tokens, fewer than one window of seq + 1 = {SEQ + 1}")
+    return torch.from_file(path, shared=False, size=count, dtype=kind)
+
+
+def file_data(tokens: torch.Tensor, step: int, groups: Groups, device: torch.device) -> tuple[list, list]:
+    """This rank's microbatches of training step `step` from a token file.
+
+    The file is cut into windows of SEQ + 1 tokens, BATCH of them per step, in order (around
+    again at the end): inputs are a window's first SEQ tokens, targets its last SEQ. The first
+    stage reads the inputs, the last the targets.
+    """
+    windows = tokens.numel() // (SEQ + 1)
+    per = BATCH // DP // MICROBATCHES
+    inputs, targets = [], []
+    for microbatch in range(MICROBATCHES):
+        first = step * BATCH + groups.dp_rank * (BATCH // DP) + microbatch * per
+        rows = [(first + row) % windows * (SEQ + 1) for row in range(per)]
+        ids = torch.stack([tokens[start : start + SEQ + 1].to(torch.int64) for start in rows])
+        if int(ids.max()) >= VOCAB:
+            raise ValueError(f"--data: token id {int(ids.max())} is not below vocab {VOCAB}")
+        if groups.stage == 0:
+            inputs.append(ids[:, :-1].to(device))
+        if groups.stage == PP - 1:
+            targets.append(ids[:, 1:].to(device))
+    return inputs, targets

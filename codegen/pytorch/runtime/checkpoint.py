@@ -20,10 +20,22 @@ import torch.distributed as dist
 from torch import nn
 
 from par.codegen.pytorch.runtime.groups import Groups, global_rank
-from par.codegen.pytorch.runtime.model import CHECKPOINT, SHARDING, TRANSPOSED
+from par.codegen.pytorch.runtime.model import CHECKPOINT, TRANSPOSED
 from par.codegen.pytorch.runtime.ops import ungroup_heads
-from par.codegen.pytorch.runtime.sharding import parameter_names, shard_parameter
-from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, HEAD_DIM, HEADS, KV_HEADS, LAYERS, PP, TP
+from par.codegen.pytorch.runtime.sharding import parameter_names, shard_parameter, stage_sharding
+from par.codegen.pytorch.runtime.spec import (
+    BY_HEAD,
+    DTYPE,
+    ENDS,
+    HEAD_DIM,
+    HEADS,
+    KV_HEADS,
+    LAYERS,
+    PP,
+    TIED,
+    TP,
+    VOCAB,
+)
 
 # -- Hugging Face checkpoints -------------------------------------------------------------------
 # The files of a checkpoint, in the order they are looked for: sharded or single safetensors,
@@ -33,9 +45,9 @@ SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 # Buffers older checkpoints hold beside the weights: GPT-2's causal masks, Llama's RoPE
 # frequencies. The code computes them; loading skips them.
 BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
-# Parameters whose rows are the vocabulary, padded to a multiple of TP: the rows past the
-# checkpoint's are zero when loading and dropped when saving.
-VOCAB_ROWS = ("embed.weight", "head.weight")
+# The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the rows
+# past the checkpoint's are zero when loading and dropped when saving.
+VOCABULARY = "rows of the vocabulary"
 
 
 # --load and --save: the folders the command line named (None: not given).
@@ -63,10 +75,9 @@ class CheckpointError(ValueError):
     """A checkpoint that does not hold this model's parameters; the message says which."""
 
 
-def split_of(name: str) -> str:
-    """How a parameter splits over the tensor-parallel ranks (SHARDING's words)."""
-    _, layer = pattern_of(name)
-    return SHARDING[name.split(".", 2)[2]] if layer is not None else "replicated"
+def splits() -> dict[str, str]:
+    """How each parameter of the whole model splits over the tensor-parallel ranks (SHARDING's words)."""
+    return {name: split for stage in range(PP) for name, split in stage_sharding(stage).items()}
 
 
 def pattern_of(name: str) -> tuple[str, int | None]:
@@ -163,7 +174,6 @@ class Checkpoint:
 
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-TIED = "head.weight" not in CHECKPOINT
 
 
 def runs(indices: torch.Tensor) -> list[tuple[int, int]]:
@@ -185,9 +195,8 @@ def held_indices(full: int, split: str, tp_rank: int, dim: int) -> torch.Tensor:
     return shard_parameter(torch.arange(full).view(shape), split, tp_rank).reshape(-1)
 
 
-def read_parameter(checkpoint: Checkpoint, name: str, local: torch.Size, tp_rank: int) -> torch.Tensor:
-    """This rank's shard of parameter `name` (local shape `local`), read from the checkpoint."""
-    split = split_of(name)
+def read_parameter(checkpoint: Checkpoint, name: str, split: str, local: torch.Size, tp_rank: int) -> torch.Tensor:
+    """This rank's shard of parameter `name` (local shape `local`, split as `split` says), read from the checkpoint."""
     rows = local[0] * (TP if split.startswith("rows") else 1)
     cols = local[1] * (TP if split.startswith("columns") else 1) if len(local) == 2 else None
     sources = [checkpoint.resolve(source) for source in sources_of(name)]
@@ -198,7 +207,7 @@ def read_parameter(checkpoint: Checkpoint, name: str, local: torch.Size, tp_rank
         shape = checkpoint.shape(source)
         extents.append(shape[::-1] if transposed else shape)
     total = sum(extent[0] for extent in extents)
-    padded = name in VOCAB_ROWS and 0 <= rows - total < TP
+    padded = split == VOCABULARY and 0 <= rows - total < TP
     wrong = [source for source, extent in zip(sources, extents, strict=True) if extent[1:] != ([cols] if cols else [])]
     if (total != rows and not padded) or wrong:
         shapes = " + ".join(str(tuple(extent)) for extent in extents)
@@ -244,10 +253,12 @@ def load_checkpoint(directory: str, stage: nn.Module, groups: Groups) -> Checkpo
     checkpoint = Checkpoint(directory)
     checkpoint.check()
     failed: list[str] = []
+    split = stage_sharding(groups.stage)
     with torch.no_grad():
         for name, param in stage.named_parameters():
             try:
-                param.copy_(read_parameter(checkpoint, name, param.shape, groups.tp_rank))  # in the parameter's dtype
+                shard = read_parameter(checkpoint, name, split[name], param.shape, groups.tp_rank)
+                param.copy_(shard)  # in the parameter's dtype
             except CheckpointError as error:
                 failed.append(str(error))
     verdict = torch.tensor([len(failed)], device=next(stage.parameters()).device)
@@ -272,9 +283,8 @@ def owners(name: str) -> list[int]:
     return [global_rank(0, stage, t) for t in range(TP)]
 
 
-def whole(name: str, parts: list[torch.Tensor]) -> torch.Tensor:
+def whole(split: str, parts: list[torch.Tensor]) -> torch.Tensor:
     """The full parameter from its TP shards: the inverse of shard_parameter."""
-    split = split_of(name)
     if split == "replicated":
         return parts[0]
     dim = 0 if split.startswith("rows") else 1
@@ -298,6 +308,8 @@ def source_rows(name: str, checkpoint: Checkpoint | None) -> list[int]:
 def checkpoint_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | None) -> dict[str, torch.Tensor]:
     """A full parameter as the checkpoint tensors it came from: split along the rows, padding dropped."""
     pattern, _ = pattern_of(name)
+    if ENDS and pattern in ("embed.weight", "head.weight"):
+        full = full[:VOCAB]
     sizes = [size if size >= 0 else full.shape[0] for size in source_rows(name, checkpoint)]
     names = [checkpoint.resolve(source) if checkpoint else source for source in sources_of(name)]
     pieces = full[: sum(sizes)].split(sizes)
@@ -307,7 +319,7 @@ def checkpoint_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | N
     }
 
 
-def gather_parameter(name: str, tensors: dict[str, torch.Tensor], groups: Groups) -> torch.Tensor | None:
+def gather_parameter(name: str, split: str, tensors: dict[str, torch.Tensor], groups: Groups) -> torch.Tensor | None:
     """Rank 0 gets the full parameter `name`, in fp32 (exact for fp16 and bf16); None elsewhere.
 
     Its owners send their shard's shape, then the shard, to rank 0, one after the other; every
@@ -331,7 +343,7 @@ def gather_parameter(name: str, tensors: dict[str, torch.Tensor], groups: Groups
         part = torch.empty([size for size in shape.tolist() if size >= 0], dtype=torch.float32, device=device)
         dist.recv(part, src=rank)
         parts.append(part.cpu())
-    return whole(name, parts)
+    return whole(split, parts)
 
 
 def save_checkpoint(directory: str, tensors: dict[str, torch.Tensor], groups: Groups, like: Checkpoint | None) -> None:
@@ -354,8 +366,9 @@ def save_checkpoint(directory: str, tensors: dict[str, torch.Tensor], groups: Gr
     pending: dict[str, dict[str, torch.Tensor]] = {}
     index: dict[str, str] = {}
     size = 0
+    split = splits()
     for name in every_parameter():
-        full = gather_parameter(name, tensors, groups)
+        full = gather_parameter(name, split[name], tensors, groups)
         if full is None:
             continue
         for hf, tensor in checkpoint_tensors(name, full, like).items():

@@ -10,11 +10,12 @@ import sys
 import torch
 import torch.distributed as dist
 
+from par.codegen.pytorch.runtime.batches import open_tokens
 from par.codegen.pytorch.runtime.checkpoint import set_checkpoints
 from par.codegen.pytorch.runtime.groups import Groups
-from par.codegen.pytorch.runtime.modes import check, train
+from par.codegen.pytorch.runtime.modes import check, generate, train
 from par.codegen.pytorch.runtime.regather import set_regather
-from par.codegen.pytorch.runtime.spec import DP, HF_CHECKPOINT, PP, TP, WORLD_SIZE
+from par.codegen.pytorch.runtime.spec import DP, ENDS, HF_CHECKPOINT, PP, SEQ, TP, VOCAB, WORLD_SIZE
 from par.codegen.pytorch.runtime.trace import start_trace
 
 # -- Entry point --------------------------------------------------------------------------------
@@ -38,7 +39,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if HF_CHECKPOINT:
         parser.add_argument("--load", metavar="DIR", help="start from this Hugging Face checkpoint")
         parser.add_argument("--save", metavar="DIR", help="write the trained weights as a Hugging Face checkpoint")
+    if ENDS:
+        parser.add_argument("--data", metavar="FILE", help="train on a token file: a flat array of ids")
+        parser.add_argument("--data-dtype", choices=("uint16", "int32"), default="uint16", help="type of the ids")
+        parser.add_argument("--generate", metavar="IDS", help='greedy generation after these token ids ("1 2 3")')
+        parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens --generate adds")
     args = parser.parse_args(argv)
+    if ENDS and args.generate is not None:
+        try:
+            args.prompt = [int(word) for word in args.generate.split()]
+        except ValueError:
+            parser.error(f"--generate takes token ids separated by spaces, not {args.generate!r}")
+        if not args.prompt or any(not 0 <= token < VOCAB for token in args.prompt):
+            parser.error(f"--generate needs at least one token id, each from 0 to {VOCAB - 1}")
+        if len(args.prompt) + args.max_new > SEQ:
+            parser.error(f"--generate: {len(args.prompt)} ids and --max-new {args.max_new} exceed seq ({SEQ})")
+        return args
     if not args.check and not args.steps:
         args.steps = 10
     return args
@@ -71,8 +87,16 @@ def run(args: argparse.Namespace) -> bool:
     if HF_CHECKPOINT:
         set_checkpoints(args.load, args.save)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
+    if ENDS and args.generate is not None:
+        new = generate(groups, device, args.seed, args.prompt, args.max_new)
+        if groups.rank == 0:
+            print(f"generated: {' '.join(str(token) for token in new)}", flush=True)
     if args.steps:
-        train(groups, device, args.steps, args.seed, args.lr)
+        if ENDS:
+            tokens = open_tokens(args.data, args.data_dtype) if args.data else None
+            train(groups, device, args.steps, args.seed, args.lr, tokens)
+        else:
+            train(groups, device, args.steps, args.seed, args.lr)
     if trace is not None:
         trace.write(args.trace, groups.rank)
     dist.destroy_process_group()

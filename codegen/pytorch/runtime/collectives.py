@@ -10,10 +10,12 @@ from par.codegen.pytorch.runtime.trace import _record, set_phase
 # -- Collectives: every one the model issues goes through these functions -----------------------
 
 
-def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """Sums `tensor` over `group`, in place."""
+def _all_reduce(
+    tensor: torch.Tensor, group: dist.ProcessGroup, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
+) -> torch.Tensor:
+    """Sums `tensor` over `group` (or takes the `op` of the ranks' values), in place."""
     _record("allreduce", tensor, group)
-    dist.all_reduce(tensor, group=group)
+    dist.all_reduce(tensor, op=op, group=group)
     return tensor
 
 

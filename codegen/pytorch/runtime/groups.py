@@ -6,7 +6,7 @@ import datetime
 
 import torch.distributed as dist
 
-from par.codegen.pytorch.runtime.spec import DP, PP, TP
+from par.codegen.pytorch.runtime.spec import DP, PP, TIED, TP
 
 # -- Process groups -----------------------------------------------------------------------------
 
@@ -45,3 +45,12 @@ class Groups:
                 for t in range(TP)
             }
             self.dp = dp_groups[self.stage, self.tp_rank]
+        if TIED and PP > 1:
+            # Megatron's embedding group: the ranks holding the same rows of the tied matrix, on
+            # the first stage (the embedding) and the last (the head)
+            embedding_groups = {
+                (d, t): dist.new_group([global_rank(d, 0, t), global_rank(d, PP - 1, t)], timeout=timeout)
+                for d in range(DP)
+                for t in range(TP)
+            }
+            self.embedding = embedding_groups[self.dp_rank, self.tp_rank]

@@ -36,6 +36,7 @@ class Stage(nn.Module):
 
     def __init__(self, groups: Groups) -> None:
         super().__init__()
+        self.groups = groups
         first, last = STAGES[groups.stage]
         self.layers = nn.ModuleDict({str(layer): ResidualLayer(groups) for layer in range(first, last + 1)})
 
@@ -84,6 +85,12 @@ def reference_layer(layer: int, seed: int) -> ReferenceResidualLayer:
 
 
 SHARDING = {"ln.weight": "replicated", "ln.bias": "replicated", "fc.weight": "replicated"}
+END_SHARDING: dict[str, str] = {}  # the model's ends: this one has none (ENDS)
+
+
+def reference_ends(seed: int) -> dict[str, torch.Tensor]:
+    """Reference's parameters outside the layers: none here."""
+    return {}
 
 # Hugging Face checkpoint names: each parameter is its checkpoint tensors concatenated along the
 # rows; TRANSPOSED ones are stored [in, out].

@@ -8,10 +8,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from par.codegen.pytorch.runtime.batches import make_batch, microbatches, rank_data
+from par.codegen.pytorch.runtime.batches import file_data, make_batch, microbatches, rank_data
 from par.codegen.pytorch.runtime.checkpoint import load_requested, save_requested
-from par.codegen.pytorch.runtime.groups import Groups
-from par.codegen.pytorch.runtime.model import Reference, reference_layer
+from par.codegen.pytorch.runtime.collectives import _exchange
+from par.codegen.pytorch.runtime.groups import Groups, global_rank
+from par.codegen.pytorch.runtime.model import Reference, reference_ends, reference_layer
 from par.codegen.pytorch.runtime.optimizer import LossScaler, Optimizer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.sharding import build_stage, parameter_names, shard_state_dict
@@ -19,6 +20,7 @@ from par.codegen.pytorch.runtime.spec import (
     BATCH,
     DP,
     DTYPE,
+    ENDS,
     HF_CHECKPOINT,
     LAYERS,
     LOSS_SCALING,
@@ -27,10 +29,12 @@ from par.codegen.pytorch.runtime.spec import (
     SEQ,
     SEQUENCE_PARALLEL,
     STAGES,
+    STREAM_SHAPE,
     TP,
     WORLD_SIZE,
 )
 from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step
+from par.codegen.pytorch.runtime.vocab import greedy_token
 
 # -- Modes --------------------------------------------------------------------------------------
 
@@ -66,9 +70,21 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     stage = build_stage(groups, device, reference.state_dict())
     reference.float()
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
-    expected = reference(inputs)
-    F.mse_loss(expected, targets).backward()
+    if ENDS:
+        inputs, targets = (torch.cat(parts).to(device=device) for parts in zip(*batches, strict=True))
+        logits = reference(inputs)
+        per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
+        # The loss of each replica's batch; their mean is the whole batch's (each has as many targets).
+        replicas = [
+            part.sum() / (mask >= 0).sum()
+            for part, mask in zip(per_token.view(targets.shape).chunk(DP), targets.chunk(DP), strict=True)
+        ]
+        torch.stack(replicas).mean().backward()
+    else:
+        parts = zip(*batches, strict=True)
+        inputs, targets = (torch.cat(part).to(device=device, dtype=DTYPE).float() for part in parts)
+        expected = reference(inputs)
+        F.mse_loss(expected, targets).backward()
 
     data = rank_data(groups, seed, device)
     schedule = PipelineSchedule(stage, groups, device)
@@ -76,18 +92,22 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     if LOSS_SCALING:
         scaler = LossScaler()
         schedule.loss_scale = scaler.scale
-    outputs, _ = train_step(schedule, buffer, groups, data)
+    outputs, step_losses = train_step(schedule, buffer, groups, data)
     if LOSS_SCALING:
         # fp16: the step as training runs it; a scale that overflows is halved and the step run again.
         while not scaler.unscale(buffer.main) and scaler.scale >= 1:
             buffer.zero()
             schedule.loss_scale = scaler.scale
-            outputs, _ = train_step(schedule, buffer, groups, data)
+            outputs, step_losses = train_step(schedule, buffer, groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
-    if outputs:
-        mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
-        output_error = relative_error(torch.cat(outputs), torch.cat(mine))
+    if ENDS:
+        if groups.stage == PP - 1:  # the model's output is its loss: this replica's
+            output_error = relative_error(torch.stack(step_losses).sum(), replicas[groups.dp_rank].detach())
+    else:
+        if outputs:
+            mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
+            output_error = relative_error(torch.cat(outputs), torch.cat(mine))
     reference_grads = shard_state_dict(gradients(reference), groups.rank)
     grads = buffer.main_views
     gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
@@ -119,15 +139,25 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     return ok
 
 
-def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float) -> None:
-    """`steps` AdamW steps on one fixed batch; the first rank of the last stage prints loss and throughput."""
+def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:
+    """Reference's weights of this rank's stage, drawn from the seed without building the rest."""
     first, last = STAGES[groups.stage]
     full = {
         f"layers.{layer}.{name}": tensor
         for layer in range(first, last + 1)
         for name, tensor in reference_layer(layer, seed).state_dict().items()
     }
-    stage = build_stage(groups, device, full)
+    if ENDS:
+        full |= reference_ends(seed)
+    return full
+
+
+def train(
+    groups: Groups, device: torch.device, steps: int, seed: int, lr: float, tokens: torch.Tensor | None = None
+) -> None:
+    """`steps` AdamW steps on one fixed batch, or on the next windows of `tokens` (a token file) at
+    each step; the first rank of the last stage prints loss and throughput."""
+    stage = build_stage(groups, device, stage_weights(groups, seed))
     if HF_CHECKPOINT:
         loaded = load_requested(stage, groups)
     schedule = PipelineSchedule(stage, groups, device)
@@ -138,6 +168,8 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
+        if ENDS and tokens is not None:
+            data = file_data(tokens, step - 1, groups, device)
         buffer.zero()
         if LOSS_SCALING:
             schedule.loss_scale = optimizer.scaler.scale
@@ -148,7 +180,7 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
         times.append(time.perf_counter() - start)
         if groups.stage == PP - 1:
             loss = torch.stack(losses).sum()
-            if SEQUENCE_PARALLEL:
+            if SEQUENCE_PARALLEL and not ENDS:
                 dist.all_reduce(loss, group=groups.tp)  # reporting only: each rank has its part of the sequence
             if DP > 1:
                 dist.all_reduce(loss, group=groups.dp)  # reporting only: the mean over replicas
@@ -168,3 +200,35 @@ def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float
             print(f"{skipped}, loss scale {scaler.scale:g}", flush=True)
     if HF_CHECKPOINT:
         save_requested(stage, groups, loaded)
+
+
+def generate(groups: Groups, device: torch.device, seed: int, prompt: list[int], new: int) -> list[int]:
+    """`new` tokens after `prompt`, greedily, the whole prefix computed again for each.
+
+    The prefix fills the first positions of every sequence of one microbatch (the shapes the
+    stages exchange are fixed); causal attention keeps the positions after it from mattering.
+    The last stage picks the token; every rank receives it from the first rank of the last stage.
+    """
+    stage = build_stage(groups, device, stage_weights(groups, seed)).eval()
+    if HF_CHECKPOINT:
+        load_requested(stage, groups)
+    tokens = list(prompt)
+    chooser = global_rank(0, PP - 1, 0)
+    with torch.no_grad():
+        for _ in range(new):
+            ids = torch.zeros((BATCH // DP // MICROBATCHES, SEQ), dtype=torch.long, device=device)
+            ids[:, : len(tokens)] = torch.tensor(tokens, device=device)
+            if groups.stage == 0:
+                x = ids
+            else:
+                x = torch.empty(STREAM_SHAPE, dtype=DTYPE, device=device)
+                _exchange([("recv", x, global_rank(groups.dp_rank, groups.stage - 1, groups.tp_rank), "forward", 0)])
+            y = stage(x)
+            token = torch.zeros((), dtype=torch.long, device=device)
+            if groups.stage < PP - 1:
+                _exchange([("send", y, global_rank(groups.dp_rank, groups.stage + 1, groups.tp_rank), "forward", 0)])
+            else:
+                token.fill_(greedy_token(y[0, len(tokens) - 1], groups).item())
+            dist.broadcast(token, src=chooser)  # not one of the model's collectives: the chosen token to every rank
+            tokens.append(int(token.item()))
+    return tokens[len(prompt) :]

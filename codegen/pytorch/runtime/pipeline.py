@@ -24,7 +24,7 @@ from par.codegen.pytorch.runtime.collectives import _exchange
 from par.codegen.pytorch.runtime.groups import Groups, global_rank
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.regather import stage_forward
-from par.codegen.pytorch.runtime.spec import DTYPE, LOSS_SCALING, MICROBATCHES, PP, SCHEDULE, STREAM_SHAPE, TP
+from par.codegen.pytorch.runtime.spec import DTYPE, ENDS, LOSS_SCALING, MICROBATCHES, PP, SCHEDULE, STREAM_SHAPE, TP
 from par.codegen.pytorch.runtime.trace import set_phase
 
 # A message between neighbouring stages: (op, kind, microbatch, peer): op "send" or "recv", kind
@@ -139,8 +139,9 @@ class PipelineSchedule:
         else:
             y = self.stage(x)
         if self.index == PP - 1:
-            loss = microbatch_loss(y, targets[microbatch])
-            outputs.append(y.detach())
+            loss = microbatch_loss(self.stage, y, targets[microbatch])
+            if not ENDS:  # with a vocabulary the losses are the outputs: no rank keeps whole logits
+                outputs.append(y.detach())
             losses.append(loss.detach())
             self.saved[microbatch] = (x, loss)
         else:

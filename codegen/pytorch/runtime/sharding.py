@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 
 from par.codegen.pytorch.runtime.groups import Groups, coordinates
-from par.codegen.pytorch.runtime.model import SHARDING, Stage
+from par.codegen.pytorch.runtime.model import END_SHARDING, SHARDING, Stage
 from par.codegen.pytorch.runtime.ops import group_heads
-from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, STAGES, TP
+from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, ENDS, PADDED, PADDED_VOCAB, PP, STAGES, TIED, TP
 
 
 def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int) -> torch.Tensor:
     if split == "replicated":
         return tensor
+    if PADDED and split == "rows of the vocabulary":  # padding rows: zero, never looked up, masked in the loss
+        tensor = torch.cat([tensor, tensor.new_zeros((PADDED_VOCAB - tensor.shape[0], *tensor.shape[1:]))])
     dim = 0 if split.startswith("rows") else 1
     if BY_HEAD and split.endswith("by head"):
         tensor = group_heads(tensor, dim)
@@ -25,19 +27,37 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
     Only the layers of the rank's stage are read, so `full` may hold just those.
     """
     _, stage, tp_rank = coordinates(rank)
+    return {name: shard_parameter(full[name], split, tp_rank) for name, split in stage_sharding(stage).items()}
+
+
+def stage_sharding(stage: int) -> dict[str, str]:
+    """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
-    return {
-        f"layers.{layer}.{name}": shard_parameter(full[f"layers.{layer}.{name}"], split, tp_rank)
-        for layer in range(first, last + 1)
-        for name, split in SHARDING.items()
-    }
+    layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    if ENDS:
+        return (
+            {name: END_SHARDING[name] for name in ends_of(stage, before=True)}
+            | layers
+            | {name: END_SHARDING[name] for name in ends_of(stage, before=False)}
+        )
+    else:
+        return layers
+
+
+def ends_of(stage: int, *, before: bool) -> list[str]:
+    """The parameters of the model's ends on `stage`: those before its layers, or after them."""
+    if before:
+        return [name for name in END_SHARDING if stage == 0 and name.split(".")[0] in ("embed", "pos_embed")]
+    names = [name for name in END_SHARDING if stage == PP - 1 and name.split(".")[0] in ("final_norm", "head")]
+    if TIED and PP > 1 and stage == PP - 1:
+        names.append("embed.weight")  # the head's own copy of the tied matrix
+    return names
 
 
 def parameter_names(rank: int) -> list[str]:
     """The names of the parameters `rank` holds, in the order shard_state_dict gives them."""
     _, stage, _ = coordinates(rank)
-    first, last = STAGES[stage]
-    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in SHARDING]
+    return list(stage_sharding(stage))
 
 
 def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tensor]) -> Stage:

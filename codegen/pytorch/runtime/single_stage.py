@@ -8,7 +8,7 @@ from par.codegen.pytorch.runtime.batches import microbatch_loss
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.regather import stage_forward
-from par.codegen.pytorch.runtime.spec import LOSS_SCALING, TP
+from par.codegen.pytorch.runtime.spec import ENDS, LOSS_SCALING, TP
 from par.codegen.pytorch.runtime.trace import set_phase
 
 
@@ -32,13 +32,14 @@ class PipelineSchedule:
                 y = stage_forward(self.stage, x)
             else:
                 y = self.stage(x)
-            loss = microbatch_loss(y, target)
+            loss = microbatch_loss(self.stage, y, target)
             set_phase("backward", microbatch)
             if LOSS_SCALING:
                 (loss * self.loss_scale).backward()
             else:
                 loss.backward()
-            outputs.append(y.detach())
+            if not ENDS:  # with a vocabulary the losses are the outputs: no rank keeps whole logits
+                outputs.append(y.detach())
             losses.append(loss.detach())
         set_phase("step")
         return outputs, losses

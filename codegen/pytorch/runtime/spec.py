@@ -35,6 +35,9 @@ ROPE_HIGH_FREQ_FACTOR = 4.0
 ROPE_ORIGINAL_MAX_POSITIONS = 8192
 STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)
 PARTIAL_GRADIENTS: tuple[str, ...] = ()
+VOCAB = 50  # the model's ends (ENDS below)
+PADDED_VOCAB = VOCAB  # a multiple of TP
+MAX_POSITIONS = SEQ
 
 # -- build-time facts: decided by the inliner, never written into model.py --------------------------
 SEQUENCE_PARALLEL = False  # the residual stream is split along seq across tp ranks
@@ -45,3 +48,7 @@ FP32_GRADIENTS = False  # fp16 or bf16 parameters whose gradients are accumulate
 LOSS_SCALING = False  # fp16: dynamic loss scaling
 HF_CHECKPOINT = True  # the block's parameters have Hugging Face names: --load and --save
 ROPE_SCALING = "none"  # the rotary embedding's frequency scaling: none | linear | llama3
+ENDS = False  # the model has a vocabulary: token ids in, embedding, final norm, LM head and cross-entropy
+TIED = False  # the LM head is the embedding's matrix
+LEARNED_POSITIONS = False  # learned absolute positions are added at the embedding
+PADDED = False  # PADDED_VOCAB > VOCAB: the padding rows' logits are masked

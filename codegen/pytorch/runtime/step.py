@@ -9,7 +9,15 @@ from par.codegen.pytorch.runtime.collectives import _all_reduce
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
-from par.codegen.pytorch.runtime.spec import DP, FP32_GRADIENTS, GRAD_DTYPE, MIXED_PRECISION, PARTIAL_GRADIENTS
+from par.codegen.pytorch.runtime.spec import (
+    DP,
+    FP32_GRADIENTS,
+    GRAD_DTYPE,
+    MIXED_PRECISION,
+    PARTIAL_GRADIENTS,
+    PP,
+    TIED,
+)
 
 # -- Gradients ----------------------------------------------------------------------------------
 # Every gradient of a stage lives in one flat GRAD_DTYPE buffer, allocated once: accumulated
@@ -21,6 +29,11 @@ from par.codegen.pytorch.runtime.spec import DP, FP32_GRADIENTS, GRAD_DTYPE, MIX
 def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
     """The gradient of every parameter of `module` that has one, by name."""
     return {name: param.grad for name, param in module.named_parameters() if param.grad is not None}
+
+
+def partial_gradient(name: str) -> bool:
+    """Whether parameter `name` of a stage (`layers.5.ln1.weight`, `final_norm.weight`) is in PARTIAL_GRADIENTS."""
+    return (name.split(".", 2)[2] if name.startswith("layers.") else name) in PARTIAL_GRADIENTS
 
 
 class AddGradient:
@@ -41,12 +54,14 @@ class GradientBuffer:
     def __init__(self, stage: Stage) -> None:
         named = list(stage.named_parameters())
         if PARTIAL_GRADIENTS:
-            named.sort(key=lambda item: item[0].split(".", 2)[2] not in PARTIAL_GRADIENTS)  # partial ones first
-            self.partial = sum(param.numel() for name, param in named if name.split(".", 2)[2] in PARTIAL_GRADIENTS)
+            named.sort(key=lambda item: not partial_gradient(item[0]))  # partial ones first
+            self.partial = sum(param.numel() for name, param in named if partial_gradient(name))
         first = named[0][1]
         self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
         parts = self.flat.split([param.numel() for _, param in named])
         views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        if TIED and PP > 1:
+            self.views = views
         if FP32_GRADIENTS:
             # Autograd writes each microbatch's gradient in the parameter's dtype; a hook adds it
             # to the fp32 buffer at once, so accumulation over microbatches is in fp32.
@@ -69,6 +84,9 @@ class GradientBuffer:
         """After the last microbatch: make every gradient what Reference's would be (sliced), in `main` in fp32."""
         if PARTIAL_GRADIENTS:
             _all_reduce(self.flat[: self.partial], groups.tp)
+        if TIED and PP > 1 and groups.stage in (0, PP - 1):
+            # The two copies of the tied matrix, on the first and the last stage, add their gradients.
+            _all_reduce(self.views["embed.weight"], groups.embedding)
         if DP > 1:
             self.flat.div_(DP)
             _all_reduce(self.flat, groups.dp)  # the mean over replicas

@@ -275,19 +275,20 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
     Only the layers of the rank's stage are read, so `full` may hold just those.
     """
     _, stage, tp_rank = coordinates(rank)
+    return {name: shard_parameter(full[name], split, tp_rank) for name, split in stage_sharding(stage).items()}
+
+
+def stage_sharding(stage: int) -> dict[str, str]:
+    """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
-    return {
-        f"layers.{layer}.{name}": shard_parameter(full[f"layers.{layer}.{name}"], split, tp_rank)
-        for layer in range(first, last + 1)
-        for name, split in SHARDING.items()
-    }
+    layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    return layers
 
 
 def parameter_names(rank: int) -> list[str]:
     """The names of the parameters `rank` holds, in the order shard_state_dict gives them."""
     _, stage, _ = coordinates(rank)
-    first, last = STAGES[stage]
-    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in SHARDING]
+    return list(stage_sharding(stage))
 
 
 def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tensor]) -> Stage:
@@ -383,10 +384,12 @@ def _record(op: str, tensor: torch.Tensor, group: dist.ProcessGroup | None = Non
 # -- Collectives: every one the model issues goes through these functions -----------------------
 
 
-def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """Sums `tensor` over `group`, in place."""
+def _all_reduce(
+    tensor: torch.Tensor, group: dist.ProcessGroup, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
+) -> torch.Tensor:
+    """Sums `tensor` over `group` (or takes the `op` of the ranks' values), in place."""
     _record("allreduce", tensor, group)
-    dist.all_reduce(tensor, group=group)
+    dist.all_reduce(tensor, op=op, group=group)
     return tensor
 
 
@@ -551,9 +554,12 @@ def all_gather(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> torch.
 
 
 def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torch.Tensor:
-    """One microbatch of a replica's "inputs" or "targets", [BATCH // DP // MICROBATCHES, SEQ, HIDDEN].
+    """One microbatch of a replica's "inputs" or "targets".
 
-    Each from a random stream of its own, so that a rank draws only the microbatches it uses.
+    Token ids [BATCH // DP // MICROBATCHES, SEQ], the targets the ids shifted by one (token t
+    predicts token t + 1, the last has no target: -1); or, without a vocabulary, random
+    [BATCH // DP // MICROBATCHES, SEQ, HIDDEN]. Each from a random stream of its own, so that a
+    rank draws only the microbatches it uses.
     """
     random = generator(seed, "batch", kind, dp_rank, microbatch)
     return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
@@ -592,12 +598,15 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     return inputs, targets
 
 
-def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error over this rank's part of one microbatch, divided by the size of the replica's batch.
+def microbatch_loss(stage: Stage, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The loss of one microbatch, as a part of the replica's mean.
 
-    Summed over tensor-parallel ranks (under sequence parallelism) and microbatches it is the
-    replica's mean squared error; averaged over replicas, that of the whole batch, which is what
-    Reference's loss is. Computed in fp32: in fp16 the sum of squares overflows.
+    With a vocabulary: the cross-entropy of this rank's logits, computed vocabulary-parallel,
+    summed over the tokens with a target and divided by their number in the replica's batch
+    (each microbatch has as many): summed over microbatches it is the replica's mean, averaged
+    over replicas that of the whole batch, which is what Reference's loss is. Without one: the
+    squared error over this rank's part of the microbatch, divided by the size of the replica's
+    batch (summed over tensor-parallel ranks under sequence parallelism). Computed in fp32.
     """
     return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)
 
@@ -704,7 +713,7 @@ class PipelineSchedule:
         x = inputs[microbatch] if self.index == 0 else self.inbox.pop(("activation", microbatch)).requires_grad_()
         y = stage_forward(self.stage, x)
         if self.index == PP - 1:
-            loss = microbatch_loss(y, targets[microbatch])
+            loss = microbatch_loss(self.stage, y, targets[microbatch])
             outputs.append(y.detach())
             losses.append(loss.detach())
             self.saved[microbatch] = (x, loss)
@@ -890,7 +899,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     stage = build_stage(groups, device, reference.state_dict())
     reference.float()
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
+    parts = zip(*batches, strict=True)
+    inputs, targets = (torch.cat(part).to(device=device, dtype=DTYPE).float() for part in parts)
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
@@ -899,12 +909,12 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     buffer = GradientBuffer(stage)
     scaler = LossScaler()
     schedule.loss_scale = scaler.scale
-    outputs, _ = train_step(schedule, buffer, groups, data)
+    outputs, step_losses = train_step(schedule, buffer, groups, data)
     # fp16: the step as training runs it; a scale that overflows is halved and the step run again.
     while not scaler.unscale(buffer.main) and scaler.scale >= 1:
         buffer.zero()
         schedule.loss_scale = scaler.scale
-        outputs, _ = train_step(schedule, buffer, groups, data)
+        outputs, step_losses = train_step(schedule, buffer, groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
@@ -941,15 +951,23 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     return ok
 
 
-def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float) -> None:
-    """`steps` AdamW steps on one fixed batch; the first rank of the last stage prints loss and throughput."""
+def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:
+    """Reference's weights of this rank's stage, drawn from the seed without building the rest."""
     first, last = STAGES[groups.stage]
     full = {
         f"layers.{layer}.{name}": tensor
         for layer in range(first, last + 1)
         for name, tensor in reference_layer(layer, seed).state_dict().items()
     }
-    stage = build_stage(groups, device, full)
+    return full
+
+
+def train(
+    groups: Groups, device: torch.device, steps: int, seed: int, lr: float, tokens: torch.Tensor | None = None
+) -> None:
+    """`steps` AdamW steps on one fixed batch, or on the next windows of `tokens` (a token file) at
+    each step; the first rank of the last stage prints loss and throughput."""
+    stage = build_stage(groups, device, stage_weights(groups, seed))
     schedule = PipelineSchedule(stage, groups, device)
     buffer = GradientBuffer(stage)
     optimizer = Optimizer(stage, buffer, lr)

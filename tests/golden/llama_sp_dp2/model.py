@@ -360,19 +360,20 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
     Only the layers of the rank's stage are read, so `full` may hold just those.
     """
     _, stage, tp_rank = coordinates(rank)
+    return {name: shard_parameter(full[name], split, tp_rank) for name, split in stage_sharding(stage).items()}
+
+
+def stage_sharding(stage: int) -> dict[str, str]:
+    """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
-    return {
-        f"layers.{layer}.{name}": shard_parameter(full[f"layers.{layer}.{name}"], split, tp_rank)
-        for layer in range(first, last + 1)
-        for name, split in SHARDING.items()
-    }
+    layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    return layers
 
 
 def parameter_names(rank: int) -> list[str]:
     """The names of the parameters `rank` holds, in the order shard_state_dict gives them."""
     _, stage, _ = coordinates(rank)
-    first, last = STAGES[stage]
-    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in SHARDING]
+    return list(stage_sharding(stage))
 
 
 def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tensor]) -> Stage:
@@ -475,10 +476,12 @@ def _record(op: str, tensor: torch.Tensor, group: dist.ProcessGroup | None = Non
 # -- Collectives: every one the model issues goes through these functions -----------------------
 
 
-def _all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """Sums `tensor` over `group`, in place."""
+def _all_reduce(
+    tensor: torch.Tensor, group: dist.ProcessGroup, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
+) -> torch.Tensor:
+    """Sums `tensor` over `group` (or takes the `op` of the ranks' values), in place."""
     _record("allreduce", tensor, group)
-    dist.all_reduce(tensor, group=group)
+    dist.all_reduce(tensor, op=op, group=group)
     return tensor
 
 
@@ -650,9 +653,12 @@ def reduce_scatter(x: torch.Tensor, *, dim: int, group: dist.ProcessGroup) -> to
 
 
 def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torch.Tensor:
-    """One microbatch of a replica's "inputs" or "targets", [BATCH // DP // MICROBATCHES, SEQ, HIDDEN].
+    """One microbatch of a replica's "inputs" or "targets".
 
-    Each from a random stream of its own, so that a rank draws only the microbatches it uses.
+    Token ids [BATCH // DP // MICROBATCHES, SEQ], the targets the ids shifted by one (token t
+    predicts token t + 1, the last has no target: -1); or, without a vocabulary, random
+    [BATCH // DP // MICROBATCHES, SEQ, HIDDEN]. Each from a random stream of its own, so that a
+    rank draws only the microbatches it uses.
     """
     random = generator(seed, "batch", kind, dp_rank, microbatch)
     return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
@@ -694,12 +700,15 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     return inputs, targets
 
 
-def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error over this rank's part of one microbatch, divided by the size of the replica's batch.
+def microbatch_loss(stage: Stage, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The loss of one microbatch, as a part of the replica's mean.
 
-    Summed over tensor-parallel ranks (under sequence parallelism) and microbatches it is the
-    replica's mean squared error; averaged over replicas, that of the whole batch, which is what
-    Reference's loss is. Computed in fp32: in fp16 the sum of squares overflows.
+    With a vocabulary: the cross-entropy of this rank's logits, computed vocabulary-parallel,
+    summed over the tokens with a target and divided by their number in the replica's batch
+    (each microbatch has as many): summed over microbatches it is the replica's mean, averaged
+    over replicas that of the whole batch, which is what Reference's loss is. Without one: the
+    squared error over this rank's part of the microbatch, divided by the size of the replica's
+    batch (summed over tensor-parallel ranks under sequence parallelism). Computed in fp32.
     """
     return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)
 
@@ -805,7 +814,7 @@ class PipelineSchedule:
         x = inputs[microbatch] if self.index == 0 else self.inbox.pop(("activation", microbatch)).requires_grad_()
         y = stage_forward(self.stage, x)
         if self.index == PP - 1:
-            loss = microbatch_loss(y, targets[microbatch])
+            loss = microbatch_loss(self.stage, y, targets[microbatch])
             outputs.append(y.detach())
             losses.append(loss.detach())
             self.saved[microbatch] = (x, loss)
@@ -836,6 +845,11 @@ def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: param.grad for name, param in module.named_parameters() if param.grad is not None}
 
 
+def partial_gradient(name: str) -> bool:
+    """Whether parameter `name` of a stage (`layers.5.ln1.weight`, `final_norm.weight`) is in PARTIAL_GRADIENTS."""
+    return (name.split(".", 2)[2] if name.startswith("layers.") else name) in PARTIAL_GRADIENTS
+
+
 class AddGradient:
     """A parameter's hook: adds its gradient of one microbatch to `into` (fp32), and frees it."""
 
@@ -853,8 +867,8 @@ class GradientBuffer:
 
     def __init__(self, stage: Stage) -> None:
         named = list(stage.named_parameters())
-        named.sort(key=lambda item: item[0].split(".", 2)[2] not in PARTIAL_GRADIENTS)  # partial ones first
-        self.partial = sum(param.numel() for name, param in named if name.split(".", 2)[2] in PARTIAL_GRADIENTS)
+        named.sort(key=lambda item: not partial_gradient(item[0]))  # partial ones first
+        self.partial = sum(param.numel() for name, param in named if partial_gradient(name))
         first = named[0][1]
         self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
         parts = self.flat.split([param.numel() for _, param in named])
@@ -925,9 +939,9 @@ SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
-# Parameters whose rows are the vocabulary, padded to a multiple of TP: the rows past the
-# checkpoint's are zero when loading and dropped when saving.
-VOCAB_ROWS = ("embed.weight", "head.weight")
+# The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the rows
+# past the checkpoint's are zero when loading and dropped when saving.
+VOCABULARY = "rows of the vocabulary"
 
 
 # --load and --save: the folders the command line named (None: not given).
@@ -955,10 +969,9 @@ class CheckpointError(ValueError):
     """A checkpoint that does not hold this model's parameters; the message says which."""
 
 
-def split_of(name: str) -> str:
-    """How a parameter splits over the tensor-parallel ranks (SHARDING's words)."""
-    _, layer = pattern_of(name)
-    return SHARDING[name.split(".", 2)[2]] if layer is not None else "replicated"
+def splits() -> dict[str, str]:
+    """How each parameter of the whole model splits over the tensor-parallel ranks (SHARDING's words)."""
+    return {name: split for stage in range(PP) for name, split in stage_sharding(stage).items()}
 
 
 def pattern_of(name: str) -> tuple[str, int | None]:
@@ -1043,8 +1056,6 @@ class Checkpoint:
         wanted = self.written()
         missing = [name for name in expected_names() if self.resolve(name) not in self.files]
         unread = sorted(name for name in self.files if name not in wanted and not name.endswith(BUFFERS))
-        if TIED and unread == [self.resolve("lm_head.weight")]:
-            unread = []  # a pickled checkpoint of a tied model holds the head too: the embedding's copy
         problems = []
         if missing:
             problems.append(f"{len(missing)} tensors this model needs are missing ({', '.join(missing[:4])}, ...)")
@@ -1055,9 +1066,6 @@ class Checkpoint:
 
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-
-
-TIED = "head.weight" not in CHECKPOINT
 
 
 def runs(indices: torch.Tensor) -> list[tuple[int, int]]:
@@ -1079,9 +1087,8 @@ def held_indices(full: int, split: str, tp_rank: int, dim: int) -> torch.Tensor:
     return shard_parameter(torch.arange(full).view(shape), split, tp_rank).reshape(-1)
 
 
-def read_parameter(checkpoint: Checkpoint, name: str, local: torch.Size, tp_rank: int) -> torch.Tensor:
-    """This rank's shard of parameter `name` (local shape `local`), read from the checkpoint."""
-    split = split_of(name)
+def read_parameter(checkpoint: Checkpoint, name: str, split: str, local: torch.Size, tp_rank: int) -> torch.Tensor:
+    """This rank's shard of parameter `name` (local shape `local`, split as `split` says), read from the checkpoint."""
     rows = local[0] * (TP if split.startswith("rows") else 1)
     cols = local[1] * (TP if split.startswith("columns") else 1) if len(local) == 2 else None
     sources = [checkpoint.resolve(source) for source in sources_of(name)]
@@ -1092,7 +1099,7 @@ def read_parameter(checkpoint: Checkpoint, name: str, local: torch.Size, tp_rank
         shape = checkpoint.shape(source)
         extents.append(shape[::-1] if transposed else shape)
     total = sum(extent[0] for extent in extents)
-    padded = name in VOCAB_ROWS and 0 <= rows - total < TP
+    padded = split == VOCABULARY and 0 <= rows - total < TP
     wrong = [source for source, extent in zip(sources, extents, strict=True) if extent[1:] != ([cols] if cols else [])]
     if (total != rows and not padded) or wrong:
         shapes = " + ".join(str(tuple(extent)) for extent in extents)
@@ -1138,10 +1145,12 @@ def load_checkpoint(directory: str, stage: nn.Module, groups: Groups) -> Checkpo
     checkpoint = Checkpoint(directory)
     checkpoint.check()
     failed: list[str] = []
+    split = stage_sharding(groups.stage)
     with torch.no_grad():
         for name, param in stage.named_parameters():
             try:
-                param.copy_(read_parameter(checkpoint, name, param.shape, groups.tp_rank))  # in the parameter's dtype
+                shard = read_parameter(checkpoint, name, split[name], param.shape, groups.tp_rank)
+                param.copy_(shard)  # in the parameter's dtype
             except CheckpointError as error:
                 failed.append(str(error))
     verdict = torch.tensor([len(failed)], device=next(stage.parameters()).device)
@@ -1166,9 +1175,8 @@ def owners(name: str) -> list[int]:
     return [global_rank(0, stage, t) for t in range(TP)]
 
 
-def whole(name: str, parts: list[torch.Tensor]) -> torch.Tensor:
+def whole(split: str, parts: list[torch.Tensor]) -> torch.Tensor:
     """The full parameter from its TP shards: the inverse of shard_parameter."""
-    split = split_of(name)
     if split == "replicated":
         return parts[0]
     dim = 0 if split.startswith("rows") else 1
@@ -1201,7 +1209,7 @@ def checkpoint_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | N
     }
 
 
-def gather_parameter(name: str, tensors: dict[str, torch.Tensor], groups: Groups) -> torch.Tensor | None:
+def gather_parameter(name: str, split: str, tensors: dict[str, torch.Tensor], groups: Groups) -> torch.Tensor | None:
     """Rank 0 gets the full parameter `name`, in fp32 (exact for fp16 and bf16); None elsewhere.
 
     Its owners send their shard's shape, then the shard, to rank 0, one after the other; every
@@ -1225,7 +1233,7 @@ def gather_parameter(name: str, tensors: dict[str, torch.Tensor], groups: Groups
         part = torch.empty([size for size in shape.tolist() if size >= 0], dtype=torch.float32, device=device)
         dist.recv(part, src=rank)
         parts.append(part.cpu())
-    return whole(name, parts)
+    return whole(split, parts)
 
 
 def save_checkpoint(directory: str, tensors: dict[str, torch.Tensor], groups: Groups, like: Checkpoint | None) -> None:
@@ -1248,8 +1256,9 @@ def save_checkpoint(directory: str, tensors: dict[str, torch.Tensor], groups: Gr
     pending: dict[str, dict[str, torch.Tensor]] = {}
     index: dict[str, str] = {}
     size = 0
+    split = splits()
     for name in every_parameter():
-        full = gather_parameter(name, tensors, groups)
+        full = gather_parameter(name, split[name], tensors, groups)
         if full is None:
             continue
         for hf, tensor in checkpoint_tensors(name, full, like).items():
@@ -1322,14 +1331,15 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     stage = build_stage(groups, device, reference.state_dict())
     reference.float()
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
+    parts = zip(*batches, strict=True)
+    inputs, targets = (torch.cat(part).to(device=device, dtype=DTYPE).float() for part in parts)
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
     data = rank_data(groups, seed, device)
     schedule = PipelineSchedule(stage, groups, device)
     buffer = GradientBuffer(stage)
-    outputs, _ = train_step(schedule, buffer, groups, data)
+    outputs, step_losses = train_step(schedule, buffer, groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
@@ -1366,15 +1376,23 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     return ok
 
 
-def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float) -> None:
-    """`steps` AdamW steps on one fixed batch; the first rank of the last stage prints loss and throughput."""
+def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:
+    """Reference's weights of this rank's stage, drawn from the seed without building the rest."""
     first, last = STAGES[groups.stage]
     full = {
         f"layers.{layer}.{name}": tensor
         for layer in range(first, last + 1)
         for name, tensor in reference_layer(layer, seed).state_dict().items()
     }
-    stage = build_stage(groups, device, full)
+    return full
+
+
+def train(
+    groups: Groups, device: torch.device, steps: int, seed: int, lr: float, tokens: torch.Tensor | None = None
+) -> None:
+    """`steps` AdamW steps on one fixed batch, or on the next windows of `tokens` (a token file) at
+    each step; the first rank of the last stage prints loss and throughput."""
+    stage = build_stage(groups, device, stage_weights(groups, seed))
     loaded = load_requested(stage, groups)
     schedule = PipelineSchedule(stage, groups, device)
     buffer = GradientBuffer(stage)

@@ -214,19 +214,20 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
     Only the layers of the rank's stage are read, so `full` may hold just those.
     """
     _, stage, tp_rank = coordinates(rank)
+    return {name: shard_parameter(full[name], split, tp_rank) for name, split in stage_sharding(stage).items()}
+
+
+def stage_sharding(stage: int) -> dict[str, str]:
+    """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
-    return {
-        f"layers.{layer}.{name}": shard_parameter(full[f"layers.{layer}.{name}"], split, tp_rank)
-        for layer in range(first, last + 1)
-        for name, split in SHARDING.items()
-    }
+    layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    return layers
 
 
 def parameter_names(rank: int) -> list[str]:
     """The names of the parameters `rank` holds, in the order shard_state_dict gives them."""
     _, stage, _ = coordinates(rank)
-    first, last = STAGES[stage]
-    return [f"layers.{layer}.{name}" for layer in range(first, last + 1) for name in SHARDING]
+    return list(stage_sharding(stage))
 
 
 def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tensor]) -> Stage:
@@ -306,9 +307,12 @@ def set_phase(phase: str, microbatch: int | None = None) -> None:
 
 
 def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torch.Tensor:
-    """One microbatch of a replica's "inputs" or "targets", [BATCH // DP // MICROBATCHES, SEQ, HIDDEN].
+    """One microbatch of a replica's "inputs" or "targets".
 
-    Each from a random stream of its own, so that a rank draws only the microbatches it uses.
+    Token ids [BATCH // DP // MICROBATCHES, SEQ], the targets the ids shifted by one (token t
+    predicts token t + 1, the last has no target: -1); or, without a vocabulary, random
+    [BATCH // DP // MICROBATCHES, SEQ, HIDDEN]. Each from a random stream of its own, so that a
+    rank draws only the microbatches it uses.
     """
     random = generator(seed, "batch", kind, dp_rank, microbatch)
     return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
@@ -347,12 +351,15 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     return inputs, targets
 
 
-def microbatch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error over this rank's part of one microbatch, divided by the size of the replica's batch.
+def microbatch_loss(stage: Stage, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The loss of one microbatch, as a part of the replica's mean.
 
-    Summed over tensor-parallel ranks (under sequence parallelism) and microbatches it is the
-    replica's mean squared error; averaged over replicas, that of the whole batch, which is what
-    Reference's loss is. Computed in fp32: in fp16 the sum of squares overflows.
+    With a vocabulary: the cross-entropy of this rank's logits, computed vocabulary-parallel,
+    summed over the tokens with a target and divided by their number in the replica's batch
+    (each microbatch has as many): summed over microbatches it is the replica's mean, averaged
+    over replicas that of the whole batch, which is what Reference's loss is. Without one: the
+    squared error over this rank's part of the microbatch, divided by the size of the replica's
+    batch (summed over tensor-parallel ranks under sequence parallelism). Computed in fp32.
     """
     return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)
 
@@ -372,7 +379,7 @@ class PipelineSchedule:
         for microbatch, (x, target) in enumerate(zip(inputs, targets, strict=True)):
             set_phase("forward", microbatch)
             y = self.stage(x)
-            loss = microbatch_loss(y, target)
+            loss = microbatch_loss(self.stage, y, target)
             set_phase("backward", microbatch)
             loss.backward()
             outputs.append(y.detach())
@@ -480,14 +487,15 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     stage = build_stage(groups, device, reference.state_dict())
     reference.float()
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
+    parts = zip(*batches, strict=True)
+    inputs, targets = (torch.cat(part).to(device=device, dtype=DTYPE).float() for part in parts)
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
 
     data = rank_data(groups, seed, device)
     schedule = PipelineSchedule(stage, groups, device)
     buffer = GradientBuffer(stage)
-    outputs, _ = train_step(schedule, buffer, groups, data)
+    outputs, step_losses = train_step(schedule, buffer, groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
@@ -524,15 +532,23 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     return ok
 
 
-def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float) -> None:
-    """`steps` AdamW steps on one fixed batch; the first rank of the last stage prints loss and throughput."""
+def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:
+    """Reference's weights of this rank's stage, drawn from the seed without building the rest."""
     first, last = STAGES[groups.stage]
     full = {
         f"layers.{layer}.{name}": tensor
         for layer in range(first, last + 1)
         for name, tensor in reference_layer(layer, seed).state_dict().items()
     }
-    stage = build_stage(groups, device, full)
+    return full
+
+
+def train(
+    groups: Groups, device: torch.device, steps: int, seed: int, lr: float, tokens: torch.Tensor | None = None
+) -> None:
+    """`steps` AdamW steps on one fixed batch, or on the next windows of `tokens` (a token file) at
+    each step; the first rank of the last stage prints loss and throughput."""
+    stage = build_stage(groups, device, stage_weights(groups, seed))
     schedule = PipelineSchedule(stage, groups, device)
     buffer = GradientBuffer(stage)
     optimizer = Optimizer(stage, buffer, lr)

@@ -1,0 +1,227 @@
+"""The model's ends: the token embedding on the first stage; the final norm, LM head and loss on the last.
+
+Megatron's vocabulary parallelism on the tensor-parallel axis. The embedding's rows (the
+vocabulary, padded to a multiple of tp) are split over the ranks: each looks up the ids in its
+rows and zeroes the rest, a partial sum that an AllReduce (or, under sequence parallelism, a
+ReduceScatter along seq) turns into the residual stream. The head is a column-parallel linear
+over the vocabulary: each rank holds the logits of its rows, never the whole vocabulary. The
+cross-entropy is computed on those parts: the maximum per token is AllReduced (MAX), then the
+sum of exp(logit - max) and the target's logit (held by one rank) are AllReduced (SUM), and
+each rank takes log(sum) - target logit. Learned positions are added after the reduction, each
+rank adding the rows of its positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from par.dsl.checks.deployment import Deployment, Op
+from par.dsl.dag.types import Kind, OpName
+from par.dsl.frontend.source import Span
+from par.dsl.lowering.backward import with_pairs
+from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, stream_placement
+from par.dsl.lowering.program import Ends, Shape, Step, drop_collectives
+from par.dsl.lowering.shapes import stream_shape
+from par.dsl.registry.collectives import COLLECTIVES
+from par.dsl.registry.ops import COMPUTE_OPS, elements
+
+TOKENS = "tokens"  # the first stage's input: token ids [batch, seq]
+STREAM = "x"  # the last stage's input: the residual stream after the last layer
+
+
+def model_ends(deployment: Deployment) -> Ends | None:
+    """The ends of a model with a vocabulary; None without one."""
+    if deployment.model.vocab is None:
+        return None
+    return _Ends(deployment).build()
+
+
+class _Ends:
+    def __init__(self, deployment: Deployment):
+        self.deployment = deployment
+        self.model = deployment.model
+        self.tp = deployment.mesh.tp
+        self.stream = stream_placement(deployment.mesh.sequence_parallel) if self.tp > 1 else R
+        self.vocab = self.model.padded_vocab(self.tp)
+        self.steps: list[Step] = []
+
+    def build(self) -> Ends:
+        model, spans = self.model, self.deployment.span_of
+        batch, seq, hidden = stream_shape(self.deployment)
+        tokens, hidden_shape = (batch, seq), (batch, seq, hidden)
+        rows = self.vocab // self.tp
+        vocab_at = spans("vocab")
+
+        self.steps = []
+        embed = self._compute("embed", "embedding", (TOKENS,), (R,), P, (tokens,), hidden_shape, vocab_at)
+        embed = self._with_params(embed, rows * hidden)
+        stream = self._collective(
+            embed,
+            self.stream,
+            "the embedding's rows are split over tp by vocabulary: each rank's lookup is a partial sum",
+        )
+        if model.positions == "learned":
+            at = spans("positions")
+            table = model.max_positions or model.seq
+            positions = self._with_params(
+                self._compute("pos_embed", "positions", (TOKENS,), (R,), self.stream, (tokens,), hidden_shape, at),
+                table * hidden,
+            )
+            stream = self._compute(
+                "add_positions",
+                "add",
+                (stream, positions),
+                (self.stream, self.stream),
+                self.stream,
+                (hidden_shape, hidden_shape),
+                hidden_shape,
+                at,
+            )
+        first = self._finish(TOKENS, stream)
+
+        self.steps = []
+        norm = self._compute(
+            "final_norm",
+            model.final_norm,
+            (STREAM,),
+            (self.stream,),
+            self.stream,
+            (hidden_shape,),
+            hidden_shape,
+            spans("final_norm") if "final_norm" in self.deployment.spans else vocab_at,
+        )
+        gathered = self._collective(
+            norm, R, "the head is a column-parallel linear over the vocabulary: it reads the whole sequence"
+        )
+        logits_shape = (batch, seq, self.vocab)
+        head = self._compute(
+            "head", "linear", (gathered,), (R,), S_LAST, (hidden_shape,), logits_shape, vocab_at, style="column"
+        )
+        tied_here = model.tie_embeddings and self.deployment.mesh.pp == 1  # the head is the embedding's matrix
+        head = self._with_params(head, 0 if tied_here else rows * hidden)
+        largest = self._compute(
+            "loss_max", "loss_max", (head,), (S_LAST,), P, (logits_shape,), (batch, seq, 1), vocab_at
+        )
+        largest = self._collective(
+            largest, R, "each rank holds the largest logit of its rows: an AllReduce with MAX gives every token's"
+        )
+        sums = self._compute(
+            "loss_sum",
+            "loss_sum",
+            (head, largest),
+            (S_LAST, R),
+            P,
+            (logits_shape, (batch, seq, 1)),
+            (batch, seq, 2),
+            vocab_at,
+        )
+        sums = self._collective(
+            sums,
+            R,
+            "each rank holds the sum of exp(logit - max) over its rows, and the target's logit where it holds its row",
+        )
+        loss = self._compute("loss", "loss", (sums,), (R,), R, ((batch, seq, 2),), (1,), vocab_at)
+        last = self._finish(STREAM, loss)
+        return Ends(first[0], TOKENS, first[1], last[0], STREAM, last[1], tokens, (1,))
+
+    def _finish(self, param: str, result: str) -> tuple[tuple[Step, ...], str]:
+        steps, _ = with_pairs(tuple(self.steps), param, result, R if param == TOKENS else self.stream)
+        if self.tp == 1:
+            return drop_collectives(steps, result)
+        return steps, result
+
+    def _step(self, name: str) -> Step:
+        return next(step for step in self.steps if step.name == name)
+
+    def _with_params(self, name: str, params: int) -> str:
+        index = next(i for i, step in enumerate(self.steps) if step.name == name)
+        step = self.steps[index]
+        self.steps[index] = replace(
+            step, params=params, tied=params > 0 and step.op == "linear" and self.model.tie_embeddings
+        )
+        return name
+
+    def _compute(
+        self,
+        name: str,
+        op: OpName,
+        inputs: tuple[str, ...],
+        placements: tuple[Placement, ...],
+        out: Placement,
+        shapes: tuple[Shape, ...],
+        shape: Shape,
+        span: Span,
+        style: str | None = None,
+    ) -> str:
+        spec = COMPUTE_OPS[op]
+        declared = spec.shape(Op(name, op, inputs, span, out_features=shape[-1], style=style), list(shapes), self.model)
+        assert declared == shape, (name, declared, shape)  # the registry's shape rule agrees
+        local_in = [p.local_shape(s, self.tp) for p, s in zip(placements, shapes, strict=True)]
+        local_out = out.local_shape(shape, self.tp)
+        self.steps.append(
+            Step(
+                name=name,
+                op=op,
+                kind="compute",
+                inputs=inputs,
+                in_placement=placements[0],
+                out_placement=out,
+                in_shape=local_in[0],
+                out_shape=local_out,
+                global_in=shapes[0],
+                global_out=shape,
+                span=span,
+                flops=spec.flops(local_in[0], local_out),
+                params=spec.params(local_in[0], local_out),
+                style=style,
+                operand_shapes=tuple(local_in) if len(set(local_in)) > 1 else None,
+                operand_placements=placements if len(set(placements)) > 1 else None,
+            )
+        )
+        return name
+
+    def _collective(self, value: str, target: Placement, why: str) -> str:
+        """The collective that makes `value` `target` (none if it is already)."""
+        source = self._step(value)
+        if source.out_placement == target:
+            return value
+        kind = (
+            "reducescatter"
+            if (source.out_placement, target) == (P, S_SEQ)
+            else "allgather"
+            if source.out_placement.kind == "S"
+            else "allreduce"
+        )
+        spec = COLLECTIVES[kind]
+        wire = spec.wire_fraction(self.tp)
+        name = f"{kind}_{value}"
+        shape = source.global_out
+        conversion = f"{source.out_placement} -> {target} is {spec.prose}"
+        self.steps.append(
+            Step(
+                name=name,
+                op=kind,
+                kind=_kind(kind),
+                inputs=(value,),
+                in_placement=source.out_placement,
+                out_placement=target,
+                in_shape=source.out_shape,
+                out_shape=target.local_shape(shape, self.tp),
+                global_in=shape,
+                global_out=shape,
+                span=source.span,
+                wire_fraction=(wire.numerator, wire.denominator),
+                reason=f"{why}: {conversion}",
+                inserted=True,
+            )
+        )
+        return name
+
+
+def _kind(collective: str) -> Kind:
+    return COLLECTIVES[collective].kind
+
+
+def token_bytes(shape: Shape) -> int:
+    """Bytes of a tensor of token ids (int64, as torch indexes with them)."""
+    return 8 * elements(shape)
