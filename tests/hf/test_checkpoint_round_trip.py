@@ -14,6 +14,8 @@ transformers = pytest.importorskip("transformers")
 from fork_launch import launch  # noqa: E402
 from small_models import compile_source, write_model  # noqa: E402
 
+from par.cli import main  # noqa: E402
+
 # A llama layer stack (no vocabulary: no embedding or head) with grouped-query attention, whose
 # fused QKV each tensor-parallel rank holds by head.
 SPEC = """
@@ -59,6 +61,7 @@ def test_load_then_save_is_lossless_across_tp_pp_and_dp(workdir, files):
         assert saved[name].view(torch.uint8).equal(tensor.view(torch.uint8)), name
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_other_sizes_fails_on_every_rank_with_its_name(workdir):
     model_py = write_model(compile_source(SPEC), workdir / "build")
     source = workdir / "source"
@@ -70,3 +73,50 @@ def test_a_checkpoint_of_other_sizes_fails_on_every_rank_with_its_name(workdir):
     stage1 = results[2].stderr  # rank 2: stage 1, which holds layer 1
     assert "model.layers.1.mlp.up_proj.weight ((40, 32)) do not make this model's (48, 32)" in stage1
     assert "another rank could not read its shard of the checkpoint" in results[0].stderr
+
+
+def _gpt2(folder: Path, form: str) -> dict[str, torch.Tensor]:
+    """A random GPT-2 (tied, a vocabulary of 99: padded for tp 2) saved as sharded safetensors or a
+    pickle, as older transformers wrote it; the tensors as saved."""
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=32)
+    torch.manual_seed(3)
+    model = transformers.GPT2LMHeadModel(config)
+    if form == "sharded":
+        model.save_pretrained(folder, max_shard_size="40KB")
+        assert (folder / "model.safetensors.index.json").is_file()
+        saved = {}
+        for path in folder.glob("*.safetensors"):
+            saved |= safetensors_torch.load_file(path)
+        return saved
+    folder.mkdir()
+    model.config.save_pretrained(folder)
+    state = model.state_dict()
+    torch.save(state, folder / "pytorch_model.bin")
+    return {name: tensor for name, tensor in state.items() if name != "lm_head.weight"}  # the tied copy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["sharded", "pickle"])
+def test_a_whole_gpt2_round_trips_and_transformers_loads_what_was_saved(workdir, form, capsys):
+    source = workdir / "source"
+    tensors = _gpt2(source, form)
+    assert main(["new", "--from-hf", str(source), "--tp", "2", "--pp", "2", "--seq", "16", "--batch", "2"]) == 0
+    model_py = write_model(compile_source(capsys.readouterr().out), workdir / "build")
+    out = workdir / "saved"
+    argv = ["--load", str(source), "--save", str(out), "--steps", "1", "--lr", "0"]
+    results = launch(model_py, 4, argv, workdir / "logs", timeout=240)
+    assert all(result.exitcode == 0 for result in results), [result.stderr for result in results]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in source.iterdir())
+    if form == "sharded":
+        saved = {}
+        for path in out.glob("*.safetensors"):
+            saved |= safetensors_torch.load_file(path)
+    else:
+        saved = torch.load(out / "pytorch_model.bin", weights_only=True)
+    assert saved.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert saved[name].dtype == tensor.dtype and saved[name].view(torch.uint8).equal(tensor.view(torch.uint8)), name
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    ids = torch.tensor([[1, 5, 9, 98]])
+    original = transformers.GPT2LMHeadModel.from_pretrained(source).eval()
+    assert torch.equal(reloaded(ids).logits, original(ids).logits)

@@ -120,7 +120,7 @@ def run_layout(folder, block: str, tp: int, pp: int, dp: int, sp: bool, mutate=N
 
 
 LAYOUTS = [
-    pytest.param("llama", 2, 1, 1, True, id="llama-tp2-sp"),
+    pytest.param("llama", 2, 1, 1, True, id="llama-tp2-sp", marks=pytest.mark.slow),
     pytest.param("llama", 1, 1, 1, False, id="llama-tp1", marks=pytest.mark.slow),
     pytest.param("llama", 2, 2, 1, False, id="llama-tp2-pp2", marks=pytest.mark.slow),
     pytest.param("llama", 2, 2, 2, True, id="llama-tp2-pp2-dp2-sp", marks=pytest.mark.slow),

@@ -147,3 +147,28 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path, par):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     code, _, err = par("new", "--from-hf", tmp_path / "config.json")
     assert code == 1 and "the config has no hidden_size (the spec's hidden)" in err
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "mistral"])
+def test_the_spec_written_passes_par_check(tmp_path, par, family):
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                 vocab_size=99)
+    config = {
+        "llama": lambda: llama(vocab_size=99),
+        "gpt2": lambda: transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=64),
+        "qwen2": lambda: transformers.Qwen2Config(**sizes),
+        "mistral": lambda: transformers.MistralConfig(**sizes, head_dim=8, sliding_window=None),
+    }[family]()
+    saved(config, tmp_path)
+    code, spec, _ = par("new", "--from-hf", tmp_path, "--tp", "2", "--pp", "2", "--sp", "--seq", "16")
+    assert code == 0
+    (tmp_path / "model.par").write_text(spec)
+    assert par("check", tmp_path / "model.par")[0] == 0
+    assert par("fmt", "--check", tmp_path / "model.par")[0] == 0
+
+
+def test_a_mesh_the_model_does_not_divide_is_refused_and_nothing_is_written(tmp_path, par):
+    saved(llama(), tmp_path)
+    code, out, err = par("new", "--from-hf", tmp_path, "--tp", "3", "--seq", "16")
+    assert (code, out) == (1, "")
+    assert "error: heads (4) is not divisible by tp (3)" in err
