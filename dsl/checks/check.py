@@ -277,10 +277,7 @@ class _Checker:
             found[name] = value
         return found if ok else None
 
-    def _rope(self, reals: dict[str, float], scaling_expr: Expr | None) -> Rope | None:
-        scaling = self._word("rope_scaling", scaling_expr, default="none")
-        if scaling is None:
-            return None
+    def _rope(self, reals: dict[str, float], scaling: str, scaling_expr: Expr | None) -> Rope | None:
         numbers: dict[str, float | int] = {name: value for name, value in reals.items() if name.startswith("rope_")}
         if rope.ORIGINAL_MAX_POSITIONS in self.values:
             numbers[rope.ORIGINAL_MAX_POSITIONS] = self.values[rope.ORIGINAL_MAX_POSITIONS]
@@ -329,7 +326,8 @@ class _Checker:
         self, model_decl: ModelDecl, dtype: Dtype | None, reals: dict[str, float] | None, rope_scaling: Expr | None
     ) -> Model | None:
         v = self.values
-        rotary = self._rope(reals, rope_scaling) if reals is not None else None
+        scaling = self._word("rope_scaling", rope_scaling, default="none")
+        rotary = self._rope(reals, scaling, rope_scaling) if reals is not None and scaling is not None else None
         if dtype is None or rotary is None or reals is None or any(name not in v for name in REQUIRED + ("kv_heads", "ffn")):
             return None
         return Model(
