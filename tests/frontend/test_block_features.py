@@ -181,3 +181,16 @@ def test_rope_flops_count_the_query_and_key_features():
     assert features == (4 + 2 * 2) * 16 // 2  # this rank's heads
     assert node["flops"] == 3 * batch * seq * (4 + 2) * 16 // 2  # x cos + rotate_half(x) sin, Q and K only
     assert node["params"] == 0 and node["src"].startswith("<library>/blocks.par:")
+
+
+@pytest.mark.parametrize("value", [1e-5, 1e-6, 1e-12, 500000.0, 1e16, 0.5, 2.0])
+def test_real_settings_are_written_back_exactly_and_as_people_write_them(value):
+    """`par fmt` and model.py write a setting such as norm_eps 1e-6 as `1e-6`, never `1e-06`,
+    and reading it back gives the same number."""
+    from par.dsl.frontend.format import expression
+    from par.dsl.frontend.spec import Num
+    from par.dsl.units import exact
+
+    text = expression(Num(value, None))
+    assert text == exact(value) and float(text) == value
+    assert "e-0" not in text and "e+0" not in text
