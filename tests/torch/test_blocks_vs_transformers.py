@@ -6,7 +6,7 @@ Each rank builds its shard from the transformers layer's weights (renamed to par
 fused QKV rows in [Q heads | K heads | V heads] order), runs the forward on its part of the input
 and backward with its part of the output gradient; the parts, put together, must equal
 transformers' output and input gradient in fp32 within 1e-5. A mutated model.py (rope left out,
-the row-parallel bias added on every rank) fails the same comparison.
+rope on V too, the QKV bias left out, the row-parallel bias added on every rank) fails the same comparison.
 """
 
 from __future__ import annotations
@@ -196,6 +196,10 @@ def test_sharded_layer_equals_transformers(family, layout, workdir):
 MUTATIONS = {
     # the rope step left out: attention reads Q and K as the linear gave them
     "llama without rope": ("llama", lambda text: text.replace("pos = rotary_embedding(qkv,", "pos = (lambda qkv, **_: qkv)(qkv,")),
+    # V turned as well as Q and K
+    "llama rope on v": ("llama", lambda text: text.replace(
+        "split([q_size + kv_size, kv_size], dim=-1)", "split([q_size + 2 * kv_size, 0], dim=-1)"
+    ).replace("(q_size + kv_size) // HEAD_DIM, HEAD_DIM)", "(q_size + 2 * kv_size) // HEAD_DIM, HEAD_DIM)")),
     # every rank adds the row-parallel bias to its partial sum: the sum holds it tp times
     "gpt2 bias on every rank": ("gpt2", lambda text: text.replace("adds_bias=groups.tp_rank == 0", "adds_bias=True")),
     # the QKV bias left out
