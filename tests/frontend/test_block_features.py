@@ -194,3 +194,12 @@ def test_real_settings_are_written_back_exactly_and_as_people_write_them(value):
     text = expression(Num(value, None))
     assert text == exact(value) and float(text) == value
     assert "e-0" not in text and "e+0" not in text
+
+
+def test_a_rope_setting_of_a_block_without_rope_is_a_warning_at_it():
+    text = "model m : gpt2 { layers 2  hidden 64  heads 4  batch 4  seq 8  rope_theta 500000 }\n"
+    _, warnings = check(parse_text(text, "t.par"))
+    (found,) = warnings
+    assert found.message == "rope_theta has no effect: block 'gpt2' has no rope"
+    assert where(text, found).startswith("500000")
+    assert check(parse_text(spec(settings="rope_theta 500000"), "t.par"))[1] == []  # llama has rope
