@@ -21,6 +21,12 @@ def si(value: float, unit: str) -> str:
     return f"{value:.4g} {unit}"
 
 
+def exact(value: float) -> str:
+    """A float as Python and the spec language read it back exactly, the exponent without a
+    leading zero: exact(1e-05) == "1e-5"."""
+    return repr(float(value)).replace("e-0", "e-").replace("e+0", "e+")
+
+
 def count(value: float) -> str:
     """Parameters and other plain counts: 201.3M, 6.4k, 512."""
     return si(value, "").replace(" ", "")

@@ -14,13 +14,14 @@ from par.codegen.pytorch import inline
 from par.codegen.pytorch.checkpoint import CheckpointTable, checkpoint_table
 from par.codegen.pytorch.ends import EndsView, ends_view
 from par.codegen.pytorch.layer import ShardedLayer, sharded_layer
-from par.codegen.pytorch.ops import LayerCode, number, reference_layer
+from par.codegen.pytorch.ops import LayerCode, reference_layer
 from par.codegen.templating import render
 from par.dsl.checks.deployment import Model
 from par.dsl.compiler import Compiled
 from par.dsl.dag.types import graph_attrs
 from par.dsl.escape import python_comment
 from par.dsl.lowering.placement import S_SEQ
+from par.dsl.units import exact
 
 TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
 # The runtime modules model.py holds, where it holds them: beside the layer (the ops and linears
@@ -204,8 +205,8 @@ def _rope_constants(model: Model) -> tuple[tuple[str, str], ...]:
             ("ROPE_ORIGINAL_MAX_POSITIONS", rope.original_max_positions),
         ],
     }.get(rope.scaling, [])
-    shown = [(name, str(value) if isinstance(value, int) else number(value)) for name, value in numbers]
-    return (("ROPE_THETA", number(rope.theta)), *shown)
+    shown = [(name, str(value) if isinstance(value, int) else exact(value)) for name, value in numbers]
+    return (("ROPE_THETA", exact(rope.theta)), *shown)
 
 
 def _class_name(block: str) -> str:

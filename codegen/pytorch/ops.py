@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from par.codegen.pytorch.names import Names
 from par.dsl.checks.deployment import Model
 from par.dsl.lowering.program import Program
+from par.dsl.units import exact
 
 # Keyed by the registry's op names (par.dsl.registry.ops); linear, attention and rope are written
 # by the layer writers. tests/core/test_registry.py holds the keys equal.
@@ -89,15 +90,9 @@ def size(value: int, model: Model) -> str:
     return str(value)
 
 
-def number(value: float) -> str:
-    """A float as Python reads it back exactly, exponents without a leading zero (`1e-5`)."""
-    text = repr(float(value))
-    return text.replace("e-0", "e-").replace("e+0", "e+")
-
-
 def norm(op: str, features: int, model: Model) -> str:
     """The constructor of a norm module over `features` with the model's epsilon."""
-    return NORMS[op].format(size(features, model), number(model.norm_eps))
+    return NORMS[op].format(size(features, model), exact(model.norm_eps))
 
 
 def attention_call(operand: str, *, heads: str, kv_heads: str, groups: str = "", function: str = "causal_attention") -> str:

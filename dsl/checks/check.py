@@ -31,7 +31,7 @@ from par.dsl.checks.evaluate import (
 from par.dsl.checks.hwcheck import resolve_hardware
 from par.dsl.checks.settings import collect_settings
 from par.dsl.dag.types import Dtype, Schedule
-from par.dsl.diagnostics import CompileError, Diagnostic, error, note
+from par.dsl.diagnostics import CompileError, Diagnostic, error, note, warning
 from par.dsl.frontend.library import library_blocks
 from par.dsl.frontend.source import Span, stem
 from par.dsl.frontend.spec import (
@@ -145,6 +145,8 @@ class _Checker:
         mesh = self._mesh(stage_specs, schedule_name, flags["sp"], grad_dtype, namespace)
         self.diags.extend(cross_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
         block = self._block(model_decl, namespace, flags["sp"])
+        if block is not None and not any(op.op == "rope" for op in block.ops):
+            self._unused_rope(block.name)
         hardware = resolve_hardware(hardware_decl, self.diags) if hardware_decl else None
         if model is None or mesh is None or block is None or any(d.is_error for d in self.diags):
             return None
@@ -297,10 +299,7 @@ class _Checker:
             found[name] = value
         return found if ok else None
 
-    def _rope(self, reals: dict[str, float], scaling_expr: Expr | None) -> Rope | None:
-        scaling = self._word("rope_scaling", scaling_expr, default="none")
-        if scaling is None:
-            return None
+    def _rope(self, reals: dict[str, float], scaling: str, scaling_expr: Expr | None) -> Rope | None:
         numbers: dict[str, float | int] = {name: value for name, value in reals.items() if name.startswith("rope_")}
         if rope.ORIGINAL_MAX_POSITIONS in self.values:
             numbers[rope.ORIGINAL_MAX_POSITIONS] = self.values[rope.ORIGINAL_MAX_POSITIONS]
@@ -310,6 +309,13 @@ class _Checker:
         found, diags = rope.rope_settings(scaling, numbers, self.spans, span)
         self.diags += diags
         return found
+
+    def _unused_rope(self, block: str) -> None:
+        """A rope setting of a block without rope changes nothing: said, not silently ignored."""
+        for name in ("rope_scaling", *rope.REALS, rope.ORIGINAL_MAX_POSITIONS):
+            if name in self.spans:
+                hint = "remove it, or use a block with rope(qkv) (llama, qwen2)"
+                self.diags.append(warning(f"{name} has no effect: block '{block}' has no rope", self.spans[name], hint=hint))
 
     def _word(self, name: str, expr: Expr | None, default: str) -> str | None:
         if expr is None:
@@ -349,7 +355,8 @@ class _Checker:
         self, model_decl: ModelDecl, dtype: Dtype | None, reals: dict[str, float] | None, rope_scaling: Expr | None
     ) -> Model | None:
         v = self.values
-        rotary = self._rope(reals, rope_scaling) if reals is not None else None
+        scaling = self._word("rope_scaling", rope_scaling, default="none")
+        rotary = self._rope(reals, scaling, rope_scaling) if reals is not None and scaling is not None else None
         if dtype is None or rotary is None or reals is None or any(name not in v for name in REQUIRED + ("kv_heads", "ffn")):
             return None
         return Model(

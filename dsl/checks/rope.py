@@ -9,8 +9,8 @@ from par.dsl.checks.deployment import ROPE_SCALINGS, Rope
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.source import Span
 
-# The rope's settings that take any positive number; the last one is a whole number (checked
-# with the model's ranges).
+# The rope's settings that take any positive number; ORIGINAL_MAX_POSITIONS takes a whole one
+# (checked with the model's ranges).
 REALS = ("rope_theta", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor")
 ORIGINAL_MAX_POSITIONS = "rope_original_max_positions"
 # What each scaling reads beside rope_theta (transformers: `_compute_linear_scaling_rope_parameters`,
@@ -38,7 +38,7 @@ def rope_settings(
             diags.append(error(f"{name} applies to rope_scaling {readers}; rope_scaling is {scaling}", spans[name], hint=hint))
     missing = [name for name in needed if name not in numbers]
     if missing:
-        diags.append(error(f"rope_scaling {scaling} needs {', '.join(missing)}", scaling_span, hint="set it in the model"))
+        diags.append(error(f"rope_scaling {scaling} needs {', '.join(missing)}", scaling_span, hint="set them in the model"))
     low, high = numbers.get("rope_low_freq_factor"), numbers.get("rope_high_freq_factor")
     if scaling == "llama3" and low is not None and high is not None and high <= low:
         message = f"rope_high_freq_factor ({high:g}) must be above rope_low_freq_factor ({low:g}): llama3 scaling interpolates between them"

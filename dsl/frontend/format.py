@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from par.dsl.frontend import spec as ast
 from par.dsl.frontend.source import Span, split_lines
+from par.dsl.units import exact
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ONE_LINE_WIDTH = 100
@@ -130,7 +131,7 @@ def _number(value: int | float) -> str:
         return str(value)
     if not math.isfinite(value):
         return "1e999"
-    return repr(value)
+    return exact(value)
 
 
 def _weave(lines: list[_Line], comments: list[ast.Comment], source: list[str]) -> str:

@@ -37,7 +37,7 @@ block replicated(x) {
   return out
 }""",
 }
-BLOCKS = ["gpt", "llama", *CUSTOM]
+BLOCKS = ["gpt", "gpt2", "llama", "qwen2", *CUSTOM]
 
 
 @st.composite
@@ -50,7 +50,7 @@ def specs(draw):
     sp = draw(st.booleans())
     gathers = block == "gpt" and draw(st.booleans())
     heads = 2 * tp
-    kv_heads = tp if block == "llama" else heads  # grouped-query attention in llama only
+    kv_heads = tp if block in ("llama", "qwen2") else heads  # grouped-query attention in llama and qwen2 only
     text = (
         f"model m : {block} {{ layers {layers}  hidden {heads * 8}  heads {heads}  kv_heads {kv_heads}  "
         f"batch {2 * dp}  seq {4 * tp}  dtype fp32 }}\n"

@@ -147,6 +147,39 @@ BLOCKS = {
         model m : b { layers 2  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }
         mesh { tp 2  microbatches 2 }
     """,
+    # Biases on every linear, two stages: the row-parallel ones added by one rank, their
+    # gradients summed over the group.
+    "gpt2 tp2 x pp2": """
+        model m : gpt2 { layers 4  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  pp 2  microbatches 2 }
+    """,
+    # A QKV bias split per head, rope under sequence parallelism, another norm epsilon and base.
+    "qwen2 sp tp2 x pp2": """
+        model m : qwen2 { layers 4  hidden 64  heads 4  kv_heads 2  ffn 256  batch 4  seq 8  dtype fp32
+                          norm_eps 1e-6  rope_theta 1000000 }
+        mesh { tp 2  pp 2  microbatches 2  sp }
+    """,
+    # Rope on a gathered QKV (one [q | k | v] block per rank), linear scaling; a replicated
+    # linear's bias on sequence shards (a partial gradient). One head of each per rank: with
+    # more, SDPA copies the heads out of the per-rank blocks, which the cost model does not count.
+    "rope on gathered qkv": """
+        block rg(x) {
+          ln1 = rmsnorm(x)
+          qkv = linear(ln1, (heads + 2 * kv_heads) * head_dim, column, bias)
+          gathered = allgather(qkv)
+          pos = rope(gathered)
+          ctx = attention(pos)
+          attn = linear(ctx, hidden, row, bias)
+          h = add(x, attn)
+          ln2 = layernorm(h)
+          fc = linear(ln2, hidden, replicated, bias)
+          out = add(h, fc)
+          return out
+        }
+        model m : rg { layers 2  hidden 64  heads 2  kv_heads 2  batch 4  seq 8  dtype fp32
+                       rope_scaling linear  rope_factor 2 }
+        mesh { tp 2  microbatches 2  sp }
+    """,
     # Value names that are Python keywords or would shadow what the generated code uses.
     "clashing names": """
         block b(self) {

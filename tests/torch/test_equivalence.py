@@ -37,6 +37,9 @@ DEPLOYMENTS = {
     "llama sp gqa tp2 x pp2, 1f1b": (
         "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"],
     ),
+    "llama gqa tp2 x pp2, no sp": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "sp=off", "layers=4", "batch=4", "microbatches=2"],
+    ),
     "llama sp gqa tp2 x dp2": (
         "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=1", "dp=2", "layers=2", "batch=4", "microbatches=2"],
     ),
