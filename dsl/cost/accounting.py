@@ -140,7 +140,8 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
             continue
         for rank in data["devices"]:
             held[rank] += data["params"]
-            if "in_placement" in data and PLACEMENTS[data["in_placement"]] == S_SEQ:
+            # on sequence shards: reading one (a norm under sp) or giving one (learned positions)
+            if S_SEQ in (PLACEMENTS[data[key]] for key in ("in_placement", "out_placement") if key in data):
                 seq_sharded[rank] += data["params"]
     found = []
     for node, data in graph.nodes(data=True):
