@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from par.codegen.pytorch.ops import NORM_PARAMETERS, NORMS, number
+from par.codegen.pytorch.ops import NORM_PARAMETERS, NORMS
 from par.dsl.lowering.program import Program
+from par.dsl.units import exact
 
 ROWS = "rows of the vocabulary"  # sharding: PADDED_VOCAB // TP rows per rank, the padding zero
 
@@ -63,7 +64,7 @@ def ends_view(program: Program) -> EndsView | None:
         positions=positions,
         tied=model.tie_embeddings,
         own_copy=model.tie_embeddings and mesh.pp > 1,
-        final_norm=NORMS[norm].format("HIDDEN", number(model.norm_eps)),
+        final_norm=NORMS[norm].format("HIDDEN", exact(model.norm_eps)),
         into_head=into,
         head_weight="self.embed.weight" if model.tie_embeddings else "self.head.weight",
         sharding=tuple((name, split.get(name, "replicated")) for name, _ in shapes),

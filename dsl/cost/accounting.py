@@ -142,7 +142,8 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
             continue
         for rank in data["devices"]:
             held[rank] += data["params"]
-            if "in_placement" in data and PLACEMENTS[data["in_placement"]] == S_SEQ:
+            # on sequence shards: reading one (a norm under sp) or giving one (learned positions)
+            if S_SEQ in (PLACEMENTS[data[key]] for key in ("in_placement", "out_placement") if key in data):
                 tp_partial[rank] += data["params"]
             elif data.get("bias") and data.get("style") == "row" and mesh.tp > 1:
                 tp_partial[rank] += data["out_shape"][-1]

@@ -68,7 +68,10 @@ def test_compact_edges_are_the_dags_between_what_is_drawn(compiled, layout):
     between_drawn = {(tail, head) for tail, head in visible if not tail.startswith("folded_") and not head.startswith("folded_")}
     assert between_drawn <= dag
     assert {("stage_0_send_gpu0", "stage_1_recv_gpu2"), ("stage_0_send_gpu1", "stage_1_recv_gpu3")} <= visible
-    assert {("stage_1_recv_gpu2", "folded_layers_1_1"), ("stage_1_recv_gpu3", "folded_layers_1_1"), ("folded_layers_1_1", "output")} <= visible
+    assert {("stage_1_recv_gpu2", "folded_layers_1_1"), ("stage_1_recv_gpu3", "folded_layers_1_1")} <= visible
+    # the model's ends after the folded layer: the final norm on each rank, the loss into output
+    assert {("folded_layers_1_1", "final_norm_gpu2"), ("folded_layers_1_1", "final_norm_gpu3")} <= visible
+    assert {("loss_gpu2", "output"), ("loss_gpu3", "output")} <= visible
 
 
 def test_pipeline_sends_stay_in_rank_order(compiled, layout):

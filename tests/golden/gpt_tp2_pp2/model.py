@@ -9,8 +9,12 @@ replica; its layers issue exactly the collectives of the spec's DAG, in the DAG'
     torchrun --nproc-per-node 4 model.py --check --trace DIR   # also record every collective
 
 It runs on CPU with gloo, or on GPUs with nccl (one per process) when CUDA is available.
-The model has no vocabulary head: the loss is the mean squared error between the last
-layer's output and a random target, both [batch, seq, hidden].
+The model takes token ids: the first stage embeds them (each tensor-parallel rank holds its
+rows of the vocabulary), the last applies the final norm and the LM head and computes the
+cross-entropy vocabulary-parallel (no rank holds logits over the whole vocabulary).
+
+    torchrun --nproc-per-node 4 model.py --data tokens.bin --steps 100   # train on a token file
+    torchrun --nproc-per-node 4 model.py --generate "1 2 3" --max-new 8   # greedy tokens after a prefix
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 4  # per replica and step
 STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)  # one microbatch on one rank, between layers
+VOCAB = 50257
+PADDED_VOCAB = 50258  # a multiple of TP: each rank holds PADDED_VOCAB // TP rows
+MAX_POSITIONS = 10240  # rows of the learned position table
 
 
 # -- Ops ----------------------------------------------------------------------------------------
@@ -116,6 +123,122 @@ class RowParallelLinear(nn.Module):
         return F.linear(x, self.weight, self.bias if self.adds_bias else None)
 
 
+# -- The model's ends: vocabulary-parallel embedding and cross-entropy --------------------------
+
+
+class _VocabLookup(torch.autograd.Function):
+    """This rank's rows of the embedding for each token id, zero for ids of other ranks' rows.
+
+    Keeps only the local row of each id (-1: another rank's) for the backward, which adds each
+    token's gradient to its row.
+    """
+
+    @staticmethod
+    def forward(ctx, ids, weight, first):
+        local = ids - first
+        elsewhere = (local < 0) | (local >= weight.shape[0])
+        local = local.masked_fill(elsewhere, -1)
+        rows = F.embedding(local.clamp(min=0), weight).masked_fill_(elsewhere.unsqueeze(-1), 0)
+        ctx.save_for_backward(local)
+        ctx.shape = weight.shape
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad):
+        (local,) = ctx.saved_tensors
+        grad_weight = grad.new_zeros(ctx.shape)
+        here = local >= 0
+        grad_weight.index_add_(0, local[here], grad[here])
+        return None, grad_weight, None
+
+
+class VocabParallelEmbedding(nn.Module):
+    """`embed`: token ids [batch, seq] -> the residual stream, each rank looking up its rows.
+
+    The lookups are a partial sum over the tensor-parallel group: the DAG's `allreduce_embed`
+    makes them whole, or under sequence parallelism `reducescatter_embed` leaves each rank its
+    part of the sequence.
+    """
+
+    def __init__(self, groups: Groups) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(PADDED_VOCAB // TP, HIDDEN))
+        self.first = groups.tp_rank * (PADDED_VOCAB // TP)
+        self.tp_group = groups.tp
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = _VocabLookup.apply(ids, self.weight, self.first)
+        return all_reduce(rows, self.tp_group)
+
+
+def padding_rows(first: int, logits: torch.Tensor) -> torch.Tensor:
+    """The local rows of this rank past the vocabulary (padding), as indices."""
+    rows = logits.shape[-1]
+    return torch.arange(min(max(VOCAB - first, 0), rows), rows, device=logits.device)
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy from this rank's logits [batch, seq, rows] (Megatron's).
+
+    The largest logit per token is AllReduced (MAX), then the sum of exp(logit - max) and the
+    target's logit (on the rank that holds its row, zero elsewhere) are AllReduced (SUM) as one
+    tensor: the DAG's `allreduce_loss_max` and `allreduce_loss_sum`. Computed in fp32. Targets
+    below zero have no loss and no gradient. Keeps the softmax of this rank's logits and each
+    target's local row (-1: not here) for the backward: softmax - one-hot.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, first, group):
+        ctx.dtype = logits.dtype
+        logits = logits.float()  # the head's output itself when it is fp32: never changed in place
+        logits = logits.index_fill(-1, padding_rows(first, logits), float("-inf"))
+        largest = logits.max(dim=-1, keepdim=True).values
+        _all_reduce(largest, group, op=dist.ReduceOp.MAX)
+        shifted = logits - largest
+        local = targets - first
+        here = (local >= 0) & (local < shifted.shape[-1])
+        local = local.masked_fill(~here, -1)
+        target_logit = shifted.gather(-1, local.clamp(min=0).unsqueeze(-1)).squeeze(-1).masked_fill_(~here, 0)
+        softmax = shifted.exp_()
+        sums = torch.stack([softmax.sum(dim=-1), target_logit], dim=-1)
+        _all_reduce(sums, group)
+        valid = targets >= 0
+        loss = (sums[..., 0].log() - sums[..., 1]).masked_fill_(~valid, 0)
+        softmax.div_(sums[..., :1]).masked_fill_(~valid.unsqueeze(-1), 0)
+        ctx.save_for_backward(softmax, local)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        softmax, local = ctx.saved_tensors
+        here = local >= 0
+        flat = softmax.view(-1, softmax.shape[-1])
+        flat[here.flatten().nonzero().squeeze(-1), local[here]] -= 1
+        return softmax.mul_(grad.unsqueeze(-1)).to(ctx.dtype), None, None, None
+
+
+def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """Per-token losses [batch, seq] from this rank's logits, whole on every rank of the group."""
+    first = groups.tp_rank * (PADDED_VOCAB // TP)
+    group = groups.tp if TP > 1 else None
+    return _VocabParallelCrossEntropy.apply(logits, targets, first, group)
+
+
+def greedy_token(logits: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """The id of the largest logit of one position, [rows] on this rank, over the whole vocabulary."""
+    logits = logits.float()
+    first = groups.tp_rank * (PADDED_VOCAB // TP)
+    logits = logits.index_fill(-1, padding_rows(first, logits), float("-inf"))
+    best = logits.max(dim=-1)
+    # Reporting only, not one of the model's collectives: every rank's best (value, id).
+    found = [torch.empty(2, dtype=torch.float64, device=logits.device) for _ in range(TP)]
+    pair = [best.values.item(), first + best.indices.item()]
+    mine = torch.tensor(pair, dtype=torch.float64, device=logits.device)
+    dist.all_gather(found, mine, group=groups.tp)
+    value, token = max((pair.tolist() for pair in found), key=lambda pair: (pair[0], -pair[1]))
+    return torch.tensor(int(token))
+
+
 # -- The model ----------------------------------------------------------------------------------
 
 
@@ -166,16 +289,35 @@ class Stage(nn.Module):
 
     Layers are named by their index in the whole model (`layers.5.ln1.weight`), so parameter
     names match Reference's.
+    The first stage embeds the token ids; the last gives this rank's logits, [batch, seq,
+    PADDED_VOCAB // TP] (the DAG's `embed` ... and `final_norm`, `head`; the loss is computed
+    from them by `microbatch_loss`).
     """
 
     def __init__(self, groups: Groups) -> None:
         super().__init__()
         first, last = STAGES[groups.stage]
+        self.groups = groups
+        self.first_stage, self.last_stage = groups.stage == 0, groups.stage == PP - 1
+        if self.first_stage:
+            self.embed = VocabParallelEmbedding(groups)
+            self.pos_embed = nn.Embedding(MAX_POSITIONS, HIDDEN)
         self.layers = nn.ModuleDict({str(layer): GptLayer(groups) for layer in range(first, last + 1)})
+        if self.last_stage:
+            self.final_norm = nn.LayerNorm(HIDDEN, eps=1e-5)
+            self.embed = VocabParallelEmbedding(groups)  # the head's own copy of the tied matrix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first_stage:
+            x = self.embed(x)  # token ids -> the residual stream
+            positions = torch.arange(x.shape[1], device=x.device)
+            x = x + self.pos_embed(positions)
         for layer in self.layers.values():
             x = layer(x)
+        if self.last_stage:
+            x = self.final_norm(x)
+            x = copy_to_tp(x, self.groups.tp)
+            x = F.linear(x, self.embed.weight)  # this rank's logits
         return x
 
 
@@ -206,16 +348,22 @@ class ReferenceGptLayer(nn.Module):
 
 
 class Reference(nn.Module):
-    """The whole model, unsharded, in one process."""
+    """The whole model, unsharded, in one process: token ids in, logits over the vocabulary out."""
 
     def __init__(self, seed: int) -> None:
         super().__init__()
+        self.embed = nn.Embedding(VOCAB, HIDDEN)
+        self.pos_embed = nn.Embedding(MAX_POSITIONS, HIDDEN)
         self.layers = nn.ModuleDict({str(layer): reference_layer(layer, seed) for layer in range(LAYERS)})
+        self.final_norm = nn.LayerNorm(HIDDEN, eps=1e-5)
+        self.to(DTYPE).load_state_dict(reference_ends(seed), strict=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        x = x + self.pos_embed(torch.arange(ids.shape[1], device=ids.device))
         for layer in self.layers.values():
             x = layer(x)
-        return x
+        return F.linear(self.final_norm(x), self.embed.weight)
 
 
 def generator(seed: int, *stream: object) -> torch.Generator:
@@ -244,6 +392,27 @@ def reference_layer(layer: int, seed: int) -> ReferenceGptLayer:
     return module.to(DTYPE)
 
 
+def reference_ends(seed: int) -> dict[str, torch.Tensor]:
+    """Reference's parameters outside the layers, each drawn from (seed, name) alone, in DTYPE:
+    matrices ~ N(0, 1 / HIDDEN), norm weights ~ 1 + N(0, 0.01), biases ~ N(0, 0.01)."""
+    shapes = {
+        "embed.weight": (VOCAB, HIDDEN),
+        "pos_embed.weight": (MAX_POSITIONS, HIDDEN),
+        "final_norm.weight": (HIDDEN,),
+        "final_norm.bias": (HIDDEN,),
+    }
+    drawn = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=generator(seed, name))
+        if len(shape) == 2:
+            drawn[name] = noise / HIDDEN**0.5
+        elif name.endswith("bias"):
+            drawn[name] = 0.1 * noise
+        else:
+            drawn[name] = 1 + 0.1 * noise
+    return {name: tensor.to(DTYPE) for name, tensor in drawn.items()}
+
+
 # -- Sharding a full state dict -----------------------------------------------------------------
 # How each parameter of a layer splits over the tensor-parallel ranks: "replicated", "rows" or
 # "columns" (even parts of dim 0 or 1 of the [out, in] weight), or "... by head": parts that hold
@@ -258,11 +427,22 @@ SHARDING = {
     "fc1.weight": "rows",
     "mlp.weight": "columns",
 }
+# The model's ends, on the first stage (embed, pos_embed) and the last (final_norm, head; with
+# tied embeddings over several stages its own copy of embed): "rows of the vocabulary" are
+# PADDED_VOCAB // TP rows per rank, the rows past VOCAB zero.
+END_SHARDING = {
+    "embed.weight": "rows of the vocabulary",
+    "pos_embed.weight": "replicated",
+    "final_norm.weight": "replicated",
+    "final_norm.bias": "replicated",
+}
 
 
 def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int) -> torch.Tensor:
     if split == "replicated":
         return tensor
+    if split == "rows of the vocabulary":  # padding rows: zero, never looked up, masked in the loss
+        tensor = torch.cat([tensor, tensor.new_zeros((PADDED_VOCAB - tensor.shape[0], *tensor.shape[1:]))])
     dim = 0 if split.startswith("rows") else 1
     if split.endswith("by head"):
         tensor = group_heads(tensor, dim)
@@ -282,7 +462,21 @@ def stage_sharding(stage: int) -> dict[str, str]:
     """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
     layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
-    return layers
+    return (
+        {name: END_SHARDING[name] for name in ends_of(stage, before=True)}
+        | layers
+        | {name: END_SHARDING[name] for name in ends_of(stage, before=False)}
+    )
+
+
+def ends_of(stage: int, *, before: bool) -> list[str]:
+    """The parameters of the model's ends on `stage`: those before its layers, or after them."""
+    if before:
+        return [name for name in END_SHARDING if stage == 0 and name.split(".")[0] in ("embed", "pos_embed")]
+    names = [name for name in END_SHARDING if stage == PP - 1 and name.split(".")[0] in ("final_norm", "head")]
+    if stage == PP - 1:
+        names.append("embed.weight")  # the head's own copy of the tied matrix
+    return names
 
 
 def parameter_names(rank: int) -> list[str]:
@@ -325,6 +519,14 @@ class Groups:
             for s in range(PP)
         }
         self.tp = tp_groups[self.dp_rank, self.stage]
+        # Megatron's embedding group: the ranks holding the same rows of the tied matrix, on
+        # the first stage (the embedding) and the last (the head)
+        embedding_groups = {
+            (d, t): dist.new_group([global_rank(d, 0, t), global_rank(d, PP - 1, t)], timeout=timeout)
+            for d in range(DP)
+            for t in range(TP)
+        }
+        self.embedding = embedding_groups[self.dp_rank, self.tp_rank]
 
 
 # -- Collective trace ---------------------------------------------------------------------------
@@ -561,8 +763,18 @@ def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torc
     [BATCH // DP // MICROBATCHES, SEQ, HIDDEN]. Each from a random stream of its own, so that a
     rank draws only the microbatches it uses.
     """
-    random = generator(seed, "batch", kind, dp_rank, microbatch)
-    return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
+    ids = torch.randint(
+        VOCAB, (BATCH // DP // MICROBATCHES, SEQ), generator=generator(seed, "batch", dp_rank, microbatch)
+    )
+    if kind == "targets":
+        return next_tokens(ids)
+    else:
+        return ids
+
+
+def next_tokens(ids: torch.Tensor) -> torch.Tensor:
+    """The target of each position: the next token; none (-1) for the last."""
+    return torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -1)], dim=1)
 
 
 def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -576,12 +788,8 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rank_part(microbatch: torch.Tensor, groups: Groups, device: torch.device) -> torch.Tensor:
     """This rank's part of a microbatch, on its device."""
+    return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
     return microbatch.to(device=device, dtype=DTYPE)
-
-
-def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
-    """A replica's batch cut into microbatches, this rank's part of each."""
-    return [rank_part(part, groups, device) for part in batch.chunk(MICROBATCHES)]
 
 
 def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -608,7 +816,44 @@ def microbatch_loss(stage: Stage, output: torch.Tensor, target: torch.Tensor) ->
     squared error over this rank's part of the microbatch, divided by the size of the replica's
     batch (summed over tensor-parallel ranks under sequence parallelism). Computed in fp32.
     """
-    return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)
+    losses = vocab_parallel_cross_entropy(output, target, stage.groups)
+    return losses.sum() / ((target >= 0).sum() * MICROBATCHES)
+
+
+# -- Token files (--data) -----------------------------------------------------------------------
+TOKEN_DTYPES = {"uint16": torch.uint16, "int32": torch.int32}
+
+
+def open_tokens(path: str, dtype: str) -> torch.Tensor:
+    """A token file, memory-mapped: a flat array of ids of `dtype` (uint16 or int32), never copied whole."""
+    kind = TOKEN_DTYPES[dtype]
+    count = os.path.getsize(path) // kind.itemsize
+    if count < SEQ + 1:
+        raise ValueError(f"--data {path}: {count} tokens, fewer than one window of seq + 1 = {SEQ + 1}")
+    return torch.from_file(path, shared=False, size=count, dtype=kind)
+
+
+def file_data(tokens: torch.Tensor, step: int, groups: Groups, device: torch.device) -> tuple[list, list]:
+    """This rank's microbatches of training step `step` from a token file.
+
+    The file is cut into windows of SEQ + 1 tokens, BATCH of them per step, in order (around
+    again at the end): inputs are a window's first SEQ tokens, targets its last SEQ. The first
+    stage reads the inputs, the last the targets.
+    """
+    windows = tokens.numel() // (SEQ + 1)
+    per = BATCH // DP // MICROBATCHES
+    inputs, targets = [], []
+    for microbatch in range(MICROBATCHES):
+        first = step * BATCH + groups.dp_rank * (BATCH // DP) + microbatch * per
+        rows = [(first + row) % windows * (SEQ + 1) for row in range(per)]
+        ids = torch.stack([tokens[start : start + SEQ + 1].to(torch.int64) for start in rows])
+        if int(ids.max()) >= VOCAB:
+            raise ValueError(f"--data: token id {int(ids.max())} is not below vocab {VOCAB}")
+        if groups.stage == 0:
+            inputs.append(ids[:, :-1].to(device))
+        if groups.stage == PP - 1:
+            targets.append(ids[:, 1:].to(device))
+    return inputs, targets
 
 
 # A message between neighbouring stages: (op, kind, microbatch, peer): op "send" or "recv", kind
@@ -714,7 +959,6 @@ class PipelineSchedule:
         y = stage_forward(self.stage, x)
         if self.index == PP - 1:
             loss = microbatch_loss(self.stage, y, targets[microbatch])
-            outputs.append(y.detach())
             losses.append(loss.detach())
             self.saved[microbatch] = (x, loss)
         else:
@@ -765,6 +1009,7 @@ class GradientBuffer:
         self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
         parts = self.flat.split([param.numel() for _, param in named])
         views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        self.views = views
         # Autograd writes each microbatch's gradient in the parameter's dtype; a hook adds it
         # to the fp32 buffer at once, so accumulation over microbatches is in fp32.
         for name, param in named:
@@ -777,6 +1022,9 @@ class GradientBuffer:
 
     def reduce(self, groups: Groups) -> None:
         """After the last microbatch: make every gradient what Reference's would be (sliced), in `main` in fp32."""
+        if groups.stage in (0, PP - 1):
+            # The two copies of the tied matrix, on the first and the last stage, add their gradients.
+            _all_reduce(self.views["embed.weight"], groups.embedding)
 
 
 def train_step(
@@ -899,10 +1147,15 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     stage = build_stage(groups, device, reference.state_dict())
     reference.float()
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    parts = zip(*batches, strict=True)
-    inputs, targets = (torch.cat(part).to(device=device, dtype=DTYPE).float() for part in parts)
-    expected = reference(inputs)
-    F.mse_loss(expected, targets).backward()
+    inputs, targets = (torch.cat(parts).to(device=device) for parts in zip(*batches, strict=True))
+    logits = reference(inputs)
+    per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
+    # The loss of each replica's batch; their mean is the whole batch's (each has as many targets).
+    replicas = [
+        part.sum() / (mask >= 0).sum()
+        for part, mask in zip(per_token.view(targets.shape).chunk(DP), targets.chunk(DP), strict=True)
+    ]
+    torch.stack(replicas).mean().backward()
 
     data = rank_data(groups, seed, device)
     schedule = PipelineSchedule(stage, groups, device)
@@ -917,9 +1170,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
         outputs, step_losses = train_step(schedule, buffer, groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
-    if outputs:
-        mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
-        output_error = relative_error(torch.cat(outputs), torch.cat(mine))
+    if groups.stage == PP - 1:  # the model's output is its loss: this replica's
+        output_error = relative_error(torch.stack(step_losses).sum(), replicas[groups.dp_rank].detach())
     reference_grads = shard_state_dict(gradients(reference), groups.rank)
     grads = buffer.main_views
     gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
@@ -959,6 +1211,7 @@ def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:
         for layer in range(first, last + 1)
         for name, tensor in reference_layer(layer, seed).state_dict().items()
     }
+    full |= reference_ends(seed)
     return full
 
 
@@ -976,6 +1229,8 @@ def train(
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
+        if tokens is not None:
+            data = file_data(tokens, step - 1, groups, device)
         buffer.zero()
         schedule.loss_scale = optimizer.scaler.scale
         _, losses = train_step(schedule, buffer, groups, data)
@@ -999,6 +1254,36 @@ def train(
         print(f"{skipped}, loss scale {scaler.scale:g}", flush=True)
 
 
+def generate(groups: Groups, device: torch.device, seed: int, prompt: list[int], new: int) -> list[int]:
+    """`new` tokens after `prompt`, greedily, the whole prefix computed again for each.
+
+    The prefix fills the first positions of every sequence of one microbatch (the shapes the
+    stages exchange are fixed); causal attention keeps the positions after it from mattering.
+    The last stage picks the token; every rank receives it from the first rank of the last stage.
+    """
+    stage = build_stage(groups, device, stage_weights(groups, seed)).eval()
+    tokens = list(prompt)
+    chooser = global_rank(0, PP - 1, 0)
+    with torch.no_grad():
+        for _ in range(new):
+            ids = torch.zeros((BATCH // DP // MICROBATCHES, SEQ), dtype=torch.long, device=device)
+            ids[:, : len(tokens)] = torch.tensor(tokens, device=device)
+            if groups.stage == 0:
+                x = ids
+            else:
+                x = torch.empty(STREAM_SHAPE, dtype=DTYPE, device=device)
+                _exchange([("recv", x, global_rank(groups.dp_rank, groups.stage - 1, groups.tp_rank), "forward", 0)])
+            y = stage(x)
+            token = torch.zeros((), dtype=torch.long, device=device)
+            if groups.stage < PP - 1:
+                _exchange([("send", y, global_rank(groups.dp_rank, groups.stage + 1, groups.tp_rank), "forward", 0)])
+            else:
+                token.fill_(greedy_token(y[0, len(tokens) - 1], groups).item())
+            dist.broadcast(token, src=chooser)  # not one of the model's collectives: the chosen token to every rank
+            tokens.append(int(token.item()))
+    return tokens[len(prompt) :]
+
+
 # -- Entry point --------------------------------------------------------------------------------
 
 
@@ -1016,7 +1301,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--regather", action="store_true", help="save gathered activations as their shard; gather again in backward"
     )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
+    parser.add_argument("--data", metavar="FILE", help="train on a token file: a flat array of ids")
+    parser.add_argument("--data-dtype", choices=("uint16", "int32"), default="uint16", help="type of the ids")
+    parser.add_argument("--generate", metavar="IDS", help='greedy generation after these token ids ("1 2 3")')
+    parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens --generate adds")
     args = parser.parse_args(argv)
+    if args.generate is not None:
+        try:
+            args.prompt = [int(word) for word in args.generate.split()]
+        except ValueError:
+            parser.error(f"--generate takes token ids separated by spaces, not {args.generate!r}")
+        if not args.prompt or any(not 0 <= token < VOCAB for token in args.prompt):
+            parser.error(f"--generate needs at least one token id, each from 0 to {VOCAB - 1}")
+        if len(args.prompt) + args.max_new > SEQ:
+            parser.error(f"--generate: {len(args.prompt)} ids and --max-new {args.max_new} exceed seq ({SEQ})")
+        return args
     if not args.check and not args.steps:
         args.steps = 10
     return args
@@ -1043,8 +1342,13 @@ def run(args: argparse.Namespace) -> bool:
     trace = start_trace() if args.trace else None
     set_regather(args.regather)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
+    if args.generate is not None:
+        new = generate(groups, device, args.seed, args.prompt, args.max_new)
+        if groups.rank == 0:
+            print(f"generated: {' '.join(str(token) for token in new)}", flush=True)
     if args.steps:
-        train(groups, device, args.steps, args.seed, args.lr)
+        tokens = open_tokens(args.data, args.data_dtype) if args.data else None
+        train(groups, device, args.steps, args.seed, args.lr, tokens)
     if trace is not None:
         trace.write(args.trace, groups.rank)
     dist.destroy_process_group()

@@ -9,8 +9,12 @@ replica; its layers issue exactly the collectives of the spec's DAG, in the DAG'
     torchrun --nproc-per-node 8 model.py --check --trace DIR   # also record every collective
 
 It runs on CPU with gloo, or on GPUs with nccl (one per process) when CUDA is available.
-The model has no vocabulary head: the loss is the mean squared error between the last
-layer's output and a random target, both [batch, seq, hidden].
+The model takes token ids: the first stage embeds them (each tensor-parallel rank holds its
+rows of the vocabulary), the last applies the final norm and the LM head and computes the
+cross-entropy vocabulary-parallel (no rank holds logits over the whole vocabulary).
+
+    torchrun --nproc-per-node 8 model.py --data tokens.bin --steps 100   # train on a token file
+    torchrun --nproc-per-node 8 model.py --generate "1 2 3" --max-new 8   # greedy tokens after a prefix
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ // TP, HIDDEN)  # one microbatch on one rank, between layers
 # The rotary embedding: its base.
 ROPE_THETA = 10000.0
+VOCAB = 512
+PADDED_VOCAB = 512  # a multiple of TP: each rank holds PADDED_VOCAB // TP rows
 
 
 # -- Ops ----------------------------------------------------------------------------------------
@@ -176,6 +182,114 @@ class RowParallelLinear(nn.Module):
         return F.linear(x, self.weight, self.bias if self.adds_bias else None)
 
 
+# -- The model's ends: vocabulary-parallel embedding and cross-entropy --------------------------
+
+
+class _VocabLookup(torch.autograd.Function):
+    """This rank's rows of the embedding for each token id, zero for ids of other ranks' rows.
+
+    Keeps only the local row of each id (-1: another rank's) for the backward, which adds each
+    token's gradient to its row.
+    """
+
+    @staticmethod
+    def forward(ctx, ids, weight, first):
+        local = ids - first
+        elsewhere = (local < 0) | (local >= weight.shape[0])
+        local = local.masked_fill(elsewhere, -1)
+        rows = F.embedding(local.clamp(min=0), weight).masked_fill_(elsewhere.unsqueeze(-1), 0)
+        ctx.save_for_backward(local)
+        ctx.shape = weight.shape
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad):
+        (local,) = ctx.saved_tensors
+        grad_weight = grad.new_zeros(ctx.shape)
+        here = local >= 0
+        grad_weight.index_add_(0, local[here], grad[here])
+        return None, grad_weight, None
+
+
+class VocabParallelEmbedding(nn.Module):
+    """`embed`: token ids [batch, seq] -> the residual stream, each rank looking up its rows.
+
+    The lookups are a partial sum over the tensor-parallel group: the DAG's `allreduce_embed`
+    makes them whole, or under sequence parallelism `reducescatter_embed` leaves each rank its
+    part of the sequence.
+    """
+
+    def __init__(self, groups: Groups) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(PADDED_VOCAB // TP, HIDDEN))
+        self.first = groups.tp_rank * (PADDED_VOCAB // TP)
+        self.tp_group = groups.tp
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = _VocabLookup.apply(ids, self.weight, self.first)
+        return reduce_scatter(rows, dim=1, group=self.tp_group)
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy from this rank's logits [batch, seq, rows] (Megatron's).
+
+    The largest logit per token is AllReduced (MAX), then the sum of exp(logit - max) and the
+    target's logit (on the rank that holds its row, zero elsewhere) are AllReduced (SUM) as one
+    tensor: the DAG's `allreduce_loss_max` and `allreduce_loss_sum`. Computed in fp32. Targets
+    below zero have no loss and no gradient. Keeps the softmax of this rank's logits and each
+    target's local row (-1: not here) for the backward: softmax - one-hot.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, first, group):
+        ctx.dtype = logits.dtype
+        logits = logits.float()  # the head's output itself when it is fp32: never changed in place
+        largest = logits.max(dim=-1, keepdim=True).values
+        _all_reduce(largest, group, op=dist.ReduceOp.MAX)
+        shifted = logits - largest
+        local = targets - first
+        here = (local >= 0) & (local < shifted.shape[-1])
+        local = local.masked_fill(~here, -1)
+        target_logit = shifted.gather(-1, local.clamp(min=0).unsqueeze(-1)).squeeze(-1).masked_fill_(~here, 0)
+        softmax = shifted.exp_()
+        sums = torch.stack([softmax.sum(dim=-1), target_logit], dim=-1)
+        _all_reduce(sums, group)
+        valid = targets >= 0
+        loss = (sums[..., 0].log() - sums[..., 1]).masked_fill_(~valid, 0)
+        softmax.div_(sums[..., :1]).masked_fill_(~valid.unsqueeze(-1), 0)
+        ctx.save_for_backward(softmax, local)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        softmax, local = ctx.saved_tensors
+        here = local >= 0
+        flat = softmax.view(-1, softmax.shape[-1])
+        flat[here.flatten().nonzero().squeeze(-1), local[here]] -= 1
+        return softmax.mul_(grad.unsqueeze(-1)).to(ctx.dtype), None, None, None
+
+
+def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """Per-token losses [batch, seq] from this rank's logits, whole on every rank of the group."""
+    first = groups.tp_rank * (PADDED_VOCAB // TP)
+    group = groups.tp if TP > 1 else None
+    return _VocabParallelCrossEntropy.apply(logits, targets, first, group)
+
+
+def greedy_token(logits: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """The id of the largest logit of one position, [rows] on this rank, over the whole vocabulary."""
+    logits = logits.float()
+    first = groups.tp_rank * (PADDED_VOCAB // TP)
+    best = logits.max(dim=-1)
+    # Reporting only, not one of the model's collectives: every rank's best (value, id).
+    found = [torch.empty(2, dtype=torch.float64, device=logits.device) for _ in range(TP)]
+    pair = [best.values.item(), first + best.indices.item()]
+    mine = torch.tensor(pair, dtype=torch.float64, device=logits.device)
+    dist.all_gather(found, mine, group=groups.tp)
+    value, token = max((pair.tolist() for pair in found), key=lambda pair: (pair[0], -pair[1]))
+    return torch.tensor(int(token))
+
+
 # -- The model ----------------------------------------------------------------------------------
 
 
@@ -224,16 +338,32 @@ class Stage(nn.Module):
 
     Layers are named by their index in the whole model (`layers.5.ln1.weight`), so parameter
     names match Reference's.
+    The first stage embeds the token ids; the last gives this rank's logits, [batch, seq,
+    PADDED_VOCAB // TP] (the DAG's `embed` ... and `final_norm`, `head`; the loss is computed
+    from them by `microbatch_loss`).
     """
 
     def __init__(self, groups: Groups) -> None:
         super().__init__()
         first, last = STAGES[groups.stage]
+        self.groups = groups
+        self.first_stage, self.last_stage = groups.stage == 0, groups.stage == PP - 1
+        if self.first_stage:
+            self.embed = VocabParallelEmbedding(groups)
         self.layers = nn.ModuleDict({str(layer): LlamaLayer(groups) for layer in range(first, last + 1)})
+        if self.last_stage:
+            self.final_norm = nn.RMSNorm(HIDDEN, eps=1e-5)
+            self.head = nn.Linear(HIDDEN, PADDED_VOCAB // TP, bias=False)  # this rank's rows of the vocabulary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first_stage:
+            x = self.embed(x)  # token ids -> the residual stream
         for layer in self.layers.values():
             x = layer(x)
+        if self.last_stage:
+            x = self.final_norm(x)
+            x = all_gather_to_tp(x, dim=1, group=self.groups.tp)
+            x = F.linear(x, self.head.weight)  # this rank's logits
         return x
 
 
@@ -268,16 +398,21 @@ class ReferenceLlamaLayer(nn.Module):
 
 
 class Reference(nn.Module):
-    """The whole model, unsharded, in one process."""
+    """The whole model, unsharded, in one process: token ids in, logits over the vocabulary out."""
 
     def __init__(self, seed: int) -> None:
         super().__init__()
+        self.embed = nn.Embedding(VOCAB, HIDDEN)
         self.layers = nn.ModuleDict({str(layer): reference_layer(layer, seed) for layer in range(LAYERS)})
+        self.final_norm = nn.RMSNorm(HIDDEN, eps=1e-5)
+        self.head = nn.Linear(HIDDEN, VOCAB, bias=False)
+        self.to(DTYPE).load_state_dict(reference_ends(seed), strict=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
         for layer in self.layers.values():
             x = layer(x)
-        return x
+        return F.linear(self.final_norm(x), self.head.weight)
 
 
 def generator(seed: int, *stream: object) -> torch.Generator:
@@ -306,6 +441,26 @@ def reference_layer(layer: int, seed: int) -> ReferenceLlamaLayer:
     return module.to(DTYPE)
 
 
+def reference_ends(seed: int) -> dict[str, torch.Tensor]:
+    """Reference's parameters outside the layers, each drawn from (seed, name) alone, in DTYPE:
+    matrices ~ N(0, 1 / HIDDEN), norm weights ~ 1 + N(0, 0.01), biases ~ N(0, 0.01)."""
+    shapes = {
+        "embed.weight": (VOCAB, HIDDEN),
+        "final_norm.weight": (HIDDEN,),
+        "head.weight": (VOCAB, HIDDEN),
+    }
+    drawn = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=generator(seed, name))
+        if len(shape) == 2:
+            drawn[name] = noise / HIDDEN**0.5
+        elif name.endswith("bias"):
+            drawn[name] = 0.1 * noise
+        else:
+            drawn[name] = 1 + 0.1 * noise
+    return {name: tensor.to(DTYPE) for name, tensor in drawn.items()}
+
+
 # -- Sharding a full state dict -----------------------------------------------------------------
 # How each parameter of a layer splits over the tensor-parallel ranks: "replicated", "rows" or
 # "columns" (even parts of dim 0 or 1 of the [out, in] weight), or "... by head": parts that hold
@@ -319,17 +474,27 @@ SHARDING = {
     "up.weight": "rows",
     "mlp.weight": "columns",
 }
+# The model's ends, on the first stage (embed, pos_embed) and the last (final_norm, head; with
+# tied embeddings over several stages its own copy of embed): "rows of the vocabulary" are
+# PADDED_VOCAB // TP rows per rank, the rows past VOCAB zero.
+END_SHARDING = {
+    "embed.weight": "rows of the vocabulary",
+    "final_norm.weight": "replicated",
+    "head.weight": "rows of the vocabulary",
+}
 
 # Parameters of ops that see only this rank's part of the sequence: each rank holds a partial
 # gradient, summed over the tensor-parallel group after the last microbatch.
 PARTIAL_GRADIENTS = (
     "ln1.weight",
     "ln2.weight",
+    "final_norm.weight",
 )
 
 # Hugging Face checkpoint names (--load, --save): each parameter is its checkpoint tensors
 # concatenated along its rows, {i} the layer index in both.
 CHECKPOINT = {
+    "embed.weight": ("model.embed_tokens.weight",),
     "layers.{i}.ln1.weight": ("model.layers.{i}.input_layernorm.weight",),
     "layers.{i}.qkv.weight": (
         "model.layers.{i}.self_attn.q_proj.weight",
@@ -341,6 +506,8 @@ CHECKPOINT = {
     "layers.{i}.gate.weight": ("model.layers.{i}.mlp.gate_proj.weight",),
     "layers.{i}.up.weight": ("model.layers.{i}.mlp.up_proj.weight",),
     "layers.{i}.mlp.weight": ("model.layers.{i}.mlp.down_proj.weight",),
+    "final_norm.weight": ("model.norm.weight",),
+    "head.weight": ("lm_head.weight",),
 }
 TRANSPOSED = ()
 
@@ -367,7 +534,19 @@ def stage_sharding(stage: int) -> dict[str, str]:
     """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
     layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
-    return layers
+    return (
+        {name: END_SHARDING[name] for name in ends_of(stage, before=True)}
+        | layers
+        | {name: END_SHARDING[name] for name in ends_of(stage, before=False)}
+    )
+
+
+def ends_of(stage: int, *, before: bool) -> list[str]:
+    """The parameters of the model's ends on `stage`: those before its layers, or after them."""
+    if before:
+        return [name for name in END_SHARDING if stage == 0 and name.split(".")[0] in ("embed", "pos_embed")]
+    names = [name for name in END_SHARDING if stage == PP - 1 and name.split(".")[0] in ("final_norm", "head")]
+    return names
 
 
 def parameter_names(rank: int) -> list[str]:
@@ -660,8 +839,18 @@ def make_microbatch(kind: str, dp_rank: int, microbatch: int, seed: int) -> torc
     [BATCH // DP // MICROBATCHES, SEQ, HIDDEN]. Each from a random stream of its own, so that a
     rank draws only the microbatches it uses.
     """
-    random = generator(seed, "batch", kind, dp_rank, microbatch)
-    return torch.randn((BATCH // DP // MICROBATCHES, SEQ, HIDDEN), generator=random)
+    ids = torch.randint(
+        VOCAB, (BATCH // DP // MICROBATCHES, SEQ), generator=generator(seed, "batch", dp_rank, microbatch)
+    )
+    if kind == "targets":
+        return next_tokens(ids)
+    else:
+        return ids
+
+
+def next_tokens(ids: torch.Tensor) -> torch.Tensor:
+    """The target of each position: the next token; none (-1) for the last."""
+    return torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -1)], dim=1)
 
 
 def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -675,15 +864,11 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rank_part(microbatch: torch.Tensor, groups: Groups, device: torch.device) -> torch.Tensor:
     """This rank's part of a microbatch, on its device."""
+    return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
     # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
     # residual stream is S(seq).
     microbatch = microbatch.chunk(TP, dim=1)[groups.tp_rank].contiguous()
     return microbatch.to(device=device, dtype=DTYPE)
-
-
-def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
-    """A replica's batch cut into microbatches, this rank's part of each."""
-    return [rank_part(part, groups, device) for part in batch.chunk(MICROBATCHES)]
 
 
 def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -710,7 +895,44 @@ def microbatch_loss(stage: Stage, output: torch.Tensor, target: torch.Tensor) ->
     squared error over this rank's part of the microbatch, divided by the size of the replica's
     batch (summed over tensor-parallel ranks under sequence parallelism). Computed in fp32.
     """
-    return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)
+    losses = vocab_parallel_cross_entropy(output, target, stage.groups)
+    return losses.sum() / ((target >= 0).sum() * MICROBATCHES)
+
+
+# -- Token files (--data) -----------------------------------------------------------------------
+TOKEN_DTYPES = {"uint16": torch.uint16, "int32": torch.int32}
+
+
+def open_tokens(path: str, dtype: str) -> torch.Tensor:
+    """A token file, memory-mapped: a flat array of ids of `dtype` (uint16 or int32), never copied whole."""
+    kind = TOKEN_DTYPES[dtype]
+    count = os.path.getsize(path) // kind.itemsize
+    if count < SEQ + 1:
+        raise ValueError(f"--data {path}: {count} tokens, fewer than one window of seq + 1 = {SEQ + 1}")
+    return torch.from_file(path, shared=False, size=count, dtype=kind)
+
+
+def file_data(tokens: torch.Tensor, step: int, groups: Groups, device: torch.device) -> tuple[list, list]:
+    """This rank's microbatches of training step `step` from a token file.
+
+    The file is cut into windows of SEQ + 1 tokens, BATCH of them per step, in order (around
+    again at the end): inputs are a window's first SEQ tokens, targets its last SEQ. The first
+    stage reads the inputs, the last the targets.
+    """
+    windows = tokens.numel() // (SEQ + 1)
+    per = BATCH // DP // MICROBATCHES
+    inputs, targets = [], []
+    for microbatch in range(MICROBATCHES):
+        first = step * BATCH + groups.dp_rank * (BATCH // DP) + microbatch * per
+        rows = [(first + row) % windows * (SEQ + 1) for row in range(per)]
+        ids = torch.stack([tokens[start : start + SEQ + 1].to(torch.int64) for start in rows])
+        if int(ids.max()) >= VOCAB:
+            raise ValueError(f"--data: token id {int(ids.max())} is not below vocab {VOCAB}")
+        if groups.stage == 0:
+            inputs.append(ids[:, :-1].to(device))
+        if groups.stage == PP - 1:
+            targets.append(ids[:, 1:].to(device))
+    return inputs, targets
 
 
 # A message between neighbouring stages: (op, kind, microbatch, peer): op "send" or "recv", kind
@@ -815,7 +1037,6 @@ class PipelineSchedule:
         y = stage_forward(self.stage, x)
         if self.index == PP - 1:
             loss = microbatch_loss(self.stage, y, targets[microbatch])
-            outputs.append(y.detach())
             losses.append(loss.detach())
             self.saved[microbatch] = (x, loss)
         else:
@@ -1200,6 +1421,8 @@ def source_rows(name: str, checkpoint: Checkpoint | None) -> list[int]:
 def checkpoint_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | None) -> dict[str, torch.Tensor]:
     """A full parameter as the checkpoint tensors it came from: split along the rows, padding dropped."""
     pattern, _ = pattern_of(name)
+    if pattern in ("embed.weight", "head.weight"):
+        full = full[:VOCAB]
     sizes = [size if size >= 0 else full.shape[0] for size in source_rows(name, checkpoint)]
     names = [checkpoint.resolve(source) if checkpoint else source for source in sources_of(name)]
     pieces = full[: sum(sizes)].split(sizes)
@@ -1331,10 +1554,15 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     stage = build_stage(groups, device, reference.state_dict())
     reference.float()
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    parts = zip(*batches, strict=True)
-    inputs, targets = (torch.cat(part).to(device=device, dtype=DTYPE).float() for part in parts)
-    expected = reference(inputs)
-    F.mse_loss(expected, targets).backward()
+    inputs, targets = (torch.cat(parts).to(device=device) for parts in zip(*batches, strict=True))
+    logits = reference(inputs)
+    per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
+    # The loss of each replica's batch; their mean is the whole batch's (each has as many targets).
+    replicas = [
+        part.sum() / (mask >= 0).sum()
+        for part, mask in zip(per_token.view(targets.shape).chunk(DP), targets.chunk(DP), strict=True)
+    ]
+    torch.stack(replicas).mean().backward()
 
     data = rank_data(groups, seed, device)
     schedule = PipelineSchedule(stage, groups, device)
@@ -1342,9 +1570,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     outputs, step_losses = train_step(schedule, buffer, groups, data)
 
     output_error = -1.0  # -1: this rank produces no model output
-    if outputs:
-        mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
-        output_error = relative_error(torch.cat(outputs), torch.cat(mine))
+    if groups.stage == PP - 1:  # the model's output is its loss: this replica's
+        output_error = relative_error(torch.stack(step_losses).sum(), replicas[groups.dp_rank].detach())
     reference_grads = shard_state_dict(gradients(reference), groups.rank)
     grads = buffer.main_views
     gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
@@ -1384,6 +1611,7 @@ def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:
         for layer in range(first, last + 1)
         for name, tensor in reference_layer(layer, seed).state_dict().items()
     }
+    full |= reference_ends(seed)
     return full
 
 
@@ -1402,6 +1630,8 @@ def train(
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
+        if tokens is not None:
+            data = file_data(tokens, step - 1, groups, device)
         buffer.zero()
         _, losses = train_step(schedule, buffer, groups, data)
         optimizer.step()
@@ -1410,7 +1640,6 @@ def train(
         times.append(time.perf_counter() - start)
         if groups.stage == PP - 1:
             loss = torch.stack(losses).sum()
-            dist.all_reduce(loss, group=groups.tp)  # reporting only: each rank has its part of the sequence
             dist.all_reduce(loss, group=groups.dp)  # reporting only: the mean over replicas
             loss /= DP
             if reporter:
@@ -1421,6 +1650,37 @@ def train(
         median = sorted(times)[len(times) // 2]
         print(f"median step {median * 1e3:.1f} ms, {BATCH * SEQ / median:,.0f} tokens/s", flush=True)
     save_requested(stage, groups, loaded)
+
+
+def generate(groups: Groups, device: torch.device, seed: int, prompt: list[int], new: int) -> list[int]:
+    """`new` tokens after `prompt`, greedily, the whole prefix computed again for each.
+
+    The prefix fills the first positions of every sequence of one microbatch (the shapes the
+    stages exchange are fixed); causal attention keeps the positions after it from mattering.
+    The last stage picks the token; every rank receives it from the first rank of the last stage.
+    """
+    stage = build_stage(groups, device, stage_weights(groups, seed)).eval()
+    load_requested(stage, groups)
+    tokens = list(prompt)
+    chooser = global_rank(0, PP - 1, 0)
+    with torch.no_grad():
+        for _ in range(new):
+            ids = torch.zeros((BATCH // DP // MICROBATCHES, SEQ), dtype=torch.long, device=device)
+            ids[:, : len(tokens)] = torch.tensor(tokens, device=device)
+            if groups.stage == 0:
+                x = ids
+            else:
+                x = torch.empty(STREAM_SHAPE, dtype=DTYPE, device=device)
+                _exchange([("recv", x, global_rank(groups.dp_rank, groups.stage - 1, groups.tp_rank), "forward", 0)])
+            y = stage(x)
+            token = torch.zeros((), dtype=torch.long, device=device)
+            if groups.stage < PP - 1:
+                _exchange([("send", y, global_rank(groups.dp_rank, groups.stage + 1, groups.tp_rank), "forward", 0)])
+            else:
+                token.fill_(greedy_token(y[0, len(tokens) - 1], groups).item())
+            dist.broadcast(token, src=chooser)  # not one of the model's collectives: the chosen token to every rank
+            tokens.append(int(token.item()))
+    return tokens[len(prompt) :]
 
 
 # -- Entry point --------------------------------------------------------------------------------
@@ -1442,7 +1702,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="fail a collective after S seconds")
     parser.add_argument("--load", metavar="DIR", help="start from this Hugging Face checkpoint")
     parser.add_argument("--save", metavar="DIR", help="write the trained weights as a Hugging Face checkpoint")
+    parser.add_argument("--data", metavar="FILE", help="train on a token file: a flat array of ids")
+    parser.add_argument("--data-dtype", choices=("uint16", "int32"), default="uint16", help="type of the ids")
+    parser.add_argument("--generate", metavar="IDS", help='greedy generation after these token ids ("1 2 3")')
+    parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens --generate adds")
     args = parser.parse_args(argv)
+    if args.generate is not None:
+        try:
+            args.prompt = [int(word) for word in args.generate.split()]
+        except ValueError:
+            parser.error(f"--generate takes token ids separated by spaces, not {args.generate!r}")
+        if not args.prompt or any(not 0 <= token < VOCAB for token in args.prompt):
+            parser.error(f"--generate needs at least one token id, each from 0 to {VOCAB - 1}")
+        if len(args.prompt) + args.max_new > SEQ:
+            parser.error(f"--generate: {len(args.prompt)} ids and --max-new {args.max_new} exceed seq ({SEQ})")
+        return args
     if not args.check and not args.steps:
         args.steps = 10
     return args
@@ -1470,8 +1744,13 @@ def run(args: argparse.Namespace) -> bool:
     set_regather(args.regather)
     set_checkpoints(args.load, args.save)
     ok = check(groups, device, args.seed, args.tolerance) if args.check else True
+    if args.generate is not None:
+        new = generate(groups, device, args.seed, args.prompt, args.max_new)
+        if groups.rank == 0:
+            print(f"generated: {' '.join(str(token) for token in new)}", flush=True)
     if args.steps:
-        train(groups, device, args.steps, args.seed, args.lr)
+        tokens = open_tokens(args.data, args.data_dtype) if args.data else None
+        train(groups, device, args.steps, args.seed, args.lr, tokens)
     if trace is not None:
         trace.write(args.trace, groups.rank)
     dist.destroy_process_group()
