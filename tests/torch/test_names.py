@@ -17,6 +17,9 @@ def test_every_public_module_attribute_is_reserved():
     torch = pytest.importorskip("torch")
     module = torch.nn.Module()
     public = {name for name in set(dir(module)) | set(vars(module)) if not name.startswith("_")}
+    # torch's own: transformers, which the oracle tests import, adds `smart_apply` to nn.Module
+    # when it builds a model; model.py never imports it.
+    public = {name for name in public if getattr(getattr(torch.nn.Module, name, None), "__module__", "torch").startswith("torch")}
     assert public - MODULE_ATTRIBUTES == set()
 
 
