@@ -14,9 +14,10 @@ rank adding the rows of its positions.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 from par.dsl.checks.deployment import Deployment, Op
-from par.dsl.dag.types import Kind, OpName
+from par.dsl.dag.types import CollectiveOp, ComputeOp, Kind, OpName
 from par.dsl.frontend.source import Span
 from par.dsl.lowering.backward import with_pairs
 from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, stream_placement
@@ -82,7 +83,7 @@ class _Ends:
         self.steps = []
         norm = self._compute(
             "final_norm",
-            model.final_norm,
+            cast(ComputeOp, model.final_norm),
             (STREAM,),
             (self.stream,),
             self.stream,
@@ -185,7 +186,7 @@ class _Ends:
         source = self._step(value)
         if source.out_placement == target:
             return value
-        kind = (
+        kind: CollectiveOp = (
             "reducescatter"
             if (source.out_placement, target) == (P, S_SEQ)
             else "allgather"
