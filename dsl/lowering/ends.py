@@ -24,7 +24,7 @@ from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, stream_pl
 from par.dsl.lowering.program import Ends, Shape, Step, drop_collectives
 from par.dsl.lowering.shapes import stream_shape
 from par.dsl.registry.collectives import COLLECTIVES
-from par.dsl.registry.ops import COMPUTE_OPS, elements
+from par.dsl.registry.ops import COMPUTE_OPS
 
 TOKENS = "tokens"  # the first stage's input: token ids [batch, seq]
 STREAM = "x"  # the last stage's input: the residual stream after the last layer
@@ -177,6 +177,8 @@ class _Ends:
                 style=style,
                 operand_shapes=tuple(local_in) if len(set(local_in)) > 1 else None,
                 operand_placements=placements if len(set(placements)) > 1 else None,
+                dtype=spec.dtype,
+                input_bytes=spec.input_bytes,
             )
         )
         return name
@@ -214,6 +216,7 @@ class _Ends:
                 wire_fraction=(wire.numerator, wire.denominator),
                 reason=f"{why}: {conversion}",
                 inserted=True,
+                dtype=source.dtype,  # what it carries: its source's output
             )
         )
         return name
@@ -221,8 +224,3 @@ class _Ends:
 
 def _kind(collective: str) -> Kind:
     return COLLECTIVES[collective].kind
-
-
-def token_bytes(shape: Shape) -> int:
-    """Bytes of a tensor of token ids (int64, as torch indexes with them)."""
-    return 8 * elements(shape)

@@ -144,3 +144,15 @@ def test_learned_positions_on_sequence_shards_sum_their_gradients_over_tp():
 
     table = 32 * H * 4  # fp32; an AllReduce over 2 ranks sends 2 (2 - 1) / 2 = 1 x the tensor
     assert tp_sync("positions=learned", "max_positions=32") - tp_sync() == table
+
+
+def test_the_loss_is_counted_in_fp32_and_token_ids_in_int64_whatever_the_dtype():
+    """What the code computes: the logits are cast to fp32 for the loss, and ids are int64."""
+    graph = compile_source(GPT, "dtype=bf16").graph
+    for name in ("allreduce_loss_max", "allreduce_loss_sum"):
+        data = graph.nodes[name]
+        assert data["dtype"] == "fp32"
+        assert data["bytes"] == 4 * B * S * (1 if name.endswith("max") else 2)
+        assert data["wire_bytes"] == data["bytes"]  # an AllReduce over 2 ranks sends 2 (2 - 1) / 2 of it
+    assert graph.nodes[ids.end_id("head", 2)]["dtype"] == "bf16"
+    assert graph.nodes[ids.end_id("embed", 0)]["bytes"] == 8 * B * S
