@@ -393,11 +393,6 @@ class _Checker:
                         "set vocab",
                     )
             return None if any(d.is_error for d in self.diags) else model
-        max_positions = self.values.get("max_positions", model.seq)
-        if chosen["positions"] == "learned" and max_positions < model.seq:
-            message = f"max_positions ({max_positions}) is less than seq ({model.seq}): position {max_positions} has no learned row"
-            self.err(message, self.spans.get("max_positions"), f"use max_positions {model.seq} or more")
-            return None
         padded = model.padded_vocab(mesh.tp)
         if padded != model.vocab:
             rows = padded - model.vocab
@@ -407,6 +402,11 @@ class _Checker:
                     self.spans.get("vocab"),
                 )
             )
+        max_positions = self.values.get("max_positions", model.seq)
+        if chosen["positions"] == "learned" and max_positions < model.seq:
+            message = f"max_positions ({max_positions}) is less than seq ({model.seq}): position {max_positions} has no learned row"
+            self.err(message, self.spans.get("max_positions"), f"use max_positions {model.seq} or more")
+            return None
         return replace(
             model,
             tie_embeddings=chosen["tie_embeddings"] == "true",

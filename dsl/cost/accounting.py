@@ -152,9 +152,9 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
         if data.get("tied"):  # the two copies of a tied embedding sum their gradients (Megatron's embedding group)
             for rank in data["devices"]:
                 dp_rank, _, tp_rank = mesh.coords(rank)
-                group = (mesh.rank(dp_rank=dp_rank, stage=0, tp_rank=tp_rank), rank)
+                copies = (mesh.rank(dp_rank=dp_rank, stage=0, tp_rank=tp_rank), rank)
                 sent = _ALLREDUCE.wire_bytes(2, data["params"] * size)
-                found += [Transfer("gradients", "allreduce", node, group, (member,), sent) for member in group]
+                found += [Transfer("gradients", "allreduce", node, copies, (member,), sent) for member in copies]
     for rank in range(mesh.world):
         for group, params in ((mesh.dp_group_of(rank), held[rank]), (mesh.tp_group_of(rank), tp_partial[rank])):
             if len(group) > 1 and params:

@@ -11,7 +11,7 @@ import os
 from fractions import Fraction
 from typing import Literal
 
-from par.dsl.checks.deployment import Deployment
+from par.dsl.checks.deployment import DTYPE_BYTES, Deployment
 from par.dsl.dag import ids
 from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, GraphAttrs, IoOp, NodeAttrs, Shape
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
@@ -144,8 +144,10 @@ class _Expander:
 
     def _template(self, step: Step) -> NodeAttrs:
         """The attributes of every node of a step; each copy gets its layer, stage and devices."""
-        bytes_in = elements(step.in_shape) * self.dtype_bytes
-        full = elements(step.global_out) * self.dtype_bytes
+        dtype = step.dtype or self.deployment.model.dtype
+        size = DTYPE_BYTES[dtype]
+        bytes_in = elements(step.in_shape) * (step.input_bytes or size)
+        full = elements(step.global_out) * size
         data: NodeAttrs = {
             "op": step.op,
             "kind": step.kind,
@@ -157,7 +159,7 @@ class _Expander:
             "out_shape": step.out_shape,
             "in_placement": step.in_placement.text,
             "out_placement": step.out_placement.text,
-            "dtype": self.deployment.model.dtype,
+            "dtype": dtype,
             "flops": step.flops,
             "params": step.params,
             "bytes": bytes_in,

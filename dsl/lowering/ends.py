@@ -14,16 +14,17 @@ rank adding the rows of its positions.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 from par.dsl.checks.deployment import Deployment, Op
-from par.dsl.dag.types import Kind, OpName
+from par.dsl.dag.types import CollectiveOp, ComputeOp, Kind, OpName
 from par.dsl.frontend.source import Span
 from par.dsl.lowering.backward import with_pairs
 from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, stream_placement
 from par.dsl.lowering.program import Ends, Shape, Step, drop_collectives
 from par.dsl.lowering.shapes import stream_shape
 from par.dsl.registry.collectives import COLLECTIVES
-from par.dsl.registry.ops import COMPUTE_OPS, elements
+from par.dsl.registry.ops import COMPUTE_OPS
 
 TOKENS = "tokens"  # the first stage's input: token ids [batch, seq]
 STREAM = "x"  # the last stage's input: the residual stream after the last layer
@@ -82,7 +83,7 @@ class _Ends:
         self.steps = []
         norm = self._compute(
             "final_norm",
-            model.final_norm,
+            cast(ComputeOp, model.final_norm),
             (STREAM,),
             (self.stream,),
             self.stream,
@@ -176,6 +177,8 @@ class _Ends:
                 style=style,
                 operand_shapes=tuple(local_in) if len(set(local_in)) > 1 else None,
                 operand_placements=placements if len(set(placements)) > 1 else None,
+                dtype=spec.dtype,
+                input_bytes=spec.input_bytes,
             )
         )
         return name
@@ -185,7 +188,7 @@ class _Ends:
         source = self._step(value)
         if source.out_placement == target:
             return value
-        kind = (
+        kind: CollectiveOp = (
             "reducescatter"
             if (source.out_placement, target) == (P, S_SEQ)
             else "allgather"
@@ -213,6 +216,7 @@ class _Ends:
                 wire_fraction=(wire.numerator, wire.denominator),
                 reason=f"{why}: {conversion}",
                 inserted=True,
+                dtype=source.dtype,  # what it carries: its source's output
             )
         )
         return name
@@ -220,8 +224,3 @@ class _Ends:
 
 def _kind(collective: str) -> Kind:
     return COLLECTIVES[collective].kind
-
-
-def token_bytes(shape: Shape) -> int:
-    """Bytes of a tensor of token ids (int64, as torch indexes with them)."""
-    return 8 * elements(shape)

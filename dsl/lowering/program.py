@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from par.dsl.checks.deployment import Deployment
-from par.dsl.dag.types import Kind, OpName
+from par.dsl.dag.types import Dtype, Kind, OpName
 from par.dsl.frontend.source import Span
 from par.dsl.lowering.placement import Placement, R
 
@@ -51,6 +51,10 @@ class Step:
     operand_shapes: tuple[Shape, ...] | None = None
     operand_placements: tuple[Placement, ...] | None = None
     tied: bool = False  # the LM head's copy of the embedding matrix on the last stage (tie_embeddings, pp > 1)
+    # The model's ends compute some steps in another dtype than the spec's (OpSpec.dtype,
+    # input_bytes): the output's dtype and the bytes of an input element; None: the spec's.
+    dtype: Dtype | None = None
+    input_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

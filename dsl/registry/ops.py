@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from par.dsl.checks.deployment import Model, Op
+from par.dsl.dag.types import Dtype
 from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, Signature
 
 Shape = tuple[int, ...]
@@ -115,6 +116,10 @@ class OpSpec:
     # gradient that is zero outside each rank's part (par.dsl.lowering.backward).
     keeps_parts: frozenset[int | None] = frozenset()
     saves: Saves = NOTHING  # what autograd keeps for its backward
+    # Where the generated code computes in another dtype than the spec's: the bytes of an input
+    # element (token ids: int64) and the dtype of the output (the loss: fp32, whatever the spec's).
+    input_bytes: int | None = None
+    dtype: Dtype | None = None
 
 
 # -- shape rules ------------------------------------------------------------------------------------
@@ -379,6 +384,7 @@ MODEL_OPS: dict[str, OpSpec] = {
             _lookup_shape,
             no_parameters,
             saves=Saves(extra=_lookup_saves),
+            input_bytes=INT64,
         ),
         OpSpec(
             "positions",
@@ -387,9 +393,11 @@ MODEL_OPS: dict[str, OpSpec] = {
             _lookup_shape,
             no_parameters,
             saves=Saves(extra=_positions_saves),
+            input_bytes=INT64,
         ),
         # The maximum of this rank's logits per token (one comparison each), AllReduced with MAX.
-        OpSpec("loss_max", Syntax(1), {None: (Signature((S_LAST,), P),)}, _reduced_shape(1), _per_input(1)),
+        # The loss is computed in fp32 (the logits are cast to it).
+        OpSpec("loss_max", Syntax(1), {None: (Signature((S_LAST,), P),)}, _reduced_shape(1), _per_input(1), dtype="fp32"),
         # exp(logit - max) summed, and the target's logit where this rank holds it.
         OpSpec(
             "loss_sum",
@@ -398,9 +406,10 @@ MODEL_OPS: dict[str, OpSpec] = {
             _reduced_shape(2),
             _per_input(3),
             saves=Saves(extra=_softmax_saves),
+            dtype="fp32",
         ),
         # log(sum) - target logit, averaged over the tokens that have a target.
-        OpSpec("loss", Syntax(1), {None: (Signature((R,), R),)}, _mean_shape, _per_input(1)),
+        OpSpec("loss", Syntax(1), {None: (Signature((R,), R),)}, _mean_shape, _per_input(1), dtype="fp32"),
     )
 }
 # Every op a DAG's compute node may name.

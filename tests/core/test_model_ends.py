@@ -121,7 +121,7 @@ def test_ends_settings_need_vocab_and_learned_positions_a_row_per_position():
     ]
     with pytest.raises(CompileError) as raised:
         compile_source(GPT, "positions=learned", "max_positions=8")
-    (found,) = raised.value.diagnostics
+    (found,) = [d for d in raised.value.diagnostics if d.is_error]  # beside the note on padding 101 to 102
     assert found.message == "max_positions (8) is less than seq (16): position 8 has no learned row"
     assert str(found.span) == "<command line>:2:15"  # the second -D
 
@@ -144,3 +144,15 @@ def test_learned_positions_on_sequence_shards_sum_their_gradients_over_tp():
 
     table = 32 * H * 4  # fp32; an AllReduce over 2 ranks sends 2 (2 - 1) / 2 = 1 x the tensor
     assert tp_sync("positions=learned", "max_positions=32") - tp_sync() == table
+
+
+def test_the_loss_is_counted_in_fp32_and_token_ids_in_int64_whatever_the_dtype():
+    """What the code computes: the logits are cast to fp32 for the loss, and ids are int64."""
+    graph = compile_source(GPT, "dtype=bf16").graph
+    for name in ("allreduce_loss_max", "allreduce_loss_sum"):
+        data = graph.nodes[name]
+        assert data["dtype"] == "fp32"
+        assert data["bytes"] == 4 * B * S * (1 if name.endswith("max") else 2)
+        assert data["wire_bytes"] == data["bytes"]  # an AllReduce over 2 ranks sends 2 (2 - 1) / 2 of it
+    assert graph.nodes[ids.end_id("head", 2)]["dtype"] == "bf16"
+    assert graph.nodes[ids.end_id("embed", 0)]["bytes"] == 8 * B * S

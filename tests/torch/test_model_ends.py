@@ -22,6 +22,7 @@ LAYOUTS = {
     "tp1": ["tp=1", "pp=1", "dp=1"],
     "tp2": ["pp=1", "dp=1"],
     "tp2 sp": ["pp=1", "dp=1", "sp=on"],
+    "tp2 bf16": ["pp=1", "dp=1", "dtype=bf16"],  # the loss's AllReduces stay fp32, as the DAG says
     "tp2 x pp2": ["dp=1"],
     "tp2 x pp2 sp, tied, learned positions": ["dp=1", "sp=on", "tie_embeddings=true", "positions=learned"],
     "tp2 x pp2 x dp2": [],

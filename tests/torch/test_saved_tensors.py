@@ -33,6 +33,12 @@ SHIPPED = {
     "megatron tp1": ("megatron_tp8_pp2", ["tp=1", "layers=4", "batch=4"]),
     "layerwise": ("layerwise", ["tp=2", "pp=2", "layers=4", "stages=2,2", "batch=4", "microbatches=2"]),
     "llama": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"]),
+    # the model's ends: learned positions on sequence shards, a tied head over two stages; without sp
+    "llama tied, positions": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2",
+                      "tie_embeddings=true", "positions=learned"],
+    ),
+    "llama without sp": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "sp=off"]),
     "llama mha": ("llama_gqa", ["heads=4", "kv_heads=4", "tp=4", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"]),
     # Low precision: norm statistics (fp32 on CUDA, the dtype on CPU) and RMSNorm's fp32 copies.
     "megatron fp16": ("megatron_tp8_pp2", ["tp=2", "layers=4", "batch=4", "dtype=fp16"]),
