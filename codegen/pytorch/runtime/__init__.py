@@ -12,7 +12,8 @@ package resources. One module per concern, in the order model.py holds them:
   activations saved as their shard), `pairs` (autograd forward/backward pairs), `batches`,
   `pipeline` or `single_stage` (the schedule: one of the two, both define PipelineSchedule),
   `step` (the flat gradient buffer, its reduction, train_step), `optimizer` (AdamW on fp32
-  master weights, fp16 loss scaling), `modes` (--check, --steps), `cli` (main).
+  master weights, fp16 loss scaling), `checkpoint` (--load and --save of Hugging Face
+  checkpoints), `modes` (--check, --steps), `cli` (main).
 
 Rules that make a module inlinable:
 
