@@ -120,3 +120,30 @@ def test_a_whole_gpt2_round_trips_and_transformers_loads_what_was_saved(workdir,
     ids = torch.tensor([[1, 5, 9, 98]])
     original = transformers.GPT2LMHeadModel.from_pretrained(source).eval()
     assert torch.equal(reloaded(ids).logits, original(ids).logits)
+
+
+LLAMA = """model small : llama { layers 2  hidden 32  heads 4  kv_heads 2  ffn 48  vocab 99  batch 4  seq 8  dtype fp32 }
+mesh { tp %d  pp %d  microbatches 2 }
+"""
+
+
+@pytest.mark.slow
+def test_save_without_load_writes_the_same_checkpoint_from_any_layout_and_transformers_loads_it(workdir):
+    """Weights drawn from the seed, one step at learning rate 0, saved from tp 2 x pp 2 (vocabulary
+    padded to 100) and from one process: the same bytes, under the names transformers reads."""
+    saved = {}
+    for tp, pp in ((2, 2), (1, 1)):
+        model_py = write_model(compile_source(LLAMA % (tp, pp)), workdir / f"build{tp}{pp}")
+        out = workdir / f"saved{tp}{pp}"
+        results = launch(model_py, tp * pp, ["--save", str(out), "--steps", "1", "--lr", "0"], workdir / f"logs{tp}{pp}")
+        assert all(result.exitcode == 0 for result in results), [result.stderr for result in results]
+        assert [path.name for path in out.iterdir()] == ["model.safetensors"]
+        saved[tp, pp] = safetensors_torch.load_file(out / "model.safetensors")
+    assert saved[2, 2].keys() == saved[1, 1].keys()
+    for name, tensor in saved[1, 1].items():
+        assert saved[2, 2][name].view(torch.uint8).equal(tensor.view(torch.uint8)), name
+    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=48, vocab_size=99, rms_norm_eps=1e-5)
+    config.save_pretrained(workdir / "saved11")
+    _, info = transformers.LlamaForCausalLM.from_pretrained(workdir / "saved11", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
