@@ -119,14 +119,11 @@ def run_layout(folder, block: str, tp: int, pp: int, dp: int, sp: bool, mutate=N
     return output_error, gradient_error
 
 
+# The layouts of the whole model are in test_model_matches_transformers.py; here the layout the
+# mutations run in, whose unmutated code must pass, and one of each other block.
 LAYOUTS = [
-    pytest.param("llama", 2, 1, 1, True, id="llama-tp2-sp", marks=pytest.mark.slow),
-    pytest.param("llama", 1, 1, 1, False, id="llama-tp1", marks=pytest.mark.slow),
-    pytest.param("llama", 2, 2, 1, False, id="llama-tp2-pp2", marks=pytest.mark.slow),
-    pytest.param("llama", 2, 2, 2, True, id="llama-tp2-pp2-dp2-sp", marks=pytest.mark.slow),
-    pytest.param("qwen2", 2, 2, 2, False, id="qwen2-tp2-pp2-dp2", marks=pytest.mark.slow),
+    pytest.param("llama", 1, 1, 1, False, id="llama-tp1"),
     pytest.param("qwen2", 2, 1, 1, True, id="qwen2-tp2-sp", marks=pytest.mark.slow),
-    pytest.param("gpt2", 2, 1, 1, True, id="gpt2-tp2-sp", marks=pytest.mark.slow),
     pytest.param("gpt2", 2, 2, 2, False, id="gpt2-tp2-pp2-dp2", marks=pytest.mark.slow),
 ]
 
