@@ -160,3 +160,12 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path, one_process)
     assert "1 tensors this model has no parameter for (model.layers.0.fc.bias" in str(raised.value)
     with pytest.raises(checkpoint.CheckpointError, match="no model.safetensors.index.json"):
         checkpoint.Checkpoint(tmp_path / "nowhere")
+
+
+def test_save_without_training_to_save_is_a_usage_error(capsys):
+    from par.codegen.pytorch.runtime import cli
+
+    with pytest.raises(SystemExit) as raised:
+        cli.parse_args(["--check", "--save", "out"])
+    assert raised.value.code == 2 and "--save writes the weights after training" in capsys.readouterr().err
+    assert cli.parse_args(["--save", "out"]).steps == 10  # training by default: then saved

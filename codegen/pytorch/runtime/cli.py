@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument("--generate", metavar="IDS", help='greedy generation after these token ids ("1 2 3")')
         parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens --generate adds")
     args = parser.parse_args(argv)
+    if HF_CHECKPOINT:
+        # --save writes the weights after training: with --check or --generate alone, none runs
+        if args.save is not None and not args.steps and (args.check or getattr(args, "generate", None) is not None):
+            parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
     if ENDS and args.generate is not None:
         try:
             args.prompt = [int(word) for word in args.generate.split()]
