@@ -9,6 +9,7 @@ only those, memory-mapped: no rank ever holds the whole model.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -56,6 +57,11 @@ PATHS: dict[str, str | None] = {"load": None, "save": None}
 
 def set_checkpoints(load: str | None, save: str | None) -> None:
     PATHS.update(load=load, save=save)
+
+
+def nothing_to_save(args: argparse.Namespace) -> bool:
+    """--save given where no training step runs after which to save: --check or --generate alone."""
+    return args.save is not None and not args.steps and (args.check or getattr(args, "generate", None) is not None)
 
 
 def load_requested(stage: nn.Module, groups: Groups) -> Checkpoint | None:

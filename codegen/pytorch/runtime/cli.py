@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from par.codegen.pytorch.runtime.batches import open_tokens
-from par.codegen.pytorch.runtime.checkpoint import set_checkpoints
+from par.codegen.pytorch.runtime.checkpoint import nothing_to_save, set_checkpoints
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.modes import check, generate, train
 from par.codegen.pytorch.runtime.regather import set_regather
@@ -45,10 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument("--generate", metavar="IDS", help='greedy generation after these token ids ("1 2 3")')
         parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens --generate adds")
     args = parser.parse_args(argv)
-    if HF_CHECKPOINT:
-        # --save writes the weights after training: with --check or --generate alone, none runs
-        if args.save is not None and not args.steps and (args.check or getattr(args, "generate", None) is not None):
-            parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
+    if HF_CHECKPOINT and nothing_to_save(args):
+        parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
     if ENDS and args.generate is not None:
         try:
             args.prompt = [int(word) for word in args.generate.split()]

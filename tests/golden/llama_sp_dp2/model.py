@@ -1173,6 +1173,11 @@ def set_checkpoints(load: str | None, save: str | None) -> None:
     PATHS.update(load=load, save=save)
 
 
+def nothing_to_save(args: argparse.Namespace) -> bool:
+    """--save given where no training step runs after which to save: --check or --generate alone."""
+    return args.save is not None and not args.steps and (args.check or getattr(args, "generate", None) is not None)
+
+
 def load_requested(stage: nn.Module, groups: Groups) -> Checkpoint | None:
     """The stage's weights from --load's checkpoint, if given; the checkpoint read."""
     load = PATHS["load"]
@@ -1707,8 +1712,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generate", metavar="IDS", help='greedy generation after these token ids ("1 2 3")')
     parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens --generate adds")
     args = parser.parse_args(argv)
-    # --save writes the weights after training: with --check or --generate alone, none runs
-    if args.save is not None and not args.steps and (args.check or getattr(args, "generate", None) is not None):
+    if nothing_to_save(args):
         parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
     if args.generate is not None:
         try:
