@@ -15,6 +15,11 @@ cross-entropy vocabulary-parallel (no rank holds logits over the whole vocabular
 
     torchrun --nproc-per-node 8 model.py --data tokens.bin --steps 100   # train on a token file
     torchrun --nproc-per-node 8 model.py --generate "1 2 3" --max-new 8   # greedy tokens after a prefix
+
+Weights from a Hugging Face checkpoint (safetensors or pytorch_model.bin; each rank reads only
+its shard), and the trained ones written back in the same names and files:
+
+    torchrun --nproc-per-node 8 model.py --load DIR --steps 10 --save OUT
 """
 
 from __future__ import annotations
