@@ -25,6 +25,7 @@ class EndsView:
     own_copy: bool  # tied over several stages: the last stage keeps its own copy of it
     final_norm: str  # its constructor
     into_head: str  # the expression that takes the final norm's output `x` into the head ("" : x itself)
+    embed_nodes: str  # the DAG's nodes of the embedding, as a comment names them
     head_weight: str  # the head's matrix, as the last stage's forward names it
     sharding: tuple[tuple[str, str], ...]  # (parameter, how it splits), in the order of the model
     shapes: tuple[tuple[str, str], ...]  # (parameter, its full shape in model.py's constants)
@@ -41,10 +42,13 @@ def ends_view(program: Program) -> EndsView | None:
     head = steps["head"]
     into = ""
     source = steps.get(head.inputs[0])
+    suffix = "_dp<d>" if mesh.dp > 1 else ""
     if source is not None and source.kind == "comm":
-        into = f"{source.pair}(x, dim=1, group=self.groups.tp)"
+        into = f"{source.pair}(x, dim=1, group=self.groups.tp)  # {source.name}{suffix}"
     elif source is not None and source.copied:
         into = "copy_to_tp(x, self.groups.tp)"
+    reduced = [step.name + suffix for step in ends.first if step.kind == "comm"]
+    embed_nodes = ", ".join(["embed_gpu<rank>", *reduced])
     norms = tuple(f"final_norm.{name}" for name in NORM_PARAMETERS[norm])
     positions = model.positions == "learned"
     shapes = (
@@ -66,6 +70,7 @@ def ends_view(program: Program) -> EndsView | None:
         own_copy=model.tie_embeddings and mesh.pp > 1,
         final_norm=NORMS[norm].format("HIDDEN", exact(model.norm_eps)),
         into_head=into,
+        embed_nodes=embed_nodes,
         head_weight="self.embed.weight" if model.tie_embeddings else "self.head.weight",
         sharding=tuple((name, split.get(name, "replicated")) for name, _ in shapes),
         shapes=tuple(shapes),

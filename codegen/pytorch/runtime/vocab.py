@@ -130,18 +130,20 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, groups: Groups) -> torch.Tensor:
     """Per-token losses [batch, seq] from this rank's logits, whole on every rank of the group."""
     first = groups.tp_rank * (PADDED_VOCAB // TP)
-    group = groups.tp if TP > 1 else None
-    return _VocabParallelCrossEntropy.apply(logits, targets, first, group)
+    if TP > 1:
+        return _VocabParallelCrossEntropy.apply(logits, targets, first, groups.tp)
+    else:
+        return _VocabParallelCrossEntropy.apply(logits, targets, first, None)
 
 
 def greedy_token(logits: torch.Tensor, groups: Groups) -> torch.Tensor:
     """The id of the largest logit of one position, [rows] on this rank, over the whole vocabulary."""
     logits = logits.float()
-    first = groups.tp_rank * (PADDED_VOCAB // TP)
     if PADDED:
-        logits = logits.index_fill(-1, padding_rows(first, logits), float("-inf"))
+        logits = logits.index_fill(-1, padding_rows(groups.tp_rank * (PADDED_VOCAB // TP), logits), float("-inf"))
     best = logits.max(dim=-1)
     if TP > 1:
+        first = groups.tp_rank * (PADDED_VOCAB // TP)
         # Reporting only, not one of the model's collectives: every rank's best (value, id).
         found = [torch.empty(2, dtype=torch.float64, device=logits.device) for _ in range(TP)]
         pair = [best.values.item(), first + best.indices.item()]

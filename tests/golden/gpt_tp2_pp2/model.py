@@ -220,16 +220,15 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, groups: Groups) -> torch.Tensor:
     """Per-token losses [batch, seq] from this rank's logits, whole on every rank of the group."""
     first = groups.tp_rank * (PADDED_VOCAB // TP)
-    group = groups.tp if TP > 1 else None
-    return _VocabParallelCrossEntropy.apply(logits, targets, first, group)
+    return _VocabParallelCrossEntropy.apply(logits, targets, first, groups.tp)
 
 
 def greedy_token(logits: torch.Tensor, groups: Groups) -> torch.Tensor:
     """The id of the largest logit of one position, [rows] on this rank, over the whole vocabulary."""
     logits = logits.float()
-    first = groups.tp_rank * (PADDED_VOCAB // TP)
-    logits = logits.index_fill(-1, padding_rows(first, logits), float("-inf"))
+    logits = logits.index_fill(-1, padding_rows(groups.tp_rank * (PADDED_VOCAB // TP), logits), float("-inf"))
     best = logits.max(dim=-1)
+    first = groups.tp_rank * (PADDED_VOCAB // TP)
     # Reporting only, not one of the model's collectives: every rank's best (value, id).
     found = [torch.empty(2, dtype=torch.float64, device=logits.device) for _ in range(TP)]
     pair = [best.values.item(), first + best.indices.item()]
@@ -289,9 +288,9 @@ class Stage(nn.Module):
 
     Layers are named by their index in the whole model (`layers.5.ln1.weight`), so parameter
     names match Reference's.
-    The first stage embeds the token ids; the last gives this rank's logits, [batch, seq,
-    PADDED_VOCAB // TP] (the DAG's `embed` ... and `final_norm`, `head`; the loss is computed
-    from them by `microbatch_loss`).
+    The first stage embeds the token ids; the last applies the final norm and the head and gives
+    this rank's logits, [batch, seq, PADDED_VOCAB // TP], from which `microbatch_loss` computes
+    the loss. Comments name the DAG's nodes of the model's ends.
     """
 
     def __init__(self, groups: Groups) -> None:
@@ -309,15 +308,15 @@ class Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.first_stage:
-            x = self.embed(x)  # token ids -> the residual stream
+            x = self.embed(x)  # embed_gpu<rank>, allreduce_embed
             positions = torch.arange(x.shape[1], device=x.device)
-            x = x + self.pos_embed(positions)
+            x = x + self.pos_embed(positions)  # pos_embed_gpu<rank>, add_positions_gpu<rank>
         for layer in self.layers.values():
             x = layer(x)
         if self.last_stage:
-            x = self.final_norm(x)
+            x = self.final_norm(x)  # final_norm_gpu<rank>
             x = copy_to_tp(x, self.groups.tp)
-            x = F.linear(x, self.embed.weight)  # this rank's logits
+            x = F.linear(x, self.embed.weight)  # head_gpu<rank>: this rank's logits
         return x
 
 
