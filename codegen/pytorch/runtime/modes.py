@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from par.codegen.pytorch.runtime.batches import make_batch, microbatches, rank_data
-from par.codegen.pytorch.runtime.groups import Groups
+from par.codegen.pytorch.runtime.groups import Groups, coordinates
 from par.codegen.pytorch.runtime.model import Reference, reference_layer
 from par.codegen.pytorch.runtime.optimizer import LossScaler, Optimizer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
@@ -54,19 +54,50 @@ def derived_tolerance() -> tuple[float, str]:
     return max(1e-5, derived), f"2 eps sqrt(layers x tokens) = 2 x {eps:.3g} x sqrt({LAYERS} x {tokens}), at least 1e-5"
 
 
-def check(groups: Groups, device: torch.device, seed: int, tolerance: float | None) -> bool:
-    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?
+def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:
+    """The unsharded weights of this rank's stage, as Reference draws them, layer by layer: never the whole model."""
+    first, last = STAGES[groups.stage]
+    return {
+        f"layers.{layer}.{name}": tensor
+        for layer in range(first, last + 1)
+        for name, tensor in reference_layer(layer, seed).state_dict().items()
+    }
 
-    Reference computes in fp32 on the same weights and batch (rounded to DTYPE as this rank's are),
-    so the errors are those of this rank's fp16/bf16 arithmetic alone.
+
+def reference_step(reference: Reference, seed: int) -> torch.Tensor:
+    """Reference's forward and backward on the whole batch, in fp32: its outputs; its gradients stay on its parameters.
+
+    The inputs are rounded to DTYPE first, as the sharded step's are.
     """
-    reference = Reference(seed).to(device)
-    stage = build_stage(groups, device, reference.state_dict())
     reference.float()
+    device = next(reference.parameters()).device
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
     inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
+    return expected.detach()
+
+
+def compared(expected: torch.Tensor, reference_grads: dict[str, torch.Tensor], rank: int) -> list[torch.Tensor]:
+    """What `rank` compares, from Reference's outputs and gradients: its part of each output microbatch
+    (last stage only), then the gradient of each parameter it holds, sliced as it holds it."""
+    dp_rank, stage, tp_rank = coordinates(rank)
+    outputs = microbatches(expected.chunk(DP)[dp_rank], tp_rank, expected.device) if stage == PP - 1 else []
+    shards = shard_state_dict(reference_grads, rank)
+    return outputs + [shards[name] for name in parameter_names(rank)]
+
+
+def check(groups: Groups, device: torch.device, seed: int, tolerance: float | None) -> bool:
+    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?
+
+    Reference computes in fp32 on the same weights and batch (rounded to DTYPE as this rank's are),
+    so the errors are those of this rank's fp16/bf16 arithmetic alone. Only rank 0 builds it: it
+    sends every other rank just what that rank compares, so no other rank holds the whole model.
+    """
+    reference = Reference(seed).to(device) if groups.rank == 0 else None
+    weights = stage_weights(groups, seed) if reference is None else reference.state_dict()
+    stage = build_stage(groups, device, weights)
+    del weights
 
     data = rank_data(groups, seed, device)
     schedule = PipelineSchedule(stage, groups, device)
@@ -82,13 +113,31 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
             schedule.loss_scale = scaler.scale
             outputs, _ = train_step(schedule, buffer, groups, data)
 
+    grads = buffer.main_views
+    names = parameter_names(groups.rank)
+    if reference is not None:
+        expected = reference_step(reference, seed)
+        reference_grads = gradients(reference)
+        # Not one of the model's collectives: one point-to-point message per rank, which nccl
+        # carries as well as gloo; each rank posts its receive after its step, so none waits on another.
+        for rank in range(1, WORLD_SIZE):
+            dist.send(torch.cat([part.reshape(-1).float() for part in compared(expected, reference_grads, rank)]), rank)
+        mine = compared(expected, reference_grads, 0)
+        del reference, expected, reference_grads
+    else:
+        shapes = [output.shape for output in outputs] + [grads[name].shape for name in names]
+        flat = torch.empty(sum(shape.numel() for shape in shapes), dtype=torch.float32, device=device)
+        dist.recv(flat, 0)
+        mine = [
+            part.view(shape)
+            for part, shape in zip(flat.split([shape.numel() for shape in shapes]), shapes, strict=True)
+        ]
+    expected_outputs, reference_grads = mine[: len(outputs)], dict(zip(names, mine[len(outputs) :], strict=True))
+
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
-        mine = microbatches(expected.detach().chunk(DP)[groups.dp_rank], groups, device)
-        output_error = relative_error(torch.cat(outputs), torch.cat(mine))
-    reference_grads = shard_state_dict(gradients(reference), groups.rank)
-    grads = buffer.main_views
-    gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
+        output_error = relative_error(torch.cat(outputs), torch.cat(expected_outputs))
+    gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in names]
     worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
 
     # Reporting only, not one of the model's collectives: every rank's worst errors, as numbers
@@ -119,13 +168,7 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
 
 def train(groups: Groups, device: torch.device, steps: int, seed: int, lr: float) -> None:
     """`steps` AdamW steps on one fixed batch; the first rank of the last stage prints loss and throughput."""
-    first, last = STAGES[groups.stage]
-    full = {
-        f"layers.{layer}.{name}": tensor
-        for layer in range(first, last + 1)
-        for name, tensor in reference_layer(layer, seed).state_dict().items()
-    }
-    stage = build_stage(groups, device, full)
+    stage = build_stage(groups, device, stage_weights(groups, seed))
     schedule = PipelineSchedule(stage, groups, device)
     buffer = GradientBuffer(stage)
     optimizer = Optimizer(stage, buffer, lr)
