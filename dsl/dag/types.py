@@ -51,6 +51,8 @@ class NodeAttrs(TypedDict):
     backward: NotRequired[CollectiveOp]
     backward_wire_bytes: NotRequired[int | float]
     backward_reason: NotRequired[str]  # why an AllGather needs no ReduceScatter in backward
+    after: NotRequired[str]  # collectives: the one issued before it that its data does not depend on (program order)
+    clone: NotRequired[bool]  # a local slice that copies its part, so that its source is freed (lowering.copies)
 
 
 class EdgeAttrs(TypedDict):

@@ -45,6 +45,8 @@ class Step:
     pair: str | None = None
     copied: bool = False
     backward_reason: str | None = None
+    # A plain local slice that copies its part so that its source is freed (par.dsl.lowering.copies).
+    clone: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,7 +145,7 @@ class GptLayer(nn.Module):
         # DAG: layer_<i>_allgather_mlp (written in the spec); backward: this rank's part, no ReduceScatter
         allgather_mlp = all_gather(fc1, dim=2, group=self.tp_group)
         act = F.gelu(allgather_mlp, approximate="tanh")
-        slice_act = act.chunk(TP, dim=2)[self.tp_rank]  # DAG: layer_<i>_slice_act_gpu<rank>
+        slice_act = act.chunk(TP, dim=2)[self.tp_rank].clone()  # DAG: layer_<i>_slice_act_gpu<rank>
         mlp = self.mlp(slice_act)
         allreduce_mlp = all_reduce(mlp, self.tp_group)  # DAG: layer_<i>_allreduce_mlp
         out = h + allreduce_mlp
