@@ -195,6 +195,8 @@ class _Writer:
         if step.pair is None:  # a local slice: the partial gradient is reduced upstream
             operand = self._features_split(value, self._copied(value), dim)
             call = f"{operand}.chunk(TP, dim={dim})[self.tp_rank]"
+            if step.clone:  # kept for backward: a copy, so that the whole source is freed
+                call += ".clone()"
             self.uses_tp_rank = True
         else:
             operand = self._features_split(value, self._name(value), dim)

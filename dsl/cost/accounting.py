@@ -214,7 +214,8 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
 
     Each node keeps what its op's `saves` says. A tensor kept by several nodes is one tensor: it
     is keyed by the node that produced it (and the rank, for a collective's result). A local
-    slice without a pair is a view of its source: keeping it keeps the whole source. `on_cpu`: with what
+    slice without a pair is a view of its source: keeping it keeps the whole source, unless it
+    copies its part (`clone`, par.dsl.lowering.copies). `on_cpu`: with what
     torch's CPU kernels keep instead of its CUDA ones (the test that measures them runs on CPU).
     """
     model = graph.graph["model"]
@@ -238,11 +239,11 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
 
 
 def _tensor(graph: Dag, node: str, rank: int) -> tuple[tuple, int]:
-    """The tensor that holds `node`'s result on `rank` (a plain slice's source) and its bytes.
+    """The tensor that holds `node`'s result on `rank` (a plain slice's source, unless it copies) and its bytes.
 
     The slice of the microbatch input is no view: each rank is given its part of the stream."""
     data = graph.nodes[node]
-    if data["op"] == "slice" and "backward" not in data:
+    if data["op"] == "slice" and "backward" not in data and not data.get("clone"):
         source = next(iter(graph.predecessors(node)))
         if graph.nodes[source]["op"] != "input":
             return _tensor(graph, source, rank)

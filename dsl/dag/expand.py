@@ -44,6 +44,26 @@ def node_count(program: Program) -> int:
     return 2 + input_slices + mesh.dp * per_replica + boundaries
 
 
+def issue_after(steps: tuple[Step, ...]) -> dict[str, str]:
+    """Collective -> the one before it in program order, where its data does not depend on that one.
+
+    Every rank issues a layer's collectives in program order; where two are independent (the
+    AllGathers of `gate` and `up`), the DAG records that order on the later one (`after`), so
+    that each rank's collectives still form one chain (invariant 6)."""
+    upstream: dict[str, set[str]] = {}  # step -> the collectives its inputs depend on
+    recorded: dict[str, str] = {}
+    previous = None
+    for step in steps:
+        reached = set().union(*(upstream.get(value, set()) for value in step.inputs))
+        if step.kind == "comm":
+            if previous is not None and previous not in reached:
+                recorded[step.name] = previous
+            reached = reached | {step.name, *(upstream.get(previous, set()) if previous else set())}
+            previous = step.name
+        upstream[step.name] = reached
+    return recorded
+
+
 def graph_attributes(program: Program) -> GraphAttrs:
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
@@ -96,6 +116,7 @@ class _Expander:
         self.ends = ends
         self.end_templates = {step.name: self._template(step) for step in (ends.first + ends.last if ends else ())}
         self.comm = {step.name for step in program.steps if step.kind == "comm"}
+        self.issue_after = issue_after(program.steps)
 
     def run(self) -> Dag:
         mesh, program = self.mesh, self.program
@@ -186,6 +207,8 @@ class _Expander:
             data["operand_placements"] = [placement.text for placement in step.operand_placements]
         if step.tied:
             data["tied"] = True
+        if step.clone:
+            data["clone"] = True
         return data
 
     def _backward(self, data: NodeAttrs, kind: CollectiveOp | None, full_bytes: int) -> None:
@@ -304,6 +327,9 @@ class _Expander:
                 node = ids.collective_id(layer, step.name, dp_rank, self.mesh.dp)
                 collective = template.copy()
                 collective["layer"], collective["stage"], collective["devices"] = layer, stage, devices
+                before = self.issue_after.get(step.name)
+                if before is not None:
+                    collective["after"] = ids.collective_id(layer, before, dp_rank, self.mesh.dp)
                 self._node(node, collective)
                 for source in dict.fromkeys(produced[step.inputs[0]]):
                     self._edge(source, node, (0,))

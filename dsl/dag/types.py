@@ -60,6 +60,8 @@ class NodeAttrs(TypedDict):
     operand_shapes: NotRequired[list[Shape]]
     operand_placements: NotRequired[list[PlacementText]]
     tied: NotRequired[bool]  # the LM head's own copy of the embedding matrix (tie_embeddings, pp > 1)
+    after: NotRequired[str]  # collectives: the one issued before it that its data does not depend on (program order)
+    clone: NotRequired[bool]  # a local slice that copies its part, so that its source is freed (lowering.copies)
 
 
 class EdgeAttrs(TypedDict):

@@ -76,10 +76,22 @@ class _Validator:
     def topological_order(self) -> list[str] | None:
         """For graphs whose insertion order is not topological: a sort, or the cycle reported."""
         try:
-            return list(nx.topological_sort(plain(self.graph)))
+            order = list(nx.topological_sort(plain(self.graph)))
         except nx.NetworkXUnfeasible:
             cycle = [u for u, _ in nx.find_cycle(plain(self.graph))]
             self.violation(1, f"cycle {' -> '.join(cycle + [cycle[0]])}", cycle[0])
+            return None
+        recorded = [(data["after"], node) for node, data in self.nodes.items() if data.get("after") in self.nodes]
+        if not recorded:
+            return order
+        # A recorded issue order (`after`) is a dependency too: sort with it, so that the walk meets it first.
+        ordered = nx.DiGraph(plain(self.graph))
+        ordered.add_edges_from(recorded)
+        try:
+            return list(nx.topological_sort(ordered))
+        except nx.NetworkXUnfeasible:
+            cycle = [u for u, _ in nx.find_cycle(ordered)]
+            self.violation(6, f"the recorded issue order contradicts the data: {' -> '.join(cycle + [cycle[0]])}", cycle[0])
             return None
 
     # 2, 3, 4, 5, 6 and what 7 needs, in one pass over the nodes ----------------------------------
@@ -303,8 +315,16 @@ class _IssueOrder:
         self.findings: list[tuple[str, str]] = []
 
     def communication(self, node: str, devices) -> None:
+        """`after` (a collective issued before this one by program order) orders it like an in-edge would."""
+        inputs = self.pred[node]
+        after = self.nodes[node].get("after")
+        if after is not None:
+            if after not in self.position or self.nodes[after].get("devices") != devices:
+                self.findings.append((f"{node} is issued after {after}, which is no earlier collective of its group", node))
+            else:
+                inputs = [*inputs, after]
         for rank in devices:
-            reached = self.reaching(self.pred[node], rank)
+            reached = self.reaching(inputs, rank)
             before = self.previous.get(rank)
             if before is not None and reached != before:
                 self.findings.append(

@@ -8,6 +8,7 @@ from par.dsl.checks.deployment import Deployment, Op
 from par.dsl.diagnostics import CompileError, Diagnostic, error
 from par.dsl.limits import MAX_BLOCK_OPS, MAX_SEARCH_STATES
 from par.dsl.lowering.backward import with_pairs
+from par.dsl.lowering.copies import with_copies
 from par.dsl.lowering.ends import model_ends
 from par.dsl.lowering.placement import (
     S_SEQ,
@@ -69,6 +70,7 @@ class _Builder:
             self._convert(convert, None)
         result = self.providers[(self.block.result, self.stream)]
         steps, param_copied = with_pairs(tuple(self.steps), self.block.param, result, self.stream)
+        steps = with_copies(steps, self.block.param, result)
         shape = stream_shape(self.deployment)
         program = Program(
             deployment=self.deployment,

@@ -55,6 +55,8 @@ class Step:
     # input_bytes): the output's dtype and the bytes of an input element; None: the spec's.
     dtype: Dtype | None = None
     input_bytes: int | None = None
+    # A plain local slice that copies its part so that its source is freed (par.dsl.lowering.copies).
+    clone: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,9 +97,19 @@ def test_a_biased_blocks_nodes_are_node_attrs(compile_spec):
         assert not typed_dict_problems(data, NodeAttrs), (node, typed_dict_problems(data, NodeAttrs))
 
 
+# Independent AllGathers (gate, up): the later one records the order every rank issues them in (`after`).
+UNORDERED_GATHERS = (
+    "model m : llama { layers 2  hidden 32  heads 4  ffn 64  batch 4  seq 8  dtype fp32 }\n"
+    "mesh { tp 2 }\nplace allgather after qkv, gate, up\n"
+)
+
+
 def test_every_attribute_the_type_names_is_written(shipped, compile_spec):
     """No key of NodeAttrs that expansion never writes: the union over the cases is all of them."""
-    graphs = [shipped(stem, *defines).graph for stem, defines in CASES] + [compile_spec(BIASED).graph]
+    graphs = [shipped(stem, *defines).graph for stem, defines in CASES] + [compile_spec(BIASED).graph, compile_spec(UNORDERED_GATHERS).graph]
+    for graph in graphs[-1:]:
+        for node, data in graph.nodes(data=True):
+            assert not typed_dict_problems(data, NodeAttrs), (node, typed_dict_problems(data, NodeAttrs))
     written = {key for graph in graphs for _, data in graph.nodes(data=True) for key in data}
     assert written == set(get_type_hints(NodeAttrs))
 

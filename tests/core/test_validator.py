@@ -134,3 +134,24 @@ def test_a_hand_built_cycle_is_printed():
     g = hand_built()
     g.add_edge("side0", "up0", operands=(1,))
     assert "cycle" in messages(g)
+
+
+def test_a_recorded_issue_order_chains_independent_collectives():
+    g = hand_built(with_order_bug=True)
+    assert "may issue ag and ar in either order" in messages(g)
+    for before, after in (("ag", "ar"), ("ar", "ag")):  # either order, once it is recorded
+        g.nodes[before].pop("after", None)
+        g.nodes[after]["after"] = before
+        assert validate(g) == [], (before, after)
+
+
+def test_an_issue_order_naming_no_collective_of_the_group_is_reported():
+    g = hand_built()
+    g.nodes["ar"]["after"] = "nowhere"
+    assert "ar is issued after nowhere, which is no earlier collective of its group" in messages(g)
+
+
+def test_an_issue_order_against_the_data_is_reported(graph):
+    # the AllReduce after attention needs the AllGather's result: it cannot be issued first
+    graph.nodes["layer_0_allgather_qkv"]["after"] = "layer_0_allreduce_attn"
+    assert "layer_0_allgather_qkv is issued after layer_0_allreduce_attn, which is no earlier collective" in messages(graph)

@@ -133,6 +133,13 @@ BLOCKS = {
         model m : gr { layers 2  hidden 64  heads 4  ffn 256  batch 4  seq 8  dtype fp32 }
         mesh { tp 2  microbatches 2 }
     """,
+    # Two AllGathers that do not depend on each other (gate, up): every rank issues them in
+    # program order, which the DAG records (`after`).
+    "llama gathers after qkv, gate, up": """
+        model m : llama { layers 2  hidden 64  heads 4  kv_heads 2  ffn 256  batch 4  seq 8  dtype fp32 }
+        mesh { tp 2  microbatches 2 }
+        place allgather after qkv, gate, up
+    """,
     # An op named like the collective lowering inserts before it: the op's step is renamed
     # (allreduce_m_2), and Reference must name its parameters the same way.
     "op named like an inserted collective": """

@@ -62,20 +62,20 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def rank_part(microbatch: torch.Tensor, groups: Groups, device: torch.device) -> torch.Tensor:
-    """This rank's part of a microbatch, on its device."""
+def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> torch.Tensor:
+    """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
     if ENDS:
         return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
     if SEQUENCE_PARALLEL:
         # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
         # residual stream is S(seq).
-        microbatch = microbatch.chunk(TP, dim=1)[groups.tp_rank].contiguous()
+        microbatch = microbatch.chunk(TP, dim=1)[tp_rank].contiguous()
     return microbatch.to(device=device, dtype=DTYPE)
 
 
-def microbatches(batch: torch.Tensor, groups: Groups, device: torch.device) -> list[torch.Tensor]:
-    """A replica's batch cut into microbatches, this rank's part of each."""
-    return [rank_part(part, groups, device) for part in batch.chunk(MICROBATCHES)]
+def microbatches(batch: torch.Tensor, tp_rank: int, device: torch.device) -> list[torch.Tensor]:
+    """A replica's batch cut into microbatches, tensor-parallel rank `tp_rank`'s part of each."""
+    return [rank_part(part, tp_rank, device) for part in batch.chunk(MICROBATCHES)]
 
 
 def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -84,7 +84,7 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     Drawn once, before the steps, and moved to the device then.
     """
     inputs, targets = (
-        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups, device) for i in range(MICROBATCHES)]
+        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device) for i in range(MICROBATCHES)]
         if needed
         else []
         for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))

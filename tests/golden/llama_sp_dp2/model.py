@@ -866,12 +866,12 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def rank_part(microbatch: torch.Tensor, groups: Groups, device: torch.device) -> torch.Tensor:
-    """This rank's part of a microbatch, on its device."""
+def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> torch.Tensor:
+    """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
     return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
     # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
     # residual stream is S(seq).
-    microbatch = microbatch.chunk(TP, dim=1)[groups.tp_rank].contiguous()
+    microbatch = microbatch.chunk(TP, dim=1)[tp_rank].contiguous()
     return microbatch.to(device=device, dtype=DTYPE)
 
 
@@ -881,7 +881,7 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     Drawn once, before the steps, and moved to the device then.
     """
     inputs, targets = (
-        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups, device) for i in range(MICROBATCHES)]
+        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device) for i in range(MICROBATCHES)]
         if needed
         else []
         for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))
@@ -1553,37 +1553,87 @@ def derived_tolerance() -> tuple[float, str]:
     return max(1e-5, derived), f"2 eps sqrt(layers x tokens) = 2 x {eps:.3g} x sqrt({LAYERS} x {tokens}), at least 1e-5"
 
 
-def check(groups: Groups, device: torch.device, seed: int, tolerance: float | None) -> bool:
-    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?
+def reference_step(reference: Reference, seed: int) -> torch.Tensor:
+    """Reference's forward and backward on the whole batch, in fp32: its outputs; its gradients stay on its parameters.
 
-    Reference computes in fp32 on the same weights and batch (rounded to DTYPE as this rank's are),
-    so the errors are those of this rank's fp16/bf16 arithmetic alone.
+    The inputs are rounded to DTYPE first, as the sharded step's are.
     """
-    reference = Reference(seed).to(device)
-    stage = build_stage(groups, device, reference.state_dict())
     reference.float()
+    device = next(reference.parameters()).device
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
     inputs, targets = (torch.cat(parts).to(device=device) for parts in zip(*batches, strict=True))
     logits = reference(inputs)
     per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
     # The loss of each replica's batch; their mean is the whole batch's (each has as many targets).
-    replicas = [
-        part.sum() / (mask >= 0).sum()
-        for part, mask in zip(per_token.view(targets.shape).chunk(DP), targets.chunk(DP), strict=True)
-    ]
-    torch.stack(replicas).mean().backward()
+    replicas = torch.stack(
+        [
+            part.sum() / (mask >= 0).sum()
+            for part, mask in zip(per_token.view(targets.shape).chunk(DP), targets.chunk(DP), strict=True)
+        ]
+    )
+    replicas.mean().backward()
+    return replicas.detach()
+    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
+    expected = reference(inputs)
+    F.mse_loss(expected, targets).backward()
+    return expected.detach()
+
+
+def compared(expected: torch.Tensor, reference_grads: dict[str, torch.Tensor], rank: int) -> list[torch.Tensor]:
+    """What `rank` compares, from Reference's outputs and gradients: on the last stage its replica's
+    loss (with a vocabulary) or its part of each output microbatch, then the gradient of each
+    parameter it holds, sliced as it holds it."""
+    dp_rank, stage, tp_rank = coordinates(rank)
+    if stage != PP - 1:
+        outputs = []
+    outputs = [expected[dp_rank].reshape(1)]
+    shards = shard_state_dict(reference_grads, rank)
+    return outputs + [shards[name] for name in parameter_names(rank)]
+
+
+def check(groups: Groups, device: torch.device, seed: int, tolerance: float | None) -> bool:
+    """One step of this rank and of Reference on the same weights and batch: are outputs and gradients equal?
+
+    Reference computes in fp32 on the same weights and batch (rounded to DTYPE as this rank's are),
+    so the errors are those of this rank's fp16/bf16 arithmetic alone. Only rank 0 builds it: it
+    sends every other rank just what that rank compares, so no other rank holds the whole model.
+    """
+    reference = Reference(seed).to(device) if groups.rank == 0 else None
+    weights = stage_weights(groups, seed) if reference is None else reference.state_dict()
+    stage = build_stage(groups, device, weights)
+    del weights
 
     data = rank_data(groups, seed, device)
     schedule = PipelineSchedule(stage, groups, device)
     buffer = GradientBuffer(stage)
     outputs, step_losses = train_step(schedule, buffer, groups, data)
+    outputs = [torch.stack(step_losses).sum().reshape(1)] if groups.stage == PP - 1 else []
+
+    grads = buffer.main_views
+    names = parameter_names(groups.rank)
+    if reference is not None:
+        expected = reference_step(reference, seed)
+        reference_grads = gradients(reference)
+        # Not one of the model's collectives: one point-to-point message per rank, which nccl
+        # carries as well as gloo; each rank posts its receive after its step, so none waits on another.
+        for rank in range(1, WORLD_SIZE):
+            dist.send(torch.cat([part.reshape(-1).float() for part in compared(expected, reference_grads, rank)]), rank)
+        mine = compared(expected, reference_grads, 0)
+        del reference, expected, reference_grads
+    else:
+        shapes = [output.shape for output in outputs] + [grads[name].shape for name in names]
+        flat = torch.empty(sum(shape.numel() for shape in shapes), dtype=torch.float32, device=device)
+        dist.recv(flat, 0)
+        mine = [
+            part.view(shape)
+            for part, shape in zip(flat.split([shape.numel() for shape in shapes]), shapes, strict=True)
+        ]
+    expected_outputs, reference_grads = mine[: len(outputs)], dict(zip(names, mine[len(outputs) :], strict=True))
 
     output_error = -1.0  # -1: this rank produces no model output
-    if groups.stage == PP - 1:  # the model's output is its loss: this replica's
-        output_error = relative_error(torch.stack(step_losses).sum(), replicas[groups.dp_rank].detach())
-    reference_grads = shard_state_dict(gradients(reference), groups.rank)
-    grads = buffer.main_views
-    gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in parameter_names(groups.rank)]
+    if outputs:
+        output_error = relative_error(torch.cat(outputs), torch.cat(expected_outputs))
+    gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in names]
     worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
 
     # Reporting only, not one of the model's collectives: every rank's worst errors, as numbers
