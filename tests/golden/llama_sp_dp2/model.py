@@ -1584,9 +1584,9 @@ def compared(expected: torch.Tensor, reference_grads: dict[str, torch.Tensor], r
     loss (with a vocabulary) or its part of each output microbatch, then the gradient of each
     parameter it holds, sliced as it holds it."""
     dp_rank, stage, tp_rank = coordinates(rank)
-    if stage != PP - 1:
-        outputs = []
-    outputs = [expected[dp_rank].reshape(1)]
+    outputs: list[torch.Tensor] = []
+    if stage == PP - 1:
+        outputs = [expected[dp_rank].reshape(1)]
     shards = shard_state_dict(reference_grads, rank)
     return outputs + [shards[name] for name in parameter_names(rank)]
 

@@ -497,9 +497,9 @@ def compared(expected: torch.Tensor, reference_grads: dict[str, torch.Tensor], r
     loss (with a vocabulary) or its part of each output microbatch, then the gradient of each
     parameter it holds, sliced as it holds it."""
     dp_rank, stage, tp_rank = coordinates(rank)
-    if stage != PP - 1:
-        outputs = []
-    outputs = microbatches(expected.chunk(DP)[dp_rank], tp_rank, expected.device)
+    outputs: list[torch.Tensor] = []
+    if stage == PP - 1:
+        outputs = microbatches(expected.chunk(DP)[dp_rank], tp_rank, expected.device)
     shards = shard_state_dict(reference_grads, rank)
     return outputs + [shards[name] for name in parameter_names(rank)]
 
