@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from par import build as driver
 from par.commands.common import (
     add_defines,
     add_limits,
@@ -18,6 +18,9 @@ from par.commands.common import (
 from par.dsl.escape import terminal
 from par.dsl.frontend.inputs import spec_inputs
 from par.output_folders import refuse_bad_folders
+
+if TYPE_CHECKING:
+    from par import build as driver
 
 
 def register(sub) -> None:
@@ -42,6 +45,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from par import build as driver  # here: `par --help` starts without the emitters
+
     inputs = spec_inputs(args.paths, args.defines, **limits(args))
     refuse_bad_folders(inputs.paths)
     renderers = driver.artifact_renderers()
@@ -81,6 +86,8 @@ def run(args) -> int:
 
 def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | None:
     """The artifacts of one compiled spec; None (after saying why) if a renderer failed."""
+    from par import build as driver
+
     try:
         rendered = driver.render(compiled, out, renderers)
     except driver.RenderError as exc:
@@ -96,6 +103,8 @@ def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | Non
 
 
 def _check(artifacts) -> int:
+    from par import build as driver
+
     problems = driver.stale(artifacts)
     for path, state in problems:
         print(terminal(f"{path}: {state}"))
