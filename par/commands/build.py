@@ -7,6 +7,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from par.codegen.svg import SVG_CHOICES
 from par.commands.common import (
     add_defines,
     add_limits,
@@ -39,6 +40,13 @@ def register(sub) -> None:
         action="store_true",
         help="write nothing; exit 1 listing every missing or stale artifact",
     )
+    parser.add_argument(
+        "--svg",
+        choices=tuple(SVG_CHOICES),
+        default="auto",
+        help="which Graphviz drawings to render (dag.svg, dag.compact.svg): "
+        + "; ".join(f"{name}: {meaning}" for name, meaning in SVG_CHOICES.items()),
+    )
     add_defines(parser)
     add_limits(parser)
     parser.set_defaults(run=run)
@@ -49,7 +57,7 @@ def run(args) -> int:
 
     inputs = spec_inputs(args.paths, args.defines, **limits(args))
     refuse_bad_folders(inputs.paths)
-    renderers = driver.artifact_renderers()
+    renderers = driver.artifact_renderers(args.svg)
     artifacts, notices, failed, total = [], {}, 0, len(inputs.paths)
     for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs), start=1):
         progress(f"[{index}/{total}] {path}")
