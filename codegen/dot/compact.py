@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from par.codegen.dot import style
 from par.codegen.dot.clusters import ClusterTree
 from par.codegen.dot.text import dims, gpus, html, layer_count, layer_span, quoted
-from par.codegen.dot.view import DotEdge, DotNode, edge_view, look_attrs
+from par.codegen.dot.view import DotEdge, DotNode, dot_node, edge_view, look_attrs
 from par.dsl.checks.deployment import Mesh
 from par.dsl.compiler import Compiled
 from par.dsl.dag.types import Dag, NodeAttrs
@@ -130,4 +130,4 @@ def folded_node(fold: Fold, *, members: list[NodeAttrs], compiled: Compiled) -> 
     title = f"{layer_span(fold.first, fold.last).capitalize()} (folded)"
     tooltip = quoted(f"{fold.id}: {layer_count(count)} folded; every layer has the steps of the layer drawn in full")
     attrs = look_attrs(style.FOLDED) + (("tooltip", tooltip),)
-    return DotNode(quoted(fold.id), html(title), tuple(html(row) for row in rows), attrs)
+    return dot_node(quoted(fold.id), html(title), [html(row) for row in rows], attrs)

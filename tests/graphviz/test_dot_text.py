@@ -1,5 +1,6 @@
 """Escaping: no text a spec can carry breaks the DOT syntax, and Graphviz shows it as written."""
 
+import unicodedata
 import xml.etree.ElementTree as ET
 
 from hypothesis import HealthCheck, given, settings
@@ -46,6 +47,17 @@ def test_quoted_escapes_quotes_backslashes_and_ampersands():
 
 def test_html_escapes_markup():
     assert html("<B>&'\"") == "&lt;B&gt;&amp;&#39;&quot;"
+
+
+def test_printable_replaces_exactly_the_code_points_xml_cannot_carry():
+    # The oracle, one code point at a time: Unicode's categories and the noncharacters.
+    def unsafe(code: int) -> bool:
+        char = chr(code)
+        return unicodedata.category(char) in ("Cc", "Cs") or (code & 0xFFFE) == 0xFFFE or 0xFDD0 <= code <= 0xFDEF
+
+    text = "".join(map(chr, range(0x110000)))
+    expected = "".join(REPLACEMENT if unsafe(code) else chr(code) for code in range(0x110000))
+    assert printable(text) == expected
 
 
 def test_printable_replaces_what_xml_cannot_carry():
