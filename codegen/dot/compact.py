@@ -66,8 +66,7 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
     ranges = folds(mesh, expanded=layer)
     fold_of = {number: fold for fold in ranges for number in range(fold.first, fold.last + 1)}
 
-    def rep(node_id: str) -> str | None:
-        data = graph.nodes[node_id]
+    def drawn_as(node_id: str, data: NodeAttrs) -> str | None:
         if data["op"] in ("input", "output"):
             return node_id
         if mesh.coords(data["devices"][0])[0] != 0:
@@ -75,6 +74,8 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
         if data["layer"] is None or data["layer"] == layer:
             return node_id
         return fold_of[data["layer"]].id
+
+    rep = {node_id: drawn_as(node_id, data) for node_id, data in graph.nodes(data=True)}.__getitem__  # asked of every edge's ends
 
     tree = ClusterTree(mesh)
     drawn = [node_id for node_id in graph.nodes if rep(node_id) == node_id]

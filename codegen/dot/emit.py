@@ -63,7 +63,7 @@ def full_view(compiled: Compiled) -> DotGraph:
     tree = ClusterTree(compiled.deployment.mesh)
     for node_id, data in graph.nodes(data=True):
         tree.place(node_id, data)
-    nodes, quoted_id = graph.nodes, tree.views.id
+    nodes, quoted_id = dict(graph.nodes(data=True)), tree.views.id
     edges = []
     for tail, head in graph.edges:  # what edge_view makes, with each id quoted once
         tail_data, head_data = nodes[tail], nodes[head]

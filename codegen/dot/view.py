@@ -31,14 +31,14 @@ from par.dsl.units import size as human_bytes
 Attrs = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs several times more, per node
 class DotNode:
     id: str
     label: str  # html_label's
     attrs: str  # attr_list's; "" for none
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DotEdge:
     tail: str
     head: str
@@ -161,7 +161,7 @@ class NodeViews:
         label = f'<<B>{shared.title}</B><BR/><FONT POINT-SIZE="9">{where}{shared.placements}<BR/>{shared.rows}</FONT>>'
         quoted_id = self.id(node_id)
         tip = f'tooltip="{quoted_id[1:-1]}\\n{shared.facts}"'
-        head = ", ".join(part for part in (shared.look, extra) if part)
+        head = f"{shared.look}, {extra}" if shared.look and extra else shared.look or extra
         return DotNode(quoted_id, label, f"{head}, {tip}" if head else tip)
 
 
