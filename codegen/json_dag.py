@@ -11,6 +11,7 @@ sort_keys writes them).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from par.dsl.dag.types import Dag
@@ -37,23 +38,23 @@ def emit_json(graph: Dag) -> str:
     parts += ['"nodes": [', ",\n".join(lines), "],"]
     lines = []
     operands_text: dict[Any, str] = {}
-    for tail, head_id, data in graph.edges(data=True):
-        if len(data) == 1 and "operands" in data:  # the DAG's edges: keys operands, source, target in order
-            operands = data["operands"]
+    for tail, head_id, edge in graph.edges(data=True):
+        if len(edge) == 1 and "operands" in edge:  # the DAG's edges: keys operands, source, target in order
+            operands = edge["operands"]
             text = operands_text.get(operands)
             if text is None:
                 text = operands_text[operands] = _LINE.encode(operands)
             lines.append(f'{{"operands": {text}, "source": {ids[tail]}, "target": {ids[head_id]}}}')
         else:
-            lines.append(_LINE.encode({**data, "source": tail, "target": head_id}))
+            lines.append(_LINE.encode({**edge, "source": tail, "target": head_id}))
     parts += ['"edges": [', ",\n".join(lines), "]", "}"]
     return "\n".join(parts) + "\n"
 
 
-def _node_line(node: str, encoded_id: str, data: dict, templates: dict[tuple, tuple[str, ...] | None]) -> str:
+def _node_line(node: str, encoded_id: str, data: Mapping[str, Any], templates: dict[tuple, tuple[str, ...] | None]) -> str:
     """`data` with its id, encoded as one line: through the template of its shared attributes
     when it has all of _OWN, else in full."""
-    rest = data.copy()
+    rest = dict(data)
     try:
         layer, stage, devices = rest.pop("layer"), rest.pop("stage"), rest.pop("devices")
     except KeyError:
@@ -71,8 +72,8 @@ def _node_line(node: str, encoded_id: str, data: dict, templates: dict[tuple, tu
     return f"{before}{_devices(devices)}{after_devices}{encoded_id}{after_id}{_scalar(layer)}{after_layer}{_scalar(stage)}{after_stage}"
 
 
-def _full(node: str, data: dict) -> str:
-    item = data.copy()
+def _full(node: str, data: Mapping[str, Any]) -> str:
+    item = dict(data)
     item["id"] = node
     return _LINE.encode(item)
 

@@ -1,6 +1,6 @@
 """Rewrite every snapshot the tests compare against: `python tests/regen.py`.
 
-In turn: the parsers' LALR tables (dsl/frontend/lark_tables.py), the golden artifacts (tests/golden/regen.py), the error snapshots
+In turn: the golden artifacts (tests/golden/regen.py), the error snapshots
 (tests/errors/regen.py) and the lint snapshots (tests/lint/regen_snapshots.py). Each can still
 be run alone. Review the diff before committing: a snapshot is a promise about what users get.
 """
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("dsl/frontend/lark_tables.py", "tests/golden/regen.py", "tests/errors/regen.py", "tests/lint/regen_snapshots.py")
+SCRIPTS = ("tests/golden/regen.py", "tests/errors/regen.py", "tests/lint/regen_snapshots.py")
 
 
 def run(script: str) -> int:

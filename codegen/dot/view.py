@@ -142,18 +142,16 @@ class NodeViews:
     def node(self, node_id: str, data: NodeAttrs, *, extra: str = "") -> DotNode:
         """`node_view(node_id, data, extra=...)`, with `extra` joined as `attr_list` joins it."""
         get = data.get
-        key: tuple | None = (
+        key = (
             data["op"], data["name"], data["kind"], get("style"), data["in_shape"], data["out_shape"], get("in_placement"),
             get("out_placement"), data["flops"], data["params"], data["src"], get("reason"), data["wire_bytes"], data["bytes"], get("peer"),
         )
         try:
             shared = self.shared.get(key)
+            if shared is None:
+                shared = self.shared[key] = _shared(data)
         except TypeError:  # shapes as lists (a DAG read back from JSON): nothing to share
-            shared, key = None, None
-        if shared is None:
             shared = _shared(data)
-            if key is not None:
-                self.shared[key] = shared
         devices = data["devices"]
         where = f"GPU {devices[0]}" if len(devices) == 1 else f"GPUs {ranges(devices)}"  # digits: nothing to escape
         if data["layer"] is not None:

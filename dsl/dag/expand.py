@@ -72,13 +72,13 @@ class _Expander:
         self.deployment: Deployment = program.deployment
         self.mesh = self.deployment.mesh
         self.dtype_bytes = self.deployment.model.dtype_bytes
-        # The graph is filled through the dicts networkx documents for subclasses (`_node`,
-        # `_succ`, `_pred`): `add_nodes_from` would copy every attribute dict, which costs more
-        # than expansion itself. Ids are unique by construction; `run` verifies the count.
+        # The graph is filled through its dicts (`_node`, `_succ`, `_pred`, laid out as networkx's):
+        # `add_node` per node would cost more than expansion itself. Ids are unique by
+        # construction; `run` verifies the count.
         self.graph: Dag = Dag(**graph_attributes(program))
-        self.node_map: dict[str, NodeAttrs] = self.graph._node  # type: ignore[attr-defined]  # not in the stubs
-        self.succ: dict[str, dict[str, EdgeAttrs]] = self.graph._succ  # type: ignore[attr-defined]
-        self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred  # type: ignore[attr-defined]
+        self.node_map: dict[str, NodeAttrs] = self.graph._node
+        self.succ: dict[str, dict[str, EdgeAttrs]] = self.graph._succ
+        self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred
         self.added = 0
         self.templates = {step.name: self._template(step) for step in program.steps}
         self.comm = {step.name for step in program.steps if step.kind == "comm"}

@@ -31,8 +31,9 @@ def dag_collectives(graph: nx.DiGraph, rank: int) -> list[dict]:
                 event["peer"] = data["peer"]
             found.append((node, event))
     nodes = [node for node, _ in found]
+    paths = nx.DiGraph(graph)  # networkx's own graph for its algorithms
     for before, after in pairwise(nodes):  # one chain: the order is not a matter of choice
-        assert nx.has_path(graph, before, after), f"{before} and {after} are not ordered in the DAG"
+        assert nx.has_path(paths, before, after), f"{before} and {after} are not ordered in the DAG"
     return [event for _, event in found]
 
 
