@@ -95,14 +95,16 @@ class _Validator:
         for index, (node, data) in enumerate(nodes.items()):
             position[node] = index
             inputs = pred[node]
-            in_shape = data.get("in_shape")
-            in_placement = data.get("in_placement")
+            get = data.get
+            in_shape = get("in_shape")
+            in_placement = get("in_placement")
             for source in inputs:
                 if forward and source not in position:
                     forward = False
                 source_data = nodes[source]
                 out_shape = source_data.get("out_shape")
-                if out_shape != in_shape and out_shape is not None and in_shape is not None:
+                # Nodes of one step share their shape objects: `is` settles most edges at once.
+                if out_shape is not in_shape and out_shape != in_shape and out_shape is not None and in_shape is not None:
                     self.shapes_differ(source, out_shape, node, in_shape)
                 out_placement = source_data.get("out_placement")
                 if out_placement != in_placement and out_placement is not None and in_placement is not None:
@@ -110,17 +112,22 @@ class _Validator:
             if node in ENDS:
                 self.ends(node, inputs, succ[node])
                 continue
-            arity = data.get("arity")
+            arity = get("arity")
             if not inputs:
                 self.violation(2, f"{node} has no in-edges", node)
-            elif arity is not None and not (arity == 1 and len(inputs) == 1 and _sole_operand(inputs)):
-                missing = _missing_operand(inputs, arity)
+            elif arity is not None:
+                if arity == 1 and len(inputs) == 1:  # _missing_operand's common case, inlined
+                    (edge,) = inputs.values()
+                    sole = edge.get("operands", (0,)) == (0,)
+                else:
+                    sole = False
+                missing = None if sole else _missing_operand(inputs, arity)
                 if missing is not None:
                     self.violation(2, f"{node} lacks operand {missing} of {arity}", node)
             if not succ[node]:
                 self.violation(2, f"{node} has no out-edges", node)
-            op = data.get("op")
-            devices = data.get("devices") or []
+            op = get("op")
+            devices = get("devices") or []
             if op in COMMUNICATION:
                 if forward:
                     order.communication(node, devices)
@@ -142,8 +149,8 @@ class _Validator:
                         latest[node] = None
                 else:
                     latest[node] = order.reaching(inputs, rank)
-            layer = data.get("layer")
-            if layer is not None and data.get("kind") == "compute":
+            layer = get("layer")
+            if layer is not None and get("kind") == "compute":
                 key = (rank, layer, data.get("name") or node)
                 seen = on_path.get(key)
                 on_path[key] = node if seen is None else (seen if isinstance(seen, list) else [seen]) + [node]
@@ -236,9 +243,12 @@ class _Validator:
                 present[(dp_rank, tp_rank)] = set()
         first: dict[tuple, object] = {}
         doubled: dict[tuple, list[str]] = {}
+        paths: dict[int, tuple[int, int]] = {}  # rank -> (dp rank, tp rank)
         for (rank, layer, name), seen in self.on_path.items():
-            dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp)
-            path = (dp_rank, tp_rank)
+            path = paths.get(rank)
+            if path is None:
+                dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp)
+                path = paths[rank] = (dp_rank, tp_rank)
             present[path].add(layer)
             key = (path, layer, name)
             earlier = first.setdefault(key, seen)
@@ -302,11 +312,6 @@ def _cycle(succ: dict[str, dict]) -> list[str]:
 
 def _as_list(seen) -> list[str]:
     return seen if isinstance(seen, list) else [seen]
-
-
-def _sole_operand(inputs: dict) -> bool:
-    (edge,) = inputs.values()
-    return edge.get("operands", (0,)) == (0,)
 
 
 def _missing_operand(inputs: dict, arity: int) -> int | None:
