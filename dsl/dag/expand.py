@@ -1,4 +1,4 @@
-"""Expansion: Program -> the full per-device DAG of one forward microbatch (networkx.DiGraph).
+"""Expansion: Program -> the full per-device DAG of one forward microbatch (types.Dag).
 
 One node per (device, op) per layer, one per collective instance, a Send/Recv pair per
 tensor-parallel rank at every stage boundary, and `input` / `output`. Nodes are added in a
