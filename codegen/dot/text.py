@@ -38,6 +38,8 @@ def quoted(text: str) -> str:
     expands `\\N`, `\\G`, `\\L` and drops unknown escapes in these strings after reading
     `\\\\` as one backslash, so a backslash is written as four.
     """
+    if text.isidentifier():  # node ids: letters, digits and _, none of which is replaced or escaped
+        return f'"{text}"'
     body = printable(text).replace("&", "&amp;").replace("\\", "\\\\\\\\").replace('"', '\\"')
     return f'"{body}"'
 

@@ -157,7 +157,9 @@ class NodeViews:
         if data["layer"] is not None:
             where = f"layer {data['layer']} · {where}"
         label = f'<<B>{shared.title}</B><BR/><FONT POINT-SIZE="9">{where}{shared.placements}<BR/>{shared.rows}</FONT>>'
-        quoted_id = self.id(node_id)
+        quoted_id = self.ids.get(node_id)
+        if quoted_id is None:
+            quoted_id = self.ids[node_id] = quoted(node_id)
         tip = f'tooltip="{quoted_id[1:-1]}\\n{shared.facts}"'
         head = f"{shared.look}, {extra}" if shared.look and extra else shared.look or extra
         return DotNode(quoted_id, label, f"{head}, {tip}" if head else tip)

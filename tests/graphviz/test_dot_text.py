@@ -3,6 +3,7 @@
 import unicodedata
 import xml.etree.ElementTree as ET
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -112,3 +113,9 @@ def test_hostile_text_is_shown_as_written(dot_run):
 @given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=8))
 def test_any_text_is_shown_as_written(dot_run, texts):
     _check(dot_run, texts)
+
+
+@pytest.mark.parametrize("text", ["layer_0_qkv_gpu3", "_x1", "é", "データ", "ℌ𝔢𝔩𝔩𝔬", "a·b"])
+def test_quoted_ids_take_the_short_way_to_the_same_text(text):
+    escaped = printable(text).replace("&", "&amp;").replace("\\", "\\\\\\\\").replace('"', '\\"')
+    assert quoted(text) == f'"{escaped}"'
