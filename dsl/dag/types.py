@@ -109,6 +109,9 @@ def graph_attrs(graph: "Dag") -> GraphAttrs:
 # on both sides; everything in insertion order), which expansion fills and the validator reads
 # directly. Iteration orders are networkx's, so every artifact is byte for byte what a DiGraph
 # gives. `nx.DiGraph(dag)` converts it where an algorithm of networkx is wanted (tests).
+#
+# A compiled DAG's nodes of one step share their devices lists and their edges' attribute dicts
+# (expansion's memory): change them by assignment, or work on `copy()`, which shares nothing.
 
 
 class Dag:
