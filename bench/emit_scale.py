@@ -13,9 +13,12 @@ Where the time went, and what was done about it (cProfile): the DOT view escaped
 of every node character by character (`printable`: 30 s of the 34 s dag.dot took), then the
 template called three Jinja macros per node and edge; now `printable` is one regular
 expression, a drawing's nodes of one step share their escaped text (`NodeViews`), labels and
-attribute lists are joined in Python, and the template's loops only lay them out. dag.json went
-through networkx's `node_link_data` and built a JSON encoder per line; it now encodes each node
-and edge with one encoder, and each id once.
+attribute lists are joined in Python, and the template's loops only lay them out; what is left
+is Python's per-node work (`NodeViews.node`: the key of what a node shares, the label and
+tooltip spliced together) and the template's loop (about a quarter). dag.json went through
+networkx's `node_link_data` and a JSON encoder per line; now each distinct set of shared
+attributes is encoded once and the nodes' id, layer, stage and devices are set into it. The
+cost model (report.md) worked out each node's operands and extras once per rank; now once.
 
     python bench/emit_scale.py
 """
