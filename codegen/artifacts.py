@@ -10,26 +10,32 @@ from par.codegen.dot.emit import emit_compact_dot, emit_dot
 from par.codegen.json_dag import emit_json
 from par.codegen.pytorch.emit import emit_model
 from par.codegen.renderer import Renderer
-from par.codegen.svg import FULL_SVG_MAX_NODES, svg_renderer
+from par.codegen.svg import FULL_SVG_MAX_NODES, SVG_CHOICES, svg_renderer
 from par.dsl.compiler import Compiled
 from par.dsl.cost import spec_cost
 
 T = TypeVar("T")
 
 
-def renderers() -> list[tuple[str, Renderer]]:
-    """(file name, renderer) of every artifact, in order; a fresh list for each build.
+def renderers(svg: str = "auto") -> list[tuple[str, Renderer]]:
+    """(file name, renderer) of every artifact, in order; a fresh list for each build. `svg` is
+    one of SVG_CHOICES.
 
     What several artifacts are made from (each drawing's DOT text, the cost) is computed once
     per spec: the build calls every renderer of a spec before it moves to the next spec.
     """
+    if svg not in SVG_CHOICES:
+        raise ValueError(f"svg must be one of {', '.join(SVG_CHOICES)}, not {svg!r}")
     full, compact, cost = once_per_spec(emit_dot), once_per_spec(emit_compact_dot), once_per_spec(spec_cost)
+    drawings: list[tuple[str, Renderer]] = [
+        ("dag.svg", svg_renderer(full, file="dag.svg", max_nodes=None if svg == "full" else FULL_SVG_MAX_NODES)),
+        ("dag.compact.svg", svg_renderer(compact, file="dag.compact.svg")),
+    ]
     return [
         ("dag.json", lambda compiled: emit_json(compiled.graph)),
         ("dag.dot", full),
         ("dag.compact.dot", compact),
-        ("dag.svg", svg_renderer(full, file="dag.svg", max_nodes=FULL_SVG_MAX_NODES)),
-        ("dag.compact.svg", svg_renderer(compact, file="dag.compact.svg")),
+        *(drawings if svg != "none" else []),
         ("model.py", emit_model),
         ("report.md", lambda compiled: render_report(cost(compiled))),
         ("timeline.svg", lambda compiled: render_timeline(cost(compiled))),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from par.dsl.compiler import Compiled
+if TYPE_CHECKING:  # `par build --help` loads this module (through codegen.svg) without the compiler
+    from par.dsl.compiler import Compiled
 
 
 @dataclass(frozen=True)
@@ -25,4 +27,4 @@ class ArtifactError(Exception):
     and warns with the message, which should be one short line."""
 
 
-Renderer = Callable[[Compiled], "str | bytes | Skip"]
+Renderer = Callable[["Compiled"], "str | bytes | Skip"]

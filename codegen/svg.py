@@ -3,7 +3,7 @@
 Without `dot` on PATH the SVG renderers answer `Skip` with one notice (the same text for every
 spec and view, so the build prints it once) and the build writes everything else. A full DAG
 above FULL_SVG_MAX_NODES nodes is not rendered (its layout would take minutes); the compact
-view always is. If `dot` fails or runs past DOT_TIMEOUT_S, the renderer raises ArtifactError
+view always is (`par build --svg full` renders the full DAG whatever its size). If `dot` fails or runs past DOT_TIMEOUT_S, the renderer raises ArtifactError
 with one line of Graphviz's output, and the build skips that SVG with a warning (Graphviz's
 layout can fail on valid DOT, printing thousands of lines of its internal state after one
 `Error:` line). `dot`'s SVG holds nothing run-dependent (no dates, no paths, no random ids),
@@ -15,14 +15,23 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from par.codegen.dot.text import printable
 from par.codegen.renderer import ArtifactError, Skip
-from par.dsl.compiler import Compiled
+
+if TYPE_CHECKING:  # `par build --help` reads this module's choices without loading the compiler
+    from par.dsl.compiler import Compiled
 
 DOT_TIMEOUT_S = 180
 MESSAGE_CHARS = 200  # the most of Graphviz's message line a warning quotes
 FULL_SVG_MAX_NODES = 8000
+# `par build --svg`: which Graphviz drawings to render.
+SVG_CHOICES = {
+    "auto": f"both, but dag.svg only up to {FULL_SVG_MAX_NODES:,} nodes, as its layout would take minutes (the default)",
+    "full": "both, dag.svg whatever its size",
+    "none": "neither, and --check checks neither; the DOT files are still written",
+}
 MISSING = (
     "Graphviz `dot` is not on PATH: dag.svg and dag.compact.svg are neither rendered nor checked "
     "(install Graphviz, e.g. the Debian package graphviz)"
@@ -77,7 +86,7 @@ def svg_renderer(emit: Callable[[Compiled], str], *, file: str, max_nodes: int |
             return Skip(
                 f"{compiled.deployment.name}: {file} not rendered: the DAG has {nodes:,} nodes, more than "
                 f"{max_nodes:,} (its layout would take minutes); dag.compact.svg draws it folded, and "
-                f"`dot -Tsvg dag.dot -o {file}` draws it in full"
+                f"`par build --svg full` draws it in full"
             )
         return render_svg(emit(compiled), program=program, timeout=DOT_TIMEOUT_S)
 

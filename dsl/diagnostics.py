@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from par.dsl.dag.types import Severity
 from par.dsl.escape import terminal
 from par.dsl.frontend.source import SourceFile, Span
+
+if TYPE_CHECKING:  # the DAG's types import networkx, which every command would then pay for
+    from par.dsl.dag.types import Severity
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,9 +55,10 @@ class Rendered:
     slow: list[tuple[str, float]] = field(default_factory=list)
 
 
-def artifact_renderers() -> list[tuple[str, Renderer]]:
-    """(file name, renderer) for every artifact; a renderer answers `Skip` when it cannot make its file."""
-    return renderers()
+def artifact_renderers(svg: str = "auto") -> list[tuple[str, Renderer]]:
+    """(file name, renderer) for every artifact; a renderer answers `Skip` when it cannot make its
+    file. `svg` says which Graphviz drawings to render (codegen.artifacts.SVG_CHOICES)."""
+    return renderers(svg)
 
 
 def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]]) -> Rendered:

@@ -12,7 +12,17 @@ from collections.abc import Callable
 
 from par.codegen.dot import style
 from par.codegen.dot.text import gpus, layer_count, quoted
-from par.codegen.dot.view import DotCluster, DotEdge, DotNode, cluster, node_view
+from par.codegen.dot.view import (
+    DotCluster,
+    DotEdge,
+    DotNode,
+    NodeViews,
+    attr_list,
+    cluster,
+    dot_edge,
+    dot_node,
+    node_view,
+)
 from par.dsl.checks.deployment import Mesh
 from par.dsl.dag.types import Dag, NodeAttrs
 from par.dsl.units import ranges
@@ -31,6 +41,8 @@ class ClusterTree:
         self.replicas: dict[tuple[int, int], DotCluster] = {}
         self.gpus: dict[int, DotCluster] = {}
         self.members: dict[int, list[str]] = {}  # GPU rank -> DAG ids placed in its cluster
+        self.views = NodeViews()
+        self.columns: dict[int, str] = {}  # GPU rank -> its `column` attributes, joined
         for stage, (first, last) in enumerate(mesh.stages):
             ranks = mesh.stage_ranks(stage)
             held = f"{layer_count(last - first + 1)} ({ranges(range(first, last + 1))})"
@@ -66,11 +78,15 @@ class ClusterTree:
         if data["op"] in ("input", "output"):
             self.stages[data["stage"]].nodes.append(node_view(node_id, data))
         elif len(devices) == 1 and in_gpu:
-            self.gpus[devices[0]].nodes.append(node_view(node_id, data, extra=self.column(devices[0])))
-            self.members[devices[0]].append(node_id)
+            rank = devices[0]
+            column = self.columns.get(rank)
+            if column is None:
+                column = self.columns[rank] = attr_list(self.column(rank))
+            self.gpus[rank].nodes.append(self.views.node(node_id, data, extra=column))
+            self.members[rank].append(node_id)
         else:
             dp_rank, stage, _ = self.mesh.coords(devices[0])
-            self.replicas[(stage, dp_rank)].nodes.append(node_view(node_id, data))
+            self.replicas[(stage, dp_rank)].nodes.append(self.views.node(node_id, data))
 
     def add(self, home: DotCluster | None, node: DotNode) -> None:
         """Adds a node that stands for no single DAG node (a folded range of layers)."""
@@ -103,15 +119,15 @@ class ClusterTree:
                 first = self.members[rank][0]
                 anchor = quoted(f"anchor_stage_{stage}_gpu{rank}")
                 dp_rank = self.mesh.coords(rank)[0]
-                self.replicas[(stage, dp_rank)].nodes.append(DotNode(anchor, "", (), ANCHOR + self.column(rank)))
+                self.replicas[(stage, dp_rank)].nodes.append(dot_node(anchor, "", (), ANCHOR + self.column(rank)))
                 # Not from `input` into an embedding (which its collective follows in the replica
                 # cluster): Graphviz 2.43 fails on those edges the same way (llama_gqa).
                 embedding = graph.nodes[first]["op"] == "embedding"
                 shown = dict.fromkeys(
                     rep(before) for before in graph.predecessors(first) if not (embedding and before == "input")
                 )
-                edges.extend(DotEdge(quoted(before), anchor, INVISIBLE) for before in shown if before is not None)
-                edges.append(DotEdge(anchor, quoted(first), INVISIBLE))
+                edges.extend(dot_edge(quoted(before), anchor, INVISIBLE) for before in shown if before is not None)
+                edges.append(dot_edge(anchor, quoted(first), INVISIBLE))
                 row.append(anchor)
             rows.append(row)
         return rows, edges

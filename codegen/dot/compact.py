@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from par.codegen.dot import style
 from par.codegen.dot.clusters import ClusterTree
 from par.codegen.dot.text import dims, gpus, html, layer_count, layer_span, quoted
-from par.codegen.dot.view import DotEdge, DotNode, edge_view, look_attrs
+from par.codegen.dot.view import DotEdge, DotNode, dot_node, edge_view, look_attrs
 from par.dsl.checks.deployment import Mesh
 from par.dsl.compiler import Compiled
 from par.dsl.dag.types import Dag, NodeAttrs
@@ -66,8 +66,7 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
     ranges = folds(mesh, expanded=layer)
     fold_of = {number: fold for fold in ranges for number in range(fold.first, fold.last + 1)}
 
-    def rep(node_id: str) -> str | None:
-        data = graph.nodes[node_id]
+    def drawn_as(node_id: str, data: NodeAttrs) -> str | None:
         if data["op"] in ("input", "output"):
             return node_id
         if mesh.coords(data["devices"][0])[0] != 0:
@@ -75,6 +74,8 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
         if data["layer"] is None or data["layer"] == layer:
             return node_id
         return fold_of[data["layer"]].id
+
+    rep = {node_id: drawn_as(node_id, data) for node_id, data in graph.nodes(data=True)}.__getitem__  # asked of every edge's ends
 
     tree = ClusterTree(mesh)
     drawn = [node_id for node_id in graph.nodes if rep(node_id) == node_id]
@@ -130,4 +131,4 @@ def folded_node(fold: Fold, *, members: list[NodeAttrs], compiled: Compiled) -> 
     title = f"{layer_span(fold.first, fold.last).capitalize()} (folded)"
     tooltip = quoted(f"{fold.id}: {layer_count(count)} folded; every layer has the steps of the layer drawn in full")
     attrs = look_attrs(style.FOLDED) + (("tooltip", tooltip),)
-    return DotNode(quoted(fold.id), html(title), tuple(html(row) for row in rows), attrs)
+    return dot_node(quoted(fold.id), html(title), [html(row) for row in rows], attrs)

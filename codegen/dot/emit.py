@@ -13,7 +13,7 @@ from par.codegen.dot.view import (
     DotEdge,
     DotGraph,
     banner,
-    edge_view,
+    edge_attrs,
     header,
     legend,
 )
@@ -63,7 +63,13 @@ def full_view(compiled: Compiled) -> DotGraph:
     tree = ClusterTree(compiled.deployment.mesh)
     for node_id, data in graph.nodes(data=True):
         tree.place(node_id, data)
-    edges = [edge_view(tail, head, tail_data=graph.nodes[tail], head_data=graph.nodes[head]) for tail, head in graph.edges]
+    nodes, ids = dict(graph.nodes(data=True)), tree.views.ids
+    ids.update((node_id, quoted(node_id)) for node_id in nodes if node_id not in ids)  # input, output
+    edges = []
+    for tail, head in graph.edges:  # what edge_view makes, with each id quoted once
+        tail_data, head_data = nodes[tail], nodes[head]
+        attrs = edge_attrs(tail_data["op"], tail_data["kind"], head_data["op"], head_data["kind"])
+        edges.append(DotEdge(ids[tail], ids[head], attrs))
     shown = [data for _, data in graph.nodes(data=True)]
     return _drawing(graph, tree, edges, shown, view="full DAG", folded=False)
 

@@ -7,7 +7,7 @@ label); nothing a spec can contain breaks the DOT syntax or the SVG made from it
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from collections.abc import Iterable, Sequence
 
 from par.dsl.units import ranges
@@ -15,16 +15,20 @@ from par.dsl.units import ranges
 REPLACEMENT = "\ufffd"
 
 
+# What XML cannot carry: the controls (Unicode category Cc), the surrogates (Cs) and the
+# noncharacters (U+FDD0-U+FDEF, and the last two code points of every plane).
+UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
+    + "]"
+)
+
+
 def printable(text: str) -> str:
     """`text` with every character XML cannot carry (controls, surrogates, U+FFFE/U+FFFF) replaced."""
-    return "".join(REPLACEMENT if _unsafe(char) else char for char in text)
-
-
-def _unsafe(char: str) -> bool:
-    code = ord(char)
-    if unicodedata.category(char) in ("Cc", "Cs"):
-        return True
-    return (code & 0xFFFE) == 0xFFFE or 0xFDD0 <= code <= 0xFDEF
+    if text.isascii() and text.isprintable():  # the common case, checked in C: no ASCII control
+        return text
+    return UNSAFE.sub(REPLACEMENT, text)
 
 
 def quoted(text: str) -> str:
@@ -34,6 +38,8 @@ def quoted(text: str) -> str:
     expands `\\N`, `\\G`, `\\L` and drops unknown escapes in these strings after reading
     `\\\\` as one backslash, so a backslash is written as four.
     """
+    if text.isidentifier():  # node ids: letters, digits and _, none of which is replaced or escaped
+        return f'"{text}"'
     body = printable(text).replace("&", "&amp;").replace("\\", "\\\\\\\\").replace('"', '\\"')
     return f'"{body}"'
 

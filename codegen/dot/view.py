@@ -2,13 +2,15 @@
 
 `templates/dag.dot.jinja` only lays these out. Every id and attribute value here is already a
 DOT quoted string (`dot_text.quoted`), every title and row already escaped for an HTML-like
-label (`dot_text.html`).
+label (`dot_text.html`). A node's, edge's or cluster's label and attribute list are joined here,
+once each, so that the template's loops over tens of thousands of nodes and edges stay thin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from par.codegen.dot import style
@@ -23,32 +25,53 @@ from par.codegen.dot.text import (
 from par.codegen.summary import mesh_line, model_line
 from par.dsl.dag.types import GraphAttrs, NodeAttrs
 from par.dsl.registry.collectives import PIPELINE
+from par.dsl.units import ranges
 from par.dsl.units import size as human_bytes
 
 Attrs = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs several times more, per node
 class DotNode:
     id: str
-    title: str
-    rows: tuple[str, ...]
-    attrs: Attrs
+    label: str  # html_label's
+    attrs: str  # attr_list's; "" for none
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DotEdge:
     tail: str
     head: str
-    attrs: Attrs = ()
+    attrs: str = ""  # attr_list's
+
+
+def attr_list(attrs: Attrs) -> str:
+    """`name=value, name=value`."""
+    return ", ".join([f"{name}={value}" for name, value in attrs])
+
+
+def html_label(title: str, rows: Sequence[str]) -> str:
+    """An HTML-like label: the title in bold, the rows under it in small type (both escaped)."""
+    text = f"<B>{title}</B>" if title else ""
+    if rows:
+        text += '<BR/><FONT POINT-SIZE="9">' + "<BR/>".join(rows) + "</FONT>"
+    return f"<{text}>"
+
+
+def dot_node(node_id: str, title: str, rows: Sequence[str], attrs: Attrs) -> DotNode:
+    """A node of the drawing: its quoted id, escaped title and rows, and attributes."""
+    return DotNode(node_id, html_label(title, rows), attr_list(attrs))
+
+
+def dot_edge(tail: str, head: str, attrs: Attrs = ()) -> DotEdge:
+    return DotEdge(tail, head, attr_list(attrs))
 
 
 @dataclass(slots=True)
 class DotCluster:
     id: str
-    title: str
-    rows: tuple[str, ...]
-    attrs: Attrs
+    label: str  # html_label's
+    attrs: str  # attr_list's
     nodes: list[DotNode] = field(default_factory=list)
     clusters: list[DotCluster] = field(default_factory=list)
 
@@ -96,7 +119,74 @@ def node_view(node_id: str, data: NodeAttrs, *, extra: Attrs = ()) -> DotNode:
     """A DAG node: its op, GPU(s), Input/Output dims, bytes for communication; facts in the tooltip."""
     look = style.look_of(data)
     attrs = (() if look == style.COMPUTE else look_attrs(look)) + extra + (("tooltip", tooltip(node_id, data)),)
-    return DotNode(quoted(node_id), html(node_title(data)), tuple(html(row) for row in node_rows(data)), attrs)
+    return dot_node(quoted(node_id), html(node_title(data)), [html(row) for row in node_rows(data)], attrs)
+
+
+class NodeViews:
+    """`node_view` for the many nodes of one drawing, and their ids quoted once for the edges too.
+
+    The nodes of one step of the layer differ only in id, layer and GPUs: what they share (the
+    title, the shapes and bytes, the look, the tooltip's facts) is escaped and joined once per
+    step, and the rest is spliced in, giving exactly `node_view`'s text."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}
+        self.shared: dict[tuple, _Shared] = {}
+
+    def id(self, node_id: str) -> str:
+        quoted_id = self.ids.get(node_id)
+        if quoted_id is None:
+            quoted_id = self.ids[node_id] = quoted(node_id)
+        return quoted_id
+
+    def node(self, node_id: str, data: NodeAttrs, *, extra: str = "") -> DotNode:
+        """`node_view(node_id, data, extra=...)`, with `extra` joined as `attr_list` joins it."""
+        get = data.get
+        key = (
+            data["op"], data["name"], data["kind"], get("style"), data["in_shape"], data["out_shape"], get("in_placement"),
+            get("out_placement"), data["flops"], data["params"], data["src"], get("reason"), data["wire_bytes"], data["bytes"], get("peer"),
+        )
+        try:
+            shared = self.shared.get(key)
+            if shared is None:
+                shared = self.shared[key] = _shared(data)
+        except TypeError:  # shapes as lists (a DAG read back from JSON): nothing to share
+            shared = _shared(data)
+        devices = data["devices"]
+        where = f"GPU {devices[0]}" if len(devices) == 1 else f"GPUs {ranges(devices)}"  # digits: nothing to escape
+        if data["layer"] is not None:
+            where = f"layer {data['layer']} · {where}"
+        label = f'<<B>{shared.title}</B><BR/><FONT POINT-SIZE="9">{where}{shared.placements}<BR/>{shared.rows}</FONT>>'
+        quoted_id = self.ids.get(node_id)
+        if quoted_id is None:
+            quoted_id = self.ids[node_id] = quoted(node_id)
+        tip = f'tooltip="{quoted_id[1:-1]}\\n{shared.facts}"'
+        head = f"{shared.look}, {extra}" if shared.look and extra else shared.look or extra
+        return DotNode(quoted_id, label, f"{head}, {tip}" if head else tip)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What the nodes of one step show alike, escaped: `node_view`'s text around the id, layer and GPUs."""
+
+    title: str
+    placements: str  # the first row, after the GPUs
+    rows: str  # the other rows, joined
+    look: str  # the look's attributes, joined
+    facts: str  # the tooltip's lines after the id, joined
+
+
+def _shared(data: NodeAttrs) -> _Shared:
+    rows = [html(row) for row in node_rows({**data, "layer": None, "devices": [0]})]
+    gpu = html(gpus([0]))
+    look = style.look_of(data)
+    return _Shared(
+        title=html(node_title(data)),
+        placements=rows[0].removeprefix(gpu),
+        rows="<BR/>".join(rows[1:]),
+        look=attr_list(() if look == style.COMPUTE else look_attrs(look)),
+        facts=tooltip("", data)[1:-1].removeprefix("\\n"),
+    )
 
 
 def node_title(data: NodeAttrs) -> str:
@@ -149,21 +239,26 @@ def edge_view(tail: str, head: str, *, tail_data: Mapping[str, Any], head_data: 
 
     The input's edges weigh nothing, so its many long edges do not pull it to one side.
     """
-    if tail_data["op"] == "input":
-        return DotEdge(quoted(tail), quoted(head), (("weight", "0"),))
-    if tail_data["op"] == "send" and head_data["op"] == "recv":
-        border = style.LOOKS["send"].border
-        return DotEdge(quoted(tail), quoted(head), (("color", quoted(border)), ("penwidth", "2")))
-    for data in (tail_data, head_data):
-        if data["kind"] == "comm" and data["op"] in style.LOOKS and data["op"] not in PIPELINE:
-            return DotEdge(quoted(tail), quoted(head), (("color", quoted(style.LOOKS[data["op"]].border)),))
-    return DotEdge(quoted(tail), quoted(head))
+    return DotEdge(quoted(tail), quoted(head), edge_attrs(tail_data["op"], tail_data["kind"], head_data["op"], head_data["kind"]))
+
+
+@cache
+def edge_attrs(tail_op: str, tail_kind: str, head_op: str, head_kind: str) -> str:
+    """The attributes of an edge between nodes of these ops and kinds, joined (see `edge_view`)."""
+    if tail_op == "input":
+        return attr_list((("weight", "0"),))
+    if tail_op == "send" and head_op == "recv":
+        return attr_list((("color", quoted(style.LOOKS["send"].border)), ("penwidth", "2")))
+    for op, kind in ((tail_op, tail_kind), (head_op, head_kind)):
+        if kind == "comm" and op in style.LOOKS and op not in PIPELINE:
+            return attr_list((("color", quoted(style.LOOKS[op].border)),))
+    return ""
 
 
 def cluster(cluster_id: str, *, title: str, rows: tuple[str, ...], colours: tuple[str, str]) -> DotCluster:
     fill, border = colours
     attrs = (("style", quoted("filled,rounded")), ("fillcolor", quoted(fill)), ("color", quoted(border)))
-    return DotCluster(quoted(cluster_id), html(title), tuple(html(row) for row in rows), attrs)
+    return DotCluster(quoted(cluster_id), html_label(html(title), [html(row) for row in rows]), attr_list(attrs))
 
 
 def legend(shown: list[NodeAttrs], *, folded: bool = False) -> DotCluster:
@@ -173,7 +268,7 @@ def legend(shown: list[NodeAttrs], *, folded: bool = False) -> DotCluster:
     box = cluster("cluster_legend", title="Legend", rows=(), colours=("#ffffff", "#c3cad2"))
     for index, (caption, look) in enumerate(style.legend_entries(ops, has_route, folded=folded)):
         attrs = look_attrs(look) + (("tooltip", quoted(caption)),)
-        box.nodes.append(DotNode(quoted(f"legend_{index}"), html(caption), (), attrs))
+        box.nodes.append(dot_node(quoted(f"legend_{index}"), html(caption), (), attrs))
     return box
 
 

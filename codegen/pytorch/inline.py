@@ -76,14 +76,18 @@ def _section(module: str, constants: tuple[tuple[str, object], ...]) -> Section:
 
 
 def fold(text: str, constants: Mapping[str, object]) -> str:
-    """`text` with every `if` on `constants` decided."""
+    """`text` with every `if` on `constants` decided.
+
+    Each parse decides every such `if` not inside another, from the last to the first, so the
+    lines of those still to do do not move; the ones inside wait for the next parse."""
     while True:
         tree = ast.parse(text)
-        ifs = (node for node in ast.walk(tree) if isinstance(node, ast.If))
-        found = next((node for node in ifs if _decided(node.test, constants)), None)
-        if found is None:
+        found = [node for node in ast.walk(tree) if isinstance(node, ast.If) and _decided(node.test, constants)]
+        if not found:
             return text
-        text = _decide(text.splitlines(), found, constants)
+        inner = {id(node) for outer in found for node in ast.walk(outer) if node is not outer}
+        for node in sorted((node for node in found if id(node) not in inner), key=lambda node: node.lineno, reverse=True):
+            text = _decide(text.splitlines(), node, constants)
 
 
 def _names(node: ast.AST) -> set[str]:

@@ -221,18 +221,21 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
     model = graph.graph["model"]
     stored = Stored(dtype_bytes(graph), model["head_dim"])
     kept: dict[int, dict[tuple, int]] = {rank: {} for rank in range(graph.graph["mesh"]["world"])}
+    pred = graph.pred
     for node, data in graph.nodes(data=True):
         saves = saves_of(data)
-        operands = {index: source for source, _, edge in graph.in_edges(node, data=True) for index in edge["operands"]}
+        # Per node, not per rank: the operands (only when kept), the output's bytes and the extras.
+        operands = {index: source for source, edge in pred[node].items() for index in edge["operands"]} if saves.operands else {}
+        output = out_bytes(graph, node) if saves.output else 0
+        local = (tuple(data["in_shape"]), tuple(data["out_shape"]), stored)
+        extra = saves.extra(*local) + (saves.on_cpu(*local) if on_cpu else 0)
         for rank in data["devices"]:
             tensors = kept[rank]
             for index in saves.operands:
                 key, size = _tensor(graph, operands[index], rank)
                 tensors[key] = size
             if saves.output:
-                tensors[(node, rank)] = out_bytes(graph, node)
-            local = (tuple(data["in_shape"]), tuple(data["out_shape"]), stored)
-            extra = saves.extra(*local) + (saves.on_cpu(*local) if on_cpu else 0)
+                tensors[(node, rank)] = output
             if extra:
                 tensors[(node, rank, "extra")] = extra
     return kept

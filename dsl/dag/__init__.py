@@ -1,1 +1,1 @@
-"""The DAG: a Program expanded per device (networkx.DiGraph), then validated."""
+"""The DAG: a Program expanded per device (types.Dag, laid out as a networkx DiGraph), then validated."""

@@ -1,4 +1,4 @@
-"""Expansion: Program -> the full per-device DAG of one forward microbatch (networkx.DiGraph).
+"""Expansion: Program -> the full per-device DAG of one forward microbatch (types.Dag).
 
 One node per (device, op) per layer, one per collective instance, a Send/Recv pair per
 tensor-parallel rank at every stage boundary, and `input` / `output`. Nodes are added in a
@@ -103,13 +103,13 @@ class _Expander:
         self.deployment: Deployment = program.deployment
         self.mesh = self.deployment.mesh
         self.dtype_bytes = self.deployment.model.dtype_bytes
-        # The graph is filled through the dicts networkx documents for subclasses (`_node`,
-        # `_succ`, `_pred`): `add_nodes_from` would copy every attribute dict, which costs more
-        # than expansion itself. Ids are unique by construction; `run` verifies the count.
+        # The graph is filled through its dicts (`_node`, `_succ`, `_pred`, laid out as networkx's):
+        # `add_node` per node would cost more than expansion itself. Ids are unique by
+        # construction; `run` verifies the count.
         self.graph: Dag = Dag(**graph_attributes(program))
-        self.node_map: dict[str, NodeAttrs] = self.graph._node  # type: ignore[attr-defined]  # not in the stubs
-        self.succ: dict[str, dict[str, EdgeAttrs]] = self.graph._succ  # type: ignore[attr-defined]
-        self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred  # type: ignore[attr-defined]
+        self.node_map: dict[str, NodeAttrs] = self.graph._node
+        self.succ: dict[str, dict[str, EdgeAttrs]] = self.graph._succ
+        self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred
         self.added = 0
         self.templates = {step.name: self._template(step) for step in program.steps}
         ends = program.ends
@@ -117,6 +117,7 @@ class _Expander:
         self.end_templates = {step.name: self._template(step) for step in (ends.first + ends.last if ends else ())}
         self.comm = {step.name for step in program.steps if step.kind == "comm"}
         self.issue_after = issue_after(program.steps)
+        self.alone: dict[int, list[int]] = {rank: [rank] for rank in range(self.mesh.world)}  # each rank's devices list
 
     def run(self) -> Dag:
         mesh, program = self.mesh, self.program
@@ -311,7 +312,9 @@ class _Expander:
         """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output.
 
         This loop makes most of the nodes of a large DAG, so it writes the graph's dicts inline
-        (what `_node` and `_edge` do) and spells out `ids.compute_id`."""
+        (what `_node` and `_edge` do) and spells out `ids.compute_id`. The ranks' nodes of a
+        step share one edge-attribute dict per operand and one devices list per rank (nothing
+        writes them after expansion): a third less memory per node."""
         program, templates = self.program, self.templates
         node_map, succ, pred = self.node_map, self.succ, self.pred
         devices = list(group)
@@ -338,14 +341,14 @@ class _Expander:
             names = [f"{prefix}{step.name}_gpu{rank}" for rank in group]
             for rank, node in zip(group, names, strict=True):
                 data = template.copy()  # what `dict(template, layer=...)` makes, faster
-                data["layer"], data["stage"], data["devices"] = layer, stage, [rank]
+                data["layer"], data["stage"], data["devices"] = layer, stage, self.alone[rank]
                 node_map[node] = data
                 succ[node] = {}
                 pred[node] = {}
             self.added += len(names)
             for source_lists, operands in self._operands(step, produced):
+                edge: EdgeAttrs = {"operands": operands}
                 for source, node in zip(source_lists, names, strict=True):
-                    edge: EdgeAttrs = {"operands": operands}
                     succ[source][node] = edge
                     pred[node][source] = edge
             produced[step.name] = names

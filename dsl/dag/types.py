@@ -1,14 +1,13 @@
-"""The types of the DAG (README: The DAG): what a node, an edge and the graph carry, and the
-enumerations they are made of. Expansion writes these attributes and every reader of the DAG
+"""The types of the DAG (README: The DAG): what a node, an edge and the graph carry, the
+enumerations they are made of, and the container that holds them (`Dag`). Expansion writes these attributes and every reader of the DAG
 reads them; tests hold the keys to what `expand` writes and the op names to the registry.
 
 No `from __future__ import annotations` here: TypedDict reads `NotRequired` from evaluated
 annotations, and the tests compare its required and optional keys with real nodes.
 """
 
-from typing import TYPE_CHECKING, Literal, NotRequired, TypeAlias, TypedDict, cast
-
-import networkx as nx
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal, NotRequired, TypedDict, cast, overload
 
 Kind = Literal["compute", "comm", "route"]
 # registry.ops: OPS, then MODEL_OPS (the model's ends: embedding, positions, the vocabulary-parallel loss)
@@ -111,17 +110,227 @@ class GraphAttrs(TypedDict):
     strict: bool
 
 
-if TYPE_CHECKING:
-    Dag: TypeAlias = nx.DiGraph[str, NodeAttrs, EdgeAttrs]
-else:
-    Dag = nx.DiGraph
-
-
-def plain(graph: "Dag") -> "nx.DiGraph[str]":
-    """The graph as networkx's algorithms type it: their stubs take plain attribute dicts."""
-    return cast("nx.DiGraph[str]", graph)
-
-
 def graph_attrs(graph: "Dag") -> GraphAttrs:
-    """The graph's attributes, typed (networkx types `graph.graph` as a plain dict)."""
+    """The graph's attributes, typed (`graph.graph` is a plain dict)."""
     return cast(GraphAttrs, graph.graph)
+
+
+# The container -------------------------------------------------------------------------------
+#
+# The DAG's container: a directed graph with the part of networkx's DiGraph interface par uses.
+#
+# networkx costs about 0.2 s to import, most of `par check`'s start-up, and a compiled DAG needs
+# none of its algorithms: so the DAG is this small class, laid out as networkx lays out a DiGraph
+# (`_node`: id -> attributes; `_succ`, `_pred`: id -> neighbour -> edge attributes, the same dict
+# on both sides; everything in insertion order), which expansion fills and the validator reads
+# directly. Iteration orders are networkx's, so every artifact is byte for byte what a DiGraph
+# gives. `nx.DiGraph(dag)` converts it where an algorithm of networkx is wanted (tests).
+#
+# A compiled DAG's nodes of one step share their devices lists and their edges' attribute dicts
+# (expansion's memory): change them by assignment, or work on `copy()`, which shares nothing.
+
+
+class Dag:
+    def __init__(self, **attrs: Any) -> None:
+        self.graph: dict[str, Any] = dict(attrs)
+        self._node: dict[str, NodeAttrs] = {}
+        self._succ: dict[str, dict[str, EdgeAttrs]] = {}
+        self._pred: dict[str, dict[str, EdgeAttrs]] = {}
+
+    # networkx's names for the adjacency (what `nx.DiGraph(dag)` reads)
+    @property
+    def adj(self) -> dict[str, dict[str, EdgeAttrs]]:
+        return self._succ
+
+    succ = adj
+
+    @property
+    def pred(self) -> dict[str, dict[str, EdgeAttrs]]:
+        return self._pred
+
+    def is_directed(self) -> bool:
+        return True
+
+    def is_multigraph(self) -> bool:
+        return False
+
+    # nodes
+    @property
+    def nodes(self) -> "NodeView":
+        return NodeView(self._node)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._node
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._node)
+
+    def __len__(self) -> int:
+        return len(self._node)
+
+    def number_of_nodes(self) -> int:
+        return len(self._node)
+
+    def has_node(self, node: str) -> bool:
+        return node in self._node
+
+    def add_node(self, node: str, **attrs: Any) -> None:
+        if node not in self._node:
+            self._succ[node], self._pred[node] = {}, {}
+            self._node[node] = attrs  # type: ignore[assignment]  # the caller gives a node's attributes
+        else:
+            self._node[node].update(attrs)  # type: ignore[typeddict-item]
+
+    def remove_node(self, node: str) -> None:
+        if node not in self._node:
+            raise KeyError(f"the DAG has no node {node!r}")
+        for target in self._succ.pop(node):
+            del self._pred[target][node]
+        for source in self._pred.pop(node):
+            del self._succ[source][node]
+        del self._node[node]
+
+    def remove_nodes_from(self, nodes: Iterable[str]) -> None:
+        for node in list(nodes):
+            if node in self._node:
+                self.remove_node(node)
+
+    def predecessors(self, node: str) -> Iterator[str]:
+        return iter(self._pred[node])
+
+    def successors(self, node: str) -> Iterator[str]:
+        return iter(self._succ[node])
+
+    def in_degree(self, node: str) -> int:
+        return len(self._pred[node])
+
+    def out_degree(self, node: str) -> int:
+        return len(self._succ[node])
+
+    # edges
+    @property
+    def edges(self) -> "EdgeView":
+        return EdgeView(self._succ)
+
+    def in_edges(self, node: str, data: bool = False) -> list[Any]:
+        """(source, node) or, with data, (source, node, attributes) for each edge into `node`."""
+        if data:
+            return [(source, node, attrs) for source, attrs in self._pred[node].items()]
+        return [(source, node) for source in self._pred[node]]
+
+    def out_edges(self, node: str, data: bool = False) -> list[Any]:
+        if data:
+            return [(node, target, attrs) for target, attrs in self._succ[node].items()]
+        return [(node, target) for target in self._succ[node]]
+
+    def number_of_edges(self) -> int:
+        return sum(len(targets) for targets in self._succ.values())
+
+    def has_edge(self, source: str, target: str) -> bool:
+        return target in self._succ.get(source, ())
+
+    def add_edge(self, source: str, target: str, **attrs: Any) -> None:
+        for node in (source, target):
+            if node not in self._node:
+                self.add_node(node)
+        edge = self._succ[source].get(target)
+        if edge is None:
+            edge = self._succ[source][target] = self._pred[target][source] = {}  # type: ignore[typeddict-item]
+        edge.update(attrs)  # type: ignore[typeddict-item]
+
+    def remove_edge(self, source: str, target: str) -> None:
+        try:
+            del self._succ[source][target]
+            del self._pred[target][source]
+        except KeyError:
+            raise KeyError(f"the DAG has no edge {source!r} -> {target!r}") from None
+
+    def remove_edges_from(self, edges: Iterable[tuple[str, ...]]) -> None:
+        for source, target, *_ in list(edges):
+            if self.has_edge(source, target):
+                self.remove_edge(source, target)
+
+    def copy(self) -> "Dag":
+        """A new DAG with copies of the graph's, each node's and each edge's attribute dicts."""
+        other = Dag(**self.graph)
+        for node, attrs in self._node.items():
+            other.add_node(node, **attrs)
+        for source, targets in self._succ.items():
+            for target, edge in targets.items():
+                other.add_edge(source, target, **edge)
+        return other
+
+
+class NodeView:
+    """`dag.nodes`: ids in insertion order; `nodes[id]` the attributes; `nodes(data=True)` pairs."""
+
+    __slots__ = ("_nodes",)
+
+    def __init__(self, nodes: dict[str, NodeAttrs]) -> None:
+        self._nodes = nodes
+
+    def __getitem__(self, node: str) -> NodeAttrs:
+        return self._nodes[node]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._nodes
+
+    def items(self) -> Iterable[tuple[str, NodeAttrs]]:
+        return self._nodes.items()
+
+    def keys(self) -> Iterable[str]:
+        return self._nodes.keys()
+
+    def values(self) -> Iterable[NodeAttrs]:
+        return self._nodes.values()
+
+    def get(self, node: str, default: Any = None) -> Any:
+        return self._nodes.get(node, default)
+
+    @overload
+    def __call__(self, data: Literal[False] = False) -> Iterable[str]: ...
+    @overload
+    def __call__(self, data: Literal[True]) -> Iterable[tuple[str, NodeAttrs]]: ...
+    def __call__(self, data: bool = False) -> Iterable[str] | Iterable[tuple[str, NodeAttrs]]:
+        return self._nodes.items() if data else self._nodes.keys()
+
+
+class EdgeView:
+    """`dag.edges`: (source, target) in networkx's order; `edges[source, target]` the attributes;
+    `edges(data=True)` triples."""
+
+    __slots__ = ("_succ",)
+
+    def __init__(self, succ: dict[str, dict[str, EdgeAttrs]]) -> None:
+        self._succ = succ
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((source, target) for source, targets in self._succ.items() for target in targets)
+
+    def __len__(self) -> int:
+        return sum(len(targets) for targets in self._succ.values())
+
+    def __contains__(self, edge: object) -> bool:
+        if not isinstance(edge, tuple) or len(edge) != 2:
+            return False
+        source, target = edge
+        return target in self._succ.get(source, ())
+
+    def __getitem__(self, edge: tuple[str, str]) -> EdgeAttrs:
+        source, target = edge
+        return self._succ[source][target]
+
+    @overload
+    def __call__(self, data: Literal[False] = False) -> Iterator[tuple[str, str]]: ...
+    @overload
+    def __call__(self, data: Literal[True]) -> Iterator[tuple[str, str, EdgeAttrs]]: ...
+    def __call__(self, data: bool = False) -> Iterator[tuple[str, str]] | Iterator[tuple[str, str, EdgeAttrs]]:
+        if data:
+            return ((source, target, attrs) for source, targets in self._succ.items() for target, attrs in targets.items())
+        return iter(self)

@@ -7,18 +7,19 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from par.dsl.diagnostics import CompileError, error
-from par.dsl.frontend.library import library_source
-from par.dsl.frontend.parser import parse_override
 from par.dsl.frontend.source import SourceFile, Span, TextDecodeError, decode_text
-from par.dsl.frontend.spec import Override
 from par.dsl.limits import (
     DEFAULT_MAX_DIAGNOSTICS,
     DEFAULT_MAX_NODES,
     MAX_SPEC_BYTES,
     too_large,
 )
+
+if TYPE_CHECKING:
+    from par.dsl.frontend.spec import Override
 
 COMMAND_LINE = "<command line>"
 
@@ -95,6 +96,8 @@ def spec_inputs(
     overrides, source = parse_defines(defines or [])
     inputs = SpecInputs(found, overrides, max_nodes=max_nodes, max_diagnostics=max_diagnostics)
     inputs.sources[COMMAND_LINE] = source
+    from par.dsl.frontend.library import library_source  # here: the command line starts without lark
+
     library = library_source()
     inputs.sources[library.name] = library
     return inputs
@@ -127,6 +130,8 @@ def collect_files(paths: Sequence[str], *, suffixes: tuple[str, ...]) -> list[Pa
 
 def parse_defines(defines: Sequence[str]) -> tuple[list[Override], SourceFile]:
     """`-D name=value` flags, each located on its own line of a '<command line>' source."""
+    from par.dsl.frontend.parser import parse_override  # here: the command line starts without lark
+
     overrides = []
     for number, raw in enumerate(defines, start=1):
         name, sep, value = raw.partition("=")

@@ -18,6 +18,7 @@ from lark.exceptions import (
 
 from par.dsl.diagnostics import CompileError, Diagnostic, error
 from par.dsl.frontend import spec as ast
+from par.dsl.frontend.lark_tables import OPTIONS, lark_parser
 from par.dsl.frontend.source import Span
 from par.dsl.limits import MAX_NESTING, nesting_error
 
@@ -48,22 +49,14 @@ GRAMMAR = files("par.grammar") / "par.lark"
 
 
 def build_parser(grammar: str, **options) -> Lark:
-    """The parser for a grammar text; strict LALR, so a conflict fails right here."""
-    return Lark(
-        grammar,
-        parser="lalr",
-        strict=True,
-        start=["start", "override"],
-        propagate_positions=True,
-        maybe_placeholders=True,
-        **options,
-    )
+    """The parser for a grammar text, built from it; strict LALR, so a conflict fails right here."""
+    return Lark(grammar, **OPTIONS["par.lark"], **options)
 
 
 @cache
 def _lark(keep_comments: bool = False) -> Lark:
     options = {"lexer_callbacks": {"COMMENT": _COMMENTS.append}} if keep_comments else {}
-    return build_parser(GRAMMAR.read_text(encoding="utf-8"), **options)
+    return lark_parser("par.lark", **options)  # from the shipped tables while they match the grammar
 
 
 # Filled by the comment-keeping lexer during one parse_with_comments call.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from par import build as driver
+from par.codegen.svg import SVG_CHOICES
 from par.commands.common import (
     add_defines,
     add_limits,
@@ -18,6 +19,9 @@ from par.commands.common import (
 from par.dsl.escape import terminal
 from par.dsl.frontend.inputs import spec_inputs
 from par.output_folders import refuse_bad_folders
+
+if TYPE_CHECKING:
+    from par import build as driver
 
 
 def register(sub) -> None:
@@ -36,15 +40,24 @@ def register(sub) -> None:
         action="store_true",
         help="write nothing; exit 1 listing every missing or stale artifact",
     )
+    parser.add_argument(
+        "--svg",
+        choices=tuple(SVG_CHOICES),
+        default="auto",
+        help="which Graphviz drawings to render (dag.svg, dag.compact.svg): "
+        + "; ".join(f"{name}: {meaning}" for name, meaning in SVG_CHOICES.items()),
+    )
     add_defines(parser)
     add_limits(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from par import build as driver  # here: `par --help` starts without the emitters
+
     inputs = spec_inputs(args.paths, args.defines, **limits(args))
     refuse_bad_folders(inputs.paths)
-    renderers = driver.artifact_renderers()
+    renderers = driver.artifact_renderers(args.svg)
     artifacts, notices, failed, total = [], {}, 0, len(inputs.paths)
     for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs), start=1):
         progress(f"[{index}/{total}] {path}")
@@ -81,6 +94,8 @@ def run(args) -> int:
 
 def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | None:
     """The artifacts of one compiled spec; None (after saying why) if a renderer failed."""
+    from par import build as driver
+
     try:
         rendered = driver.render(compiled, out, renderers)
     except driver.RenderError as exc:
@@ -96,6 +111,8 @@ def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | Non
 
 
 def _check(artifacts) -> int:
+    from par import build as driver
+
     problems = driver.stale(artifacts)
     for path, state in problems:
         print(terminal(f"{path}: {state}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from par.commands.common import (
     add_defines,
@@ -11,9 +12,11 @@ from par.commands.common import (
     limits,
     print_diagnostics,
 )
-from par.dsl.dag.types import Dag
 from par.dsl.escape import terminal
 from par.dsl.frontend.inputs import spec_inputs
+
+if TYPE_CHECKING:
+    from par.dsl.dag.types import Dag
 
 
 def register(sub) -> None:

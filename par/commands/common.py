@@ -6,12 +6,18 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from par.dsl.compiler import Compiled, compile_text
 from par.dsl.diagnostics import CompileError, Diagnostic, format_all
 from par.dsl.escape import terminal
 from par.dsl.frontend.inputs import SpecInputs, UsageError, spec_inputs, spec_name
 from par.dsl.limits import DEFAULT_MAX_DIAGNOSTICS, DEFAULT_MAX_NODES
+
+if TYPE_CHECKING:
+    from par.dsl.compiler import Compiled
+
+# The compiler, the emitters and lint are imported by the commands that run them, not here:
+# `par --version` and `par --help` load only the command line.
 
 
 def add_defines(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +66,8 @@ def _positive(text: str) -> int:
 
 def compile_each(inputs: SpecInputs) -> Iterator[tuple[Path, Compiled | None, list[Diagnostic]]]:
     """Compiles every spec; yields (path, result or None, diagnostics to print)."""
+    from par.dsl.compiler import compile_text
+
     for path in inputs.paths:
         try:
             compiled = compile_text(inputs.read(path), spec_name(path), inputs.overrides, max_nodes=inputs.max_nodes)

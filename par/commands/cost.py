@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from par.commands.common import (
     add_defines,
     add_limits,
@@ -9,14 +11,14 @@ from par.commands.common import (
     limits,
     print_diagnostics,
 )
-from par.dsl.checks.deployment import Hardware
 from par.dsl.checks.hardware import PROFILES
-from par.dsl.checks.hwcheck import resolve_hardware
 from par.dsl.diagnostics import Diagnostic
 from par.dsl.escape import terminal
 from par.dsl.frontend.inputs import UsageError, spec_inputs
 from par.dsl.frontend.source import Span
-from par.dsl.frontend.spec import HardwareDecl
+
+if TYPE_CHECKING:
+    from par.dsl.checks.deployment import Hardware
 
 
 def register(sub) -> None:
@@ -60,6 +62,9 @@ def run(args) -> int:
 
 def _profile(name: str) -> Hardware:
     """`--hardware NAME`, resolved as a spec's `hardware NAME` is, with the same message when unknown."""
+    from par.dsl.checks.hwcheck import resolve_hardware  # here: the command line starts without the checks
+    from par.dsl.frontend.spec import HardwareDecl
+
     problems: list[Diagnostic] = []
     hardware = resolve_hardware(HardwareDecl(name, (), Span.point("--hardware"), None), problems)
     if hardware is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 
 from par.commands.common import (
     add_defines,
@@ -12,10 +13,12 @@ from par.commands.common import (
     print_diagnostics,
 )
 from par.dsl import units
-from par.dsl.dag.types import Dag
 from par.dsl.diagnostics import error
 from par.dsl.escape import terminal
 from par.dsl.frontend.source import Span
+
+if TYPE_CHECKING:
+    from par.dsl.dag.types import Dag
 
 
 def register(sub) -> None:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from par.build import write_atomic
 from par.commands.common import add_limits, limits, print_diagnostics
 from par.dsl.diagnostics import CompileError
-from par.dsl.frontend.format import format_spec
 from par.dsl.frontend.inputs import spec_inputs, spec_name
-from par.dsl.frontend.parser import parse_with_comments
 
 
 def register(sub) -> None:
@@ -30,6 +27,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from par.build import write_atomic  # here: `par --help` starts without the parser and the emitters
+    from par.dsl.frontend.format import format_spec
+    from par.dsl.frontend.parser import parse_with_comments
+
     inputs = spec_inputs(args.specs, None, **limits(args))
     failed = changed = 0
     for path in inputs.paths:

@@ -6,7 +6,6 @@ import sys
 
 from par.commands.common import add_defines, add_limits, compile_one, limits
 from par.dsl.frontend.inputs import UsageError, collect_files
-from par.lint import DOT_SUFFIXES, run_lint
 
 
 def register(sub) -> None:
@@ -29,6 +28,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from par.lint import DOT_SUFFIXES, run_lint  # here: the other commands start without lint
+
     dags = [str(path) for path in collect_files(args.dags, suffixes=DOT_SUFFIXES)]
     spec_dag, spec_name = None, None
     if args.spec is not None:

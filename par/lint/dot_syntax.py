@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.resources import files
 from typing import cast
 
 from lark import Lark, Token, Transformer
@@ -19,6 +18,7 @@ from lark.exceptions import (
     UnexpectedToken,
 )
 
+from par.dsl.frontend.lark_tables import lark_parser
 from par.dsl.frontend.source import byte_position
 
 
@@ -159,9 +159,7 @@ class _ToSyntax(Transformer):
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    grammar = (files("par.grammar") / "dot.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", lexer="contextual", strict=True,
-                maybe_placeholders=True, transformer=_ToSyntax())
+    return lark_parser("dot.lark", transformer=_ToSyntax())  # from the shipped tables while they match the grammar
 
 
 def parse_dot(text: str) -> tuple[GraphSyntax, ...]:

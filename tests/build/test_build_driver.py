@@ -108,7 +108,7 @@ def test_a_renderer_that_raises_leaves_every_artifact_untouched(specs, par, snap
             raise RuntimeError("injected failure")
         return "fine\n"
 
-    monkeypatch.setattr(driver, "artifact_renderers", lambda: real[:2] + [("extra.txt", explode)] + real[2:])
+    monkeypatch.setattr(driver, "artifact_renderers", lambda svg: real[:2] + [("extra.txt", explode)] + real[2:])
     code, _, err = par("build", specs, "-o", out)
     assert code == 1
     assert "cannot render extra.txt: injected failure" in err and "bug in par" in err

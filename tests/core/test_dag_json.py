@@ -57,3 +57,40 @@ def test_the_compiler_never_imports_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def node_link_reference(graph) -> str:
+    """dag.json as networkx's node_link_data and one encoder call per line give it: the oracle."""
+    import networkx as nx
+
+    data = nx.node_link_data(graph, edges="edges")
+    nodes, edges = data.pop("nodes"), data.pop("edges")
+
+    def line(item: dict) -> str:
+        return json.dumps(item, sort_keys=True, separators=(", ", ": "))
+
+    head = [f"{json.dumps(key)}: {json.dumps(data[key], sort_keys=True)}," for key in sorted(data)]
+    body = ['"nodes": [', ",\n".join(map(line, nodes)), "],", '"edges": [', ",\n".join(map(line, edges)), "]"]
+    return "\n".join(["{", *head, *body, "}"]) + "\n"
+
+
+@pytest.mark.parametrize("name", ["layerwise", "llama_gqa", "megatron_tp8_pp2"])
+def test_dag_json_is_networkx_node_link_data(shipped, name):
+    graph = shipped(name).graph
+    assert emit_json(graph) == node_link_reference(graph)
+
+
+def test_dag_json_of_odd_attributes_is_networkx_node_link_data(shipped):
+    # Attributes no compiled DAG has take the long way and still give node_link_data's text.
+    graph = shipped("layerwise").graph.copy()
+    nodes = list(graph.nodes)
+    graph.nodes[nodes[1]]["in_shape"] = list(graph.nodes[nodes[1]]["in_shape"])  # unhashable
+    graph.nodes[nodes[2]]["reason"] = "looks like a mark: \x00id\x00 and {braces}"
+    graph.nodes[nodes[3]]["devices"] = [3, 1]
+    graph.nodes[nodes[4]]["layer"] = True
+    del graph.nodes[nodes[5]]["stage"]
+    graph.nodes[nodes[6]]["extra"] = [{"a": 1}, {"b": 2}]
+    graph.add_edge(nodes[1], nodes[6], operands=(0,), note="extra")
+    text = emit_json(graph)
+    assert text == node_link_reference(graph)
+    assert json.loads(text)["nodes"][2]["reason"].startswith("looks like a mark: \x00id\x00")

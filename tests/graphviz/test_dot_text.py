@@ -1,7 +1,9 @@
 """Escaping: no text a spec can carry breaks the DOT syntax, and Graphviz shows it as written."""
 
+import unicodedata
 import xml.etree.ElementTree as ET
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +48,17 @@ def test_quoted_escapes_quotes_backslashes_and_ampersands():
 
 def test_html_escapes_markup():
     assert html("<B>&'\"") == "&lt;B&gt;&amp;&#39;&quot;"
+
+
+def test_printable_replaces_exactly_the_code_points_xml_cannot_carry():
+    # The oracle, one code point at a time: Unicode's categories and the noncharacters.
+    def unsafe(code: int) -> bool:
+        char = chr(code)
+        return unicodedata.category(char) in ("Cc", "Cs") or (code & 0xFFFE) == 0xFFFE or 0xFDD0 <= code <= 0xFDEF
+
+    text = "".join(map(chr, range(0x110000)))
+    expected = "".join(REPLACEMENT if unsafe(code) else chr(code) for code in range(0x110000))
+    assert printable(text) == expected
 
 
 def test_printable_replaces_what_xml_cannot_carry():
@@ -100,3 +113,9 @@ def test_hostile_text_is_shown_as_written(dot_run):
 @given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=8))
 def test_any_text_is_shown_as_written(dot_run, texts):
     _check(dot_run, texts)
+
+
+@pytest.mark.parametrize("text", ["layer_0_qkv_gpu3", "_x1", "é", "データ", "ℌ𝔢𝔩𝔩𝔬", "a·b"])
+def test_quoted_ids_take_the_short_way_to_the_same_text(text):
+    escaped = printable(text).replace("&", "&amp;").replace("\\", "\\\\\\\\").replace('"', '\\"')
+    assert quoted(text) == f'"{escaped}"'

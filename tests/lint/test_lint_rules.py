@@ -171,7 +171,7 @@ def test_shards_reaching_a_replicated_op_without_collective():
     dag = contract_dag(layers=1, tp=4, pp=1, sp=False)
     # draw the AllReduce after attention as a plain concat: a routing node, no collective
     dag.nodes["layer_0_allreduce_attn"].update(op="concat", kind="route")
-    dag = nx.relabel_nodes(dag, {"layer_0_allreduce_attn": "layer_0_concat_attn"})
+    dag = nx.relabel_nodes(nx.DiGraph(dag), {"layer_0_allreduce_attn": "layer_0_concat_attn"})
     findings = lint_text(render_dot(dag))
     codes = by_code(findings)
     assert sorted(codes) == ["DAG008"]

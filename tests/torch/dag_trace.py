@@ -31,7 +31,7 @@ def dag_collectives(graph: nx.DiGraph, rank: int) -> list[dict]:
                 event["peer"] = data["peer"]
             found.append((node, event))
     nodes = [node for node, _ in found]
-    ordered = nx.DiGraph(graph)  # with the issue order the DAG records where the data leaves it open
+    ordered = nx.DiGraph(graph)  # networkx's own graph, with the issue order the DAG records where the data leaves it open
     ordered.add_edges_from((data["after"], node) for node, data in graph.nodes(data=True) if "after" in data)
     for before, after in pairwise(nodes):  # one chain: the order is not a matter of choice
         assert nx.has_path(ordered, before, after), f"{before} and {after} are not ordered in the DAG"
