@@ -116,6 +116,10 @@ _TEXT_LAYER = re.compile(r"(?<![a-z])(?:layer\s*(\d+)(?![\d-])|l(\d+)-)", re.IGN
 _TEXT_LAYER_RANGE = re.compile(r"(?<![a-z])layers?\s*(\d+)\s*(?:-|–|to)\s*(\d+)", re.IGNORECASE)
 
 
+# An edge label saying layers are left out between its ends ("... 124 layers ...").
+ELIDED_LAYERS = re.compile(r"\.\.\.|…|\d+\s+(?:more\s+)?layers", re.IGNORECASE)
+
+
 def layer_in_id(node_id: str) -> int | None:
     match = _ID_LAYER.search(node_id)
     return int(match.group(1)) if match else None
