@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from par.dsl.dag.types import Dag
 from par.dsl.dag.validate import COMMUNICATION
@@ -48,25 +48,29 @@ _DETAIL = 2
 def compare_with_spec(view: DagView, spec_dag: Dag, *, spec_name: str | None = None) -> list[Finding]:
     spec = f"spec `{spec_name}`" if spec_name else "the spec"
     spec_layers = {layer for _, data in spec_dag.nodes(data=True) if (layer := data["layer"]) is not None}
-    drawn = _Drawing.of(view, spec_layers)
+    # a file that uses the spec's ids for its layers' nodes numbers them as the spec does
+    own_ids = any(node in view.info for node, data in spec_dag.nodes(data=True) if data["layer"] is not None)
+    drawn = _Drawing.of(view, spec_layers, from_one_allowed=not own_ids)
     findings = []
     shown = drawn.layers
-    note = " (this DAG numbers its layers from 1)" if drawn.offset else ""
     missing = sorted(spec_layers - shown)
     if missing:
         verb = "has" if len(missing) == 1 else "have"
         findings.append(view.finding(
             "SPEC001", view.graph.line,
             f"{_layers(missing)} of {spec} {verb} no node in this DAG (it shows "
-            f"{_layers(shown)}){note}"))
+            f"{_layers(shown)})"))
     extra = sorted(shown - spec_layers)
     if extra:
         verb = "is" if len(extra) == 1 else "are"
         findings.append(view.finding(
             "SPEC004", drawn.first_line(extra[0]),
-            f"{_layers(extra)} {verb} not in {spec} (it has {_layers(spec_layers)}){note}"))
+            f"{_layers(extra)} {verb} not in {spec} (it has {_layers(spec_layers)})"))
     findings.extend(_compare_collectives(view, spec_dag, spec, drawn, spec_layers))
-    findings.extend(_compare_pipeline(view, spec_dag, spec, drawn))
+    findings.extend(_compare_pipeline(view, spec_dag, spec, drawn, spec_layers))
+    if drawn.offset:
+        note = " [layers as the spec numbers them; this DAG numbers its layers from 1]"
+        findings = [replace(finding, message=finding.message + note) for finding in findings]
     return findings
 
 
@@ -82,16 +86,16 @@ class _Drawing:
     transfers: list[str] = field(default_factory=list)  # pipeline transfer nodes
 
     @classmethod
-    def of(cls, view: DagView, spec_layers: set[int]) -> _Drawing:
+    def of(cls, view: DagView, spec_layers: set[int], *, from_one_allowed: bool) -> _Drawing:
         infos = list(view.info.values()) + list(view.placeholders.values())
         # each distinct range once: a thousand nodes labelled "Layers 0-4095" cost one range
         spans = {info.layers for info in infos if info.layer is None and info.layers}
         spans.update(_elided_spans(view))
         singles = [(info.layer, info.id) for info in infos if info.layer is not None]
         ends = [layer for layer, _ in singles] + [end for span in spans for end in (span.start, span.stop - 1)]
-        # numbered from 1: the file's first and last layers are one above the spec's
-        offset = int(bool(ends) and bool(spec_layers) and min(ends) == 1 and min(spec_layers) == 0
-                     and max(ends) == max(spec_layers) + 1)
+        # numbered from 1, as people count: the file starts at layer 1 where the spec starts at 0
+        offset = int(from_one_allowed and bool(ends) and bool(spec_layers) and min(ends) == 1
+                     and min(spec_layers) == 0)
         detailed: dict[int, list[str]] = {}
         for layer, node in singles:
             detailed.setdefault(layer - offset, []).append(node)
@@ -207,7 +211,8 @@ def _compare_group(view: DagView, spec_dag: Dag, spec: str, where: str, title: s
     return []
 
 
-def _compare_pipeline(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing) -> list[Finding]:
+def _compare_pipeline(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing,
+                      spec_layers: set[int]) -> list[Finding]:
     want = sorted(str(node) for node, data in spec_dag.nodes(data=True)
                   if data.get("kind") == "comm" and data.get("op") in PIPELINE)
     where, title = "between pipeline stages", _title(TRANSFER)
@@ -229,14 +234,17 @@ def _compare_pipeline(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing) 
             unplaced += 1
         else:
             placed.setdefault(boundary, []).append(transfer)
-    absent = sorted(expected - set(placed))[unplaced:]
+    # a boundary next to a layer one side lacks is SPEC001's or SPEC004's
+    shown = drawn.layers
+    absent = sorted(b for b in expected - set(placed) if {b, b + 1} <= shown)[unplaced:]
     findings = []
     if absent:
         findings.append(view.finding(
             "SPEC002", view.graph.line,
             f"{where}: no {title} after {_layers(absent)} ({spec} has a pipeline boundary "
             f"after {_layers(sorted(expected))})"))
-    surplus = sorted(set(placed) - expected)
+    surplus = sorted(b for b in set(placed) - expected
+                     if b in spec_layers and b + 1 not in shown - spec_layers)
     if surplus:
         nodes = [node for boundary in surplus for node in placed[boundary] if node in view.info]
         line = min((view.info[node].line for node in nodes), default=view.graph.line)
