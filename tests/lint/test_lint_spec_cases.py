@@ -119,3 +119,17 @@ def test_a_collective_dropped_from_a_par_drawing_is_found(spec, view, node, wher
     findings = spec_findings(read_dot_text(_without(text, node), file="dag.dot"), dag)
     assert [(f.code, f.message.split(":")[0]) for f in findings] == [("SPEC002", where)]
     assert f"expected `{node}`" in findings[0].message
+
+
+def test_a_boundary_next_to_a_missing_layer_is_left_to_spec001():
+    """Layers 2-3 are missing: the boundaries after layers 1 and 2 touch them and are not
+    reported again; the one after layer 0, between two layers drawn, is."""
+    text = """digraph {
+        input; output;
+        l0 [label="Layer 0\\nGPU 0"]; l1 [label="Layer 1\\nGPU 1"];
+        input -> l0 -> l1 -> output;
+    }"""
+    findings = spec_findings(read_dot_text(text, file="t.dot"), contract_dag(layers=4, tp=1, pp=4))
+    assert sorted((f.code, f.message.split(" (")[0]) for f in findings) == [
+        ("SPEC001", "layers 2-3 of spec `tiny.par` have no node in this DAG"),
+        ("SPEC002", "between pipeline stages: no Send/Recv after layer 0")]
