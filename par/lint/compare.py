@@ -66,8 +66,8 @@ def compare_with_spec(view: DagView, spec_dag: Dag, *, spec_name: str | None = N
         findings.append(view.finding(
             "SPEC004", drawn.first_line(extra[0]),
             f"{_layers(extra)} {verb} not in {spec} (it has {_layers(spec_layers)})"))
-    findings.extend(_compare_collectives(view, spec_dag, spec, drawn, spec_layers))
-    findings.extend(_compare_pipeline(view, spec_dag, spec, drawn, spec_layers))
+    findings.extend(_compare_collectives(view, spec_dag, spec, drawn, spec_layers, own_ids))
+    findings.extend(_compare_pipeline(view, spec_dag, spec, drawn, spec_layers, own_ids))
     if drawn.offset:
         note = " [layers as the spec numbers them; this DAG numbers its layers from 1]"
         findings = [replace(finding, message=finding.message + note) for finding in findings]
@@ -163,26 +163,30 @@ def _is_transfer(info: NodeInfo) -> bool:
 
 
 def _compare_collectives(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing,
-                         spec_layers: set[int]) -> list[Finding]:
+                         spec_layers: set[int], own_ids: bool) -> list[Finding]:
     expected = _spec_collectives(spec_dag)
-    outside_compared = any(layer == OUTSIDE for layer, _ in expected)
+    # Outside the layers (a vocabulary-parallel loss's AllReduces): compared where the file uses
+    # the spec's ids, or where both have some; a file's collective in no layer otherwise stands
+    # for the layers' ("Tensor Parallel Sync / All-Reduce"), and a file may leave the loss out.
+    outside_compared = own_ids or (any(key[0] == OUTSIDE for key in expected)
+                                   and any(key[0] == OUTSIDE for key in drawn.collectives))
     findings = []
     for layer, kind in sorted(set(expected) | set(drawn.collectives), key=_order):
         if layer == OUTSIDE:
             if not outside_compared:
-                continue  # drawn outside any layer: it stands for the layers' collectives
+                continue
         elif layer not in spec_layers or not drawn.in_detail(layer):
             continue  # a missing layer is SPEC001's; a layer drawn as a range or one box is not compared
         want, have = expected.get((layer, kind), []), drawn.collectives.get((layer, kind), [])
         where = "outside the layers" if layer == OUTSIDE else f"layer {layer}"
         findings.extend(_compare_group(view, spec_dag, spec, where, _title(kind), want, have,
-                                       drawn.first_line(layer)))
+                                       drawn.first_line(layer), own_ids))
     return findings
 
 
 def _compare_group(view: DagView, spec_dag: Dag, spec: str, where: str, title: str,
-                   want: list[str], have: list[str], line: int) -> list[Finding]:
-    if any(node in view.info for node in want):
+                   want: list[str], have: list[str], line: int, own_ids: bool) -> list[Finding]:
+    if own_ids:
         # the spec's ids: node by node, each where the file draws a node it connects to (a
         # drawing of one data-parallel replica expects only that replica's collectives)
         shown = [node for node in want if node in view.info or any(
@@ -212,14 +216,14 @@ def _compare_group(view: DagView, spec_dag: Dag, spec: str, where: str, title: s
 
 
 def _compare_pipeline(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing,
-                      spec_layers: set[int]) -> list[Finding]:
+                      spec_layers: set[int], own_ids: bool) -> list[Finding]:
     want = sorted(str(node) for node, data in spec_dag.nodes(data=True)
                   if data.get("kind") == "comm" and data.get("op") in PIPELINE)
     where, title = "between pipeline stages", _title(TRANSFER)
-    if any(node in view.info for node in want):
+    if own_ids:
         return _compare_group(view, spec_dag, spec, where, title, want,
                               [node for node in drawn.transfers if node not in spec_dag],
-                              view.graph.line)
+                              view.graph.line, own_ids)
     expected = {boundary for node in want if (boundary := _spec_boundary(spec_dag, node)) is not None}
     placed: dict[int, list[str]] = {}
     unplaced = 0  # transfers with no layer on either side: each may be any boundary's

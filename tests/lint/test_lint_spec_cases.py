@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lint_dags import SMALL, SPEC, contract_dag
+from lint_dags import SMALL, SPEC, contract_dag, render_dot
 
 from par.codegen.dot.emit import emit_compact_dot, emit_dot
 from par.dsl.compiler import compile_file
@@ -133,3 +133,41 @@ def test_a_boundary_next_to_a_missing_layer_is_left_to_spec001():
     assert sorted((f.code, f.message.split(" (")[0]) for f in findings) == [
         ("SPEC001", "layers 2-3 of spec `tiny.par` have no node in this DAG"),
         ("SPEC002", "between pipeline stages: no Send/Recv after layer 0")]
+
+
+def _with_loss(dag):
+    """The spec's DAG with node kinds the contract may gain, outside every layer: an LM head per
+    GPU and a vocabulary-parallel loss whose AllReduce spans the tensor-parallel group."""
+    out = dag.copy()
+    last = max((data["layer"], node) for node, data in out.nodes(data=True)
+               if data["kind"] == "compute" and data["layer"] is not None and len(data["devices"]) == 1)
+    layer, _ = last
+    shape = out.nodes[last[1]]["out_shape"]
+    gpus = sorted({data["devices"][0] for node, data in out.nodes(data=True)
+                   if data["layer"] == layer and data["kind"] == "compute" and len(data["devices"]) == 1})
+    common = dict(layer=None, stage=out.nodes[last[1]]["stage"], in_shape=shape, out_shape=shape)
+    out.add_node("loss_allreduce_max", kind="comm", op="allreduce", name="allreduce_loss_max",
+                 devices=gpus, bytes=4, **common)
+    for gpu in gpus:
+        ends = [node for node, data in out.nodes(data=True) if data["layer"] == layer
+                and data["kind"] == "compute" and data["devices"] == [gpu] and not any(
+                    out.nodes[succ]["layer"] == layer for succ in out.successors(node))]
+        out.add_node(f"head_gpu{gpu}", kind="compute", op="linear", name="head", devices=[gpu], **common)
+        out.add_edges_from([(end, f"head_gpu{gpu}") for end in ends])
+        out.add_edge(f"head_gpu{gpu}", "loss_allreduce_max")
+    return out
+
+
+def test_node_kinds_outside_the_layers_match_by_id():
+    spec = _with_loss(contract_dag(layers=2, tp=2, pp=1, sp=False))
+    text = render_dot(spec)
+    assert spec_findings(read_dot_text(text, file="t.dot"), spec) == []
+    dropped = spec.copy()
+    dropped.remove_node("loss_allreduce_max")
+    findings = spec_findings(read_dot_text(render_dot(dropped), file="t.dot"), spec)
+    assert [(f.code, f.message.split(":")[0]) for f in findings] == [("SPEC002", "outside the layers")]
+    assert "expected `loss_allreduce_max`" in findings[0].message
+    # a drawing of other tools that leaves the loss out is not asked for its AllReduces
+    other = spec_findings(read_dot_file(str(CASES / "per_group.dot")),
+                          _with_loss(contract_dag(layers=2, tp=2, pp=1, dp=2, sp=False)))
+    assert [f.message.split(":")[0] for f in other] == ["layer 1"]
