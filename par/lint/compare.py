@@ -30,7 +30,7 @@ from par.dsl.registry.collectives import PIPELINE
 from par.dsl.units import ranges
 from par.lint.classify import COLLECTIVE_TITLES, COLLECTIVES, NodeInfo, collective_named
 from par.lint.findings import Finding, node_list
-from par.lint.labels import ELIDED_LAYERS, op_key, op_title
+from par.lint.labels import ELIDED_LAYERS, op_key, op_title, tp_degrees_in_text
 from par.lint.view import DagView
 
 TRANSFER = "transfer"  # the kind every pipeline send/recv is compared as
@@ -71,7 +71,7 @@ def compare_with_spec(view: DagView, spec_dag: Dag, *, spec_name: str | None = N
     if drawn.offset:
         note = " [layers as the spec numbers them; this DAG numbers its layers from 1]"
         findings = [replace(finding, message=finding.message + note) for finding in findings]
-    return findings
+    return findings + _compare_tp(view, spec_dag, spec)
 
 
 @dataclass(slots=True)
@@ -257,6 +257,29 @@ def _compare_pipeline(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing,
             f"{where}: a {title} after {_layers(surplus)}, where {spec} has no pipeline "
             f"boundary: {node_list([node for b in surplus for node in placed[b]], limit=4)}", nodes))
     return findings
+
+
+def _compare_tp(view: DagView, spec_dag: Dag, spec: str) -> list[Finding]:
+    """SPEC005: the file states a tensor-parallel degree ("GPU: 0-3 (TP4)", "16 EP × 4 TP"),
+    and none it states is the spec's. A file that states none is not judged: a layer drawn on
+    one GPU may stand for its shards."""
+    tp = spec_dag.graph.get("mesh", {}).get("tp")
+    stated: dict[int, tuple[int, str]] = {}  # degree -> (line, where it is stated)
+    for node, info in sorted(view.info.items(), key=lambda item: item[1].line):
+        for degree in {degree for line in info.lines for degree in tp_degrees_in_text(line)}:
+            stated.setdefault(degree, (info.line, f"`{node}`"))
+    labels = [("the graph's label", view.graph.attrs.get("label", ""))] + [
+        (f"cluster `{sub.name}`" if sub.name else "a subgraph", sub.label) for sub in view.graph.subgraphs]
+    for where, label in labels:
+        for degree in tp_degrees_in_text(label):
+            stated.setdefault(degree, (view.graph.line, where))
+    if tp is None or not stated or tp in stated:
+        return []
+    degrees = sorted(stated)
+    line, where = stated[degrees[0]]
+    return [view.finding(
+        "SPEC005", line,
+        f"this DAG is tensor parallel {ranges(degrees)} ({where} says so), {spec} has tp {tp}")]
 
 
 def _spec_boundary(spec_dag: Dag, node: str) -> int | None:

@@ -49,6 +49,8 @@ RULES: dict[str, Rule] = {rule.code: rule for rule in (
          "the DOT file's layer has a collective the spec's DAG does not, or a Send/Recv where "
          "the spec has no pipeline boundary"),
     Rule("SPEC004", "spec-layer-extra", "the DOT file has a layer the spec's DAG does not"),
+    Rule("SPEC005", "spec-tp-mismatch",
+         "the DOT file states a tensor-parallel degree the spec's DAG does not have"),
 )}
 
 

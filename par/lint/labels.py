@@ -108,6 +108,17 @@ def op_title(title: str) -> str:
     return _TITLE_DEVICE.sub("", title).strip(" :-_").lower()
 
 
+# A tensor-parallel degree stated in a label: "TP4", "TP=8", "tp 8", "(TP4)", "4 TP", "4-way TP";
+# not "TP:0" or "TP Rank 1", which name a rank.
+_TP_DEGREE = re.compile(
+    r"(?<![a-z])tp\s*=?\s*(\d+)(?!\d)|(?<![\d.:=])(\d+)[\s-]*(?:way\s+)?tp(?![a-z\d])", re.IGNORECASE)
+
+
+def tp_degrees_in_text(text: str) -> set[int]:
+    return {degree for match in _TP_DEGREE.finditer(text)
+            if (degree := int(match.group(1) or match.group(2))) >= 1}
+
+
 # --- layers ------------------------------------------------------------------------------
 
 _ID_LAYER = re.compile(r"(?:^|_)(?:layer_?|l)(\d+)(?=_|$)", re.IGNORECASE)

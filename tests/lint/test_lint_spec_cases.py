@@ -34,6 +34,8 @@ VERDICTS = {
     "numbered_from_1.dot": (dict(layers=8, tp=2, pp=2), set()),
     # "... 6 layers ..." on the edge from layer 0 to layer 7
     "elided_layers.dot": (dict(layers=8, tp=1, pp=1), set()),
+    # "(TP4)" against tp 4; ranks ("TP Rank 1", "TP:0") are no degree
+    "tp_degree.dot": (dict(layers=2, tp=4, pp=1), set()),
 }
 
 
@@ -171,3 +173,10 @@ def test_node_kinds_outside_the_layers_match_by_id():
     other = spec_findings(read_dot_file(str(CASES / "per_group.dot")),
                           _with_loss(contract_dag(layers=2, tp=2, pp=1, dp=2, sp=False)))
     assert [f.message.split(":")[0] for f in other] == ["layer 1"]
+
+
+def test_a_stated_tensor_parallel_degree_is_compared():
+    findings = spec_findings(read_dot_file(str(CASES / "tp_degree.dot")),
+                             contract_dag(layers=2, tp=8, pp=1))
+    assert [(f.code, f.line, f.message) for f in findings] == [(
+        "SPEC005", 6, "this DAG is tensor parallel 4 (`stage` says so), spec `tiny.par` has tp 8")]
