@@ -30,7 +30,7 @@ from par.dsl.registry.collectives import PIPELINE
 from par.dsl.units import ranges
 from par.lint.classify import COLLECTIVE_TITLES, COLLECTIVES, NodeInfo, collective_named
 from par.lint.findings import Finding, node_list
-from par.lint.labels import ELIDED_LAYERS, op_key, op_title, tp_degrees_in_text
+from par.lint.labels import ELIDED_LAYERS, WIDEST_RANGE, op_key, op_title, tp_degrees_in_text
 from par.lint.view import DagView
 
 TRANSFER = "transfer"  # the kind every pipeline send/recv is compared as
@@ -120,9 +120,11 @@ class _Drawing:
         return len(self.detailed.get(layer, ())) >= _DETAIL or any(
             key[0] == layer for key in self.collectives)
 
-    def layer_of(self, node: str) -> list[int]:
+    def layer_of(self, node: str) -> range:
+        """The layers the node stands for, in the spec's numbers."""
         info = self.view.info.get(node)
-        return [layer - self.offset for layer in info.layers] if info is not None else []
+        layers = info.layers if info is not None else range(0)
+        return range(layers.start - self.offset, layers.stop - self.offset)
 
     def first_line(self, layer) -> int:
         nodes = self.detailed.get(layer, []) if isinstance(layer, int) else []
@@ -138,7 +140,7 @@ def _elided_spans(view: DagView) -> list[range]:
         if edge.src in view.info and edge.dst in view.info and \
                 ELIDED_LAYERS.search(edge.attrs.get("label", "")):
             before, after = view.info[edge.src].layers, view.info[edge.dst].layers
-            if before and after and after.start > before.stop:
+            if before and after and 0 < after.start - before.stop <= WIDEST_RANGE:
                 spans.append(range(before.stop, after.start))
     return spans
 
@@ -294,18 +296,19 @@ def _spec_boundary(spec_dag: Dag, node: str) -> int | None:
 
 
 def _drawn_boundary(view: DagView, drawn: _Drawing, node: str) -> int | None:
-    before = [layer for pred in view.preds[node] for layer in drawn.layer_of(pred)]
+    """After the last layer feeding the transfer, else before the first layer it feeds."""
+    before = [layers.stop - 1 for pred in view.preds[node] if (layers := drawn.layer_of(pred))]
     if before:
         return max(before)
-    after = [layer for succ in view.succs[node] for layer in drawn.layer_of(succ)]
+    after = [layers.start for succ in view.succs[node] if (layers := drawn.layer_of(succ))]
     return min(after) - 1 if after else None
 
 
 def _edge_boundary(drawn: _Drawing, src: str, dst: str) -> int | None:
     if before := drawn.layer_of(src):
-        return max(before)
+        return before.stop - 1
     if after := drawn.layer_of(dst):
-        return min(after) - 1
+        return after.start - 1
     return None
 
 
@@ -324,25 +327,28 @@ def _instances(view: DagView, nodes: list[str]) -> list[list[str]]:
     (`l3_allreduce_gpu0` … `_gpu7`) or once per group on disjoint GPUs ("All-Reduce / GPU: 0-7",
     "All-Reduce / GPU: 8-15") count once."""
     groups: list[list[str]] = []
+    by_key: dict[str, int] = {}  # op_key -> its group
+    # title -> per group of that title, the GPUs it covers (None: not known, so none may join)
+    by_title: dict[str, dict[int, set[int] | None]] = {}
     for node in nodes:
         info = view.info[node]
-        for group in groups:
-            first = view.info[group[0]]
-            if op_key(node) == op_key(group[0]) or (
-                    op_title(info.title) == op_title(first.title) and _disjoint(view, node, group)):
-                group.append(node)
-                break
-        else:
-            groups.append([node])
+        title = op_title(info.title)
+        devices = None if info.devices is None or info.all_devices else set(info.devices)
+        index = by_key.get(op_key(node))
+        if index is None and devices:
+            index = next((group for group, covered in by_title.get(title, {}).items()
+                          if covered is not None and not covered & devices), None)
+        if index is None:
+            index = len(groups)
+            groups.append([])
+            by_title.setdefault(title, {})[index] = set()
+        groups[index].append(node)
+        by_key.setdefault(op_key(node), index)
+        covers = by_title.setdefault(title, {})
+        if index in covers:
+            known = covers[index]
+            covers[index] = None if known is None or devices is None else known | devices
     return groups
-
-
-def _disjoint(view: DagView, node: str, group: list[str]) -> bool:
-    mine = view.info[node].devices
-    if not mine or view.info[node].all_devices:
-        return False
-    return all((theirs := view.info[other].devices) and not view.info[other].all_devices
-               and not mine & theirs for other in group)
 
 
 def _title(kind: str) -> str:

@@ -47,7 +47,7 @@ _TITLE_DEVICE = re.compile(r"(?<![a-z])(?:gpu|device|rank)\s*_?\d+", re.IGNORECA
 _RANGE = re.compile(r"(\d+)\s*(?:-|–)\s*(\d+)|(\d+)")
 # A device or layer range wider than this is some other number in a label, not a range: the
 # reader never materialises millions of devices or layers from one hostile label.
-_WIDEST_RANGE = 4096
+WIDEST_RANGE = 4096
 
 
 def parse_device_spec(spec: str) -> frozenset[int] | None:
@@ -59,7 +59,7 @@ def parse_device_spec(spec: str) -> frozenset[int] | None:
             devices.add(int(match.group(3)))
             continue
         first, last = int(match.group(1)), int(match.group(2))
-        if last < first or last - first > _WIDEST_RANGE:
+        if last < first or last - first > WIDEST_RANGE:
             return None
         devices.update(range(first, last + 1))
     return frozenset(devices) or None
@@ -155,7 +155,7 @@ def layer_range_in_text(text: str) -> tuple[int, int] | None:
 
 def _ordered(match: re.Match) -> tuple[int, int] | None:
     first, last = int(match.group(1)), int(match.group(2))
-    return (first, last) if 0 <= last - first <= _WIDEST_RANGE else None
+    return (first, last) if 0 <= last - first <= WIDEST_RANGE else None
 
 
 # --- tensor dimensions -------------------------------------------------------------------

@@ -180,3 +180,17 @@ def test_a_stated_tensor_parallel_degree_is_compared():
                              contract_dag(layers=2, tp=8, pp=1))
     assert [(f.code, f.line, f.message) for f in findings] == [(
         "SPEC005", 6, "this DAG is tensor parallel 4 (`stage` says so), spec `tiny.par` has tp 8")]
+
+
+def test_an_elided_edge_covers_at_most_a_label_range_of_layers():
+    """ "... 10^12 layers ..." from layer 0 to layer 10^12 is not read as that many layers: a
+    span wider than a label's widest range is some other number."""
+    text = """digraph {
+        input; output;
+        l0 [label="Layer 0"]; far [label="Layer 1000000000000"];
+        input -> l0; l0 -> far [label="... 999999999999 layers ..."]; far -> output;
+    }"""
+    findings = spec_findings(read_dot_text(text, file="t.dot"), contract_dag(layers=2, tp=1, pp=1))
+    assert sorted(f.message.split(" (")[0] for f in findings) == [
+        "layer 1 of spec `tiny.par` has no node in this DAG",
+        "layer 1000000000000 is not in spec `tiny.par`"]
