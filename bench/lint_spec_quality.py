@@ -18,7 +18,8 @@ Three measurements, printed in one run:
    (dag.dot and dag.compact.dot) must give no finding at all; then, one at a time, the first
    collective of each kind in the first layer drawn in full and the first Send are deleted from
    the drawing (statement and edges, as a hand edit would) and each must be found by a SPEC002
-   naming it.
+   naming it: in every compact drawing, and in the full drawing of the smallest spec (reading a
+   full drawing again per deletion is most of the run's time).
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def corpus_quality(labels: dict, corpus: Path, show: bool) -> None:
 def own_drawings() -> None:
     print("par's own drawings of specs/ (dag.dot and dag.compact.dot)")
     clean = drawings = found = planted = 0
-    for path in sorted((REPO / "specs").glob("*.par")):
-        compiled = compile_file(path, [])
+    compiled_specs = {path: compile_file(path, []) for path in sorted((REPO / "specs").glob("*.par"))}
+    smallest = min(compiled_specs, key=lambda path: len(compiled_specs[path].graph))
+    for path, compiled in compiled_specs.items():
         dag = compiled.graph
         for view, emit in (("dag.dot", emit_dot), ("dag.compact.dot", emit_compact_dot)):
             text = emit(compiled)
@@ -111,6 +113,8 @@ def own_drawings() -> None:
             clean += not findings
             for finding in findings:
                 print(f"  false  {path.stem}/{view}: {finding.code} {finding.message}")
+            if view == "dag.dot" and path != smallest:
+                continue
             for node in _victims(text, dag):
                 planted += 1
                 hits = [f for f in _lint(_without(text, node), dag)
