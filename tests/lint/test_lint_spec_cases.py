@@ -194,3 +194,13 @@ def test_an_elided_edge_covers_at_most_a_label_range_of_layers():
     assert sorted(f.message.split(" (")[0] for f in findings) == [
         "layer 1 of spec `tiny.par` has no node in this DAG",
         "layer 1000000000000 is not in spec `tiny.par`"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", sorted(SPEC.parent.glob("*.par")), ids=lambda path: path.stem)
+def test_par_build_drawings_of_the_specs_match_them(path):
+    """What `par build` writes for every spec of specs/, at full size (about 30 s in all)."""
+    compiled = compile_file(path, [])
+    for emit in (emit_dot, emit_compact_dot):
+        graphs = read_dot_text(emit(compiled), file="dag.dot")
+        assert [f for graph in graphs for f in lint_graph(graph, spec_dag=compiled.graph)[1]] == []
