@@ -1,4 +1,4 @@
-"""Compare a DOT DAG with the DAG `par` compiles from a spec (SPEC001-SPEC004).
+"""Compare a DOT DAG with the DAG `par` compiles from a spec (SPEC001-SPEC005).
 
 The spec's DAG follows the README's DAG contract: collectives are nodes with `kind == "comm"`, an
 `op` (a collective of the registry) and a `layer` (None for the pipeline's send/recv and for
@@ -8,13 +8,16 @@ the registry, so a collective the registry gains is compared without a change he
 Two ways of drawing are compared differently, per layer and kind of collective:
 
 - a DOT file that uses the spec's node ids (one `par` wrote) is compared node by node: every
-  collective of the spec whose GPUs the file draws must be there, so one dropped AllReduce or one
-  dropped Send of eight is found;
+  collective of the spec connected to a node the file draws must be there, so one dropped
+  AllReduce or one dropped Send of eight is found, and a drawing of one data-parallel replica
+  expects that replica's collectives only;
 - any other file is compared per group: a collective drawn once for its group, or once per GPU,
   is one collective; a layer range drawn once ("Layers 2-7 (Same structure)", a stage labelled
   "Layers 0-3") stands for its layers, whose collectives are not compared; and the pipeline's
   Send/Recv, however it is drawn ("Pipeline Communication", "Transfer", "P2P", an edge labelled
   "PP Communication"), is compared per pipeline boundary.
+
+Either way, a tensor-parallel degree the file states ("(TP4)") must be the spec's (SPEC005).
 """
 
 from __future__ import annotations
