@@ -232,7 +232,8 @@ def _compare_pipeline(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing,
     expected = {boundary for node in want if (boundary := _spec_boundary(spec_dag, node)) is not None}
     placed: dict[int, list[str]] = {}
     unplaced = 0  # transfers with no layer on either side: each may be any boundary's
-    drawn_transfers = [(_drawn_boundary(view, drawn, node), node) for node in drawn.transfers]
+    drawn_transfers = [(_drawn_boundary(view, drawn, node), node) for node in drawn.transfers
+                       if not _within_a_layer(view, drawn, node)]
     labels = {(edge.src, edge.dst): edge.attrs.get("label", "") for edge in view.graph.edges}
     for src, dst in sorted(view.comm_edges, key=view.edge_line.__getitem__):
         label = labels.get((src, dst), "")
@@ -305,6 +306,22 @@ def _drawn_boundary(view: DagView, drawn: _Drawing, node: str) -> int | None:
         return max(before)
     after = [layers.start for succ in view.succs[node] if (layers := drawn.layer_of(succ))]
     return min(after) - 1 if after else None
+
+
+def _within_a_layer(view: DagView, drawn: _Drawing, node: str) -> bool:
+    """A send or recv between nodes of one layer (a ring attention's "KV Ring Send") moves data
+    inside the layer: it crosses no pipeline boundary. So does one drawn in a layer of its own
+    whose only neighbours, on one side, are of that layer (a ring send left dangling)."""
+    before = {layer for pred in view.preds[node] for layer in _ends(drawn.layer_of(pred))}
+    after = {layer for succ in view.succs[node] for layer in _ends(drawn.layer_of(succ))}
+    if before and after:
+        return min(after) <= max(before)
+    own = drawn.layer_of(node)
+    return len(own) == 1 and (before or after) == {own.start}
+
+
+def _ends(layers: range) -> tuple[int, ...]:
+    return (layers.start, layers.stop - 1) if layers else ()
 
 
 def _edge_boundary(drawn: _Drawing, src: str, dst: str) -> int | None:
