@@ -34,6 +34,8 @@ VERDICTS = {
     "numbered_from_1.dot": (dict(layers=8, tp=2, pp=2), set()),
     # "... 6 layers ..." on the edge from layer 0 to layer 7
     "elided_layers.dot": (dict(layers=8, tp=1, pp=1), set()),
+    # a folded layer's "2 AllReduce: 1.2 GB", "All-Reduce (16 ops)": counts, not collectives
+    "collective_counts.dot": (dict(layers=8, tp=2, pp=1, sp=False), set()),
     # a ring attention's KV Send/Recv inside layer 0 is no pipeline transfer
     "ring_sends.dot": (dict(layers=2, tp=1, pp=1), set()),
     # "(TP4)" against tp 4; ranks ("TP Rank 1", "TP:0") are no degree
