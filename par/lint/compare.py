@@ -33,7 +33,14 @@ from par.dsl.registry.collectives import PIPELINE
 from par.dsl.units import ranges
 from par.lint.classify import COLLECTIVE_TITLES, COLLECTIVES, NodeInfo, collective_named
 from par.lint.findings import Finding, node_list
-from par.lint.labels import ELIDED_LAYERS, WIDEST_RANGE, op_key, op_title, tp_degrees_in_text
+from par.lint.labels import (
+    ELIDED_LAYERS,
+    WIDEST_RANGE,
+    layer_range_in_text,
+    op_key,
+    op_title,
+    tp_degrees_in_text,
+)
 from par.lint.view import DagView
 
 TRANSFER = "transfer"  # the kind every pipeline send/recv is compared as
@@ -253,8 +260,18 @@ def _compare_pipeline(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing,
             "SPEC002", view.graph.line,
             f"{where}: no {title} after {_layers(absent)} ({spec} has a pipeline boundary "
             f"after {_layers(sorted(expected))})"))
-    surplus = sorted(b for b in set(placed) - expected
-                     if b in spec_layers and b + 1 not in shown - spec_layers)
+    def comparable(boundary: int) -> bool:
+        return boundary in spec_layers and boundary + 1 not in shown - spec_layers
+
+    surplus = sorted(b for b in set(placed) - expected if comparable(b))
+    splits = {boundary: where_split for boundary, where_split in _stage_splits(view, drawn).items()
+              if boundary not in expected and boundary not in placed and comparable(boundary)}
+    if splits:
+        first = min(splits)
+        findings.append(view.finding(
+            "SPEC003", view.graph.line,
+            f"{where}: the stages split after {_layers(sorted(splits))} ({splits[first]}), "
+            f"where {spec} has no pipeline boundary"))
     if surplus:
         nodes = [node for boundary in surplus for node in placed[boundary] if node in view.info]
         line = min((view.info[node].line for node in nodes), default=view.graph.line)
@@ -263,6 +280,28 @@ def _compare_pipeline(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing,
             f"{where}: a {title} after {_layers(surplus)}, where {spec} has no pipeline "
             f"boundary: {node_list([node for b in surplus for node in placed[b]], limit=4)}", nodes))
     return findings
+
+
+_STAGE = re.compile(r"(?<![a-z])(?:stage|pp\s*stage|pipeline\s*stage)(?![a-z])", re.IGNORECASE)
+
+
+def _stage_splits(view: DagView, drawn: _Drawing) -> dict[int, str]:
+    """Where the file's pipeline stages end, as the labels of stages with a layer range say
+    ("Stage 0: GPUs 0-3, Layers 0-1", a box "PP Stage 1 / Layers 1-8"), but the last: the
+    last layer of each, with the label that says so."""
+    ranges_said: dict[range, str] = {}
+    for node, info in view.info.items():
+        text = "\n".join(info.lines)
+        if _STAGE.search(text) and (found := layer_range_in_text(text)) is not None:
+            ranges_said.setdefault(range(found[0], found[1] + 1), f"`{node}`")
+    for sub in view.graph.subgraphs:
+        if _STAGE.search(sub.label) and (found := layer_range_in_text(sub.label)) is not None:
+            ranges_said.setdefault(range(found[0], found[1] + 1), f"cluster `{sub.name}`")
+    if len(ranges_said) < 2:
+        return {}
+    last = max(span.stop for span in ranges_said)
+    return {span.stop - 1 - drawn.offset: said for span, said in sorted(
+        ranges_said.items(), key=lambda item: (item[0].start, item[0].stop)) if span.stop < last}
 
 
 def _compare_tp(view: DagView, spec_dag: Dag, spec: str) -> list[Finding]:

@@ -36,6 +36,8 @@ VERDICTS = {
     "elided_layers.dot": (dict(layers=8, tp=1, pp=1), set()),
     # a folded layer's "2 AllReduce: 1.2 GB", "All-Reduce (16 ops)": counts, not collectives
     "collective_counts.dot": (dict(layers=8, tp=2, pp=1, sp=False), set()),
+    # stage labels split layers 0-1 from 2-3; the spec has one stage
+    "stage_split.dot": (dict(layers=4, tp=1, pp=1), {("SPEC003", "between pipeline stages")}),
     # a ring attention's KV Send/Recv inside layer 0 is no pipeline transfer
     "ring_sends.dot": (dict(layers=2, tp=1, pp=1), set()),
     # "(TP4)" against tp 4; ranks ("TP Rank 1", "TP:0") are no degree
@@ -208,3 +210,15 @@ def test_par_build_drawings_of_the_specs_match_them(path):
     for emit in (emit_dot, emit_compact_dot):
         graphs = read_dot_text(emit(compiled), file="dag.dot")
         assert [f for graph in graphs for f in lint_graph(graph, spec_dag=compiled.graph)[1]] == []
+
+
+def test_a_stage_split_the_spec_has_is_no_finding():
+    """The same stages against a spec of two stages split after layer 1: the isolated send is
+    that boundary's transfer, and the split is the spec's."""
+    findings = spec_findings(read_dot_file(str(CASES / "stage_split.dot")),
+                             contract_dag(layers=4, tp=1, pp=2))
+    assert findings == []
+    (split,) = spec_findings(read_dot_file(str(CASES / "stage_split.dot")),
+                             contract_dag(layers=4, tp=1, pp=1))
+    assert split.message == ("between pipeline stages: the stages split after layer 1 (cluster "
+                             "`cluster_s0`), where spec `tiny.par` has no pipeline boundary")
