@@ -244,7 +244,9 @@ def _compare_pipeline(view: DagView, spec_dag: Dag, spec: str, drawn: _Drawing,
     labels = {(edge.src, edge.dst): edge.attrs.get("label", "") for edge in view.graph.edges}
     for src, dst in sorted(view.comm_edges, key=view.edge_line.__getitem__):
         label = labels.get((src, dst), "")
-        if _TRANSFER_WORDS.search(label) or collective_named(label) in PIPELINE:
+        before, after = drawn.layer_of(src), drawn.layer_of(dst)
+        inside = bool(before) and bool(after) and after.start <= before.stop - 1  # a ring's hop
+        if (_TRANSFER_WORDS.search(label) or collective_named(label) in PIPELINE) and not inside:
             drawn_transfers.append((_edge_boundary(drawn, src, dst), f"{src} -> {dst}"))
     for boundary, transfer in drawn_transfers:
         if boundary is None:
