@@ -43,10 +43,14 @@ RULES: dict[str, Rule] = {rule.code: rule for rule in (
     Rule("DAG019", "unfilled-template", "a label holds a template placeholder never filled in"),
     Rule("SPEC001", "spec-layer-missing", "a layer of the spec's DAG has no node in the DOT file"),
     Rule("SPEC002", "spec-collective-missing",
-         "a collective of the spec's DAG is missing from the DOT file's layer"),
+         "a collective of the spec's DAG is missing from the DOT file's layer, or a pipeline "
+         "boundary's Send/Recv"),
     Rule("SPEC003", "spec-collective-extra",
-         "the DOT file's layer has a collective the spec's DAG does not"),
+         "the DOT file's layer has a collective the spec's DAG does not, or a Send/Recv where "
+         "the spec has no pipeline boundary"),
     Rule("SPEC004", "spec-layer-extra", "the DOT file has a layer the spec's DAG does not"),
+    Rule("SPEC005", "spec-tp-mismatch",
+         "the DOT file states a tensor-parallel degree the spec's DAG does not have"),
 )}
 
 

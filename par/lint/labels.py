@@ -47,7 +47,7 @@ _TITLE_DEVICE = re.compile(r"(?<![a-z])(?:gpu|device|rank)\s*_?\d+", re.IGNORECA
 _RANGE = re.compile(r"(\d+)\s*(?:-|–)\s*(\d+)|(\d+)")
 # A device or layer range wider than this is some other number in a label, not a range: the
 # reader never materialises millions of devices or layers from one hostile label.
-_WIDEST_RANGE = 4096
+WIDEST_RANGE = 4096
 
 
 def parse_device_spec(spec: str) -> frozenset[int] | None:
@@ -59,7 +59,7 @@ def parse_device_spec(spec: str) -> frozenset[int] | None:
             devices.add(int(match.group(3)))
             continue
         first, last = int(match.group(1)), int(match.group(2))
-        if last < first or last - first > _WIDEST_RANGE:
+        if last < first or last - first > WIDEST_RANGE:
             return None
         devices.update(range(first, last + 1))
     return frozenset(devices) or None
@@ -108,12 +108,27 @@ def op_title(title: str) -> str:
     return _TITLE_DEVICE.sub("", title).strip(" :-_").lower()
 
 
+# A tensor-parallel degree stated in a label: "TP4", "TP=8", "tp 8", "(TP4)", "4 TP", "4-way TP";
+# not "TP:0" or "TP Rank 1", which name a rank.
+_TP_DEGREE = re.compile(
+    r"(?<![a-z])tp\s*=?\s*(\d+)(?!\d)|(?<![\d.:=])(\d+)[\s-]*(?:way\s+)?tp(?![a-z\d])", re.IGNORECASE)
+
+
+def tp_degrees_in_text(text: str) -> set[int]:
+    return {degree for match in _TP_DEGREE.finditer(text)
+            if (degree := int(match.group(1) or match.group(2))) >= 1}
+
+
 # --- layers ------------------------------------------------------------------------------
 
 _ID_LAYER = re.compile(r"(?:^|_)(?:layer_?|l)(\d+)(?=_|$)", re.IGNORECASE)
 _ID_LAYER_RANGE = re.compile(r"(?:^|_)layers_?(\d+)_(\d+)(?=_|$)", re.IGNORECASE)
 _TEXT_LAYER = re.compile(r"(?<![a-z])(?:layer\s*(\d+)(?![\d-])|l(\d+)-)", re.IGNORECASE)
 _TEXT_LAYER_RANGE = re.compile(r"(?<![a-z])layers?\s*(\d+)\s*(?:-|–|to)\s*(\d+)", re.IGNORECASE)
+
+
+# An edge label saying layers are left out between its ends ("... 124 layers ...").
+ELIDED_LAYERS = re.compile(r"\.\.\.|…|\d+\s+(?:more\s+)?layers", re.IGNORECASE)
 
 
 def layer_in_id(node_id: str) -> int | None:
@@ -140,7 +155,7 @@ def layer_range_in_text(text: str) -> tuple[int, int] | None:
 
 def _ordered(match: re.Match) -> tuple[int, int] | None:
     first, last = int(match.group(1)), int(match.group(2))
-    return (first, last) if 0 <= last - first <= _WIDEST_RANGE else None
+    return (first, last) if 0 <= last - first <= WIDEST_RANGE else None
 
 
 # --- tensor dimensions -------------------------------------------------------------------

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import networkx as nx
 
 from par.dsl.units import span
 from par.lint.classify import COLLECTIVE_TITLES, NodeInfo
 from par.lint.findings import Finding
-from par.lint.labels import op_title
+from par.lint.labels import ELIDED_LAYERS, op_title
 from par.lint.view import DagView, declared_and_labelled
 
 # DAG006's message for each reason `view.find_undefined` gives.
@@ -173,10 +171,7 @@ def check_layer_gaps(view: DagView) -> list[Finding]:
     return findings
 
 
-_ELIDED = re.compile(r"\.\.\.|…|\d+\s+(?:more\s+)?layers", re.IGNORECASE)
-
-
 def _elided(view: DagView, node: str) -> bool:
     """An edge into the node says layers are left out ("... 124 layers ...")."""
-    return any(_ELIDED.search(edge.attrs.get("label", "")) for edge in view.graph.edges
+    return any(ELIDED_LAYERS.search(edge.attrs.get("label", "")) for edge in view.graph.edges
                if edge.dst == node)

@@ -29,6 +29,9 @@ class DagView:
     undefined: dict[str, str] = field(default_factory=dict)  # node -> "cluster" | "undeclared" | "unlabelled"
     shards: frozenset[str] = frozenset()  # see `sharded_nodes`
     near_miss: dict[str, str] = field(default_factory=dict)  # see `near_misses`
+    # Edge-less nodes left out because their label says they stand for others ("Layers 1-3
+    # (Same structure)"): no part of the dataflow, but they say which layers the file draws.
+    placeholders: dict[str, NodeInfo] = field(default_factory=dict)
 
     @property
     def file(self) -> str:
@@ -56,6 +59,8 @@ def build_view(graph: DotGraph) -> DagView:
     for node_id in view.info:
         view.preds[node_id] = []
         view.succs[node_id] = []
+    view.placeholders = {node_id: node_info for node_id, node_info in info.items()
+                         if node_id not in view.info and _stands_for_others(node_info)}
     members = _cluster_members(graph)
     for edge in edges:
         is_comm = _names_collective(edge, graph.name)
@@ -188,9 +193,12 @@ def _is_note(info: NodeInfo, node: DotNode) -> bool:
     (`filled`) is DAG010's."""
     if node.bare and node.id.lower() in STYLE_WORDS:
         return False
-    text = "\n".join(info.lines)
-    return bool(_NOTE_ID.match(info.id) or _PLACEHOLDER.search(text)
+    return bool(_NOTE_ID.match(info.id) or _stands_for_others(info)
                 or (info.kind == "comm" and info.collective == "comm"))
+
+
+def _stands_for_others(info: NodeInfo) -> bool:
+    return _PLACEHOLDER.search("\n".join(info.lines)) is not None
 
 
 def _tables(graph: DotGraph, touched: set[str]) -> set[int]:
