@@ -161,7 +161,8 @@ def _with_loss(dag):
                 and data["kind"] == "compute" and data["devices"] == [gpu] and not any(
                     out.nodes[succ]["layer"] == layer for succ in out.successors(node))]
         out.add_node(f"head_gpu{gpu}", kind="compute", op="linear", name="head", devices=[gpu], **common)
-        out.add_edges_from([(end, f"head_gpu{gpu}") for end in ends])
+        for end in ends:
+            out.add_edge(end, f"head_gpu{gpu}")
         out.add_edge(f"head_gpu{gpu}", "loss_allreduce_max")
     return out
 
