@@ -286,8 +286,8 @@ def _model_settings(config: dict, reading: Reading, mesh: Mesh) -> dict[str, obj
         elif isinstance(rule, Require) and (value not in rule.values or type(value) is not type(rule.values[0])):
             wanted = " or ".join(json.dumps(option) for option in rule.values)  # type(): true is not 1
             reading.error(f"{key} {json.dumps(value)}: {rule.why} (it maps only {wanted})", key)
-        elif isinstance(rule, Check) and (wanted := rule.test(value, config)) is not None:
-            reading.error(f"{key} {json.dumps(value)}: {rule.why} ({wanted})", key)
+        elif isinstance(rule, Check) and (problem := rule.test(value, config)) is not None:
+            reading.error(f"{key} {json.dumps(value)}: {rule.why} ({problem})", key)
         elif isinstance(rule, Dropout) and value not in (0, 0.0, None):
             reading.note(f"{key} {value}: par trains without dropout", key)
     for key, rule in family.rules.items():

@@ -83,8 +83,8 @@ class _Validator:
         if not recorded:
             return order
         # A recorded issue order (`after`) is a dependency too: sort with it, so that the walk meets it first.
-        succ = {node: dict(targets) for node, targets in self.succ.items()}
-        pred = {node: dict(sources) for node, sources in self.pred.items()}
+        succ: dict[str, dict] = {node: dict(targets) for node, targets in self.succ.items()}
+        pred: dict[str, dict] = {node: dict(sources) for node, sources in self.pred.items()}
         for before, node in recorded:
             succ[before][node] = {}
             pred[node][before] = {}
@@ -370,7 +370,7 @@ class _IssueOrder:
 
     def communication(self, node: str, devices) -> None:
         """`after` (a collective issued before this one by program order) orders it like an in-edge would."""
-        inputs = self.pred[node]
+        inputs = list(self.pred[node])
         after = self.nodes[node].get("after")
         if after is not None:
             if after not in self.position or self.nodes[after].get("devices") != devices:
