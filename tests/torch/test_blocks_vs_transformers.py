@@ -79,9 +79,9 @@ DRIVER = textwrap.dedent(
         groups = model.Groups(dist.get_rank(), datetime.timedelta(seconds=60))
         data = torch.load(folder / "data.pt")
         stage = model.build_stage(groups, device, data["weights"])
-        x = model.rank_part(data["input"], groups, device).requires_grad_()
+        x = model.rank_part(data["input"], groups.tp_rank, device).requires_grad_()
         y = stage(x)
-        y.backward(model.rank_part(data["grad"], groups, device))
+        y.backward(model.rank_part(data["grad"], groups.tp_rank, device))
         torch.save({"output": y.detach(), "input_grad": x.grad}, folder / f"rank{groups.rank}.pt")
         dist.destroy_process_group()
         return 0
