@@ -9,7 +9,8 @@ from par.codegen.cost import render_report, render_timeline
 from par.codegen.dot.emit import emit_compact_dot, emit_dot
 from par.codegen.json_dag import emit_json
 from par.codegen.pytorch.emit import emit_model
-from par.codegen.renderer import Renderer
+from par.codegen.pytorch.ops import NOT_GENERATED
+from par.codegen.renderer import Renderer, Skip
 from par.codegen.svg import FULL_SVG_MAX_NODES, svg_renderer
 from par.dsl.compiler import Compiled
 from par.dsl.cost import spec_cost
@@ -30,10 +31,19 @@ def renderers() -> list[tuple[str, Renderer]]:
         ("dag.compact.dot", compact),
         ("dag.svg", svg_renderer(full, file="dag.svg", max_nodes=FULL_SVG_MAX_NODES)),
         ("dag.compact.svg", svg_renderer(compact, file="dag.compact.svg")),
-        ("model.py", emit_model),
+        ("model.py", model_or_skip),
         ("report.md", lambda compiled: render_report(cost(compiled))),
         ("timeline.svg", lambda compiled: render_timeline(cost(compiled))),
     ]
+
+
+def model_or_skip(compiled: Compiled) -> str | Skip:
+    """model.py, or the notice that this deployment's ops are not generated yet."""
+    programs = [compiled.program] + [program for _, _, program in compiled.layer_programs]
+    missing = sorted({step.op for program in programs for step in program.steps} & NOT_GENERATED)
+    if missing:
+        return Skip(f"model.py not written for mixture-of-experts deployments: par does not generate {', '.join(missing)} yet")
+    return emit_model(compiled)
 
 
 def once_per_spec(function: Callable[[Compiled], T]) -> Callable[[Compiled], T]:

@@ -21,6 +21,9 @@ ELEMENTWISE = {
     "mul": "{0} * {1}",
 }
 NORMS = {"layernorm": "nn.LayerNorm({0})", "rmsnorm": "nn.RMSNorm({0}, eps=1e-5)"}
+# The mixture-of-experts ops (par.dsl.registry.moe): model.py does not generate them yet, and a
+# deployment that uses them is built without model.py (par.codegen.artifacts).
+NOT_GENERATED = frozenset({"router", "permute", "expert_linear", "unpermute"})
 NORM_PARAMETERS = {"layernorm": ("weight", "bias"), "rmsnorm": ("weight",)}
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from par.dsl.checks.deployment import Block, Op
+from par.dsl.checks.experts import write_out
 from par.dsl.checks.evaluate import (
     AlreadyReported,
     EvalError,
@@ -50,6 +51,8 @@ def resolve_block(
             resolved = result
     if chosen is not None and chosen.name not in own:
         resolved = _BlockResolver(chosen, namespace, sequence_parallel, diags, blame).resolve()
+    if resolved is not None:
+        resolved = write_out(resolved, namespace, diags)  # `moe` block forms, before places name their ops
     if resolved is not None:
         resolved = _apply_places(resolved, places, sequence_parallel, diags)
     else:

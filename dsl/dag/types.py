@@ -11,12 +11,18 @@ from typing import TYPE_CHECKING, Literal, NotRequired, TypeAlias, TypedDict, ca
 import networkx as nx
 
 Kind = Literal["compute", "comm", "route"]
-ComputeOp = Literal["layernorm", "rmsnorm", "linear", "attention", "gelu", "silu", "add", "mul"]  # registry.ops
-CollectiveOp = Literal["allgather", "allreduce", "reducescatter", "alltoall", "send", "recv", "slice"]  # registry.collectives
+ComputeOp = Literal[
+    "layernorm", "rmsnorm", "linear", "attention", "gelu", "silu", "add", "mul",
+    "router", "permute", "expert_linear", "unpermute",
+]  # registry.ops
+CollectiveOp = Literal[
+    "allgather", "allreduce", "reducescatter", "alltoall", "dispatch", "combine", "send", "recv", "slice"
+]  # registry.collectives
 IoOp = Literal["input", "output"]
 OpName = ComputeOp | CollectiveOp | IoOp
 PlacementKind = Literal["R", "P", "S"]  # replicated, partial sum, split
-PlacementText = Literal["R", "P", "S(seq)", "S(-1)"]  # how nodes, drawings and reports write a Placement
+# How nodes, drawings and reports write a Placement; E(...): routed over the expert-parallel group.
+PlacementText = Literal["R", "P", "S(seq)", "S(-1)", "E(R)", "E(P)", "E(S(seq))", "E(S(-1))"]
 Dtype = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["gpipe", "1f1b"]
 Severity = Literal["error", "warning", "note"]
@@ -51,6 +57,10 @@ class NodeAttrs(TypedDict):
     backward: NotRequired[CollectiveOp]
     backward_wire_bytes: NotRequired[int | float]
     backward_reason: NotRequired[str]  # why an AllGather needs no ReduceScatter in backward
+    # Per operand, where operands differ (unpermute: the experts' results and the router's scores).
+    operand_shapes: NotRequired[list[Shape]]
+    operand_placements: NotRequired[list[PlacementText]]
+    wire_bytes_worst: NotRequired[int | float]  # token routing: at the capacity factor's worst case
 
 
 class EdgeAttrs(TypedDict):
@@ -70,6 +80,17 @@ class ModelAttrs(TypedDict):
     batch: int
     seq: int
     dtype: Dtype
+    moe: NotRequired["ExpertAttrs"]  # mixture-of-experts models only
+
+
+class ExpertAttrs(TypedDict):
+    experts: int
+    top_k: int
+    expert_ffn: int
+    shared_experts: int
+    router: str
+    router_norm: bool
+    capacity_factor: float
 
 
 class MeshAttrs(TypedDict):
@@ -82,6 +103,7 @@ class MeshAttrs(TypedDict):
     schedule: Schedule
     sequence_parallel: bool
     grad_dtype: Dtype  # what gradients are accumulated and reduced in
+    ep: NotRequired[int]  # expert-parallel degree (docs/language.md); absent when 1
 
 
 class GraphAttrs(TypedDict):

@@ -99,10 +99,15 @@ class _Validator:
             inputs = pred[node]
             in_shape = data.get("in_shape")
             in_placement = data.get("in_placement")
+            operand_shapes = data.get("operand_shapes")
             for source in inputs:
                 if forward and source not in position:
                     forward = False
                 source_data = nodes[source]
+                if operand_shapes is not None:  # operands that differ: each edge against its own
+                    operand = inputs[source].get("operands", (0,))[0]
+                    in_shape = operand_shapes[operand]
+                    in_placement = data.get("operand_placements", [in_placement] * (operand + 1))[operand]
                 out_shape = source_data.get("out_shape")
                 if out_shape != in_shape and out_shape is not None and in_shape is not None:
                     self.shapes_differ(source, out_shape, node, in_shape)

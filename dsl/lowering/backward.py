@@ -100,7 +100,8 @@ def with_pairs(steps: tuple[Step, ...], param: str, result: str, stream: Placeme
                 else:
                     elided[step.name] = reason
                 partial |= region
-    replicated = ([param] if stream == R else []) + [step.name for step in steps if step.out_placement == R]
+    # Replicated on the tensor-parallel axis: each replica's own tokens, or routed ones.
+    replicated = ([param] if stream == R else []) + [step.name for step in steps if step.out_placement.local == R]
     copied = {
         value for value in replicated if value not in partial and any(_takes_copy(step) for step in consumers.get(value, []))
     }

@@ -36,6 +36,7 @@ CASES = [
     ("baseline_tp8_pp2", ()),
     ("layerwise", ()),
     ("llama_gqa", ()),
+    ("mixtral_8x7b", ("layers=4", "pp=2", "dp=2", "ep=2", "batch=4", "seq=64", "microbatches=2")),
 ]
 
 
@@ -117,7 +118,8 @@ def test_node_kinds_are_the_registrys():
 
 def test_dtypes_and_placements_and_severities():
     assert set(get_args(get_type_hints(ModelAttrs)["dtype"])) == set(DTYPE_BYTES)
-    assert set(get_args(PlacementText)) == set(PLACEMENTS) == {p.text for p in (R, P, S_SEQ, S_LAST)}
+    local = {p.text for p in (R, P, S_SEQ, S_LAST)}
+    assert set(get_args(PlacementText)) == set(PLACEMENTS) == local | {f"E({text})" for text in local}
     assert all(str(placement) == text for text, placement in PLACEMENTS.items())
     assert set(get_args(PlacementKind)) == {p.kind for p in PLACEMENTS.values()}
     made = {make("m", None).severity for make in (error, warning, note)}
