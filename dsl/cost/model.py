@@ -18,6 +18,7 @@ from par.dsl.cost.accounting import (
     training_state,
     transfers,
 )
+from par.dsl.cost.experts import ExpertCost, expert_cost
 from par.dsl.cost.estimate import (
     BACKWARD_FLOPS,
     Clock,
@@ -49,6 +50,7 @@ class Cost:
     groups: tuple[DeviceGroup, ...]
     model_params: int
     estimate: StepEstimate
+    experts: ExpertCost | None = None  # a model with experts: active parameters, routing bytes
 
     @property
     def mesh(self) -> MeshAttrs:
@@ -103,6 +105,7 @@ def cost_of(graph: Dag, *, hardware: Hardware | None) -> Cost:
         groups=tuple(sorted(rows, key=lambda group: (group.cost.stage, group.ranks))),
         model_params=model_parameters(graph),
         estimate=estimate_step(graph, items, Clock(hardware)),
+        experts=expert_cost(graph, model_parameters(graph)),
     )
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from par.dsl.checks.deployment import Deployment
 from par.dsl.dag import ids
-from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, GraphAttrs, IoOp, NodeAttrs, Shape
+from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, ExpertAttrs, GraphAttrs, IoOp, NodeAttrs, Shape
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
 from par.dsl.lowering.placement import R, share
 from par.dsl.lowering.program import Program, Step
@@ -76,13 +76,22 @@ def graph_attributes(program: Program) -> GraphAttrs:
             "batch": model.batch,
             "seq": model.seq,
             "dtype": model.dtype,
-        },
+        }
+        | _expert_attributes(model),
         "mesh": mesh.attributes(),
         "layers": model.layers,
         "stream": program.stream.text,
         "microbatch_shape": list(program.stream_shape),
         "strict": deployment.strict,
     }
+
+
+def _expert_attributes(model) -> dict:
+    """A model with experts carries their settings (`graph["model"]["moe"]`); others nothing."""
+    moe = model.moe
+    if moe is None:
+        return {}
+    return {"moe": {name: getattr(moe, name) for name in ExpertAttrs.__annotations__}}
 
 
 class _Expander:
