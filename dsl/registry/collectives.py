@@ -74,6 +74,7 @@ class CollectiveSpec:
     written: Written | None = None  # None: only the compiler inserts it
     lint_title: str | None = None  # lint's name for it in findings; None: lint does not look for it
     lint_pattern: str | None = None  # how DAGs drawn by other tools name it (case-insensitive regex)
+    lint_as: str | None = None  # the collective lint reads it as in a drawing (a routing is an AllToAll); None: itself
     # What the code keeps of it for the backward: its pairs keep only the group and the dims
     # (they save no tensor), so nothing but for a send, whose tensor the schedule keeps.
     saves: Saves = NOTHING
@@ -164,6 +165,7 @@ COLLECTIVES: dict[str, CollectiveSpec] = {
             ring_steps=lambda n: n - 1,
             routes=True,
             pair=BackwardPair("dispatch", backward="combine"),
+            lint_as="alltoall",
             written=Written(
                 Syntax(1, usage="dispatch(tokens)"),
                 {None: (Signature((R,), E_R), Signature((S_SEQ,), E_SEQ))},
@@ -176,6 +178,7 @@ COLLECTIVES: dict[str, CollectiveSpec] = {
             ring_steps=lambda n: n - 1,
             routes=False,
             pair=BackwardPair("combine", backward="dispatch"),
+            lint_as="alltoall",
             written=Written(
                 Syntax(1, usage="combine(routed)"),
                 {None: (Signature((E_R,), R), Signature((E_P,), P), Signature((E_SEQ,), S_SEQ))},

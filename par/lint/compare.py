@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from par.dsl.dag.types import Dag
 from par.dsl.dag.validate import COMMUNICATION
+from par.dsl.registry.collectives import COLLECTIVES
 from par.dsl.units import ranges
 from par.lint.classify import COLLECTIVE_TITLES
 from par.lint.findings import Finding, node_list
@@ -79,7 +80,8 @@ def _spec_collectives(spec_dag: Dag) -> dict[tuple, list[str]]:
     found: dict[tuple, list[str]] = {}
     for node, data in spec_dag.nodes(data=True):
         if data.get("kind") == "comm" and data.get("op") in COMMUNICATION:
-            found.setdefault((data.get("layer"), data["op"]), []).append(str(node))
+            kind = COLLECTIVES[data["op"]].lint_as or data["op"]  # as a drawing of it reads
+            found.setdefault((data.get("layer"), kind), []).append(str(node))
     return {key: sorted(nodes) for key, nodes in found.items()}
 
 
