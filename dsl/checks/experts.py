@@ -133,7 +133,21 @@ def _expert_ffn_tp(expert_ffn, tp):
         )
 
 
-RULES = (_top_k, _experts_ep, _ep_dp, _expert_ffn_tp)
+def _balanced(batch, dp, microbatches, seq, top_k, experts):
+    if batch % (dp * microbatches):
+        return None  # the batch split's own rule reports it
+    tokens = batch // (dp * microbatches) * seq
+    if tokens * top_k % experts:
+        return (
+            f"a microbatch's {tokens} tokens × top_k ({top_k}) = {tokens * top_k} do not divide among experts ({experts}): "
+            "par counts balanced routing, the same number of tokens for each expert",
+            "experts",
+            f"use experts {nearest(divisors(tokens * top_k), experts)}, or a seq or batch that makes tokens × top_k a multiple of {experts}",
+            "error",
+        )
+
+
+RULES = (_top_k, _experts_ep, _ep_dp, _expert_ffn_tp, _balanced)
 
 
 def expert_checks(values: dict[str, int], *, sequence_parallel: bool, spans: dict[str, Span]) -> list[Diagnostic]:
@@ -171,8 +185,8 @@ def write_out(block: Block, namespace: Namespace, diags: list[Diagnostic]) -> Bl
     With shared experts, a dense MLP of shared_experts × expert_ffn runs beside them on every token
     (y_shared_*) and `y = add(y_routed, y_shared)`.
     """
-    if all(op.op != MOE for op in block.ops):
-        return block
+    if all(op.op != MOE for op in block.ops) or "experts" not in namespace.names():
+        return block  # without experts the checks report the moe itself
     sizes = {}
     for name in ("hidden", "expert_ffn", "shared_experts"):
         try:
