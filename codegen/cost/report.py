@@ -110,9 +110,9 @@ def _expert_sections(cost: Cost) -> list[Section]:
 def _first_routed_layer(cost: Cost) -> tuple[int, int] | None:
     """(rank, layer) of the first layer with routed experts, on the first rank that runs it."""
     found = [
-        (data["layer"], data["devices"][0])
+        (layer, data["devices"][0])
         for _, data in cost.graph.nodes(data=True)
-        if data["kind"] == "compute" and data.get("in_placement", "").startswith("E(")
+        if (layer := data["layer"]) is not None and data["kind"] == "compute" and data.get("in_placement", "").startswith("E(")
     ]
     if not found:
         return None

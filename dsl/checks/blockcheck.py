@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from par.dsl.checks.deployment import Block, Op
-from par.dsl.checks.experts import write_out
 from par.dsl.checks.evaluate import (
     AlreadyReported,
     EvalError,
@@ -14,6 +13,7 @@ from par.dsl.checks.evaluate import (
     did_you_mean,
     evaluate,
 )
+from par.dsl.checks.experts import write_out
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.spec import BlockDef, Expr, ModelDecl, Place, Ref, Statement
 from par.dsl.registry.collectives import block_form

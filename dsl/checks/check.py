@@ -10,8 +10,6 @@ from par.dsl.checks import stages as stage_split
 from par.dsl.checks.blockcheck import resolve_block
 from par.dsl.checks.crosscheck import cross_checks
 from par.dsl.checks.deployment import DTYPE_BYTES, GRAD_DTYPES, SCHEDULES, Deployment, Mesh, Model
-from par.dsl.checks.experts import CAPACITY, EXPERT_RANGES, EXPERT_WORDS, expert_checks, resolve_experts, used_without_experts
-from par.dsl.checks.experts import defaults as expert_defaults
 from par.dsl.checks.evaluate import (
     AlreadyReported,
     EvalError,
@@ -19,6 +17,15 @@ from par.dsl.checks.evaluate import (
     did_you_mean,
     evaluate,
 )
+from par.dsl.checks.experts import (
+    CAPACITY,
+    EXPERT_RANGES,
+    EXPERT_WORDS,
+    expert_checks,
+    resolve_experts,
+    used_without_experts,
+)
+from par.dsl.checks.experts import defaults as expert_defaults
 from par.dsl.checks.hwcheck import resolve_hardware
 from par.dsl.checks.layerblocks import resolve_layer_blocks
 from par.dsl.checks.settings import collect_settings
@@ -123,7 +130,7 @@ class _Checker:
         written = {name for name in (*exprs, *(w for w, e in words.items() if e is not None))} | ({CAPACITY} if capacity else set())
         namespace = self._namespace(model_decl, mesh_decl, exprs)
         self._evaluate(namespace, model_decl)
-        experts_words = {name: words[name] for name in EXPERT_WORDS if words[name] is not None}
+        experts_words: dict[str, Expr] = {name: expr for name in EXPERT_WORDS if (expr := words[name]) is not None}
         if capacity is not None:
             experts_words[CAPACITY] = capacity
         experts = resolve_experts(self.values, experts_words, written, self.spans, self.diags)
@@ -213,6 +220,7 @@ class _Checker:
         at = model_decl.span
         mesh_at = mesh_decl.span if mesh_decl else at
         defaults: dict[str, Expr] = {
+            **expert_defaults(at),
             "kv_heads": Ref("heads", at),
             "ffn": BinOp("*", Num(4, at), Ref("hidden", at), at),
             "tp": Num(1, mesh_at),
@@ -221,7 +229,7 @@ class _Checker:
             "microbatches": Num(1, mesh_at),
             "head_dim": BinOp("/", Ref("hidden", at), Ref("heads", at), at),
             "ep": Num(1, mesh_at),
-        } | expert_defaults(at)
+        }
         for name, expr in defaults.items():
             if name not in exprs:
                 exprs[name] = expr

@@ -18,7 +18,6 @@ from par.dsl.cost.accounting import (
     training_state,
     transfers,
 )
-from par.dsl.cost.experts import ExpertCost, expert_cost
 from par.dsl.cost.estimate import (
     BACKWARD_FLOPS,
     Clock,
@@ -28,6 +27,7 @@ from par.dsl.cost.estimate import (
     estimate_step,
     fits,
 )
+from par.dsl.cost.experts import ExpertCost, expert_cost
 from par.dsl.dag.types import Dag, MeshAttrs, ModelAttrs, graph_attrs
 
 

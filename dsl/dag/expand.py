@@ -12,15 +12,14 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Literal
 
-from par.dsl.checks.deployment import Deployment
+from par.dsl.checks.deployment import Deployment, Model
 from par.dsl.dag import ids
-from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, ExpertAttrs, GraphAttrs, IoOp, NodeAttrs, Shape
+from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, ExpertAttrs, GraphAttrs, IoOp, ModelAttrs, NodeAttrs, Shape, graph_attrs
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
 from par.dsl.lowering.placement import R, share
 from par.dsl.lowering.program import Program, Step
 from par.dsl.registry.collectives import COLLECTIVES
 from par.dsl.registry.ops import elements
-
 
 # (first layer, last layer, the program of those layers): a model with a block per range of layers.
 LayerPrograms = Sequence[tuple[int, int, Program]]
@@ -76,8 +75,7 @@ def graph_attributes(program: Program) -> GraphAttrs:
             "batch": model.batch,
             "seq": model.seq,
             "dtype": model.dtype,
-        }
-        | _expert_attributes(model),
+        },
         "mesh": mesh.attributes(),
         "layers": model.layers,
         "stream": program.stream.text,
@@ -86,12 +84,19 @@ def graph_attributes(program: Program) -> GraphAttrs:
     }
 
 
-def _expert_attributes(model) -> dict:
+def _with_experts(attributes: ModelAttrs, model: Model) -> None:
     """A model with experts carries their settings (`graph["model"]["moe"]`); others nothing."""
-    moe = model.moe
-    if moe is None:
-        return {}
-    return {"moe": {name: getattr(moe, name) for name in ExpertAttrs.__annotations__}}
+    if model.moe is not None:
+        moe = model.moe
+        attributes["moe"] = ExpertAttrs(
+            experts=moe.experts,
+            top_k=moe.top_k,
+            expert_ffn=moe.expert_ffn,
+            shared_experts=moe.shared_experts,
+            router=moe.router,
+            router_norm=moe.router_norm,
+            capacity_factor=moe.capacity_factor,
+        )
 
 
 class _Expander:
@@ -106,6 +111,7 @@ class _Expander:
         # `_succ`, `_pred`): `add_nodes_from` would copy every attribute dict, which costs more
         # than expansion itself. Ids are unique by construction; `run` verifies the count.
         self.graph: Dag = Dag(**graph_attributes(program))
+        _with_experts(graph_attrs(self.graph)["model"], self.deployment.model)
         self.node_map: dict[str, NodeAttrs] = self.graph._node  # type: ignore[attr-defined]  # not in the stubs
         self.succ: dict[str, dict[str, EdgeAttrs]] = self.graph._succ  # type: ignore[attr-defined]
         self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred  # type: ignore[attr-defined]

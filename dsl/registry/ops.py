@@ -277,7 +277,3 @@ OPS: dict[str, OpSpec] = {
     )
 }
 
-
-# The mixture-of-experts ops (par.dsl.registry.moe) are declared beside their block form and
-# add themselves to the table; importing them here makes `OPS` whole whichever is imported first.
-from par.dsl.registry import moe as _moe  # noqa: E402,F401  (builds on the declarations above)

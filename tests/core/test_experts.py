@@ -140,7 +140,7 @@ def test_routing_matches_its_closed_forms(ep, per_rank, top_k, tp, sp, pp, share
         assert data["wire_bytes_worst"] == data["wire_bytes"]  # capacity factor 1: balanced is the worst
     # per device: only its local experts' weights, and top_k experts' FLOPs per token
     width = v["ffn"] // tp
-    for node, data in nodes_of(graph, "expert_linear"):
+    for _, data in nodes_of(graph, "expert_linear"):
         assert data["params"] == experts // ep * v["hidden"] * width
         assert data["flops"] == 2 * tokens * top_k * v["hidden"] * width
         assert data["in_shape"][0] == experts // ep

@@ -3,8 +3,6 @@ its factors and a fix; a block per range of layers must cover the layers in orde
 
 import pytest
 
-from par.dsl.compiler import compile_text
-from par.dsl.diagnostics import CompileError
 from par.dsl.frontend.format import format_spec
 from par.dsl.frontend.parser import parse_with_comments
 
