@@ -14,7 +14,18 @@ from typing import Literal
 
 from par.dsl.checks.deployment import Deployment, Model
 from par.dsl.dag import ids
-from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, ExpertAttrs, GraphAttrs, IoOp, ModelAttrs, NodeAttrs, Shape, graph_attrs
+from par.dsl.dag.types import (
+    CollectiveOp,
+    Dag,
+    EdgeAttrs,
+    ExpertAttrs,
+    GraphAttrs,
+    IoOp,
+    ModelAttrs,
+    NodeAttrs,
+    Shape,
+    graph_attrs,
+)
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
 from par.dsl.lowering.placement import R, share
 from par.dsl.lowering.program import Program, Step
