@@ -17,6 +17,8 @@ REPLACEMENT = "\ufffd"
 
 def printable(text: str) -> str:
     """`text` with every character XML cannot carry (controls, surrogates, U+FFFE/U+FFFF) replaced."""
+    if text.isascii() and text.isprintable():  # the common case: ASCII without controls is all safe
+        return text
     return "".join(REPLACEMENT if _unsafe(char) else char for char in text)
 
 

@@ -51,6 +51,9 @@ def test_html_escapes_markup():
 def test_printable_replaces_what_xml_cannot_carry():
     assert printable("a\x00b\nc\ud800d\ufffe") == "a" + REPLACEMENT + "b" + REPLACEMENT + "c" + REPLACEMENT + "d" + REPLACEMENT
     assert printable("é 😀 数据") == "é 😀 数据"
+    # ASCII takes a shortcut: each of its characters is kept or replaced as the rule says
+    for code in range(128):
+        assert printable(f"a{chr(code)}b") == "a" + (REPLACEMENT if code < 32 or code == 127 else chr(code)) + "b"
 
 
 def test_dims_and_gpu_lists():
