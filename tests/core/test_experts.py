@@ -212,3 +212,61 @@ def test_dense_first_layers_then_moe_layers_split_over_stages():
     assert shared["out_shape"][-1] == 16 and shared["op"] == "linear"
     assert validate(graph) == []
     assert graph.number_of_nodes() == node_count(compiled.program, compiled.layer_programs)
+
+
+# -- the validator and lint hold MoE DAGs to the same rules ------------------------------------------------
+
+
+def small_graph(**changes):
+    text, _ = small(layers=1, **changes)
+    return compile_text(text, "t.par").graph
+
+
+def test_a_dispatch_missing_a_member_breaks_invariant_3():
+    graph = small_graph(dp=2, ep=2)
+    graph.remove_edge("layer_0_moe_tokens_gpu1", "layer_0_dispatch_moe_tokens")
+    messages = [d.message for d in validate(graph)]
+    assert any("invariant 3" in m and "no in-edge from gpu 1" in m for m in messages)
+
+
+def test_a_dropped_combine_is_caught_by_shapes_and_placements():
+    """The mutation the generated code's test makes: the experts' results reach unpermute
+    without coming back: routed [2, 16, 64] on E(R) where [4, 8, 64] of this replica is due."""
+    graph = small_graph(dp=2, ep=2)
+    for rank in (0, 1):
+        graph.add_edge(f"layer_0_moe_down_gpu{rank}", f"layer_0_moe_gpu{rank}", operands=(0,))
+    graph.remove_node("layer_0_combine_moe_down")
+    messages = [d.message for d in validate(graph)]
+    assert any("gives [2, 16, 64] but layer_0_moe_gpu0 takes [4, 8, 64]" in m for m in messages)
+    assert any("is E(R) but layer_0_moe_gpu1 takes R" in m for m in messages)
+
+
+def test_experts_on_the_wrong_rank_break_the_routing_group():
+    """A rank of another expert-parallel group fed into this one's dispatch: not a member."""
+    graph = small_graph(dp=4, ep=2, batch=8)
+    graph.add_edge("layer_0_moe_tokens_gpu2", "layer_0_dispatch_moe_tokens_ep0", operands=(0,))
+    messages = [d.message for d in validate(graph)]
+    assert any("in-edge from layer_0_moe_tokens_gpu2, outside its group [0, 1]" in m for m in messages)
+
+
+def test_lint_spec_reads_our_drawing_of_an_moe_dag_as_the_spec():
+    from par.codegen.dot.emit import emit_dot
+    from par.lint.dot_reader import read_dot_text
+    from par.lint.lint import lint_graph
+
+    text, _ = small(tp=2, dp=2, ep=2)
+    compiled = compile_text(text, "t.par")
+    (drawn,) = read_dot_text(emit_dot(compiled), file="t.dot")
+    findings = lint_graph(drawn, spec_dag=compiled.graph, spec_name="t.par")[1]
+    assert [f.code for f in findings if f.code.startswith("SPEC")] == []
+    # without its routing the drawing misses the spec's All-to-Alls
+    for node in [node for node in list(compiled.graph) if compiled.graph.nodes[node]["op"] in ("dispatch", "combine")]:
+        for source in list(compiled.graph.predecessors(node)):
+            for target in list(compiled.graph.successors(node)):
+                compiled.graph.add_edge(source, target, operands=(0,))
+    spec = compile_text(text, "t.par").graph
+    for node in [node for node in list(compiled.graph) if compiled.graph.nodes[node]["op"] in ("dispatch", "combine")]:
+        compiled.graph.remove_node(node)
+    (drawn,) = read_dot_text(emit_dot(compiled), file="t.dot")
+    codes = [f.message for f in lint_graph(drawn, spec_dag=spec, spec_name="t.par")[1] if f.code == "SPEC002"]
+    assert codes and all("All-to-All missing" in message for message in codes)
