@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from par.codegen.dot.text import (
     REPLACEMENT,
+    _unsafe,
     dims,
     gpus,
     html,
@@ -51,9 +52,11 @@ def test_html_escapes_markup():
 def test_printable_replaces_what_xml_cannot_carry():
     assert printable("a\x00b\nc\ud800d\ufffe") == "a" + REPLACEMENT + "b" + REPLACEMENT + "c" + REPLACEMENT + "d" + REPLACEMENT
     assert printable("é 😀 数据") == "é 😀 数据"
-    # ASCII takes a shortcut: each of its characters is kept or replaced as the rule says
-    for code in range(128):
-        assert printable(f"a{chr(code)}b") == "a" + (REPLACEMENT if code < 32 or code == 127 else chr(code)) + "b"
+    # one pattern scans the text: it replaces exactly the characters the rule calls unsafe
+    codes = [*range(0x10000), *(plane << 16 | low for plane in range(1, 17) for low in (0, 0xFFFD, 0xFFFE, 0xFFFF))]
+    for code in codes:
+        char = chr(code)
+        assert printable(f"a{char}b") == "a" + (REPLACEMENT if _unsafe(char) else char) + "b", hex(code)
 
 
 def test_dims_and_gpu_lists():
