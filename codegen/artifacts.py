@@ -12,6 +12,7 @@ from par.codegen.pytorch.emit import emit_model
 from par.codegen.pytorch.ops import NOT_GENERATED
 from par.codegen.renderer import Renderer, Skip
 from par.codegen.svg import FULL_SVG_MAX_NODES, svg_renderer
+from par.dsl.checks.deployment import Deployment
 from par.dsl.compiler import Compiled
 from par.dsl.cost import spec_cost
 
@@ -37,10 +38,15 @@ def renderers() -> list[tuple[str, Renderer]]:
     ]
 
 
+def not_generated(deployment: Deployment) -> list[str]:
+    """The ops of the deployment's blocks that model.py does not generate yet (empty: it writes model.py)."""
+    blocks = [deployment.block] + [block for _, _, block in deployment.layer_blocks]
+    return sorted({op.op for block in blocks for op in block.ops} & NOT_GENERATED)
+
+
 def model_or_skip(compiled: Compiled) -> str | Skip:
     """model.py, or the notice that this deployment's ops are not generated yet."""
-    programs = [compiled.program] + [program for _, _, program in compiled.layer_programs]
-    missing = sorted({step.op for program in programs for step in program.steps} & NOT_GENERATED)
+    missing = not_generated(compiled.deployment)
     if missing:
         return Skip(f"model.py not written for mixture-of-experts deployments: par does not generate {', '.join(missing)} yet")
     return emit_model(compiled)
