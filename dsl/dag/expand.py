@@ -129,7 +129,6 @@ class _Expander:
         self.added = 0
         programs = {id(each): each for each in self.layer_program.values()}
         self.templates_of = {key: {step.name: self._template(step) for step in each.steps} for key, each in programs.items()}
-        self.templates = self.templates_of[id(program)]
 
     def run(self) -> Dag:
         mesh, program = self.mesh, self.program
