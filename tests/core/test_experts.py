@@ -270,3 +270,22 @@ def test_lint_spec_reads_our_drawing_of_an_moe_dag_as_the_spec():
     (drawn,) = read_dot_text(emit_dot(compiled), file="t.dot")
     codes = [f.message for f in lint_graph(drawn, spec_dag=spec, spec_name="t.par")[1] if f.code == "SPEC002"]
     assert codes and all("All-to-All missing" in message for message in codes)
+
+
+@settings(max_examples=15, deadline=None)
+@given(dense=st.integers(1, 3), pp=st.sampled_from([1, 2, 4]), ep=st.sampled_from([1, 2, 4]), sp=st.booleans())
+def test_dense_and_moe_layers_in_any_split(dense, pp, ep, sp):
+    text = f"""
+model d : llama 0..{dense - 1}, deepseek {dense}..layers - 1 {{
+  layers 4  hidden 64  heads 4  ffn 96  expert_ffn 16  experts 8  top_k 2  shared_experts 1
+  batch 8  seq 8  dtype fp32
+}}
+mesh {{ tp 2  pp {pp}  dp 4  ep {ep}  microbatches 2 {"sp" if sp else ""} }}
+"""
+    compiled = compile_text(text, "t.par")
+    graph = compiled.graph
+    assert validate(graph) == []
+    assert graph.number_of_nodes() == node_count(compiled.program, compiled.layer_programs)
+    routed = {data["layer"] for _, data in nodes_of(graph, "router")}
+    assert routed == set(range(dense, 4))
+    assert len(nodes_of(graph, "dispatch")) == (0 if ep == 1 else (4 - dense) * 2 * (4 // ep))
