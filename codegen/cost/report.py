@@ -85,6 +85,8 @@ def _expert_sections(cost: Cost) -> list[Section]:
         ("parameters active per token", units.count(experts.active_params)),
         ("dispatch + combine sent fwd/mb (busiest device), balanced", units.size(experts.routing_bytes)),
         (f"the same at capacity factor {settings['capacity_factor']:g} (worst case)", units.size(experts.routing_worst)),
+        ("routed tokens kept for backward per mb (busiest device), balanced", units.size(experts.routed_activations)),
+        (f"the same at capacity factor {settings['capacity_factor']:g} (worst case)", units.size(experts.routed_activations_worst)),
     )
     found = [
         Section(
@@ -96,6 +98,8 @@ def _expert_sections(cost: Cost) -> list[Section]:
                 "Balanced routing: each expert gets tokens × top_k / experts tokens of a microbatch; the worst case lets "
                 "each get capacity_factor times that, a rank sending at most all the tokens it holds. Active "
                 "parameters: the model's, less the routed experts a token skips (experts - top_k of each MoE layer). "
+                "Routed tokens kept: the dispatched tokens and the experts' tensors autograd keeps, part of the "
+                "activations above; the memory table counts them balanced. "
                 "The DAG holds the layers: embeddings and the head are not counted.",
             ),
         )

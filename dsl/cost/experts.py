@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from par.dsl.checks.deployment import Mesh
+from par.dsl.cost.accounting import saved_tensors
 from par.dsl.dag.types import Dag, ExpertAttrs
 from par.dsl.lowering.placement import PLACEMENTS
 from par.dsl.registry.collectives import COLLECTIVES
@@ -22,10 +23,18 @@ class ExpertCost:
     active_params: int  # distinct parameters one token goes through: the rest, and top_k of each layer's experts
     routing_bytes: int | float  # sent per microbatch by the busiest device, dispatch and combine, balanced routing
     routing_worst: int | float  # the same when experts get capacity_factor times their share
+    # Routed tensors (the dispatched tokens and what the experts make of them) that the busiest
+    # device keeps for the backward of one microbatch, balanced; part of its activations.
+    routed_activations: int = 0
 
     @property
     def local_experts(self) -> int:
         return self.settings["experts"] // self.ep
+
+    @property
+    def routed_activations_worst(self) -> float:
+        """The routed tensors when this device's experts get capacity_factor times their share."""
+        return self.routed_activations * self.settings["capacity_factor"]
 
 
 def expert_cost(graph: Dag, model_params: int) -> ExpertCost | None:
@@ -51,6 +60,11 @@ def expert_cost(graph: Dag, model_params: int) -> ExpertCost | None:
                 balanced[rank] += data["wire_bytes"]
                 worst[rank] += data.get("wire_bytes_worst", data["wire_bytes"])
     skipped = routed * (settings["experts"] - settings["top_k"]) // settings["experts"]
+    kept = saved_tensors(graph)
+    routed_kept = [
+        sum(size for key, size in tensors.items() if PLACEMENTS[graph.nodes[key[0]].get("out_placement", "R")].routed)
+        for tensors in kept.values()
+    ]
     return ExpertCost(
         settings=settings,
         ep=mesh.ep,
@@ -60,4 +74,5 @@ def expert_cost(graph: Dag, model_params: int) -> ExpertCost | None:
         active_params=model_params - skipped,
         routing_bytes=max(balanced),
         routing_worst=max(worst),
+        routed_activations=max(routed_kept),
     )

@@ -289,3 +289,14 @@ mesh {{ tp 2  pp {pp}  dp 4  ep {ep}  microbatches 2 {"sp" if sp else ""} }}
     routed = {data["layer"] for _, data in nodes_of(graph, "router")}
     assert routed == set(range(dense, 4))
     assert len(nodes_of(graph, "dispatch")) == (0 if ep == 1 else (4 - dense) * 2 * (4 // ep))
+
+
+def test_routed_tokens_kept_for_backward_are_the_dispatched_tokens_and_the_swiglu_tensors():
+    """Per layer, a rank keeps its routed tokens (tokens × top_k × hidden) for the gate and up
+    linears, and for SwiGLU four tensors of tokens × top_k × expert_ffn: gate, up, their silu
+    and their product. fp32, 2 layers, 16 tokens a replica, top 2, hidden 64, expert_ffn 48."""
+    text, _ = small(layers=2, dp=2, ep=2, cf=1.5)
+    cost = spec_cost(compile_text(text, "t.par"))
+    per_layer = 16 * 2 * (64 + 4 * 48) * 4
+    assert cost.experts.routed_activations == 2 * per_layer
+    assert cost.experts.routed_activations_worst == 1.5 * 2 * per_layer
