@@ -15,6 +15,7 @@ from typing import Literal
 from par.dsl.checks.deployment import Deployment, Model
 from par.dsl.dag import ids
 from par.dsl.dag.types import (
+    BlockLayers,
     CollectiveOp,
     Dag,
     EdgeAttrs,
@@ -123,6 +124,10 @@ class _Expander:
         # than expansion itself. Ids are unique by construction; `run` verifies the count.
         self.graph: Dag = Dag(**graph_attributes(program))
         _with_experts(graph_attrs(self.graph)["model"], self.deployment.model)
+        if self.deployment.layer_blocks:
+            graph_attrs(self.graph)["model"]["block_layers"] = [
+                BlockLayers(first=first, last=last, block=block.name) for first, last, block in self.deployment.layer_blocks
+            ]
         self.node_map: dict[str, NodeAttrs] = self.graph._node  # type: ignore[attr-defined]  # not in the stubs
         self.succ: dict[str, dict[str, EdgeAttrs]] = self.graph._succ  # type: ignore[attr-defined]
         self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred  # type: ignore[attr-defined]

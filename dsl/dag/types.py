@@ -81,6 +81,13 @@ class ModelAttrs(TypedDict):
     seq: int
     dtype: Dtype
     moe: NotRequired["ExpertAttrs"]  # mixture-of-experts models only
+    block_layers: NotRequired[list["BlockLayers"]]  # a model with a block per range of layers
+
+
+class BlockLayers(TypedDict):
+    first: int
+    last: int
+    block: str
 
 
 class ExpertAttrs(TypedDict):

@@ -37,6 +37,7 @@ CASES = [
     ("layerwise", ()),
     ("llama_gqa", ()),
     ("mixtral_8x7b", ("layers=4", "pp=2", "dp=2", "ep=2", "batch=4", "seq=64", "microbatches=2")),
+    ("deepseek_v3", ("layers=4", "pp=2", "stages=0..1,2..3", "dp=4", "ep=4", "batch=8", "seq=64", "microbatches=2")),
 ]
 
 

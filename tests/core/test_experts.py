@@ -300,3 +300,13 @@ def test_routed_tokens_kept_for_backward_are_the_dispatched_tokens_and_the_swigl
     per_layer = 16 * 2 * (64 + 4 * 48) * 4
     assert cost.experts.routed_activations == 2 * per_layer
     assert cost.experts.routed_activations_worst == 1.5 * 2 * per_layer
+
+
+def test_the_summary_lines_name_each_range_s_block_and_the_expert_parallel_degree():
+    from par.codegen.summary import mesh_line, model_line
+
+    graph = compile_text(DEEPSEEK, "t.par").graph
+    assert model_line(graph.graph, drawing=False).startswith("model: d (llama 0-0, deepseek 1-3), 4 layers")
+    assert mesh_line(graph.graph, drawing=True).endswith(", experts over ep 4")
+    dense = compile_text(DEEPSEEK.replace("ep 4", "ep 1"), "t.par").graph
+    assert "experts over" not in mesh_line(dense.graph, drawing=True)
