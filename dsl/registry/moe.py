@@ -58,8 +58,12 @@ def _permute_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
 
 def _expert_linear_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
     assert op.out_features is not None  # the block checker requires its size
-    if len(inputs[0]) != 3:
-        raise ShapeError(f"expert_linear takes tokens grouped by expert (from permute); '{op.inputs[0]}' is {list(inputs[0])}")
+    experts = experts_of(model)
+    if len(inputs[0]) != 3 or inputs[0][0] != experts:
+        raise ShapeError(
+            f"expert_linear takes tokens grouped by expert, [experts ({experts}), tokens, features] (from permute); "
+            f"'{op.inputs[0]}' is {list(inputs[0])}"
+        )
     return inputs[0][:-1] + (op.out_features,)
 
 

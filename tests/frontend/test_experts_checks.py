@@ -3,6 +3,8 @@ its factors and a fix; a block per range of layers must cover the layers in orde
 
 import pytest
 
+from par.dsl.compiler import compile_text
+from par.dsl.diagnostics import CompileError
 from par.dsl.frontend.format import format_spec
 from par.dsl.frontend.parser import parse_with_comments
 
@@ -143,3 +145,19 @@ def test_fmt_keeps_a_block_per_range():
     formatted = format_text(text, "t.par")
     assert formatted.startswith("model m : llama 0..1, mixtral 2..layers - 1 {")
     assert format_text(formatted, "t.par") == formatted
+
+
+def test_expert_linear_takes_only_tokens_grouped_by_expert():
+    text = """model m : b { layers 2  hidden 64  heads 4  batch 4  seq 8  experts 4  top_k 2 }
+mesh { dp 2  ep 2 }
+block b(x) {
+  y = expert_linear(x, 64, column)
+  out = add(x, y)
+  return out
+}
+"""
+    with pytest.raises(CompileError) as raised:
+        compile_text(text, "t.par")
+    (err,) = raised.value.diagnostics
+    assert err.message == "expert_linear takes tokens grouped by expert, [experts (4), tokens, features] (from permute); 'x' is [2, 8, 64]"
+    assert (err.span.line, err.span.col) == (4, 3)
