@@ -15,6 +15,9 @@ def model_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
     """
     model = graph_data["model"]
     named = f"{model['name']} ({model['block']} block)"
+    if "block_layers" in model:  # a block per range of layers
+        ranges = ", ".join(f"{use['block']} {use['first']}-{use['last']}" for use in model["block_layers"])
+        named = f"{model['name']} ({ranges})"
     if drawing:
         head = f"model {named}:"
         kv = f" ({model['kv_heads']} kv)" if model["kv_heads"] != model["heads"] else ""
@@ -51,4 +54,5 @@ def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
         shape = list(graph_data["microbatch_shape"])
         run = f"; {microbatches} of {shape} per step, {mesh['schedule']} schedule"
     parallel = ", sequence parallel" if mesh["sequence_parallel"] else ""
-    return f"mesh: {grid} = {plural(mesh['world'], device)}{run}{parallel}"
+    experts = f", experts over ep {mesh['ep']}" if "ep" in mesh else ""
+    return f"mesh: {grid} = {plural(mesh['world'], device)}{run}{parallel}{experts}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from par.dsl.checks.check import check
@@ -42,9 +42,11 @@ def gc_paused():
 @dataclass
 class Compiled:
     deployment: Deployment
-    program: Program
+    program: Program  # the first layer's (every layer's, unless the model names a block per range)
     graph: Dag
     warnings: list[Diagnostic] = field(default_factory=list)
+    # (first layer, last layer, program) per range of a model with a block per range; else empty.
+    layer_programs: tuple[tuple[int, int, Program], ...] = ()
 
 
 def compile_file(path: str | Path, defines: Sequence[str] = (), *, max_nodes: int = DEFAULT_MAX_NODES) -> Compiled:
@@ -66,15 +68,31 @@ def compile_text(text: str, file: str, overrides: Sequence[Override] = (), *, ma
         raise CompileError([*parsed.errors, *warnings])
     deployment, warnings = check(parsed.spec, overrides)
     program = lower(deployment)
-    nodes = node_count(program)
+    layer_programs = _lower_each(deployment, program)
+    nodes = node_count(program, layer_programs)
     if nodes > max_nodes:
         raise CompileError([_over_budget(deployment, nodes, max_nodes)] + warnings)
     with gc_paused():
-        graph = expand(program)
+        graph = expand(program, layer_programs)
         problems = validate(graph)
     if problems:
         raise CompileError(problems + warnings)
-    return Compiled(deployment, program, graph, warnings)
+    return Compiled(deployment, program, graph, warnings, layer_programs)
+
+
+def _lower_each(deployment: Deployment, first: Program) -> tuple[tuple[int, int, Program], ...]:
+    """Each block of a model with a block per range of layers, lowered once; every error at once."""
+    programs: dict[str, Program] = {deployment.block.name: first}
+    diags: list[Diagnostic] = []
+    for _, _, block in deployment.layer_blocks:
+        if block.name not in programs:
+            try:
+                programs[block.name] = lower(replace(deployment, block=block))
+            except CompileError as exc:
+                diags += exc.diagnostics
+    if diags:
+        raise CompileError(diags)
+    return tuple((start, last, programs[block.name]) for start, last, block in deployment.layer_blocks)
 
 
 def _over_budget(deployment: Deployment, nodes: int, max_nodes: int) -> Diagnostic:

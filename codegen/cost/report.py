@@ -59,11 +59,69 @@ def warnings(cost: Cost) -> list[str]:
 
 
 def sections(cost: Cost) -> list[Section]:
-    found = [_devices_section(cost), _memory_section(cost), _comm_section(cost), _layer_section(cost), _pipeline_section(cost)]
+    found = [_devices_section(cost), _memory_section(cost), _comm_section(cost), _layer_section(cost)]
+    if cost.experts is not None:
+        found += _expert_sections(cost)
+    found.append(_pipeline_section(cost))
     if cost.hardware is not None:
         found.append(_step_section(cost))
     found.append(_totals_section(cost))
     return found
+
+
+def _expert_sections(cost: Cost) -> list[Section]:
+    """The experts' numbers and, where the first layer shown is dense, an MoE layer beside it."""
+    experts = cost.experts
+    assert experts is not None
+    settings = experts.settings
+    rows = (
+        ("routed experts per MoE layer, each token to", f"{settings['experts']}, top {settings['top_k']}"),
+        ("shared experts", str(settings["shared_experts"])),
+        ("router", f"{settings['router']}{', top-k weights renormalised' if settings['router_norm'] else ''}"),
+        ("expert ffn", f"{settings['expert_ffn']:,}"),
+        ("expert-parallel group, local experts per device", f"ep {experts.ep}, {experts.local_experts}"),
+        ("MoE layers, dense layers", f"{experts.moe_layers}, {experts.dense_layers}"),
+        ("routed expert parameters, all experts", units.count(experts.routed_params)),
+        ("parameters active per token", units.count(experts.active_params)),
+        ("dispatch + combine sent fwd/mb (busiest device), balanced", units.size(experts.routing_bytes)),
+        (f"the same at capacity factor {settings['capacity_factor']:g} (worst case)", units.size(experts.routing_worst)),
+        ("routed tokens kept for backward per mb (busiest device), balanced", units.size(experts.routed_activations)),
+        (f"the same at capacity factor {settings['capacity_factor']:g} (worst case)", units.size(experts.routed_activations_worst)),
+    )
+    found = [
+        Section(
+            "Mixture of experts",
+            ("quantity", "value"),
+            rows,
+            "lr",
+            (
+                "Balanced routing: each expert gets tokens × top_k / experts tokens of a microbatch; the worst case lets "
+                "each get capacity_factor times that, a rank sending at most all the tokens it holds. Active "
+                "parameters: the model's, less the routed experts a token skips (experts - top_k of each MoE layer). "
+                "Routed tokens kept: the dispatched tokens and the experts' tensors autograd keeps, part of the "
+                "activations above; the memory table counts them balanced. "
+                "The DAG holds the layers: embeddings and the head are not counted.",
+            ),
+        )
+    ]
+    shown = cost.groups[0].cost.layers[:1]
+    first_moe = _first_routed_layer(cost)
+    if first_moe is not None and shown and first_moe[1] != shown[0]:
+        found.append(_layer_section(cost, at=first_moe))
+    return found
+
+
+def _first_routed_layer(cost: Cost) -> tuple[int, int] | None:
+    """(rank, layer) of the first layer with routed experts, on the first rank that runs it."""
+    found = [
+        (layer, data["devices"][0])
+        for _, data in cost.graph.nodes(data=True)
+        if (layer := data["layer"]) is not None and data["kind"] == "compute" and data.get("in_placement", "").startswith("E(")
+    ]
+    if not found:
+        return None
+    layer, rank = min(found)
+    return rank, layer
 
 
 def _devices(group: DeviceGroup) -> str:
@@ -178,10 +236,11 @@ def _comm_section(cost: Cost) -> Section:
     )
 
 
-def _layer_section(cost: Cost) -> Section:
+def _layer_section(cost: Cost, at: tuple[int, int] | None = None) -> Section:
+    """The nodes of one layer on one device: the first device's first layer, or `at` (rank, layer)."""
     graph = cost.graph
     first = cost.groups[0]
-    rank, layer = first.ranks[0], (first.cost.layers or (None,))[0]
+    rank, layer = at or (first.ranks[0], (first.cost.layers or (None,))[0])
     sent: dict[tuple[str, str], float] = {}
     for item in cost.transfers:
         if item.node is not None and rank in item.senders and item.phase != "gradients":
@@ -201,8 +260,13 @@ def _layer_section(cost: Cost) -> Section:
         ("node", "op", "placement", "output (local)", "FLOP fwd", "params", "sent fwd (B)", "sent bwd (B)"),
         tuple(rows),
         "llllrrrr",
-        ("Every layer of a stage is the same; FLOPs count a multiply-add as 2.",),
+        (f"{_same_layers(cost)}; FLOPs count a multiply-add as 2.",),
     )
+
+
+def _same_layers(cost: Cost) -> str:
+    mixed = cost.experts is not None and cost.experts.dense_layers and cost.experts.moe_layers
+    return "Every layer of the same block is the same" if mixed else "Every layer of a stage is the same"
 
 
 def time_format(cost: Cost) -> Callable[[float], str]:

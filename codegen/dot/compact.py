@@ -10,7 +10,7 @@ and every edge in and out of the expanded layer are the DAG's own.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from par.codegen.dot import style
@@ -46,24 +46,33 @@ class CompactLayout:
     rows: list[list[str]]  # Send and Recv rows, left to right in rank order
 
 
-def folds(mesh: Mesh, *, expanded: int) -> list[Fold]:
-    """The runs of layers of each stage other than `expanded`, in order."""
+def folds(mesh: Mesh, *, expanded: int | Collection[int], starts: Collection[int] = ()) -> list[Fold]:
+    """The runs of layers of each stage other than the `expanded` ones, in order; a run also ends
+    before each layer of `starts` (where another block begins: its layers are drawn apart)."""
+    shown = {expanded} if isinstance(expanded, int) else set(expanded)
     runs: list[Fold] = []
     for stage, (first, last) in enumerate(mesh.stages):
         run: list[int] = []
         for layer in [*range(first, last + 1), None]:
-            if layer is None or layer == expanded:
-                if run:
-                    runs.append(Fold(f"folded_layers_{run[0]}_{run[-1]}", stage, run[0], run[-1]))
+            if run and (layer is None or layer in shown or layer in starts):
+                runs.append(Fold(f"folded_layers_{run[0]}_{run[-1]}", stage, run[0], run[-1]))
                 run = []
-            else:
+            if layer is not None and layer not in shown:
                 run.append(layer)
     return runs
 
 
+def expanded_layers(compiled: Compiled, layer: int) -> tuple[int, ...]:
+    """The layers drawn in full: `layer`, or with a block per range of layers the first of each range."""
+    if not compiled.layer_programs:
+        return (layer,)
+    return tuple(first for first, _, _ in compiled.layer_programs)
+
+
 def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
     graph, mesh = compiled.graph, compiled.deployment.mesh
-    ranges = folds(mesh, expanded=layer)
+    shown = expanded_layers(compiled, layer)
+    ranges = folds(mesh, expanded=shown, starts=[first for first, _, _ in compiled.layer_programs])
     fold_of = {number: fold for fold in ranges for number in range(fold.first, fold.last + 1)}
 
     def drawn_as(node_id: str, data: NodeAttrs) -> str | None:
@@ -71,7 +80,7 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
             return node_id
         if mesh.coords(data["devices"][0])[0] != 0:
             return None
-        if data["layer"] is None or data["layer"] == layer:
+        if data["layer"] is None or data["layer"] in shown:
             return node_id
         return fold_of[data["layer"]].id
 
@@ -112,6 +121,14 @@ def quotient_edges(graph: Dag, *, rep: Callable[[str], str | None]) -> list[DotE
     return edges
 
 
+def _drawn(compiled: Compiled, fold: Fold) -> str:
+    """The layer drawn in full that the folded ones are like."""
+    for first, last, _ in compiled.layer_programs:
+        if first <= fold.first <= last:
+            return f"layer {first}"
+    return "the one drawn"
+
+
 def folded_node(fold: Fold, *, members: list[NodeAttrs], compiled: Compiled) -> DotNode:
     """A box for a range of layers: what runs there, counted, and what it sends."""
     mesh = compiled.deployment.mesh
@@ -121,7 +138,7 @@ def folded_node(fold: Fold, *, members: list[NodeAttrs], compiled: Compiled) -> 
     sent = sum(data["wire_bytes"] for data in members if data["kind"] == "comm")
     stream = dims(compiled.program.stream_local)
     rows = [
-        f"{gpus(mesh.tp_group(dp_rank=0, stage=fold.stage))} · {layer_count(count)} like the one drawn",
+        f"{gpus(mesh.tp_group(dp_rank=0, stage=fold.stage))} · {layer_count(count)} like {_drawn(compiled, fold)}",
         f"{kinds['compute']} computations" + (f", {kinds['route']} slices" if kinds["route"] else ""),
     ]
     if collectives:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from par.codegen.dot.clusters import ClusterTree
-from par.codegen.dot.compact import compact_layout
+from par.codegen.dot.compact import compact_layout, expanded_layers
 from par.codegen.dot.text import quoted
 from par.codegen.dot.view import (
     EDGE_DEFAULTS,
@@ -80,7 +80,9 @@ def compact_view(compiled: Compiled, *, layer: int = 0) -> DotGraph:
     layout = compact_layout(compiled, layer=layer)
     shown = [graph.nodes[node_id] for node_id in layout.nodes]
     dp = compiled.deployment.mesh.dp
-    view = f"compact view (layer {layer} in full, other layers folded" + (f"; data-parallel replica 0 of {dp})" if dp > 1 else ")")
+    full = expanded_layers(compiled, layer)
+    drawn = f"layer {layer} in full" if len(full) == 1 else f"layers {', '.join(map(str, full))} in full, one of each block"
+    view = f"compact view ({drawn}, other layers folded" + (f"; data-parallel replica 0 of {dp})" if dp > 1 else ")")
     return _drawing(graph, layout.tree, layout.edges, shown, view=view, folded=layout.folded, rep=layout.rep, ordered=layout.rows)
 
 

@@ -33,6 +33,9 @@ LOOKS = {
     "allgather": Look("ellipse", "#d4e6f7", "#1f6fb4"),
     "reducescatter": Look("ellipse", "#e4dcf2", "#6a4fb0"),
     "alltoall": Look("ellipse", "#d5efd9", "#2a8a3e"),
+    # Token routing over the expert-parallel group: the AllToAll's shape, its own colour.
+    "dispatch": Look("ellipse", "#fde2c8", "#c05a00"),
+    "combine": Look("ellipse", "#fde2c8", "#c05a00"),
     "send": Look("ellipse", "#fbd5d5", "#c0282d"),
     "recv": Look("ellipse", "#fbd5d5", "#c0282d"),
 }

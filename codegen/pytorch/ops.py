@@ -23,6 +23,9 @@ ELEMENTWISE = {
 }
 # Norms: the constructor over the feature count and the model's epsilon.
 NORMS = {"layernorm": "nn.LayerNorm({0}, eps={1})", "rmsnorm": "nn.RMSNorm({0}, eps={1})"}
+# The mixture-of-experts ops (par.dsl.registry.moe): model.py does not generate them yet, and a
+# deployment that uses them is built without model.py (par.codegen.artifacts).
+NOT_GENERATED = frozenset({"router", "permute", "expert_linear", "unpermute"})
 NORM_PARAMETERS = {"layernorm": ("weight", "bias"), "rmsnorm": ("weight",)}
 
 

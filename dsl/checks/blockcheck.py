@@ -13,6 +13,7 @@ from par.dsl.checks.evaluate import (
     did_you_mean,
     evaluate,
 )
+from par.dsl.checks.experts import write_out
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.spec import BlockDef, Expr, ModelDecl, Place, Ref, Statement
 from par.dsl.registry.collectives import block_form
@@ -50,6 +51,8 @@ def resolve_block(
             resolved = result
     if chosen is not None and chosen.name not in own:
         resolved = _BlockResolver(chosen, namespace, sequence_parallel, diags, blame).resolve()
+    if resolved is not None:
+        resolved = write_out(resolved, namespace, diags)  # `moe` block forms, before places name their ops
     if resolved is not None:
         resolved = _apply_places(resolved, places, sequence_parallel, diags)
     else:

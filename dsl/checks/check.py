@@ -28,7 +28,17 @@ from par.dsl.checks.evaluate import (
     did_you_mean,
     evaluate,
 )
+from par.dsl.checks.experts import (
+    CAPACITY,
+    EXPERT_RANGES,
+    EXPERT_WORDS,
+    expert_checks,
+    resolve_experts,
+    used_without_experts,
+)
+from par.dsl.checks.experts import defaults as expert_defaults
 from par.dsl.checks.hwcheck import resolve_hardware
+from par.dsl.checks.layerblocks import resolve_layer_blocks
 from par.dsl.checks.settings import collect_settings
 from par.dsl.dag.types import Dtype, Schedule
 from par.dsl.diagnostics import CompileError, Diagnostic, error, note, warning
@@ -58,13 +68,14 @@ MODEL_RANGES = {
     "seq": (1, 1 << 26),
     rope.ORIGINAL_MAX_POSITIONS: (1, 1 << 26),
     "max_positions": (1, 1 << 26),
-}
+} | EXPERT_RANGES
 MESH_RANGES = {
     "tp": (1, 1 << 16),
     "pp": (1, 1 << 16),
     "dp": (1, 1 << 16),
     "microbatches": (1, 1 << 20),
     "world": (1, 1 << 20),
+    "ep": (1, 1 << 16),
 }
 # Mesh items with their own grammar rule (grammar/par.lark: _mesh_item) beside the settings above.
 MESH_KEYWORDS = ("schedule", "sp", "stages")
@@ -77,12 +88,12 @@ END_WORDS = {
     "final_norm": ("layernorm", "rmsnorm"),
 }
 ENDS = (*END_WORDS, "max_positions")
-WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "rope_scaling": ROPE_SCALINGS} | END_WORDS
+WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "rope_scaling": ROPE_SCALINGS} | END_WORDS | EXPERT_WORDS
 # Model settings that take any positive number, not only whole ones.
 REALS = ("norm_eps", *rope.REALS)
 FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
-OVERRIDABLE = sorted(set(RANGES) | set(WORDS) | set(FLAGS) | set(REALS) | {"stages"})
+OVERRIDABLE = sorted(set(RANGES) | set(WORDS) | set(FLAGS) | set(REALS) | {"stages", CAPACITY})
 
 
 def check(spec: Spec, overrides: Sequence[Override] = ()) -> tuple[Deployment, list[Diagnostic]]:
@@ -103,6 +114,7 @@ class _Checker:
         self.values: dict[str, int] = {}
         self.spans: dict[str, Span] = {}
         self.defaulted: set[str] = set()  # settings the spec left out, given their default
+        self.layer_blocks: tuple = ()  # `model m : a 0..2, b 3..9`: (first, last, Block) per range
         self.file_span = Span.point(spec.file)
 
     def err(self, message: str, span: Span | None, hint: str | None = None) -> None:
@@ -117,9 +129,13 @@ class _Checker:
         hardware_decl = self._single(spec.hardware, "hardware")
         if model_decl is None:
             return None
-        exprs = self._collect(model_decl.settings, set(MODEL_RANGES) | set(REALS) | {"dtype", "rope_scaling", *END_WORDS}, "model")
+        exprs = self._collect(
+            model_decl.settings,
+            set(MODEL_RANGES) | set(REALS) | {"dtype", "rope_scaling", CAPACITY, *END_WORDS} | set(EXPERT_WORDS),
+            "model",
+        )
         exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype"}, "mesh", MESH_KEYWORDS)
-        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "rope_scaling", *END_WORDS)}
+        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "rope_scaling", *END_WORDS, *EXPERT_WORDS)}
         stage_specs = mesh_decl.stages if mesh_decl else None
         flags = {
             "sp": bool(mesh_decl and mesh_decl.sequence_parallel),
@@ -136,17 +152,29 @@ class _Checker:
                 self.spans["stages"] = override.span
             elif applied == "schedule":
                 schedule = (override.text, override.span)
+        capacity = exprs.pop(CAPACITY, None)
+        written = {name for name in (*exprs, *(w for w, e in words.items() if e is not None))} | ({CAPACITY} if capacity else set())
         namespace = self._namespace(model_decl, mesh_decl, exprs)
         self._evaluate(namespace, model_decl)
+        experts_words: dict[str, Expr] = {name: expr for name in EXPERT_WORDS if (expr := words[name]) is not None}
+        if capacity is not None:
+            experts_words[CAPACITY] = capacity
+        experts = resolve_experts(self.values, experts_words, written, self.spans, self.diags)
         dtype = cast(Dtype | None, self._word("dtype", words["dtype"], default="bf16"))  # one of DTYPE_BYTES
         schedule_name = self._schedule(schedule)
         grad_dtype = self._grad_dtype(words["grad_dtype"], dtype)
         model = self._model(model_decl, dtype, self._reals(namespace), words["rope_scaling"])
+        if model is not None:
+            model = replace(model, moe=experts)
         mesh = self._mesh(stage_specs, schedule_name, flags["sp"], grad_dtype, namespace)
         self.diags.extend(cross_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
+        self.diags.extend(expert_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
         block = self._block(model_decl, namespace, flags["sp"])
-        if block is not None and not any(op.op == "rope" for op in block.ops):
+        if block is not None and not any(op.op == "rope" for each in [block] + [b for _, _, b in self.layer_blocks] for op in each.ops):
             self._unused_rope(block.name)
+        if block is not None and experts is None and "experts" not in written:
+            for each in [block] + [b for _, _, b in self.layer_blocks]:
+                used_without_experts(each, self.diags, model_decl.name)
         hardware = resolve_hardware(hardware_decl, self.diags) if hardware_decl else None
         if model is None or mesh is None or block is None or any(d.is_error for d in self.diags):
             return None
@@ -162,6 +190,7 @@ class _Checker:
             strict=flags["strict"],
             hardware=hardware,
             spans=dict(self.spans),
+            layer_blocks=self.layer_blocks,
         )
 
     def _single(self, items, what: str, required: bool = False):
@@ -221,6 +250,7 @@ class _Checker:
         at = model_decl.span
         mesh_at = mesh_decl.span if mesh_decl else at
         defaults: dict[str, Expr] = {
+            **expert_defaults(at),
             "kv_heads": Ref("heads", at),
             "ffn": BinOp("*", Num(4, at), Ref("hidden", at), at),
             "tp": Num(1, mesh_at),
@@ -228,6 +258,7 @@ class _Checker:
             "dp": Num(1, mesh_at),
             "microbatches": Num(1, mesh_at),
             "head_dim": BinOp("/", Ref("hidden", at), Ref("heads", at), at),
+            "ep": Num(1, mesh_at),
         }
         for name, expr in defaults.items():
             if name not in exprs:
@@ -417,12 +448,12 @@ class _Checker:
 
     def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace) -> Mesh | None:
         v = self.values
-        if schedule is None or grad_dtype is None or any(name not in v for name in ("tp", "pp", "dp", "microbatches", "layers")):
+        if schedule is None or grad_dtype is None or any(name not in v for name in ("tp", "pp", "dp", "microbatches", "layers", "ep")):
             return None
         ranges = self._stages(stage_specs, v["layers"], v["pp"], namespace)
         if ranges is None:
             return None
-        return Mesh(v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp, grad_dtype)
+        return Mesh(v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp, grad_dtype, v.get("ep", 1))
 
     def _stages(self, specs: Sequence[StageSpec] | None, layers: int, pp: int, namespace: Namespace):
         if specs is None:
@@ -476,6 +507,22 @@ class _Checker:
     def _block(self, model_decl: ModelDecl, namespace: Namespace, sp: bool):
         def blame(diagnostic: Diagnostic, size: Expr, block: str) -> None:
             self._blame(diagnostic, size, block, namespace, model_decl)
+
+        if model_decl.layer_uses:
+            layer_blocks, diags = resolve_layer_blocks(
+                model_decl=model_decl,
+                spec_blocks=self.spec.blocks,
+                library_blocks=library_blocks(),
+                places=self.spec.places,
+                namespace=namespace,
+                layers=self.values.get("layers"),
+                sequence_parallel=sp,
+                blocks_broken=self._maybe_broken("block"),
+                blame=blame,
+            )
+            self.diags.extend(diags)
+            self.layer_blocks = layer_blocks or ()
+            return layer_blocks[0][2] if layer_blocks else None
 
         block, diags = resolve_block(
             model_decl=model_decl,

@@ -21,11 +21,14 @@ def _choices(options: list[int], near: int, limit: int = 8) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def cross_checks(values: dict[str, int], *, sequence_parallel: bool, spans: dict[str, Span]) -> list[Diagnostic]:
-    """Every check whose settings all evaluated; the others were reported already."""
+def cross_checks(
+    values: dict[str, int], *, sequence_parallel: bool, spans: dict[str, Span], rules: tuple | None = None
+) -> list[Diagnostic]:
+    """Every check (of `rules`, the dense model's by default) whose settings all evaluated; the
+    others were reported already."""
     found: list[Diagnostic] = []
     values = {**values, "sequence_parallel": sequence_parallel}
-    for rule in _RULES:
+    for rule in _RULES if rules is None else rules:
         names = rule.__code__.co_varnames[: rule.__code__.co_argcount]
         if all(name in values for name in names):
             diagnostic = rule(*(values[name] for name in names))

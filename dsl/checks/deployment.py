@@ -32,6 +32,19 @@ class Rope:
 
 
 @dataclass(frozen=True, slots=True)
+class Experts:
+    """A mixture-of-experts model's routed experts (docs/language.md, Mixture of experts)."""
+
+    experts: int  # routed experts per MoE layer
+    top_k: int  # experts each token is routed to
+    expert_ffn: int  # each expert's ffn width
+    shared_experts: int  # experts every token goes through, beside the routed ones
+    router: str  # softmax_topk | topk_softmax
+    router_norm: bool  # the top-k weights are renormalised to sum to 1
+    capacity_factor: float  # how many times its balanced share of tokens an expert may get (worst case)
+
+
+@dataclass(frozen=True, slots=True)
 class Model:
     name: str
     block: str
@@ -51,6 +64,7 @@ class Model:
     positions: str = "none"  # none | learned: absolute positions added at the embedding
     max_positions: int | None = None  # rows of the learned position table (default: seq)
     final_norm: str = "layernorm"  # layernorm | rmsnorm (default: the kind of the block's first norm)
+    moe: Experts | None = None  # None: no mixture of experts
 
     @property
     def head_dim(self) -> int:
@@ -81,6 +95,7 @@ class Mesh:
     schedule: Schedule
     sequence_parallel: bool
     grad_dtype: Dtype  # fp32, or the model's dtype: what gradients are accumulated and reduced in
+    ep: int = 1  # expert-parallel degree: folds inside dp (docs/language.md, The expert-parallel group)
 
     @property
     def world(self) -> int:
@@ -106,13 +121,32 @@ class Mesh:
         _, stage, tp_rank = self.coords(rank)
         return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in range(self.dp))
 
+    def ep_replicas(self, dp_rank: int) -> tuple[int, ...]:
+        """The data-parallel replicas whose ranks form expert-parallel groups with `dp_rank`'s:
+        `ep` consecutive replicas."""
+        first = dp_rank - dp_rank % self.ep
+        return tuple(range(first, first + self.ep))
+
+    def ep_group_of(self, rank: int) -> tuple[int, ...]:
+        """The expert-parallel group of `rank`: its stage and tensor-parallel rank in each of its
+        `ep` consecutive data-parallel replicas."""
+        dp_rank, stage, tp_rank = self.coords(rank)
+        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in self.ep_replicas(dp_rank))
+
+    def expert_dp_group_of(self, rank: int) -> tuple[int, ...]:
+        """The ranks holding the same experts as `rank` (its place in every expert-parallel
+        group): its expert gradients are reduced over these, dp / ep of them."""
+        _, stage, tp_rank = self.coords(rank)
+        slot = self.coords(rank)[0] % self.ep
+        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in range(slot, self.dp, self.ep))
+
     def stage_ranks(self, stage: int) -> tuple[int, ...]:
         """Every rank of a pipeline stage, replica by replica."""
         return tuple(rank for d in range(self.dp) for rank in self.tp_group(dp_rank=d, stage=stage))
 
     def attributes(self) -> MeshAttrs:
         """The mesh as the DAG's graph attributes carry it (`graph.graph["mesh"]`)."""
-        return {
+        attributes: MeshAttrs = {
             "tp": self.tp,
             "pp": self.pp,
             "dp": self.dp,
@@ -123,6 +157,9 @@ class Mesh:
             "sequence_parallel": self.sequence_parallel,
             "grad_dtype": self.grad_dtype,
         }
+        if self.ep > 1:  # absent means 1: DAGs without experts read as before
+            attributes["ep"] = self.ep
+        return attributes
 
     @classmethod
     def from_attributes(cls, data: MeshAttrs) -> Mesh:
@@ -137,6 +174,7 @@ class Mesh:
             data["schedule"],
             data["sequence_parallel"],
             data["grad_dtype"],
+            data.get("ep", 1),
         )
 
 
@@ -195,6 +233,8 @@ class Deployment:
     hardware: Hardware | None
     # Where each setting came from, for diagnostics raised by later stages.
     spans: dict[str, Span] = field(default_factory=dict, compare=False, hash=False)
+    # `model m : a 0..2, b 3..9`: (first layer, last layer, block) per range; empty: `block` everywhere.
+    layer_blocks: tuple[tuple[int, int, Block], ...] = ()
 
     def span_of(self, name: str) -> Span:
         return self.spans.get(name) or Span.point(self.file)

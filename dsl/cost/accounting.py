@@ -137,10 +137,15 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
     size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]]  # what the gradients are reduced in
     held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
     tp_partial: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
+    experts: dict[int, int] = {rank: 0 for rank in range(mesh.world)}  # routed: the rank's own experts
     for _, data in graph.nodes(data=True):
         if data["kind"] != "compute" or not data["params"]:
             continue
+        placement = PLACEMENTS[data["in_placement"]] if "in_placement" in data else None
         for rank in data["devices"]:
+            if placement is not None and placement.routed:
+                experts[rank] += data["params"]
+                continue
             held[rank] += data["params"]
             # on sequence shards: reading one (a norm under sp) or giving one (learned positions)
             if S_SEQ in (PLACEMENTS[data[key]] for key in ("in_placement", "out_placement") if key in data):
@@ -156,7 +161,9 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
                 sent = _ALLREDUCE.wire_bytes(2, data["params"] * size)
                 found += [Transfer("gradients", "allreduce", node, copies, (member,), sent) for member in copies]
     for rank in range(mesh.world):
-        for group, params in ((mesh.dp_group_of(rank), held[rank]), (mesh.tp_group_of(rank), tp_partial[rank])):
+        # An expert's weights are on one rank of each expert-parallel group: reduced over those.
+        groups = ((mesh.dp_group_of(rank), held[rank]), (mesh.expert_dp_group_of(rank), experts[rank]), (mesh.tp_group_of(rank), tp_partial[rank]))
+        for group, params in groups:
             if len(group) > 1 and params:
                 sent = _ALLREDUCE.wire_bytes(len(group), params * size)
                 found.append(Transfer("gradients", "allreduce", None, group, (rank,), sent))
@@ -301,6 +308,8 @@ def model_parameters(graph: Dag) -> int:
             continue
         dp_rank, _, tp_rank = mesh.coords(data["devices"][0])
         sharded = data.get("style") in ("column", "row") or data["op"] == "embedding"  # split over tp
-        if dp_rank == 0 and (sharded or tp_rank == 0):
+        # Routed ops hold their rank's experts: the ranks of one expert-parallel group hold them all.
+        replicas = mesh.ep if "in_placement" in data and PLACEMENTS[data["in_placement"]].routed else 1
+        if dp_rank < replicas and (sharded or tp_rank == 0):
             total += data["params"]
     return total

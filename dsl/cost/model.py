@@ -27,6 +27,7 @@ from par.dsl.cost.estimate import (
     estimate_step,
     fits,
 )
+from par.dsl.cost.experts import ExpertCost, expert_cost
 from par.dsl.dag.types import Dag, MeshAttrs, ModelAttrs, graph_attrs
 
 
@@ -49,6 +50,7 @@ class Cost:
     groups: tuple[DeviceGroup, ...]
     model_params: int
     estimate: StepEstimate
+    experts: ExpertCost | None = None  # a model with experts: active parameters, routing bytes
 
     @property
     def mesh(self) -> MeshAttrs:
@@ -103,6 +105,7 @@ def cost_of(graph: Dag, *, hardware: Hardware | None) -> Cost:
         groups=tuple(sorted(rows, key=lambda group: (group.cost.stage, group.ranks))),
         model_params=model_parameters(graph),
         estimate=estimate_step(graph, items, Clock(hardware)),
+        experts=expert_cost(graph, model_parameters(graph)),
     )
 
 

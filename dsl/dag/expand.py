@@ -8,40 +8,70 @@ topological order, which the validator uses to prove acyclicity in one pass.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Literal
 
-from par.dsl.checks.deployment import DTYPE_BYTES, Deployment
+from par.dsl.checks.deployment import DTYPE_BYTES, Deployment, Model
 from par.dsl.dag import ids
-from par.dsl.dag.types import CollectiveOp, Dag, EdgeAttrs, GraphAttrs, IoOp, NodeAttrs, Shape
+from par.dsl.dag.types import (
+    BlockLayers,
+    CollectiveOp,
+    Dag,
+    EdgeAttrs,
+    ExpertAttrs,
+    GraphAttrs,
+    IoOp,
+    ModelAttrs,
+    NodeAttrs,
+    Shape,
+    graph_attrs,
+)
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
 from par.dsl.lowering.placement import R, share
 from par.dsl.lowering.program import Program, Step
 from par.dsl.registry.collectives import COLLECTIVES
 from par.dsl.registry.ops import elements
 
+# (first layer, last layer, the program of those layers): a model with a block per range of layers.
+LayerPrograms = Sequence[tuple[int, int, Program]]
 
-def expand(program: Program) -> Dag:
-    return _Expander(program).run()
+
+def expand(program: Program, layer_programs: LayerPrograms = ()) -> Dag:
+    """`layer_programs`: the program of each range of layers, when they differ; `program` is
+    every layer's otherwise."""
+    return _Expander(program, layer_programs).run()
 
 
-def node_count(program: Program) -> int:
+def node_count(program: Program, layer_programs: LayerPrograms = ()) -> int:
     """How many nodes `expand` makes, from the mesh and the layer alone: each layer has one node
-    per rank for each compute step and slice and one per collective, on every replica; stage 0
-    slices the input on every rank unless the stream is replicated; each stage boundary has a
-    send and a recv per rank. Checked against the node budget before anything is expanded."""
+    per rank for each compute step and slice and one per collective, on every replica, and one
+    per token routing of each expert-parallel group and tensor-parallel rank; stage 0 slices the
+    input on every rank unless the stream is replicated; each stage boundary has a send and a
+    recv per rank. Checked against the node budget before anything is expanded."""
     mesh = program.deployment.mesh
-
-    def nodes(steps: tuple[Step, ...]) -> int:
-        collectives = sum(1 for step in steps if step.kind == "comm")
-        return collectives + (len(steps) - collectives) * mesh.tp
-
-    per_layer = nodes(program.steps)
+    ranges = layer_programs or ((0, program.deployment.model.layers - 1, program),)
+    layers = 0
+    for first, last, each in ranges:
+        groups = [_group(step) for step in each.steps]
+        collectives = groups.count("tp")
+        routings = groups.count("ep")
+        per_layer = mesh.dp * (collectives + (len(groups) - collectives - routings) * mesh.tp) + routings * mesh.tp * (mesh.dp // mesh.ep)
+        layers += (last - first + 1) * per_layer
     ends = program.ends
+    end_nodes = 0
+    if ends is not None:
+        end_steps = ends.first + ends.last
+        end_collectives = sum(1 for step in end_steps if step.kind == "comm")
+        end_nodes = mesh.dp * (end_collectives + (len(end_steps) - end_collectives) * mesh.tp)
     input_slices = 0 if program.stream == R or ends is not None else mesh.dp * mesh.tp
     boundaries = 2 * (mesh.pp - 1) * mesh.dp * mesh.tp
-    per_replica = program.deployment.model.layers * per_layer + (nodes(ends.first) + nodes(ends.last) if ends else 0)
-    return 2 + input_slices + mesh.dp * per_replica + boundaries
+    return 2 + input_slices + layers + end_nodes + boundaries
+
+
+def _group(step: Step) -> str | None:
+    """tp: one node per tensor-parallel group; ep: one per expert-parallel group and tp rank; None: one per rank."""
+    return COLLECTIVES[step.op].group if step.kind == "comm" else None
 
 
 def issue_after(steps: tuple[Step, ...]) -> dict[str, str]:
@@ -97,9 +127,26 @@ def graph_attributes(program: Program) -> GraphAttrs:
     }
 
 
+def _with_experts(attributes: ModelAttrs, model: Model) -> None:
+    """A model with experts carries their settings (`graph["model"]["moe"]`); others nothing."""
+    if model.moe is not None:
+        moe = model.moe
+        attributes["moe"] = ExpertAttrs(
+            experts=moe.experts,
+            top_k=moe.top_k,
+            expert_ffn=moe.expert_ffn,
+            shared_experts=moe.shared_experts,
+            router=moe.router,
+            router_norm=moe.router_norm,
+            capacity_factor=moe.capacity_factor,
+        )
+
+
 class _Expander:
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, layer_programs: LayerPrograms = ()):
         self.program = program
+        ranges = layer_programs or ((0, program.deployment.model.layers - 1, program),)
+        self.layer_program = {layer: each for first, last, each in ranges for layer in range(first, last + 1)}
         self.deployment: Deployment = program.deployment
         self.mesh = self.deployment.mesh
         self.dtype_bytes = self.deployment.model.dtype_bytes
@@ -107,16 +154,21 @@ class _Expander:
         # `add_node` per node would cost more than expansion itself. Ids are unique by
         # construction; `run` verifies the count.
         self.graph: Dag = Dag(**graph_attributes(program))
+        _with_experts(graph_attrs(self.graph)["model"], self.deployment.model)
+        if self.deployment.layer_blocks:
+            graph_attrs(self.graph)["model"]["block_layers"] = [
+                BlockLayers(first=first, last=last, block=block.name) for first, last, block in self.deployment.layer_blocks
+            ]
         self.node_map: dict[str, NodeAttrs] = self.graph._node
         self.succ: dict[str, dict[str, EdgeAttrs]] = self.graph._succ
         self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred
         self.added = 0
-        self.templates = {step.name: self._template(step) for step in program.steps}
+        programs = {id(each): each for each in self.layer_program.values()}
+        self.templates_of = {key: {step.name: self._template(step) for step in each.steps} for key, each in programs.items()}
+        self.issue_after_of = {key: issue_after(each.steps) for key, each in programs.items()}
         ends = program.ends
         self.ends = ends
         self.end_templates = {step.name: self._template(step) for step in (ends.first + ends.last if ends else ())}
-        self.comm = {step.name for step in program.steps if step.kind == "comm"}
-        self.issue_after = issue_after(program.steps)
         self.alone: dict[int, list[int]] = {rank: [rank] for rank in range(self.mesh.world)}  # each rank's devices list
 
     def run(self) -> Dag:
@@ -128,19 +180,29 @@ class _Expander:
         entry = {d: self._entry_points(d) for d in range(mesh.dp)}
         exits: list[str] = []
         for stage, (first, last) in enumerate(mesh.stages):
-            for dp_rank in range(mesh.dp):
-                group = mesh.tp_group(dp_rank=dp_rank, stage=stage)
-                current = entry[dp_rank]
+            # The replicas of one expert-parallel group run their layers together: token routing
+            # joins them. With ep 1, replica by replica.
+            for start in range(0, mesh.dp, mesh.ep):
+                replicas = range(start, start + mesh.ep)
+                current = {dp_rank: entry[dp_rank] for dp_rank in replicas}
                 for layer in range(first, last + 1):
-                    current = self._layer(layer, stage, dp_rank, group, current)
-                if stage + 1 < mesh.pp:
-                    entry[dp_rank] = self._boundary(stage, dp_rank, current, stage_src)
-                else:
-                    if ends:
-                        current = self._ends(
-                            ends.last, ends.last_param, ends.last_result, stage, dp_rank, group, current
-                        )
-                    exits.extend(dict.fromkeys(current))
+                    program = self.layer_program[layer]
+                    if mesh.ep > 1 and any(_group(step) == "ep" for step in program.steps):
+                        current = self._routed_layer(layer, stage, program, current)
+                        continue
+                    for dp_rank in replicas:
+                        group = mesh.tp_group(dp_rank=dp_rank, stage=stage)
+                        current[dp_rank] = self._layer(layer, stage, dp_rank, group, current[dp_rank], program)
+                for dp_rank in replicas:
+                    if stage + 1 < mesh.pp:
+                        entry[dp_rank] = self._boundary(stage, dp_rank, current[dp_rank], stage_src)
+                    else:
+                        outputs = current[dp_rank]
+                        if ends:
+                            group = mesh.tp_group(dp_rank=dp_rank, stage=stage)
+                            outputs = self._ends(ends.last, ends.last_param, ends.last_result, stage, dp_rank, group, outputs)
+                        exits.extend(dict.fromkeys(outputs))
+        program = self.program
         last = mesh.pp - 1
         if ends:
             self._io(ids.OUTPUT, ends.loss, ends.loss, list(mesh.stage_ranks(last)), last)
@@ -199,7 +261,13 @@ class _Expander:
             data["style"] = step.style
         if step.bias:
             data["bias"] = True
-        self._backward(data, backward_kind(step), full)
+        kind = backward_kind(step)
+        if kind is not None and COLLECTIVES[kind].group == "ep":
+            # A routing's gradient goes back the way its tokens came: the same bytes.
+            data["backward"], data["backward_wire_bytes"] = kind, data["wire_bytes"]
+            data["wire_bytes_worst"] = self._worst(data["wire_bytes"], step)
+        else:
+            self._backward(data, kind, full)
         if step.backward_reason is not None:
             data["backward_reason"] = step.backward_reason
         if step.operand_shapes is not None:
@@ -211,6 +279,14 @@ class _Expander:
         if step.clone:
             data["clone"] = True
         return data
+
+    def _worst(self, balanced: int | float, step: Step) -> int | float:
+        """A routing's bytes when experts get up to capacity_factor times their balanced share:
+        each rank sends at most all the tokens it holds."""
+        moe = self.deployment.model.moe
+        assert moe is not None  # only a model with experts routes tokens
+        held = balanced * self.mesh.ep / (self.mesh.ep - 1)
+        return min(held, balanced * moe.capacity_factor)
 
     def _backward(self, data: NodeAttrs, kind: CollectiveOp | None, full_bytes: int) -> None:
         """The collective the backward issues on the gradient of the node's output (par.dsl.lowering.backward)."""
@@ -308,14 +384,15 @@ class _Expander:
             produced[step.name] = names
         return produced[result]
 
-    def _layer(self, layer: int, stage: int, dp_rank: int, group: tuple[int, ...], entry: list[str]) -> list[str]:
+    def _layer(self, layer: int, stage: int, dp_rank: int, group: tuple[int, ...], entry: list[str], program: Program | None = None) -> list[str]:
         """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output.
 
         This loop makes most of the nodes of a large DAG, so it writes the graph's dicts inline
         (what `_node` and `_edge` do) and spells out `ids.compute_id`. The ranks' nodes of a
         step share one edge-attribute dict per operand and one devices list per rank (nothing
         writes them after expansion): a third less memory per node."""
-        program, templates = self.program, self.templates
+        program = program or self.program
+        templates, issued_after = self.templates_of[id(program)], self.issue_after_of[id(program)]
         node_map, succ, pred = self.node_map, self.succ, self.pred
         devices = list(group)
         produced: dict[str, list[str]] = {program.param: entry}
@@ -326,11 +403,11 @@ class _Expander:
         prefix = f"layer_{layer}_"
         for step in program.steps:
             template = templates[step.name]
-            if step.name in self.comm:
+            if step.kind == "comm":
                 node = ids.collective_id(layer, step.name, dp_rank, self.mesh.dp)
                 collective = template.copy()
                 collective["layer"], collective["stage"], collective["devices"] = layer, stage, devices
-                before = self.issue_after.get(step.name)
+                before = issued_after.get(step.name)
                 if before is not None:
                     collective["after"] = ids.collective_id(layer, before, dp_rank, self.mesh.dp)
                 self._node(node, collective)
@@ -353,6 +430,62 @@ class _Expander:
                     pred[node][source] = edge
             produced[step.name] = names
         return produced[program.result]
+
+    def _routed_layer(self, layer: int, stage: int, program: Program, entries: dict[int, list[str]]) -> dict[int, list[str]]:
+        """Adds one layer on the replicas of an expert-parallel group, step by step: a token
+        routing is one node per tensor-parallel rank, over that rank's expert-parallel group.
+        Returns each replica's per-rank nodes of the layer's output."""
+        mesh, templates = self.mesh, self.templates_of[id(program)]
+        issued_after, group_of = self.issue_after_of[id(program)], {step.name: _group(step) for step in program.steps}
+        produced = {dp_rank: {program.param: entry} for dp_rank, entry in entries.items()}
+        if program.param_copied:
+            full = elements(program.stream_shape) * self.dtype_bytes
+            for entry in entries.values():
+                for node in dict.fromkeys(entry):
+                    self._backward(self.node_map[node], PAIRS["copy_to_tp"].backward, full)
+        replicas = list(entries)
+        for step in program.steps:
+            template = templates[step.name]
+            if _group(step) == "ep":
+                for tp_rank in range(mesh.tp):
+                    node = ids.routing_id(layer, step.name, replicas[0] // mesh.ep, mesh.dp // mesh.ep, tp_rank, mesh.tp)
+                    data = template.copy()
+                    members = [mesh.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank) for dp_rank in replicas]
+                    data["layer"], data["stage"], data["devices"] = layer, stage, members
+                    before = issued_after.get(step.name)
+                    if before is not None and group_of[before] == "ep":  # the same members: an earlier routing
+                        data["after"] = ids.routing_id(layer, before, replicas[0] // mesh.ep, mesh.dp // mesh.ep, tp_rank, mesh.tp)
+                    self._node(node, data)
+                    for dp_rank in replicas:
+                        self._edge(produced[dp_rank][step.inputs[0]][tp_rank], node, (0,))
+                for dp_rank in replicas:
+                    nodes = [ids.routing_id(layer, step.name, replicas[0] // mesh.ep, mesh.dp // mesh.ep, t, mesh.tp) for t in range(mesh.tp)]
+                    produced[dp_rank][step.name] = nodes
+                continue
+            for dp_rank in replicas:
+                group = mesh.tp_group(dp_rank=dp_rank, stage=stage)
+                if step.kind == "comm":
+                    node = ids.collective_id(layer, step.name, dp_rank, mesh.dp)
+                    data = template.copy()
+                    data["layer"], data["stage"], data["devices"] = layer, stage, list(group)
+                    before = issued_after.get(step.name)
+                    if before is not None and group_of[before] == "tp":  # the same members: an earlier collective of the group
+                        data["after"] = ids.collective_id(layer, before, dp_rank, mesh.dp)
+                    self._node(node, data)
+                    for source in dict.fromkeys(produced[dp_rank][step.inputs[0]]):
+                        self._edge(source, node, (0,))
+                    produced[dp_rank][step.name] = [node] * len(group)
+                    continue
+                names = [ids.compute_id(layer, step.name, rank) for rank in group]
+                for rank, node in zip(group, names, strict=True):
+                    data = template.copy()
+                    data["layer"], data["stage"], data["devices"] = layer, stage, [rank]
+                    self._node(node, data)
+                for sources, operands in self._operands(step, produced[dp_rank]):
+                    for source, node in zip(sources, names, strict=True):
+                        self._edge(source, node, operands)
+                produced[dp_rank][step.name] = names
+        return {dp_rank: produced[dp_rank][program.result] for dp_rank in replicas}
 
     def _operands(self, step: Step, produced: dict[str, list[str]]) -> list[tuple[list[str], tuple[int, ...]]]:
         """(per-rank producers, operand indices) for each distinct input of a step: a value used

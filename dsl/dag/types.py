@@ -10,16 +10,21 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Literal, NotRequired, TypedDict, cast, overload
 
 Kind = Literal["compute", "comm", "route"]
-# registry.ops: OPS, then MODEL_OPS (the model's ends: embedding, positions, the vocabulary-parallel loss)
+# registry.ops: OPS (with the mixture-of-experts ops of registry.moe), then MODEL_OPS (the model's
+# ends: embedding, positions, the vocabulary-parallel loss)
 ComputeOp = Literal[
     "layernorm", "rmsnorm", "linear", "attention", "rope", "gelu", "silu", "add", "mul",
+    "router", "permute", "expert_linear", "unpermute",
     "embedding", "positions", "loss_max", "loss_sum", "loss",
 ]
-CollectiveOp = Literal["allgather", "allreduce", "reducescatter", "alltoall", "send", "recv", "slice"]  # registry.collectives
+CollectiveOp = Literal[
+    "allgather", "allreduce", "reducescatter", "alltoall", "dispatch", "combine", "send", "recv", "slice"
+]  # registry.collectives
 IoOp = Literal["input", "output"]
 OpName = ComputeOp | CollectiveOp | IoOp
 PlacementKind = Literal["R", "P", "S"]  # replicated, partial sum, split
-PlacementText = Literal["R", "P", "S(seq)", "S(-1)"]  # how nodes, drawings and reports write a Placement
+# How nodes, drawings and reports write a Placement; E(...): routed over the expert-parallel group.
+PlacementText = Literal["R", "P", "S(seq)", "S(-1)", "E(R)", "E(P)", "E(S(seq))", "E(S(-1))"]
 Dtype = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["gpipe", "1f1b"]
 Severity = Literal["error", "warning", "note"]
@@ -55,12 +60,14 @@ class NodeAttrs(TypedDict):
     backward: NotRequired[CollectiveOp]
     backward_wire_bytes: NotRequired[int | float]
     backward_reason: NotRequired[str]  # why an AllGather needs no ReduceScatter in backward
-    # Nodes whose operands differ (the loss reads the logits and the largest logit): per operand.
+    # Per operand, where operands differ (the loss reads the logits and the largest logit;
+    # unpermute, the experts' results and the router's scores).
     operand_shapes: NotRequired[list[Shape]]
     operand_placements: NotRequired[list[PlacementText]]
     tied: NotRequired[bool]  # the LM head's own copy of the embedding matrix (tie_embeddings, pp > 1)
     after: NotRequired[str]  # collectives: the one issued before it that its data does not depend on (program order)
     clone: NotRequired[bool]  # a local slice that copies its part, so that its source is freed (lowering.copies)
+    wire_bytes_worst: NotRequired[int | float]  # token routing: at the capacity factor's worst case
 
 
 class EdgeAttrs(TypedDict):
@@ -85,6 +92,24 @@ class ModelAttrs(TypedDict):
     batch: int
     seq: int
     dtype: Dtype
+    moe: NotRequired["ExpertAttrs"]  # mixture-of-experts models only
+    block_layers: NotRequired[list["BlockLayers"]]  # a model with a block per range of layers
+
+
+class BlockLayers(TypedDict):
+    first: int
+    last: int
+    block: str
+
+
+class ExpertAttrs(TypedDict):
+    experts: int
+    top_k: int
+    expert_ffn: int
+    shared_experts: int
+    router: str
+    router_norm: bool
+    capacity_factor: float
 
 
 class MeshAttrs(TypedDict):
@@ -97,6 +122,7 @@ class MeshAttrs(TypedDict):
     schedule: Schedule
     sequence_parallel: bool
     grad_dtype: Dtype  # what gradients are accumulated and reduced in
+    ep: NotRequired[int]  # expert-parallel degree (docs/language.md); absent when 1
 
 
 class GraphAttrs(TypedDict):

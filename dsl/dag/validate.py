@@ -17,7 +17,7 @@ from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.source import Span
 from par.dsl.registry.collectives import COLLECTIVES
 
-COLLECTIVE_OPS = frozenset(name for name, spec in COLLECTIVES.items() if spec.group == "tp")
+COLLECTIVE_OPS = frozenset(name for name, spec in COLLECTIVES.items() if spec.group in ("tp", "ep"))
 POINT_TO_POINT = frozenset(name for name, spec in COLLECTIVES.items() if spec.group == "pipeline")
 COMMUNICATION = COLLECTIVE_OPS | POINT_TO_POINT
 ENDS = frozenset({ids.INPUT, ids.OUTPUT})

@@ -48,6 +48,9 @@ def _render_item(item) -> list[_Line]:
         return [_Line("strict", item[1].line)]
     if isinstance(item, ast.ModelDecl):
         head = f"model {item.name}" + (f" : {item.block}" if item.block else "")
+        if item.layer_uses:
+            uses = ", ".join(f"{use.block} {expression(use.first)}..{expression(use.last)}" for use in item.layer_uses)
+            head = f"model {item.name} : {uses}"
         return _braced(head, [(s.span, _setting(s)) for s in item.settings], item.span)
     if isinstance(item, ast.MeshDecl):
         return _braced("mesh", _mesh_parts(item), item.span)

@@ -154,14 +154,33 @@ class _ToSpec(Transformer_NonRecursive):
     # top-level items
     @v_args(meta=True)
     def model(self, meta, children):
-        name, block, *settings = children
+        name, block, first_range, *rest = children
+        settings = tuple(c for c in rest if isinstance(c, ast.Setting))
+        uses = tuple(c for c in rest if isinstance(c, ast.LayerUse))
+        if first_range is not None:
+            (first, last), span = first_range
+            at = self._tok(block)
+            whole = Span(self.file, at.line, at.col, span.end_line, span.end_col)
+            head = ast.LayerUse(str(block), first, last, whole, at)
+            uses = (head, *uses)
         return ast.ModelDecl(
             str(name),
             str(block) if block is not None else None,
-            tuple(settings),
+            settings,
             self._span(meta),
             self._tok(block) if block is not None else None,
+            uses,
         )
+
+    @v_args(meta=True)
+    def layer_range(self, meta, children):
+        first, last = children
+        return (first, last), self._span(meta)
+
+    @v_args(meta=True)
+    def layer_use(self, meta, children):
+        block, ((first, last), _) = children
+        return ast.LayerUse(str(block), first, last, self._span(meta), self._tok(block))
 
     @v_args(meta=True)
     def mesh(self, meta, children):

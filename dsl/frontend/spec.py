@@ -58,12 +58,24 @@ class StageSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerUse:
+    """`deepseek 3..60` after a model's colon: the block of an inclusive range of layers."""
+
+    block: str
+    first: Expr
+    last: Expr
+    span: Span
+    block_span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class ModelDecl:
     name: str
-    block: str | None
+    block: str | None  # the first block named after the colon
     settings: tuple[Setting, ...]
     span: Span
     block_span: Span | None
+    layer_uses: tuple[LayerUse, ...] = ()  # `: a 0..2, b 3..60`; empty: `block` for every layer
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,10 +100,16 @@ def with_pairs(steps: tuple[Step, ...], param: str, result: str, stream: Placeme
                 else:
                     elided[step.name] = reason
                 partial |= region
-    replicated = ([param] if stream == R else []) + [step.name for step in steps if step.out_placement == R]
+    # Replicated on the tensor-parallel axis: each replica's own tokens, or routed ones.
+    replicated = ([param] if stream == R else []) + [step.name for step in steps if step.out_placement.local == R]
     copied = {
         value for value in replicated if value not in partial and any(_takes_copy(step) for step in consumers.get(value, []))
     }
+    # A token dispatch is linear: the copy goes before it, on each replica's own tokens, so the
+    # dispatch keeps its own pair (the combine of the gradient) and each step one backward collective.
+    routed_by = {step.name: step.inputs[0] for step in steps if step.kind == "comm" and COLLECTIVES[step.op].routes}
+    while copied & routed_by.keys():
+        copied = {routed_by.get(value, value) for value in copied}
 
     def pair(step: Step) -> str | None:
         if step.kind == "comm":

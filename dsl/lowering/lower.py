@@ -16,12 +16,13 @@ from par.dsl.lowering.placement import (
     R,
     describe,
     dim_name,
+    routed_shape,
     stream_placement,
 )
 from par.dsl.lowering.program import Program, Step
 from par.dsl.lowering.shapes import Shape, infer_shapes, stream_shape
 from par.dsl.lowering.solve import Choice, Convert, SearchTooLarge, solve
-from par.dsl.registry.collectives import COLLECTIVES, block_form, conversion
+from par.dsl.registry.collectives import COLLECTIVES, block_form, conversion, sent_fraction
 from par.dsl.registry.ops import OPS
 from par.dsl.registry.statements import default_dim
 
@@ -53,6 +54,7 @@ class _Builder:
         self.deployment = deployment
         self.block = deployment.block
         self.tp = deployment.mesh.tp
+        self.ep = deployment.mesh.ep
         self.shapes = shapes
         self.stream = stream_placement(deployment.mesh.sequence_parallel)
         self.ops = {op.name: op for op in self.block.ops}
@@ -82,8 +84,9 @@ class _Builder:
             stream_local=self.stream.local_shape(shape, self.tp),
             param_copied=param_copied,
         )
-        if self.tp == 1:  # one rank per group: every collective and slice is the identity
-            program = program.without_collectives()
+        # One rank per group: its collectives and slices are the identity.
+        if self.tp == 1 or self.ep == 1:
+            program = program.without_collectives(tp=self.tp == 1, ep=self.ep == 1)
         return replace(program, ends=model_ends(self.deployment)), self.diags
 
     def _unique(self, name: str) -> str:
@@ -120,7 +123,16 @@ class _Builder:
             op,
             reason=reason,
         )
+        if len(op.inputs) > 1:
+            self._operands(op, signature)
         self.providers[(op.name, signature.output)] = name
+
+    def _operands(self, op: Op, signature) -> None:
+        """Records each operand's shape and placement on the step when they differ."""
+        step = self.steps[-1]
+        shapes = tuple(placement.local_shape(self.shapes[value] if not placement.routed else routed_shape(self.shapes[value], self.ep), self.tp) for value, placement in zip(op.inputs, signature.inputs, strict=True))
+        if any(shape != step.in_shape for shape in shapes) or any(need != step.in_placement for need in signature.inputs):
+            self.steps[-1] = replace(step, operand_shapes=shapes, operand_placements=signature.inputs)
 
     def _convert(self, convert: Convert, consumer: Op | None) -> None:
         key = (convert.value, convert.target)
@@ -143,8 +155,8 @@ class _Builder:
         global_in, global_out = global_shapes
         local_in = self._local(global_in, source, name, op, span)
         local_out = self._local(global_out, target, name, op, span)
-        converter = conversion(source, target) if kind == "comm" else None
-        wire = converter.wire_fraction(self.tp) if converter is not None else 0
+        converter = COLLECTIVES[op_name] if kind == "comm" else None
+        wire = sent_fraction(converter, source, tp=self.tp, ep=self.ep) if converter is not None else 0
         flops = params = 0
         if kind == "compute":
             spec = OPS[op_name]
@@ -176,6 +188,8 @@ class _Builder:
         )
 
     def _local(self, shape: Shape, placement: Placement, name: str, op: Op | None, span) -> Shape:
+        if placement.routed:  # the experts' share of every member's tokens (divisibility: the checks)
+            shape = routed_shape(shape, self.ep)
         if placement.kind == "S" and placement.dim is not None and shape[placement.dim] % self.tp:
             axis = "seq" if placement.dim == 1 else "features"
             self.diags.append(

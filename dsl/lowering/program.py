@@ -12,6 +12,7 @@ from par.dsl.checks.deployment import Deployment
 from par.dsl.dag.types import Dtype, Kind, OpName
 from par.dsl.frontend.source import Span
 from par.dsl.lowering.placement import Placement, R
+from par.dsl.registry.collectives import COLLECTIVES
 
 Shape = tuple[int, ...]
 
@@ -108,11 +109,39 @@ class Program:
     def collectives(self) -> tuple[Step, ...]:
         return tuple(step for step in self.steps if step.kind == "comm")
 
-    def without_collectives(self) -> Program:
+    def without_collectives(self, *, tp: bool = True, ep: bool = True) -> Program:
         """The layer with every collective and slice taken as the identity and every placement R:
         what one rank per group runs, and the math of the unsharded reference. Steps keep their
-        names, global shapes and span; local shapes, FLOPs and parameters stay per device."""
-        steps, result = drop_collectives(self.steps, self.result)
+        names, global shapes and span; local shapes, FLOPs and parameters stay per device.
+        `tp=False` keeps the tensor-parallel ones, `ep=False` the token routing (and the routed
+        placements) of the expert-parallel group."""
+        if tp and ep:
+            steps, result = drop_collectives(self.steps, self.result)
+        else:
+            alias: dict[str, str] = {}
+            kept = []
+
+            def placed(placement: Placement) -> Placement:
+                return Placement("R", routed=placement.routed and not ep) if tp else Placement(placement.kind, placement.dim, placement.routed and not ep)
+
+            for step in self.steps:
+                inputs = tuple(alias.get(name, name) for name in step.inputs)
+                group = COLLECTIVES[step.op].group if step.kind != "compute" else None
+                if group is not None and (ep if group == "ep" else tp):
+                    alias[step.name] = inputs[0]
+                    continue
+                changed = replace(
+                    step,
+                    inputs=inputs,
+                    in_placement=placed(step.in_placement),
+                    out_placement=placed(step.out_placement),
+                    operand_placements=tuple(map(placed, step.operand_placements)) if step.operand_placements else None,
+                )
+                # Without tensor parallelism nothing is copied into it; token routing keeps its pair.
+                kept.append(replace(changed, pair=step.pair if group == "ep" else None, copied=False) if tp else changed)
+            if not tp:
+                return replace(self, steps=tuple(kept), result=alias.get(self.result, self.result))
+            steps, result = tuple(kept), alias.get(self.result, self.result)
         return replace(
             self,
             steps=steps,

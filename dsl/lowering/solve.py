@@ -16,7 +16,7 @@ from fractions import Fraction
 from par.dsl.checks.deployment import Deployment, Op
 from par.dsl.limits import MAX_SEARCH_STATES
 from par.dsl.lowering.placement import Placement, Signature, stream_placement
-from par.dsl.registry.collectives import COLLECTIVES, CollectiveSpec, conversion
+from par.dsl.registry.collectives import COLLECTIVES, CollectiveSpec, conversion, sent_fraction
 from par.dsl.registry.ops import elements
 from par.dsl.registry.statements import signatures
 
@@ -63,8 +63,10 @@ class Solver:
         self.strict = deployment.strict
         self.sequence_parallel = deployment.mesh.sequence_parallel
         self.stream = stream_placement(self.sequence_parallel)
-        # Decisions must not depend on the tp degree, so costs use a nominal group of 2+.
+        # Decisions must not depend on the tp or ep degree, so costs use nominal groups of 2+.
         self.group = max(deployment.mesh.tp, 2)
+        self.ep_group = max(deployment.mesh.ep, 2)
+        self.experts = deployment.model.moe is not None
         self.sizes = {name: elements(shape) for name, shape in shapes.items()}
         self.last_use = {name: index for index, op in enumerate(self.ops) for name in op.inputs}
         self.last_use[self.result] = len(self.ops)
@@ -85,7 +87,7 @@ class Solver:
         op = self.ops[index]
         values = {name: (origin, avail) for name, origin, avail in state}
         options = []
-        for rank, signature in enumerate(signatures(op.op, op.style, op.dim, sequence_parallel=self.sequence_parallel)):
+        for rank, signature in enumerate(signatures(op.op, op.style, op.dim, sequence_parallel=self.sequence_parallel, experts=self.experts)):
             local = self._choose(op, signature, values)
             if local is None:
                 continue
@@ -94,7 +96,7 @@ class Solver:
             rest_cost, rest = self.best(index + 1, next_state)
             options.append((_add(cost, rest_cost), cost, rank, (choice,) + rest))
         if not options:  # a written collective that fits no signature: keep going, report it
-            signature = signatures(op.op, op.style, op.dim, sequence_parallel=self.sequence_parallel)[0]
+            signature = signatures(op.op, op.style, op.dim, sequence_parallel=self.sequence_parallel, experts=self.experts)[0]
             available = {name: avail for name, (_, avail) in values.items()}
             next_state = self._advance(index, op, signature, values, available)
             rest_cost, rest = self.best(index + 1, next_state)
@@ -134,7 +136,8 @@ class Solver:
     def cost(self, convert: Convert) -> Cost:
         if convert.conversion.kind == "route":
             return (0, Fraction(0), 0, 1)
-        traffic = convert.conversion.wire_fraction(self.group) * self.sizes[convert.value]
+        fraction = sent_fraction(convert.conversion, convert.source, tp=self.group, ep=self.ep_group)
+        traffic = fraction * self.sizes[convert.value]
         return (1 if self.strict else 0, traffic, 1, 0)
 
     def _advance(self, index: int, op: Op, signature: Signature, values: dict, available: dict) -> State:

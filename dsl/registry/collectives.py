@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from par.dsl.dag.types import CollectiveOp, Kind, PlacementKind
-from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, Signature, share
+from par.dsl.lowering.placement import E_P, E_R, E_SEQ, S_LAST, S_SEQ, P, Placement, R, Signature, share
 from par.dsl.registry.ops import NOTHING, Saves, Syntax
 
 
@@ -56,18 +56,25 @@ class CollectiveSpec:
     name: str
     title: str  # drawings and reports: "AllGather"
     prose: str  # diagnostics and reasons: "an AllGather"
-    group: str  # tp: the tensor-parallel group | pipeline: a rank and its peer on the next stage | local: none
+    # tp: the tensor-parallel group | ep: the expert-parallel group | pipeline: a rank and its
+    # peer on the next stage | local: none
+    group: str
     # Bytes each rank sends over a group of n, as a fraction of the full tensor (for send and
     # recv: of the local tensor, which is whole on each side).
     wire_fraction: Callable[[int], Fraction]
     ring_steps: Callable[[int], int]  # messages each rank sends one after another: the latency term
     converts: tuple[PlacementKind, PlacementKind] | None = None  # the placement kinds (from, to) it converts between
+    # Token routing over the expert-parallel group: True takes each replica's own tokens to the
+    # ranks of their experts (local -> routed), False brings them back; the tensor-parallel
+    # placement is kept. None: not a routing.
+    routes: bool | None = None
     pair: BackwardPair | None = None  # what carries it in training (None: the plain op, no pair)
     # The pair inside a partial region, where the gradient of its output is partial (an AllGather's).
     partial_pair: BackwardPair | None = None
     written: Written | None = None  # None: only the compiler inserts it
     lint_title: str | None = None  # lint's name for it in findings; None: lint does not look for it
     lint_pattern: str | None = None  # how DAGs drawn by other tools name it (case-insensitive regex)
+    lint_as: str | None = None  # the collective lint reads it as in a drawing (a routing is an AllToAll); None: itself
     # What the code keeps of it for the backward: its pairs keep only the group and the dims
     # (they save no tensor), so nothing but for a send, whose tensor the schedule keeps.
     saves: Saves = NOTHING
@@ -149,6 +156,35 @@ COLLECTIVES: dict[str, CollectiveSpec] = {
             lint_title="All-to-All",
             lint_pattern=r"all[\s_-]?to[\s_-]?all|all2all|(?<![a-z0-9])a2a(?![a-z0-9])",
         ),
+        # Mixture of experts: each rank sends every member of its expert-parallel group the tokens
+        # routed to that member's experts, and gets the results back; under balanced routing
+        # (ep - 1)/ep of its own routed tokens leave it each way. The gradient goes back the other way.
+        CollectiveSpec(
+            "dispatch", "Dispatch (AllToAll)", "a token dispatch (an AllToAll over the expert-parallel group)", "ep",
+            wire_fraction=lambda n: Fraction(n - 1, n),
+            ring_steps=lambda n: n - 1,
+            routes=True,
+            pair=BackwardPair("dispatch", backward="combine"),
+            lint_as="alltoall",
+            written=Written(
+                Syntax(1, usage="dispatch(tokens)"),
+                {None: (Signature((R,), E_R), Signature((S_SEQ,), E_SEQ))},
+                needs="each replica's own tokens grouped by expert (from permute)",
+            ),
+        ),
+        CollectiveSpec(
+            "combine", "Combine (AllToAll)", "a token combine (an AllToAll over the expert-parallel group)", "ep",
+            wire_fraction=lambda n: Fraction(n - 1, n),
+            ring_steps=lambda n: n - 1,
+            routes=False,
+            pair=BackwardPair("combine", backward="dispatch"),
+            lint_as="alltoall",
+            written=Written(
+                Syntax(1, usage="combine(routed)"),
+                {None: (Signature((E_R,), R), Signature((E_P,), P), Signature((E_SEQ,), S_SEQ))},
+                needs="routed tokens (E)",
+            ),
+        ),
         # The backward of a pipeline transfer sends the gradient back the same way (docs/cost.md).
         # The schedule keeps the stage's output until its backward (`y.backward(grad)`).
         CollectiveSpec(
@@ -193,8 +229,25 @@ CONVERSIONS: dict[tuple[PlacementKind, PlacementKind], CollectiveSpec] = {
 }
 
 
+def sent_fraction(spec: CollectiveSpec, source: Placement, *, tp: int, ep: int) -> Fraction:
+    """What each rank sends of the full tensor of one replica: a tensor-parallel collective's
+    wire fraction over tp; a routing's over ep, of the part of the tensor the rank holds (all
+    of it, or 1/tp when split on the tensor-parallel axis)."""
+    if spec.group == "ep":
+        held = Fraction(1, tp) if source.kind == "S" else Fraction(1)
+        return spec.wire_fraction(ep) * held
+    return spec.wire_fraction(tp)
+
+
+# True: local -> routed (dispatch); False: routed -> local (combine).
+ROUTINGS: dict[bool, CollectiveSpec] = {spec.routes: spec for spec in COLLECTIVES.values() if spec.routes is not None}
+
+
 def conversion(source: Placement, target: Placement) -> CollectiveSpec | None:
-    """What converts `source` to `target`; None when they are equal or it is illegal."""
+    """What converts `source` to `target`; None when they are equal or it is illegal. Routing
+    keeps the tensor-parallel placement: a change of both takes two steps."""
     if source == target:
         return None
+    if source.routed != target.routed:
+        return ROUTINGS[target.routed] if source.local == target.local else None
     return CONVERSIONS.get((source.kind, target.kind))

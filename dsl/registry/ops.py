@@ -15,7 +15,7 @@ from fractions import Fraction
 
 from par.dsl.checks.deployment import Model, Op
 from par.dsl.dag.types import Dtype
-from par.dsl.lowering.placement import S_LAST, S_SEQ, P, Placement, R, Signature
+from par.dsl.lowering.placement import E_LAST, E_R, S_LAST, S_SEQ, P, Placement, R, Signature
 
 Shape = tuple[int, ...]
 
@@ -305,13 +305,13 @@ OPS: dict[str, OpSpec] = {
             computes_on=_query_and_key,
             keeps_parts=_EVERY_DIM,
         ),
-        # Nonlinear elementwise ops: anything but a partial sum.
+        # Nonlinear elementwise ops: anything but a partial sum; routed tokens too (inside the experts).
         OpSpec(
-            "gelu", Syntax(1, usage="gelu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(8),
+            "gelu", Syntax(1, usage="gelu(x)"), same_placement(R, S_SEQ, S_LAST, E_R, E_LAST, arity=1), same_shape, per_element(8),
             saves=Saves(operands=(0,)), keeps_parts=_EVERY_DIM,
         ),
         OpSpec(
-            "silu", Syntax(1, usage="silu(x)"), same_placement(R, S_SEQ, S_LAST, arity=1), same_shape, per_element(4),
+            "silu", Syntax(1, usage="silu(x)"), same_placement(R, S_SEQ, S_LAST, E_R, E_LAST, arity=1), same_shape, per_element(4),
             saves=Saves(operands=(0,)), keeps_parts=_EVERY_DIM,
         ),
         # add is linear, so P + P is fine; mul is not. add keeps nothing; mul keeps both factors.
@@ -320,7 +320,7 @@ OPS: dict[str, OpSpec] = {
             keeps_parts=_EVERY_DIM,
         ),
         OpSpec(
-            "mul", Syntax(2, usage="mul(a, b)"), same_placement(R, S_SEQ, S_LAST, arity=2), same_shape, per_element(1),
+            "mul", Syntax(2, usage="mul(a, b)"), same_placement(R, S_SEQ, S_LAST, E_R, E_LAST, arity=2), same_shape, per_element(1),
             saves=Saves(operands=(0, 1)), keeps_parts=_EVERY_DIM,
         ),
     )

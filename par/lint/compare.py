@@ -430,7 +430,8 @@ def _spec_collectives(spec_dag: Dag) -> dict[tuple, list[str]]:
         op = data.get("op")
         if data.get("kind") == "comm" and op in COMMUNICATION and op not in PIPELINE:
             layer = data.get("layer")
-            found.setdefault((OUTSIDE if layer is None else layer, op), []).append(str(node))
+            kind = REGISTRY[op].lint_as or op  # as a drawing of it reads (a routing is an AllToAll)
+            found.setdefault((OUTSIDE if layer is None else layer, kind), []).append(str(node))
     return {key: sorted(nodes) for key, nodes in found.items()}
 
 

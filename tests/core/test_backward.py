@@ -159,4 +159,4 @@ def test_every_node_carries_its_steps_backward_collective_with_ring_bytes(compil
             # an AllGather or ReduceScatter of the whole [4, 8, 32] fp32 stream: (n-1)/n of it, n = 2
             assert data["backward_wire_bytes"] == 4 * 8 * 32 * 4 // 2
     assert seen == 4 * 2  # 4 collectives per layer, 2 layers, one tensor-parallel group
-    assert {pair.backward for pair in PAIRS.values()} == {None, "allreduce", "reducescatter", "allgather", "alltoall"}
+    assert {pair.backward for pair in PAIRS.values()} == {None, "allreduce", "reducescatter", "allgather", "alltoall", "dispatch", "combine"}

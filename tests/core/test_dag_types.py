@@ -37,6 +37,8 @@ CASES = [
     ("layerwise", ()),
     ("llama_gqa", ()),
     ("llama_gqa", ("tie_embeddings=true", "positions=learned")),  # the head's own copy of a tied embedding
+    ("mixtral_8x7b", ("layers=4", "pp=2", "dp=2", "ep=2", "batch=4", "seq=64", "microbatches=2")),
+    ("deepseek_v3", ("layers=4", "pp=2", "stages=0..1,2..3", "dp=4", "ep=4", "batch=8", "seq=64", "microbatches=2")),
 ]
 # A block with a bias (and rope), which no shipped spec has.
 BIASED = "model m : qwen2 { layers 2  hidden 64  heads 4  kv_heads 2  batch 4  seq 8 }\nmesh { tp 2 }\n"
@@ -136,7 +138,8 @@ def test_node_kinds_are_the_registrys():
 
 def test_dtypes_and_placements_and_severities():
     assert set(get_args(get_type_hints(ModelAttrs)["dtype"])) == set(DTYPE_BYTES)
-    assert set(get_args(PlacementText)) == set(PLACEMENTS) == {p.text for p in (R, P, S_SEQ, S_LAST)}
+    local = {p.text for p in (R, P, S_SEQ, S_LAST)}
+    assert set(get_args(PlacementText)) == set(PLACEMENTS) == local | {f"E({text})" for text in local}
     assert all(str(placement) == text for text, placement in PLACEMENTS.items())
     assert set(get_args(PlacementKind)) == {p.kind for p in PLACEMENTS.values()}
     made = {make("m", None).severity for make in (error, warning, note)}

@@ -86,3 +86,14 @@ def test_fold_ranges_skip_the_expanded_layer(compiled):
     mesh = compiled("specs/layerwise.par").deployment.mesh
     assert [(fold.first, fold.last) for fold in folds(mesh, expanded=0)] == [(1, 3), (4, 7), (8, 11), (12, 15)]
     assert [(fold.first, fold.last) for fold in folds(mesh, expanded=5)] == [(0, 3), (4, 4), (6, 7), (8, 11), (12, 15)]
+
+
+def test_a_block_per_range_draws_one_layer_of_each_block_and_folds_within_a_block(compiled):
+    mesh = compiled("specs/layerwise.par").deployment.mesh  # 16 layers, 4 stages of 4
+    assert [(fold.first, fold.last) for fold in folds(mesh, expanded={0, 6}, starts={6})] == [(1, 3), (4, 5), (7, 7), (8, 11), (12, 15)]
+    spec = compiled("specs/deepseek_v3.par", "layers=5", "pp=2", "stages=0..2,3..4", "dp=4", "ep=4", "batch=8", "seq=64", "microbatches=2")
+    text = emit_compact_dot(spec)
+    assert "compact view (layers 0, 3 in full, one of each block, other layers folded" in text
+    assert "layer_3_dispatch_moe_tokens" in text and "layer_0_mlp_gpu0" in text  # both blocks in full
+    assert re.search(r"Layers 1-2 \(folded\)</B><BR/><FONT POINT-SIZE=\"9\">GPU 0 · 2 layers like layer 0", text)
+    assert re.search(r"Layer 4 \(folded\)</B><BR/><FONT POINT-SIZE=\"9\">GPU 1 · 1 layer like layer 3", text)
