@@ -110,6 +110,10 @@ def _value(test: ast.expr, constants: Mapping[str, object]) -> bool:
 
 
 def _decide(lines: list[str], node: ast.If, constants: Mapping[str, object]) -> str:
+    # An `elif` on constants parses as an `if` nested in the `else` of a test that is not decided:
+    # folding it alone would drop that `else` and leave its body unconditional.
+    heading = lines[node.lineno - 1].lstrip()
+    assert not heading.startswith("elif"), f"runtime: nest the test on constants under `else:` (line {node.lineno})"
     conjuncts = _conjuncts(node.test)
     count = next((i for i, test in enumerate(conjuncts) if not _names(test) <= constants.keys()), len(conjuncts))
     known = conjuncts[:count]

@@ -165,3 +165,17 @@ def test_model_py_defines_exactly_the_collectives_its_pairs_and_gradient_reducti
     defined = set(_top_level(emit_model(compiled)))
     assert defined & {*names.values(), "_exchange"} == expected
     assert {helper for helper in PAIRS if helper in defined} == {helper for helper in view.helpers if helper in PAIRS}
+
+
+def test_an_elif_on_constants_is_refused_not_folded_into_its_else():
+    """Folded alone, `elif FLAG:` would drop the `else:` above its body and run that body always."""
+    text = """
+    if ready:
+        value = 1
+    elif TP > 1:
+        value = 2
+    else:
+        value = 3
+    """
+    with pytest.raises(AssertionError, match="nest the test on constants under `else:`"):
+        _fold(text)
