@@ -172,3 +172,14 @@ def test_a_mesh_the_model_does_not_divide_is_refused_and_nothing_is_written(tmp_
     code, out, err = par("new", "--from-hf", tmp_path, "--tp", "3", "--seq", "16")
     assert (code, out) == (1, "")
     assert "error: heads (4) is not divisible by tp (3)" in err
+
+
+def test_the_rope_mapping_covers_exactly_what_the_core_computes():
+    """A scaling or setting added to the core (dsl/checks/rope.py) must be mapped here too, and
+    nothing here may map to a setting the core does not read."""
+    from par.dsl.checks.rope import NEEDS
+    from par.hf_config import ROPE_SCALING, ROPE_TYPES
+
+    assert set(ROPE_SCALING.values()) == set(NEEDS)
+    for rope_type, keys in ROPE_TYPES.items():
+        assert tuple(keys.values()) == NEEDS[ROPE_SCALING[rope_type]], rope_type
