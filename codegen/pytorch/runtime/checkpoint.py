@@ -23,7 +23,7 @@ from torch import nn
 from par.codegen.pytorch.runtime.groups import Groups, global_rank
 from par.codegen.pytorch.runtime.model import CHECKPOINT, TRANSPOSED
 from par.codegen.pytorch.runtime.ops import ungroup_heads
-from par.codegen.pytorch.runtime.sharding import parameter_names, shard_parameter, stage_sharding
+from par.codegen.pytorch.runtime.sharding import VOCABULARY, parameter_names, shard_parameter, stage_sharding
 from par.codegen.pytorch.runtime.spec import (
     BY_HEAD,
     DTYPE,
@@ -46,9 +46,6 @@ SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 # Buffers older checkpoints hold beside the weights: GPT-2's causal masks, Llama's RoPE
 # frequencies. The code computes them; loading skips them.
 BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
-# The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the rows
-# past the checkpoint's are zero when loading and dropped when saving.
-VOCABULARY = "rows of the vocabulary"
 
 
 # --load and --save: the folders the command line named (None: not given).

@@ -9,11 +9,15 @@ from par.codegen.pytorch.runtime.model import END_SHARDING, SHARDING, Stage
 from par.codegen.pytorch.runtime.ops import group_heads
 from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, ENDS, PADDED, PADDED_VOCAB, PP, STAGES, TIED, TP
 
+# The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the padding
+# rows are zero here, when loading a checkpoint, and dropped when saving one.
+VOCABULARY = "rows of the vocabulary"
+
 
 def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int) -> torch.Tensor:
     if split == "replicated":
         return tensor
-    if PADDED and split == "rows of the vocabulary":  # padding rows: zero, never looked up, masked in the loss
+    if PADDED and split == VOCABULARY:  # padding rows: zero, never looked up, masked in the loss
         tensor = torch.cat([tensor, tensor.new_zeros((PADDED_VOCAB - tensor.shape[0], *tensor.shape[1:]))])
     dim = 0 if split.startswith("rows") else 1
     if BY_HEAD and split.endswith("by head"):

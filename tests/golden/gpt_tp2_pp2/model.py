@@ -437,10 +437,15 @@ END_SHARDING = {
 }
 
 
+# The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the padding
+# rows are zero here, when loading a checkpoint, and dropped when saving one.
+VOCABULARY = "rows of the vocabulary"
+
+
 def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int) -> torch.Tensor:
     if split == "replicated":
         return tensor
-    if split == "rows of the vocabulary":  # padding rows: zero, never looked up, masked in the loss
+    if split == VOCABULARY:  # padding rows: zero, never looked up, masked in the loss
         tensor = torch.cat([tensor, tensor.new_zeros((PADDED_VOCAB - tensor.shape[0], *tensor.shape[1:]))])
     dim = 0 if split.startswith("rows") else 1
     if split.endswith("by head"):

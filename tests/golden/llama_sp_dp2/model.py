@@ -516,6 +516,11 @@ CHECKPOINT = {
 TRANSPOSED = ()
 
 
+# The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the padding
+# rows are zero here, when loading a checkpoint, and dropped when saving one.
+VOCABULARY = "rows of the vocabulary"
+
+
 def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int) -> torch.Tensor:
     if split == "replicated":
         return tensor
@@ -1162,11 +1167,6 @@ SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 # Buffers older checkpoints hold beside the weights: GPT-2's causal masks, Llama's RoPE
 # frequencies. The code computes them; loading skips them.
 BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
-
-
-# The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the rows
-# past the checkpoint's are zero when loading and dropped when saving.
-VOCABULARY = "rows of the vocabulary"
 
 
 # --load and --save: the folders the command line named (None: not given).
