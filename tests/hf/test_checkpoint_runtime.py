@@ -169,3 +169,52 @@ def test_save_without_training_to_save_is_a_usage_error(capsys):
         cli.parse_args(["--check", "--save", "out"])
     assert raised.value.code == 2 and "--save writes the weights after training" in capsys.readouterr().err
     assert cli.parse_args(["--save", "out"]).steps == 10  # training by default: then saved
+
+
+def _load_on_rank(rank: int, folders: list[str], store: str, results: str) -> None:
+    """One rank of a gloo group of len(folders): loads its own folder, writes what became of it."""
+    import os
+
+    outcome = "loaded"
+    try:
+        dist.init_process_group("gloo", store=dist.FileStore(store, len(folders)), rank=rank, world_size=len(folders))
+        checkpoint.load_checkpoint(folders[rank], model.Stage(Groups(rank, None)), Groups(rank, None))
+    except checkpoint.CheckpointError as error:
+        outcome = f"CheckpointError: {error}"
+    except BaseException as error:  # noqa: BLE001 - recorded for the test's message
+        outcome = f"{type(error).__name__}: {error}"
+    with open(f"{results}/rank{rank}", "w") as file:
+        file.write(outcome)
+    os._exit(0)
+
+
+def test_a_folder_one_rank_cannot_read_fails_every_rank_instead_of_hanging(tmp_path):
+    """Rank 1's index names a file that cannot be opened (a folder: OSError, not CheckpointError).
+
+    Both ranks must reach the verdict AllReduce and raise CheckpointError; before, rank 1 left
+    while rank 0 waited in the AllReduce (on NCCL, until its timeout)."""
+    import multiprocessing
+
+    good, bad, results = tmp_path / "good", tmp_path / "bad", tmp_path / "results"
+    for folder in (good, bad, results):
+        folder.mkdir()
+    tensors = _checkpoint_of_the_runtime_model(good, torch.float32)
+    (bad / "model.safetensors").mkdir()  # listed by the index, unreadable as a file
+    weight_map = dict.fromkeys(tensors, "model.safetensors")
+    (bad / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    context = multiprocessing.get_context("fork")
+    folders = [str(good), str(bad)]
+    ranks = [context.Process(target=_load_on_rank, args=(rank, folders, str(tmp_path / "store"), str(results)),
+                             daemon=True) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(60)
+    hung = [rank for rank, process in enumerate(ranks) if process.exitcode is None]
+    for process in ranks:
+        if process.exitcode is None:
+            process.kill()
+    assert not hung, f"ranks {hung} still waiting after 60 s"
+    outcomes = [(results / f"rank{rank}").read_text() for rank in range(2)]
+    assert outcomes[0] == "CheckpointError: another rank could not read its shard of the checkpoint", outcomes
+    assert outcomes[1].startswith(f"CheckpointError: {bad}: OSError"), outcomes

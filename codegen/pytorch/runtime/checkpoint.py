@@ -251,19 +251,25 @@ def load_checkpoint(directory: str, stage: nn.Module, groups: Groups) -> Checkpo
     """Fills `stage`'s parameters with this rank's shards of the checkpoint in `directory`.
 
     Every rank checks the checkpoint's names first (the same verdict everywhere); a shape that
-    does not fit on one rank fails every rank, before any of the model's collectives.
+    does not fit, or a folder or file that cannot be read, on one rank fails every rank, before
+    any of the model's collectives: whatever goes wrong, every rank reaches the verdict AllReduce.
     """
-    checkpoint = Checkpoint(directory)
-    checkpoint.check()
     failed: list[str] = []
-    split = stage_sharding(groups.stage)
-    with torch.no_grad():
-        for name, param in stage.named_parameters():
-            try:
-                shard = read_parameter(checkpoint, name, split[name], param.shape, groups.tp_rank)
-                param.copy_(shard)  # in the parameter's dtype
-            except CheckpointError as error:
-                failed.append(str(error))
+    try:
+        checkpoint = Checkpoint(directory)
+        checkpoint.check()
+        split = stage_sharding(groups.stage)
+        with torch.no_grad():
+            for name, param in stage.named_parameters():
+                try:
+                    shard = read_parameter(checkpoint, name, split[name], param.shape, groups.tp_rank)
+                    param.copy_(shard)  # in the parameter's dtype
+                except CheckpointError as error:
+                    failed.append(str(error))
+    except CheckpointError as error:
+        failed.append(str(error))
+    except Exception as error:  # an unreadable file or folder (OSError), a malformed index (KeyError, ValueError)
+        failed.append(f"{directory}: {type(error).__name__}: {error}")
     verdict = torch.tensor([len(failed)], device=next(stage.parameters()).device)
     dist.all_reduce(verdict)  # not one of the model's collectives: every rank learns if one failed
     if failed or verdict.item():
