@@ -226,7 +226,8 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
     torch's CPU kernels keep instead of its CUDA ones (the test that measures them runs on CPU).
     """
     model = graph.graph["model"]
-    stored = Stored(dtype_bytes(graph), model["head_dim"])
+    # fp32 grouped-query attention expands K and V (runtime/ops.causal_attention): enable_gqa is a FlashAttention-only, fp16/bf16-only path on CUDA
+    stored = Stored(dtype_bytes(graph), model["head_dim"], model["dtype"] == "fp32" and model["kv_heads"] != model["heads"])
     kept: dict[int, dict[tuple, int]] = {rank: {} for rank in range(graph.graph["mesh"]["world"])}
     pred = graph.pred
     for node, data in graph.nodes(data=True):

@@ -52,10 +52,12 @@ def no_parameters(local_in: Shape, local_out: Shape) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """What one device's activations are stored as: the size of the spec's dtype and the model's head size."""
+    """What one device's activations are stored as: the size of the spec's dtype, the model's head
+    size, and whether attention expands K and V per query head (grouped-query attention in fp32)."""
 
     dtype_bytes: int
     head_dim: int
+    expands_kv: bool = False
 
 
 StoredBytes = Callable[[Shape, Shape, Stored], int]  # (local input shape, local output shape, storage) -> bytes
@@ -237,8 +239,10 @@ def _rmsnorm_on_cpu(local_in: Shape, local_out: Shape, stored: Stored) -> int:
 def _attention_extra(local_in: Shape, local_out: Shape, stored: Stored) -> int:
     # SDPA's fused kernels keep q, k, v (views of the fused input), the output and one fp32
     # logsumexp per query head and position, never the seq × seq scores. Grouped-query
-    # attention runs with enable_gqa, so no expanded K and V are made or kept.
-    return FP32 * elements(local_out) // stored.head_dim
+    # attention runs with enable_gqa in fp16/bf16 (no expanded K and V); in fp32 the code
+    # expands K and V per query head (each the size of the output) and the kernel keeps them.
+    expanded = 2 * elements(local_out) * stored.dtype_bytes if stored.expands_kv else 0
+    return FP32 * elements(local_out) // stored.head_dim + expanded
 
 
 # -- signatures -------------------------------------------------------------------------------------

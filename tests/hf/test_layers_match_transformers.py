@@ -134,10 +134,9 @@ def test_layers_equal_transformers(workdir, block, tp, pp, dp, sp):
     assert output_error <= TOLERANCE and gradient_error <= TOLERANCE, (output_error, gradient_error)
 
 
-WRONG_GQA = (  # the mutation: K and V heads repeated, not interleaved, for the query heads
-    "    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)",
-    "    k, v = (t.repeat(1, heads // kv_heads, 1, 1) for t in (k, v))\n"
-    "    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)",
+WRONG_GQA = (  # the mutation: K and V heads repeated, not interleaved, for the query heads (fp32 expands them)
+    "k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)",
+    "k.repeat(1, heads // kv_heads, 1, 1), v.repeat(1, heads // kv_heads, 1, 1)",
 )
 NO_ROPE = (
     "    turned = qk * cos - half_turned * sin if back else qk * cos + half_turned * sin",

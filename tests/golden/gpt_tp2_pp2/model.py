@@ -76,8 +76,14 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
     k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
     v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads), without copying K and V per head.
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)
+    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads). In fp16/bf16
+    # SDPA reads K and V in place (enable_gqa). On CUDA only FlashAttention takes enable_gqa and it
+    # runs no fp32, so fp32 would fall to the math backend and keep the seq × seq scores: in fp32
+    # K and V are expanded per query head here on every device, and kept (docs/cost.md).
+    expand = heads != kv_heads and q.dtype not in (torch.float16, torch.bfloat16)
+    if expand:
+        k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads and not expand)
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
 
 

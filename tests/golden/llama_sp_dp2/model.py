@@ -84,8 +84,14 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
     k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
     v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads), without copying K and V per head.
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV_HEADS != HEADS)
+    # Grouped-query attention: query head h uses KV head h // (heads // kv_heads). In fp16/bf16
+    # SDPA reads K and V in place (enable_gqa). On CUDA only FlashAttention takes enable_gqa and it
+    # runs no fp32, so fp32 would fall to the math backend and keep the seq × seq scores: in fp32
+    # K and V are expanded per query head here on every device, and kept (docs/cost.md).
+    expand = heads != kv_heads and q.dtype not in (torch.float16, torch.bfloat16)
+    if expand:
+        k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads and not expand)
     return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
 
 
@@ -1370,19 +1376,25 @@ def load_checkpoint(directory: str, stage: nn.Module, groups: Groups) -> Checkpo
     """Fills `stage`'s parameters with this rank's shards of the checkpoint in `directory`.
 
     Every rank checks the checkpoint's names first (the same verdict everywhere); a shape that
-    does not fit on one rank fails every rank, before any of the model's collectives.
+    does not fit, or a folder or file that cannot be read, on one rank fails every rank, before
+    any of the model's collectives: whatever goes wrong, every rank reaches the verdict AllReduce.
     """
-    checkpoint = Checkpoint(directory)
-    checkpoint.check()
     failed: list[str] = []
-    split = stage_sharding(groups.stage)
-    with torch.no_grad():
-        for name, param in stage.named_parameters():
-            try:
-                shard = read_parameter(checkpoint, name, split[name], param.shape, groups.tp_rank)
-                param.copy_(shard)  # in the parameter's dtype
-            except CheckpointError as error:
-                failed.append(str(error))
+    try:
+        checkpoint = Checkpoint(directory)
+        checkpoint.check()
+        split = stage_sharding(groups.stage)
+        with torch.no_grad():
+            for name, param in stage.named_parameters():
+                try:
+                    shard = read_parameter(checkpoint, name, split[name], param.shape, groups.tp_rank)
+                    param.copy_(shard)  # in the parameter's dtype
+                except CheckpointError as error:
+                    failed.append(str(error))
+    except CheckpointError as error:
+        failed.append(str(error))
+    except Exception as error:  # an unreadable file or folder (OSError), a malformed index (KeyError, ValueError)
+        failed.append(f"{directory}: {type(error).__name__}: {error}")
     verdict = torch.tensor([len(failed)], device=next(stage.parameters()).device)
     dist.all_reduce(verdict)  # not one of the model's collectives: every rank learns if one failed
     if failed or verdict.item():
