@@ -216,8 +216,9 @@ def _class_name(block: str) -> str:
 
 
 def _stream_shape(compiled: Compiled) -> str:
-    """STREAM_SHAPE in the constants above it, `(BATCH // DP // MICROBATCHES, SEQ // TP, HIDDEN)`,
-    when that is the compiled local shape; else as numbers."""
+    """STREAM_SHAPE in the constants above it, sequence-first as model.py keeps the stream:
+    `(SEQ // TP, BATCH // DP // MICROBATCHES, HIDDEN)` when that is the compiled local shape (the
+    DAG's is batch-first); else as numbers."""
     program = compiled.program
     model, mesh = program.deployment.model, program.deployment.mesh
     names = ["BATCH // DP // MICROBATCHES", "SEQ", "HIDDEN"]
@@ -225,9 +226,11 @@ def _stream_shape(compiled: Compiled) -> str:
     if program.stream.kind == "S" and program.stream.dim is not None:
         names[program.stream.dim] += " // TP"
         sizes[program.stream.dim] //= mesh.tp
+    local = list(program.stream_local)
+    local[0], local[1] = local[1], local[0]
     if tuple(sizes) != tuple(program.stream_local):
-        return _tuple_literal(program.stream_local)
-    return f"({', '.join(names)})"
+        return _tuple_literal(local)
+    return f"({names[1]}, {names[0]}, {names[2]})"
 
 
 def _tuple_literal(value) -> str:

@@ -44,7 +44,7 @@ def ends_view(program: Program) -> EndsView | None:
     source = steps.get(head.inputs[0])
     suffix = "_dp<d>" if mesh.dp > 1 else ""
     if source is not None and source.kind == "comm":
-        into = f"{source.pair}(x, dim=1, group=self.groups.tp)  # {source.name}{suffix}"
+        into = f"{source.pair}(x, dim=0, group=self.groups.tp)  # {source.name}{suffix}"  # sequence-first
     elif source is not None and source.copied:
         into = "copy_to_tp(x, self.groups.tp)"
     reduced = [step.name + suffix for step in ends.first if step.kind == "comm"]

@@ -39,6 +39,10 @@ from par.dsl.lowering.program import Program, Step
 from par.dsl.registry.statements import WRITTEN
 
 FEATURES = S_LAST.dim
+# model.py's activations are sequence-first, [seq, batch, features] (Megatron's layout), where the
+# DAG's shapes are [batch, seq, features]: a split along the sequence is along model.py's dim 0,
+# so that sequence-parallel AllGathers and ReduceScatters move contiguous parts, with no copy.
+CODE_DIMS = {S_SEQ.dim: 0, S_LAST.dim: S_LAST.dim}
 GROUP = "self.tp_group"
 # Ops across which a tensor keeps its feature layout (a fused QKV stays fused QKV).
 _SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | set(WRITTEN) | {"slice", "rope"}
@@ -176,15 +180,15 @@ class _Writer:
         if step.op == "allreduce":
             call = f"{helper}({self._name(value)}, {GROUP})"
         elif step.op == "allgather":
-            call = f"{helper}({self._name(value)}, dim={source.dim}, group={GROUP})"
+            call = f"{helper}({self._name(value)}, dim={CODE_DIMS[source.dim]}, group={GROUP})"
             layout = "grouped" if source.dim == FEATURES else layout
         elif step.op == "reducescatter":
             operand = self._features_split(value, self._name(value), target.dim)
-            call = f"{helper}({operand}, dim={target.dim}, group={GROUP})"
+            call = f"{helper}({operand}, dim={CODE_DIMS[target.dim]}, group={GROUP})"
             layout = "local" if target.dim == FEATURES else layout
         else:
             operand = self._features_split(value, self._name(value), target.dim)
-            call = f"{helper}({operand}, scatter_dim={target.dim}, gather_dim={source.dim}, group={GROUP})"
+            call = f"{helper}({operand}, scatter_dim={CODE_DIMS[target.dim]}, gather_dim={CODE_DIMS[source.dim]}, group={GROUP})"
             layout = "local" if target.dim == FEATURES else "grouped" if source.dim == FEATURES else layout
         self.helpers.add(helper)
         self._emit(step, call, comment, layout)
@@ -194,14 +198,14 @@ class _Writer:
         comment = f"DAG: {ids.compute_id('<i>', step.name, '<rank>')}"
         if step.pair is None:  # a local slice: the partial gradient is reduced upstream
             operand = self._features_split(value, self._copied(value), dim)
-            call = f"{operand}.chunk(TP, dim={dim})[self.tp_rank]"
+            call = f"{operand}.chunk(TP, dim={CODE_DIMS[dim]})[self.tp_rank]"
             if step.clone:  # kept for backward: a copy, so that the whole source is freed
                 call += ".clone()"
             self.uses_tp_rank = True
         else:
             operand = self._features_split(value, self._name(value), dim)
             self.helpers.add(step.pair)
-            call = f"{step.pair}({operand}, dim={dim}, group={GROUP})"
+            call = f"{step.pair}({operand}, dim={CODE_DIMS[dim]}, group={GROUP})"
         layout = "local" if dim == FEATURES else self.layout.get(value)
         self._emit(step, call, comment, layout)
 

@@ -110,7 +110,8 @@ def run_layout(folder, block: str, tp: int, pp: int, dp: int, sp: bool, mutate=N
     for d in range(dp):
         ranks = [(d * pp + pp - 1) * tp + t for t in range(tp)]
         outputs = [torch.load(out / f"outputs{rank}.pt")["outputs"] for rank in ranks]
-        microbatches = [torch.cat(parts, dim=1) if sp else parts[0] for parts in zip(*outputs, strict=True)]
+        # the stage outputs are sequence-first, [seq, batch, hidden]
+        microbatches = [(torch.cat(parts) if sp else parts[0]).transpose(0, 1) for parts in zip(*outputs, strict=True)]
         replicas.append(torch.cat(microbatches))
     output_error = relative(torch.cat(replicas), expected)
     saved = safetensors_torch.load_file(out / "gradients" / "model.safetensors")

@@ -42,7 +42,7 @@ def test_enable_gqa_only_in_half_precision_and_fp32_expands_k_and_v(monkeypatch,
 
     monkeypatch.setattr(ops.F, "scaled_dot_product_attention", recorded)
     qkv = torch.randn(BATCH, SEQ, (HEADS + 2 * KV_HEADS) * HEAD_DIM, generator=torch.Generator().manual_seed(0)).to(dtype)
-    out = ops.causal_attention(qkv, HEADS, KV_HEADS)
+    out = ops.causal_attention(qkv.transpose(0, 1).contiguous(), HEADS, KV_HEADS)  # the stream is sequence-first
     assert calls == [(KV_HEADS, True)] if gqa_kernel else calls == [(HEADS, False)]
     # bf16: relative to values of order 1, a few bf16 steps (2^-8 each)
-    assert torch.allclose(out.float(), _per_head_attention(qkv), atol=tolerance, rtol=tolerance)
+    assert torch.allclose(out.transpose(0, 1).float(), _per_head_attention(qkv), atol=tolerance, rtol=tolerance)

@@ -163,11 +163,12 @@ def _sharded(family: str, tp: int, sp: bool, folder: Path, data: dict, mutate=No
     results = launch(driver, tp, [str(folder)], folder / "logs")
     assert all(r.exitcode == 0 for r in results), "\n".join(r.stdout + r.stderr for r in results)
     parts = [torch.load(folder / f"rank{rank}.pt") for rank in range(tp)]
+    # model.py's stream is sequence-first, [seq, batch, hidden]: put together along dim 0, then batch-first
     if sp:  # each rank holds its part of the sequence
-        return tuple(torch.cat([part[key] for part in parts], dim=1) for key in ("output", "input_grad"))
+        return tuple(torch.cat([part[key] for part in parts], dim=0).transpose(0, 1) for key in ("output", "input_grad"))
     for part in parts[1:]:  # replicated: every rank holds the whole
         torch.testing.assert_close(part["output"], parts[0]["output"], rtol=0, atol=1e-6)
-    return parts[0]["output"], parts[0]["input_grad"]
+    return parts[0]["output"].transpose(0, 1), parts[0]["input_grad"].transpose(0, 1)
 
 
 def _case(family: str):

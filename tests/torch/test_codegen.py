@@ -145,8 +145,9 @@ def test_megatron_shards_fused_qkv_by_head_and_copies_inputs_into_the_tp_region(
 def test_sequence_parallel_gathers_reduce_scatter_in_backward_and_norm_gradients_are_summed():
     view = model_view(compile_small("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "layers=2", "batch=4", "microbatches=2"]))
     lines = {line.target: line.expression for line in view.layer.code.lines}
-    assert lines["allgather_ln1"].startswith("all_gather_to_tp(ln1, dim=1")
-    assert lines["allgather_ln2"].startswith("all_gather_to_tp(ln2, dim=1")
+    # along the sequence: dim 0 of model.py's sequence-first stream
+    assert lines["allgather_ln1"].startswith("all_gather_to_tp(ln1, dim=0")
+    assert lines["allgather_ln2"].startswith("all_gather_to_tp(ln2, dim=0")
     assert lines["pos"] == "rotary_embedding(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP)"
     assert lines["ctx"] == "causal_attention(pos, heads=HEADS // TP, kv_heads=KV_HEADS // TP)"
     assert view.layer.partial_gradients == ("ln1.weight", "ln2.weight")
@@ -198,7 +199,8 @@ def test_the_generated_rank_arithmetic_is_the_meshs(workdir):
     compiled = compile_small("llama_gqa", defines)
     module = load_module(write_model(compiled, workdir), "rank_arithmetic")
     mesh = compiled.deployment.mesh
-    assert module.STREAM_SHAPE == tuple(compiled.program.stream_local)  # written as SEQ // TP under sp
+    batch, seq, hidden = compiled.program.stream_local  # the DAG's shape is batch-first, model.py's stream sequence-first
+    assert module.STREAM_SHAPE == (seq, batch, hidden)  # written as SEQ // TP under sp
     for rank in range(mesh.world):
         assert module.coordinates(rank) == mesh.coords(rank)
         assert module.global_rank(*mesh.coords(rank)) == rank

@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: E402, F401 (the emitter's expressions n
 
 from par.codegen.pytorch.ops import ELEMENTWISE  # noqa: E402
 from par.codegen.pytorch.runtime import ops  # noqa: E402
+from par.codegen.pytorch.layer import CODE_DIMS  # noqa: E402
 from par.dsl.lowering.placement import S_LAST, S_SEQ  # noqa: E402
 from par.dsl.registry.ops import OPS  # noqa: E402
 
@@ -59,7 +60,8 @@ def _keeps_parts_apart(op: str, dim: int) -> bool:
 @pytest.mark.parametrize("op", [*ELEMENTWISE, *HEADS])
 def test_an_op_keeps_parts_apart_exactly_where_the_registry_says(op, dim, monkeypatch):
     monkeypatch.setattr(ops, "TP", TP)
-    assert _keeps_parts_apart(op, DIMS[dim]) == (DIMS[dim] in OPS[op].keeps_parts)
+    # the registry names the DAG's dims, [batch, seq, features]; model.py's tensors are [seq, batch, features]
+    assert _keeps_parts_apart(op, CODE_DIMS[DIMS[dim]]) == (DIMS[dim] in OPS[op].keeps_parts)
 
 
 def test_ops_with_parameters_declare_no_parts_kept_apart():

@@ -108,15 +108,17 @@ def test_rotary_embedding_is_transformers_in_every_layout(spec, scaling, layout)
     (expected * weights).sum().backward()
 
     actual_input = qkv.clone().requires_grad_()
+    stream = actual_input.transpose(0, 1)  # model.py's activations are sequence-first
     if layout == "standard":
-        actual = ops.rotary_embedding(actual_input, heads=HEADS, kv_heads=KV_HEADS)
+        actual = ops.rotary_embedding(stream, heads=HEADS, kv_heads=KV_HEADS)
     elif layout == "grouped":  # one [q | k | v] block per rank, as an AllGather of per-head shards leaves it
-        grouped = ops.rotary_embedding(ops.group_heads(actual_input, dim=-1), heads=HEADS, kv_heads=KV_HEADS, groups=TP)
+        grouped = ops.rotary_embedding(ops.group_heads(stream, dim=-1), heads=HEADS, kv_heads=KV_HEADS, groups=TP)
         actual = ops.ungroup_heads(grouped, dim=-1)
     else:  # each rank turns its own block of heads
-        blocks = ops.group_heads(actual_input, dim=-1).chunk(TP, dim=-1)
+        blocks = ops.group_heads(stream, dim=-1).chunk(TP, dim=-1)
         turned = [ops.rotary_embedding(block, heads=HEADS // TP, kv_heads=KV_HEADS // TP) for block in blocks]
         actual = ops.ungroup_heads(torch.cat(turned, dim=-1), dim=-1)
+    actual = actual.transpose(0, 1)
     (actual * weights).sum().backward()
 
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)

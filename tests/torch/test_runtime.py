@@ -229,14 +229,14 @@ def test_attention_reads_one_qkv_block_per_rank_as_the_whole_fused_qkv(monkeypat
     monkeypatch.setattr(ops, "TP", 2)
     generator = torch.Generator().manual_seed(0)
     width = (ops.HEADS + 2 * ops.KV_HEADS) * ops.HEAD_DIM
-    qkv = torch.randn(2, 5, width, generator=generator)
+    qkv = torch.randn(5, 2, width, generator=generator)  # [seq, batch, features]
     whole = ops.causal_attention(qkv, heads=ops.HEADS, kv_heads=ops.KV_HEADS)
     grouped = ops.causal_attention(ops.group_heads(qkv, dim=-1), heads=ops.HEADS, kv_heads=ops.KV_HEADS, groups=2)
     torch.testing.assert_close(grouped, whole)
     # causal: the first position sees only itself, so its output is its own value (per query head's KV head)
-    v = qkv[:, 0, (ops.HEADS + ops.KV_HEADS) * ops.HEAD_DIM :].reshape(2, ops.KV_HEADS, ops.HEAD_DIM)
+    v = qkv[0, :, (ops.HEADS + ops.KV_HEADS) * ops.HEAD_DIM :].reshape(2, ops.KV_HEADS, ops.HEAD_DIM)
     expected = v.repeat_interleave(ops.HEADS // ops.KV_HEADS, dim=1).reshape(2, -1)
-    torch.testing.assert_close(whole[:, 0], expected)
+    torch.testing.assert_close(whole[0], expected)
 
 
 def test_check_steps_and_trace_run_on_one_process_without_torchrun(workdir, monkeypatch, capsys):
@@ -279,4 +279,4 @@ def test_each_rank_draws_only_its_parts_of_the_microbatches_its_stage_uses(monke
             for part, whole in zip(got, expected, strict=True):
                 assert torch.equal(part, whole)
         if sequence_parallel and inputs:
-            assert inputs[0].shape[1] == batches.SEQ // 2
+            assert inputs[0].shape[0] == batches.SEQ // 2  # sequence-first: [seq, batch, HIDDEN]

@@ -110,7 +110,7 @@ def measured_stage(compiled, folder, stage: int) -> int:
             parameter.normal_(0, 0.1)
     ends = hasattr(module, "VOCAB")  # token ids in on the first stage, the loss out of the last
     if ends and stage == 0:
-        x = torch.randint(module.VOCAB, (module.STREAM_SHAPE[0], module.SEQ))
+        x = torch.randint(module.VOCAB, (module.STREAM_SHAPE[1], module.SEQ))  # [batch, seq]; the stream is [seq, batch, HIDDEN]
     else:
         x = torch.randn(module.STREAM_SHAPE, dtype=module.DTYPE, requires_grad=True)
 

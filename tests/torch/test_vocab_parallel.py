@@ -58,7 +58,7 @@ def _errors(path: str, rank: int, port: int, sp: bool) -> dict[str, float]:
     embed = module.VocabParallelEmbedding(groups)
     with torch.no_grad():
         embed.weight.copy_(module.shard_parameter(weight.detach(), "rows of the vocabulary", rank))
-    out = embed(ids)
+    out = embed(ids).transpose(0, 1)  # the stream is sequence-first
     out.mul(upstream[:, part]).sum().backward()
     found["embedding"] = (out - expected[:, part]).abs().max().item()
     full_grad = torch.cat([weight.grad, torch.zeros(padded - vocab, hidden)])

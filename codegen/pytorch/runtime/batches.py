@@ -66,11 +66,12 @@ def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> t
     """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
     if ENDS:
         return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
+    microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
     if SEQUENCE_PARALLEL:
         # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
         # residual stream is S(seq).
-        microbatch = microbatch.chunk(TP, dim=1)[tp_rank].contiguous()
-    return microbatch.to(device=device, dtype=DTYPE)
+        microbatch = microbatch.chunk(TP, dim=0)[tp_rank]
+    return microbatch.contiguous().to(device=device, dtype=DTYPE)
 
 
 def microbatches(batch: torch.Tensor, tp_rank: int, device: torch.device) -> list[torch.Tensor]:

@@ -22,18 +22,19 @@ from par.codegen.pytorch.runtime.spec import (
 
 
 def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
-    """Causal self-attention over fused Q, K, V features.
+    """Causal self-attention over fused Q, K, V features, sequence-first: [seq, batch, features].
 
     `qkv` holds `groups` blocks of [Q heads | K heads | V heads] along its features: one block
     for the whole model or for one rank's heads, one block per tensor-parallel rank after an
     AllGather of head-sharded QKV. `heads` and `kv_heads` count the heads of all blocks.
     """
-    batch, seq, _ = qkv.shape
+    seq, batch, _ = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
-    q, k, v = qkv.reshape(batch, seq, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
-    q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
-    k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
+    q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
+    # [batch, heads, seq, HEAD_DIM] as strided views of the sequence-first features: SDPA takes them as they are
+    q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
+    k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
     # Grouped-query attention: query head h uses KV head h // (heads // kv_heads). In fp16/bf16
     # SDPA reads K and V in place (enable_gqa). On CUDA only FlashAttention takes enable_gqa and it
     # runs no fp32, so fp32 would fall to the math backend and keep the seq × seq scores: in fp32
@@ -42,7 +43,7 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     if expand:
         k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads and not expand)
-    return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
+    return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * HEAD_DIM)
 
 
 def rope_frequencies(device: torch.device) -> torch.Tensor:
@@ -73,17 +74,17 @@ def rotate(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool
     take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
     rotate_half, so Hugging Face checkpoints load as they are.
     """
-    batch, seq, features = qkv.shape
+    seq, batch, features = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
-    qk, v = qkv.reshape(batch, seq, groups, q_size + 2 * kv_size).split([q_size + kv_size, kv_size], dim=-1)
-    qk = qk.reshape(batch, seq, groups, (q_size + kv_size) // HEAD_DIM, HEAD_DIM)
+    qk, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size + kv_size, kv_size], dim=-1)
+    qk = qk.reshape(seq, batch, groups, (q_size + kv_size) // HEAD_DIM, HEAD_DIM)
     angles = torch.arange(seq, device=qkv.device).float()[:, None] * rope_frequencies(qkv.device)
-    angles = torch.cat((angles, angles), dim=-1)[:, None, None, :]  # [seq, 1, 1, HEAD_DIM]
+    angles = torch.cat((angles, angles), dim=-1)[:, None, None, None, :]  # [seq, 1, 1, 1, HEAD_DIM]
     cos, sin = angles.cos().to(qkv.dtype), angles.sin().to(qkv.dtype)
     first, second = qk.chunk(2, dim=-1)
     half_turned = torch.cat((-second, first), dim=-1)
     turned = qk * cos - half_turned * sin if back else qk * cos + half_turned * sin
-    return torch.cat((turned.flatten(-2), v), dim=-1).reshape(batch, seq, features)
+    return torch.cat((turned.flatten(-2), v), dim=-1).reshape(seq, batch, features)
 
 
 class RotaryEmbedding(torch.autograd.Function):

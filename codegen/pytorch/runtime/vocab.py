@@ -53,7 +53,8 @@ class _VocabLookup(torch.autograd.Function):
 
 
 class VocabParallelEmbedding(nn.Module):
-    """`embed`: token ids [batch, seq] -> the residual stream, each rank looking up its rows.
+    """`embed`: token ids [batch, seq] -> the residual stream, sequence-first [seq, batch, HIDDEN],
+    each rank looking up its rows.
 
     The lookups are a partial sum over the tensor-parallel group: the DAG's `allreduce_embed`
     makes them whole, or under sequence parallelism `reducescatter_embed` leaves each rank its
@@ -68,10 +69,10 @@ class VocabParallelEmbedding(nn.Module):
             self.tp_group = groups.tp
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = _VocabLookup.apply(ids, self.weight, self.first)
+        rows = _VocabLookup.apply(ids.t(), self.weight, self.first)  # looked up sequence-first: no copy of the rows
         if TP > 1:
             if SEQUENCE_PARALLEL:
-                return reduce_scatter(rows, dim=1, group=self.tp_group)
+                return reduce_scatter(rows, dim=0, group=self.tp_group)
             else:
                 return all_reduce(rows, self.tp_group)
         else:

@@ -54,7 +54,7 @@ DP = 1  # data-parallel replicas
 WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 4  # per replica and step
 STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
-STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)  # one microbatch on one rank, between layers
+STREAM_SHAPE = (SEQ, BATCH // DP // MICROBATCHES, HIDDEN)  # one microbatch on one rank, between layers
 VOCAB = 50257
 PADDED_VOCAB = 50258  # a multiple of TP: each rank holds PADDED_VOCAB // TP rows
 MAX_POSITIONS = 10240  # rows of the learned position table
@@ -64,18 +64,19 @@ MAX_POSITIONS = 10240  # rows of the learned position table
 
 
 def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
-    """Causal self-attention over fused Q, K, V features.
+    """Causal self-attention over fused Q, K, V features, sequence-first: [seq, batch, features].
 
     `qkv` holds `groups` blocks of [Q heads | K heads | V heads] along its features: one block
     for the whole model or for one rank's heads, one block per tensor-parallel rank after an
     AllGather of head-sharded QKV. `heads` and `kv_heads` count the heads of all blocks.
     """
-    batch, seq, _ = qkv.shape
+    seq, batch, _ = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
-    q, k, v = qkv.reshape(batch, seq, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
-    q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
-    k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
+    q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
+    # [batch, heads, seq, HEAD_DIM] as strided views of the sequence-first features: SDPA takes them as they are
+    q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
+    k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
     # Grouped-query attention: query head h uses KV head h // (heads // kv_heads). In fp16/bf16
     # SDPA reads K and V in place (enable_gqa). On CUDA only FlashAttention takes enable_gqa and it
     # runs no fp32, so fp32 would fall to the math backend and keep the seq × seq scores: in fp32
@@ -84,7 +85,7 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     if expand:
         k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads and not expand)
-    return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
+    return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * HEAD_DIM)
 
 
 def group_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -159,7 +160,8 @@ class _VocabLookup(torch.autograd.Function):
 
 
 class VocabParallelEmbedding(nn.Module):
-    """`embed`: token ids [batch, seq] -> the residual stream, each rank looking up its rows.
+    """`embed`: token ids [batch, seq] -> the residual stream, sequence-first [seq, batch, HIDDEN],
+    each rank looking up its rows.
 
     The lookups are a partial sum over the tensor-parallel group: the DAG's `allreduce_embed`
     makes them whole, or under sequence parallelism `reducescatter_embed` leaves each rank its
@@ -173,7 +175,7 @@ class VocabParallelEmbedding(nn.Module):
         self.tp_group = groups.tp
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = _VocabLookup.apply(ids, self.weight, self.first)
+        rows = _VocabLookup.apply(ids.t(), self.weight, self.first)  # looked up sequence-first: no copy of the rows
         return all_reduce(rows, self.tp_group)
 
 
@@ -315,14 +317,15 @@ class Stage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.first_stage:
             x = self.embed(x)  # embed_gpu<rank>, allreduce_embed
-            positions = torch.arange(x.shape[1], device=x.device)
-            x = x + self.pos_embed(positions)  # pos_embed_gpu<rank>, add_positions_gpu<rank>
+            positions = torch.arange(x.shape[0], device=x.device)
+            x = x + self.pos_embed(positions)[:, None]  # pos_embed_gpu<rank>, add_positions_gpu<rank>
         for layer in self.layers.values():
             x = layer(x)
         if self.last_stage:
             x = self.final_norm(x)  # final_norm_gpu<rank>
             x = copy_to_tp(x, self.groups.tp)
-            x = F.linear(x, self.embed.weight)  # head_gpu<rank>: this rank's logits
+            # head_gpu<rank>: this rank's logits, batch-first for the loss (the one copy of the stream's layout)
+            x = F.linear(x.transpose(0, 1), self.embed.weight)
         return x
 
 
@@ -364,11 +367,11 @@ class Reference(nn.Module):
         self.to(DTYPE).load_state_dict(reference_ends(seed), strict=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids)
-        x = x + self.pos_embed(torch.arange(ids.shape[1], device=ids.device))
+        x = self.embed(ids.t())  # sequence-first, as the layers read it
+        x = x + self.pos_embed(torch.arange(ids.shape[1], device=ids.device))[:, None]
         for layer in self.layers.values():
             x = layer(x)
-        return F.linear(self.final_norm(x), self.embed.weight)
+        return F.linear(self.final_norm(x).transpose(0, 1), self.embed.weight)
 
 
 def generator(seed: int, *stream: object) -> torch.Generator:
@@ -799,7 +802,8 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> torch.Tensor:
     """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
     return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
-    return microbatch.to(device=device, dtype=DTYPE)
+    microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
+    return microbatch.contiguous().to(device=device, dtype=DTYPE)
 
 
 def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

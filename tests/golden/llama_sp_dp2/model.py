@@ -61,7 +61,7 @@ DP = 2  # data-parallel replicas
 WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 2  # per replica and step
 STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
-STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ // TP, HIDDEN)  # one microbatch on one rank, between layers
+STREAM_SHAPE = (SEQ // TP, BATCH // DP // MICROBATCHES, HIDDEN)  # one microbatch on one rank, between layers
 # The rotary embedding: its base.
 ROPE_THETA = 10000.0
 VOCAB = 512
@@ -72,18 +72,19 @@ PADDED_VOCAB = 512  # a multiple of TP: each rank holds PADDED_VOCAB // TP rows
 
 
 def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
-    """Causal self-attention over fused Q, K, V features.
+    """Causal self-attention over fused Q, K, V features, sequence-first: [seq, batch, features].
 
     `qkv` holds `groups` blocks of [Q heads | K heads | V heads] along its features: one block
     for the whole model or for one rank's heads, one block per tensor-parallel rank after an
     AllGather of head-sharded QKV. `heads` and `kv_heads` count the heads of all blocks.
     """
-    batch, seq, _ = qkv.shape
+    seq, batch, _ = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
-    q, k, v = qkv.reshape(batch, seq, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
-    q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
-    k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
+    q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
+    # [batch, heads, seq, HEAD_DIM] as strided views of the sequence-first features: SDPA takes them as they are
+    q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
+    k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
     # Grouped-query attention: query head h uses KV head h // (heads // kv_heads). In fp16/bf16
     # SDPA reads K and V in place (enable_gqa). On CUDA only FlashAttention takes enable_gqa and it
     # runs no fp32, so fp32 would fall to the math backend and keep the seq × seq scores: in fp32
@@ -92,7 +93,7 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     if expand:
         k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads and not expand)
-    return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
+    return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * HEAD_DIM)
 
 
 def rope_frequencies(device: torch.device) -> torch.Tensor:
@@ -110,17 +111,17 @@ def rotate(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool
     take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
     rotate_half, so Hugging Face checkpoints load as they are.
     """
-    batch, seq, features = qkv.shape
+    seq, batch, features = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
-    qk, v = qkv.reshape(batch, seq, groups, q_size + 2 * kv_size).split([q_size + kv_size, kv_size], dim=-1)
-    qk = qk.reshape(batch, seq, groups, (q_size + kv_size) // HEAD_DIM, HEAD_DIM)
+    qk, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size + kv_size, kv_size], dim=-1)
+    qk = qk.reshape(seq, batch, groups, (q_size + kv_size) // HEAD_DIM, HEAD_DIM)
     angles = torch.arange(seq, device=qkv.device).float()[:, None] * rope_frequencies(qkv.device)
-    angles = torch.cat((angles, angles), dim=-1)[:, None, None, :]  # [seq, 1, 1, HEAD_DIM]
+    angles = torch.cat((angles, angles), dim=-1)[:, None, None, None, :]  # [seq, 1, 1, 1, HEAD_DIM]
     cos, sin = angles.cos().to(qkv.dtype), angles.sin().to(qkv.dtype)
     first, second = qk.chunk(2, dim=-1)
     half_turned = torch.cat((-second, first), dim=-1)
     turned = qk * cos - half_turned * sin if back else qk * cos + half_turned * sin
-    return torch.cat((turned.flatten(-2), v), dim=-1).reshape(batch, seq, features)
+    return torch.cat((turned.flatten(-2), v), dim=-1).reshape(seq, batch, features)
 
 
 class RotaryEmbedding(torch.autograd.Function):
@@ -223,7 +224,8 @@ class _VocabLookup(torch.autograd.Function):
 
 
 class VocabParallelEmbedding(nn.Module):
-    """`embed`: token ids [batch, seq] -> the residual stream, each rank looking up its rows.
+    """`embed`: token ids [batch, seq] -> the residual stream, sequence-first [seq, batch, HIDDEN],
+    each rank looking up its rows.
 
     The lookups are a partial sum over the tensor-parallel group: the DAG's `allreduce_embed`
     makes them whole, or under sequence parallelism `reducescatter_embed` leaves each rank its
@@ -237,8 +239,8 @@ class VocabParallelEmbedding(nn.Module):
         self.tp_group = groups.tp
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = _VocabLookup.apply(ids, self.weight, self.first)
-        return reduce_scatter(rows, dim=1, group=self.tp_group)
+        rows = _VocabLookup.apply(ids.t(), self.weight, self.first)  # looked up sequence-first: no copy of the rows
+        return reduce_scatter(rows, dim=0, group=self.tp_group)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -324,21 +326,21 @@ class LlamaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln1 = self.ln1(x)
-        allgather_ln1 = all_gather_to_tp(ln1, dim=1, group=self.tp_group)  # DAG: layer_<i>_allgather_ln1_dp<d>
+        allgather_ln1 = all_gather_to_tp(ln1, dim=0, group=self.tp_group)  # DAG: layer_<i>_allgather_ln1_dp<d>
         qkv = self.qkv(allgather_ln1)
         pos = rotary_embedding(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP)  # this rank's heads
         ctx = causal_attention(pos, heads=HEADS // TP, kv_heads=KV_HEADS // TP)  # this rank's heads
         attn = self.attn(ctx)
-        reducescatter_attn = reduce_scatter(attn, dim=1, group=self.tp_group)  # DAG: layer_<i>_reducescatter_attn_dp<d>
+        reducescatter_attn = reduce_scatter(attn, dim=0, group=self.tp_group)  # DAG: layer_<i>_reducescatter_attn_dp<d>
         h = x + reducescatter_attn
         ln2 = self.ln2(h)
-        allgather_ln2 = all_gather_to_tp(ln2, dim=1, group=self.tp_group)  # DAG: layer_<i>_allgather_ln2_dp<d>
+        allgather_ln2 = all_gather_to_tp(ln2, dim=0, group=self.tp_group)  # DAG: layer_<i>_allgather_ln2_dp<d>
         gate = self.gate(allgather_ln2)
         up = self.up(allgather_ln2)
         act = F.silu(gate)
         prod = act * up
         mlp = self.mlp(prod)
-        reducescatter_mlp = reduce_scatter(mlp, dim=1, group=self.tp_group)  # DAG: layer_<i>_reducescatter_mlp_dp<d>
+        reducescatter_mlp = reduce_scatter(mlp, dim=0, group=self.tp_group)  # DAG: layer_<i>_reducescatter_mlp_dp<d>
         out = h + reducescatter_mlp
         return out
 
@@ -372,8 +374,9 @@ class Stage(nn.Module):
             x = layer(x)
         if self.last_stage:
             x = self.final_norm(x)  # final_norm_gpu<rank>
-            x = all_gather_to_tp(x, dim=1, group=self.groups.tp)  # allgather_final_norm_dp<d>
-            x = F.linear(x, self.head.weight)  # head_gpu<rank>: this rank's logits
+            x = all_gather_to_tp(x, dim=0, group=self.groups.tp)  # allgather_final_norm_dp<d>
+            # head_gpu<rank>: this rank's logits, batch-first for the loss (the one copy of the stream's layout)
+            x = F.linear(x.transpose(0, 1), self.head.weight)
         return x
 
 
@@ -419,10 +422,10 @@ class Reference(nn.Module):
         self.to(DTYPE).load_state_dict(reference_ends(seed), strict=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids)
+        x = self.embed(ids.t())  # sequence-first, as the layers read it
         for layer in self.layers.values():
             x = layer(x)
-        return F.linear(self.final_norm(x), self.head.weight)
+        return F.linear(self.final_norm(x).transpose(0, 1), self.head.weight)
 
 
 def generator(seed: int, *stream: object) -> torch.Generator:
@@ -880,10 +883,11 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> torch.Tensor:
     """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
     return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
+    microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
     # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
     # residual stream is S(seq).
-    microbatch = microbatch.chunk(TP, dim=1)[tp_rank].contiguous()
-    return microbatch.to(device=device, dtype=DTYPE)
+    microbatch = microbatch.chunk(TP, dim=0)[tp_rank]
+    return microbatch.contiguous().to(device=device, dtype=DTYPE)
 
 
 def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -50,25 +50,26 @@ DP = 1  # data-parallel replicas
 WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 1  # per replica and step
 STAGES = ((0, 1),)  # (first, last) layer of each pipeline stage
-STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)  # one microbatch on one rank, between layers
+STREAM_SHAPE = (SEQ, BATCH // DP // MICROBATCHES, HIDDEN)  # one microbatch on one rank, between layers
 
 
 # -- Ops ----------------------------------------------------------------------------------------
 
 
 def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
-    """Causal self-attention over fused Q, K, V features.
+    """Causal self-attention over fused Q, K, V features, sequence-first: [seq, batch, features].
 
     `qkv` holds `groups` blocks of [Q heads | K heads | V heads] along its features: one block
     for the whole model or for one rank's heads, one block per tensor-parallel rank after an
     AllGather of head-sharded QKV. `heads` and `kv_heads` count the heads of all blocks.
     """
-    batch, seq, _ = qkv.shape
+    seq, batch, _ = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
-    q, k, v = qkv.reshape(batch, seq, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
-    q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
-    k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
+    q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
+    # [batch, heads, seq, HEAD_DIM] as strided views of the sequence-first features: SDPA takes them as they are
+    q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
+    k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
     # Grouped-query attention: query head h uses KV head h // (heads // kv_heads). In fp16/bf16
     # SDPA reads K and V in place (enable_gqa). On CUDA only FlashAttention takes enable_gqa and it
     # runs no fp32, so fp32 would fall to the math backend and keep the seq × seq scores: in fp32
@@ -77,7 +78,7 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     if expand:
         k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads and not expand)
-    return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
+    return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * HEAD_DIM)
 
 
 # -- The model ----------------------------------------------------------------------------------
@@ -161,9 +162,10 @@ class Reference(nn.Module):
         self.layers = nn.ModuleDict({str(layer): reference_layer(layer, seed) for layer in range(LAYERS)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(0, 1)  # [batch, seq, HIDDEN] in and out; the layers read it sequence-first
         for layer in self.layers.values():
             x = layer(x)
-        return x
+        return x.transpose(0, 1)
 
 
 def generator(seed: int, *stream: object) -> torch.Generator:
@@ -335,7 +337,8 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> torch.Tensor:
     """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
-    return microbatch.to(device=device, dtype=DTYPE)
+    microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
+    return microbatch.contiguous().to(device=device, dtype=DTYPE)
 
 
 def microbatches(batch: torch.Tensor, tp_rank: int, device: torch.device) -> list[torch.Tensor]:
