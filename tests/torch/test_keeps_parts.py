@@ -15,9 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402, F401 (the emitter's expressions name F)
 
+from par.codegen.pytorch.layer import CODE_DIMS  # noqa: E402
 from par.codegen.pytorch.ops import ELEMENTWISE  # noqa: E402
 from par.codegen.pytorch.runtime import ops  # noqa: E402
-from par.codegen.pytorch.layer import CODE_DIMS  # noqa: E402
 from par.dsl.lowering.placement import S_LAST, S_SEQ  # noqa: E402
 from par.dsl.registry.ops import OPS  # noqa: E402
 
