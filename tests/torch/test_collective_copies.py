@@ -1,8 +1,9 @@
 """The copies the collectives make around the communication itself (docs/pytorch.md, Collectives).
 
-A gather or scatter along the sequence (dim 1) of a [batch, seq, hidden] activation moves
-rank-major parts: with one sample per microbatch they are views, with more each collective
-copies the whole tensor once. Counted with a dispatch mode over every aten op the function runs,
+A gather or scatter along dim 1 of a [batch, seq, hidden] tensor moves rank-major parts: with
+one sample they are views, with more each collective copies the whole tensor once. model.py's
+stream is sequence-first, [seq, batch, hidden], so its sequence-parallel collectives are along
+dim 0 and copy nothing. Counted with a dispatch mode over every aten op the function runs,
 the communication itself replaced by a no-op on two pretend ranks (what it writes does not
 change which copies the layout needs).
 """
