@@ -19,34 +19,13 @@ torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 transformers = pytest.importorskip("transformers")
 from fork_launch import launch, load_module  # noqa: E402
+from hf_models import hf_model, relative  # noqa: E402
 from small_models import compile_source, write_model  # noqa: E402
 
 from par.cli import main  # noqa: E402
 
 PROBE = Path(__file__).resolve().parent / "probe.py"
 TOLERANCE = 1e-5
-ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 16}
-
-
-def hf_model(family: str):
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-                  vocab_size=100, rms_norm_eps=1e-6, max_position_embeddings=64, attn_implementation="sdpa")
-    if family == "llama":
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, rope_theta=10000.0, rope_scaling=ROPE))
-    elif family == "qwen2":
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, rope_theta=10000.0, tie_word_embeddings=True))
-    else:
-        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=32,
-                                         bos_token_id=0, eos_token_id=0, attn_implementation="sdpa")
-        model = transformers.GPT2LMHeadModel(config)
-    torch.manual_seed(2)
-    with torch.no_grad():  # every parameter random, biases and norm weights included
-        for name, param in model.named_parameters():
-            scale = param.shape[-1] ** -0.5 if param.dim() == 2 else 0.1
-            norm = name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight"))
-            param.copy_(torch.randn_like(param) * scale + (1.0 if norm else 0.0))
-    return model.eval()  # no dropout; gradients are computed all the same
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +51,6 @@ def build(folder: Path, checkpoint: Path, tp: int, pp: int, dp: int, sp: bool, c
     spec = capsys.readouterr().out
     assert code == 0 and spec.startswith("# A ")
     return write_model(compile_source(spec), folder / "build")
-
-
-def relative(actual, expected) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 def compare(workdir, model, checkpoint, tp, pp, dp, sp, capsys) -> dict[str, float]:
