@@ -116,17 +116,20 @@ def transformers_greedy(model, prompt: list[int], new: int) -> list[int]:
     return ids[0, len(prompt) :].tolist()
 
 
+# Every parallelism once: tensor and pipeline; sequence (the prompt's positions on their ranks);
+# data (every replica decodes the same prompt) on one tensor-parallel rank.
 @pytest.mark.parametrize(
-    ("family", "tp", "pp"),
-    [pytest.param("llama", 2, 2, id="llama-tp2-pp2"), pytest.param("gpt2", 2, 1, id="gpt2-tp2", marks=pytest.mark.slow),
-     pytest.param("qwen2", 1, 2, id="qwen2-pp2", marks=pytest.mark.slow)],
+    ("family", "tp", "pp", "dp", "sp"),
+    [pytest.param("llama", 2, 2, 1, False, id="llama-tp2-pp2"),
+     pytest.param("gpt2", 2, 1, 1, True, id="gpt2-tp2-sp", marks=pytest.mark.slow),
+     pytest.param("qwen2", 1, 2, 2, False, id="qwen2-pp2-dp2", marks=pytest.mark.slow)],
 )
-def test_greedy_generation_equals_transformers(workdir, checkpoints, capsys, family, tp, pp):
+def test_greedy_generation_equals_transformers(workdir, checkpoints, capsys, family, tp, pp, dp, sp):
     model, checkpoint = checkpoints(family)
-    model_py = build(workdir, checkpoint, tp, pp, 1, False, capsys)
+    model_py = build(workdir, checkpoint, tp, pp, dp, sp, capsys)
     prompt = [5, 17, 42, 8]
     argv = ["--load", str(checkpoint), "--generate", " ".join(map(str, prompt)), "--max-new", "8"]
-    results = launch(model_py, tp * pp, argv, workdir / "logs", timeout=240)
+    results = launch(model_py, tp * pp * dp, argv, workdir / "logs", timeout=240)
     assert all(result.exitcode == 0 for result in results), [result.stderr for result in results]
     found = re.search(r"generated: ([\d ]+)", results[0].stdout)
     assert found, results[0].stdout
