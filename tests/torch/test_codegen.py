@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from small_models import BLOCKS, GENERATED, ROOT, SPECS, compile_small, compile_source, write_model
+from small_models import BLOCKS, GENERATED, ROOT, SPECS, VARIANTS, compile_small, compile_source, write_model
 
 from par.cli import main as par
 from par.codegen import svg
@@ -24,17 +24,6 @@ from par.dsl.cost import spec_cost
 from par.dsl.frontend.inputs import parse_defines
 
 SHIPPED = GENERATED
-# (spec, defines) for every shipped spec at full size and small, as the distributed tests run them.
-VARIANTS = [(stem, []) for stem in SHIPPED] + [
-    ("baseline_tp8_pp2", ["tp=2", "layers=4", "batch=4"]),
-    ("megatron_tp8_pp2", ["tp=1", "pp=4", "layers=4", "batch=8", "microbatches=8"]),
-    ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"]),
-    ("layerwise", ["tp=2", "pp=2", "layers=4", "stages=2,2", "batch=4", "microbatches=2"]),
-    # the model's ends on one rank, no padding; tied with learned positions over two stages, padded
-    ("llama_gqa", ["kv_heads=2", "tp=1", "pp=1", "dp=1", "layers=2", "batch=4", "microbatches=2", "vocab=64"]),
-    ("llama_gqa", ["kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=2", "batch=4", "microbatches=2", "vocab=63",
-                   "tie_embeddings=true", "positions=learned"]),
-]
 
 
 def _compiled(stem, defines):

@@ -9,9 +9,9 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # launches model.py on several processes
 
+from checked_run import run_and_compare  # noqa: E402
 from fork_launch import launch  # noqa: E402
 from small_models import compile_source, write_model  # noqa: E402
-from test_equivalence import _run_and_compare  # noqa: E402
 
 # vocab 101: padded to 102 at tp 2; the llama block (RMSNorm, so an RMSNorm final norm)
 SPEC = """
@@ -37,7 +37,7 @@ def test_check_passes_and_the_collectives_are_the_dags(layout, workdir):
     if compiled.deployment.mesh.world == 1:  # no collective to trace
         assert "check: OK" in _run(compiled, workdir, "--check")[0].stdout
     else:
-        _run_and_compare(compiled, workdir)
+        run_and_compare(compiled, workdir)
 
 
 def _run(compiled, workdir, *argv: str) -> list:

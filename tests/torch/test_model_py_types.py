@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from small_models import BLOCKS, ROOT, SPECS, compile_small, compile_source, write_model
-from test_codegen import VARIANTS
+from small_models import BLOCKS, ROOT, SPECS, VARIANTS, compile_small, compile_source, write_model
 
 from par.dsl.compiler import compile_file
 
