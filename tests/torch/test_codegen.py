@@ -26,15 +26,9 @@ from par.dsl.frontend.inputs import parse_defines
 SHIPPED = GENERATED
 
 
-def _compiled(stem, defines):
-    return compile_small(stem, defines) if defines else compile_file(SPECS / f"{stem}.par")
-
-
-@pytest.fixture(scope="module")
-def written(module_dir):
-    return [
-        write_model(_compiled(stem, defines), module_dir / f"{stem}{index}") for index, (stem, defines) in enumerate(VARIANTS)
-    ]
+@pytest.fixture
+def written(variant_models):
+    return variant_models
 
 
 def test_every_model_py_compiles(written):
