@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from par.cli import main as par
+from par.codegen import svg
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("gpu_check", HERE / "gpu_check.py")
@@ -46,9 +52,26 @@ def test_world_size_is_read_from_the_constants():
     assert gpu_check.world_size("TP = 2  # tensor\nPP = 3  # stages\nDP = 2\nWORLD_SIZE = TP * PP * DP\n") == 12
 
 
+def _par_in_process(run):
+    """subprocess.run, but `python -m par ...` runs par's main in this process: these tests are
+    about the plan and its builds, not about starting Python (the docs and CLI tests do that)."""
+
+    def running(command, **options):
+        if command[:3] != [sys.executable, "-m", "par"]:
+            return run(command, **options)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = par(command[3:])
+        return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
+
+    return running
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("gpus", [2, 4])
-def test_every_planned_build_compiles_for_the_gpu_count(gpus, tmp_path, capsys):
+def test_every_planned_build_compiles_for_the_gpu_count(gpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gpu_check.subprocess, "run", _par_in_process(subprocess.run))
+    monkeypatch.setattr(svg, "dot_program", lambda: None)  # model.py is the point: no Graphviz layout
     assert gpu_check.main(["--gpus", str(gpus), "--build-only", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(gpu_check.builds(gpus))

@@ -1,4 +1,4 @@
-"""The Hugging Face interop tests: transformers as the independent oracle; the launch helpers of tests/torch."""
+"""The Hugging Face interop tests: transformers as the independent oracle (hf_models.py); the launch helpers of tests/torch."""
 
 import sys
 import tempfile
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "torch"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture

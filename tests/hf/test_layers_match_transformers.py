@@ -1,7 +1,10 @@
 """The generated layer stack against transformers' own decoder layers (an oracle that shares no
 code with par): a tiny random Llama (grouped-query attention, RoPE with Llama 3.1's scaling),
-Qwen2 (QKV bias) and GPT-2 (biases, Conv1D weights stored transposed), their layers' weights loaded with model.py --load's code, one training step on
-every rank of the layout; outputs and the gradient of every parameter within 1e-5 (fp32).
+Qwen2 (QKV bias) and GPT-2 (biases, Conv1D weights stored transposed), their layers' weights
+loaded with model.py --load's code, one training step on every rank of the layout; outputs and the
+gradient of every parameter within 1e-5 (fp32). Mutants of model.py (GQA heads repeated, not
+interleaved; rope left out; rope on V too; the row-parallel bias added on every rank; the QKV bias
+left out) fail the same comparison.
 
 A spec without `vocab` is the layer stack alone: its input is the residual stream, its loss the
 mean squared error against a target (model.py draws both from its seed; the test takes them from
@@ -20,36 +23,13 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 transformers = pytest.importorskip("transformers")
 import torch.nn.functional as F  # noqa: E402
 from fork_launch import launch, load_module  # noqa: E402
+from hf_models import hf_model, relative  # noqa: E402
 from small_models import compile_source, write_model  # noqa: E402
 
 PROBE = Path(__file__).resolve().parent / "probe.py"
 TOLERANCE = 1e-5
 SIZES = "layers 2  hidden 32  heads 4  kv_heads 2  ffn 48  batch 4  seq 8  dtype fp32  norm_eps 1e-6"
-# Llama 3.1's RoPE scaling with an original context of 16: of the four frequencies of a head of
-# 8, one lies in the smoothed band and three are divided by the factor.
-ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 16}
 ROPE_SETTINGS = "rope_scaling llama3  rope_factor 8  rope_low_freq_factor 1  rope_high_freq_factor 4  rope_original_max_positions 16"
-
-
-def hf_model(block: str):
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-                  vocab_size=16, rms_norm_eps=1e-6, attn_implementation="sdpa")
-    if block == "llama":
-        config = transformers.LlamaConfig(**common, rope_theta=10000.0, rope_scaling=ROPE)
-        model = transformers.LlamaForCausalLM(config)
-    elif block == "gpt2":
-        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=16, attn_implementation="sdpa")
-        model = transformers.GPT2LMHeadModel(config)
-    else:
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, rope_theta=10000.0))
-    torch.manual_seed(1)
-    with torch.no_grad():  # every parameter random, biases and norm weights included
-        for name, param in model.named_parameters():
-            scale = param.shape[-1] ** -0.5 if param.dim() == 2 else 0.1
-            norm = name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight"))
-            param.copy_(torch.randn_like(param) * scale + (1.0 if norm else 0.0))
-    return model.eval()  # no dropout (GPT-2's config has 0.1); gradients are computed all the same
 
 
 def spec(block: str, tp: int, pp: int, dp: int, sp: bool) -> str:
@@ -86,15 +66,15 @@ def transformers_step(model, inputs, targets):
     return hidden.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-def relative(actual, expected) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
-
-
-def run_layout(folder, block: str, tp: int, pp: int, dp: int, sp: bool, mutate=None) -> tuple[float, float]:
-    """The largest relative errors of the outputs and of any gradient, against transformers."""
+def run_layout(folder, block: str, tp: int, pp: int, dp: int, sp: bool, mutation=()) -> tuple[float, float]:
+    """The largest relative errors of the outputs and of any gradient, against transformers;
+    `mutation`: (old, new) pairs of text replaced in model.py first, each found."""
     model_py = write_model(compile_source(spec(block, tp, pp, dp, sp)), folder / "build")
-    if mutate is not None:
-        model_py.write_text(mutate(model_py.read_text()))
+    text = model_py.read_text()
+    for old, new in mutation:
+        assert old in text, old
+        text = text.replace(old, new)
+    model_py.write_text(text)
     model = hf_model(block)
     layer_checkpoint(model, folder / "checkpoint")
     out = folder / "out"
@@ -120,11 +100,17 @@ def run_layout(folder, block: str, tp: int, pp: int, dp: int, sp: bool, mutate=N
     return output_error, gradient_error
 
 
-# The layouts of the whole model are in test_model_matches_transformers.py; here the layout the
-# mutations run in, whose unmutated code must pass, and one of each other block.
+# The layouts of the whole model are in test_model_matches_transformers.py. Here each block once
+# with tensor parallelism, where its weights are split by head (GQA's KV heads, Qwen2's QKV bias,
+# GPT-2's transposed Conv1D and its row-parallel bias added once) and with sequence parallelism,
+# where its norm (RMSNorm, or LayerNorm with a bias) runs on sequence shards; pipeline and data
+# parallelism once; one rank, where the mutations run, once. The other pairs of block and layout
+# take no code path these do not.
 LAYOUTS = [
     pytest.param("llama", 1, 1, 1, False, id="llama-tp1"),
+    pytest.param("llama", 2, 1, 1, True, id="llama-tp2-sp", marks=pytest.mark.slow),
     pytest.param("qwen2", 2, 1, 1, True, id="qwen2-tp2-sp", marks=pytest.mark.slow),
+    pytest.param("gpt2", 2, 1, 1, True, id="gpt2-tp2-sp", marks=pytest.mark.slow),
     pytest.param("gpt2", 2, 2, 2, False, id="gpt2-tp2-pp2-dp2", marks=pytest.mark.slow),
 ]
 
@@ -135,24 +121,34 @@ def test_layers_equal_transformers(workdir, block, tp, pp, dp, sp):
     assert output_error <= TOLERANCE and gradient_error <= TOLERANCE, (output_error, gradient_error)
 
 
-WRONG_GQA = (  # the issue's mutation: K and V heads repeated, not interleaved, for the query heads (fp32 expands them)
-    "k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)",
-    "k.repeat(1, heads // kv_heads, 1, 1), v.repeat(1, heads // kv_heads, 1, 1)",
+# name -> (block, tp, the text replaced in model.py)
+MUTATIONS = {
+    # the issue's mutation: K and V heads repeated, not interleaved, for the query heads; tp 1:
+    # all four query heads and both KV heads on one rank, where repeat and interleave differ
+    "repeat-not-interleave": ("llama", 1, [(
+        "k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)",
+        "k.repeat(1, heads // kv_heads, 1, 1), v.repeat(1, heads // kv_heads, 1, 1)",
+    )]),
+    "no-rope": ("llama", 1, [(
+        "    turned = qk * cos - half_turned * sin if back else qk * cos + half_turned * sin", "    turned = qk",
+    )]),
+    # V turned as well as Q and K
+    "rope-on-v": ("llama", 1, [
+        ("split([q_size + kv_size, kv_size], dim=-1)", "split([q_size + 2 * kv_size, 0], dim=-1)"),
+        ("(q_size + kv_size) // HEAD_DIM, HEAD_DIM)", "(q_size + 2 * kv_size) // HEAD_DIM, HEAD_DIM)"),
+    ]),
+    # every rank adds the row-parallel bias to its partial sum: the sum holds it tp times
+    "row-bias-on-every-rank": ("gpt2", 2, [("adds_bias=groups.tp_rank == 0", "adds_bias=True")]),
+    # the column-parallel QKV bias left out
+    "no-qkv-bias": ("qwen2", 2, [("return F.linear(x, self.weight, self.bias)", "return F.linear(x, self.weight)")]),
+}
+
+
+@pytest.mark.parametrize(
+    "name", [name if name in ("repeat-not-interleave", "no-rope") else pytest.param(name, marks=pytest.mark.slow)
+             for name in MUTATIONS]
 )
-NO_ROPE = (
-    "    turned = qk * cos - half_turned * sin if back else qk * cos + half_turned * sin",
-    "    turned = qk",
-)
-
-
-@pytest.mark.parametrize("mutation", [WRONG_GQA, NO_ROPE], ids=["repeat-not-interleave", "no-rope"])
-def test_a_wrong_gqa_mapping_or_a_missing_rope_fails_the_comparison(workdir, mutation):
-    old, new = mutation
-
-    def mutate(text: str) -> str:
-        assert old in text
-        return text.replace(old, new)
-
-    # tp 1: all four query heads and both KV heads on one rank, where repeat and interleave differ
-    output_error, _ = run_layout(workdir, "llama", 1, 1, 1, False, mutate)
+def test_a_mutated_model_py_fails_the_comparison(workdir, name):
+    block, tp, mutation = MUTATIONS[name]
+    output_error, _ = run_layout(workdir, block, tp, 1, 1, False, mutation)
     assert output_error > 100 * TOLERANCE

@@ -1,4 +1,5 @@
-"""Run a generated model.py on N local processes, forked from this one (torch is imported once).
+"""Run a generated model.py (or a function taking its argv) on N local processes, forked from
+this one (torch is imported once).
 
 Each rank gets the environment torchrun would give it (RANK, WORLD_SIZE, MASTER_ADDR, ...),
 one thread, and its stdout/stderr in files; `launch` returns every rank's exit code and output.
@@ -13,6 +14,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +43,11 @@ def load_module(path: Path, name: str = "generated_model"):
     return module
 
 
-def _rank_main(path: str, rank: int, world: int, port: int, argv: list[str], logs: str, env: dict) -> None:
+# What each rank runs: a model.py, whose main(argv) is called, or such a function itself.
+Program = Path | Callable[[list[str]], int]
+
+
+def _rank_main(program: Program, rank: int, world: int, port: int, argv: list[str], logs: str, env: dict) -> None:
     out = os.open(f"{logs}/rank{rank}.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     err = os.open(f"{logs}/rank{rank}.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(out, 1)
@@ -55,7 +61,8 @@ def _rank_main(path: str, rank: int, world: int, port: int, argv: list[str], log
     torch.set_num_threads(1)
     code = 1
     try:
-        code = load_module(Path(path)).main(argv)
+        main = program if callable(program) else load_module(Path(program)).main
+        code = main(argv)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -64,14 +71,14 @@ def _rank_main(path: str, rank: int, world: int, port: int, argv: list[str], log
         os._exit(code)
 
 
-def start(path: Path, world: int, argv: list[str], logs: Path, env: dict | None = None) -> list:
+def start(program: Program, world: int, argv: list[str], logs: Path, env: dict | None = None) -> list:
     """Starts the ranks; returns their Process objects (rank order)."""
     logs.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("fork")
     port = free_port()
     processes = []
     for rank in range(world):
-        arguments = (str(path), rank, world, port, list(argv), str(logs), env or {})
+        arguments = (program, rank, world, port, list(argv), str(logs), env or {})
         process = context.Process(target=_rank_main, args=arguments, daemon=True)  # never outlives the test run
         process.start()
         processes.append(process)
@@ -98,6 +105,6 @@ def collect(processes: list, logs: Path, timeout: float, ranks: list[int] | None
 
 
 def launch(
-    path: Path, world: int, argv: list[str], logs: Path, timeout: float = 120, env: dict | None = None
+    program: Program, world: int, argv: list[str], logs: Path, timeout: float = 120, env: dict | None = None
 ) -> list[RankResult]:
-    return collect(start(path, world, argv, logs, env), logs, timeout)
+    return collect(start(program, world, argv, logs, env), logs, timeout)

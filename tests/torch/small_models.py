@@ -24,6 +24,17 @@ def writes_model(path: Path) -> bool:
 
 # The shipped specs par writes a model.py for.
 GENERATED = sorted(path.stem for path in SPECS.glob("*.par") if writes_model(path))
+# (spec, defines) for every shipped spec at full size and small, as the distributed tests run them.
+VARIANTS = [(stem, []) for stem in GENERATED] + [
+    ("baseline_tp8_pp2", ["tp=2", "layers=4", "batch=4"]),
+    ("megatron_tp8_pp2", ["tp=1", "pp=4", "layers=4", "batch=8", "microbatches=8"]),
+    ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"]),
+    ("layerwise", ["tp=2", "pp=2", "layers=4", "stages=2,2", "batch=4", "microbatches=2"]),
+    # the model's ends on one rank, no padding; tied with learned positions over two stages, padded
+    ("llama_gqa", ["kv_heads=2", "tp=1", "pp=1", "dp=1", "layers=2", "batch=4", "microbatches=2", "vocab=64"]),
+    ("llama_gqa", ["kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=2", "batch=4", "microbatches=2", "vocab=63",
+                   "tie_embeddings=true", "positions=learned"]),
+]
 # Production sizes shrunk to what a 2-core machine runs in about a second.
 SMALL = ["hidden=64", "heads=4", "ffn=256", "seq=8", "dtype=fp32"]
 

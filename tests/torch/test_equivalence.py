@@ -7,18 +7,13 @@ records each collective it issues; the traces are then held against the DAG.
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import pytest
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # launches model.py on several processes
 
-from dag_trace import trace_problems  # noqa: E402
-from fork_launch import launch  # noqa: E402
-from small_models import BLOCKS, compile_small, compile_source, read_trace, write_model  # noqa: E402
-
-from par.dsl.cost import per_rank_comm  # noqa: E402
+from checked_run import run_and_compare  # noqa: E402
+from small_models import BLOCKS, compile_small, compile_source  # noqa: E402
 
 DEPLOYMENTS = {
     # baseline: AllGathers written after qkv and fc1; attention reads the gathered per-rank heads
@@ -46,45 +41,12 @@ DEPLOYMENTS = {
 }
 
 
-def _run_and_compare(compiled, workdir) -> None:
-    """Runs --check --trace on every rank: outputs and gradients equal Reference's, each rank's
-    forward collectives are the DAG's, and the whole step (backward and gradient sync included)
-    sends what the cost model counts."""
-    world = compiled.deployment.mesh.world
-    path = write_model(compiled, workdir)
-    results = launch(path, world, ["--check", "--trace", str(workdir / "trace")], workdir / "logs")
-    report = "\n".join(f"rank {r.rank} exit {r.exitcode}\n{r.stdout}{r.stderr}" for r in results)
-    assert all(r.exitcode == 0 for r in results), report
-    assert "check: OK" in results[0].stdout, report
-    traces = [read_trace(workdir / "trace", rank) for rank in range(world)]
-    counted = per_rank_comm(compiled.graph, scope="step")
-    for rank, events in enumerate(traces):
-        assert trace_problems(compiled.graph, rank, events) == []
-        sent: dict[str, Fraction] = {}
-        for event in events:
-            sent[event["op"]] = sent.get(event["op"], 0) + _sent(event)
-        assert {kind: float(total) for kind, total in sent.items() if total} == pytest.approx(counted[rank]), rank
-
-
-def _sent(event: dict) -> Fraction:
-    """Bytes a rank sends for one traced event, by docs/cost.md's ring formulas (T: the whole tensor)."""
-    size, local = len(event["group"]), event["bytes"]
-    return {
-        "allreduce": Fraction(2 * (size - 1), size) * local,  # T = local
-        "allgather": Fraction(size - 1) * local,  # T = size x local
-        "reducescatter": Fraction(size - 1, size) * local,  # T = local
-        "alltoall": Fraction(size - 1, size) * local,  # T = size x local, (n - 1) / n^2 of it
-        "send": Fraction(local),
-        "recv": Fraction(0),
-    }[event["op"]]
-
-
 @pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_shipped_spec_matches_reference_dag_and_cost_model(name, workdir):
     spec, defines = DEPLOYMENTS[name]
-    _run_and_compare(compile_small(spec, defines), workdir)
+    run_and_compare(compile_small(spec, defines), workdir)
 
 
 @pytest.mark.parametrize("name", BLOCKS)
 def test_other_blocks_match_reference_dag_and_cost_model(name, workdir):
-    _run_and_compare(compile_source(BLOCKS[name]), workdir)
+    run_and_compare(compile_source(BLOCKS[name]), workdir)

@@ -132,13 +132,10 @@ MODELS = [
 def test_every_function_and_class_of_model_py_is_used(spec, defines):
     source = emit_model(compile_small(spec, defines))
     definitions = _top_level(source)
-    tree = ast.parse(source)
+    # each top-level statement's names, gathered once
+    names_of = [(other, {n.id for n in ast.walk(other) if isinstance(n, ast.Name)}) for other in ast.parse(source).body]
     for name, statement in definitions.items():
-        users = [
-            other
-            for other in tree.body
-            if other is not statement and name in {n.id for n in ast.walk(other) if isinstance(n, ast.Name)}
-        ]
+        users = [other for other, names in names_of if other is not statement and name in names]
         assert users, f"{spec}: {name} is defined but never used"
 
 

@@ -129,7 +129,7 @@ def test_rotary_embedding_is_transformers_in_every_layout(spec, scaling, layout)
 
 def test_rotary_embedding_keeps_no_tensor_for_backward():
     """What the registry declares for rope (`saves`: nothing): the backward turns the gradient back."""
-    from test_saved_tensors import measure
+    from autograd_saves import measure
 
     qkv = torch.randn(2, 8, (ops.HEADS + 2 * ops.KV_HEADS) * ops.HEAD_DIM, requires_grad=True)
     total, out, _ = measure(lambda x: ops.rotary_embedding(x * 1, heads=ops.HEADS, kv_heads=ops.KV_HEADS), [qkv], [])

@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from autograd_saves import measure  # noqa: E402
 from fork_launch import load_module  # noqa: E402
 from small_models import BLOCKS, SPECS, compile_small, compile_source, write_model  # noqa: E402
 
@@ -76,22 +77,6 @@ def _stand_ins(tp: int) -> dict:
             x, lambda t: torch.cat([t.chunk(tp, dim=scatter_dim)[0]] * tp, dim=gather_dim)
         ),
     }
-
-
-def measure(fn, inputs, parameters) -> tuple[int, object, dict[int, int]]:
-    """Bytes of the distinct storages autograd saves while `fn(*inputs)` runs (parameters left out), the result, the storages."""
-    skip = {p.untyped_storage().data_ptr() for p in parameters}
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in skip:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = fn(*inputs)
-    return sum(storages.values()), out, storages
 
 
 def measured_stage(compiled, folder, stage: int) -> int:

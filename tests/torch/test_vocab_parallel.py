@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import datetime
 import json
-import multiprocessing
 import os
+from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from fork_launch import free_port, load_module  # noqa: E402
+from fork_launch import launch, load_module  # noqa: E402
 from small_models import compile_source, write_model  # noqa: E402
 
 SPEC = """
@@ -35,9 +35,10 @@ MUTANTS = {
 }
 
 
-def _errors(path: str, rank: int, port: int, sp: bool) -> dict[str, float]:
+def _errors(path: str, sp: bool) -> dict[str, float]:
     """This rank's largest differences from the oracle."""
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, init_method=f"tcp://127.0.0.1:{port}")
+    dist.init_process_group("gloo")  # the rank and its peers from the environment the launch gives
+    rank = dist.get_rank()
     module = load_module(path, f"vocab_parallel_{rank}")
     groups = module.Groups(rank, datetime.timedelta(seconds=60))
     vocab, padded, hidden, seq = module.VOCAB, module.PADDED_VOCAB, module.HIDDEN, module.SEQ
@@ -79,27 +80,18 @@ def _errors(path: str, rank: int, port: int, sp: bool) -> dict[str, float]:
     return found
 
 
-def _rank_main(path: str, rank: int, port: int, sp: bool, out: str) -> None:
-    torch.set_num_threads(1)
-    code = 1
-    try:
-        with open(f"{out}/rank{rank}.json", "w") as file:
-            json.dump(_errors(path, rank, port, sp), file)
-        code = 0
-    finally:
-        os._exit(code)
+def _rank(argv: list[str]) -> int:
+    """One rank, as fork_launch runs it: [model.py, "sp" or "", folder] -> folder/rank<r>.json, its differences."""
+    path, sp, folder = argv
+    found = _errors(path, sp == "sp")
+    (Path(folder) / f"rank{os.environ['RANK']}.json").write_text(json.dumps(found))
+    return 0
 
 
 def _run(path, folder, sp: bool) -> dict[str, float]:
     """The largest difference of each kind over the ranks."""
-    context = multiprocessing.get_context("fork")
-    port = free_port()
-    processes = [context.Process(target=_rank_main, args=(str(path), rank, port, sp, str(folder)), daemon=True) for rank in range(WORLD)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(120)
-    assert all(process.exitcode == 0 for process in processes)
+    results = launch(_rank, WORLD, [str(path), "sp" if sp else "", str(folder)], folder / "logs")
+    assert all(result.exitcode == 0 for result in results), [result.stderr for result in results]
     ranks = [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(WORLD)]
     return {kind: max(found[kind] for found in ranks) for kind in ranks[0]}
 

@@ -1,0 +1,38 @@
+"""The oracle of the Hugging Face tests: tiny random transformers models, and how far from them a result is."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+# Llama 3.1's RoPE scaling with an original context of 16: of the four frequencies of a head of
+# 8, one lies in the smoothed band and three are divided by the factor.
+ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}
+
+
+def hf_model(family: str):
+    """Two layers of 32 wide, 4 heads (2 KV heads): Llama with Llama 3.1's RoPE scaling, Qwen2 with its
+    QKV bias and tied embeddings, GPT-2 with learned positions, biases and a vocabulary of 99."""
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                  vocab_size=100, rms_norm_eps=1e-6, max_position_embeddings=64, attn_implementation="sdpa")
+    if family == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, rope_theta=10000.0, rope_scaling=ROPE))
+    elif family == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, rope_theta=10000.0, tie_word_embeddings=True))
+    else:
+        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=32,
+                                         bos_token_id=0, eos_token_id=0, attn_implementation="sdpa")
+        model = transformers.GPT2LMHeadModel(config)
+    torch.manual_seed(2)
+    with torch.no_grad():  # every parameter random: transformers' init leaves biases zero and norm weights one
+        for name, param in model.named_parameters():
+            scale = param.shape[-1] ** -0.5 if param.dim() == 2 else 0.1
+            norm = name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight"))
+            param.copy_(torch.randn_like(param) * scale + (1.0 if norm else 0.0))
+    return model.eval()  # no dropout (GPT-2's config has 0.1); gradients are computed all the same
+
+
+def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest difference, relative to the largest magnitude expected."""
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
