@@ -17,12 +17,13 @@ import marshal
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from jinja2 import BytecodeCache, Environment, PackageLoader, StrictUndefined
 from jinja2.bccache import Bucket
 
-OPTIONS = {
+OPTIONS: dict[str, Any] = {
     "undefined": StrictUndefined,
     "keep_trailing_newline": True,
     "trim_blocks": True,

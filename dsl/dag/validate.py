@@ -132,7 +132,7 @@ class _Validator:
                 latest[node] = None
                 self.ends(node, inputs, succ[node])
                 continue
-            arity = get("arity")
+            arity = data.get("arity")
             if not inputs:
                 self.violation(2, f"{node} has no in-edges", node)
             elif arity is not None:
@@ -145,7 +145,7 @@ class _Validator:
             if not succ[node]:
                 self.violation(2, f"{node} has no out-edges", node)
             op = get("op")
-            devices = get("devices") or []
+            devices = data.get("devices") or []
             if op in COMMUNICATION:
                 if forward:
                     position[node] = len(latest)  # how many nodes were met before it
