@@ -9,13 +9,21 @@ build without SVG < 0.5 s.
 What start-up cost and what was done about it (python -X importtime, cProfile): building the
 LALR tables of the grammar in every process (about 0.3 s; now loaded from grammar/par.tables in
 a few milliseconds, docs/architecture.md); every command importing the compiler, the emitters,
-lint, networkx and jinja2 for `--version` (now each command imports what it runs); importing
-networkx (about 0.2 s) for the DAG's container (now a small class of our own,
-par.dsl.dag.types.Dag). What is left in `par check` (CPU, quiet machine): Python itself with
-this environment's site (0.07-0.09 s), the command line (0.045), lark (0.08: it imports regex
-and interegular when they are installed, though tables need neither), the compiler's modules
-(0.08), the block library's parse (0.02) and the compile (0.03); in `par build`, also jinja2,
-compiling the four templates (0.05) and inlining the runtime into model.py (0.1).
+lint, networkx and jinja2 for `--version` (now each command imports what it runs, and
+tests/frontend/test_startup_imports.py holds `--version` and `check` to it: `par new` had
+brought the compiler and lark back into `--version`, 0.26 s); importing networkx (about 0.2 s)
+for the DAG's container (now a small class of our own, par.dsl.dag.types.Dag); compiling the
+Jinja templates in every build (about 50 ms; now loaded as bytecode built ahead of time,
+templates/templates.bytecode, in 2 ms); folding the runtime into model.py (0.15 s: a parse of
+each runtime module per level of nested `if`s on constants, and model.py parsed whole with the
+runtime inlined; now one parse per module and model.py's own code parsed alone, 0.07 s);
+xml.sax.saxutils for timeline.svg's escaping (30 ms of imports, now html.escape). What is left
+in `par check` (CPU, quiet machine): Python itself with this environment's site (0.06 s), the
+command line (0.04), lark (0.06: it imports regex and interegular when they are installed,
+though tables need neither; interegular is what its strict mode checks a grammar with, should
+the tables be stale), the compiler's modules (0.08), the block library's parse (0.02) and the
+compile (0.03); in `par build`, also jinja2's import (0.04), the cost model's and emitters'
+modules, folding the runtime (0.07) and parsing model.py's own code (0.03).
 
     python bench/startup.py [--repeats N]
 """

@@ -63,13 +63,15 @@ def full_view(compiled: Compiled) -> DotGraph:
     tree = ClusterTree(compiled.deployment.mesh)
     for node_id, data in graph.nodes(data=True):
         tree.place(node_id, data)
-    nodes, ids = dict(graph.nodes(data=True)), tree.views.ids
+    nodes, ids = graph.nodes, tree.views.ids
     ids.update((node_id, quoted(node_id)) for node_id in nodes if node_id not in ids)  # input, output
     edges = []
-    for tail, head in graph.edges:  # what edge_view makes, with each id quoted once
-        tail_data, head_data = nodes[tail], nodes[head]
-        attrs = edge_attrs(tail_data["op"], tail_data["kind"], head_data["op"], head_data["kind"])
-        edges.append(DotEdge(ids[tail], ids[head], attrs))
+    for tail, heads in graph.succ.items():  # graph.edges' order; what edge_view makes, with each id quoted once
+        tail_data, tail_id = nodes[tail], ids[tail]
+        tail_op, tail_kind = tail_data["op"], tail_data["kind"]
+        for head in heads:
+            head_data = nodes[head]
+            edges.append(DotEdge(tail_id, ids[head], edge_attrs(tail_op, tail_kind, head_data["op"], head_data["kind"])))
     shown = [data for _, data in graph.nodes(data=True)]
     return _drawing(graph, tree, edges, shown, view="full DAG", folded=False)
 

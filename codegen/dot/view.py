@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 from par.codegen.dot import style
@@ -142,10 +143,7 @@ class NodeViews:
     def node(self, node_id: str, data: NodeAttrs, *, extra: str = "") -> DotNode:
         """`node_view(node_id, data, extra=...)`, with `extra` joined as `attr_list` joins it."""
         get = data.get
-        key = (
-            data["op"], data["name"], data["kind"], get("style"), data["in_shape"], data["out_shape"], get("in_placement"),
-            get("out_placement"), data["flops"], data["params"], data["src"], get("reason"), data["wire_bytes"], data["bytes"], get("peer"),
-        )
+        key = (_SHARED_KEYS(data), get("style"), get("in_placement"), get("out_placement"), get("reason"), get("peer"))
         try:
             shared = self.shared.get(key)
             if shared is None:
@@ -163,6 +161,10 @@ class NodeViews:
         tip = f'tooltip="{quoted_id[1:-1]}\\n{shared.facts}"'
         head = f"{shared.look}, {extra}" if shared.look and extra else shared.look or extra
         return DotNode(quoted_id, label, f"{head}, {tip}" if head else tip)
+
+
+# What `_shared` reads of a node that every node has (the rest may be absent): taken in one call.
+_SHARED_KEYS = itemgetter("op", "name", "kind", "in_shape", "out_shape", "flops", "params", "src", "wire_bytes", "bytes")
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,16 +129,16 @@ def model_view(compiled: Compiled) -> ModelView:
     view = _bare_view(compiled)
     sections = runtime_sections(compiled, view)
     every = [piece for found in sections.values() for piece in found]
-    whole = render("model.py.jinja", view=_placed(view, sections, None))
-    kept = inline.reachable(every, inline.own_references(whole, every))
+    own = render("model.py.jinja", view=_placed(view, sections, set()))  # without the runtime: less to parse
+    kept = inline.reachable(every, inline.own_references(own, every))
     return _placed(view, sections, kept)
 
 
-def _placed(view: ModelView, sections: dict[str, list[inline.Section]], kept: set[inline.Piece] | None) -> ModelView:
-    """`view` holding `sections` (only the `kept` pieces; all if None), joined per place."""
+def _placed(view: ModelView, sections: dict[str, list[inline.Section]], kept: set[inline.Piece]) -> ModelView:
+    """`view` holding `sections` (only the `kept` pieces), joined per place."""
     runtime = {}
     for place, found in sections.items():
-        texts = [part.text(kept if kept is not None else set(part.pieces)) for part in found]
+        texts = [part.text(kept) for part in found]
         runtime[place] = "\n\n\n".join(text for text in texts if text)
     return replace(view, runtime=runtime)
 

@@ -78,16 +78,74 @@ def _section(module: str, constants: tuple[tuple[str, object], ...]) -> Section:
 def fold(text: str, constants: Mapping[str, object]) -> str:
     """`text` with every `if` on `constants` decided.
 
-    Each parse decides every such `if` not inside another, from the last to the first, so the
-    lines of those still to do do not move; the ones inside wait for the next parse."""
-    while True:
-        tree = ast.parse(text)
-        found = [node for node in ast.walk(tree) if isinstance(node, ast.If) and _decided(node.test, constants)]
-        if not found:
-            return text
-        inner = {id(node) for outer in found for node in ast.walk(outer) if node is not outer}
-        for node in sorted((node for node in found if id(node) not in inner), key=lambda node: node.lineno, reverse=True):
-            text = _decide(text.splitlines(), node, constants)
+    One parse: the decided `if`s are met outermost first, each decided on the original lines;
+    the ones inside a branch that stays are decided in turn, that branch's dedent added to
+    theirs, and those inside a branch that goes go with it."""
+    lines = text.splitlines()
+    folding = _Folding(lines, constants)
+    folding.visit(ast.parse(text))
+    if not folding.decided:
+        return text
+    kept = []
+    for number, line in enumerate(lines):
+        dedent = folding.dedent[number]
+        if dedent is None:
+            continue
+        kept.append(line[dedent:] if line.strip() else "")
+    return "\n".join(kept) + "\n"
+
+
+class _Folding:
+    """Per line of the original text: how far it is dedented, or None where it goes."""
+
+    def __init__(self, lines: list[str], constants: Mapping[str, object]) -> None:
+        self.lines, self.constants = lines, constants
+        self.dedent: list[int | None] = [0] * len(lines)
+        self.decided = False
+
+    def visit(self, node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _decided(child.test, self.constants):
+                self.decide(child)
+            elif isinstance(child, ast.stmt | ast.excepthandler | ast.match_case):
+                self.visit(child)
+
+    def decide(self, node: ast.If) -> None:
+        lines, constants = self.lines, self.constants
+        self.decided = True
+        # An `elif` on constants parses as an `if` nested in the `else` of a test that is not decided:
+        # folding it alone would drop that `else` and leave its body unconditional.
+        heading = lines[node.lineno - 1].lstrip()
+        assert not heading.startswith("elif"), f"runtime: nest the test on constants under `else:` (line {node.lineno})"
+        conjuncts = _conjuncts(node.test)
+        count = next((i for i, test in enumerate(conjuncts) if not _names(test) <= constants.keys()), len(conjuncts))
+        known = conjuncts[:count]
+        holds = all(_value(test, constants) for test in known)
+        assert node.test.end_lineno == node.lineno, f"runtime: write the test of the `if` on line {node.lineno} on one line"
+        if holds and len(known) < len(conjuncts):  # `if FACT and rest:` -> `if rest:`
+            line = lines[node.lineno - 1]
+            rest = conjuncts[len(known)]
+            lines[node.lineno - 1] = line[: node.test.col_offset] + line[rest.col_offset :]
+            self.visit(node)
+            return
+        end = node.end_lineno or node.lineno
+        if node.orelse:
+            chained = lines[node.orelse[0].lineno - 1].lstrip().startswith("elif")
+            assert not chained, f"runtime: no `elif` after a test on constants (line {node.lineno})"
+            otherwise = next(i for i in range(node.body[-1].end_lineno or 0, end) if lines[i].strip() == "else:")
+            body, orelse = range(node.lineno, otherwise), range(otherwise + 1, end)
+        else:
+            body, orelse = range(node.lineno, end), range(0)
+        taken, statements = (body, node.body) if holds else (orelse, node.orelse)
+        dedent = self.dedent
+        for number in range(node.lineno - 1, end):
+            current = dedent[number]
+            dedent[number] = current + INDENT if number in taken and current is not None else None
+        for statement in statements:
+            if isinstance(statement, ast.If) and _decided(statement.test, constants):
+                self.decide(statement)
+            else:
+                self.visit(statement)
 
 
 def _names(node: ast.AST) -> set[str]:
@@ -107,33 +165,6 @@ def _decided(test: ast.expr, constants: Mapping[str, object]) -> bool:
 def _value(test: ast.expr, constants: Mapping[str, object]) -> bool:
     code = compile(ast.Expression(test), "<runtime>", "eval")
     return bool(eval(code, {"__builtins__": {}}, dict(constants)))  # the runtime's own source
-
-
-def _decide(lines: list[str], node: ast.If, constants: Mapping[str, object]) -> str:
-    # An `elif` on constants parses as an `if` nested in the `else` of a test that is not decided:
-    # folding it alone would drop that `else` and leave its body unconditional.
-    heading = lines[node.lineno - 1].lstrip()
-    assert not heading.startswith("elif"), f"runtime: nest the test on constants under `else:` (line {node.lineno})"
-    conjuncts = _conjuncts(node.test)
-    count = next((i for i, test in enumerate(conjuncts) if not _names(test) <= constants.keys()), len(conjuncts))
-    known = conjuncts[:count]
-    holds = all(_value(test, constants) for test in known)
-    assert node.test.end_lineno == node.lineno, f"runtime: write the test of the `if` on line {node.lineno} on one line"
-    if holds and len(known) < len(conjuncts):  # `if FACT and rest:` -> `if rest:`
-        line = lines[node.lineno - 1]
-        rest = conjuncts[len(known)]
-        lines[node.lineno - 1] = line[: node.test.col_offset] + line[rest.col_offset :]
-        return "\n".join(lines) + "\n"
-    end = node.end_lineno or node.lineno
-    if node.orelse:
-        chained = lines[node.orelse[0].lineno - 1].lstrip().startswith("elif")
-        assert not chained, f"runtime: no `elif` after a test on constants (line {node.lineno})"
-        otherwise = next(i for i in range(node.body[-1].end_lineno or 0, end) if lines[i].strip() == "else:")
-        body, orelse = lines[node.lineno : otherwise], lines[otherwise + 1 : end]
-    else:
-        body, orelse = lines[node.lineno : end], []
-    kept = [line[INDENT:] if line.strip() else "" for line in (body if holds else orelse)]
-    return "\n".join(lines[: node.lineno - 1] + kept + lines[end:]) + "\n"
 
 
 # -- Split ------------------------------------------------------------------------------------------
@@ -162,7 +193,7 @@ def split(module: str, text: str) -> Section:
         text = "\n".join(lines[previous:end]).strip("\n")
         pieces.append(Piece(_defines(statement), frozenset(_names(statement)), text))
         previous = end
-    stray = _names(ast.Module(body=statements, type_ignores=[])) & BUILD_TIME
+    stray = BUILD_TIME & frozenset().union(*(piece.refers for piece in pieces))  # the pieces hold every statement
     assert not stray, f"runtime/{module}.py: {sorted(stray)} outside an `if` test"
     return Section(module, header, tuple(pieces))
 

@@ -180,8 +180,11 @@ def comm_by_rank(items: Iterable[Transfer], world: int) -> dict[int, dict[str, d
     return table
 
 
-def rank_costs(graph: Dag, *, items: Iterable[Transfer] | None = None) -> list[RankCost]:
-    """One RankCost per device, in rank order; `items` are the graph's transfers if already known."""
+def rank_costs(
+    graph: Dag, *, items: Iterable[Transfer] | None = None, kept: dict[int, dict[tuple, int]] | None = None
+) -> list[RankCost]:
+    """One RankCost per device, in rank order; `items` are the graph's transfers and `kept` its
+    `saved_tensors` if already known."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     world = mesh.world
     params, flops = [0] * world, [0] * world
@@ -192,7 +195,7 @@ def rank_costs(graph: Dag, *, items: Iterable[Transfer] | None = None) -> list[R
             flops[rank] += data["flops"]
             if data["kind"] == "compute" and data["layer"] is not None:
                 layers[rank].add(data["layer"])
-    activations = saved_bytes(graph)
+    activations = saved_bytes(graph) if kept is None else _summed(kept)
     comm = comm_by_rank(transfers(graph) if items is None else items, world)
     return [
         RankCost(
@@ -229,19 +232,21 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
     # fp32 grouped-query attention expands K and V (runtime/ops.causal_attention): enable_gqa is a FlashAttention-only, fp16/bf16-only path on CUDA
     stored = Stored(dtype_bytes(graph), model["head_dim"], model["dtype"] == "fp32" and model["kv_heads"] != model["heads"])
     kept: dict[int, dict[tuple, int]] = {rank: {} for rank in range(graph.graph["mesh"]["world"])}
-    pred = graph.pred
-    for node, data in graph.nodes(data=True):
+    pred, nodes, size = graph.pred, graph.nodes, stored.dtype_bytes
+    for node, data in nodes(data=True):
         saves = saves_of(data)
-        # Per node, not per rank: the operands (only when kept), the output's bytes and the extras.
-        operands = {index: source for source, edge in pred[node].items() for index in edge["operands"]} if saves.operands else {}
-        output = out_bytes(graph, node) if saves.output else 0
+        # Per node, not per rank: the operands' tensors (only when kept), the output's bytes and the extras.
+        held: list[tuple[str, int]] = []
+        if saves.operands:
+            operands = {index: source for source, edge in pred[node].items() for index in edge["operands"]}
+            held = [_holder(graph, operands[index], size) for index in saves.operands]
+        output = elements(tuple(data["out_shape"])) * size if saves.output else 0
         local = (tuple(data["in_shape"]), tuple(data["out_shape"]), stored)
         extra = saves.extra(*local) + (saves.on_cpu(*local) if on_cpu else 0)
         for rank in data["devices"]:
             tensors = kept[rank]
-            for index in saves.operands:
-                key, size = _tensor(graph, operands[index], rank)
-                tensors[key] = size
+            for holder, held_bytes in held:
+                tensors[(holder, rank)] = held_bytes
             if saves.output:
                 tensors[(node, rank)] = output
             if extra:
@@ -249,21 +254,26 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
     return kept
 
 
-def _tensor(graph: Dag, node: str, rank: int) -> tuple[tuple, int]:
-    """The tensor that holds `node`'s result on `rank` (a plain slice's source, unless it copies) and its bytes.
+def _holder(graph: Dag, node: str, size: int) -> tuple[str, int]:
+    """The node whose tensor holds `node`'s result (a plain slice's source, unless it copies) and
+    its bytes (`size` per element).
 
     The slice of the microbatch input is no view: each rank is given its part of the stream."""
     data = graph.nodes[node]
     if data["op"] == "slice" and "backward" not in data and not data.get("clone"):
         source = next(iter(graph.predecessors(node)))
         if graph.nodes[source]["op"] != "input":
-            return _tensor(graph, source, rank)
-    return (node, rank), out_bytes(graph, node)
+            return _holder(graph, source, size)
+    return node, elements(tuple(data["out_shape"])) * size
 
 
 def saved_bytes(graph: Dag, *, on_cpu: bool = False) -> list[int]:
     """Per rank, the bytes its forward of one microbatch keeps for the backward (`saved_tensors`)."""
-    return [sum(tensors.values()) for _, tensors in sorted(saved_tensors(graph, on_cpu=on_cpu).items())]
+    return _summed(saved_tensors(graph, on_cpu=on_cpu))
+
+
+def _summed(kept: dict[int, dict[tuple, int]]) -> list[int]:
+    return [sum(tensors.values()) for _, tensors in sorted(kept.items())]
 
 
 def per_rank_comm(graph: Dag, *, scope: str = "microbatch") -> dict[int, dict[str, Number]]:

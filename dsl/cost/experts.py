@@ -37,8 +37,9 @@ class ExpertCost:
         return self.routed_activations * self.settings["capacity_factor"]
 
 
-def expert_cost(graph: Dag, model_params: int) -> ExpertCost | None:
-    """None for a model without experts. `model_params`: its distinct parameters (accounting)."""
+def expert_cost(graph: Dag, model_params: int, kept: dict[int, dict[tuple, int]] | None = None) -> ExpertCost | None:
+    """None for a model without experts. `model_params`: its distinct parameters (accounting);
+    `kept`: its `saved_tensors`, if already known."""
     settings = graph.graph["model"].get("moe")
     if settings is None:
         return None
@@ -60,7 +61,8 @@ def expert_cost(graph: Dag, model_params: int) -> ExpertCost | None:
                 balanced[rank] += data["wire_bytes"]
                 worst[rank] += data.get("wire_bytes_worst", data["wire_bytes"])
     skipped = routed * (settings["experts"] - settings["top_k"]) // settings["experts"]
-    kept = saved_tensors(graph)
+    if kept is None:
+        kept = saved_tensors(graph)
     routed_kept = [
         sum(size for key, size in tensors.items() if PLACEMENTS[graph.nodes[key[0]].get("out_placement", "R")].routed)
         for tensors in kept.values()

@@ -14,6 +14,7 @@ from par.dsl.cost.accounting import (
     Transfer,
     model_parameters,
     rank_costs,
+    saved_tensors,
     step_kinds,
     training_state,
     transfers,
@@ -87,11 +88,13 @@ def cost_of(graph: Dag, *, hardware: Hardware | None) -> Cost:
     """Everything the report says about a deployment, from its DAG and (optionally) hardware."""
     state = training_state(graph.graph["model"]["dtype"], graph.graph["mesh"]["grad_dtype"])
     items = tuple(transfers(graph))
-    devices = tuple(rank_costs(graph, items=items))
+    kept = saved_tensors(graph)  # the devices' activations and the experts' share of them
+    devices = tuple(rank_costs(graph, items=items, kept=kept))
     groups: dict[tuple, list[RankCost]] = {}
     for cost in devices:
         groups.setdefault(cost.signature(), []).append(cost)
     mesh = graph.graph["mesh"]
+    params = model_parameters(graph)
     rows = tuple(
         DeviceGroup(tuple(c.rank for c in members), members[0], device_memory(members[0], state, mesh))
         for members in groups.values()
@@ -103,9 +106,9 @@ def cost_of(graph: Dag, *, hardware: Hardware | None) -> Cost:
         transfers=items,
         devices=devices,
         groups=tuple(sorted(rows, key=lambda group: (group.cost.stage, group.ranks))),
-        model_params=model_parameters(graph),
+        model_params=params,
         estimate=estimate_step(graph, items, Clock(hardware)),
-        experts=expert_cost(graph, model_parameters(graph)),
+        experts=expert_cost(graph, params, kept),
     )
 
 

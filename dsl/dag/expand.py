@@ -170,6 +170,7 @@ class _Expander:
         self.ends = ends
         self.end_templates = {step.name: self._template(step) for step in (ends.first + ends.last if ends else ())}
         self.alone: dict[int, list[int]] = {rank: [rank] for rank in range(self.mesh.world)}  # each rank's devices list
+        self.operand_indices: dict[int, dict[str, tuple[int, ...]]] = {}  # id(step) -> `_operands`' indices
 
     def run(self) -> Dag:
         mesh, program = self.mesh, self.program
@@ -444,6 +445,7 @@ class _Expander:
                 for node in dict.fromkeys(entry):
                     self._backward(self.node_map[node], PAIRS["copy_to_tp"].backward, full)
         replicas = list(entries)
+        groups = {dp_rank: mesh.tp_group(dp_rank=dp_rank, stage=stage) for dp_rank in replicas}
         for step in program.steps:
             template = templates[step.name]
             if _group(step) == "ep":
@@ -463,7 +465,7 @@ class _Expander:
                     produced[dp_rank][step.name] = nodes
                 continue
             for dp_rank in replicas:
-                group = mesh.tp_group(dp_rank=dp_rank, stage=stage)
+                group = groups[dp_rank]
                 if step.kind == "comm":
                     node = ids.collective_id(layer, step.name, dp_rank, mesh.dp)
                     data = template.copy()
@@ -479,7 +481,7 @@ class _Expander:
                 names = [ids.compute_id(layer, step.name, rank) for rank in group]
                 for rank, node in zip(group, names, strict=True):
                     data = template.copy()
-                    data["layer"], data["stage"], data["devices"] = layer, stage, [rank]
+                    data["layer"], data["stage"], data["devices"] = layer, stage, self.alone[rank]
                     self._node(node, data)
                 for sources, operands in self._operands(step, produced[dp_rank]):
                     for source, node in zip(sources, names, strict=True):
@@ -490,9 +492,11 @@ class _Expander:
     def _operands(self, step: Step, produced: dict[str, list[str]]) -> list[tuple[list[str], tuple[int, ...]]]:
         """(per-rank producers, operand indices) for each distinct input of a step: a value used
         twice feeds both operands through one edge."""
-        indices: dict[str, tuple[int, ...]] = {}
-        for operand, value in enumerate(step.inputs):
-            indices[value] = indices.get(value, ()) + (operand,)
+        indices = self.operand_indices.get(id(step))
+        if indices is None:  # once per step of the program, not per layer and replica
+            indices = self.operand_indices[id(step)] = {}
+            for operand, value in enumerate(step.inputs):
+                indices[value] = indices.get(value, ()) + (operand,)
         return [(produced[value], operands) for value, operands in indices.items()]
 
     def _boundary(self, stage: int, dp_rank: int, outputs: list[str], src: str) -> list[str]:

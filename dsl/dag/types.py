@@ -162,6 +162,7 @@ class Dag:
         self._node: dict[str, NodeAttrs] = {}
         self._succ: dict[str, dict[str, EdgeAttrs]] = {}
         self._pred: dict[str, dict[str, EdgeAttrs]] = {}
+        self._nodes = NodeView(self._node)  # `nodes` is read once per node by some readers: one view
 
     # networkx's names for the adjacency (what `nx.DiGraph(dag)` reads)
     @property
@@ -183,7 +184,7 @@ class Dag:
     # nodes
     @property
     def nodes(self) -> "NodeView":
-        return NodeView(self._node)
+        return self._nodes
 
     def __contains__(self, node: object) -> bool:
         return node in self._node

@@ -100,21 +100,23 @@ class _Validator:
         """Checks every node in insertion order. Returns whether every edge went forward in that
         order (a proof of acyclicity) and the issue-order findings, valid only if it did.
 
-        The common cases (one operand, one device) are inlined: this loop runs once per node."""
+        The common cases (one operand, one device) are inlined: this loop runs once per node.
+        While edges go forward, `latest` holds every node met so far (what proves it), with the
+        latest communication of its rank that reaches it (invariant 6); positions are kept for
+        communications only, the nodes that issue order compares."""
         nodes, succ, pred = self.nodes, self.succ, self.pred
         on_path = self.on_path
         order = _IssueOrder(nodes, pred)
         position, latest = order.position, order.latest
         forward = True
-        for index, (node, data) in enumerate(nodes.items()):
-            position[node] = index
+        for node, data in nodes.items():
             inputs = pred[node]
             get = data.get
             in_shape = get("in_shape")
             in_placement = get("in_placement")
             per_operand = "operand_shapes" in data or "operand_placements" in data
             for source in inputs:
-                if forward and source not in position:
+                if forward and source not in latest:
                     forward = False
                 source_data = nodes[source]
                 if per_operand:  # operands that differ: each edge is held to its own operand's
@@ -127,6 +129,7 @@ class _Validator:
                 if out_placement != in_placement and out_placement is not None and in_placement is not None:
                     self.violation(5, f"{source} gives a tensor that is {out_placement} but {node} takes {in_placement}", node)
             if node in ENDS:
+                latest[node] = None
                 self.ends(node, inputs, succ[node])
                 continue
             arity = data.get("arity")
@@ -135,43 +138,48 @@ class _Validator:
             elif arity is not None:
                 if arity == 1 and len(inputs) == 1:  # _missing_operand's common case, inlined
                     (edge,) = inputs.values()
-                    sole = edge.get("operands", (0,)) == (0,)
+                    if edge.get("operands", (0,)) != (0,):
+                        self.missing_operand(node, inputs, arity)
                 else:
-                    sole = False
-                missing = None if sole else _missing_operand(inputs, arity)
-                if missing is not None:
-                    self.violation(2, f"{node} lacks operand {missing} of {arity}", node)
+                    self.missing_operand(node, inputs, arity)
             if not succ[node]:
                 self.violation(2, f"{node} has no out-edges", node)
             op = get("op")
             devices = data.get("devices") or []
             if op in COMMUNICATION:
                 if forward:
+                    position[node] = len(latest)  # how many nodes were met before it
                     order.communication(node, devices)
+                else:
+                    latest[node] = node
                 if op in COLLECTIVE_OPS:
                     self.collective(node, data)
                 else:
                     self.point_to_point(node, data, op)
                 continue
             if len(devices) != 1:
+                latest[node] = None
                 continue
             rank = devices[0]
-            if forward:
-                if len(inputs) == 1:  # _IssueOrder.single_device, inlined
-                    (source,) = inputs
-                    source_data = nodes[source]
-                    if rank in (source_data.get("devices") or []):
-                        latest[node] = source if source_data.get("op") in COMMUNICATION else latest.get(source)
-                    else:
-                        latest[node] = None
-                else:
-                    latest[node] = order.reaching(inputs, rank)
+            if len(inputs) == 1:  # _IssueOrder.single_device, inlined
+                (source,) = inputs
+                latest[node] = latest.get(source) if rank in (nodes[source].get("devices") or ()) else None
+            elif forward:
+                latest[node] = order.reaching(inputs, rank)
+            else:
+                latest[node] = None
             layer = get("layer")
             if layer is not None and get("kind") == "compute":
-                key = (rank, layer, data.get("name") or node)
-                seen = on_path.get(key)
-                on_path[key] = node if seen is None else (seen if isinstance(seen, list) else [seen]) + [node]
+                key = (rank, layer, get("name") or node)
+                seen = on_path.setdefault(key, node)
+                if seen is not node:
+                    on_path[key] = (seen if isinstance(seen, list) else [seen]) + [node]
         return forward, [_violation(6, message, self.graph, node) for message, node in order.findings]
+
+    def missing_operand(self, node: str, inputs: dict, arity: int) -> None:
+        missing = _missing_operand(inputs, arity)
+        if missing is not None:
+            self.violation(2, f"{node} lacks operand {missing} of {arity}", node)
 
     def shapes_differ(self, source: str, out_shape, node: str, in_shape) -> None:
         if tuple(out_shape) != tuple(in_shape):  # a list and a tuple of the same sizes agree
@@ -246,6 +254,8 @@ class _Validator:
                 tracker.communication(node, devices)
             elif len(devices) == 1:
                 tracker.single_device(node, self.pred[node], devices[0])
+            else:
+                tracker.latest[node] = None  # met: a recorded issue order may name it
         for message, node in tracker.findings:
             self.violation(6, message, node)
 
@@ -340,11 +350,6 @@ def _operand(data, edge) -> tuple:
     return shape, placement
 
 
-def _sole_operand(inputs: dict) -> bool:
-    (edge,) = inputs.values()
-    return edge.get("operands", (0,)) == (0,)
-
-
 def _missing_operand(inputs: dict, arity: int) -> int | None:
     """The first operand index not fed exactly once, or None when all are."""
     fed = sorted(i for edge in inputs.values() for i in edge.get("operands", (0,)))
@@ -373,36 +378,48 @@ class _IssueOrder:
         inputs = list(self.pred[node])
         after = self.nodes[node].get("after")
         if after is not None:
-            if after not in self.position or self.nodes[after].get("devices") != devices:
+            if after not in self.latest or self.nodes[after].get("devices") != devices:
                 self.findings.append((f"{node} is issued after {after}, which is no earlier collective of its group", node))
             else:
                 inputs = [*inputs, after]
+        reached_by = self.reaching_each(inputs, devices)
         for rank in devices:
-            reached = self.reaching(inputs, rank)
+            reached = reached_by.get(rank)
             before = self.previous.get(rank)
             if before is not None and reached != before:
                 self.findings.append(
                     (f"gpu {rank} may issue {before} and {node} in either order: neither depends on the other", node)
                 )
             self.previous[rank] = node
+        self.latest[node] = node  # the latest communication that reaches itself
 
     def single_device(self, node: str, inputs: dict, rank: int) -> None:
-        if len(inputs) == 1:  # the common case, inlined
-            (source,) = inputs
-            data = self.nodes[source]
-            if rank in (data.get("devices") or []):
-                self.latest[node] = source if data.get("op") in COMMUNICATION else self.latest.get(source)
-                return
         self.latest[node] = self.reaching(inputs, rank)
 
-    def reaching(self, inputs, rank: int) -> str | None:
-        best = None
-        position = self.position
+    def reaching_each(self, inputs, ranks) -> dict[int, str]:
+        """`reaching` for each of `ranks` at once: one pass over the inputs, not one per rank."""
+        best: dict[int, str] = {}
+        wanted = set(ranks)
+        position, latest = self.position, self.latest
         for source in inputs:
-            data = self.nodes[source]
-            if rank not in (data.get("devices") or []):
+            candidate = latest.get(source)
+            if candidate is None:
                 continue
-            candidate = source if data.get("op") in COMMUNICATION else self.latest.get(source)
+            for rank in self.nodes[source].get("devices") or ():
+                if rank in wanted:
+                    current = best.get(rank)
+                    if current is None or position[candidate] > position[current]:
+                        best[rank] = candidate
+        return best
+
+    def reaching(self, inputs, rank: int) -> str | None:
+        """The latest communication of `rank` that reaches any of `inputs` (met before them)."""
+        best = None
+        position, latest = self.position, self.latest
+        for source in inputs:
+            if rank not in (self.nodes[source].get("devices") or ()):
+                continue
+            candidate = latest.get(source)
             if candidate is not None and (best is None or position[candidate] > position[best]):
                 best = candidate
         return best

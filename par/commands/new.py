@@ -7,12 +7,8 @@ import sys
 from pathlib import Path
 
 from par.commands.common import _positive
-from par.dsl.compiler import compile_text
 from par.dsl.diagnostics import CompileError, format_all
-from par.dsl.frontend.format import format_spec
 from par.dsl.frontend.inputs import UsageError, spec_name
-from par.dsl.frontend.library import library_source
-from par.dsl.frontend.parser import parse_with_comments
 from par.dsl.frontend.source import SourceFile
 from par.hf_config import DTYPES, SUPPORTED, Mesh, spec_from_config
 
@@ -42,6 +38,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # here: every other command, and `par --version`, starts without the compiler and the parser
+    from par.dsl.compiler import compile_text
+    from par.dsl.frontend.format import format_spec
+    from par.dsl.frontend.library import library_source
+    from par.dsl.frontend.parser import parse_with_comments
+
     path = Path(args.from_hf)
     if path.is_dir():
         path = path / "config.json"
