@@ -16,6 +16,7 @@ from par.lint.lint import lint_graph
 
 CASES = Path(__file__).parent / "cases" / "spec"
 LLAMA = SPEC.parent / "llama_gqa.par"
+MOE = SPEC.parents[1] / "docs" / "examples" / "moe_tp2_ep2.par"
 
 # file -> (the mesh of the spec it is compared with, the SPEC findings a reviewer reports as
 # (code, where the message says they are))
@@ -91,6 +92,8 @@ DRAWINGS = {
     "megatron": (SPEC, [*SMALL, "layers=4", "tp=4", "pp=2"]),
     "llama_dp2": (LLAMA, ["hidden=64", "heads=8", "kv_heads=2", "ffn=128", "vocab=64", "seq=8",
                           "batch=8", "layers=4", "tp=2", "pp=2", "dp=2", "microbatches=2"]),
+    # tp 2, 4 experts over ep 2: routed experts between an AllToAll dispatch and combine
+    "moe": (MOE, ["layers=3", "pp=2"]),
 }
 
 
@@ -120,6 +123,8 @@ def test_par_drawings_match_their_spec(spec, view):
     ("megatron", "compact", "stage_1_recv_gpu5", "between pipeline stages"),
     ("llama_dp2", "full", "layer_3_reducescatter_mlp_dp1", "layer 3"),
     ("llama_dp2", "compact", "layer_0_allgather_ln1_dp0", "layer 0"),
+    ("moe", "full", "layer_2_combine_moe_down_tp1", "layer 2"),
+    ("moe", "compact", "layer_0_dispatch_moe_tokens_tp0", "layer 0"),
 ])
 def test_a_collective_dropped_from_a_par_drawing_is_found(spec, view, node, where):
     text, dag = _drawn(spec, view)
