@@ -58,8 +58,9 @@ class FileResult:
 
 
 # Rules whose findings on nodes of one family (ids equal but for their numbers) share a cause:
-# the same op left unconnected, or the same shape disagreement, on every GPU or layer.
-GROUPED = frozenset({"DAG002", "DAG003", "DAG004", "DAG009", "DAG015"})
+# the same op left unconnected, the same shape disagreement, or the same missing combine, on
+# every GPU or layer.
+GROUPED = frozenset({"DAG002", "DAG003", "DAG004", "DAG009", "DAG015", "DAG020"})
 
 
 def group_findings(findings: list[Finding]) -> list[Finding]:

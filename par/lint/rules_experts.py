@@ -3,7 +3,7 @@
 Each GPU of an expert-parallel group computes only the tokens routed to its own experts, so the
 experts' outputs must be sent back to the GPUs their tokens came from (an All-to-All combine, or
 a gather) before anything adds them up. Drawings that merge them with a plain "Expert
-Aggregation" node, whatever its shape, or straight into the output, leave that out.
+Aggregation" node, whatever its shape, leave that out.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def check_expert_merges(view: DagView) -> list[Finding]:
     nodes on the expert's own GPUs (its weighting, its own tensor-parallel AllReduce), and stops
     at any other collective (the combine) or at the first node off those GPUs. A node that the
     walks from experts on two or more different sets of GPUs reach is such a merge: a
-    computation, an aggregation or routing node (whatever its shape), or the graph's output.
+    computation, or an aggregation or routing node, whatever its shape. The graph's output is
+    not one: data-parallel replicas meet there too, each with its own tokens.
     """
     reached: dict[str, dict[frozenset[int], list[str]]] = {}
     for expert, devices in view.experts.items():
@@ -40,9 +41,9 @@ def check_expert_merges(view: DagView) -> list[Finding]:
             if local:
                 stack.extend(succ for succ in view.succs[node] if (node, succ) not in view.comm_edges)
     findings = []
-    for node, sources in reached.items():
+    for node, sources in sorted(reached.items(), key=lambda item: (view.info[item[0]].line, view.info[item[0]].col)):
         info = view.info[node]
-        if len(sources) < 2 or info.kind == "comm":
+        if len(sources) < 2 or info.kind in ("comm", "io"):
             continue
         gpus = frozenset[int]().union(*sources)
         merged = [expert for members in sources.values() for expert in members]

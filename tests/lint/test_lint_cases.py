@@ -20,6 +20,9 @@ VERDICTS = {
     "experts_to_output.dot": {("DAG020", "agg")},
     # experts tensor-parallel over GPUs 0-1 and 2-3: their own AllReduce moves no token between them
     "experts_tp_groups.dot": {("DAG020", "sum")},
+    # dispatched by All-to-All but each GPU's weighted sum takes every GPU's experts: one
+    # finding for both sums, none at the output, where each GPU's own result arrives
+    "experts_weighted_per_gpu.dot": {("DAG020", "w0"), ("DAG020", "w1")},
     # dispatched and combined by All-to-All, aggregated per GPU with its shared expert
     "experts_combined.dot": set(),
     # `[T0, 4096]` after `[tokens_per_expert, 4096]`: symbolic sizes, no evidence of a mismatch

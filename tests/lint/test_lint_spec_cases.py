@@ -208,6 +208,51 @@ def test_an_elided_edge_covers_at_most_a_label_range_of_layers():
         "layer 1000000000000 is not in spec `tiny.par`"]
 
 
+# Two MoE layers as another tool draws them: experts per GPU between an All-to-All dispatch and
+# combine drawn once per layer, each GPU's weighted sum after the combine.
+HAND_DRAWN_MOE = r"""digraph moe {
+  input [label="Input"]
+  output [label="Output"]
+  subgraph cluster_l0 { label="Layer 0"
+    attn0 [label="Attention\nGPU 0"]  attn1 [label="Attention\nGPU 1"]
+    router0 [label="Router (top-2)\nGPU 0"]  router1 [label="Router (top-2)\nGPU 1"]
+    d [label="All-to-All Dispatch\nGPUs 0-1" shape=ellipse]
+    e0 [label="Experts 0-1\nGPU 0"]  e1 [label="Experts 2-3\nGPU 1"]
+    c [label="All-to-All Combine\nGPUs 0-1" shape=ellipse]
+    w0 [label="Weighted Sum\nGPU 0"]  w1 [label="Weighted Sum\nGPU 1"]
+  }
+  subgraph cluster_l1 { label="Layer 1"
+    xattn0 [label="Attention\nGPU 0"]  xattn1 [label="Attention\nGPU 1"]
+    xrouter0 [label="Router (top-2)\nGPU 0"]  xrouter1 [label="Router (top-2)\nGPU 1"]
+    xd [label="All-to-All Dispatch\nGPUs 0-1" shape=ellipse]
+    xe0 [label="Experts 0-1\nGPU 0"]  xe1 [label="Experts 2-3\nGPU 1"]
+    xc [label="All-to-All Combine\nGPUs 0-1" shape=ellipse]
+    xw0 [label="Weighted Sum\nGPU 0"]  xw1 [label="Weighted Sum\nGPU 1"]
+  }
+  input -> attn0; input -> attn1; attn0 -> router0; attn1 -> router1
+  router0 -> d; router1 -> d; d -> e0; d -> e1; e0 -> c; e1 -> c; c -> w0; c -> w1
+  w0 -> xattn0; w1 -> xattn1; xattn0 -> xrouter0; xattn1 -> xrouter1
+  xrouter0 -> xd; xrouter1 -> xd; xd -> xe0; xd -> xe1; xe0 -> xc; xe1 -> xc; xc -> xw0; xc -> xw1
+  xw0 -> output; xw1 -> output
+}
+"""
+
+
+def test_a_hand_drawn_moe_dag_is_compared_with_its_spec():
+    compiled = compile_file(MOE, ["tp=1", "layers=2"])
+    graphs = read_dot_text(HAND_DRAWN_MOE, file="moe.dot")
+    assert [f for graph in graphs for f in lint_graph(graph, spec_dag=compiled.graph)[1]] == []
+    # layer 1's experts summed on each GPU with no combine
+    text = HAND_DRAWN_MOE.replace("xe0 -> xc; xe1 -> xc; xc -> xw0; xc -> xw1",
+                                  "xe0 -> xw0; xe1 -> xw0; xe0 -> xw1; xe1 -> xw1")
+    text = "".join(line for line in text.splitlines(keepends=True) if "xc [label" not in line)
+    findings = [f for graph in read_dot_text(text, file="moe.dot")
+                for f in lint_graph(graph, spec_dag=compiled.graph)[1]]
+    assert sorted((f.code, f.message.split(":")[0]) for f in findings) == [
+        ("DAG020", "layer 1"), ("SPEC002", "layer 1")]
+    assert "1 All-to-All missing" in next(f.message for f in findings if f.code == "SPEC002")
+
+
 def test_a_compact_stage_names_the_gpus_it_draws():
     """The compact view draws data-parallel replica 0 only. A middle stage (no input or output
     node spanning every replica) whose label named every GPU of the stage was reported as using
