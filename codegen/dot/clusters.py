@@ -34,8 +34,11 @@ ANCHOR = (("shape", "point"), ("style", "invis"), ("width", "0"), ("height", "0"
 class ClusterTree:
     """The clusters of one drawing and the nodes placed in them, in the order they were placed."""
 
-    def __init__(self, mesh: Mesh):
+    def __init__(self, mesh: Mesh, *, replicas: int | None = None):
+        """`replicas`: how many data-parallel replicas are drawn (default: all). A stage's label
+        names the GPUs drawn, and how many replicas stand for the rest when some are left out."""
         self.mesh = mesh
+        drawn = mesh.dp if replicas is None else replicas
         self.top: list[DotNode] = []
         self.stages: list[DotCluster] = []
         self.replicas: dict[tuple[int, int], DotCluster] = {}
@@ -44,12 +47,13 @@ class ClusterTree:
         self.views = NodeViews()
         self.columns: dict[int, str] = {}  # GPU rank -> its `column` attributes, joined
         for stage, (first, last) in enumerate(mesh.stages):
-            ranks = mesh.stage_ranks(stage)
+            ranks = [rank for d in range(drawn) for rank in mesh.tp_group(dp_rank=d, stage=stage)]
             held = f"{layer_count(last - first + 1)} ({ranges(range(first, last + 1))})"
-            rows = (f"{held} · {gpus(ranks)}",)
+            shown = gpus(ranks) if drawn == mesh.dp else f"{gpus(ranks)} (replica 0 of {mesh.dp})"
+            rows = (f"{held} · {shown}",)
             stage_cluster = cluster(f"cluster_stage_{stage}", title=f"Pipeline stage {stage}", rows=rows, colours=style.CLUSTER_STAGE)
             self.stages.append(stage_cluster)
-            for dp_rank in range(mesh.dp):
+            for dp_rank in range(drawn):
                 self._replica(stage_cluster, stage, dp_rank)
 
     def _replica(self, stage_cluster: DotCluster, stage: int, dp_rank: int) -> None:
@@ -111,7 +115,7 @@ class ClusterTree:
         rows: list[list[str]] = []
         edges: list[DotEdge] = []
         for stage in range(len(self.stages)):
-            filled = [rank for rank in self.mesh.stage_ranks(stage) if self.members[rank]]
+            filled = [rank for rank in self.mesh.stage_ranks(stage) if self.members.get(rank)]
             if len(filled) < 2:
                 continue
             row = []

@@ -86,7 +86,7 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
 
     rep = {node_id: drawn_as(node_id, data) for node_id, data in graph.nodes(data=True)}.__getitem__  # asked of every edge's ends
 
-    tree = ClusterTree(mesh)
+    tree = ClusterTree(mesh, replicas=1)
     drawn = [node_id for node_id in graph.nodes if rep(node_id) == node_id]
     members: dict[str, list[NodeAttrs]] = {fold.id: [] for fold in ranges}
     pipeline: dict[tuple[int, str], list[str]] = {}  # (stage, send | recv) -> ids, in rank order

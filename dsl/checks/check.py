@@ -76,6 +76,7 @@ MESH_RANGES = {
     "microbatches": (1, 1 << 20),
     "world": (1, 1 << 20),
     "ep": (1, 1 << 16),
+    "etp": (1, 1 << 16),
 }
 # Mesh items with their own grammar rule (grammar/par.lark: _mesh_item) beside the settings above.
 MESH_KEYWORDS = ("schedule", "sp", "stages")
@@ -259,6 +260,7 @@ class _Checker:
             "microbatches": Num(1, mesh_at),
             "head_dim": BinOp("/", Ref("hidden", at), Ref("heads", at), at),
             "ep": Num(1, mesh_at),
+            "etp": Ref("tp", mesh_at),
         }
         for name, expr in defaults.items():
             if name not in exprs:

@@ -96,6 +96,7 @@ class Mesh:
     sequence_parallel: bool
     grad_dtype: Dtype  # fp32, or the model's dtype: what gradients are accumulated and reduced in
     ep: int = 1  # expert-parallel degree: folds inside dp (docs/language.md, The expert-parallel group)
+    etp: int | None = None  # expert tensor-parallel degree; None: tp
 
     @property
     def world(self) -> int:
@@ -121,24 +122,41 @@ class Mesh:
         _, stage, tp_rank = self.coords(rank)
         return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in range(self.dp))
 
-    def ep_replicas(self, dp_rank: int) -> tuple[int, ...]:
-        """The data-parallel replicas whose ranks form expert-parallel groups with `dp_rank`'s:
-        `ep` consecutive replicas."""
-        first = dp_rank - dp_rank % self.ep
-        return tuple(range(first, first + self.ep))
+    @property
+    def expert_tp(self) -> int:
+        """The expert tensor-parallel degree: `etp`, by default `tp`."""
+        return self.tp if self.etp is None else self.etp
+
+    def expert_coords(self, rank: int) -> tuple[int, int, int]:
+        """(expert data-parallel rank, expert-parallel rank, expert tensor-parallel rank) of a
+        rank: the tp × dp ranks of its stage, numbered tp fastest then dp, folded again as
+        etp fastest, then ep, then the expert data-parallel rest (docs/language.md, Which ranks
+        form a group)."""
+        dp_rank, _, tp_rank = self.coords(rank)
+        index, etp = dp_rank * self.tp + tp_rank, self.expert_tp
+        return index // (etp * self.ep), index // etp % self.ep, index % etp
+
+    def _stage_rank(self, stage: int, index: int) -> int:
+        """The rank of a stage's `index`-th rank, numbered tp fastest then dp."""
+        dp_rank, tp_rank = divmod(index, self.tp)
+        return self.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
 
     def ep_group_of(self, rank: int) -> tuple[int, ...]:
-        """The expert-parallel group of `rank`: its stage and tensor-parallel rank in each of its
-        `ep` consecutive data-parallel replicas."""
-        dp_rank, stage, tp_rank = self.coords(rank)
-        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in self.ep_replicas(dp_rank))
+        """The expert-parallel group of `rank`: the ranks of its stage with its expert data-parallel
+        and expert tensor-parallel ranks. With etp = tp: its stage and tensor-parallel rank in
+        each of `ep` consecutive data-parallel replicas."""
+        expert_dp, _, expert_tp = self.expert_coords(rank)
+        stage, etp = self.coords(rank)[1], self.expert_tp
+        return tuple(self._stage_rank(stage, (expert_dp * self.ep + member) * etp + expert_tp) for member in range(self.ep))
 
     def expert_dp_group_of(self, rank: int) -> tuple[int, ...]:
-        """The ranks holding the same experts as `rank` (its place in every expert-parallel
-        group): its expert gradients are reduced over these, dp / ep of them."""
-        _, stage, tp_rank = self.coords(rank)
-        slot = self.coords(rank)[0] % self.ep
-        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in range(slot, self.dp, self.ep))
+        """The ranks holding the same experts and expert shard as `rank` (its place in every
+        expert-parallel group): its expert gradients are reduced over these,
+        tp × dp / (etp × ep) of them."""
+        _, member, expert_tp = self.expert_coords(rank)
+        stage, etp = self.coords(rank)[1], self.expert_tp
+        groups = self.tp * self.dp // (etp * self.ep)
+        return tuple(self._stage_rank(stage, (expert_dp * self.ep + member) * etp + expert_tp) for expert_dp in range(groups))
 
     def stage_ranks(self, stage: int) -> tuple[int, ...]:
         """Every rank of a pipeline stage, replica by replica."""

@@ -123,6 +123,26 @@ def _ep_dp(ep, dp, tp, pp):
         )
 
 
+def _etp_tp(etp, tp):
+    if tp % etp:
+        return (
+            f"etp ({etp}) does not divide tp ({tp}): an expert's tensor-parallel group is part of the attention's, "
+            "and the tp ranks split into tp / etp expert-parallel members",
+            "etp",
+            f"use etp {tp} (the divisors of tp are {', '.join(map(str, divisors(tp)))}; par lowers etp = tp only, for now)",
+            "error",
+        )
+    if etp != tp:
+        return (
+            f"etp ({etp}) is below tp ({tp}): par splits each expert over the whole tensor-parallel group only "
+            f"(etp = tp); experts split over part of it, each tp group holding tp / etp = {tp // etp} "
+            "expert-parallel members, are not lowered yet",
+            "etp",
+            f"use etp {tp}, or leave etp out",
+            "error",
+        )
+
+
 def _expert_ffn_tp(expert_ffn, tp):
     if expert_ffn % tp:
         return (
@@ -147,7 +167,7 @@ def _balanced(batch, dp, microbatches, seq, top_k, experts):
         )
 
 
-RULES = (_top_k, _experts_ep, _ep_dp, _expert_ffn_tp, _balanced)
+RULES = (_top_k, _experts_ep, _ep_dp, _etp_tp, _expert_ffn_tp, _balanced)
 
 
 def expert_checks(values: dict[str, int], *, sequence_parallel: bool, spans: dict[str, Span]) -> list[Diagnostic]:
@@ -155,6 +175,8 @@ def expert_checks(values: dict[str, int], *, sequence_parallel: bool, spans: dic
     if "experts" not in values:
         if values.get("ep", 1) > 1:
             return [error(f"ep is {values['ep']} but the model has no experts", spans.get("ep"), hint="set `experts N  top_k K` in the model, or ep 1")]
+        if values.get("etp", values.get("tp")) != values.get("tp"):
+            return [error(f"etp is {values['etp']} but the model has no experts", spans.get("etp"), hint="set `experts N  top_k K` in the model, or leave etp out")]
         return []
     return cross_checks(values, sequence_parallel=sequence_parallel, spans=spans, rules=RULES)
 

@@ -41,6 +41,8 @@ RULES: dict[str, Rule] = {rule.code: rule for rule in (
          "consecutive pipeline stages on different GPUs joined with no Send/Recv"),
     Rule("DAG018", "stage-gpus-unused", "a stage labelled with N GPUs whose nodes use fewer"),
     Rule("DAG019", "unfilled-template", "a label holds a template placeholder never filled in"),
+    Rule("DAG020", "experts-merged-locally",
+         "experts on different GPUs whose outputs meet with no All-to-All (or other collective)"),
     Rule("SPEC001", "spec-layer-missing", "a layer of the spec's DAG has no node in the DOT file"),
     Rule("SPEC002", "spec-collective-missing",
          "a collective of the spec's DAG is missing from the DOT file's layer, or a pipeline "

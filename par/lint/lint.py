@@ -16,12 +16,13 @@ from par.lint.rules import (
     check_undefined,
 )
 from par.lint.rules_dataflow import check_dims
+from par.lint.rules_experts import check_expert_merges
 from par.lint.rules_parallel import check_tensor_parallel
 from par.lint.rules_semantic import check_semantics
 from par.lint.view import DagView, build_view
 
 CHECKS = (check_cycles, check_connections, check_undefined, check_stray_nodes, check_layer_gaps,
-          check_tensor_parallel, check_dims, check_semantics)
+          check_tensor_parallel, check_expert_merges, check_dims, check_semantics)
 
 
 @dataclass(slots=True)
@@ -57,8 +58,9 @@ class FileResult:
 
 
 # Rules whose findings on nodes of one family (ids equal but for their numbers) share a cause:
-# the same op left unconnected, or the same shape disagreement, on every GPU or layer.
-GROUPED = frozenset({"DAG002", "DAG003", "DAG004", "DAG009", "DAG015"})
+# the same op left unconnected, the same shape disagreement, or the same missing combine, on
+# every GPU or layer.
+GROUPED = frozenset({"DAG002", "DAG003", "DAG004", "DAG009", "DAG015", "DAG020"})
 
 
 def group_findings(findings: list[Finding]) -> list[Finding]:

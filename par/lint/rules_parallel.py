@@ -72,7 +72,7 @@ def _pieces(view: DagView, node_id: str) -> tuple[list[str], list[str]]:
             via[current] = None
             stack.extend((pred, False) for pred in reversed(view.preds[current])
                          if (pred, current) not in view.comm_edges)
-        elif info.kind != "comm" and info.single_device is not None and (
+        elif info.kind != "comm" and info.single_device is not None and current not in view.experts and (
                 direct or current in view.shards):
             pieces[current] = None
     return list(pieces), list(via)
@@ -112,8 +112,8 @@ def _meeting_shards(view: DagView) -> list[str]:
     for node, info in view.info.items():
         if info.kind not in ("route", "compute"):
             continue
-        producers = [pred for pred in view.preds[node]
-                     if pred in view.shards and (pred, node) not in view.comm_edges]
+        producers = [pred for pred in view.preds[node] if pred in view.shards
+                     and pred not in view.experts and (pred, node) not in view.comm_edges]
         if _several_gpus(view, producers):
             meeting.update(producers)
     return [node for node in view.info if node in meeting]

@@ -15,6 +15,9 @@ from par.lint.labels import edit_distance, id_family, label_lines, op_key, op_ti
 ANNOTATION_SHAPES = frozenset({"note", "plaintext", "plain", "none"})
 STYLE_WORDS = frozenset({"filled", "rounded", "dashed", "dotted", "bold", "solid", "invis",
                          "diagonals", "striped", "wedged", "radial", "tapered"})
+# A routed expert's title: "Expert 3", "Experts 0-3"; a shared expert is no routed one.
+_EXPERT = re.compile(r"(?<![a-z])experts?(?![a-z])", re.IGNORECASE)
+_SHARED = re.compile(r"(?<![a-z])shared(?![a-z])", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -28,6 +31,7 @@ class DagView:
     stray: set[str] = field(default_factory=set)
     undefined: dict[str, str] = field(default_factory=dict)  # node -> "cluster" | "undeclared" | "unlabelled"
     shards: frozenset[str] = frozenset()  # see `sharded_nodes`
+    experts: dict[str, frozenset[int]] = field(default_factory=dict)  # see `routed_experts`
     near_miss: dict[str, str] = field(default_factory=dict)  # see `near_misses`
     # Edge-less nodes left out because their label says they stand for others ("Layers 1-3
     # (Same structure)"): no part of the dataflow, but they say which layers the file draws.
@@ -72,8 +76,23 @@ def build_view(graph: DotGraph) -> DagView:
     view.stray = {node_id for node_id in view.info if _is_stray(view, graph.nodes[node_id])}
     view.undefined = find_undefined(view)
     view.shards = sharded_nodes(view)
+    view.experts = routed_experts(view)
     view.near_miss = near_misses(view)
     return view
+
+
+def routed_experts(view: DagView) -> dict[str, frozenset[int]]:
+    """Computations titled as an expert ("Expert 3", "Experts 0-3 FFN"; not a shared expert,
+    which every GPU runs on its own tokens) on known GPUs, with their GPUs: DAG020 looks where
+    their outputs meet, and DAG008 leaves them to it."""
+    found = {}
+    for node_id, info in view.info.items():
+        title = op_title(info.title)
+        if (info.kind == "compute" and _EXPERT.search(title) and not _SHARED.search(title)
+                and info.devices is not None and not info.all_devices
+                and node_id not in view.undefined and node_id not in view.stray):
+            found[node_id] = info.devices
+    return found
 
 
 def near_misses(view: DagView) -> dict[str, str]:

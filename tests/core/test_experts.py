@@ -308,3 +308,55 @@ def test_the_summary_lines_name_each_range_s_block_and_the_expert_parallel_degre
     assert mesh_line(graph.graph, drawing=True).endswith(", experts over ep 4")
     dense = compile_text(DEEPSEEK.replace("ep 4", "ep 1"), "t.par").graph
     assert "experts over" not in mesh_line(dense.graph, drawing=True)
+
+
+# -- which ranks form an expert-parallel group (docs/language.md) ---------------------------------------
+
+
+def _mesh(tp, pp, dp, ep, etp=None):
+    stages = tuple((stage, stage) for stage in range(pp))
+    return Mesh(tp, pp, dp, 1, stages, "1f1b", False, "fp32", ep=ep, etp=etp)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tp=st.sampled_from([1, 2, 4]), pp=st.sampled_from([1, 3]), groups=st.sampled_from([1, 2, 3]), ep=st.sampled_from([1, 2, 4]))
+def test_with_etp_tp_a_group_is_one_tp_rank_of_ep_consecutive_replicas(tp, pp, groups, ep):
+    """The fold at etp = tp is the replica rule, written here from the rank numbering alone."""
+    dp = groups * ep
+    mesh = _mesh(tp, pp, dp, ep)
+    for rank in range(mesh.world):
+        dp_rank, stage, tp_rank = rank // (tp * pp), rank // tp % pp, rank % tp
+        first = dp_rank - dp_rank % ep
+        assert mesh.ep_group_of(rank) == tuple((d * pp + stage) * tp + tp_rank for d in range(first, first + ep))
+        assert mesh.expert_dp_group_of(rank) == tuple((d * pp + stage) * tp + tp_rank for d in range(dp_rank % ep, dp, ep))
+
+
+def test_etp_below_tp_folds_the_tp_ranks_into_the_expert_parallel_group():
+    # tp 4, dp 2, etp 2, ep 2: per stage 8 ranks; etp pairs (0,1) (2,3) ..., ep pairs of those
+    mesh = _mesh(4, 1, 2, 2, etp=2)
+    assert [mesh.expert_coords(rank) for rank in range(8)] == [
+        (0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)]
+    assert mesh.ep_group_of(1) == (1, 3) and mesh.ep_group_of(6) == (4, 6)
+    assert mesh.expert_dp_group_of(2) == (2, 6)
+    # etp 1 with tp 2 and dp 1: the two tp ranks are the expert-parallel group (Megatron's folding)
+    assert _mesh(2, 1, 1, 2, etp=1).ep_group_of(0) == (0, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tp=st.sampled_from([1, 2, 4]), etp_div=st.sampled_from([1, 2, 4]), dp=st.sampled_from([1, 2, 4]), ep=st.sampled_from([1, 2, 4]), pp=st.sampled_from([1, 2]))
+def test_the_groups_partition_each_stage(tp, etp_div, dp, ep, pp):
+    etp = max(1, tp // etp_div)
+    if (tp * dp) % (etp * ep):
+        return
+    mesh = _mesh(tp, pp, dp, ep, etp=etp)
+    for stage in range(pp):
+        ranks = set(mesh.stage_ranks(stage))
+        groups = {mesh.ep_group_of(rank) for rank in ranks}
+        replicas = {mesh.expert_dp_group_of(rank) for rank in ranks}
+        for family, size in ((groups, ep), (replicas, tp * dp // (etp * ep))):
+            assert all(len(group) == size for group in family)
+            assert sorted(rank for group in family for rank in group) == sorted(ranks)  # disjoint, cover the stage
+        for rank in ranks:
+            assert rank in mesh.ep_group_of(rank) and rank in mesh.expert_dp_group_of(rank)
+            # one member of each expert-parallel group holds each expert share once
+            assert len(set(mesh.ep_group_of(rank)) & set(mesh.expert_dp_group_of(rank))) == 1

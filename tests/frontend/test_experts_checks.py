@@ -161,3 +161,30 @@ block b(x) {
     (err,) = raised.value.diagnostics
     assert err.message == "expert_linear takes tokens grouped by expert, [experts (4), tokens, features] (from permute); 'x' is [2, 8, 64]"
     assert (err.span.line, err.span.col) == (4, 3)
+
+
+def test_etp_defaults_to_tp_and_may_be_written_so(errors_of):
+    assert errors_of(spec(mesh="tp 2  dp 4  ep 4  etp 2")) == []
+    from par.dsl.frontend.inputs import parse_defines
+
+    overrides, _ = parse_defines(["etp=2", "tp=2"])
+    assert errors_of(spec(), overrides=overrides) == []
+
+
+def test_etp_must_divide_tp(errors_of):
+    err = only_error(errors_of, spec(mesh="tp 4  dp 2  ep 2  etp 3"))
+    assert err.message.startswith("etp (3) does not divide tp (4)")
+    assert err.hint == "use etp 4 (the divisors of tp are 1, 2, 4; par lowers etp = tp only, for now)"
+    assert (err.span.line, err.span.col) == (2, 30)  # at `etp`'s value
+
+
+def test_etp_below_tp_is_not_lowered_yet(errors_of):
+    err = only_error(errors_of, spec(mesh="tp 4  dp 2  ep 2  etp 1"))
+    assert err.message.startswith("etp (1) is below tp (4)")
+    assert "tp / etp = 4 expert-parallel members, are not lowered yet" in err.message
+    assert err.hint == "use etp 4, or leave etp out"
+
+
+def test_etp_on_a_model_without_experts(errors_of):
+    text = "model m : llama { layers 2  hidden 64  heads 4  batch 8  seq 8 }\nmesh { tp 2  etp 1 }\n"
+    assert only_error(errors_of, text).message == "etp is 1 but the model has no experts"

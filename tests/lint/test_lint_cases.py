@@ -14,8 +14,17 @@ CASES = Path(__file__).parent / "cases"
 # file -> the (rule, node) pairs a reviewer reports
 VERDICTS = {
     # experts on GPU 0 and GPU 1 merged with no All-to-All, whatever shape the merge is drawn in
-    "agg_rect.dot": {("DAG008", "res")},
-    "agg_shape.dot": {("DAG008", "res")},
+    "agg_rect.dot": {("DAG020", "agg")},
+    "agg_shape.dot": {("DAG020", "agg")},
+    # the same merge straight into the output (no computation after it)
+    "experts_to_output.dot": {("DAG020", "agg")},
+    # experts tensor-parallel over GPUs 0-1 and 2-3: their own AllReduce moves no token between them
+    "experts_tp_groups.dot": {("DAG020", "sum")},
+    # dispatched by All-to-All but each GPU's weighted sum takes every GPU's experts: one
+    # finding for both sums, none at the output, where each GPU's own result arrives
+    "experts_weighted_per_gpu.dot": {("DAG020", "w0"), ("DAG020", "w1")},
+    # dispatched and combined by All-to-All, aggregated per GPU with its shared expert
+    "experts_combined.dot": set(),
     # `[T0, 4096]` after `[tokens_per_expert, 4096]`: symbolic sizes, no evidence of a mismatch
     "symdims.dot": set(),
     # MLP Up takes [..,4096] from MLP Gate's [..,16384]: two computations, not a local slice

@@ -16,6 +16,7 @@ from par.lint.lint import lint_graph
 
 CASES = Path(__file__).parent / "cases" / "spec"
 LLAMA = SPEC.parent / "llama_gqa.par"
+MOE = SPEC.parents[1] / "docs" / "examples" / "moe_tp2_ep2.par"
 
 # file -> (the mesh of the spec it is compared with, the SPEC findings a reviewer reports as
 # (code, where the message says they are))
@@ -91,6 +92,8 @@ DRAWINGS = {
     "megatron": (SPEC, [*SMALL, "layers=4", "tp=4", "pp=2"]),
     "llama_dp2": (LLAMA, ["hidden=64", "heads=8", "kv_heads=2", "ffn=128", "vocab=64", "seq=8",
                           "batch=8", "layers=4", "tp=2", "pp=2", "dp=2", "microbatches=2"]),
+    # tp 2, 4 experts over ep 2: routed experts between an AllToAll dispatch and combine
+    "moe": (MOE, ["layers=3", "pp=2"]),
 }
 
 
@@ -120,6 +123,8 @@ def test_par_drawings_match_their_spec(spec, view):
     ("megatron", "compact", "stage_1_recv_gpu5", "between pipeline stages"),
     ("llama_dp2", "full", "layer_3_reducescatter_mlp_dp1", "layer 3"),
     ("llama_dp2", "compact", "layer_0_allgather_ln1_dp0", "layer 0"),
+    ("moe", "full", "layer_2_combine_moe_down_tp1", "layer 2"),
+    ("moe", "compact", "layer_0_dispatch_moe_tokens_tp0", "layer 0"),
 ])
 def test_a_collective_dropped_from_a_par_drawing_is_found(spec, view, node, where):
     text, dag = _drawn(spec, view)
@@ -203,17 +208,60 @@ def test_an_elided_edge_covers_at_most_a_label_range_of_layers():
         "layer 1000000000000 is not in spec `tiny.par`"]
 
 
-# Known defect: the compact view of an expert-parallel spec labels a stage with every GPU of the
-# stage, but draws a folded stage on one replica's GPUs only, so DAG018 fires on our own drawing.
-_COMPACT_EP_LABEL = pytest.mark.xfail(
-    strict=True, reason="compact view of ep > 1: a folded stage's label lists GPUs its nodes do not use (DAG018)"
-)
+# Two MoE layers as another tool draws them: experts per GPU between an All-to-All dispatch and
+# combine drawn once per layer, each GPU's weighted sum after the combine.
+HAND_DRAWN_MOE = r"""digraph moe {
+  input [label="Input"]
+  output [label="Output"]
+  subgraph cluster_l0 { label="Layer 0"
+    attn0 [label="Attention\nGPU 0"]  attn1 [label="Attention\nGPU 1"]
+    router0 [label="Router (top-2)\nGPU 0"]  router1 [label="Router (top-2)\nGPU 1"]
+    d [label="All-to-All Dispatch\nGPUs 0-1" shape=ellipse]
+    e0 [label="Experts 0-1\nGPU 0"]  e1 [label="Experts 2-3\nGPU 1"]
+    c [label="All-to-All Combine\nGPUs 0-1" shape=ellipse]
+    w0 [label="Weighted Sum\nGPU 0"]  w1 [label="Weighted Sum\nGPU 1"]
+  }
+  subgraph cluster_l1 { label="Layer 1"
+    xattn0 [label="Attention\nGPU 0"]  xattn1 [label="Attention\nGPU 1"]
+    xrouter0 [label="Router (top-2)\nGPU 0"]  xrouter1 [label="Router (top-2)\nGPU 1"]
+    xd [label="All-to-All Dispatch\nGPUs 0-1" shape=ellipse]
+    xe0 [label="Experts 0-1\nGPU 0"]  xe1 [label="Experts 2-3\nGPU 1"]
+    xc [label="All-to-All Combine\nGPUs 0-1" shape=ellipse]
+    xw0 [label="Weighted Sum\nGPU 0"]  xw1 [label="Weighted Sum\nGPU 1"]
+  }
+  input -> attn0; input -> attn1; attn0 -> router0; attn1 -> router1
+  router0 -> d; router1 -> d; d -> e0; d -> e1; e0 -> c; e1 -> c; c -> w0; c -> w1
+  w0 -> xattn0; w1 -> xattn1; xattn0 -> xrouter0; xattn1 -> xrouter1
+  xrouter0 -> xd; xrouter1 -> xd; xd -> xe0; xd -> xe1; xe0 -> xc; xe1 -> xc; xc -> xw0; xc -> xw1
+  xw0 -> output; xw1 -> output
+}
+"""
 
 
-def _spec_cases():
-    for path in sorted(SPEC.parent.glob("*.par")):
-        expert_parallel = path.stem in ("mixtral_8x7b", "deepseek_v3")
-        yield pytest.param(path, id=path.stem, marks=[_COMPACT_EP_LABEL] if expert_parallel else [])
+def test_a_hand_drawn_moe_dag_is_compared_with_its_spec():
+    compiled = compile_file(MOE, ["tp=1", "layers=2"])
+    graphs = read_dot_text(HAND_DRAWN_MOE, file="moe.dot")
+    assert [f for graph in graphs for f in lint_graph(graph, spec_dag=compiled.graph)[1]] == []
+    # layer 1's experts summed on each GPU with no combine
+    text = HAND_DRAWN_MOE.replace("xe0 -> xc; xe1 -> xc; xc -> xw0; xc -> xw1",
+                                  "xe0 -> xw0; xe1 -> xw0; xe0 -> xw1; xe1 -> xw1")
+    text = "".join(line for line in text.splitlines(keepends=True) if "xc [label" not in line)
+    findings = [f for graph in read_dot_text(text, file="moe.dot")
+                for f in lint_graph(graph, spec_dag=compiled.graph)[1]]
+    assert sorted((f.code, f.message.split(":")[0]) for f in findings) == [
+        ("DAG020", "layer 1"), ("SPEC002", "layer 1")]
+    assert "1 All-to-All missing" in next(f.message for f in findings if f.code == "SPEC002")
+
+
+def test_a_compact_stage_names_the_gpus_it_draws():
+    """The compact view draws data-parallel replica 0 only. A middle stage (no input or output
+    node spanning every replica) whose label named every GPU of the stage was reported as using
+    fewer GPUs than it says (DAG018), as on both expert-parallel specs."""
+    compiled = compile_file(SPEC, [*SMALL, "layers=6", "tp=2", "pp=3", "dp=2"])
+    text = emit_compact_dot(compiled)
+    assert "2 layers (2-3) · GPUs 2-3 (replica 0 of 2)" in text
+    graphs = read_dot_text(text, file="dag.compact.dot")
+    assert [f for graph in graphs for f in lint_graph(graph, spec_dag=compiled.graph)[1]] == []
 
 
 # deepseek_v3's full view draws all 1024 GPUs: 35 MB of DOT, about a minute to read and lint.
@@ -224,7 +272,7 @@ FULL_VIEW_DEFINES = {"deepseek_v3": ["dp=4", "ep=4", "experts=16"]}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", _spec_cases())
+@pytest.mark.parametrize("path", sorted(SPEC.parent.glob("*.par")), ids=lambda path: path.stem)
 def test_par_build_drawings_of_the_specs_match_them(path):
     """What `par build` writes for every spec of specs/, at full size but for the view above (about 15 s in all)."""
     compiled = compile_file(path, [])
