@@ -47,7 +47,7 @@ from par.dsl.dag.types import CollectiveOp
 from par.dsl.lowering.placement import P, Placement, R, dim_name
 from par.dsl.lowering.program import Step
 from par.dsl.registry.collectives import COLLECTIVES, COPY_TO_TP
-from par.dsl.registry.ops import COMPUTE_OPS
+from par.dsl.registry.ops import COMPUTE_OPS, OPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +179,12 @@ def _verb(subjects: list) -> str:
 
 def _takes_copy(step: Step) -> bool:
     """Ops whose input gradient is partial although the input is replicated (`OpSpec.enters_tp`),
-    and ops linear in a partial operand: the gradient of their replicated operands is partial."""
-    return step.kind == "compute" and (step.style in COMPUTE_OPS[step.op].enters_tp or step.out_placement.local == P)
+    and block ops that give a partial sum from a replicated operand (unpermute: the router's
+    weights times the experts' partial results), whose gradient is partial too. The model's ends
+    have such ops as well (the loss), but their replicated operands take no gradient."""
+    if step.kind != "compute":
+        return False
+    return step.style in COMPUTE_OPS[step.op].enters_tp or (step.op in OPS and step.out_placement.local == P)
 
 
 def _enters_tp(step: Step) -> bool:

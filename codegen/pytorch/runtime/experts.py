@@ -104,7 +104,7 @@ def _route_tokens(
     op: str, tokens: torch.Tensor, send: list[int], receive: list[int], group: dist.ProcessGroup
 ) -> torch.Tensor:
     """One AllToAll of rows: `send[m]` rows to member m, `receive[m]` from it, in member order."""
-    _record(op, tokens, group, splits=(send, receive))
+    _record(op, tokens, group, split_sizes=(send, receive))
     arrived = tokens.new_empty((sum(receive), *tokens.shape[1:]))
     dist.all_to_all_single(arrived, tokens.contiguous(), receive, send, group=group)
     return arrived

@@ -26,7 +26,7 @@ class CollectiveTrace:
         self.microbatch: int | None = None
 
     def record(
-        self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None, splits: tuple | None = None
+        self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None, split_sizes: tuple | None = None
     ) -> None:
         event: dict[str, object] = {
             "phase": self.phase,
@@ -37,8 +37,8 @@ class CollectiveTrace:
         }
         if peer is not None:
             event["peer"] = peer
-        if splits is not None:
-            event["splits"] = [list(sizes) for sizes in splits]
+        if split_sizes is not None:
+            event["splits"] = [list(sizes) for sizes in split_sizes]
         self.events.append(event)
 
     def write(self, folder: str, rank: int) -> None:
@@ -67,8 +67,8 @@ def _record(
     tensor: torch.Tensor,
     group: dist.ProcessGroup | None = None,
     peer: int | None = None,
-    splits: tuple | None = None,
+    split_sizes: tuple | None = None,
 ) -> None:
     if TRACE is not None:
         ranks = [dist.get_rank()] if group is None else dist.get_process_group_ranks(group)
-        TRACE.record(op, tensor, ranks, peer, splits)
+        TRACE.record(op, tensor, ranks, peer, split_sizes)
