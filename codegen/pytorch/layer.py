@@ -335,7 +335,7 @@ class _Writer:
         elif step.op == "unpermute":
             self._emit(step, f"unpermute({self._name(value)}, {routing})", "weighted sum of each token's results")
         else:
-            split = _EXPERT_SPLITS[step.style if self.tp > 1 else "replicated"]
+            split = _EXPERT_SPLITS[step.style if self.tp > 1 and step.style else "replicated"]
             sizes = f"{size(step.global_in[-1], self.model)}, {size(step.global_out[-1], self.model)}"
             constructor = f"ExpertLinear({sizes}" + (f', "{split}")' if split != "replicated" else ")")
             self.classes.add("ExpertLinear")

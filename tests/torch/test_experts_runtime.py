@@ -96,15 +96,18 @@ def test_routed_experts_match_reference_and_the_dag(name, workdir):
 MUTATIONS = {
     # rank r holds the experts of rank ep - 1 - r, but tokens still go to rank r for them
     "wrong expert-to-rank mapping": (
-        ["ep=2"], ("tensor = tensor.chunk(EP, dim=0)[ep_rank]", "tensor = tensor.chunk(EP, dim=0)[EP - 1 - ep_rank]"),
+        ["ep=2"],
+        ("tensor = tensor.chunk(EP, dim=0)[ep_rank]", "tensor = tensor.chunk(EP, dim=0)[EP - 1 - ep_rank]"),
     ),
     # each token's results summed without the router's weights
     "un-weighted sum": (
-        ["ep=2"], ("torch.bmm(routing.weights.unsqueeze(1), per_token)", "per_token.sum(dim=1, keepdim=True)"),
+        ["ep=2"],
+        ("torch.bmm(routing.weights.unsqueeze(1), per_token)", "per_token.sum(dim=1, keepdim=True)"),
     ),
     # the router's weights meet partial results: without the AllReduce its gradient is partial
     "router gradient left partial": (
-        ["tp=2", "dp=1", "ep=1", "batch=4"], ("route(copy_to_tp(self.moe_router(ln2), self.tp_group))", "route(self.moe_router(ln2))"),
+        ["tp=2", "dp=1", "ep=1", "batch=4"],
+        ("route(copy_to_tp(self.moe_router(ln2), self.tp_group))", "route(self.moe_router(ln2))"),
     ),
 }
 
