@@ -120,6 +120,7 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
     constants |= {
         "ROUTER": model.moe.router if model.moe else "softmax_topk",
         "ROUTER_NORM": model.moe.router_norm if model.moe else True,
+        "ROUTER_AUX_LOSS_COEF": model.moe.router_aux_loss_coef if model.moe else 0.0,
     }
     if ends is not None:
         constants |= {"VOCAB": ends.vocab, "PADDED_VOCAB": ends.padded_vocab, "MAX_POSITIONS": ends.max_positions}
@@ -211,7 +212,10 @@ def _expert_constants(compiled: Compiled) -> tuple[tuple[str, str], ...]:
     model, mesh = compiled.program.deployment.model, compiled.program.deployment.mesh
     if model.moe is None:
         return ()
-    return (("EXPERTS", str(model.moe.experts)), ("TOP_K", str(model.moe.top_k)), ("EP", str(mesh.ep)))
+    constants: tuple[tuple[str, str], ...] = (("EXPERTS", str(model.moe.experts)), ("TOP_K", str(model.moe.top_k)), ("EP", str(mesh.ep)))
+    if model.moe.router_aux_loss_coef:
+        constants += (("ROUTER_AUX_LOSS_COEF", exact(model.moe.router_aux_loss_coef)),)
+    return constants
 
 
 def _rope_constants(model: Model) -> tuple[tuple[str, str], ...]:

@@ -324,9 +324,13 @@ class _Writer:
             constructor = f"nn.Linear({size(step.global_in[-1], self.model)}, EXPERTS, bias=False)"
             self._module(step, constructor, [("weight", "replicated")])
             logits = f"self.{self._name(step.name)}({self._standard(value)})"
-            if step.name in self.copied:  # the weights meet partial results: their gradient is partial
+            copied = step.name in self.copied
+            if copied:  # the weights meet partial results: their gradient is partial
                 self.helpers.add("copy_to_tp")
                 logits = f"copy_to_tp({logits}, {GROUP})"
+            if self.model.moe is not None and self.model.moe.router_aux_loss_coef:
+                # each microbatch's share of the step's loss; over tp, each rank's share of the AllReduced gradient
+                logits += ", scale=1 / (MICROBATCHES * TP)" if copied else ", scale=1 / MICROBATCHES"
             self._emit(step, f"route({logits})", "the top-k choice and weights")
             return
         routing = self._routing_of(step)

@@ -131,7 +131,10 @@ def reference_layer(program: Program) -> LayerCode:
             expression = f"self.{target}({args[0]})"
         elif step.op == "router":
             submodules.append(Submodule(target, f"nn.Linear({size(step.global_in[-1], model)}, EXPERTS, bias=False)"))
-            expression = REFERENCE_EXPERTS["router"].format(f"self.{target}({args[0]})")
+            logits = f"self.{target}({args[0]})"
+            if model.moe is not None and model.moe.router_aux_loss_coef:  # the loss of each replica's microbatch
+                logits += ", chunks=DP * MICROBATCHES"
+            expression = REFERENCE_EXPERTS["router"].format(logits)
         elif step.op == "expert_linear":
             sizes = f"{size(step.global_in[-1], model)}, {size(step.global_out[-1], model)}"
             submodules.append(Submodule(target, f"ReferenceExperts({sizes})"))

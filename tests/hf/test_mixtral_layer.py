@@ -4,7 +4,9 @@ weights: an oracle that shares no code with par.
 Both the generated layer (tokens sorted by expert, each expert's tokens through its own weights,
 the weighted sum put back in place) and Reference's (every expert on every token, weighted
 densely) must give transformers' output, input gradient and every parameter's gradient in fp32
-within 1e-5, for Mixtral's router (softmax, top 2, renormalised). Together with
+within 1e-5, for Mixtral's router (softmax, top 2, renormalised), with the auxiliary
+load-balancing loss (`router_aux_loss_coef`) equal to transformers' `load_balancing_loss_func`
+and its gradient in every gradient. Together with
 tests/torch/test_experts_runtime.py, where the sharded layers at ep 2 and 4, tp 2 and pp 2
 equal Reference, this holds the sharded layers to transformers. In one process: no launch.
 """
@@ -22,14 +24,19 @@ pytestmark = pytest.mark.slow  # imports transformers' Mixtral (about 2 s)
 from fork_launch import load_module  # noqa: E402
 from small_models import compile_source, write_model  # noqa: E402
 from transformers import MixtralConfig  # noqa: E402
-from transformers.models.mixtral.modeling_mixtral import MixtralDecoderLayer, MixtralRotaryEmbedding  # noqa: E402
+from transformers.models.mixtral.modeling_mixtral import (  # noqa: E402
+    MixtralDecoderLayer,
+    MixtralRotaryEmbedding,
+    load_balancing_loss_func,
+)
 
 HIDDEN, HEADS, KV_HEADS, FFN, EXPERTS, BATCH, SEQ = 32, 4, 2, 48, 4, 2, 8
 TOLERANCE = 1e-5
+AUX_LOSS_COEF = 0.5
 SPEC = f"""
 model mixtral_tiny : mixtral {{
   layers 1  hidden {HIDDEN}  heads {HEADS}  kv_heads {KV_HEADS}  ffn {FFN}  rope_theta 1000000
-  experts {EXPERTS}  top_k 2
+  experts {EXPERTS}  top_k 2  router_aux_loss_coef {AUX_LOSS_COEF}
   batch {BATCH}  seq {SEQ}  dtype fp32
 }}
 mesh {{ tp 1 }}
@@ -83,8 +90,11 @@ def test_both_mixtral_layers_equal_transformers(tmp_path):
     causal = torch.full((SEQ, SEQ), float("-inf")).triu(1)[None, None]
     positions = torch.arange(SEQ)[None].expand(BATCH, SEQ)
     rotary = MixtralRotaryEmbedding(layer.self_attn.config)
+    logits = []
+    layer.mlp.gate.register_forward_hook(lambda module, inputs, output: logits.append(output[0]))
     expected = layer(hf_x, attention_mask=causal, position_ids=positions, position_embeddings=rotary(hf_x, positions))
-    expected.backward(grad)
+    aux_loss = load_balancing_loss_func(tuple(logits), EXPERTS, 2)
+    ((expected * grad).sum() + AUX_LOSS_COEF * aux_loss).backward()
     hf_grads = {name: parameter.grad for name, parameter in layer.named_parameters()}
     expected_grads = _ours(hf_grads)
 
@@ -92,10 +102,23 @@ def test_both_mixtral_layers_equal_transformers(tmp_path):
         "sharded": module.MixtralLayer(types.SimpleNamespace(tp_rank=0)),
         "reference": module.ReferenceMixtralLayer(),
     }
+    routings = []  # the routing each layer's forward made
+    original = module.route
+
+    def recorded(*args, **kwargs):
+        routings.append(original(*args, **kwargs))
+        return routings[-1]
+
     for kind, ours_layer in ours.items():
         ours_layer.load_state_dict(_ours({name: p.detach() for name, p in layer.named_parameters()}))
         our_x = x.clone().requires_grad_()
-        y = ours_layer(our_x)
+        routings.clear()
+        module.route = recorded
+        try:
+            y = ours_layer(our_x)
+        finally:
+            module.route = original
+        assert routings[0].aux_loss.item() == pytest.approx(AUX_LOSS_COEF * aux_loss.item(), rel=TOLERANCE), kind
         y.backward(grad)
         assert (y - expected).abs().max() / expected.abs().max() < TOLERANCE, kind
         assert (our_x.grad - hf_x.grad).abs().max() / hf_x.grad.abs().max() < TOLERANCE, kind

@@ -37,11 +37,12 @@ model moe : mixtral {{
 mesh {{ tp 1  dp 4  ep 4 }}
 """
 # Together: ep 1 (no dispatch), 2 and 4; tp 1 and 2 (with and without sp); pp 1 and 2; both
-# routers; a shared expert; expert gradients reduced over one rank or over two.
+# routers; a shared expert; expert gradients reduced over one rank or over two; the auxiliary
+# load-balancing loss (Reference computes it per replica's microbatch).
 LAYOUTS = {
     "ep4 of dp4, topk_softmax, shared expert": ["router=topk_softmax", "router_norm=false", "shared_experts=1"],
-    "ep2 of dp4, expert gradients over 2 ranks": ["ep=2"],
-    "tp2 x pp2 x dp2, ep2, sp": ["tp=2", "pp=2", "dp=2", "ep=2", "sp=on"],
+    "ep2 of dp4, expert gradients over 2 ranks, aux loss": ["ep=2", "router_aux_loss_coef=0.5", "microbatches=2"],
+    "tp2 x pp2 x dp2, ep2, sp, aux loss": ["tp=2", "pp=2", "dp=2", "ep=2", "sp=on", "router_aux_loss_coef=0.5"],
     "tp2, ep1": ["tp=2", "dp=1", "ep=1", "batch=4"],
 }
 

@@ -17,6 +17,7 @@ from par.codegen.pytorch.runtime.spec import (
     EP,
     EXPERTS,
     ROUTER,
+    ROUTER_AUX_LOSS_COEF,
     ROUTER_NORM,
     TOP_K,
     TP,
@@ -32,7 +33,7 @@ class Routing:
     order that groups the choices by expert, and (after a dispatch) the tokens of every member
     of the expert-parallel group that this rank's local experts get."""
 
-    def __init__(self, logits: torch.Tensor) -> None:
+    def __init__(self, logits: torch.Tensor, chunks: int = 1, scale: float = 1.0) -> None:
         self.shape = logits.shape[:-1]
         scores = logits.flatten(0, -2).float()  # [tokens, EXPERTS]
         # softmax_topk: a softmax over every expert, then the top k (Mixtral); topk_softmax: the
@@ -46,6 +47,13 @@ class Routing:
             weights = torch.softmax(top, dim=-1)
         self.chosen = chosen  # [tokens, TOP_K]
         self.weights = weights.to(logits.dtype)  # [tokens, TOP_K]
+        if ROUTER_AUX_LOSS_COEF:
+            # The load-balancing loss of each of `chunks` microbatches, their mean times `scale`.
+            losses = [
+                load_balancing_loss(*parts) for parts in zip(scores.chunk(chunks), chosen.chunk(chunks), strict=True)
+            ]
+            self.aux_loss = torch.stack(losses).mean() * ROUTER_AUX_LOSS_COEF * scale
+            self.weights = _AddedLoss.apply(self.weights, self.aux_loss)
         # Each token TOP_K times, grouped by expert (stable: in token order within an expert).
         self.order = chosen.flatten().argsort(stable=True)
         self.inverse = self.order.argsort()
@@ -72,8 +80,34 @@ class Routing:
         self.by_member = self.by_expert.argsort()
 
 
-def route(logits: torch.Tensor) -> Routing:
-    return Routing(logits)
+def route(logits: torch.Tensor, chunks: int = 1, scale: float = 1.0) -> Routing:
+    """The routing of a microbatch's tokens (Reference: of `chunks` microbatches at once); with
+    an auxiliary loss, its weight in the step's loss is `scale` times ROUTER_AUX_LOSS_COEF."""
+    return Routing(logits, chunks, scale)
+
+
+def load_balancing_loss(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer's auxiliary loss of one layer's routing, as transformers'
+    `load_balancing_loss_func` computes it: EXPERTS × Σ_e f_e × P_e, with f_e the top-k choices of
+    expert e per token and P_e its mean router probability."""
+    share = torch.bincount(chosen.flatten(), minlength=EXPERTS).float() / chosen.shape[0]
+    return EXPERTS * (share * torch.softmax(logits, dim=-1).mean(dim=0)).sum()
+
+
+class _AddedLoss(torch.autograd.Function):
+    """Forward: `x` as it is. Backward: also the gradient of `loss`, as if it were added to the
+    step's loss (Megatron's MoEAuxLossAutoScaler): each stage adds its layers' auxiliary loss
+    without sending it anywhere."""
+
+    @staticmethod
+    def forward(ctx, x, loss):
+        ctx.like = (loss.dtype, loss.device)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        dtype, device = ctx.like
+        return grad, torch.ones((), dtype=dtype, device=device)
 
 
 def permute(x: torch.Tensor, routing: Routing) -> torch.Tensor:

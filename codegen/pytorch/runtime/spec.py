@@ -59,3 +59,4 @@ PADDED = False  # PADDED_VOCAB > VOCAB: the padding rows' logits are masked
 MOE = False  # the block has a mixture of experts
 ROUTER = "softmax_topk"  # softmax_topk | topk_softmax
 ROUTER_NORM = True  # the top-k weights are renormalised to sum to 1
+ROUTER_AUX_LOSS_COEF = 0.0  # the load-balancing loss's weight (0: none)
