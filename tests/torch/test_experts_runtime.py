@@ -42,7 +42,9 @@ mesh {{ tp 1  dp 4  ep 4 }}
 LAYOUTS = {
     "ep4 of dp4, topk_softmax, shared expert": ["router=topk_softmax", "router_norm=false", "shared_experts=1"],
     "ep2 of dp4, expert gradients over 2 ranks, aux loss": ["ep=2", "router_aux_loss_coef=0.5", "microbatches=2"],
-    "tp2 x pp2 x dp2, ep2, sp, aux loss": ["tp=2", "pp=2", "dp=2", "ep=2", "sp=on", "router_aux_loss_coef=0.5"],
+    "tp2 x pp2 x dp2, ep2, sp, aux loss, vocabulary": [
+        "tp=2", "pp=2", "dp=2", "ep=2", "sp=on", "router_aux_loss_coef=0.5", "vocab=100",
+    ],
     "tp2, ep1": ["tp=2", "dp=1", "ep=1", "batch=4"],
 }
 
