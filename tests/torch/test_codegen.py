@@ -123,7 +123,7 @@ def test_par_build_writes_model_py_next_to_the_other_artifacts(workdir, monkeypa
         folder = workdir / stem
         assert (folder / "dag.json").exists()
         assert (folder / "model.py").read_text() == emit_model(compile_file(SPECS / f"{stem}.par"))
-    for path in SPECS.glob("*.par"):  # mixture-of-experts specs: every artifact but model.py
+    for path in SPECS.glob("*.par"):  # a block per range of layers (deepseek_v3): every artifact but model.py
         if path.stem not in SHIPPED:
             assert (workdir / path.stem / "dag.json").exists() and not (workdir / path.stem / "model.py").exists()
 
