@@ -36,7 +36,7 @@ model moe : mixtral {{
 }}
 mesh {{ tp 1  dp 4  ep 4 }}
 """
-# Together: ep 1 (no dispatch), 2 and 4; tp 1 and 2 (with and without sp); pp 1 and 2; both
+# Together: ep 2 and 4 (ep 1, no dispatch: tests/hf/test_mixtral_layer.py); tp 1 and 2; pp 1 and 2; both
 # routers; a shared expert; expert gradients reduced over one rank or over two; the auxiliary
 # load-balancing loss (Reference computes it per replica's microbatch).
 LAYOUTS = {
@@ -45,7 +45,6 @@ LAYOUTS = {
     "tp2 x pp2 x dp2, ep2, sp, aux loss, vocabulary": [
         "tp=2", "pp=2", "dp=2", "ep=2", "sp=on", "router_aux_loss_coef=0.5", "vocab=100",
     ],
-    "tp2, ep1": ["tp=2", "dp=1", "ep=1", "batch=4"],
 }
 
 
