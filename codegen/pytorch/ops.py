@@ -133,7 +133,7 @@ def reference_layer(program: Program) -> LayerCode:
             submodules.append(Submodule(target, f"nn.Linear({size(step.global_in[-1], model)}, EXPERTS, bias=False)"))
             logits = f"self.{target}({args[0]})"
             if model.moe is not None and model.moe.router_aux_loss_coef:  # the loss of each replica's microbatch
-                logits += ", chunks=DP * MICROBATCHES"
+                logits += ", chunks=DP * MICROBATCHES, batch_dim=0"
             expression = REFERENCE_EXPERTS["router"].format(logits)
         elif step.op == "expert_linear":
             sizes = f"{size(step.global_in[-1], model)}, {size(step.global_out[-1], model)}"

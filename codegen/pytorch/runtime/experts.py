@@ -33,7 +33,7 @@ class Routing:
     order that groups the choices by expert, and (after a dispatch) the tokens of every member
     of the expert-parallel group that this rank's local experts get."""
 
-    def __init__(self, logits: torch.Tensor, chunks: int = 1, scale: float = 1.0) -> None:
+    def __init__(self, logits: torch.Tensor, chunks: int = 1, scale: float = 1.0, batch_dim: int = 0) -> None:
         self.shape = logits.shape[:-1]
         scores = logits.flatten(0, -2).float()  # [tokens, EXPERTS]
         # softmax_topk: a softmax over every expert, then the top k (Mixtral); topk_softmax: the
@@ -48,10 +48,14 @@ class Routing:
         self.chosen = chosen  # [tokens, TOP_K]
         self.weights = weights.to(logits.dtype)  # [tokens, TOP_K]
         if ROUTER_AUX_LOSS_COEF:
-            # The load-balancing loss of each of `chunks` microbatches, their mean times `scale`.
-            losses = [
-                load_balancing_loss(*parts) for parts in zip(scores.chunk(chunks), chosen.chunk(chunks), strict=True)
-            ]
+            # The load-balancing loss of each of `chunks` microbatches (parts along the batch), their
+            # mean times `scale`.
+            parts = zip(
+                scores.view(*self.shape, -1).chunk(chunks, dim=batch_dim),
+                chosen.view(*self.shape, -1).chunk(chunks, dim=batch_dim),
+                strict=True,
+            )
+            losses = [load_balancing_loss(part.flatten(0, -2), choice.flatten(0, -2)) for part, choice in parts]
             self.aux_loss = torch.stack(losses).mean() * ROUTER_AUX_LOSS_COEF * scale
             self.weights = _AddedLoss.apply(self.weights, self.aux_loss)
         # Each token TOP_K times, grouped by expert (stable: in token order within an expert).
@@ -80,10 +84,11 @@ class Routing:
         self.by_member = self.by_expert.argsort()
 
 
-def route(logits: torch.Tensor, chunks: int = 1, scale: float = 1.0) -> Routing:
-    """The routing of a microbatch's tokens (Reference: of `chunks` microbatches at once); with
-    an auxiliary loss, its weight in the step's loss is `scale` times ROUTER_AUX_LOSS_COEF."""
-    return Routing(logits, chunks, scale)
+def route(logits: torch.Tensor, chunks: int = 1, scale: float = 1.0, batch_dim: int = 0) -> Routing:
+    """The routing of a microbatch's tokens (Reference: of `chunks` microbatches at once, parts
+    along `batch_dim`); with an auxiliary loss, its weight in the step's loss is `scale` times
+    ROUTER_AUX_LOSS_COEF."""
+    return Routing(logits, chunks, scale, batch_dim)
 
 
 def load_balancing_loss(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
