@@ -9,7 +9,6 @@ from par.codegen.cost import render_report, render_timeline
 from par.codegen.dot.emit import emit_compact_dot, emit_dot
 from par.codegen.json_dag import emit_json
 from par.codegen.pytorch.emit import emit_model
-from par.codegen.pytorch.ops import NOT_GENERATED
 from par.codegen.renderer import Renderer, Skip
 from par.codegen.svg import FULL_SVG_MAX_NODES, SVG_CHOICES, svg_renderer
 from par.dsl.checks.deployment import Deployment
@@ -44,18 +43,17 @@ def renderers(svg: str = "auto") -> list[tuple[str, Renderer]]:
     ]
 
 
-def not_generated(deployment: Deployment) -> list[str]:
-    """The ops of the deployment's blocks that model.py does not generate yet (empty: it writes model.py)."""
-    blocks = [deployment.block] + [block for _, _, block in deployment.layer_blocks]
-    return sorted({op.op for block in blocks for op in block.ops} & NOT_GENERATED)
+def not_generated(deployment: Deployment) -> str | None:
+    """Why model.py is not written for the deployment; None when it is."""
+    if deployment.layer_blocks:
+        return "model.py not written for a model with a block per range of layers: its layer class is one block's"
+    return None
 
 
 def model_or_skip(compiled: Compiled) -> str | Skip:
-    """model.py, or the notice that this deployment's ops are not generated yet."""
-    missing = not_generated(compiled.deployment)
-    if missing:
-        return Skip(f"model.py not written for mixture-of-experts deployments: par does not generate {', '.join(missing)} yet")
-    return emit_model(compiled)
+    """model.py, or the notice why it is not written for this deployment."""
+    why = not_generated(compiled.deployment)
+    return Skip(why) if why is not None else emit_model(compiled)
 
 
 def once_per_spec(function: Callable[[Compiled], T]) -> Callable[[Compiled], T]:

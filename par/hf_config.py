@@ -83,6 +83,10 @@ def _full_attention(value: object, config: dict) -> str | None:
     return f"full_attention in every layer, not {', '.join(others)}" if others else None
 
 
+def _no_jitter(value: object, config: dict) -> str | None:
+    return None if value in (0, None) else "no multiplicative jitter noise: 0"
+
+
 # Keys of every transformers config that do not change the weights or the forward pass.
 GENERAL = {
     key: Ignore("bookkeeping, tokens or generation defaults: no effect on the weights or the forward pass")
@@ -145,6 +149,22 @@ FAMILIES: dict[str, Family] = {
         },
         rope=True,
         defaults={"tie_word_embeddings": False},
+    ),
+    "mixtral": Family(
+        "mixtral",
+        "MixtralForCausalLM",
+        _LLAMA_COMMON
+        | {
+            "intermediate_size": Setting("ffn"),  # each expert's; the block's expert_ffn is ffn
+            "num_local_experts": Setting("experts"),
+            "num_experts_per_tok": Setting("top_k"),
+            "router_aux_loss_coef": Setting("router_aux_loss_coef"),
+            "output_router_logits": Ignore("whether the forward returns the router's logits: no effect on the weights"),
+            "router_jitter_noise": Check(_no_jitter, "the router sees the hidden states as they are"),
+            "sliding_window": Require((None,), "par's attention is full causal attention, not a sliding window"),
+        },
+        rope=True,
+        defaults={"tie_word_embeddings": False, "router_aux_loss_coef": 0.001},
     ),
     "gpt2": Family(
         "gpt2",
@@ -367,7 +387,9 @@ def _rope(config: dict, reading: Reading) -> dict[str, object]:
     return settings
 
 
-INTEGERS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "max_positions", "rope_original_max_positions")
+INTEGERS = (
+    "layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "max_positions", "rope_original_max_positions", "experts", "top_k",
+)
 NUMBERS = ("norm_eps", "rope_theta", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor")
 
 
@@ -396,6 +418,7 @@ def _context(settings: dict[str, object], config: dict) -> object:
 # The model settings in the order the spec writes them, one line per group.
 LINES = (
     ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab"),
+    ("experts", "top_k", "router_aux_loss_coef"),
     ("norm_eps", "tie_embeddings", "positions", "max_positions"),
     ("rope_theta", "rope_scaling", "rope_factor"),
     ("rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions"),

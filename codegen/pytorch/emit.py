@@ -27,7 +27,7 @@ TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torc
 # The runtime modules model.py holds, where it holds them: beside the layer (the ops and linears
 # it calls), beside Reference (its random streams), after the SHARDING table, and after the
 # whole model (the harness). `schedule` is the pipeline module or the single-stage one.
-BESIDE_LAYER = ("ops", "linears", "vocab")
+BESIDE_LAYER = ("ops", "linears", "experts", "vocab")
 BESIDE_REFERENCE = ("seeds",)
 AFTER_SHARDING = ("sharding",)
 HARNESS = (
@@ -55,6 +55,7 @@ class ModelView:
     tp: int
     pp: int
     dp: int
+    ep: int
     world: int
     microbatches: int
     schedule: str
@@ -66,6 +67,7 @@ class ModelView:
     layer: ShardedLayer
     ends: EndsView | None  # the embedding, final norm, head and loss, when the model has a vocabulary
     partial_gradients: tuple[str, ...]  # the layer's and the ends' parameters whose gradients are summed over tp
+    experts: tuple[tuple[str, str], ...]  # (constant, value): a mixture of experts' sizes and expert-parallel degree
     reference: LayerCode
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
     checkpoint: CheckpointTable | None  # Hugging Face names of the parameters (--load, --save), if the block has them
@@ -96,6 +98,9 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "MICROBATCHES": mesh.microbatches,
         "STAGES": tuple(mesh.stages),
         "PARTIAL_GRADIENTS": view.partial_gradients,
+        "EXPERT_GRADIENTS": layer.expert_gradients,
+        "EP": mesh.ep,
+        "MOE": model.moe is not None,
         "SEQUENCE_PARALLEL": program.stream == S_SEQ,
         "SCHEDULE": mesh.schedule,
         "BY_HEAD": layer.by_head,
@@ -108,6 +113,14 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "TIED": ends is not None and ends.tied,
         "LEARNED_POSITIONS": ends is not None and ends.positions,
         "PADDED": ends is not None and ends.padded_vocab != ends.vocab,
+    }
+    if model.moe is not None:
+        constants |= {"EXPERTS": model.moe.experts, "TOP_K": model.moe.top_k}
+    # Decided in every runtime module, read only where the block has experts.
+    constants |= {
+        "ROUTER": model.moe.router if model.moe else "softmax_topk",
+        "ROUTER_NORM": model.moe.router_norm if model.moe else True,
+        "ROUTER_AUX_LOSS_COEF": model.moe.router_aux_loss_coef if model.moe else 0.0,
     }
     if ends is not None:
         constants |= {"VOCAB": ends.vocab, "PADDED_VOCAB": ends.padded_vocab, "MAX_POSITIONS": ends.max_positions}
@@ -167,6 +180,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
         tp=mesh.tp,
         pp=mesh.pp,
         dp=mesh.dp,
+        ep=mesh.ep,
         world=mesh.world,
         microbatches=mesh.microbatches,
         schedule=mesh.schedule,
@@ -178,6 +192,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
         layer=layer,
         ends=ends,
         partial_gradients=layer.partial_gradients + (ends.partial_gradients if ends else ()),
+        experts=_expert_constants(compiled),
         reference=reference_layer(program),
         helpers=tuple(sorted(layer.helpers)),
         checkpoint=_checkpoint(compiled, layer, ends),
@@ -191,6 +206,16 @@ def _checkpoint(compiled: Compiled, layer: ShardedLayer, ends: EndsView | None) 
     last = [name for name in ends_names if name not in first]
     parameters = first + [f"layers.{{i}}.{name}" for name, _ in layer.sharding] + last
     return checkpoint_table(compiled.program.deployment.block.name, parameters)
+
+
+def _expert_constants(compiled: Compiled) -> tuple[tuple[str, str], ...]:
+    model, mesh = compiled.program.deployment.model, compiled.program.deployment.mesh
+    if model.moe is None:
+        return ()
+    constants: tuple[tuple[str, str], ...] = (("EXPERTS", str(model.moe.experts)), ("TOP_K", str(model.moe.top_k)), ("EP", str(mesh.ep)))
+    if model.moe.router_aux_loss_coef:
+        constants += (("ROUTER_AUX_LOSS_COEF", exact(model.moe.router_aux_loss_coef)),)
+    return constants
 
 
 def _rope_constants(model: Model) -> tuple[tuple[str, str], ...]:

@@ -14,6 +14,9 @@ Three decisions turn steps into code:
   as it is; where a consumer needs another layout, a local reordering is inserted.
 * Parameters of ops that see only this rank's part of the sequence (norms under sequence
   parallelism) get partial gradients, summed over the tensor-parallel group after backward.
+* Mixture of experts. The router's value is a `Routing` (runtime/experts.py): the top-k choice
+  and weights, and the split sizes its dispatch learns; every step between `permute` and
+  `unpermute` (the dispatch, the local experts, the combine) reads the routing of its tokens.
 """
 
 from __future__ import annotations
@@ -50,12 +53,18 @@ _SAME_FEATURES = set(ELEMENTWISE) | set(NORMS) | set(WRITTEN) | {"slice", "rope"
 _READ_HEADS = {"attention", "rope"}
 
 
+# How an expert's weight splits over the tensor-parallel ranks, by its linear's style (the
+# experts themselves split over the expert-parallel group: runtime/sharding.py, EXPERTS_SPLIT).
+_EXPERT_SPLITS = {"column": "rows", "row": "columns", "replicated": "replicated"}
+
+
 @dataclass(frozen=True, slots=True)
 class ShardedLayer:
     code: LayerCode
     helpers: frozenset[str]  # module-level functions the forward calls
     sharding: tuple[tuple[str, str], ...]  # (parameter, how it splits over tensor-parallel ranks)
     partial_gradients: tuple[str, ...]  # parameters whose gradient is summed over the tp group
+    expert_gradients: tuple[str, ...]  # the local experts' weights: reduced over the ranks holding the same experts
     uses_tp_rank: bool  # the forward slices locally by the rank's tensor-parallel index
     linear_classes: frozenset[str]  # the tensor-parallel linear modules the layer uses
     by_head: bool  # some weight is split per head of a fused QKV (shard_parameter regroups it)
@@ -106,9 +115,12 @@ class _Writer:
         self.partial: list[str] = []
         self.uses_tp_rank = False
         self.by_head = False
+        self.experts: list[str] = []
+        self.routing: dict[str, str] = {}  # value -> the router's value that routed its tokens
 
     def run(self) -> ShardedLayer:
         for step in self.program.steps:
+            self._note_routing(step)
             {"comm": self._collective, "route": self._slice, "compute": self._compute}[step.kind](step)
         code = LayerCode(
             self.names.of(self.program.param),
@@ -121,6 +133,7 @@ class _Writer:
             frozenset(self.helpers),
             tuple(self.sharding),
             tuple(self.partial),
+            tuple(self.experts),
             self.uses_tp_rank,
             frozenset(self.classes),
             self.by_head,
@@ -167,8 +180,31 @@ class _Writer:
         if step.name in self.fused and layout is not None:
             self.layout[step.name] = layout
 
+    def _note_routing(self, step: Step) -> None:
+        """Records which router's routing the step's output tokens follow (from permute to unpermute)."""
+        if step.op == "permute":
+            self.routing[step.name] = step.inputs[1]
+        elif step.op != "unpermute":
+            found = next((self.routing[value] for value in step.inputs if value in self.routing), None)
+            if found is not None:
+                self.routing[step.name] = found
+
+    def _routing_of(self, step: Step) -> str:
+        """The Python name of the routing of the tokens the step reads."""
+        if step.op in ("permute", "unpermute"):
+            return self._name(step.inputs[1])
+        return self._name(next(self.routing[value] for value in step.inputs if value in self.routing))
+
     def _collective(self, step: Step) -> None:
         value = step.inputs[0]
+        if step.op in ("dispatch", "combine"):
+            self.helpers.add(step.op)
+            operand = self._copied(value) if step.op == "dispatch" else self._name(value)
+            groups = self.mesh.dp // self.mesh.ep
+            node = ids.routing_id("<i>", step.name, "<g>", groups, "<t>", self.tp)
+            comment = f"DAG: {node}" + ("" if step.inserted else " (written in the spec)")
+            self._emit(step, f"{step.op}({operand}, {self._routing_of(step)}, self.ep_group)", comment)
+            return
         source, target = step.in_placement, step.out_placement
         layout = self.layout.get(value)
         node = ids.collective_id("<i>", step.name, "<d>", self.mesh.dp)
@@ -222,6 +258,8 @@ class _Writer:
             self._linear(step)
         elif step.op in _READ_HEADS:
             self._heads(step)
+        elif step.op in ("router", "permute", "expert_linear", "unpermute"):
+            self._experts(step)
         else:
             operands, layout = self._elementwise_operands(step)
             self._emit(step, ELEMENTWISE[step.op].format(*operands), layout=layout)
@@ -282,6 +320,38 @@ class _Writer:
         # rope keeps the layout of the fused QKV it turns; attention's output is per head, not QKV
         layout = self.layout.get(value) if step.op == "rope" else None
         self._emit(step, call, comment if self.tp > 1 else "", layout)
+
+    def _experts(self, step: Step) -> None:
+        """The mixture-of-experts ops over the tokens of one routing (runtime/experts.py)."""
+        value = step.inputs[0]
+        if step.op == "router":
+            constructor = f"nn.Linear({size(step.global_in[-1], self.model)}, EXPERTS, bias=False)"
+            self._module(step, constructor, [("weight", "replicated")])
+            logits = f"self.{self._name(step.name)}({self._standard(value)})"
+            copied = step.name in self.copied
+            if copied:  # the weights meet partial results: their gradient is partial
+                self.helpers.add("copy_to_tp")
+                logits = f"copy_to_tp({logits}, {GROUP})"
+            if self.model.moe is not None and self.model.moe.router_aux_loss_coef:
+                # each microbatch's share of the step's loss; over tp, each rank's share of the AllReduced gradient
+                logits += ", scale=1 / (MICROBATCHES * TP)" if copied else ", scale=1 / MICROBATCHES"
+            self._emit(step, f"route({logits})", "the top-k choice and weights")
+            return
+        routing = self._routing_of(step)
+        if step.op == "permute":
+            self._emit(step, f"permute({self._standard(value)}, {routing})", "grouped by expert")
+        elif step.op == "unpermute":
+            self._emit(step, f"unpermute({self._name(value)}, {routing})", "weighted sum of each token's results")
+        else:
+            split = _EXPERT_SPLITS[step.style if self.tp > 1 and step.style else "replicated"]
+            sizes = f"{size(step.global_in[-1], self.model)}, {size(step.global_out[-1], self.model)}"
+            constructor = f"ExpertLinear({sizes}" + (f', "{split}")' if split != "replicated" else ")")
+            self.classes.add("ExpertLinear")
+            attribute = self._name(step.name)
+            self.submodules.append(Submodule(attribute, constructor, "the local experts' weights"))
+            self.sharding.append((f"{attribute}.weight", "experts" + ("" if split == "replicated" else f", {split}")))
+            self.experts.append(f"{attribute}.weight")
+            self._emit(step, f"self.{attribute}({self._copied(value)}, {routing})")
 
     def _elementwise_operands(self, step: Step) -> tuple[list[str], str | None]:
         layouts = {self.layout.get(value) for value in step.inputs}

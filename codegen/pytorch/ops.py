@@ -23,9 +23,10 @@ ELEMENTWISE = {
 }
 # Norms: the constructor over the feature count and the model's epsilon.
 NORMS = {"layernorm": "nn.LayerNorm({0}, eps={1})", "rmsnorm": "nn.RMSNorm({0}, eps={1})"}
-# The mixture-of-experts ops (par.dsl.registry.moe): model.py does not generate them yet, and a
-# deployment that uses them is built without model.py (par.codegen.artifacts).
-NOT_GENERATED = frozenset({"router", "permute", "expert_linear", "unpermute"})
+# The mixture-of-experts ops (par.dsl.registry.moe) in Reference: dense, every expert on every
+# token, weighted by the router (zero for the experts a token was not routed to), so that it
+# shares no token grouping or exchange with the sharded layer (runtime/experts.py).
+REFERENCE_EXPERTS = {"router": "route({0})", "permute": "every_expert({0})", "unpermute": "weighted_sum({0}, {1})"}
 NORM_PARAMETERS = {"layernorm": ("weight", "bias"), "rmsnorm": ("weight",)}
 
 
@@ -128,6 +129,18 @@ def reference_layer(program: Program) -> LayerCode:
         elif step.op == "linear":
             submodules.append(Submodule(target, linear_module(step.global_in[-1], step.global_out[-1], step.bias, model)))
             expression = f"self.{target}({args[0]})"
+        elif step.op == "router":
+            submodules.append(Submodule(target, f"nn.Linear({size(step.global_in[-1], model)}, EXPERTS, bias=False)"))
+            logits = f"self.{target}({args[0]})"
+            if model.moe is not None and model.moe.router_aux_loss_coef:  # the loss of each replica's microbatch
+                logits += ", chunks=DP * MICROBATCHES, batch_dim=1"  # the stream is [seq, batch, hidden]
+            expression = REFERENCE_EXPERTS["router"].format(logits)
+        elif step.op == "expert_linear":
+            sizes = f"{size(step.global_in[-1], model)}, {size(step.global_out[-1], model)}"
+            submodules.append(Submodule(target, f"ReferenceExperts({sizes})"))
+            expression = f"self.{target}({args[0]})"
+        elif step.op in REFERENCE_EXPERTS:
+            expression = REFERENCE_EXPERTS[step.op].format(*args)
         elif step.op == "attention":
             expression = attention_call(args[0], heads="HEADS", kv_heads="KV_HEADS")
         elif step.op == "rope":

@@ -29,7 +29,7 @@ from par.dsl.checks.evaluate import (
     evaluate,
 )
 from par.dsl.checks.experts import (
-    CAPACITY,
+    EXPERT_NUMBERS,
     EXPERT_RANGES,
     EXPERT_WORDS,
     expert_checks,
@@ -94,7 +94,7 @@ WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_
 REALS = ("norm_eps", *rope.REALS)
 FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
-OVERRIDABLE = sorted(set(RANGES) | set(WORDS) | set(FLAGS) | set(REALS) | {"stages", CAPACITY})
+OVERRIDABLE = sorted(set(RANGES) | set(WORDS) | set(FLAGS) | set(REALS) | {"stages", *EXPERT_NUMBERS})
 
 
 def check(spec: Spec, overrides: Sequence[Override] = ()) -> tuple[Deployment, list[Diagnostic]]:
@@ -132,7 +132,7 @@ class _Checker:
             return None
         exprs = self._collect(
             model_decl.settings,
-            set(MODEL_RANGES) | set(REALS) | {"dtype", "rope_scaling", CAPACITY, *END_WORDS} | set(EXPERT_WORDS),
+            set(MODEL_RANGES) | set(REALS) | {"dtype", "rope_scaling", *EXPERT_NUMBERS, *END_WORDS} | set(EXPERT_WORDS),
             "model",
         )
         exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype"}, "mesh", MESH_KEYWORDS)
@@ -153,13 +153,12 @@ class _Checker:
                 self.spans["stages"] = override.span
             elif applied == "schedule":
                 schedule = (override.text, override.span)
-        capacity = exprs.pop(CAPACITY, None)
-        written = {name for name in (*exprs, *(w for w, e in words.items() if e is not None))} | ({CAPACITY} if capacity else set())
+        numbers = {name: expr for name in EXPERT_NUMBERS if (expr := exprs.pop(name, None)) is not None}
+        written = {name for name in (*exprs, *(w for w, e in words.items() if e is not None))} | set(numbers)
         namespace = self._namespace(model_decl, mesh_decl, exprs)
         self._evaluate(namespace, model_decl)
         experts_words: dict[str, Expr] = {name: expr for name in EXPERT_WORDS if (expr := words[name]) is not None}
-        if capacity is not None:
-            experts_words[CAPACITY] = capacity
+        experts_words |= numbers
         experts = resolve_experts(self.values, experts_words, written, self.spans, self.diags)
         dtype = cast(Dtype | None, self._word("dtype", words["dtype"], default="bf16"))  # one of DTYPE_BYTES
         schedule_name = self._schedule(schedule)

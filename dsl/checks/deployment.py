@@ -42,6 +42,7 @@ class Experts:
     router: str  # softmax_topk | topk_softmax
     router_norm: bool  # the top-k weights are renormalised to sum to 1
     capacity_factor: float  # how many times its balanced share of tokens an expert may get (worst case)
+    router_aux_loss_coef: float = 0.0  # the load-balancing loss's weight in training (0: none)
 
 
 @dataclass(frozen=True, slots=True)

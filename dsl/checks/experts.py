@@ -26,7 +26,9 @@ EXPERT_RANGES = {
 }
 EXPERT_WORDS = {"router": ROUTERS, "router_norm": ("true", "false")}
 CAPACITY = "capacity_factor"
-SETTINGS = (*EXPERT_RANGES, *EXPERT_WORDS, CAPACITY)  # what a model may set beside the dense ones
+AUX_LOSS = "router_aux_loss_coef"  # transformers' name
+EXPERT_NUMBERS = (CAPACITY, AUX_LOSS)  # settings that take any number in their range, not only whole ones
+SETTINGS = (*EXPERT_RANGES, *EXPERT_WORDS, *EXPERT_NUMBERS)  # what a model may set beside the dense ones
 MOE = "moe"
 MOE_OP_NAMES = frozenset(spec.name for spec in MOE_OPS) | {MOE}
 
@@ -50,8 +52,11 @@ def resolve_experts(
         return None
     router = _word("router", words.get("router"), "softmax_topk", diags)
     norm = _word("router_norm", words.get("router_norm"), "true", diags)
-    capacity = _capacity(words.get(CAPACITY), diags)
-    if router is None or norm is None or capacity is None or any(name not in values for name in EXPERT_RANGES):
+    capacity = _number(CAPACITY, words.get(CAPACITY), diags)
+    aux_loss = _number(AUX_LOSS, words.get(AUX_LOSS), diags)
+    if router is None or norm is None or capacity is None or aux_loss is None:
+        return None
+    if any(name not in values for name in EXPERT_RANGES):
         return None
     return Experts(
         experts=values["experts"],
@@ -61,6 +66,7 @@ def resolve_experts(
         router=router,
         router_norm=norm == "true",
         capacity_factor=capacity,
+        router_aux_loss_coef=aux_loss,
     )
 
 
@@ -75,22 +81,30 @@ def _word(name: str, expr: Expr | None, default: str, diags: list[Diagnostic]) -
     return None
 
 
-def _capacity(expr: Expr | None, diags: list[Diagnostic]) -> float | None:
+# Each number setting: its default, its inclusive range and what the range's ends mean.
+_NUMBERS = {
+    CAPACITY: (1.0, (1, 1000), "from 1 (balanced routing) to 1000"),
+    AUX_LOSS: (0.0, (0, 1000), "from 0 (no auxiliary loss) to 1000"),
+}
+
+
+def _number(name: str, expr: Expr | None, diags: list[Diagnostic]) -> float | None:
+    default, (low, high), meaning = _NUMBERS[name]
     if expr is None:
-        return 1.0
+        return default
+
+    def no_names(ref: str, span: Span):
+        raise EvalError(error(f"{name} is a number, not a name ('{ref}')", span))
+
     try:
-        value = evaluate(expr, _no_names)
+        value = evaluate(expr, no_names)
     except EvalError as exc:
         diags.append(exc.diagnostic)
         return None
-    if not 1 <= value <= 1000:
-        diags.append(error(f"capacity_factor must be from 1 (balanced routing) to 1000, not {value:g}", expr.span))
+    if not low <= value <= high:
+        diags.append(error(f"{name} must be {meaning}, not {value:g}", expr.span))
         return None
     return float(value)
-
-
-def _no_names(name: str, span: Span):
-    raise EvalError(error(f"capacity_factor is a number, not a name ('{name}')", span))
 
 
 # -- rules relating experts to the mesh (as par.dsl.checks.crosscheck's) ------------------------------

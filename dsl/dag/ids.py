@@ -19,7 +19,7 @@ def collective_id(layer: int | str, name: str, dp_rank: int | str, dp: int) -> s
     return f"layer_{layer}_{name}{suffix}"
 
 
-def routing_id(layer: int | str, name: str, group: int, groups: int, tp_rank: int, tp: int) -> str:
+def routing_id(layer: int | str, name: str, group: int | str, groups: int, tp_rank: int | str, tp: int) -> str:
     """A token routing of expert-parallel group `group` (of `groups` per stage), one per tensor-parallel rank."""
     return f"layer_{layer}_{name}" + (f"_ep{group}" if groups > 1 else "") + (f"_tp{tp_rank}" if tp > 1 else "")
 

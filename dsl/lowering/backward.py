@@ -14,7 +14,9 @@ them (Megatron's sequence-parallel gather), unless each rank's uses read only it
 (below). Elsewhere:
 
 * an R tensor entering column-parallel linears goes through `copy_to_tp` (identity forward,
-  AllReduce of the partial input gradient in backward), once per tensor (`Step.copied`);
+  AllReduce of the partial input gradient in backward), once per tensor (`Step.copied`); so does
+  an R operand of an op that gives a partial sum (the router's scores weighting the experts'
+  partial results in `unpermute`: its gradient is partial too);
 * an R tensor that is only sliced goes through `scatter_to_tp` (slice forward, AllGather of
   the gradient in backward); a slice inside a partial region, or of a tensor that went
   through `copy_to_tp`, is a plain local slice (no pair): its partial gradient is reduced there.
@@ -42,10 +44,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from par.dsl.dag.types import CollectiveOp
-from par.dsl.lowering.placement import Placement, R, dim_name
+from par.dsl.lowering.placement import P, Placement, R, dim_name
 from par.dsl.lowering.program import Step
 from par.dsl.registry.collectives import COLLECTIVES, COPY_TO_TP
-from par.dsl.registry.ops import COMPUTE_OPS
+from par.dsl.registry.ops import COMPUTE_OPS, OPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +178,13 @@ def _verb(subjects: list) -> str:
 
 
 def _takes_copy(step: Step) -> bool:
-    """Ops whose input gradient is partial although the input is replicated (`OpSpec.enters_tp`)."""
-    return step.kind == "compute" and step.style in COMPUTE_OPS[step.op].enters_tp
+    """Ops whose input gradient is partial although the input is replicated (`OpSpec.enters_tp`),
+    and block ops that give a partial sum from a replicated operand (unpermute: the router's
+    weights times the experts' partial results), whose gradient is partial too. The model's ends
+    have such ops as well (the loss), but their replicated operands take no gradient."""
+    if step.kind != "compute":
+        return False
+    return step.style in COMPUTE_OPS[step.op].enters_tp or (step.op in OPS and step.out_placement.local == P)
 
 
 def _enters_tp(step: Step) -> bool:

@@ -70,6 +70,9 @@ def test_moe_in_a_block_of_a_model_without_experts(errors_of):
         ("experts 8  top_k 2  router_norm maybe", "router_norm must be true or false, not maybe"),
         ("experts 8  top_k 2  capacity_factor 0.5", "capacity_factor must be from 1 (balanced routing) to 1000, not 0.5"),
         ("experts 0  top_k 2", "experts must be at least 1, not 0"),
+        ("experts 8  top_k 2  router_aux_loss_coef -0.01", "router_aux_loss_coef must be from 0 (no auxiliary loss) to 1000, not -0.01"),
+        ("experts 8  top_k 2  router_aux_loss_coef x", "router_aux_loss_coef is a number, not a name ('x')"),
+        ("router_aux_loss_coef 0.01", "router_aux_loss_coef is set but the model has no experts"),
     ],
 )
 def test_expert_settings(errors_of, moe, message):
@@ -82,6 +85,20 @@ def test_overrides_reach_the_expert_settings(errors_of):
 
     overrides, _ = parse_defines(["experts=2"])
     assert [err.message.split(":")[0] for err in errors_of(spec(), overrides=overrides)] == ["experts (2) is not divisible by ep (4)"]
+
+
+def test_the_auxiliary_loss_setting_and_its_override():
+    from par.dsl.checks.check import check
+    from par.dsl.frontend.inputs import parse_defines
+    from par.dsl.frontend.parser import parse_text
+
+    deployment, _ = check(parse_text(spec(moe="experts 4  top_k 2  router_aux_loss_coef 0.01"), "t.par"))
+    assert deployment.model.moe.router_aux_loss_coef == 0.01
+    overrides, _ = parse_defines(["router_aux_loss_coef=0.5"])
+    deployment, _ = check(parse_text(spec(moe="experts 4  top_k 2"), "t.par"), overrides)
+    assert deployment.model.moe.router_aux_loss_coef == 0.5
+    deployment, _ = check(parse_text(spec(moe="experts 4  top_k 2"), "t.par"))
+    assert deployment.model.moe.router_aux_loss_coef == 0  # off unless set
 
 
 def test_unbalanced_token_count_is_an_error_at_experts(errors_of):

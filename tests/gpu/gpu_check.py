@@ -46,14 +46,16 @@ def mesh_for(gpus: int) -> tuple[int, int]:
     return (2, 2) if gpus >= 4 else (2, 1)
 
 
-def writes_model(path: Path) -> bool:
-    """Whether `par build` writes a model.py for the spec."""
+def checked(path: Path) -> bool:
+    """Whether `par build` writes a model.py for the spec that `--check` can hold to Reference in
+    fp16 and bf16. Not a mixture of experts: its router in low precision may choose other experts
+    than Reference's fp32 router for tokens whose scores are within rounding of each other."""
     from par.codegen.artifacts import not_generated
     from par.dsl.checks.check import check
     from par.dsl.frontend.parser import parse_text
 
     deployment, _ = check(parse_text(path.read_text(encoding="utf-8"), path.name))
-    return not not_generated(deployment)
+    return not not_generated(deployment) and deployment.model.moe is None
 
 
 def builds(gpus: int) -> list[Build]:
@@ -67,8 +69,8 @@ def builds(gpus: int) -> list[Build]:
     }
     found = []
     for path in sorted(SPECS.glob("*.par")):
-        if not writes_model(path):
-            continue  # mixture-of-experts specs: par writes no model.py for them yet
+        if not checked(path):
+            continue
         for dtype in DTYPES:
             defines = (*TINY, *mesh, *per_spec.get(path.stem, []), f"dtype={dtype}")
             found.append(Build(path.stem, dtype, defines, tp * pp))

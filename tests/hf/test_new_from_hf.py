@@ -116,8 +116,10 @@ def test_qwen2_takes_the_qwen2_block(tmp_path):
          "use_sliding_window", "use_sliding_window true"),
         (lambda: transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, activation_function="relu"),
          "activation_function", 'activation_function "relu"'),
-        (lambda: transformers.MixtralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
-         "model_type", 'model_type "mixtral" is not supported'),
+        (lambda: transformers.OlmoConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
+         "model_type", 'model_type "olmo" is not supported'),
+        (lambda: transformers.MixtralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, router_jitter_noise=0.1),
+         "router_jitter_noise", "router_jitter_noise 0.1: the router sees the hidden states as they are"),
     ],
 )
 def test_a_setting_the_block_does_not_compute_is_an_error_at_its_line(config, key, message, tmp_path, par):
@@ -149,7 +151,7 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path, par):
     assert code == 1 and "the config has no hidden_size (the spec's hidden)" in err
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "mistral", "mixtral"])
 def test_the_spec_written_passes_par_check(tmp_path, par, family):
     sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
                  vocab_size=99)
@@ -158,6 +160,7 @@ def test_the_spec_written_passes_par_check(tmp_path, par, family):
         "gpt2": lambda: transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=64),
         "qwen2": lambda: transformers.Qwen2Config(**sizes),
         "mistral": lambda: transformers.MistralConfig(**sizes, head_dim=8, sliding_window=None),
+        "mixtral": lambda: transformers.MixtralConfig(**sizes, num_local_experts=4, num_experts_per_tok=2),
     }[family]()
     saved(config, tmp_path)
     code, spec, _ = par("new", "--from-hf", tmp_path, "--tp", "2", "--pp", "2", "--sp", "--seq", "16")
@@ -183,3 +186,15 @@ def test_the_rope_mapping_covers_exactly_what_the_core_computes():
     assert set(ROPE_SCALING.values()) == set(NEEDS)
     for rope_type, keys in ROPE_TYPES.items():
         assert tuple(keys.values()) == NEEDS[ROPE_SCALING[rope_type]], rope_type
+
+
+def test_mixtral_maps_its_experts_router_and_aux_loss(tmp_path, par):
+    config = transformers.MixtralConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+        vocab_size=99, num_local_experts=8, num_experts_per_tok=2, router_aux_loss_coef=0.02,
+    )
+    saved(config, tmp_path)
+    code, spec, _ = par("new", "--from-hf", tmp_path, "--seq", "16")
+    assert code == 0
+    assert "model mixtral : mixtral {" in spec
+    assert "  experts 8  top_k 2  router_aux_loss_coef 0.02\n" in spec and "ffn 48" in spec

@@ -17,7 +17,7 @@ SPECS = ROOT / "specs"
 
 
 def writes_model(path: Path) -> bool:
-    """Whether `par build` writes a model.py for the spec (not for mixture-of-experts ones yet)."""
+    """Whether `par build` writes a model.py for the spec (not for a block per range of layers yet)."""
     deployment, _ = check(parse_text(path.read_text(encoding="utf-8"), path.name))
     return not not_generated(deployment)
 

@@ -43,6 +43,11 @@ SHIPPED = {
     "llama mha": ("llama_gqa", ["heads=4", "kv_heads=4", "tp=4", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"]),
     # Low precision: norm statistics (fp32 on CUDA, the dtype on CPU) and RMSNorm's fp32 copies.
     "megatron fp16": ("megatron_tp8_pp2", ["tp=2", "layers=4", "batch=4", "dtype=fp16"]),
+    # Routed experts over ep 2 (the dispatch and combine stand in as balanced routing), a shared expert.
+    "mixtral ep2, shared expert": (
+        "mixtral_8x7b", ["tp=2", "pp=2", "dp=2", "ep=2", "layers=2", "batch=8", "microbatches=2", "kv_heads=2", "experts=4",
+                         "shared_experts=1", "expert_ffn=128"],
+    ),
     "llama bf16": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "dtype=bf16"]),
 }
 TOLERANCE = 0.05
@@ -60,11 +65,18 @@ class _Keeps(torch.autograd.Function):
         return grad, None
 
 
-def _stand_ins(tp: int) -> dict:
-    """The pairs as one rank sees their shapes: a gather repeats its part, a scatter keeps one."""
+def _stand_ins(tp: int, local_experts: int = 1) -> dict:
+    """The pairs as one rank sees their shapes: a gather repeats its part, a scatter keeps one; a
+    token dispatch brings as many tokens as the rank sends (balanced routing), spread evenly
+    over its local experts, and the combine takes them back."""
 
     def part(x, dim):
         return x.chunk(tp, dim=dim)[0].contiguous()
+
+    def dispatch(tokens, routing, group):
+        share, rest = divmod(tokens.shape[0], local_experts)
+        routing.local_counts = [share + rest] + [share] * (local_experts - 1)
+        return _Keeps.apply(tokens, torch.clone)
 
     return {
         "all_reduce": lambda x, group: _Keeps.apply(x, torch.clone),
@@ -76,18 +88,20 @@ def _stand_ins(tp: int) -> dict:
         "all_to_all": lambda x, *, scatter_dim, gather_dim, group: _Keeps.apply(
             x, lambda t: torch.cat([t.chunk(tp, dim=scatter_dim)[0]] * tp, dim=gather_dim)
         ),
+        "dispatch": dispatch,
+        "combine": lambda x, routing, group: _Keeps.apply(x, torch.clone),
     }
 
 
 def measured_stage(compiled, folder, stage: int) -> int:
     """What the code keeps for one microbatch's backward on rank 0 of `stage` (tp rank 0)."""
     module = load_module(write_model(compiled, folder), f"saved_{id(folder)}_{stage}")
-    for name, stand_in in _stand_ins(module.TP).items():
+    for name, stand_in in _stand_ins(module.TP, getattr(module, "LOCAL_EXPERTS", 1)).items():
         if hasattr(module, name):
             setattr(module, name, stand_in)
     if hasattr(module, "_all_reduce"):  # the loss's AllReduces, in place: this rank's values stand for the group's
         module._all_reduce = lambda tensor, group, op=None: tensor
-    groups = types.SimpleNamespace(tp=None, dp=None, stage=stage, tp_rank=0, dp_rank=0, rank=stage * module.TP)
+    groups = types.SimpleNamespace(tp=None, dp=None, ep=None, stage=stage, tp_rank=0, dp_rank=0, rank=stage * module.TP)
     torch.manual_seed(0)
     model = module.Stage(groups).to(module.DTYPE)
     with torch.no_grad():

@@ -6,7 +6,7 @@ import datetime
 
 import torch.distributed as dist
 
-from par.codegen.pytorch.runtime.spec import DP, PP, TIED, TP
+from par.codegen.pytorch.runtime.spec import DP, EP, PP, TIED, TP
 
 # -- Process groups -----------------------------------------------------------------------------
 
@@ -45,6 +45,24 @@ class Groups:
                 for t in range(TP)
             }
             self.dp = dp_groups[self.stage, self.tp_rank]
+        if EP > 1:
+            # docs/language.md: the same stage and tensor-parallel rank in EP consecutive replicas
+            ep_groups = {
+                (b, s, t): dist.new_group([global_rank(d, s, t) for d in range(b * EP, (b + 1) * EP)], timeout=timeout)
+                for b in range(DP // EP)
+                for s in range(PP)
+                for t in range(TP)
+            }
+            self.ep = ep_groups[self.dp_rank // EP, self.stage, self.tp_rank]
+        if EP > 1 and DP > EP:
+            # the ranks holding the same experts, one in each expert-parallel group
+            expert_dp_groups = {
+                (e, s, t): dist.new_group([global_rank(d, s, t) for d in range(e, DP, EP)], timeout=timeout)
+                for e in range(EP)
+                for s in range(PP)
+                for t in range(TP)
+            }
+            self.expert_dp = expert_dp_groups[self.dp_rank % EP, self.stage, self.tp_rank]
         if TIED and PP > 1:
             # Megatron's embedding group: the ranks holding the same rows of the tied matrix, on
             # the first stage (the embedding) and the last (the head)

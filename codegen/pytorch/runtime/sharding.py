@@ -7,14 +7,24 @@ import torch
 from par.codegen.pytorch.runtime.groups import Groups, coordinates
 from par.codegen.pytorch.runtime.model import END_SHARDING, SHARDING, Stage
 from par.codegen.pytorch.runtime.ops import group_heads
-from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, ENDS, PADDED, PADDED_VOCAB, PP, STAGES, TIED, TP
+from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, ENDS, EP, MOE, PADDED, PADDED_VOCAB, PP, STAGES, TIED, TP
 
 # The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the padding
 # rows are zero here, when loading a checkpoint, and dropped when saving one.
 VOCABULARY = "rows of the vocabulary"
 
 
-def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int) -> torch.Tensor:
+# The split of the experts' weights, [experts, out, in]: the local experts of the rank's place
+# in its expert-parallel group, then (after ", ") their rows or columns as a dense linear's.
+EXPERTS_SPLIT = "experts"
+
+
+def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int, ep_rank: int = 0) -> torch.Tensor:
+    if MOE and split.startswith(EXPERTS_SPLIT):
+        tensor = tensor.chunk(EP, dim=0)[ep_rank]
+        if split == EXPERTS_SPLIT:
+            return tensor
+        return tensor.chunk(TP, dim=1 if split.endswith("rows") else 2)[tp_rank]
     if split == "replicated":
         return tensor
     if PADDED and split == VOCABULARY:  # padding rows: zero, never looked up, masked in the loss
@@ -30,8 +40,11 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
 
     Only the layers of the rank's stage are read, so `full` may hold just those.
     """
-    _, stage, tp_rank = coordinates(rank)
-    return {name: shard_parameter(full[name], split, tp_rank) for name, split in stage_sharding(stage).items()}
+    dp_rank, stage, tp_rank = coordinates(rank)
+    ep_rank = 0  # the rank's place in its expert-parallel group
+    if EP > 1:
+        ep_rank = dp_rank % EP
+    return {name: shard_parameter(full[name], split, tp_rank, ep_rank) for name, split in stage_sharding(stage).items()}
 
 
 def stage_sharding(stage: int) -> dict[str, str]:

@@ -11,6 +11,8 @@ from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.spec import (
     DP,
+    EP,
+    EXPERT_GRADIENTS,
     FP32_GRADIENTS,
     GRAD_DTYPE,
     MIXED_PRECISION,
@@ -23,7 +25,8 @@ from par.codegen.pytorch.runtime.spec import (
 # Every gradient of a stage lives in one flat GRAD_DTYPE buffer, allocated once: accumulated
 # there over the microbatches and reduced there in place, one AllReduce per group. Parameters
 # whose gradients are partial over the tensor-parallel group (PARTIAL_GRADIENTS) come first, so
-# that their AllReduce is one slice of the buffer.
+# that their AllReduce is one slice of the buffer; with expert parallelism the local experts'
+# (EXPERT_GRADIENTS) come last, reduced over the ranks holding the same experts.
 
 
 def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -34,6 +37,11 @@ def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
 def partial_gradient(name: str) -> bool:
     """Whether parameter `name` of a stage (`layers.5.ln1.weight`, `final_norm.weight`) is in PARTIAL_GRADIENTS."""
     return (name.split(".", 2)[2] if name.startswith("layers.") else name) in PARTIAL_GRADIENTS
+
+
+def expert_gradient(name: str) -> bool:
+    """Whether parameter `name` of a stage is a local experts' weight (EXPERT_GRADIENTS)."""
+    return name.startswith("layers.") and name.split(".", 2)[2] in EXPERT_GRADIENTS
 
 
 class AddGradient:
@@ -56,6 +64,9 @@ class GradientBuffer:
         if PARTIAL_GRADIENTS:
             named.sort(key=lambda item: not partial_gradient(item[0]))  # partial ones first
             self.partial = sum(param.numel() for name, param in named if partial_gradient(name))
+        if EP > 1:
+            named.sort(key=lambda item: expert_gradient(item[0]))  # the local experts' last
+            self.dense = sum(param.numel() for name, param in named if not expert_gradient(name))
         first = named[0][1]
         self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
         parts = self.flat.split([param.numel() for _, param in named])
@@ -88,8 +99,15 @@ class GradientBuffer:
             # The two copies of the tied matrix, on the first and the last stage, add their gradients.
             _all_reduce(self.views["embed.weight"], groups.embedding)
         if DP > 1:
-            self.flat.div_(DP)
-            _all_reduce(self.flat, groups.dp)  # the mean over replicas
+            self.flat.div_(DP)  # the mean over replicas
+            if EP > 1:
+                # Each expert's tokens came from the EP replicas of its group: its gradient already
+                # sums theirs, and the ranks holding the same experts (one per group) add the rest.
+                _all_reduce(self.flat[: self.dense], groups.dp)
+                if DP > EP:
+                    _all_reduce(self.flat[self.dense :], groups.expert_dp)
+            else:
+                _all_reduce(self.flat, groups.dp)
         if MIXED_PRECISION and not FP32_GRADIENTS:
             self.main.copy_(self.flat)
 

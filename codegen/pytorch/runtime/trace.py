@@ -12,8 +12,10 @@ import torch.distributed as dist
 # With --trace DIR, every process writes DIR/rank<r>.json: each collective it issues, in order,
 # with its phase ("forward" or "backward" of a microbatch, or "step" for the gradient reduction
 # after the last microbatch), the microbatch, the collective (allreduce, allgather,
-# reducescatter, alltoall, send, recv), the global ranks of its group ([this rank] and `peer`
-# for send and recv) and the bytes of this rank's input. The forward events of every
+# reducescatter, alltoall, dispatch, combine, send, recv), the global ranks of its group ([this
+# rank] and `peer` for send and recv) and the bytes of this rank's input; a token dispatch or
+# combine also records its split sizes, the rows sent to and received from each member
+# (`splits`: [send, receive]), which differ between ranks and steps. The forward events of every
 # microbatch are the DAG's collectives on this rank, in DAG order.
 
 
@@ -23,8 +25,10 @@ class CollectiveTrace:
         self.phase = "step"
         self.microbatch: int | None = None
 
-    def record(self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None) -> None:
-        event = {
+    def record(
+        self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None, split_sizes: tuple | None = None
+    ) -> None:
+        event: dict[str, object] = {
             "phase": self.phase,
             "microbatch": self.microbatch,
             "op": op,
@@ -33,6 +37,8 @@ class CollectiveTrace:
         }
         if peer is not None:
             event["peer"] = peer
+        if split_sizes is not None:
+            event["splits"] = [list(sizes) for sizes in split_sizes]
         self.events.append(event)
 
     def write(self, folder: str, rank: int) -> None:
@@ -56,7 +62,13 @@ def set_phase(phase: str, microbatch: int | None = None) -> None:
         TRACE.phase, TRACE.microbatch = phase, microbatch
 
 
-def _record(op: str, tensor: torch.Tensor, group: dist.ProcessGroup | None = None, peer: int | None = None) -> None:
+def _record(
+    op: str,
+    tensor: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+    peer: int | None = None,
+    split_sizes: tuple | None = None,
+) -> None:
     if TRACE is not None:
         ranks = [dist.get_rank()] if group is None else dist.get_process_group_ranks(group)
-        TRACE.record(op, tensor, ranks, peer)
+        TRACE.record(op, tensor, ranks, peer, split_sizes)

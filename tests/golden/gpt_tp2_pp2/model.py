@@ -451,7 +451,7 @@ END_SHARDING = {
 VOCABULARY = "rows of the vocabulary"
 
 
-def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int) -> torch.Tensor:
+def shard_parameter(tensor: torch.Tensor, split: str, tp_rank: int, ep_rank: int = 0) -> torch.Tensor:
     if split == "replicated":
         return tensor
     if split == VOCABULARY:  # padding rows: zero, never looked up, masked in the loss
@@ -467,8 +467,9 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
 
     Only the layers of the rank's stage are read, so `full` may hold just those.
     """
-    _, stage, tp_rank = coordinates(rank)
-    return {name: shard_parameter(full[name], split, tp_rank) for name, split in stage_sharding(stage).items()}
+    dp_rank, stage, tp_rank = coordinates(rank)
+    ep_rank = 0  # the rank's place in its expert-parallel group
+    return {name: shard_parameter(full[name], split, tp_rank, ep_rank) for name, split in stage_sharding(stage).items()}
 
 
 def stage_sharding(stage: int) -> dict[str, str]:
@@ -546,8 +547,10 @@ class Groups:
 # With --trace DIR, every process writes DIR/rank<r>.json: each collective it issues, in order,
 # with its phase ("forward" or "backward" of a microbatch, or "step" for the gradient reduction
 # after the last microbatch), the microbatch, the collective (allreduce, allgather,
-# reducescatter, alltoall, send, recv), the global ranks of its group ([this rank] and `peer`
-# for send and recv) and the bytes of this rank's input. The forward events of every
+# reducescatter, alltoall, dispatch, combine, send, recv), the global ranks of its group ([this
+# rank] and `peer` for send and recv) and the bytes of this rank's input; a token dispatch or
+# combine also records its split sizes, the rows sent to and received from each member
+# (`splits`: [send, receive]), which differ between ranks and steps. The forward events of every
 # microbatch are the DAG's collectives on this rank, in DAG order.
 
 
@@ -557,8 +560,10 @@ class CollectiveTrace:
         self.phase = "step"
         self.microbatch: int | None = None
 
-    def record(self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None) -> None:
-        event = {
+    def record(
+        self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None, split_sizes: tuple | None = None
+    ) -> None:
+        event: dict[str, object] = {
             "phase": self.phase,
             "microbatch": self.microbatch,
             "op": op,
@@ -567,6 +572,8 @@ class CollectiveTrace:
         }
         if peer is not None:
             event["peer"] = peer
+        if split_sizes is not None:
+            event["splits"] = [list(sizes) for sizes in split_sizes]
         self.events.append(event)
 
     def write(self, folder: str, rank: int) -> None:
@@ -590,10 +597,16 @@ def set_phase(phase: str, microbatch: int | None = None) -> None:
         TRACE.phase, TRACE.microbatch = phase, microbatch
 
 
-def _record(op: str, tensor: torch.Tensor, group: dist.ProcessGroup | None = None, peer: int | None = None) -> None:
+def _record(
+    op: str,
+    tensor: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+    peer: int | None = None,
+    split_sizes: tuple | None = None,
+) -> None:
     if TRACE is not None:
         ranks = [dist.get_rank()] if group is None else dist.get_process_group_ranks(group)
-        TRACE.record(op, tensor, ranks, peer)
+        TRACE.record(op, tensor, ranks, peer, split_sizes)
 
 
 # -- Collectives: every one the model issues goes through these functions -----------------------
@@ -994,7 +1007,8 @@ class PipelineSchedule:
 # Every gradient of a stage lives in one flat GRAD_DTYPE buffer, allocated once: accumulated
 # there over the microbatches and reduced there in place, one AllReduce per group. Parameters
 # whose gradients are partial over the tensor-parallel group (PARTIAL_GRADIENTS) come first, so
-# that their AllReduce is one slice of the buffer.
+# that their AllReduce is one slice of the buffer; with expert parallelism the local experts'
+# (EXPERT_GRADIENTS) come last, reduced over the ranks holding the same experts.
 
 
 def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
