@@ -80,9 +80,13 @@ class Model:
         return DTYPE_BYTES[self.dtype]
 
 
-def mesh_coords(rank: int, *, tp: int, pp: int) -> tuple[int, int, int]:
-    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
-    return rank // (tp * pp), (rank // tp) % pp, rank % tp
+# Context parallelism's attention algorithms (docs/language.md, Context parallelism).
+CP_ATTENTION = ("ring", "allgather")
+
+
+def mesh_coords(rank: int, *, tp: int, pp: int, cp: int = 1) -> tuple[int, int, int]:
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then cp, then pp, then dp."""
+    return rank // (tp * cp * pp), (rank // (tp * cp)) % pp, rank % tp
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,30 +100,54 @@ class Mesh:
     sequence_parallel: bool
     grad_dtype: Dtype  # fp32, or the model's dtype: what gradients are accumulated and reduced in
     ep: int = 1  # expert-parallel degree: folds inside dp (docs/language.md, The expert-parallel group)
+    cp: int = 1  # context-parallel degree: the sequence split across ranks (docs/language.md, Context parallelism)
+    cp_attention: str = "ring"  # one of CP_ATTENTION
 
     @property
     def world(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
 
-    def rank(self, *, dp_rank: int, stage: int, tp_rank: int) -> int:
-        """tp fastest, then pp, then dp (docs/cost.md: Devices)."""
-        return (dp_rank * self.pp + stage) * self.tp + tp_rank
+    def rank(self, *, dp_rank: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
+        """tp fastest, then cp, then pp, then dp (docs/language.md, The rank order); with cp 1
+        the numbering of a mesh without context parallelism."""
+        return ((dp_rank * self.pp + stage) * self.cp + cp_rank) * self.tp + tp_rank
 
     def coords(self, rank: int) -> tuple[int, int, int]:
         """(dp_rank, stage, tp_rank) of a global rank."""
-        return mesh_coords(rank, tp=self.tp, pp=self.pp)
+        return mesh_coords(rank, tp=self.tp, pp=self.pp, cp=self.cp)
 
-    def tp_group(self, *, dp_rank: int, stage: int) -> tuple[int, ...]:
-        return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=t) for t in range(self.tp))
+    def cp_rank(self, rank: int) -> int:
+        """Which part of the sequence `rank` holds: its place in its context-parallel group."""
+        return (rank // self.tp) % self.cp
+
+    def tp_group(self, *, dp_rank: int, stage: int, cp_rank: int = 0) -> tuple[int, ...]:
+        return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=t, cp_rank=cp_rank) for t in range(self.tp))
 
     def tp_group_of(self, rank: int) -> tuple[int, ...]:
         dp_rank, stage, _ = self.coords(rank)
-        return self.tp_group(dp_rank=dp_rank, stage=stage)
+        return self.tp_group(dp_rank=dp_rank, stage=stage, cp_rank=self.cp_rank(rank))
+
+    def cp_group(self, *, dp_rank: int, stage: int, tp_rank: int) -> tuple[int, ...]:
+        """The ring of a context-parallel group, in cp-rank order: rank c sends to c + 1."""
+        return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank, cp_rank=c) for c in range(self.cp))
+
+    def cp_group_of(self, rank: int) -> tuple[int, ...]:
+        dp_rank, stage, tp_rank = self.coords(rank)
+        return self.cp_group(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
 
     def dp_group_of(self, rank: int) -> tuple[int, ...]:
         """The ranks that hold the same shard as `rank` in every data-parallel replica."""
         _, stage, tp_rank = self.coords(rank)
-        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in range(self.dp))
+        cp_rank = self.cp_rank(rank)
+        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank, cp_rank=cp_rank) for d in range(self.dp))
+
+    def gradient_group_of(self, rank: int) -> tuple[int, ...]:
+        """The ranks whose gradients of `rank`'s parameters are summed: the same shard in every
+        data-parallel replica and every part of the sequence (dp × cp ranks)."""
+        _, stage, tp_rank = self.coords(rank)
+        return tuple(
+            self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank, cp_rank=c) for d in range(self.dp) for c in range(self.cp)
+        )
 
     def ep_replicas(self, dp_rank: int) -> tuple[int, ...]:
         """The data-parallel replicas whose ranks form expert-parallel groups with `dp_rank`'s:
@@ -131,7 +159,8 @@ class Mesh:
         """The expert-parallel group of `rank`: its stage and tensor-parallel rank in each of its
         `ep` consecutive data-parallel replicas."""
         dp_rank, stage, tp_rank = self.coords(rank)
-        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in self.ep_replicas(dp_rank))
+        cp_rank = self.cp_rank(rank)
+        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank, cp_rank=cp_rank) for d in self.ep_replicas(dp_rank))
 
     def expert_dp_group_of(self, rank: int) -> tuple[int, ...]:
         """The ranks holding the same experts as `rank` (its place in every expert-parallel
@@ -142,7 +171,9 @@ class Mesh:
 
     def stage_ranks(self, stage: int) -> tuple[int, ...]:
         """Every rank of a pipeline stage, replica by replica."""
-        return tuple(rank for d in range(self.dp) for rank in self.tp_group(dp_rank=d, stage=stage))
+        return tuple(
+            rank for d in range(self.dp) for c in range(self.cp) for rank in self.tp_group(dp_rank=d, stage=stage, cp_rank=c)
+        )
 
     def attributes(self) -> MeshAttrs:
         """The mesh as the DAG's graph attributes carry it (`graph.graph["mesh"]`)."""
@@ -159,6 +190,9 @@ class Mesh:
         }
         if self.ep > 1:  # absent means 1: DAGs without experts read as before
             attributes["ep"] = self.ep
+        if self.cp > 1:  # absent means 1: DAGs without context parallelism read as before
+            attributes["cp"] = self.cp
+            attributes["cp_attention"] = self.cp_attention
         return attributes
 
     @classmethod
@@ -175,6 +209,8 @@ class Mesh:
             data["sequence_parallel"],
             data["grad_dtype"],
             data.get("ep", 1),
+            data.get("cp", 1),
+            data.get("cp_attention", "ring"),
         )
 
 
