@@ -47,12 +47,18 @@ def renderers(svg: str = "auto") -> list[tuple[str, Renderer]]:
 def not_generated(deployment: Deployment) -> list[str]:
     """The ops of the deployment's blocks that model.py does not generate yet (empty: it writes model.py)."""
     blocks = [deployment.block] + [block for _, _, block in deployment.layer_blocks]
-    return sorted({op.op for block in blocks for op in block.ops} & NOT_GENERATED)
+    missing = {op.op for block in blocks for op in block.ops} & NOT_GENERATED
+    if deployment.mesh.cp > 1:  # context parallelism's attention (par.dsl.dag.ring)
+        missing |= {"ring_attention", "attn_merge"}
+    return sorted(missing)
 
 
 def model_or_skip(compiled: Compiled) -> str | Skip:
     """model.py, or the notice that this deployment's ops are not generated yet."""
     missing = not_generated(compiled.deployment)
+    mesh = compiled.deployment.mesh
+    if mesh.cp > 1:
+        return Skip(f"model.py not written for context parallelism (cp {mesh.cp}, {mesh.cp_attention}): par does not generate ring attention yet")
     if missing:
         return Skip(f"model.py not written for mixture-of-experts deployments: par does not generate {', '.join(missing)} yet")
     return emit_model(compiled)

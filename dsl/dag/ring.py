@@ -138,7 +138,7 @@ class RingBuilder:
         data: NodeAttrs = {
             "op": "send" if op == "send" else "recv",
             "kind": "comm",
-            "name": op,
+            "name": f"{op}_kv_step{index}",
             "layer": layer,
             "stage": stage,
             "devices": [rank],
