@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from par.dsl.checks.deployment import Deployment
 from par.dsl.dag import ids
-from par.dsl.dag.types import EdgeAttrs, NodeAttrs, Shape
+from par.dsl.dag.types import NodeAttrs, Shape
 from par.dsl.lowering.program import Step
 from par.dsl.registry.collectives import COLLECTIVES
 from par.dsl.registry.ops import MERGE_FLOPS, elements

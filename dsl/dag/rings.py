@@ -53,12 +53,13 @@ def _closes(ring: str, transfers: list[str], nodes: dict[str, NodeAttrs]) -> lis
         by_step[data.get("ring_step", 0)][data["op"]][_rank(data)].append(node)
     for step in sorted(by_step):
         sends, recvs = by_step[step]["send"], by_step[step]["recv"]
+        before = len(found)
         for rank in members:
-            for op, held in (("send", sends), ("recv", recvs)):
-                count = len(held.get(rank, []))
+            for op, issued in (("send", sends), ("recv", recvs)):
+                count = len(issued.get(rank, []))
                 if count != 1:
-                    at = held[rank][0] if held.get(rank) else None
-                    found.append((8, f"ring {ring}, step {step}: gpu {rank} has {count} {op}s, not 1", at or transfers[0]))
+                    at = issued[rank][0] if issued.get(rank) else transfers[0]
+                    found.append((8, f"ring {ring}, step {step}: gpu {rank} has {count} {op}s, not 1", at))
         following: dict[int, int] = {}
         for rank, held in sends.items():
             for node in held:
@@ -67,7 +68,7 @@ def _closes(ring: str, transfers: list[str], nodes: dict[str, NodeAttrs]) -> lis
                     found.append((8, f"ring {ring}, step {step}: {node} sends to its own gpu {rank}", node))
                 elif peer is not None:
                     following[rank] = peer
-        if found:
+        if len(found) > before:
             continue
         cycle = _cycle_from(members[0], following)
         if sorted(cycle) != members:
@@ -132,7 +133,7 @@ def _runs(ring: str, transfers: list[str], nodes: dict[str, NodeAttrs]) -> list[
     queues: dict[int, list[str]] = defaultdict(list)
     for node in transfers:
         queues[_rank(nodes[node])].append(node)
-    for rank, queue in queues.items():
+    for queue in queues.values():
         step_of = {node: nodes[node].get("ring_step", 0) for node in queue}
         # Within a step, a transfer recorded `after` another of the same step comes second.
         queue.sort(key=lambda node: (step_of[node], nodes[node].get("after") in step_of and step_of.get(nodes[node].get("after", "")) == step_of[node]))
@@ -148,10 +149,9 @@ def _runs(ring: str, transfers: list[str], nodes: dict[str, NodeAttrs]) -> list[
             if data["op"] != "send":
                 continue
             peer = data.get("peer")
-            other = queues.get(peer) if peer is not None else None
-            if other is None or heads[peer] >= len(other):
+            if peer is None or peer not in queues or heads[peer] >= len(queues[peer]):
                 continue
-            waiting = nodes[other[heads[peer]]]
+            waiting = nodes[queues[peer][heads[peer]]]
             if waiting["op"] == "recv" and waiting.get("peer") == rank and waiting.get("ring_step") == data.get("ring_step"):
                 heads[rank] += 1
                 heads[peer] += 1
