@@ -41,6 +41,9 @@ RULES: dict[str, Rule] = {rule.code: rule for rule in (
          "consecutive pipeline stages on different GPUs joined with no Send/Recv"),
     Rule("DAG018", "stage-gpus-unused", "a stage labelled with N GPUs whose nodes use fewer"),
     Rule("DAG019", "unfilled-template", "a label holds a template placeholder never filled in"),
+    Rule("DAG020", "ring-not-closed", "the transfers of keys and values between GPUs do not close a ring"),
+    Rule("DAG021", "ring-send-to-self", "a ring step passes keys and values to the GPU that holds them"),
+    Rule("DAG022", "kv-never-reaches", "a GPU of a ring receives no block of keys and values"),
     Rule("SPEC001", "spec-layer-missing", "a layer of the spec's DAG has no node in the DOT file"),
     Rule("SPEC002", "spec-collective-missing",
          "a collective of the spec's DAG is missing from the DOT file's layer, or a pipeline "
