@@ -46,8 +46,10 @@ def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
     """
     mesh = graph_data["mesh"]
     times, device = (" × ", "GPU") if drawing else (" x ", "device")
-    axes = ("tp", "cp", "pp", "dp") if "cp" in mesh else ("tp", "pp", "dp")  # cp: absent when 1
-    grid = times.join(f"{axis} {mesh[axis]}" for axis in axes)
+    sizes = [("tp", mesh["tp"]), ("pp", mesh["pp"]), ("dp", mesh["dp"])]
+    if "cp" in mesh:  # absent when 1: after tp, as ranks are numbered
+        sizes.insert(1, ("cp", mesh["cp"]))
+    grid = times.join(f"{axis} {size}" for axis, size in sizes)
     microbatches = plural(mesh["microbatches"], "microbatch", "microbatches")
     if drawing:
         run = f", {microbatches} ({mesh['schedule']})"
