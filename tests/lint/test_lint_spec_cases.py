@@ -210,16 +210,10 @@ _COMPACT_EP_LABEL = pytest.mark.xfail(
 )
 
 
-# A 235,698-node drawing: linting it at full size would take minutes; its drawings are linted
-# small below (test_context_parallel_drawings_match_their_spec).
-_TOO_BIG = pytest.mark.skip(reason="llama3_405b_cp's full-size drawing: linted small instead")
-
-
 def _spec_cases():
     for path in sorted(SPEC.parent.glob("*.par")):
         expert_parallel = path.stem in ("mixtral_8x7b", "deepseek_v3")
-        marks = [_COMPACT_EP_LABEL] if expert_parallel else [_TOO_BIG] if path.stem == "llama3_405b_cp" else []
-        yield pytest.param(path, id=path.stem, marks=marks)
+        yield pytest.param(path, id=path.stem, marks=[_COMPACT_EP_LABEL] if expert_parallel else [])
 
 
 @pytest.mark.slow
@@ -236,7 +230,7 @@ def test_par_build_drawings_of_the_specs_match_them(path):
 def test_context_parallel_drawings_match_their_spec(algorithm):
     """par's own drawings of a context-parallel spec (ring transfers on their GPUs, the merge) lint clean."""
     defines = ["layers=1", "cp=2", "tp=2", "seq=8", "hidden=32", "heads=4", "kv_heads=2", "ffn=64", "vocab=64", f"cp_attention={algorithm}"]
-    compiled = compile_file(SPEC.parent / "llama3_405b_cp.par", defines)
+    compiled = compile_file(SPEC.parents[1] / "bench" / "llama3_405b_cp.par", defines)
     for emit in (emit_dot, emit_compact_dot):
         graphs = read_dot_text(emit(compiled), file="dag.dot")
         assert [f for graph in graphs for f in lint_graph(graph, spec_dag=compiled.graph)[1]] == []
