@@ -69,7 +69,8 @@ class _Validator:
             if order is not None:
                 self.issue_order(order)
         self.layers()
-        self.found += [_violation(rule, message, self.graph, node) for rule, message, node in rings.prove(self.graph)]
+        if self.cp > 1:  # only context parallelism makes rings
+            self.found += [_violation(rule, message, self.graph, node) for rule, message, node in rings.prove(self.graph)]
         return self.found
 
     # 1 -----------------------------------------------------------------------------------------
