@@ -46,7 +46,10 @@ def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
     """
     mesh = graph_data["mesh"]
     times, device = (" × ", "GPU") if drawing else (" x ", "device")
-    grid = times.join(f"{axis} {mesh[axis]}" for axis in ("tp", "pp", "dp"))
+    sizes = [("tp", mesh["tp"]), ("pp", mesh["pp"]), ("dp", mesh["dp"])]
+    if "cp" in mesh:  # absent when 1: after tp, as ranks are numbered
+        sizes.insert(1, ("cp", mesh["cp"]))
+    grid = times.join(f"{axis} {size}" for axis, size in sizes)
     microbatches = plural(mesh["microbatches"], "microbatch", "microbatches")
     if drawing:
         run = f", {microbatches} ({mesh['schedule']})"
@@ -55,4 +58,5 @@ def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
         run = f"; {microbatches} of {shape} per step, {mesh['schedule']} schedule"
     parallel = ", sequence parallel" if mesh["sequence_parallel"] else ""
     experts = f", experts over ep {mesh['ep']}" if "ep" in mesh else ""
-    return f"mesh: {grid} = {plural(mesh['world'], device)}{run}{parallel}{experts}"
+    context = f", context parallel ({mesh['cp_attention']})" if "cp" in mesh else ""
+    return f"mesh: {grid} = {plural(mesh['world'], device)}{run}{parallel}{experts}{context}"

@@ -62,6 +62,8 @@ def sections(cost: Cost) -> list[Section]:
     found = [_devices_section(cost), _memory_section(cost), _comm_section(cost), _layer_section(cost)]
     if cost.experts is not None:
         found += _expert_sections(cost)
+    if cost.context is not None:
+        found.append(_context_section(cost))
     found.append(_pipeline_section(cost))
     if cost.hardware is not None:
         found.append(_step_section(cost))
@@ -109,6 +111,41 @@ def _expert_sections(cost: Cost) -> list[Section]:
     if first_moe is not None and shown and first_moe[1] != shown[0]:
         found.append(_layer_section(cost, at=first_moe))
     return found
+
+
+def _context_section(cost: Cost) -> Section:
+    """The ring of context parallelism: its steps, what each passes on and whether compute hides it."""
+    context = cost.context
+    assert context is not None
+    show = time_format(cost)
+    cp, ring = context.cp, context.algorithm == "ring"
+    step = "ring step" if ring else "attention"
+    rows = [
+        ("context-parallel group, algorithm", f"cp {cp}, {context.algorithm}"),
+        ("tokens of a sequence per device", f"{context.tokens:,} (chunks c and {2 * cp - 1} − c of {2 * cp})"),
+        ("attention FLOPs per layer per device, fwd/mb", units.flop(context.attention_flops)),
+        (f"FLOPs of one {step}", units.flop(context.step_flops) + (f" ({cp} steps per layer)" if ring else "")),
+        ("bytes each device sends per ring step" if ring else "bytes each device sends per AllGather", units.size(context.step_bytes)),
+    ]
+    if cost.hardware is not None:
+        rows += [(f"time of one {step}", show(context.step_compute))]
+        if ring:
+            hidden = "yes" if context.hidden else f"no: {show(context.exposed)} exposed per step"
+            rows += [("time of one transfer", show(context.step_transfer)), ("transfer hidden by the step's compute", hidden)]
+        else:
+            rows += [("time of the AllGather (not overlapped)", show(context.step_transfer))]
+    notes = (
+        f"Each device holds 2 of the {2 * cp} chunks of every sequence, c and {2 * cp - 1} − c, so the causal work is the same on "
+        f"every device: half of each step's score matrix. Cut into {cp} contiguous parts instead, the last device would do "
+        f"{float(context.unbalanced):.2f} times the average. FLOPs count the whole score matrix, as for attention without cp. "
+        + (
+            "A ring step attends to the block a device holds while it passes that block on: the transfer is hidden when the step "
+            "takes longer; the estimate counts only the rest. In backward the blocks travel again and their gradients (dK, dV) come back."
+            if ring
+            else "The AllGather runs before the attention; in backward a ReduceScatter returns the gradients of the keys and values."
+        ),
+    )
+    return Section("Context parallelism", ("quantity", "value"), tuple(rows), "lr", notes)
 
 
 def _first_routed_layer(cost: Cost) -> tuple[int, int] | None:

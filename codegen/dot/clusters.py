@@ -57,15 +57,19 @@ class ClusterTree:
                 self._replica(stage_cluster, stage, dp_rank)
 
     def _replica(self, stage_cluster: DotCluster, stage: int, dp_rank: int) -> None:
-        group = self.mesh.tp_group(dp_rank=dp_rank, stage=stage)
+        mesh = self.mesh
+        # Under context parallelism a replica holds every part of the sequence, tp ranks within each.
+        group = tuple(rank for c in range(mesh.cp) for rank in mesh.tp_group(dp_rank=dp_rank, stage=stage, cp_rank=c))
         parent = stage_cluster
         if self.mesh.dp > 1:
             title = f"Data-parallel replica {dp_rank}"
             parent = cluster(f"cluster_stage_{stage}_dp_{dp_rank}", title=title, rows=(gpus(group),), colours=style.CLUSTER_REPLICA)
             stage_cluster.clusters.append(parent)
         self.replicas[(stage, dp_rank)] = parent
-        for tp_rank, rank in enumerate(group):
-            self.gpus[rank] = cluster(f"cluster_gpu_{rank}", title=f"GPU {rank}", rows=(f"tp rank {tp_rank}",), colours=style.CLUSTER_GPU)
+        for rank in group:
+            tp_rank, cp_rank = rank % mesh.tp, mesh.cp_rank(rank)
+            row = f"tp rank {tp_rank}" + (f" · cp rank {cp_rank}" if mesh.cp > 1 else "")
+            self.gpus[rank] = cluster(f"cluster_gpu_{rank}", title=f"GPU {rank}", rows=(row,), colours=style.CLUSTER_GPU)
             self.members[rank] = []
             parent.clusters.append(self.gpus[rank])
 
@@ -73,6 +77,8 @@ class ClusterTree:
         """`group` of a GPU's nodes: one per (replica, tp rank), so stages line up in columns and
         `dot` avoids crossing the edges inside a GPU."""
         dp_rank, _, tp_rank = self.mesh.coords(rank)
+        if self.mesh.cp > 1:
+            return (("group", quoted(f"column_{dp_rank}_{self.mesh.cp_rank(rank)}_{tp_rank}")),)
         return (("group", quoted(f"column_{dp_rank}_{tp_rank}")),)
 
     def place(self, node_id: str, data: NodeAttrs, *, in_gpu: bool = True) -> None:

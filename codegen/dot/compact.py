@@ -93,7 +93,7 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
     for node_id, data in graph.nodes(data=True):
         target = rep(node_id)
         if target == node_id:
-            boundary = data["op"] in PIPELINE
+            boundary = data["op"] in PIPELINE and "ring" not in data  # a ring transfer stays on its GPU
             tree.place(node_id, data, in_gpu=not boundary)
             if boundary:
                 pipeline.setdefault((data["stage"], data["op"]), []).append(quoted(node_id))

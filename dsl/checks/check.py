@@ -11,6 +11,7 @@ from par.dsl.checks import stages as stage_split
 from par.dsl.checks.blockcheck import resolve_block
 from par.dsl.checks.crosscheck import cross_checks
 from par.dsl.checks.deployment import (
+    CP_ATTENTION,
     DTYPE_BYTES,
     GRAD_DTYPES,
     ROPE_SCALINGS,
@@ -77,6 +78,7 @@ MESH_RANGES = {
     "world": (1, 1 << 20),
     "ep": (1, 1 << 16),
     "etp": (1, 1 << 16),
+    "cp": (1, 1 << 16),
 }
 # Mesh items with their own grammar rule (grammar/par.lark: _mesh_item) beside the settings above.
 MESH_KEYWORDS = ("schedule", "sp", "stages")
@@ -89,7 +91,7 @@ END_WORDS = {
     "final_norm": ("layernorm", "rmsnorm"),
 }
 ENDS = (*END_WORDS, "max_positions")
-WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "rope_scaling": ROPE_SCALINGS} | END_WORDS | EXPERT_WORDS
+WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "cp_attention": CP_ATTENTION, "rope_scaling": ROPE_SCALINGS} | END_WORDS | EXPERT_WORDS
 # Model settings that take any positive number, not only whole ones.
 REALS = ("norm_eps", *rope.REALS)
 FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
@@ -135,8 +137,8 @@ class _Checker:
             set(MODEL_RANGES) | set(REALS) | {"dtype", "rope_scaling", *EXPERT_NUMBERS, *END_WORDS} | set(EXPERT_WORDS),
             "model",
         )
-        exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype"}, "mesh", MESH_KEYWORDS)
-        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "rope_scaling", *END_WORDS, *EXPERT_WORDS)}
+        exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype", "cp_attention"}, "mesh", MESH_KEYWORDS)
+        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "cp_attention", "rope_scaling", *END_WORDS, *EXPERT_WORDS)}
         stage_specs = mesh_decl.stages if mesh_decl else None
         flags = {
             "sp": bool(mesh_decl and mesh_decl.sequence_parallel),
@@ -166,7 +168,8 @@ class _Checker:
         model = self._model(model_decl, dtype, self._reals(namespace), words["rope_scaling"])
         if model is not None:
             model = replace(model, moe=experts)
-        mesh = self._mesh(stage_specs, schedule_name, flags["sp"], grad_dtype, namespace)
+        cp_attention = self._word("cp_attention", words["cp_attention"], default="ring")
+        mesh = self._mesh(stage_specs, schedule_name, flags["sp"], grad_dtype, namespace, cp_attention)
         self.diags.extend(cross_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
         self.diags.extend(expert_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
         block = self._block(model_decl, namespace, flags["sp"])
@@ -260,6 +263,7 @@ class _Checker:
             "head_dim": BinOp("/", Ref("hidden", at), Ref("heads", at), at),
             "ep": Num(1, mesh_at),
             "etp": Ref("tp", mesh_at),
+            "cp": Num(1, mesh_at),
         }
         for name, expr in defaults.items():
             if name not in exprs:
@@ -447,14 +451,21 @@ class _Checker:
             final_norm=cast(str, chosen["final_norm"]),
         )
 
-    def _mesh(self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace) -> Mesh | None:
+    def _mesh(
+        self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace, cp_attention: str | None
+    ) -> Mesh | None:
         v = self.values
-        if schedule is None or grad_dtype is None or any(name not in v for name in ("tp", "pp", "dp", "microbatches", "layers", "ep")):
+        required = ("tp", "pp", "dp", "microbatches", "layers", "ep", "cp")
+        if schedule is None or grad_dtype is None or cp_attention is None or any(name not in v for name in required):
             return None
         ranges = self._stages(stage_specs, v["layers"], v["pp"], namespace)
         if ranges is None:
             return None
-        return Mesh(v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp, grad_dtype, v.get("ep", 1))
+        if v["cp"] == 1 and "cp_attention" in self.spans:
+            self.diags.append(warning("cp_attention has no effect: cp is 1", self.spans["cp_attention"], hint="set cp 2 or more, or remove it"))
+        return Mesh(
+            v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp, grad_dtype, ep=v["ep"], cp=v["cp"], cp_attention=cp_attention
+        )
 
     def _stages(self, specs: Sequence[StageSpec] | None, layers: int, pp: int, namespace: Namespace):
         if specs is None:

@@ -89,8 +89,28 @@ def _ffn_tp(ffn, tp):
         )
 
 
-def _seq_sp(seq, tp, sequence_parallel):
-    if sequence_parallel and seq % tp:
+def _seq_cp(seq, cp):
+    if cp > 1 and seq % (2 * cp):
+        fits = [d for d in divisors(seq) if d > 1 and seq % (2 * d) == 0]
+        return (
+            f"seq ({seq}) is not divisible by 2 × cp (2 × {cp} = {2 * cp}): load-balanced causal attention "
+            f"cuts the sequence into {2 * cp} chunks and gives context-parallel rank i chunks i and {2 * cp - 1} − i",
+            "seq",
+            f"use a seq that is a multiple of {2 * cp}" + (f", or cp {_choices(fits, cp)}" if fits else ""),
+            "error",
+        )
+
+
+def _seq_sp(seq, tp, cp, sequence_parallel):
+    if sequence_parallel and cp > 1 and seq % (2 * cp) == 0 and (seq // cp) % tp:
+        return (
+            f"each context-parallel rank's {seq // cp} tokens (seq {seq} / cp {cp}) are not divisible by tp ({tp}), "
+            "which sequence parallelism needs",
+            "seq",
+            f"use a seq that is a multiple of cp × tp = {cp * tp}",
+            "error",
+        )
+    if sequence_parallel and cp == 1 and seq % tp:
         return (
             f"seq ({seq}) is not divisible by tp ({tp}), which sequence parallelism needs",
             "seq",
@@ -112,8 +132,26 @@ def _batch_split(batch, dp, microbatches):
         )
 
 
-def _world(tp, pp, dp, world):
-    if tp * pp * dp != world:
+def _cp_ep(cp, ep):
+    if cp > 1 and ep > 1:
+        return (
+            f"cp ({cp}) with ep ({ep}): par does not yet place expert-parallel groups inside a context-parallel mesh",
+            "cp",
+            "use cp 1 for a model with expert parallelism, or ep 1",
+            "error",
+        )
+
+
+def _world(tp, pp, dp, cp, world):
+    if cp > 1 and tp * cp * pp * dp != world:
+        rest = world // (tp * cp * pp) if world % (tp * cp * pp) == 0 else None
+        return (
+            f"tp ({tp}) × cp ({cp}) × pp ({pp}) × dp ({dp}) = {tp * cp * pp * dp}, but world is {world}",
+            "world",
+            f"use dp {rest}" if rest else "make tp × cp × pp × dp equal world",
+            "error",
+        )
+    if cp == 1 and tp * pp * dp != world:
         rest = world // (tp * pp) if world % (tp * pp) == 0 else None
         return (
             f"tp ({tp}) × pp ({pp}) × dp ({dp}) = {tp * pp * dp}, but world is {world}",
@@ -133,4 +171,4 @@ def _bubble(pp, microbatches):
         )
 
 
-_RULES = (_head_dims, _kv_groups, _heads_tp, _kv_heads_tp, _ffn_tp, _seq_sp, _batch_split, _world, _bubble)
+_RULES = (_head_dims, _kv_groups, _heads_tp, _kv_heads_tp, _ffn_tp, _seq_cp, _seq_sp, _cp_ep, _batch_split, _world, _bubble)

@@ -81,9 +81,13 @@ class Model:
         return DTYPE_BYTES[self.dtype]
 
 
-def mesh_coords(rank: int, *, tp: int, pp: int) -> tuple[int, int, int]:
-    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
-    return rank // (tp * pp), (rank // tp) % pp, rank % tp
+# Context parallelism's attention algorithms (docs/language.md, Context parallelism).
+CP_ATTENTION = ("ring", "allgather")
+
+
+def mesh_coords(rank: int, *, tp: int, pp: int, cp: int = 1) -> tuple[int, int, int]:
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then cp, then pp, then dp."""
+    return rank // (tp * cp * pp), (rank // (tp * cp)) % pp, rank % tp
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,31 +101,55 @@ class Mesh:
     sequence_parallel: bool
     grad_dtype: Dtype  # fp32, or the model's dtype: what gradients are accumulated and reduced in
     ep: int = 1  # expert-parallel degree: folds inside dp (docs/language.md, The expert-parallel group)
+    cp: int = 1  # context-parallel degree: the sequence split across ranks (docs/language.md, Context parallelism)
+    cp_attention: str = "ring"  # one of CP_ATTENTION
     etp: int | None = None  # expert tensor-parallel degree; None: tp
 
     @property
     def world(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
 
-    def rank(self, *, dp_rank: int, stage: int, tp_rank: int) -> int:
-        """tp fastest, then pp, then dp (docs/cost.md: Devices)."""
-        return (dp_rank * self.pp + stage) * self.tp + tp_rank
+    def rank(self, *, dp_rank: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
+        """tp fastest, then cp, then pp, then dp (docs/language.md, The rank order); with cp 1
+        the numbering of a mesh without context parallelism."""
+        return ((dp_rank * self.pp + stage) * self.cp + cp_rank) * self.tp + tp_rank
 
     def coords(self, rank: int) -> tuple[int, int, int]:
         """(dp_rank, stage, tp_rank) of a global rank."""
-        return mesh_coords(rank, tp=self.tp, pp=self.pp)
+        return mesh_coords(rank, tp=self.tp, pp=self.pp, cp=self.cp)
 
-    def tp_group(self, *, dp_rank: int, stage: int) -> tuple[int, ...]:
-        return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=t) for t in range(self.tp))
+    def cp_rank(self, rank: int) -> int:
+        """Which part of the sequence `rank` holds: its place in its context-parallel group."""
+        return (rank // self.tp) % self.cp
+
+    def tp_group(self, *, dp_rank: int, stage: int, cp_rank: int = 0) -> tuple[int, ...]:
+        return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=t, cp_rank=cp_rank) for t in range(self.tp))
 
     def tp_group_of(self, rank: int) -> tuple[int, ...]:
         dp_rank, stage, _ = self.coords(rank)
-        return self.tp_group(dp_rank=dp_rank, stage=stage)
+        return self.tp_group(dp_rank=dp_rank, stage=stage, cp_rank=self.cp_rank(rank))
+
+    def cp_group(self, *, dp_rank: int, stage: int, tp_rank: int) -> tuple[int, ...]:
+        """The ring of a context-parallel group, in cp-rank order: rank c sends to c + 1."""
+        return tuple(self.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank, cp_rank=c) for c in range(self.cp))
+
+    def cp_group_of(self, rank: int) -> tuple[int, ...]:
+        dp_rank, stage, tp_rank = self.coords(rank)
+        return self.cp_group(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
 
     def dp_group_of(self, rank: int) -> tuple[int, ...]:
         """The ranks that hold the same shard as `rank` in every data-parallel replica."""
         _, stage, tp_rank = self.coords(rank)
-        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank) for d in range(self.dp))
+        cp_rank = self.cp_rank(rank)
+        return tuple(self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank, cp_rank=cp_rank) for d in range(self.dp))
+
+    def gradient_group_of(self, rank: int) -> tuple[int, ...]:
+        """The ranks whose gradients of `rank`'s parameters are summed: the same shard in every
+        data-parallel replica and every part of the sequence (dp × cp ranks)."""
+        _, stage, tp_rank = self.coords(rank)
+        return tuple(
+            self.rank(dp_rank=d, stage=stage, tp_rank=tp_rank, cp_rank=c) for d in range(self.dp) for c in range(self.cp)
+        )
 
     @property
     def expert_tp(self) -> int:
@@ -138,7 +166,8 @@ class Mesh:
         return index // (etp * self.ep), index // etp % self.ep, index % etp
 
     def _stage_rank(self, stage: int, index: int) -> int:
-        """The rank of a stage's `index`-th rank, numbered tp fastest then dp."""
+        """The rank of a stage's `index`-th rank, numbered tp fastest then dp (cp is 1 where
+        experts are: context parallelism with expert parallelism is refused)."""
         dp_rank, tp_rank = divmod(index, self.tp)
         return self.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
 
@@ -161,7 +190,9 @@ class Mesh:
 
     def stage_ranks(self, stage: int) -> tuple[int, ...]:
         """Every rank of a pipeline stage, replica by replica."""
-        return tuple(rank for d in range(self.dp) for rank in self.tp_group(dp_rank=d, stage=stage))
+        return tuple(
+            rank for d in range(self.dp) for c in range(self.cp) for rank in self.tp_group(dp_rank=d, stage=stage, cp_rank=c)
+        )
 
     def attributes(self) -> MeshAttrs:
         """The mesh as the DAG's graph attributes carry it (`graph.graph["mesh"]`)."""
@@ -178,6 +209,9 @@ class Mesh:
         }
         if self.ep > 1:  # absent means 1: DAGs without experts read as before
             attributes["ep"] = self.ep
+        if self.cp > 1:  # absent means 1: DAGs without context parallelism read as before
+            attributes["cp"] = self.cp
+            attributes["cp_attention"] = self.cp_attention
         return attributes
 
     @classmethod
@@ -193,7 +227,9 @@ class Mesh:
             data["schedule"],
             data["sequence_parallel"],
             data["grad_dtype"],
-            data.get("ep", 1),
+            ep=data.get("ep", 1),
+            cp=data.get("cp", 1),
+            cp_attention=data.get("cp_attention", "ring"),
         )
 
 

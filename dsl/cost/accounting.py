@@ -8,7 +8,10 @@ gradient sync of a training step are not in the DAG as nodes; their communicatio
   node's output, decided by the compiler (`par.dsl.lowering.backward`) and the one the generated code issues;
   a collective's on its group, any other node's on the tensor-parallel group of each of its ranks;
 - forward Send (stage k -> k+1) -> backward Send (k+1 -> k) of the gradient, same bytes;
-- per step: every rank AllReduces its gradients over its data-parallel group, and parameters of
+- a ring transfer of context parallelism (`ring`): its block is passed on again in backward and
+  the block's gradient comes back the way the recv's came;
+- per step: every rank AllReduces its gradients over its data-parallel group (times the
+  context-parallel group: every part of the sequence gives a gradient), and parameters of
   nodes that run on sequence shards (S(seq)) are AllReduced over the tensor-parallel group.
 """
 
@@ -112,6 +115,8 @@ def transfers(graph: Dag) -> list[Transfer]:
         if data["op"] == "send":
             group = (data["devices"][0], data["peer"])
             found.append(Transfer("forward", "send", node, group, group[:1], data["wire_bytes"]))
+            if "ring" in data:  # the backward passes the block on again (its gradient comes back as the recv's)
+                found.append(Transfer("backward", "send", node, group, group[:1], data["wire_bytes"]))
         elif data["op"] == "recv":
             sender = next(iter(graph.predecessors(node)))
             group = (data["devices"][0], data["peer"])
@@ -162,7 +167,7 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
                 found += [Transfer("gradients", "allreduce", node, copies, (member,), sent) for member in copies]
     for rank in range(mesh.world):
         # An expert's weights are on one rank of each expert-parallel group: reduced over those.
-        groups = ((mesh.dp_group_of(rank), held[rank]), (mesh.expert_dp_group_of(rank), experts[rank]), (mesh.tp_group_of(rank), tp_partial[rank]))
+        groups = ((mesh.gradient_group_of(rank), held[rank]), (mesh.expert_dp_group_of(rank), experts[rank]), (mesh.tp_group_of(rank), tp_partial[rank]))
         for group, params in groups:
             if len(group) > 1 and params:
                 sent = _ALLREDUCE.wire_bytes(len(group), params * size)
@@ -215,6 +220,8 @@ def saves_of(data: NodeAttrs) -> Saves:
     """What the generated code keeps of a node for its backward (the registry's `saves`)."""
     if data["kind"] == "compute":
         return COMPUTE_OPS[data["op"]].saves
+    if "ring" in data:  # a ring's blocks pass through: the backward passes them again
+        return Saves()
     spec = COLLECTIVES.get(data["op"])
     return spec.saves if spec is not None else Saves()
 

@@ -68,7 +68,23 @@ def node_durations(graph: Dag, items: Sequence[Transfer], clock: Clock) -> Durat
         compute = clock.compute(data["flops"]) if data["kind"] == "compute" else 0.0
         forward[node] = compute + comm.get(("forward", node), 0.0)
         backward[node] = BACKWARD_FLOPS * compute + comm.get(("backward", node), 0.0)
+        if "ring" in data and data["op"] == "send":  # overlaps the step on the block it passes on: only the rest shows
+            overlap = clock.compute(overlapped_flops(graph, node))
+            forward[node] = max(0.0, forward[node] - overlap)
+            backward[node] = max(0.0, backward[node] - BACKWARD_FLOPS * overlap)
     return Durations(forward, backward)
+
+
+def overlapped_flops(graph: Dag, send: str) -> int:
+    """A ring send passes on the block its rank holds while the rank attends to it: the FLOPs
+    of that ring step, which hide the transfer where they take longer (docs/cost.md)."""
+    rank = graph.nodes[send]["devices"][0]
+    (block,) = graph.predecessors(send)
+    return sum(
+        graph.nodes[step]["flops"]
+        for step in graph.successors(block)
+        if graph.nodes[step]["op"] == "ring_attention" and graph.nodes[step]["devices"] == [rank]
+    )
 
 
 def device_times(graph: Dag, duration: dict[str, float]) -> dict[int, float]:
@@ -76,7 +92,7 @@ def device_times(graph: Dag, duration: dict[str, float]) -> dict[int, float]:
     collective occupies each of its ranks. Sends, receives, input and output are left out."""
     busy: dict[int, float] = {}
     for node, data in graph.nodes(data=True):
-        if data["op"] in OUTSIDE_STAGES:
+        if data["op"] in OUTSIDE_STAGES and "ring" not in data:
             continue
         for rank in data["devices"]:
             busy[rank] = busy.get(rank, 0.0) + duration[node]
@@ -102,7 +118,7 @@ def stage_times(graph: Dag, durations: Durations, items: Sequence[Transfer], clo
             totals[stage] = max(totals.get(stage, 0.0), busy)
     links = [0.0] * (pp - 1)
     for item in items:
-        if item.phase == "forward" and item.kind == "send" and item.node is not None:
+        if item.phase == "forward" and item.kind == "send" and item.node is not None and "ring" not in graph.nodes[item.node]:
             stage = graph.nodes[item.node]["stage"]
             links[stage] = max(links[stage], clock.transfer(item))
     stages = range(pp)

@@ -19,6 +19,7 @@ from par.dsl.cost.accounting import (
     training_state,
     transfers,
 )
+from par.dsl.cost.context import ContextCost, context_cost
 from par.dsl.cost.estimate import (
     BACKWARD_FLOPS,
     Clock,
@@ -52,6 +53,7 @@ class Cost:
     model_params: int
     estimate: StepEstimate
     experts: ExpertCost | None = None  # a model with experts: active parameters, routing bytes
+    context: ContextCost | None = None  # context parallelism: the ring's steps, bytes and overlap
 
     @property
     def mesh(self) -> MeshAttrs:
@@ -109,6 +111,7 @@ def cost_of(graph: Dag, *, hardware: Hardware | None) -> Cost:
         model_params=params,
         estimate=estimate_step(graph, items, Clock(hardware)),
         experts=expert_cost(graph, params, kept),
+        context=context_cost(graph, Clock(hardware)),
     )
 
 

@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Literal
 
 from par.dsl.checks.deployment import DTYPE_BYTES, Deployment, Model
-from par.dsl.dag import ids
+from par.dsl.dag import ids, ring
 from par.dsl.dag.types import (
     BlockLayers,
     CollectiveOp,
@@ -66,6 +66,11 @@ def node_count(program: Program, layer_programs: LayerPrograms = ()) -> int:
         end_nodes = mesh.dp * (end_collectives + (len(end_steps) - end_collectives) * mesh.tp)
     input_slices = 0 if program.stream == R or ends is not None else mesh.dp * mesh.tp
     boundaries = 2 * (mesh.pp - 1) * mesh.dp * mesh.tp
+    if mesh.cp > 1:  # each part of the sequence is a replica of the layer; attention adds its ring
+        rings = sum((last - first + 1) * sum(step.op == "attention" for step in each.steps) for first, last, each in ranges)
+        extra = mesh.dp * rings * ring.node_count(mesh.cp, mesh.cp_attention, mesh.tp)
+        input_slices = 0 if ends is not None else mesh.dp * mesh.tp
+        return 2 + mesh.cp * (input_slices + layers + end_nodes + boundaries) + extra
     return 2 + input_slices + layers + end_nodes + boundaries
 
 
@@ -173,6 +178,8 @@ class _Expander:
         self.operand_indices: dict[int, dict[str, tuple[int, ...]]] = {}  # id(step) -> `_operands`' indices
 
     def run(self) -> Dag:
+        if self.mesh.cp > 1:
+            return self._run_context()
         mesh, program = self.mesh, self.program
         stage_src = str(self.deployment.spans.get("stages") or self.deployment.span_of("pp"))
         ends = self.ends
@@ -315,16 +322,17 @@ class _Expander:
         self._node(name, data)
         return name
 
-    def _entry_points(self, dp_rank: int) -> list[str]:
-        """Where layer 0 reads the layer input on each rank: `input`, or a slice of it."""
-        group = self.mesh.tp_group(dp_rank=dp_rank, stage=0)
+    def _entry_points(self, dp_rank: int, cp_rank: int = 0) -> list[str]:
+        """Where layer 0 reads the layer input on each rank: `input`, or a slice of it (under
+        context parallelism always: each rank's part of the sequence)."""
+        group = self.mesh.tp_group(dp_rank=dp_rank, stage=0, cp_rank=cp_rank)
         program = self.program
         ends = self.ends
         if ends:  # the embedding reads the token ids, whole on every rank
             return self._ends(
-                ends.first, ends.first_param, ends.first_result, 0, dp_rank, group, [ids.INPUT] * len(group)
+                ends.first, ends.first_param, ends.first_result, 0, dp_rank, group, [ids.INPUT] * len(group), cp_rank
             )
-        if program.stream == R:  # with tp 1 lowering makes the stream R
+        if program.stream == R and self.mesh.cp == 1:  # with tp 1 lowering makes the stream R
             return [ids.INPUT] * len(group)
         points = []
         for rank in group:
@@ -336,7 +344,7 @@ class _Expander:
                 "layer": None,
                 "stage": 0,
                 "devices": [rank],
-                "in_shape": program.stream_shape,
+                "in_shape": self._given_input(),
                 "out_shape": program.stream_local,
                 "in_placement": "R",
                 "out_placement": program.stream.text,
@@ -346,8 +354,8 @@ class _Expander:
                 "bytes": 0,
                 "wire_bytes": 0,
                 "arity": 1,
-                "src": str(self.deployment.span_of("sp")),
-                "reason": f"the residual stream is {program.stream}: each rank keeps its own part of the input",
+                "src": str(self.deployment.span_of("sp" if self.mesh.cp == 1 else "cp")),
+                "reason": self._slice_reason(cp_rank),
             }
             self._node(node, data)
             self._edge(ids.INPUT, node, (0,))
@@ -363,6 +371,7 @@ class _Expander:
         dp_rank: int,
         group: tuple[int, ...],
         entry: list[str],
+        cp_rank: int = 0,
     ) -> list[str]:
         """Adds one end of the model (embedding, or final norm, head and loss) on one tensor-parallel
         group; returns the per-rank nodes of its output."""
@@ -370,7 +379,7 @@ class _Expander:
         for step in steps:
             template = self.end_templates[step.name]
             if step.kind == "comm":
-                node = ids.end_collective_id(step.name, dp_rank, self.mesh.dp)
+                node = ids.end_collective_id(step.name, dp_rank, self.mesh.dp, cp_rank, self.mesh.cp)
                 self._node(node, {**template, "stage": stage, "devices": list(group)})
                 for source in dict.fromkeys(produced[step.inputs[0]]):
                     self._edge(source, node, (0,))
@@ -499,7 +508,7 @@ class _Expander:
                 indices[value] = indices.get(value, ()) + (operand,)
         return [(produced[value], operands) for value, operands in indices.items()]
 
-    def _boundary(self, stage: int, dp_rank: int, outputs: list[str], src: str) -> list[str]:
+    def _boundary(self, stage: int, dp_rank: int, outputs: list[str], src: str, cp_rank: int = 0) -> list[str]:
         """Send/Recv from each rank of `stage` to the same tensor-parallel rank of the next."""
         mesh, program = self.mesh, self.program
         local_bytes = elements(program.stream_local) * self.dtype_bytes
@@ -533,8 +542,8 @@ class _Expander:
 
         receivers = []
         for tp_rank, source in enumerate(outputs):
-            sender = mesh.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank)
-            receiver = mesh.rank(dp_rank=dp_rank, stage=stage + 1, tp_rank=tp_rank)
+            sender = mesh.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank, cp_rank=cp_rank)
+            receiver = mesh.rank(dp_rank=dp_rank, stage=stage + 1, tp_rank=tp_rank, cp_rank=cp_rank)
             send, recv = ids.send_id(stage, sender), ids.recv_id(stage + 1, receiver)
             self._node(send, transfer("send", stage, sender, receiver))
             self._node(recv, transfer("recv", stage + 1, receiver, sender))
@@ -542,3 +551,101 @@ class _Expander:
             self._edge(send, recv, (0,))
             receivers.append(recv)
         return receivers
+
+    # -- context parallelism (docs/language.md, Context parallelism) ----------------------------------
+
+    def _given_input(self) -> Shape:
+        """The input every rank slices its part from: one microbatch, the whole sequence."""
+        batch, seq, hidden = self.program.stream_shape
+        return (batch, seq * self.mesh.cp, hidden)
+
+    def _slice_reason(self, cp_rank: int) -> str:
+        program, mesh = self.program, self.mesh
+        if mesh.cp == 1:
+            return f"the residual stream is {program.stream}: each rank keeps its own part of the input"
+        chunks = f"chunks {cp_rank} and {2 * mesh.cp - 1 - cp_rank} of {2 * mesh.cp}"
+        return f"context parallelism (cp {mesh.cp}): this rank holds {chunks} of the sequence" + (
+            f", its residual stream {program.stream}" if program.stream != R else ""
+        )
+
+    def _run_context(self) -> Dag:
+        """`run` for a context-parallel mesh: each part of the sequence runs the layer like a
+        replica, and the attention steps of its parts join them (par.dsl.dag.ring)."""
+        mesh, program, ends = self.mesh, self.program, self.ends
+        builder = ring.RingBuilder(self.deployment, self._node, self._edge)
+        stage_src = str(self.deployment.spans.get("stages") or self.deployment.span_of("pp"))
+        batch, seq, _ = program.stream_shape
+        given = (batch, seq * mesh.cp) if ends else self._given_input()
+        self._io(ids.INPUT, given, given, list(mesh.stage_ranks(0)), 0)
+        if ends:  # the embedding reads this rank's part of the token ids
+            self.node_map[ids.INPUT]["out_shape"] = ends.tokens
+        entry = {(d, c): self._entry_points(d, c) for d in range(mesh.dp) for c in range(mesh.cp)}
+        exits: list[str] = []
+        for stage, (first, last) in enumerate(mesh.stages):
+            for dp_rank in range(mesh.dp):
+                current = [entry[(dp_rank, c)] for c in range(mesh.cp)]
+                for layer in range(first, last + 1):
+                    current = self._context_layer(layer, stage, dp_rank, self.layer_program[layer], current, builder)
+                for c in range(mesh.cp):
+                    if stage + 1 < mesh.pp:
+                        entry[(dp_rank, c)] = self._boundary(stage, dp_rank, current[c], stage_src, c)
+                        continue
+                    outputs = current[c]
+                    if ends:
+                        group = mesh.tp_group(dp_rank=dp_rank, stage=stage, cp_rank=c)
+                        outputs = self._ends(ends.last, ends.last_param, ends.last_result, stage, dp_rank, group, outputs, c)
+                    exits.extend(dict.fromkeys(outputs))
+        last = mesh.pp - 1
+        if ends:
+            self._io(ids.OUTPUT, ends.loss, ends.loss, list(mesh.stage_ranks(last)), last)
+        else:
+            self._io(ids.OUTPUT, program.stream_local, self._given_input(), list(mesh.stage_ranks(last)), last)
+        for source in exits:
+            self._edge(source, ids.OUTPUT, (0,))
+        if len(self.node_map) != self.added:
+            raise AssertionError("expansion produced a node id twice")
+        return self.graph
+
+    def _context_layer(
+        self, layer: int, stage: int, dp_rank: int, program: Program, entries: list[list[str]], builder: ring.RingBuilder
+    ) -> list[list[str]]:
+        """One layer on every part of the sequence of one replica, step by step; returns each
+        part's per-rank nodes of the layer's output."""
+        mesh, templates, issued_after = self.mesh, self.templates_of[id(program)], self.issue_after_of[id(program)]
+        produced = [{program.param: entry} for entry in entries]
+        if program.param_copied:
+            full = elements(program.stream_shape) * self.dtype_bytes
+            for entry in entries:
+                for node in dict.fromkeys(entry):
+                    self._backward(self.node_map[node], PAIRS["copy_to_tp"].backward, full)
+        for step in program.steps:
+            template = templates[step.name]
+            if step.op == "attention":
+                outputs = builder.attention(layer, stage, dp_rank, step, template, [each[step.inputs[0]] for each in produced])
+                for c, nodes in enumerate(outputs):
+                    produced[c][step.name] = nodes
+                continue
+            for c in range(mesh.cp):
+                group = mesh.tp_group(dp_rank=dp_rank, stage=stage, cp_rank=c)
+                if step.kind == "comm":
+                    node = ids.collective_id(layer, step.name, dp_rank, mesh.dp, c, mesh.cp)
+                    data = template.copy()
+                    data["layer"], data["stage"], data["devices"] = layer, stage, list(group)
+                    before = issued_after.get(step.name)
+                    if before is not None:
+                        data["after"] = ids.collective_id(layer, before, dp_rank, mesh.dp, c, mesh.cp)
+                    self._node(node, data)
+                    for source in dict.fromkeys(produced[c][step.inputs[0]]):
+                        self._edge(source, node, (0,))
+                    produced[c][step.name] = [node] * len(group)
+                    continue
+                names = [ids.compute_id(layer, step.name, rank) for rank in group]
+                for rank, node in zip(group, names, strict=True):
+                    data = template.copy()
+                    data["layer"], data["stage"], data["devices"] = layer, stage, [rank]
+                    self._node(node, data)
+                for sources, operands in self._operands(step, produced[c]):
+                    for source, node in zip(sources, names, strict=True):
+                        self._edge(source, node, operands)
+                produced[c][step.name] = names
+        return [each[program.result] for each in produced]

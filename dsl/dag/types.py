@@ -11,11 +11,11 @@ from typing import Any, Literal, NotRequired, TypedDict, cast, overload
 
 Kind = Literal["compute", "comm", "route"]
 # registry.ops: OPS (with the mixture-of-experts ops of registry.moe), then MODEL_OPS (the model's
-# ends: embedding, positions, the vocabulary-parallel loss)
+# ends: embedding, positions, the vocabulary-parallel loss; context parallelism's ring steps)
 ComputeOp = Literal[
     "layernorm", "rmsnorm", "linear", "attention", "rope", "gelu", "silu", "add", "mul",
     "router", "permute", "expert_linear", "unpermute",
-    "embedding", "positions", "loss_max", "loss_sum", "loss",
+    "embedding", "positions", "loss_max", "loss_sum", "loss", "ring_attention", "attn_merge",
 ]
 CollectiveOp = Literal[
     "allgather", "allreduce", "reducescatter", "alltoall", "dispatch", "combine", "send", "recv", "slice"
@@ -68,6 +68,9 @@ class NodeAttrs(TypedDict):
     after: NotRequired[str]  # collectives: the one issued before it that its data does not depend on (program order)
     clone: NotRequired[bool]  # a local slice that copies its part, so that its source is freed (lowering.copies)
     wire_bytes_worst: NotRequired[int | float]  # token routing: at the capacity factor's worst case
+    # Context parallelism (par.dsl.dag.ring): the ring a transfer or step belongs to and its step.
+    ring: NotRequired[str]
+    ring_step: NotRequired[int]
 
 
 class EdgeAttrs(TypedDict):
@@ -123,6 +126,8 @@ class MeshAttrs(TypedDict):
     sequence_parallel: bool
     grad_dtype: Dtype  # what gradients are accumulated and reduced in
     ep: NotRequired[int]  # expert-parallel degree (docs/language.md); absent when 1
+    cp: NotRequired[int]  # context-parallel degree (docs/language.md); absent when 1
+    cp_attention: NotRequired[str]  # ring | allgather; absent when cp is 1
 
 
 class GraphAttrs(TypedDict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from par.dsl.checks.deployment import mesh_coords
-from par.dsl.dag import ids
+from par.dsl.dag import ids, rings
 from par.dsl.dag.types import Dag, EdgeAttrs, NodeAttrs
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.source import Span
@@ -30,6 +30,7 @@ INVARIANTS = {
     5: "shapes (and placements, where stated) agree along every edge",
     6: "all members of a group issue their collectives in the same order",
     7: "every layer appears exactly once per pipeline path",
+    8: "every ring of context parallelism closes and brings every block to every rank",
 }
 
 
@@ -52,7 +53,7 @@ class _Validator:
         self.pred: dict[str, dict[str, EdgeAttrs]] = graph._pred
         self.found: list[Diagnostic] = []
         mesh = graph.graph.get("mesh") or {}
-        self.tp, self.pp = mesh.get("tp", 1), mesh.get("pp", 1)
+        self.tp, self.pp, self.cp = mesh.get("tp", 1), mesh.get("pp", 1), mesh.get("cp", 1)
         # (rank, layer, op name) -> the compute node(s) there, for invariant 7.
         self.on_path: dict[tuple, object] = {}
 
@@ -68,6 +69,8 @@ class _Validator:
             if order is not None:
                 self.issue_order(order)
         self.layers()
+        if self.cp > 1:  # only context parallelism makes rings
+            self.found += [_violation(rule, message, self.graph, node) for rule, message, node in rings.prove(self.graph)]
         return self.found
 
     # 1 -----------------------------------------------------------------------------------------
@@ -148,8 +151,11 @@ class _Validator:
             devices = data.get("devices") or []
             if op in COMMUNICATION:
                 if forward:
-                    position[node] = len(latest)  # how many nodes were met before it
-                    order.communication(node, devices)
+                    if "ring" in data:  # a ring's order is proved apart (par.dsl.dag.rings)
+                        latest[node] = order.reaching(inputs, devices[0])
+                    else:
+                        position[node] = len(latest)  # how many nodes were met before it
+                        order.communication(node, devices)
                 else:
                     latest[node] = node
                 if op in COLLECTIVE_OPS:
@@ -250,7 +256,7 @@ class _Validator:
         for node in order:
             data = self.nodes[node]
             devices = data.get("devices") or []
-            if data.get("op") in COMMUNICATION:
+            if data.get("op") in COMMUNICATION and "ring" not in data:
                 tracker.communication(node, devices)
             elif len(devices) == 1:
                 tracker.single_device(node, self.pred[node], devices[0])
@@ -266,16 +272,17 @@ class _Validator:
         mesh = self.graph.graph.get("mesh") or {}
         present: dict[tuple, set[int]] = defaultdict(set)
         for dp_rank in range(mesh.get("dp", 1) if mesh else 0):
-            for tp_rank in range(self.tp):
-                present[(dp_rank, tp_rank)] = set()
+            for cp_rank in range(self.cp):
+                for tp_rank in range(self.tp):
+                    present[(dp_rank, tp_rank, cp_rank)] = set()
         first: dict[tuple, object] = {}
         doubled: dict[tuple, list[str]] = {}
-        paths: dict[int, tuple[int, int]] = {}  # rank -> (dp rank, tp rank)
+        paths: dict[int, tuple[int, int, int]] = {}  # rank -> (dp rank, tp rank, cp rank)
         for (rank, layer, name), seen in self.on_path.items():
             path = paths.get(rank)
             if path is None:
-                dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp)
-                path = paths[rank] = (dp_rank, tp_rank)
+                dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp, cp=self.cp)
+                path = paths[rank] = (dp_rank, tp_rank, (rank // self.tp) % self.cp)
             present[path].add(layer)
             key = (path, layer, name)
             earlier = first.setdefault(key, seen)
@@ -287,10 +294,11 @@ class _Validator:
         total = self.graph.graph.get("layers")
         if total is None:
             total = max((key[1] for key in self.on_path), default=-1) + 1
-        for (dp_rank, tp_rank), layers in sorted(present.items()):
+        for (dp_rank, tp_rank, cp_rank), layers in sorted(present.items()):
             missing = sorted(set(range(total)) - layers)
             if missing:
-                self.violation(7, f"layer {_ranks(missing)} missing on the pipeline path of dp rank {dp_rank}, tp rank {tp_rank}", None)
+                part = f", cp rank {cp_rank}" if self.cp > 1 else ""
+                self.violation(7, f"layer {_ranks(missing)} missing on the pipeline path of dp rank {dp_rank}, tp rank {tp_rank}{part}", None)
 
 
 def _topological_order(succ: dict[str, dict], pred: dict[str, dict]) -> list[str] | None:

@@ -1,6 +1,7 @@
 """Global shapes of a block's values, by each op's shape rule (par.dsl.registry.ops).
 
-Shapes are [batch, seq, features] for one microbatch of one data-parallel replica.
+Shapes are [batch, seq, features] for one microbatch of one data-parallel replica; under
+context parallelism seq is one rank's part of the sequence (seq / cp: chunks i and 2·cp − 1 − i).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from par.dsl.registry.ops import OPS, Shape, ShapeError
 
 def stream_shape(deployment: Deployment) -> Shape:
     model, mesh = deployment.model, deployment.mesh
-    return (model.batch // (mesh.dp * mesh.microbatches), model.seq, model.hidden)
+    return (model.batch // (mesh.dp * mesh.microbatches), model.seq // mesh.cp, model.hidden)
 
 
 def infer_shapes(deployment: Deployment) -> tuple[dict[str, Shape], list[Diagnostic]]:

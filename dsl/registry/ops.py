@@ -377,6 +377,9 @@ def _softmax_saves(local_in: Shape, local_out: Shape, stored: Stored) -> int:
     return FP32 * elements(local_in) + INT64 * _rows(local_in)
 
 
+# Per output element and partial output: its scale exp(lse_step - lse), the product, the sum.
+MERGE_FLOPS = 3
+
 MODEL_OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
@@ -414,6 +417,27 @@ MODEL_OPS: dict[str, OpSpec] = {
         ),
         # log(sum) - target logit, averaged over the tokens that have a target.
         OpSpec("loss", Syntax(1), {None: (Signature((R,), R),)}, _mean_shape, _per_input(1), dtype="fp32"),
+        # Context parallelism (par.dsl.dag.ring): attention as ring steps, each this rank's queries
+        # against one block of keys and values, a partial output with its logsumexp; the backward
+        # runs the blocks again, so a step keeps only its queries (the QKV it reads).
+        OpSpec(
+            "ring_attention",
+            Syntax(2),
+            {None: (Signature((S_LAST, S_LAST), S_LAST), Signature((R, R), R))},
+            _attention_shape,
+            _attention_flops,
+            saves=Saves(operands=(0,)),
+        ),
+        # The partial outputs rescaled by exp(lse_step - lse) and summed (log-sum-exp merge): it keeps
+        # the merged output and its logsumexp for the backward.
+        OpSpec(
+            "attn_merge",
+            Syntax(1),
+            {None: (Signature((S_LAST,), S_LAST), Signature((R,), R))},
+            same_shape,
+            per_element(MERGE_FLOPS),
+            saves=Saves(output=True, extra=_attention_extra),
+        ),
     )
 }
 # Every op a DAG's compute node may name.

@@ -43,6 +43,9 @@ RULES: dict[str, Rule] = {rule.code: rule for rule in (
     Rule("DAG019", "unfilled-template", "a label holds a template placeholder never filled in"),
     Rule("DAG020", "experts-merged-locally",
          "experts on different GPUs whose outputs meet with no All-to-All (or other collective)"),
+    Rule("DAG021", "ring-not-closed", "the transfers of keys and values between GPUs do not close a ring"),
+    Rule("DAG022", "ring-send-to-self", "a ring step passes keys and values to the GPU that holds them"),
+    Rule("DAG023", "kv-never-reaches", "a GPU of a ring receives no block of keys and values"),
     Rule("SPEC001", "spec-layer-missing", "a layer of the spec's DAG has no node in the DOT file"),
     Rule("SPEC002", "spec-collective-missing",
          "a collective of the spec's DAG is missing from the DOT file's layer, or a pipeline "

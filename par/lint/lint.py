@@ -18,11 +18,12 @@ from par.lint.rules import (
 from par.lint.rules_dataflow import check_dims
 from par.lint.rules_experts import check_expert_merges
 from par.lint.rules_parallel import check_tensor_parallel
+from par.lint.rules_ring import check_rings
 from par.lint.rules_semantic import check_semantics
 from par.lint.view import DagView, build_view
 
 CHECKS = (check_cycles, check_connections, check_undefined, check_stray_nodes, check_layer_gaps,
-          check_tensor_parallel, check_expert_merges, check_dims, check_semantics)
+          check_tensor_parallel, check_expert_merges, check_dims, check_semantics, check_rings)
 
 
 @dataclass(slots=True)

@@ -107,10 +107,22 @@ UNORDERED_GATHERS = (
 )
 
 
+# Context parallelism: attention as ring steps, with sends and recvs that name their ring.
+RING = (
+    "model m : llama { layers 1  hidden 32  heads 4  kv_heads 2  ffn 64  batch 2  seq 8  dtype fp32 }\n"
+    "mesh { tp 2  cp 2 }\n"
+)
+
+
 def test_every_attribute_the_type_names_is_written(shipped, compile_spec):
     """No key of NodeAttrs that expansion never writes: the union over the cases is all of them."""
-    graphs = [shipped(stem, *defines).graph for stem, defines in CASES] + [compile_spec(BIASED).graph, compile_spec(UNORDERED_GATHERS).graph]
-    for graph in graphs[-1:]:
+    graphs = [shipped(stem, *defines).graph for stem, defines in CASES] + [
+        compile_spec(BIASED).graph,
+        compile_spec(RING).graph,
+        compile_spec(UNORDERED_GATHERS).graph,
+    ]
+    for graph in graphs[-2:]:
+        assert not typed_dict_problems(graph.graph, GraphAttrs), typed_dict_problems(graph.graph, GraphAttrs)
         for node, data in graph.nodes(data=True):
             assert not typed_dict_problems(data, NodeAttrs), (node, typed_dict_problems(data, NodeAttrs))
     written = {key for graph in graphs for _, data in graph.nodes(data=True) for key in data}

@@ -56,6 +56,12 @@ VERDICTS = {
     "stage_gpus_unused.dot": {("DAG018", "a")},
     # `{7+attention_pool_gpus}` and `{seq_len}` were never filled in; a record label is not one
     "unfilled_template.dot": {("DAG019", "pool"), ("DAG019", "output")},
+    # ring attention over 3 GPUs drawn with two transfers: 0 -> 1 -> 2 stops at GPU 2 (DAG021),
+    # and GPU 0 never gets the others' keys and values (DAG023)
+    "ring_open.dot": {("DAG021", "q1"), ("DAG023", "q0")},
+    # GPU 1's send goes to a recv on GPU 1 (DAG022): so GPU 0 gets nothing back and the ring of
+    # the one good transfer (0 -> 1) stops at GPU 1
+    "ring_self.dot": {("DAG022", "send1"), ("DAG021", "send0"), ("DAG023", "send0")},
 }
 
 

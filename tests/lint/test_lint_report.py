@@ -113,7 +113,7 @@ def test_rule_codes_are_stable():
     assert sorted(RULES) == ["DAG001", "DAG002", "DAG003", "DAG004", "DAG005", "DAG006",
                              "DAG007", "DAG008", "DAG009", "DAG010", "DAG011", "DAG012", "DAG013",
                              "DAG014", "DAG015", "DAG016", "DAG017", "DAG018", "DAG019", "DAG020",
-                             "DOT000",
+                             "DAG021", "DAG022", "DAG023", "DOT000",
                              "SPEC001", "SPEC002", "SPEC003", "SPEC004", "SPEC005"]
 
 

@@ -282,6 +282,16 @@ def test_par_build_drawings_of_the_specs_match_them(path):
         assert [f for graph in graphs for f in lint_graph(graph, spec_dag=drawn.graph)[1]] == []
 
 
+@pytest.mark.parametrize("algorithm", ["ring", "allgather"])
+def test_context_parallel_drawings_match_their_spec(algorithm):
+    """par's own drawings of a context-parallel spec (ring transfers on their GPUs, the merge) lint clean."""
+    defines = ["layers=1", "cp=2", "tp=2", "seq=8", "hidden=32", "heads=4", "kv_heads=2", "ffn=64", "vocab=64", f"cp_attention={algorithm}"]
+    compiled = compile_file(SPEC.parents[1] / "bench" / "llama3_405b_cp.par", defines)
+    for emit in (emit_dot, emit_compact_dot):
+        graphs = read_dot_text(emit(compiled), file="dag.dot")
+        assert [f for graph in graphs for f in lint_graph(graph, spec_dag=compiled.graph)[1]] == []
+
+
 def test_a_stage_split_the_spec_has_is_no_finding():
     """The same stages against a spec of two stages split after layer 1: the isolated send is
     that boundary's transfer, and the split is the spec's."""
