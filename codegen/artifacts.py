@@ -44,6 +44,24 @@ def renderers(svg: str = "auto") -> list[tuple[str, Renderer]]:
     ]
 
 
+DAG_PREFIX = "dag."  # the artifacts drawn from one DAG: a serving spec writes them once per phase
+
+
+def spec_jobs(compiled: Compiled, renderers: list[tuple[str, Renderer]]) -> list[tuple[str, Renderer, Compiled]]:
+    """(file name, renderer, what it renders) for one spec. A serving spec writes each DAG
+    artifact once per phase (`dag.prefill.json`, `dag.decode.json`, ...), phase by phase so that
+    what a phase's artifacts share is computed once; a training spec writes today's names."""
+    if not compiled.phases:
+        return [(name, renderer, compiled) for name, renderer in renderers]
+    jobs = [
+        (f"{DAG_PREFIX}{phase}.{name[len(DAG_PREFIX):]}", renderer, view)
+        for phase, view in compiled.phases
+        for name, renderer in renderers
+        if name.startswith(DAG_PREFIX)
+    ]
+    return jobs + [(name, renderer, compiled) for name, renderer in renderers if not name.startswith(DAG_PREFIX)]
+
+
 def not_generated(deployment: Deployment) -> list[str]:
     """The ops of the deployment's blocks that model.py does not generate yet (empty: it writes model.py)."""
     blocks = [deployment.block] + [block for _, _, block in deployment.layer_blocks]
