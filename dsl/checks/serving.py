@@ -46,6 +46,15 @@ def resolve_serve(
             diags.append(error(f"{name} has no meaning in a serving spec: {why}", spans.get(name), hint=f"remove {name}, or remove the serve item to train"))
     if "schedule" in written:
         diags.append(note("schedule has no effect in a serving spec: there is no backward, each stage runs its microbatches of requests in turn", spans.get("schedule")))
+    if model.moe is not None:
+        diags.append(
+            error(
+                "par does not build serving DAGs for mixture-of-experts models yet (token routing in a decode step "
+                "is left for later)",
+                decl.span,
+                hint="remove the serve item to train this model",
+            )
+        )
     if any(name not in values for name in SERVE_RANGES):
         return None, diags
     prompt, generate = values["prompt"], values["generate"]
