@@ -220,6 +220,7 @@ class Hardware:
     intra_latency_us: float
     inter_gbps: float
     inter_latency_us: float
+    hbm_gbps: float | None = None  # memory bandwidth (serving); None: a custom section without it
 
 
 @dataclass(frozen=True, slots=True)
