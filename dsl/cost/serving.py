@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from par.dsl.checks.deployment import DTYPE_BYTES, Hardware, Mesh
+from par.dsl.compiler import Compiled
 from par.dsl.cost.accounting import transfers
 from par.dsl.cost.estimate import Clock, capacity
 from par.dsl.dag.types import Dag, GraphAttrs, graph_attrs
@@ -166,6 +167,12 @@ class ServingCost:
     def request_s(self) -> float:
         """A sequence from its prompt to its last token: the prefill, then generate - 1 rounds."""
         return self.ttft_s() + (self.attrs["serve"]["generate"] - 1) * self.tpot_s()
+
+
+def spec_serving_cost(compiled: Compiled, hardware: Hardware | None = None) -> ServingCost:
+    """The serving cost of a compiled serving spec, on `hardware` or else the spec's own."""
+    phases = dict(compiled.phases)
+    return serving_cost(phases["prefill"].graph, phases["decode"].graph, hardware=hardware or compiled.deployment.hardware)
 
 
 def serving_cost(prefill: Dag, decode: Dag, *, hardware: Hardware | None) -> ServingCost:
