@@ -139,7 +139,7 @@ def stages(cost: ServingCost) -> Section:
     microbatches = cost.mesh.microbatches
     notes = (
         f"TTFT = the sum of the stages' prefill + ({microbatches} - 1) × the slowest; a decode round = max(the sum of the "
-        f"stages, {microbatches} microbatches × the slowest stage), which gives every sequence one token (TPOT); the stages "
+        f"stages, {units.plural(microbatches, 'microbatch', 'microbatches')} × the slowest stage), which gives every sequence one token (TPOT); the stages "
         "idle for the rest of the round (the decode bubble).",
     )
     return Section("Per stage, one microbatch", ("stage", "prefill", "decode step", "decode bound by"), rows, "rrrl", notes)

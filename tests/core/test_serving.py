@@ -132,7 +132,7 @@ def test_each_phase_has_its_tokens_and_the_spec_keeps_its_seq():
 
 
 def test_a_kv_cache_per_layer_and_device_read_by_attention():
-    for phase, view in compiled().phases:
+    for _, view in compiled().phases:
         graph = view.graph
         caches = nodes_of(graph, "kv_append")
         # 4 layers on each tp rank of one pipeline path; K and V of [batch / microbatches, kv_heads / tp, context, head_dim].
