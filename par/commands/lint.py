@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from par.commands.common import add_defines, add_limits, compile_one, limits
@@ -37,6 +38,9 @@ def run(args) -> int:
         if compiled is None:
             return 1
         spec_dag, spec_name = compiled.graph, str(inputs.paths[0])
+        if compiled.phases:  # a serving spec: each file against the phase its name says (prefill unless decode)
+            phases = {phase: view.graph for phase, view in compiled.phases}
+            spec_dag = lambda path: phases["decode" if "decode" in os.path.basename(path) else "prefill"]  # noqa: E731
     elif args.defines:
         raise UsageError("-D applies to --spec; there is no spec to override")
     text, code = run_lint(dags, fmt=args.format, spec_dag=spec_dag, spec_name=spec_name)

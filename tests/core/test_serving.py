@@ -1,6 +1,7 @@
 """Serving specs: the `serve` item and its checks, and the prefill and decode DAGs (docs/language.md, Serving)."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from par.dsl.frontend.format import format_spec
 from par.dsl.frontend.inputs import parse_defines
 from par.dsl.frontend.parser import parse_with_comments
 
+ROOT = Path(__file__).resolve().parents[2]
 # GQA (kv_heads 2 of 4) with a vocabulary, over tp 2 and two stages of two microbatches.
 LLAMA = """model m : llama { layers 4  hidden 64  heads 4  kv_heads 2  ffn 128  batch 8  seq 64  vocab 100  dtype bf16 }
 mesh { tp 2  pp 2  microbatches 2 }
@@ -192,6 +194,7 @@ def test_a_training_spec_is_compiled_as_before():
     assert "serve" not in training.graph.graph
 
 
+@pytest.mark.slow  # a build and a lint run: ~3.5 s
 def test_build_writes_both_dags_and_lint_reads_them_clean(tmp_path, capsys):
     spec = tmp_path / "serving.par"
     spec.write_text(LLAMA)
@@ -217,3 +220,28 @@ serve { prompt 16  generate 8 }
 """
     (message,) = errors(moe)
     assert message.startswith("s.par:2:1: error: par does not build serving DAGs for mixture-of-experts models yet")
+
+
+@pytest.mark.slow  # a build and three lint runs: ~1.5 s
+def test_lint_compares_each_drawing_with_its_phase(tmp_path, capsys):
+    spec = tmp_path / "sp.par"
+    spec.write_text(GPT_SP)  # sp: the prefill reduce-scatters, the decode step all-reduces
+    assert main(["build", str(spec), "-o", str(tmp_path / "out"), "--svg", "none"]) == 0
+    folder = tmp_path / "out" / "sp"
+    for phase in ("prefill", "decode"):
+        assert main(["lint", str(folder / f"dag.{phase}.dot"), "--spec", str(spec)]) == 0, capsys.readouterr().out
+    drawn = tmp_path / "drawn.dot"  # a decode step under a name that says nothing: held to the prefill
+    drawn.write_text((folder / "dag.decode.dot").read_text())
+    capsys.readouterr()
+    assert main(["lint", str(drawn), "--spec", str(spec)]) == 1
+    assert "SPEC002: layer 1: 2 ReduceScatter missing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("name", "cache"), [("baseline_tp8_pp2_serve", (2, 32, 32, 2560, 128)), ("llama3_70b_serve", (2, 32, 1, 8192, 128))])
+def test_the_shipped_serving_specs_compile_both_dags(name, cache):
+    from par.dsl.compiler import compile_file
+
+    result = compile_file(ROOT / "specs" / f"{name}.par")
+    assert [phase for phase, _ in result.phases] == ["prefill", "decode"]
+    for _, view in result.phases:
+        assert {data["out_shape"] for data in nodes_of(view.graph, "kv_append").values()} == {cache}

@@ -1,5 +1,7 @@
 """The serving cost against closed forms written here from the model's sizes (docs/cost.md, Serving)."""
 
+from functools import cache
+
 import pytest
 
 from par.dsl.checks.hwcheck import builtin_hardware
@@ -17,6 +19,7 @@ hardware h100
 """
 
 
+@cache  # several tests read the same deployment
 def cost_of(text=LLAMA, *defines):
     overrides, _ = parse_defines(list(defines))
     compiled = compile_text(text, "s.par", overrides)
