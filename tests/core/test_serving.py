@@ -245,3 +245,14 @@ def test_the_shipped_serving_specs_compile_both_dags(name, cache):
     assert [phase for phase, _ in result.phases] == ["prefill", "decode"]
     for _, view in result.phases:
         assert {data["out_shape"] for data in nodes_of(view.graph, "kv_append").values()} == {cache}
+
+
+def test_a_phase_too_large_to_draw_is_named_by_its_file():
+    from par.codegen import svg
+
+    if svg.dot_program() is None:
+        pytest.skip("Graphviz's dot is not installed")
+    view = phases(compiled())["decode"]
+    skipped = svg.svg_renderer(lambda _: "", file="dag.svg", max_nodes=1)(view)
+    assert skipped.notice.startswith("s: dag.decode.svg not rendered: the DAG has ")
+    assert "dag.decode.compact.svg draws it folded" in skipped.notice
