@@ -118,3 +118,19 @@ def test_without_hardware_the_memory_is_counted_and_no_time_given():
     cost = cost_of(LLAMA.replace("hardware h100\n", ""))
     assert cost.largest_batch() is None
     assert cost.decode.devices[0].kv_bytes > 0 and cost.decode.devices[0].time_s == 0
+
+
+def test_the_profiles_carry_the_published_hbm_bandwidths():
+    # NVIDIA's datasheets: H100 SXM 3.35 TB/s, H200 4.8 TB/s, A100 80GB SXM 2.0 TB/s.
+    assert [builtin_hardware(name).hbm_gbps for name in ("h100", "h200", "a100")] == [3350, 4800, 2039]
+
+
+def test_a_hardware_section_in_full_may_leave_out_the_hbm_bandwidth():
+    custom = LLAMA.replace(
+        "hardware h100",
+        "hardware { peak_tflops 989  efficiency 0.5  memory_gb 80  devices_per_node 8\n"
+        "  intra_gbps 450  intra_latency_us 3  inter_gbps 50  inter_latency_us 8 }",
+    )
+    cost = cost_of(custom)
+    assert cost.hardware.hbm_gbps is None
+    assert cost.decode.slowest().memory_s == 0 and cost.decode.slowest().compute_s > 0
