@@ -48,7 +48,9 @@ def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
     times, device = (" × ", "GPU") if drawing else (" x ", "device")
     grid = times.join(f"{axis} {mesh[axis]}" for axis in ("tp", "pp", "dp"))
     microbatches = plural(mesh["microbatches"], "microbatch", "microbatches")
-    if drawing:
+    if "serve" in graph_data:  # serving: microbatches of requests, no schedule of a training step
+        run = f", {microbatches} of requests"
+    elif drawing:
         run = f", {microbatches} ({mesh['schedule']})"
     else:
         shape = list(graph_data["microbatch_shape"])
