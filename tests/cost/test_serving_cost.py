@@ -134,3 +134,20 @@ def test_a_hardware_section_in_full_may_leave_out_the_hbm_bandwidth():
     cost = cost_of(custom)
     assert cost.hardware.hbm_gbps is None
     assert cost.decode.slowest().memory_s == 0 and cost.decode.slowest().compute_s > 0
+
+
+def test_par_cost_puts_serving_specs_side_by_side_and_shows_the_roofline(tmp_path, capsys):
+    from par.cli import main
+    from par.dsl import units
+
+    (tmp_path / "a.par").write_text(LLAMA)
+    (tmp_path / "b.par").write_text(LLAMA.replace("tp 2", "tp 4"))
+    assert main(["cost", str(tmp_path / "a.par"), str(tmp_path / "b.par")]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.startswith("time per output token (TPOT)") and " vs " not in line and "%" in line]
+    a, b = cost_of().tpot_s(), cost_of(LLAMA.replace("tp 2", "tp 4")).tpot_s()
+    assert units.seconds(a) in row and units.seconds(b) in row and f"({(b - a) / a * 100:+.1f}%)" in row
+    assert "Side by side (serving)" in out
+    decode = [line for line in out.splitlines() if line.startswith("decode   gpu ")]
+    assert len(decode) == 2 and all(line.endswith("collectives") for line in decode)  # this small model's decode step waits on latency
+    assert "balance point is 147.6 FLOP per byte" in out  # 989e12 × 0.5 / 3.35e12
