@@ -249,10 +249,13 @@ def edge_attrs(tail_op: str, tail_kind: str, head_op: str, head_kind: str) -> st
         return attr_list((("weight", "0"),))
     if tail_op == "send" and head_op == "recv":
         return attr_list((("color", quoted(style.LOOKS["send"].border)), ("penwidth", "2")))
+    # A KV cache is ranked by the attention that reads it, not by what it reads: Graphviz 2.43
+    # fails with "trouble in init_rank" on a collective feeding both the cache and its attention.
+    free = (("constraint", "false"),) if head_op == "kv_append" else ()
     for op, kind in ((tail_op, tail_kind), (head_op, head_kind)):
         if kind == "comm" and op in style.LOOKS and op not in PIPELINE:
-            return attr_list((("color", quoted(style.LOOKS[op].border)),))
-    return ""
+            return attr_list((("color", quoted(style.LOOKS[op].border)), *free))
+    return attr_list(free) if free else ""
 
 
 def cluster(cluster_id: str, *, title: str, rows: tuple[str, ...], colours: tuple[str, str]) -> DotCluster:

@@ -256,3 +256,17 @@ def test_a_phase_too_large_to_draw_is_named_by_its_file():
     skipped = svg.svg_renderer(lambda _: "", file="dag.svg", max_nodes=1)(view)
     assert skipped.notice.startswith("s: dag.decode.svg not rendered: the DAG has ")
     assert "dag.decode.compact.svg draws it folded" in skipped.notice
+
+
+def test_the_edges_into_a_kv_cache_do_not_rank_it():
+    import re
+
+    from par.codegen.dot.emit import emit_dot
+
+    # The seed's form: an AllGather after QKV feeds the cache and its attention both.
+    gathered = LLAMA.replace("kv_heads 2  ", "") + "place allgather after qkv\n"
+    edges = re.findall(r'^\s*"([^"]+)" -> "([^"]+)"(.*)$', emit_dot(phases(compiled(gathered))["decode"]), re.M)
+    into = [attrs for _, head, attrs in edges if "_kv_append_" in head]
+    out = [attrs for tail, _, attrs in edges if "_kv_append_" in tail]
+    assert len(into) == len(out) == 4 * 2  # every layer and rank of one pipeline path
+    assert all("constraint=false" in attrs for attrs in into) and not any("constraint" in attrs for attrs in out)
