@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal
 
-from par.dsl.checks.deployment import DTYPE_BYTES, Deployment, Serve
+from par.dsl.checks.deployment import Deployment, Serve
 from par.dsl.lowering.program import Program, Step
-from par.dsl.registry.ops import elements
 
 Phase = Literal["prefill", "decode"]
 PHASES: tuple[Phase, ...] = ("prefill", "decode")
@@ -88,9 +87,3 @@ def with_cache(program: Program, phase: Phase) -> Program:
 
 def _forward_only(steps: tuple[Step, ...]) -> tuple[Step, ...]:
     return tuple(replace(step, pair=None, copied=False, backward_reason=None) for step in steps)
-
-
-def cache_bytes(program: Program) -> int:
-    """Bytes of one layer's KV cache on one device (every attention of the layer)."""
-    size = DTYPE_BYTES[serve_of(program.deployment).kv_dtype]
-    return sum(elements(step.out_shape) * size for step in program.steps if step.op == "kv_append")
