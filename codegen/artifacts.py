@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from par.codegen.cost import render_report, render_timeline
+from par.codegen.cost.serving import render_serving_report
 from par.codegen.dot.emit import emit_compact_dot, emit_dot
 from par.codegen.json_dag import emit_json
 from par.codegen.pytorch.emit import emit_model
@@ -13,7 +14,8 @@ from par.codegen.renderer import Renderer, Skip
 from par.codegen.svg import FULL_SVG_MAX_NODES, SVG_CHOICES, svg_renderer
 from par.dsl.checks.deployment import Deployment
 from par.dsl.compiler import Compiled
-from par.dsl.cost import spec_cost
+from par.dsl.cost import Cost, spec_cost
+from par.dsl.cost.serving import spec_serving_cost
 
 T = TypeVar("T")
 
@@ -38,9 +40,41 @@ def renderers(svg: str = "auto") -> list[tuple[str, Renderer]]:
         ("dag.compact.dot", compact),
         *(drawings if svg != "none" else []),
         ("model.py", model_or_skip),
-        ("report.md", lambda compiled: render_report(cost(compiled))),
-        ("timeline.svg", lambda compiled: render_timeline(cost(compiled))),
+        ("report.md", lambda compiled: report(compiled, cost)),
+        ("timeline.svg", lambda compiled: timeline(compiled, cost)),
     ]
+
+
+def report(compiled: Compiled, cost: Callable[[Compiled], Cost]) -> str:
+    """report.md: the training cost, or a serving spec's."""
+    if compiled.phases:
+        return render_serving_report(spec_serving_cost(compiled))
+    return render_report(cost(compiled))
+
+
+def timeline(compiled: Compiled, cost: Callable[[Compiled], Cost]) -> str | Skip:
+    """timeline.svg draws a training step's pipeline schedule: a serving spec has none."""
+    if compiled.phases:
+        return Skip("timeline.svg not written for serving specs: report.md gives the prefill and decode times per stage")
+    return render_timeline(cost(compiled))
+
+
+DAG_PREFIX = "dag."  # the artifacts drawn from one DAG: a serving spec writes them once per phase
+
+
+def spec_jobs(compiled: Compiled, renderers: list[tuple[str, Renderer]]) -> list[tuple[str, Renderer, Compiled]]:
+    """(file name, renderer, what it renders) for one spec. A serving spec writes each DAG
+    artifact once per phase (`dag.prefill.json`, `dag.decode.json`, ...), phase by phase so that
+    what a phase's artifacts share is computed once; a training spec writes today's names."""
+    if not compiled.phases:
+        return [(name, renderer, compiled) for name, renderer in renderers]
+    jobs = [
+        (f"{DAG_PREFIX}{phase}.{name[len(DAG_PREFIX):]}", renderer, view)
+        for phase, view in compiled.phases
+        for name, renderer in renderers
+        if name.startswith(DAG_PREFIX)
+    ]
+    return jobs + [(name, renderer, compiled) for name, renderer in renderers if not name.startswith(DAG_PREFIX)]
 
 
 def not_generated(deployment: Deployment) -> str | None:

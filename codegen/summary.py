@@ -51,7 +51,9 @@ def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
         sizes.insert(1, ("cp", mesh["cp"]))
     grid = times.join(f"{axis} {size}" for axis, size in sizes)
     microbatches = plural(mesh["microbatches"], "microbatch", "microbatches")
-    if drawing:
+    if "serve" in graph_data:  # serving: microbatches of requests, no schedule of a training step
+        run = f", {microbatches} of requests"
+    elif drawing:
         run = f", {microbatches} ({mesh['schedule']})"
     else:
         shape = list(graph_data["microbatch_shape"])

@@ -83,9 +83,11 @@ def svg_renderer(emit: Callable[[Compiled], str], *, file: str, max_nodes: int |
             return Skip(MISSING)
         nodes = compiled.graph.number_of_nodes()
         if max_nodes is not None and nodes > max_nodes:
+            serve = compiled.graph.graph.get("serve")  # a serving spec's phase names its files
+            prefix = f"dag.{serve['phase']}." if serve else "dag."
             return Skip(
-                f"{compiled.deployment.name}: {file} not rendered: the DAG has {nodes:,} nodes, more than "
-                f"{max_nodes:,} (its layout would take minutes); dag.compact.svg draws it folded, and "
+                f"{compiled.deployment.name}: {file.replace('dag.', prefix, 1)} not rendered: the DAG has {nodes:,} nodes, more than "
+                f"{max_nodes:,} (its layout would take minutes); {prefix}compact.svg draws it folded, and "
                 f"`par build --svg full` draws it in full"
             )
         return render_svg(emit(compiled), program=program, timeout=DOT_TIMEOUT_S)

@@ -16,10 +16,12 @@ from par.dsl.dag.validate import validate
 from par.dsl.diagnostics import CompileError, Diagnostic, error
 from par.dsl.frontend.inputs import parse_defines, read_spec
 from par.dsl.frontend.parser import parse_spec
-from par.dsl.frontend.spec import Override
+from par.dsl.frontend.source import Span
+from par.dsl.frontend.spec import Override, Spec
 from par.dsl.limits import DEFAULT_MAX_NODES
 from par.dsl.lowering.lower import lower
 from par.dsl.lowering.program import Program
+from par.dsl.lowering.serving import PHASES, Phase, phase_deployment, with_cache
 
 
 @contextmanager
@@ -47,6 +49,9 @@ class Compiled:
     warnings: list[Diagnostic] = field(default_factory=list)
     # (first layer, last layer, program) per range of a model with a block per range; else empty.
     layer_programs: tuple[tuple[int, int, Program], ...] = ()
+    # A serving spec: each phase (prefill, decode) compiled on its own, its DAG in `graph`. The
+    # spec's own `graph` is then the prefill's; `program` stays the layer as it trains (model.py).
+    phases: tuple[tuple[Phase, Compiled], ...] = ()
 
 
 def compile_file(path: str | Path, defines: Sequence[str] = (), *, max_nodes: int = DEFAULT_MAX_NODES) -> Compiled:
@@ -69,6 +74,9 @@ def compile_text(text: str, file: str, overrides: Sequence[Override] = (), *, ma
     deployment, warnings = check(parsed.spec, overrides)
     program = lower(deployment)
     layer_programs = _lower_each(deployment, program)
+    if deployment.serve is not None:
+        phases = _serving(parsed.spec, overrides, deployment, warnings, max_nodes)
+        return Compiled(deployment, program, phases[0][1].graph, warnings, layer_programs, phases)
     nodes = node_count(program, layer_programs)
     if nodes > max_nodes:
         raise CompileError([_over_budget(deployment, nodes, max_nodes)] + warnings)
@@ -77,6 +85,54 @@ def compile_text(text: str, file: str, overrides: Sequence[Override] = (), *, ma
         problems = validate(graph)
     if problems:
         raise CompileError(problems + warnings)
+    return Compiled(deployment, program, graph, warnings, layer_programs)
+
+
+def _serving(
+    spec: Spec, overrides: Sequence[Override], deployment: Deployment, warnings: list[Diagnostic], max_nodes: int
+) -> tuple[tuple[Phase, Compiled], ...]:
+    """The prefill and the decode step, each lowered, expanded and validated. A decode step has
+    one token per sequence: it is checked again without sequence parallelism, whose `place`
+    statements and collectives differ."""
+    phases = []
+    for phase in PHASES:
+        base = deployment
+        if phase == "decode" and deployment.mesh.sequence_parallel:
+            off = Override("sp", "off", (), Span.point(deployment.file))
+            base, _ = check(spec, [*overrides, off])
+        phases.append((phase, _phase(phase_deployment(base, phase), phase, deployment, warnings, max_nodes)))
+    return tuple(phases)
+
+
+def _phase(deployment: Deployment, phase: Phase, spec_deployment: Deployment, warnings: list[Diagnostic], max_nodes: int) -> Compiled:
+    first = lower(deployment)
+    cached: dict[int, Program] = {}
+
+    def cache(program: Program) -> Program:  # each block's program once, shared as lowering shares it
+        if id(program) not in cached:
+            cached[id(program)] = with_cache(program, phase)
+        return cached[id(program)]
+
+    layer_programs = tuple((start, last, cache(each)) for start, last, each in _lower_each(deployment, first))
+    program = cache(first)
+    nodes = node_count(program, layer_programs)
+    if nodes > max_nodes:
+        raise CompileError([_over_budget(deployment, nodes, max_nodes)] + warnings)
+    with gc_paused():
+        graph = expand(program, layer_programs)
+        problems = validate(graph)
+    if problems:
+        raise CompileError(problems + warnings)
+    serve = spec_deployment.serve
+    assert serve is not None
+    graph.graph["model"]["seq"] = spec_deployment.model.seq  # the longest context; the phase's tokens are in microbatch_shape
+    graph.graph["serve"] = {
+        "phase": phase,
+        "prompt": serve.prompt,
+        "generate": serve.generate,
+        "context": serve.context,
+        "kv_dtype": serve.kv_dtype,
+    }
     return Compiled(deployment, program, graph, warnings, layer_programs)
 
 

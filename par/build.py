@@ -21,7 +21,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from par.codegen.artifacts import renderers
+from par.codegen.artifacts import renderers, spec_jobs
 from par.codegen.renderer import ArtifactError, Renderer, Skip
 from par.dsl.compiler import Compiled
 
@@ -66,10 +66,10 @@ def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Ren
     but ArtifactError, which only skips that file."""
     folder = out_dir / compiled.deployment.name
     rendered = Rendered()
-    for name, renderer in renderers:
+    for name, renderer, target in spec_jobs(compiled, list(renderers)):
         started = time.perf_counter()
         try:
-            content = renderer(compiled)
+            content = renderer(target)
         except ArtifactError as exc:
             rendered.warnings.append(f"{name} not written: {exc}")
             continue

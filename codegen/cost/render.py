@@ -9,7 +9,7 @@ from par.dsl.cost.model import Cost
 from par.dsl.dag.types import graph_attrs
 from par.dsl.escape import html_comment, markdown
 
-_RULES = {"l": "---", "r": "---:"}
+RULES = {"l": "---", "r": "---:"}  # a markdown table's rule per column alignment
 
 
 def report_view(cost: Cost) -> dict:
@@ -22,7 +22,7 @@ def report_view(cost: Cost) -> dict:
             {
                 "title": section.title,
                 "headers": section.headers,
-                "rules": [_RULES[align] for align in section.align],
+                "rules": [RULES[align] for align in section.align],
                 "rows": [[cell.replace("|", "\\|") for cell in row] for row in section.rows],
                 "notes": section.notes,
             }

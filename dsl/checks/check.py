@@ -40,6 +40,7 @@ from par.dsl.checks.experts import (
 from par.dsl.checks.experts import defaults as expert_defaults
 from par.dsl.checks.hwcheck import resolve_hardware
 from par.dsl.checks.layerblocks import resolve_layer_blocks
+from par.dsl.checks.serving import KV_DTYPE, SERVE_RANGES, SERVE_SETTINGS, resolve_serve, without_serve
 from par.dsl.checks.settings import collect_settings
 from par.dsl.dag.types import Dtype, Schedule
 from par.dsl.diagnostics import CompileError, Diagnostic, error, note, warning
@@ -82,7 +83,7 @@ MESH_RANGES = {
 }
 # Mesh items with their own grammar rule (grammar/par.lark: _mesh_item) beside the settings above.
 MESH_KEYWORDS = ("schedule", "sp", "stages")
-RANGES = MODEL_RANGES | MESH_RANGES
+RANGES = MODEL_RANGES | MESH_RANGES | SERVE_RANGES
 REQUIRED = ("layers", "hidden", "heads", "batch", "seq")
 # The model's ends (docs/language.md, The model's ends): words, and what each needs.
 END_WORDS = {
@@ -91,7 +92,7 @@ END_WORDS = {
     "final_norm": ("layernorm", "rmsnorm"),
 }
 ENDS = (*END_WORDS, "max_positions")
-WORDS = {"dtype": tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "cp_attention": CP_ATTENTION, "rope_scaling": ROPE_SCALINGS} | END_WORDS | EXPERT_WORDS
+WORDS = {"dtype": tuple(DTYPE_BYTES), KV_DTYPE: tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "cp_attention": CP_ATTENTION, "rope_scaling": ROPE_SCALINGS} | END_WORDS | EXPERT_WORDS
 # Model settings that take any positive number, not only whole ones.
 REALS = ("norm_eps", *rope.REALS)
 FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
@@ -130,6 +131,7 @@ class _Checker:
         model_decl = self._single(spec.models, "model", required=True)
         mesh_decl = self._single(spec.meshes, "mesh")
         hardware_decl = self._single(spec.hardware, "hardware")
+        serve_decl = self._single(spec.serves, "serve")
         if model_decl is None:
             return None
         exprs = self._collect(
@@ -138,7 +140,8 @@ class _Checker:
             "model",
         )
         exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype", "cp_attention"}, "mesh", MESH_KEYWORDS)
-        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "cp_attention", "rope_scaling", *END_WORDS, *EXPERT_WORDS)}
+        exprs |= self._collect(serve_decl.settings if serve_decl else (), set(SERVE_SETTINGS), "serve")
+        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "cp_attention", "rope_scaling", KV_DTYPE, *END_WORDS, *EXPERT_WORDS)}
         stage_specs = mesh_decl.stages if mesh_decl else None
         flags = {
             "sp": bool(mesh_decl and mesh_decl.sequence_parallel),
@@ -148,13 +151,19 @@ class _Checker:
         self.spans["sp"] = mesh_decl.sp_span if mesh_decl and mesh_decl.sp_span else self.file_span
         if mesh_decl and mesh_decl.stages_span:
             self.spans["stages"] = mesh_decl.stages_span
+        if schedule is not None:
+            self.spans["schedule"] = schedule[1]
         for override in self.overrides:
+            if override.name in SERVE_SETTINGS and serve_decl is None:
+                self.diags.append(without_serve(override.name, override.span))
+                continue
             applied = self._override(override, exprs, words, flags)
             if applied == "stages":
                 stage_specs = override.value
                 self.spans["stages"] = override.span
             elif applied == "schedule":
                 schedule = (override.text, override.span)
+                self.spans["schedule"] = override.span
         numbers = {name: expr for name in EXPERT_NUMBERS if (expr := exprs.pop(name, None)) is not None}
         written = {name for name in (*exprs, *(w for w, e in words.items() if e is not None))} | set(numbers)
         namespace = self._namespace(model_decl, mesh_decl, exprs)
@@ -179,6 +188,12 @@ class _Checker:
             for each in [block] + [b for _, _, b in self.layer_blocks]:
                 used_without_experts(each, self.diags, model_decl.name)
         hardware = resolve_hardware(hardware_decl, self.diags) if hardware_decl else None
+        serve = None
+        if serve_decl is not None and model is not None and mesh is not None:
+            kv_dtype = self._word(KV_DTYPE, words[KV_DTYPE], default=model.dtype)
+            written_here = written | ({"schedule"} if schedule is not None else set())
+            serve, found = resolve_serve(serve_decl, self.values, kv_dtype, model, mesh, self.spans, written_here)
+            self.diags += found
         if model is None or mesh is None or block is None or any(d.is_error for d in self.diags):
             return None
         model = self._ends(replace(model, block=block.name), words, block, mesh)
@@ -194,6 +209,7 @@ class _Checker:
             hardware=hardware,
             spans=dict(self.spans),
             layer_blocks=self.layer_blocks,
+            serve=serve,
         )
 
     def _single(self, items, what: str, required: bool = False):
@@ -571,6 +587,7 @@ _EXAMPLES = {
     "model": "model gpt16 : gpt { layers 16  hidden 4096  heads 32  batch 8  seq 2048 }",
     "mesh": "mesh { tp 8  pp 2 }",
     "hardware": "hardware h100",
+    "serve": "serve { prompt 2048  generate 256 }",
 }
 
 

@@ -275,6 +275,23 @@ class Hardware:
     intra_latency_us: float
     inter_gbps: float
     inter_latency_us: float
+    hbm_gbps: float | None = None  # memory bandwidth (serving); None: a custom section without it
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """A serving deployment (`serve { ... }`): each of the model's `batch` sequences reads a
+    prompt of `prompt` tokens (the prefill) and then generates `generate` tokens one at a time
+    (the decode steps), keeping every position's K and V in a cache of `kv_dtype`."""
+
+    prompt: int
+    generate: int
+    kv_dtype: Dtype
+
+    @property
+    def context(self) -> int:
+        """Positions each sequence's KV cache holds: the prompt and every generated token."""
+        return self.prompt + self.generate
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +307,7 @@ class Deployment:
     spans: dict[str, Span] = field(default_factory=dict, compare=False, hash=False)
     # `model m : a 0..2, b 3..9`: (first layer, last layer, block) per range; empty: `block` everywhere.
     layer_blocks: tuple[tuple[int, int, Block], ...] = ()
+    serve: Serve | None = None  # None: the spec trains
 
     def span_of(self, name: str) -> Span:
         return self.spans.get(name) or Span.point(self.file)

@@ -14,6 +14,7 @@ PROFILES: dict[str, dict[str, float]] = {
         "intra_latency_us": 3.0,
         "inter_gbps": 50.0,
         "inter_latency_us": 8.0,
+        "hbm_gbps": 3350.0,  # HBM3, 3.35 TB/s (NVIDIA H100 SXM datasheet)
     },
     # A100 SXM4 80GB: NVLink 3 (600 GB/s bidirectional), 200 Gb/s InfiniBand HDR per GPU.
     "a100": {
@@ -25,10 +26,11 @@ PROFILES: dict[str, dict[str, float]] = {
         "intra_latency_us": 3.0,
         "inter_gbps": 25.0,
         "inter_latency_us": 8.0,
+        "hbm_gbps": 2039.0,  # HBM2e, 2.0 TB/s (NVIDIA A100 80GB SXM datasheet)
     },
 }
-# H200 SXM: the H100's compute and links with 141 GB of HBM3e.
-PROFILES["h200"] = {**PROFILES["h100"], "memory_gb": 141.0}
+# H200 SXM: the H100's compute and links with 141 GB of HBM3e at 4.8 TB/s (NVIDIA H200 datasheet).
+PROFILES["h200"] = {**PROFILES["h100"], "memory_gb": 141.0, "hbm_gbps": 4800.0}
 
 SETTINGS: dict[str, str] = {
     "peak_tflops": "peak dense FLOP/s of one device, in TFLOP/s, at the spec's dtype",
@@ -39,4 +41,7 @@ SETTINGS: dict[str, str] = {
     "intra_latency_us": "intra-node latency per message, in microseconds",
     "inter_gbps": "inter-node bandwidth per device and direction, in GB/s",
     "inter_latency_us": "inter-node latency per message, in microseconds",
+    "hbm_gbps": "memory (HBM) bandwidth of one device, in GB/s: bounds a serving decode step",
 }
+# Settings a hardware section described in full may leave out: the serving cost needs them.
+OPTIONAL = ("hbm_gbps",)

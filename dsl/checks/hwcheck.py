@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from par.dsl.checks.deployment import Hardware
 from par.dsl.checks.evaluate import AlreadyReported, EvalError, Namespace, did_you_mean
-from par.dsl.checks.hardware import PROFILES, SETTINGS
+from par.dsl.checks.hardware import OPTIONAL, PROFILES, SETTINGS
 from par.dsl.checks.settings import collect_settings
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.spec import HardwareDecl
@@ -40,7 +40,7 @@ def resolve_hardware(decl: HardwareDecl, diags: list[Diagnostic]) -> Hardware | 
             diags.append(error(f"devices_per_node must be a whole number, not {value:g}", setting.value.span))
             ok = False
         values[name] = value
-    missing = [name for name in SETTINGS if name not in values]
+    missing = [name for name in SETTINGS if name not in values and name not in OPTIONAL]
     if missing and ok:
         diags.append(
             error(
@@ -73,4 +73,5 @@ def _hardware(name: str, values: dict[str, float]) -> Hardware:
         intra_latency_us=values["intra_latency_us"],
         inter_gbps=values["inter_gbps"],
         inter_latency_us=values["inter_latency_us"],
+        hbm_gbps=values.get("hbm_gbps"),
     )

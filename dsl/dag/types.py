@@ -11,11 +11,13 @@ from typing import Any, Literal, NotRequired, TypedDict, cast, overload
 
 Kind = Literal["compute", "comm", "route"]
 # registry.ops: OPS (with the mixture-of-experts ops of registry.moe), then MODEL_OPS (the model's
-# ends: embedding, positions, the vocabulary-parallel loss; context parallelism's ring steps)
+# ends: embedding, positions, the vocabulary-parallel loss; context parallelism's ring steps;
+# serving: the KV cache and sampling)
 ComputeOp = Literal[
     "layernorm", "rmsnorm", "linear", "attention", "rope", "gelu", "silu", "add", "mul",
     "router", "permute", "expert_linear", "unpermute",
     "embedding", "positions", "loss_max", "loss_sum", "loss", "ring_attention", "attn_merge",
+    "kv_append", "sample",
 ]
 CollectiveOp = Literal[
     "allgather", "allreduce", "reducescatter", "alltoall", "dispatch", "combine", "send", "recv", "slice"
@@ -139,6 +141,15 @@ class GraphAttrs(TypedDict):
     stream: PlacementText
     microbatch_shape: list[int]
     strict: bool
+    serve: NotRequired["ServeAttrs"]  # the DAGs of a serving spec: which phase, and the serving settings
+
+
+class ServeAttrs(TypedDict):
+    phase: Literal["prefill", "decode"]
+    prompt: int
+    generate: int
+    context: int  # positions each sequence's KV cache holds: prompt + generate
+    kv_dtype: Dtype
 
 
 def graph_attrs(graph: "Dag") -> GraphAttrs:

@@ -34,7 +34,7 @@ def format_spec(spec: ast.Spec, comments: list[ast.Comment], text: str) -> str:
 
 
 def _items(spec: ast.Spec) -> list:
-    items = [*spec.models, *spec.meshes, *spec.blocks, *spec.places, *spec.hardware]
+    items = [*spec.models, *spec.meshes, *spec.blocks, *spec.places, *spec.hardware, *spec.serves]
     items += [("strict", span) for span in spec.strict]
     return sorted(items, key=lambda item: (_span_of(item).line, _span_of(item).col))
 
@@ -59,6 +59,8 @@ def _render_item(item) -> list[_Line]:
         if not item.settings and item.profile:
             return [_Line(head, item.span.line)]
         return _braced(head, [(s.span, _setting(s)) for s in item.settings], item.span)
+    if isinstance(item, ast.ServeDecl):
+        return _braced("serve", [(s.span, _setting(s)) for s in item.settings], item.span)
     if isinstance(item, ast.Place):
         targets = ", ".join(t.after + (f" as {t.alias}" if t.alias else "") for t in item.targets)
         return [_Line(f"place {item.kind} after {targets}", item.span.line)]

@@ -245,13 +245,24 @@ class _ToSpec(Transformer_NonRecursive):
             self._tok(profile) if profile is not None else None,
         )
 
+    @v_args(meta=True)
+    def serve(self, meta, children):
+        return ast.ServeDecl(tuple(children), self._span(meta))
+
     def start(self, children):
         def of(kind):
             return tuple(c for c in children if isinstance(c, kind))
 
         strict = tuple(c for c in children if isinstance(c, Span))
         return ast.Spec(
-            self.file, of(ast.ModelDecl), of(ast.MeshDecl), of(ast.BlockDef), of(ast.Place), strict, of(ast.HardwareDecl)
+            self.file,
+            of(ast.ModelDecl),
+            of(ast.MeshDecl),
+            of(ast.BlockDef),
+            of(ast.Place),
+            strict,
+            of(ast.HardwareDecl),
+            serves=of(ast.ServeDecl),
         )
 
     def override(self, children):
@@ -361,10 +372,11 @@ _ITEM_START = re.compile(
     r"|place[ \t]+[A-Za-z_][A-Za-z0-9_]*[ \t]+[A-Za-z_]"
     r"|strict[ \t]*(?:#|\r?$)"
     r"|hardware(?:[ \t]+[A-Za-z_][A-Za-z0-9_]*)?[ \t]*(?:\{|#|\r?$)"
+    r"|serve[ \t]*\{"
     r")",
     re.MULTILINE,
 )
-_ITEMS = frozenset({"model", "mesh", "block", "place", "strict", "hardware"})
+_ITEMS = frozenset({"model", "mesh", "block", "place", "strict", "hardware", "serve"})
 _KEYWORD = re.compile(r"\b(" + "|".join(sorted(_ITEMS)) + r")\b")
 MAX_SYNTAX_ERRORS = 100
 

@@ -138,6 +138,14 @@ class HardwareDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class ServeDecl:
+    """`serve { prompt N  generate N  kv_dtype fp16 }`: the spec deploys the model for inference."""
+
+    settings: tuple[Setting, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Spec:
     """One parsed .par file, items kept in the order they were written."""
 
@@ -151,6 +159,7 @@ class Spec:
     # The kinds of the items that did not parse (None: text that did not start like any item);
     # checks stay quiet about what those items may have said.
     broken: tuple[str | None, ...] = ()
+    serves: tuple[ServeDecl, ...] = ()  # at most one; none: the spec trains
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,8 @@ class _Ends:
         )
         tied_here = model.tie_embeddings and self.deployment.mesh.pp == 1  # the head is the embedding's matrix
         head = self._with_params(head, 0 if tied_here else rows * hidden)
+        if self.deployment.serve is not None:
+            return self._sampled(first, head, batch, logits_shape, vocab_at, tokens)
         largest = self._compute(
             "loss_max", "loss_max", (head,), (S_LAST,), P, (logits_shape,), (batch, seq, 1), vocab_at
         )
@@ -124,6 +126,18 @@ class _Ends:
         loss = self._compute("loss", "loss", (sums,), (R,), R, ((batch, seq, 2),), (1,), vocab_at)
         last = self._finish(STREAM, loss)
         return Ends(first[0], TOKENS, first[1], last[0], STREAM, last[1], tokens, (1,))
+
+    def _sampled(self, first, head: str, batch: int, logits_shape: Shape, span: Span, tokens: Shape) -> Ends:
+        """Greedy sampling on the vocabulary-parallel logits of each sequence's last position:
+        each rank takes the largest of its logits and its index, and an AllGather over tp of
+        these pairs lets every rank pick the token."""
+        pairs = (batch, 1, 2 * self.tp)
+        picked = self._compute("sample", "sample", (head,), (S_LAST,), S_LAST, (logits_shape,), pairs, span)
+        picked = self._collective(
+            picked, R, "each rank holds the largest logit of its rows and its index: every rank needs every pair to pick the token"
+        )
+        last = self._finish(STREAM, picked)
+        return Ends(first[0], TOKENS, first[1], last[0], STREAM, last[1], tokens, pairs)
 
     def _finish(self, param: str, result: str) -> tuple[tuple[Step, ...], str]:
         steps, _ = with_pairs(tuple(self.steps), param, result, R if param == TOKENS else self.stream)

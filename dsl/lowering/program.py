@@ -72,7 +72,7 @@ class Ends:
     last_param: str
     last_result: str
     tokens: Shape  # global: one microbatch of token ids [batch, seq]
-    loss: Shape
+    loss: Shape  # global: the last step's output, the loss; serving: the sampled pairs [batch, 1, 2 × tp]
 
 
 def drop_collectives(steps: tuple[Step, ...], result: str) -> tuple[tuple[Step, ...], str]:

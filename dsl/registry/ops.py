@@ -380,6 +380,22 @@ def _softmax_saves(local_in: Shape, local_out: Shape, stored: Stored) -> int:
 # Per output element and partial output: its scale exp(lse_step - lse), the product, the sum.
 MERGE_FLOPS = 3
 
+
+def _cache_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    _fused_qkv(op, inputs, model, " (the cache keeps its K and V heads)")
+    assert op.out_features is not None  # the context, set by the serving lowering
+    return (2, inputs[0][0], model.kv_heads, op.out_features, model.head_dim)
+
+
+def _sample_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    assert op.out_features is not None  # two numbers per tensor-parallel rank
+    return (inputs[0][0], 1, op.out_features)
+
+
+def _last_position(local_in: Shape, local_out: Shape) -> int:
+    return local_in[0] * local_in[-1]  # one comparison per logit of each sequence's last position
+
+
 MODEL_OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
@@ -438,6 +454,19 @@ MODEL_OPS: dict[str, OpSpec] = {
             per_element(MERGE_FLOPS),
             saves=Saves(output=True, extra=_attention_extra),
         ),
+        # Serving (docs/language.md, Serving). The KV cache of one attention: this step's K and V
+        # written into the cache of every position, [2, batch, kv_heads, context, head_dim] (K and
+        # V stacked), split by heads like the fused QKV it reads; `out_features` is the context.
+        OpSpec(
+            "kv_append",
+            Syntax(1),
+            {None: (Signature((S_LAST,), S_LAST), Signature((R,), R))},
+            _cache_shape,
+            no_parameters,
+        ),
+        # Greedy sampling on the vocabulary-parallel logits of the last position: this rank's
+        # largest logit and its index, [batch, 1, 2] per rank (`out_features`: 2 × tp in all).
+        OpSpec("sample", Syntax(1), {None: (Signature((S_LAST,), S_LAST), Signature((R,), R))}, _sample_shape, _last_position, dtype="fp32"),
     )
 }
 # Every op a DAG's compute node may name.

@@ -39,6 +39,10 @@ def run(args) -> int:
         if compiled is None:
             failed += 1
             continue
+        if compiled.phases:  # a serving spec: the prefill and the decode step
+            shown = "; ".join(f"{phase}: {summary(each.graph)}" for phase, each in compiled.phases)
+            print(terminal(f"{path}: ok ({shown})"))
+            continue
         print(terminal(f"{path}: ok ({summary(compiled.graph)})"))
     return 1 if failed else 0
 

@@ -42,21 +42,30 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from par.codegen.cost.serving import format_serving, format_serving_comparison
     from par.codegen.cost.text import format_comparison, format_cost
     from par.dsl.cost.model import cost_of
+    from par.dsl.cost.serving import spec_serving_cost
 
     hardware = None if args.hardware is None else _profile(args.hardware)
     inputs = spec_inputs(args.specs, args.defines, **limits(args))
-    costs, failed = [], 0
+    costs, serving, failed = [], [], 0
     for _, compiled, diagnostics in compile_each(inputs):
         print_diagnostics(diagnostics, inputs)
         if compiled is None:
             failed += 1
             continue
+        if compiled.phases:  # a serving spec: compared with the other serving specs
+            serving.append(spec_serving_cost(compiled, hardware))
+            continue
         costs.append(cost_of(compiled.graph, hardware=hardware or compiled.deployment.hardware))
+    texts = []
     if costs:
-        text = format_cost(costs[0]) if len(costs) == 1 else format_comparison(costs)
-        print("\n".join(terminal(line) for line in text.split("\n")), end="")  # spec names head the columns
+        texts.append(format_cost(costs[0]) if len(costs) == 1 else format_comparison(costs))
+    if serving:
+        texts.append(format_serving(serving[0]) if len(serving) == 1 else format_serving_comparison(serving))
+    text = "\n".join(texts)
+    print("\n".join(terminal(line) for line in text.split("\n")), end="")  # spec names head the columns
     return 1 if failed else 0
 
 

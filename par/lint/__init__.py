@@ -31,10 +31,11 @@ def run_lint(paths: list[str], *, fmt: str = "text", spec_dag=None,
     the exit code:
     1 when any error was found, else 0. `spec_dag` is the networkx DiGraph `par` compiles
     from a spec (the README's DAG contract); with it every file is also compared against it.
+    It may be a function of the file's path instead (a serving spec: the phase the file draws).
     """
     if fmt not in _FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
-    results = [lint_file(path, spec_dag=spec_dag, spec_name=spec_name)
+    results = [lint_file(path, spec_dag=spec_dag(path) if callable(spec_dag) else spec_dag, spec_name=spec_name)
                for path in _expand(paths)]
     failed = any(result.findings for result in results)
     return _FORMATS[fmt](results), int(failed)
