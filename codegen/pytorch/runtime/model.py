@@ -45,6 +45,12 @@ class Stage(nn.Module):
             x = layer(x)
         return x
 
+    def serve(
+        self, x: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]], position: torch.Tensor, decoding: bool
+    ) -> torch.Tensor:
+        """Generation's pass (a model with a vocabulary has it; this block has no attention to cache)."""
+        return self(x)
+
 
 class ReferenceResidualLayer(nn.Module):
     """One layer of block `residual`, unsharded."""

@@ -22,6 +22,7 @@ class CollectiveTrace:
         self.events: list[dict] = []
         self.phase = "step"
         self.microbatch: int | None = None
+        self.step: int | None = None  # generation's step (0: prefill)
 
     def record(self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None) -> None:
         event = {
@@ -31,6 +32,8 @@ class CollectiveTrace:
             "group": group,
             "bytes": tensor.numel() * tensor.element_size(),
         }
+        if self.step is not None:
+            event["step"] = self.step
         if peer is not None:
             event["peer"] = peer
         self.events.append(event)
@@ -51,9 +54,9 @@ def start_trace() -> CollectiveTrace:
     return TRACE
 
 
-def set_phase(phase: str, microbatch: int | None = None) -> None:
+def set_phase(phase: str, microbatch: int | None = None, step: int | None = None) -> None:
     if TRACE is not None:
-        TRACE.phase, TRACE.microbatch = phase, microbatch
+        TRACE.phase, TRACE.microbatch, TRACE.step = phase, microbatch, step
 
 
 def _record(op: str, tensor: torch.Tensor, group: dist.ProcessGroup | None = None, peer: int | None = None) -> None:
