@@ -41,12 +41,12 @@ HARNESS = (
 class Decode:
     """A decode step of a spec with sequence parallelism: one position cannot be split over the
     sequence, so the step runs the block lowered without it (AllReduce after row-parallel
-    linears), on the same modules."""
+    linears), on the same modules, and its head reads the final norm's output as it is."""
 
     lines: tuple[Line, ...]  # the layer's `decode` method
     result: str
     uses_tp_rank: bool
-    into_head: str  # the expression that takes the final norm's output into the head
+    helpers: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +163,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
     model, mesh = deployment.model, deployment.mesh
     ends = ends_view(program)
     layer = sharded_layer(program, cached=ends is not None)
+    decode = _decode(compiled, layer) if ends is not None and program.stream == S_SEQ else None
     return ModelView(
         source=python_comment(graph_attrs(compiled.graph)["source"]),
         model=model.name,
@@ -190,11 +191,11 @@ def _bare_view(compiled: Compiled) -> ModelView:
         gqa=model.kv_heads != model.heads,
         rope=_rope_constants(model) if any(step.op == "rope" for step in program.steps) else (),
         layer=layer,
-        decode=_decode(compiled, layer) if ends is not None and program.stream == S_SEQ else None,
+        decode=decode,
         ends=ends,
         partial_gradients=layer.partial_gradients + (ends.partial_gradients if ends else ()),
         reference=reference_layer(program),
-        helpers=tuple(sorted(layer.helpers)),
+        helpers=tuple(sorted(layer.helpers | (decode.helpers if decode else frozenset()))),
         checkpoint=_checkpoint(compiled, layer, ends),
         runtime={},
     )
@@ -208,9 +209,10 @@ def _decode(compiled: Compiled, layer: ShardedLayer) -> Decode:
     ends = ends_view(program)
     # The same modules in both, so the decode step runs on the prefill's parameters.
     assert decode.code.submodules == layer.code.submodules and decode.sharding == layer.sharding
-    assert decode.cache_heads == layer.cache_heads and ends is not None
-    assert decode.code.param == layer.code.param
-    return Decode(decode.code.lines, decode.code.result, decode.uses_tp_rank, ends.into_head)
+    assert decode.cache_heads == layer.cache_heads and decode.code.param == layer.code.param
+    # The head reads the whole (one-position) stream: nothing to gather; copy_to_tp only acts in backward.
+    assert ends is not None and ends.into_head in ("", "copy_to_tp(x, self.groups.tp)")
+    return Decode(decode.code.lines, decode.code.result, decode.uses_tp_rank, decode.helpers)
 
 
 def _checkpoint(compiled: Compiled, layer: ShardedLayer, ends: EndsView | None) -> CheckpointTable | None:

@@ -56,9 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if ENDS:
         parser.add_argument("--data", metavar="FILE", help="train on a token file: a flat array of ids")
         parser.add_argument("--data-dtype", choices=("uint16", "int32"), default="uint16", help="type of the ids")
-        parser.add_argument("--generate", metavar="IDS", help='generate after these token ids ("1 2 3"), in every sequence')
+        parser.add_argument("--generate", metavar="IDS", help='generate after these ids ("1 2 3") in every sequence')
         parser.add_argument("--prompt-len", type=int, metavar="L", help="generate after random prompts of L ids")
-        parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens generation adds to each sequence")
+        parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens added to each sequence")
         parser.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)")
         parser.add_argument("--top-k", type=int, metavar="K", help="sample among the K largest logits")
         parser.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), help="dtype of the KV cache (default: the model's)")
@@ -98,7 +98,7 @@ def generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.length + args.max_new > SEQ:
         parser.error(f"generation: a prompt of {args.length} ids and --max-new {args.max_new} exceed seq ({SEQ})")
     if SEQUENCE_PARALLEL and args.length % TP:
-        parser.error(f"generation: sequence parallelism splits the prompt over tp {TP}: give a length that divides by it")
+        parser.error(f"generation: sequence parallelism splits the prompt over tp {TP}: give a multiple of {TP} ids")
     if args.temperature < 0 or (args.top_k is not None and not (args.temperature > 0 and 1 <= args.top_k <= VOCAB)):
         parser.error(f"--temperature must be at least 0; --top-k needs a temperature above 0 and 1 <= K <= {VOCAB}")
     args.steps = 0
@@ -134,7 +134,15 @@ def run(args: argparse.Namespace) -> bool:
         sampling = Sampling(args.temperature, args.top_k, args.seed)
         kv_dtype = KV_DTYPES[args.kv_dtype] if args.kv_dtype else DTYPE
         ok = serve(
-            groups, device, args.seed, args.prompt, args.length, args.max_new, sampling, kv_dtype, args.check,
+            groups,
+            device,
+            args.seed,
+            args.prompt,
+            args.length,
+            args.max_new,
+            sampling,
+            kv_dtype,
+            args.check,
             args.tolerance,
         )
     else:

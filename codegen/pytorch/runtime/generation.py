@@ -74,11 +74,11 @@ def slot_messages(stage: int, slot: int, new: int) -> list[SlotMessage]:
         messages.append(("send", "activation", *done, stage + 1))
     if following is not None and stage > 0:
         messages.append(("recv", "activation", *following, stage - 1))
-    sampled = slot_item(PP - 1, slot, new)  # tokens the last stage sampled in this slot, for the next step
-    if PP > 1 and sampled is not None and sampled[0] < new - 1:
-        if stage == PP - 1:
+    if PP > 1:
+        sampled = slot_item(PP - 1, slot, new)  # tokens the last stage sampled in this slot, for the next step
+        if sampled is not None and sampled[0] < new - 1 and stage == PP - 1:
             messages.append(("send", "token", *sampled, 0))
-        if stage == 0:
+        if sampled is not None and sampled[0] < new - 1 and stage == 0:
             messages.append(("recv", "token", *sampled, PP - 1))
     return messages
 
@@ -215,10 +215,12 @@ def generate(
             if item is not None:
                 step, m = item
                 set_phase("prefill" if step == 0 else "decode", m, step)
-                if first_stage:
-                    x = inputs[m].to(device) if step == 0 else fed.pop(m)
-                else:
+                if not first_stage:
                     x = received.pop(item)
+                elif step == 0:
+                    x = inputs[m].to(device)
+                else:
+                    x = fed.pop(m)
                 layer_caches = [(k[rows[m]], v[rows[m]]) for k, v in caches]
                 y = stage.serve(x, layer_caches, positions[step], decoding=step > 0)
                 if last_stage:

@@ -98,6 +98,7 @@ def reference_ends(seed: int) -> dict[str, torch.Tensor]:
     """Reference's parameters outside the layers: none here."""
     return {}
 
+
 # Hugging Face checkpoint names: each parameter is its checkpoint tensors concatenated along the
 # rows; TRANSPOSED ones are stored [in, out].
 CHECKPOINT = {

@@ -241,4 +241,3 @@ def train(
             print(f"{skipped}, loss scale {scaler.scale:g}", flush=True)
     if HF_CHECKPOINT:
         save_requested(stage, groups, loaded)
-

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from par.codegen.pytorch.runtime.spec import (
+    ENDS,
     HEAD_DIM,
     HEADS,
     KV_HEADS,
@@ -51,14 +52,14 @@ def causal_attention(
     q = q.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2)
     k = k.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
     v = v.reshape(batch, seq, kv_heads, HEAD_DIM).transpose(1, 2)
-    if cache is not None and cache.decoding:
+    if ENDS and cache is not None and cache.decoding:
         cache.k.index_copy_(2, cache.position.view(1), k.to(cache.k.dtype))
         cache.v.index_copy_(2, cache.position.view(1), v.to(cache.v.dtype))
         visible = (torch.arange(cache.k.shape[2], device=qkv.device) <= cache.position).unsqueeze(0)
         k, v = cache.k.to(q.dtype), cache.v.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=KV_HEADS != HEADS)
         return out.transpose(1, 2).reshape(batch, seq, heads * HEAD_DIM)
-    if cache is not None:
+    if ENDS and cache is not None:
         cache.k[:, :, :seq] = k
         cache.v[:, :, :seq] = v
     # Grouped-query attention: query head h uses KV head h // (heads // kv_heads), without copying K and V per head.
@@ -131,7 +132,7 @@ def rotary_embedding(
     """Rotary position embedding of the Q and K heads of fused Q, K, V features; `heads`,
     `kv_heads` and `groups` as `causal_attention` takes them. A decode step (`cache`) turns its
     position by the cache's; generation needs no backward."""
-    if cache is not None and cache.decoding:
+    if ENDS and cache is not None and cache.decoding:
         return rotate(qkv, heads, kv_heads, groups, back=False, start=cache.position)
     return RotaryEmbedding.apply(qkv, heads, kv_heads, groups)
 

@@ -145,13 +145,12 @@ def greedy_token(logits: torch.Tensor, groups: Groups) -> torch.Tensor:
     below 2^24 are exact in fp32): no rank holds logits over the whole vocabulary.
     """
     logits = logits.float()
-    first = groups.tp_rank * (PADDED_VOCAB // TP)
     if PADDED:
-        logits = logits.index_fill(-1, padding_rows(first, logits), float("-inf"))
+        logits = logits.index_fill(-1, padding_rows(groups.tp_rank * (PADDED_VOCAB // TP), logits), float("-inf"))
     indices = logits.argmax(dim=-1)
     if TP > 1:
         values = logits.gather(-1, indices.unsqueeze(-1)).squeeze(-1)
-        pairs = torch.stack([values, (indices + first).float()], dim=-1)
+        pairs = torch.stack([values, (indices + groups.tp_rank * (PADDED_VOCAB // TP)).float()], dim=-1)
         found = _all_gather(pairs.unsqueeze(0), dim=0, group=groups.tp)  # [TP, sequences, 2]
         winner = found[..., 0].argmax(dim=0)  # the first rank holding the largest: the smallest id
         return found[..., 1].gather(0, winner.unsqueeze(0)).squeeze(0).long()

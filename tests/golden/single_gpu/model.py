@@ -56,12 +56,29 @@ STREAM_SHAPE = (BATCH // DP // MICROBATCHES, SEQ, HIDDEN)  # one microbatch on o
 # -- Ops ----------------------------------------------------------------------------------------
 
 
-def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
+class KVCache:
+    """One layer's keys and values for one microbatch of sequences on this rank, as generation
+    hands them to the layer: `k` and `v` [sequences, kv heads, context, HEAD_DIM], allocated once;
+    `position`, the first position of this call (a 0-d tensor, so that decode steps keep one
+    shape); `decoding`, one new position per sequence (else the prompt, from position 0)."""
+
+    __slots__ = ("k", "v", "position", "decoding")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor, decoding: bool) -> None:
+        self.k, self.v, self.position, self.decoding = k, v, position, decoding
+
+
+def causal_attention(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, cache: KVCache | None = None
+) -> torch.Tensor:
     """Causal self-attention over fused Q, K, V features.
 
     `qkv` holds `groups` blocks of [Q heads | K heads | V heads] along its features: one block
     for the whole model or for one rank's heads, one block per tensor-parallel rank after an
     AllGather of head-sharded QKV. `heads` and `kv_heads` count the heads of all blocks.
+    With a `cache`, the prompt's keys and values are written into it (attention over the prompt
+    as in training), or a decode step's one position is, and its query attends over the whole
+    cache, the positions after it masked: the same shapes at every step.
     """
     batch, seq, _ = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
@@ -269,6 +286,7 @@ class CollectiveTrace:
         self.events: list[dict] = []
         self.phase = "step"
         self.microbatch: int | None = None
+        self.step: int | None = None  # generation's step (0: prefill)
 
     def record(self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None) -> None:
         event = {
@@ -278,6 +296,8 @@ class CollectiveTrace:
             "group": group,
             "bytes": tensor.numel() * tensor.element_size(),
         }
+        if self.step is not None:
+            event["step"] = self.step
         if peer is not None:
             event["peer"] = peer
         self.events.append(event)
@@ -298,9 +318,9 @@ def start_trace() -> CollectiveTrace:
     return TRACE
 
 
-def set_phase(phase: str, microbatch: int | None = None) -> None:
+def set_phase(phase: str, microbatch: int | None = None, step: int | None = None) -> None:
     if TRACE is not None:
-        TRACE.phase, TRACE.microbatch = phase, microbatch
+        TRACE.phase, TRACE.microbatch, TRACE.step = phase, microbatch, step
 
 
 # -- Training step ------------------------------------------------------------------------------
