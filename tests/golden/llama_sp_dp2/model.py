@@ -15,6 +15,10 @@ cross-entropy vocabulary-parallel (no rank holds logits over the whole vocabular
 
     torchrun --nproc-per-node 8 model.py --data tokens.bin --steps 100   # train on a token file
     torchrun --nproc-per-node 8 model.py --generate "1 2 3" --max-new 8   # greedy tokens after a prefix
+    torchrun --nproc-per-node 8 model.py --prompt-len 8 --max-new 16      # every sequence: TTFT, latency
+
+Generation runs the prefill, then one decode step per new token with a KV cache per layer,
+the pipeline's microbatches of sequences in flight.
 
 Weights from a Hugging Face checkpoint (safetensors or pytorch_model.bin; each rank reads only
 its shard), and the trained ones written back in the same names and files:
