@@ -1767,7 +1767,6 @@ def generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"generation: a prompt of {args.length} ids and --max-new {args.max_new} exceed seq ({SEQ})")
     if args.temperature < 0 or (args.top_k is not None and not (args.temperature > 0 and 1 <= args.top_k <= VOCAB)):
         parser.error(f"--temperature must be at least 0; --top-k needs a temperature above 0 and 1 <= K <= {VOCAB}")
-    args.steps = 0
 
 
 def init_distributed(timeout: datetime.timedelta) -> torch.device:

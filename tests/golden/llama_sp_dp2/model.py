@@ -2228,6 +2228,8 @@ def generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     """Checks the options of generation; sets `prompt` (the ids, or None: random) and `length`."""
     if args.generate is not None and args.prompt_len is not None:
         parser.error("give --generate IDS or --prompt-len L, not both")
+    if args.save is not None and not args.steps:
+        parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
     if args.generate is not None:
         try:
             args.prompt = [int(word) for word in args.generate.split()]
@@ -2248,7 +2250,6 @@ def generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"generation: sequence parallelism splits the prompt over tp {TP}: give a multiple of {TP} ids")
     if args.temperature < 0 or (args.top_k is not None and not (args.temperature > 0 and 1 <= args.top_k <= VOCAB)):
         parser.error(f"--temperature must be at least 0; --top-k needs a temperature above 0 and 1 <= K <= {VOCAB}")
-    args.steps = 0
 
 
 def init_distributed(timeout: datetime.timedelta) -> torch.device:
