@@ -1459,7 +1459,7 @@ class Sampling:
         if self.top_k is not None:
             # the k-th largest logit over the vocabulary: each rank's k largest, gathered over tp
             largest = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values
-            largest = _all_gather(largest, dim=-1, group=groups.tp)
+            largest = _all_gather(largest, dim=1, group=groups.tp)  # [sequences, TP x k]
             threshold = largest.topk(self.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < threshold, float("-inf"))
         return greedy_token(self.perturbed(logits, groups.tp_rank * (PADDED_VOCAB // TP), key), groups)
