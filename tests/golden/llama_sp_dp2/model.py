@@ -2162,7 +2162,7 @@ def serve(
     checking: bool,
     tolerance: float | None,
 ) -> bool:
-    """--generate / --prompt-len: generation on the seed's (or --load's) weights, reported by the
+    """--generate / --prompt-len: generation on the seed's weights (or a checkpoint's), reported by the
     first rank of the last stage; with --check, held to Reference on the seed's weights."""
     stage = build_stage(groups, device, stage_weights(groups, seed)).eval()
     if not checking:
