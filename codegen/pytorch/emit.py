@@ -14,12 +14,13 @@ from par.codegen.pytorch import inline
 from par.codegen.pytorch.checkpoint import CheckpointTable, checkpoint_table
 from par.codegen.pytorch.ends import EndsView, ends_view
 from par.codegen.pytorch.layer import ShardedLayer, sharded_layer
-from par.codegen.pytorch.ops import LayerCode, reference_layer
+from par.codegen.pytorch.ops import LayerCode, Line, reference_layer
 from par.codegen.templating import render
 from par.dsl.checks.deployment import Model
 from par.dsl.compiler import Compiled
 from par.dsl.dag.types import graph_attrs
 from par.dsl.escape import python_comment
+from par.dsl.lowering.lower import lower
 from par.dsl.lowering.placement import S_SEQ
 from par.dsl.units import exact
 
@@ -32,8 +33,20 @@ BESIDE_REFERENCE = ("seeds",)
 AFTER_SHARDING = ("sharding",)
 HARNESS = (
     "groups", "trace", "collectives", "regather", "pairs", "batches", "schedule", "step", "optimizer", "checkpoint", "modes",
-    "cli",
+    "generation", "cli",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Decode:
+    """A decode step of a spec with sequence parallelism: one position cannot be split over the
+    sequence, so the step runs the block lowered without it (AllReduce after row-parallel
+    linears), on the same modules, and its head reads the final norm's output as it is."""
+
+    lines: tuple[Line, ...]  # the layer's `decode` method
+    result: str
+    uses_tp_rank: bool
+    helpers: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,7 @@ class ModelView:
     gqa: bool
     rope: tuple[tuple[str, str], ...]  # (constant, value): the rotary embedding's, where the block has one
     layer: ShardedLayer
+    decode: Decode | None  # generation's decode step where it differs from the layer's forward (sequence parallelism)
     ends: EndsView | None  # the embedding, final norm, head and loss, when the model has a vocabulary
     partial_gradients: tuple[str, ...]  # the layer's and the ends' parameters whose gradients are summed over tp
     experts: tuple[tuple[str, str], ...]  # (constant, value): a mixture of experts' sizes and expert-parallel degree
@@ -160,8 +174,9 @@ def _bare_view(compiled: Compiled) -> ModelView:
     program = compiled.program
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
-    layer = sharded_layer(program)
     ends = ends_view(program)
+    layer = sharded_layer(program, cached=ends is not None)
+    decode = _decode(compiled, layer) if ends is not None and program.stream == S_SEQ else None
     return ModelView(
         source=python_comment(graph_attrs(compiled.graph)["source"]),
         model=model.name,
@@ -190,14 +205,29 @@ def _bare_view(compiled: Compiled) -> ModelView:
         gqa=model.kv_heads != model.heads,
         rope=_rope_constants(model) if any(step.op == "rope" for step in program.steps) else (),
         layer=layer,
+        decode=decode,
         ends=ends,
         partial_gradients=layer.partial_gradients + (ends.partial_gradients if ends else ()),
         experts=_expert_constants(compiled),
         reference=reference_layer(program),
-        helpers=tuple(sorted(layer.helpers)),
+        helpers=tuple(sorted(layer.helpers | (decode.helpers if decode else frozenset()))),
         checkpoint=_checkpoint(compiled, layer, ends),
         runtime={},
     )
+
+
+def _decode(compiled: Compiled, layer: ShardedLayer) -> Decode:
+    """The decode step's layer and head input: the block lowered again without sequence parallelism."""
+    deployment = compiled.program.deployment
+    program = lower(replace(deployment, mesh=replace(deployment.mesh, sequence_parallel=False)))
+    decode = sharded_layer(program, cached=True)
+    ends = ends_view(program)
+    # The same modules in both, so the decode step runs on the prefill's parameters.
+    assert decode.code.submodules == layer.code.submodules and decode.sharding == layer.sharding
+    assert decode.cache_heads == layer.cache_heads and decode.code.param == layer.code.param
+    # The head reads the whole (one-position) stream: nothing to gather; copy_to_tp only acts in backward.
+    assert ends is not None and ends.into_head in ("", "copy_to_tp(x, self.groups.tp)")
+    return Decode(decode.code.lines, decode.code.result, decode.uses_tp_rank, decode.helpers)
 
 
 def _checkpoint(compiled: Compiled, layer: ShardedLayer, ends: EndsView | None) -> CheckpointTable | None:

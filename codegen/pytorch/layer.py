@@ -68,10 +68,12 @@ class ShardedLayer:
     uses_tp_rank: bool  # the forward slices locally by the rank's tensor-parallel index
     linear_classes: frozenset[str]  # the tensor-parallel linear modules the layer uses
     by_head: bool  # some weight is split per head of a fused QKV (shard_parameter regroups it)
+    cache_heads: str  # the KV heads of this rank's KV cache, as model.py writes them ("0": no attention)
 
 
-def sharded_layer(program: Program) -> ShardedLayer:
-    return _Writer(program).run()
+def sharded_layer(program: Program, cached: bool = False) -> ShardedLayer:
+    """The layer's forward; `cached`: attention and rope take generation's KV cache (`cache`)."""
+    return _Writer(program, cached).run()
 
 
 def fused_qkv_values(steps: tuple[Step, ...]) -> set[str]:
@@ -93,8 +95,10 @@ def fused_qkv_values(steps: tuple[Step, ...]) -> set[str]:
 
 
 class _Writer:
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, cached: bool):
         self.program = program
+        self.cached = cached
+        self.cache_heads = "0"
         self.model = program.deployment.model
         self.mesh = program.deployment.mesh
         self.tp = self.mesh.tp
@@ -137,6 +141,7 @@ class _Writer:
             self.uses_tp_rank,
             frozenset(self.classes),
             self.by_head,
+            self.cache_heads,
         )
 
     # -- operands ----------------------------------------------------------------------------------
@@ -310,13 +315,17 @@ class _Writer:
         value = step.inputs[0]
         function = "causal_attention" if step.op == "attention" else "rotary_embedding"
         if step.in_placement.kind == "S":
-            call = attention_call(self._name(value), heads="HEADS // TP", kv_heads="KV_HEADS // TP", function=function)
+            heads, kv_heads, groups = "HEADS // TP", "KV_HEADS // TP", ""
             comment = "this rank's heads"
         else:
             grouped = self.layout.get(value) == "grouped"
-            groups = "TP" if grouped else ""
-            call = attention_call(self._name(value), heads="HEADS", kv_heads="KV_HEADS", groups=groups, function=function)
+            heads, kv_heads, groups = "HEADS", "KV_HEADS", "TP" if grouped else ""
             comment = "all heads" + (", one [q | k | v] block per rank" if grouped else "")
+        if step.op == "attention":
+            self.cache_heads = kv_heads if self.tp > 1 else "KV_HEADS"
+        call = attention_call(
+            self._name(value), heads=heads, kv_heads=kv_heads, groups=groups, function=function, cache=self.cached
+        )
         # rope keeps the layout of the fused QKV it turns; attention's output is per head, not QKV
         layout = self.layout.get(value) if step.op == "rope" else None
         self._emit(step, call, comment if self.tp > 1 else "", layout)

@@ -99,10 +99,13 @@ def norm(op: str, features: int, model: Model) -> str:
     return NORMS[op].format(size(features, model), exact(model.norm_eps))
 
 
-def attention_call(operand: str, *, heads: str, kv_heads: str, groups: str = "", function: str = "causal_attention") -> str:
+def attention_call(
+    operand: str, *, heads: str, kv_heads: str, groups: str = "", function: str = "causal_attention", cache: bool = False
+) -> str:
     """`causal_attention(...)` (or another op over fused Q, K, V heads: `rotary_embedding`) with
-    head counts written as expressions of model.py's constants."""
-    extra = f", groups={groups}" if groups else ""
+    head counts written as expressions of model.py's constants; with `cache`, it passes the
+    layer's KV cache of generation on."""
+    extra = (f", groups={groups}" if groups else "") + (", cache=cache" if cache else "")
     return f"{function}({operand}, heads={heads}, kv_heads={kv_heads}{extra})"
 
 

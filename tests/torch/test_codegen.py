@@ -139,10 +139,16 @@ def test_sequence_parallel_gathers_reduce_scatter_in_backward_and_norm_gradients
     # along the sequence: dim 0 of model.py's sequence-first stream
     assert lines["allgather_ln1"].startswith("all_gather_to_tp(ln1, dim=0")
     assert lines["allgather_ln2"].startswith("all_gather_to_tp(ln2, dim=0")
-    assert lines["pos"] == "rotary_embedding(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP)"
-    assert lines["ctx"] == "causal_attention(pos, heads=HEADS // TP, kv_heads=KV_HEADS // TP)"
+    assert lines["pos"] == "rotary_embedding(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP, cache=cache)"
+    assert lines["ctx"] == "causal_attention(pos, heads=HEADS // TP, kv_heads=KV_HEADS // TP, cache=cache)"
     assert view.layer.partial_gradients == ("ln1.weight", "ln2.weight")
-    assert "copy_to_tp" not in view.helpers
+    assert "copy_to_tp" not in view.layer.helpers
+    # a decode step's one position cannot be split: its layer reduces with AllReduce, as without sp
+    decode = {line.target: line.expression for line in view.decode.lines}
+    assert decode["allreduce_attn"] == "all_reduce(attn, self.tp_group)"
+    assert decode["allreduce_mlp"] == "all_reduce(mlp, self.tp_group)"
+    assert not any(expression.startswith(("all_gather", "reduce_scatter")) for expression in decode.values())
+    assert decode["ctx"] == lines["ctx"]
 
 
 def test_the_baselines_allgathers_keep_their_part_in_backward_and_attention_reads_one_block_per_rank():

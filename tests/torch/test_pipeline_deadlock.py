@@ -134,3 +134,66 @@ def test_the_model_detects_a_receive_that_no_send_meets():
         [[("recv", "activation", 0, 0), ("send", "gradient", 0, 0)]],
     ]
     assert run_blocking(paired) == []
+
+
+# -- Generation: prefill and decode steps, the sampled tokens fed back from the last stage to the first
+
+
+def _decode_plan(monkeypatch, stages: int, microbatches: int, new: int) -> list[list[list[Op]]]:
+    """Each stage's exchanges in generation, as the runtime posts them; an item is (kind, step * 1000 + microbatch)."""
+    from par.codegen.pytorch.runtime import generation
+
+    monkeypatch.setattr(generation, "PP", stages)
+    monkeypatch.setattr(generation, "MICROBATCHES", microbatches)
+    return [
+        [
+            [(op, kind, step * 1000 + m, peer) for op, kind, step, m, peer in item]
+            for item in generation.decode_plan(stage, new)
+            if isinstance(item, list)
+        ]
+        for stage in range(stages)
+    ]
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4])
+@pytest.mark.parametrize("microbatches", [1, 2, 3, 4, 8])
+def test_the_decode_schedule_finishes_under_blocking_sends(monkeypatch, stages, microbatches):
+    new = 4
+    programs = _decode_plan(monkeypatch, stages, microbatches, new)
+    assert run_blocking(programs) == []
+    items = [step * 1000 + m for step in range(new) for m in range(microbatches)]
+    fed_back = [step * 1000 + m for step in range(new - 1) for m in range(microbatches)]  # the last step's are not
+    for stage, steps in enumerate(programs):
+        ops = sorted(op for step in steps for op in step)
+        expected = [("recv", "activation", i, stage - 1) for i in items if stage > 0]
+        expected += [("send", "activation", i, stage + 1) for i in items if stage < stages - 1]
+        expected += [("recv", "token", i, stages - 1) for i in fed_back if stage == 0]
+        expected += [("send", "token", i, 0) for i in fed_back if stage == stages - 1]
+        assert ops == sorted(expected)
+
+
+@pytest.mark.parametrize(("stages", "microbatches"), [(2, 4), (2, 8), (3, 6), (4, 8)])
+def test_pairing_each_send_with_the_next_receive_deadlocks_the_decode_ring(stages, microbatches):
+    """The training schedules' pairing (this action's send with the next one's receive) on the
+    ring that generation closes (tokens from the last stage back to the first) hangs with twice
+    as many microbatches in flight as stages: sends then fill the whole ring. The model must see it."""
+    new = 3
+    programs = []
+    for stage in range(stages):
+        order = [(step, m) for step in range(new) for m in range(microbatches)]
+        steps: list[list[Op]] = [[("recv", "activation", 0, stage - 1)]] if stage > 0 else []
+        for index, (step, m) in enumerate(order):
+            exchange: list[Op] = []
+            if stage < stages - 1:
+                exchange.append(("send", "activation", step * 1000 + m, stage + 1))
+            elif step < new - 1:
+                exchange.append(("send", "token", step * 1000 + m, 0))
+            if index + 1 < len(order):
+                following = order[index + 1]
+                if stage > 0:
+                    exchange.append(("recv", "activation", following[0] * 1000 + following[1], stage - 1))
+                elif following[0] > 0:
+                    exchange.append(("recv", "token", (following[0] - 1) * 1000 + following[1], stages - 1))
+            steps.append(exchange)
+        programs.append(steps)
+    assert run_blocking(programs)

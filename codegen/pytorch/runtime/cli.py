@@ -12,13 +12,27 @@ import torch.distributed as dist
 
 from par.codegen.pytorch.runtime.batches import open_tokens
 from par.codegen.pytorch.runtime.checkpoint import nothing_to_save, set_checkpoints
+from par.codegen.pytorch.runtime.generation import Sampling, serve
 from par.codegen.pytorch.runtime.groups import Groups
-from par.codegen.pytorch.runtime.modes import check, generate, train
+from par.codegen.pytorch.runtime.modes import check, train
 from par.codegen.pytorch.runtime.regather import set_regather
-from par.codegen.pytorch.runtime.spec import DP, ENDS, HF_CHECKPOINT, PP, SEQ, TP, VOCAB, WORLD_SIZE
+from par.codegen.pytorch.runtime.spec import (
+    DP,
+    DTYPE,
+    ENDS,
+    HF_CHECKPOINT,
+    PP,
+    SEQ,
+    SEQUENCE_PARALLEL,
+    TP,
+    VOCAB,
+    WORLD_SIZE,
+)
 from par.codegen.pytorch.runtime.trace import start_trace
 
 # -- Entry point --------------------------------------------------------------------------------
+
+KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --kv-dtype
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,24 +56,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if ENDS:
         parser.add_argument("--data", metavar="FILE", help="train on a token file: a flat array of ids")
         parser.add_argument("--data-dtype", choices=("uint16", "int32"), default="uint16", help="type of the ids")
-        parser.add_argument("--generate", metavar="IDS", help='greedy generation after these token ids ("1 2 3")')
-        parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens --generate adds")
+        parser.add_argument("--generate", metavar="IDS", help='generate after these ids ("1 2 3") in every sequence')
+        parser.add_argument("--prompt-len", type=int, metavar="L", help="generate after random prompts of L ids")
+        parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens added to each sequence")
+        parser.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)")
+        parser.add_argument("--top-k", type=int, metavar="K", help="sample among the K largest logits")
+        parser.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), help="dtype of the KV cache (default: the model's)")
     args = parser.parse_args(argv)
     if HF_CHECKPOINT and nothing_to_save(args):
         parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
-    if ENDS and args.generate is not None:
+    if ENDS and generating(args):
+        generation_args(parser, args)
+        return args
+    if not args.check and not args.steps:
+        args.steps = 10
+    return args
+
+
+def generating(args: argparse.Namespace) -> bool:
+    return args.generate is not None or args.prompt_len is not None
+
+
+def generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks the options of generation; sets `prompt` (the ids, or None: random) and `length`."""
+    if args.generate is not None and args.prompt_len is not None:
+        parser.error("give --generate IDS or --prompt-len L, not both")
+    if HF_CHECKPOINT and args.save is not None and not args.steps:
+        parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
+    if args.generate is not None:
         try:
             args.prompt = [int(word) for word in args.generate.split()]
         except ValueError:
             parser.error(f"--generate takes token ids separated by spaces, not {args.generate!r}")
         if not args.prompt or any(not 0 <= token < VOCAB for token in args.prompt):
             parser.error(f"--generate needs at least one token id, each from 0 to {VOCAB - 1}")
-        if len(args.prompt) + args.max_new > SEQ:
-            parser.error(f"--generate: {len(args.prompt)} ids and --max-new {args.max_new} exceed seq ({SEQ})")
-        return args
-    if not args.check and not args.steps:
-        args.steps = 10
-    return args
+        args.length = len(args.prompt)
+    else:
+        args.prompt, args.length = None, args.prompt_len
+        if args.length < 1:
+            parser.error("--prompt-len must be at least 1")
+    if args.max_new < 1:
+        parser.error("--max-new must be at least 1")
+    if args.length + args.max_new > SEQ:
+        parser.error(f"generation: a prompt of {args.length} ids and --max-new {args.max_new} exceed seq ({SEQ})")
+    if SEQUENCE_PARALLEL and args.length % TP:
+        parser.error(f"generation: sequence parallelism splits the prompt over tp {TP}: give a multiple of {TP} ids")
+    if args.temperature < 0 or (args.top_k is not None and not (args.temperature > 0 and 1 <= args.top_k <= VOCAB)):
+        parser.error(f"--temperature must be at least 0; --top-k needs a temperature above 0 and 1 <= K <= {VOCAB}")
 
 
 def init_distributed(timeout: datetime.timedelta) -> torch.device:
@@ -88,11 +131,23 @@ def run(args: argparse.Namespace) -> bool:
         set_regather(args.regather)
     if HF_CHECKPOINT:
         set_checkpoints(args.load, args.save)
-    ok = check(groups, device, args.seed, args.tolerance) if args.check else True
-    if ENDS and args.generate is not None:
-        new = generate(groups, device, args.seed, args.prompt, args.max_new)
-        if groups.rank == 0:
-            print(f"generated: {' '.join(str(token) for token in new)}", flush=True)
+    if ENDS and generating(args):
+        sampling = Sampling(args.temperature, args.top_k, args.seed)
+        kv_dtype = KV_DTYPES[args.kv_dtype] if args.kv_dtype else DTYPE
+        ok = serve(
+            groups,
+            device,
+            args.seed,
+            args.prompt,
+            args.length,
+            args.max_new,
+            sampling,
+            kv_dtype,
+            args.check,
+            args.tolerance,
+        )
+    else:
+        ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         if ENDS:
             tokens = open_tokens(args.data, args.data_dtype) if args.data else None

@@ -45,6 +45,12 @@ class Stage(nn.Module):
             x = layer(x)
         return x
 
+    def serve(
+        self, x: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]], position: torch.Tensor, decoding: bool
+    ) -> torch.Tensor:
+        """Generation's pass (a model with a vocabulary has it; this block has no attention to cache)."""
+        return self(x)
+
 
 class ReferenceResidualLayer(nn.Module):
     """One layer of block `residual`, unsharded."""
@@ -91,6 +97,7 @@ END_SHARDING: dict[str, str] = {}  # the model's ends: this one has none (ENDS)
 def reference_ends(seed: int) -> dict[str, torch.Tensor]:
     """Reference's parameters outside the layers: none here."""
     return {}
+
 
 # Hugging Face checkpoint names: each parameter is its checkpoint tensors concatenated along the
 # rows; TRANSPOSED ones are stored [in, out].

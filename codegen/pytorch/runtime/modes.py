@@ -10,8 +10,7 @@ import torch.nn.functional as F
 
 from par.codegen.pytorch.runtime.batches import file_data, make_batch, microbatches, rank_data
 from par.codegen.pytorch.runtime.checkpoint import load_requested, save_requested
-from par.codegen.pytorch.runtime.collectives import _exchange
-from par.codegen.pytorch.runtime.groups import Groups, coordinates, global_rank
+from par.codegen.pytorch.runtime.groups import Groups, coordinates
 from par.codegen.pytorch.runtime.model import Reference, reference_ends, reference_layer
 from par.codegen.pytorch.runtime.optimizer import LossScaler, Optimizer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
@@ -29,12 +28,10 @@ from par.codegen.pytorch.runtime.spec import (
     SEQ,
     SEQUENCE_PARALLEL,
     STAGES,
-    STREAM_SHAPE,
     TP,
     WORLD_SIZE,
 )
 from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step
-from par.codegen.pytorch.runtime.vocab import greedy_token
 
 # -- Modes --------------------------------------------------------------------------------------
 
@@ -244,35 +241,3 @@ def train(
             print(f"{skipped}, loss scale {scaler.scale:g}", flush=True)
     if HF_CHECKPOINT:
         save_requested(stage, groups, loaded)
-
-
-def generate(groups: Groups, device: torch.device, seed: int, prompt: list[int], new: int) -> list[int]:
-    """`new` tokens after `prompt`, greedily, the whole prefix computed again for each.
-
-    The prefix fills the first positions of every sequence of one microbatch (the shapes the
-    stages exchange are fixed); causal attention keeps the positions after it from mattering.
-    The last stage picks the token; every rank receives it from the first rank of the last stage.
-    """
-    stage = build_stage(groups, device, stage_weights(groups, seed)).eval()
-    if HF_CHECKPOINT:
-        load_requested(stage, groups)
-    tokens = list(prompt)
-    chooser = global_rank(0, PP - 1, 0)
-    with torch.no_grad():
-        for _ in range(new):
-            ids = torch.zeros((BATCH // DP // MICROBATCHES, SEQ), dtype=torch.long, device=device)
-            ids[:, : len(tokens)] = torch.tensor(tokens, device=device)
-            if groups.stage == 0:
-                x = ids
-            else:
-                x = torch.empty(STREAM_SHAPE, dtype=DTYPE, device=device)
-                _exchange([("recv", x, global_rank(groups.dp_rank, groups.stage - 1, groups.tp_rank), "forward", 0)])
-            y = stage(x)
-            token = torch.zeros((), dtype=torch.long, device=device)
-            if groups.stage < PP - 1:
-                _exchange([("send", y, global_rank(groups.dp_rank, groups.stage + 1, groups.tp_rank), "forward", 0)])
-            else:
-                token.fill_(greedy_token(y[0, len(tokens) - 1], groups).item())
-            dist.broadcast(token, src=chooser)  # not one of the model's collectives: the chosen token to every rank
-            tokens.append(int(token.item()))
-    return tokens[len(prompt) :]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from par.codegen.pytorch.runtime.spec import (
+    ENDS,
     HEAD_DIM,
     HEADS,
     KV_HEADS,
@@ -21,12 +22,29 @@ from par.codegen.pytorch.runtime.spec import (
 # -- Ops ----------------------------------------------------------------------------------------
 
 
-def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
+class KVCache:
+    """One layer's keys and values for one microbatch of sequences on this rank, as generation
+    hands them to the layer: `k` and `v` [sequences, kv heads, context, HEAD_DIM], allocated once;
+    `position`, the first position of this call (a 0-d tensor, so that decode steps keep one
+    shape); `decoding`, one new position per sequence (else the prompt, from position 0)."""
+
+    __slots__ = ("k", "v", "position", "decoding")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor, decoding: bool) -> None:
+        self.k, self.v, self.position, self.decoding = k, v, position, decoding
+
+
+def causal_attention(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, cache: KVCache | None = None
+) -> torch.Tensor:
     """Causal self-attention over fused Q, K, V features, sequence-first: [seq, batch, features].
 
     `qkv` holds `groups` blocks of [Q heads | K heads | V heads] along its features: one block
     for the whole model or for one rank's heads, one block per tensor-parallel rank after an
     AllGather of head-sharded QKV. `heads` and `kv_heads` count the heads of all blocks.
+    With a `cache`, the prompt's keys and values are written into it (attention over the prompt
+    as in training), or a decode step's one position is, and its query attends over the whole
+    cache, the positions after it masked: the same shapes at every step.
     """
     seq, batch, _ = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
@@ -35,6 +53,16 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
     k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
     v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    visible = None  # a decode step's mask: the cached positions up to its own
+    if ENDS and cache is not None:
+        if cache.decoding:
+            cache.k.index_copy_(2, cache.position.view(1), k.to(cache.k.dtype))
+            cache.v.index_copy_(2, cache.position.view(1), v.to(cache.v.dtype))
+            visible = (torch.arange(cache.k.shape[2], device=qkv.device) <= cache.position).unsqueeze(0)
+            k, v = cache.k.to(q.dtype), cache.v.to(q.dtype)
+        else:
+            cache.k[:, :, :seq] = k
+            cache.v[:, :, :seq] = v
     # Grouped-query attention: query head h uses KV head h // (heads // kv_heads). In fp16/bf16
     # SDPA reads K and V in place (enable_gqa). On CUDA only FlashAttention takes enable_gqa and it
     # runs no fp32, so fp32 would fall to the math backend and keep the seq × seq scores: in fp32
@@ -42,7 +70,11 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     expand = heads != kv_heads and q.dtype not in (torch.float16, torch.bfloat16)
     if expand:
         k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads and not expand)
+    gqa = heads != kv_heads and not expand
+    if visible is not None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=gqa)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * HEAD_DIM)
 
 
@@ -66,19 +98,22 @@ def rope_frequencies(device: torch.device) -> torch.Tensor:
     return inv_freq
 
 
-def rotate(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool) -> torch.Tensor:
+def rotate(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool, start: torch.Tensor | None = None
+) -> torch.Tensor:
     """The Q and K heads of fused Q, K, V features (laid out as `causal_attention` reads them)
     turned by each position's angles, or turned `back` by them; V as it is.
 
-    Positions are 0 .. seq - 1: the rotary embedding runs on the whole sequence (its signatures
-    take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
+    Positions are 0 .. seq - 1 (from `start` in a decode step): the rotary embedding runs on the
+    whole sequence (its signatures take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
     rotate_half, so Hugging Face checkpoints load as they are.
     """
     seq, batch, features = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
     qk, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size + kv_size, kv_size], dim=-1)
     qk = qk.reshape(seq, batch, groups, (q_size + kv_size) // HEAD_DIM, HEAD_DIM)
-    angles = torch.arange(seq, device=qkv.device).float()[:, None] * rope_frequencies(qkv.device)
+    positions = torch.arange(seq, device=qkv.device) + (0 if start is None else start)
+    angles = positions.float()[:, None] * rope_frequencies(qkv.device)
     angles = torch.cat((angles, angles), dim=-1)[:, None, None, None, :]  # [seq, 1, 1, 1, HEAD_DIM]
     cos, sin = angles.cos().to(qkv.dtype), angles.sin().to(qkv.dtype)
     first, second = qk.chunk(2, dim=-1)
@@ -102,9 +137,14 @@ class RotaryEmbedding(torch.autograd.Function):
         return rotate(grad, heads, kv_heads, groups, back=True), None, None, None
 
 
-def rotary_embedding(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
+def rotary_embedding(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, cache: KVCache | None = None
+) -> torch.Tensor:
     """Rotary position embedding of the Q and K heads of fused Q, K, V features; `heads`,
-    `kv_heads` and `groups` as `causal_attention` takes them."""
+    `kv_heads` and `groups` as `causal_attention` takes them. A decode step (`cache`) turns its
+    position by the cache's; generation needs no backward."""
+    if ENDS and cache is not None and cache.decoding:
+        return rotate(qkv, heads, kv_heads, groups, back=False, start=cache.position)
     return RotaryEmbedding.apply(qkv, heads, kv_heads, groups)
 
 

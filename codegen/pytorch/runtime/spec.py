@@ -42,6 +42,7 @@ EXPERT_GRADIENTS: tuple[str, ...] = ()  # the local experts' weights: reduced ov
 VOCAB = 50  # the model's ends (ENDS below)
 PADDED_VOCAB = VOCAB  # a multiple of TP
 MAX_POSITIONS = SEQ
+KV_CACHE_HEADS = KV_HEADS // TP  # the KV heads of each layer's KV cache on one rank
 
 # -- build-time facts: decided by the inliner, never written into model.py --------------------------
 SEQUENCE_PARALLEL = False  # the residual stream is split along seq across tp ranks

@@ -24,6 +24,7 @@ class CollectiveTrace:
         self.events: list[dict] = []
         self.phase = "step"
         self.microbatch: int | None = None
+        self.step: int | None = None  # generation's step (0: prefill)
 
     def record(
         self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None, split_sizes: tuple | None = None
@@ -35,6 +36,8 @@ class CollectiveTrace:
             "group": group,
             "bytes": tensor.numel() * tensor.element_size(),
         }
+        if self.step is not None:
+            event["step"] = self.step
         if peer is not None:
             event["peer"] = peer
         if split_sizes is not None:
@@ -57,9 +60,9 @@ def start_trace() -> CollectiveTrace:
     return TRACE
 
 
-def set_phase(phase: str, microbatch: int | None = None) -> None:
+def set_phase(phase: str, microbatch: int | None = None, step: int | None = None) -> None:
     if TRACE is not None:
-        TRACE.phase, TRACE.microbatch = phase, microbatch
+        TRACE.phase, TRACE.microbatch, TRACE.step = phase, microbatch, step
 
 
 def _record(

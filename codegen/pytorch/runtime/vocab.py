@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from par.codegen.pytorch.runtime.collectives import _all_reduce
+from par.codegen.pytorch.runtime.collectives import _all_gather, _all_reduce
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.pairs import all_reduce, reduce_scatter
 from par.codegen.pytorch.runtime.spec import HIDDEN, PADDED, PADDED_VOCAB, SEQUENCE_PARALLEL, TP, VOCAB
@@ -68,10 +68,11 @@ class VocabParallelEmbedding(nn.Module):
         if TP > 1:
             self.tp_group = groups.tp
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, split: bool = True) -> torch.Tensor:
+        """`split` False: the sequence is not split even under sequence parallelism (a decode step)."""
         rows = _VocabLookup.apply(ids.t(), self.weight, self.first)  # looked up sequence-first: no copy of the rows
         if TP > 1:
-            if SEQUENCE_PARALLEL:
+            if SEQUENCE_PARALLEL and split:
                 return reduce_scatter(rows, dim=0, group=self.tp_group)
             else:
                 return all_reduce(rows, self.tp_group)
@@ -138,19 +139,21 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gr
 
 
 def greedy_token(logits: torch.Tensor, groups: Groups) -> torch.Tensor:
-    """The id of the largest logit of one position, [rows] on this rank, over the whole vocabulary."""
+    """The id of each sequence's largest logit over the whole vocabulary, [sequences] from this
+    rank's logits [sequences, rows]; ties go to the smallest id, as argmax's do.
+
+    Each rank's best (value, id) per sequence, gathered over tp as [sequences, 2] fp32 pairs (ids
+    below 2^24 are exact in fp32): no rank holds logits over the whole vocabulary.
+    """
     logits = logits.float()
     if PADDED:
         logits = logits.index_fill(-1, padding_rows(groups.tp_rank * (PADDED_VOCAB // TP), logits), float("-inf"))
-    best = logits.max(dim=-1)
+    indices = logits.argmax(dim=-1)
     if TP > 1:
-        first = groups.tp_rank * (PADDED_VOCAB // TP)
-        # Reporting only, not one of the model's collectives: every rank's best (value, id).
-        found = [torch.empty(2, dtype=torch.float64, device=logits.device) for _ in range(TP)]
-        pair = [best.values.item(), first + best.indices.item()]
-        mine = torch.tensor(pair, dtype=torch.float64, device=logits.device)
-        dist.all_gather(found, mine, group=groups.tp)
-        value, token = max((pair.tolist() for pair in found), key=lambda pair: (pair[0], -pair[1]))
-        return torch.tensor(int(token))
+        values = logits.gather(-1, indices.unsqueeze(-1)).squeeze(-1)
+        pairs = torch.stack([values, (indices + groups.tp_rank * (PADDED_VOCAB // TP)).float()], dim=-1)
+        found = _all_gather(pairs.unsqueeze(0), dim=0, group=groups.tp)  # [TP, sequences, 2]
+        winner = found[..., 0].argmax(dim=0)  # the first rank holding the largest: the smallest id
+        return found[..., 1].gather(0, winner.unsqueeze(0)).squeeze(0).long()
     else:
-        return torch.tensor(int(best.indices.item()))
+        return indices

@@ -15,6 +15,10 @@ cross-entropy vocabulary-parallel (no rank holds logits over the whole vocabular
 
     torchrun --nproc-per-node 8 model.py --data tokens.bin --steps 100   # train on a token file
     torchrun --nproc-per-node 8 model.py --generate "1 2 3" --max-new 8   # greedy tokens after a prefix
+    torchrun --nproc-per-node 8 model.py --prompt-len 8 --max-new 16      # every sequence: TTFT, latency
+
+Generation runs the prefill, then one decode step per new token with a KV cache per layer,
+the pipeline's microbatches of sequences in flight.
 
 Weights from a Hugging Face checkpoint (safetensors or pytorch_model.bin; each rank reads only
 its shard), and the trained ones written back in the same names and files:
@@ -66,17 +70,35 @@ STREAM_SHAPE = (SEQ // TP, BATCH // DP // MICROBATCHES, HIDDEN)  # one microbatc
 ROPE_THETA = 10000.0
 VOCAB = 512
 PADDED_VOCAB = 512  # a multiple of TP: each rank holds PADDED_VOCAB // TP rows
+KV_CACHE_HEADS = KV_HEADS // TP  # KV heads of each layer's KV cache on one rank (generation)
 
 
 # -- Ops ----------------------------------------------------------------------------------------
 
 
-def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
+class KVCache:
+    """One layer's keys and values for one microbatch of sequences on this rank, as generation
+    hands them to the layer: `k` and `v` [sequences, kv heads, context, HEAD_DIM], allocated once;
+    `position`, the first position of this call (a 0-d tensor, so that decode steps keep one
+    shape); `decoding`, one new position per sequence (else the prompt, from position 0)."""
+
+    __slots__ = ("k", "v", "position", "decoding")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor, decoding: bool) -> None:
+        self.k, self.v, self.position, self.decoding = k, v, position, decoding
+
+
+def causal_attention(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, cache: KVCache | None = None
+) -> torch.Tensor:
     """Causal self-attention over fused Q, K, V features, sequence-first: [seq, batch, features].
 
     `qkv` holds `groups` blocks of [Q heads | K heads | V heads] along its features: one block
     for the whole model or for one rank's heads, one block per tensor-parallel rank after an
     AllGather of head-sharded QKV. `heads` and `kv_heads` count the heads of all blocks.
+    With a `cache`, the prompt's keys and values are written into it (attention over the prompt
+    as in training), or a decode step's one position is, and its query attends over the whole
+    cache, the positions after it masked: the same shapes at every step.
     """
     seq, batch, _ = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
@@ -85,6 +107,16 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
     k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
     v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    visible = None  # a decode step's mask: the cached positions up to its own
+    if cache is not None:
+        if cache.decoding:
+            cache.k.index_copy_(2, cache.position.view(1), k.to(cache.k.dtype))
+            cache.v.index_copy_(2, cache.position.view(1), v.to(cache.v.dtype))
+            visible = (torch.arange(cache.k.shape[2], device=qkv.device) <= cache.position).unsqueeze(0)
+            k, v = cache.k.to(q.dtype), cache.v.to(q.dtype)
+        else:
+            cache.k[:, :, :seq] = k
+            cache.v[:, :, :seq] = v
     # Grouped-query attention: query head h uses KV head h // (heads // kv_heads). In fp16/bf16
     # SDPA reads K and V in place (enable_gqa). On CUDA only FlashAttention takes enable_gqa and it
     # runs no fp32, so fp32 would fall to the math backend and keep the seq × seq scores: in fp32
@@ -92,7 +124,11 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     expand = heads != kv_heads and q.dtype not in (torch.float16, torch.bfloat16)
     if expand:
         k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads and not expand)
+    gqa = heads != kv_heads and not expand
+    if visible is not None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=gqa)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * HEAD_DIM)
 
 
@@ -103,19 +139,22 @@ def rope_frequencies(device: torch.device) -> torch.Tensor:
     return inv_freq
 
 
-def rotate(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool) -> torch.Tensor:
+def rotate(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool, start: torch.Tensor | None = None
+) -> torch.Tensor:
     """The Q and K heads of fused Q, K, V features (laid out as `causal_attention` reads them)
     turned by each position's angles, or turned `back` by them; V as it is.
 
-    Positions are 0 .. seq - 1: the rotary embedding runs on the whole sequence (its signatures
-    take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
+    Positions are 0 .. seq - 1 (from `start` in a decode step): the rotary embedding runs on the
+    whole sequence (its signatures take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
     rotate_half, so Hugging Face checkpoints load as they are.
     """
     seq, batch, features = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
     qk, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size + kv_size, kv_size], dim=-1)
     qk = qk.reshape(seq, batch, groups, (q_size + kv_size) // HEAD_DIM, HEAD_DIM)
-    angles = torch.arange(seq, device=qkv.device).float()[:, None] * rope_frequencies(qkv.device)
+    positions = torch.arange(seq, device=qkv.device) + (0 if start is None else start)
+    angles = positions.float()[:, None] * rope_frequencies(qkv.device)
     angles = torch.cat((angles, angles), dim=-1)[:, None, None, None, :]  # [seq, 1, 1, 1, HEAD_DIM]
     cos, sin = angles.cos().to(qkv.dtype), angles.sin().to(qkv.dtype)
     first, second = qk.chunk(2, dim=-1)
@@ -139,9 +178,14 @@ class RotaryEmbedding(torch.autograd.Function):
         return rotate(grad, heads, kv_heads, groups, back=True), None, None, None
 
 
-def rotary_embedding(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
+def rotary_embedding(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, cache: KVCache | None = None
+) -> torch.Tensor:
     """Rotary position embedding of the Q and K heads of fused Q, K, V features; `heads`,
-    `kv_heads` and `groups` as `causal_attention` takes them."""
+    `kv_heads` and `groups` as `causal_attention` takes them. A decode step (`cache`) turns its
+    position by the cache's; generation needs no backward."""
+    if cache is not None and cache.decoding:
+        return rotate(qkv, heads, kv_heads, groups, back=False, start=cache.position)
     return RotaryEmbedding.apply(qkv, heads, kv_heads, groups)
 
 
@@ -238,9 +282,13 @@ class VocabParallelEmbedding(nn.Module):
         self.first = groups.tp_rank * (PADDED_VOCAB // TP)
         self.tp_group = groups.tp
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, split: bool = True) -> torch.Tensor:
+        """`split` False: the sequence is not split even under sequence parallelism (a decode step)."""
         rows = _VocabLookup.apply(ids.t(), self.weight, self.first)  # looked up sequence-first: no copy of the rows
-        return reduce_scatter(rows, dim=0, group=self.tp_group)
+        if split:
+            return reduce_scatter(rows, dim=0, group=self.tp_group)
+        else:
+            return all_reduce(rows, self.tp_group)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -289,17 +337,19 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gr
 
 
 def greedy_token(logits: torch.Tensor, groups: Groups) -> torch.Tensor:
-    """The id of the largest logit of one position, [rows] on this rank, over the whole vocabulary."""
+    """The id of each sequence's largest logit over the whole vocabulary, [sequences] from this
+    rank's logits [sequences, rows]; ties go to the smallest id, as argmax's do.
+
+    Each rank's best (value, id) per sequence, gathered over tp as [sequences, 2] fp32 pairs (ids
+    below 2^24 are exact in fp32): no rank holds logits over the whole vocabulary.
+    """
     logits = logits.float()
-    best = logits.max(dim=-1)
-    first = groups.tp_rank * (PADDED_VOCAB // TP)
-    # Reporting only, not one of the model's collectives: every rank's best (value, id).
-    found = [torch.empty(2, dtype=torch.float64, device=logits.device) for _ in range(TP)]
-    pair = [best.values.item(), first + best.indices.item()]
-    mine = torch.tensor(pair, dtype=torch.float64, device=logits.device)
-    dist.all_gather(found, mine, group=groups.tp)
-    value, token = max((pair.tolist() for pair in found), key=lambda pair: (pair[0], -pair[1]))
-    return torch.tensor(int(token))
+    indices = logits.argmax(dim=-1)
+    values = logits.gather(-1, indices.unsqueeze(-1)).squeeze(-1)
+    pairs = torch.stack([values, (indices + groups.tp_rank * (PADDED_VOCAB // TP)).float()], dim=-1)
+    found = _all_gather(pairs.unsqueeze(0), dim=0, group=groups.tp)  # [TP, sequences, 2]
+    winner = found[..., 0].argmax(dim=0)  # the first rank holding the largest: the smallest id
+    return found[..., 1].gather(0, winner.unsqueeze(0)).squeeze(0).long()
 
 
 # -- The model ----------------------------------------------------------------------------------
@@ -324,12 +374,15 @@ class LlamaLayer(nn.Module):
         self.up = ColumnParallelLinear(HIDDEN, FFN)
         self.mlp = RowParallelLinear(FFN, HIDDEN)  # output is a partial sum (P)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """`cache`: generation's KV cache of this layer (attention reads and appends it)."""
+        if cache is not None and cache.decoding:
+            return self.decode(x, cache)
         ln1 = self.ln1(x)
         allgather_ln1 = all_gather_to_tp(ln1, dim=0, group=self.tp_group)  # DAG: layer_<i>_allgather_ln1_dp<d>
         qkv = self.qkv(allgather_ln1)
-        pos = rotary_embedding(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP)  # this rank's heads
-        ctx = causal_attention(pos, heads=HEADS // TP, kv_heads=KV_HEADS // TP)  # this rank's heads
+        pos = rotary_embedding(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP, cache=cache)  # this rank's heads
+        ctx = causal_attention(pos, heads=HEADS // TP, kv_heads=KV_HEADS // TP, cache=cache)  # this rank's heads
         attn = self.attn(ctx)
         reducescatter_attn = reduce_scatter(attn, dim=0, group=self.tp_group)  # DAG: layer_<i>_reducescatter_attn_dp<d>
         h = x + reducescatter_attn
@@ -342,6 +395,28 @@ class LlamaLayer(nn.Module):
         mlp = self.mlp(prod)
         reducescatter_mlp = reduce_scatter(mlp, dim=0, group=self.tp_group)  # DAG: layer_<i>_reducescatter_mlp_dp<d>
         out = h + reducescatter_mlp
+        return out
+
+    def decode(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decode step: one position, which sequence parallelism cannot split, so the block as
+        lowered without it (an AllReduce after each row-parallel linear), on the same modules."""
+        ln1 = self.ln1(x)
+        ln1_tp = copy_to_tp(ln1, self.tp_group)  # backward: AllReduce of the input gradient
+        qkv = self.qkv(ln1_tp)
+        pos = rotary_embedding(qkv, heads=HEADS // TP, kv_heads=KV_HEADS // TP, cache=cache)  # this rank's heads
+        ctx = causal_attention(pos, heads=HEADS // TP, kv_heads=KV_HEADS // TP, cache=cache)  # this rank's heads
+        attn = self.attn(ctx)
+        allreduce_attn = all_reduce(attn, self.tp_group)  # DAG: layer_<i>_allreduce_attn_dp<d>
+        h = x + allreduce_attn
+        ln2 = self.ln2(h)
+        ln2_tp = copy_to_tp(ln2, self.tp_group)  # backward: AllReduce of the input gradient
+        gate = self.gate(ln2_tp)
+        up = self.up(ln2_tp)
+        act = F.silu(gate)
+        prod = act * up
+        mlp = self.mlp(prod)
+        allreduce_mlp = all_reduce(mlp, self.tp_group)  # DAG: layer_<i>_allreduce_mlp_dp<d>
+        out = h + allreduce_mlp
         return out
 
 
@@ -377,6 +452,23 @@ class Stage(nn.Module):
             x = all_gather_to_tp(x, dim=0, group=self.groups.tp)  # allgather_final_norm_dp<d>
             # head_gpu<rank>: this rank's logits, batch-first for the loss (the one copy of the stream's layout)
             x = F.linear(x.transpose(0, 1), self.head.weight)
+        return x
+
+    def serve(
+        self, x: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]], position: torch.Tensor, decoding: bool
+    ) -> torch.Tensor:
+        """Generation: a microbatch's prompts (prefill) or its one new position at `position` (a
+        decode step) through this stage, with each layer's (K, V) cache; the last stage gives this
+        rank's logits of the last position, [sequences, PADDED_VOCAB // TP]."""
+        if self.first_stage:
+            x = self.embed(x, split=not decoding)  # a decode step's one position is not split over tp
+        for layer, (k, v) in zip(self.layers.values(), caches, strict=True):
+            x = layer(x, KVCache(k, v, position, decoding))
+        if self.last_stage:
+            x = self.final_norm(x)
+            if not decoding:  # a decode step's one position is whole on every rank
+                x = all_gather_to_tp(x, dim=0, group=self.groups.tp)  # allgather_final_norm_dp<d>
+            x = F.linear(x[-1], self.head.weight)  # this rank's logits of the last position
         return x
 
 
@@ -633,6 +725,7 @@ class CollectiveTrace:
         self.events: list[dict] = []
         self.phase = "step"
         self.microbatch: int | None = None
+        self.step: int | None = None  # generation's step (0: prefill)
 
     def record(
         self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None, split_sizes: tuple | None = None
@@ -644,6 +737,8 @@ class CollectiveTrace:
             "group": group,
             "bytes": tensor.numel() * tensor.element_size(),
         }
+        if self.step is not None:
+            event["step"] = self.step
         if peer is not None:
             event["peer"] = peer
         if split_sizes is not None:
@@ -666,9 +761,9 @@ def start_trace() -> CollectiveTrace:
     return TRACE
 
 
-def set_phase(phase: str, microbatch: int | None = None) -> None:
+def set_phase(phase: str, microbatch: int | None = None, step: int | None = None) -> None:
     if TRACE is not None:
-        TRACE.phase, TRACE.microbatch = phase, microbatch
+        TRACE.phase, TRACE.microbatch, TRACE.step = phase, microbatch, step
 
 
 def _record(
@@ -816,6 +911,41 @@ def stage_forward(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # Placements on the tensor-parallel group: R replicated, P partial sum, S(dim) split along dim
 # (1 = seq, 2 = features). The gradient of an R tensor is whole on every rank, that of a P
 # tensor is whole too, that of an S(dim) tensor is split the same way.
+
+
+class _AllReduce(torch.autograd.Function):
+    """Forward: AllReduce, P -> R, in place (the partial sum has no other use). Backward: identity."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.mark_dirty(x)  # autograd refuses the step if anything saved the partial sum
+        return _all_reduce(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def all_reduce(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    return _AllReduce.apply(x, group)
+
+
+class _CopyToTP(torch.autograd.Function):
+    """Forward: identity, an R tensor entering column-parallel linears. Backward: AllReduce of the partial gradients."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        # in place, as Megatron does: the gradient of a column-parallel linear's input is its own
+        return _all_reduce(grad.contiguous(), ctx.group), None
+
+
+def copy_to_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    return _CopyToTP.apply(x, group)
 
 
 class _AllGatherToTP(torch.autograd.Function):
@@ -1741,38 +1871,352 @@ def train(
     save_requested(stage, groups, loaded)
 
 
-def generate(groups: Groups, device: torch.device, seed: int, prompt: list[int], new: int) -> list[int]:
-    """`new` tokens after `prompt`, greedily, the whole prefix computed again for each.
+# -- Generation: prefill, then decode steps with a KV cache -------------------------------------
+# Every replica serves BATCH // DP sequences in MICROBATCHES microbatches. Step 0 (prefill) runs
+# each microbatch's prompts through the stages; each later step (decode) one new position per
+# sequence, reading and appending each layer's KV cache. The pipeline runs in slots: stage s
+# computes item (step t, microbatch m) in slot t * PERIOD + m + s, PERIOD = max(MICROBATCHES, PP),
+# and after every slot each rank posts, in one batched exchange, what it sent in that slot and
+# what its neighbours sent it: the activation to the next stage, and from the last stage the
+# sampled tokens back to the first, which embeds them PERIOD slots after it embedded the step
+# before. A send's receive is always in the peer's exchange of the same slot, so no order of
+# blocking sends can deadlock (docs/pytorch.md).
 
-    The prefix fills the first positions of every sequence of one microbatch (the shapes the
-    stages exchange are fixed); causal attention keeps the positions after it from mattering.
-    The last stage picks the token; every rank receives it from the first rank of the last stage.
-    """
-    stage = build_stage(groups, device, stage_weights(groups, seed)).eval()
-    load_requested(stage, groups)
-    tokens = list(prompt)
-    chooser = global_rank(0, PP - 1, 0)
+
+# (op, kind, step, microbatch, peer stage): one message of a slot's exchange
+SlotMessage = tuple[str, str, int, int, int]
+
+
+def period() -> int:
+    """Slots between two steps of one microbatch on a stage: MICROBATCHES, or PP when fewer."""
+    return max(MICROBATCHES, PP)
+
+
+def slot_item(stage: int, slot: int, new: int) -> tuple[int, int] | None:
+    """The (step, microbatch) `stage` computes in `slot`, or None."""
+    step, microbatch = divmod(slot - stage, period())
+    if slot < stage or microbatch >= MICROBATCHES or step >= new:
+        return None
+    return step, microbatch
+
+
+def slots(new: int) -> int:
+    return (new - 1) * period() + MICROBATCHES + PP - 1
+
+
+def slot_messages(stage: int, slot: int, new: int) -> list[SlotMessage]:
+    """What `stage` sends and receives after `slot`: its output, its next input, the tokens fed back."""
+    messages: list[SlotMessage] = []
+    done, following = slot_item(stage, slot, new), slot_item(stage, slot + 1, new)
+    if done is not None and stage < PP - 1:
+        messages.append(("send", "activation", *done, stage + 1))
+    if following is not None and stage > 0:
+        messages.append(("recv", "activation", *following, stage - 1))
+    sampled = slot_item(PP - 1, slot, new)  # tokens the last stage sampled in this slot, for the next step
+    if sampled is not None and sampled[0] < new - 1 and stage == PP - 1:
+        messages.append(("send", "token", *sampled, 0))
+    if sampled is not None and sampled[0] < new - 1 and stage == 0:
+        messages.append(("recv", "token", *sampled, PP - 1))
+    return messages
+
+
+def kv_cache(
+    groups: Groups, context: int, dtype: torch.dtype, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's KV cache, allocated once: per layer of its stage, K and V of
+    [BATCH // DP, KV_CACHE_HEADS, context, HEAD_DIM] in `dtype`, microbatch m's sequences in rows
+    m * sequences ... (m + 1) * sequences."""
+    first, last = STAGES[groups.stage]
+    shape = (BATCH // DP, KV_CACHE_HEADS, context, HEAD_DIM)
+    return [
+        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        for _ in range(first, last + 1)
+    ]
+
+
+def prompts(given: list[int] | None, length: int, dp_rank: int, seed: int) -> list[torch.Tensor]:
+    """Each microbatch's prompts, [sequences, length]: the given ids in every sequence, or random
+    ids drawn from (seed, "prompt", dp_rank, microbatch)."""
+    sequences = BATCH // DP // MICROBATCHES
+    if given is not None:
+        return [torch.tensor([given] * sequences) for _ in range(MICROBATCHES)]
+    return [
+        torch.randint(0, VOCAB, (sequences, length), generator=generator(seed, "prompt", dp_rank, m))
+        for m in range(MICROBATCHES)
+    ]
+
+
+class Sampling:
+    """Greedy (temperature 0), or seeded sampling from softmax(logits / temperature), among the
+    top_k largest if given: Gumbel-max, the noise of (seed, replica, step, microbatch) drawn over
+    the whole vocabulary on every rank, so that every layout draws the same token."""
+
+    def __init__(self, temperature: float, top_k: int | None, seed: int) -> None:
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+
+    def perturbed(self, logits: torch.Tensor, first: int, key: tuple[int, int, int]) -> torch.Tensor:
+        """`logits` [sequences, rows] of vocabulary rows first ... first + rows, with the Gumbel noise of `key`."""
+        uniform = torch.rand((logits.shape[0], PADDED_VOCAB), generator=generator(self.seed, "sample", *key))
+        noise = -torch.log(-torch.log(uniform.clamp(min=1e-20)))[:, first : first + logits.shape[1]]
+        return logits.float() / self.temperature + noise.to(logits.device)
+
+    def tokens(self, logits: torch.Tensor, groups: Groups, key: tuple[int, int, int]) -> torch.Tensor:
+        """The next token of each sequence, [sequences], from this rank's logits [sequences, PADDED_VOCAB // TP]."""
+        if self.temperature == 0:
+            return greedy_token(logits, groups)
+        logits = logits.float()
+        if self.top_k is not None:
+            # the k-th largest logit over the vocabulary: each rank's k largest, gathered over tp
+            largest = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values
+            largest = _all_gather(largest, dim=1, group=groups.tp)  # [sequences, TP x k]
+            threshold = largest.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < threshold, float("-inf"))
+        return greedy_token(self.perturbed(logits, groups.tp_rank * (PADDED_VOCAB // TP), key), groups)
+
+
+class Generated:
+    """What generation gives on a last-stage rank: every sequence's new tokens, [BATCH // DP, new],
+    and (when kept) this rank's logits of each step and microbatch, [sequences, PADDED_VOCAB // TP]."""
+
+    def __init__(self, new: int) -> None:
+        sequences = BATCH // DP // MICROBATCHES
+        self.tokens = torch.zeros((BATCH // DP, new), dtype=torch.long)
+        self.logits: dict[tuple[int, int], torch.Tensor] = {}
+        self.sequences = sequences
+        self.times: dict[tuple[int, int], float] = {}
+
+
+def _post(messages: list[tuple[str, torch.Tensor, int, str, int, int]]) -> None:
+    """Posts every (op, tensor, peer, phase, step, microbatch) at once, then waits for all; the
+    trace records each under its phase, step and microbatch."""
+    operations = []
+    for op, tensor, peer, phase, step, microbatch in messages:
+        set_phase(phase, microbatch, step)
+        _record(op, tensor, peer=peer)
+        operations.append(dist.P2POp(dist.isend if op == "send" else dist.irecv, tensor, peer))
+    for work in dist.batch_isend_irecv(operations):
+        work.wait()
+
+
+def stream_shape(step: int, length: int) -> tuple[int, ...]:
+    """The activation between stages of one microbatch on one rank, sequence-first: the prompt's
+    positions in prefill (this rank's part under sequence parallelism), one position in a decode step."""
+    sequences = BATCH // DP // MICROBATCHES
+    if step > 0:
+        return (1, sequences, HIDDEN)
+    return (length // TP, sequences, HIDDEN)
+
+
+def generate(
+    stage: Stage,
+    groups: Groups,
+    device: torch.device,
+    inputs: list[torch.Tensor],
+    new: int,
+    sampling: Sampling,
+    kv_dtype: torch.dtype,
+    keep_logits: bool = False,
+) -> Generated:
+    """`new` tokens after each microbatch's prompts `inputs` (read on the first stage): prefill,
+    then `new` - 1 decode steps; the tokens (and logits) on the last stage's ranks."""
+    length = inputs[0].shape[1]
+    caches = kv_cache(groups, length + new, kv_dtype, device)
+    sequences = BATCH // DP // MICROBATCHES
+    rows = [slice(m * sequences, (m + 1) * sequences) for m in range(MICROBATCHES)]
+    positions = [torch.tensor(0 if t == 0 else length + t - 1, device=device) for t in range(new)]
+    first_stage, last_stage = groups.stage == 0, groups.stage == PP - 1
+    result = Generated(new)
+    received: dict[tuple[int, int], torch.Tensor] = {}  # inputs from the previous stage, by (step, microbatch)
+    fed: dict[int, torch.Tensor] = {}  # the first stage's ids of each microbatch's next step
+    start = time.perf_counter()
     with torch.no_grad():
-        for _ in range(new):
-            ids = torch.zeros((BATCH // DP // MICROBATCHES, SEQ), dtype=torch.long, device=device)
-            ids[:, : len(tokens)] = torch.tensor(tokens, device=device)
-            if groups.stage == 0:
-                x = ids
+        for slot in range(slots(new)):
+            item = slot_item(groups.stage, slot, new)
+            outgoing: dict[str, torch.Tensor] = {}
+            if item is not None:
+                step, m = item
+                set_phase("prefill" if step == 0 else "decode", m, step)
+                if not first_stage:
+                    x = received.pop(item)
+                elif step == 0:
+                    x = inputs[m].to(device)
+                else:
+                    x = fed.pop(m)
+                layer_caches = [(k[rows[m]], v[rows[m]]) for k, v in caches]
+                y = stage.serve(x, layer_caches, positions[step], decoding=step > 0)
+                if last_stage:
+                    token = sampling.tokens(y, groups, (groups.dp_rank, step, m))
+                    result.tokens[rows[m], step] = token.cpu()
+                    if keep_logits:
+                        result.logits[item] = y.float().cpu()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    result.times[item] = time.perf_counter() - start
+                    if step < new - 1:
+                        outgoing["token"] = token.view(sequences, 1)
+                else:
+                    outgoing["activation"] = y
+            posted = []
+            for op, kind, step, m, peer_stage in slot_messages(groups.stage, slot, new):
+                phase = "prefill" if step == 0 else "decode"
+                peer = global_rank(groups.dp_rank, peer_stage, groups.tp_rank)
+                if op == "send":
+                    tensor = outgoing[kind].contiguous()
+                elif kind == "activation":
+                    tensor = received[step, m] = torch.empty(stream_shape(step, length), dtype=DTYPE, device=device)
+                else:
+                    tensor = fed[m] = torch.empty((sequences, 1), dtype=torch.long, device=device)
+                posted.append((op, tensor, peer, phase, step, m))
+            if posted:
+                _post(posted)
+    set_phase("step")
+    return result
+
+
+def report(result: Generated, new: int, kv_bytes: int) -> None:
+    """Time to first token, per-token latency and throughput, as the first rank of the last stage measured them."""
+    first_token = max(result.times[0, m] for m in range(MICROBATCHES))  # every sequence has its first token
+    gaps = [result.times[t, 0] - result.times[t - 1, 0] for t in range(1, new)]
+    total = max(result.times.values())
+    print(f"generated: {' '.join(str(token) for token in result.tokens[0].tolist())}", flush=True)
+    latency = f"{sorted(gaps)[len(gaps) // 2] * 1e3:.2f} ms" if gaps else "none (one token)"
+    print(
+        f"time to first token {first_token * 1e3:.2f} ms, per-token latency (median) {latency}, "
+        f"{BATCH * new / total:,.0f} tokens/s ({BATCH} sequences x {new} tokens); "
+        f"KV cache {kv_bytes:,} bytes per rank",
+        flush=True,
+    )
+
+
+def cache_bytes(groups: Groups, context: int, kv_dtype: torch.dtype) -> int:
+    """Bytes of this rank's KV cache: 2 (K and V) x layers of its stage x BATCH // DP x
+    KV_CACHE_HEADS x context x HEAD_DIM x bytes per element."""
+    first, last = STAGES[groups.stage]
+    element = torch.empty((), dtype=kv_dtype).element_size()
+    return 2 * (last - first + 1) * (BATCH // DP) * KV_CACHE_HEADS * context * HEAD_DIM * element
+
+
+def reference_generation(
+    reference: Reference, inputs: list[torch.Tensor], new: int, sampling: Sampling, dp_rank: int
+) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
+    """Reference's tokens [BATCH // DP, new] and logits per (step, microbatch), [sequences, VOCAB]:
+    every step computes the whole sequence again, no cache."""
+    device = next(reference.parameters()).device
+    tokens, logits = [], {}
+    for m, prompt in enumerate(inputs):
+        ids = prompt.to(device)
+        for step in range(new):
+            last = reference(ids)[:, -1].float()
+            logits[step, m] = last.cpu()
+            padded = torch.cat([last, last.new_full((last.shape[0], PADDED_VOCAB - VOCAB), float("-inf"))], dim=-1)
+            if sampling.temperature == 0:
+                token = padded.argmax(dim=-1)
             else:
-                x = torch.empty(STREAM_SHAPE, dtype=DTYPE, device=device)
-                _exchange([("recv", x, global_rank(groups.dp_rank, groups.stage - 1, groups.tp_rank), "forward", 0)])
-            y = stage(x)
-            token = torch.zeros((), dtype=torch.long, device=device)
-            if groups.stage < PP - 1:
-                _exchange([("send", y, global_rank(groups.dp_rank, groups.stage + 1, groups.tp_rank), "forward", 0)])
-            else:
-                token.fill_(greedy_token(y[0, len(tokens) - 1], groups).item())
-            dist.broadcast(token, src=chooser)  # not one of the model's collectives: the chosen token to every rank
-            tokens.append(int(token.item()))
-    return tokens[len(prompt) :]
+                if sampling.top_k is not None:
+                    threshold = padded.topk(sampling.top_k, dim=-1).values[:, -1:]
+                    padded = padded.masked_fill(padded < threshold, float("-inf"))
+                token = sampling.perturbed(padded, 0, (dp_rank, step, m)).argmax(dim=-1)
+            ids = torch.cat([ids, token.unsqueeze(-1)], dim=-1)
+        tokens.append(ids[:, -new:].cpu())
+    return torch.cat(tokens), logits
+
+
+def check_generation(
+    result: Generated,
+    groups: Groups,
+    device: torch.device,
+    given: list[int] | None,
+    length: int,
+    new: int,
+    sampling: Sampling,
+    seed: int,
+    tolerance: float | None,
+) -> bool:
+    """Are the tokens those of Reference, and every step's logits within the tolerance of its?
+
+    Rank 0 builds Reference (seed's weights, fp32) and runs each replica's generation again,
+    without a cache; every last-stage rank sends it its tokens and logits (reporting only, not
+    one of the model's collectives). The verdict goes to every rank.
+    """
+    ok = torch.ones((), dtype=torch.float64, device=device)
+    items = [(step, m) for step in range(new) for m in range(MICROBATCHES)]
+    rows = PADDED_VOCAB // TP
+    counted = (BATCH // DP) * new  # the tokens, then the logits of every item
+    if groups.stage == PP - 1:
+        logits = torch.cat([result.logits[item].flatten() for item in items])
+        mine = torch.cat([result.tokens.float().flatten(), logits]).to(device)
+        if groups.rank != 0:
+            dist.send(mine, 0)
+    if groups.rank == 0:
+        reference = Reference(seed).float().to(device)
+        worst, where, same = 0.0, "", True
+        for d in range(DP):
+            tokens, expected = reference_generation(reference, prompts(given, length, d, seed), new, sampling, d)
+            parts = []
+            for t in range(TP):
+                sender = global_rank(d, PP - 1, t)
+                if sender == 0:
+                    part = mine
+                else:
+                    part = torch.empty(counted + len(items) * result.sequences * rows, device=device)
+                    dist.recv(part, sender)
+                parts.append(part.cpu())
+            same = same and torch.equal(parts[0][:counted].view(BATCH // DP, new).long(), tokens)
+            shards = [part[counted:].view(len(items), result.sequences, rows) for part in parts]
+            joined = torch.cat(shards, dim=-1)[..., :VOCAB]  # the vocabulary's shards, padding dropped
+            for index, item in enumerate(items):
+                error = relative_error(joined[index], expected[item])
+                if error > worst:
+                    worst, where = error, f"step {item[0]}, microbatch {item[1]}, replica {d}"
+        if tolerance is None:
+            tolerance, why = derived_tolerance()
+        else:
+            why = "--tolerance"
+        passed = same and worst <= tolerance
+        ok.fill_(1.0 if passed else 0.0)
+        print(f"check generate: tokens {'equal' if same else 'DIFFER'}; largest logit error {worst:.3g} ({where})")
+        verdict = "OK" if passed else "MISMATCH"
+        print(
+            f"check generate: {verdict}: {new} steps, world size {WORLD_SIZE}, tolerance {tolerance:.3g} ({why})",
+            flush=True,
+        )
+    dist.broadcast(ok, 0)  # reporting only: the verdict on every rank
+    return bool(ok.item())
+
+
+def serve(
+    groups: Groups,
+    device: torch.device,
+    seed: int,
+    given: list[int] | None,
+    length: int,
+    new: int,
+    sampling: Sampling,
+    kv_dtype: torch.dtype,
+    checking: bool,
+    tolerance: float | None,
+) -> bool:
+    """--generate / --prompt-len: generation on the seed's weights (or a checkpoint's), reported by the
+    first rank of the last stage; with --check, held to Reference on the seed's weights."""
+    stage = build_stage(groups, device, stage_weights(groups, seed)).eval()
+    if not checking:
+        load_requested(stage, groups)
+    inputs = (
+        prompts(given, length, groups.dp_rank, seed) if groups.stage == 0 else [torch.empty((0, length))] * MICROBATCHES
+    )
+    dist.barrier()  # reporting only: every rank starts together, so the times are the pipeline's
+    result = generate(stage, groups, device, inputs, new, sampling, kv_dtype, keep_logits=checking)
+    if groups.rank == global_rank(0, PP - 1, 0):
+        report(result, new, cache_bytes(groups, length + new, kv_dtype))
+    if checking:
+        return check_generation(result, groups, device, given, length, new, sampling, seed, tolerance)
+    return True
 
 
 # -- Entry point --------------------------------------------------------------------------------
+
+
+KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --kv-dtype
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1793,10 +2237,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--save", metavar="DIR", help="write the trained weights as a Hugging Face checkpoint")
     parser.add_argument("--data", metavar="FILE", help="train on a token file: a flat array of ids")
     parser.add_argument("--data-dtype", choices=("uint16", "int32"), default="uint16", help="type of the ids")
-    parser.add_argument("--generate", metavar="IDS", help='greedy generation after these token ids ("1 2 3")')
-    parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens --generate adds")
+    parser.add_argument("--generate", metavar="IDS", help='generate after these ids ("1 2 3") in every sequence')
+    parser.add_argument("--prompt-len", type=int, metavar="L", help="generate after random prompts of L ids")
+    parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens added to each sequence")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)")
+    parser.add_argument("--top-k", type=int, metavar="K", help="sample among the K largest logits")
+    parser.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), help="dtype of the KV cache (default: the model's)")
     args = parser.parse_args(argv)
     if nothing_to_save(args):
+        parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
+    if generating(args):
+        generation_args(parser, args)
+        return args
+    if not args.check and not args.steps:
+        args.steps = 10
+    return args
+
+
+def generating(args: argparse.Namespace) -> bool:
+    return args.generate is not None or args.prompt_len is not None
+
+
+def generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks the options of generation; sets `prompt` (the ids, or None: random) and `length`."""
+    if args.generate is not None and args.prompt_len is not None:
+        parser.error("give --generate IDS or --prompt-len L, not both")
+    if args.save is not None and not args.steps:
         parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
     if args.generate is not None:
         try:
@@ -1805,12 +2271,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--generate takes token ids separated by spaces, not {args.generate!r}")
         if not args.prompt or any(not 0 <= token < VOCAB for token in args.prompt):
             parser.error(f"--generate needs at least one token id, each from 0 to {VOCAB - 1}")
-        if len(args.prompt) + args.max_new > SEQ:
-            parser.error(f"--generate: {len(args.prompt)} ids and --max-new {args.max_new} exceed seq ({SEQ})")
-        return args
-    if not args.check and not args.steps:
-        args.steps = 10
-    return args
+        args.length = len(args.prompt)
+    else:
+        args.prompt, args.length = None, args.prompt_len
+        if args.length < 1:
+            parser.error("--prompt-len must be at least 1")
+    if args.max_new < 1:
+        parser.error("--max-new must be at least 1")
+    if args.length + args.max_new > SEQ:
+        parser.error(f"generation: a prompt of {args.length} ids and --max-new {args.max_new} exceed seq ({SEQ})")
+    if args.length % TP:
+        parser.error(f"generation: sequence parallelism splits the prompt over tp {TP}: give a multiple of {TP} ids")
+    if args.temperature < 0 or (args.top_k is not None and not (args.temperature > 0 and 1 <= args.top_k <= VOCAB)):
+        parser.error(f"--temperature must be at least 0; --top-k needs a temperature above 0 and 1 <= K <= {VOCAB}")
 
 
 def init_distributed(timeout: datetime.timedelta) -> torch.device:
@@ -1834,11 +2307,23 @@ def run(args: argparse.Namespace) -> bool:
     trace = start_trace() if args.trace else None
     set_regather(args.regather)
     set_checkpoints(args.load, args.save)
-    ok = check(groups, device, args.seed, args.tolerance) if args.check else True
-    if args.generate is not None:
-        new = generate(groups, device, args.seed, args.prompt, args.max_new)
-        if groups.rank == 0:
-            print(f"generated: {' '.join(str(token) for token in new)}", flush=True)
+    if generating(args):
+        sampling = Sampling(args.temperature, args.top_k, args.seed)
+        kv_dtype = KV_DTYPES[args.kv_dtype] if args.kv_dtype else DTYPE
+        ok = serve(
+            groups,
+            device,
+            args.seed,
+            args.prompt,
+            args.length,
+            args.max_new,
+            sampling,
+            kv_dtype,
+            args.check,
+            args.tolerance,
+        )
+    else:
+        ok = check(groups, device, args.seed, args.tolerance) if args.check else True
     if args.steps:
         tokens = open_tokens(args.data, args.data_dtype) if args.data else None
         train(groups, device, args.steps, args.seed, args.lr, tokens)

@@ -56,12 +56,29 @@ STREAM_SHAPE = (SEQ, BATCH // DP // MICROBATCHES, HIDDEN)  # one microbatch on o
 # -- Ops ----------------------------------------------------------------------------------------
 
 
-def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1) -> torch.Tensor:
+class KVCache:
+    """One layer's keys and values for one microbatch of sequences on this rank, as generation
+    hands them to the layer: `k` and `v` [sequences, kv heads, context, HEAD_DIM], allocated once;
+    `position`, the first position of this call (a 0-d tensor, so that decode steps keep one
+    shape); `decoding`, one new position per sequence (else the prompt, from position 0)."""
+
+    __slots__ = ("k", "v", "position", "decoding")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor, decoding: bool) -> None:
+        self.k, self.v, self.position, self.decoding = k, v, position, decoding
+
+
+def causal_attention(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, cache: KVCache | None = None
+) -> torch.Tensor:
     """Causal self-attention over fused Q, K, V features, sequence-first: [seq, batch, features].
 
     `qkv` holds `groups` blocks of [Q heads | K heads | V heads] along its features: one block
     for the whole model or for one rank's heads, one block per tensor-parallel rank after an
     AllGather of head-sharded QKV. `heads` and `kv_heads` count the heads of all blocks.
+    With a `cache`, the prompt's keys and values are written into it (attention over the prompt
+    as in training), or a decode step's one position is, and its query attends over the whole
+    cache, the positions after it masked: the same shapes at every step.
     """
     seq, batch, _ = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
@@ -70,6 +87,7 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
     k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
     v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    visible = None  # a decode step's mask: the cached positions up to its own
     # Grouped-query attention: query head h uses KV head h // (heads // kv_heads). In fp16/bf16
     # SDPA reads K and V in place (enable_gqa). On CUDA only FlashAttention takes enable_gqa and it
     # runs no fp32, so fp32 would fall to the math backend and keep the seq × seq scores: in fp32
@@ -77,7 +95,11 @@ def causal_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int =
     expand = heads != kv_heads and q.dtype not in (torch.float16, torch.bfloat16)
     if expand:
         k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads and not expand)
+    gqa = heads != kv_heads and not expand
+    if visible is not None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=gqa)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * HEAD_DIM)
 
 
@@ -280,6 +302,7 @@ class CollectiveTrace:
         self.events: list[dict] = []
         self.phase = "step"
         self.microbatch: int | None = None
+        self.step: int | None = None  # generation's step (0: prefill)
 
     def record(
         self, op: str, tensor: torch.Tensor, group: list[int], peer: int | None = None, split_sizes: tuple | None = None
@@ -291,6 +314,8 @@ class CollectiveTrace:
             "group": group,
             "bytes": tensor.numel() * tensor.element_size(),
         }
+        if self.step is not None:
+            event["step"] = self.step
         if peer is not None:
             event["peer"] = peer
         if split_sizes is not None:
@@ -313,9 +338,9 @@ def start_trace() -> CollectiveTrace:
     return TRACE
 
 
-def set_phase(phase: str, microbatch: int | None = None) -> None:
+def set_phase(phase: str, microbatch: int | None = None, step: int | None = None) -> None:
     if TRACE is not None:
-        TRACE.phase, TRACE.microbatch = phase, microbatch
+        TRACE.phase, TRACE.microbatch, TRACE.step = phase, microbatch, step
 
 
 # -- Training step ------------------------------------------------------------------------------
