@@ -1,9 +1,15 @@
-"""The oracle of the Hugging Face tests: tiny random transformers models, and how far from them a result is."""
+"""The oracle of the Hugging Face tests: tiny random transformers models, how far from them a result
+is, and model.py built for one of their checkpoints."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers
+from small_models import compile_source, write_model
+
+from par.cli import main
 
 # Llama 3.1's RoPE scaling with an original context of 16: of the four frequencies of a head of
 # 8, one lies in the smoothed band and three are divided by the factor.
@@ -36,3 +42,12 @@ def hf_model(family: str):
 def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """The largest difference, relative to the largest magnitude expected."""
     return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def build(folder: Path, checkpoint: Path, tp: int, pp: int, dp: int, sp: bool, capsys) -> Path:
+    """`par new --from-hf` for the layout, then model.py as `par build` writes it."""
+    options = ["--tp", tp, "--pp", pp, "--dp", dp, "--microbatches", 2, "--batch", 2 * dp * 2, "--seq", 16]
+    code = main(["new", "--from-hf", str(checkpoint / "config.json"), *map(str, options), *(["--sp"] if sp else [])])
+    spec = capsys.readouterr().out
+    assert code == 0 and spec.startswith("# A ")
+    return write_model(compile_source(spec), folder / "build")

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from fork_launch import launch, load_module  # noqa: E402
-from test_model_matches_transformers import build, checkpoints, hf_model, relative  # noqa: E402, F401
+from hf_models import build, relative  # noqa: E402
 
 PROBE = Path(__file__).resolve().parent / "generate_probe.py"
 TOLERANCE = 1e-5

@@ -18,38 +18,10 @@ torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 transformers = pytest.importorskip("transformers")
 from fork_launch import launch, load_module  # noqa: E402
-from hf_models import hf_model, relative  # noqa: E402
-from small_models import compile_source, write_model  # noqa: E402
-
-from par.cli import main  # noqa: E402
+from hf_models import build, relative  # noqa: E402
 
 PROBE = Path(__file__).resolve().parent / "probe.py"
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """family -> (its transformers model, the folder save_pretrained wrote): one of each per module."""
-    made = {}
-
-    def get(family: str):
-        if family not in made:
-            folder = tmp_path_factory.mktemp(family)
-            model = hf_model(family)
-            model.save_pretrained(folder)
-            made[family] = (model, folder)
-        return made[family]
-
-    return get
-
-
-def build(folder: Path, checkpoint: Path, tp: int, pp: int, dp: int, sp: bool, capsys) -> Path:
-    """`par new --from-hf` for the layout, then model.py as `par build` writes it."""
-    options = ["--tp", tp, "--pp", pp, "--dp", dp, "--microbatches", 2, "--batch", 2 * dp * 2, "--seq", 16]
-    code = main(["new", "--from-hf", str(checkpoint / "config.json"), *map(str, options), *(["--sp"] if sp else [])])
-    spec = capsys.readouterr().out
-    assert code == 0 and spec.startswith("# A ")
-    return write_model(compile_source(spec), folder / "build")
 
 
 def compare(workdir, model, checkpoint, tp, pp, dp, sp, capsys) -> dict[str, float]:

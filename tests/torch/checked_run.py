@@ -28,11 +28,11 @@ def run_and_compare(compiled, workdir) -> None:
         assert trace_problems(compiled.graph, rank, events) == []
         sent: dict[str, Fraction] = {}
         for event in events:
-            sent[event["op"]] = sent.get(event["op"], 0) + _sent(event)
+            sent[event["op"]] = sent.get(event["op"], 0) + sent_bytes(event)
         assert {kind: float(total) for kind, total in sent.items() if total} == pytest.approx(counted[rank]), rank
 
 
-def _sent(event: dict) -> Fraction:
+def sent_bytes(event: dict) -> Fraction:
     """Bytes a rank sends for one traced event, by docs/cost.md's ring formulas (T: the whole tensor)."""
     size, local = len(event["group"]), event["bytes"]
     return {

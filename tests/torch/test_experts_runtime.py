@@ -20,10 +20,10 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # launches model.py on several processes
 
+from checked_run import sent_bytes  # noqa: E402
 from dag_trace import ROUTINGS, trace_problems  # noqa: E402
 from fork_launch import launch  # noqa: E402
 from small_models import compile_source, read_trace, write_model  # noqa: E402
-from test_equivalence import _sent  # noqa: E402
 
 from par.dsl.cost import per_rank_comm  # noqa: E402
 
@@ -76,7 +76,7 @@ def test_routed_experts_match_reference_and_the_dag(name, workdir):
         sent: dict[str, Fraction] = {}
         for event in events:
             if event["op"] not in ROUTINGS:
-                sent[event["op"]] = sent.get(event["op"], 0) + _sent(event)
+                sent[event["op"]] = sent.get(event["op"], 0) + sent_bytes(event)
         balanced = {kind: total for kind, total in counted[rank].items() if kind not in ROUTINGS}
         assert {kind: float(total) for kind, total in sent.items() if total} == pytest.approx(balanced), rank
         for index, event in enumerate(e for e in events if e["op"] == "dispatch" and e["phase"] == "forward"):
