@@ -1,10 +1,15 @@
 """The GPU check: tiny fp16 and bf16 builds of every shipped spec, run with nccl.
 
-On a machine with at least 2 CUDA GPUs, builds each spec of specs/ small (with -D overrides
-that fit the GPU count: tp 2, and pp 2 when there are 4 GPUs), runs `model.py --check` and
-`model.py --steps 20` under torchrun with a timeout, and prints one summary line per run:
+On a machine with CUDA GPUs, builds each spec of specs/ small (with -D overrides that fit the
+GPU count: tp 2 on 2 or 3 GPUs, tp 2 and pp 2 on 4 or more; on one GPU tp 1 and pp 1, which runs
+every op in both precisions on CUDA but no collective between ranks), runs `model.py --check`,
+`model.py --steps 20` and, for a model with a vocabulary, `model.py --check --generate` under
+torchrun with a timeout, and prints one summary line per run:
 
-    python tests/gpu/gpu_check.py [--gpus N] [--timeout S] [--out DIR] [--build-only]
+    python tests/gpu/gpu_check.py [--gpus N] [--jobs J] [--timeout S] [--out DIR] [--build-only]
+
+`--jobs J` runs J builds at once when each fits the GPUs beside the others (one GPU: J ranks
+share it; tiny models need a few hundred MB each).
 
 Exit 0 when every run passed, 1 when one failed, 2 when the machine cannot run the check.
 `--build-only` builds and checks that each world fits the GPUs, with no GPU at all.
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
 DTYPES = ("fp16", "bf16")
 MODES = (("--check",), ("--steps", "20"))
+GENERATE = ("--check", "--generate", "5 7 11 13", "--max-new", "6")  # models with a vocabulary
 # Production sizes shrunk to seconds per run; 4 microbatches exercise both pipeline schedules.
 TINY = ["hidden=64", "heads=4", "ffn=256", "seq=16", "batch=8", "microbatches=4", "dp=1"]
 
@@ -41,9 +48,9 @@ class Build:
 
 def mesh_for(gpus: int) -> tuple[int, int]:
     """(tp, pp) of the tiny builds on `gpus` GPUs."""
-    if gpus < 2:
-        raise ValueError(f"the GPU check needs at least 2 GPUs, got {gpus}")
-    return (2, 2) if gpus >= 4 else (2, 1)
+    if gpus < 1:
+        raise ValueError(f"the GPU check needs at least 1 GPU, got {gpus}")
+    return (2, 2) if gpus >= 4 else (2, 1) if gpus >= 2 else (1, 1)
 
 
 def checked(path: Path) -> bool:
@@ -66,13 +73,15 @@ def builds(gpus: int) -> list[Build]:
     per_spec = {
         "layerwise": [f"stages={','.join(['2'] * pp)}"],  # the spec lists its stages
         "llama_gqa": ["kv_heads=2"],  # 8 KV heads would not divide 4 query heads
+        "llama3_70b_serve": ["kv_heads=2"],
     }
     found = []
     for path in sorted(SPECS.glob("*.par")):
         if not checked(path):
             continue
         for dtype in DTYPES:
-            defines = (*TINY, *mesh, *per_spec.get(path.stem, []), f"dtype={dtype}")
+            serving = ["prompt=8", "generate=4"] if "serve" in path.read_text(encoding="utf-8") else []  # within seq 16
+            defines = (*TINY, *mesh, *per_spec.get(path.stem, []), *serving, f"dtype={dtype}")
             found.append(Build(path.stem, dtype, defines, tp * pp))
     return found
 
@@ -130,16 +139,23 @@ def cuda_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def modes(model: Path) -> tuple[tuple[str, ...], ...]:
+    """The runs of one build: --check and --steps; generation too where the model has a vocabulary."""
+    has_vocabulary = re.search(r"^VOCAB = \d+", model.read_text(), re.MULTILINE) is not None
+    return (*MODES, GENERATE) if has_vocabulary else MODES
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, help="GPUs to use (default: every CUDA GPU)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="J", help="runs at once (default 1)")
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="limit of each run (default 300 s)")
     parser.add_argument("--out", type=Path, help="where the builds go (default: a temporary folder)")
     parser.add_argument("--build-only", action="store_true", help="build every spec for --gpus GPUs, run nothing")
     args = parser.parse_args(argv)
     gpus = args.gpus if args.gpus is not None else cuda_gpus()
-    if gpus < 2:
-        print(f"gpu-check: needs at least 2 CUDA GPUs, found {gpus}", file=sys.stderr)
+    if gpus < 1:
+        print(f"gpu-check: needs at least 1 CUDA GPU, found {gpus}", file=sys.stderr)
         return 2
     if not args.build_only and cuda_gpus() < gpus:
         print(f"gpu-check: --gpus {gpus}, but this machine has {cuda_gpus()} CUDA GPUs", file=sys.stderr)
@@ -147,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="par-gpu-") as scratch:
         out = args.out or Path(scratch)
         failed = 0
+        runs: list[tuple[Build, Path, tuple[str, ...]]] = []
         for spec in builds(gpus):
             try:
                 model = build(spec, out)
@@ -157,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.build_only:
                 print(f"gpu-check {spec.spec} {spec.dtype} build: OK, {spec.world} processes", flush=True)
                 continue
-            for mode in MODES:
-                code, seconds, last = execute(model, spec.world, mode, args.timeout)
+            runs += [(spec, model, mode) for mode in modes(model)]
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            done = pool.map(lambda run: execute(run[1], run[0].world, run[2], args.timeout), runs)
+            for (spec, _, mode), (code, seconds, last) in zip(runs, done, strict=True):
                 print(summary(spec, mode, code, seconds, last), flush=True)
                 failed += code != 0
     return 1 if failed else 0
