@@ -2146,8 +2146,8 @@ def check_generation(
     tolerance of Reference's after the same tokens?
 
     Rank 0 builds Reference (seed's weights, fp32) and runs each replica's generation again,
-    without a cache, fed the tokens generated here; every last-stage rank sends it its tokens and logits (reporting only, not
-    one of the model's collectives). The verdict goes to every rank.
+    without a cache, fed the tokens generated here; every last-stage rank sends it its tokens and
+    logits (reporting only, not one of the model's collectives). The verdict goes to every rank.
     """
     ok = torch.ones((), dtype=torch.float64, device=device)
     items = [(step, m) for step in range(new) for m in range(MICROBATCHES)]
@@ -2173,7 +2173,8 @@ def check_generation(
                     dist.recv(part, sender)
                 parts.append(part.cpu())
             ours = parts[0][:counted].view(BATCH // DP, new).long()
-            tokens, margin, expected = reference_generation(reference, prompts(given, length, d, seed), new, sampling, d, ours)
+            inputs = prompts(given, length, d, seed)
+            tokens, margin, expected = reference_generation(reference, inputs, new, sampling, d, ours)
             shards = [part[counted:].view(len(items), result.sequences, rows) for part in parts]
             joined = torch.cat(shards, dim=-1)[..., :VOCAB]  # the vocabulary's shards, padding dropped
             for index, item in enumerate(items):
