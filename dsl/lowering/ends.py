@@ -8,7 +8,8 @@ over the vocabulary: each rank holds the logits of its rows, never the whole voc
 cross-entropy is computed on those parts: the maximum per token is AllReduced (MAX), then the
 sum of exp(logit - max) and the target's logit (held by one rank) are AllReduced (SUM), and
 each rank takes log(sum) - target logit. Learned positions are added after the reduction, each
-rank adding the rows of its positions.
+rank adding the rows of its positions. Serving ends in a sampled token instead: the head reads
+each sequence's last position only, and the sample's pairs are gathered (`_sampled`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class _Ends:
         gathered = self._collective(
             norm,
             R,
-            "model.py takes each sequence's last position from the whole sequence"
+            "each sequence's last position, which the head reads, is taken from the whole sequence"
             if serving
             else "the head is a column-parallel linear over the vocabulary: it reads the whole sequence",
         )
