@@ -65,6 +65,7 @@ class ModelView:
     seq: int
     dtype: str
     grad_dtype: str
+    kv_dtype: str  # generation's KV cache: a serving spec's kv_dtype, else the model's dtype
     tp: int
     pp: int
     dp: int
@@ -192,6 +193,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
         seq=model.seq,
         dtype=TORCH_DTYPES[model.dtype],
         grad_dtype=TORCH_DTYPES[mesh.grad_dtype],
+        kv_dtype=TORCH_DTYPES[deployment.serve.kv_dtype if deployment.serve else model.dtype],
         tp=mesh.tp,
         pp=mesh.pp,
         dp=mesh.dp,

@@ -42,6 +42,8 @@ def ends_view(program: Program) -> EndsView | None:
     head = steps["head"]
     into = ""
     source = steps.get(head.inputs[0])
+    if source is not None and source.op == "last_position":  # serving: x[-1] of what the gather gives
+        source = steps.get(source.inputs[0])
     suffix = "_dp<d>" if mesh.dp > 1 else ""
     if source is not None and source.kind == "comm":
         into = f"{source.pair}(x, dim=0, group=self.groups.tp)  # {source.name}{suffix}"  # sequence-first

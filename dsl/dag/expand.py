@@ -31,7 +31,7 @@ from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
 from par.dsl.lowering.placement import R, share
 from par.dsl.lowering.program import Program, Step
 from par.dsl.registry.collectives import COLLECTIVES
-from par.dsl.registry.ops import elements
+from par.dsl.registry.ops import INT64, elements
 
 # (first layer, last layer, the program of those layers): a model with a block per range of layers.
 LayerPrograms = Sequence[tuple[int, int, Program]]
@@ -48,7 +48,8 @@ def node_count(program: Program, layer_programs: LayerPrograms = ()) -> int:
     per rank for each compute step and slice and one per collective, on every replica, and one
     per token routing of each expert-parallel group and tensor-parallel rank; stage 0 slices the
     input on every rank unless the stream is replicated; each stage boundary has a send and a
-    recv per rank. Checked against the node budget before anything is expanded."""
+    recv per rank, as has the return of a decode step's tokens from the last stage to the first.
+    Checked against the node budget before anything is expanded."""
     mesh = program.deployment.mesh
     ranges = layer_programs or ((0, program.deployment.model.layers - 1, program),)
     layers = 0
@@ -66,6 +67,8 @@ def node_count(program: Program, layer_programs: LayerPrograms = ()) -> int:
         end_nodes = mesh.dp * (end_collectives + (len(end_steps) - end_collectives) * mesh.tp)
     input_slices = 0 if program.stream == R or ends is not None else mesh.dp * mesh.tp
     boundaries = 2 * (mesh.pp - 1) * mesh.dp * mesh.tp
+    if ends is not None and ends.fed_back and mesh.pp > 1:  # a decode step's tokens, last stage to first
+        boundaries += 2 * mesh.dp * mesh.tp
     if mesh.cp > 1:  # each part of the sequence is a replica of the layer; attention adds its ring
         rings = sum((last - first + 1) * sum(step.op == "attention" for step in each.steps) for first, last, each in ranges)
         extra = mesh.dp * rings * ring.node_count(mesh.cp, mesh.cp_attention, mesh.tp)
@@ -173,6 +176,7 @@ class _Expander:
         self.issue_after_of = {key: issue_after(each.steps) for key, each in programs.items()}
         ends = program.ends
         self.ends = ends
+        self.fed_back = ends is not None and ends.fed_back and self.mesh.pp > 1
         self.end_templates = {step.name: self._template(step) for step in (ends.first + ends.last if ends else ())}
         self.alone: dict[int, list[int]] = {rank: [rank] for rank in range(self.mesh.world)}  # each rank's devices list
         self.operand_indices: dict[int, dict[str, tuple[int, ...]]] = {}  # id(step) -> `_operands`' indices
@@ -184,7 +188,8 @@ class _Expander:
         stage_src = str(self.deployment.spans.get("stages") or self.deployment.span_of("pp"))
         ends = self.ends
         given = ends.tokens if ends else program.stream_shape
-        self._io(ids.INPUT, given, given, list(mesh.stage_ranks(0)), 0)
+        holder = mesh.pp - 1 if self.fed_back else 0  # the stage that holds the input
+        self._io(ids.INPUT, given, given, list(mesh.stage_ranks(holder)), holder)
         entry = {d: self._entry_points(d) for d in range(mesh.dp)}
         exits: list[str] = []
         for stage, (first, last) in enumerate(mesh.stages):
@@ -329,9 +334,8 @@ class _Expander:
         program = self.program
         ends = self.ends
         if ends:  # the embedding reads the token ids, whole on every rank
-            return self._ends(
-                ends.first, ends.first_param, ends.first_result, 0, dp_rank, group, [ids.INPUT] * len(group), cp_rank
-            )
+            tokens = self._fed_back_tokens(dp_rank, group) if self.fed_back else [ids.INPUT] * len(group)
+            return self._ends(ends.first, ends.first_param, ends.first_result, 0, dp_rank, group, tokens, cp_rank)
         if program.stream == R and self.mesh.cp == 1:  # with tp 1 lowering makes the stream R
             return [ids.INPUT] * len(group)
         points = []
@@ -361,6 +365,51 @@ class _Expander:
             self._edge(ids.INPUT, node, (0,))
             points.append(node)
         return points
+
+    def _fed_back_tokens(self, dp_rank: int, group: tuple[int, ...]) -> list[str]:
+        """A decode step's tokens, sampled by the step before on the last stage, whose every rank
+        holds them after the sampling's AllGather: each sends them to the same tensor-parallel
+        rank of the first stage. Returns the recv nodes, one per rank of `group` (stage 0)."""
+        mesh, ends = self.mesh, self.ends
+        assert ends is not None
+        last = mesh.pp - 1
+        local_bytes = elements(ends.tokens) * INT64
+        wire = {op: COLLECTIVES[op].wire_bytes(2, local_bytes) for op in ("send", "recv")}
+        reason = "a decode step embeds the tokens the step before sampled on the last stage"
+
+        def transfer(op: Literal["send", "recv"], stage: int, rank: int, peer: int) -> NodeAttrs:
+            return {
+                "op": op,
+                "kind": "comm",
+                "name": f"token_{op}",
+                "layer": None,
+                "stage": stage,
+                "devices": [rank],
+                "in_shape": ends.tokens,
+                "out_shape": ends.tokens,
+                "in_placement": "R",
+                "out_placement": "R",
+                "dtype": self.deployment.model.dtype,
+                "flops": 0,
+                "params": 0,
+                "bytes": local_bytes,
+                "wire_bytes": wire[op],
+                "src": str(self.deployment.span_of("generate")),
+                "reason": reason,
+                "inserted": True,
+                "peer": peer,
+            }
+
+        receivers = []
+        for tp_rank, receiver in enumerate(group):
+            sender = mesh.rank(dp_rank=dp_rank, stage=last, tp_rank=tp_rank)
+            send, recv = ids.token_send_id(sender), ids.token_recv_id(receiver)
+            self._node(send, transfer("send", last, sender, receiver))
+            self._node(recv, transfer("recv", 0, receiver, sender))
+            self._edge(ids.INPUT, send, (0,))
+            self._edge(send, recv, (0,))
+            receivers.append(recv)
+        return receivers
 
     def _ends(
         self,
@@ -547,6 +596,8 @@ class _Expander:
             send, recv = ids.send_id(stage, sender), ids.recv_id(stage + 1, receiver)
             self._node(send, transfer("send", stage, sender, receiver))
             self._node(recv, transfer("recv", stage + 1, receiver, sender))
+            if self.fed_back and stage + 1 == mesh.pp - 1:  # the last stage sent the tokens first
+                self.node_map[recv]["after"] = ids.token_send_id(receiver)
             self._edge(source, send, (0,))
             self._edge(send, recv, (0,))
             receivers.append(recv)

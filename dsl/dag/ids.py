@@ -51,6 +51,15 @@ def recv_id(stage: int, rank: int) -> str:
     return f"stage_{stage}_recv_gpu{rank}"
 
 
+# A decode step's tokens, from the last stage (where the step before sampled them) to the first.
+def token_send_id(rank: int) -> str:
+    return f"token_send_gpu{rank}"
+
+
+def token_recv_id(rank: int) -> str:
+    return f"token_recv_gpu{rank}"
+
+
 def input_slice_id(rank: int) -> str:
     return f"input_slice_gpu{rank}"
 

@@ -12,12 +12,12 @@ from typing import Any, Literal, NotRequired, TypedDict, cast, overload
 Kind = Literal["compute", "comm", "route"]
 # registry.ops: OPS (with the mixture-of-experts ops of registry.moe), then MODEL_OPS (the model's
 # ends: embedding, positions, the vocabulary-parallel loss; context parallelism's ring steps;
-# serving: the KV cache and sampling)
+# serving: the KV cache, the last position and sampling)
 ComputeOp = Literal[
     "layernorm", "rmsnorm", "linear", "attention", "rope", "gelu", "silu", "add", "mul",
     "router", "permute", "expert_linear", "unpermute",
     "embedding", "positions", "loss_max", "loss_sum", "loss", "ring_attention", "attn_merge",
-    "kv_append", "sample",
+    "kv_append", "last_position", "sample",
 ]
 CollectiveOp = Literal[
     "allgather", "allreduce", "reducescatter", "alltoall", "dispatch", "combine", "send", "recv", "slice"

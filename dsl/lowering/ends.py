@@ -8,7 +8,8 @@ over the vocabulary: each rank holds the logits of its rows, never the whole voc
 cross-entropy is computed on those parts: the maximum per token is AllReduced (MAX), then the
 sum of exp(logit - max) and the target's logit (held by one rank) are AllReduced (SUM), and
 each rank takes log(sum) - target logit. Learned positions are added after the reduction, each
-rank adding the rows of its positions.
+rank adding the rows of its positions. Serving ends in a sampled token instead: the head reads
+each sequence's last position only, and the sample's pairs are gathered (`_sampled`).
 """
 
 from __future__ import annotations
@@ -91,16 +92,27 @@ class _Ends:
             hidden_shape,
             spans("final_norm") if "final_norm" in self.deployment.spans else vocab_at,
         )
+        serving = self.deployment.serve is not None
         gathered = self._collective(
-            norm, R, "the head is a column-parallel linear over the vocabulary: it reads the whole sequence"
+            norm,
+            R,
+            "each sequence's last position, which the head reads, is taken from the whole sequence"
+            if serving
+            else "the head is a column-parallel linear over the vocabulary: it reads the whole sequence",
         )
-        logits_shape = (batch, seq, self.vocab)
+        head_in = hidden_shape
+        if serving:  # the head computes the logits of the last position only, the ones sampled
+            head_in = (batch, 1, hidden)
+            gathered = self._compute(
+                "last_position", "last_position", (gathered,), (R,), R, (hidden_shape,), head_in, vocab_at
+            )
+        logits_shape = (batch, head_in[1], self.vocab)
         head = self._compute(
-            "head", "linear", (gathered,), (R,), S_LAST, (hidden_shape,), logits_shape, vocab_at, style="column"
+            "head", "linear", (gathered,), (R,), S_LAST, (head_in,), logits_shape, vocab_at, style="column"
         )
         tied_here = model.tie_embeddings and self.deployment.mesh.pp == 1  # the head is the embedding's matrix
         head = self._with_params(head, 0 if tied_here else rows * hidden)
-        if self.deployment.serve is not None:
+        if serving:
             return self._sampled(first, head, batch, logits_shape, vocab_at, tokens)
         largest = self._compute(
             "loss_max", "loss_max", (head,), (S_LAST,), P, (logits_shape,), (batch, seq, 1), vocab_at
@@ -130,7 +142,8 @@ class _Ends:
     def _sampled(self, first, head: str, batch: int, logits_shape: Shape, span: Span, tokens: Shape) -> Ends:
         """Greedy sampling on the vocabulary-parallel logits of each sequence's last position:
         each rank takes the largest of its logits and its index, and an AllGather over tp of
-        these pairs lets every rank pick the token."""
+        these pairs lets every rank pick the token. (Seeded sampling among the top k gathers each
+        rank's k largest logits first: one more AllGather, not in the DAG.)"""
         pairs = (batch, 1, 2 * self.tp)
         picked = self._compute("sample", "sample", (head,), (S_LAST,), S_LAST, (logits_shape,), pairs, span)
         picked = self._collective(

@@ -73,6 +73,9 @@ class Ends:
     last_result: str
     tokens: Shape  # global: one microbatch of token ids [batch, seq]
     loss: Shape  # global: the last step's output, the loss; serving: the sampled pairs [batch, 1, 2 × tp]
+    # A decode step's tokens: those the step before sampled, which the last stage holds and sends
+    # to the first (pp > 1); otherwise the input of the first stage.
+    fed_back: bool = False
 
 
 def drop_collectives(steps: tuple[Step, ...], result: str) -> tuple[tuple[Step, ...], str]:

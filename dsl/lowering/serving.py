@@ -5,8 +5,9 @@ one new token of a decode step), then given a KV cache (`with_cache`): before ev
 a `kv_append` step writes the step's K and V into the cache of its layer, and the attention
 reads the cache as its second operand. The decode step's attention reads every position the
 cache holds (prompt + generate: static shapes, the positions not written yet masked), so its
-FLOPs are those of one query against the whole context. Nothing is trained: no step has a
-backward pair.
+FLOPs are those of one query against the whole context, and its tokens are those the step
+before sampled, fed back from the last stage (`Ends.fed_back`). Nothing is trained: no step has
+a backward pair.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def with_cache(program: Program, phase: Phase) -> Program:
         steps += [cache, attention]
     ends = program.ends
     if ends is not None:
-        ends = replace(ends, first=_forward_only(ends.first), last=_forward_only(ends.last))
+        ends = replace(ends, first=_forward_only(ends.first), last=_forward_only(ends.last), fed_back=phase == "decode")
     return replace(program, steps=tuple(steps), param_copied=False, ends=ends)
 
 

@@ -392,6 +392,11 @@ def _sample_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
     return (inputs[0][0], 1, op.out_features)
 
 
+def _last_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
+    batch, _, features = inputs[0]
+    return (batch, 1, features)
+
+
 def _last_position(local_in: Shape, local_out: Shape) -> int:
     return local_in[0] * local_in[-1]  # one comparison per logit of each sequence's last position
 
@@ -464,6 +469,9 @@ MODEL_OPS: dict[str, OpSpec] = {
             _cache_shape,
             no_parameters,
         ),
+        # Each sequence's last position of the final norm's output, the one the head reads when
+        # serving (a view: no FLOPs).
+        OpSpec("last_position", Syntax(1), {None: (Signature((R,), R),)}, _last_shape, no_parameters),
         # Greedy sampling on the vocabulary-parallel logits of the last position: this rank's
         # largest logit and its index, [batch, 1, 2] per rank (`out_features`: 2 × tp in all).
         OpSpec("sample", Syntax(1), {None: (Signature((S_LAST,), S_LAST), Signature((R,), R))}, _sample_shape, _last_position, dtype="fp32"),

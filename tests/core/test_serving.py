@@ -169,6 +169,45 @@ def test_the_model_ends_in_a_sampled_token_and_no_loss():
         assert not any("backward" in data for _, data in graph.nodes(data=True))  # nothing is trained
 
 
+def test_the_head_reads_each_sequences_last_position_only():
+    """As model.py's Stage.serve: the final norm over the phase's positions, then the head on
+    the last one (the prefill's 16 prompt positions, a decode step's one)."""
+    for phase, tokens in (("prefill", 16), ("decode", 1)):
+        graph = phases(compiled())[phase].graph
+        for node, data in nodes_of(graph, "last_position").items():
+            (source,) = graph.pred[node]
+            assert graph.nodes[source]["op"] == "rmsnorm" and data["in_shape"] == (4, tokens, 64)
+            assert data["out_shape"] == (4, 1, 64) and data["flops"] == 0
+            (head,) = graph.succ[node]
+            assert graph.nodes[head]["name"] == "head" and graph.nodes[head]["in_shape"] == (4, 1, 64)
+            assert graph.nodes[head]["flops"] == 2 * 4 * 64 * 100 // 2  # batch x hidden x vocab / tp
+        assert len(nodes_of(graph, "last_position")) == 2
+
+
+def test_a_decode_step_embeds_the_tokens_the_last_stage_sends_back():
+    """tp 2 x pp 2: the decode step's input is on the last stage (GPUs 2, 3), which sampled the
+    tokens; each of its ranks sends them to the same tp rank of the first stage, before it
+    receives the step's activation. The prefill reads the prompt on the first stage."""
+    decode = phases(compiled())["decode"].graph
+    assert decode.nodes["input"]["devices"] == [2, 3]
+    for first, last in ((0, 2), (1, 3)):
+        send, recv = decode.nodes[f"token_send_gpu{last}"], decode.nodes[f"token_recv_gpu{first}"]
+        assert (send["op"], send["peer"], recv["op"], recv["peer"]) == ("send", first, "recv", last)
+        assert send["bytes"] == recv["bytes"] == 4 * 8  # 4 sequences' int64 ids
+        assert list(decode.pred[f"token_send_gpu{last}"]) == ["input"]
+        assert sorted(decode.succ[f"token_recv_gpu{first}"]) == [f"embed_gpu{first}"]
+        assert decode.nodes[f"stage_1_recv_gpu{last}"]["after"] == f"token_send_gpu{last}"
+    prefill = phases(compiled())["prefill"].graph
+    assert prefill.nodes["input"]["devices"] == [0, 1] and not nodes_of(prefill, "send").keys() & {"token_send_gpu2"}
+    one_stage = phases(compiled(LLAMA, "pp=1"))["decode"].graph
+    assert len(nodes_of(one_stage, "send")) == 0 and one_stage.nodes["input"]["devices"] == [0, 1]
+    # without the order recorded, the last stage could issue the send and the recv either way
+    unordered = decode.copy()
+    del unordered.nodes["stage_1_recv_gpu2"]["after"]
+    found = [shown(d) for d in validate(unordered)]
+    assert any("gpu 2 may issue token_send_gpu2 and stage_1_recv_gpu2 in either order" in m for m in found), found
+
+
 def test_the_node_count_estimate_is_exact_for_both_phases():
     for text in (LLAMA, GPT_SP, LLAMA.replace("tp 2  pp 2", "tp 1  pp 2")):
         for _, view in compiled(text).phases:

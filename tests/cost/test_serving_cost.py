@@ -90,10 +90,39 @@ def test_pipeline_decode_rounds_and_their_bubble():
     times = four.decode.stage_times(2)
     assert four.tpot_s() == pytest.approx(4 * max(times))
     assert four.decode_bubble() == pytest.approx(1 - 4 * sum(times) / 2 / (4 * max(times)))  # the stages' imbalance only
-    assert four.decode_bubble() < one.decode_bubble() / 10
+    assert four.decode_bubble() < one.decode_bubble() / 5
     # Prefill: the pipeline fills, then a microbatch leaves the slowest stage each step.
     prefill = four.prefill.stage_times(2)
     assert four.ttft_s() == pytest.approx(sum(prefill) + 3 * max(prefill))
+
+
+def test_a_pipelined_decode_step_sends_the_activation_on_and_the_tokens_back():
+    """tp 2 x pp 2: the first stage's decode step issues the embedding's AllReduce, two per layer
+    and the activation's Send to the last stage; the last stage two per layer, the sampling's
+    AllGather and the Send of the tokens it sampled back to the first stage (int64 ids, one per
+    sequence), which the next step embeds."""
+    cost = cost_of(LLAMA, "pp=2")
+    tp, size, layers = 2, 2, LAYERS // 2
+    stream = BATCH * HIDDEN * size
+    allreduce = ring(2 * (tp - 1), 2 * (tp - 1) / tp * stream)
+    first = (1 + 2 * layers) * allreduce + ring(1, stream)
+    last = 2 * layers * allreduce + ring(tp - 1, (tp - 1) / tp * BATCH * 2 * tp * 4) + ring(1, BATCH * 8)
+    by_rank = {device.rank: device.comm_s for device in cost.decode.devices}
+    assert [by_rank[rank] for rank in range(4)] == pytest.approx([first, first, last, last], rel=1e-12)
+    # the prefill samples the first token and sends nothing back
+    prefill = {device.rank: device.comm_s for device in cost.prefill.devices}
+    prompt_stream = BATCH * PROMPT * HIDDEN * size
+    allreduce = ring(2 * (tp - 1), 2 * (tp - 1) / tp * prompt_stream)
+    assert prefill[2] == pytest.approx(2 * layers * allreduce + ring(tp - 1, (tp - 1) / tp * BATCH * 2 * tp * 4), rel=1e-12)
+
+
+def test_the_prefill_head_computes_the_logits_of_the_last_position_only():
+    """model.py applies the head to each sequence's last position: the prefill's last stage
+    computes as many head FLOPs as a decode step's, 2 x batch x hidden x vocab / tp."""
+    cost = cost_of()
+    graph = cost.prefill.graph
+    heads = [data["flops"] for _, data in graph.nodes(data=True) if data.get("name") == "head"]
+    assert heads == [2 * BATCH * HIDDEN * VOCAB // 2] * 2
 
 
 def test_a_tp_group_across_nodes_is_costed_on_the_network_and_warned_about():

@@ -53,7 +53,7 @@ def trace_problems(out: Path, world: int, sp: bool) -> list[str]:
         steps: dict[tuple[int, int], list[tuple]] = {}
         for event in events:
             assert event["phase"] == ("prefill" if event["step"] == 0 else "decode"), event
-            if event["op"] not in ("send", "recv"):  # the last step feeds no token back
+            if event["op"] not in ("send", "recv"):  # the prefill receives no tokens back
                 steps.setdefault((event["step"], event["microbatch"]), []).append((event["op"], event["group"], event["bytes"]))
         decode = [ops for (step, _), ops in sorted(steps.items()) if step > 0]
         if any(ops != decode[0] for ops in decode):

@@ -72,3 +72,24 @@ def trace_problems(graph: nx.DiGraph, rank: int, events: list[dict]) -> list[str
 
 def _dual(event: dict) -> dict:
     return dict(event, op="recv" if event["op"] == "send" else "send")
+
+
+def generation_problems(prefill: nx.DiGraph, decode: nx.DiGraph, rank: int, events: list[dict], new: int) -> list[str]:
+    """Every way one rank's trace of generation (`--generate --max-new new`) breaks the serving
+    contract: the events of step 0 (the prefill) of each microbatch are exactly dag.prefill's
+    collectives and Send/Recv on this rank, in DAG order, and those of every decode step
+    dag.decode's (op, group, bytes, peer); nothing else is issued."""
+    microbatches = prefill.graph["mesh"]["microbatches"]
+    expected = {"prefill": dag_collectives(prefill, rank), "decode": dag_collectives(decode, rank)}
+    problems = []
+    items = {(step, microbatch) for step in range(new) for microbatch in range(microbatches)}
+    for event in events:
+        item = (event.get("step"), event["microbatch"])
+        if item not in items or event["phase"] != ("prefill" if item[0] == 0 else "decode"):
+            problems.append(f"rank {rank}: {event} belongs to no step of the generation")
+    for step, microbatch in sorted(items):
+        phase = "prefill" if step == 0 else "decode"
+        got = [_shape(e) for e in events if e.get("step") == step and e["microbatch"] == microbatch]
+        if got != [_shape(e) for e in expected[phase]]:
+            problems.append(f"rank {rank}, step {step}, microbatch {microbatch}: issued {got}, dag.{phase} has {expected[phase]}")
+    return problems

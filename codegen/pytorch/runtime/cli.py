@@ -18,9 +18,9 @@ from par.codegen.pytorch.runtime.modes import check, train
 from par.codegen.pytorch.runtime.regather import set_regather
 from par.codegen.pytorch.runtime.spec import (
     DP,
-    DTYPE,
     ENDS,
     HF_CHECKPOINT,
+    KV_DTYPE,
     PP,
     SEQ,
     SEQUENCE_PARALLEL,
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens added to each sequence")
         parser.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)")
         parser.add_argument("--top-k", type=int, metavar="K", help="sample among the K largest logits")
-        parser.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), help="dtype of the KV cache (default: the model's)")
+        parser.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), help="dtype of the KV cache (default: KV_DTYPE)")
     args = parser.parse_args(argv)
     if HF_CHECKPOINT and nothing_to_save(args):
         parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> bool:
         set_checkpoints(args.load, args.save)
     if ENDS and generating(args):
         sampling = Sampling(args.temperature, args.top_k, args.seed)
-        kv_dtype = KV_DTYPES[args.kv_dtype] if args.kv_dtype else DTYPE
+        kv_dtype = KV_DTYPES[args.kv_dtype] if args.kv_dtype else KV_DTYPE
         ok = serve(
             groups,
             device,

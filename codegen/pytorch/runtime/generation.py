@@ -165,7 +165,8 @@ class Generated:
 
 def _post(messages: list[tuple[str, torch.Tensor, int, str, int, int]]) -> None:
     """Posts every (op, tensor, peer, phase, step, microbatch) at once, then waits for all; the
-    trace records each under its phase, step and microbatch."""
+    trace records each under its phase, step and microbatch (sampled tokens under the step that
+    embeds them)."""
     operations = []
     for op, tensor, peer, phase, step, microbatch in messages:
         set_phase(phase, microbatch, step)
@@ -241,7 +242,8 @@ def generate(
                     outgoing["activation"] = y
             posted = []
             for op, kind, step, m, peer_stage in slot_messages(groups.stage, slot, new):
-                phase = "prefill" if step == 0 else "decode"
+                traced = step + 1 if kind == "token" else step  # tokens: the next step's input (dag.decode)
+                phase = "prefill" if traced == 0 else "decode"
                 peer = global_rank(groups.dp_rank, peer_stage, groups.tp_rank)
                 if op == "send":
                     tensor = outgoing[kind].contiguous()
@@ -249,7 +251,7 @@ def generate(
                     tensor = received[step, m] = torch.empty(stream_shape(step, length), dtype=DTYPE, device=device)
                 else:
                     tensor = fed[m] = torch.empty((sequences, 1), dtype=torch.long, device=device)
-                posted.append((op, tensor, peer, phase, step, m))
+                posted.append((op, tensor, peer, phase, traced, m))
             if posted:
                 _post(posted)
     set_phase("step")

@@ -43,6 +43,7 @@ VOCAB = 50  # the model's ends (ENDS below)
 PADDED_VOCAB = VOCAB  # a multiple of TP
 MAX_POSITIONS = SEQ
 KV_CACHE_HEADS = KV_HEADS // TP  # the KV heads of each layer's KV cache on one rank
+KV_DTYPE = DTYPE  # the KV cache's dtype: a serving spec's kv_dtype, else DTYPE
 
 # -- build-time facts: decided by the inliner, never written into model.py --------------------------
 SEQUENCE_PARALLEL = False  # the residual stream is split along seq across tp ranks

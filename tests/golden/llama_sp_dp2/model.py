@@ -71,6 +71,7 @@ ROPE_THETA = 10000.0
 VOCAB = 512
 PADDED_VOCAB = 512  # a multiple of TP: each rank holds PADDED_VOCAB // TP rows
 KV_CACHE_HEADS = KV_HEADS // TP  # KV heads of each layer's KV cache on one rank (generation)
+KV_DTYPE = torch.bfloat16  # the KV cache's dtype (the serving spec's kv_dtype, else DTYPE; --kv-dtype sets it)
 
 
 # -- Ops ----------------------------------------------------------------------------------------
@@ -717,7 +718,9 @@ class Groups:
 # rank] and `peer` for send and recv) and the bytes of this rank's input; a token dispatch or
 # combine also records its split sizes, the rows sent to and received from each member
 # (`splits`: [send, receive]), which differ between ranks and steps. The forward events of every
-# microbatch are the DAG's collectives on this rank, in DAG order.
+# microbatch are the DAG's collectives on this rank, in DAG order. Generation records "prefill"
+# or "decode" with its `step` (0: the prefill): each step's events of a microbatch are those of
+# dag.prefill or dag.decode on this rank, in DAG order.
 
 
 class CollectiveTrace:
@@ -1988,7 +1991,8 @@ class Generated:
 
 def _post(messages: list[tuple[str, torch.Tensor, int, str, int, int]]) -> None:
     """Posts every (op, tensor, peer, phase, step, microbatch) at once, then waits for all; the
-    trace records each under its phase, step and microbatch."""
+    trace records each under its phase, step and microbatch (sampled tokens under the step that
+    embeds them)."""
     operations = []
     for op, tensor, peer, phase, step, microbatch in messages:
         set_phase(phase, microbatch, step)
@@ -2058,7 +2062,8 @@ def generate(
                     outgoing["activation"] = y
             posted = []
             for op, kind, step, m, peer_stage in slot_messages(groups.stage, slot, new):
-                phase = "prefill" if step == 0 else "decode"
+                traced = step + 1 if kind == "token" else step  # tokens: the next step's input (dag.decode)
+                phase = "prefill" if traced == 0 else "decode"
                 peer = global_rank(groups.dp_rank, peer_stage, groups.tp_rank)
                 if op == "send":
                     tensor = outgoing[kind].contiguous()
@@ -2066,7 +2071,7 @@ def generate(
                     tensor = received[step, m] = torch.empty(stream_shape(step, length), dtype=DTYPE, device=device)
                 else:
                     tensor = fed[m] = torch.empty((sequences, 1), dtype=torch.long, device=device)
-                posted.append((op, tensor, peer, phase, step, m))
+                posted.append((op, tensor, peer, phase, traced, m))
             if posted:
                 _post(posted)
     set_phase("step")
@@ -2262,7 +2267,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens added to each sequence")
     parser.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)")
     parser.add_argument("--top-k", type=int, metavar="K", help="sample among the K largest logits")
-    parser.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), help="dtype of the KV cache (default: the model's)")
+    parser.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), help="dtype of the KV cache (default: KV_DTYPE)")
     args = parser.parse_args(argv)
     if nothing_to_save(args):
         parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
@@ -2329,7 +2334,7 @@ def run(args: argparse.Namespace) -> bool:
     set_checkpoints(args.load, args.save)
     if generating(args):
         sampling = Sampling(args.temperature, args.top_k, args.seed)
-        kv_dtype = KV_DTYPES[args.kv_dtype] if args.kv_dtype else DTYPE
+        kv_dtype = KV_DTYPES[args.kv_dtype] if args.kv_dtype else KV_DTYPE
         ok = serve(
             groups,
             device,

@@ -294,7 +294,9 @@ class Groups:
 # rank] and `peer` for send and recv) and the bytes of this rank's input; a token dispatch or
 # combine also records its split sizes, the rows sent to and received from each member
 # (`splits`: [send, receive]), which differ between ranks and steps. The forward events of every
-# microbatch are the DAG's collectives on this rank, in DAG order.
+# microbatch are the DAG's collectives on this rank, in DAG order. Generation records "prefill"
+# or "decode" with its `step` (0: the prefill): each step's events of a microbatch are those of
+# dag.prefill or dag.decode on this rank, in DAG order.
 
 
 class CollectiveTrace:
