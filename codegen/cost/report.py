@@ -339,7 +339,8 @@ def _pipeline_section(cost: Cost) -> Section:
     if estimate.unit != "s":
         notes.append("Times in FLOPs of the slowest device, its ops one after another (no hardware given: communication is not timed).")
     else:
-        notes.append("Times: the stage's slowest device, its ops and collectives one after another; backward = 2 x compute + backward collectives.")
+        again = " + the forward it recomputes (and its collectives)" if mesh.get("recompute", "none") != "none" else ""
+        notes.append(f"Times: the stage's slowest device, its ops and collectives one after another; backward = 2 x compute{again} + backward collectives.")
     return Section(
         "Pipeline",
         ("stage", "layers", "forward/mb", "backward/mb", "in flight"),
@@ -378,12 +379,24 @@ def _step_section(cost: Cost) -> Section:
 
 def _totals_section(cost: Cost) -> Section:
     devices = cost.devices
+    recompute = cost.mesh.get("recompute", "none")
+    again = (
+        ((f"forward FLOP run again in backward per step (recompute {recompute}), all devices", units.flop(sum(cost.recompute_step_flops(d) for d in devices))),)
+        if recompute != "none"
+        else ()
+    )
     rows = (
         ("distinct parameters of the model", units.count(cost.model_params)),
         ("parameters held, all devices (with copies)", units.count(sum(d.params for d in devices))),
         ("FLOP per step, all devices", units.flop(sum(cost.step_flops(d) for d in devices))),
+        *again,
         ("bytes sent per step, all devices", units.size(sum(cost.step_comm(d) for d in devices))),
     )
+    kept = {
+        "none": "no recomputation, no activation checkpointing",
+        "selective": "recompute selective: each attention core runs again in backward and keeps only its input",
+        "full": "recompute full: each layer runs again in backward and keeps only its input",
+    }[recompute]
     return Section(
         "Totals",
         ("quantity", "value"),
@@ -392,7 +405,8 @@ def _totals_section(cost: Cost) -> Section:
         (
             "The DAG holds the transformer layers: embeddings, the output head and the loss are not counted.",
             "Activations: the tensors the generated code keeps for backward (what autograd saves for each op, "
-            "each tensor once, and the stage output a sending stage holds); no recomputation, no activation "
-            "checkpointing; fused attention keeps a logsumexp, no seq x seq score matrix. Backward FLOPs = 2 x forward.",
+            f"each tensor once, and the stage output a sending stage holds); {kept}; "
+            "fused attention keeps a logsumexp, no seq x seq score matrix. Backward FLOPs = 2 x forward"
+            + (", plus the forward FLOPs run again." if recompute != "none" else "."),
         ),
     )

@@ -88,12 +88,13 @@ class RankCost:
     params: int
     flops: int  # forward, one microbatch
     activation_bytes: int  # one microbatch, kept for backward
+    recompute_flops: int = 0  # forward FLOPs the backward of one microbatch runs again (recompute)
     comm: dict[str, dict[str, Number]] = field(default_factory=dict)  # phase -> kind -> bytes sent
 
     def signature(self) -> tuple:
         """Everything but the rank: devices with equal signatures are shown as one row."""
         comm = tuple((phase, tuple(sorted(kinds.items()))) for phase, kinds in sorted(self.comm.items()))
-        return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, comm)
+        return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, self.recompute_flops, comm)
 
 
 def dtype_bytes(graph: Dag) -> int:
@@ -124,6 +125,8 @@ def transfers(graph: Dag) -> list[Transfer]:
         else:
             group = tuple(data["devices"])
             found.append(Transfer("forward", data["op"], node, group, group, data["wire_bytes"]))
+            if data.get("recompute"):  # the backward runs the layer's forward again, this collective with it
+                found.append(Transfer("backward", data["op"], node, group, group, data["wire_bytes"]))
             if "backward" in data:
                 found.append(Transfer("backward", data["backward"], node, group, group, data["backward_wire_bytes"]))
     for node, data in graph.nodes(data=True):
@@ -192,12 +195,14 @@ def rank_costs(
     `saved_tensors` if already known."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     world = mesh.world
-    params, flops = [0] * world, [0] * world
+    params, flops, again = [0] * world, [0] * world, [0] * world
     layers: list[set[int]] = [set() for _ in range(world)]
     for _, data in graph.nodes(data=True):
         for rank in data["devices"]:
             params[rank] += data["params"]
             flops[rank] += data["flops"]
+            if data.get("recompute"):
+                again[rank] += data["flops"]
             if data["kind"] == "compute" and data["layer"] is not None:
                 layers[rank].add(data["layer"])
     activations = saved_bytes(graph) if kept is None else _summed(kept)
@@ -210,6 +215,7 @@ def rank_costs(
             params=params[rank],
             flops=flops[rank],
             activation_bytes=activations[rank],
+            recompute_flops=again[rank],
             comm=comm[rank],
         )
         for rank in range(world)
@@ -234,6 +240,11 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
     slice without a pair is a view of its source: keeping it keeps the whole source, unless it
     copies its part (`clone`, par.dsl.lowering.copies). `on_cpu`: with what
     torch's CPU kernels keep instead of its CUDA ones (the test that measures them runs on CPU).
+
+    A node the backward recomputes (`recompute`) keeps nothing: its region (the layer, or the
+    attention core) keeps the tensors it reads from outside, from which it runs again
+    (torch.utils.checkpoint saves its inputs). What a kept node reads from inside the region is
+    kept as before.
     """
     model = graph.graph["model"]
     # fp32 grouped-query attention expands K and V (runtime/ops.causal_attention): enable_gqa is a FlashAttention-only, fp16/bf16-only path on CUDA
@@ -241,6 +252,13 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
     kept: dict[int, dict[tuple, int]] = {rank: {} for rank in range(graph.graph["mesh"]["world"])}
     pred, nodes, size = graph.pred, graph.nodes, stored.dtype_bytes
     for node, data in nodes(data=True):
+        if data.get("recompute"):
+            for source in pred[node]:
+                if not nodes[source].get("recompute") or nodes[source]["layer"] != data["layer"]:
+                    holder = _holder(graph, source, size)
+                    for rank in data["devices"]:
+                        kept[rank][(holder[0], rank)] = holder[1]
+            continue
         saves = saves_of(data)
         # Per node, not per rank: the operands' tensors (only when kept), the output's bytes and the extras.
         held: list[tuple[str, int]] = []

@@ -57,17 +57,23 @@ class Durations:
 
 
 def node_durations(graph: Dag, items: Sequence[Transfer], clock: Clock) -> Durations:
-    """Forward and backward time of every node; a node's transfers run at once on their ranks (max)."""
-    comm: dict[tuple[str, str], float] = {}
+    """Forward and backward time of every node; a node's transfers of one kind run at once on
+    their ranks (max), its kinds one after another (a recomputed collective and its backward's).
+    A recomputed node's backward runs its forward first."""
+    times: dict[tuple[str, str, str], float] = {}
     for item in items:
         if item.node is not None:
-            key = (item.phase, item.node)
-            comm[key] = max(comm.get(key, 0.0), clock.transfer(item))
+            key = (item.phase, item.node, item.kind)
+            times[key] = max(times.get(key, 0.0), clock.transfer(item))
+    comm: dict[tuple[str, str], float] = {}
+    for (phase, node, _), time in times.items():
+        comm[(phase, node)] = comm.get((phase, node), 0.0) + time
     forward, backward = {}, {}
     for node, data in graph.nodes(data=True):
         compute = clock.compute(data["flops"]) if data["kind"] == "compute" else 0.0
         forward[node] = compute + comm.get(("forward", node), 0.0)
-        backward[node] = BACKWARD_FLOPS * compute + comm.get(("backward", node), 0.0)
+        again = compute if data.get("recompute") else 0.0
+        backward[node] = BACKWARD_FLOPS * compute + again + comm.get(("backward", node), 0.0)
         if "ring" in data and data["op"] == "send":  # overlaps the step on the block it passes on: only the rest shows
             overlap = clock.compute(overlapped_flops(graph, node))
             forward[node] = max(0.0, forward[node] - overlap)
