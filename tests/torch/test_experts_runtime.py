@@ -20,10 +20,10 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # launches model.py on several processes
 
+from checked_run import _sent  # noqa: E402
 from dag_trace import ROUTINGS, trace_problems  # noqa: E402
 from fork_launch import launch  # noqa: E402
 from small_models import compile_source, read_trace, write_model  # noqa: E402
-from test_equivalence import _sent  # noqa: E402
 
 from par.dsl.cost import per_rank_comm  # noqa: E402
 
