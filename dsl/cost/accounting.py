@@ -255,9 +255,9 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
         if data.get("recompute"):
             for source in pred[node]:
                 if not nodes[source].get("recompute") or nodes[source]["layer"] != data["layer"]:
-                    holder = _holder(graph, source, size)
+                    tensor, tensor_bytes = _holder(graph, source, size)
                     for rank in data["devices"]:
-                        kept[rank][(holder[0], rank)] = holder[1]
+                        kept[rank][(tensor, rank)] = tensor_bytes
             continue
         saves = saves_of(data)
         # Per node, not per rank: the operands' tensors (only when kept), the output's bytes and the extras.

@@ -56,9 +56,8 @@ SHIPPED = {
 RECOMPUTED = {
     "megatron selective": ("megatron_tp8_pp2", ["tp=2", "layers=4", "batch=4", "recompute=selective"]),
     "megatron full": ("megatron_tp8_pp2", ["tp=2", "layers=4", "batch=4", "recompute=full"]),
-    "llama fp32 selective": (
-        "llama_gqa",
-        ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "dtype=fp32", "recompute=selective"],
+    "llama selective": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "recompute=selective"],
     ),
     "llama full": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "recompute=full"]),
 }
