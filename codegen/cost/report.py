@@ -52,7 +52,9 @@ def warnings(cost: Cost) -> list[str]:
             f"(weights {units.size(memory.weights)} + grads {units.size(memory.grads)} + master "
             f"{units.size(memory.master)} + optimizer "
             f"{units.size(memory.optimizer)} + activations {memory.in_flight} x "
-            f"{units.size(memory.activations_per_microbatch)}) but {cost.hardware.name} has "
+            f"{units.size(memory.activations_per_microbatch)}"
+            + (f" + rerun {units.size(memory.rerun)}" if memory.rerun else "")
+            + f") but {cost.hardware.name} has "
             f"{cost.hardware.memory_gb:g} GB per device"
         )
     return found
@@ -202,6 +204,7 @@ def _devices_section(cost: Cost) -> Section:
 
 def _memory_section(cost: Cost) -> Section:
     hardware = cost.hardware
+    rerun = cost.mesh.get("recompute", "none") != "none"
     rows: list[tuple[str, ...]] = []
     for group in cost.groups:
         memory = group.memory
@@ -214,6 +217,7 @@ def _memory_section(cost: Cost) -> Section:
             units.size(memory.activations_per_microbatch),
             str(memory.in_flight),
             units.size(memory.activations),
+            *((units.size(memory.rerun),) if rerun else ()),
             units.size(memory.total),
         )
         if hardware is not None:
@@ -222,18 +226,21 @@ def _memory_section(cost: Cost) -> Section:
         rows.append(row)
     state = cost.state
     master = f" + master weights {state.master} B" if state.master else ""
-    headers = ("devices", "weights", "grads", "master", "optimizer", "activations/mb", "in flight", "activations", "peak")
+    headers = ("devices", "weights", "grads", "master", "optimizer", "activations/mb", "in flight", "activations", *(("rerun",) if rerun else ()), "peak")
+    notes = (
+        f"Per parameter: weights {state.weights} B ({cost.model['dtype']}) + grads {state.grads} B{master} "
+        f"+ Adam m and v {state.optimizer} B = {state.total} B, all but the weights in fp32.",
+        f"In flight: microbatches whose activations a stage holds at once under {cost.mesh['schedule']} "
+        "(GPipe: m; 1F1B: min(p - stage, m)).",
+    )
+    if rerun:
+        notes += (f"Rerun (recompute {cost.mesh['recompute']}): what the backward's rerun of one layer holds at once while that layer's backward runs.",)
     return Section(
         "Memory per device (peak during a step)",
         headers + (("fits",) if hardware else ()),
         tuple(rows),
-        "lrrrrrrrr" + ("l" if hardware else ""),
-        (
-            f"Per parameter: weights {state.weights} B ({cost.model['dtype']}) + grads {state.grads} B{master} "
-            f"+ Adam m and v {state.optimizer} B = {state.total} B, all but the weights in fp32.",
-            f"In flight: microbatches whose activations a stage holds at once under {cost.mesh['schedule']} "
-            "(GPipe: m; 1F1B: min(p - stage, m)).",
-        ),
+        "l" + "r" * (len(headers) - 1) + ("l" if hardware else ""),
+        notes,
     )
 
 

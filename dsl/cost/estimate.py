@@ -177,7 +177,8 @@ def estimate_step(graph: Dag, items: Sequence[Transfer], clock: Clock) -> StepEs
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    """Bytes one device holds at its peak during a step."""
+    """Bytes one device holds at its peak during a step: the training state, the activations of the
+    microbatches in flight and, with recompute, a rerun's tensors while its backward runs."""
 
     weights: int
     grads: int
@@ -185,6 +186,7 @@ class Memory:
     optimizer: int
     activations_per_microbatch: int
     in_flight: int
+    rerun: int = 0  # with recompute: what the backward's rerun of one layer holds at once beside them
 
     @property
     def activations(self) -> int:
@@ -192,7 +194,7 @@ class Memory:
 
     @property
     def total(self) -> int:
-        return self.weights + self.grads + self.master + self.optimizer + self.activations
+        return self.weights + self.grads + self.master + self.optimizer + self.activations + self.rerun
 
 
 def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int) -> int:
@@ -209,6 +211,7 @@ def device_memory(cost: RankCost, state: TrainingState, mesh: MeshAttrs) -> Memo
         optimizer=cost.params * state.optimizer,
         activations_per_microbatch=cost.activation_bytes,
         in_flight=in_flight(mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"]),
+        rerun=cost.rerun_bytes,
     )
 
 

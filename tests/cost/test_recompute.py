@@ -113,3 +113,22 @@ def test_the_report_shows_the_recomputed_flops_and_the_kept_activations():
     assert "recompute selective: each attention core runs again in backward" in text
     plain = format_cost(cost_of(compile_source(GPT, "tp=2").graph, hardware=None))
     assert "run again" not in plain and "no recomputation" in plain
+
+
+@pytest.mark.parametrize("sp", ["on", "off"])
+def test_a_full_rerun_holds_one_layers_activations_at_its_peak(sp):
+    """While a layer's backward runs, its rerun holds what the layer keeps without recomputation,
+    less its input (kept anyway): peak memory counts it once beside the kept activations."""
+    plain, full = (compile_spec("megatron_tp8_pp2", f"recompute={mode}", f"sp={sp}") for mode in ("none", "full"))
+    mesh = full.deployment.mesh
+    for before, after in zip(cost_of(plain.graph, hardware=None).devices, cost_of(full.graph, hardware=None).devices, strict=True):
+        if before.stage == mesh.pp - 1:  # its layers only: no stage output kept
+            layer, kept = before.activation_bytes / len(before.layers), after.activation_bytes / len(after.layers)
+            assert after.rerun_bytes == pytest.approx(layer - kept, rel=1e-6)
+    groups = cost_of(full.graph, hardware=None).groups
+    assert all(group.memory.rerun == group.cost.rerun_bytes > 0 for group in groups)
+
+
+def test_without_recomputation_nothing_is_rerun():
+    cost = cost_of(compile_spec("megatron_tp8_pp2").graph, hardware=None)
+    assert all(group.memory.rerun == 0 for group in cost.groups)
