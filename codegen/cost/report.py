@@ -227,7 +227,7 @@ def _memory_section(cost: Cost) -> Section:
     state = cost.state
     master = f" + master weights {state.master} B" if state.master else ""
     headers = ("devices", "weights", "grads", "master", "optimizer", "activations/mb", "in flight", "activations", *(("rerun",) if rerun else ()), "peak")
-    notes = (
+    notes: tuple[str, ...] = (
         f"Per parameter: weights {state.weights} B ({cost.model['dtype']}) + grads {state.grads} B{master} "
         f"+ Adam m and v {state.optimizer} B = {state.total} B, all but the weights in fp32.",
         f"In flight: microbatches whose activations a stage holds at once under {cost.mesh['schedule']} "
