@@ -56,3 +56,12 @@ def test_a_serving_spec_refuses_recomputation(errors_of):
     (err,) = errors_of(MODEL + "mesh { tp 2  recompute selective }\nserve { prompt 16  generate 8 }\n")
     assert err.message.startswith("recompute has no meaning in a serving spec")
     assert err.span.line == 2
+
+
+def test_explain_says_which_nodes_the_backward_runs_again():
+    from par.commands.explain import describe
+    from tests.cost.tiny import compile_spec
+
+    graph = compile_spec("megatron_tp8_pp2", "tp=2", "layers=2", "recompute=full").graph
+    assert "runs this node's forward again (recompute full), its collective issued again" in describe(graph, "layer_0_allreduce_attn", {})
+    assert "recompute" not in describe(graph, "layer_0_allreduce_mlp", {})  # after the last kept tensor: not rerun
