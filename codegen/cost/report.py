@@ -52,7 +52,9 @@ def warnings(cost: Cost) -> list[str]:
             f"(weights {units.size(memory.weights)} + grads {units.size(memory.grads)} + master "
             f"{units.size(memory.master)} + optimizer "
             f"{units.size(memory.optimizer)} + activations {memory.in_flight} x "
-            f"{units.size(memory.activations_per_microbatch)}) but {cost.hardware.name} has "
+            f"{units.size(memory.activations_per_microbatch)}"
+            + (f" + rerun {units.size(memory.rerun)}" if memory.rerun else "")
+            + f") but {cost.hardware.name} has "
             f"{cost.hardware.memory_gb:g} GB per device"
         )
     return found
@@ -202,6 +204,7 @@ def _devices_section(cost: Cost) -> Section:
 
 def _memory_section(cost: Cost) -> Section:
     hardware = cost.hardware
+    rerun = cost.mesh.get("recompute", "none") != "none"
     rows: list[tuple[str, ...]] = []
     for group in cost.groups:
         memory = group.memory
@@ -214,6 +217,7 @@ def _memory_section(cost: Cost) -> Section:
             units.size(memory.activations_per_microbatch),
             str(memory.in_flight),
             units.size(memory.activations),
+            *((units.size(memory.rerun),) if rerun else ()),
             units.size(memory.total),
         )
         if hardware is not None:
@@ -222,18 +226,21 @@ def _memory_section(cost: Cost) -> Section:
         rows.append(row)
     state = cost.state
     master = f" + master weights {state.master} B" if state.master else ""
-    headers = ("devices", "weights", "grads", "master", "optimizer", "activations/mb", "in flight", "activations", "peak")
+    headers = ("devices", "weights", "grads", "master", "optimizer", "activations/mb", "in flight", "activations", *(("rerun",) if rerun else ()), "peak")
+    notes: tuple[str, ...] = (
+        f"Per parameter: weights {state.weights} B ({cost.model['dtype']}) + grads {state.grads} B{master} "
+        f"+ Adam m and v {state.optimizer} B = {state.total} B, all but the weights in fp32.",
+        f"In flight: microbatches whose activations a stage holds at once under {cost.mesh['schedule']} "
+        "(GPipe: m; 1F1B: min(p - stage, m)).",
+    )
+    if rerun:
+        notes += (f"Rerun (recompute {cost.mesh['recompute']}): what the backward's rerun of one layer holds at once while that layer's backward runs.",)
     return Section(
         "Memory per device (peak during a step)",
         headers + (("fits",) if hardware else ()),
         tuple(rows),
-        "lrrrrrrrr" + ("l" if hardware else ""),
-        (
-            f"Per parameter: weights {state.weights} B ({cost.model['dtype']}) + grads {state.grads} B{master} "
-            f"+ Adam m and v {state.optimizer} B = {state.total} B, all but the weights in fp32.",
-            f"In flight: microbatches whose activations a stage holds at once under {cost.mesh['schedule']} "
-            "(GPipe: m; 1F1B: min(p - stage, m)).",
-        ),
+        "l" + "r" * (len(headers) - 1) + ("l" if hardware else ""),
+        notes,
     )
 
 
@@ -339,7 +346,8 @@ def _pipeline_section(cost: Cost) -> Section:
     if estimate.unit != "s":
         notes.append("Times in FLOPs of the slowest device, its ops one after another (no hardware given: communication is not timed).")
     else:
-        notes.append("Times: the stage's slowest device, its ops and collectives one after another; backward = 2 x compute + backward collectives.")
+        again = " + the forward it recomputes (and its collectives)" if mesh.get("recompute", "none") != "none" else ""
+        notes.append(f"Times: the stage's slowest device, its ops and collectives one after another; backward = 2 x compute{again} + backward collectives.")
     return Section(
         "Pipeline",
         ("stage", "layers", "forward/mb", "backward/mb", "in flight"),
@@ -378,12 +386,24 @@ def _step_section(cost: Cost) -> Section:
 
 def _totals_section(cost: Cost) -> Section:
     devices = cost.devices
+    recompute = cost.mesh.get("recompute", "none")
+    again = (
+        ((f"forward FLOP run again in backward per step (recompute {recompute}), all devices", units.flop(sum(cost.recompute_step_flops(d) for d in devices))),)
+        if recompute != "none"
+        else ()
+    )
     rows = (
         ("distinct parameters of the model", units.count(cost.model_params)),
         ("parameters held, all devices (with copies)", units.count(sum(d.params for d in devices))),
         ("FLOP per step, all devices", units.flop(sum(cost.step_flops(d) for d in devices))),
+        *again,
         ("bytes sent per step, all devices", units.size(sum(cost.step_comm(d) for d in devices))),
     )
+    kept = {
+        "none": "no recomputation, no activation checkpointing",
+        "selective": "recompute selective: each attention core runs again in backward and keeps only its input",
+        "full": "recompute full: each layer runs again in backward and keeps only its input",
+    }[recompute]
     return Section(
         "Totals",
         ("quantity", "value"),
@@ -392,7 +412,8 @@ def _totals_section(cost: Cost) -> Section:
         (
             "The DAG holds the transformer layers: embeddings, the output head and the loss are not counted.",
             "Activations: the tensors the generated code keeps for backward (what autograd saves for each op, "
-            "each tensor once, and the stage output a sending stage holds); no recomputation, no activation "
-            "checkpointing; fused attention keeps a logsumexp, no seq x seq score matrix. Backward FLOPs = 2 x forward.",
+            f"each tensor once, and the stage output a sending stage holds); {kept}; "
+            "fused attention keeps a logsumexp, no seq x seq score matrix. Backward FLOPs = 2 x forward"
+            + (", plus the forward FLOPs run again." if recompute != "none" else "."),
         ),
     )

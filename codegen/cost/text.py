@@ -78,6 +78,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("FLOP fwd/mb per device (max)", lambda c: _max(c, lambda d: d.flops), units.flop),
     Metric("FLOP per step, all devices", lambda c: sum(c.step_flops(d) for d in c.devices), units.flop),
     Metric("FLOP fwd/mb per layer (gpu 0)", _per_layer(lambda d: d.flops), units.flop),
+    Metric("FLOP recomputed per step, all devices", lambda c: sum(c.recompute_step_flops(d) for d in c.devices), units.flop, hide_zero=True),
     *(Metric(f"{kind} sent fwd/mb per device (max)", _kind_max(kind), units.size, hide_zero=True) for kind in KINDS),
     *(
         Metric(

@@ -74,6 +74,7 @@ class ModelView:
     microbatches: int
     schedule: str
     sequence_parallel: bool
+    recompute: str  # the mesh's: none | selective (in the layer's attention call) | full (around each layer)
     stages: str
     stream_shape: str  # one microbatch on one rank, between layers and stages
     gqa: bool
@@ -202,6 +203,7 @@ def _bare_view(compiled: Compiled) -> ModelView:
         microbatches=mesh.microbatches,
         schedule=mesh.schedule,
         sequence_parallel=program.stream == S_SEQ,
+        recompute=mesh.recompute,
         stages=_tuple_literal(mesh.stages),
         stream_shape=_stream_shape(compiled),
         gqa=model.kv_heads != model.heads,

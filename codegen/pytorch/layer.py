@@ -323,8 +323,10 @@ class _Writer:
             comment = "all heads" + (", one [q | k | v] block per rank" if grouped else "")
         if step.op == "attention":
             self.cache_heads = kv_heads if self.tp > 1 else "KV_HEADS"
+        # selective recomputation: the attention core runs again in backward, keeping only its input
+        recompute = step.op == "attention" and self.mesh.recompute == "selective"
         call = attention_call(
-            self._name(value), heads=heads, kv_heads=kv_heads, groups=groups, function=function, cache=self.cached
+            self._name(value), heads=heads, kv_heads=kv_heads, groups=groups, function=function, cache=self.cached, recompute=recompute
         )
         # rope keeps the layout of the fused QKV it turns; attention's output is per head, not QKV
         layout = self.layout.get(value) if step.op == "rope" else None

@@ -100,12 +100,21 @@ def norm(op: str, features: int, model: Model) -> str:
 
 
 def attention_call(
-    operand: str, *, heads: str, kv_heads: str, groups: str = "", function: str = "causal_attention", cache: bool = False
+    operand: str,
+    *,
+    heads: str,
+    kv_heads: str,
+    groups: str = "",
+    function: str = "causal_attention",
+    cache: bool = False,
+    recompute: bool = False,
 ) -> str:
     """`causal_attention(...)` (or another op over fused Q, K, V heads: `rotary_embedding`) with
     head counts written as expressions of model.py's constants; with `cache`, it passes the
-    layer's KV cache of generation on."""
+    layer's KV cache of generation on; with `recompute`, the backward runs it again (`recomputed`)."""
     extra = (f", groups={groups}" if groups else "") + (", cache=cache" if cache else "")
+    if recompute:
+        return f"recomputed({function}, {operand}, heads={heads}, kv_heads={kv_heads}{extra})"
     return f"{function}({operand}, heads={heads}, kv_heads={kv_heads}{extra})"
 
 

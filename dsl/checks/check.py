@@ -14,6 +14,7 @@ from par.dsl.checks.deployment import (
     CP_ATTENTION,
     DTYPE_BYTES,
     GRAD_DTYPES,
+    RECOMPUTE,
     ROPE_SCALINGS,
     SCHEDULES,
     Block,
@@ -40,9 +41,10 @@ from par.dsl.checks.experts import (
 from par.dsl.checks.experts import defaults as expert_defaults
 from par.dsl.checks.hwcheck import resolve_hardware
 from par.dsl.checks.layerblocks import resolve_layer_blocks
+from par.dsl.checks.recompute import recompute_checks
 from par.dsl.checks.serving import KV_DTYPE, SERVE_RANGES, SERVE_SETTINGS, resolve_serve, without_serve
 from par.dsl.checks.settings import collect_settings
-from par.dsl.dag.types import Dtype, Schedule
+from par.dsl.dag.types import Dtype, Recompute, Schedule
 from par.dsl.diagnostics import CompileError, Diagnostic, error, note, warning
 from par.dsl.frontend.library import library_blocks
 from par.dsl.frontend.source import Span, stem
@@ -92,7 +94,7 @@ END_WORDS = {
     "final_norm": ("layernorm", "rmsnorm"),
 }
 ENDS = (*END_WORDS, "max_positions")
-WORDS = {"dtype": tuple(DTYPE_BYTES), KV_DTYPE: tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "cp_attention": CP_ATTENTION, "rope_scaling": ROPE_SCALINGS} | END_WORDS | EXPERT_WORDS
+WORDS = {"dtype": tuple(DTYPE_BYTES), KV_DTYPE: tuple(DTYPE_BYTES), "schedule": SCHEDULES, "grad_dtype": GRAD_DTYPES, "cp_attention": CP_ATTENTION, "recompute": RECOMPUTE, "rope_scaling": ROPE_SCALINGS} | END_WORDS | EXPERT_WORDS
 # Model settings that take any positive number, not only whole ones.
 REALS = ("norm_eps", *rope.REALS)
 FLAGS = {"sp": "sequence_parallel", "strict": "strict"}
@@ -139,9 +141,9 @@ class _Checker:
             set(MODEL_RANGES) | set(REALS) | {"dtype", "rope_scaling", *EXPERT_NUMBERS, *END_WORDS} | set(EXPERT_WORDS),
             "model",
         )
-        exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype", "cp_attention"}, "mesh", MESH_KEYWORDS)
+        exprs |= self._collect(mesh_decl.settings if mesh_decl else (), set(MESH_RANGES) | {"grad_dtype", "cp_attention", "recompute"}, "mesh", MESH_KEYWORDS)
         exprs |= self._collect(serve_decl.settings if serve_decl else (), set(SERVE_SETTINGS), "serve")
-        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "cp_attention", "rope_scaling", KV_DTYPE, *END_WORDS, *EXPERT_WORDS)}
+        words = {name: exprs.pop(name, None) for name in ("dtype", "grad_dtype", "cp_attention", "recompute", "rope_scaling", KV_DTYPE, *END_WORDS, *EXPERT_WORDS)}
         stage_specs = mesh_decl.stages if mesh_decl else None
         flags = {
             "sp": bool(mesh_decl and mesh_decl.sequence_parallel),
@@ -179,9 +181,14 @@ class _Checker:
             model = replace(model, moe=experts)
         cp_attention = self._word("cp_attention", words["cp_attention"], default="ring")
         mesh = self._mesh(stage_specs, schedule_name, flags["sp"], grad_dtype, namespace, cp_attention)
+        recompute = cast(Recompute | None, self._word("recompute", words["recompute"], default="none"))  # one of RECOMPUTE
+        mesh = replace(mesh, recompute=recompute) if mesh is not None and recompute is not None else None
         self.diags.extend(cross_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
         self.diags.extend(expert_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
         block = self._block(model_decl, namespace, flags["sp"])
+        if block is not None and mesh is not None:
+            blocks = [block] + [b for _, _, b in self.layer_blocks]
+            self.diags += recompute_checks(mesh, blocks, self.spans.get("recompute", self.file_span))
         if block is not None and not any(op.op == "rope" for each in [block] + [b for _, _, b in self.layer_blocks] for op in each.ops):
             self._unused_rope(block.name)
         if block is not None and experts is None and "experts" not in written:

@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import get_args
 
-from par.dsl.dag.types import Dtype, MeshAttrs, Schedule
+from par.dsl.dag.types import Dtype, MeshAttrs, Recompute, Schedule
 from par.dsl.frontend.source import Span
 
 DTYPE_BYTES: dict[Dtype, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
 SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
 # The mesh's `grad_dtype`: gradients are accumulated and reduced in fp32, or in the model's dtype.
 GRAD_DTYPES = ("fp32", "model")
+# The mesh's `recompute`: what the backward runs again instead of keeping (docs/language.md,
+# Activation recomputation): nothing, each attention core (selective), or each layer (full).
+RECOMPUTE: tuple[Recompute, ...] = get_args(Recompute)
 
 
 # Rotary embedding's frequency scalings, as transformers' rope init functions name them.
@@ -104,6 +107,7 @@ class Mesh:
     cp: int = 1  # context-parallel degree: the sequence split across ranks (docs/language.md, Context parallelism)
     cp_attention: str = "ring"  # one of CP_ATTENTION
     etp: int | None = None  # expert tensor-parallel degree; None: tp
+    recompute: Recompute = "none"  # one of RECOMPUTE
 
     @property
     def world(self) -> int:
@@ -212,6 +216,8 @@ class Mesh:
         if self.cp > 1:  # absent means 1: DAGs without context parallelism read as before
             attributes["cp"] = self.cp
             attributes["cp_attention"] = self.cp_attention
+        if self.recompute != "none":  # absent means none: DAGs without recomputation read as before
+            attributes["recompute"] = self.recompute
         return attributes
 
     @classmethod
@@ -230,6 +236,7 @@ class Mesh:
             ep=data.get("ep", 1),
             cp=data.get("cp", 1),
             cp_attention=data.get("cp_attention", "ring"),
+            recompute=data.get("recompute", "none"),
         )
 
 

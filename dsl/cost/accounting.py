@@ -88,12 +88,14 @@ class RankCost:
     params: int
     flops: int  # forward, one microbatch
     activation_bytes: int  # one microbatch, kept for backward
+    recompute_flops: int = 0  # forward FLOPs the backward of one microbatch runs again (recompute)
+    rerun_bytes: int = 0  # what a rerun holds at once beside the kept activations: its largest layer's
     comm: dict[str, dict[str, Number]] = field(default_factory=dict)  # phase -> kind -> bytes sent
 
     def signature(self) -> tuple:
         """Everything but the rank: devices with equal signatures are shown as one row."""
         comm = tuple((phase, tuple(sorted(kinds.items()))) for phase, kinds in sorted(self.comm.items()))
-        return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, comm)
+        return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, self.recompute_flops, self.rerun_bytes, comm)
 
 
 def dtype_bytes(graph: Dag) -> int:
@@ -124,6 +126,8 @@ def transfers(graph: Dag) -> list[Transfer]:
         else:
             group = tuple(data["devices"])
             found.append(Transfer("forward", data["op"], node, group, group, data["wire_bytes"]))
+            if data.get("recompute"):  # the backward runs the layer's forward again, this collective with it
+                found.append(Transfer("backward", data["op"], node, group, group, data["wire_bytes"]))
             if "backward" in data:
                 found.append(Transfer("backward", data["backward"], node, group, group, data["backward_wire_bytes"]))
     for node, data in graph.nodes(data=True):
@@ -192,15 +196,18 @@ def rank_costs(
     `saved_tensors` if already known."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     world = mesh.world
-    params, flops = [0] * world, [0] * world
+    params, flops, again = [0] * world, [0] * world, [0] * world
     layers: list[set[int]] = [set() for _ in range(world)]
     for _, data in graph.nodes(data=True):
         for rank in data["devices"]:
             params[rank] += data["params"]
             flops[rank] += data["flops"]
+            if data.get("recompute"):
+                again[rank] += data["flops"]
             if data["kind"] == "compute" and data["layer"] is not None:
                 layers[rank].add(data["layer"])
-    activations = saved_bytes(graph) if kept is None else _summed(kept)
+    kept = saved_tensors(graph) if kept is None else kept
+    activations, rerun = _summed(kept), rerun_bytes(graph, kept)
     comm = comm_by_rank(transfers(graph) if items is None else items, world)
     return [
         RankCost(
@@ -210,6 +217,8 @@ def rank_costs(
             params=params[rank],
             flops=flops[rank],
             activation_bytes=activations[rank],
+            recompute_flops=again[rank],
+            rerun_bytes=rerun[rank],
             comm=comm[rank],
         )
         for rank in range(world)
@@ -234,31 +243,72 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
     slice without a pair is a view of its source: keeping it keeps the whole source, unless it
     copies its part (`clone`, par.dsl.lowering.copies). `on_cpu`: with what
     torch's CPU kernels keep instead of its CUDA ones (the test that measures them runs on CPU).
+
+    A node the backward recomputes (`recompute`) keeps nothing: its region (the layer, or the
+    attention core) keeps the tensors it reads from outside, from which it runs again
+    (torch.utils.checkpoint saves its inputs). What a kept node reads from inside the region is
+    kept as before.
     """
-    model = graph.graph["model"]
-    # fp32 grouped-query attention expands K and V (runtime/ops.causal_attention): enable_gqa is a FlashAttention-only, fp16/bf16-only path on CUDA
-    stored = Stored(dtype_bytes(graph), model["head_dim"], model["dtype"] == "fp32" and model["kv_heads"] != model["heads"])
+    stored = _stored(graph)
     kept: dict[int, dict[tuple, int]] = {rank: {} for rank in range(graph.graph["mesh"]["world"])}
     pred, nodes, size = graph.pred, graph.nodes, stored.dtype_bytes
     for node, data in nodes(data=True):
-        saves = saves_of(data)
-        # Per node, not per rank: the operands' tensors (only when kept), the output's bytes and the extras.
-        held: list[tuple[str, int]] = []
-        if saves.operands:
-            operands = {index: source for source, edge in pred[node].items() for index in edge["operands"]}
-            held = [_holder(graph, operands[index], size) for index in saves.operands]
-        output = elements(tuple(data["out_shape"])) * size if saves.output else 0
-        local = (tuple(data["in_shape"]), tuple(data["out_shape"]), stored)
-        extra = saves.extra(*local) + (saves.on_cpu(*local) if on_cpu else 0)
-        for rank in data["devices"]:
-            tensors = kept[rank]
-            for holder, held_bytes in held:
-                tensors[(holder, rank)] = held_bytes
-            if saves.output:
-                tensors[(node, rank)] = output
-            if extra:
-                tensors[(node, rank, "extra")] = extra
+        if data.get("recompute"):
+            for source in pred[node]:
+                if not nodes[source].get("recompute") or nodes[source]["layer"] != data["layer"]:
+                    tensor, tensor_bytes = _holder(graph, source, size)
+                    for rank in data["devices"]:
+                        kept[rank][(tensor, rank)] = tensor_bytes
+            continue
+        _keep(graph, node, data, stored, on_cpu, kept)
     return kept
+
+
+def _stored(graph: Dag) -> Stored:
+    model = graph.graph["model"]
+    # fp32 grouped-query attention expands K and V (runtime/ops.causal_attention): enable_gqa is a FlashAttention-only, fp16/bf16-only path on CUDA
+    return Stored(dtype_bytes(graph), model["head_dim"], model["dtype"] == "fp32" and model["kv_heads"] != model["heads"])
+
+
+def _keep(graph: Dag, node: str, data: NodeAttrs, stored: Stored, on_cpu: bool, kept: dict[int, dict[tuple, int]]) -> None:
+    """Adds what `node` keeps for its backward (its op's `saves`) to each of its ranks' tensors."""
+    size = stored.dtype_bytes
+    saves = saves_of(data)
+    # Per node, not per rank: the operands' tensors (only when kept), the output's bytes and the extras.
+    held: list[tuple[str, int]] = []
+    if saves.operands:
+        operands = {index: source for source, edge in graph.pred[node].items() for index in edge["operands"]}
+        held = [_holder(graph, operands[index], size) for index in saves.operands]
+    output = elements(tuple(data["out_shape"])) * size if saves.output else 0
+    local = (tuple(data["in_shape"]), tuple(data["out_shape"]), stored)
+    extra = saves.extra(*local) + (saves.on_cpu(*local) if on_cpu else 0)
+    for rank in data["devices"]:
+        tensors = kept[rank]
+        for holder, held_bytes in held:
+            tensors[(holder, rank)] = held_bytes
+        if saves.output:
+            tensors[(node, rank)] = output
+        if extra:
+            tensors[(node, rank, "extra")] = extra
+
+
+def rerun_bytes(graph: Dag, kept: dict[int, dict[tuple, int]]) -> list[int]:
+    """Per rank, what the rerun of a recomputed region holds at once beyond `kept` (the
+    `saved_tensors`): the tensors its nodes keep for their backward, which the rerun makes again
+    and the backward of that region then frees: the largest of the rank's layers."""
+    if "recompute" not in graph.graph["mesh"]:
+        return [0] * len(kept)
+    stored = _stored(graph)
+    regions: dict[int | None, dict[int, dict[tuple, int]]] = {}
+    for node, data in graph.nodes(data=True):
+        if data.get("recompute"):
+            region = regions.setdefault(data["layer"], {rank: {} for rank in kept})
+            _keep(graph, node, data, stored, False, region)
+    largest = [0] * len(kept)
+    for region in regions.values():
+        for rank, tensors in region.items():
+            largest[rank] = max(largest[rank], sum(held for key, held in tensors.items() if key not in kept[rank]))
+    return largest
 
 
 def _holder(graph: Dag, node: str, size: int) -> tuple[str, int]:

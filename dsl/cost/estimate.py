@@ -57,17 +57,23 @@ class Durations:
 
 
 def node_durations(graph: Dag, items: Sequence[Transfer], clock: Clock) -> Durations:
-    """Forward and backward time of every node; a node's transfers run at once on their ranks (max)."""
-    comm: dict[tuple[str, str], float] = {}
+    """Forward and backward time of every node; a node's transfers of one kind run at once on
+    their ranks (max), its kinds one after another (a recomputed collective and its backward's).
+    A recomputed node's backward runs its forward first."""
+    times: dict[tuple[str, str, str], float] = {}
     for item in items:
         if item.node is not None:
-            key = (item.phase, item.node)
-            comm[key] = max(comm.get(key, 0.0), clock.transfer(item))
+            key = (item.phase, item.node, item.kind)
+            times[key] = max(times.get(key, 0.0), clock.transfer(item))
+    comm: dict[tuple[str, str], float] = {}
+    for (phase, node, _), time in times.items():
+        comm[(phase, node)] = comm.get((phase, node), 0.0) + time
     forward, backward = {}, {}
     for node, data in graph.nodes(data=True):
         compute = clock.compute(data["flops"]) if data["kind"] == "compute" else 0.0
         forward[node] = compute + comm.get(("forward", node), 0.0)
-        backward[node] = BACKWARD_FLOPS * compute + comm.get(("backward", node), 0.0)
+        again = compute if data.get("recompute") else 0.0
+        backward[node] = BACKWARD_FLOPS * compute + again + comm.get(("backward", node), 0.0)
         if "ring" in data and data["op"] == "send":  # overlaps the step on the block it passes on: only the rest shows
             overlap = clock.compute(overlapped_flops(graph, node))
             forward[node] = max(0.0, forward[node] - overlap)
@@ -171,7 +177,8 @@ def estimate_step(graph: Dag, items: Sequence[Transfer], clock: Clock) -> StepEs
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    """Bytes one device holds at its peak during a step."""
+    """Bytes one device holds at its peak during a step: the training state, the activations of the
+    microbatches in flight and, with recompute, a rerun's tensors while its backward runs."""
 
     weights: int
     grads: int
@@ -179,6 +186,7 @@ class Memory:
     optimizer: int
     activations_per_microbatch: int
     in_flight: int
+    rerun: int = 0  # with recompute: what the backward's rerun of one layer holds at once beside them
 
     @property
     def activations(self) -> int:
@@ -186,7 +194,7 @@ class Memory:
 
     @property
     def total(self) -> int:
-        return self.weights + self.grads + self.master + self.optimizer + self.activations
+        return self.weights + self.grads + self.master + self.optimizer + self.activations + self.rerun
 
 
 def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int) -> int:
@@ -203,6 +211,7 @@ def device_memory(cost: RankCost, state: TrainingState, mesh: MeshAttrs) -> Memo
         optimizer=cost.params * state.optimizer,
         activations_per_microbatch=cost.activation_bytes,
         in_flight=in_flight(mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"]),
+        rerun=cost.rerun_bytes,
     )
 
 

@@ -85,6 +85,10 @@ class Cost:
         """Forward and backward FLOPs of a training step on a device."""
         return (1 + BACKWARD_FLOPS) * cost.flops * self.mesh["microbatches"]
 
+    def recompute_step_flops(self, cost: RankCost) -> float:
+        """Forward FLOPs a device's backward runs again in a training step (`recompute`), beside `step_flops`."""
+        return cost.recompute_flops * self.mesh["microbatches"]
+
 
 def cost_of(graph: Dag, *, hardware: Hardware | None) -> Cost:
     """Everything the report says about a deployment, from its DAG and (optionally) hardware."""

@@ -31,7 +31,7 @@ from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
 from par.dsl.lowering.placement import R, share
 from par.dsl.lowering.program import Program, Step
 from par.dsl.registry.collectives import COLLECTIVES
-from par.dsl.registry.ops import INT64, elements
+from par.dsl.registry.ops import COMPUTE_OPS, INT64, NOTHING, elements
 
 # (first layer, last layer, the program of those layers): a model with a block per range of layers.
 LayerPrograms = Sequence[tuple[int, int, Program]]
@@ -100,6 +100,25 @@ def issue_after(steps: tuple[Step, ...]) -> dict[str, str]:
             previous = step.name
         upstream[step.name] = reached
     return recorded
+
+
+def recomputed_steps(steps: Sequence[Step], recompute: str) -> set[str]:
+    """The steps of a layer whose forward the backward runs again under the mesh's `recompute`:
+    selective, the attention core; full, the layer up to its last step that keeps a tensor for
+    the backward. torch.utils.checkpoint (non-reentrant) stops its rerun there: what comes
+    after (the last projection's collective, the residual add) feeds nothing the backward reads."""
+    if recompute == "selective":
+        return {step.name for step in steps if step.op == "attention"}
+    if recompute != "full":
+        return set()
+    saving = [index for index, step in enumerate(steps) if _keeps(step)]
+    return {step.name for step in steps[: saving[-1] + 1]} if saving else set()
+
+
+def _keeps(step: Step) -> bool:
+    """Whether the code keeps a tensor for the step's backward (the registry's `saves`)."""
+    spec = COMPUTE_OPS.get(step.op) if step.kind == "compute" else COLLECTIVES.get(step.op)
+    return spec is not None and spec.saves != NOTHING
 
 
 def graph_attributes(program: Program) -> GraphAttrs:
@@ -172,7 +191,10 @@ class _Expander:
         self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred
         self.added = 0
         programs = {id(each): each for each in self.layer_program.values()}
-        self.templates_of = {key: {step.name: self._template(step) for step in each.steps} for key, each in programs.items()}
+        self.templates_of = {}
+        for key, each in programs.items():
+            rerun = recomputed_steps(each.steps, self.mesh.recompute)
+            self.templates_of[key] = {step.name: self._template(step) | ({"recompute": True} if step.name in rerun else {}) for step in each.steps}
         self.issue_after_of = {key: issue_after(each.steps) for key, each in programs.items()}
         ends = program.ends
         self.ends = ends

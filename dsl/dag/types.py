@@ -29,6 +29,7 @@ PlacementKind = Literal["R", "P", "S"]  # replicated, partial sum, split
 PlacementText = Literal["R", "P", "S(seq)", "S(-1)", "E(R)", "E(P)", "E(S(seq))", "E(S(-1))"]
 Dtype = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["gpipe", "1f1b"]
+Recompute = Literal["none", "selective", "full"]
 Severity = Literal["error", "warning", "note"]
 Shape = tuple[int, ...]
 
@@ -73,6 +74,8 @@ class NodeAttrs(TypedDict):
     # Context parallelism (par.dsl.dag.ring): the ring a transfer or step belongs to and its step.
     ring: NotRequired[str]
     ring_step: NotRequired[int]
+    # Activation recomputation: the backward runs the node's forward again (true only; absent: kept).
+    recompute: NotRequired[bool]
 
 
 class EdgeAttrs(TypedDict):
@@ -130,6 +133,7 @@ class MeshAttrs(TypedDict):
     ep: NotRequired[int]  # expert-parallel degree (docs/language.md); absent when 1
     cp: NotRequired[int]  # context-parallel degree (docs/language.md); absent when 1
     cp_attention: NotRequired[str]  # ring | allgather; absent when cp is 1
+    recompute: NotRequired[Recompute]  # selective | full; absent when none
 
 
 class GraphAttrs(TypedDict):

@@ -67,6 +67,10 @@ def describe(graph: Dag, node: str, sources) -> str:
         lines.append(f"  backward:  {data['backward']}, {data['backward_wire_bytes']:,} sent per rank (training)")
     if data.get("backward_reason"):
         lines.append(f"  backward:  this rank's part of the gradient, nothing sent (training): {data['backward_reason']}")
+    if data.get("recompute"):
+        recompute = graph.graph["mesh"].get("recompute")
+        again = ", its collective issued again" if data["kind"] == "comm" else ""
+        lines.append(f"  recompute: the backward runs this node's forward again (recompute {recompute}){again}; it keeps nothing")
     if data.get("reason"):
         lines.append(f"  why:       {data['reason']}")
     lines.append(f"  spec:      {data['src']}")

@@ -114,14 +114,22 @@ RING = (
 )
 
 
+# Activation recomputation: the nodes the backward runs again say so (`recompute`), and the mesh names it.
+RECOMPUTED = (
+    "model m : llama { layers 2  hidden 32  heads 4  ffn 64  batch 4  seq 8  dtype fp32 }\n"
+    "mesh { tp 2  sp  recompute full }\n"
+)
+
+
 def test_every_attribute_the_type_names_is_written(shipped, compile_spec):
     """No key of NodeAttrs that expansion never writes: the union over the cases is all of them."""
     graphs = [shipped(stem, *defines).graph for stem, defines in CASES] + [
         compile_spec(BIASED).graph,
         compile_spec(RING).graph,
         compile_spec(UNORDERED_GATHERS).graph,
+        compile_spec(RECOMPUTED).graph,
     ]
-    for graph in graphs[-2:]:
+    for graph in graphs[-3:]:
         assert not typed_dict_problems(graph.graph, GraphAttrs), typed_dict_problems(graph.graph, GraphAttrs)
         for node, data in graph.nodes(data=True):
             assert not typed_dict_problems(data, NodeAttrs), (node, typed_dict_problems(data, NodeAttrs))

@@ -27,8 +27,8 @@ GENERATED = sorted(path.stem for path in SPECS.glob("*.par") if writes_model(pat
 # (spec, defines) for every shipped spec at full size and small, as the distributed tests run them.
 VARIANTS = [(stem, []) for stem in GENERATED] + [
     ("baseline_tp8_pp2", ["tp=2", "layers=4", "batch=4"]),
-    ("megatron_tp8_pp2", ["tp=1", "pp=4", "layers=4", "batch=8", "microbatches=8"]),
-    ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2"]),
+    ("megatron_tp8_pp2", ["tp=1", "pp=4", "layers=4", "batch=8", "microbatches=8", "recompute=full"]),
+    ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "recompute=selective"]),
     ("layerwise", ["tp=2", "pp=2", "layers=4", "stages=2,2", "batch=4", "microbatches=2"]),
     # the model's ends on one rank, no padding; tied with learned positions over two stages, padded
     ("llama_gqa", ["kv_heads=2", "tp=1", "pp=1", "dp=1", "layers=2", "batch=4", "microbatches=2", "vocab=64"]),

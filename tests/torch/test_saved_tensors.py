@@ -50,6 +50,17 @@ SHIPPED = {
     ),
     "llama bf16": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "dtype=bf16"]),
 }
+# Activation recomputation (torch.utils.checkpoint; its first call imports torch._dynamo, seconds):
+# selective keeps the attention core's input, not its logsumexp (nor, in fp32 grouped-query
+# attention, the expanded K and V); full keeps each layer's input (a sequence shard under sp).
+RECOMPUTED = {
+    "megatron selective": ("megatron_tp8_pp2", ["tp=2", "layers=4", "batch=4", "recompute=selective"]),
+    "megatron full": ("megatron_tp8_pp2", ["tp=2", "layers=4", "batch=4", "recompute=full"]),
+    "llama selective": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "recompute=selective"],
+    ),
+    "llama full": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "recompute=full"]),
+}
 TOLERANCE = 0.05
 
 
@@ -71,7 +82,7 @@ def _stand_ins(tp: int, local_experts: int = 1) -> dict:
     over its local experts, and the combine takes them back."""
 
     def part(x, dim):
-        return x.chunk(tp, dim=dim)[0].contiguous()
+        return x.chunk(tp, dim=dim)[0].clone()  # a tensor of its own, as a scatter's result is (a chunk is a view of the whole)
 
     def dispatch(tokens, routing, group):
         share, rest = divmod(tokens.shape[0], local_experts)
@@ -93,8 +104,8 @@ def _stand_ins(tp: int, local_experts: int = 1) -> dict:
     }
 
 
-def measured_stage(compiled, folder, stage: int) -> int:
-    """What the code keeps for one microbatch's backward on rank 0 of `stage` (tp rank 0)."""
+def measured_stage(compiled, folder, stage: int, device: str = "cpu") -> int:
+    """What the code keeps for one microbatch's backward on rank 0 of `stage` (tp rank 0), on `device`."""
     module = load_module(write_model(compiled, folder), f"saved_{id(folder)}_{stage}")
     for name, stand_in in _stand_ins(module.TP, getattr(module, "LOCAL_EXPERTS", 1)).items():
         if hasattr(module, name):
@@ -103,20 +114,20 @@ def measured_stage(compiled, folder, stage: int) -> int:
         module._all_reduce = lambda tensor, group, op=None: tensor
     groups = types.SimpleNamespace(tp=None, dp=None, ep=None, stage=stage, tp_rank=0, dp_rank=0, rank=stage * module.TP)
     torch.manual_seed(0)
-    model = module.Stage(groups).to(module.DTYPE)
+    model = module.Stage(groups).to(device=device, dtype=module.DTYPE)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0, 0.1)
     ends = hasattr(module, "VOCAB")  # token ids in on the first stage, the loss out of the last
     if ends and stage == 0:
-        x = torch.randint(module.VOCAB, (module.STREAM_SHAPE[1], module.SEQ))  # [batch, seq]; the stream is [seq, batch, HIDDEN]
+        x = torch.randint(module.VOCAB, (module.STREAM_SHAPE[1], module.SEQ), device=device)  # [batch, seq]; the stream is [seq, batch, HIDDEN]
     else:
-        x = torch.randn(module.STREAM_SHAPE, dtype=module.DTYPE, requires_grad=True)
+        x = torch.randn(module.STREAM_SHAPE, dtype=module.DTYPE, device=device, requires_grad=True)
 
     def forward(x):
         y = model(x)
         if ends and stage == module.PP - 1:
-            targets = module.next_tokens(torch.randint(module.VOCAB, y.shape[:2]))
+            targets = module.next_tokens(torch.randint(module.VOCAB, y.shape[:2], device=device))
             return module.microbatch_loss(model, y, targets)
         return y
 
@@ -138,6 +149,13 @@ def _compare(compiled, folder) -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_spec_keeps_what_the_cost_model_counts(name, workdir):
     spec, defines = SHIPPED[name]
+    _compare(compile_small(spec, defines), workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECOMPUTED)
+def test_recomputed_spec_keeps_what_the_cost_model_counts(name, workdir):
+    spec, defines = RECOMPUTED[name]
     _compare(compile_small(spec, defines), workdir)
 
 

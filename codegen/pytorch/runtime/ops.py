@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from par.codegen.pytorch.runtime.spec import (
     ENDS,
@@ -32,6 +33,16 @@ class KVCache:
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor, decoding: bool) -> None:
         self.k, self.v, self.position, self.decoding = k, v, position, decoding
+
+
+def recomputed(function, *args, **kwargs):
+    """function(*args, **kwargs), whose backward runs it again rather than keeping what it saves
+    (the mesh's `recompute`): torch.utils.checkpoint, non-reentrant, which keeps only the
+    tensors it is given and restores the RNG state for the rerun, so the gradients are those of
+    the plain call. Without autograd (generation) there is nothing to keep: the plain call."""
+    if not torch.is_grad_enabled():
+        return function(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False, **kwargs)
 
 
 def causal_attention(
