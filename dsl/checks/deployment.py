@@ -96,7 +96,9 @@ class Mesh:
     pp: int
     dp: int
     microbatches: int
-    stages: tuple[tuple[int, int], ...]  # per stage: (first layer, last layer), inclusive
+    # per stage: (first layer, last layer), inclusive; interleaved, per model chunk in model
+    # order, chunk k on stage k % pp (`chunk_stage`)
+    stages: tuple[tuple[int, int], ...]
     schedule: Schedule
     sequence_parallel: bool
     grad_dtype: Dtype  # fp32, or the model's dtype: what gradients are accumulated and reduced in
@@ -104,10 +106,22 @@ class Mesh:
     cp: int = 1  # context-parallel degree: the sequence split across ranks (docs/language.md, Context parallelism)
     cp_attention: str = "ring"  # one of CP_ATTENTION
     etp: int | None = None  # expert tensor-parallel degree; None: tp
+    chunks: int = 1  # model chunks per stage: Megatron's virtual pipeline size (schedule interleaved)
 
     @property
     def world(self) -> int:
         return self.tp * self.cp * self.pp * self.dp
+
+    def chunk_stage(self, chunk: int) -> int:
+        """The pipeline stage that runs model chunk `chunk` (an entry of `stages`): chunk k on
+        stage k mod pp, so that stage s holds chunks s, s + pp, s + 2 pp, ..."""
+        return chunk % self.pp
+
+    def stage_layers(self, stage: int) -> tuple[int, ...]:
+        """Every layer pipeline stage `stage` holds, in model order."""
+        return tuple(
+            layer for first, last in self.stages[stage :: self.pp] for layer in range(first, last + 1)
+        )
 
     def rank(self, *, dp_rank: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
         """tp fastest, then cp, then pp, then dp (docs/language.md, The rank order); with cp 1
@@ -212,6 +226,8 @@ class Mesh:
         if self.cp > 1:  # absent means 1: DAGs without context parallelism read as before
             attributes["cp"] = self.cp
             attributes["cp_attention"] = self.cp_attention
+        if self.chunks > 1:  # absent means 1: DAGs of contiguous stages read as before
+            attributes["chunks"] = self.chunks
         return attributes
 
     @classmethod
@@ -230,6 +246,7 @@ class Mesh:
             ep=data.get("ep", 1),
             cp=data.get("cp", 1),
             cp_attention=data.get("cp_attention", "ring"),
+            chunks=data.get("chunks", 1),
         )
 
 

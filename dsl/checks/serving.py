@@ -14,7 +14,10 @@ SERVE_RANGES = {"prompt": (1, 1 << 26), "generate": (1, 1 << 26)}
 KV_DTYPE = "kv_dtype"
 SERVE_SETTINGS = (*SERVE_RANGES, KV_DTYPE)
 # Mesh settings that say how training runs and mean nothing without a backward.
-TRAINING_ONLY = {"grad_dtype": "gradients are accumulated and reduced in it, and serving computes none"}
+TRAINING_ONLY = {
+    "grad_dtype": "gradients are accumulated and reduced in it, and serving computes none",
+    "chunks": "the interleaved schedule orders forwards and backwards, and serving runs no backward",
+}
 
 
 def without_serve(name: str, span: Span) -> Diagnostic:
