@@ -74,6 +74,8 @@ class ModelView:
     schedule: str
     sequence_parallel: bool
     stages: str
+    chunks: int  # model chunks per stage (schedule interleaved); 1: one contiguous run of layers
+    stage_layers: str  # interleaved: the layers each stage holds
     stream_shape: str  # one microbatch on one rank, between layers and stages
     gqa: bool
     rope: tuple[tuple[str, str], ...]  # (constant, value): the rotary embedding's, where the block has one
@@ -111,6 +113,8 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "WORLD_SIZE": mesh.world,
         "MICROBATCHES": mesh.microbatches,
         "STAGES": tuple(mesh.stages),
+        "CHUNKS": mesh.chunks,
+        "STAGE_LAYERS": tuple(mesh.stage_layers(stage) for stage in range(mesh.pp)),
         "PARTIAL_GRADIENTS": view.partial_gradients,
         "EXPERT_GRADIENTS": layer.expert_gradients,
         "EP": mesh.ep,
@@ -138,7 +142,7 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
     }
     if ends is not None:
         constants |= {"VOCAB": ends.vocab, "PADDED_VOCAB": ends.padded_vocab, "MAX_POSITIONS": ends.max_positions}
-    schedule = "pipeline" if mesh.pp > 1 else "single_stage"
+    schedule = "interleaved" if mesh.chunks > 1 else "pipeline" if mesh.pp > 1 else "single_stage"
     places = {
         "beside_layer": BESIDE_LAYER,
         "beside_reference": BESIDE_REFERENCE,
@@ -201,6 +205,8 @@ def _bare_view(compiled: Compiled) -> ModelView:
         schedule=mesh.schedule,
         sequence_parallel=program.stream == S_SEQ,
         stages=_tuple_literal(mesh.stages),
+        chunks=mesh.chunks,
+        stage_layers=_tuple_literal(mesh.stage_layers(stage) for stage in range(mesh.pp)),
         stream_shape=_stream_shape(compiled),
         gqa=model.kv_heads != model.heads,
         rope=_rope_constants(model) if any(step.op == "rope" for step in program.steps) else (),

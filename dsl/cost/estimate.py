@@ -232,8 +232,8 @@ def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int, chun
     on stage 0 (v·p + p - 1) / v = p·(1 + (p - 1) / (p·v)) while m·v allows, Korthikanti et al.
     2022's count for the first stage."""
     if schedule == "interleaved":
-        order = pipeline.interleaved_order(stage=stage, stages=stages, microbatches=microbatches, chunks=chunks)
-        return Fraction(pipeline.in_flight(order), chunks)
+        passes = pipeline.interleaved_order(stage=stage, stages=stages, microbatches=microbatches, chunks=chunks)
+        return Fraction(pipeline.in_flight(passes), chunks)
     order = pipeline.stage_order(schedule, stage=stage, stages=stages, microbatches=microbatches)
     return pipeline.in_flight(order)
 

@@ -22,6 +22,7 @@ from par.codegen.pytorch.runtime.spec import (
     ENDS,
     HF_CHECKPOINT,
     PP,
+    SCHEDULE,
     SEQ,
     SEQUENCE_PARALLEL,
     TP,
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if HF_CHECKPOINT and nothing_to_save(args):
         parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
+    if SCHEDULE == "interleaved" and ENDS and generating(args):
+        parser.error("generation runs each stage's layers in one piece: this model trains with the interleaved schedule")
     if ENDS and generating(args):
         generation_args(parser, args)
         return args
