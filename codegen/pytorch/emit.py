@@ -128,6 +128,8 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "HF_CHECKPOINT": view.checkpoint is not None,
         "ROPE_SCALING": model.rope.scaling,
         "ENDS": ends is not None,
+        # Generation runs each stage's layers in one piece: not under the interleaved schedule.
+        "GENERATES": ends is not None and mesh.chunks == 1,
         "TIED": ends is not None and ends.tied,
         "LEARNED_POSITIONS": ends is not None and ends.positions,
         "PADDED": ends is not None and ends.padded_vocab != ends.vocab,

@@ -148,10 +148,8 @@ class PipelineSchedule:
         _exchange(posted)
 
     def _forward(self, microbatch: int, chunk: int, inputs: list, targets: list, outputs: list, losses: list) -> None:
-        if chunk == 0:
-            x = inputs[microbatch]
-        else:
-            x = self.inbox.pop(("activation", microbatch, chunk)).requires_grad_()
+        received = ("activation", microbatch, chunk)
+        x = inputs[microbatch] if chunk == 0 else self.inbox.pop(received).requires_grad_()
         self.stage.chunk = chunk // PP
         if TP > 1:  # noqa: SIM108 - a statement, so the inliner folds it per spec
             y = stage_forward(self.stage, x)

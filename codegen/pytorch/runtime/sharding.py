@@ -17,7 +17,6 @@ from par.codegen.pytorch.runtime.spec import (
     PADDED_VOCAB,
     PP,
     SCHEDULE,
-    STAGE_LAYERS,
     STAGES,
     TIED,
     TP,
@@ -63,11 +62,13 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
 
 def stage_sharding(stage: int) -> dict[str, str]:
     """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
-    if SCHEDULE == "interleaved":
-        layers = {f"layers.{layer}.{name}": split for layer in STAGE_LAYERS[stage] for name, split in SHARDING.items()}
-    else:
-        first, last = STAGES[stage]
-        layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    first, last = STAGES[stage]
+    layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    if SCHEDULE == "interleaved":  # STAGES lists model chunks: the stage's first, then its later ones
+        for first, last in STAGES[stage + PP :: PP]:
+            layers |= {
+                f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()
+            }
     if ENDS:
         return (
             {name: END_SHARDING[name] for name in ends_of(stage, before=True)}

@@ -56,6 +56,7 @@ LOSS_SCALING = False  # fp16: dynamic loss scaling
 HF_CHECKPOINT = True  # the block's parameters have Hugging Face names: --load and --save
 ROPE_SCALING = "none"  # the rotary embedding's frequency scaling: none | linear | llama3
 ENDS = False  # the model has a vocabulary: token ids in, embedding, final norm, LM head and cross-entropy
+GENERATES = False  # model.py generates (--generate): the model has a vocabulary and no interleaved schedule
 TIED = False  # the LM head is the embedding's matrix
 LEARNED_POSITIONS = False  # learned absolute positions are added at the embedding
 PADDED = False  # PADDED_VOCAB > VOCAB: the padding rows' logits are masked
