@@ -13,8 +13,8 @@ from par.dsl.escape import one_line
 LEFT, RIGHT, TOP, ROW, GAP, AXIS = 84, 24, 48, 34, 10, 44
 PLOT_WIDTH = 960
 COLORS = {"F": ("#7fb3e6", "#1f4e79"), "B": ("#f2a766", "#7a3b08")}  # fill, stroke
-# Interleaved: the fill of each of a stage's model chunks after the first, a shade darker each
-# (cycling after the last), so that a row shows which chunk each pass runs.
+# Interleaved: the fill of each of a stage's model chunks after the first (chunk 0 keeps
+# COLORS'), a shade of its own, cycling after the third, so that a row shows which chunk each pass runs.
 CHUNK_FILLS = {"F": ("#4f8fcf", "#2d6aa8", "#a8cdf0"), "B": ("#e07f2e", "#b85f14", "#f7c9a1")}
 LABEL_MIN_WIDTH = 14  # px: narrower boxes carry no label (their tooltip still does)
 

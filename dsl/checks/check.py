@@ -474,10 +474,8 @@ class _Checker:
         self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace, cp_attention: str | None
     ) -> Mesh | None:
         v = self.values
-        required = ("tp", "pp", "dp", "microbatches", "layers", "ep", "cp")
+        required = ("tp", "pp", "dp", "microbatches", "layers", "ep", "cp", "chunks")
         if schedule is None or grad_dtype is None or cp_attention is None or any(name not in v for name in required):
-            return None
-        if "chunks" not in v:
             return None
         rules = chunk_rules(
             schedule=schedule, chunks=v["chunks"], chunks_written="chunks" not in self.defaulted, pp=v["pp"], microbatches=v["microbatches"], spans=self.spans
