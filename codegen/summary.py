@@ -51,13 +51,14 @@ def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
         sizes.insert(1, ("cp", mesh["cp"]))
     grid = times.join(f"{axis} {size}" for axis, size in sizes)
     microbatches = plural(mesh["microbatches"], "microbatch", "microbatches")
+    schedule = mesh["schedule"] + (f", {mesh['chunks']} chunks per stage" if "chunks" in mesh else "")
     if "serve" in graph_data:  # serving: microbatches of requests, no schedule of a training step
         run = f", {microbatches} of requests"
     elif drawing:
-        run = f", {microbatches} ({mesh['schedule']})"
+        run = f", {microbatches} ({schedule})"
     else:
         shape = list(graph_data["microbatch_shape"])
-        run = f"; {microbatches} of {shape} per step, {mesh['schedule']} schedule"
+        run = f"; {microbatches} of {shape} per step, {schedule} schedule"
     parallel = ", sequence parallel" if mesh["sequence_parallel"] else ""
     experts = f", experts over ep {mesh['ep']}" if "ep" in mesh else ""
     context = f", context parallel ({mesh['cp_attention']})" if "cp" in mesh else ""

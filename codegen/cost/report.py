@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from par.codegen.summary import mesh_line, model_line
 from par.dsl import units
 from par.dsl.cost.accounting import KINDS, PHASES, RankCost, step_kinds
-from par.dsl.cost.estimate import capacity, fits
+from par.dsl.cost.estimate import Memory, capacity, fits
 from par.dsl.cost.model import Cost, DeviceGroup
 from par.dsl.dag.types import graph_attrs
 
@@ -51,7 +51,7 @@ def warnings(cost: Cost) -> list[str]:
             f"{_devices(group)} (stage {group.cost.stage}) does not fit: it needs {units.size(memory.total)} "
             f"(weights {units.size(memory.weights)} + grads {units.size(memory.grads)} + master "
             f"{units.size(memory.master)} + optimizer "
-            f"{units.size(memory.optimizer)} + activations {memory.in_flight} x "
+            f"{units.size(memory.optimizer)} + activations {in_flight(memory)} x "
             f"{units.size(memory.activations_per_microbatch)}"
             + (f" + rerun {units.size(memory.rerun)}" if memory.rerun else "")
             + f") but {cost.hardware.name} has "
@@ -215,7 +215,7 @@ def _memory_section(cost: Cost) -> Section:
             units.size(memory.master),
             units.size(memory.optimizer),
             units.size(memory.activations_per_microbatch),
-            str(memory.in_flight),
+            in_flight(memory),
             units.size(memory.activations),
             *((units.size(memory.rerun),) if rerun else ()),
             units.size(memory.total),
@@ -317,32 +317,49 @@ def time_format(cost: Cost) -> Callable[[float], str]:
     return units.seconds if cost.estimate.unit == "s" else units.flop
 
 
+def in_flight(memory: Memory) -> str:
+    """Microbatches of activations held at once: a whole number, or interleaved a fraction (chunks held / chunks)."""
+    held = memory.in_flight
+    return str(held) if isinstance(held, int) or held.denominator == 1 else f"{float(held):.3g}"
+
+
 def _pipeline_section(cost: Cost) -> Section:
     estimate, mesh = cost.estimate, cost.mesh
-    stages, m = mesh["pp"], mesh["microbatches"]
+    stages, m, chunks = mesh["pp"], mesh["microbatches"], mesh.get("chunks", 1)
     at = time_format(cost)
     rows = []
+    # Interleaved, a stage's time per microbatch is the sum of its model chunks'.
+    forward = [sum(estimate.stages.forward[stage::stages]) for stage in range(stages)]
+    backward = [sum(estimate.stages.backward[stage::stages]) for stage in range(stages)]
     for stage in range(stages):
         group = next(g for g in cost.groups if g.cost.stage == stage)
-        rows.append(
-            (
-                str(stage),
-                _layers(group.cost),
-                at(estimate.stages.forward[stage]),
-                at(estimate.stages.backward[stage]),
-                str(group.memory.in_flight),
-            )
-        )
-    forward = estimate.stages.forward
+        rows.append((str(stage), _layers(group.cost), at(forward[stage]), at(backward[stage]), in_flight(group.memory)))
     mean = sum(forward) / len(forward)
     closed = cost.closed_form_bubble
+    if chunks > 1:
+        closed_form = (
+            f"closed form for equal chunks (p-1)/(v·m+p-1) = ({stages}-1)/({chunks}·{m}+{stages}-1) = "
+            f"{closed.numerator}/{closed.denominator} = {units.percent(float(closed))}, that is (p-1)/(v·m) = "
+            f"{units.percent((stages - 1) / (chunks * m))} of the ideal time (Narayanan et al. 2021), "
+            f"v = {chunks} times less than 1F1B's."
+        )
+    else:
+        closed_form = (
+            f"closed form for equal stages (p-1)/(m+p-1) = ({stages}-1)/({m}+{stages}-1) = {closed.numerator}/{closed.denominator} = "
+            f"{units.percent(float(closed))}, the same for GPipe and 1F1B."
+        )
     notes = [
         f"Bubble: {units.percent(estimate.bubble)} of device time is idle (idle / (stages x pipeline time), "
-        f"simulated {mesh['schedule']} with the stage times above); closed form for equal stages "
-        f"(p-1)/(m+p-1) = ({stages}-1)/({m}+{stages}-1) = {closed.numerator}/{closed.denominator} = "
-        f"{units.percent(float(closed))}, the same for GPipe and 1F1B.",
+        f"simulated {mesh['schedule']} with the stage times above); {closed_form}",
         f"Stage imbalance: slowest stage forward / mean = {max(forward) / mean if mean else 1:.3f}.",
     ]
+    if chunks > 1:
+        notes.insert(
+            0,
+            f"Interleaved: {chunks} model chunks per stage, chunk k on stage k mod {stages}; a microbatch crosses "
+            f"{stages * chunks - 1} stage boundaries. In flight counts chunks held / {chunks}: "
+            f"stage 0 holds the most (Korthikanti et al. 2022: p·(1 + (p-1)/(p·v)) microbatches while m·v allows).",
+        )
     if estimate.unit != "s":
         notes.append("Times in FLOPs of the slowest device, its ops one after another (no hardware given: communication is not timed).")
     else:

@@ -13,6 +13,9 @@ from par.dsl.escape import one_line
 LEFT, RIGHT, TOP, ROW, GAP, AXIS = 84, 24, 48, 34, 10, 44
 PLOT_WIDTH = 960
 COLORS = {"F": ("#7fb3e6", "#1f4e79"), "B": ("#f2a766", "#7a3b08")}  # fill, stroke
+# Interleaved: the fill of each of a stage's model chunks after the first (chunk 0 keeps
+# COLORS'), a shade of its own, cycling after the third, so that a row shows which chunk each pass runs.
+CHUNK_FILLS = {"F": ("#4f8fcf", "#2d6aa8", "#a8cdf0"), "B": ("#e07f2e", "#b85f14", "#f7c9a1")}
 LABEL_MIN_WIDTH = 14  # px: narrower boxes carry no label (their tooltip still does)
 
 
@@ -31,10 +34,17 @@ def _row_y(stage: int) -> float:
     return TOP + stage * (ROW + GAP)
 
 
-def _box(slot, scale: float, at) -> dict:
+def _fill(phase: str, chunk: int) -> str:
+    return COLORS[phase][0] if chunk == 0 else CHUNK_FILLS[phase][(chunk - 1) % len(CHUNK_FILLS[phase])]
+
+
+def _box(slot, scale: float, at, stages: int, chunks: int) -> dict:
     x, width = LEFT + slot.start * scale, (slot.end - slot.start) * scale
-    fill, stroke = COLORS[slot.phase]
+    fill, stroke = _fill(slot.phase, slot.chunk), COLORS[slot.phase][1]
     pass_name = "forward" if slot.phase == "F" else "backward"
+    where = f"stage {slot.stage}"
+    if chunks > 1:
+        where += f" chunk {slot.chunk} (model chunk {slot.chunk * stages + slot.stage})"
     return {
         "x": _px(x),
         "y": _px(_row_y(slot.stage)),
@@ -45,7 +55,7 @@ def _box(slot, scale: float, at) -> dict:
         "label": f"{slot.phase}{slot.microbatch}" if width >= LABEL_MIN_WIDTH else "",
         "label_x": _px(x + width / 2),
         "label_y": _px(_row_y(slot.stage) + ROW / 2 + 4),
-        "title": escape(f"stage {slot.stage}, microbatch {slot.microbatch}, {pass_name}: {at(slot.start)} to {at(slot.end)}", quote=False),
+        "title": escape(f"{where}, microbatch {slot.microbatch}, {pass_name}: {at(slot.start)} to {at(slot.end)}", quote=False),
     }
 
 
@@ -56,8 +66,10 @@ def _axis(span: float, scale: float, stages: int, at) -> dict:
     return {"x1": LEFT, "x2": LEFT + PLOT_WIDTH, "y": _px(y), "tick_y": _px(y + 4), "label_y": _px(y + 16), "ticks": ticks}
 
 
-def _legend(y: float) -> list[dict]:
+def _legend(y: float, chunks: int) -> list[dict]:
     items = [("forward", *COLORS["F"]), ("backward", *COLORS["B"]), ("idle", "url(#idle)", "#999999")]
+    if chunks > 1:  # interleaved: a shade per chunk of a stage
+        items[:2] = [(f"{phase}, chunk {c}", _fill(phase, c), COLORS[phase][1]) for c in range(chunks) for phase in ("F", "B")]
     return [
         {"x": LEFT + 100 * i, "y": _px(y), "fill": fill, "stroke": stroke, "text_x": LEFT + 100 * i + 20, "text_y": _px(y + 9), "label": label}
         for i, (label, fill, stroke) in enumerate(items)
@@ -66,7 +78,7 @@ def _legend(y: float) -> list[dict]:
 
 def timeline_view(cost: Cost) -> dict:
     estimate, mesh = cost.estimate, cost.mesh
-    stages = mesh["pp"]
+    stages, chunks = mesh["pp"], mesh.get("chunks", 1)
     span = estimate.pipeline or 1.0
     scale = PLOT_WIDTH / span
     at = time_format(cost)
@@ -74,7 +86,8 @@ def timeline_view(cost: Cost) -> dict:
     unit = f"seconds ({cost.hardware.name})" if cost.hardware else "FLOPs of the slowest device (no hardware given)"
     heading = (
         f"{cost.name}: {mesh['schedule']} schedule, {units.plural(stages, 'stage')}, "
-        f"{units.plural(mesh['microbatches'], 'microbatch', 'microbatches')}, "
+        + (f"{chunks} chunks per stage, " if chunks > 1 else "")
+        + f"{units.plural(mesh['microbatches'], 'microbatch', 'microbatches')}, "
         f"bubble {units.percent(estimate.bubble)} (idle / total)"
     )
     return {
@@ -93,8 +106,8 @@ def timeline_view(cost: Cost) -> dict:
             }
             for stage in range(stages)
         ],
-        "boxes": [_box(slot, scale, at) for slot in estimate.slots],
+        "boxes": [_box(slot, scale, at, stages, chunks) for slot in estimate.slots],
         "axis": _axis(span, scale, stages, at),
         "caption": {"x": LEFT, "y": _px(axis_y + 34), "text": escape(f"time in {unit}; hatched: idle (the pipeline bubble)", quote=False)},
-        "legend": _legend(axis_y + AXIS),
+        "legend": _legend(axis_y + AXIS, chunks),
     }

@@ -46,9 +46,10 @@ class ClusterTree:
         self.members: dict[int, list[str]] = {}  # GPU rank -> DAG ids placed in its cluster
         self.views = NodeViews()
         self.columns: dict[int, str] = {}  # GPU rank -> its `column` attributes, joined
-        for stage, (first, last) in enumerate(mesh.stages):
+        for stage in range(mesh.pp):
             ranks = [rank for d in range(drawn) for rank in mesh.tp_group(dp_rank=d, stage=stage)]
-            held = f"{layer_count(last - first + 1)} ({ranges(range(first, last + 1))})"
+            layers = mesh.stage_layers(stage)  # interleaved: its model chunks' layers
+            held = f"{layer_count(len(layers))} ({ranges(layers)})"
             shown = gpus(ranks) if drawn == mesh.dp else f"{gpus(ranks)} (replica 0 of {mesh.dp})"
             rows = (f"{held} · {shown}",)
             stage_cluster = cluster(f"cluster_stage_{stage}", title=f"Pipeline stage {stage}", rows=rows, colours=style.CLUSTER_STAGE)

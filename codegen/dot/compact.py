@@ -51,7 +51,8 @@ def folds(mesh: Mesh, *, expanded: int | Collection[int], starts: Collection[int
     before each layer of `starts` (where another block begins: its layers are drawn apart)."""
     shown = {expanded} if isinstance(expanded, int) else set(expanded)
     runs: list[Fold] = []
-    for stage, (first, last) in enumerate(mesh.stages):
+    for chunk, (first, last) in enumerate(mesh.stages):
+        stage = mesh.chunk_stage(chunk)  # interleaved: the stage of each model chunk
         run: list[int] = []
         for layer in [*range(first, last + 1), None]:
             if run and (layer is None or layer in shown or layer in starts):
@@ -89,14 +90,14 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
     tree = ClusterTree(mesh, replicas=1)
     drawn = [node_id for node_id in graph.nodes if rep(node_id) == node_id]
     members: dict[str, list[NodeAttrs]] = {fold.id: [] for fold in ranges}
-    pipeline: dict[tuple[int, str], list[str]] = {}  # (stage, send | recv) -> ids, in rank order
+    pipeline: dict[tuple[int, int, str], list[str]] = {}  # (stage, chunk, send | recv) -> ids, in rank order
     for node_id, data in graph.nodes(data=True):
         target = rep(node_id)
         if target == node_id:
             boundary = data["op"] in PIPELINE and "ring" not in data  # a ring transfer stays on its GPU
             tree.place(node_id, data, in_gpu=not boundary)
             if boundary:
-                pipeline.setdefault((data["stage"], data["op"]), []).append(quoted(node_id))
+                pipeline.setdefault((data["stage"], data.get("chunk", 0), data["op"]), []).append(quoted(node_id))
         elif target is not None:
             members[target].append(data)
     for fold in ranges:

@@ -76,6 +76,8 @@ class ModelView:
     sequence_parallel: bool
     recompute: str  # the mesh's: none | selective (in the layer's attention call) | full (around each layer)
     stages: str
+    chunks: int  # model chunks per stage (schedule interleaved); 1: one contiguous run of layers
+    stage_layers: str  # interleaved: the layers each stage holds
     stream_shape: str  # one microbatch on one rank, between layers and stages
     gqa: bool
     rope: tuple[tuple[str, str], ...]  # (constant, value): the rotary embedding's, where the block has one
@@ -113,6 +115,8 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "WORLD_SIZE": mesh.world,
         "MICROBATCHES": mesh.microbatches,
         "STAGES": tuple(mesh.stages),
+        "CHUNKS": mesh.chunks,
+        "STAGE_LAYERS": tuple(mesh.stage_layers(stage) for stage in range(mesh.pp)),
         "PARTIAL_GRADIENTS": view.partial_gradients,
         "EXPERT_GRADIENTS": layer.expert_gradients,
         "EP": mesh.ep,
@@ -126,6 +130,8 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "HF_CHECKPOINT": view.checkpoint is not None,
         "ROPE_SCALING": model.rope.scaling,
         "ENDS": ends is not None,
+        # Generation runs each stage's layers in one piece: not under the interleaved schedule.
+        "GENERATES": ends is not None and mesh.chunks == 1,
         "TIED": ends is not None and ends.tied,
         "LEARNED_POSITIONS": ends is not None and ends.positions,
         "PADDED": ends is not None and ends.padded_vocab != ends.vocab,
@@ -140,7 +146,7 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
     }
     if ends is not None:
         constants |= {"VOCAB": ends.vocab, "PADDED_VOCAB": ends.padded_vocab, "MAX_POSITIONS": ends.max_positions}
-    schedule = "pipeline" if mesh.pp > 1 else "single_stage"
+    schedule = "interleaved" if mesh.chunks > 1 else "pipeline" if mesh.pp > 1 else "single_stage"
     places = {
         "beside_layer": BESIDE_LAYER,
         "beside_reference": BESIDE_REFERENCE,
@@ -205,6 +211,8 @@ def _bare_view(compiled: Compiled) -> ModelView:
         sequence_parallel=program.stream == S_SEQ,
         recompute=mesh.recompute,
         stages=_tuple_literal(mesh.stages),
+        chunks=mesh.chunks,
+        stage_layers=_tuple_literal(mesh.stage_layers(stage) for stage in range(mesh.pp)),
         stream_shape=_stream_shape(compiled),
         gqa=model.kv_heads != model.heads,
         rope=_rope_constants(model) if any(step.op == "rope" for step in program.steps) else (),

@@ -40,6 +40,7 @@ from par.dsl.checks.experts import (
 )
 from par.dsl.checks.experts import defaults as expert_defaults
 from par.dsl.checks.hwcheck import resolve_hardware
+from par.dsl.checks.interleave import INTERLEAVED, chunk_rules, even_chunks
 from par.dsl.checks.layerblocks import resolve_layer_blocks
 from par.dsl.checks.recompute import recompute_checks
 from par.dsl.checks.serving import KV_DTYPE, SERVE_RANGES, SERVE_SETTINGS, resolve_serve, without_serve
@@ -82,6 +83,7 @@ MESH_RANGES = {
     "ep": (1, 1 << 16),
     "etp": (1, 1 << 16),
     "cp": (1, 1 << 16),
+    "chunks": (1, 1 << 16),
 }
 # Mesh items with their own grammar rule (grammar/par.lark: _mesh_item) beside the settings above.
 MESH_KEYWORDS = ("schedule", "sp", "stages")
@@ -287,6 +289,7 @@ class _Checker:
             "ep": Num(1, mesh_at),
             "etp": Ref("tp", mesh_at),
             "cp": Num(1, mesh_at),
+            "chunks": Num(1, mesh_at),
         }
         for name, expr in defaults.items():
             if name not in exprs:
@@ -478,19 +481,31 @@ class _Checker:
         self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace, cp_attention: str | None
     ) -> Mesh | None:
         v = self.values
-        required = ("tp", "pp", "dp", "microbatches", "layers", "ep", "cp")
+        required = ("tp", "pp", "dp", "microbatches", "layers", "ep", "cp", "chunks")
         if schedule is None or grad_dtype is None or cp_attention is None or any(name not in v for name in required):
             return None
-        ranges = self._stages(stage_specs, v["layers"], v["pp"], namespace)
+        rules = chunk_rules(
+            schedule=schedule, chunks=v["chunks"], chunks_written="chunks" not in self.defaulted, pp=v["pp"], microbatches=v["microbatches"], spans=self.spans
+        )
+        self.diags += rules
+        if rules:
+            return None
+        chunks = v["chunks"] if schedule == INTERLEAVED else 1
+        if chunks > 1 and stage_specs is None:
+            ranges, found = even_chunks(v["layers"], v["pp"] * chunks, self.spans)
+            self.diags += found
+        else:
+            ranges = self._stages(stage_specs, v["layers"], v["pp"], namespace, chunks)
         if ranges is None:
             return None
         if v["cp"] == 1 and "cp_attention" in self.spans:
             self.diags.append(warning("cp_attention has no effect: cp is 1", self.spans["cp_attention"], hint="set cp 2 or more, or remove it"))
         return Mesh(
-            v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp, grad_dtype, ep=v["ep"], cp=v["cp"], cp_attention=cp_attention
+            v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp, grad_dtype, ep=v["ep"], cp=v["cp"], cp_attention=cp_attention, chunks=chunks
         )
 
-    def _stages(self, specs: Sequence[StageSpec] | None, layers: int, pp: int, namespace: Namespace):
+    def _stages(self, specs: Sequence[StageSpec] | None, layers: int, pp: int, namespace: Namespace, chunks: int = 1):
+        """The (first, last) layers of each stage; interleaved (`chunks` > 1), of each model chunk."""
         if specs is None:
             if pp > layers:
                 self.err(
@@ -501,7 +516,10 @@ class _Checker:
                 return None
             return stage_split.even_split(layers, pp)
         span = self.spans.get("stages")
-        if len(specs) != pp:
+        if chunks > 1 and len(specs) != pp * chunks:
+            self.err(f"stages lists {len(specs)} entries but pp × chunks is {pp * chunks}: interleaved, it gives each model chunk's layers", span, f"give {pp * chunks} entries, chunk k running on stage k mod {pp}")
+            return None
+        if chunks == 1 and len(specs) != pp:
             self.err(f"stages lists {len(specs)} stages but pp is {pp}", span, f"give {pp} entries or set pp {len(specs)}")
             return None
         kinds = {spec.last is None for spec in specs}
@@ -517,7 +535,7 @@ class _Checker:
             if any(c < 1 for c in counts) or sum(counts) != layers:
                 empty = [str(i) for i, c in enumerate(counts) if c < 1]
                 detail = f"stage {', '.join(empty)} would hold no layer" if empty else f"they add up to {sum(counts)}"
-                self.err(f"stages {counts} do not split {layers} layers: {detail}", span, _split_hint(layers, pp))
+                self.err(f"stages {counts} do not split {layers} layers: {detail}", span, _split_hint(layers, pp * chunks))
                 return None
             return stage_split.from_counts(counts)
         ranges = [(entry[0], entry[1]) for entry in numbers]

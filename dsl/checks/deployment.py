@@ -99,7 +99,9 @@ class Mesh:
     pp: int
     dp: int
     microbatches: int
-    stages: tuple[tuple[int, int], ...]  # per stage: (first layer, last layer), inclusive
+    # per stage: (first layer, last layer), inclusive; interleaved, per model chunk in model
+    # order, chunk k on stage k % pp (`chunk_stage`)
+    stages: tuple[tuple[int, int], ...]
     schedule: Schedule
     sequence_parallel: bool
     grad_dtype: Dtype  # fp32, or the model's dtype: what gradients are accumulated and reduced in
@@ -108,10 +110,22 @@ class Mesh:
     cp_attention: str = "ring"  # one of CP_ATTENTION
     etp: int | None = None  # expert tensor-parallel degree; None: tp
     recompute: Recompute = "none"  # one of RECOMPUTE
+    chunks: int = 1  # model chunks per stage: Megatron's virtual pipeline size (schedule interleaved)
 
     @property
     def world(self) -> int:
         return self.tp * self.cp * self.pp * self.dp
+
+    def chunk_stage(self, chunk: int) -> int:
+        """The pipeline stage that runs model chunk `chunk` (an entry of `stages`): chunk k on
+        stage k mod pp, so that stage s holds chunks s, s + pp, s + 2 pp, ..."""
+        return chunk % self.pp
+
+    def stage_layers(self, stage: int) -> tuple[int, ...]:
+        """Every layer pipeline stage `stage` holds, in model order."""
+        return tuple(
+            layer for first, last in self.stages[stage :: self.pp] for layer in range(first, last + 1)
+        )
 
     def rank(self, *, dp_rank: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
         """tp fastest, then cp, then pp, then dp (docs/language.md, The rank order); with cp 1
@@ -218,6 +232,8 @@ class Mesh:
             attributes["cp_attention"] = self.cp_attention
         if self.recompute != "none":  # absent means none: DAGs without recomputation read as before
             attributes["recompute"] = self.recompute
+        if self.chunks > 1:  # absent means 1: DAGs of contiguous stages read as before
+            attributes["chunks"] = self.chunks
         return attributes
 
     @classmethod
@@ -237,6 +253,7 @@ class Mesh:
             cp=data.get("cp", 1),
             cp_attention=data.get("cp_attention", "ring"),
             recompute=data.get("recompute", "none"),
+            chunks=data.get("chunks", 1),
         )
 
 

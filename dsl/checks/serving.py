@@ -17,6 +17,7 @@ SERVE_SETTINGS = (*SERVE_RANGES, KV_DTYPE)
 TRAINING_ONLY = {
     "grad_dtype": "gradients are accumulated and reduced in it, and serving computes none",
     "recompute": "it trades activations kept for the backward against forward FLOPs run again, and serving has no backward",
+    "chunks": "the interleaved schedule orders forwards and backwards, and serving runs no backward",
 }
 
 

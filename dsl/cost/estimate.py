@@ -9,8 +9,10 @@ picture and the bubble, not for seconds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from par.dsl.checks.deployment import Hardware, Mesh
 from par.dsl.cost import schedule as pipeline
@@ -107,14 +109,22 @@ def device_times(graph: Dag, duration: dict[str, float]) -> dict[int, float]:
 
 @dataclass(frozen=True, slots=True)
 class StageTimes:
-    forward: tuple[float, ...]  # one microbatch's forward on each stage (its slowest device)
+    forward: tuple[float, ...]  # one microbatch's forward on each stage (its slowest device); interleaved, on each model chunk
     backward: tuple[float, ...]
-    links: tuple[float, ...]  # stage s -> s+1 transfer of one microbatch
+    links: tuple[float, ...]  # stage (or model chunk) k -> k+1 transfer of one microbatch
+    chunks: int = 1  # model chunks per stage: forward has stages × chunks entries
+
+    @property
+    def devices(self) -> int:
+        """Pipeline stages: the rows of the schedule."""
+        return len(self.forward) // self.chunks
 
 
 def stage_times(graph: Dag, durations: Durations, items: Sequence[Transfer], clock: Clock) -> StageTimes:
     """Each stage's slowest device, forward and backward, and the links between stages."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
+    if mesh.chunks > 1:
+        return chunk_times(graph, mesh, durations, items, clock)
     pp = mesh.pp
     forward: dict[int, float] = {}
     backward: dict[int, float] = {}
@@ -129,6 +139,32 @@ def stage_times(graph: Dag, durations: Durations, items: Sequence[Transfer], clo
             links[stage] = max(links[stage], clock.transfer(item))
     stages = range(pp)
     return StageTimes(tuple(forward.get(s, 0.0) for s in stages), tuple(backward.get(s, 0.0) for s in stages), tuple(links))
+
+
+def chunk_times(graph: Dag, mesh: Mesh, durations: Durations, items: Sequence[Transfer], clock: Clock) -> StageTimes:
+    """`stage_times` of an interleaved mesh: each model chunk's slowest device, and the link out
+    of each chunk. A node belongs to the chunk of its layer; the model's ends to the first chunk
+    (stage 0) or the last (stage p - 1)."""
+    chunk_of = {layer: chunk for chunk, (first, last) in enumerate(mesh.stages) for layer in range(first, last + 1)}
+    last_chunk = len(mesh.stages) - 1
+    times = {"forward": [0.0] * len(mesh.stages), "backward": [0.0] * len(mesh.stages)}
+    for phase, duration in (("forward", durations.forward), ("backward", durations.backward)):
+        busy: dict[tuple[int, int], float] = {}
+        for node, data in graph.nodes(data=True):
+            if data["op"] in OUTSIDE_STAGES and "ring" not in data:
+                continue
+            layer = data["layer"]
+            chunk = chunk_of[layer] if layer is not None else (0 if data["stage"] == 0 else last_chunk)
+            for rank in data["devices"]:
+                busy[rank, chunk] = busy.get((rank, chunk), 0.0) + duration[node]
+        for (_, chunk), total in busy.items():
+            times[phase][chunk] = max(times[phase][chunk], total)
+    links = [0.0] * last_chunk
+    for item in items:
+        if item.phase == "forward" and item.kind == "send" and item.node is not None and "chunk" in graph.nodes[item.node]:
+            chunk = graph.nodes[item.node]["chunk"]
+            links[chunk] = max(links[chunk], clock.transfer(item))
+    return StageTimes(tuple(times["forward"]), tuple(times["backward"]), tuple(links), mesh.chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +182,7 @@ class StepEstimate:
 
     @property
     def bubble(self) -> float:
-        return pipeline.bubble_fraction(self.slots, len(self.stages.forward))
+        return pipeline.bubble_fraction(self.slots, self.stages.devices)
 
 
 def estimate_step(graph: Dag, items: Sequence[Transfer], clock: Clock) -> StepEstimate:
@@ -159,6 +195,7 @@ def estimate_step(graph: Dag, items: Sequence[Transfer], clock: Clock) -> StepEs
         backward=times.backward,
         links=times.links,
         microbatches=mesh["microbatches"],
+        chunks=times.chunks,
     )
     sync: dict[int, float] = {}
     for item in items:
@@ -185,20 +222,26 @@ class Memory:
     master: int
     optimizer: int
     activations_per_microbatch: int
-    in_flight: int
+    in_flight: int | Fraction  # microbatches; interleaved, model chunks held / chunks per stage
     rerun: int = 0  # with recompute: what the backward's rerun of one layer holds at once beside them
 
     @property
     def activations(self) -> int:
-        return self.activations_per_microbatch * self.in_flight
+        return math.ceil(self.activations_per_microbatch * self.in_flight)
 
     @property
     def total(self) -> int:
         return self.weights + self.grads + self.master + self.optimizer + self.activations + self.rerun
 
 
-def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int) -> int:
-    """Microbatches whose activations a stage holds at once (GPipe: m; 1F1B: min(p - stage, m))."""
+def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int, chunks: int = 1) -> int | Fraction:
+    """Microbatches whose activations a stage holds at once (GPipe: m; 1F1B: min(p - stage, m)).
+    Interleaved, the model chunks it holds at once over its v chunks, each a v-th of its layers:
+    on stage 0 (v·p + p - 1) / v = p·(1 + (p - 1) / (p·v)) while m·v allows, Korthikanti et al.
+    2022's count for the first stage."""
+    if schedule == "interleaved":
+        passes = pipeline.interleaved_order(stage=stage, stages=stages, microbatches=microbatches, chunks=chunks)
+        return Fraction(pipeline.in_flight(passes), chunks)
     order = pipeline.stage_order(schedule, stage=stage, stages=stages, microbatches=microbatches)
     return pipeline.in_flight(order)
 
@@ -210,7 +253,9 @@ def device_memory(cost: RankCost, state: TrainingState, mesh: MeshAttrs) -> Memo
         master=cost.params * state.master,
         optimizer=cost.params * state.optimizer,
         activations_per_microbatch=cost.activation_bytes,
-        in_flight=in_flight(mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"]),
+        in_flight=in_flight(
+            mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"], chunks=mesh.get("chunks", 1)
+        ),
         rerun=cost.rerun_bytes,
     )
 

@@ -69,7 +69,8 @@ class Cost:
 
     @property
     def closed_form_bubble(self) -> Fraction:
-        return pipeline.closed_form_bubble(stages=self.mesh["pp"], microbatches=self.mesh["microbatches"])
+        mesh = self.mesh
+        return pipeline.closed_form_bubble(stages=mesh["pp"], microbatches=mesh["microbatches"], chunks=mesh.get("chunks", 1))
 
     def too_big(self) -> list[DeviceGroup]:
         """Groups whose peak memory exceeds the hardware's; empty without hardware."""

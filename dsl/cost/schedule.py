@@ -1,8 +1,10 @@
-"""Pipeline schedules (GPipe, 1F1B), simulated slot by slot; the bubble is measured on the result.
+"""Pipeline schedules (GPipe, 1F1B, interleaved 1F1B), simulated slot by slot; the bubble is measured on the result.
 
 Stage `s` runs its forward (F) and backward (B) passes of each microbatch in the order its
 schedule gives, each as soon as its inputs are there: F(s, j) after F(s-1, j) plus the link
-time, B(s, j) after F(s, j) and after B(s+1, j) plus the link time. Pure functions of numbers.
+time, B(s, j) after F(s, j) and after B(s+1, j) plus the link time. Interleaved, the same holds
+for model chunks k = 0 .. p·v - 1 (chunk k on stage k mod p), and a stage runs one pass at a
+time. Pure functions of numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class Slot:
     phase: str  # "F" | "B"
     start: float
     end: float
+    chunk: int = 0  # interleaved: which of the stage's model chunks (0 .. v - 1) the pass runs
+
 
 
 def stage_order(schedule: str, *, stage: int, stages: int, microbatches: int) -> list[tuple[str, int]]:
@@ -41,10 +45,33 @@ def stage_order(schedule: str, *, stage: int, stages: int, microbatches: int) ->
     return order
 
 
-def in_flight(order: Sequence[tuple[str, int]]) -> int:
-    """Most microbatches whose forward has run and whose backward has not: activations held at once."""
+def interleaved_order(*, stage: int, stages: int, microbatches: int, chunks: int) -> list[tuple[str, int, int]]:
+    """The (phase, microbatch, local chunk) sequence stage `stage` runs in Megatron's interleaved
+    1F1B (Narayanan et al. 2021, section 2.2; Megatron-LM's
+    `forward_backward_pipelining_with_interleaving`). Its m·v passes of each direction go in
+    groups of p microbatches per chunk: pass i runs microbatch (i // (p·v))·p + i mod p on chunk
+    (i // p) mod v forward, and on the chunks in reverse order backward. (p - s - 1)·2 + (v - 1)·p
+    warm-up forwards, then one forward and one backward in turn, then the remaining backwards.
+    Needs m a multiple of p."""
+    p, v = stages, chunks
+    total = microbatches * v
+    warmup = min((p - stage - 1) * 2 + (v - 1) * p, total)
+
+    def run(phase: str, i: int) -> tuple[str, int, int]:
+        chunk = (i // p) % v
+        return phase, (i // (p * v)) * p + i % p, chunk if phase == "F" else v - 1 - chunk
+
+    order = [run("F", i) for i in range(warmup)]
+    for i in range(total - warmup):
+        order += [run("F", warmup + i), run("B", i)]
+    return order + [run("B", i) for i in range(total - warmup, total)]
+
+
+def in_flight(order: Sequence[tuple]) -> int:
+    """Most passes whose forward has run and whose backward has not: activations held at once
+    (interleaved: model chunks of microbatches)."""
     held = peak = 0
-    for phase, _ in order:
+    for phase, *_ in order:
         held += 1 if phase == "F" else -1
         peak = max(peak, held)
     return peak
@@ -57,10 +84,20 @@ def simulate(
     backward: Sequence[float],
     links: Sequence[float],
     microbatches: int,
+    chunks: int = 1,
 ) -> list[Slot]:
-    """Slots of every stage, in the order they run. `links[s]`: transfer time between stages s and s+1."""
-    stages = len(forward)
-    orders = [stage_order(schedule, stage=s, stages=stages, microbatches=microbatches) for s in range(stages)]
+    """Slots of every stage, in the order they run. `forward[k]`, `backward[k]`: one pass of
+    stage k, or interleaved (`chunks` > 1) of model chunk k; `links[k]`: transfer time from k to
+    k + 1."""
+    parts = len(forward)
+    stages = parts // chunks
+    if schedule == "interleaved":
+        orders = [
+            [(phase, j, local * stages + s) for phase, j, local in interleaved_order(stage=s, stages=stages, microbatches=microbatches, chunks=chunks)]
+            for s in range(stages)
+        ]
+    else:
+        orders = [[(phase, j, s) for phase, j in stage_order(schedule, stage=s, stages=stages, microbatches=microbatches)] for s in range(stages)]
     ends: dict[tuple[str, int, int], float] = {}
     position, free = [0] * stages, [0.0] * stages
     slots: list[Slot] = []
@@ -69,14 +106,14 @@ def simulate(
         progressed = False
         for stage in range(stages):
             while position[stage] < len(orders[stage]):
-                phase, microbatch = orders[stage][position[stage]]
-                ready = _ready(phase, stage, microbatch, ends, links, stages)
+                phase, microbatch, part = orders[stage][position[stage]]
+                ready = _ready(phase, part, microbatch, ends, links, parts)
                 if ready is None:
                     break
                 start = max(free[stage], ready)
-                end = start + (forward[stage] if phase == "F" else backward[stage])
-                ends[(phase, stage, microbatch)] = end
-                slots.append(Slot(stage, microbatch, phase, start, end))
+                end = start + (forward[part] if phase == "F" else backward[part])
+                ends[(phase, part, microbatch)] = end
+                slots.append(Slot(stage, microbatch, phase, start, end, part // stages))
                 free[stage] = end
                 position[stage] += 1
                 remaining -= 1
@@ -117,6 +154,9 @@ def bubble_fraction(slots: Sequence[Slot], stages: int) -> float:
     return 1.0 - sum(busy(slots, stage) for stage in range(stages)) / total
 
 
-def closed_form_bubble(*, stages: int, microbatches: int) -> Fraction:
-    """(p - 1) / (m + p - 1): GPipe and 1F1B alike, equal stages, backward a fixed multiple of forward."""
-    return Fraction(stages - 1, microbatches + stages - 1)
+def closed_form_bubble(*, stages: int, microbatches: int, chunks: int = 1) -> Fraction:
+    """Idle / total device time for equal stages, backward a fixed multiple of forward:
+    (p - 1) / (m + p - 1) for GPipe and 1F1B alike. Interleaved with v chunks per stage the
+    bubble is (p - 1) / v passes of a whole stage (Narayanan et al. 2021: (p - 1) / (m·v) of the
+    ideal time), so (p - 1) / (v·m + p - 1) of the total."""
+    return Fraction(stages - 1, chunks * microbatches + stages - 1)

@@ -48,8 +48,9 @@ def node_count(program: Program, layer_programs: LayerPrograms = ()) -> int:
     per rank for each compute step and slice and one per collective, on every replica, and one
     per token routing of each expert-parallel group and tensor-parallel rank; stage 0 slices the
     input on every rank unless the stream is replicated; each stage boundary has a send and a
-    recv per rank, as has the return of a decode step's tokens from the last stage to the first.
-    Checked against the node budget before anything is expanded."""
+    recv per rank (interleaved: each boundary between model chunks), as has the return of a decode
+    step's tokens from the last stage to the first. Checked against the node budget before anything
+    is expanded."""
     mesh = program.deployment.mesh
     ranges = layer_programs or ((0, program.deployment.model.layers - 1, program),)
     layers = 0
@@ -66,7 +67,7 @@ def node_count(program: Program, layer_programs: LayerPrograms = ()) -> int:
         end_collectives = sum(1 for step in end_steps if step.kind == "comm")
         end_nodes = mesh.dp * (end_collectives + (len(end_steps) - end_collectives) * mesh.tp)
     input_slices = 0 if program.stream == R or ends is not None else mesh.dp * mesh.tp
-    boundaries = 2 * (mesh.pp - 1) * mesh.dp * mesh.tp
+    boundaries = 2 * (len(mesh.stages) - 1) * mesh.dp * mesh.tp
     if ends is not None and ends.fed_back and mesh.pp > 1:  # a decode step's tokens, last stage to first
         boundaries += 2 * mesh.dp * mesh.tp
     if mesh.cp > 1:  # each part of the sequence is a replica of the layer; attention adds its ring
@@ -214,7 +215,8 @@ class _Expander:
         self._io(ids.INPUT, given, given, list(mesh.stage_ranks(holder)), holder)
         entry = {d: self._entry_points(d) for d in range(mesh.dp)}
         exits: list[str] = []
-        for stage, (first, last) in enumerate(mesh.stages):
+        for chunk, (first, last) in enumerate(mesh.stages):
+            stage = mesh.chunk_stage(chunk)
             # The replicas of one expert-parallel group run their layers together: token routing
             # joins them. With ep 1, replica by replica.
             for start in range(0, mesh.dp, mesh.ep):
@@ -229,8 +231,8 @@ class _Expander:
                         group = mesh.tp_group(dp_rank=dp_rank, stage=stage)
                         current[dp_rank] = self._layer(layer, stage, dp_rank, group, current[dp_rank], program)
                 for dp_rank in replicas:
-                    if stage + 1 < mesh.pp:
-                        entry[dp_rank] = self._boundary(stage, dp_rank, current[dp_rank], stage_src)
+                    if chunk + 1 < len(mesh.stages):
+                        entry[dp_rank] = self._boundary(chunk, dp_rank, current[dp_rank], stage_src)
                     else:
                         outputs = current[dp_rank]
                         if ends:
@@ -579,13 +581,18 @@ class _Expander:
                 indices[value] = indices.get(value, ()) + (operand,)
         return [(produced[value], operands) for value, operands in indices.items()]
 
-    def _boundary(self, stage: int, dp_rank: int, outputs: list[str], src: str, cp_rank: int = 0) -> list[str]:
-        """Send/Recv from each rank of `stage` to the same tensor-parallel rank of the next."""
+    def _boundary(self, chunk: int, dp_rank: int, outputs: list[str], src: str, cp_rank: int = 0) -> list[str]:
+        """Send/Recv from each rank of the stage of model chunk `chunk` (an entry of `mesh.stages`;
+        without interleaving, a stage) to the same tensor-parallel rank of the next chunk's stage:
+        interleaved, the last stage's chunk sends to the first stage's next one."""
         mesh, program = self.mesh, self.program
         local_bytes = elements(program.stream_local) * self.dtype_bytes
         wire = {op: COLLECTIVES[op].wire_bytes(2, local_bytes) for op in ("send", "recv")}  # a rank and its peer
-        first_next = mesh.stages[stage + 1][0]
-        reason = f"pipeline boundary: layer {first_next - 1} on stage {stage} feeds layer {first_next} on stage {stage + 1}"
+        first_next = mesh.stages[chunk + 1][0]
+        here, there = mesh.chunk_stage(chunk), mesh.chunk_stage(chunk + 1)
+        reason = f"pipeline boundary: layer {first_next - 1} on stage {here} feeds layer {first_next} on stage {there}"
+        if mesh.chunks > 1:
+            reason += f" (model chunk {chunk} to {chunk + 1})"
         placement = program.stream.text
 
         def transfer(op: Literal["send", "recv"], stage: int, rank: int, peer: int) -> NodeAttrs:
@@ -613,13 +620,23 @@ class _Expander:
 
         receivers = []
         for tp_rank, source in enumerate(outputs):
-            sender = mesh.rank(dp_rank=dp_rank, stage=stage, tp_rank=tp_rank, cp_rank=cp_rank)
-            receiver = mesh.rank(dp_rank=dp_rank, stage=stage + 1, tp_rank=tp_rank, cp_rank=cp_rank)
-            send, recv = ids.send_id(stage, sender), ids.recv_id(stage + 1, receiver)
-            self._node(send, transfer("send", stage, sender, receiver))
-            self._node(recv, transfer("recv", stage + 1, receiver, sender))
-            if self.fed_back and stage + 1 == mesh.pp - 1:  # the last stage sent the tokens first
-                self.node_map[recv]["after"] = ids.token_send_id(receiver)
+            sender = mesh.rank(dp_rank=dp_rank, stage=here, tp_rank=tp_rank, cp_rank=cp_rank)
+            receiver = mesh.rank(dp_rank=dp_rank, stage=there, tp_rank=tp_rank, cp_rank=cp_rank)
+            if mesh.chunks > 1:
+                send, recv = ids.chunk_send_id(chunk, sender), ids.chunk_recv_id(chunk + 1, receiver)
+                self._node(send, {**transfer("send", here, sender, receiver), "chunk": chunk})
+                received: NodeAttrs = {**transfer("recv", there, receiver, sender), "chunk": chunk + 1}
+                if chunk + 1 >= mesh.pp:
+                    # The receiver sent its previous chunk's output before: that send reaches this
+                    # recv only through the other stages, so the issue order is recorded.
+                    received["after"] = ids.chunk_send_id(chunk + 1 - mesh.pp, receiver)
+                self._node(recv, received)
+            else:
+                send, recv = ids.send_id(chunk, sender), ids.recv_id(chunk + 1, receiver)
+                self._node(send, transfer("send", here, sender, receiver))
+                self._node(recv, transfer("recv", there, receiver, sender))
+                if self.fed_back and there == mesh.pp - 1:  # the last stage sent the tokens first
+                    self.node_map[recv]["after"] = ids.token_send_id(receiver)
             self._edge(source, send, (0,))
             self._edge(send, recv, (0,))
             receivers.append(recv)
@@ -654,14 +671,15 @@ class _Expander:
             self.node_map[ids.INPUT]["out_shape"] = ends.tokens
         entry = {(d, c): self._entry_points(d, c) for d in range(mesh.dp) for c in range(mesh.cp)}
         exits: list[str] = []
-        for stage, (first, last) in enumerate(mesh.stages):
+        for chunk, (first, last) in enumerate(mesh.stages):
+            stage = mesh.chunk_stage(chunk)
             for dp_rank in range(mesh.dp):
                 current = [entry[(dp_rank, c)] for c in range(mesh.cp)]
                 for layer in range(first, last + 1):
                     current = self._context_layer(layer, stage, dp_rank, self.layer_program[layer], current, builder)
                 for c in range(mesh.cp):
-                    if stage + 1 < mesh.pp:
-                        entry[(dp_rank, c)] = self._boundary(stage, dp_rank, current[c], stage_src, c)
+                    if chunk + 1 < len(mesh.stages):
+                        entry[(dp_rank, c)] = self._boundary(chunk, dp_rank, current[c], stage_src, c)
                         continue
                     outputs = current[c]
                     if ends:

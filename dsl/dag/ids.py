@@ -60,6 +60,15 @@ def token_recv_id(rank: int) -> str:
     return f"token_recv_gpu{rank}"
 
 
+# Interleaved: the boundary out of (send) or into (recv) model chunk `chunk`.
+def chunk_send_id(chunk: int, rank: int) -> str:
+    return f"chunk_{chunk}_send_gpu{rank}"
+
+
+def chunk_recv_id(chunk: int, rank: int) -> str:
+    return f"chunk_{chunk}_recv_gpu{rank}"
+
+
 def input_slice_id(rank: int) -> str:
     return f"input_slice_gpu{rank}"
 

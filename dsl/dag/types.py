@@ -28,7 +28,7 @@ PlacementKind = Literal["R", "P", "S"]  # replicated, partial sum, split
 # How nodes, drawings and reports write a Placement; E(...): routed over the expert-parallel group.
 PlacementText = Literal["R", "P", "S(seq)", "S(-1)", "E(R)", "E(P)", "E(S(seq))", "E(S(-1))"]
 Dtype = Literal["fp32", "bf16", "fp16"]
-Schedule = Literal["gpipe", "1f1b"]
+Schedule = Literal["gpipe", "1f1b", "interleaved"]
 Recompute = Literal["none", "selective", "full"]
 Severity = Literal["error", "warning", "note"]
 Shape = tuple[int, ...]
@@ -59,6 +59,7 @@ class NodeAttrs(TypedDict):
     reason: NotRequired[str]  # collectives and slices: why the node exists
     inserted: NotRequired[bool]  # collectives: the compiler added it, the spec did not write it
     peer: NotRequired[int]  # send and recv: the rank on the other side
+    chunk: NotRequired[int]  # interleaved send and recv: the model chunk it leaves (send) or enters (recv)
     # The collective the training backward issues on the gradient of the output (par.dsl.lowering.backward).
     backward: NotRequired[CollectiveOp]
     backward_wire_bytes: NotRequired[int | float]
@@ -126,7 +127,7 @@ class MeshAttrs(TypedDict):
     dp: int
     world: int
     microbatches: int
-    stages: list[list[int]]  # per stage: [first layer, last layer]
+    stages: list[list[int]]  # per stage (interleaved: per model chunk): [first layer, last layer]
     schedule: Schedule
     sequence_parallel: bool
     grad_dtype: Dtype  # what gradients are accumulated and reduced in
@@ -134,6 +135,7 @@ class MeshAttrs(TypedDict):
     cp: NotRequired[int]  # context-parallel degree (docs/language.md); absent when 1
     cp_attention: NotRequired[str]  # ring | allgather; absent when cp is 1
     recompute: NotRequired[Recompute]  # selective | full; absent when none
+    chunks: NotRequired[int]  # model chunks per stage (schedule interleaved); absent when 1
 
 
 class GraphAttrs(TypedDict):

@@ -113,6 +113,12 @@ RING = (
     "mesh { tp 2  cp 2 }\n"
 )
 
+# The interleaved schedule: sends and recvs that name the model chunk they leave or enter.
+INTERLEAVED = (
+    "model m : gpt { layers 4  hidden 32  heads 4  batch 4  seq 8  dtype fp32 }\n"
+    "mesh { pp 2  microbatches 2  schedule interleaved  chunks 2 }\n"
+)
+
 
 # Activation recomputation: the nodes the backward runs again say so (`recompute`), and the mesh names it.
 RECOMPUTED = (
@@ -128,6 +134,7 @@ def test_every_attribute_the_type_names_is_written(shipped, compile_spec):
         compile_spec(RING).graph,
         compile_spec(UNORDERED_GATHERS).graph,
         compile_spec(RECOMPUTED).graph,
+        compile_spec(INTERLEAVED).graph,
     ]
     for graph in graphs[-3:]:
         assert not typed_dict_problems(graph.graph, GraphAttrs), typed_dict_problems(graph.graph, GraphAttrs)

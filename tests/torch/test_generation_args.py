@@ -12,7 +12,7 @@ from par.codegen.pytorch.runtime import cli  # noqa: E402
 @pytest.fixture
 def model(monkeypatch):
     """A model with a vocabulary of 50, seq 16, on tp 2 with sequence parallelism."""
-    for name, value in {"ENDS": True, "SEQ": 16, "VOCAB": 50, "TP": 2, "SEQUENCE_PARALLEL": True}.items():
+    for name, value in {"ENDS": True, "GENERATES": True, "SEQ": 16, "VOCAB": 50, "TP": 2, "SEQUENCE_PARALLEL": True}.items():
         monkeypatch.setattr(cli, name, value)
 
 
@@ -43,3 +43,13 @@ def test_generation_options_that_fit(model):
     assert (args.prompt, args.length, args.max_new, args.top_k) == (None, 4, 4, 5)
     args = cli.parse_args(["--generate", "3 4", "--kv-dtype", "bf16"])
     assert (args.prompt, args.length, args.kv_dtype) == ([3, 4], 2, "bf16")
+
+
+def test_a_model_trained_interleaved_offers_no_generation(model, monkeypatch, capsys):
+    """Generation runs each stage's layers in one piece: under the interleaved schedule
+    (GENERATES false) --generate is no option of model.py."""
+    monkeypatch.setattr(cli, "GENERATES", False)
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse_args(["--generate", "1 2"])
+    assert stopped.value.code == 2
+    assert "unrecognized arguments: --generate" in capsys.readouterr().err

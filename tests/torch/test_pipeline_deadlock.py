@@ -197,3 +197,66 @@ def test_pairing_each_send_with_the_next_receive_deadlocks_the_decode_ring(stage
             steps.append(exchange)
         programs.append(steps)
     assert run_blocking(programs)
+
+
+# -- The interleaved schedule: model chunks round the pipeline, the last stage back to the first
+
+
+def _interleaved(monkeypatch, stages: int, chunks: int, microbatches: int):
+    from par.codegen.pytorch.runtime import interleaved
+
+    monkeypatch.setattr(interleaved, "PP", stages)
+    monkeypatch.setattr(interleaved, "CHUNKS", chunks)
+    monkeypatch.setattr(interleaved, "MICROBATCHES", microbatches)
+    return interleaved
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4])
+@pytest.mark.parametrize("chunks", [2, 3, 4])
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_the_interleaved_schedule_finishes_under_blocking_sends(monkeypatch, stages, chunks, groups):
+    """Each message is met by the receive meant for it (kind, microbatch and chunk in the item);
+    each stage runs the passes the cost model simulates, in the same order."""
+    from par.dsl.cost.schedule import interleaved_order
+
+    microbatches = groups * stages
+    interleaved = _interleaved(monkeypatch, stages, chunks, microbatches)
+    plans = interleaved.interleaved_plan()
+    programs = [
+        [[(op, f"{kind}{chunk}", i, peer) for op, kind, i, chunk, peer in item] for item in plan if isinstance(item, list)]
+        for plan in plans
+    ]
+    assert run_blocking(programs) == []
+    last = stages * chunks - 1
+    for stage, plan in enumerate(plans):
+        passes = [item for item in plan if not isinstance(item, list)]
+        simulated = interleaved_order(stage=stage, stages=stages, microbatches=microbatches, chunks=chunks)
+        assert passes == [("forward" if phase == "F" else "backward", i, c * stages + stage) for phase, i, c in simulated]
+        ops = sorted(op for step in programs[stage] for op in step)
+        expected = []
+        for i in range(microbatches):
+            for chunk in range(stage, last + 1, stages):
+                if chunk > 0:
+                    expected += [("recv", f"activation{chunk}", i, (chunk - 1) % stages), ("send", f"gradient{chunk - 1}", i, (chunk - 1) % stages)]
+                if chunk < last:
+                    expected += [("send", f"activation{chunk + 1}", i, (chunk + 1) % stages), ("recv", f"gradient{chunk}", i, (chunk + 1) % stages)]
+        assert ops == sorted(expected)
+
+
+@pytest.mark.parametrize(("stages", "chunks", "microbatches"), [(2, 2, 4), (3, 2, 6), (4, 2, 8)])
+def test_pairing_each_send_with_the_next_pass_s_receive_deadlocks_the_interleaved_ring(monkeypatch, stages, chunks, microbatches):
+    """The non-interleaved schedule's pairing, on the interleaved order, hangs once more
+    microbatches are in flight than stages: the model must see what the lockstep rounds avoid."""
+    interleaved = _interleaved(monkeypatch, stages, chunks, microbatches)
+    programs = []
+    for stage in range(stages):
+        steps: list[list[Op]] = []
+        owed: list[Op] = []
+        for action, i, chunk in interleaved.chunk_order(stage):
+            needs = [("recv", f"{kind}{c}", i, (c - 1 if kind == "activation" else c + 1) % stages) for kind, _, c in interleaved._needs(action, i, chunk)]
+            if owed + needs:
+                steps.append(owed + needs)
+            owed = [("send", f"{kind}{c}", i, c % stages) for kind, _, c in interleaved._gives(action, i, chunk)]
+        steps.append(owed)
+        programs.append([step for step in steps if step])
+    assert run_blocking(programs)

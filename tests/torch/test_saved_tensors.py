@@ -104,9 +104,10 @@ def _stand_ins(tp: int, local_experts: int = 1) -> dict:
     }
 
 
-def measured_stage(compiled, folder, stage: int, device: str = "cpu") -> int:
-    """What the code keeps for one microbatch's backward on rank 0 of `stage` (tp rank 0), on `device`."""
-    module = load_module(write_model(compiled, folder), f"saved_{id(folder)}_{stage}")
+def measured_stage(compiled, folder, stage: int, chunk: int = 0, device: str = "cpu") -> int:
+    """What the code keeps for one microbatch's backward on rank 0 of `stage` (tp rank 0), on
+    `device`; under the interleaved schedule, for the stage's `chunk`-th model chunk."""
+    module = load_module(write_model(compiled, folder), f"saved_{id(folder)}_{stage}_{chunk}")
     for name, stand_in in _stand_ins(module.TP, getattr(module, "LOCAL_EXPERTS", 1)).items():
         if hasattr(module, name):
             setattr(module, name, stand_in)
@@ -115,24 +116,26 @@ def measured_stage(compiled, folder, stage: int, device: str = "cpu") -> int:
     groups = types.SimpleNamespace(tp=None, dp=None, ep=None, stage=stage, tp_rank=0, dp_rank=0, rank=stage * module.TP)
     torch.manual_seed(0)
     model = module.Stage(groups).to(device=device, dtype=module.DTYPE)
+    model.chunk = chunk
+    first, last = chunk * module.PP + stage == 0, chunk * module.PP + stage == len(module.STAGES) - 1  # the model's first and last chunk
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0, 0.1)
     ends = hasattr(module, "VOCAB")  # token ids in on the first stage, the loss out of the last
-    if ends and stage == 0:
+    if ends and first:
         x = torch.randint(module.VOCAB, (module.STREAM_SHAPE[1], module.SEQ), device=device)  # [batch, seq]; the stream is [seq, batch, HIDDEN]
     else:
         x = torch.randn(module.STREAM_SHAPE, dtype=module.DTYPE, device=device, requires_grad=True)
 
     def forward(x):
         y = model(x)
-        if ends and stage == module.PP - 1:
+        if ends and last:
             targets = module.next_tokens(torch.randint(module.VOCAB, y.shape[:2], device=device))
             return module.microbatch_loss(model, y, targets)
         return y
 
     total, y, storages = measure(forward, [x], list(model.parameters()))
-    if stage < module.PP - 1 and y.untyped_storage().data_ptr() not in storages:
+    if not last and y.untyped_storage().data_ptr() not in storages:
         total += y.untyped_storage().nbytes()  # the schedule keeps the output for y.backward(grad)
     return total
 
@@ -157,6 +160,20 @@ def test_shipped_spec_keeps_what_the_cost_model_counts(name, workdir):
 def test_recomputed_spec_keeps_what_the_cost_model_counts(name, workdir):
     spec, defines = RECOMPUTED[name]
     _compare(compile_small(spec, defines), workdir)
+
+
+def test_interleaved_stages_keep_what_the_cost_model_counts_over_their_chunks(workdir):
+    """Interleaved, a stage keeps for one microbatch what each of its chunks keeps: the embedding
+    on the first chunk, the loss on the last, and each other chunk's output for its backward."""
+    compiled = compile_small(
+        "llama_gqa",
+        ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "vocab=64",
+         "schedule=interleaved", "chunks=2"],
+    )
+    counted = saved_bytes(compiled.graph, on_cpu=True)
+    for stage in range(2):
+        measured = sum(measured_stage(compiled, workdir / f"stage{stage}_{chunk}", stage, chunk) for chunk in range(2))
+        assert counted[stage * 2] == pytest.approx(measured, rel=TOLERANCE), (stage, counted[stage * 2], measured)
 
 
 @pytest.mark.parametrize("name", BLOCKS)

@@ -19,6 +19,7 @@ from par.codegen.pytorch.runtime.regather import set_regather
 from par.codegen.pytorch.runtime.spec import (
     DP,
     ENDS,
+    GENERATES,
     HF_CHECKPOINT,
     KV_DTYPE,
     PP,
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if ENDS:
         parser.add_argument("--data", metavar="FILE", help="train on a token file: a flat array of ids")
         parser.add_argument("--data-dtype", choices=("uint16", "int32"), default="uint16", help="type of the ids")
+    if GENERATES:
         parser.add_argument("--generate", metavar="IDS", help='generate after these ids ("1 2 3") in every sequence')
         parser.add_argument("--prompt-len", type=int, metavar="L", help="generate after random prompts of L ids")
         parser.add_argument("--max-new", type=int, default=8, metavar="N", help="tokens added to each sequence")
@@ -65,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if HF_CHECKPOINT and nothing_to_save(args):
         parser.error("--save writes the weights after training: give --steps K (--steps 1 --lr 0 keeps them)")
-    if ENDS and generating(args):
+    if GENERATES and generating(args):
         generation_args(parser, args)
         return args
     if not args.check and not args.steps:
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> bool:
         set_regather(args.regather)
     if HF_CHECKPOINT:
         set_checkpoints(args.load, args.save)
-    if ENDS and generating(args):
+    if GENERATES and generating(args):
         sampling = Sampling(args.temperature, args.top_k, args.seed)
         kv_dtype = KV_DTYPES[args.kv_dtype] if args.kv_dtype else KV_DTYPE
         ok = serve(

@@ -37,6 +37,7 @@ class Stage(nn.Module):
     def __init__(self, groups: Groups) -> None:
         super().__init__()
         self.groups = groups
+        self.chunk = 0  # interleaved: the model chunk the next forward runs (emitted only then)
         first, last = STAGES[groups.stage]
         self.layers = nn.ModuleDict({str(layer): ResidualLayer(groups) for layer in range(first, last + 1)})
 

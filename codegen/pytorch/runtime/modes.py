@@ -25,8 +25,10 @@ from par.codegen.pytorch.runtime.spec import (
     LOSS_SCALING,
     MICROBATCHES,
     PP,
+    SCHEDULE,
     SEQ,
     SEQUENCE_PARALLEL,
+    STAGE_LAYERS,
     STAGES,
     TP,
     WORLD_SIZE,
@@ -182,12 +184,19 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
 
 def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:
     """Reference's weights of this rank's stage, drawn from the seed without building the rest."""
-    first, last = STAGES[groups.stage]
-    full = {
-        f"layers.{layer}.{name}": tensor
-        for layer in range(first, last + 1)
-        for name, tensor in reference_layer(layer, seed).state_dict().items()
-    }
+    if SCHEDULE == "interleaved":
+        full = {
+            f"layers.{layer}.{name}": tensor
+            for layer in STAGE_LAYERS[groups.stage]
+            for name, tensor in reference_layer(layer, seed).state_dict().items()
+        }
+    else:
+        first, last = STAGES[groups.stage]
+        full = {
+            f"layers.{layer}.{name}": tensor
+            for layer in range(first, last + 1)
+            for name, tensor in reference_layer(layer, seed).state_dict().items()
+        }
     if ENDS:
         full |= reference_ends(seed)
     return full

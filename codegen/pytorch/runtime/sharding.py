@@ -7,7 +7,20 @@ import torch
 from par.codegen.pytorch.runtime.groups import Groups, coordinates
 from par.codegen.pytorch.runtime.model import END_SHARDING, SHARDING, Stage
 from par.codegen.pytorch.runtime.ops import group_heads
-from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, ENDS, EP, MOE, PADDED, PADDED_VOCAB, PP, STAGES, TIED, TP
+from par.codegen.pytorch.runtime.spec import (
+    BY_HEAD,
+    DTYPE,
+    ENDS,
+    EP,
+    MOE,
+    PADDED,
+    PADDED_VOCAB,
+    PP,
+    SCHEDULE,
+    STAGES,
+    TIED,
+    TP,
+)
 
 # The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the padding
 # rows are zero here, when loading a checkpoint, and dropped when saving one.
@@ -51,6 +64,11 @@ def stage_sharding(stage: int) -> dict[str, str]:
     """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
     layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    if SCHEDULE == "interleaved":  # STAGES lists model chunks: the stage's first, then its later ones
+        for first, last in STAGES[stage + PP :: PP]:
+            layers |= {
+                f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()
+            }
     if ENDS:
         return (
             {name: END_SHARDING[name] for name in ends_of(stage, before=True)}

@@ -28,6 +28,8 @@ DP = 1
 WORLD_SIZE = TP * PP * DP
 MICROBATCHES = 2
 STAGES = ((0, 1),)
+CHUNKS = 1  # model chunks per stage (schedule interleaved: STAGES has PP * CHUNKS entries, chunk k on stage k % PP)
+STAGE_LAYERS = ((0, 1),)  # interleaved: the layers each stage holds
 EXPERTS = 4  # a mixture of experts' (MOE below): routed experts per layer, and experts per token
 TOP_K = 2
 EP = 1  # expert-parallel degree: each group of EP data-parallel replicas spreads the experts
@@ -47,7 +49,7 @@ KV_DTYPE = DTYPE  # the KV cache's dtype: a serving spec's kv_dtype, else DTYPE
 
 # -- build-time facts: decided by the inliner, never written into model.py --------------------------
 SEQUENCE_PARALLEL = False  # the residual stream is split along seq across tp ranks
-SCHEDULE = "1f1b"  # the pipeline schedule: gpipe | 1f1b
+SCHEDULE = "1f1b"  # the pipeline schedule: gpipe | 1f1b | interleaved
 BY_HEAD = False  # some weight is split per head of a fused QKV
 MIXED_PRECISION = False  # fp16 or bf16 parameters: AdamW runs on fp32 master weights
 FP32_GRADIENTS = False  # fp16 or bf16 parameters whose gradients are accumulated and reduced in fp32
@@ -55,6 +57,7 @@ LOSS_SCALING = False  # fp16: dynamic loss scaling
 HF_CHECKPOINT = True  # the block's parameters have Hugging Face names: --load and --save
 ROPE_SCALING = "none"  # the rotary embedding's frequency scaling: none | linear | llama3
 ENDS = False  # the model has a vocabulary: token ids in, embedding, final norm, LM head and cross-entropy
+GENERATES = False  # model.py generates (--generate): the model has a vocabulary and no interleaved schedule
 TIED = False  # the LM head is the embedding's matrix
 LEARNED_POSITIONS = False  # learned absolute positions are added at the embedding
 PADDED = False  # PADDED_VOCAB > VOCAB: the padding rows' logits are masked
