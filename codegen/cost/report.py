@@ -233,8 +233,18 @@ def _memory_section(cost: Cost) -> Section:
             f"+ Adam m and v {state.optimizer} B = {state.total} B, all but the weights in fp32.",
             f"In flight: microbatches whose activations a stage holds at once under {cost.mesh['schedule']} "
             "(GPipe: m; 1F1B: min(p - stage, m)).",
-        ),
+        )
+        + _zero_note(cost.mesh.get("zero", 0)),
     )
+
+
+ZERO_SHARDS = ("the master weights and Adam's m and v", "the gradients, master weights and Adam's m and v", "the weights, gradients, master weights and Adam's m and v")
+
+
+def _zero_note(zero: int) -> tuple[str, ...]:
+    if not zero:
+        return ()
+    return (f"zero {zero}: each device keeps its 1/n share of {ZERO_SHARDS[zero - 1]}, n the ranks that reduce its gradients (dp x cp; an expert's: those holding the same experts).",)
 
 
 def _comm_section(cost: Cost) -> Section:
@@ -257,6 +267,12 @@ def _comm_section(cost: Cost) -> Section:
         "is AllReduced. Gradients: AllReduce over the data-parallel group; over the tensor-parallel "
         "group for parameters of ops on sequence shards.",
     )
+    if cost.mesh.get("zero", 0):
+        notes += (
+            "ZeRO: the data-parallel AllReduce is a ReduceScatter of the gradients and an AllGather of the updated "
+            "weights"
+            + ("; at zero 3 per layer, each microbatch: an AllGather of its weights in forward and in backward and a ReduceScatter of its gradients." if cost.mesh["zero"] == 3 else "."),
+        )
     elided = sorted({data["name"] for _, data in cost.graph.nodes(data=True) if data.get("backward_reason")})
     if elided:
         notes += (

@@ -104,6 +104,7 @@ class Mesh:
     cp: int = 1  # context-parallel degree: the sequence split across ranks (docs/language.md, Context parallelism)
     cp_attention: str = "ring"  # one of CP_ATTENTION
     etp: int | None = None  # expert tensor-parallel degree; None: tp
+    zero: int = 0  # ZeRO stage: 1 shards optimizer state and master weights, 2 also gradients, 3 also weights
 
     @property
     def world(self) -> int:
@@ -212,6 +213,8 @@ class Mesh:
         if self.cp > 1:  # absent means 1: DAGs without context parallelism read as before
             attributes["cp"] = self.cp
             attributes["cp_attention"] = self.cp_attention
+        if self.zero:  # absent means 0: DAGs without ZeRO read as before
+            attributes["zero"] = self.zero
         return attributes
 
     @classmethod
@@ -230,6 +233,7 @@ class Mesh:
             ep=data.get("ep", 1),
             cp=data.get("cp", 1),
             cp_attention=data.get("cp_attention", "ring"),
+            zero=data.get("zero", 0),
         )
 
 

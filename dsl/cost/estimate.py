@@ -196,11 +196,18 @@ def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int) -> i
 
 
 def device_memory(cost: RankCost, state: TrainingState, mesh: MeshAttrs) -> Memory:
+    """A device's memory; with ZeRO, stage z keeps only its shard (`cost.shard`) of the training
+    state it shards: master weights and optimizer state from stage 1, gradients from 2, weights at 3."""
+    zero = mesh.get("zero", 0)
+
+    def held(stage: int) -> int:
+        return cost.shard if zero >= stage and cost.shard is not None else cost.params
+
     return Memory(
-        weights=cost.params * state.weights,
-        grads=cost.params * state.grads,
-        master=cost.params * state.master,
-        optimizer=cost.params * state.optimizer,
+        weights=held(3) * state.weights,
+        grads=held(2) * state.grads,
+        master=held(1) * state.master,
+        optimizer=held(1) * state.optimizer,
         activations_per_microbatch=cost.activation_bytes,
         in_flight=in_flight(mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"]),
     )

@@ -130,6 +130,7 @@ class MeshAttrs(TypedDict):
     ep: NotRequired[int]  # expert-parallel degree (docs/language.md); absent when 1
     cp: NotRequired[int]  # context-parallel degree (docs/language.md); absent when 1
     cp_attention: NotRequired[str]  # ring | allgather; absent when cp is 1
+    zero: NotRequired[int]  # ZeRO stage 1..3: what data parallelism shards (docs/language.md); absent when 0
 
 
 class GraphAttrs(TypedDict):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from par.codegen.pytorch.runtime.batches import file_data, make_batch, microbatches, rank_data
 from par.codegen.pytorch.runtime.checkpoint import load_requested, save_requested
 from par.codegen.pytorch.runtime.groups import Groups, coordinates
-from par.codegen.pytorch.runtime.model import Reference, reference_ends, reference_layer
+from par.codegen.pytorch.runtime.model import Reference, Stage, reference_ends, reference_layer
 from par.codegen.pytorch.runtime.optimizer import LossScaler, Optimizer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.sharding import build_stage, parameter_names, shard_state_dict
@@ -30,6 +30,7 @@ from par.codegen.pytorch.runtime.spec import (
     STAGES,
     TP,
     WORLD_SIZE,
+    ZERO,
 )
 from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step
 
@@ -147,6 +148,9 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
             for part, shape in zip(flat.split([shape.numel() for shape in shapes]), shapes, strict=True)
         ]
     expected_outputs, reference_grads = mine[: len(outputs)], dict(zip(names, mine[len(outputs) :], strict=True))
+    if ZERO:  # the rank holds the reduced gradients of its part of the flat parameters only
+        grads, names = {ZERO_PART: buffer.main}, [ZERO_PART]
+        reference_grads = {ZERO_PART: buffer.shard_of(reference_grads, groups.dp_rank)}
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
@@ -164,6 +168,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
         if output >= 0:
             worst["output"] = max(worst.get("output", (0.0, "", 0)), (output, "output", rank))
         what = f"gradient of {parameter_names(rank)[int(index)]}"
+        if ZERO:
+            what = f"gradient of {ZERO_PART}"
         worst["gradient"] = max(worst.get("gradient", (0.0, "", 0)), (gradient, what, rank))
     if tolerance is None:
         tolerance, why = derived_tolerance()
@@ -177,7 +183,22 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
         verdict = "OK" if ok else "MISMATCH"
         counted = f"{count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:.3g} ({why})"
         print(f"check: {verdict}: {counted}", flush=True)
+    if ZERO and not gathered_back(stage, buffer):
+        print(f"check: MISMATCH: rank {groups.rank}: a ZeRO step at learning rate 0 changed its weights", flush=True)
+        return False
     return ok
+
+
+ZERO_PART = "the rank's ZeRO part of the flat parameters"
+
+
+def gathered_back(stage: Stage, buffer: GradientBuffer) -> bool:
+    """ZeRO: one optimizer step at learning rate 0, the AllGather of the parts included. It
+    changes no weight, so each rank's weights must come back exactly: every part went back where
+    it came from."""
+    before = {name: param.detach().clone() for name, param in stage.named_parameters()}
+    Optimizer(stage, buffer, 0.0).step()
+    return all(torch.equal(before[name], param) for name, param in stage.named_parameters())
 
 
 def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:

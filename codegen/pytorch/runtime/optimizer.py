@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from par.codegen.pytorch.runtime.collectives import _all_gather
+from par.codegen.pytorch.runtime.groups import coordinates
 from par.codegen.pytorch.runtime.model import Stage
-from par.codegen.pytorch.runtime.spec import LOSS_SCALING, MIXED_PRECISION, WORLD_SIZE
+from par.codegen.pytorch.runtime.spec import DP, DTYPE, LOSS_SCALING, MIXED_PRECISION, WORLD_SIZE, ZERO
 from par.codegen.pytorch.runtime.step import GradientBuffer
 
 # -- Optimizer ----------------------------------------------------------------------------------
@@ -66,17 +68,32 @@ class Optimizer:
 
     In fp16/bf16 the stage's parameters are copies of fp32 master weights, written back after
     every step: an update smaller than one fp16/bf16 step still moves the master weight.
+
+    ZeRO (stage 1, Megatron's distributed optimizer): the parameters become views of one flat
+    buffer in the gradients' order; each data-parallel rank keeps AdamW's state and the master
+    weights of its 1/DP part only, updates that part from its reduced gradients, and the parts
+    are AllGathered after the step.
     """
 
     def __init__(self, stage: Stage, buffer: GradientBuffer, lr: float) -> None:
         self.buffer = buffer
         self.params: dict[str, torch.Tensor] = dict(stage.named_parameters())
-        if MIXED_PRECISION:
-            self.weights = {name: param.detach().float() for name, param in self.params.items()}
+        if ZERO:
+            self.flat = flat_parameters(buffer)
+            first = coordinates(dist.get_rank())[0] * buffer.part
+            self.part = self.flat[first : first + buffer.part]  # this rank's part of the weights
+            self.weights = {"part": self.part}
+            if MIXED_PRECISION:
+                self.weights["part"] = self.part.float()  # the fp32 master weights of the part
+            self.weights["part"].grad = buffer.main
         else:
-            self.weights = self.params
-        for name, weight in self.weights.items():
-            weight.grad = buffer.main_views[name]
+            if MIXED_PRECISION:
+                self.weights = {name: param.detach().float() for name, param in self.params.items()}
+            else:
+                self.weights = self.params
+        if not ZERO:
+            for name, weight in self.weights.items():
+                weight.grad = buffer.main_views[name]
         self.adamw = torch.optim.AdamW(list(self.weights.values()), lr=lr)
         if LOSS_SCALING:
             self.scaler = LossScaler()
@@ -86,7 +103,26 @@ class Optimizer:
         if LOSS_SCALING and not self.scaler.unscale(self.buffer.main):
             return
         self.adamw.step()
-        if MIXED_PRECISION:
+        if ZERO:
             with torch.no_grad():
-                for name, param in self.params.items():
-                    param.copy_(self.weights[name])
+                if MIXED_PRECISION:
+                    self.part.copy_(self.weights["part"])
+                self.flat.copy_(_all_gather(self.part, 0, self.buffer.group))
+        else:
+            if MIXED_PRECISION:
+                with torch.no_grad():
+                    for name, param in self.params.items():
+                        param.copy_(self.weights[name])
+
+
+def flat_parameters(buffer: GradientBuffer) -> torch.Tensor:
+    """ZeRO: one flat DTYPE tensor of the stage's parameters, in the order and padding of the
+    gradient buffer; each parameter becomes a view of it, so the AllGather writes them all."""
+    named = buffer.named
+    flat = torch.zeros(buffer.part * DP, dtype=DTYPE, device=named[0][1].device)
+    sizes = [param.numel() for _, param in named]
+    with torch.no_grad():
+        for (_, param), part in zip(named, flat[: sum(sizes)].split(sizes), strict=True):
+            part.copy_(param.reshape(-1))
+            param.data = part.view_as(param)
+    return flat

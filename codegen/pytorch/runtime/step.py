@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from par.codegen.pytorch.runtime.collectives import _all_reduce
+from par.codegen.pytorch.runtime.collectives import _all_reduce, _reduce_scatter
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
@@ -19,6 +19,7 @@ from par.codegen.pytorch.runtime.spec import (
     PARTIAL_GRADIENTS,
     PP,
     TIED,
+    ZERO,
 )
 
 # -- Gradients ----------------------------------------------------------------------------------
@@ -26,7 +27,9 @@ from par.codegen.pytorch.runtime.spec import (
 # there over the microbatches and reduced there in place, one AllReduce per group. Parameters
 # whose gradients are partial over the tensor-parallel group (PARTIAL_GRADIENTS) come first, so
 # that their AllReduce is one slice of the buffer; with expert parallelism the local experts'
-# (EXPERT_GRADIENTS) come last, reduced over the ranks holding the same experts.
+# (EXPERT_GRADIENTS) come last, reduced over the ranks holding the same experts. With ZeRO the
+# buffer is padded to a multiple of DP and ReduceScattered over the data-parallel group: each
+# rank keeps the sum of its 1/DP part, the part its optimizer updates (runtime/optimizer.py).
 
 
 def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -71,6 +74,8 @@ class GradientBuffer:
         self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
         parts = self.flat.split([param.numel() for _, param in named])
         views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        if ZERO:
+            views = self.padded(named)
         if TIED and PP > 1:
             self.views = views
         if FP32_GRADIENTS:
@@ -83,10 +88,28 @@ class GradientBuffer:
                 param.grad = views[name]  # autograd accumulates into it in place
         # The fp32 gradients AdamW reads: the buffer itself, or its fp32 copy when it is fp16/bf16.
         self.main, self.main_views = self.flat, views
-        if MIXED_PRECISION and not FP32_GRADIENTS:
+        if MIXED_PRECISION and not FP32_GRADIENTS and not ZERO:
             self.main = torch.zeros_like(self.flat, dtype=torch.float32)
             parts = self.main.split([param.numel() for _, param in named])
             self.main_views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        if ZERO:
+            # The sum of this rank's part over the data-parallel group, in fp32: what its AdamW reads.
+            self.main = torch.zeros(self.part, dtype=torch.float32, device=first.device)
+
+    def padded(self, named: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
+        """ZeRO: the flat buffer again, padded to DP equal parts; each parameter's view of it."""
+        self.named = named  # the flat order, which the optimizer's flat weights follow
+        sizes = [param.numel() for _, param in named]
+        self.part = -(-sum(sizes) // DP)  # elements of each rank's part
+        self.flat = torch.zeros(self.part * DP, dtype=GRAD_DTYPE, device=named[0][1].device)
+        parts = self.flat[: sum(sizes)].split(sizes)
+        return {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+
+    def shard_of(self, full: dict[str, torch.Tensor], dp_rank: int) -> torch.Tensor:
+        """ZeRO: data-parallel rank `dp_rank`'s part of the flat tensors `full` (by name), in fp32."""
+        flat = torch.cat([full[name].reshape(-1).float() for name, _ in self.named])
+        flat = torch.cat([flat, flat.new_zeros(self.part * DP - flat.numel())])
+        return flat[dp_rank * self.part : (dp_rank + 1) * self.part]
 
     def zero(self) -> None:
         self.flat.zero_()
@@ -100,15 +123,19 @@ class GradientBuffer:
             _all_reduce(self.views["embed.weight"], groups.embedding)
         if DP > 1:
             self.flat.div_(DP)  # the mean over replicas
-            if EP > 1:
-                # Each expert's tokens came from the EP replicas of its group: its gradient already
-                # sums theirs, and the ranks holding the same experts (one per group) add the rest.
-                _all_reduce(self.flat[: self.dense], groups.dp)
-                if DP > EP:
-                    _all_reduce(self.flat[self.dense :], groups.expert_dp)
+            if ZERO:
+                self.group = groups.dp  # the optimizer gathers the updated parts over it
+                self.main.copy_(_reduce_scatter(self.flat, 0, groups.dp))
             else:
-                _all_reduce(self.flat, groups.dp)
-        if MIXED_PRECISION and not FP32_GRADIENTS:
+                if EP > 1:
+                    # Each expert's tokens came from the EP replicas of its group: its gradient already
+                    # sums theirs, and the ranks holding the same experts (one per group) add the rest.
+                    _all_reduce(self.flat[: self.dense], groups.dp)
+                    if DP > EP:
+                        _all_reduce(self.flat[self.dense :], groups.expert_dp)
+                else:
+                    _all_reduce(self.flat, groups.dp)
+        if MIXED_PRECISION and not FP32_GRADIENTS and not ZERO:
             self.main.copy_(self.flat)
 
 
