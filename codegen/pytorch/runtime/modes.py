@@ -32,7 +32,7 @@ from par.codegen.pytorch.runtime.spec import (
     WORLD_SIZE,
     ZERO,
 )
-from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step
+from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, zero_part_of, train_step
 
 # -- Modes --------------------------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     expected_outputs, reference_grads = mine[: len(outputs)], dict(zip(names, mine[len(outputs) :], strict=True))
     if ZERO:  # the rank holds the reduced gradients of its part of the flat parameters only
         grads, names = {ZERO_PART: buffer.main}, [ZERO_PART]
-        reference_grads = {ZERO_PART: buffer.shard_of(reference_grads, groups.dp_rank)}
+        reference_grads = {ZERO_PART: zero_part_of(buffer, reference_grads, groups.dp_rank)}
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:

@@ -68,11 +68,6 @@ class Optimizer:
 
     In fp16/bf16 the stage's parameters are copies of fp32 master weights, written back after
     every step: an update smaller than one fp16/bf16 step still moves the master weight.
-
-    ZeRO (stage 1, Megatron's distributed optimizer): the parameters become views of one flat
-    buffer in the gradients' order; each data-parallel rank keeps AdamW's state and the master
-    weights of its 1/DP part only, updates that part from its reduced gradients, and the parts
-    are AllGathered after the step.
     """
 
     def __init__(self, stage: Stage, buffer: GradientBuffer, lr: float) -> None:
@@ -116,8 +111,11 @@ class Optimizer:
 
 
 def flat_parameters(buffer: GradientBuffer) -> torch.Tensor:
-    """ZeRO: one flat DTYPE tensor of the stage's parameters, in the order and padding of the
-    gradient buffer; each parameter becomes a view of it, so the AllGather writes them all."""
+    """ZeRO (stage 1, Megatron's distributed optimizer): one flat DTYPE tensor of the stage's
+    parameters, in the order and padding of the gradient buffer; each parameter becomes a view of
+    it. Each data-parallel rank keeps AdamW's state and the master weights of its 1/DP part only,
+    updates that part from its reduced gradients, and the parts are AllGathered into the flat
+    tensor after the step, which writes every parameter."""
     named = buffer.named
     flat = torch.zeros(buffer.part * DP, dtype=DTYPE, device=named[0][1].device)
     sizes = [param.numel() for _, param in named]

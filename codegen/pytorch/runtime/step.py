@@ -27,9 +27,7 @@ from par.codegen.pytorch.runtime.spec import (
 # there over the microbatches and reduced there in place, one AllReduce per group. Parameters
 # whose gradients are partial over the tensor-parallel group (PARTIAL_GRADIENTS) come first, so
 # that their AllReduce is one slice of the buffer; with expert parallelism the local experts'
-# (EXPERT_GRADIENTS) come last, reduced over the ranks holding the same experts. With ZeRO the
-# buffer is padded to a multiple of DP and ReduceScattered over the data-parallel group: each
-# rank keeps the sum of its 1/DP part, the part its optimizer updates (runtime/optimizer.py).
+# (EXPERT_GRADIENTS) come last, reduced over the ranks holding the same experts.
 
 
 def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -75,7 +73,7 @@ class GradientBuffer:
         parts = self.flat.split([param.numel() for _, param in named])
         views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
         if ZERO:
-            views = self.padded(named)
+            views = zero_views(self, named)
         if TIED and PP > 1:
             self.views = views
         if FP32_GRADIENTS:
@@ -95,21 +93,6 @@ class GradientBuffer:
         if ZERO:
             # The sum of this rank's part over the data-parallel group, in fp32: what its AdamW reads.
             self.main = torch.zeros(self.part, dtype=torch.float32, device=first.device)
-
-    def padded(self, named: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
-        """ZeRO: the flat buffer again, padded to DP equal parts; each parameter's view of it."""
-        self.named = named  # the flat order, which the optimizer's flat weights follow
-        sizes = [param.numel() for _, param in named]
-        self.part = -(-sum(sizes) // DP)  # elements of each rank's part
-        self.flat = torch.zeros(self.part * DP, dtype=GRAD_DTYPE, device=named[0][1].device)
-        parts = self.flat[: sum(sizes)].split(sizes)
-        return {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
-
-    def shard_of(self, full: dict[str, torch.Tensor], dp_rank: int) -> torch.Tensor:
-        """ZeRO: data-parallel rank `dp_rank`'s part of the flat tensors `full` (by name), in fp32."""
-        flat = torch.cat([full[name].reshape(-1).float() for name, _ in self.named])
-        flat = torch.cat([flat, flat.new_zeros(self.part * DP - flat.numel())])
-        return flat[dp_rank * self.part : (dp_rank + 1) * self.part]
 
     def zero(self) -> None:
         self.flat.zero_()
@@ -137,6 +120,25 @@ class GradientBuffer:
                     _all_reduce(self.flat, groups.dp)
         if MIXED_PRECISION and not FP32_GRADIENTS and not ZERO:
             self.main.copy_(self.flat)
+
+
+def zero_views(buffer: GradientBuffer, named: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """ZeRO: the buffer's flat gradients again, padded to DP equal parts, and each parameter's
+    view of them. The buffer is ReduceScattered over the data-parallel group: each rank keeps the
+    sum of its part (`main`), the part its optimizer updates (runtime/optimizer.py)."""
+    buffer.named = named  # the flat order, which the optimizer's flat weights follow
+    sizes = [param.numel() for _, param in named]
+    buffer.part = -(-sum(sizes) // DP)  # elements of each rank's part
+    buffer.flat = torch.zeros(buffer.part * DP, dtype=GRAD_DTYPE, device=named[0][1].device)
+    parts = buffer.flat[: sum(sizes)].split(sizes)
+    return {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+
+
+def zero_part_of(buffer: GradientBuffer, full: dict[str, torch.Tensor], dp_rank: int) -> torch.Tensor:
+    """ZeRO: data-parallel rank `dp_rank`'s part of the flat tensors `full` (by name), in fp32."""
+    flat = torch.cat([full[name].reshape(-1).float() for name, _ in buffer.named])
+    flat = torch.cat([flat, flat.new_zeros(buffer.part * DP - flat.numel())])
+    return flat[dp_rank * buffer.part : (dp_rank + 1) * buffer.part]
 
 
 def train_step(
