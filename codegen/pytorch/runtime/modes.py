@@ -32,7 +32,7 @@ from par.codegen.pytorch.runtime.spec import (
     WORLD_SIZE,
     ZERO,
 )
-from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, zero_part_of, train_step
+from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step, zero_part_of
 
 # -- Modes --------------------------------------------------------------------------------------
 
