@@ -203,18 +203,23 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
     size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]]  # what the gradients are reduced in
     weight_size = dtype_bytes(graph)
     held = held_params(graph, mesh)
+
+    def kept(params: int, rank: int) -> int:
+        """What a rank keeps of `params` gradients: from zero 2 its part only."""
+        return shard(params, len(mesh.gradient_group_of(rank))) if mesh.zero >= 2 else params
+
     found = []
     for node, data in graph.nodes(data=True):
         if data.get("tied"):  # the two copies of a tied embedding sum their gradients (Megatron's embedding group)
             for rank in data["devices"]:
                 dp_rank, _, tp_rank = mesh.coords(rank)
                 copies = (mesh.rank(dp_rank=dp_rank, stage=0, tp_rank=tp_rank), rank)
-                sent = _ALLREDUCE.wire_bytes(2, data["params"] * size)
+                sent = _ALLREDUCE.wire_bytes(2, kept(data["params"], rank) * size)
                 found += [Transfer("gradients", "allreduce", node, copies, (member,), sent) for member in copies]
     for rank in range(mesh.world):
         # An expert's weights are on one rank of each expert-parallel group: reduced over those.
         reductions = [(group, params, bool(mesh.zero)) for group, params in zero_groups(mesh, rank, held[rank])]
-        reductions.append((mesh.tp_group_of(rank), held[rank].tp_partial, False))
+        reductions.append((mesh.tp_group_of(rank), kept(held[rank].tp_partial, rank), False))
         for group, params, sharded in reductions:
             n = len(group)
             if n < 2 or not params:
@@ -223,10 +228,31 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
                 found.append(Transfer("gradients", "allreduce", None, group, (rank,), _ALLREDUCE.wire_bytes(n, params * size)))
             elif mesh.zero < 3:  # zero 3 reduces and gathers per layer and microbatch
                 padded = shard(params, n) * n
-                found.append(Transfer("gradients", "reducescatter", None, group, (rank,), _REDUCESCATTER.wire_bytes(n, padded * size)))
+                if mesh.zero == 1:  # zero 2 reduce-scatters each gradient in backward (`_zero2_scatters`)
+                    found.append(Transfer("gradients", "reducescatter", None, group, (rank,), _REDUCESCATTER.wire_bytes(n, padded * size)))
                 found.append(Transfer("gradients", "allgather", None, group, (rank,), _ALLGATHER.wire_bytes(n, padded * weight_size)))
+    if mesh.zero == 2:
+        found += _zero2_scatters(graph, mesh)
     if mesh.zero == 3:
         found += _zero3_gathers(graph, mesh)
+    return found
+
+
+def _zero2_scatters(graph: Dag, mesh: Mesh) -> list[Transfer]:
+    """zero 2 keeps each rank's part of the gradients only: every microbatch's backward
+    reduce-scatters each node's parameter gradients as soon as they are computed (DeepSpeed's
+    stage 2 with buckets of one op), charged to the node's backward."""
+    size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]]
+    found = []
+    for node, data in graph.nodes(data=True):
+        if data["kind"] != "compute" or not data["params"]:
+            continue
+        routed = "in_placement" in data and PLACEMENTS[data["in_placement"]].routed
+        for rank in data["devices"]:
+            group = mesh.expert_dp_group_of(rank) if routed else mesh.gradient_group_of(rank)
+            if len(group) > 1:
+                padded = shard(data["params"], len(group)) * len(group)
+                found.append(Transfer("backward", "reducescatter", node, group, (rank,), _REDUCESCATTER.wire_bytes(len(group), padded * size)))
     return found
 
 

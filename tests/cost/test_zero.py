@@ -40,17 +40,18 @@ def test_zero_shards_master_weights_and_adam_state_over_data_parallel_ranks():
     assert all_sharded.weights == part * 2 and all_sharded.grads == part * plain.state.grads
 
 
-def test_zero_1_and_2_replace_the_allreduce_with_reducescatter_and_allgather_of_the_same_volume():
+def test_zero_1_replaces_the_allreduce_with_reducescatter_and_allgather_of_the_same_volume():
     """In fp32 (gradients and weights the same size) a ReduceScatter and an AllGather send what the
-    AllReduce sent: 2(n-1)/n of the gradients, as in ZeRO's Section 7."""
-    args = ("tp=1", "pp=1", "dp=4", "dtype=fp32", "hidden=64", "heads=8", "ffn=256")
+    AllReduce sent: 2(n-1)/n of the gradients, as in ZeRO's Section 7. Zero 2 reduce-scatters
+    each microbatch's gradients in its backward: once per microbatch."""
+    args = ("tp=1", "pp=1", "dp=4", "dtype=fp32", "hidden=64", "heads=8", "ffn=256", "microbatches=2")
     plain = per_rank_comm(compile_source(GPT, *args).graph, scope="step")
-    for zero in (1, 2):
+    for zero, scatters in ((1, 1), (2, 2)):
         sharded = per_rank_comm(compile_source(GPT, *args, f"zero={zero}").graph, scope="step")
         for rank, kinds in sharded.items():
             assert "allreduce" not in kinds
-            assert kinds["reducescatter"] == kinds["allgather"]
-            assert kinds["reducescatter"] + kinds["allgather"] == pytest.approx(plain[rank]["allreduce"], rel=1e-6)
+            assert kinds["reducescatter"] == scatters * kinds["allgather"]
+            assert kinds["allgather"] * 2 == pytest.approx(plain[rank]["allreduce"], rel=1e-6)
 
 
 def test_zero_3_gathers_every_layers_weights_in_forward_and_backward_of_each_microbatch():
@@ -78,7 +79,8 @@ def test_zero_above_1_and_out_of_range_are_said():
     assert line[warning.span.col - 1 :].startswith("1 }")  # at the value the mesh gives zero
 
 
-def test_model_py_is_generated_for_zero_1_and_said_not_generated_above():
-    assert not_generated(compile_source(GPT, "dp=2", "zero=1").deployment) is None
-    why = not_generated(compile_source(GPT, "dp=2", "zero=2").deployment)
-    assert why is not None and "zero 2" in why
+def test_model_py_is_generated_for_zero_1_and_2_and_said_not_generated_for_3():
+    for zero in (1, 2):
+        assert not_generated(compile_source(GPT, "dp=2", f"zero={zero}").deployment) is None
+    why = not_generated(compile_source(GPT, "dp=2", "zero=3").deployment)
+    assert why is not None and "zero 3" in why

@@ -129,6 +129,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
         outputs = [torch.stack(step_losses).sum().reshape(1)] if groups.stage == PP - 1 else []
 
     grads = buffer.main_views
+    if ZERO:  # the shapes of what Reference gives: each parameter's gradient (compared below as the rank's part)
+        grads = dict(stage.named_parameters())
     names = parameter_names(groups.rank)
     if reference is not None:
         expected = reference_step(reference, seed)

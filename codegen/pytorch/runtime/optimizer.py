@@ -9,7 +9,7 @@ from par.codegen.pytorch.runtime.collectives import _all_gather
 from par.codegen.pytorch.runtime.groups import coordinates
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.spec import DP, DTYPE, LOSS_SCALING, MIXED_PRECISION, WORLD_SIZE, ZERO
-from par.codegen.pytorch.runtime.step import GradientBuffer
+from par.codegen.pytorch.runtime.step import GradientBuffer, zero_part_of
 
 # -- Optimizer ----------------------------------------------------------------------------------
 
@@ -73,7 +73,12 @@ class Optimizer:
     def __init__(self, stage: Stage, buffer: GradientBuffer, lr: float) -> None:
         self.buffer = buffer
         self.params: dict[str, torch.Tensor] = dict(stage.named_parameters())
-        if ZERO:
+        if ZERO == 2:
+            # This rank's part of each weight, in fp32: what its AdamW updates (docs/pytorch.md).
+            parts = zero_part_of(buffer, {name: param.detach() for name, param in buffer.named}, coordinates(dist.get_rank())[0])
+            self.weights = {"part": parts}
+            self.weights["part"].grad = buffer.main
+        if ZERO == 1:
             self.flat = flat_parameters(buffer)
             first = coordinates(dist.get_rank())[0] * buffer.part
             self.part = self.flat[first : first + buffer.part]  # this rank's part of the weights
@@ -81,7 +86,7 @@ class Optimizer:
             if MIXED_PRECISION:
                 self.weights["part"] = self.part.float()  # the fp32 master weights of the part
             self.weights["part"].grad = buffer.main
-        else:
+        if not ZERO:
             if MIXED_PRECISION:
                 self.weights = {name: param.detach().float() for name, param in self.params.items()}
             else:
@@ -98,12 +103,15 @@ class Optimizer:
         if LOSS_SCALING and not self.scaler.unscale(self.buffer.main):
             return
         self.adamw.step()
-        if ZERO:
+        if ZERO == 1:
             with torch.no_grad():
                 if MIXED_PRECISION:
                     self.part.copy_(self.weights["part"])
                 self.flat.copy_(_all_gather(self.part, 0, self.buffer.group))
-        else:
+        if ZERO == 2:
+            with torch.no_grad():
+                gather_parts(self.buffer, _all_gather(self.weights["part"].to(DTYPE), 0, self.buffer.group))
+        if not ZERO:
             if MIXED_PRECISION:
                 with torch.no_grad():
                     for name, param in self.params.items():
@@ -124,3 +132,14 @@ def flat_parameters(buffer: GradientBuffer) -> torch.Tensor:
             part.copy_(param.reshape(-1))
             param.data = part.view_as(param)
     return flat
+
+
+def gather_parts(buffer: GradientBuffer, gathered: torch.Tensor) -> None:
+    """zero 2: every rank's parts of the weights, gathered (rank after rank, each in the
+    buffer's layout), written back into each parameter."""
+    rows = gathered.view(DP, -1)  # rank r's parts
+    first = 0
+    for _, param in buffer.named:
+        size = -(-param.numel() // DP)
+        param.copy_(rows[:, first : first + size].reshape(-1)[: param.numel()].view_as(param))
+        first += size
