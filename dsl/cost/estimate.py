@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from par.dsl.checks.deployment import Hardware, Mesh
 from par.dsl.cost import schedule as pipeline
-from par.dsl.cost.accounting import RankCost, TrainingState, Transfer
+from par.dsl.cost.accounting import FP32, RankCost, TrainingState, Transfer
 from par.dsl.dag.types import Dag, MeshAttrs
 from par.dsl.registry.collectives import COLLECTIVES, PIPELINE
 
@@ -206,7 +206,8 @@ def device_memory(cost: RankCost, state: TrainingState, mesh: MeshAttrs) -> Memo
     return Memory(
         weights=held(3) * state.weights,
         grads=held(2) * state.grads,
-        master=held(1) * state.master,
+        # fp32 weights are their own master, except their part under zero 2: a copy AdamW updates
+        master=held(1) * (state.master or (FP32 if zero == 2 else 0)),
         optimizer=held(1) * state.optimizer,
         activations_per_microbatch=cost.activation_bytes,
         in_flight=in_flight(mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"]),

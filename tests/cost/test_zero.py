@@ -84,3 +84,13 @@ def test_model_py_is_generated_for_zero_1_and_2_and_said_not_generated_for_3():
         assert not_generated(compile_source(GPT, "dp=2", f"zero={zero}").deployment) is None
     why = not_generated(compile_source(GPT, "dp=2", "zero=3").deployment)
     assert why is not None and "zero 3" in why
+
+
+def test_fp32_zero_2_counts_the_copy_of_its_part_that_adamw_updates():
+    """fp32 weights are their own master weights; under zero 2 model.py updates a copy of the
+    rank's part of them (docs/pytorch.md), so the master column holds 4 bytes of that part."""
+    args = ("tp=1", "pp=1", "dp=2", "dtype=fp32")
+    for zero, master in ((0, False), (1, False), (2, True)):
+        group = cost_of(compile_source(GPT, *args, f"zero={zero}").graph, hardware=None).groups[0]
+        part = -(-group.cost.params // 2)
+        assert group.memory.master == (part * 4 if master else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from par.codegen.pytorch.runtime.collectives import _all_reduce, _reduce_scatter
@@ -72,6 +73,10 @@ class GradientBuffer:
         self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
         parts = self.flat.split([param.numel() for _, param in named])
         views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        if ZERO:
+            self.named = named  # the order of the flat parameters or parts the optimizer updates
+            self.group: dist.ProcessGroup  # the data-parallel group, given by train_step
+            self.part = 0  # elements of this rank's part
         if ZERO == 1:
             views = zero_views(self, named)
         if ZERO == 2:
@@ -131,7 +136,6 @@ def zero_views(buffer: GradientBuffer, named: list[tuple[str, nn.Parameter]]) ->
     """ZeRO: the buffer's flat gradients again, padded to DP equal parts, and each parameter's
     view of them. The buffer is ReduceScattered over the data-parallel group: each rank keeps the
     sum of its part (`main`), the part its optimizer updates (runtime/optimizer.py)."""
-    buffer.named = named  # the flat order, which the optimizer's flat weights follow
     sizes = [param.numel() for _, param in named]
     buffer.part = -(-sum(sizes) // DP)  # elements of each rank's part
     buffer.flat = torch.zeros(buffer.part * DP, dtype=GRAD_DTYPE, device=named[0][1].device)
@@ -145,7 +149,6 @@ def zero_parts(buffer: GradientBuffer, named: list[tuple[str, nn.Parameter]]) ->
     of `named` (partial gradients first, as in the flat buffer). Each microbatch's gradient is
     ReduceScattered into it as soon as autograd has it (`ScatterGradient`), so no rank keeps a
     whole one; the full buffer made above is dropped."""
-    buffer.named = named
     sizes = [-(-param.numel() // DP) for _, param in named]
     buffer.part = sum(sizes)
     if PARTIAL_GRADIENTS:
