@@ -241,6 +241,13 @@ def _memory_section(cost: Cost) -> Section:
 ZERO_SHARDS = ("the master weights and Adam's m and v", "the gradients, master weights and Adam's m and v", "the weights, gradients, master weights and Adam's m and v")
 
 
+ZERO_SYNC = (
+    ".",
+    "; at zero 2 the ReduceScatter runs in each microbatch's backward, per op with parameters.",
+    "; at zero 3 per layer, each microbatch: an AllGather of its weights in forward and in backward and a ReduceScatter of its gradients.",
+)
+
+
 def _zero_note(zero: int) -> tuple[str, ...]:
     if not zero:
         return ()
@@ -270,8 +277,7 @@ def _comm_section(cost: Cost) -> Section:
     if cost.mesh.get("zero", 0):
         notes += (
             "ZeRO: the data-parallel AllReduce is a ReduceScatter of the gradients and an AllGather of the updated "
-            "weights"
-            + ("; at zero 3 per layer, each microbatch: an AllGather of its weights in forward and in backward and a ReduceScatter of its gradients." if cost.mesh["zero"] == 3 else "."),
+            "weights" + ZERO_SYNC[cost.mesh["zero"] - 1],
         )
     elided = sorted({data["name"] for _, data in cost.graph.nodes(data=True) if data.get("backward_reason")})
     if elided:

@@ -94,3 +94,32 @@ def test_fp32_zero_2_counts_the_copy_of_its_part_that_adamw_updates():
         group = cost_of(compile_source(GPT, *args, f"zero={zero}").graph, hardware=None).groups[0]
         part = -(-group.cost.params // 2)
         assert group.memory.master == (part * 4 if master else 0)
+
+
+def test_the_report_says_the_zero_stage_and_what_it_shards():
+    from par.codegen.cost.report import sections
+    from par.codegen.summary import mesh_line
+
+    compiled = compile_source(GPT, "dp=2", "zero=2")
+    assert mesh_line(compiled.graph.graph, drawing=False).endswith(", zero 2")
+    text = "\n".join(note for section in sections(cost_of(compiled.graph, hardware=None)) for note in section.notes)
+    assert "zero 2: each device keeps its 1/n share of the gradients, master weights and Adam's m and v" in text
+    assert "at zero 2 the ReduceScatter runs in each microbatch's backward" in text
+
+
+def test_with_experts_zero_shards_their_state_over_the_ranks_holding_the_same_experts():
+    """dp 4, ep 2: the dense parameters' state over the 4 data-parallel ranks, each expert's over
+    the 2 ranks holding the same experts (docs/language.md, ZeRO)."""
+    from par.dsl.checks.deployment import Mesh
+    from par.dsl.cost.accounting import held_params
+    from tests.cost.tiny import compile_spec
+
+    small = ("layers=2", "hidden=64", "heads=4", "kv_heads=2", "ffn=128", "vocab=64", "batch=8", "seq=8", "tp=1", "pp=1", "dp=4", "ep=2", "microbatches=1")
+    compiled = compile_spec("mixtral_8x7b", *small, "zero=1")
+    held = held_params(compiled.graph, Mesh.from_attributes(compiled.graph.graph["mesh"]))[0]
+    assert held.experts and held.dense
+    device = rank_costs(compiled.graph)[0]
+    assert device.shard == -(-held.dense // 4) + -(-held.experts // 2)
+    sync = per_rank_comm(compiled.graph, scope="step")[0]
+    # Dense: 3/4 of the padded fp32 gradients; experts: 1/2 of theirs (dispatch and combine aside).
+    assert sync["reducescatter"] == pytest.approx(3 * -(-held.dense // 4) * 4 + -(-held.experts // 2) * 4)
