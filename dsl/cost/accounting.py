@@ -398,7 +398,8 @@ def _summed(kept: dict[int, dict[tuple, int]]) -> list[int]:
 def per_rank_comm(graph: Dag, *, scope: str = "microbatch") -> dict[int, dict[str, Number]]:
     """Bytes each rank sends, by collective kind: {rank: {kind: bytes}}, zero kinds left out.
 
-    scope="microbatch": the forward pass of one microbatch, exactly the DAG's collectives.
+    scope="microbatch": the forward pass of one microbatch, exactly the DAG's collectives (and,
+    with zero 3, the weights' per-layer AllGathers, which are no DAG nodes).
     scope="step": a training step: microbatches x (forward + backward) plus the gradient sync.
     """
     if scope not in SCOPES:
