@@ -50,26 +50,35 @@ def test_optimizer_state_per_rank_is_the_cost_models(workdir, zero):
 
 
 STEP = re.compile(r"step (\d)/3: loss ([0-9.]+)")
+GATHER = "rows = gathered.view(DP, -1)  # rank r's parts"
 MESH = ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=2", "layers=2", "batch=4", "microbatches=2"]
 
 
-@pytest.mark.slow  # launches model.py on 2, 2, 2 and 8 processes
+@pytest.mark.slow  # launches model.py on 2, 2, 2, 2 and 8 processes
 def test_zero_1_and_2_check_trace_and_train_on_gloo(workdir):
     """Gradients of each rank's part equal Reference's, the weights come back whole after the
     AllGather, the trace's ReduceScatters and AllGathers are the cost model's (zero 1 at dp 2;
     zero 2 at tp 2 x pp 2 x dp 2 in bf16 with sequence parallelism and a tied, padded
-    vocabulary), and --steps trains as without ZeRO (zero 2 at dp 2)."""
+    vocabulary), and --steps trains as without ZeRO (zero 2 at dp 2); parts gathered into the
+    wrong places fail the check."""
     dp2 = ["tp=1", "pp=1", "dp=2", "layers=2", "batch=4", "microbatches=2"]
     run_and_compare(compile_small("megatron_tp8_pp2", [*dp2, "zero=1"]), workdir / "zero1")
     path = write_model(compile_small("megatron_tp8_pp2", [*dp2, "zero=2"]), workdir / "zero2")
     results = launch(path, 2, ["--check", "--steps", "3"], workdir / "steps")
     assert [r.exitcode for r in results] == [0, 0], [r.stdout + r.stderr for r in results]
-    assert "check: OK" in results[0].stdout
+    assert "check: OK" in results[0].stdout and "gave every rank its weights back" in results[0].stdout
     losses = [float(loss) for _, loss in STEP.findall(results[0].stdout)]
     assert len(losses) == 3 and losses[-1] < losses[0]
     # The oracle: AdamW on whole, AllReduced gradients (zero 0) takes the same steps in fp32.
-    path = write_model(compile_small("megatron_tp8_pp2", dp2), workdir / "zero0")
-    unsharded = launch(path, 2, ["--steps", "3"], workdir / "steps0")
+    plain = write_model(compile_small("megatron_tp8_pp2", dp2), workdir / "zero0")
+    unsharded = launch(plain, 2, ["--steps", "3"], workdir / "steps0")
     assert [float(loss) for _, loss in STEP.findall(unsharded[0].stdout)] == pytest.approx(losses, rel=1e-5)
+    # The check can fail: each rank's parts gathered in the wrong order give wrong weights.
+    source = path.read_text()
+    assert source.count(GATHER) == 1
+    path.write_text(source.replace(GATHER, "rows = gathered.view(DP, -1).flip(0)"))
+    broken = launch(path, 2, ["--check"], workdir / "broken")
+    assert [r.exitcode for r in broken] == [1, 1]
+    assert "changed some rank's weights" in broken[0].stdout and "check: MISMATCH" in broken[0].stdout
     mesh = compile_small("llama_gqa", [*MESH, "vocab=63", "tie_embeddings=true", "dtype=bf16", "zero=2"])
     run_and_compare(mesh, workdir / "mesh")
