@@ -123,3 +123,10 @@ def test_with_experts_zero_shards_their_state_over_the_ranks_holding_the_same_ex
     sync = per_rank_comm(compiled.graph, scope="step")[0]
     # Dense: 3/4 of the padded fp32 gradients; experts: 1/2 of theirs (dispatch and combine aside).
     assert sync["reducescatter"] == pytest.approx(3 * -(-held.dense // 4) * 4 + -(-held.experts // 2) * 4)
+
+
+def test_zero_in_a_serving_spec_is_said_to_have_no_effect():
+    from tests.cost.tiny import compile_spec
+
+    compiled = compile_spec("baseline_tp8_pp2_serve", "layers=2", "hidden=64", "heads=8", "tp=2", "pp=1", "dp=2", "zero=1")
+    assert [w.message for w in compiled.warnings if "zero" in w.message] == ["zero 1 has no effect in a serving spec: it shards training state"]
