@@ -84,6 +84,10 @@ def not_generated(deployment: Deployment) -> str | None:
     mesh = deployment.mesh
     if mesh.cp > 1:  # context parallelism's attention (par.dsl.dag.ring)
         return f"model.py not written for context parallelism (cp {mesh.cp}, {mesh.cp_attention}): par does not generate ring attention yet"
+    if mesh.zero == 3 and mesh.dp > 1:
+        return "model.py not written for zero 3: par generates ZeRO stages 1 and 2, not yet sharded weights (their gathers per layer)"
+    if mesh.zero and mesh.dp > 1 and deployment.model.moe is not None:
+        return "model.py not written for zero with a mixture of experts: par does not generate the experts' sharded optimizer yet"
     return None
 
 

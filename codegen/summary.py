@@ -62,4 +62,5 @@ def mesh_line(graph_data: GraphAttrs, *, drawing: bool) -> str:
     parallel = ", sequence parallel" if mesh["sequence_parallel"] else ""
     experts = f", experts over ep {mesh['ep']}" if "ep" in mesh else ""
     context = f", context parallel ({mesh['cp_attention']})" if "cp" in mesh else ""
-    return f"mesh: {grid} = {plural(mesh['world'], device)}{run}{parallel}{experts}{context}"
+    zero = f", zero {mesh['zero']}" if "zero" in mesh else ""
+    return f"mesh: {grid} = {plural(mesh['world'], device)}{run}{parallel}{experts}{context}{zero}"

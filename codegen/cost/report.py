@@ -240,8 +240,24 @@ def _memory_section(cost: Cost) -> Section:
         headers + (("fits",) if hardware else ()),
         tuple(rows),
         "l" + "r" * (len(headers) - 1) + ("l" if hardware else ""),
-        notes,
+        notes + _zero_note(cost.mesh.get("zero", 0)),
     )
+
+
+ZERO_SHARDS = ("the master weights and Adam's m and v", "the gradients, master weights and Adam's m and v", "the weights, gradients, master weights and Adam's m and v")
+
+
+ZERO_SYNC = (
+    ".",
+    "; at zero 2 the ReduceScatter runs in each microbatch's backward, per op with parameters.",
+    "; at zero 3 per layer, each microbatch: an AllGather of its weights in forward and in backward and a ReduceScatter of its gradients.",
+)
+
+
+def _zero_note(zero: int) -> tuple[str, ...]:
+    if not zero:
+        return ()
+    return (f"zero {zero}: each device keeps its 1/n share of {ZERO_SHARDS[zero - 1]}, n the ranks that reduce its gradients (dp x cp; an expert's: those holding the same experts).",)
 
 
 def _comm_section(cost: Cost) -> Section:
@@ -264,6 +280,11 @@ def _comm_section(cost: Cost) -> Section:
         "is AllReduced. Gradients: AllReduce over the data-parallel group; over the tensor-parallel "
         "group for parameters of ops on sequence shards.",
     )
+    if cost.mesh.get("zero", 0):
+        notes += (
+            "ZeRO: the data-parallel AllReduce is a ReduceScatter of the gradients and an AllGather of the updated "
+            "weights" + ZERO_SYNC[cost.mesh["zero"] - 1],
+        )
     elided = sorted({data["name"] for _, data in cost.graph.nodes(data=True) if data.get("backward_reason")})
     if elided:
         notes += (

@@ -123,6 +123,7 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "MOE": model.moe is not None,
         "SEQUENCE_PARALLEL": program.stream == S_SEQ,
         "SCHEDULE": mesh.schedule,
+        "ZERO": mesh.zero if mesh.dp > 1 else 0,  # no data-parallel group: nothing to shard
         "BY_HEAD": layer.by_head,
         "MIXED_PRECISION": model.dtype != "fp32",
         "FP32_GRADIENTS": model.dtype != "fp32" and mesh.grad_dtype == "fp32",

@@ -45,6 +45,7 @@ from par.dsl.checks.layerblocks import resolve_layer_blocks
 from par.dsl.checks.recompute import recompute_checks
 from par.dsl.checks.serving import KV_DTYPE, SERVE_RANGES, SERVE_SETTINGS, resolve_serve, without_serve
 from par.dsl.checks.settings import collect_settings
+from par.dsl.checks.zero import ZERO, ZERO_HINT, zero_checks
 from par.dsl.dag.types import Dtype, Recompute, Schedule
 from par.dsl.diagnostics import CompileError, Diagnostic, error, note, warning
 from par.dsl.frontend.library import library_blocks
@@ -84,6 +85,7 @@ MESH_RANGES = {
     "etp": (1, 1 << 16),
     "cp": (1, 1 << 16),
     "chunks": (1, 1 << 16),
+    "zero": (0, 3),
 }
 # Mesh items with their own grammar rule (grammar/par.lark: _mesh_item) beside the settings above.
 MESH_KEYWORDS = ("schedule", "sp", "stages")
@@ -187,6 +189,7 @@ class _Checker:
         mesh = replace(mesh, recompute=recompute) if mesh is not None and recompute is not None else None
         self.diags.extend(cross_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
         self.diags.extend(expert_checks(self.values, sequence_parallel=flags["sp"], spans=self.spans))
+        self.diags.extend(zero_checks(self.values, serving=serve_decl is not None, spans=self.spans, defaulted=self.defaulted))
         block = self._block(model_decl, namespace, flags["sp"])
         if block is not None and mesh is not None:
             blocks = [block] + [b for _, _, b in self.layer_blocks]
@@ -290,6 +293,7 @@ class _Checker:
             "etp": Ref("tp", mesh_at),
             "cp": Num(1, mesh_at),
             "chunks": Num(1, mesh_at),
+            "zero": Num(0, mesh_at),
         }
         for name, expr in defaults.items():
             if name not in exprs:
@@ -329,6 +333,8 @@ class _Checker:
                 raise EvalError(error(f"{name} must be a whole number, not {value:g}", span or self.file_span))
             value = int(value)
         low, high = RANGES[name]
+        if name == ZERO and not low <= value <= high:
+            raise EvalError(error(f"zero must be 0, 1, 2 or 3 (the ZeRO stage), not {value}", span or self.file_span, hint=ZERO_HINT))
         if value < low:
             raise EvalError(error(f"{name} must be at least {low}, not {value}", span or self.file_span))
         if value > high:
@@ -481,7 +487,7 @@ class _Checker:
         self, stage_specs, schedule: Schedule | None, sp: bool, grad_dtype: Dtype | None, namespace: Namespace, cp_attention: str | None
     ) -> Mesh | None:
         v = self.values
-        required = ("tp", "pp", "dp", "microbatches", "layers", "ep", "cp", "chunks")
+        required = ("tp", "pp", "dp", "microbatches", "layers", "ep", "cp", "chunks", ZERO)
         if schedule is None or grad_dtype is None or cp_attention is None or any(name not in v for name in required):
             return None
         rules = chunk_rules(
@@ -501,7 +507,7 @@ class _Checker:
         if v["cp"] == 1 and "cp_attention" in self.spans:
             self.diags.append(warning("cp_attention has no effect: cp is 1", self.spans["cp_attention"], hint="set cp 2 or more, or remove it"))
         return Mesh(
-            v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp, grad_dtype, ep=v["ep"], cp=v["cp"], cp_attention=cp_attention, chunks=chunks
+            v["tp"], v["pp"], v["dp"], v["microbatches"], ranges, schedule, sp, grad_dtype, ep=v["ep"], cp=v["cp"], cp_attention=cp_attention, chunks=chunks, zero=v[ZERO]
         )
 
     def _stages(self, specs: Sequence[StageSpec] | None, layers: int, pp: int, namespace: Namespace, chunks: int = 1):

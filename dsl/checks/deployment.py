@@ -111,6 +111,7 @@ class Mesh:
     etp: int | None = None  # expert tensor-parallel degree; None: tp
     recompute: Recompute = "none"  # one of RECOMPUTE
     chunks: int = 1  # model chunks per stage: Megatron's virtual pipeline size (schedule interleaved)
+    zero: int = 0  # ZeRO stage: 1 shards optimizer state and master weights, 2 also gradients, 3 also weights
 
     @property
     def world(self) -> int:
@@ -234,6 +235,8 @@ class Mesh:
             attributes["recompute"] = self.recompute
         if self.chunks > 1:  # absent means 1: DAGs of contiguous stages read as before
             attributes["chunks"] = self.chunks
+        if self.zero:  # absent means 0: DAGs without ZeRO read as before
+            attributes["zero"] = self.zero
         return attributes
 
     @classmethod
@@ -254,6 +257,7 @@ class Mesh:
             cp_attention=data.get("cp_attention", "ring"),
             recompute=data.get("recompute", "none"),
             chunks=data.get("chunks", 1),
+            zero=data.get("zero", 0),
         )
 
 

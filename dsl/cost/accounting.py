@@ -12,7 +12,10 @@ gradient sync of a training step are not in the DAG as nodes; their communicatio
   the block's gradient comes back the way the recv's came;
 - per step: every rank AllReduces its gradients over its data-parallel group (times the
   context-parallel group: every part of the sequence gives a gradient), and parameters of
-  nodes that run on sequence shards (S(seq)) are AllReduced over the tensor-parallel group.
+  nodes that run on sequence shards (S(seq)) are AllReduced over the tensor-parallel group;
+  with ZeRO (the mesh's `zero`) the data-parallel AllReduce becomes a ReduceScatter of the
+  gradients and an AllGather of the updated weights, and at zero 3 a gather of each layer's
+  weights in every forward and backward and a ReduceScatter of its gradients in every backward.
 """
 
 from __future__ import annotations
@@ -91,11 +94,12 @@ class RankCost:
     recompute_flops: int = 0  # forward FLOPs the backward of one microbatch runs again (recompute)
     rerun_bytes: int = 0  # what a rerun holds at once beside the kept activations: its largest layer's
     comm: dict[str, dict[str, Number]] = field(default_factory=dict)  # phase -> kind -> bytes sent
+    shard: int | None = None  # with ZeRO: the parameters whose sharded training state it keeps (`state_shards`)
 
     def signature(self) -> tuple:
         """Everything but the rank: devices with equal signatures are shown as one row."""
         comm = tuple((phase, tuple(sorted(kinds.items()))) for phase, kinds in sorted(self.comm.items()))
-        return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, self.recompute_flops, self.rerun_bytes, comm)
+        return (self.stage, self.layers, self.params, self.flops, self.activation_bytes, self.recompute_flops, self.rerun_bytes, comm, self.shard)
 
 
 def dtype_bytes(graph: Dag) -> int:
@@ -139,14 +143,18 @@ def transfers(graph: Dag) -> list[Transfer]:
     return found
 
 
-def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
-    """Per step: data-parallel AllReduce of each rank's gradients; tp AllReduce of the parameters
-    whose gradient is partial over tp: those of ops on sequence shards, and the bias of a
-    row-parallel linear, which one rank adds (docs/pytorch.md)."""
-    size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]]  # what the gradients are reduced in
-    held: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
-    tp_partial: dict[int, int] = {rank: 0 for rank in range(mesh.world)}
-    experts: dict[int, int] = {rank: 0 for rank in range(mesh.world)}  # routed: the rank's own experts
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One rank's parameters by how their gradients are reduced (docs/cost.md, Gradient sync)."""
+
+    dense: int  # over the data-parallel group (times the context-parallel one)
+    experts: int  # routed: the rank's own experts, over the ranks holding the same experts
+    tp_partial: int  # also over the tensor-parallel group: their gradient is partial there
+
+
+def held_params(graph: Dag, mesh: Mesh) -> list[Held]:
+    """Per rank, its parameters as the gradient sync reduces them."""
+    dense, experts, tp_partial = [0] * mesh.world, [0] * mesh.world, [0] * mesh.world
     for _, data in graph.nodes(data=True):
         if data["kind"] != "compute" or not data["params"]:
             continue
@@ -155,27 +163,129 @@ def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
             if placement is not None and placement.routed:
                 experts[rank] += data["params"]
                 continue
-            held[rank] += data["params"]
+            dense[rank] += data["params"]
             # on sequence shards: reading one (a norm under sp) or giving one (learned positions)
             if S_SEQ in (PLACEMENTS[data[key]] for key in ("in_placement", "out_placement") if key in data):
                 tp_partial[rank] += data["params"]
             elif data.get("bias") and data.get("style") == "row" and mesh.tp > 1:
                 tp_partial[rank] += data["out_shape"][-1]
+    return [Held(*numbers) for numbers in zip(dense, experts, tp_partial, strict=True)]
+
+
+def shard(params: int, ranks: int) -> int:
+    """What one of `ranks` ranks keeps of `params` parameters sharded over them: the flat
+    parameters are padded to a multiple of `ranks`, so every rank keeps as many."""
+    return -(-params // ranks)
+
+
+def zero_groups(mesh: Mesh, rank: int, held: Held) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """(group, parameters) for each data-parallel reduction of `rank`'s gradients: the dense ones
+    over dp × cp ranks, an expert's over the ranks holding the same experts. ZeRO shards the
+    training state of each over the same group."""
+    return ((mesh.gradient_group_of(rank), held.dense), (mesh.expert_dp_group_of(rank), held.experts))
+
+
+def state_shards(graph: Dag) -> list[int]:
+    """Per rank, the parameters whose sharded training state it keeps under ZeRO (docs/cost.md):
+    its share of each group's parameters; all of them with zero 0 or a group of one."""
+    mesh = Mesh.from_attributes(graph.graph["mesh"])
+    found = []
+    for rank, held in enumerate(held_params(graph, mesh)):
+        groups = zero_groups(mesh, rank, held)
+        found.append(sum(shard(params, len(group)) if mesh.zero else params for group, params in groups))
+    return found
+
+
+_REDUCESCATTER, _ALLGATHER = COLLECTIVES["reducescatter"], COLLECTIVES["allgather"]
+
+
+def _gradient_sync(graph: Dag, mesh: Mesh) -> list[Transfer]:
+    """Per step: data-parallel AllReduce of each rank's gradients, or with ZeRO a ReduceScatter
+    of them and an AllGather of the updated weights (zero 3: `_zero3_gathers`); tp AllReduce of
+    the parameters whose gradient is partial over tp: those of ops on sequence shards, and the
+    bias of a row-parallel linear, which one rank adds (docs/pytorch.md)."""
+    size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]]  # what the gradients are reduced in
+    weight_size = dtype_bytes(graph)
+    held = held_params(graph, mesh)
+
+    def kept(params: int, rank: int) -> int:
+        """What a rank keeps of `params` gradients: from zero 2 its part only."""
+        return shard(params, len(mesh.gradient_group_of(rank))) if mesh.zero >= 2 else params
+
     found = []
     for node, data in graph.nodes(data=True):
         if data.get("tied"):  # the two copies of a tied embedding sum their gradients (Megatron's embedding group)
             for rank in data["devices"]:
                 dp_rank, _, tp_rank = mesh.coords(rank)
                 copies = (mesh.rank(dp_rank=dp_rank, stage=0, tp_rank=tp_rank), rank)
-                sent = _ALLREDUCE.wire_bytes(2, data["params"] * size)
+                sent = _ALLREDUCE.wire_bytes(2, kept(data["params"], rank) * size)
                 found += [Transfer("gradients", "allreduce", node, copies, (member,), sent) for member in copies]
     for rank in range(mesh.world):
         # An expert's weights are on one rank of each expert-parallel group: reduced over those.
-        groups = ((mesh.gradient_group_of(rank), held[rank]), (mesh.expert_dp_group_of(rank), experts[rank]), (mesh.tp_group_of(rank), tp_partial[rank]))
-        for group, params in groups:
-            if len(group) > 1 and params:
-                sent = _ALLREDUCE.wire_bytes(len(group), params * size)
-                found.append(Transfer("gradients", "allreduce", None, group, (rank,), sent))
+        reductions = [(group, params, bool(mesh.zero)) for group, params in zero_groups(mesh, rank, held[rank])]
+        reductions.append((mesh.tp_group_of(rank), kept(held[rank].tp_partial, rank), False))
+        for group, params, sharded in reductions:
+            n = len(group)
+            if n < 2 or not params:
+                continue
+            if not sharded:
+                found.append(Transfer("gradients", "allreduce", None, group, (rank,), _ALLREDUCE.wire_bytes(n, params * size)))
+            elif mesh.zero < 3:  # zero 3 reduces and gathers per layer and microbatch
+                padded = shard(params, n) * n
+                if mesh.zero == 1:  # zero 2 reduce-scatters each gradient in backward (`_zero2_scatters`)
+                    found.append(Transfer("gradients", "reducescatter", None, group, (rank,), _REDUCESCATTER.wire_bytes(n, padded * size)))
+                found.append(Transfer("gradients", "allgather", None, group, (rank,), _ALLGATHER.wire_bytes(n, padded * weight_size)))
+    if mesh.zero == 2:
+        found += _zero2_scatters(graph, mesh)
+    if mesh.zero == 3:
+        found += _zero3_gathers(graph, mesh)
+    return found
+
+
+def _zero2_scatters(graph: Dag, mesh: Mesh) -> list[Transfer]:
+    """zero 2 keeps each rank's part of the gradients only: every microbatch's backward
+    reduce-scatters each node's parameter gradients as soon as they are computed (DeepSpeed's
+    stage 2 with buckets of one op), charged to the node's backward."""
+    size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]]
+    found = []
+    for node, data in graph.nodes(data=True):
+        if data["kind"] != "compute" or not data["params"]:
+            continue
+        routed = "in_placement" in data and PLACEMENTS[data["in_placement"]].routed
+        for rank in data["devices"]:
+            group = mesh.expert_dp_group_of(rank) if routed else mesh.gradient_group_of(rank)
+            if len(group) > 1:
+                padded = shard(data["params"], len(group)) * len(group)
+                found.append(Transfer("backward", "reducescatter", node, group, (rank,), _REDUCESCATTER.wire_bytes(len(group), padded * size)))
+    return found
+
+
+def _zero3_gathers(graph: Dag, mesh: Mesh) -> list[Transfer]:
+    """zero 3 keeps each rank's share of the weights only: every microbatch gathers a layer's
+    weights before its forward and again before its backward, and reduce-scatters its
+    gradients after it (DeepSpeed's stage 3, FSDP's FULL_SHARD). Each is charged to the layer's
+    first node with parameters on the rank (the backward's ReduceScatter to its last); the
+    model's ends gather per op."""
+    size, weight_size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]], dtype_bytes(graph)
+    units: dict[tuple, list] = {}  # (rank, layer or end node, routed) -> [params, first node, last node]
+    for node, data in graph.nodes(data=True):
+        if data["kind"] != "compute" or not data["params"]:
+            continue
+        routed = "in_placement" in data and PLACEMENTS[data["in_placement"]].routed
+        for rank in data["devices"]:
+            unit = units.setdefault((rank, node if data["layer"] is None else data["layer"], routed), [0, node, node])
+            unit[0] += data["params"]
+            unit[2] = node
+    found = []
+    for (rank, _, routed), (params, first, last) in units.items():
+        group = mesh.expert_dp_group_of(rank) if routed else mesh.gradient_group_of(rank)
+        if len(group) < 2:
+            continue
+        padded = shard(params, len(group)) * len(group)
+        gather = _ALLGATHER.wire_bytes(len(group), padded * weight_size)
+        found.append(Transfer("forward", "allgather", first, group, (rank,), gather))
+        found.append(Transfer("backward", "allgather", first, group, (rank,), gather))
+        found.append(Transfer("backward", "reducescatter", last, group, (rank,), _REDUCESCATTER.wire_bytes(len(group), padded * size)))
     return found
 
 
@@ -209,6 +319,7 @@ def rank_costs(
     kept = saved_tensors(graph) if kept is None else kept
     activations, rerun = _summed(kept), rerun_bytes(graph, kept)
     comm = comm_by_rank(transfers(graph) if items is None else items, world)
+    shards: list[int | None] = list(state_shards(graph)) if mesh.zero else [None] * world
     return [
         RankCost(
             rank=rank,
@@ -220,6 +331,7 @@ def rank_costs(
             recompute_flops=again[rank],
             rerun_bytes=rerun[rank],
             comm=comm[rank],
+            shard=shards[rank],
         )
         for rank in range(world)
     ]
@@ -336,7 +448,8 @@ def _summed(kept: dict[int, dict[tuple, int]]) -> list[int]:
 def per_rank_comm(graph: Dag, *, scope: str = "microbatch") -> dict[int, dict[str, Number]]:
     """Bytes each rank sends, by collective kind: {rank: {kind: bytes}}, zero kinds left out.
 
-    scope="microbatch": the forward pass of one microbatch, exactly the DAG's collectives.
+    scope="microbatch": the forward pass of one microbatch, exactly the DAG's collectives (and,
+    with zero 3, the weights' per-layer AllGathers, which are no DAG nodes).
     scope="step": a training step: microbatches x (forward + backward) plus the gradient sync.
     """
     if scope not in SCOPES:

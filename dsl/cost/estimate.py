@@ -16,7 +16,7 @@ from fractions import Fraction
 
 from par.dsl.checks.deployment import Hardware, Mesh
 from par.dsl.cost import schedule as pipeline
-from par.dsl.cost.accounting import RankCost, TrainingState, Transfer
+from par.dsl.cost.accounting import FP32, RankCost, TrainingState, Transfer
 from par.dsl.dag.types import Dag, MeshAttrs
 from par.dsl.registry.collectives import COLLECTIVES, PIPELINE
 
@@ -247,11 +247,19 @@ def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int, chun
 
 
 def device_memory(cost: RankCost, state: TrainingState, mesh: MeshAttrs) -> Memory:
+    """A device's memory; with ZeRO, stage z keeps only its shard (`cost.shard`) of the training
+    state it shards: master weights and optimizer state from stage 1, gradients from 2, weights at 3."""
+    zero = mesh.get("zero", 0)
+
+    def held(stage: int) -> int:
+        return cost.shard if zero >= stage and cost.shard is not None else cost.params
+
     return Memory(
-        weights=cost.params * state.weights,
-        grads=cost.params * state.grads,
-        master=cost.params * state.master,
-        optimizer=cost.params * state.optimizer,
+        weights=held(3) * state.weights,
+        grads=held(2) * state.grads,
+        # fp32 weights are their own master, except their part under zero 2: a copy AdamW updates
+        master=held(1) * (state.master or (FP32 if zero == 2 else 0)),
+        optimizer=held(1) * state.optimizer,
         activations_per_microbatch=cost.activation_bytes,
         in_flight=in_flight(
             mesh["schedule"], stage=cost.stage, stages=mesh["pp"], microbatches=mesh["microbatches"], chunks=mesh.get("chunks", 1)

@@ -136,6 +136,7 @@ class MeshAttrs(TypedDict):
     cp_attention: NotRequired[str]  # ring | allgather; absent when cp is 1
     recompute: NotRequired[Recompute]  # selective | full; absent when none
     chunks: NotRequired[int]  # model chunks per stage (schedule interleaved); absent when 1
+    zero: NotRequired[int]  # ZeRO stage 1..3: what data parallelism shards (docs/language.md); absent when 0
 
 
 class GraphAttrs(TypedDict):

@@ -202,7 +202,7 @@ def test_the_unknown_mesh_setting_hint_lists_every_item_the_grammar_accepts(erro
     assert keywords >= {"stages", "schedule", "sp"}
     (err,) = errors_of(model() + "mesh { tp 2  foo 3 }")
     listed = set(err.hint.removeprefix("mesh settings are: ").split(", "))
-    assert listed == keywords | {"tp", "pp", "dp", "microbatches", "world", "grad_dtype", "ep", "etp", "cp", "cp_attention", "recompute", "chunks"}
+    assert listed == keywords | {"tp", "pp", "dp", "microbatches", "world", "grad_dtype", "ep", "etp", "cp", "cp_attention", "recompute", "chunks", "zero"}
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from par.codegen.pytorch.runtime.batches import file_data, make_batch, microbatches, rank_data
 from par.codegen.pytorch.runtime.checkpoint import load_requested, save_requested
 from par.codegen.pytorch.runtime.groups import Groups, coordinates
-from par.codegen.pytorch.runtime.model import Reference, reference_ends, reference_layer
+from par.codegen.pytorch.runtime.model import Reference, Stage, reference_ends, reference_layer
 from par.codegen.pytorch.runtime.optimizer import LossScaler, Optimizer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.sharding import build_stage, parameter_names, shard_state_dict
@@ -32,8 +32,9 @@ from par.codegen.pytorch.runtime.spec import (
     STAGES,
     TP,
     WORLD_SIZE,
+    ZERO,
 )
-from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step
+from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step, zero_part_of
 
 # -- Modes --------------------------------------------------------------------------------------
 
@@ -130,6 +131,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
         outputs = [torch.stack(step_losses).sum().reshape(1)] if groups.stage == PP - 1 else []
 
     grads = buffer.main_views
+    if ZERO:  # the shapes of what Reference gives: each parameter's gradient (compared below as the rank's part)
+        grads = dict(stage.named_parameters())
     names = parameter_names(groups.rank)
     if reference is not None:
         expected = reference_step(reference, seed)
@@ -149,6 +152,9 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
             for part, shape in zip(flat.split([shape.numel() for shape in shapes]), shapes, strict=True)
         ]
     expected_outputs, reference_grads = mine[: len(outputs)], dict(zip(names, mine[len(outputs) :], strict=True))
+    if ZERO:  # the rank holds the reduced gradients of its part of the flat parameters only
+        grads, names = {ZERO_PART: buffer.main}, [ZERO_PART]
+        reference_grads = {ZERO_PART: zero_part_of(buffer, reference_grads, groups.dp_rank)}
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:
@@ -156,6 +162,10 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     gradient_errors = [relative_error(grads[name], reference_grads[name]) for name in names]
     worst_gradient = max(range(len(gradient_errors)), key=gradient_errors.__getitem__)
 
+    if ZERO:
+        # Reporting only, not one of the model's collectives: whether every rank got its weights back.
+        restored = torch.tensor([float(gathered_back(stage, buffer))], device=device)
+        dist.all_reduce(restored, op=dist.ReduceOp.MIN)
     # Reporting only, not one of the model's collectives: every rank's worst errors, as numbers
     # (gathering Python objects would need numpy); rank 0 names the tensors from the mesh.
     summary = [output_error, gradient_errors[worst_gradient], worst_gradient]
@@ -166,12 +176,19 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
         if output >= 0:
             worst["output"] = max(worst.get("output", (0.0, "", 0)), (output, "output", rank))
         what = f"gradient of {parameter_names(rank)[int(index)]}"
+        if ZERO:
+            what = f"gradient of {ZERO_PART}"
         worst["gradient"] = max(worst.get("gradient", (0.0, "", 0)), (gradient, what, rank))
     if tolerance is None:
         tolerance, why = derived_tolerance()
     else:
         why = "--tolerance"
     ok = all(error <= tolerance for error, _, _ in worst.values())
+    if ZERO:
+        ok = ok and restored.item() == 1
+        if groups.rank == 0:
+            done = "gave every rank its weights back" if restored.item() == 1 else "changed some rank's weights"
+            print(f"check: a ZeRO step at learning rate 0, its AllGather included, {done}")
     if groups.rank == 0:
         for kind, (error, what, rank) in sorted(worst.items()):
             print(f"check: largest {kind} error {error:.3g} ({what} on rank {rank})")
@@ -180,6 +197,18 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
         counted = f"{count} tensors, world size {WORLD_SIZE}, tolerance {tolerance:.3g} ({why})"
         print(f"check: {verdict}: {counted}", flush=True)
     return ok
+
+
+ZERO_PART = "the rank's ZeRO part of the flat parameters"
+
+
+def gathered_back(stage: Stage, buffer: GradientBuffer) -> bool:
+    """ZeRO: one optimizer step at learning rate 0, the AllGather of the parts included. It
+    changes no weight, so each rank's weights must come back exactly: every part went back where
+    it came from."""
+    before = {name: param.detach().clone() for name, param in stage.named_parameters()}
+    Optimizer(stage, buffer, 0.0).step()
+    return all(torch.equal(before[name], param) for name, param in stage.named_parameters())
 
 
 def stage_weights(groups: Groups, seed: int) -> dict[str, torch.Tensor]:

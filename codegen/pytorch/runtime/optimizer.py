@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from par.codegen.pytorch.runtime.collectives import _all_gather
+from par.codegen.pytorch.runtime.groups import coordinates
 from par.codegen.pytorch.runtime.model import Stage
-from par.codegen.pytorch.runtime.spec import LOSS_SCALING, MIXED_PRECISION, WORLD_SIZE
-from par.codegen.pytorch.runtime.step import GradientBuffer
+from par.codegen.pytorch.runtime.spec import DP, DTYPE, LOSS_SCALING, MIXED_PRECISION, WORLD_SIZE, ZERO
+from par.codegen.pytorch.runtime.step import GradientBuffer, zero_part_of
 
 # -- Optimizer ----------------------------------------------------------------------------------
 
@@ -71,12 +73,28 @@ class Optimizer:
     def __init__(self, stage: Stage, buffer: GradientBuffer, lr: float) -> None:
         self.buffer = buffer
         self.params: dict[str, torch.Tensor] = dict(stage.named_parameters())
-        if MIXED_PRECISION:
-            self.weights = {name: param.detach().float() for name, param in self.params.items()}
-        else:
-            self.weights = self.params
-        for name, weight in self.weights.items():
-            weight.grad = buffer.main_views[name]
+        if ZERO == 2:
+            # This rank's part of each weight, in fp32: what its AdamW updates (docs/pytorch.md).
+            weights = {name: param.detach() for name, param in buffer.named}
+            parts = zero_part_of(buffer, weights, coordinates(dist.get_rank())[0])
+            self.weights = {"part": parts}
+            self.weights["part"].grad = buffer.main
+        if ZERO == 1:
+            self.flat = flat_parameters(buffer)
+            first = coordinates(dist.get_rank())[0] * buffer.part
+            self.part = self.flat[first : first + buffer.part]  # this rank's part of the weights
+            self.weights = {"part": self.part}
+            if MIXED_PRECISION:
+                self.weights["part"] = self.part.float()  # the fp32 master weights of the part
+            self.weights["part"].grad = buffer.main
+        if not ZERO:
+            if MIXED_PRECISION:
+                self.weights = {name: param.detach().float() for name, param in self.params.items()}
+            else:
+                self.weights = self.params
+        if not ZERO:
+            for name, weight in self.weights.items():
+                weight.grad = buffer.main_views[name]
         self.adamw = torch.optim.AdamW(list(self.weights.values()), lr=lr)
         if LOSS_SCALING:
             self.scaler = LossScaler()
@@ -86,7 +104,42 @@ class Optimizer:
         if LOSS_SCALING and not self.scaler.unscale(self.buffer.main):
             return
         self.adamw.step()
-        if MIXED_PRECISION:
+        if ZERO == 1:
+            with torch.no_grad():
+                if MIXED_PRECISION:
+                    self.part.copy_(self.weights["part"])
+                self.flat.copy_(_all_gather(self.part, 0, self.buffer.group))
+        if ZERO == 2:
+            with torch.no_grad():
+                gather_parts(self.buffer, _all_gather(self.weights["part"].to(DTYPE), 0, self.buffer.group))
+        if not ZERO and MIXED_PRECISION:
             with torch.no_grad():
                 for name, param in self.params.items():
                     param.copy_(self.weights[name])
+
+
+def flat_parameters(buffer: GradientBuffer) -> torch.Tensor:
+    """ZeRO (stage 1, Megatron's distributed optimizer): one flat DTYPE tensor of the stage's
+    parameters, in the order and padding of the gradient buffer; each parameter becomes a view of
+    it. Each data-parallel rank keeps AdamW's state and the master weights of its 1/DP part only,
+    updates that part from its reduced gradients, and the parts are AllGathered into the flat
+    tensor after the step, which writes every parameter."""
+    named = buffer.named
+    flat = torch.zeros(buffer.part * DP, dtype=DTYPE, device=named[0][1].device)
+    sizes = [param.numel() for _, param in named]
+    with torch.no_grad():
+        for (_, param), part in zip(named, flat[: sum(sizes)].split(sizes), strict=True):
+            part.copy_(param.reshape(-1))
+            param.data = part.view_as(param)
+    return flat
+
+
+def gather_parts(buffer: GradientBuffer, gathered: torch.Tensor) -> None:
+    """zero 2: every rank's parts of the weights, gathered (rank after rank, each in the
+    buffer's layout), written back into each parameter."""
+    rows = gathered.view(DP, -1)  # rank r's parts
+    first = 0
+    for _, param in buffer.named:
+        size = -(-param.numel() // DP)
+        param.copy_(rows[:, first : first + size].reshape(-1)[: param.numel()].view_as(param))
+        first += size

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from par.codegen.pytorch.runtime.collectives import _all_reduce
+from par.codegen.pytorch.runtime.collectives import _all_reduce, _reduce_scatter
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
@@ -19,6 +20,7 @@ from par.codegen.pytorch.runtime.spec import (
     PARTIAL_GRADIENTS,
     PP,
     TIED,
+    ZERO,
 )
 
 # -- Gradients ----------------------------------------------------------------------------------
@@ -71,22 +73,37 @@ class GradientBuffer:
         self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
         parts = self.flat.split([param.numel() for _, param in named])
         views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        if ZERO:
+            self.named = named  # the order of the flat parameters or parts the optimizer updates
+            self.group: dist.ProcessGroup  # the data-parallel group, given by train_step
+            self.part = 0  # elements of this rank's part
+        if ZERO == 1:
+            views = zero_views(self, named)
+        if ZERO == 2:
+            views = zero_parts(self, named)
         if TIED and PP > 1:
             self.views = views
-        if FP32_GRADIENTS:
-            # Autograd writes each microbatch's gradient in the parameter's dtype; a hook adds it
-            # to the fp32 buffer at once, so accumulation over microbatches is in fp32.
+        if ZERO == 2:
             for name, param in named:
-                param.register_post_accumulate_grad_hook(AddGradient(views[name]))
+                param.register_post_accumulate_grad_hook(ScatterGradient(self, views[name]))
         else:
-            for name, param in named:
-                param.grad = views[name]  # autograd accumulates into it in place
+            if FP32_GRADIENTS:
+                # Autograd writes each microbatch's gradient in the parameter's dtype; a hook adds it
+                # to the fp32 buffer at once, so accumulation over microbatches is in fp32.
+                for name, param in named:
+                    param.register_post_accumulate_grad_hook(AddGradient(views[name]))
+            else:
+                for name, param in named:
+                    param.grad = views[name]  # autograd accumulates into it in place
         # The fp32 gradients AdamW reads: the buffer itself, or its fp32 copy when it is fp16/bf16.
         self.main, self.main_views = self.flat, views
-        if MIXED_PRECISION and not FP32_GRADIENTS:
+        if MIXED_PRECISION and not FP32_GRADIENTS and not ZERO:
             self.main = torch.zeros_like(self.flat, dtype=torch.float32)
             parts = self.main.split([param.numel() for _, param in named])
             self.main_views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+        if ZERO == 1:
+            # The sum of this rank's part over the data-parallel group, in fp32: what its AdamW reads.
+            self.main = torch.zeros(self.part, dtype=torch.float32, device=first.device)
 
     def zero(self) -> None:
         self.flat.zero_()
@@ -100,22 +117,83 @@ class GradientBuffer:
             _all_reduce(self.views["embed.weight"], groups.embedding)
         if DP > 1:
             self.flat.div_(DP)  # the mean over replicas
-            if EP > 1:
-                # Each expert's tokens came from the EP replicas of its group: its gradient already
-                # sums theirs, and the ranks holding the same experts (one per group) add the rest.
-                _all_reduce(self.flat[: self.dense], groups.dp)
-                if DP > EP:
-                    _all_reduce(self.flat[self.dense :], groups.expert_dp)
-            else:
-                _all_reduce(self.flat, groups.dp)
-        if MIXED_PRECISION and not FP32_GRADIENTS:
+            if ZERO == 1:
+                self.main.copy_(_reduce_scatter(self.flat, 0, groups.dp))
+            if not ZERO:
+                if EP > 1:
+                    # Each expert's tokens came from the EP replicas of its group: its gradient already
+                    # sums theirs, and the ranks holding the same experts (one per group) add the rest.
+                    _all_reduce(self.flat[: self.dense], groups.dp)
+                    if DP > EP:
+                        _all_reduce(self.flat[self.dense :], groups.expert_dp)
+                else:
+                    _all_reduce(self.flat, groups.dp)
+        if MIXED_PRECISION and not FP32_GRADIENTS and not ZERO:
             self.main.copy_(self.flat)
+
+
+def zero_views(buffer: GradientBuffer, named: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """ZeRO: the buffer's flat gradients again, padded to DP equal parts, and each parameter's
+    view of them. The buffer is ReduceScattered over the data-parallel group: each rank keeps the
+    sum of its part (`main`), the part its optimizer updates (runtime/optimizer.py)."""
+    sizes = [param.numel() for _, param in named]
+    buffer.part = -(-sum(sizes) // DP)  # elements of each rank's part
+    buffer.flat = torch.zeros(buffer.part * DP, dtype=GRAD_DTYPE, device=named[0][1].device)
+    parts = buffer.flat[: sum(sizes)].split(sizes)
+    return {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+
+
+def zero_parts(buffer: GradientBuffer, named: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """zero 2: the buffer holds only this rank's part of each gradient, in fp32: its 1/DP of
+    the gradient flattened and padded to a multiple of DP, parts one after another in the order
+    of `named` (partial gradients first, as in the flat buffer). Each microbatch's gradient is
+    ReduceScattered into it as soon as autograd has it (`ScatterGradient`), so no rank keeps a
+    whole one; the full buffer made above is dropped."""
+    sizes = [-(-param.numel() // DP) for _, param in named]
+    buffer.part = sum(sizes)
+    if PARTIAL_GRADIENTS:
+        buffer.partial = sum(size for (name, _), size in zip(named, sizes, strict=True) if partial_gradient(name))
+    buffer.flat = torch.zeros(buffer.part, dtype=torch.float32, device=named[0][1].device)
+    return dict(zip((name for name, _ in named), buffer.flat.split(sizes), strict=True))
+
+
+class ScatterGradient:
+    """zero 2: a parameter's hook: ReduceScatters its gradient of one microbatch over the
+    data-parallel group in GRAD_DTYPE, adds this rank's part to `into` (fp32), and frees it."""
+
+    def __init__(self, buffer: GradientBuffer, into: torch.Tensor) -> None:
+        self.buffer, self.into = buffer, into
+
+    def __call__(self, param: torch.Tensor) -> None:
+        assert param.grad is not None  # the hook runs right after autograd has set it
+        grad = param.grad.reshape(-1).to(GRAD_DTYPE)
+        padded = torch.cat([grad, grad.new_zeros(self.into.numel() * DP - grad.numel())])
+        self.into.add_(_reduce_scatter(padded, 0, self.buffer.group))
+        param.grad = None
+
+
+def zero_part_of(buffer: GradientBuffer, full: dict[str, torch.Tensor], dp_rank: int) -> torch.Tensor:
+    """ZeRO: data-parallel rank `dp_rank`'s part of the tensors `full` (by name), in fp32, laid
+    out as the buffer's: of their flat concatenation (zero 1), or of each one (zero 2)."""
+    if ZERO == 2:
+        parts = []
+        for name, _ in buffer.named:
+            flat = full[name].reshape(-1).float()
+            size = -(-flat.numel() // DP)
+            padded = torch.cat([flat, flat.new_zeros(size * DP - flat.numel())])
+            parts.append(padded[dp_rank * size : (dp_rank + 1) * size])
+        return torch.cat(parts)
+    flat = torch.cat([full[name].reshape(-1).float() for name, _ in buffer.named])
+    flat = torch.cat([flat, flat.new_zeros(buffer.part * DP - flat.numel())])
+    return flat[dp_rank * buffer.part : (dp_rank + 1) * buffer.part]
 
 
 def train_step(
     schedule: PipelineSchedule, buffer: GradientBuffer, groups: Groups, data: tuple[list, list]
 ) -> tuple[list, list]:
     """Forward and backward of every microbatch (`data`: this rank's inputs, targets), then the gradient reduction."""
+    if ZERO:
+        buffer.group = groups.dp  # ZeRO reduce-scatters the gradients and gathers the weights over it
     outputs, losses = schedule.step(*data)
     buffer.reduce(groups)
     return outputs, losses
