@@ -112,7 +112,8 @@ def expected_names() -> list[str]:
     for pattern, sources in CHECKPOINT.items():
         layers = range(LAYERS) if "{i}" in pattern else [None]
         if MOE:
-            names += [expert.format(i=layer) for layer in layers for source in sources for expert in each_expert(source)]
+            experts = [expert for source in sources for expert in each_expert(source)]
+            names += [expert.format(i=layer) for layer in layers for expert in experts]
         else:
             names += [source.format(i=layer) for layer in layers for source in sources]
     return sorted(set(names), key=names.index)

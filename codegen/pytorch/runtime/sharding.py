@@ -5,9 +5,22 @@ from __future__ import annotations
 import torch
 
 from par.codegen.pytorch.runtime.groups import Groups, coordinates
-from par.codegen.pytorch.runtime.model import END_SHARDING, SHARDING, Stage
+from par.codegen.pytorch.runtime.model import BLOCK_SHARDING, END_SHARDING, SHARDING, Stage, block_of
 from par.codegen.pytorch.runtime.ops import group_heads
-from par.codegen.pytorch.runtime.spec import BY_HEAD, DTYPE, ENDS, EP, MOE, PADDED, PADDED_VOCAB, PP, STAGES, TIED, TP
+from par.codegen.pytorch.runtime.spec import (
+    BLOCKWISE,
+    BY_HEAD,
+    DTYPE,
+    ENDS,
+    EP,
+    MOE,
+    PADDED,
+    PADDED_VOCAB,
+    PP,
+    STAGES,
+    TIED,
+    TP,
+)
 
 # The split of parameters whose rows are the vocabulary, padded to a multiple of TP: the padding
 # rows are zero here, when loading a checkpoint, and dropped when saving one.
@@ -50,7 +63,11 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
 def stage_sharding(stage: int) -> dict[str, str]:
     """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
-    layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    layers = {
+        f"layers.{layer}.{name}": split
+        for layer in range(first, last + 1)
+        for name, split in layer_sharding(layer).items()
+    }
     if ENDS:
         return (
             {name: END_SHARDING[name] for name in ends_of(stage, before=True)}
@@ -59,6 +76,14 @@ def stage_sharding(stage: int) -> dict[str, str]:
         )
     else:
         return layers
+
+
+def layer_sharding(layer: int) -> dict[str, str]:
+    """How each parameter of layer `layer` splits: SHARDING, or (a block per range of layers) its block's."""
+    if BLOCKWISE:
+        return BLOCK_SHARDING[block_of(layer)]
+    else:
+        return SHARDING
 
 
 def ends_of(stage: int, *, before: bool) -> list[str]:
