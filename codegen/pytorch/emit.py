@@ -99,10 +99,10 @@ class ModelView:
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
     checkpoint: CheckpointTable | None  # Hugging Face names of the parameters (--load, --save), if the block has them
     runtime: dict[str, str]  # per place (BESIDE_LAYER, ...): the runtime sections inlined there
-    blocks: tuple[BlockView, ...] = ()  # every block's classes, the first (`layer`, `decode`, `reference`) first
-    layer_blocks: tuple[tuple[int, int, str], ...] = ()  # a block per range of layers: (first, last, block)
-    sharding: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()  # with layer_blocks: each block's SHARDING
-    expert_gradients: tuple[str, ...] = ()  # every block's local experts' weights
+    blocks: tuple[BlockView, ...]  # every block's classes, the first (`layer`, `decode`, `reference`) first
+    layer_blocks: tuple[tuple[int, int, str], ...]  # a block per range of layers: (first, last, block); () for one block
+    sharding: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # with layer_blocks: each block's SHARDING
+    expert_gradients: tuple[str, ...]  # every block's local experts' weights
 
 
 def emit_model(compiled: Compiled) -> str:
