@@ -25,6 +25,7 @@ class Setting:
 
     name: str
     default: Callable[[dict], object] | None = None
+    when: str | None = None  # read only where the config's key `when` is true; the setting is left out otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +159,9 @@ FAMILIES: dict[str, Family] = {
             "intermediate_size": Setting("ffn"),  # each expert's; the block's expert_ffn is ffn
             "num_local_experts": Setting("experts"),
             "num_experts_per_tok": Setting("top_k"),
-            "router_aux_loss_coef": Setting("router_aux_loss_coef"),
-            "output_router_logits": Ignore("whether the forward returns the router's logits: no effect on the weights"),
+            # transformers' causal LM adds the load-balancing loss to its loss only with output_router_logits
+            "router_aux_loss_coef": Setting("router_aux_loss_coef", when="output_router_logits"),
+            "output_router_logits": Ignore("read with router_aux_loss_coef: whether the training loss has the auxiliary loss"),
             "router_jitter_noise": Check(_no_jitter, "the router sees the hidden states as they are"),
             "sliding_window": Require((None,), "par's attention is full causal attention, not a sliding window"),
         },
@@ -228,6 +230,7 @@ class Mesh:
     seq: int | None = None  # default: the model's context length
     dtype: str | None = None  # default: the config's dtype
     name: str | None = None  # default: the model_type
+    ep: int = 1  # expert parallelism: experts spread over groups of ep data-parallel replicas
 
 
 @dataclass
@@ -299,6 +302,8 @@ def _model_settings(config: dict, reading: Reading, mesh: Mesh) -> dict[str, obj
                 key,
                 hint="the generated spec would not compute it; remove it from the config if it does not change the model",
             )
+        elif isinstance(rule, Setting) and rule.when is not None and not config.get(rule.when):
+            continue
         elif isinstance(rule, Setting):
             if value is None and rule.default is not None:
                 value = rule.default(config)
@@ -311,7 +316,7 @@ def _model_settings(config: dict, reading: Reading, mesh: Mesh) -> dict[str, obj
         elif isinstance(rule, Dropout) and value not in (0, 0.0, None):
             reading.note(f"{key} {value}: par trains without dropout", key)
     for key, rule in family.rules.items():
-        if isinstance(rule, Setting) and rule.name not in settings:
+        if isinstance(rule, Setting) and rule.name not in settings and (rule.when is None or config.get(rule.when)):
             if key in family.defaults:
                 settings[rule.name] = family.defaults[key]
             elif rule.default is not None and rule.default(config) is not None:
@@ -319,6 +324,13 @@ def _model_settings(config: dict, reading: Reading, mesh: Mesh) -> dict[str, obj
             else:
                 reading.error(f"the config has no {key} (the spec's {rule.name})")
     _architecture(config, family, reading)
+    layers = settings.get("layers")
+    if settings.get("router_aux_loss_coef") and isinstance(layers, int) and layers > 1:
+        reading.note(
+            "output_router_logits true: transformers pools the routing of all layers into one load-balancing loss, "
+            "par adds each layer's own (Switch Transformer's, as Megatron does): the same loss for one layer only",
+            "output_router_logits",
+        )
     settings["dtype"] = mesh.dtype or _dtype(config, reading)
     if family.rope:
         settings |= _rope(config, reading)
@@ -453,6 +465,7 @@ def _spec_text(settings: dict[str, object], config: dict, mesh: Mesh) -> str:
         if parts:
             lines.append("  " + "  ".join(parts))
     lines.append("}")
-    mesh_parts = [f"tp {mesh.tp}", f"pp {mesh.pp}", f"dp {mesh.dp}", f"microbatches {microbatches}"]
+    mesh_parts = [f"tp {mesh.tp}", f"pp {mesh.pp}", f"dp {mesh.dp}", *([f"ep {mesh.ep}"] if mesh.ep > 1 else [])]
+    mesh_parts.append(f"microbatches {microbatches}")
     lines.append(f"mesh {{ {'  '.join(mesh_parts + (['sp'] if mesh.sp else []))} }}")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,9 @@
 A parameter is the concatenation along its rows of one or more checkpoint tensors (Llama's
 q_proj, k_proj and v_proj make the fused qkv, in [Q heads | K heads | V heads] order); GPT-2's
 Conv1D weights are stored [in, out], the transpose of ours. `{i}` is the layer index, the same
-in both names. docs/pytorch.md prints this table (a test holds the two equal).
+in both names; `{e}`, an expert's index in the whole model, names one checkpoint tensor per expert,
+stacked along the first dim of the experts' weight (Mixtral's `block_sparse_moe.experts.{e}.w1`,
+as transformers' `save_pretrained` writes it and the published checkpoints hold it). docs/pytorch.md prints this table (a test holds the two equal).
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ _LLAMA = {
 }
 
 
+def _mixtral_experts(weight: str) -> Source:
+    return Source((f"model.layers.{{i}}.block_sparse_moe.experts.{{e}}.{weight}.weight",))
+
+
+# Mixtral: Llama's attention and ends; the router is `gate`, each expert's gate, down and up
+# projections w1, w2 and w3.
+_MIXTRAL = {name: source for name, source in _LLAMA.items() if name.split(".")[-2] not in ("gate", "up", "mlp")} | {
+    "layers.{i}.moe_router.weight": Source(("model.layers.{i}.block_sparse_moe.gate.weight",)),
+    "layers.{i}.moe_gate.weight": _mixtral_experts("w1"),
+    "layers.{i}.moe_up.weight": _mixtral_experts("w3"),
+    "layers.{i}.moe_down.weight": _mixtral_experts("w2"),
+}
+
+
 def _gpt2(ours: str, theirs: str, *, conv1d: bool = False) -> dict[str, Source]:
     """A GPT-2 module's weight and bias; a Conv1D's weight is stored transposed."""
     return {
@@ -61,13 +77,18 @@ _GPT2 = {
 
 # Per built-in block: its parameters' checkpoint tensors. A spec whose block is not here, or
 # has a parameter its layout does not name, has no --load or --save.
-LAYOUTS: dict[str, dict[str, Source]] = {"llama": _LLAMA, "qwen2": _LLAMA, "gpt2": _GPT2}
+LAYOUTS: dict[str, dict[str, Source]] = {"llama": _LLAMA, "qwen2": _LLAMA, "mixtral": _MIXTRAL, "gpt2": _GPT2}
 
 
 @dataclass(frozen=True, slots=True)
 class CheckpointTable:
     entries: tuple[tuple[str, tuple[str, ...]], ...]  # (parameter pattern, checkpoint tensors)
     transposed: tuple[str, ...]  # parameter patterns stored [in, out]
+
+    @property
+    def experts(self) -> bool:
+        """Some parameter stacks one checkpoint tensor per expert (`{e}`)."""
+        return any("{e}" in source for _, sources in self.entries for source in sources)
 
 
 def checkpoint_table(block: str, parameters: Iterable[str]) -> CheckpointTable | None:

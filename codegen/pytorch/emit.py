@@ -22,6 +22,7 @@ from par.dsl.dag.types import graph_attrs
 from par.dsl.escape import python_comment
 from par.dsl.lowering.lower import lower
 from par.dsl.lowering.placement import S_SEQ
+from par.dsl.lowering.program import Program
 from par.dsl.units import exact
 
 TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torch.float16"}
@@ -47,6 +48,17 @@ class Decode:
     result: str
     uses_tp_rank: bool
     helpers: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockView:
+    """One block's layer class, its decode step and its Reference layer."""
+
+    name: str
+    layer_class: str
+    layer: ShardedLayer
+    decode: Decode | None
+    reference: LayerCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +90,7 @@ class ModelView:
     stages: str
     chunks: int  # model chunks per stage (schedule interleaved); 1: one contiguous run of layers
     stage_layers: str  # interleaved: the layers each stage holds
+    stage_ranges: tuple[tuple[int, int], ...]  # the same, each stage's (first, last)
     stream_shape: str  # one microbatch on one rank, between layers and stages
     gqa: bool
     rope: tuple[tuple[str, str], ...]  # (constant, value): the rotary embedding's, where the block has one
@@ -90,6 +103,10 @@ class ModelView:
     helpers: tuple[str, ...]  # forward/backward pairs and head reorderings the code defines
     checkpoint: CheckpointTable | None  # Hugging Face names of the parameters (--load, --save), if the block has them
     runtime: dict[str, str]  # per place (BESIDE_LAYER, ...): the runtime sections inlined there
+    blocks: tuple[BlockView, ...]  # every block's classes, the first (`layer`, `decode`, `reference`) first
+    layer_blocks: tuple[tuple[int, int, str], ...]  # a block per range of layers: (first, last, block); () for one block
+    sharding: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # with layer_blocks: each block's SHARDING
+    expert_gradients: tuple[str, ...]  # every block's local experts' weights
 
 
 def emit_model(compiled: Compiled) -> str:
@@ -100,7 +117,7 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
     """The runtime modules folded for this spec, per place in model.py."""
     program = compiled.program
     model, mesh = program.deployment.model, program.deployment.mesh
-    layer, ends = view.layer, view.ends
+    ends = view.ends
     constants = {
         "LAYERS": model.layers,
         "HIDDEN": model.hidden,
@@ -118,13 +135,14 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "CHUNKS": mesh.chunks,
         "STAGE_LAYERS": tuple(mesh.stage_layers(stage) for stage in range(mesh.pp)),
         "PARTIAL_GRADIENTS": view.partial_gradients,
-        "EXPERT_GRADIENTS": layer.expert_gradients,
+        "EXPERT_GRADIENTS": view.expert_gradients,
         "EP": mesh.ep,
         "MOE": model.moe is not None,
         "SEQUENCE_PARALLEL": program.stream == S_SEQ,
         "SCHEDULE": mesh.schedule,
         "ZERO": mesh.zero if mesh.dp > 1 else 0,  # no data-parallel group: nothing to shard
-        "BY_HEAD": layer.by_head,
+        "BY_HEAD": any(block.layer.by_head for block in view.blocks),
+        "BLOCKWISE": bool(view.layer_blocks),
         "MIXED_PRECISION": model.dtype != "fp32",
         "FP32_GRADIENTS": model.dtype != "fp32" and mesh.grad_dtype == "fp32",
         "LOSS_SCALING": model.dtype == "fp16",
@@ -184,8 +202,16 @@ def _bare_view(compiled: Compiled) -> ModelView:
     deployment = program.deployment
     model, mesh = deployment.model, deployment.mesh
     ends = ends_view(program)
-    layer = sharded_layer(program, cached=ends is not None)
-    decode = _decode(compiled, layer) if ends is not None and program.stream == S_SEQ else None
+    programs = {deployment.block.name: program} | {each.deployment.block.name: each for _, _, each in compiled.layer_programs}
+    blocks = tuple(_block(each, ends is not None) for each in programs.values())
+    first = blocks[0]
+    layer, decode = first.layer, first.decode
+    every = [block.layer for block in blocks]
+    assert len({each.cache_heads for each in every}) == 1  # one KV cache shape for every layer
+    expert_gradients = tuple(dict.fromkeys(name for each in every for name in each.expert_gradients))
+    partial_gradients = tuple(dict.fromkeys(name for each in every for name in each.partial_gradients))
+    helpers = frozenset().union(*(block.layer.helpers | (block.decode.helpers if block.decode else frozenset()) for block in blocks))
+    layer_blocks = tuple((start, last, each.deployment.block.name) for start, last, each in compiled.layer_programs)
     return ModelView(
         source=python_comment(graph_attrs(compiled.graph)["source"]),
         model=model.name,
@@ -214,24 +240,38 @@ def _bare_view(compiled: Compiled) -> ModelView:
         stages=_tuple_literal(mesh.stages),
         chunks=mesh.chunks,
         stage_layers=_tuple_literal(mesh.stage_layers(stage) for stage in range(mesh.pp)),
+        stage_ranges=tuple(mesh.stages),
         stream_shape=_stream_shape(compiled),
         gqa=model.kv_heads != model.heads,
         rope=_rope_constants(model) if any(step.op == "rope" for step in program.steps) else (),
         layer=layer,
         decode=decode,
         ends=ends,
-        partial_gradients=layer.partial_gradients + (ends.partial_gradients if ends else ()),
+        partial_gradients=partial_gradients + (ends.partial_gradients if ends else ()),
         experts=_expert_constants(compiled),
-        reference=reference_layer(program),
-        helpers=tuple(sorted(layer.helpers | (decode.helpers if decode else frozenset()))),
-        checkpoint=_checkpoint(compiled, layer, ends),
+        reference=first.reference,
+        helpers=tuple(sorted(helpers)),
+        checkpoint=None if layer_blocks else _checkpoint(compiled, layer, ends),
         runtime={},
+        blocks=blocks,
+        layer_blocks=layer_blocks,
+        sharding=tuple((block.name, block.layer.sharding) for block in blocks) if layer_blocks else (),
+        expert_gradients=expert_gradients,
     )
 
 
-def _decode(compiled: Compiled, layer: ShardedLayer) -> Decode:
+def _block(program: Program, cached: bool) -> BlockView:
+    """A block's classes: its sharded layer (taking generation's KV cache where the model has
+    ends), its decode step and its Reference layer."""
+    layer = sharded_layer(program, cached=cached)
+    decode = _decode(program, layer) if cached and program.stream == S_SEQ else None
+    name = program.deployment.block.name
+    return BlockView(name, _class_name(name) + "Layer", layer, decode, reference_layer(program))
+
+
+def _decode(program: Program, layer: ShardedLayer) -> Decode:
     """The decode step's layer and head input: the block lowered again without sequence parallelism."""
-    deployment = compiled.program.deployment
+    deployment = program.deployment
     program = lower(replace(deployment, mesh=replace(deployment.mesh, sequence_parallel=False)))
     decode = sharded_layer(program, cached=True)
     ends = ends_view(program)

@@ -25,6 +25,9 @@ def register(sub) -> None:
     parser.add_argument("--name", help="the model's name in the spec (default: the config's model_type)")
     for axis, what in (("tp", "tensor"), ("pp", "pipeline"), ("dp", "data")):
         parser.add_argument(f"--{axis}", type=_positive, default=1, metavar="N", help=f"{what}-parallel degree (default 1)")
+    parser.add_argument(
+        "--ep", type=_positive, default=1, metavar="N", help="expert-parallel degree, dividing --dp (default 1)"
+    )
     parser.add_argument("--sp", action="store_true", help="sequence parallelism on the tensor-parallel axis")
     parser.add_argument("--microbatches", type=_positive, metavar="N", help="microbatches per step and replica (default: pp)")
     parser.add_argument("--batch", type=_positive, metavar="N", help="global batch in samples (default: dp x microbatches)")
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     file = spec_name(path)
-    mesh = Mesh(args.tp, args.pp, args.dp, args.sp, args.microbatches, args.batch, args.seq, args.dtype, args.name)
+    mesh = Mesh(args.tp, args.pp, args.dp, args.sp, args.microbatches, args.batch, args.seq, args.dtype, args.name, args.ep)
     if args.name is not None and not args.name.isidentifier():
         raise UsageError(f"--name {args.name!r}: a spec name is letters, digits and _, not starting with a digit")
     spec, diagnostics = spec_from_config(text, file, mesh)

@@ -2,8 +2,8 @@
 generated model.py as a module, fills its stage from a Hugging Face checkpoint with model.py's own
 --load, runs one training step on the batch model.py draws from its seed, and writes what the
 test compares with transformers: this rank's outputs (the layer stack's output, or this rank's
-logits, caught on their way into the loss) and losses on the last stage, and the reduced
-gradients as a Hugging Face checkpoint (written by rank 0 with model.py's own --save code).
+logits, caught on their way into the loss) and losses on the last stage, the auxiliary losses
+of a mixture of experts' routings where it has them, and the reduced gradients as a Hugging Face checkpoint (written by rank 0 with model.py's own --save code).
 
     main([model_py, checkpoint, out])
 """
@@ -34,11 +34,23 @@ def main(argv: list[str]) -> int:
         return loss_of(stage, output, target)
 
     m.microbatch_loss = catching  # the schedules call it by its global name
+    aux = []  # a mixture of experts' auxiliary losses, as each routing adds it to the gradient
+    if getattr(m, "ROUTER_AUX_LOSS_COEF", 0):
+        route = m.route
+
+        def recording(*args, **kwargs):
+            routing = route(*args, **kwargs)
+            aux.append(routing.aux_loss.detach().cpu())
+            return routing
+
+        m.route = recording  # the layers call it by its global name
     schedule = m.PipelineSchedule(stage, groups, device)
     buffer = m.GradientBuffer(stage)
     _, losses = m.train_step(schedule, buffer, groups, m.rank_data(groups, 0, device))
     if logits:
         torch.save({"outputs": logits, "losses": [loss.cpu() for loss in losses]}, f"{out}/outputs{groups.rank}.pt")
+    if aux:
+        torch.save(aux, f"{out}/aux{groups.rank}.pt")
     m.save_checkpoint(f"{out}/gradients", buffer.main_views, groups, loaded)
     dist.destroy_process_group()
     return 0

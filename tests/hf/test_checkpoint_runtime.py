@@ -7,6 +7,7 @@ its K and V heads), not with the runtime's own sharding function.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace as Place
 
 import pytest
 
@@ -96,6 +97,35 @@ def test_vocabulary_rows_past_the_checkpoint_are_zero_padding(tmp_path, monkeypa
     too_short = torch.Size([3, HIDDEN])  # 6 rows: not the padding of a vocabulary of 7
     with pytest.raises(checkpoint.CheckpointError, match=r"model.embed_tokens.weight \(\(7, 8\)\) do not make this model's \(6, 8\)"):
         checkpoint.read_parameter(found, "embed.weight", vocabulary, too_short, 0)
+
+
+EXPERT_W1 = "model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight"
+
+
+@pytest.mark.parametrize(("split", "dim"), [("experts, rows", 0), ("experts, columns", 1)])
+def test_each_rank_reads_only_its_experts_and_its_part_of_each(tmp_path, monkeypatch, tp2, split, dim):
+    """4 experts over ep 2 (replica 1 holds experts 2 and 3), each split over tp 2; saving takes
+    every expert back to its own tensor."""
+    for module in (checkpoint, sharding):
+        monkeypatch.setattr(module, "MOE", True)
+        monkeypatch.setattr(module, "EP", 2)
+    monkeypatch.setattr(checkpoint, "EXPERTS", 4)
+    experts = [torch.randn(6, HIDDEN) for _ in range(4)]
+    safetensors_torch.save_file({EXPERT_W1.format(i=1, e=e): w for e, w in enumerate(experts)}, tmp_path / "model.safetensors")
+    monkeypatch.setattr(checkpoint, "CHECKPOINT", {"layers.{i}.moe_gate.weight": (EXPERT_W1,)})
+    local = torch.Size([2, 3, HIDDEN] if dim == 0 else [2, 6, HIDDEN // 2])
+    found, log = opened(tmp_path, monkeypatch)
+    assert found.written() == {EXPERT_W1.format(i=i, e=e) for i in range(2) for e in range(4)}  # both layers
+    shard = checkpoint.read_experts(found, "layers.1.moe_gate.weight", split, local, Place(dp_rank=3, tp_rank=1))
+    expected = torch.stack([w.chunk(2, dim=dim)[1] for w in experts[2:]])  # dp 3: place 1 of its group
+    assert torch.equal(shard, expected) and sum(log) == shard.numel()
+    saved = checkpoint.expert_tensors("layers.1.moe_gate.weight", torch.stack(experts), found)
+    assert list(saved) == [EXPERT_W1.format(i=1, e=e) for e in range(4)]
+    assert all(torch.equal(saved[name], w) for name, w in zip(saved, experts, strict=True))
+    wrong = torch.Size([2, 4, HIDDEN] if dim == 0 else [2, 6, HIDDEN])
+    message = r"block_sparse_moe.experts.0.w1.weight \(6, 8\) is not an expert's \(\d+, \d+\) of this model"
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.read_experts(found, "layers.1.moe_gate.weight", split, wrong, Place(dp_rank=0, tp_rank=0))
 
 
 def _checkpoint_of_the_runtime_model(folder, dtype, files=1):

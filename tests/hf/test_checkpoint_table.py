@@ -1,4 +1,4 @@
-"""Which specs get --load and --save: the built-in llama, qwen2 and gpt2 blocks, whose parameters
+"""Which specs get --load and --save: the built-in llama, qwen2, mixtral and gpt2 blocks, whose parameters
 all have Hugging Face names; any other block, or a block shadowing one with other steps, none."""
 
 
@@ -23,6 +23,13 @@ def test_gpt2_tied_has_no_head_and_its_conv1d_weights_are_transposed():
     table = table[: table.index("\n}\n")]
     assert '"pos_embed.weight": ("transformer.wpe.weight",),' in table and "head.weight" not in table
     assert 'TRANSPOSED = ("layers.{i}.qkv.weight", "layers.{i}.attn.weight", "layers.{i}.fc1.weight", "layers.{i}.mlp.weight")' in text
+
+
+def test_mixtral_names_one_checkpoint_tensor_per_expert():
+    text = emit_model(compile_source(f"model m : mixtral {{ {SIZES}  experts 4  top_k 2 }}\nmesh {{ dp 2  ep 2 }}\n"))
+    assert '"layers.{i}.moe_router.weight": ("model.layers.{i}.block_sparse_moe.gate.weight",),' in text
+    assert '"layers.{i}.moe_down.weight": ("model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight",),' in text
+    assert "# {e} is an expert's index in the model" in text and '"--load"' in text
 
 
 def test_other_blocks_have_no_checkpoint_code():

@@ -189,12 +189,27 @@ def test_the_rope_mapping_covers_exactly_what_the_core_computes():
 
 
 def test_mixtral_maps_its_experts_router_and_aux_loss(tmp_path, par):
-    config = transformers.MixtralConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-        vocab_size=99, num_local_experts=8, num_experts_per_tok=2, router_aux_loss_coef=0.02,
-    )
-    saved(config, tmp_path)
-    code, spec, _ = par("new", "--from-hf", tmp_path, "--seq", "16")
+    """The auxiliary loss is in the spec only where transformers' causal LM adds it to its loss
+    (output_router_logits); pooled over several layers there, it is noted as differing from par's."""
+    sizes = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48, vocab_size=99,
+                 num_local_experts=8, num_experts_per_tok=2, router_aux_loss_coef=0.02)
+    saved(transformers.MixtralConfig(**sizes, num_hidden_layers=2, output_router_logits=True), tmp_path)
+    code, spec, err = par("new", "--from-hf", tmp_path, "--seq", "16", "--dp", "4", "--ep", "2")
     assert code == 0
-    assert "model mixtral : mixtral {" in spec
+    assert "model mixtral : mixtral {" in spec and "mesh { tp 1  pp 1  dp 4  ep 2  microbatches 1 }" in spec
     assert "  experts 8  top_k 2  router_aux_loss_coef 0.02\n" in spec and "ffn 48" in spec
+    assert "warning: output_router_logits true: transformers pools the routing of all layers" in err
+    saved(transformers.MixtralConfig(**sizes, num_hidden_layers=1, output_router_logits=True), tmp_path)
+    code, spec, err = par("new", "--from-hf", tmp_path, "--seq", "16")
+    assert code == 0 and "router_aux_loss_coef 0.02" in spec and err == ""
+    saved(transformers.MixtralConfig(**sizes, num_hidden_layers=2), tmp_path)  # output_router_logits false
+    code, spec, err = par("new", "--from-hf", tmp_path, "--seq", "16")
+    assert code == 0 and "  experts 8  top_k 2\n" in spec and "router_aux_loss_coef" not in spec and err == ""
+
+
+def test_an_ep_the_data_parallel_degree_does_not_hold_is_refused(tmp_path, par):
+    config = transformers.MixtralConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                        intermediate_size=48, vocab_size=99, num_local_experts=4)
+    saved(config, tmp_path)
+    code, out, err = par("new", "--from-hf", tmp_path, "--seq", "16", "--dp", "2", "--ep", "4")
+    assert (code, out) == (1, "") and err.count("error:") == 1 and "error: ep (4) does not divide dp (2)" in err

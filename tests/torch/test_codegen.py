@@ -103,8 +103,7 @@ def test_the_compiler_never_imports_torch():
 
 def test_par_build_writes_model_py_next_to_the_other_artifacts(workdir, monkeypatch):
     monkeypatch.setattr(svg, "dot_program", lambda: None)  # model.py is the point: no Graphviz layout
-    # A folder of the shipped specs but deepseek_v3, whose 1024 GPUs of DAG take a minute to write
-    # (and which, a block per range of layers, gets every artifact but model.py).
+    # A folder of the shipped specs but deepseek_v3, whose 1024 GPUs of DAG take a minute to write.
     specs = workdir / "specs"
     specs.mkdir()
     for path in SPECS.glob("*.par"):
@@ -112,11 +111,12 @@ def test_par_build_writes_model_py_next_to_the_other_artifacts(workdir, monkeypa
             shutil.copyfile(path, specs / path.name)
     out = workdir / "out"
     assert par(["build", str(specs), "-o", str(out)]) == 0
-    for stem in SHIPPED:
+    built = [stem for stem in SHIPPED if stem != "deepseek_v3"]
+    for stem in built:
         folder = out / stem
         assert (folder / "dag.json").exists() or (folder / "dag.prefill.json").exists()  # a serving spec: per phase
         assert (folder / "model.py").read_text() == emit_model(compile_file(specs / f"{stem}.par"))
-    assert sorted(SHIPPED) == sorted(path.stem for path in specs.glob("*.par"))
+    assert sorted(built) == sorted(path.stem for path in specs.glob("*.par"))
 
 
 # -- the view-model's decisions, each against the reasoning that makes it right ---------------------

@@ -60,9 +60,32 @@ def _check(compiled, workdir, mutate=None):
     return results, "\n".join(f"rank {r.rank} exit {r.exitcode}\n{r.stdout}{r.stderr}" for r in results)
 
 
+# DeepSeek's shape: dense first layers, then routed experts beside a shared one, narrower than
+# the dense MLP. Stage 0 holds the dense layer and a MoE one, stage 1 MoE layers only.
+DEEPSEEK = f"""
+model ds : llama 0..0, deepseek 1..layers - 1 {{
+  layers 3  hidden {HIDDEN}  heads 4  ffn 64  vocab 100
+  experts 4  top_k {TOP_K}  expert_ffn 16  shared_experts 1
+  batch 8  seq 8  dtype fp32
+}}
+mesh {{ tp 2  pp 2  dp 2  ep 2  microbatches 2 }}
+"""
+
+
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_routed_experts_match_reference_and_the_dag(name, workdir):
-    compiled = compile_source(SPEC, *LAYOUTS[name])
+    _held_to_reference_and_the_dag(compile_source(SPEC, *LAYOUTS[name]), workdir)
+
+
+def test_a_block_per_range_of_layers_matches_reference_and_the_dag(workdir):
+    """Each layer runs its block's class (dense llama, then deepseek's experts), on tp 2 x pp 2 x ep 2."""
+    compiled = compile_source(DEEPSEEK)
+    text = write_model(compiled, workdir / "text").read_text()
+    assert "class LlamaLayer(" in text and "class DeepseekLayer(" in text and 'LAYER_BLOCKS = (\n    (0, 0, "llama"),' in text
+    _held_to_reference_and_the_dag(compiled, workdir)
+
+
+def _held_to_reference_and_the_dag(compiled, workdir):
     results, report = _check(compiled, workdir)
     assert all(r.exitcode == 0 for r in results), report
     assert "check: OK" in results[0].stdout, report

@@ -23,15 +23,24 @@ from torch import nn
 from par.codegen.pytorch.runtime.groups import Groups, global_rank
 from par.codegen.pytorch.runtime.model import CHECKPOINT, TRANSPOSED
 from par.codegen.pytorch.runtime.ops import ungroup_heads
-from par.codegen.pytorch.runtime.sharding import VOCABULARY, parameter_names, shard_parameter, stage_sharding
+from par.codegen.pytorch.runtime.sharding import (
+    EXPERTS_SPLIT,
+    VOCABULARY,
+    parameter_names,
+    shard_parameter,
+    stage_sharding,
+)
 from par.codegen.pytorch.runtime.spec import (
     BY_HEAD,
     DTYPE,
     ENDS,
+    EP,
+    EXPERTS,
     HEAD_DIM,
     HEADS,
     KV_HEADS,
     LAYERS,
+    MOE,
     PP,
     TIED,
     TP,
@@ -102,7 +111,11 @@ def expected_names() -> list[str]:
     names = []
     for pattern, sources in CHECKPOINT.items():
         layers = range(LAYERS) if "{i}" in pattern else [None]
-        names += [source.format(i=layer) for layer in layers for source in sources]
+        if MOE:
+            experts = [expert for source in sources for expert in each_expert(source)]
+            names += [expert.format(i=layer) for layer in layers for expert in experts]
+        else:
+            names += [source.format(i=layer) for layer in layers for source in sources]
     return sorted(set(names), key=names.index)
 
 
@@ -262,7 +275,10 @@ def load_checkpoint(directory: str, stage: nn.Module, groups: Groups) -> Checkpo
         with torch.no_grad():
             for name, param in stage.named_parameters():
                 try:
-                    shard = read_parameter(checkpoint, name, split[name], param.shape, groups.tp_rank)
+                    if MOE and split[name].startswith(EXPERTS_SPLIT):
+                        shard = read_experts(checkpoint, name, split[name], param.shape, groups)
+                    else:
+                        shard = read_parameter(checkpoint, name, split[name], param.shape, groups.tp_rank)
                     param.copy_(shard)  # in the parameter's dtype
                 except CheckpointError as error:
                     failed.append(str(error))
@@ -275,6 +291,101 @@ def load_checkpoint(directory: str, stage: nn.Module, groups: Groups) -> Checkpo
     if failed or verdict.item():
         raise CheckpointError(failed[0] if failed else "another rank could not read its shard of the checkpoint")
     return checkpoint
+
+
+# -- The experts' weights ----------------------------------------------------------------------
+# A weight of the local experts, [LOCAL_EXPERTS, out, in], stacks one checkpoint tensor per
+# expert, whose CHECKPOINT name holds {e}, the expert's index in the whole model (Mixtral's
+# `block_sparse_moe.experts.{e}.w1.weight`). A rank reads only its experts, and of each only its
+# rows or columns under tensor parallelism.
+
+
+def each_expert(source: str) -> list[str]:
+    """A checkpoint name with {e}: one name per expert of the model; any other: itself."""
+    return [source.replace("{e}", str(e)) for e in range(EXPERTS)] if "{e}" in source else [source]
+
+
+def expert_sources(name: str) -> list[str]:
+    """The checkpoint tensors of experts' weight `name`, one per expert of the model, in order."""
+    pattern, layer = pattern_of(name)
+    (source,) = CHECKPOINT[pattern]
+    return [expert.format(i=layer) for expert in each_expert(source)]
+
+
+def held_experts(split: str, dp_rank: int, tp_rank: int, full: tuple[int, int]) -> list[torch.Tensor]:
+    """The experts, rows and columns of a full [EXPERTS, out, in] weight that a rank of replica
+    `dp_rank` holds: shard_parameter applied to the indices along each dim (broadcast views, no
+    copy), so loading shards exactly as shard_state_dict does."""
+    ep_rank = dp_rank % EP  # its place in its expert-parallel group
+    shape = (EXPERTS, *full)
+    held = []
+    for dim, size in enumerate(shape):
+        view = [1, 1, 1]
+        view[dim] = size
+        indices = shard_parameter(torch.arange(size).view(view).expand(shape), split, tp_rank, ep_rank)
+        along: list[int | slice] = [0, 0, 0]
+        along[dim] = slice(None)
+        held.append(indices[tuple(along)])
+    return held
+
+
+def read_experts(checkpoint: Checkpoint, name: str, split: str, local: torch.Size, groups: Groups) -> torch.Tensor:
+    """This rank's local experts of weight `name` (local shape `local`), each read from its own tensor."""
+    full = (local[1] * (TP if split.endswith("rows") else 1), local[2] * (TP if split.endswith("columns") else 1))
+    sources = [checkpoint.resolve(source) for source in expert_sources(name)]
+    wrong = [source for source in sources if checkpoint.shape(source) != list(full)]
+    if wrong:
+        shape = tuple(checkpoint.shape(wrong[0]))
+        raise CheckpointError(f"{name}: the checkpoint's {wrong[0]} {shape} is not an expert's {full} of this model")
+    experts, rows, cols = held_experts(split, groups.dp_rank, groups.tp_rank, full)
+    col_runs = runs(cols)
+    parts = [
+        torch.cat([_read_block(checkpoint, sources[e], (r0, r1), col_runs, False) for r0, r1 in runs(rows)])
+        for e in experts.tolist()
+    ]
+    return torch.stack(parts)
+
+
+def expert_owners(name: str) -> list[list[int]]:
+    """The global ranks that hold parts of experts' weight `name` on its stage: per member of the
+    first expert-parallel group (the first EP replicas), its tensor-parallel ranks in order."""
+    stage = next(s for s in range(PP) if name in parameter_names(global_rank(0, s, 0)))
+    return [[global_rank(d, stage, t) for t in range(TP)] for d in range(EP)]
+
+
+def gather_experts(name: str, split: str, tensors: dict[str, torch.Tensor], groups: Groups) -> torch.Tensor | None:
+    """Rank 0 gets experts' weight `name` whole, [EXPERTS, out, in] in fp32; None elsewhere: the
+    owners send their shard's shape, then the shard, one after the other, as gather_parameter does."""
+    owners = expert_owners(name)
+    ranks = [rank for member in owners for rank in member]
+    if groups.rank != 0:
+        if groups.rank in ranks:
+            shard = tensors[name].detach().float().contiguous()
+            dist.send(torch.tensor(list(shard.shape), device=shard.device), dst=0)
+            dist.send(shard, dst=0)
+        return None
+    device = next(iter(tensors.values())).device
+    members = []
+    for member in owners:
+        parts = []
+        for rank in member:
+            if rank == 0:
+                parts.append(tensors[name].detach().float().cpu())
+                continue
+            shape = torch.empty(3, dtype=torch.int64, device=device)
+            dist.recv(shape, src=rank)
+            part = torch.empty(shape.tolist(), dtype=torch.float32, device=device)
+            dist.recv(part, src=rank)
+            parts.append(part.cpu())
+        dim = 1 if split.endswith("rows") else 2  # the inverse of shard_parameter's split of an expert
+        members.append(torch.cat(parts, dim=dim) if split != EXPERTS_SPLIT else parts[0])
+    return torch.cat(members)
+
+
+def expert_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | None) -> dict[str, torch.Tensor]:
+    """A whole experts' weight as its checkpoint tensors, one per expert."""
+    names = [checkpoint.resolve(source) if checkpoint else source for source in expert_sources(name)]
+    return {hf: expert.contiguous() for hf, expert in zip(names, full, strict=True)}
 
 
 # -- Saving -------------------------------------------------------------------------------------
@@ -317,6 +428,8 @@ def source_rows(name: str, checkpoint: Checkpoint | None) -> list[int]:
 def checkpoint_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | None) -> dict[str, torch.Tensor]:
     """A full parameter as the checkpoint tensors it came from: split along the rows, padding dropped."""
     pattern, _ = pattern_of(name)
+    if MOE and "{e}" in CHECKPOINT[pattern][0]:
+        return expert_tensors(name, full, checkpoint)
     if ENDS and pattern in ("embed.weight", "head.weight"):
         full = full[:VOCAB]
     sizes = [size if size >= 0 else full.shape[0] for size in source_rows(name, checkpoint)]
@@ -377,7 +490,10 @@ def save_checkpoint(directory: str, tensors: dict[str, torch.Tensor], groups: Gr
     size = 0
     split = splits()
     for name in every_parameter():
-        full = gather_parameter(name, split[name], tensors, groups)
+        if MOE and split[name].startswith(EXPERTS_SPLIT):
+            full = gather_experts(name, split[name], tensors, groups)
+        else:
+            full = gather_parameter(name, split[name], tensors, groups)
         if full is None:
             continue
         for hf, tensor in checkpoint_tensors(name, full, like).items():

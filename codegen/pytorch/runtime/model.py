@@ -92,6 +92,12 @@ def reference_layer(layer: int, seed: int) -> ReferenceResidualLayer:
 
 
 SHARDING = {"ln.weight": "replicated", "ln.bias": "replicated", "fc.weight": "replicated"}
+# With a block per range of layers (BLOCKWISE): each block's SHARDING, and the block of a layer.
+BLOCK_SHARDING = {"residual": SHARDING}
+
+
+def block_of(layer: int) -> str:
+    return "residual"
 END_SHARDING: dict[str, str] = {}  # the model's ends: this one has none (ENDS)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from par.codegen.pytorch.runtime.groups import Groups, coordinates
-from par.codegen.pytorch.runtime.model import END_SHARDING, SHARDING, Stage
+from par.codegen.pytorch.runtime.model import BLOCK_SHARDING, END_SHARDING, SHARDING, Stage, block_of
 from par.codegen.pytorch.runtime.ops import group_heads
 from par.codegen.pytorch.runtime.spec import (
+    BLOCKWISE,
     BY_HEAD,
     DTYPE,
     ENDS,
@@ -63,11 +64,17 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
 def stage_sharding(stage: int) -> dict[str, str]:
     """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
-    layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    layers = {
+        f"layers.{layer}.{name}": split
+        for layer in range(first, last + 1)
+        for name, split in layer_sharding(layer).items()
+    }
     if SCHEDULE == "interleaved":  # STAGES lists model chunks: the stage's first, then its later ones
         for first, last in STAGES[stage + PP :: PP]:
             layers |= {
-                f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()
+                f"layers.{layer}.{name}": split
+                for layer in range(first, last + 1)
+                for name, split in layer_sharding(layer).items()
             }
     if ENDS:
         return (
@@ -77,6 +84,14 @@ def stage_sharding(stage: int) -> dict[str, str]:
         )
     else:
         return layers
+
+
+def layer_sharding(layer: int) -> dict[str, str]:
+    """How each parameter of layer `layer` splits: SHARDING, or (a block per range of layers) its block's."""
+    if BLOCKWISE:
+        return BLOCK_SHARDING[block_of(layer)]
+    else:
+        return SHARDING
 
 
 def ends_of(stage: int, *, before: bool) -> list[str]:

@@ -66,3 +66,4 @@ MOE = False  # the block has a mixture of experts
 ROUTER = "softmax_topk"  # softmax_topk | topk_softmax
 ROUTER_NORM = True  # the top-k weights are renormalised to sum to 1
 ROUTER_AUX_LOSS_COEF = 0.0  # the load-balancing loss's weight (0: none)
+BLOCKWISE = False  # a block per range of layers: the layer class, Reference's and SHARDING are the layer's block's

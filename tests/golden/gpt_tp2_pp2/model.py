@@ -533,12 +533,21 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
 def stage_sharding(stage: int) -> dict[str, str]:
     """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
-    layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    layers = {
+        f"layers.{layer}.{name}": split
+        for layer in range(first, last + 1)
+        for name, split in layer_sharding(layer).items()
+    }
     return (
         {name: END_SHARDING[name] for name in ends_of(stage, before=True)}
         | layers
         | {name: END_SHARDING[name] for name in ends_of(stage, before=False)}
     )
+
+
+def layer_sharding(layer: int) -> dict[str, str]:
+    """How each parameter of layer `layer` splits: SHARDING, or (a block per range of layers) its block's."""
+    return SHARDING
 
 
 def ends_of(stage: int, *, before: bool) -> list[str]:

@@ -251,8 +251,17 @@ def shard_state_dict(full: dict[str, torch.Tensor], rank: int) -> dict[str, torc
 def stage_sharding(stage: int) -> dict[str, str]:
     """How each parameter of `stage` splits over its tensor-parallel ranks, by name."""
     first, last = STAGES[stage]
-    layers = {f"layers.{layer}.{name}": split for layer in range(first, last + 1) for name, split in SHARDING.items()}
+    layers = {
+        f"layers.{layer}.{name}": split
+        for layer in range(first, last + 1)
+        for name, split in layer_sharding(layer).items()
+    }
     return layers
+
+
+def layer_sharding(layer: int) -> dict[str, str]:
+    """How each parameter of layer `layer` splits: SHARDING, or (a block per range of layers) its block's."""
+    return SHARDING
 
 
 def parameter_names(rank: int) -> list[str]:
