@@ -81,9 +81,6 @@ def not_generated(deployment: Deployment) -> str | None:
     """Why model.py is not written for the deployment; None when it is."""
     if deployment.layer_blocks:
         return "model.py not written for a model with a block per range of layers: its layer class is one block's"
-    mesh = deployment.mesh
-    if mesh.cp > 1:  # context parallelism's attention (par.dsl.dag.ring)
-        return f"model.py not written for context parallelism (cp {mesh.cp}, {mesh.cp_attention}): par does not generate ring attention yet"
     return None
 
 

@@ -100,12 +100,19 @@ def norm(op: str, features: int, model: Model) -> str:
 
 
 def attention_call(
-    operand: str, *, heads: str, kv_heads: str, groups: str = "", function: str = "causal_attention", cache: bool = False
+    operand: str,
+    *,
+    heads: str,
+    kv_heads: str,
+    groups: str = "",
+    function: str = "causal_attention",
+    cache: bool = False,
+    more: str = "",
 ) -> str:
     """`causal_attention(...)` (or another op over fused Q, K, V heads: `rotary_embedding`) with
     head counts written as expressions of model.py's constants; with `cache`, it passes the
-    layer's KV cache of generation on."""
-    extra = (f", groups={groups}" if groups else "") + (", cache=cache" if cache else "")
+    layer's KV cache of generation on; `more`: further keyword arguments."""
+    extra = (f", groups={groups}" if groups else "") + (", cache=cache" if cache else "") + (f", {more}" if more else "")
     return f"{function}({operand}, heads={heads}, kv_heads={kv_heads}{extra})"
 
 

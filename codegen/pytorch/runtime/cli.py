@@ -17,6 +17,7 @@ from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.modes import check, train
 from par.codegen.pytorch.runtime.regather import set_regather
 from par.codegen.pytorch.runtime.spec import (
+    CP,
     DP,
     DTYPE,
     ENDS,
@@ -79,6 +80,8 @@ def generating(args: argparse.Namespace) -> bool:
 
 def generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks the options of generation; sets `prompt` (the ids, or None: random) and `length`."""
+    if CP > 1:
+        parser.error(f"generation under context parallelism (cp {CP}) is not written: model.py trains and checks")
     if args.generate is not None and args.prompt_len is not None:
         parser.error("give --generate IDS or --prompt-len L, not both")
     if HF_CHECKPOINT and args.save is not None and not args.steps:

@@ -10,6 +10,7 @@ from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.spec import (
+    CP,
     DP,
     EP,
     EXPERT_GRADIENTS,
@@ -100,6 +101,7 @@ class GradientBuffer:
             _all_reduce(self.views["embed.weight"], groups.embedding)
         if DP > 1:
             self.flat.div_(DP)  # the mean over replicas
+        if DP * CP > 1:  # and under cp the sum over the parts of the sequence, each rank's loss its tokens' share
             if EP > 1:
                 # Each expert's tokens came from the EP replicas of its group: its gradient already
                 # sums theirs, and the ranks holding the same experts (one per group) add the rest.
