@@ -116,9 +116,10 @@ class _RingAttention(torch.autograd.Function):
     Forward: at step s this rank attends to the block of cp rank c − s while the next block is
     already in flight (sent on to c + 1, received from c − 1); each partial output merges into the
     running one by the logsumexp. Keeps q, k, v (views of the QKV it reads), the merged output
-    and its logsumexp, never a received block: the backward runs the blocks around the ring again,
-    in the same direction, each with the gradient of its keys and values accumulated so far; after
-    the last step the gradients go on to their owner.
+    and its logsumexp, never a received block: the backward passes the blocks around the ring
+    again, in the same order. The gradient of each block's keys and values follows the block one
+    step behind, gathering each rank's share, and the last rank hands it to the block's owner,
+    which adds its own: per step one block and one gradient pass, as the cost model counts.
     """
 
     @staticmethod
@@ -128,11 +129,10 @@ class _RingAttention(torch.autograd.Function):
         out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         for step in range(CP):
-            if step < CP - 1:
+            if step < CP - 1:  # the next block travels while this one is computed
                 arriving = torch.empty_like(block)
                 requests = _ring_exchange(block, arriving, groups)
-            origin = (rank - step) % CP
-            rows, keys, causal = _pairs(rank, origin, length)
+            rows, keys, causal = _pairs(rank, (rank - step) % CP, length)
             visible = _causal(length, q.device) if causal else None
             part, part_lse = _attend(q[:, :, rows], block[0][:, :, keys], block[1][:, :, keys], visible)
             if step == 0:
@@ -140,9 +140,8 @@ class _RingAttention(torch.autograd.Function):
                 lse.copy_(part_lse)
             else:  # the log-sum-exp merge: each part rescaled by exp(its lse − the merged lse)
                 merged = torch.logaddexp(lse[:, :, rows], part_lse)
-                out[:, :, rows] = out[:, :, rows] * (lse[:, :, rows] - merged).exp().unsqueeze(-1) + part * (
-                    part_lse - merged
-                ).exp().unsqueeze(-1)
+                old = (lse[:, :, rows] - merged).exp().unsqueeze(-1)
+                out[:, :, rows] = out[:, :, rows] * old + part * (part_lse - merged).exp().unsqueeze(-1)
                 lse[:, :, rows] = merged
             if step < CP - 1:
                 _wait(requests)
@@ -159,55 +158,62 @@ class _RingAttention(torch.autograd.Function):
         length, rank = q.shape[2], groups.cp_rank
         delta = (grad.float() * out.float()).sum(-1)
         grad_q = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        # the block held and its keys' and values' gradient so far, as one message
-        held = torch.cat([torch.stack([k, v]), torch.zeros((2, *k.shape), dtype=k.dtype, device=k.device)])
+        block = torch.stack([k, v])
+        passing: list = []  # the gradient in flight: its requests and buffer
         for step in range(CP):
-            origin = (rank - step) % CP
-            rows, keys, causal = _pairs(rank, origin, length)
+            if step < CP - 1:
+                arriving = torch.empty_like(block)
+                requests = _ring_exchange(block, arriving, groups)
+            rows, keys, causal = _pairs(rank, (rank - step) % CP, length)
             visible = _causal(length, q.device) if causal else None
             grads = _attend_backward(
-                q[:, :, rows], held[0][:, :, keys], held[1][:, :, keys], visible, lse[:, :, rows], delta[:, :, rows],
+                q[:, :, rows], block[0][:, :, keys], block[1][:, :, keys], visible, lse[:, :, rows], delta[:, :, rows],
                 grad[:, :, rows],
             )
             grad_q[:, :, rows] += grads[0]
-            held[2][:, :, keys] += grads[1].to(held.dtype)
-            held[3][:, :, keys] += grads[2].to(held.dtype)
-            if step < CP - 1:  # the block and its gradient go on around the ring
-                arriving = torch.empty_like(held)
-                _wait(_ring_exchange(held, arriving, groups))
-                held = arriving
-            else:  # the gradient of the block held last goes to its owner, the next rank
-                gradient = held[2:].contiguous()
-                mine = torch.empty_like(gradient)
-                _wait(_ring_exchange(gradient, mine, groups))
-        return grad_q.to(q.dtype), mine[0], mine[1], None
+            share = torch.zeros_like(block)  # this rank's share of the gradient of the block's keys and values
+            share[0][:, :, keys] = grads[1].to(share.dtype)
+            share[1][:, :, keys] = grads[2].to(share.dtype)
+            if step == 0:
+                own = share
+            else:
+                if passing:  # the shares of the ranks between the block's owner and this one
+                    _wait(passing[0])
+                    share += passing[1]
+                received = torch.empty_like(share)
+                passing = [_ring_exchange(share, received, groups), received]
+            if step < CP - 1:
+                _wait(requests)
+                block = arriving
+        if passing:  # every other rank's share of this rank's block
+            _wait(passing[0])
+            own += passing[1]
+        return grad_q.to(q.dtype), own[0], own[1], None
 
 
 class _GatheredAttention(torch.autograd.Function):
     """Causal attention of this rank's queries over the whole sequence after one AllGather of the
-    group's keys and values (the DAG's allgather_kv and ring_attention). Keeps q, k, v and the
-    output, not the gathered keys and values: the backward gathers them again, and ReduceScatters
-    their gradients back to the ranks that hold them."""
+    group's keys and values (the DAG's allgather_kv and ring_attention). Keeps q, the gathered
+    keys and values, the output and its logsumexp; the backward ReduceScatters the gradients of
+    the keys and values back to the ranks that hold them."""
 
     @staticmethod
     def forward(ctx, q, k, v, groups):
         gathered = _all_gather(torch.stack([k, v]), dim=3, group=groups.cp)
-        visible = _gathered_visible(q.shape[2], groups.cp_rank, q.device)
-        out, lse = _attend(q, gathered[0], gathered[1], visible)
+        out, lse = _attend(q, gathered[0], gathered[1], _gathered_visible(q.shape[2], groups.cp_rank, q.device))
         out = out.to(q.dtype)
         ctx.groups = groups
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, gathered, out, lse)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, gathered, out, lse = ctx.saved_tensors
         groups = ctx.groups
-        gathered = _all_gather(torch.stack([k, v]), dim=3, group=groups.cp)
         visible = _gathered_visible(q.shape[2], groups.cp_rank, q.device)
         delta = (grad.float() * out.float()).sum(-1)
         grad_q, grad_k, grad_v = _attend_backward(q, gathered[0], gathered[1], visible, lse, delta, grad)
-        mine = _reduce_scatter(torch.stack([grad_k, grad_v]).to(k.dtype), dim=3, group=groups.cp)
+        mine = _reduce_scatter(torch.stack([grad_k, grad_v]).to(gathered.dtype), dim=3, group=groups.cp)
         return grad_q.to(q.dtype), mine[0], mine[1], None
 
 
