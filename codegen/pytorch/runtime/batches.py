@@ -65,7 +65,7 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device, cp_rank: int = 0) -> torch.Tensor:
-    """The part of a microbatch that tensor-parallel rank `tp_rank` (of context-parallel rank `cp_rank`) holds, on `device`."""
+    """The part of a microbatch that (`tp_rank`, `cp_rank`) holds, on `device`."""
     if ENDS:
         # token ids, whole on every rank: the embedding splits the sequence (and under cp the
         # first stage takes its part of the ids, the loss its part of the targets)

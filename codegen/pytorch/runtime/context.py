@@ -166,9 +166,9 @@ class _RingAttention(torch.autograd.Function):
                 requests = _ring_exchange(block, arriving, groups)
             rows, keys, causal = _pairs(rank, (rank - step) % CP, length)
             visible = _causal(length, q.device) if causal else None
+            k_keys, v_keys = block[0][:, :, keys], block[1][:, :, keys]
             grads = _attend_backward(
-                q[:, :, rows], block[0][:, :, keys], block[1][:, :, keys], visible, lse[:, :, rows], delta[:, :, rows],
-                grad[:, :, rows],
+                q[:, :, rows], k_keys, v_keys, visible, lse[:, :, rows], delta[:, :, rows], grad[:, :, rows]
             )
             grad_q[:, :, rows] += grads[0]
             share = torch.zeros_like(block)  # this rank's share of the gradient of the block's keys and values

@@ -47,7 +47,10 @@ class Groups:
         if CP > 1:
             # the ring: the parts of the sequence of this stage, tensor-parallel rank and replica, in cp rank order
             rings = {
-                (d, s, t): [global_rank(d, s, t, c) for c in range(CP)] for d in range(DP) for s in range(PP) for t in range(TP)
+                (d, s, t): [global_rank(d, s, t, c) for c in range(CP)]
+                for d in range(DP)
+                for s in range(PP)
+                for t in range(TP)
             }
             cp_groups = {key: dist.new_group(ring, timeout=timeout) for key, ring in rings.items()}
             self.cp_ranks = rings[self.dp_rank, self.stage, self.tp_rank]

@@ -114,8 +114,9 @@ def rotate(
 
     Positions are 0 .. seq - 1 (from `start` in a decode step): the rotary embedding runs on the
     whole sequence (its signatures take no sequence split), or under context parallelism on
-    context-parallel rank `cp_rank`'s part of it (None: the whole sequence, as Reference's). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
-    rotate_half, so Hugging Face checkpoints load as they are.
+    context-parallel rank `cp_rank`'s part of it (None: the whole sequence, as Reference's).
+    Per head, the pairs are (i, i + HEAD_DIM / 2): transformers' rotate_half, so Hugging Face
+    checkpoints load as they are.
     """
     seq, batch, features = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
@@ -150,7 +151,12 @@ class RotaryEmbedding(torch.autograd.Function):
 
 
 def rotary_embedding(
-    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, cache: KVCache | None = None, cp_rank: int | None = None
+    qkv: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    groups: int = 1,
+    cache: KVCache | None = None,
+    cp_rank: int | None = None,
 ) -> torch.Tensor:
     """Rotary position embedding of the Q and K heads of fused Q, K, V features; `heads`,
     `kv_heads` and `groups` as `causal_attention` takes them. A decode step (`cache`) turns its
