@@ -49,6 +49,15 @@ SHIPPED = {
                          "shared_experts=1", "expert_ffn=128"],
     ),
     "llama bf16": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "dtype=bf16"]),
+    # Context parallelism: the ring keeps its queries, the merged output and its logsumexp, no block.
+    "llama tp2 x cp2, ring": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "cp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2",
+                      "seq=16", "vocab=64"],
+    ),
+    "llama cp4, ring, bf16": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=1", "cp=4", "pp=1", "dp=1", "layers=2", "batch=4", "microbatches=2",
+                      "seq=16", "dtype=bf16"],
+    ),
 }
 TOLERANCE = 0.05
 
@@ -101,7 +110,13 @@ def measured_stage(compiled, folder, stage: int) -> int:
             setattr(module, name, stand_in)
     if hasattr(module, "_all_reduce"):  # the loss's AllReduces, in place: this rank's values stand for the group's
         module._all_reduce = lambda tensor, group, op=None: tensor
-    groups = types.SimpleNamespace(tp=None, dp=None, ep=None, stage=stage, tp_rank=0, dp_rank=0, rank=stage * module.TP)
+    cp = getattr(module, "CP", 1)
+    if cp > 1:  # the ring passes each rank its own block; the AllGather repeats it: the shapes of cp ranks
+        module._ring_exchange = lambda send, receive, groups: [receive.copy_(send)][:0]
+        module._all_gather = lambda tensor, dim, group: torch.cat([tensor] * cp, dim=dim)
+    groups = types.SimpleNamespace(
+        tp=None, dp=None, ep=None, cp=None, stage=stage, tp_rank=0, dp_rank=0, cp_rank=0, rank=stage * module.TP * cp
+    )
     torch.manual_seed(0)
     model = module.Stage(groups).to(module.DTYPE)
     with torch.no_grad():
@@ -116,7 +131,7 @@ def measured_stage(compiled, folder, stage: int) -> int:
     def forward(x):
         y = model(x)
         if ends and stage == module.PP - 1:
-            targets = module.next_tokens(torch.randint(module.VOCAB, y.shape[:2]))
+            targets = module.next_tokens(torch.randint(module.VOCAB, (y.shape[0], module.SEQ)))  # every rank's: whole
             return module.microbatch_loss(model, y, targets)
         return y
 
@@ -131,7 +146,7 @@ def _compare(compiled, folder) -> None:
     counted = saved_bytes(compiled.graph, on_cpu=True)
     for stage in range(mesh.pp):
         measured = measured_stage(compiled, folder / f"stage{stage}", stage)
-        rank = stage * mesh.tp  # dp 0, tp rank 0
+        rank = mesh.rank(dp_rank=0, stage=stage, tp_rank=0)  # cp rank 0
         assert counted[rank] == pytest.approx(measured, rel=TOLERANCE), (stage, counted[rank], measured)
 
 

@@ -126,7 +126,8 @@ class _RingAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, groups):
         length, rank = q.shape[2], groups.cp_rank
         block = torch.stack([k, v])  # what travels: [2, batch, kv heads, length, HEAD_DIM]
-        out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        # sequence-first in memory, as the layer reads it on: the output is saved once, as its view
+        out = torch.empty((length, *q.shape[:2], q.shape[3]), dtype=torch.float32, device=q.device).permute(1, 2, 0, 3)
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         for step in range(CP):
             if step < CP - 1:  # the next block travels while this one is computed
@@ -201,7 +202,7 @@ class _GatheredAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, groups):
         gathered = _all_gather(torch.stack([k, v]), dim=3, group=groups.cp)
         out, lse = _attend(q, gathered[0], gathered[1], _gathered_visible(q.shape[2], groups.cp_rank, q.device))
-        out = out.to(q.dtype)
+        out = out.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3).to(q.dtype)  # sequence-first in memory
         ctx.groups = groups
         ctx.save_for_backward(q, gathered, out, lse)
         return out
