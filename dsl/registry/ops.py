@@ -387,6 +387,13 @@ def _merge_extra(local_in: Shape, local_out: Shape, stored: Stored) -> int:
     return FP32 * elements(local_out) // stored.head_dim
 
 
+# The all-gather form's one attention per rank (par.dsl.dag.ring; its second operand holds more
+# positions than its queries: the whole sequence's keys and values) keeps the QKV it reads, the
+# gathered keys and values, its output and logsumexp: the backward attends again without a
+# second AllGather (runtime/context.py).
+GATHERED_ATTENTION_SAVES = Saves(operands=(0, 1), output=True, extra=_merge_extra)
+
+
 def _cache_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
     _fused_qkv(op, inputs, model, " (the cache keeps its K and V heads)")
     assert op.out_features is not None  # the context, set by the serving lowering
