@@ -28,7 +28,8 @@ FOUR = {
     "cp 2 x dp 2, allgather, vocabulary": [*GQA, "tp=1", "cp=2", "cp_attention=allgather", "vocab=64", "dp=2"],
     "cp 2 x pp 2, ring, vocabulary": [*GQA, "tp=1", "cp=2", "pp=2", "vocab=64"],
 }
-EIGHT = {"tp 2 x cp 4, ring, vocabulary": [*GQA, "tp=2", "cp=4", "vocab=64"]}
+# sp: each device's part of the sequence split again over tp; learned positions besides rope
+EIGHT = {"tp 2 x cp 4, ring, sp, vocabulary": [*GQA, "tp=2", "cp=4", "vocab=64", "positions=learned"]}
 # The merge without its rescaling: each partial output added as if its logsumexp were the merged one.
 RESCALE = "out[:, :, rows] * old + part * (part_lse - merged).exp().unsqueeze(-1)"
 
