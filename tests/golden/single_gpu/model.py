@@ -723,8 +723,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != WORLD_SIZE:
+        layout = f"tp {TP} x cp {CP} x pp {PP} x dp {DP}" if CP > 1 else f"tp {TP} x pp {PP} x dp {DP}"
         print(
-            f"model.py: error: this deployment runs on {WORLD_SIZE} processes (tp {TP} x pp {PP} x dp {DP}), "
+            f"model.py: error: this deployment runs on {WORLD_SIZE} processes ({layout}), "
             f"but {world} {'was' if world == 1 else 'were'} launched; "
             f"run: torchrun --nproc-per-node {WORLD_SIZE} model.py",
             file=sys.stderr,
