@@ -29,7 +29,7 @@ TORCH_DTYPES = {"fp32": "torch.float32", "bf16": "torch.bfloat16", "fp16": "torc
 # The runtime modules model.py holds, where it holds them: beside the layer (the ops and linears
 # it calls), beside Reference (its random streams), after the SHARDING table, and after the
 # whole model (the harness). `schedule` is the pipeline module or the single-stage one.
-BESIDE_LAYER = ("ops", "linears", "experts", "vocab")
+BESIDE_LAYER = ("ops", "context", "linears", "experts", "vocab")
 BESIDE_REFERENCE = ("seeds",)
 AFTER_SHARDING = ("sharding",)
 HARNESS = (
@@ -81,6 +81,8 @@ class ModelView:
     tp: int
     pp: int
     dp: int
+    cp: int
+    cp_attention: str
     ep: int
     world: int
     microbatches: int
@@ -129,6 +131,8 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "TP": mesh.tp,
         "PP": mesh.pp,
         "DP": mesh.dp,
+        "CP": mesh.cp,
+        "CP_ATTENTION": mesh.cp_attention,
         "WORLD_SIZE": mesh.world,
         "MICROBATCHES": mesh.microbatches,
         "STAGES": tuple(mesh.stages),
@@ -231,6 +235,8 @@ def _bare_view(compiled: Compiled) -> ModelView:
         tp=mesh.tp,
         pp=mesh.pp,
         dp=mesh.dp,
+        cp=mesh.cp,
+        cp_attention=mesh.cp_attention,
         ep=mesh.ep,
         world=mesh.world,
         microbatches=mesh.microbatches,

@@ -323,14 +323,25 @@ class _Writer:
             comment = "all heads" + (", one [q | k | v] block per rank" if grouped else "")
         if step.op == "attention":
             self.cache_heads = kv_heads if self.tp > 1 else "KV_HEADS"
+        cached, more = self.cached, ""
+        if self.mesh.cp > 1:  # this rank's part of the sequence: its positions, and attention over the ring
+            cached = False  # generation is not written under context parallelism
+            if step.op == "attention":
+                function, more = "context_attention", "mesh=self.mesh"
+                kind = "ring steps, sends, recvs, attn_merge" if self.mesh.cp_attention == "ring" else "AllGather of K and V"
+                comment = f"{comment}; " if self.tp > 1 else ""
+                comment += f"DAG: layer_<i>_{step.name}'s {kind}"
+            else:
+                more = "cp_rank=self.mesh.cp_rank"
         # selective recomputation: the attention core runs again in backward, keeping only its input
         recompute = step.op == "attention" and self.mesh.recompute == "selective"
         call = attention_call(
-            self._name(value), heads=heads, kv_heads=kv_heads, groups=groups, function=function, cache=self.cached, recompute=recompute
+            self._name(value), heads=heads, kv_heads=kv_heads, groups=groups, function=function, cache=cached, more=more,
+            recompute=recompute,
         )
         # rope keeps the layout of the fused QKV it turns; attention's output is per head, not QKV
         layout = self.layout.get(value) if step.op == "rope" else None
-        self._emit(step, call, comment if self.tp > 1 else "", layout)
+        self._emit(step, call, comment if self.tp > 1 or (self.mesh.cp > 1 and step.op == "attention") else "", layout)
 
     def _experts(self, step: Step) -> None:
         """The mixture-of-experts ops over the tokens of one routing (runtime/experts.py)."""

@@ -108,11 +108,13 @@ def attention_call(
     function: str = "causal_attention",
     cache: bool = False,
     recompute: bool = False,
+    more: str = "",
 ) -> str:
     """`causal_attention(...)` (or another op over fused Q, K, V heads: `rotary_embedding`) with
     head counts written as expressions of model.py's constants; with `cache`, it passes the
-    layer's KV cache of generation on; with `recompute`, the backward runs it again (`recomputed`)."""
-    extra = (f", groups={groups}" if groups else "") + (", cache=cache" if cache else "")
+    layer's KV cache of generation on; `more`: further keyword arguments; with `recompute`, the
+    backward runs it again (`recomputed`)."""
+    extra = (f", groups={groups}" if groups else "") + (", cache=cache" if cache else "") + (f", {more}" if more else "")
     if recompute:
         return f"recomputed({function}, {operand}, heads={heads}, kv_heads={kv_heads}{extra})"
     return f"{function}({operand}, heads={heads}, kv_heads={kv_heads}{extra})"

@@ -381,6 +381,19 @@ def _softmax_saves(local_in: Shape, local_out: Shape, stored: Stored) -> int:
 MERGE_FLOPS = 3
 
 
+def _merge_extra(local_in: Shape, local_out: Shape, stored: Stored) -> int:
+    # One fp32 logsumexp per query head and position; the ring expands K and V per block in the
+    # backward again, so unlike attention it keeps no expanded K and V (runtime/context.py).
+    return FP32 * elements(local_out) // stored.head_dim
+
+
+# The all-gather form's one attention per rank (par.dsl.dag.ring; its second operand holds more
+# positions than its queries: the whole sequence's keys and values) keeps the QKV it reads, the
+# gathered keys and values, its output and logsumexp: the backward attends again without a
+# second AllGather (runtime/context.py).
+GATHERED_ATTENTION_SAVES = Saves(operands=(0, 1), output=True, extra=_merge_extra)
+
+
 def _cache_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
     _fused_qkv(op, inputs, model, " (the cache keeps its K and V heads)")
     assert op.out_features is not None  # the context, set by the serving lowering
@@ -457,7 +470,7 @@ MODEL_OPS: dict[str, OpSpec] = {
             {None: (Signature((S_LAST,), S_LAST), Signature((R,), R))},
             same_shape,
             per_element(MERGE_FLOPS),
-            saves=Saves(output=True, extra=_attention_extra),
+            saves=Saves(output=True, extra=_merge_extra),
         ),
         # Serving (docs/language.md, Serving). The KV cache of one attention: this step's K and V
         # written into the cache of every position, [2, batch, kv_heads, context, head_dim] (K and

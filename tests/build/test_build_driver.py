@@ -161,12 +161,12 @@ def test_the_shipped_specs_build_and_check(tmp_path, par, monkeypatch):
     assert code == 0 and listed == "", err
 
 
-def test_a_context_parallel_spec_gets_every_artifact_but_model_py_and_one_note(tmp_path, par):
+def test_a_context_parallel_spec_gets_every_artifact(tmp_path, par):
     out = tmp_path / "build"
     code, _, err = par("build", ROOT / "docs" / "examples" / "cp_tp2_cp2.par", "-o", out, "--svg", "none")
     assert code == 0, err
     written = files_of(out / "cp_tp2_cp2")
-    assert written == {name for name, _ in driver.artifact_renderers()} - GRAPHVIZ - {"model.py"}
-    notes = [line for line in err.splitlines() if "model.py" in line]
-    assert notes == ["par: note: model.py not written for context parallelism (cp 2, ring): par does not generate ring attention yet"]
+    assert written == {name for name, _ in driver.artifact_renderers()} - GRAPHVIZ
+    assert [line for line in err.splitlines() if "model.py" in line] == []
+    assert "context_attention(" in (out / "cp_tp2_cp2" / "model.py").read_text()
     assert "Context parallelism" in (out / "cp_tp2_cp2" / "report.md").read_text()

@@ -83,10 +83,10 @@ def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
-def build(folder: Path, checkpoint: Path, tp: int, pp: int, dp: int, sp: bool, capsys) -> Path:
-    """`par new --from-hf` for the layout, then model.py as `par build` writes it."""
+def build(folder: Path, checkpoint: Path, tp: int, pp: int, dp: int, sp: bool, capsys, cp: int = 1) -> Path:
+    """`par new --from-hf` for the layout (and context parallelism, `cp`), then model.py as `par build` writes it."""
     options = ["--tp", tp, "--pp", pp, "--dp", dp, "--microbatches", 2, "--batch", 2 * dp * 2, "--seq", 16]
     code = main(["new", "--from-hf", str(checkpoint / "config.json"), *map(str, options), *(["--sp"] if sp else [])])
     spec = capsys.readouterr().out
     assert code == 0 and spec.startswith("# A ")
-    return write_model(compile_source(spec), folder / "build")
+    return write_model(compile_source(spec, f"cp={cp}"), folder / "build")

@@ -24,11 +24,20 @@ PROBE = Path(__file__).resolve().parent / "probe.py"
 TOLERANCE = 1e-5
 
 
-def compare(workdir, model, checkpoint, tp, pp, dp, sp, capsys) -> dict[str, float]:
-    model_py = build(workdir, checkpoint, tp, pp, dp, sp, capsys)
+def whole_sequence(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """The sequence from each context-parallel rank's part (chunks c and 2·cp − 1 − c), in order."""
+    cp = len(parts)
+    chunks: list = [None] * (2 * cp)
+    for c, part in enumerate(parts):
+        chunks[c], chunks[2 * cp - 1 - c] = part.chunk(2, dim=dim)
+    return torch.cat(chunks, dim=dim)
+
+
+def compare(workdir, model, checkpoint, tp, pp, dp, sp, capsys, cp: int = 1) -> dict[str, float]:
+    model_py = build(workdir, checkpoint, tp, pp, dp, sp, capsys, cp)
     out = workdir / "out"
     out.mkdir()
-    results = launch(PROBE, tp * pp * dp, [str(model_py), str(checkpoint), str(out)], workdir / "logs", timeout=240)
+    results = launch(PROBE, tp * cp * pp * dp, [str(model_py), str(checkpoint), str(out)], workdir / "logs", timeout=240)
     assert all(result.exitcode == 0 for result in results), [result.stderr for result in results]
     generated = load_module(model_py, "generated_for_batches")
     ids = torch.cat([generated.make_batch(d, 0)[0] for d in range(dp)])
@@ -37,10 +46,15 @@ def compare(workdir, model, checkpoint, tp, pp, dp, sp, capsys) -> dict[str, flo
     expected.loss.backward()
     logits, losses = [], []
     for d in range(dp):
-        found = [torch.load(out / f"outputs{(d * pp + pp - 1) * tp + t}.pt") for t in range(tp)]
-        for parts in zip(*(part["outputs"] for part in found), strict=True):  # microbatches, in order
-            logits.append(torch.cat(parts, dim=-1)[..., : generated.VOCAB])  # the vocabulary's shards, padding dropped
-        losses.append(torch.stack(found[0]["losses"]).sum())  # the replica's mean
+        pieces, replica = [], []
+        for c in range(cp):  # each part of the sequence: its logits and its share of the loss
+            found = [torch.load(out / f"outputs{((d * pp + pp - 1) * cp + c) * tp + t}.pt") for t in range(tp)]
+            microbatches = zip(*(part["outputs"] for part in found), strict=True)
+            # the vocabulary's shards, padding dropped, per microbatch in order
+            pieces.append([torch.cat(parts, dim=-1)[..., : generated.VOCAB] for parts in microbatches])
+            replica.append(torch.stack(found[0]["losses"]).sum())
+        logits += [whole_sequence(list(parts), dim=1) for parts in zip(*pieces, strict=True)]
+        losses.append(torch.stack(replica).sum())  # the replica's mean
     saved = safetensors_torch.load_file(out / "gradients" / "model.safetensors")
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None and name in saved}
     assert saved.keys() == grads.keys() == set(safetensors_torch.load_file(checkpoint / "model.safetensors"))
@@ -73,6 +87,16 @@ LAYOUTS = [
         for name, layout in layouts.items()
     ),
 ]
+
+
+@pytest.mark.slow  # a launch of its own
+def test_context_parallel_logits_loss_and_gradients_equal_transformers(workdir, checkpoints, capsys):
+    """Llama (GQA, Llama 3.1 RoPE scaling) at cp 2, ring attention: the sequence in load-balanced
+    parts, each rank's positions its own (tp with cp is held to Reference: tests/torch)."""
+    model, checkpoint = checkpoints("llama")
+    errors = compare(workdir, model, checkpoint, 1, 1, 1, False, capsys, cp=2)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOLERANCE, (worst, errors[worst])
 
 
 @pytest.mark.parametrize(("family", "tp", "pp", "dp", "sp"), LAYOUTS)

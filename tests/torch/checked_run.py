@@ -26,7 +26,8 @@ def run_and_compare(compiled, workdir) -> None:
 
 
 def compare_traces(compiled, folder) -> None:
-    """Each rank's trace in `folder` against the DAG (its forward collectives) and the cost model (a step's bytes)."""
+    """Each rank's trace in `folder`: its forward collectives are the DAG's, and the whole step
+    sends what the cost model counts."""
     world = compiled.deployment.mesh.world
     traces = [read_trace(folder, rank) for rank in range(world)]
     counted = per_rank_comm(compiled.graph, scope="step")

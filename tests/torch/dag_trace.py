@@ -3,12 +3,16 @@
 The DAG is forward-only and covers one microbatch. The contract checked here:
 
 * forward: the events of each microbatch, in the order the microbatches start, are exactly
-  the DAG's collectives that include this rank, in DAG order (op, group, bytes, peer; a token
+  the DAG's collectives that include this rank, in DAG order (a ring's Send/Recv of context
+  parallelism, in the DAG's order among themselves; op, group, bytes, peer; a token
   dispatch or combine moves as many rows as the router chose, which differ between ranks and
   steps, so it matches in op and group, and the DAG's bytes are balanced routing's);
 * backward: per microbatch, the pipeline's Send/Recv are the duals of the forward ones
   (a gradient comes back from each rank the activation went to, and goes back to each rank
-  it came from), with the same bytes; tensor-parallel collectives of the backward are not in
+  it came from), with the same bytes; a ring of context parallelism passes each block again
+  and its keys' and values' gradient after it, the same way: each forward Send/Recv of a ring
+  twice, to and from the same peer, with the same bytes (their order is proven by the run,
+  which would deadlock otherwise); tensor-parallel collectives of the backward are not in
   the DAG and are proven right by the gradient check instead;
 * step: after the microbatches, only AllReduces over this rank's own groups (gradient
   reduction) appear; with ZeRO (the mesh's `zero`) the data-parallel one is a ReduceScatter of
@@ -27,15 +31,20 @@ ROUTINGS = ("dispatch", "combine")
 
 
 def dag_collectives(graph: nx.DiGraph, rank: int) -> list[dict]:
-    """The DAG's collectives on `rank` in DAG order (nodes are stored in a topological order)."""
+    """The DAG's collectives on `rank` in DAG order (nodes are stored in a topological order);
+    a ring's Send/Recv (context parallelism) marked `ring`."""
     found = []
     for node, data in graph.nodes(data=True):
         if data["kind"] == "comm" and rank in data["devices"]:
             event = {"op": data["op"], "group": list(data["devices"]), "bytes": data["bytes"]}
             if "peer" in data:
                 event["peer"] = data["peer"]
+            if "ring" in data:
+                event["ring"] = data["ring"]
             found.append((node, event))
-    nodes = [node for node, _ in found]
+    # A ring's transfers are ordered among themselves (par.dsl.dag.rings proves that order), not
+    # with the rank's other collectives: the last send of a ring feeds no later node of its rank.
+    nodes = [node for node, event in found if "ring" not in event]
     ordered = nx.DiGraph(graph)  # networkx's own graph, with the issue order the DAG records where the data leaves it open
     ordered.add_edges_from((data["after"], node) for node, data in graph.nodes(data=True) if "after" in data)
     for before, after in pairwise(nodes):  # one chain: the order is not a matter of choice
@@ -58,14 +67,22 @@ def trace_problems(graph: nx.DiGraph, rank: int, events: list[dict]) -> list[str
     if expected and order != list(range(microbatches)):  # a rank without collectives in its forward traces none
         problems.append(f"rank {rank}: forward microbatches ran as {order}, not 0..{microbatches - 1}")
     for microbatch in range(microbatches):
+        ring_peers = {event["peer"] for event in expected if "ring" in event}
         got = [_shape(e) for e in forward if e["microbatch"] == microbatch]
-        if got != [_shape(e) for e in expected]:
-            problems.append(f"rank {rank}, microbatch {microbatch}: forward issued {got}, the DAG has {expected}")
-        duals = [_dual(event) for event in reversed(expected) if event["op"] in ("send", "recv")]
+        for ring in (False, True):
+            issued = [event for event in got if (event.get("peer") in ring_peers) == ring]
+            drawn = [_shape(e) for e in expected if ("ring" in e) == ring]
+            if issued != drawn:
+                problems.append(f"rank {rank}, microbatch {microbatch}: forward issued {issued}, the DAG has {drawn}")
+        duals = [_dual(event) for event in reversed(expected) if event["op"] in ("send", "recv") and "ring" not in event]
         issued = [_shape(e) for e in events if e["phase"] == "backward" and e["microbatch"] == microbatch]
-        pipeline = [event for event in issued if event["op"] in ("send", "recv")]
+        pipeline = [event for event in issued if event["op"] in ("send", "recv") and event["peer"] not in ring_peers]
         if pipeline != duals:
             problems.append(f"rank {rank}, microbatch {microbatch}: backward sent/received {pipeline}, expected {duals}")
+        rings = sorted(_key(_shape(e)) for e in expected if "ring" in e for _ in range(2))
+        passed = sorted(_key(e) for e in issued if e["op"] in ("send", "recv") and e["peer"] in ring_peers)
+        if passed != rings:
+            problems.append(f"rank {rank}, microbatch {microbatch}: the rings' backward passed {passed}, expected {rings}")
     zero = graph.graph["mesh"].get("zero", 0)
     for event in events:
         if event["phase"] != "step" or rank not in event["group"]:
@@ -95,6 +112,10 @@ def _zero_problems(graph: nx.DiGraph, rank: int, step: list[dict]) -> list[str]:
     if issued != expected:
         return [f"rank {rank}: ZeRO step issued {issued}, the cost model has {expected}"]
     return []
+
+
+def _key(event: dict) -> tuple:
+    return tuple(event[key] for key in _KEYS)
 
 
 def _dual(event: dict) -> dict:

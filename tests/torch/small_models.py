@@ -39,6 +39,11 @@ VARIANTS = [(stem, FEW.get(stem, [])) for stem in GENERATED] + [
     # the interleaved schedule: two model chunks per stage, the ends on the first chunk and the last
     ("llama_gqa", ["kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=4", "vocab=63",
                    "schedule=interleaved", "chunks=2"]),
+    # context parallelism: the ring with the model's ends and learned positions; the all-gather form
+    ("llama_gqa", ["kv_heads=2", "tp=2", "cp=2", "pp=1", "dp=1", "layers=2", "batch=4", "microbatches=2", "vocab=64",
+                   "positions=learned", "seq=16"]),
+    ("llama_gqa", ["kv_heads=2", "tp=2", "cp=2", "cp_attention=allgather", "sp=off", "pp=1", "dp=1", "layers=2",
+                   "batch=4", "microbatches=2", "seq=16"]),
 ]
 # Production sizes shrunk to what a 2-core machine runs in about a second.
 SMALL = ["hidden=64", "heads=4", "ffn=256", "seq=8", "dtype=fp32"]

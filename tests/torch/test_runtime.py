@@ -268,7 +268,7 @@ def test_each_rank_draws_only_its_parts_of_the_microbatches_its_stage_uses(monke
     replica_inputs, replica_targets = batches.make_batch(1, seed=3)  # what Reference reads in --check
     monkeypatch.setattr(batches, "make_microbatch", counted)
     for stage, uses in ((0, {"inputs"}), (1, set()), (2, {"targets"})):
-        place = SimpleNamespace(stage=stage, dp_rank=1, tp_rank=1)
+        place = SimpleNamespace(stage=stage, dp_rank=1, tp_rank=1, cp_rank=0)
         drawn.clear()
         inputs, targets = batches.rank_data(place, 3, torch.device("cpu"))  # type: ignore[arg-type]
         assert {kind for kind, _, _ in drawn} == uses

@@ -49,6 +49,23 @@ SHIPPED = {
                          "shared_experts=1", "expert_ffn=128"],
     ),
     "llama bf16": ("llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2", "dtype=bf16"]),
+    # Context parallelism: the ring keeps its queries, the merged output and its logsumexp, no block.
+    "llama tp2 x cp2, ring": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=2", "cp=2", "pp=2", "dp=1", "layers=4", "batch=4", "microbatches=2",
+                      "seq=16", "vocab=64"],
+    ),
+}
+# More of context parallelism: cp 4 in bf16; the all-gather form, which keeps the gathered keys and
+# values, the output and its logsumexp.
+SHIPPED_SLOW = {
+    "llama cp4, ring, bf16": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=1", "cp=4", "pp=1", "dp=1", "layers=2", "batch=4", "microbatches=2",
+                      "seq=16", "dtype=bf16"],
+    ),
+    "llama cp2, allgather": (
+        "llama_gqa", ["heads=4", "kv_heads=2", "tp=1", "cp=2", "cp_attention=allgather", "pp=1", "dp=1", "layers=2",
+                      "batch=4", "microbatches=2", "seq=16"],
+    ),
 }
 # Activation recomputation (torch.utils.checkpoint; its first call imports torch._dynamo, seconds):
 # selective keeps the attention core's input, not its logsumexp (nor, in fp32 grouped-query
@@ -113,7 +130,13 @@ def measured_stage(compiled, folder, stage: int, chunk: int = 0, device: str = "
             setattr(module, name, stand_in)
     if hasattr(module, "_all_reduce"):  # the loss's AllReduces, in place: this rank's values stand for the group's
         module._all_reduce = lambda tensor, group, op=None: tensor
-    groups = types.SimpleNamespace(tp=None, dp=None, ep=None, stage=stage, tp_rank=0, dp_rank=0, rank=stage * module.TP)
+    cp = getattr(module, "CP", 1)
+    if cp > 1:  # the ring passes each rank its own block; the AllGather repeats it: the shapes of cp ranks
+        module._ring_exchange = lambda send, receive, groups: [receive.copy_(send)][:0]
+        module._all_gather = lambda tensor, dim, group: torch.cat([tensor] * cp, dim=dim)
+    groups = types.SimpleNamespace(
+        tp=None, dp=None, ep=None, cp=None, stage=stage, tp_rank=0, dp_rank=0, cp_rank=0, rank=stage * module.TP * cp
+    )
     torch.manual_seed(0)
     model = module.Stage(groups).to(device=device, dtype=module.DTYPE)
     model.chunk = chunk
@@ -130,7 +153,7 @@ def measured_stage(compiled, folder, stage: int, chunk: int = 0, device: str = "
     def forward(x):
         y = model(x)
         if ends and last:
-            targets = module.next_tokens(torch.randint(module.VOCAB, y.shape[:2], device=device))
+            targets = module.next_tokens(torch.randint(module.VOCAB, (y.shape[0], module.SEQ), device=device))  # every rank's: whole
             return module.microbatch_loss(model, y, targets)
         return y
 
@@ -145,7 +168,7 @@ def _compare(compiled, folder) -> None:
     counted = saved_bytes(compiled.graph, on_cpu=True)
     for stage in range(mesh.pp):
         measured = measured_stage(compiled, folder / f"stage{stage}", stage)
-        rank = stage * mesh.tp  # dp 0, tp rank 0
+        rank = mesh.rank(dp_rank=0, stage=stage, tp_rank=0)  # cp rank 0
         assert counted[rank] == pytest.approx(measured, rel=TOLERANCE), (stage, counted[rank], measured)
 
 
@@ -174,6 +197,13 @@ def test_interleaved_stages_keep_what_the_cost_model_counts_over_their_chunks(wo
     for stage in range(2):
         measured = sum(measured_stage(compiled, workdir / f"stage{stage}_{chunk}", stage, chunk) for chunk in range(2))
         assert counted[stage * 2] == pytest.approx(measured, rel=TOLERANCE), (stage, counted[stage * 2], measured)
+
+
+@pytest.mark.slow  # over a second each
+@pytest.mark.parametrize("name", SHIPPED_SLOW)
+def test_more_context_parallel_specs_keep_what_the_cost_model_counts(name, workdir):
+    spec, defines = SHIPPED_SLOW[name]
+    _compare(compile_small(spec, defines), workdir)
 
 
 @pytest.mark.parametrize("name", BLOCKS)

@@ -4,7 +4,8 @@ linted and type-checked, and inlined into model.py by `par.codegen.pytorch.inlin
 The compiler never imports these modules (they import torch): the emitter reads their text as
 package resources. One module per concern, in the order model.py holds them:
 
-* beside the layer: `ops` (attention over fused Q, K, V; head reorderings), `linears`
+* beside the layer: `ops` (attention over fused Q, K, V; head reorderings), `context` (context
+  parallelism: the sequence's parts, ring and all-gather attention), `linears`
   (column- and row-parallel linears); beside Reference: `seeds` (random streams);
   after the SHARDING table: `sharding` (shard_state_dict);
 * the harness: `groups` (ranks and process groups), `trace` (--trace), `collectives` (every

@@ -6,11 +6,13 @@ import os
 
 import torch
 
+from par.codegen.pytorch.runtime.context import context_part
 from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.seeds import generator
 from par.codegen.pytorch.runtime.spec import (
     BATCH,
+    CP,
     DP,
     DTYPE,
     ENDS,
@@ -62,11 +64,15 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> torch.Tensor:
-    """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
+def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device, cp_rank: int = 0) -> torch.Tensor:
+    """The part of a microbatch that (`tp_rank`, `cp_rank`) holds, on `device`."""
     if ENDS:
-        return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
+        # token ids, whole on every rank: the embedding splits the sequence (and under cp the
+        # first stage takes its part of the ids, the loss its part of the targets)
+        return microbatch.to(device=device)
     microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
+    if CP > 1:
+        microbatch = context_part(microbatch, 0, cp_rank)  # the DAG's `input` node: this rank's chunks
     if SEQUENCE_PARALLEL:
         # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
         # residual stream is S(seq).
@@ -74,9 +80,9 @@ def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> t
     return microbatch.contiguous().to(device=device, dtype=DTYPE)
 
 
-def microbatches(batch: torch.Tensor, tp_rank: int, device: torch.device) -> list[torch.Tensor]:
-    """A replica's batch cut into microbatches, tensor-parallel rank `tp_rank`'s part of each."""
-    return [rank_part(part, tp_rank, device) for part in batch.chunk(MICROBATCHES)]
+def microbatches(batch: torch.Tensor, tp_rank: int, device: torch.device, cp_rank: int = 0) -> list[torch.Tensor]:
+    """A replica's batch cut into microbatches, the part of each that (`tp_rank`, `cp_rank`) holds."""
+    return [rank_part(part, tp_rank, device, cp_rank) for part in batch.chunk(MICROBATCHES)]
 
 
 def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -85,7 +91,10 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     Drawn once, before the steps, and moved to the device then.
     """
     inputs, targets = (
-        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device) for i in range(MICROBATCHES)]
+        [
+            rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device, groups.cp_rank)
+            for i in range(MICROBATCHES)
+        ]
         if needed
         else []
         for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))
@@ -104,7 +113,10 @@ def microbatch_loss(stage: Stage, output: torch.Tensor, target: torch.Tensor) ->
     batch (summed over tensor-parallel ranks under sequence parallelism). Computed in fp32.
     """
     if ENDS:
-        losses = vocab_parallel_cross_entropy(output, target, stage.groups)
+        if CP > 1:  # this rank's part of the targets; the count is the whole sequence's
+            losses = vocab_parallel_cross_entropy(output, context_part(target, 1, stage.groups.cp_rank), stage.groups)
+        else:
+            losses = vocab_parallel_cross_entropy(output, target, stage.groups)
         return losses.sum() / ((target >= 0).sum() * MICROBATCHES)
     else:
         return (output.float() - target.float()).square().sum() / (BATCH // DP * SEQ * HIDDEN)

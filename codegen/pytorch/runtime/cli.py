@@ -17,6 +17,7 @@ from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.modes import check, train
 from par.codegen.pytorch.runtime.regather import set_regather
 from par.codegen.pytorch.runtime.spec import (
+    CP,
     DP,
     ENDS,
     GENERATES,
@@ -81,6 +82,8 @@ def generating(args: argparse.Namespace) -> bool:
 
 def generation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks the options of generation; sets `prompt` (the ids, or None: random) and `length`."""
+    if CP > 1:
+        parser.error(f"generation under context parallelism (cp {CP}) is not written: model.py trains and checks")
     if args.generate is not None and args.prompt_len is not None:
         parser.error("give --generate IDS or --prompt-len L, not both")
     if HF_CHECKPOINT and args.save is not None and not args.steps:
@@ -166,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != WORLD_SIZE:
+        layout = f"tp {TP} x cp {CP} x pp {PP} x dp {DP}" if CP > 1 else f"tp {TP} x pp {PP} x dp {DP}"
         print(
-            f"model.py: error: this deployment runs on {WORLD_SIZE} processes (tp {TP} x pp {PP} x dp {DP}), "
+            f"model.py: error: this deployment runs on {WORLD_SIZE} processes ({layout}), "
             f"but {world} {'was' if world == 1 else 'were'} launched; "
             f"run: torchrun --nproc-per-node {WORLD_SIZE} model.py",
             file=sys.stderr,

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 
 from par.codegen.pytorch.runtime.batches import file_data, make_batch, microbatches, rank_data
 from par.codegen.pytorch.runtime.checkpoint import load_requested, save_requested
-from par.codegen.pytorch.runtime.groups import Groups, coordinates
+from par.codegen.pytorch.runtime.groups import Groups, coordinates, cp_coordinate
 from par.codegen.pytorch.runtime.model import Reference, Stage, reference_ends, reference_layer
 from par.codegen.pytorch.runtime.optimizer import LossScaler, Optimizer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.sharding import build_stage, parameter_names, shard_state_dict
 from par.codegen.pytorch.runtime.spec import (
     BATCH,
+    CP,
     DP,
     DTYPE,
     ENDS,
@@ -97,7 +98,7 @@ def compared(expected: torch.Tensor, reference_grads: dict[str, torch.Tensor], r
         if ENDS:
             outputs = [expected[dp_rank].reshape(1)]
         else:
-            outputs = microbatches(expected.chunk(DP)[dp_rank], tp_rank, expected.device)
+            outputs = microbatches(expected.chunk(DP)[dp_rank], tp_rank, expected.device, cp_coordinate(rank))
     shards = shard_state_dict(reference_grads, rank)
     return outputs + [shards[name] for name in parameter_names(rank)]
 
@@ -129,6 +130,8 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
             outputs, step_losses = train_step(schedule, buffer, groups, data)
     if ENDS:  # the model's output is its loss: this replica's, on the last stage
         outputs = [torch.stack(step_losses).sum().reshape(1)] if groups.stage == PP - 1 else []
+        if CP > 1 and outputs:
+            dist.all_reduce(outputs[0], group=groups.cp)  # not one of the model's: each part of the sequence's share
 
     grads = buffer.main_views
     if ZERO:  # the shapes of what Reference gives: each parameter's gradient (compared below as the rank's part)
@@ -243,7 +246,7 @@ def train(
     buffer = GradientBuffer(stage)
     optimizer = Optimizer(stage, buffer, lr)
     data = rank_data(groups, seed, device)
-    reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
+    reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0 and groups.cp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
@@ -261,8 +264,8 @@ def train(
             loss = torch.stack(losses).sum()
             if SEQUENCE_PARALLEL and not ENDS:
                 dist.all_reduce(loss, group=groups.tp)  # reporting only: each rank has its part of the sequence
-            if DP > 1:
-                dist.all_reduce(loss, group=groups.dp)  # reporting only: the mean over replicas
+            if DP * CP > 1:  # reporting only: the mean over replicas, the sum over the parts of the sequence
+                dist.all_reduce(loss, group=groups.dp)
                 loss /= DP
             if reporter:
                 rate = BATCH * SEQ / times[-1]

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from par.codegen.pytorch.runtime.context import context_positions
 from par.codegen.pytorch.runtime.spec import (
+    CP,
     ENDS,
     HEAD_DIM,
     HEADS,
@@ -110,20 +112,31 @@ def rope_frequencies(device: torch.device) -> torch.Tensor:
 
 
 def rotate(
-    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool, start: torch.Tensor | None = None
+    qkv: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    groups: int,
+    back: bool,
+    start: torch.Tensor | None = None,
+    cp_rank: int | None = None,
 ) -> torch.Tensor:
     """The Q and K heads of fused Q, K, V features (laid out as `causal_attention` reads them)
     turned by each position's angles, or turned `back` by them; V as it is.
 
     Positions are 0 .. seq - 1 (from `start` in a decode step): the rotary embedding runs on the
-    whole sequence (its signatures take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
-    rotate_half, so Hugging Face checkpoints load as they are.
+    whole sequence (its signatures take no sequence split), or under context parallelism on
+    context-parallel rank `cp_rank`'s part of it (None: the whole sequence, as Reference's).
+    Per head, the pairs are (i, i + HEAD_DIM / 2): transformers' rotate_half, so Hugging Face
+    checkpoints load as they are.
     """
     seq, batch, features = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
     qk, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size + kv_size, kv_size], dim=-1)
     qk = qk.reshape(seq, batch, groups, (q_size + kv_size) // HEAD_DIM, HEAD_DIM)
-    positions = torch.arange(seq, device=qkv.device) + (0 if start is None else start)
+    if CP > 1 and cp_rank is not None:
+        positions = context_positions(seq, cp_rank, qkv.device)
+    else:
+        positions = torch.arange(seq, device=qkv.device) + (0 if start is None else start)
     angles = positions.float()[:, None] * rope_frequencies(qkv.device)
     angles = torch.cat((angles, angles), dim=-1)[:, None, None, None, :]  # [seq, 1, 1, 1, HEAD_DIM]
     cos, sin = angles.cos().to(qkv.dtype), angles.sin().to(qkv.dtype)
@@ -138,25 +151,31 @@ class RotaryEmbedding(torch.autograd.Function):
     rotation's transpose), so autograd keeps no tensor for it."""
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, heads: int, kv_heads: int, groups: int) -> torch.Tensor:
-        ctx.heads = (heads, kv_heads, groups)
-        return rotate(qkv, heads, kv_heads, groups, back=False)
+    def forward(ctx, qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, cp_rank: int | None) -> torch.Tensor:
+        ctx.heads = (heads, kv_heads, groups, cp_rank)
+        return rotate(qkv, heads, kv_heads, groups, back=False, cp_rank=cp_rank)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        heads, kv_heads, groups = ctx.heads
-        return rotate(grad, heads, kv_heads, groups, back=True), None, None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        heads, kv_heads, groups, cp_rank = ctx.heads
+        return rotate(grad, heads, kv_heads, groups, back=True, cp_rank=cp_rank), None, None, None, None
 
 
 def rotary_embedding(
-    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, cache: KVCache | None = None
+    qkv: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    groups: int = 1,
+    cache: KVCache | None = None,
+    cp_rank: int | None = None,
 ) -> torch.Tensor:
     """Rotary position embedding of the Q and K heads of fused Q, K, V features; `heads`,
     `kv_heads` and `groups` as `causal_attention` takes them. A decode step (`cache`) turns its
-    position by the cache's; generation needs no backward."""
+    position by the cache's; generation needs no backward. `cp_rank`: the part of the sequence
+    this rank holds under context parallelism."""
     if ENDS and cache is not None and cache.decoding:
         return rotate(qkv, heads, kv_heads, groups, back=False, start=cache.position)
-    return RotaryEmbedding.apply(qkv, heads, kv_heads, groups)
+    return RotaryEmbedding.apply(qkv, heads, kv_heads, groups, cp_rank)
 
 
 def group_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:

@@ -93,10 +93,10 @@ class PipelineSchedule:
             self.loss_scale = 1.0  # fp16: backward runs on the loss times this (set by each step)
         self.index = groups.stage
         self.device = device
-        dp_rank, tp_rank = groups.dp_rank, groups.tp_rank
+        dp_rank, tp_rank, cp_rank = groups.dp_rank, groups.tp_rank, groups.cp_rank
         self.peers = {
-            "previous": global_rank(dp_rank, self.index - 1, tp_rank) if self.index > 0 else -1,
-            "next": global_rank(dp_rank, self.index + 1, tp_rank) if self.index < PP - 1 else -1,
+            "previous": global_rank(dp_rank, self.index - 1, tp_rank, cp_rank) if self.index > 0 else -1,
+            "next": global_rank(dp_rank, self.index + 1, tp_rank, cp_rank) if self.index < PP - 1 else -1,
         }
 
     def step(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[list, list]:

@@ -11,6 +11,7 @@ from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.spec import (
+    CP,
     DP,
     EP,
     EXPERT_GRADIENTS,
@@ -117,6 +118,7 @@ class GradientBuffer:
             _all_reduce(self.views["embed.weight"], groups.embedding)
         if DP > 1:
             self.flat.div_(DP)  # the mean over replicas
+        if DP * CP > 1:  # and under cp the sum over the parts of the sequence, each rank's loss its tokens' share
             if ZERO == 1:
                 self.main.copy_(_reduce_scatter(self.flat, 0, groups.dp))
             if not ZERO:

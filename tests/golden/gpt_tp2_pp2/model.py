@@ -55,7 +55,8 @@ GRAD_DTYPE = torch.float32  # gradients, accumulated over microbatches and reduc
 TP = 2  # tensor-parallel ranks of each stage
 PP = 2  # pipeline stages
 DP = 1  # data-parallel replicas
-WORLD_SIZE = TP * PP * DP
+CP = 1  # context-parallel ranks: cp rank c holds chunks c and 2·CP − 1 − c of 2·CP of the sequence
+WORLD_SIZE = TP * CP * PP * DP
 MICROBATCHES = 4  # per replica and step
 STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (SEQ, BATCH // DP // MICROBATCHES, HIDDEN)  # one microbatch on one rank, between layers
@@ -576,12 +577,17 @@ def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tens
 
 
 def coordinates(rank: int) -> tuple[int, int, int]:
-    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
-    return rank // (TP * PP), rank // TP % PP, rank % TP
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then cp, then pp, then dp."""
+    return rank // (TP * CP * PP), rank // (TP * CP) % PP, rank % TP
 
 
-def global_rank(dp_rank: int, stage: int, tp_rank: int) -> int:
-    return (dp_rank * PP + stage) * TP + tp_rank
+def cp_coordinate(rank: int) -> int:
+    """The context-parallel rank of a global rank: which part of the sequence it holds."""
+    return rank // TP % CP
+
+
+def global_rank(dp_rank: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
+    return ((dp_rank * PP + stage) * CP + cp_rank) * TP + tp_rank
 
 
 class Groups:
@@ -593,21 +599,24 @@ class Groups:
     def __init__(self, rank: int, timeout: datetime.timedelta) -> None:
         self.rank = rank
         self.dp_rank, self.stage, self.tp_rank = coordinates(rank)
-        # the tensor-parallel ranks of this stage and replica
+        self.cp_rank = cp_coordinate(rank)
+        # the tensor-parallel ranks of this stage, part of the sequence and replica
         tp_groups = {
-            (d, s): dist.new_group([global_rank(d, s, t) for t in range(TP)], timeout=timeout)
+            (d, s, c): dist.new_group([global_rank(d, s, t, c) for t in range(TP)], timeout=timeout)
             for d in range(DP)
             for s in range(PP)
+            for c in range(CP)
         }
-        self.tp = tp_groups[self.dp_rank, self.stage]
+        self.tp = tp_groups[self.dp_rank, self.stage, self.cp_rank]
         # Megatron's embedding group: the ranks holding the same rows of the tied matrix, on
         # the first stage (the embedding) and the last (the head)
         embedding_groups = {
-            (d, t): dist.new_group([global_rank(d, 0, t), global_rank(d, PP - 1, t)], timeout=timeout)
+            (d, c, t): dist.new_group([global_rank(d, 0, t, c), global_rank(d, PP - 1, t, c)], timeout=timeout)
             for d in range(DP)
+            for c in range(CP)
             for t in range(TP)
         }
-        self.embedding = embedding_groups[self.dp_rank, self.tp_rank]
+        self.embedding = embedding_groups[self.dp_rank, self.cp_rank, self.tp_rank]
 
 
 # -- Collective trace ---------------------------------------------------------------------------
@@ -884,9 +893,11 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> torch.Tensor:
-    """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
-    return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
+def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device, cp_rank: int = 0) -> torch.Tensor:
+    """The part of a microbatch that (`tp_rank`, `cp_rank`) holds, on `device`."""
+    # token ids, whole on every rank: the embedding splits the sequence (and under cp the
+    # first stage takes its part of the ids, the loss its part of the targets)
+    return microbatch.to(device=device)
     microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
     return microbatch.contiguous().to(device=device, dtype=DTYPE)
 
@@ -897,7 +908,10 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     Drawn once, before the steps, and moved to the device then.
     """
     inputs, targets = (
-        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device) for i in range(MICROBATCHES)]
+        [
+            rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device, groups.cp_rank)
+            for i in range(MICROBATCHES)
+        ]
         if needed
         else []
         for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))
@@ -1014,10 +1028,10 @@ class PipelineSchedule:
         self.loss_scale = 1.0  # fp16: backward runs on the loss times this (set by each step)
         self.index = groups.stage
         self.device = device
-        dp_rank, tp_rank = groups.dp_rank, groups.tp_rank
+        dp_rank, tp_rank, cp_rank = groups.dp_rank, groups.tp_rank, groups.cp_rank
         self.peers = {
-            "previous": global_rank(dp_rank, self.index - 1, tp_rank) if self.index > 0 else -1,
-            "next": global_rank(dp_rank, self.index + 1, tp_rank) if self.index < PP - 1 else -1,
+            "previous": global_rank(dp_rank, self.index - 1, tp_rank, cp_rank) if self.index > 0 else -1,
+            "next": global_rank(dp_rank, self.index + 1, tp_rank, cp_rank) if self.index < PP - 1 else -1,
         }
 
     def step(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[list, list]:
@@ -1375,7 +1389,7 @@ def train(
     buffer = GradientBuffer(stage)
     optimizer = Optimizer(stage, buffer, lr)
     data = rank_data(groups, seed, device)
-    reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
+    reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0 and groups.cp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
@@ -1881,8 +1895,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != WORLD_SIZE:
+        layout = f"tp {TP} x cp {CP} x pp {PP} x dp {DP}" if CP > 1 else f"tp {TP} x pp {PP} x dp {DP}"
         print(
-            f"model.py: error: this deployment runs on {WORLD_SIZE} processes (tp {TP} x pp {PP} x dp {DP}), "
+            f"model.py: error: this deployment runs on {WORLD_SIZE} processes ({layout}), "
             f"but {world} {'was' if world == 1 else 'were'} launched; "
             f"run: torchrun --nproc-per-node {WORLD_SIZE} model.py",
             file=sys.stderr,

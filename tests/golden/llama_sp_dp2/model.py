@@ -62,7 +62,8 @@ GRAD_DTYPE = torch.float32  # gradients, accumulated over microbatches and reduc
 TP = 2  # tensor-parallel ranks of each stage
 PP = 2  # pipeline stages
 DP = 2  # data-parallel replicas
-WORLD_SIZE = TP * PP * DP
+CP = 1  # context-parallel ranks: cp rank c holds chunks c and 2·CP − 1 − c of 2·CP of the sequence
+WORLD_SIZE = TP * CP * PP * DP
 MICROBATCHES = 2  # per replica and step
 STAGES = ((0, 0), (1, 1))  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (SEQ // TP, BATCH // DP // MICROBATCHES, HIDDEN)  # one microbatch on one rank, between layers
@@ -141,14 +142,22 @@ def rope_frequencies(device: torch.device) -> torch.Tensor:
 
 
 def rotate(
-    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, back: bool, start: torch.Tensor | None = None
+    qkv: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    groups: int,
+    back: bool,
+    start: torch.Tensor | None = None,
+    cp_rank: int | None = None,
 ) -> torch.Tensor:
     """The Q and K heads of fused Q, K, V features (laid out as `causal_attention` reads them)
     turned by each position's angles, or turned `back` by them; V as it is.
 
     Positions are 0 .. seq - 1 (from `start` in a decode step): the rotary embedding runs on the
-    whole sequence (its signatures take no sequence split). Per head, the pairs are (i, i + HEAD_DIM / 2): transformers'
-    rotate_half, so Hugging Face checkpoints load as they are.
+    whole sequence (its signatures take no sequence split), or under context parallelism on
+    context-parallel rank `cp_rank`'s part of it (None: the whole sequence, as Reference's).
+    Per head, the pairs are (i, i + HEAD_DIM / 2): transformers' rotate_half, so Hugging Face
+    checkpoints load as they are.
     """
     seq, batch, features = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
@@ -169,25 +178,31 @@ class RotaryEmbedding(torch.autograd.Function):
     rotation's transpose), so autograd keeps no tensor for it."""
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, heads: int, kv_heads: int, groups: int) -> torch.Tensor:
-        ctx.heads = (heads, kv_heads, groups)
-        return rotate(qkv, heads, kv_heads, groups, back=False)
+    def forward(ctx, qkv: torch.Tensor, heads: int, kv_heads: int, groups: int, cp_rank: int | None) -> torch.Tensor:
+        ctx.heads = (heads, kv_heads, groups, cp_rank)
+        return rotate(qkv, heads, kv_heads, groups, back=False, cp_rank=cp_rank)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        heads, kv_heads, groups = ctx.heads
-        return rotate(grad, heads, kv_heads, groups, back=True), None, None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        heads, kv_heads, groups, cp_rank = ctx.heads
+        return rotate(grad, heads, kv_heads, groups, back=True, cp_rank=cp_rank), None, None, None, None
 
 
 def rotary_embedding(
-    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, cache: KVCache | None = None
+    qkv: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    groups: int = 1,
+    cache: KVCache | None = None,
+    cp_rank: int | None = None,
 ) -> torch.Tensor:
     """Rotary position embedding of the Q and K heads of fused Q, K, V features; `heads`,
     `kv_heads` and `groups` as `causal_attention` takes them. A decode step (`cache`) turns its
-    position by the cache's; generation needs no backward."""
+    position by the cache's; generation needs no backward. `cp_rank`: the part of the sequence
+    this rank holds under context parallelism."""
     if cache is not None and cache.decoding:
         return rotate(qkv, heads, kv_heads, groups, back=False, start=cache.position)
-    return RotaryEmbedding.apply(qkv, heads, kv_heads, groups)
+    return RotaryEmbedding.apply(qkv, heads, kv_heads, groups, cp_rank)
 
 
 def group_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -686,12 +701,17 @@ def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tens
 
 
 def coordinates(rank: int) -> tuple[int, int, int]:
-    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
-    return rank // (TP * PP), rank // TP % PP, rank % TP
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then cp, then pp, then dp."""
+    return rank // (TP * CP * PP), rank // (TP * CP) % PP, rank % TP
 
 
-def global_rank(dp_rank: int, stage: int, tp_rank: int) -> int:
-    return (dp_rank * PP + stage) * TP + tp_rank
+def cp_coordinate(rank: int) -> int:
+    """The context-parallel rank of a global rank: which part of the sequence it holds."""
+    return rank // TP % CP
+
+
+def global_rank(dp_rank: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
+    return ((dp_rank * PP + stage) * CP + cp_rank) * TP + tp_rank
 
 
 class Groups:
@@ -703,16 +723,19 @@ class Groups:
     def __init__(self, rank: int, timeout: datetime.timedelta) -> None:
         self.rank = rank
         self.dp_rank, self.stage, self.tp_rank = coordinates(rank)
-        # the tensor-parallel ranks of this stage and replica
+        self.cp_rank = cp_coordinate(rank)
+        # the tensor-parallel ranks of this stage, part of the sequence and replica
         tp_groups = {
-            (d, s): dist.new_group([global_rank(d, s, t) for t in range(TP)], timeout=timeout)
+            (d, s, c): dist.new_group([global_rank(d, s, t, c) for t in range(TP)], timeout=timeout)
             for d in range(DP)
             for s in range(PP)
+            for c in range(CP)
         }
-        self.tp = tp_groups[self.dp_rank, self.stage]
-        # the ranks holding the same shard in every replica
+        self.tp = tp_groups[self.dp_rank, self.stage, self.cp_rank]
+        # the ranks holding the same shard: every replica's, and every part of the sequence's
+        # (Mesh.gradient_group_of): their gradients add up to the batch's
         dp_groups = {
-            (s, t): dist.new_group([global_rank(d, s, t) for d in range(DP)], timeout=timeout)
+            (s, t): dist.new_group([global_rank(d, s, t, c) for d in range(DP) for c in range(CP)], timeout=timeout)
             for s in range(PP)
             for t in range(TP)
         }
@@ -1035,9 +1058,11 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> torch.Tensor:
-    """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
-    return microbatch.to(device=device)  # token ids, whole on every rank: the embedding splits the sequence
+def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device, cp_rank: int = 0) -> torch.Tensor:
+    """The part of a microbatch that (`tp_rank`, `cp_rank`) holds, on `device`."""
+    # token ids, whole on every rank: the embedding splits the sequence (and under cp the
+    # first stage takes its part of the ids, the loss its part of the targets)
+    return microbatch.to(device=device)
     microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
     # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
     # residual stream is S(seq).
@@ -1051,7 +1076,10 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     Drawn once, before the steps, and moved to the device then.
     """
     inputs, targets = (
-        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device) for i in range(MICROBATCHES)]
+        [
+            rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device, groups.cp_rank)
+            for i in range(MICROBATCHES)
+        ]
         if needed
         else []
         for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))
@@ -1167,10 +1195,10 @@ class PipelineSchedule:
         self.stage = stage
         self.index = groups.stage
         self.device = device
-        dp_rank, tp_rank = groups.dp_rank, groups.tp_rank
+        dp_rank, tp_rank, cp_rank = groups.dp_rank, groups.tp_rank, groups.cp_rank
         self.peers = {
-            "previous": global_rank(dp_rank, self.index - 1, tp_rank) if self.index > 0 else -1,
-            "next": global_rank(dp_rank, self.index + 1, tp_rank) if self.index < PP - 1 else -1,
+            "previous": global_rank(dp_rank, self.index - 1, tp_rank, cp_rank) if self.index > 0 else -1,
+            "next": global_rank(dp_rank, self.index + 1, tp_rank, cp_rank) if self.index < PP - 1 else -1,
         }
 
     def step(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[list, list]:
@@ -1857,7 +1885,7 @@ def train(
     buffer = GradientBuffer(stage)
     optimizer = Optimizer(stage, buffer, lr)
     data = rank_data(groups, seed, device)
-    reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
+    reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0 and groups.cp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
@@ -1871,7 +1899,7 @@ def train(
         times.append(time.perf_counter() - start)
         if groups.stage == PP - 1:
             loss = torch.stack(losses).sum()
-            dist.all_reduce(loss, group=groups.dp)  # reporting only: the mean over replicas
+            dist.all_reduce(loss, group=groups.dp)
             loss /= DP
             if reporter:
                 rate = BATCH * SEQ / times[-1]
@@ -2371,8 +2399,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != WORLD_SIZE:
+        layout = f"tp {TP} x cp {CP} x pp {PP} x dp {DP}" if CP > 1 else f"tp {TP} x pp {PP} x dp {DP}"
         print(
-            f"model.py: error: this deployment runs on {WORLD_SIZE} processes (tp {TP} x pp {PP} x dp {DP}), "
+            f"model.py: error: this deployment runs on {WORLD_SIZE} processes ({layout}), "
             f"but {world} {'was' if world == 1 else 'were'} launched; "
             f"run: torchrun --nproc-per-node {WORLD_SIZE} model.py",
             file=sys.stderr,

@@ -47,7 +47,8 @@ GRAD_DTYPE = torch.float32  # gradients, accumulated over microbatches and reduc
 TP = 1  # tensor-parallel ranks of each stage
 PP = 1  # pipeline stages
 DP = 1  # data-parallel replicas
-WORLD_SIZE = TP * PP * DP
+CP = 1  # context-parallel ranks: cp rank c holds chunks c and 2·CP − 1 − c of 2·CP of the sequence
+WORLD_SIZE = TP * CP * PP * DP
 MICROBATCHES = 1  # per replica and step
 STAGES = ((0, 1),)  # (first, last) layer of each pipeline stage
 STREAM_SHAPE = (SEQ, BATCH // DP // MICROBATCHES, HIDDEN)  # one microbatch on one rank, between layers
@@ -280,8 +281,13 @@ def build_stage(groups: Groups, device: torch.device, full: dict[str, torch.Tens
 
 
 def coordinates(rank: int) -> tuple[int, int, int]:
-    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then pp, then dp."""
-    return rank // (TP * PP), rank // TP % PP, rank % TP
+    """(dp_rank, stage, tp_rank) of a global rank: tp varies fastest, then cp, then pp, then dp."""
+    return rank // (TP * CP * PP), rank // (TP * CP) % PP, rank % TP
+
+
+def cp_coordinate(rank: int) -> int:
+    """The context-parallel rank of a global rank: which part of the sequence it holds."""
+    return rank // TP % CP
 
 
 class Groups:
@@ -293,6 +299,7 @@ class Groups:
     def __init__(self, rank: int, timeout: datetime.timedelta) -> None:
         self.rank = rank
         self.dp_rank, self.stage, self.tp_rank = coordinates(rank)
+        self.cp_rank = cp_coordinate(rank)
 
 
 # -- Collective trace ---------------------------------------------------------------------------
@@ -378,15 +385,15 @@ def make_batch(dp_rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device) -> torch.Tensor:
-    """The part of a microbatch that tensor-parallel rank `tp_rank` holds, on `device`."""
+def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device, cp_rank: int = 0) -> torch.Tensor:
+    """The part of a microbatch that (`tp_rank`, `cp_rank`) holds, on `device`."""
     microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
     return microbatch.contiguous().to(device=device, dtype=DTYPE)
 
 
-def microbatches(batch: torch.Tensor, tp_rank: int, device: torch.device) -> list[torch.Tensor]:
-    """A replica's batch cut into microbatches, tensor-parallel rank `tp_rank`'s part of each."""
-    return [rank_part(part, tp_rank, device) for part in batch.chunk(MICROBATCHES)]
+def microbatches(batch: torch.Tensor, tp_rank: int, device: torch.device, cp_rank: int = 0) -> list[torch.Tensor]:
+    """A replica's batch cut into microbatches, the part of each that (`tp_rank`, `cp_rank`) holds."""
+    return [rank_part(part, tp_rank, device, cp_rank) for part in batch.chunk(MICROBATCHES)]
 
 
 def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -395,7 +402,10 @@ def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[tor
     Drawn once, before the steps, and moved to the device then.
     """
     inputs, targets = (
-        [rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device) for i in range(MICROBATCHES)]
+        [
+            rank_part(make_microbatch(kind, groups.dp_rank, i, seed), groups.tp_rank, device, groups.cp_rank)
+            for i in range(MICROBATCHES)
+        ]
         if needed
         else []
         for kind, needed in (("inputs", groups.stage == 0), ("targets", groups.stage == PP - 1))
@@ -552,7 +562,7 @@ def compared(expected: torch.Tensor, reference_grads: dict[str, torch.Tensor], r
     dp_rank, stage, tp_rank = coordinates(rank)
     outputs: list[torch.Tensor] = []
     if stage == PP - 1:
-        outputs = microbatches(expected.chunk(DP)[dp_rank], tp_rank, expected.device)
+        outputs = microbatches(expected.chunk(DP)[dp_rank], tp_rank, expected.device, cp_coordinate(rank))
     shards = shard_state_dict(reference_grads, rank)
     return outputs + [shards[name] for name in parameter_names(rank)]
 
@@ -648,7 +658,7 @@ def train(
     buffer = GradientBuffer(stage)
     optimizer = Optimizer(stage, buffer, lr)
     data = rank_data(groups, seed, device)
-    reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0
+    reporter = groups.stage == PP - 1 and groups.tp_rank == 0 and groups.dp_rank == 0 and groups.cp_rank == 0
     times = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
@@ -724,8 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != WORLD_SIZE:
+        layout = f"tp {TP} x cp {CP} x pp {PP} x dp {DP}" if CP > 1 else f"tp {TP} x pp {PP} x dp {DP}"
         print(
-            f"model.py: error: this deployment runs on {WORLD_SIZE} processes (tp {TP} x pp {PP} x dp {DP}), "
+            f"model.py: error: this deployment runs on {WORLD_SIZE} processes ({layout}), "
             f"but {world} {'was' if world == 1 else 'were'} launched; "
             f"run: torchrun --nproc-per-node {WORLD_SIZE} model.py",
             file=sys.stderr,
