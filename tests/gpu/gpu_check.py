@@ -18,6 +18,7 @@ Exit 0 when every run passed, 1 when one failed, 2 when the machine cannot run t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -119,11 +120,37 @@ def execute(model: Path, world: int, mode: tuple[str, ...], timeout: float) -> t
         output, _ = process.communicate(timeout=timeout)
         code: int | None = process.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # torchrun and the ranks it started
+        stop(process)
         output, _ = process.communicate()
         code = None
     lines = [line for line in output.splitlines() if line.strip()]
     return code, time.perf_counter() - start, lines[-1] if lines else ""
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Ends torchrun and the ranks it started. Its elastic agent starts each rank in a session of
+    its own, out of torchrun's process group: SIGTERM lets torchrun stop them, and whatever of
+    them still runs after a grace period is killed by pid."""
+    ranks = _children(process.pid)
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (Linux: read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def summary(spec: Build, mode: tuple[str, ...], code: int | None, seconds: float, last: str) -> str:
