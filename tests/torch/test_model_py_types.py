@@ -1,10 +1,14 @@
 """model.py and its runtime pass ruff and mypy: every shipped spec (small, as the distributed tests
-run them), every golden spec, every extra block, and the runtime modules themselves."""
+run them), every golden spec, every extra block, and the runtime modules themselves. And model.py
+holds no statement that cannot run: the runtime is folded on the spec's constants, and a branch
+that returns must not leave the code after it behind."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib.util
+import itertools
 import shutil
 import subprocess
 import sys
@@ -80,3 +84,31 @@ def test_model_py_and_the_runtime_pass_mypy(checked):
         text=True,
     )
     assert runtime.returncode == 0, runtime.stdout + runtime.stderr
+
+
+def unreachable(text: str) -> list[int]:
+    """Lines of statements that follow a `return`, `raise`, `continue` or `break` in their block."""
+    ends = ast.Return | ast.Raise | ast.Continue | ast.Break
+    lines = []
+    for node in ast.walk(ast.parse(text)):
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                lines += [after.lineno for before, after in itertools.pairwise(block) if isinstance(before, ends)]
+    return lines
+
+
+def test_unreachable_finds_code_after_a_return():
+    assert unreachable("def f(x):\n    if x:\n        return 1\n        x += 1\n    return x\n") == [4]
+    assert unreachable("def f(x):\n    if x:\n        return 1\n    return x\n") == []
+
+
+def test_golden_model_py_has_no_unreachable_code():
+    for path in sorted((ROOT / "tests" / "golden").glob("*/model.py")):
+        assert unreachable(path.read_text()) == [], path
+
+
+@pytest.mark.slow
+def test_model_py_has_no_unreachable_code(checked):
+    for path in sorted((checked / "models").glob("*.py")):
+        assert unreachable(path.read_text()) == [], path.name

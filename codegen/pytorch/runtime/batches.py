@@ -70,14 +70,15 @@ def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device, cp_r
         # token ids, whole on every rank: the embedding splits the sequence (and under cp the
         # first stage takes its part of the ids, the loss its part of the targets)
         return microbatch.to(device=device)
-    microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
-    if CP > 1:
-        microbatch = context_part(microbatch, 0, cp_rank)  # the DAG's `input` node: this rank's chunks
-    if SEQUENCE_PARALLEL:
-        # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
-        # residual stream is S(seq).
-        microbatch = microbatch.chunk(TP, dim=0)[tp_rank]
-    return microbatch.contiguous().to(device=device, dtype=DTYPE)
+    else:
+        microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
+        if CP > 1:
+            microbatch = context_part(microbatch, 0, cp_rank)  # the DAG's `input` node: this rank's chunks
+        if SEQUENCE_PARALLEL:
+            # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
+            # residual stream is S(seq).
+            microbatch = microbatch.chunk(TP, dim=0)[tp_rank]
+        return microbatch.contiguous().to(device=device, dtype=DTYPE)
 
 
 def microbatches(batch: torch.Tensor, tp_rank: int, device: torch.device, cp_rank: int = 0) -> list[torch.Tensor]:

@@ -82,10 +82,11 @@ def reference_step(reference: Reference, seed: int) -> torch.Tensor:
         )
         replicas.mean().backward()
         return replicas.detach()
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
-    expected = reference(inputs)
-    F.mse_loss(expected, targets).backward()
-    return expected.detach()
+    else:
+        inputs, targets = (torch.cat(parts).to(device, DTYPE).float() for parts in zip(*batches, strict=True))
+        expected = reference(inputs)
+        F.mse_loss(expected, targets).backward()
+        return expected.detach()
 
 
 def compared(expected: torch.Tensor, reference_grads: dict[str, torch.Tensor], rank: int) -> list[torch.Tensor]:

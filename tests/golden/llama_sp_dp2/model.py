@@ -1063,11 +1063,6 @@ def rank_part(microbatch: torch.Tensor, tp_rank: int, device: torch.device, cp_r
     # token ids, whole on every rank: the embedding splits the sequence (and under cp the
     # first stage takes its part of the ids, the loss its part of the targets)
     return microbatch.to(device=device)
-    microbatch = microbatch.transpose(0, 1)  # the stream is sequence-first, [seq, batch, HIDDEN]
-    # Each rank keeps its part of the sequence: the DAG's `input_slice_gpu<rank>` nodes, the
-    # residual stream is S(seq).
-    microbatch = microbatch.chunk(TP, dim=0)[tp_rank]
-    return microbatch.contiguous().to(device=device, dtype=DTYPE)
 
 
 def rank_data(groups: Groups, seed: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -1773,10 +1768,6 @@ def reference_step(reference: Reference, seed: int) -> torch.Tensor:
     )
     replicas.mean().backward()
     return replicas.detach()
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
-    expected = reference(inputs)
-    F.mse_loss(expected, targets).backward()
-    return expected.detach()
 
 
 def compared(expected: torch.Tensor, reference_grads: dict[str, torch.Tensor], rank: int) -> list[torch.Tensor]:

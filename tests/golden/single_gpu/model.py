@@ -549,7 +549,7 @@ def reference_step(reference: Reference, seed: int) -> torch.Tensor:
     reference.float()
     device = next(reference.parameters()).device
     batches = [make_batch(dp_rank, seed) for dp_rank in range(DP)]
-    inputs, targets = (torch.cat(parts).to(device=device, dtype=DTYPE).float() for parts in zip(*batches, strict=True))
+    inputs, targets = (torch.cat(parts).to(device, DTYPE).float() for parts in zip(*batches, strict=True))
     expected = reference(inputs)
     F.mse_loss(expected, targets).backward()
     return expected.detach()
