@@ -448,7 +448,11 @@ def _totals_section(cost: Cost) -> Section:
         rows,
         "lr",
         (
-            "The DAG holds the transformer layers: embeddings, the output head and the loss are not counted.",
+            (
+                "The DAG holds the whole model: the embedding on the first stage, the final norm, the head and the loss on the last."
+                if cost.model.get("vocab")
+                else "The model has no vocabulary: the DAG holds the transformer layers only (no embedding, head or loss)."
+            ),
             "Activations: the tensors the generated code keeps for backward (what autograd saves for each op, "
             f"each tensor once, and the stage output a sending stage holds); {kept}; "
             "fused attention keeps a logsumexp, no seq x seq score matrix. Backward FLOPs = 2 x forward"

@@ -72,7 +72,6 @@ def builds(gpus: int) -> list[Build]:
     layers = 2 * pp
     mesh = [f"tp={tp}", f"pp={pp}", f"layers={layers}"]
     per_spec = {
-        "layerwise": [f"stages={','.join(['2'] * pp)}"],  # the spec lists its stages
         "llama_gqa": ["kv_heads=2"],  # 8 KV heads would not divide 4 query heads
         "llama3_70b_serve": ["kv_heads=2"],
     }
@@ -80,9 +79,11 @@ def builds(gpus: int) -> list[Build]:
     for path in sorted(SPECS.glob("*.par")):
         if not checked(path):
             continue
+        text = path.read_text(encoding="utf-8")
+        serving = ["prompt=8", "generate=4"] if "serve" in text else []  # within seq 16
+        stages = [f"stages={','.join(['2'] * pp)}"] if re.search(r"\bstages\b", text) else []  # a spec that lists its stages
         for dtype in DTYPES:
-            serving = ["prompt=8", "generate=4"] if "serve" in path.read_text(encoding="utf-8") else []  # within seq 16
-            defines = (*TINY, *mesh, *per_spec.get(path.stem, []), *serving, f"dtype={dtype}")
+            defines = (*TINY, *mesh, *per_spec.get(path.stem, []), *stages, *serving, f"dtype={dtype}")
             found.append(Build(path.stem, dtype, defines, tp * pp))
     return found
 
