@@ -46,6 +46,12 @@ class TrainingState:
     grads: int  # the gradient buffer, accumulated over microbatches and reduced in the gradient dtype
     master: int  # fp32 master weights the optimizer updates (none when the weights are fp32)
     optimizer: int  # Adam's m and v, fp32
+    reduced: int = 0  # part of `grads`: the fp32 copy of the reduced gradients AdamW reads, beside a 16-bit buffer
+
+    @property
+    def buffer(self) -> int:
+        """The gradient buffer alone, in the gradient dtype."""
+        return self.grads - self.reduced
 
     @property
     def total(self) -> int:
@@ -60,12 +66,13 @@ def training_state(dtype: Dtype, grad_dtype: Dtype = "fp32") -> TrainingState:
     fp32 grads 4 + fp32 master 4 + Adam m, v 8 = 18 B. With gradients reduced in the model's
     dtype the code keeps them (2 B) and their fp32 copy that AdamW reads (4 B): 20 B."""
     size = DTYPE_BYTES[dtype]
-    grads = DTYPE_BYTES[grad_dtype] + (FP32 if DTYPE_BYTES[grad_dtype] < FP32 else 0)
+    reduced = FP32 if DTYPE_BYTES[grad_dtype] < FP32 else 0
     return TrainingState(
         weights=size,
-        grads=grads,
+        grads=DTYPE_BYTES[grad_dtype] + reduced,
         master=FP32 if size < FP32 else 0,
         optimizer=2 * FP32,
+        reduced=reduced,
     )
 
 

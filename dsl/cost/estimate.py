@@ -59,16 +59,17 @@ class Durations:
 
 
 def node_durations(graph: Dag, items: Sequence[Transfer], clock: Clock) -> Durations:
-    """Forward and backward time of every node; a node's transfers of one kind run at once on
-    their ranks (max), its kinds one after another (a recomputed collective and its backward's).
-    A recomputed node's backward runs its forward first."""
-    times: dict[tuple[str, str, str], float] = {}
+    """Forward and backward time of every node; a node's transfers of one kind in one group run at
+    once on their ranks (max), its kinds and groups one after another (a recomputed collective and
+    its backward's; under zero 2 a sequence-parallel ReduceScatter over tp and the gradients'
+    ReduceScatter over dp). A recomputed node's backward runs its forward first."""
+    times: dict[tuple[str, str, str, tuple[int, ...]], float] = {}
     for item in items:
         if item.node is not None:
-            key = (item.phase, item.node, item.kind)
+            key = (item.phase, item.node, item.kind, item.group)
             times[key] = max(times.get(key, 0.0), clock.transfer(item))
     comm: dict[tuple[str, str], float] = {}
-    for (phase, node, _), time in times.items():
+    for (phase, node, _, _), time in times.items():
         comm[(phase, node)] = comm.get((phase, node), 0.0) + time
     forward, backward = {}, {}
     for node, data in graph.nodes(data=True):
@@ -248,15 +249,25 @@ def in_flight(schedule: str, *, stage: int, stages: int, microbatches: int, chun
 
 def device_memory(cost: RankCost, state: TrainingState, mesh: MeshAttrs) -> Memory:
     """A device's memory; with ZeRO, stage z keeps only its shard (`cost.shard`) of the training
-    state it shards: master weights and optimizer state from stage 1, gradients from 2, weights at 3."""
+    state it shards: master weights and optimizer state from stage 1, gradients from 2, weights at 3.
+
+    The gradients as model.py keeps them: zero 1 accumulates the whole buffer and ReduceScatters
+    it into an fp32 part of its own, what AdamW reads; from zero 2 each microbatch's gradients are
+    ReduceScattered at once and added into that fp32 part, the only gradients a rank keeps."""
     zero = mesh.get("zero", 0)
 
     def held(stage: int) -> int:
         return cost.shard if zero >= stage and cost.shard is not None else cost.params
 
+    if zero == 0:
+        grads = cost.params * state.grads
+    elif zero == 1:
+        grads = cost.params * state.buffer + held(1) * FP32
+    else:
+        grads = held(2) * FP32
     return Memory(
         weights=held(3) * state.weights,
-        grads=held(2) * state.grads,
+        grads=grads,
         # fp32 weights are their own master, except their part under zero 2: a copy AdamW updates
         master=held(1) * (state.master or (FP32 if zero == 2 else 0)),
         optimizer=held(1) * state.optimizer,
