@@ -80,12 +80,11 @@ def spec_jobs(compiled: Compiled, renderers: list[tuple[str, Renderer]]) -> list
 def not_generated(deployment: Deployment) -> str | None:
     """Why model.py is not written for the deployment; None when it is."""
     mesh = deployment.mesh
-    if mesh.zero == 3 and mesh.dp > 1:
+    sharded = mesh.zero and mesh.dp * mesh.cp > 1  # a gradient group to shard over
+    if sharded and mesh.zero == 3:
         return "model.py not written for zero 3: par generates ZeRO stages 1 and 2, not yet sharded weights (their gathers per layer)"
-    if mesh.zero and mesh.dp > 1 and deployment.model.moe is not None:
+    if sharded and deployment.model.moe is not None:
         return "model.py not written for zero with a mixture of experts: par does not generate the experts' sharded optimizer yet"
-    if mesh.zero and mesh.dp > 1 and mesh.cp > 1:
-        return "model.py not written for zero with context parallelism: par shards the training state over dp only, not yet dp x cp"
     return None
 
 

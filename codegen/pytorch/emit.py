@@ -144,7 +144,7 @@ def runtime_sections(compiled: Compiled, view: ModelView) -> dict[str, list[inli
         "MOE": model.moe is not None,
         "SEQUENCE_PARALLEL": program.stream == S_SEQ,
         "SCHEDULE": mesh.schedule,
-        "ZERO": mesh.zero if mesh.dp > 1 else 0,  # no data-parallel group: nothing to shard
+        "ZERO": mesh.zero if mesh.dp * mesh.cp > 1 else 0,  # no gradient group (dp x cp): nothing to shard
         "BY_HEAD": any(block.layer.by_head for block in view.blocks),
         "BLOCKWISE": bool(view.layer_blocks),
         "MIXED_PRECISION": model.dtype != "fp32",

@@ -90,8 +90,10 @@ def test_zero_above_1_and_out_of_range_are_said():
 def test_model_py_is_generated_for_zero_1_and_2_and_said_not_generated_for_3():
     for zero in (1, 2):
         assert not_generated(compile_source(GPT, "dp=2", f"zero={zero}").deployment) is None
-    why = not_generated(compile_source(GPT, "dp=2", "zero=3").deployment)
-    assert why is not None and "zero 3" in why
+        assert not_generated(compile_source(GPT, "tp=1", "pp=1", "cp=2", "seq=16", f"zero={zero}").deployment) is None
+    for mesh in (("dp=2",), ("tp=1", "pp=1", "cp=2", "seq=16")):
+        why = not_generated(compile_source(GPT, *mesh, "zero=3").deployment)
+        assert why is not None and "zero 3" in why
 
 
 def test_fp32_zero_2_counts_the_copy_of_its_part_that_adamw_updates():

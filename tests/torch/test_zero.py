@@ -84,3 +84,26 @@ def test_zero_1_and_2_check_trace_and_train_on_gloo(workdir):
     assert "changed some rank's weights" in broken[0].stdout and "check: MISMATCH" in broken[0].stdout
     mesh = compile_small("llama_gqa", [*MESH, "vocab=63", "tie_embeddings=true", "dtype=bf16", "zero=2"])
     run_and_compare(mesh, workdir / "mesh")
+
+
+CP_MESH = ["kv_heads=2", "layers=2", "batch=4", "microbatches=2", "vocab=64", "seq=16"]
+
+
+@pytest.mark.slow  # launches model.py on 2 and 4 processes
+def test_zero_shards_over_the_context_parallel_ranks_too(workdir):
+    """Under cp the ranks holding the parts of a sequence add up the same gradients: ZeRO shards
+    over dp x cp. zero 2 at cp 2 (its only gradient group: dp 1) and zero 1 at dp 2 x cp 2 with
+    tp 2, ring attention and sequence parallelism: each rank's part equals Reference's, and the
+    trace's ReduceScatters and AllGathers over the gradient group are the cost model's."""
+    cp2 = compile_small("llama_gqa", [*CP_MESH, "tp=1", "cp=2", "pp=1", "dp=1", "zero=2"])
+    assert cost_parts(cp2) == 2
+    run_and_compare(cp2, workdir / "cp2")
+    both = compile_small("llama_gqa", [*CP_MESH, "tp=2", "cp=2", "pp=1", "dp=2", "batch=8", "zero=1"])
+    assert cost_parts(both) == 4
+    run_and_compare(both, workdir / "dp2cp2")
+
+
+def cost_parts(compiled) -> int:
+    """How many parts the cost model cuts a device's training state into."""
+    device = spec_cost(compiled).groups[0].cost
+    return round(device.params / device.shard)

@@ -25,6 +25,15 @@ def global_rank(dp_rank: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int
     return ((dp_rank * PP + stage) * CP + cp_rank) * TP + tp_rank
 
 
+# ZeRO's parts: one per rank that reduces the same gradients, every replica's and every part of the sequence's.
+SHARDS = DP * CP
+
+
+def shard_index(rank: int) -> int:
+    """Which of the SHARDS parts a global rank keeps: its place in its gradient group (`Groups.dp`)."""
+    return coordinates(rank)[0] * CP + cp_coordinate(rank)
+
+
 class Groups:
     """This process's place in the mesh and the process groups it belongs to.
 

@@ -6,9 +6,9 @@ import torch
 import torch.distributed as dist
 
 from par.codegen.pytorch.runtime.collectives import _all_gather
-from par.codegen.pytorch.runtime.groups import coordinates
+from par.codegen.pytorch.runtime.groups import SHARDS, shard_index
 from par.codegen.pytorch.runtime.model import Stage
-from par.codegen.pytorch.runtime.spec import DP, DTYPE, LOSS_SCALING, MIXED_PRECISION, WORLD_SIZE, ZERO
+from par.codegen.pytorch.runtime.spec import DTYPE, LOSS_SCALING, MIXED_PRECISION, WORLD_SIZE, ZERO
 from par.codegen.pytorch.runtime.step import GradientBuffer, zero_part_of
 
 # -- Optimizer ----------------------------------------------------------------------------------
@@ -76,12 +76,12 @@ class Optimizer:
         if ZERO == 2:
             # This rank's part of each weight, in fp32: what its AdamW updates (docs/pytorch.md).
             weights = {name: param.detach() for name, param in buffer.named}
-            parts = zero_part_of(buffer, weights, coordinates(dist.get_rank())[0])
+            parts = zero_part_of(buffer, weights, shard_index(dist.get_rank()))
             self.weights = {"part": parts}
             self.weights["part"].grad = buffer.main
         if ZERO == 1:
             self.flat = flat_parameters(buffer)
-            first = coordinates(dist.get_rank())[0] * buffer.part
+            first = shard_index(dist.get_rank()) * buffer.part
             self.part = self.flat[first : first + buffer.part]  # this rank's part of the weights
             self.weights = {"part": self.part}
             if MIXED_PRECISION:
@@ -121,11 +121,11 @@ class Optimizer:
 def flat_parameters(buffer: GradientBuffer) -> torch.Tensor:
     """ZeRO (stage 1, Megatron's distributed optimizer): one flat DTYPE tensor of the stage's
     parameters, in the order and padding of the gradient buffer; each parameter becomes a view of
-    it. Each data-parallel rank keeps AdamW's state and the master weights of its 1/DP part only,
-    updates that part from its reduced gradients, and the parts are AllGathered into the flat
-    tensor after the step, which writes every parameter."""
+    it. Each rank of the gradient group (dp x cp) keeps AdamW's state and the master weights of
+    its 1/SHARDS part only, updates that part from its reduced gradients, and the parts are
+    AllGathered into the flat tensor after the step, which writes every parameter."""
     named = buffer.named
-    flat = torch.zeros(buffer.part * DP, dtype=DTYPE, device=named[0][1].device)
+    flat = torch.zeros(buffer.part * SHARDS, dtype=DTYPE, device=named[0][1].device)
     sizes = [param.numel() for _, param in named]
     with torch.no_grad():
         for (_, param), part in zip(named, flat[: sum(sizes)].split(sizes), strict=True):
@@ -137,9 +137,9 @@ def flat_parameters(buffer: GradientBuffer) -> torch.Tensor:
 def gather_parts(buffer: GradientBuffer, gathered: torch.Tensor) -> None:
     """zero 2: every rank's parts of the weights, gathered (rank after rank, each in the
     buffer's layout), written back into each parameter."""
-    rows = gathered.view(DP, -1)  # rank r's parts
+    rows = gathered.view(SHARDS, -1)  # rank r's parts
     first = 0
     for _, param in buffer.named:
-        size = -(-param.numel() // DP)
+        size = -(-param.numel() // SHARDS)
         param.copy_(rows[:, first : first + size].reshape(-1)[: param.numel()].view_as(param))
         first += size

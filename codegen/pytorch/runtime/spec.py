@@ -51,7 +51,7 @@ KV_DTYPE = DTYPE  # the KV cache's dtype: a serving spec's kv_dtype, else DTYPE
 # -- build-time facts: decided by the inliner, never written into model.py --------------------------
 SEQUENCE_PARALLEL = False  # the residual stream is split along seq across tp ranks
 SCHEDULE = "1f1b"  # the pipeline schedule: gpipe | 1f1b | interleaved
-ZERO = 0  # ZeRO stage with DP > 1 (0, 1 or 2): each data-parallel rank updates its 1/DP of the parameters
+ZERO = 0  # ZeRO stage with DP > 1 (0, 1 or 2): each rank of the gradient group updates its 1/SHARDS of the parameters
 BY_HEAD = False  # some weight is split per head of a fused QKV
 MIXED_PRECISION = False  # fp16 or bf16 parameters: AdamW runs on fp32 master weights
 FP32_GRADIENTS = False  # fp16 or bf16 parameters whose gradients are accumulated and reduced in fp32

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch import nn
 
 from par.codegen.pytorch.runtime.collectives import _all_reduce, _reduce_scatter
-from par.codegen.pytorch.runtime.groups import Groups
+from par.codegen.pytorch.runtime.groups import SHARDS, Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.spec import (
@@ -135,23 +135,23 @@ class GradientBuffer:
 
 
 def zero_views(buffer: GradientBuffer, named: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
-    """ZeRO: the buffer's flat gradients again, padded to DP equal parts, and each parameter's
-    view of them. The buffer is ReduceScattered over the data-parallel group: each rank keeps the
+    """ZeRO: the buffer's flat gradients again, padded to SHARDS equal parts, and each parameter's
+    view of them. The buffer is ReduceScattered over the gradient group (dp x cp): each rank keeps the
     sum of its part (`main`), the part its optimizer updates (runtime/optimizer.py)."""
     sizes = [param.numel() for _, param in named]
-    buffer.part = -(-sum(sizes) // DP)  # elements of each rank's part
-    buffer.flat = torch.zeros(buffer.part * DP, dtype=GRAD_DTYPE, device=named[0][1].device)
+    buffer.part = -(-sum(sizes) // SHARDS)  # elements of each rank's part
+    buffer.flat = torch.zeros(buffer.part * SHARDS, dtype=GRAD_DTYPE, device=named[0][1].device)
     parts = buffer.flat[: sum(sizes)].split(sizes)
     return {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
 
 
 def zero_parts(buffer: GradientBuffer, named: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
-    """zero 2: the buffer holds only this rank's part of each gradient, in fp32: its 1/DP of
-    the gradient flattened and padded to a multiple of DP, parts one after another in the order
+    """zero 2: the buffer holds only this rank's part of each gradient, in fp32: its 1/SHARDS of
+    the gradient flattened and padded to a multiple of SHARDS, parts one after another in the order
     of `named` (partial gradients first, as in the flat buffer). Each microbatch's gradient is
     ReduceScattered into it as soon as autograd has it (`ScatterGradient`), so no rank keeps a
     whole one; the full buffer made above is dropped."""
-    sizes = [-(-param.numel() // DP) for _, param in named]
+    sizes = [-(-param.numel() // SHARDS) for _, param in named]
     buffer.part = sum(sizes)
     if PARTIAL_GRADIENTS:
         buffer.partial = sum(size for (name, _), size in zip(named, sizes, strict=True) if partial_gradient(name))
@@ -169,25 +169,25 @@ class ScatterGradient:
     def __call__(self, param: torch.Tensor) -> None:
         assert param.grad is not None  # the hook runs right after autograd has set it
         grad = param.grad.reshape(-1).to(GRAD_DTYPE)
-        padded = torch.cat([grad, grad.new_zeros(self.into.numel() * DP - grad.numel())])
+        padded = torch.cat([grad, grad.new_zeros(self.into.numel() * SHARDS - grad.numel())])
         self.into.add_(_reduce_scatter(padded, 0, self.buffer.group))
         param.grad = None
 
 
-def zero_part_of(buffer: GradientBuffer, full: dict[str, torch.Tensor], dp_rank: int) -> torch.Tensor:
-    """ZeRO: data-parallel rank `dp_rank`'s part of the tensors `full` (by name), in fp32, laid
-    out as the buffer's: of their flat concatenation (zero 1), or of each one (zero 2)."""
+def zero_part_of(buffer: GradientBuffer, full: dict[str, torch.Tensor], index: int) -> torch.Tensor:
+    """ZeRO: part `index` (`shard_index`) of the tensors `full` (by name), in fp32, laid out as the
+    buffer's: of their flat concatenation (zero 1), or of each one (zero 2)."""
     if ZERO == 2:
         parts = []
         for name, _ in buffer.named:
             flat = full[name].reshape(-1).float()
-            size = -(-flat.numel() // DP)
-            padded = torch.cat([flat, flat.new_zeros(size * DP - flat.numel())])
-            parts.append(padded[dp_rank * size : (dp_rank + 1) * size])
+            size = -(-flat.numel() // SHARDS)
+            padded = torch.cat([flat, flat.new_zeros(size * SHARDS - flat.numel())])
+            parts.append(padded[index * size : (index + 1) * size])
         return torch.cat(parts)
     flat = torch.cat([full[name].reshape(-1).float() for name, _ in buffer.named])
-    flat = torch.cat([flat, flat.new_zeros(buffer.part * DP - flat.numel())])
-    return flat[dp_rank * buffer.part : (dp_rank + 1) * buffer.part]
+    flat = torch.cat([flat, flat.new_zeros(buffer.part * SHARDS - flat.numel())])
+    return flat[index * buffer.part : (index + 1) * buffer.part]
 
 
 def train_step(
