@@ -6,12 +6,16 @@ above FULL_SVG_MAX_NODES nodes is not rendered (its layout would take minutes); 
 view always is (`par build --svg full` renders the full DAG whatever its size). If `dot` fails or runs past DOT_TIMEOUT_S, the renderer raises ArtifactError
 with one line of Graphviz's output, and the build skips that SVG with a warning (Graphviz's
 layout can fail on valid DOT, printing thousands of lines of its internal state after one
-`Error:` line). `dot`'s SVG holds nothing run-dependent (no dates, no paths, no random ids),
-so the same DOT text gives the same bytes with the same Graphviz version.
+`Error:` line). One such failure has a way around it: Graphviz 2.43's ranking fails with
+"trouble in init_rank" on some drawings whose nodes are held in GPU columns (`group`), so `dot`
+runs once more on the text without the columns, and the SVG is drawn with columns that may bend.
+`dot`'s SVG holds nothing run-dependent (no dates, no paths, no random ids), so the same DOT text
+gives the same bytes with the same Graphviz version.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -25,6 +29,8 @@ if TYPE_CHECKING:  # `par build --help` reads this module's choices without load
 
 DOT_TIMEOUT_S = 180
 MESSAGE_CHARS = 200  # the most of Graphviz's message line a warning quotes
+RANKING_BUG = b"trouble in init_rank"
+COLUMN = re.compile(r', group="column_[0-9_]+"')  # a node's GPU column, as the DOT views write it
 FULL_SVG_MAX_NODES = 8000
 # `par build --svg`: which Graphviz drawings to render.
 SVG_CHOICES = {
@@ -43,9 +49,21 @@ def dot_program() -> str | None:
 
 
 def render_svg(dot_text: str, *, program: str, timeout: float = DOT_TIMEOUT_S) -> bytes:
-    """`dot -Tsvg` of `dot_text`; raises ArtifactError if dot fails or runs past `timeout` seconds."""
+    """`dot -Tsvg` of `dot_text`, once more without the GPU columns if Graphviz's ranking fails
+    on them; raises ArtifactError if dot fails or runs past `timeout` seconds."""
+    done = run_dot(dot_text, program=program, timeout=timeout)
+    if done.returncode != 0 and RANKING_BUG in done.stderr:
+        loose = COLUMN.sub("", dot_text)
+        if loose != dot_text:
+            done = run_dot(loose, program=program, timeout=timeout)
+    if done.returncode != 0:
+        raise ArtifactError(f"`dot -Tsvg` failed (exit {done.returncode}): {first_error(done.stderr)}")
+    return done.stdout
+
+
+def run_dot(dot_text: str, *, program: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
     try:
-        done = subprocess.run(
+        return subprocess.run(
             [program, "-Tsvg"],
             input=dot_text.encode("utf-8"),
             capture_output=True,
@@ -56,9 +74,6 @@ def render_svg(dot_text: str, *, program: str, timeout: float = DOT_TIMEOUT_S) -
         raise ArtifactError(f"`dot -Tsvg` did not finish within {timeout:g} s") from None
     except OSError as exc:
         raise ArtifactError(f"cannot run {program}: {exc.strerror or exc}") from None
-    if done.returncode != 0:
-        raise ArtifactError(f"`dot -Tsvg` failed (exit {done.returncode}): {first_error(done.stderr)}")
-    return done.stdout
 
 
 def first_error(stderr: bytes) -> str:

@@ -5,6 +5,7 @@ import stat
 
 from par import build as driver
 from par.codegen import svg
+from par.codegen.renderer import ArtifactError
 
 GRAPHVIZ = {"dag.svg", "dag.compact.svg"}
 DUMP_LINES = 3000
@@ -61,3 +62,47 @@ def test_a_dot_that_hangs_costs_its_svgs_only(specs, tmp_path, par, monkeypatch)
     assert {path.name for path in (out / "single_gpu").iterdir()} == {name for name, _ in driver.artifact_renderers()} - GRAPHVIZ
     warnings = [line for line in err.splitlines() if line.startswith("par: warning:")]
     assert len(warnings) == 2 and all("did not finish within 0.2 s" in line for line in warnings), err
+
+
+def column_failing_dot(folder):
+    """A `dot` on PATH that fails as Graphviz 2.43's ranking does on drawings with GPU columns,
+    and draws (and logs) whatever comes without them."""
+    folder.mkdir()
+    program = folder / "dot"
+    program.write_text(
+        "#!/bin/sh\n"
+        f"text=$(cat)\n"
+        'if printf %s "$text" | grep -q \'group="column_\'; then\n'
+        "  echo 'Error: trouble in init_rank' >&2; exit 1\n"
+        "fi\n"
+        f"echo call >> {folder / 'calls'}\n"
+        "echo '<svg>without columns</svg>'\n"
+    )
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    return folder
+
+
+def test_a_drawing_graphviz_cannot_rank_in_columns_is_drawn_without_them(specs, tmp_path, par, monkeypatch):
+    folder = column_failing_dot(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "build"
+    code, _, err = par("build", specs / "gpt_tp2_pp2.par", "-o", out)
+    assert code == 0 and "warning" not in err, err
+    for name in GRAPHVIZ:
+        assert (out / "gpt_tp2_pp2" / name).read_text() == "<svg>without columns</svg>\n"
+    assert 'group="column_' in (out / "gpt_tp2_pp2" / "dag.dot").read_text()  # the DOT file keeps them
+    assert (folder / "calls").read_text().count("call") == 2
+
+
+def test_other_failures_are_not_retried(tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "dot").write_text(f"#!/bin/sh\necho call >> {folder / 'calls'}\necho 'Error: syntax error' >&2\nexit 1\n")
+    (folder / "dot").chmod(0o755)
+    try:
+        svg.render_svg('digraph { a [group="column_0_0"] }', program=str(folder / "dot"))
+    except ArtifactError as error:
+        assert "syntax error" in str(error)
+    else:
+        raise AssertionError("a failing dot must raise")
+    assert (folder / "calls").read_text().count("call") == 1
