@@ -83,8 +83,6 @@ def not_generated(deployment: Deployment) -> str | None:
     sharded = mesh.zero and mesh.dp * mesh.cp > 1  # a gradient group to shard over
     if sharded and mesh.zero == 3:
         return "model.py not written for zero 3: par generates ZeRO stages 1 and 2, not yet sharded weights (their gathers per layer)"
-    if sharded and deployment.model.moe is not None:
-        return "model.py not written for zero with a mixture of experts: par does not generate the experts' sharded optimizer yet"
     return None
 
 

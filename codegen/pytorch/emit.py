@@ -33,7 +33,7 @@ BESIDE_LAYER = ("ops", "context", "linears", "experts", "vocab")
 BESIDE_REFERENCE = ("seeds",)
 AFTER_SHARDING = ("sharding",)
 HARNESS = (
-    "groups", "trace", "collectives", "regather", "pairs", "batches", "schedule", "step", "optimizer", "checkpoint", "modes",
+    "groups", "trace", "collectives", "regather", "pairs", "batches", "schedule", "zero", "step", "optimizer", "checkpoint", "modes",
     "generation", "cli",
 )
 

@@ -97,12 +97,15 @@ def trace_problems(graph: nx.DiGraph, rank: int, events: list[dict]) -> list[str
 
 
 def _zero_problems(graph: nx.DiGraph, rank: int, step: list[dict]) -> list[str]:
-    """ZeRO's step: one ReduceScatter of the gradients, then one AllGather of the weights, each
-    over the group and with the wire bytes of the cost model's gradient transfers of this rank."""
+    """ZeRO's step: a ReduceScatter of the gradients per group (the data-parallel one; with experts
+    also the ranks holding the same experts), then after the optimizer's step an AllGather of the
+    weights per group, in that order, with the wire bytes of the cost model's gradient transfers
+    of this rank."""
     from par.dsl.cost.accounting import transfers  # the cost model: the oracle of the step's collectives
 
     expected = [(item.kind, list(item.group), item.bytes) for item in transfers(graph)
                 if item.phase == "gradients" and item.kind in ("reducescatter", "allgather") and rank in item.senders]
+    expected.sort(key=lambda item: item[0] != "reducescatter")  # every reduction before the step, every gather after
     issued = []
     for event in step:
         if event["op"] in ("reducescatter", "allgather"):

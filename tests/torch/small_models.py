@@ -44,6 +44,10 @@ VARIANTS = [(stem, FEW.get(stem, [])) for stem in GENERATED] + [
                    "positions=learned", "seq=16"]),
     ("llama_gqa", ["kv_heads=2", "tp=2", "cp=2", "cp_attention=allgather", "sp=off", "pp=1", "dp=1", "layers=2",
                    "batch=4", "microbatches=2", "seq=16"]),
+    # ZeRO over the data-parallel group and the experts' over the ranks holding the same experts
+    ("mixtral_8x7b", ["kv_heads=2", "ep=4", "zero=1"]),
+    ("mixtral_8x7b", ["kv_heads=2", "ep=4", "zero=2"]),
+    ("llama_gqa", ["kv_heads=2", "tp=2", "cp=2", "pp=1", "dp=2", "layers=2", "batch=4", "microbatches=2", "seq=16", "zero=1"]),
 ]
 # Production sizes shrunk to what a 2-core machine runs in about a second.
 SMALL = ["hidden=64", "heads=4", "ffn=256", "seq=8", "dtype=fp32"]

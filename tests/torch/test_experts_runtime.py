@@ -77,6 +77,24 @@ def test_routed_experts_match_reference_and_the_dag(name, workdir):
     _held_to_reference_and_the_dag(compile_source(SPEC, *LAYOUTS[name]), workdir)
 
 
+# ZeRO shards the dense training state over the data-parallel group and the experts' over the
+# ranks holding the same experts: over 2 ranks at ep 2 of dp 4, over none at ep 4.
+ZERO_LAYOUTS = {
+    "zero 1, ep2 of dp4": ["ep=2", "microbatches=2", "zero=1"],
+    "zero 2, ep2 of dp4": ["ep=2", "microbatches=2", "zero=2"],
+    "zero 1, ep4 of dp4, experts not sharded": ["zero=1"],
+}
+
+
+@pytest.mark.parametrize("name", ZERO_LAYOUTS)
+def test_zero_shards_the_experts_over_the_ranks_holding_them(name, workdir):
+    """Each rank's part of the dense and the experts' reduced gradients equals Reference's, the
+    weights come back whole from the AllGathers over both groups, and the trace's ReduceScatters and
+    AllGathers are the cost model's."""
+    results = _held_to_reference_and_the_dag(compile_source(SPEC, *ZERO_LAYOUTS[name]), workdir)
+    assert "gave every rank its weights back" in results[0].stdout
+
+
 def test_a_block_per_range_of_layers_matches_reference_and_the_dag(workdir):
     """Each layer runs its block's class (dense llama, then deepseek's experts), on tp 2 x pp 2 x ep 2."""
     compiled = compile_source(DEEPSEEK)
@@ -86,6 +104,7 @@ def test_a_block_per_range_of_layers_matches_reference_and_the_dag(workdir):
 
 
 def _held_to_reference_and_the_dag(compiled, workdir):
+    """Runs --check --trace on every rank and holds the traces to the DAG and the cost model; returns the runs."""
     results, report = _check(compiled, workdir)
     assert all(r.exitcode == 0 for r in results), report
     assert "check: OK" in results[0].stdout, report
@@ -115,6 +134,7 @@ def _held_to_reference_and_the_dag(compiled, workdir):
         assert routings > 0
         # routing is uneven in general: the split sizes are not all the balanced share
         assert any(len(set(e["splits"][0])) > 1 for t in traces for e in t if e["op"] == "dispatch")
+    return results
 
 
 # Each mutation, and the layout it must fail on.
@@ -133,6 +153,11 @@ MUTATIONS = {
     "router gradient left partial": (
         ["tp=2", "dp=1", "ep=1", "batch=4"],
         ("route(copy_to_tp(self.moe_router(ln2), self.tp_group))", "route(self.moe_router(ln2))"),
+    ),
+    # ZeRO: each rank takes the experts' part of another rank of their group
+    "experts' ZeRO part of another rank": (
+        ["ep=2", "microbatches=2", "zero=1"],
+        ("coordinates(rank)[0] // EP", "coordinates(rank)[0] % EP"),
     ),
 }
 

@@ -52,7 +52,7 @@ def test_optimizer_state_per_rank_is_the_cost_models(workdir, zero, grads):
 
 
 STEP = re.compile(r"step (\d)/3: loss ([0-9.]+)")
-GATHER = "rows = gathered.view(DP, -1)  # rank r's parts"
+GATHER = "rows = gathered.view(region.parts, -1)  # rank r's parts"
 MESH = ["heads=4", "kv_heads=2", "tp=2", "pp=2", "dp=2", "layers=2", "batch=4", "microbatches=2"]
 
 
@@ -78,7 +78,7 @@ def test_zero_1_and_2_check_trace_and_train_on_gloo(workdir):
     # The check can fail: each rank's parts gathered in the wrong order give wrong weights.
     source = path.read_text()
     assert source.count(GATHER) == 1
-    path.write_text(source.replace(GATHER, "rows = gathered.view(DP, -1).flip(0)"))
+    path.write_text(source.replace(GATHER, "rows = gathered.view(region.parts, -1).flip(0)"))
     broken = launch(path, 2, ["--check"], workdir / "broken")
     assert [r.exitcode for r in broken] == [1, 1]
     assert "changed some rank's weights" in broken[0].stdout and "check: MISMATCH" in broken[0].stdout

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from par.codegen.pytorch.runtime.batches import file_data, make_batch, microbatches, rank_data
 from par.codegen.pytorch.runtime.checkpoint import load_requested, save_requested
-from par.codegen.pytorch.runtime.groups import Groups, coordinates, cp_coordinate, shard_index
+from par.codegen.pytorch.runtime.groups import Groups, coordinates, cp_coordinate
 from par.codegen.pytorch.runtime.model import Reference, Stage, reference_ends, reference_layer
 from par.codegen.pytorch.runtime.optimizer import LossScaler, Optimizer
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
@@ -35,7 +35,8 @@ from par.codegen.pytorch.runtime.spec import (
     WORLD_SIZE,
     ZERO,
 )
-from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step, zero_part_of
+from par.codegen.pytorch.runtime.step import GradientBuffer, gradients, train_step
+from par.codegen.pytorch.runtime.zero import part_of
 
 # -- Modes --------------------------------------------------------------------------------------
 
@@ -158,7 +159,7 @@ def check(groups: Groups, device: torch.device, seed: int, tolerance: float | No
     expected_outputs, reference_grads = mine[: len(outputs)], dict(zip(names, mine[len(outputs) :], strict=True))
     if ZERO:  # the rank holds the reduced gradients of its part of the flat parameters only
         grads, names = {ZERO_PART: buffer.main}, [ZERO_PART]
-        reference_grads = {ZERO_PART: zero_part_of(buffer, reference_grads, shard_index(groups.rank))}
+        reference_grads = {ZERO_PART: part_of(buffer.regions, reference_grads)}
 
     output_error = -1.0  # -1: this rank produces no model output
     if outputs:

@@ -6,10 +6,10 @@ import torch
 import torch.distributed as dist
 
 from par.codegen.pytorch.runtime.collectives import _all_gather
-from par.codegen.pytorch.runtime.groups import SHARDS, shard_index
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.spec import DTYPE, LOSS_SCALING, MIXED_PRECISION, WORLD_SIZE, ZERO
-from par.codegen.pytorch.runtime.step import GradientBuffer, zero_part_of
+from par.codegen.pytorch.runtime.step import GradientBuffer
+from par.codegen.pytorch.runtime.zero import gather_parts, part_of
 
 # -- Optimizer ----------------------------------------------------------------------------------
 
@@ -75,18 +75,20 @@ class Optimizer:
         self.params: dict[str, torch.Tensor] = dict(stage.named_parameters())
         if ZERO == 2:
             # This rank's part of each weight, in fp32: what its AdamW updates (docs/pytorch.md).
-            weights = {name: param.detach() for name, param in buffer.named}
-            parts = zero_part_of(buffer, weights, shard_index(dist.get_rank()))
-            self.weights = {"part": parts}
+            weights = {name: param.detach() for name, param in self.params.items()}
+            self.weights = {"part": part_of(buffer.regions, weights)}
             self.weights["part"].grad = buffer.main
         if ZERO == 1:
+            self.weights = {}
             self.flat = flat_parameters(buffer)
-            first = shard_index(dist.get_rank()) * buffer.part
-            self.part = self.flat[first : first + buffer.part]  # this rank's part of the weights
-            self.weights = {"part": self.part}
-            if MIXED_PRECISION:
-                self.weights["part"] = self.part.float()  # the fp32 master weights of the part
-            self.weights["part"].grad = buffer.main
+            # this rank's part of each region's weights, and of their reduced gradients
+            self.parts = [self.flat[region.mine()] for region in buffer.regions]
+            for index, (region, part) in enumerate(zip(buffer.regions, self.parts, strict=True)):
+                weight = part
+                if MIXED_PRECISION:
+                    weight = part.float()  # the fp32 master weights of the part
+                weight.grad = buffer.main[region.first : region.first + region.part]
+                self.weights[f"part {index}"] = weight
         if not ZERO:
             if MIXED_PRECISION:
                 self.weights = {name: param.detach().float() for name, param in self.params.items()}
@@ -107,11 +109,15 @@ class Optimizer:
         if ZERO == 1:
             with torch.no_grad():
                 if MIXED_PRECISION:
-                    self.part.copy_(self.weights["part"])
-                self.flat.copy_(_all_gather(self.part, 0, self.buffer.group))
+                    for part, weight in zip(self.parts, self.weights.values(), strict=True):
+                        part.copy_(weight)
+                for region, part in zip(self.buffer.regions, self.parts, strict=True):
+                    if region.parts > 1:
+                        run = self.flat[region.start : region.start + region.length]
+                        run.copy_(_all_gather(part, 0, region.group(self.buffer.groups)))
         if ZERO == 2:
             with torch.no_grad():
-                gather_parts(self.buffer, _all_gather(self.weights["part"].to(DTYPE), 0, self.buffer.group))
+                gather_parts(self.buffer.regions, self.weights["part"].to(DTYPE), self.buffer.groups)
         if not ZERO and MIXED_PRECISION:
             with torch.no_grad():
                 for name, param in self.params.items():
@@ -121,25 +127,14 @@ class Optimizer:
 def flat_parameters(buffer: GradientBuffer) -> torch.Tensor:
     """ZeRO (stage 1, Megatron's distributed optimizer): one flat DTYPE tensor of the stage's
     parameters, in the order and padding of the gradient buffer; each parameter becomes a view of
-    it. Each rank of the gradient group (dp x cp) keeps AdamW's state and the master weights of
-    its 1/SHARDS part only, updates that part from its reduced gradients, and the parts are
+    it. Each rank of a region's gradient group keeps AdamW's state and the master weights of its
+    part of the region only, updates that part from its reduced gradients, and the parts are
     AllGathered into the flat tensor after the step, which writes every parameter."""
-    named = buffer.named
-    flat = torch.zeros(buffer.part * SHARDS, dtype=DTYPE, device=named[0][1].device)
-    sizes = [param.numel() for _, param in named]
+    flat = torch.zeros(buffer.flat.numel(), dtype=DTYPE, device=buffer.flat.device)
     with torch.no_grad():
-        for (_, param), part in zip(named, flat[: sum(sizes)].split(sizes), strict=True):
-            part.copy_(param.reshape(-1))
-            param.data = part.view_as(param)
+        for region in buffer.regions:
+            run = flat[region.start : region.start + sum(region.sizes)]
+            for (_, param), part in zip(region.named, run.split(region.sizes), strict=True):
+                part.copy_(param.reshape(-1))
+                param.data = part.view_as(param)
     return flat
-
-
-def gather_parts(buffer: GradientBuffer, gathered: torch.Tensor) -> None:
-    """zero 2: every rank's parts of the weights, gathered (rank after rank, each in the
-    buffer's layout), written back into each parameter."""
-    rows = gathered.view(SHARDS, -1)  # rank r's parts
-    first = 0
-    for _, param in buffer.named:
-        size = -(-param.numel() // SHARDS)
-        param.copy_(rows[:, first : first + size].reshape(-1)[: param.numel()].view_as(param))
-        first += size

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from par.codegen.pytorch.runtime.collectives import _all_reduce, _reduce_scatter
-from par.codegen.pytorch.runtime.groups import SHARDS, Groups
+from par.codegen.pytorch.runtime.collectives import _all_reduce
+from par.codegen.pytorch.runtime.groups import Groups
 from par.codegen.pytorch.runtime.model import Stage
 from par.codegen.pytorch.runtime.pipeline import PipelineSchedule
 from par.codegen.pytorch.runtime.spec import (
@@ -23,6 +22,7 @@ from par.codegen.pytorch.runtime.spec import (
     TIED,
     ZERO,
 )
+from par.codegen.pytorch.runtime.zero import ScatterGradient, reduce_parts, regions
 
 # -- Gradients ----------------------------------------------------------------------------------
 # Every gradient of a stage lives in one flat GRAD_DTYPE buffer, allocated once: accumulated
@@ -75,18 +75,25 @@ class GradientBuffer:
         parts = self.flat.split([param.numel() for _, param in named])
         views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
         if ZERO:
-            self.named = named  # the order of the flat parameters or parts the optimizer updates
-            self.group: dist.ProcessGroup  # the data-parallel group, given by train_step
-            self.part = 0  # elements of this rank's part
+            # the runs of parameters each sharded over its group, in the order the optimizer updates them
+            experts = 0
+            if EP > 1:
+                experts = sum(expert_gradient(name) for name, _ in named)
+            self.regions = regions(named, experts)
+            self.groups: Groups  # given by train_step
         if ZERO == 1:
-            views = zero_views(self, named)
+            views = zero_views(self)
         if ZERO == 2:
-            views = zero_parts(self, named)
+            views = zero_parts(self)
         if TIED and PP > 1:
             self.views = views
         if ZERO == 2:
-            for name, param in named:
-                param.register_post_accumulate_grad_hook(ScatterGradient(self, views[name]))
+            # each ReduceScatters its gradients over the region's group, which train_step gives them
+            self.hooks = [
+                ScatterGradient(region, views[name], GRAD_DTYPE) for region in self.regions for name, _ in region.named
+            ]
+            for hook, (_, param) in zip(self.hooks, named, strict=True):
+                param.register_post_accumulate_grad_hook(hook)
         else:
             if FP32_GRADIENTS:
                 # Autograd writes each microbatch's gradient in the parameter's dtype; a hook adds it
@@ -103,8 +110,9 @@ class GradientBuffer:
             parts = self.main.split([param.numel() for _, param in named])
             self.main_views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
         if ZERO == 1:
-            # The sum of this rank's part over the data-parallel group, in fp32: what its AdamW reads.
-            self.main = torch.zeros(self.part, dtype=torch.float32, device=first.device)
+            # The sum of this rank's part over its gradient group, in fp32: what its AdamW reads.
+            parts = sum(region.part for region in self.regions)
+            self.main = torch.zeros(parts, dtype=torch.float32, device=first.device)
 
     def zero(self) -> None:
         self.flat.zero_()
@@ -120,7 +128,7 @@ class GradientBuffer:
             self.flat.div_(DP)  # the mean over replicas
         if DP * CP > 1:  # and under cp the sum over the parts of the sequence, each rank's loss its tokens' share
             if ZERO == 1:
-                self.main.copy_(_reduce_scatter(self.flat, 0, groups.dp))
+                reduce_parts(self.regions, self.flat, self.main, groups)
             if not ZERO:
                 if EP > 1:
                     # Each expert's tokens came from the EP replicas of its group: its gradient already
@@ -134,60 +142,32 @@ class GradientBuffer:
             self.main.copy_(self.flat)
 
 
-def zero_views(buffer: GradientBuffer, named: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
-    """ZeRO: the buffer's flat gradients again, padded to SHARDS equal parts, and each parameter's
-    view of them. The buffer is ReduceScattered over the gradient group (dp x cp): each rank keeps the
-    sum of its part (`main`), the part its optimizer updates (runtime/optimizer.py)."""
-    sizes = [param.numel() for _, param in named]
-    buffer.part = -(-sum(sizes) // SHARDS)  # elements of each rank's part
-    buffer.flat = torch.zeros(buffer.part * SHARDS, dtype=GRAD_DTYPE, device=named[0][1].device)
-    parts = buffer.flat[: sum(sizes)].split(sizes)
-    return {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
+def zero_views(buffer: GradientBuffer) -> dict[str, torch.Tensor]:
+    """zero 1: the buffer's flat gradients again, each region's run padded to a multiple of its
+    group's size (`Region.length`), and each parameter's view of them. After the last microbatch
+    each run is ReduceScattered over its group: each rank keeps the sum of its part (`main`), the
+    part its optimizer updates (runtime/optimizer.py)."""
+    length = sum(region.length for region in buffer.regions)
+    buffer.flat = torch.zeros(length, dtype=GRAD_DTYPE, device=buffer.flat.device)
+    views = {}
+    for region in buffer.regions:
+        parts = buffer.flat[region.start : region.start + sum(region.sizes)].split(region.sizes)
+        views.update({name: part.view_as(param) for (name, param), part in zip(region.named, parts, strict=True)})
+    return views
 
 
-def zero_parts(buffer: GradientBuffer, named: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
-    """zero 2: the buffer holds only this rank's part of each gradient, in fp32: its 1/SHARDS of
-    the gradient flattened and padded to a multiple of SHARDS, parts one after another in the order
-    of `named` (partial gradients first, as in the flat buffer). Each microbatch's gradient is
+def zero_parts(buffer: GradientBuffer) -> dict[str, torch.Tensor]:
+    """zero 2: the buffer holds only this rank's part of each gradient, in fp32: its 1/n of the
+    gradient flattened and padded to a multiple of n, the size of its region's group, parts one
+    after another in the buffer's order (partial gradients first). Each microbatch's gradient is
     ReduceScattered into it as soon as autograd has it (`ScatterGradient`), so no rank keeps a
     whole one; the full buffer made above is dropped."""
-    sizes = [-(-param.numel() // SHARDS) for _, param in named]
-    buffer.part = sum(sizes)
+    named = [item for region in buffer.regions for item in region.named]
+    sizes = [size for region in buffer.regions for size in region.padded]
     if PARTIAL_GRADIENTS:
         buffer.partial = sum(size for (name, _), size in zip(named, sizes, strict=True) if partial_gradient(name))
-    buffer.flat = torch.zeros(buffer.part, dtype=torch.float32, device=named[0][1].device)
+    buffer.flat = torch.zeros(sum(sizes), dtype=torch.float32, device=buffer.flat.device)
     return dict(zip((name for name, _ in named), buffer.flat.split(sizes), strict=True))
-
-
-class ScatterGradient:
-    """zero 2: a parameter's hook: ReduceScatters its gradient of one microbatch over the
-    data-parallel group in GRAD_DTYPE, adds this rank's part to `into` (fp32), and frees it."""
-
-    def __init__(self, buffer: GradientBuffer, into: torch.Tensor) -> None:
-        self.buffer, self.into = buffer, into
-
-    def __call__(self, param: torch.Tensor) -> None:
-        assert param.grad is not None  # the hook runs right after autograd has set it
-        grad = param.grad.reshape(-1).to(GRAD_DTYPE)
-        padded = torch.cat([grad, grad.new_zeros(self.into.numel() * SHARDS - grad.numel())])
-        self.into.add_(_reduce_scatter(padded, 0, self.buffer.group))
-        param.grad = None
-
-
-def zero_part_of(buffer: GradientBuffer, full: dict[str, torch.Tensor], index: int) -> torch.Tensor:
-    """ZeRO: part `index` (`shard_index`) of the tensors `full` (by name), in fp32, laid out as the
-    buffer's: of their flat concatenation (zero 1), or of each one (zero 2)."""
-    if ZERO == 2:
-        parts = []
-        for name, _ in buffer.named:
-            flat = full[name].reshape(-1).float()
-            size = -(-flat.numel() // SHARDS)
-            padded = torch.cat([flat, flat.new_zeros(size * SHARDS - flat.numel())])
-            parts.append(padded[index * size : (index + 1) * size])
-        return torch.cat(parts)
-    flat = torch.cat([full[name].reshape(-1).float() for name, _ in buffer.named])
-    flat = torch.cat([flat, flat.new_zeros(buffer.part * SHARDS - flat.numel())])
-    return flat[index * buffer.part : (index + 1) * buffer.part]
 
 
 def train_step(
@@ -195,7 +175,10 @@ def train_step(
 ) -> tuple[list, list]:
     """Forward and backward of every microbatch (`data`: this rank's inputs, targets), then the gradient reduction."""
     if ZERO:
-        buffer.group = groups.dp  # ZeRO reduce-scatters the gradients and gathers the weights over it
+        buffer.groups = groups  # ZeRO reduce-scatters the gradients and gathers the weights over its regions' groups
+    if ZERO == 2:
+        for hook in buffer.hooks:
+            hook.groups = groups
     outputs, losses = schedule.step(*data)
     buffer.reduce(groups)
     return outputs, losses
