@@ -399,14 +399,17 @@ def _step_section(cost: Cost) -> Section:
     estimate, hardware, mesh = cost.estimate, cost.hardware, cost.mesh
     assert hardware is not None  # the estimate section is written only with hardware
     flops = sum(cost.step_flops(device) for device in cost.devices)
+    run = flops + sum(cost.recompute_step_flops(device) for device in cost.devices)  # what the devices compute
     peak = mesh["world"] * hardware.peak_tflops * 1e12
     tokens = cost.model["batch"] * cost.model["seq"]
+    again = " (recomputation included, as Megatron-LM counts)" if mesh.get("recompute", "none") != "none" else ""
     rows = (
         ("one microbatch forward, every stage and link in turn", units.seconds(estimate.microbatch_latency)),
         (f"pipeline: {units.plural(mesh['microbatches'], 'microbatch', 'microbatches')} forward and backward", units.seconds(estimate.pipeline)),
         ("gradient sync after the pipeline (slowest device)", units.seconds(estimate.gradient_sync)),
         ("step", units.seconds(estimate.step)),
         ("counted FLOP/s / peak FLOP/s, all devices", units.percent(flops / (estimate.step * peak))),
+        (f"FLOP/s per device{again}", units.si(run / (estimate.step * mesh["world"]), "FLOP/s")),
         ("tokens per second", units.count(tokens / estimate.step)),
     )
     return Section(

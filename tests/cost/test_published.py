@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from par.codegen.cost.report import sections
+from par.dsl import units
 from par.dsl.checks.hwcheck import builtin_hardware
 from par.dsl.cost import cost_of, spec_cost
 from tests.cost.tiny import compile_spec
@@ -85,6 +87,17 @@ def test_the_step_time_is_within_a_quarter_of_the_published_throughput(published
     assert abs(predicted / published_step - 1) <= TOLERANCE, (
         f"{run.spec}: predicted {predicted:.2f} s per step, {run.source} implies {published_step:.2f} s"
     )
+
+
+@pytest.mark.slow
+def test_the_report_prints_the_per_gpu_throughput_the_papers_report(published):
+    """The figure a planner reads beside the paper's: FLOP/s per device, recomputation included."""
+    run, _, cost = published
+    (step,) = [section for section in sections(cost) if section.title.startswith("Step time estimate")]
+    (printed,) = [value for label, value in step.rows if label.startswith("FLOP/s per device (recomputation included")]
+    ours = sum(cost.step_flops(d) + cost.recompute_step_flops(d) for d in cost.devices) / (cost.estimate.step * len(cost.devices))
+    assert printed == units.si(ours, "FLOP/s")
+    assert abs(ours / (run.tflops * 1e12) - 1) <= TOLERANCE
 
 
 @pytest.mark.slow
