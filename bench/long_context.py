@@ -5,10 +5,23 @@ layer: about 236,000 DAG nodes (with `-D cp_attention=ring`, about 977,000). Pri
 the compile (parse, check, lower, expand, validate) and of each artifact, their sum, and the
 ratio to the target; CPU time beside wall time, since a shared machine inflates the wall.
 
-Where the time goes (2 shared cores, CPU seconds): compile about 4, dag.dot and dag.json most
-of the rest (a line of text per node), the cost report a full pass over the DAG; every part
-grows with the nodes, which are `cp × tp` per op per layer. The spec lives here rather than in
-specs/ because every test that builds specs/ at full size would build it.
+Where the time goes (2 shared cores, CPU seconds, cProfile and timed parts): compile about 2.5
+(validation 1.3, expansion 0.9), dag.dot 2.6 to 3.2, report.md 2.3 (the cost model's passes
+over the DAG: saved tensors, node and device times, parameters, transfers), dag.json 1.5,
+dag.compact.dot 0.7; every part grows with the nodes, which are `cp × tp` per op per layer.
+Each pass is bound by memory, not by Python's work: a node's attributes are a dict of about 18
+keys in an allocation of its own, and reading a dozen of them costs about 3 µs per node at this
+size, where reading one costs 0.1. So what pays is touching fewer nodes' dicts, or fewer times.
+Done: dag.json reads a node's shared attributes in one call and finds the text of its step by
+them (ring attention's operand lists too); dag.dot writes its lines in Python, not by a
+template loop whose nested macros copied the text at every level (0.9 s of the 3.4), and every
+renderer runs with the cyclic GC paused (the full collections its 600,000 view objects set off
+walked the whole DAG: over a second of dag.dot measured alone). Each artifact is byte for byte
+what it was. Tried and dropped, no faster measured: the cost model's saved tensors computed
+once per step, validator fast paths per node. Left: the target needs passes that skip the
+nodes a step stamps alike (validation per step; one step key for every emitter), see
+bench/compile_scale.py. The spec lives here rather than in specs/ because every test that
+builds specs/ at full size would build it.
 
     python bench/long_context.py [-D name=value ...]
 """

@@ -10,7 +10,7 @@ and every edge in and out of the expanded layer are the DAG's own.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from par.codegen.dot import style
@@ -76,16 +76,19 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
     ranges = folds(mesh, expanded=shown, starts=[first for first, _, _ in compiled.layer_programs])
     fold_of = {number: fold for fold in ranges for number in range(fold.first, fold.last + 1)}
 
+    first_replica = {rank for rank in range(mesh.world) if mesh.coords(rank)[0] == 0}  # asked of every node: once per rank
+
     def drawn_as(node_id: str, data: NodeAttrs) -> str | None:
         if data["op"] in ("input", "output"):
             return node_id
-        if mesh.coords(data["devices"][0])[0] != 0:
+        if data["devices"][0] not in first_replica:
             return None
         if data["layer"] is None or data["layer"] in shown:
             return node_id
         return fold_of[data["layer"]].id
 
-    rep = {node_id: drawn_as(node_id, data) for node_id, data in graph.nodes(data=True)}.__getitem__  # asked of every edge's ends
+    drawn_for = {node_id: drawn_as(node_id, data) for node_id, data in graph._node.items()}
+    rep = drawn_for.__getitem__
 
     tree = ClusterTree(mesh, replicas=1)
     drawn = [node_id for node_id in graph.nodes if rep(node_id) == node_id]
@@ -102,18 +105,23 @@ def compact_layout(compiled: Compiled, *, layer: int) -> CompactLayout:
             members[target].append(data)
     for fold in ranges:
         tree.add(tree.replicas[(fold.stage, 0)], folded_node(fold, members=members[fold.id], compiled=compiled))
-    edges = quotient_edges(graph, rep=rep)
+    edges = quotient_edges(graph, rep=drawn_for)
     rows = [row for _, row in sorted(pipeline.items()) if len(row) > 1]
     return CompactLayout(tree, edges, drawn, rep, folded=bool(ranges), rows=rows)
 
 
-def quotient_edges(graph: Dag, *, rep: Callable[[str], str | None]) -> list[DotEdge]:
-    """One edge per pair of drawn ends that some DAG edge connects, in DAG order."""
+def quotient_edges(graph: Dag, *, rep: Mapping[str, str | None]) -> list[DotEdge]:
+    """One edge per pair of drawn ends that some DAG edge connects, in DAG order; `rep`: each
+    DAG id -> the id drawn for it, or None."""
     pairs: dict[tuple[str, str], None] = {}
-    for tail, head in graph.edges:
-        drawn_tail, drawn_head = rep(tail), rep(head)
-        if drawn_tail is not None and drawn_head is not None and drawn_tail != drawn_head:
-            pairs[(drawn_tail, drawn_head)] = None
+    for tail, heads in graph._succ.items():  # graph.edges' order
+        drawn_tail = rep[tail]
+        if drawn_tail is None:
+            continue
+        for head in heads:
+            drawn_head = rep[head]
+            if drawn_head is not None and drawn_tail != drawn_head:
+                pairs[(drawn_tail, drawn_head)] = None
     edges = []
     for tail, head in pairs:
         tail_data = graph.nodes[tail] if tail in graph else FOLDED_DATA

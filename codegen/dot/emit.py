@@ -63,16 +63,15 @@ def full_view(compiled: Compiled) -> DotGraph:
     tree = ClusterTree(compiled.deployment.mesh)
     for node_id, data in graph.nodes(data=True):
         tree.place(node_id, data)
-    nodes, ids = graph.nodes, tree.views.ids
+    nodes, ids = graph._node, tree.views.ids  # the dicts, not the views: read for every edge
     ids.update((node_id, quoted(node_id)) for node_id in nodes if node_id not in ids)  # input, output
+    ends = {node_id: (data["op"], data["kind"]) for node_id, data in nodes.items()}  # what edge_attrs reads of each
     edges = []
-    for tail, heads in graph.succ.items():  # graph.edges' order; what edge_view makes, with each id quoted once
-        tail_data, tail_id = nodes[tail], ids[tail]
-        tail_op, tail_kind = tail_data["op"], tail_data["kind"]
+    for tail, heads in graph._succ.items():  # graph.edges' order; what edge_view makes, with each id quoted once
+        tail_id, (tail_op, tail_kind) = ids[tail], ends[tail]
         for head in heads:
-            head_data = nodes[head]
-            edges.append(DotEdge(tail_id, ids[head], edge_attrs(tail_op, tail_kind, head_data["op"], head_data["kind"])))
-    shown = [data for _, data in graph.nodes(data=True)]
+            edges.append(DotEdge(tail_id, ids[head], edge_attrs(tail_op, tail_kind, *ends[head])))
+    shown = list(nodes.values())
     return _drawing(graph, tree, edges, shown, view="full DAG", folded=False)
 
 

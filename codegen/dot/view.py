@@ -1,9 +1,10 @@
 """The view-model of a DAG drawing: clusters, nodes and edges whose strings are DOT-ready.
 
-`templates/dag.dot.jinja` only lays these out. Every id and attribute value here is already a
+`templates/dag.dot.jinja` lays these out. Every id and attribute value here is already a
 DOT quoted string (`dot_text.quoted`), every title and row already escaped for an HTML-like
 label (`dot_text.html`). A node's, edge's or cluster's label and attribute list are joined here,
-once each, so that the template's loops over tens of thousands of nodes and edges stay thin.
+once each, and so are the statements of the nodes, edges and clusters (`node_lines`,
+`edge_lines`, `DotCluster.write`): the template has no loop over hundreds of thousands of them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,21 @@ class DotEdge:
     attrs: str = ""  # attr_list's
 
 
+def node_lines(nodes: Sequence[DotNode], indent: str) -> list[str]:
+    """The statements of `nodes`, a line each."""
+    return [
+        f"{indent}{node.id} [label={node.label}, {node.attrs}];\n" if node.attrs else f"{indent}{node.id} [label={node.label}];\n"
+        for node in nodes
+    ]
+
+
+def edge_lines(edges: Sequence[DotEdge]) -> str:
+    """The statements of `edges`, a line each."""
+    return "".join([
+        f"  {edge.tail} -> {edge.head} [{edge.attrs}];\n" if edge.attrs else f"  {edge.tail} -> {edge.head};\n" for edge in edges
+    ])
+
+
 def attr_list(attrs: Attrs) -> str:
     """`name=value, name=value`."""
     return ", ".join([f"{name}={value}" for name, value in attrs])
@@ -76,6 +92,18 @@ class DotCluster:
     nodes: list[DotNode] = field(default_factory=list)
     clusters: list[DotCluster] = field(default_factory=list)
 
+    def write(self, indent: str, out: list[str]) -> None:
+        """Appends the cluster's text to `out`: its nodes, then its clusters, nested. Written here
+        rather than by a recursive template macro, whose every level would copy all the text
+        inside it again."""
+        out.append(f"{indent}subgraph {self.id} {{\n{indent}  graph [label={self.label}, {self.attrs}];\n")
+        inner = indent + "  "
+        out += node_lines(self.nodes, inner)
+        for child in self.clusters:
+            child.write(inner, out)
+            out.append("\n")
+        out.append(f"{indent}}}")
+
     def pruned(self) -> DotCluster | None:
         """This cluster without empty sub-clusters; None when nothing is left."""
         self.clusters = [kept for kept in (child.pruned() for child in self.clusters) if kept]
@@ -96,6 +124,19 @@ class DotGraph:
     edges: list[DotEdge]
     # Node ids laid out on one rank, left to right in this order (GPUs in rank order, legend).
     rows_in_order: list[list[str]] = field(default_factory=list)
+
+    def node_lines(self, indent: str) -> str:
+        return "".join(node_lines(self.nodes, indent))
+
+    def cluster_lines(self, indent: str) -> str:
+        out: list[str] = []
+        for box in self.clusters:
+            box.write(indent, out)
+            out.append("\n")
+        return "".join(out)
+
+    def edge_lines(self) -> str:
+        return edge_lines(self.edges)
 
 
 def look_attrs(look: style.Look) -> Attrs:

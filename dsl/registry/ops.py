@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from math import prod
 
 from par.dsl.checks.deployment import Model, Op
 from par.dsl.dag.types import Dtype
@@ -21,10 +22,7 @@ Shape = tuple[int, ...]
 
 
 def elements(shape: Shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+    return prod(shape)  # in C: the cost model asks it of every node
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,3 +94,35 @@ def test_dag_json_of_odd_attributes_is_networkx_node_link_data(shipped):
     text = emit_json(graph)
     assert text == node_link_reference(graph)
     assert json.loads(text)["nodes"][2]["reason"].startswith("looks like a mark: \x00id\x00")
+
+
+CONTEXT_PARALLEL = """
+model cp_small : llama {
+  layers 2  hidden 256  heads 8  kv_heads 2  ffn 512
+  vocab 1024  batch 1  seq 2048  dtype bf16
+}
+mesh { tp 2  cp 4  cp_attention %s  sp }
+"""
+
+
+@pytest.mark.parametrize("form", ["allgather", "ring"])
+def test_dag_json_of_context_parallelism_is_networkx_node_link_data(form):
+    # Its attention steps carry their operands' shapes as lists, a new list per node: they share
+    # their step's text as tuples would.
+    from par.dsl.compiler import compile_text
+
+    graph = compile_text(CONTEXT_PARALLEL % form, "cp_small.par").graph
+    assert any(isinstance(data.get("operand_shapes"), list) for _, data in graph.nodes(data=True))
+    assert emit_json(graph) == node_link_reference(graph)
+
+
+def test_dag_json_of_operand_lists_is_networkx_node_link_data(shipped):
+    # A list of tuples shares the text of the same tuple of tuples; a list in a list takes the long way.
+    graph = shipped("layerwise").graph.copy()
+    a, b, c, d = [node for node, data in graph.nodes(data=True) if data["kind"] == "compute"][:4]
+    shape = tuple(graph.nodes[a]["in_shape"])
+    graph.nodes[a]["operand_shapes"] = [shape, (1, 2)]
+    graph.nodes[b]["operand_shapes"] = (shape, (1, 2))
+    graph.nodes[c]["operand_shapes"] = [list(shape), [1, 2]]
+    graph.nodes[d]["operand_shapes"] = [shape, (2, 1)]
+    assert emit_json(graph) == node_link_reference(graph)
