@@ -8,7 +8,7 @@ pipeline's Send and Recv, which belong to no layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from par.codegen.dot import style
 from par.codegen.dot.text import gpus, layer_count, quoted
@@ -98,6 +98,21 @@ class ClusterTree:
         else:
             dp_rank, stage, _ = self.mesh.coords(devices[0])
             self.replicas[(stage, dp_rank)].nodes.append(self.views.node(node_id, data))
+
+    def place_all(self, nodes: Iterable[tuple[str, NodeAttrs]]) -> None:
+        """`place` of every (node id, attributes) in order: one GPU's nodes, most of a DAG, the short way."""
+        node, gpus, members, columns = self.views.node, self.gpus, self.members, self.columns
+        for node_id, data in nodes:
+            devices = data["devices"]
+            if len(devices) != 1 or data["op"] in ("input", "output"):
+                self.place(node_id, data)
+                continue
+            rank = devices[0]
+            column = columns.get(rank)
+            if column is None:
+                column = columns[rank] = attr_list(self.column(rank))
+            gpus[rank].nodes.append(node(node_id, data, extra=column))
+            members[rank].append(node_id)
 
     def add(self, home: DotCluster | None, node: DotNode) -> None:
         """Adds a node that stands for no single DAG node (a folded range of layers)."""
