@@ -74,6 +74,8 @@ def edge_statement(tail: str, head: str, attrs: str = "") -> DotEdge:
 
 @dataclass(slots=True)
 class DotCluster:
+    """A cluster of the drawing: its id, label and attributes, its nodes and its clusters."""
+
     id: str
     label: str  # html_label's
     attrs: str  # attr_list's
@@ -88,6 +90,8 @@ class DotCluster:
 
 @dataclass(slots=True)
 class DotGraph:
+    """The whole drawing as the template lays it out."""
+
     name: str
     banner: str
     title: str
