@@ -25,6 +25,8 @@ print("\\n".join(sorted(sys.modules)), file=sys.stderr)
 """
 # Modules of commands other than the one run: a command line naming one command loads only it.
 OTHER_COMMANDS = ["par.commands.build", "par.commands.cost", "par.commands.explain", "par.commands.new", "par.hf_config"]
+# What lark loads of regex and interegular when it uses them (par.dsl.frontend defers both).
+LARK_OPTIONAL = ["regex._regex_core", "interegular.patterns"]
 
 
 def imported(*args: str) -> set[str]:
@@ -40,7 +42,7 @@ def loaded(modules: set[str], package: str) -> bool:
     "args, absent",
     [
         (["--version"], ["par.commands.check", "par.dsl", "par.codegen", "lark", "jinja2", "networkx", *OTHER_COMMANDS]),
-        (["check", str(SEED)], ["jinja2", "networkx", "par.codegen", *OTHER_COMMANDS]),
+        (["check", str(SEED)], ["jinja2", "networkx", "par.codegen", *OTHER_COMMANDS, *LARK_OPTIONAL]),
     ],
 )
 def test_a_command_imports_only_what_it_runs(args, absent):
@@ -53,7 +55,7 @@ def test_a_build_imports_no_other_command(tmp_path):
     modules = imported("build", str(SEED), "-o", str(tmp_path), "--svg", "none")
     assert "par.codegen.pytorch.emit" in modules  # the build ran
     others = [package for package in OTHER_COMMANDS if package != "par.commands.build"]
-    assert [package for package in ["networkx", "par.lint", *others] if loaded(modules, package)] == []
+    assert [package for package in ["networkx", "par.lint", *others, *LARK_OPTIONAL] if loaded(modules, package)] == []
     assert (tmp_path / SEED.stem / "model.py").is_file()
 
 
@@ -104,3 +106,26 @@ def test_every_dataclass_has_a_docstring():
 def _is_dataclass(decorator: ast.expr) -> bool:
     target = decorator.func if isinstance(decorator, ast.Call) else decorator
     return isinstance(target, ast.Name) and target.id == "dataclass"
+
+
+# Run after par's parser is imported, in a fresh process: lark goes on using regex and interegular.
+DEFERRED = """\
+import sys
+import par.dsl.frontend.parser
+from lark import Lark
+from lark.exceptions import LexError
+assert "interegular.patterns" not in sys.modules
+try:
+    Lark('start: A | B\\nA: /a+/\\nB: /ab?/\\n', parser="lalr", strict=True)
+except LexError as exc:
+    print(str(exc).splitlines()[0])
+import regex
+print(type(sys.modules["regex"]).__name__, regex.fullmatch(r"\\p{L}+", "abc") is not None)
+"""
+
+
+def test_lark_still_uses_regex_and_interegular_once_they_are_needed():
+    result = subprocess.run([sys.executable, "-c", DEFERRED], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    collision, regex = result.stdout.splitlines()
+    assert collision.startswith("Collision between Terminals"), result.stderr  # interegular's finding, in either order
+    assert regex == "module True"  # the module itself, loaded
