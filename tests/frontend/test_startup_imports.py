@@ -1,7 +1,6 @@
 """Start-up: each command imports what it runs (bench/startup.py measures the times; this holds
 the imports that made `par --version`, `par check` and `par build` slow out of them)."""
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -86,26 +85,6 @@ def test_version_is_answered_without_the_parser(capsys):
         main(["--version", "check"])
     assert exit.value.code == 0
     assert capsys.readouterr().out == f"par {__version__}\n"
-
-
-def test_every_dataclass_has_a_docstring():
-    """A dataclass without one gets `inspect.signature` of itself as its docstring when its module
-    is imported: about half a millisecond each, a tenth of `par check`'s imports in all."""
-    missing = []
-    for folder in ("par", "dsl", "codegen"):
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if "runtime" in path.relative_to(ROOT).parts:  # model.py's code, read as text, never imported
-                continue
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ClassDef) and any(_is_dataclass(d) for d in node.decorator_list):
-                    if ast.get_docstring(node) is None:
-                        missing.append(f"{path.relative_to(ROOT)}: {node.name}")
-    assert missing == []
-
-
-def _is_dataclass(decorator: ast.expr) -> bool:
-    target = decorator.func if isinstance(decorator, ast.Call) else decorator
-    return isinstance(target, ast.Name) and target.id == "dataclass"
 
 
 # Run after par's parser is imported, in a fresh process: lark goes on using regex and interegular.
