@@ -36,8 +36,9 @@ and its trees walked); it now reads their outlines, built ahead of time
 (codegen/pytorch/runtime/outlines.json): model.py in 0.02 s. lark imported regex and
 interegular, which parsers loaded from tables never use (0.02 s); they are now loaded when lark
 first uses them. The block library was parsed in every process (0.015 s); it now loads parsed
-ahead of time (dsl/frontend/library/blocks.parsed). tests/frontend/test_startup_imports.py
-holds what each command imports.
+ahead of time (dsl/frontend/library/blocks.parsed). A build without drawings loads neither
+Graphviz's runner (subprocess) nor, for a training spec, the serving cost and report.
+tests/frontend/test_startup_imports.py holds what each command imports.
 
 What is left in `par check` (CPU, in process): Python with this environment's site (0.05 s),
 the command line with the diagnostics (0.015), lark (0.03), the compiler's modules (0.06, half
