@@ -100,8 +100,11 @@ class ClusterTree:
             self.replicas[(stage, dp_rank)].nodes.append(self.views.node(node_id, data))
 
     def place_all(self, nodes: Iterable[tuple[str, NodeAttrs]]) -> None:
-        """`place` of every (node id, attributes) in order: one GPU's nodes, most of a DAG, the short way."""
-        node, gpus, members, columns = self.views.node, self.gpus, self.members, self.columns
+        """`place` of every (node id, attributes) in order. The nodes of one GPU, most of a DAG,
+        are written here as `NodeViews.node` writes them (tests/graphviz/test_dot_views.py holds
+        the two equal), without a call per node: this loop is most of a large drawing's time."""
+        views = self.views
+        shared_text, ids, gpus, members, columns = views.shared_text, views.ids, self.gpus, self.members, self.columns
         for node_id, data in nodes:
             devices = data["devices"]
             if len(devices) != 1 or data["op"] in ("input", "output"):
@@ -111,7 +114,12 @@ class ClusterTree:
             column = columns.get(rank)
             if column is None:
                 column = columns[rank] = attr_list(self.column(rank))
-            gpus[rank].nodes.append(node(node_id, data, extra=column))
+            shared = shared_text(data)
+            quoted_id = ids[node_id] = f'"{node_id}"' if node_id.isidentifier() else quoted(node_id)
+            layer = data["layer"]
+            where = f"GPU {rank}" if layer is None else f"layer {layer} · GPU {rank}"
+            tip = f'tooltip="{quoted_id[1:-1]}\\n{shared.facts}"'
+            gpus[rank].nodes.append(f"{quoted_id} {shared.opening}{where}{shared.middle}{column}, {tip}]")
             members[rank].append(node_id)
 
     def add(self, home: DotCluster | None, node: DotNode) -> None:

@@ -150,14 +150,7 @@ class NodeViews:
 
     def node(self, node_id: str, data: NodeAttrs, *, extra: str = "") -> DotNode:
         """`node_view(node_id, data, extra=...)`, with `extra` joined as `attr_list` joins it."""
-        get = data.get
-        key = (_SHARED_KEYS(data), get("style"), get("in_placement"), get("out_placement"), get("reason"), get("peer"))
-        try:
-            shared = self.shared.get(key)
-            if shared is None:
-                shared = self.shared[key] = _shared(data)
-        except TypeError:  # shapes as lists (a DAG read back from JSON): nothing to share
-            shared = _shared(data)
+        shared = self.shared_text(data)
         devices = data["devices"]
         where = f"GPU {devices[0]}" if len(devices) == 1 else f"GPUs {ranges(devices)}"  # digits: nothing to escape
         if data["layer"] is not None:
@@ -168,6 +161,19 @@ class NodeViews:
         # node_statement's text: the label, then the look, `extra` and the tooltip, joined.
         extra = f"{extra}, " if extra else ""
         return f'{quoted_id} {shared.opening}{where}{shared.middle}{extra}tooltip="{quoted_id[1:-1]}\\n{shared.facts}"]'
+
+
+    def shared_text(self, data: NodeAttrs) -> _Shared:
+        """What the node shows alike with the other nodes of its step, escaped once per step."""
+        get = data.get
+        key = (_SHARED_KEYS(data), get("style"), get("in_placement"), get("out_placement"), get("reason"), get("peer"))
+        try:
+            shared = self.shared.get(key)
+            if shared is None:
+                shared = self.shared[key] = _shared(data)
+        except TypeError:  # shapes as lists (a DAG read back from JSON): nothing to share
+            shared = _shared(data)
+        return shared
 
 
 # What `_shared` reads of a node that every node has (the rest may be absent): taken in one call.
