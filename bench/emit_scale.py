@@ -21,6 +21,16 @@ attributes is encoded once and the nodes' id, layer, stage and devices are set i
 cost model (report.md) worked out each node's operands and extras once per rank; now once, and
 the saved tensors and the model's parameters are counted once per report, not twice.
 
+Later features had brought dag.dot down to about 75,000 nodes/s on a busy 2-core machine: each
+node and edge of the drawing was an object (150,000 of them: a quarter of the time was the
+garbage collector's) whose fields the template's loops laid out (0.2 s of Jinja). Now each is
+its DOT statement, a string, and the template joins a cluster's nodes and all the edges in one
+call each; an edge's attributes come from a table indexed by its ends' kinds. What is left is
+Python's per-node work (the shared text's key, the label, tooltip and GPU column spliced in:
+about 3 µs a node) and allocating the 26 MB of text (its page faults are most of the render's
+0.1 s). dag.json now reads a node's shared attributes in one call (an itemgetter per set of
+keys) instead of copying them out, and writes plain ids and one-GPU lists without the encoder.
+
 Then the two mixture-of-experts specs (specs/deepseek_v3.par, 82,870 nodes, and
 specs/mixtral_8x7b.par) are built with `par build --svg none` in fresh processes, start-up
 included: target < 5 s each. Where deepseek's time goes (CPU, in process): the compile about

@@ -25,6 +25,28 @@ the tables be stale), the compiler's modules (0.08), the block library's parse (
 compile (0.03); in `par build`, also jinja2's import (0.04), the cost model's and emitters'
 modules, folding the runtime (0.07) and parsing model.py's own code (0.03).
 
+Start-up grew back as features were merged (mixture of experts, serving, context parallelism,
+ZeRO, recompute, interleaved schedules), to 0.17, 0.38 and 0.73 s on a busy 2-core machine.
+What the profile showed, and what was done: `par --version` and every command built the whole
+command line, importing each command's module and what it imports (the SVG renderer, the
+Hugging Face config reader, the compiler's diagnostics: 0.04 s); now `--version` answers before
+the parser is built, and a command line that names a command registers that one alone.
+Folding the runtime into model.py had grown to 0.1 s (twenty runtime modules, each parsed twice
+and its trees walked); it now reads their outlines, built ahead of time
+(codegen/pytorch/runtime/outlines.json): model.py in 0.02 s. lark imported regex and
+interegular, which parsers loaded from tables never use (0.02 s); they are now loaded when lark
+first uses them. The block library was parsed in every process (0.015 s); it now loads parsed
+ahead of time (dsl/frontend/library/blocks.parsed). A build without drawings loads neither
+Graphviz's runner (subprocess) nor, for a training spec, the serving cost and report.
+tests/frontend/test_startup_imports.py holds what each command imports.
+
+What is left in `par check` (CPU, in process): Python with this environment's site (0.05 s),
+the command line with the diagnostics (0.015), lark (0.03), the compiler's modules (0.06, half
+of it the dataclasses making their methods, about 0.8 ms per frozen class), loading the
+parser's tables (0.007) and the compile (0.02); in `par build`, also jinja2 (0.025), the cost
+model's and emitters' modules (0.06) and the artifacts (0.06: model.py, dag.dot, report.md,
+dag.json).
+
     python bench/startup.py [--repeats N]
 """
 

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from par.codegen.cost import render_report, render_timeline
-from par.codegen.cost.serving import render_serving_report
 from par.codegen.dot.emit import emit_compact_dot, emit_dot
 from par.codegen.json_dag import emit_json
 from par.codegen.pytorch.emit import emit_model
@@ -15,7 +14,6 @@ from par.codegen.svg import FULL_SVG_MAX_NODES, SVG_CHOICES, svg_renderer
 from par.dsl.checks.deployment import Deployment
 from par.dsl.compiler import Compiled, gc_paused
 from par.dsl.cost import Cost, spec_cost
-from par.dsl.cost.serving import spec_serving_cost
 
 T = TypeVar("T")
 
@@ -62,6 +60,9 @@ def gc_paused_while(renderer: Renderer) -> Renderer:
 def report(compiled: Compiled, cost: Callable[[Compiled], Cost]) -> str:
     """report.md: the training cost, or a serving spec's."""
     if compiled.phases:
+        from par.codegen.cost.serving import render_serving_report  # here: a training spec's build does not load it
+        from par.dsl.cost.serving import spec_serving_cost
+
         return render_serving_report(spec_serving_cost(compiled))
     return render_report(cost(compiled))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,6 +24,8 @@ from par.codegen.dot.text import printable
 from par.codegen.renderer import ArtifactError, Skip
 
 if TYPE_CHECKING:  # `par build --help` reads this module's choices without loading the compiler
+    import subprocess
+
     from par.dsl.compiler import Compiled
 
 DOT_TIMEOUT_S = 180
@@ -62,6 +63,8 @@ def render_svg(dot_text: str, *, program: str, timeout: float = DOT_TIMEOUT_S) -
 
 
 def run_dot(dot_text: str, *, program: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    import subprocess  # here: a build without drawings (`--svg none`) does not load it
+
     try:
         return subprocess.run(
             [program, "-Tsvg"],

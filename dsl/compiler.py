@@ -43,6 +43,8 @@ def gc_paused():
 
 @dataclass
 class Compiled:
+    """A spec compiled: its deployment, the layer's program and the validated DAG."""
+
     deployment: Deployment
     program: Program  # the first layer's (every layer's, unless the model names a block per range)
     graph: Dag

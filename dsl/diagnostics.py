@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # the DAG's types import networkx, which every command would 
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
+    """An error, warning or note, with the source span it is about and a hint."""
+
     message: str
     span: Span | None = None
     severity: Severity = "error"

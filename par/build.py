@@ -40,6 +40,8 @@ SLOW_S = 1.0  # renderers slower than this are named in the progress output
 
 @dataclass(frozen=True)
 class Artifact:
+    """One file of a build: where it goes and its bytes."""
+
     path: Path
     content: bytes
 

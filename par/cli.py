@@ -7,9 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from par import __version__
-from par.commands import COMMANDS
-from par.dsl.escape import terminal
-from par.dsl.frontend.inputs import UsageError
+from par.commands import COMMANDS, command
 
 DESCRIPTION = """\
 par compiles .par deployment specs of transformer models into the full per-device DAG,
@@ -17,7 +15,14 @@ proves it well-formed, and writes the artifacts generated from it."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # answered before the parser, which loads every command's module
+        print(f"par {__version__}")
+        return 0
+    from par.dsl.escape import terminal  # here: `par --version` loads nothing of the compiler
+    from par.dsl.frontend.inputs import UsageError
+
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -35,12 +40,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The command line's parser. When `argv` starts with a command's name, only that command
+    is registered: the other commands' modules (and what they import) are not loaded, and the
+    arguments parse the same, as the top-level parser hands everything after the name to it."""
     parser = argparse.ArgumentParser(prog="par", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"par {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(sub)
+    named = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
+    for name in named:
+        command(name).register(sub)
     return parser
 
 

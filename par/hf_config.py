@@ -46,6 +46,8 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class Ignore:
+    """A config key that changes nothing par computes, with why."""
+
     why: str
 
 
@@ -61,6 +63,8 @@ ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters")
 
 @dataclass(frozen=True, slots=True)
 class Family:
+    """A transformers model_type: the block that computes it, its checkpoints' class and how each key is read."""
+
     block: str
     architecture: str  # the transformers class whose checkpoints the block loads
     rules: dict[str, Rule]

@@ -15,6 +15,8 @@ from par.dsl.dag.types import graph_attrs
 
 @dataclass(frozen=True, slots=True)
 class Section:
+    """A table of report.md, with the notes under it."""
+
     title: str
     headers: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]

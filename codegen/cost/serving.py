@@ -43,6 +43,8 @@ def summary(cost: ServingCost) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Metric:
+    """A row of the serving specs' side-by-side table: its label, value and format."""
+
     label: str
     value: Callable[[ServingCost], float | None]
     render: Callable[[float], str]

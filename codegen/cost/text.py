@@ -41,6 +41,8 @@ def format_cost(cost: Cost, *, brief: bool = False) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Metric:
+    """A row of the specs' side-by-side table: its label, value and format."""
+
     label: str
     value: Callable[[Cost], float | None]
     render: Callable[[float], str]

@@ -8,7 +8,7 @@ pipeline's Send and Recv, which belong to no layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from par.codegen.dot import style
 from par.codegen.dot.text import gpus, layer_count, quoted
@@ -98,6 +98,29 @@ class ClusterTree:
         else:
             dp_rank, stage, _ = self.mesh.coords(devices[0])
             self.replicas[(stage, dp_rank)].nodes.append(self.views.node(node_id, data))
+
+    def place_all(self, nodes: Iterable[tuple[str, NodeAttrs]]) -> None:
+        """`place` of every (node id, attributes) in order. The nodes of one GPU, most of a DAG,
+        are written here as `NodeViews.node` writes them (tests/graphviz/test_dot_views.py holds
+        the two equal), without a call per node: this loop is most of a large drawing's time."""
+        views = self.views
+        shared_text, ids, gpus, members, columns = views.shared_text, views.ids, self.gpus, self.members, self.columns
+        for node_id, data in nodes:
+            devices = data["devices"]
+            if len(devices) != 1 or data["op"] in ("input", "output"):
+                self.place(node_id, data)
+                continue
+            rank = devices[0]
+            column = columns.get(rank)
+            if column is None:
+                column = columns[rank] = attr_list(self.column(rank))
+            shared = shared_text(data)
+            quoted_id = ids[node_id] = f'"{node_id}"' if node_id.isidentifier() else quoted(node_id)
+            layer = data["layer"]
+            where = f"GPU {rank}" if layer is None else f"layer {layer} · GPU {rank}"
+            tip = f'tooltip="{quoted_id[1:-1]}\\n{shared.facts}"'
+            gpus[rank].nodes.append(f"{quoted_id} {shared.opening}{where}{shared.middle}{column}, {tip}]")
+            members[rank].append(node_id)
 
     def add(self, home: DotCluster | None, node: DotNode) -> None:
         """Adds a node that stands for no single DAG node (a folded range of layers)."""

@@ -38,6 +38,8 @@ class Fold:
 
 @dataclass
 class CompactLayout:
+    """What the compact view draws: its clusters, edges and nodes, and which node stands for each."""
+
     tree: ClusterTree
     edges: list[DotEdge]
     nodes: list[str]  # DAG ids drawn as themselves

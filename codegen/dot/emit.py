@@ -16,6 +16,7 @@ from par.codegen.dot.view import (
     edge_attrs,
     header,
     legend,
+    legend_id,
 )
 from par.codegen.templating import render
 from par.dsl.compiler import Compiled
@@ -61,18 +62,27 @@ def full_view(compiled: Compiled) -> DotGraph:
     """Every node of the DAG: a cluster per pipeline stage, per data-parallel replica, per GPU."""
     graph = compiled.graph
     tree = ClusterTree(compiled.deployment.mesh)
-    for node_id, data in graph.nodes(data=True):
-        tree.place(node_id, data)
-    nodes, ids = graph._node, tree.views.ids  # the dicts, not the views: read for every edge
-    ids.update((node_id, quoted(node_id)) for node_id in nodes if node_id not in ids)  # input, output
-    ends = {node_id: (data["op"], data["kind"]) for node_id, data in nodes.items()}  # what edge_attrs reads of each
+    tree.place_all(graph.nodes(data=True))
+    ids = tree.views.ids
+    ids.update((node_id, quoted(node_id)) for node_id in graph.nodes if node_id not in ids)  # input, output
+    # What edge_view makes, in graph.edges' order, with each id quoted once: an edge's attributes
+    # depend only on its ends' op and kind, numbered here, so that each edge looks its text up
+    # in a table instead of hashing the four strings.
+    kinds: dict[tuple[str, str], int] = {}
+    kind_of = {node_id: kinds.setdefault((data["op"], data["kind"]), len(kinds)) for node_id, data in graph.nodes(data=True)}
+    ends = [[_edge_end(*tail, *head) for head in kinds] for tail in kinds]
     edges = []
-    for tail, heads in graph._succ.items():  # graph.edges' order; what edge_view makes, with each id quoted once
-        tail_id, (tail_op, tail_kind) = ids[tail], ends[tail]
-        for head in heads:
-            edges.append(DotEdge(tail_id, ids[head], edge_attrs(tail_op, tail_kind, *ends[head])))
-    shown = list(nodes.values())
+    for tail, heads in graph.succ.items():
+        arrow, after = f"{ids[tail]} -> ", ends[kind_of[tail]]
+        edges += [f"{arrow}{ids[head]}{after[kind_of[head]]}" for head in heads]
+    shown = [data for _, data in graph.nodes(data=True)]
     return _drawing(graph, tree, edges, shown, view="full DAG", folded=False)
+
+
+def _edge_end(tail_op: str, tail_kind: str, head_op: str, head_kind: str) -> str:
+    """edge_statement's text after the head, for an edge between nodes of these ops and kinds."""
+    attrs = edge_attrs(tail_op, tail_kind, head_op, head_kind)
+    return f" [{attrs}]" if attrs else ""
 
 
 def compact_view(compiled: Compiled, *, layer: int = 0) -> DotGraph:
@@ -102,5 +112,5 @@ def _drawing(graph: Dag, tree: ClusterTree, edges: Sequence[DotEdge], shown: lis
         nodes=tree.top,
         clusters=tree.roots() + [key],
         edges=list(edges) + anchor_edges,
-        rows_in_order=anchor_rows + list(ordered) + [[node.id for node in key.nodes]],
+        rows_in_order=anchor_rows + list(ordered) + [[legend_id(index) for index in range(len(key.nodes))]],
     )

@@ -15,6 +15,8 @@ from par.dsl.registry.collectives import COLLECTIVES
 
 @dataclass(frozen=True, slots=True)
 class Look:
+    """A node's shape and colours."""
+
     shape: str
     fill: str
     border: str

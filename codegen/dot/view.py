@@ -1,10 +1,10 @@
 """The view-model of a DAG drawing: clusters, nodes and edges whose strings are DOT-ready.
 
-`templates/dag.dot.jinja` lays these out. Every id and attribute value here is already a
+`templates/dag.dot.jinja` only lays these out. Every id and attribute value here is already a
 DOT quoted string (`dot_text.quoted`), every title and row already escaped for an HTML-like
-label (`dot_text.html`). A node's, edge's or cluster's label and attribute list are joined here,
-once each, and so are the statements of the nodes, edges and clusters (`node_lines`,
-`edge_lines`, `DotCluster.write`): the template has no loop over hundreds of thousands of them.
+label (`dot_text.html`). A cluster's label and attribute list are joined here, and each node
+and edge is its whole statement, so that the template joins tens of thousands of them at once
+instead of looping over them.
 """
 
 from __future__ import annotations
@@ -33,33 +33,11 @@ from par.dsl.units import size as human_bytes
 Attrs = tuple[tuple[str, str], ...]
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs several times more, per node
-class DotNode:
-    id: str
-    label: str  # html_label's
-    attrs: str  # attr_list's; "" for none
-
-
-@dataclass(slots=True)
-class DotEdge:
-    tail: str
-    head: str
-    attrs: str = ""  # attr_list's
-
-
-def node_lines(nodes: Sequence[DotNode], indent: str) -> list[str]:
-    """The statements of `nodes`, a line each."""
-    return [
-        f"{indent}{node.id} [label={node.label}, {node.attrs}];\n" if node.attrs else f"{indent}{node.id} [label={node.label}];\n"
-        for node in nodes
-    ]
-
-
-def edge_lines(edges: Sequence[DotEdge]) -> str:
-    """The statements of `edges`, a line each."""
-    return "".join([
-        f"  {edge.tail} -> {edge.head} [{edge.attrs}];\n" if edge.attrs else f"  {edge.tail} -> {edge.head};\n" for edge in edges
-    ])
+# A node and an edge of a drawing are their DOT statements without the `;`: `"id" [label=<...>, attrs]`
+# and `"tail" -> "head" [attrs]`. Text, not objects: a drawing holds as many as the DAG has nodes
+# and edges, and strings cost the garbage collector nothing.
+DotNode = str
+DotEdge = str
 
 
 def attr_list(attrs: Attrs) -> str:
@@ -77,32 +55,32 @@ def html_label(title: str, rows: Sequence[str]) -> str:
 
 def dot_node(node_id: str, title: str, rows: Sequence[str], attrs: Attrs) -> DotNode:
     """A node of the drawing: its quoted id, escaped title and rows, and attributes."""
-    return DotNode(node_id, html_label(title, rows), attr_list(attrs))
+    return node_statement(node_id, html_label(title, rows), attr_list(attrs))
+
+
+def node_statement(node_id: str, label: str, attrs: str) -> DotNode:
+    """A node's statement from its quoted id, its label and its attributes joined ("" for none)."""
+    return f"{node_id} [label={label}, {attrs}]" if attrs else f"{node_id} [label={label}]"
 
 
 def dot_edge(tail: str, head: str, attrs: Attrs = ()) -> DotEdge:
-    return DotEdge(tail, head, attr_list(attrs))
+    return edge_statement(tail, head, attr_list(attrs))
+
+
+def edge_statement(tail: str, head: str, attrs: str = "") -> DotEdge:
+    """An edge's statement from its quoted ends and its attributes joined ("" for none)."""
+    return f"{tail} -> {head} [{attrs}]" if attrs else f"{tail} -> {head}"
 
 
 @dataclass(slots=True)
 class DotCluster:
+    """A cluster of the drawing: its id, label and attributes, its nodes and its clusters."""
+
     id: str
     label: str  # html_label's
     attrs: str  # attr_list's
     nodes: list[DotNode] = field(default_factory=list)
     clusters: list[DotCluster] = field(default_factory=list)
-
-    def write(self, indent: str, out: list[str]) -> None:
-        """Appends the cluster's text to `out`: its nodes, then its clusters, nested. Written here
-        rather than by a recursive template macro, whose every level would copy all the text
-        inside it again."""
-        out.append(f"{indent}subgraph {self.id} {{\n{indent}  graph [label={self.label}, {self.attrs}];\n")
-        inner = indent + "  "
-        out += node_lines(self.nodes, inner)
-        for child in self.clusters:
-            child.write(inner, out)
-            out.append("\n")
-        out.append(f"{indent}}}")
 
     def pruned(self) -> DotCluster | None:
         """This cluster without empty sub-clusters; None when nothing is left."""
@@ -112,6 +90,8 @@ class DotCluster:
 
 @dataclass(slots=True)
 class DotGraph:
+    """The whole drawing as the template lays it out."""
+
     name: str
     banner: str
     title: str
@@ -124,19 +104,6 @@ class DotGraph:
     edges: list[DotEdge]
     # Node ids laid out on one rank, left to right in this order (GPUs in rank order, legend).
     rows_in_order: list[list[str]] = field(default_factory=list)
-
-    def node_lines(self, indent: str) -> str:
-        return "".join(node_lines(self.nodes, indent))
-
-    def cluster_lines(self, indent: str) -> str:
-        out: list[str] = []
-        for box in self.clusters:
-            box.write(indent, out)
-            out.append("\n")
-        return "".join(out)
-
-    def edge_lines(self) -> str:
-        return edge_lines(self.edges)
 
 
 def look_attrs(look: style.Look) -> Attrs:
@@ -183,6 +150,21 @@ class NodeViews:
 
     def node(self, node_id: str, data: NodeAttrs, *, extra: str = "") -> DotNode:
         """`node_view(node_id, data, extra=...)`, with `extra` joined as `attr_list` joins it."""
+        shared = self.shared_text(data)
+        devices = data["devices"]
+        where = f"GPU {devices[0]}" if len(devices) == 1 else f"GPUs {ranges(devices)}"  # digits: nothing to escape
+        if data["layer"] is not None:
+            where = f"layer {data['layer']} · {where}"
+        quoted_id = self.ids.get(node_id)
+        if quoted_id is None:
+            quoted_id = self.ids[node_id] = quoted(node_id)
+        # node_statement's text: the label, then the look, `extra` and the tooltip, joined.
+        extra = f"{extra}, " if extra else ""
+        return f'{quoted_id} {shared.opening}{where}{shared.middle}{extra}tooltip="{quoted_id[1:-1]}\\n{shared.facts}"]'
+
+
+    def shared_text(self, data: NodeAttrs) -> _Shared:
+        """What the node shows alike with the other nodes of its step, escaped once per step."""
         get = data.get
         key = (_SHARED_KEYS(data), get("style"), get("in_placement"), get("out_placement"), get("reason"), get("peer"))
         try:
@@ -191,17 +173,7 @@ class NodeViews:
                 shared = self.shared[key] = _shared(data)
         except TypeError:  # shapes as lists (a DAG read back from JSON): nothing to share
             shared = _shared(data)
-        devices = data["devices"]
-        where = f"GPU {devices[0]}" if len(devices) == 1 else f"GPUs {ranges(devices)}"  # digits: nothing to escape
-        if data["layer"] is not None:
-            where = f"layer {data['layer']} · {where}"
-        label = f'<<B>{shared.title}</B><BR/><FONT POINT-SIZE="9">{where}{shared.placements}<BR/>{shared.rows}</FONT>>'
-        quoted_id = self.ids.get(node_id)
-        if quoted_id is None:
-            quoted_id = self.ids[node_id] = quoted(node_id)
-        tip = f'tooltip="{quoted_id[1:-1]}\\n{shared.facts}"'
-        head = f"{shared.look}, {extra}" if shared.look and extra else shared.look or extra
-        return DotNode(quoted_id, label, f"{head}, {tip}" if head else tip)
+        return shared
 
 
 # What `_shared` reads of a node that every node has (the rest may be absent): taken in one call.
@@ -212,10 +184,8 @@ _SHARED_KEYS = itemgetter("op", "name", "kind", "in_shape", "out_shape", "flops"
 class _Shared:
     """What the nodes of one step show alike, escaped: `node_view`'s text around the id, layer and GPUs."""
 
-    title: str
-    placements: str  # the first row, after the GPUs
-    rows: str  # the other rows, joined
-    look: str  # the look's attributes, joined
+    opening: str  # the statement up to the GPUs: `[label=<` and the title
+    middle: str  # after the GPUs: the rest of the label, and the look's attributes with their comma
     facts: str  # the tooltip's lines after the id, joined
 
 
@@ -223,11 +193,10 @@ def _shared(data: NodeAttrs) -> _Shared:
     rows = [html(row) for row in node_rows({**data, "layer": None, "devices": [0]})]
     gpu = html(gpus([0]))
     look = style.look_of(data)
+    looks = attr_list(() if look == style.COMPUTE else look_attrs(look))
     return _Shared(
-        title=html(node_title(data)),
-        placements=rows[0].removeprefix(gpu),
-        rows="<BR/>".join(rows[1:]),
-        look=attr_list(() if look == style.COMPUTE else look_attrs(look)),
+        opening=f'[label=<<B>{html(node_title(data))}</B><BR/><FONT POINT-SIZE="9">',
+        middle=f"{rows[0].removeprefix(gpu)}<BR/>{'<BR/>'.join(rows[1:])}</FONT>>, " + (f"{looks}, " if looks else ""),
         facts=tooltip("", data)[1:-1].removeprefix("\\n"),
     )
 
@@ -282,7 +251,7 @@ def edge_view(tail: str, head: str, *, tail_data: Mapping[str, Any], head_data: 
 
     The input's edges weigh nothing, so its many long edges do not pull it to one side.
     """
-    return DotEdge(quoted(tail), quoted(head), edge_attrs(tail_data["op"], tail_data["kind"], head_data["op"], head_data["kind"]))
+    return edge_statement(quoted(tail), quoted(head), edge_attrs(tail_data["op"], tail_data["kind"], head_data["op"], head_data["kind"]))
 
 
 @cache
@@ -314,8 +283,13 @@ def legend(shown: list[NodeAttrs], *, folded: bool = False) -> DotCluster:
     box = cluster("cluster_legend", title="Legend", rows=(), colours=("#ffffff", "#c3cad2"))
     for index, (caption, look) in enumerate(style.legend_entries(ops, has_route, folded=folded)):
         attrs = look_attrs(look) + (("tooltip", quoted(caption)),)
-        box.nodes.append(dot_node(quoted(f"legend_{index}"), html(caption), (), attrs))
+        box.nodes.append(dot_node(legend_id(index), html(caption), (), attrs))
     return box
+
+
+def legend_id(index: int) -> str:
+    """The quoted id of the legend's node `index`."""
+    return quoted(f"legend_{index}")
 
 
 def banner(source: str, view: str) -> str:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Source:
+    """The Hugging Face tensors one parameter is made of."""
+
     names: tuple[str, ...]  # concatenated along the parameter's rows
     transposed: bool = False  # stored [in, out] (GPT-2's Conv1D)
 
@@ -82,6 +84,8 @@ LAYOUTS: dict[str, dict[str, Source]] = {"llama": _LLAMA, "qwen2": _LLAMA, "mixt
 
 @dataclass(frozen=True, slots=True)
 class CheckpointTable:
+    """The Hugging Face names of a block's parameters, as model.py's --load and --save read them."""
+
     entries: tuple[tuple[str, tuple[str, ...]], ...]  # (parameter pattern, checkpoint tensors)
     transposed: tuple[str, ...]  # parameter patterns stored [in, out]
 

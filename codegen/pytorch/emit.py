@@ -63,6 +63,8 @@ class BlockView:
 
 @dataclass(frozen=True, slots=True)
 class ModelView:
+    """What model.py.jinja renders."""
+
     source: str  # the spec's path, escaped for the banner comment
     model: str
     block: str

@@ -17,6 +17,8 @@ ROWS = "rows of the vocabulary"  # sharding: PADDED_VOCAB // TP rows per rank, t
 
 @dataclass(frozen=True, slots=True)
 class EndsView:
+    """The model's ends as model.py writes them: embedding, positions, final norm and head."""
+
     vocab: int
     padded_vocab: int
     max_positions: int

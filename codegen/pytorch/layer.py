@@ -60,6 +60,8 @@ _EXPERT_SPLITS = {"column": "rows", "row": "columns", "replicated": "replicated"
 
 @dataclass(frozen=True, slots=True)
 class ShardedLayer:
+    """The sharded layer's code and what the rest of model.py needs to know of it."""
+
     code: LayerCode
     helpers: frozenset[str]  # module-level functions the forward calls
     sharding: tuple[tuple[str, str], ...]  # (parameter, how it splits over tensor-parallel ranks)

@@ -50,6 +50,8 @@ class Experts:
 
 @dataclass(frozen=True, slots=True)
 class Model:
+    """The model's settings, evaluated and checked: sizes, dtype, vocabulary, rotary embedding and experts."""
+
     name: str
     block: str
     layers: int
@@ -95,6 +97,8 @@ def mesh_coords(rank: int, *, tp: int, pp: int, cp: int = 1) -> tuple[int, int, 
 
 @dataclass(frozen=True, slots=True)
 class Mesh:
+    """The mesh's settings, evaluated and checked: the parallel degrees, microbatches, stages and schedule."""
+
     tp: int
     pp: int
     dp: int
@@ -283,6 +287,8 @@ class Op:
 
 @dataclass(frozen=True, slots=True)
 class Block:
+    """A block with its ops' arguments evaluated."""
+
     name: str
     param: str
     ops: tuple[Op, ...]
@@ -324,6 +330,8 @@ class Serve:
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
+    """A spec checked whole: the model, mesh, block and hardware every later stage reads."""
+
     file: str
     name: str  # the spec's stem, used for output folders
     model: Model

@@ -14,6 +14,8 @@ from par.dsl.dag.types import Dag
 
 @dataclass(frozen=True, slots=True)
 class ContextCost:
+    """Context parallelism's attention on one rank: its tokens, FLOPs and ring steps."""
+
     cp: int
     algorithm: str  # ring | allgather
     tokens: int  # of one sequence, on each rank (chunks c and 2·cp − 1 − c)

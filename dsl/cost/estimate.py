@@ -54,6 +54,8 @@ class Clock:
 
 @dataclass(frozen=True, slots=True)
 class Durations:
+    """Every node's forward and backward time."""
+
     forward: dict[str, float]
     backward: dict[str, float]
 
@@ -110,6 +112,8 @@ def device_times(graph: Dag, duration: dict[str, float]) -> dict[int, float]:
 
 @dataclass(frozen=True, slots=True)
 class StageTimes:
+    """One microbatch's time on each stage, and on each link between stages."""
+
     forward: tuple[float, ...]  # one microbatch's forward on each stage (its slowest device); interleaved, on each model chunk
     backward: tuple[float, ...]
     links: tuple[float, ...]  # stage (or model chunk) k -> k+1 transfer of one microbatch
@@ -170,6 +174,8 @@ def chunk_times(graph: Dag, mesh: Mesh, durations: Durations, items: Sequence[Tr
 
 @dataclass(frozen=True, slots=True)
 class StepEstimate:
+    """The step time: the pipeline's schedule, then the gradient synchronisation."""
+
     unit: str  # "s" with hardware, "FLOP" without
     stages: StageTimes
     slots: tuple[pipeline.Slot, ...]

@@ -15,6 +15,8 @@ from par.dsl.registry.collectives import COLLECTIVES
 
 @dataclass(frozen=True, slots=True)
 class ExpertCost:
+    """A mixture of experts' parameters and routing traffic."""
+
     settings: ExpertAttrs
     ep: int
     moe_layers: int  # layers with routed experts

@@ -44,6 +44,8 @@ class DeviceGroup:
 
 @dataclass(frozen=True, slots=True)
 class Cost:
+    """A spec's cost, read from its DAG: per device, per group, and the step estimate."""
+
     graph: Dag
     hardware: Hardware | None
     state: TrainingState

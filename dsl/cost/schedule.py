@@ -18,6 +18,8 @@ from par.dsl.checks.deployment import SCHEDULES
 
 @dataclass(frozen=True, slots=True)
 class Slot:
+    """One forward or backward pass of a microbatch on a stage, in the pipeline's schedule."""
+
     stage: int
     microbatch: int
     phase: str  # "F" | "B"

@@ -65,6 +65,8 @@ class DeviceLoad:
 
 @dataclass(frozen=True, slots=True)
 class PhaseCost:
+    """One serving phase's cost: each device's load."""
+
     phase: str
     graph: Dag
     devices: tuple[DeviceLoad, ...]
@@ -82,6 +84,8 @@ class PhaseCost:
 
 @dataclass(frozen=True, slots=True)
 class ServingCost:
+    """A serving spec's cost: the prefill's and one decode step's."""
+
     graph: Dag  # the prefill's: the spec's settings
     hardware: Hardware | None
     prefill: PhaseCost

@@ -21,6 +21,8 @@ _ONE_LINE_WIDTH = 100
 
 @dataclass(frozen=True, slots=True)
 class _Line:
+    """A line of the formatted spec, with the source line it comes from."""
+
     text: str
     source_line: int  # the line of the spec it comes from, for placing comments
     indent: int = 0

@@ -24,6 +24,10 @@ from lark import __version__ as LARK_VERSION
 from lark.grammar import Rule
 from lark.lexer import TerminalDef
 
+from par.dsl.frontend import lark_imported
+
+lark_imported()  # lark has what it may use of regex and interegular (par.dsl.frontend)
+
 # Each grammar's parser options: what its tables are built with. Options that only attach code
 # (a transformer, lexer callbacks) are given when a parser is made and are not part of the tables.
 OPTIONS: dict[str, dict[str, Any]] = {

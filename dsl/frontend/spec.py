@@ -13,18 +13,24 @@ from par.dsl.frontend.source import Span
 
 @dataclass(frozen=True, slots=True)
 class Num:
+    """A number as written."""
+
     value: int | float
     span: Span
 
 
 @dataclass(frozen=True, slots=True)
 class Ref:
+    """A name standing for a value: a setting or a block's parameter."""
+
     name: str
     span: Span
 
 
 @dataclass(frozen=True, slots=True)
 class BinOp:
+    """`left op right`."""
+
     op: str  # one of + - * /
     left: Expr
     right: Expr
@@ -33,6 +39,8 @@ class BinOp:
 
 @dataclass(frozen=True, slots=True)
 class Neg:
+    """`-operand`."""
+
     operand: Expr
     span: Span
 
@@ -42,6 +50,8 @@ Expr = Num | Ref | BinOp | Neg
 
 @dataclass(frozen=True, slots=True)
 class Setting:
+    """`name value`: one setting of a model, mesh, hardware or serve item."""
+
     name: str
     value: Expr
     span: Span  # the whole `name value`
@@ -70,6 +80,8 @@ class LayerUse:
 
 @dataclass(frozen=True, slots=True)
 class ModelDecl:
+    """`model name : block { settings }`: the model, its block (or a block per range of layers) and its sizes."""
+
     name: str
     block: str | None  # the first block named after the colon
     settings: tuple[Setting, ...]
@@ -80,6 +92,8 @@ class ModelDecl:
 
 @dataclass(frozen=True, slots=True)
 class MeshDecl:
+    """`mesh { settings }`: the parallel degrees, microbatches, stages and schedule."""
+
     settings: tuple[Setting, ...]
     stages: tuple[StageSpec, ...] | None
     stages_span: Span | None
@@ -104,6 +118,8 @@ class Statement:
 
 @dataclass(frozen=True, slots=True)
 class BlockDef:
+    """`block name(param) { statements; return result }`: a layer's dataflow."""
+
     name: str
     param: str
     statements: tuple[Statement, ...]
@@ -116,6 +132,8 @@ class BlockDef:
 
 @dataclass(frozen=True, slots=True)
 class PlaceTarget:
+    """One `after step [as alias]` of a `place` item."""
+
     after: str
     alias: str | None
     span: Span
@@ -123,6 +141,8 @@ class PlaceTarget:
 
 @dataclass(frozen=True, slots=True)
 class Place:
+    """`place kind after step, ...`: where a collective of that kind goes."""
+
     kind: str
     targets: tuple[PlaceTarget, ...]
     span: Span
@@ -131,6 +151,8 @@ class Place:
 
 @dataclass(frozen=True, slots=True)
 class HardwareDecl:
+    """`hardware profile { settings }`: the GPUs, a built-in profile with overrides."""
+
     profile: str | None
     settings: tuple[Setting, ...]
     span: Span
@@ -179,5 +201,7 @@ class Override:
 
 @dataclass(frozen=True, slots=True)
 class Comment:
+    """A `#` comment, kept for `par fmt`."""
+
     text: str  # with its leading '#'
     span: Span

@@ -21,6 +21,9 @@ from par.dsl.dag.types import PlacementKind, PlacementText
 
 @dataclass(frozen=True, slots=True, order=True)
 class Placement:
+    """How a tensor lies on the tensor-parallel group: replicated, split along a dim, or a partial
+    sum; routed, split along experts over the expert-parallel group as well."""
+
     kind: PlacementKind
     dim: int | None = None  # S only: 1 = seq (routed tokens: tokens), 2 = features
     routed: bool = False  # split along experts over the expert-parallel group
@@ -84,6 +87,8 @@ def share(full_bytes: int, fraction: Fraction) -> int | float:
 
 @dataclass(frozen=True, slots=True)
 class Signature:
+    """The placements an op accepts and the one it gives."""
+
     inputs: tuple[Placement, ...]
     output: Placement
     mode: str = "any"  # any | sp (only under sequence parallelism) | no_sp (only without it)

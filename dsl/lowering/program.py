@@ -98,6 +98,8 @@ def drop_collectives(steps: tuple[Step, ...], result: str) -> tuple[tuple[Step, 
 
 @dataclass(frozen=True, slots=True)
 class Program:
+    """One layer on one rank, lowered: its steps in order, with the residual stream's placement and shape."""
+
     deployment: Deployment
     steps: tuple[Step, ...]
     param: str  # the block's input

@@ -31,6 +31,8 @@ def _add(a: Cost, b: Cost) -> Cost:
 
 @dataclass(frozen=True, slots=True)
 class Convert:
+    """A collective the search inserts to bring `value` from one placement to another."""
+
     value: str
     source: Placement
     target: Placement
@@ -39,6 +41,8 @@ class Convert:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
+    """The signature chosen for a statement and the conversions its inputs need."""
+
     signature: Signature
     converts: tuple[Convert, ...]
     mismatch: bool = False  # a written collective whose input does not fit it

@@ -53,6 +53,8 @@ class Written:
 
 @dataclass(frozen=True, slots=True)
 class CollectiveSpec:
+    """Everything par knows of one collective (docs/architecture.md, The registry)."""
+
     name: str
     title: str  # drawings and reports: "AllGather"
     prose: str  # diagnostics and reasons: "an AllGather"

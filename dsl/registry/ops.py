@@ -88,6 +88,8 @@ NOTHING = Saves()
 
 @dataclass(frozen=True, slots=True)
 class OpSpec:
+    """Everything par knows of one op (docs/architecture.md, The registry)."""
+
     name: str
     syntax: Syntax
     # What the op accepts and produces on the tensor-parallel axis, by variant: the value of its

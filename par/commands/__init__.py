@@ -1,7 +1,14 @@
-"""One module per `par` subcommand; each has `register(subparsers)`."""
+"""One module per `par` subcommand, named as the command; each has `register(subparsers)`."""
 
 from __future__ import annotations
 
-from par.commands import build, check, cost, explain, fmt, lint, new
+import importlib
+from types import ModuleType
 
-COMMANDS = [check, build, cost, explain, lint, fmt, new]
+# In the order `par --help` lists them. The modules are imported when their command is
+# registered (`command`), so that a command line naming one command loads only that one.
+COMMANDS = ("check", "build", "cost", "explain", "lint", "fmt", "new")
+
+
+def command(name: str) -> ModuleType:
+    return importlib.import_module(f"par.commands.{name}")

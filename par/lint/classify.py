@@ -64,6 +64,8 @@ _DEVICE_LINE = re.compile(r"^\s*(?:gpus?|devices?)\s*:", re.IGNORECASE)
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
+    """What lint makes of one node of a DOT file (its kind, collective, role and devices), and why."""
+
     id: str
     kind: str  # io | comm | route | compute
     kind_why: str

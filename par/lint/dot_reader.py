@@ -30,6 +30,8 @@ MAX_BYTES = 16 * 1024 * 1024  # about 20 s of parsing; real DAGs are well under 
 
 @dataclass(slots=True)
 class DotSubgraph:
+    """A subgraph or cluster of a DOT file and its attributes."""
+
     name: str | None
     attrs: dict[str, str]
 
@@ -40,6 +42,8 @@ class DotSubgraph:
 
 @dataclass(slots=True)
 class DotNode:
+    """A node of a DOT file, with the attributes in effect where it is declared."""
+
     id: str
     attrs: dict[str, str]
     line: int
@@ -52,6 +56,8 @@ class DotNode:
 
 @dataclass(frozen=True, slots=True)
 class DotEdge:
+    """An edge of a DOT file, with its attributes."""
+
     src: str
     dst: str
     attrs: dict[str, str]
@@ -60,6 +66,8 @@ class DotEdge:
 
 @dataclass(slots=True)
 class DotGraph:
+    """A DOT graph read from a file: its nodes, edges and subgraphs."""
+
     file: str
     name: str
     directed: bool
@@ -110,6 +118,8 @@ def _read_text(path: str) -> str:
 
 @dataclass(slots=True)
 class _Scope:
+    """The defaults and attributes in effect in one subgraph while the file is read."""
+
     node_defaults: dict[str, str]
     edge_defaults: dict[str, str]
     graph_attrs: dict[str, str]

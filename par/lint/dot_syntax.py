@@ -24,6 +24,8 @@ from par.dsl.frontend.source import byte_position
 
 @dataclass(frozen=True, slots=True)
 class Id:
+    """A DOT id as written, with where it is."""
+
     text: str
     line: int
     col: int
@@ -32,24 +34,32 @@ class Id:
 
 @dataclass(frozen=True, slots=True)
 class Attr:
+    """`key=value`."""
+
     key: str
     value: Id
 
 
 @dataclass(frozen=True, slots=True)
 class NodeRef:
+    """A node named in a statement, with its port."""
+
     id: Id
     port: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class NodeStmt:
+    """`id [attrs]`."""
+
     ref: NodeRef
     attrs: tuple[Attr, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class EdgeStmt:
+    """`a -> b -> ... [attrs]`: nodes or subgraphs joined by edge operators."""
+
     operands: tuple[NodeRef | Subgraph, ...]
     ops: tuple[Token, ...]
     attrs: tuple[Attr, ...]
@@ -57,17 +67,23 @@ class EdgeStmt:
 
 @dataclass(frozen=True, slots=True)
 class AttrStmt:
+    """`graph|node|edge [attrs]`: defaults for what follows."""
+
     target: str  # graph | node | edge
     attrs: tuple[Attr, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Assign:
+    """`key=value` as a statement: a graph attribute."""
+
     attr: Attr
 
 
 @dataclass(frozen=True, slots=True)
 class Subgraph:
+    """`subgraph name { ... }`, or an anonymous `{ ... }`."""
+
     name: Id | None
     stmts: tuple[Stmt, ...]
     line: int  # 0 for an anonymous `{ ... }`: its statements carry their own positions
@@ -78,6 +94,8 @@ Stmt = NodeStmt | EdgeStmt | AttrStmt | Assign | Subgraph
 
 @dataclass(frozen=True, slots=True)
 class GraphSyntax:
+    """A DOT graph as parsed, before its defaults and scopes are applied."""
+
     name: Id | None
     directed: bool
     stmts: tuple[Stmt, ...]

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """A lint rule: its code, name and what it finds."""
+
     code: str
     name: str
     summary: str
@@ -61,6 +63,8 @@ RULES: dict[str, Rule] = {rule.code: rule for rule in (
 
 @dataclass(frozen=True, slots=True)
 class Finding:
+    """One problem lint found, where it is and the nodes it is about."""
+
     code: str
     file: str
     line: int

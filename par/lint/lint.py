@@ -36,6 +36,8 @@ class GraphResult:
 
 @dataclass(slots=True)
 class FileResult:
+    """What linting one file found: each graph's result, or why it could not be read."""
+
     file: str
     graphs: list[GraphResult] = field(default_factory=list)
     unreadable: Finding | None = None  # DOT000: the file could not be read

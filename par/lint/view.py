@@ -22,6 +22,8 @@ _SHARED = re.compile(r"(?<![a-z])shared(?![a-z])", re.IGNORECASE)
 
 @dataclass(slots=True)
 class DagView:
+    """A DOT graph read as a DAG: each node's classification, its edges both ways and what is odd about it."""
+
     graph: DotGraph
     info: dict[str, NodeInfo]
     preds: dict[str, list[str]] = field(default_factory=dict)

@@ -30,9 +30,9 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_the_data_files(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"par"}
-    assert {"par/grammar/par.lark", "par/dsl/frontend/library/blocks.par", "par/cli.py",
+    assert {"par/grammar/par.lark", "par/dsl/frontend/library/blocks.par", "par/dsl/frontend/library/blocks.parsed", "par/cli.py",
             "par/codegen/templating.py", "par/templates/model.py.jinja", "par/templates/templates.bytecode",
-            "par/codegen/pytorch/runtime/pipeline.py"} <= names  # model.py's runtime, read as text
+            "par/codegen/pytorch/runtime/pipeline.py", "par/codegen/pytorch/runtime/outlines.json"} <= names  # model.py's runtime, read as text
 
 
 def running_site_packages() -> list[str]:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from par.codegen.dot.clusters import ClusterTree
 from par.codegen.dot.view import NodeViews, attr_list, node_view
 from par.dsl.compiler import compile_text
 
@@ -25,3 +26,15 @@ def test_node_views_match_node_view(name):
         assert views.node(node_id, odd) == node_view(node_id, odd)
     if name != "single":
         assert len(views.shared) < graph.number_of_nodes()  # the nodes of a step did share their text
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_a_drawing_places_each_gpus_nodes_as_node_view_writes_them(name):
+    compiled = compile_text(SPECS[name], "m.par")
+    tree = ClusterTree(compiled.deployment.mesh)
+    tree.place_all(compiled.graph.nodes(data=True))
+    for rank, node_ids in tree.members.items():
+        column = tree.column(rank)
+        expected = [node_view(node_id, compiled.graph.nodes[node_id], extra=column) for node_id in node_ids]
+        assert tree.gpus[rank].nodes == expected
+    assert sum(map(len, tree.members.values())) > 0

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ast
 import textwrap
+from pathlib import Path
 
 import pytest
 from small_models import BLOCKS, compile_small, compile_source
 
 from par.codegen.pytorch import inline
-from par.codegen.pytorch.emit import emit_model, model_view
+from par.codegen.pytorch.emit import AFTER_SHARDING, BESIDE_LAYER, BESIDE_REFERENCE, HARNESS, emit_model, model_view
 from par.dsl.lowering.backward import PAIRS
 
 CONSTANTS = {"TP": 2, "DP": 1, "SCHEDULE": "gpipe"}
@@ -176,3 +177,61 @@ def test_an_elif_on_constants_is_refused_not_folded_into_its_else():
     """
     with pytest.raises(AssertionError, match="nest the test on constants under `else:`"):
         _fold(text)
+
+
+# -- The shipped outlines (runtime/outlines.json) ---------------------------------------------------
+
+RUNTIME = Path(__file__).resolve().parents[2] / "codegen" / "pytorch" / "runtime"
+STALE = "codegen/pytorch/runtime/outlines.json is stale: run python -m par.codegen.pytorch.inline"
+
+
+def test_the_shipped_outlines_are_what_a_rebuild_makes():
+    assert (RUNTIME / inline.OUTLINES).read_bytes() == inline.outlines(), STALE
+
+
+@pytest.mark.parametrize("module", sorted(path.stem for path in RUNTIME.glob("*.py") if path.name != "__init__.py"))
+def test_every_runtime_module_is_outlined_from_the_shipped_file(module, monkeypatch):
+    text = inline.source(module)
+    shipped = inline.module_outline(module, text)
+    assert shipped is inline._shipped()[module]["outline"], STALE
+    monkeypatch.setattr(inline, "outline", lambda text: pytest.fail("parsed"))
+    inline.module_outline(module, text)
+
+
+def test_an_edited_module_is_outlined_from_its_text():
+    text = inline.source("seeds")
+    edited = text + "\n\ndef added():\n    return 1\n"
+    assert inline.module_outline("seeds", edited) == inline.outline(edited) != inline.outline(text)
+
+
+def test_no_outlines_file_outlines_every_module_from_its_text(monkeypatch):
+    monkeypatch.setattr(inline, "OUTLINES", "missing.json")
+    inline._shipped.cache_clear()
+    try:
+        assert inline._shipped() == {}
+        assert inline.module_outline("seeds", inline.source("seeds")) == inline.outline(inline.source("seeds"))
+    finally:
+        monkeypatch.undo()
+        inline._shipped.cache_clear()
+
+
+SECTION_CONSTANTS = [
+    {"TP": 1, "PP": 1, "DP": 1, "CP": 1, "EP": 1, "SCHEDULE": "gpipe", "CHUNKS": 1, "ZERO": 0},
+    {"TP": 4, "PP": 2, "DP": 2, "CP": 2, "EP": 2, "SCHEDULE": "1f1b", "CHUNKS": 2, "ZERO": 2},
+]
+FACTS = sorted(inline.BUILD_TIME - {"SCHEDULE", "CP_ATTENTION", "ROUTER"})
+
+
+INLINED = sorted({*BESIDE_LAYER, *BESIDE_REFERENCE, *AFTER_SHARDING, *HARNESS, "pipeline", "interleaved", "single_stage"} - {"schedule"})
+
+
+@pytest.mark.parametrize("module", INLINED)
+@pytest.mark.parametrize("facts", [False, True])
+@pytest.mark.parametrize("constants", SECTION_CONSTANTS)
+def test_a_section_is_the_folded_text_split(module, facts, constants):
+    """Sections read the folded lines' statements off the outline; parsing the folded text gives the same."""
+    constants = constants | dict.fromkeys(FACTS, facts) | {"CP_ATTENTION": "ring", "ROUTER": "softmax_topk"}
+    section = inline.section(module, constants)
+    parsed = inline.split(module, inline.fold(inline.source(module), constants))
+    assert section.header == parsed.header
+    assert [(p.defines, p.refers, p.text) for p in section.pieces] == [(p.defines, p.refers, p.text) for p in parsed.pieces]
