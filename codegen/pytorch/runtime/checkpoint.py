@@ -357,26 +357,13 @@ def gather_experts(name: str, split: str, tensors: dict[str, torch.Tensor], grou
     """Rank 0 gets experts' weight `name` whole, [EXPERTS, out, in] in fp32; None elsewhere: the
     owners send their shard's shape, then the shard, one after the other, as gather_parameter does."""
     owners = expert_owners(name)
-    ranks = [rank for member in owners for rank in member]
     if groups.rank != 0:
-        if groups.rank in ranks:
-            shard = tensors[name].detach().float().contiguous()
-            dist.send(torch.tensor(list(shard.shape), device=shard.device), dst=0)
-            dist.send(shard, dst=0)
+        if any(groups.rank in member for member in owners):
+            send_part(tensors[name])
         return None
-    device = next(iter(tensors.values())).device
     members = []
     for member in owners:
-        parts = []
-        for rank in member:
-            if rank == 0:
-                parts.append(tensors[name].detach().float().cpu())
-                continue
-            shape = torch.empty(3, dtype=torch.int64, device=device)
-            dist.recv(shape, src=rank)
-            part = torch.empty(shape.tolist(), dtype=torch.float32, device=device)
-            dist.recv(part, src=rank)
-            parts.append(part.cpu())
+        parts = [part_from(rank, name, tensors) for rank in member]
         dim = 1 if split.endswith("rows") else 2  # the inverse of shard_parameter's split of an expert
         members.append(torch.cat(parts, dim=dim) if split != EXPERTS_SPLIT else parts[0])
     return torch.cat(members)
@@ -450,22 +437,32 @@ def gather_parameter(name: str, split: str, tensors: dict[str, torch.Tensor], gr
     ranks = owners(name)
     if groups.rank != 0:
         if groups.rank in ranks:
-            shard = tensors[name].detach().float().contiguous()
-            dist.send(torch.tensor([*shard.shape, -1][:2], device=shard.device), dst=0)
-            dist.send(shard, dst=0)
+            send_part(tensors[name])
         return None
+    return whole(split, [part_from(rank, name, tensors) for rank in ranks])
+
+
+# A shard's shape travels as 3 numbers (an experts' weight has 3 dims), -1 past its own.
+SHAPE_NUMBERS = 3
+
+
+def send_part(shard: torch.Tensor) -> None:
+    """This rank's shard to rank 0, in fp32: its shape, then its values."""
+    shard = shard.detach().float().contiguous()
+    dist.send(torch.tensor([*shard.shape, -1, -1][:SHAPE_NUMBERS], device=shard.device), dst=0)
+    dist.send(shard, dst=0)
+
+
+def part_from(rank: int, name: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """On rank 0: `rank`'s shard of `name` (`send_part`), or its own, in fp32 on the CPU."""
+    if rank == 0:
+        return tensors[name].detach().float().cpu()
     device = next(iter(tensors.values())).device
-    parts = []
-    for rank in ranks:
-        if rank == 0:
-            parts.append(tensors[name].detach().float().cpu())
-            continue
-        shape = torch.empty(2, dtype=torch.int64, device=device)
-        dist.recv(shape, src=rank)
-        part = torch.empty([size for size in shape.tolist() if size >= 0], dtype=torch.float32, device=device)
-        dist.recv(part, src=rank)
-        parts.append(part.cpu())
-    return whole(split, parts)
+    shape = torch.empty(SHAPE_NUMBERS, dtype=torch.int64, device=device)
+    dist.recv(shape, src=rank)
+    part = torch.empty([size for size in shape.tolist() if size >= 0], dtype=torch.float32, device=device)
+    dist.recv(part, src=rank)
+    return part.cpu()
 
 
 def save_checkpoint(directory: str, tensors: dict[str, torch.Tensor], groups: Groups, like: Checkpoint | None) -> None:

@@ -225,17 +225,27 @@ def _gathered_visible(length: int, cp_rank: int, device: torch.device) -> torch.
     return keys.unsqueeze(0) <= queries.unsqueeze(1)
 
 
-def context_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, *, mesh: Groups) -> torch.Tensor:
-    """Causal self-attention over fused Q, K, V features, sequence-first ([seq, batch, features],
-    this rank's part of the sequence; `heads`, `kv_heads` and `groups` as `causal_attention`
-    takes them), over the keys and values of the whole sequence: `mesh`, this process's place
-    in the mesh, gives its ring."""
+def split_heads(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K and V of fused sequence-first features ([seq, batch, features], `groups` blocks of
+    [Q heads | K heads | V heads]), each [batch, heads, seq, HEAD_DIM]: strided views, no copy."""
     seq, batch, _ = qkv.shape
     q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
     q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
     q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
     k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
     v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    return q, k, v
+
+
+def context_attention(qkv: torch.Tensor, heads: int, kv_heads: int, groups: int = 1, *, mesh: Groups) -> torch.Tensor:
+    """Causal self-attention over fused Q, K, V features, sequence-first ([seq, batch, features],
+    this rank's part of the sequence; `heads`, `kv_heads` and `groups` as `causal_attention`
+    takes them), over the keys and values of the whole sequence: `mesh`, this process's place
+    in the mesh, gives its ring."""
+    seq, batch, _ = qkv.shape
+    q, k, v = split_heads(qkv, heads, kv_heads, groups)
     if CP_ATTENTION == "allgather":
         out = _GatheredAttention.apply(q, k, v, mesh)
     else:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from par.codegen.pytorch.runtime.context import context_positions
+from par.codegen.pytorch.runtime.context import context_positions, split_heads
 from par.codegen.pytorch.runtime.spec import (
     CP,
     ENDS,
@@ -60,12 +60,7 @@ def causal_attention(
     cache, the positions after it masked: the same shapes at every step.
     """
     seq, batch, _ = qkv.shape
-    q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
-    q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
-    # [batch, heads, seq, HEAD_DIM] as strided views of the sequence-first features: SDPA takes them as they are
-    q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
-    k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
-    v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    q, k, v = split_heads(qkv, heads, kv_heads, groups)  # strided views: SDPA takes them as they are
     visible = None  # a decode step's mask: the cached positions up to its own
     if ENDS and cache is not None:
         if cache.decoding:

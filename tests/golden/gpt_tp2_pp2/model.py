@@ -95,12 +95,7 @@ def causal_attention(
     cache, the positions after it masked: the same shapes at every step.
     """
     seq, batch, _ = qkv.shape
-    q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
-    q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
-    # [batch, heads, seq, HEAD_DIM] as strided views of the sequence-first features: SDPA takes them as they are
-    q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
-    k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
-    v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    q, k, v = split_heads(qkv, heads, kv_heads, groups)  # strided views: SDPA takes them as they are
     visible = None  # a decode step's mask: the cached positions up to its own
     if cache is not None:
         if cache.decoding:
@@ -131,6 +126,28 @@ def group_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     q, k, v = tensor.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=dim)
     blocks = zip(q.chunk(TP, dim=dim), k.chunk(TP, dim=dim), v.chunk(TP, dim=dim), strict=True)
     return torch.cat([part for block in blocks for part in block], dim=dim)
+
+
+# -- Context parallelism ------------------------------------------------------------------------
+# The sequence is cut into 2·CP chunks; cp rank c holds chunks c and 2·CP − 1 − c, one after the
+# other, so that every rank has as much causal work (the early chunk sees few keys, the late one
+# many). Inputs, positions and targets follow the same cut. Attention passes the keys and values
+# of each rank's part around the ring (CP_ATTENTION "ring"), or gathers them once ("allgather");
+# each partial result comes with its logsumexp, and the partial results merge by it.
+
+
+def split_heads(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K and V of fused sequence-first features ([seq, batch, features], `groups` blocks of
+    [Q heads | K heads | V heads]), each [batch, heads, seq, HEAD_DIM]: strided views, no copy."""
+    seq, batch, _ = qkv.shape
+    q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
+    q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
+    q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
+    k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    return q, k, v
 
 
 # -- Tensor-parallel linears --------------------------------------------------------------------

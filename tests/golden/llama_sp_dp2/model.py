@@ -103,12 +103,7 @@ def causal_attention(
     cache, the positions after it masked: the same shapes at every step.
     """
     seq, batch, _ = qkv.shape
-    q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
-    q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
-    # [batch, heads, seq, HEAD_DIM] as strided views of the sequence-first features: SDPA takes them as they are
-    q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
-    k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
-    v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    q, k, v = split_heads(qkv, heads, kv_heads, groups)  # strided views: SDPA takes them as they are
     visible = None  # a decode step's mask: the cached positions up to its own
     if cache is not None:
         if cache.decoding:
@@ -217,6 +212,28 @@ def ungroup_heads(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     sizes = [HEADS // TP * HEAD_DIM, KV_HEADS // TP * HEAD_DIM, KV_HEADS // TP * HEAD_DIM]
     blocks = [block.split(sizes, dim=dim) for block in tensor.chunk(TP, dim=dim)]
     return torch.cat([block[part] for part in range(3) for block in blocks], dim=dim)
+
+
+# -- Context parallelism ------------------------------------------------------------------------
+# The sequence is cut into 2·CP chunks; cp rank c holds chunks c and 2·CP − 1 − c, one after the
+# other, so that every rank has as much causal work (the early chunk sees few keys, the late one
+# many). Inputs, positions and targets follow the same cut. Attention passes the keys and values
+# of each rank's part around the ring (CP_ATTENTION "ring"), or gathers them once ("allgather");
+# each partial result comes with its logsumexp, and the partial results merge by it.
+
+
+def split_heads(
+    qkv: torch.Tensor, heads: int, kv_heads: int, groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K and V of fused sequence-first features ([seq, batch, features], `groups` blocks of
+    [Q heads | K heads | V heads]), each [batch, heads, seq, HEAD_DIM]: strided views, no copy."""
+    seq, batch, _ = qkv.shape
+    q_size, kv_size = heads // groups * HEAD_DIM, kv_heads // groups * HEAD_DIM
+    q, k, v = qkv.reshape(seq, batch, groups, q_size + 2 * kv_size).split([q_size, kv_size, kv_size], dim=-1)
+    q = q.reshape(seq, batch, heads, HEAD_DIM).permute(1, 2, 0, 3)
+    k = k.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    v = v.reshape(seq, batch, kv_heads, HEAD_DIM).permute(1, 2, 0, 3)
+    return q, k, v
 
 
 # -- Tensor-parallel linears --------------------------------------------------------------------
@@ -1645,22 +1662,32 @@ def gather_parameter(name: str, split: str, tensors: dict[str, torch.Tensor], gr
     ranks = owners(name)
     if groups.rank != 0:
         if groups.rank in ranks:
-            shard = tensors[name].detach().float().contiguous()
-            dist.send(torch.tensor([*shard.shape, -1][:2], device=shard.device), dst=0)
-            dist.send(shard, dst=0)
+            send_part(tensors[name])
         return None
+    return whole(split, [part_from(rank, name, tensors) for rank in ranks])
+
+
+# A shard's shape travels as 3 numbers (an experts' weight has 3 dims), -1 past its own.
+SHAPE_NUMBERS = 3
+
+
+def send_part(shard: torch.Tensor) -> None:
+    """This rank's shard to rank 0, in fp32: its shape, then its values."""
+    shard = shard.detach().float().contiguous()
+    dist.send(torch.tensor([*shard.shape, -1, -1][:SHAPE_NUMBERS], device=shard.device), dst=0)
+    dist.send(shard, dst=0)
+
+
+def part_from(rank: int, name: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """On rank 0: `rank`'s shard of `name` (`send_part`), or its own, in fp32 on the CPU."""
+    if rank == 0:
+        return tensors[name].detach().float().cpu()
     device = next(iter(tensors.values())).device
-    parts = []
-    for rank in ranks:
-        if rank == 0:
-            parts.append(tensors[name].detach().float().cpu())
-            continue
-        shape = torch.empty(2, dtype=torch.int64, device=device)
-        dist.recv(shape, src=rank)
-        part = torch.empty([size for size in shape.tolist() if size >= 0], dtype=torch.float32, device=device)
-        dist.recv(part, src=rank)
-        parts.append(part.cpu())
-    return whole(split, parts)
+    shape = torch.empty(SHAPE_NUMBERS, dtype=torch.int64, device=device)
+    dist.recv(shape, src=rank)
+    part = torch.empty([size for size in shape.tolist() if size >= 0], dtype=torch.float32, device=device)
+    dist.recv(part, src=rank)
+    return part.cpu()
 
 
 def save_checkpoint(directory: str, tensors: dict[str, torch.Tensor], groups: Groups, like: Checkpoint | None) -> None:
