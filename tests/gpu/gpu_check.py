@@ -81,7 +81,8 @@ def builds(gpus: int) -> list[Build]:
             continue
         text = path.read_text(encoding="utf-8")
         serving = ["prompt=8", "generate=4"] if "serve" in text else []  # within seq 16
-        stages = [f"stages={','.join(['2'] * pp)}"] if re.search(r"\bstages\b", text) else []  # a spec that lists its stages
+        listed = re.search(r"^[^#\n]*\bstages\s*\[", text, re.M)  # a spec that lists its stages (not a comment's word)
+        stages = [f"stages={','.join(['2'] * pp)}"] if listed else []
         for dtype in DTYPES:
             defines = (*TINY, *mesh, *per_spec.get(path.stem, []), *stages, *serving, f"dtype={dtype}")
             found.append(Build(path.stem, dtype, defines, tp * pp))
