@@ -100,7 +100,7 @@ def test_other_failures_are_not_retried(tmp_path):
     (folder / "dot").write_text(f"#!/bin/sh\necho call >> {folder / 'calls'}\necho 'Error: syntax error' >&2\nexit 1\n")
     (folder / "dot").chmod(0o755)
     try:
-        svg.render_svg('digraph { a [group="column_0_0"] }', program=str(folder / "dot"))
+        svg.render_svg('digraph { a [label="a", group="column_0_0"] }', program=str(folder / "dot"))
     except ArtifactError as error:
         assert "syntax error" in str(error)
     else:
