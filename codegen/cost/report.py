@@ -401,7 +401,7 @@ def _step_section(cost: Cost) -> Section:
     estimate, hardware, mesh = cost.estimate, cost.hardware, cost.mesh
     assert hardware is not None  # the estimate section is written only with hardware
     flops = sum(cost.step_flops(device) for device in cost.devices)
-    run = flops + sum(cost.recompute_step_flops(device) for device in cost.devices)  # what the devices compute
+    run = cost.run_flops()
     peak = mesh["world"] * hardware.peak_tflops * 1e12
     tokens = cost.model["batch"] * cost.model["seq"]
     again = " (recomputation included, as Megatron-LM counts)" if mesh.get("recompute", "none") != "none" else ""

@@ -88,6 +88,11 @@ class Cost:
         """Forward and backward FLOPs of a training step on a device."""
         return (1 + BACKWARD_FLOPS) * cost.flops * self.mesh["microbatches"]
 
+    def run_flops(self) -> float:
+        """What every device computes in a training step: forward, backward and the forward that
+        `recompute` runs again (Megatron-LM's count of a step's FLOPs)."""
+        return sum(self.step_flops(device) + self.recompute_step_flops(device) for device in self.devices)
+
     def recompute_step_flops(self, cost: RankCost) -> float:
         """Forward FLOPs a device's backward runs again in a training step (`recompute`), beside `step_flops`."""
         return cost.recompute_flops * self.mesh["microbatches"]
