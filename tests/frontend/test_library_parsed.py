@@ -11,6 +11,7 @@ import pytest
 
 from par.dsl.frontend import library
 from par.dsl.frontend.library import parse_library, parsed
+from par.dsl.frontend.source import SourceFile
 
 ROOT = Path(__file__).resolve().parents[2]
 STALE = "dsl/frontend/library/blocks.parsed is stale: run python -m par.dsl.frontend.library.parsed"
@@ -33,7 +34,13 @@ def test_the_library_loads_from_the_shipped_file_as_parsed(monkeypatch):
 
 
 def test_blocks_made_from_another_library_or_parser_are_not_used(monkeypatch):
-    assert parsed.load("0" * 64) is None
+    shipped = parsed.key()
+    text = parsed.library_source()
+    monkeypatch.setattr(parsed, "library_source", lambda: SourceFile(text.name, text.text + "\n# edited\n"))
+    edited = parsed.key()
+    assert edited is not None and edited != shipped
+    assert parsed.load(edited) is None  # the shipped blocks were made from the other library
+    monkeypatch.undo()
     monkeypatch.setattr(parsed, "PARSERS", (*parsed.PARSERS, "missing.py"))
     assert parsed.key() is None  # a parser's source cannot be read: parse
     assert parsed.load(None) is None

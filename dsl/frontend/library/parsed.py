@@ -19,6 +19,7 @@ from typing import Any
 
 from par.dsl.frontend import source as source_module
 from par.dsl.frontend import spec as spec_module
+from par.dsl.frontend.lark_tables import grammar_text
 from par.dsl.frontend.library import library_source, parse_library
 from par.dsl.frontend.spec import BlockDef
 
@@ -35,7 +36,7 @@ def key() -> str | None:
     try:
         for name in PARSERS:
             digest.update(b"\0" + (files("par.dsl.frontend") / name).read_bytes())
-        digest.update(b"\0" + (files("par.grammar") / "par.lark").read_bytes())
+        digest.update(b"\0" + grammar_text("par.lark").encode())
     except OSError:
         return None
     return digest.hexdigest()
