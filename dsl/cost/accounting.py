@@ -159,15 +159,24 @@ class Held:
     tp_partial: int  # also over the tensor-parallel group: their gradient is partial there
 
 
+def routed(data: NodeAttrs) -> bool:
+    """Whether a node runs on routed tokens: its parameters are experts, reduced over the ranks holding the same experts."""
+    return "in_placement" in data and PLACEMENTS[data["in_placement"]].routed
+
+
+def reduce_group(mesh: Mesh, data: NodeAttrs, rank: int) -> tuple[int, ...]:
+    """The ranks that add up `rank`'s gradients of a node's parameters (and, under ZeRO, shard their state)."""
+    return mesh.expert_dp_group_of(rank) if routed(data) else mesh.gradient_group_of(rank)
+
+
 def held_params(graph: Dag, mesh: Mesh) -> list[Held]:
     """Per rank, its parameters as the gradient sync reduces them."""
     dense, experts, tp_partial = [0] * mesh.world, [0] * mesh.world, [0] * mesh.world
     for _, data in graph.nodes(data=True):
         if data["kind"] != "compute" or not data["params"]:
             continue
-        placement = PLACEMENTS[data["in_placement"]] if "in_placement" in data else None
         for rank in data["devices"]:
-            if placement is not None and placement.routed:
+            if routed(data):
                 experts[rank] += data["params"]
                 continue
             dense[rank] += data["params"]
@@ -258,9 +267,8 @@ def _zero2_scatters(graph: Dag, mesh: Mesh) -> list[Transfer]:
     for node, data in graph.nodes(data=True):
         if data["kind"] != "compute" or not data["params"]:
             continue
-        routed = "in_placement" in data and PLACEMENTS[data["in_placement"]].routed
         for rank in data["devices"]:
-            group = mesh.expert_dp_group_of(rank) if routed else mesh.gradient_group_of(rank)
+            group = reduce_group(mesh, data, rank)
             if len(group) > 1:
                 padded = shard(data["params"], len(group)) * len(group)
                 found.append(Transfer("backward", "reducescatter", node, group, (rank,), _REDUCESCATTER.wire_bytes(len(group), padded * size)))
@@ -274,18 +282,17 @@ def _zero3_gathers(graph: Dag, mesh: Mesh) -> list[Transfer]:
     first node with parameters on the rank (the backward's ReduceScatter to its last); the
     model's ends gather per op."""
     size, weight_size = DTYPE_BYTES[graph.graph["mesh"]["grad_dtype"]], dtype_bytes(graph)
-    units: dict[tuple, list] = {}  # (rank, layer or end node, routed) -> [params, first node, last node]
+    units: dict[tuple, list] = {}  # (rank, layer or end node, group) -> [params, first node, last node]
     for node, data in graph.nodes(data=True):
         if data["kind"] != "compute" or not data["params"]:
             continue
-        routed = "in_placement" in data and PLACEMENTS[data["in_placement"]].routed
         for rank in data["devices"]:
-            unit = units.setdefault((rank, node if data["layer"] is None else data["layer"], routed), [0, node, node])
+            group = reduce_group(mesh, data, rank)
+            unit = units.setdefault((rank, node if data["layer"] is None else data["layer"], group), [0, node, node])
             unit[0] += data["params"]
             unit[2] = node
     found = []
-    for (rank, _, routed), (params, first, last) in units.items():
-        group = mesh.expert_dp_group_of(rank) if routed else mesh.gradient_group_of(rank)
+    for (rank, _, group), (params, first, last) in units.items():
         if len(group) < 2:
             continue
         padded = shard(params, len(group)) * len(group)
@@ -499,7 +506,7 @@ def model_parameters(graph: Dag) -> int:
         dp_rank, _, tp_rank = mesh.coords(data["devices"][0])
         sharded = data.get("style") in ("column", "row") or data["op"] == "embedding"  # split over tp
         # Routed ops hold their rank's experts: the ranks of one expert-parallel group hold them all.
-        replicas = mesh.ep if "in_placement" in data and PLACEMENTS[data["in_placement"]].routed else 1
+        replicas = mesh.ep if routed(data) else 1
         if dp_rank < replicas and (sharded or tp_rank == 0):
             total += data["params"]
     return total
