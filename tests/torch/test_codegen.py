@@ -200,7 +200,7 @@ def test_the_generated_rank_arithmetic_is_the_meshs(workdir):
     assert module.STREAM_SHAPE == (seq, batch, hidden)  # written as SEQ // TP under sp
     for rank in range(mesh.world):
         assert module.coordinates(rank) == mesh.coords(rank)
-        assert module.global_rank(*mesh.coords(rank)) == rank
+        assert module.global_rank(*mesh.coords(rank), mesh.cp_rank(rank)) == rank
 
 
 @pytest.mark.parametrize("spec, defines", [

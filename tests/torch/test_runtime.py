@@ -207,7 +207,7 @@ def test_coordinates_and_global_rank_are_inverse_and_tp_varies_fastest(monkeypat
     seen = [groups.coordinates(rank) for rank in range(tp * pp * dp)]
     assert seen == sorted(seen)  # dp slowest, then stage, then tp
     assert len(set(seen)) == tp * pp * dp
-    assert all(groups.global_rank(*place) == rank for rank, place in enumerate(seen))
+    assert all(groups.global_rank(*place, 0) == rank for rank, place in enumerate(seen))
 
 
 def test_group_heads_puts_each_ranks_heads_together_and_ungroup_heads_inverts_it(monkeypatch):

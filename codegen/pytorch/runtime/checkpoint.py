@@ -349,8 +349,8 @@ def read_experts(checkpoint: Checkpoint, name: str, split: str, local: torch.Siz
 def expert_owners(name: str) -> list[list[int]]:
     """The global ranks that hold parts of experts' weight `name` on its stage: per member of the
     first expert-parallel group (the first EP replicas), its tensor-parallel ranks in order."""
-    stage = next(s for s in range(PP) if name in parameter_names(global_rank(0, s, 0)))
-    return [[global_rank(d, stage, t) for t in range(TP)] for d in range(EP)]
+    stage = next(s for s in range(PP) if name in parameter_names(global_rank(0, s, 0, 0)))
+    return [[global_rank(d, stage, t, 0) for t in range(TP)] for d in range(EP)]
 
 
 def gather_experts(name: str, split: str, tensors: dict[str, torch.Tensor], groups: Groups) -> torch.Tensor | None:
@@ -380,14 +380,14 @@ def expert_tensors(name: str, full: torch.Tensor, checkpoint: Checkpoint | None)
 
 def every_parameter() -> list[str]:
     """The names of the whole model's parameters, stage after stage, each once."""
-    names = [name for stage in range(PP) for name in parameter_names(global_rank(0, stage, 0))]
+    names = [name for stage in range(PP) for name in parameter_names(global_rank(0, stage, 0, 0))]
     return list(dict.fromkeys(names))
 
 
 def owners(name: str) -> list[int]:
     """The global ranks of the first replica that hold parts of `name`, in tp order (its first stage)."""
-    stage = next(s for s in range(PP) if name in parameter_names(global_rank(0, s, 0)))
-    return [global_rank(0, stage, t) for t in range(TP)]
+    stage = next(s for s in range(PP) if name in parameter_names(global_rank(0, s, 0, 0)))
+    return [global_rank(0, stage, t, 0) for t in range(TP)]
 
 
 def whole(split: str, parts: list[torch.Tensor]) -> torch.Tensor:

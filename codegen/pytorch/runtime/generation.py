@@ -244,7 +244,7 @@ def generate(
             for op, kind, step, m, peer_stage in slot_messages(groups.stage, slot, new):
                 traced = step + 1 if kind == "token" else step  # tokens: the next step's input (dag.decode)
                 phase = "prefill" if traced == 0 else "decode"
-                peer = global_rank(groups.dp_rank, peer_stage, groups.tp_rank)
+                peer = global_rank(groups.dp_rank, peer_stage, groups.tp_rank, groups.cp_rank)
                 if op == "send":
                     tensor = outgoing[kind].contiguous()
                 elif kind == "activation":
@@ -350,7 +350,7 @@ def check_generation(
         for d in range(DP):
             parts = []
             for t in range(TP):
-                sender = global_rank(d, PP - 1, t)
+                sender = global_rank(d, PP - 1, t, 0)
                 if sender == 0:
                     part = mine
                 else:
@@ -411,7 +411,7 @@ def serve(
     )
     dist.barrier()  # reporting only: every rank starts together, so the times are the pipeline's
     result = generate(stage, groups, device, inputs, new, sampling, kv_dtype, keep_logits=checking)
-    if groups.rank == global_rank(0, PP - 1, 0):
+    if groups.rank == global_rank(0, PP - 1, 0, 0):
         report(result, new, cache_bytes(groups, length + new, kv_dtype))
     if checking:
         return check_generation(result, groups, device, given, length, new, sampling, seed, tolerance)

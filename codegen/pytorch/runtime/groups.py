@@ -21,7 +21,7 @@ def cp_coordinate(rank: int) -> int:
     return rank // TP % CP
 
 
-def global_rank(dp_rank: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
+def global_rank(dp_rank: int, stage: int, tp_rank: int, cp_rank: int) -> int:
     return ((dp_rank * PP + stage) * CP + cp_rank) * TP + tp_rank
 
 
@@ -76,7 +76,7 @@ class Groups:
         if EP > 1:
             # docs/language.md: the same stage and tensor-parallel rank in EP consecutive replicas
             ep_groups = {
-                (b, s, t): dist.new_group([global_rank(d, s, t) for d in range(b * EP, (b + 1) * EP)], timeout=timeout)
+                (b, s, t): dist.new_group([global_rank(d, s, t, 0) for d in range(b * EP, (b + 1) * EP)], timeout=timeout)
                 for b in range(DP // EP)
                 for s in range(PP)
                 for t in range(TP)
@@ -85,7 +85,7 @@ class Groups:
         if EP > 1 and DP > EP:
             # the ranks holding the same experts, one in each expert-parallel group
             expert_dp_groups = {
-                (e, s, t): dist.new_group([global_rank(d, s, t) for d in range(e, DP, EP)], timeout=timeout)
+                (e, s, t): dist.new_group([global_rank(d, s, t, 0) for d in range(e, DP, EP)], timeout=timeout)
                 for e in range(EP)
                 for s in range(PP)
                 for t in range(TP)

@@ -111,7 +111,7 @@ class PipelineSchedule:
             self.loss_scale = 1.0  # fp16: backward runs on the loss times this (set by each step)
         self.index = groups.stage
         self.device = device
-        self.peers = [global_rank(groups.dp_rank, peer, groups.tp_rank) for peer in range(PP)]
+        self.peers = [global_rank(groups.dp_rank, peer, groups.tp_rank, groups.cp_rank) for peer in range(PP)]
         self.plan = interleaved_plan()[self.index]
 
     def step(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[list, list]:

@@ -727,7 +727,7 @@ def cp_coordinate(rank: int) -> int:
     return rank // TP % CP
 
 
-def global_rank(dp_rank: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
+def global_rank(dp_rank: int, stage: int, tp_rank: int, cp_rank: int) -> int:
     return ((dp_rank * PP + stage) * CP + cp_rank) * TP + tp_rank
 
 
@@ -1607,14 +1607,14 @@ def load_checkpoint(directory: str, stage: nn.Module, groups: Groups) -> Checkpo
 
 def every_parameter() -> list[str]:
     """The names of the whole model's parameters, stage after stage, each once."""
-    names = [name for stage in range(PP) for name in parameter_names(global_rank(0, stage, 0))]
+    names = [name for stage in range(PP) for name in parameter_names(global_rank(0, stage, 0, 0))]
     return list(dict.fromkeys(names))
 
 
 def owners(name: str) -> list[int]:
     """The global ranks of the first replica that hold parts of `name`, in tp order (its first stage)."""
-    stage = next(s for s in range(PP) if name in parameter_names(global_rank(0, s, 0)))
-    return [global_rank(0, stage, t) for t in range(TP)]
+    stage = next(s for s in range(PP) if name in parameter_names(global_rank(0, s, 0, 0)))
+    return [global_rank(0, stage, t, 0) for t in range(TP)]
 
 
 def whole(split: str, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -2119,7 +2119,7 @@ def generate(
             for op, kind, step, m, peer_stage in slot_messages(groups.stage, slot, new):
                 traced = step + 1 if kind == "token" else step  # tokens: the next step's input (dag.decode)
                 phase = "prefill" if traced == 0 else "decode"
-                peer = global_rank(groups.dp_rank, peer_stage, groups.tp_rank)
+                peer = global_rank(groups.dp_rank, peer_stage, groups.tp_rank, groups.cp_rank)
                 if op == "send":
                     tensor = outgoing[kind].contiguous()
                 elif kind == "activation":
@@ -2225,7 +2225,7 @@ def check_generation(
         for d in range(DP):
             parts = []
             for t in range(TP):
-                sender = global_rank(d, PP - 1, t)
+                sender = global_rank(d, PP - 1, t, 0)
                 if sender == 0:
                     part = mine
                 else:
@@ -2286,7 +2286,7 @@ def serve(
     )
     dist.barrier()  # reporting only: every rank starts together, so the times are the pipeline's
     result = generate(stage, groups, device, inputs, new, sampling, kv_dtype, keep_logits=checking)
-    if groups.rank == global_rank(0, PP - 1, 0):
+    if groups.rank == global_rank(0, PP - 1, 0, 0):
         report(result, new, cache_bytes(groups, length + new, kv_dtype))
     if checking:
         return check_generation(result, groups, device, given, length, new, sampling, seed, tolerance)
