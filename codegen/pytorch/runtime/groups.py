@@ -75,8 +75,9 @@ class Groups:
             self.dp = dp_groups[self.stage, self.tp_rank]
         if EP > 1:
             # docs/language.md: the same stage and tensor-parallel rank in EP consecutive replicas
+            replicas = {b: range(b * EP, (b + 1) * EP) for b in range(DP // EP)}
             ep_groups = {
-                (b, s, t): dist.new_group([global_rank(d, s, t, 0) for d in range(b * EP, (b + 1) * EP)], timeout=timeout)
+                (b, s, t): dist.new_group([global_rank(d, s, t, 0) for d in replicas[b]], timeout=timeout)
                 for b in range(DP // EP)
                 for s in range(PP)
                 for t in range(TP)

@@ -22,7 +22,7 @@ from par.codegen.pytorch.runtime.spec import (
     TIED,
     ZERO,
 )
-from par.codegen.pytorch.runtime.zero import ScatterGradient, reduce_parts, regions
+from par.codegen.pytorch.runtime.zero import Region, ScatterGradient, reduce_parts, regions
 
 # -- Gradients ----------------------------------------------------------------------------------
 # Every gradient of a stage lives in one flat GRAD_DTYPE buffer, allocated once: accumulated
@@ -71,9 +71,6 @@ class GradientBuffer:
             named.sort(key=lambda item: expert_gradient(item[0]))  # the local experts' last
             self.dense = sum(param.numel() for name, param in named if not expert_gradient(name))
         first = named[0][1]
-        self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
-        parts = self.flat.split([param.numel() for _, param in named])
-        views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
         if ZERO:
             # the runs of parameters each sharded over its group, in the order the optimizer updates them
             experts = 0
@@ -82,9 +79,16 @@ class GradientBuffer:
             self.regions = regions(named, experts)
             self.groups: Groups  # given by train_step
         if ZERO == 1:
-            views = zero_views(self)
+            self.flat, views = zero_views(self.regions, first.device)
         if ZERO == 2:
-            views = zero_parts(self)
+            self.flat, views = zero_parts(self.regions, first.device)
+            if PARTIAL_GRADIENTS:  # their parts lie first too
+                sizes = [size for region in self.regions for size in region.padded]
+                self.partial = sum(size for (name, _), size in zip(named, sizes, strict=True) if partial_gradient(name))
+        if not ZERO:
+            self.flat = torch.zeros(sum(param.numel() for _, param in named), dtype=GRAD_DTYPE, device=first.device)
+            parts = self.flat.split([param.numel() for _, param in named])
+            views = {name: part.view_as(param) for (name, param), part in zip(named, parts, strict=True)}
         if TIED and PP > 1:
             self.views = views
         if ZERO == 2:
@@ -142,32 +146,29 @@ class GradientBuffer:
             self.main.copy_(self.flat)
 
 
-def zero_views(buffer: GradientBuffer) -> dict[str, torch.Tensor]:
-    """zero 1: the buffer's flat gradients again, each region's run padded to a multiple of its
-    group's size (`Region.length`), and each parameter's view of them. After the last microbatch
-    each run is ReduceScattered over its group: each rank keeps the sum of its part (`main`), the
-    part its optimizer updates (runtime/optimizer.py)."""
-    length = sum(region.length for region in buffer.regions)
-    buffer.flat = torch.zeros(length, dtype=GRAD_DTYPE, device=buffer.flat.device)
+def zero_views(regions: list[Region], device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """zero 1: the flat gradients, each region's run padded to a multiple of its group's size
+    (`Region.length`), and each parameter's view of them. After the last microbatch each run is
+    ReduceScattered over its group: each rank keeps the sum of its part (`main`), the part its
+    optimizer updates (runtime/optimizer.py)."""
+    flat = torch.zeros(sum(region.length for region in regions), dtype=GRAD_DTYPE, device=device)
     views = {}
-    for region in buffer.regions:
-        parts = buffer.flat[region.start : region.start + sum(region.sizes)].split(region.sizes)
+    for region in regions:
+        parts = flat[region.start : region.start + sum(region.sizes)].split(region.sizes)
         views.update({name: part.view_as(param) for (name, param), part in zip(region.named, parts, strict=True)})
-    return views
+    return flat, views
 
 
-def zero_parts(buffer: GradientBuffer) -> dict[str, torch.Tensor]:
-    """zero 2: the buffer holds only this rank's part of each gradient, in fp32: its 1/n of the
-    gradient flattened and padded to a multiple of n, the size of its region's group, parts one
-    after another in the buffer's order (partial gradients first). Each microbatch's gradient is
-    ReduceScattered into it as soon as autograd has it (`ScatterGradient`), so no rank keeps a
-    whole one; the full buffer made above is dropped."""
-    named = [item for region in buffer.regions for item in region.named]
-    sizes = [size for region in buffer.regions for size in region.padded]
-    if PARTIAL_GRADIENTS:
-        buffer.partial = sum(size for (name, _), size in zip(named, sizes, strict=True) if partial_gradient(name))
-    buffer.flat = torch.zeros(sum(sizes), dtype=torch.float32, device=buffer.flat.device)
-    return dict(zip((name for name, _ in named), buffer.flat.split(sizes), strict=True))
+def zero_parts(regions: list[Region], device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """zero 2: only this rank's part of each gradient, in fp32: its 1/n of the gradient flattened
+    and padded to a multiple of n, the size of its region's group, parts one after another in the
+    buffer's order (partial gradients first), and each parameter's part. Each microbatch's gradient
+    is ReduceScattered into it as soon as autograd has it (`ScatterGradient`), so no rank keeps a
+    whole one."""
+    named = [name for region in regions for name, _ in region.named]
+    sizes = [size for region in regions for size in region.padded]
+    flat = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
+    return flat, dict(zip(named, flat.split(sizes), strict=True))
 
 
 def train_step(
