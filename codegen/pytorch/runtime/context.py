@@ -92,8 +92,10 @@ def _pairs(cp_rank: int, origin: int, length: int) -> tuple[slice, slice, bool]:
 
 def _ring_exchange(send: torch.Tensor, receive: torch.Tensor, groups: Groups):
     """Posts the send of `send` to the next cp rank and the receive of `receive` from the
-    previous one, in the DAG's order (an even cp rank sends first, an odd one receives first),
-    batched so that no backend deadlocks; returns the requests to wait on."""
+    previous one as one batch (`batch_isend_irecv`; one group on NCCL, which starts both at once),
+    so that no backend deadlocks; returns the requests to wait on. The trace records them in the
+    DAG's order (an even cp rank's send first, an odd one's receive): gloo also posts them in that
+    order, NCCL in none."""
     ring, rank = groups.cp_ranks, groups.cp_rank
     following, previous = ring[(rank + 1) % CP], ring[(rank - 1) % CP]
     operations = [(dist.isend, send, following, "send"), (dist.irecv, receive, previous, "recv")]
