@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from par.codegen.dot.text import printable
+from par.codegen.dot.text import COLUMN, printable
 from par.codegen.renderer import ArtifactError, Skip
 
 if TYPE_CHECKING:  # `par build --help` reads this module's choices without loading the compiler
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # `par build --help` reads this module's choices without load
 DOT_TIMEOUT_S = 180
 MESSAGE_CHARS = 200  # the most of Graphviz's message line a warning quotes
 RANKING_BUG = b"trouble in init_rank"
-COLUMN = re.compile(r', group="column_[0-9_]+"')  # a node's GPU column, as the DOT views write it
+COLUMN_ATTRIBUTE = re.compile(rf', group="{COLUMN}[0-9_]+"')  # a node's GPU column, as the DOT views write it
 FULL_SVG_MAX_NODES = 8000
 # `par build --svg`: which Graphviz drawings to render.
 SVG_CHOICES = {
@@ -54,7 +54,7 @@ def render_svg(dot_text: str, *, program: str, timeout: float = DOT_TIMEOUT_S) -
     on them; raises ArtifactError if dot fails or runs past `timeout` seconds."""
     done = run_dot(dot_text, program=program, timeout=timeout)
     if done.returncode != 0 and RANKING_BUG in done.stderr:
-        loose = COLUMN.sub("", dot_text)
+        loose = COLUMN_ATTRIBUTE.sub("", dot_text)
         if loose != dot_text:
             done = run_dot(loose, program=program, timeout=timeout)
     if done.returncode != 0:

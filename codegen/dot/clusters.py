@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from par.codegen.dot import style
-from par.codegen.dot.text import gpus, layer_count, quoted
+from par.codegen.dot.text import COLUMN, gpus, layer_count, quoted
 from par.codegen.dot.view import (
     DotCluster,
     DotEdge,
@@ -79,8 +79,8 @@ class ClusterTree:
         `dot` avoids crossing the edges inside a GPU."""
         dp_rank, _, tp_rank = self.mesh.coords(rank)
         if self.mesh.cp > 1:
-            return (("group", quoted(f"column_{dp_rank}_{self.mesh.cp_rank(rank)}_{tp_rank}")),)
-        return (("group", quoted(f"column_{dp_rank}_{tp_rank}")),)
+            return (("group", quoted(f"{COLUMN}{dp_rank}_{self.mesh.cp_rank(rank)}_{tp_rank}")),)
+        return (("group", quoted(f"{COLUMN}{dp_rank}_{tp_rank}")),)
 
     def place(self, node_id: str, data: NodeAttrs, *, in_gpu: bool = True) -> None:
         """Adds a DAG node to its GPU's cluster (unless not `in_gpu`), else its replica's (a

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from par.dsl.units import ranges
 
 REPLACEMENT = "\ufffd"
+# A node's GPU column in the DOT views (its `group`): `column_<dp>[_<cp>]_<tp>`.
+COLUMN = "column_"
 
 
 # What XML cannot carry: the controls (Unicode category Cc), the surrogates (Cs) and the
