@@ -34,7 +34,7 @@ class Region:
         self.padded = [-(-size // self.parts) for size in self.sizes]  # zero 2: each parameter's part
         if ZERO == 1:
             self.part = -(-sum(self.sizes) // self.parts)
-        if ZERO == 2:
+        else:
             self.part = sum(self.padded)
         self.length = self.part * self.parts
         self.start = self.first = 0
@@ -45,7 +45,9 @@ class Region:
         return slice(first, first + self.part)
 
     def group(self, groups: Groups) -> dist.ProcessGroup:
-        """The ranks adding up the region's gradients (called where there are two or more)."""
+        """The ranks adding up the region's gradients (called where there are two or more).
+
+        Written on the constants first so that model.py without an expert group does not name it."""
         if EP > 1 and DP > EP and self.experts:
             return groups.expert_dp
         return groups.dp
