@@ -39,6 +39,7 @@ from par.codegen.pytorch.ops import (
 from par.dsl.dag import ids
 from par.dsl.lowering.placement import S_LAST, S_SEQ
 from par.dsl.lowering.program import Program, Step
+from par.dsl.registry.ops import COMPUTE_OPS
 from par.dsl.registry.statements import WRITTEN
 
 FEATURES = S_LAST.dim
@@ -336,7 +337,7 @@ class _Writer:
             else:
                 more = "cp_rank=self.mesh.cp_rank"
         # selective recomputation: the attention core runs again in backward, keeping only its input
-        recompute = step.op == "attention" and self.mesh.recompute == "selective"
+        recompute = COMPUTE_OPS[step.op].selective and self.mesh.recompute == "selective"
         call = attention_call(
             self._name(value), heads=heads, kv_heads=kv_heads, groups=groups, function=function, cache=cached, more=more,
             recompute=recompute,

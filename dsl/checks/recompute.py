@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from par.dsl.checks.deployment import Block, Mesh
 from par.dsl.diagnostics import Diagnostic, error, warning
 from par.dsl.frontend.source import Span
+from par.dsl.registry.ops import COMPUTE_OPS
 
 
 def recompute_checks(mesh: Mesh, blocks: Sequence[Block], span: Span) -> list[Diagnostic]:
@@ -24,7 +25,9 @@ def recompute_checks(mesh: Mesh, blocks: Sequence[Block], span: Span) -> list[Di
                 hint="use recompute none with cp, or cp 1",
             )
         ]
-    if mesh.recompute == "selective" and not any(op.op == "attention" for block in blocks for op in block.ops):
+    if mesh.recompute == "selective" and not any(
+        op.op in COMPUTE_OPS and COMPUTE_OPS[op.op].selective for block in blocks for op in block.ops
+    ):
         names = ", ".join(sorted({block.name for block in blocks}))
         return [
             warning(

@@ -109,7 +109,7 @@ def recomputed_steps(steps: Sequence[Step], recompute: str) -> set[str]:
     the backward. torch.utils.checkpoint (non-reentrant) stops its rerun there: what comes
     after (the last projection's collective, the residual add) feeds nothing the backward reads."""
     if recompute == "selective":
-        return {step.name for step in steps if step.op == "attention"}
+        return {step.name for step in steps if step.kind == "compute" and COMPUTE_OPS[step.op].selective}
     if recompute != "full":
         return set()
     saving = [index for index, step in enumerate(steps) if _keeps(step)]

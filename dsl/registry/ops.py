@@ -118,6 +118,7 @@ class OpSpec:
     # gradient that is zero outside each rank's part (par.dsl.lowering.backward).
     keeps_parts: frozenset[int | None] = frozenset()
     saves: Saves = NOTHING  # what autograd keeps for its backward
+    selective: bool = False  # `recompute selective` runs it again in backward instead of keeping what it saves
     # Where the generated code computes in another dtype than the spec's: the bytes of an input
     # element (token ids: int64) and the dtype of the output (the loss: fp32, whatever the spec's).
     input_bytes: int | None = None
@@ -296,6 +297,7 @@ OPS: dict[str, OpSpec] = {
             _attention_flops,
             saves=Saves(operands=(0,), output=True, extra=_attention_extra),
             keeps_parts=frozenset({S_LAST.dim}),
+            selective=True,
         ),
         # Rotary position embedding of the Q and K heads of a fused QKV, per head and position:
         # head-aligned S(-1) or R, like attention (never S(seq): it needs each token's position).
