@@ -27,7 +27,7 @@ from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
 from par.dsl.dag.types import Dag, Dtype, NodeAttrs
 from par.dsl.lowering.placement import PLACEMENTS, S_SEQ
 from par.dsl.registry.collectives import COLLECTIVES
-from par.dsl.registry.ops import COMPUTE_OPS, GATHERED_ATTENTION_SAVES, Saves, Stored, elements
+from par.dsl.registry.ops import COMPUTE_OPS, Saves, Stored, elements
 
 KINDS = tuple(name for name, spec in COLLECTIVES.items() if spec.sends)  # of a Transfer
 PHASES = ("forward", "backward", "gradients")
@@ -354,9 +354,8 @@ def rank_costs(
 def saves_of(data: NodeAttrs) -> Saves:
     """What the generated code keeps of a node for its backward (the registry's `saves`)."""
     if data["kind"] == "compute":
-        if data["op"] == "ring_attention" and data["operand_shapes"][1][1] > data["operand_shapes"][0][1]:
-            return GATHERED_ATTENTION_SAVES  # the all-gather form: one attention over the whole sequence's keys
-        return COMPUTE_OPS[data["op"]].saves
+        op = COMPUTE_OPS[data["op"]]
+        return op.saves_for(data["operand_shapes"]) if op.saves_for is not None else op.saves
     if "ring" in data:  # a ring's blocks pass through: the backward passes them again
         return Saves()
     spec = COLLECTIVES.get(data["op"])

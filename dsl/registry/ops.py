@@ -9,7 +9,7 @@ tensor-parallel region. How generated PyTorch computes it is the emitter's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from math import prod
@@ -119,6 +119,8 @@ class OpSpec:
     keeps_parts: frozenset[int | None] = frozenset()
     saves: Saves = NOTHING  # what autograd keeps for its backward
     selective: bool = False  # `recompute selective` runs it again in backward instead of keeping what it saves
+    # What it keeps where that depends on its operands' shapes (global, as the DAG's `operand_shapes`); None: `saves`.
+    saves_for: Callable[[Sequence[Shape]], Saves] | None = None
     # Where the generated code computes in another dtype than the spec's: the bytes of an input
     # element (token ids: int64) and the dtype of the output (the loss: fp32, whatever the spec's).
     input_bytes: int | None = None
@@ -394,6 +396,13 @@ def _merge_extra(local_in: Shape, local_out: Shape, stored: Stored) -> int:
 # gathered keys and values, its output and logsumexp: the backward attends again without a
 # second AllGather (runtime/context.py).
 GATHERED_ATTENTION_SAVES = Saves(operands=(0, 1), output=True, extra=_merge_extra)
+RING_STEP_SAVES = Saves(operands=(0,))
+
+
+def _ring_attention_saves(operand_shapes: Sequence[Shape]) -> Saves:
+    """A ring step keeps its queries; the all-gather form's attention, whose keys span more
+    positions than its queries, keeps `GATHERED_ATTENTION_SAVES`."""
+    return GATHERED_ATTENTION_SAVES if operand_shapes[1][1] > operand_shapes[0][1] else RING_STEP_SAVES
 
 
 def _cache_shape(op: Op, inputs: list[Shape], model: Model) -> Shape:
@@ -462,7 +471,8 @@ MODEL_OPS: dict[str, OpSpec] = {
             {None: (Signature((S_LAST, S_LAST), S_LAST), Signature((R, R), R))},
             _attention_shape,
             _attention_flops,
-            saves=Saves(operands=(0,)),
+            saves=RING_STEP_SAVES,
+            saves_for=_ring_attention_saves,
         ),
         # The partial outputs rescaled by exp(lse_step - lse) and summed (log-sum-exp merge): it keeps
         # the merged output and its logsumexp for the backward.
