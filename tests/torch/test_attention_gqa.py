@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from par.codegen.pytorch.runtime import ops  # noqa: E402
+from par.codegen.pytorch.runtime import context, ops  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, BATCH, SEQ = 4, 2, 8, 2, 5
 
@@ -32,7 +32,8 @@ def _per_head_attention(qkv: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(("dtype", "gqa_kernel", "tolerance"), [(torch.float32, False, 1e-5), (torch.bfloat16, True, 2e-2)])
 def test_enable_gqa_only_in_half_precision_and_fp32_expands_k_and_v(monkeypatch, dtype, gqa_kernel, tolerance):
-    monkeypatch.setattr(ops, "HEAD_DIM", HEAD_DIM)
+    for module in (ops, context):  # the heads are split in context (split_heads), attended in ops
+        monkeypatch.setattr(module, "HEAD_DIM", HEAD_DIM)
     calls = []
     sdpa = F.scaled_dot_product_attention
 
