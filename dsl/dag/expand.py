@@ -468,22 +468,16 @@ class _Expander:
         return produced[result]
 
     def _layer(self, layer: int, stage: int, dp_rank: int, group: tuple[int, ...], entry: list[str], program: Program | None = None) -> list[str]:
-        """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output.
-
-        This loop makes most of the nodes of a large DAG, so it writes the graph's dicts inline
-        (what `_node` and `_edge` do) and spells out `ids.compute_id`. The ranks' nodes of a
-        step share one edge-attribute dict per operand and one devices list per rank (nothing
-        writes them after expansion): a third less memory per node."""
+        """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output."""
         program = program or self.program
         templates, issued_after = self.templates_of[id(program)], self.issue_after_of[id(program)]
-        node_map, succ, pred = self.node_map, self.succ, self.pred
+        node_map = self.node_map
         devices = list(group)
         produced: dict[str, list[str]] = {program.param: entry}
         if program.param_copied:  # the layer input enters column-parallel linears: its producers carry the AllReduce
             full = elements(program.stream_shape) * self.dtype_bytes
             for node in dict.fromkeys(entry):
                 self._backward(node_map[node], PAIRS["copy_to_tp"].backward, full)
-        prefix = f"layer_{layer}_"
         for step in program.steps:
             template = templates[step.name]
             if step.kind == "comm":
@@ -498,21 +492,33 @@ class _Expander:
                     self._edge(source, node, (0,))
                 produced[step.name] = [node] * len(group)
                 continue
-            names = [f"{prefix}{step.name}_gpu{rank}" for rank in group]
-            for rank, node in zip(group, names, strict=True):
-                data = template.copy()  # what `dict(template, layer=...)` makes, faster
-                data["layer"], data["stage"], data["devices"] = layer, stage, self.alone[rank]
-                node_map[node] = data
-                succ[node] = {}
-                pred[node] = {}
-            self.added += len(names)
-            for source_lists, operands in self._operands(step, produced):
-                edge: EdgeAttrs = {"operands": operands}
-                for source, node in zip(source_lists, names, strict=True):
-                    succ[source][node] = edge
-                    pred[node][source] = edge
-            produced[step.name] = names
+            produced[step.name] = self._stamp(step, template, layer, stage, group, produced)
         return produced[program.result]
+
+    def _stamp(self, step: Step, template: NodeAttrs, layer: int, stage: int, group: Sequence[int], produced: dict[str, list[str]]) -> list[str]:
+        """A compute step on each rank of a tensor-parallel group: its nodes, fed by the
+        producers of its inputs. Returns their ids.
+
+        This makes most of the nodes of a large DAG, so it writes the graph's dicts inline (what
+        `_node` and `_edge` do) and spells out `ids.compute_id`. The ranks' nodes of a step share
+        one edge-attribute dict per operand and one devices list per rank (nothing writes them
+        after expansion): a third less memory per node."""
+        node_map, succ, pred, alone = self.node_map, self.succ, self.pred, self.alone
+        prefix = f"layer_{layer}_{step.name}_gpu"
+        names = [f"{prefix}{rank}" for rank in group]
+        for rank, node in zip(group, names, strict=True):
+            data = template.copy()  # what `dict(template, layer=...)` makes, faster
+            data["layer"], data["stage"], data["devices"] = layer, stage, alone[rank]
+            node_map[node] = data
+            succ[node] = {}
+            pred[node] = {}
+        self.added += len(names)
+        for source_lists, operands in self._operands(step, produced):
+            edge: EdgeAttrs = {"operands": operands}
+            for source, node in zip(source_lists, names, strict=True):
+                succ[source][node] = edge
+                pred[node][source] = edge
+        return names
 
     def _routed_layer(self, layer: int, stage: int, program: Program, entries: dict[int, list[str]]) -> dict[int, list[str]]:
         """Adds one layer on the replicas of an expert-parallel group, step by step: a token
@@ -560,15 +566,7 @@ class _Expander:
                         self._edge(source, node, (0,))
                     produced[dp_rank][step.name] = [node] * len(group)
                     continue
-                names = [ids.compute_id(layer, step.name, rank) for rank in group]
-                for rank, node in zip(group, names, strict=True):
-                    data = template.copy()
-                    data["layer"], data["stage"], data["devices"] = layer, stage, self.alone[rank]
-                    self._node(node, data)
-                for sources, operands in self._operands(step, produced[dp_rank]):
-                    for source, node in zip(sources, names, strict=True):
-                        self._edge(source, node, operands)
-                produced[dp_rank][step.name] = names
+                produced[dp_rank][step.name] = self._stamp(step, template, layer, stage, group, produced[dp_rank])
         return {dp_rank: produced[dp_rank][program.result] for dp_rank in replicas}
 
     def _operands(self, step: Step, produced: dict[str, list[str]]) -> list[tuple[list[str], tuple[int, ...]]]:
@@ -704,6 +702,7 @@ class _Expander:
         part's per-rank nodes of the layer's output."""
         mesh, templates, issued_after = self.mesh, self.templates_of[id(program)], self.issue_after_of[id(program)]
         produced = [{program.param: entry} for entry in entries]
+        groups = [mesh.tp_group(dp_rank=dp_rank, stage=stage, cp_rank=c) for c in range(mesh.cp)]
         if program.param_copied:
             full = elements(program.stream_shape) * self.dtype_bytes
             for entry in entries:
@@ -716,8 +715,7 @@ class _Expander:
                 for c, nodes in enumerate(outputs):
                     produced[c][step.name] = nodes
                 continue
-            for c in range(mesh.cp):
-                group = mesh.tp_group(dp_rank=dp_rank, stage=stage, cp_rank=c)
+            for c, group in enumerate(groups):
                 if step.kind == "comm":
                     node = ids.collective_id(layer, step.name, dp_rank, mesh.dp, c, mesh.cp)
                     data = template.copy()
@@ -730,13 +728,5 @@ class _Expander:
                         self._edge(source, node, (0,))
                     produced[c][step.name] = [node] * len(group)
                     continue
-                names = [ids.compute_id(layer, step.name, rank) for rank in group]
-                for rank, node in zip(group, names, strict=True):
-                    data = template.copy()
-                    data["layer"], data["stage"], data["devices"] = layer, stage, [rank]
-                    self._node(node, data)
-                for sources, operands in self._operands(step, produced[c]):
-                    for source, node in zip(sources, names, strict=True):
-                        self._edge(source, node, operands)
-                produced[c][step.name] = names
+                produced[c][step.name] = self._stamp(step, template, layer, stage, group, produced[c])
         return [each[program.result] for each in produced]

@@ -143,7 +143,7 @@ class _Validator:
                     (edge,) = inputs.values()
                     if edge.get("operands", (0,)) != (0,):
                         self.missing_operand(node, inputs, arity)
-                else:
+                elif not _fed_once(inputs, arity):
                     self.missing_operand(node, inputs, arity)
             if not succ[node]:
                 self.violation(2, f"{node} has no out-edges", node)
@@ -201,6 +201,8 @@ class _Validator:
 
     def collective(self, node: str, data: NodeAttrs) -> None:
         group = set(data.get("devices") or [])
+        if self.covers(self.pred[node], group, once=True) and self.covers(self.succ[node], group, once=False):
+            return
         for direction, neighbours in (("in", self.pred[node]), ("out", self.succ[node])):
             side = "from" if direction == "in" else "to"
             counts, strangers = self.covered(neighbours, group)
@@ -212,6 +214,18 @@ class _Validator:
             doubled = sorted(member for member in group if counts[member] > 1)
             if direction == "in" and doubled:
                 self.violation(3, f"{node} has several in-edges from gpu {_ranks(doubled)}", node)
+
+    def covers(self, neighbours, group: set, *, once: bool) -> bool:
+        """The common case of `covered`, decided fast: single-device neighbours inside the group
+        that cover each member (exactly once, with `once`). False sends the node to the full count."""
+        nodes = self.nodes
+        met = []
+        for other in neighbours:
+            devices = nodes[other].get("devices") or ()
+            if len(devices) != 1 or other in ENDS:
+                return False
+            met.append(devices[0])
+        return (len(met) == len(group) or not once) and group.issuperset(met) and len(group) == len(set(met))
 
     def covered(self, neighbours, group: set) -> tuple[Counter, list[str]]:
         """How often each member is covered: a single-device node covers its device, a
@@ -356,6 +370,20 @@ def _operand(data, edge) -> tuple:
     shape = shapes[index] if shapes and index < len(shapes) else data.get("in_shape")
     placement = placements[index] if placements and index < len(placements) else data.get("in_placement")
     return shape, placement
+
+
+def _fed_once(inputs: dict, arity: int) -> bool:
+    """Whether operands 0 .. arity - 1 are each fed exactly once: `_missing_operand` is None,
+    decided without sorting (the check of every node with several operands)."""
+    fed = count = 0
+    try:
+        for edge in inputs.values():
+            for index in edge.get("operands", (0,)):
+                fed |= 1 << index
+                count += 1
+    except (TypeError, ValueError):  # not an index: a hand-built DAG's; the full check names it
+        return False
+    return count == arity and fed == (1 << arity) - 1
 
 
 def _missing_operand(inputs: dict, arity: int) -> int | None:

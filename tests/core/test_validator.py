@@ -155,3 +155,30 @@ def test_an_issue_order_against_the_data_is_reported(graph):
     # the AllReduce after attention needs the AllGather's result: it cannot be issued first
     graph.nodes["layer_0_allgather_qkv"]["after"] = "layer_0_allreduce_attn"
     assert "layer_0_allgather_qkv is issued after layer_0_allreduce_attn, which is no earlier collective" in messages(graph)
+
+
+@pytest.mark.parametrize(
+    ("operands", "missing"),
+    [((0,), 0), ((2,), 1), ((-1,), 1), ((0, 1), 0), ((1, 1), 1), ((), 1)],
+)
+def test_an_add_fed_the_wrong_operands_is_reported(graph, operands, missing):
+    # The residual add reads the stream (operand 0) and the AllReduce's sum (operand 1); the
+    # validator decides the common case without sorting, so each way of getting it wrong is held
+    # here: the first operand not fed exactly once is named.
+    graph.remove_edge("layer_0_allreduce_mlp", "layer_0_out_gpu1")
+    graph.add_edge("layer_0_allreduce_mlp", "layer_0_out_gpu1", operands=operands)
+    assert f"layer_0_out_gpu1 lacks operand {missing} of 2" in messages(graph)
+
+
+def test_a_collective_that_skips_a_member_or_reaches_a_stranger_is_reported(graph):
+    skipped = graph.copy()
+    skipped.remove_edge("layer_0_allreduce_attn", "layer_0_h_gpu1")
+    assert "layer_0_allreduce_attn has no out-edge to gpu 1 of its group" in messages(skipped)
+    doubled = graph.copy()
+    doubled.remove_edge("layer_0_attn_gpu1", "layer_0_allreduce_attn")
+    doubled.add_edge("layer_0_ln2_gpu0", "layer_0_allreduce_attn", operands=(0,))
+    found = messages(doubled)
+    assert "layer_0_allreduce_attn has several in-edges from gpu 0" in found
+    assert "layer_0_allreduce_attn has no in-edge from gpu 1 of its group" in found
+    graph.add_edge("layer_0_allreduce_attn", "layer_1_h_gpu2", operands=(1,))
+    assert "layer_0_allreduce_attn has an out-edge to layer_1_h_gpu2, outside its group [0, 1]" in messages(graph)
