@@ -117,3 +117,38 @@ def once_per_spec(function: Callable[[Compiled], T]) -> Callable[[Compiled], T]:
         return last[0][1]
 
     return cached
+
+
+# How long each artifact takes relative to the others on a large DAG (measured on
+# bench/llama3_405b_cp.par; a drawing is Graphviz's time): it only orders the work of a build
+# that renders in several processes, longest first.
+# Matched by the end of the file name, the longest ending first.
+RELATIVE_COST = {
+    "timeline.svg": 0.1, "compact.svg": 3.0, ".svg": 10.0, "report.md": 3.0, "compact.dot": 1.0, ".dot": 3.0, ".json": 2.0,
+}
+
+
+def made_with(name: str) -> str:
+    """The artifact whose computation `name` reuses (`renderers`' once_per_spec): a drawing its
+    DOT text, the timeline the report's cost; else `name` itself."""
+    if name == "timeline.svg":
+        return "report.md"
+    if name.startswith(DAG_PREFIX) and name.endswith(".svg"):
+        return name.removesuffix(".svg") + ".dot"
+    return name
+
+
+def artifact_groups(names: list[str]) -> list[list[int]]:
+    """Indices of a spec's jobs (`spec_jobs` order), grouped so that artifacts made from one
+    computation are rendered together, the groups longest first."""
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        groups.setdefault(made_with(name), []).append(index)
+    return sorted(groups.values(), key=lambda group: -sum(_relative_cost(names[index]) for index in group))
+
+
+def _relative_cost(name: str) -> float:
+    for suffix in sorted(RELATIVE_COST, key=len, reverse=True):
+        if name.endswith(suffix):
+            return RELATIVE_COST[suffix]
+    return 0.1

@@ -16,23 +16,26 @@ import secrets
 import stat
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from par.codegen.artifacts import renderers, spec_jobs
+from par.codegen.artifacts import artifact_groups, renderers, spec_jobs
 from par.codegen.renderer import ArtifactError, Renderer, Skip
 from par.dsl.compiler import Compiled
+from par.workers import run_groups, worker_count
 
 
 class RenderError(Exception):
     """A renderer raised something other than ArtifactError (a bug); names the artifact.
-    `__cause__` is what it raised."""
+    `details` is the traceback of what it raised, in whichever process rendered it."""
 
-    def __init__(self, name: str, cause: BaseException):
-        super().__init__(f"cannot render {name}: {cause}")
+    def __init__(self, name: str, details: str):
+        super().__init__(f"cannot render {name}: {details.splitlines()[-1]}")
         self.name = name
+        self.details = details
 
 
 SLOW_S = 1.0  # renderers slower than this are named in the progress output
@@ -63,29 +66,66 @@ def artifact_renderers(svg: str = "auto") -> list[tuple[str, Renderer]]:
     return renderers(svg)
 
 
-def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]]) -> Rendered:
+PARALLEL_MIN_NODES = 20_000  # below this, starting worker processes costs more than it saves
+
+
+def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]], *, jobs: int | None = None) -> Rendered:
     """Every artifact of one spec, in memory; raises RenderError if a renderer raises anything
-    but ArtifactError, which only skips that file."""
+    but ArtifactError, which only skips that file. A DAG of PARALLEL_MIN_NODES or more renders in
+    up to `jobs` worker processes (par.workers; None: one per CPU), the same bytes as in one."""
     folder = out_dir / compiled.deployment.name
+    work = spec_jobs(compiled, list(renderers))
+    groups = artifact_groups([name for name, _, _ in work])
+    nodes = sum(len(view.graph) for _, view in compiled.phases) or len(compiled.graph)
+    workers = worker_count(jobs, groups) if nodes >= PARALLEL_MIN_NODES else 1
+
+    def render_group(index: int) -> list[Outcome]:
+        return [_outcome(work[job][1], work[job][2]) for job in groups[index]]
+
+    outcomes: dict[int, Outcome] = {}
+    for group, answers in zip(groups, run_groups(render_group, len(groups), workers), strict=True):
+        outcomes.update(zip(group, answers, strict=True))
     rendered = Rendered()
-    for name, renderer, target in spec_jobs(compiled, list(renderers)):
-        started = time.perf_counter()
-        try:
-            content = renderer(target)
-        except ArtifactError as exc:
-            rendered.warnings.append(f"{name} not written: {exc}")
+    for index, (name, _, _) in enumerate(work):
+        outcome = outcomes[index]
+        if outcome.failure is not None:
+            raise RenderError(name, outcome.failure)
+        if outcome.warning is not None:
+            rendered.warnings.append(f"{name} not written: {outcome.warning}")
             continue
-        except Exception as exc:
-            raise RenderError(name, exc) from exc
-        seconds = time.perf_counter() - started
-        if seconds >= SLOW_S:
-            rendered.slow.append((name, seconds))
-        if isinstance(content, Skip):
-            rendered.notices.append(content.notice)
-            continue
-        data = content.encode("utf-8") if isinstance(content, str) else content
-        rendered.artifacts.append(Artifact(folder / name, data))
+        if outcome.seconds >= SLOW_S:
+            rendered.slow.append((name, outcome.seconds))
+        if outcome.notice is not None:
+            rendered.notices.append(outcome.notice)
+        elif outcome.content is not None:
+            rendered.artifacts.append(Artifact(folder / name, outcome.content))
     return rendered
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one renderer answered (picklable, to come back from a worker): its file's bytes, a
+    Skip's notice, an ArtifactError's message, or the traceback of anything else it raised."""
+
+    content: bytes | None = None
+    notice: str | None = None
+    warning: str | None = None
+    failure: str | None = None
+    seconds: float = 0.0
+
+
+def _outcome(renderer: Renderer, target: Compiled) -> Outcome:
+    started = time.perf_counter()
+    try:
+        content = renderer(target)
+    except ArtifactError as exc:
+        return Outcome(warning=str(exc))
+    except Exception as exc:
+        return Outcome(failure="".join(traceback.format_exception(exc)).rstrip())
+    seconds = time.perf_counter() - started
+    if isinstance(content, Skip):
+        return Outcome(notice=content.notice, seconds=seconds)
+    return Outcome(content=content.encode("utf-8") if isinstance(content, str) else content, seconds=seconds)
 
 
 def stale(artifacts: Sequence[Artifact]) -> list[tuple[Path, str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +46,14 @@ def register(sub) -> None:
         help="which Graphviz drawings to render (dag.svg, dag.compact.svg): "
         + "; ".join(f"{name}: {meaning}" for name, meaning in SVG_CHOICES.items()),
     )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=_jobs,
+        metavar="N",
+        help="worker processes that render the artifacts of a large DAG (20,000 nodes or more), "
+        "on Linux; default: one per CPU; 1 renders in this process",
+    )
     add_defines(parser)
     add_limits(parser)
     parser.set_defaults(run=run)
@@ -67,7 +74,7 @@ def run(args) -> int:
             continue
         if failed:
             continue  # nothing will be written: the other specs are only compiled, for their diagnostics
-        rendered = _render(path, compiled, args.out, renderers)
+        rendered = _render(path, compiled, args.out, renderers, args.jobs)
         if rendered is None:
             failed += 1
             continue
@@ -92,15 +99,15 @@ def run(args) -> int:
     return 0
 
 
-def _render(path: Path, compiled, out: Path, renderers) -> driver.Rendered | None:
+def _render(path: Path, compiled, out: Path, renderers, jobs: int | None) -> driver.Rendered | None:
     """The artifacts of one compiled spec; None (after saying why) if a renderer failed."""
     from par import build as driver
 
     try:
-        rendered = driver.render(compiled, out, renderers)
+        rendered = driver.render(compiled, out, renderers, jobs=jobs)
     except driver.RenderError as exc:
         progress(f"par: error: {path}: {exc}")
-        progress("".join(traceback.format_exception(exc.__cause__)).rstrip())
+        progress(exc.details)
         progress("par: this is a bug in par; please report it with the spec")
         return None
     for warning in rendered.warnings:
@@ -121,6 +128,16 @@ def _check(artifacts) -> int:
         return 1
     progress(f"par: all {len(artifacts)} artifacts are current")
     return 0
+
+
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
+    return jobs
 
 
 def _out_folder(text: str) -> Path:

@@ -111,7 +111,7 @@ def test_a_renderer_that_raises_leaves_every_artifact_untouched(specs, par, snap
     monkeypatch.setattr(driver, "artifact_renderers", lambda svg: real[:2] + [("extra.txt", explode)] + real[2:])
     code, _, err = par("build", specs, "-o", out)
     assert code == 1
-    assert "cannot render extra.txt: injected failure" in err and "bug in par" in err
+    assert "cannot render extra.txt: RuntimeError: injected failure" in err and "bug in par" in err
     assert snap(out) == before
 
 

@@ -1,0 +1,120 @@
+"""A large spec's artifacts render in worker processes: the same bytes, in the same order, with
+the same warnings, notices and failures as in one process."""
+
+import os
+import threading
+
+import pytest
+
+from par import build as driver
+from par import workers
+from par.cli import main
+from par.codegen.artifacts import artifact_groups, made_with
+from par.codegen.renderer import ArtifactError, Skip
+from par.dsl.compiler import compile_text
+
+SPEC = (
+    "model m : gpt { layers 2  hidden 32  heads 4  ffn 64  batch 4  seq 8  dtype fp32 }\n"
+    "mesh { tp 2  pp 2  microbatches 2 }\n"
+)
+linux_only = pytest.mark.skipif(not workers.can_fork(), reason="workers fork on Linux only")
+
+
+@pytest.fixture
+def small_is_large(monkeypatch):
+    """Every DAG counts as large, so a small spec renders in workers."""
+    monkeypatch.setattr(driver, "PARALLEL_MIN_NODES", 0)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return compile_text(SPEC, "m.par")
+
+
+def pid_renderer(compiled):
+    return f"{os.getpid()}\n"
+
+
+@linux_only
+def test_workers_write_what_one_process_writes(compiled, tmp_path, small_is_large):
+    renderers = driver.artifact_renderers("none")
+    alone = driver.render(compiled, tmp_path, renderers, jobs=1)
+    shared = driver.render(compiled, tmp_path, renderers, jobs=2)
+    assert len(shared.artifacts) >= 5
+    assert [(a.path, a.content) for a in shared.artifacts] == [(a.path, a.content) for a in alone.artifacts]
+    assert shared.notices == alone.notices and shared.warnings == alone.warnings
+
+
+@linux_only
+def test_a_large_dag_renders_in_other_processes_and_a_small_one_here(compiled, tmp_path, monkeypatch):
+    renderers = [("a.txt", pid_renderer), ("b.txt", pid_renderer)]
+    here = f"{os.getpid()}\n".encode()
+    small = driver.render(compiled, tmp_path, renderers, jobs=2)
+    assert [a.content for a in small.artifacts] == [here, here]
+    monkeypatch.setattr(driver, "PARALLEL_MIN_NODES", 0)
+    large = driver.render(compiled, tmp_path, renderers, jobs=2)
+    assert here not in [a.content for a in large.artifacts]
+    assert [a.path.name for a in large.artifacts] == ["a.txt", "b.txt"]
+    assert driver.render(compiled, tmp_path, renderers, jobs=1).artifacts[0].content == here
+
+
+@linux_only
+def test_no_fork_while_another_thread_runs(compiled, tmp_path, small_is_large):
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        rendered = driver.render(compiled, tmp_path, [("a.txt", pid_renderer), ("b.txt", pid_renderer)], jobs=2)
+    finally:
+        stop.set()
+        other.join()
+    assert {a.content for a in rendered.artifacts} == {f"{os.getpid()}\n".encode()}
+
+
+def raises(compiled):
+    return 1 / 0
+
+
+def fails_outside(compiled):
+    raise ArtifactError("dot timed out")
+
+
+def skips(compiled):
+    return Skip("nothing to draw here")
+
+
+@pytest.mark.parametrize("jobs", [1, pytest.param(2, marks=linux_only)])
+def test_warnings_notices_and_bugs_come_back_from_the_workers(compiled, tmp_path, small_is_large, jobs):
+    renderers = [("fine.txt", pid_renderer), ("dag.svg", fails_outside), ("other.txt", skips)]
+    rendered = driver.render(compiled, tmp_path, renderers, jobs=jobs)
+    assert [a.path.name for a in rendered.artifacts] == ["fine.txt"]
+    assert rendered.warnings == ["dag.svg not written: dot timed out"]
+    assert rendered.notices == ["nothing to draw here"]
+    with pytest.raises(driver.RenderError) as failed:
+        driver.render(compiled, tmp_path, [*renderers, ("bug.txt", raises)], jobs=jobs)
+    assert str(failed.value) == "cannot render bug.txt: ZeroDivisionError: division by zero"
+    assert "Traceback" in failed.value.details and "in raises" in failed.value.details
+
+
+def test_artifacts_made_from_one_computation_render_together_longest_first():
+    names = ["dag.json", "dag.dot", "dag.compact.dot", "dag.svg", "dag.compact.svg", "model.py", "report.md", "timeline.svg"]
+    groups = artifact_groups(names)
+    assert sorted(index for group in groups for index in group) == list(range(len(names)))
+    assert [[names[index] for index in group] for group in groups] == [
+        ["dag.dot", "dag.svg"],
+        ["dag.compact.dot", "dag.compact.svg"],
+        ["report.md", "timeline.svg"],
+        ["dag.json"],
+        ["model.py"],
+    ]
+    assert made_with("dag.decode.compact.svg") == "dag.decode.compact.dot"
+    assert made_with("timeline.svg") == "report.md" and made_with("model.py") == "model.py"
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_jobs_must_be_a_number_of_processes(value, tmp_path, specs, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["build", str(specs), "-o", str(tmp_path / "out"), f"--jobs={value}"])
+    assert exit.value.code == 2
+    assert f"argument -j/--jobs: '{value}' is not a number of processes (1 or more)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
