@@ -54,6 +54,19 @@ class Compiled:
     # A serving spec: each phase (prefill, decode) compiled on its own, its DAG in `graph`. The
     # spec's own `graph` is then the prefill's; `program` stays the layer as it trains (model.py).
     phases: tuple[tuple[Phase, Compiled], ...] = ()
+    # False: compiled with `defer_proof`, the DAG not yet validated; `prove` it before trusting it.
+    proven: bool = True
+
+
+def prove(compiled: Compiled) -> list[Diagnostic]:
+    """Validates the DAG of a spec compiled with `defer_proof`: the validator's findings, none
+    when the DAG is well-formed (it is then marked proven)."""
+    if compiled.proven:
+        return []
+    with gc_paused():
+        problems = validate(compiled.graph)
+    compiled.proven = not problems
+    return problems
 
 
 def compile_file(path: str | Path, defines: Sequence[str] = (), *, max_nodes: int = DEFAULT_MAX_NODES) -> Compiled:
@@ -63,8 +76,12 @@ def compile_file(path: str | Path, defines: Sequence[str] = (), *, max_nodes: in
     return compile_text(source.text, source.name, overrides, max_nodes=max_nodes)
 
 
-def compile_text(text: str, file: str, overrides: Sequence[Override] = (), *, max_nodes: int = DEFAULT_MAX_NODES) -> Compiled:
-    """Raises CompileError carrying every diagnostic; a returned DAG is proven well-formed.
+def compile_text(
+    text: str, file: str, overrides: Sequence[Override] = (), *, max_nodes: int = DEFAULT_MAX_NODES, defer_proof: bool = False
+) -> Compiled:
+    """Raises CompileError carrying every diagnostic; a returned DAG is proven well-formed,
+    unless `defer_proof`: then a training spec's DAG is returned unvalidated (`proven` False)
+    for the caller to `prove`, e.g. while it renders the artifacts it writes only if that passes.
     A deployment whose DAG would have more than `max_nodes` nodes is refused before expansion."""
     parsed = parse_spec(text, file)
     if parsed.errors:  # the items that did parse are still checked, to report every problem at once
@@ -84,10 +101,10 @@ def compile_text(text: str, file: str, overrides: Sequence[Override] = (), *, ma
         raise CompileError([_over_budget(deployment, nodes, max_nodes)] + warnings)
     with gc_paused():
         graph = expand(program, layer_programs)
-        problems = validate(graph)
+        problems = [] if defer_proof else validate(graph)
     if problems:
         raise CompileError(problems + warnings)
-    return Compiled(deployment, program, graph, warnings, layer_programs)
+    return Compiled(deployment, program, graph, warnings, layer_programs, proven=not defer_proof)
 
 
 def _serving(

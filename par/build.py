@@ -21,11 +21,13 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from par.codegen.artifacts import artifact_groups, renderers, spec_jobs
 from par.codegen.renderer import ArtifactError, Renderer, Skip
-from par.dsl.compiler import Compiled
-from par.workers import run_groups, worker_count
+from par.dsl.compiler import Compiled, prove
+from par.dsl.diagnostics import Diagnostic
+from par.workers import can_fork, run_groups, worker_count
 
 
 class RenderError(Exception):
@@ -36,6 +38,15 @@ class RenderError(Exception):
         super().__init__(f"cannot render {name}: {details.splitlines()[-1]}")
         self.name = name
         self.details = details
+
+
+class Unproven(Exception):
+    """The DAG of a spec compiled with `defer_proof` failed validation while its artifacts were
+    rendered: `diagnostics` are the validator's; none of the spec's artifacts is kept."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        super().__init__(f"the DAG is not well-formed: {len(diagnostics)} problems")
+        self.diagnostics = diagnostics
 
 
 SLOW_S = 1.0  # renderers slower than this are named in the progress output
@@ -72,19 +83,32 @@ PARALLEL_MIN_NODES = 20_000  # below this, starting worker processes costs more 
 def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]], *, jobs: int | None = None) -> Rendered:
     """Every artifact of one spec, in memory; raises RenderError if a renderer raises anything
     but ArtifactError, which only skips that file. A DAG of PARALLEL_MIN_NODES or more renders in
-    up to `jobs` worker processes (par.workers; None: one per CPU), the same bytes as in one."""
+    up to `jobs` worker processes (par.workers; None: one per CPU), the same bytes as in one.
+
+    A DAG compiled with `defer_proof` is validated here, alongside the renderers where they run
+    in workers, first where they do not; raises Unproven if it fails."""
     folder = out_dir / compiled.deployment.name
     work = spec_jobs(compiled, list(renderers))
     groups = artifact_groups([name for name, _, _ in work])
     nodes = sum(len(view.graph) for _, view in compiled.phases) or len(compiled.graph)
-    workers = worker_count(jobs, groups) if nodes >= PARALLEL_MIN_NODES else 1
+    workers = worker_count(jobs, [None, *groups]) if nodes >= PARALLEL_MIN_NODES and can_fork() else 1
+    pending = not compiled.proven
+    if pending and workers == 1:  # in turn: nothing is rendered from a DAG that fails
+        _proven(prove(compiled))
+        pending = False
 
-    def render_group(index: int) -> list[Outcome]:
-        return [_outcome(work[job][1], work[job][2]) for job in groups[index]]
+    def task(index: int) -> list[Outcome] | list[Diagnostic]:
+        if pending and index == 0:
+            return prove(compiled)
+        return [_outcome(work[job][1], work[job][2]) for job in groups[index - pending]]
 
+    answers = run_groups(task, len(groups) + pending, workers)
+    if pending:
+        _proven(cast(list[Diagnostic], answers.pop(0)))
+        compiled.proven = True  # what the worker found, for this process's copy
     outcomes: dict[int, Outcome] = {}
-    for group, answers in zip(groups, run_groups(render_group, len(groups), workers), strict=True):
-        outcomes.update(zip(group, answers, strict=True))
+    for group, answered in zip(groups, answers, strict=True):
+        outcomes.update(zip(group, cast(list[Outcome], answered), strict=True))
     rendered = Rendered()
     for index, (name, _, _) in enumerate(work):
         outcome = outcomes[index]
@@ -100,6 +124,11 @@ def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Ren
         elif outcome.content is not None:
             rendered.artifacts.append(Artifact(folder / name, outcome.content))
     return rendered
+
+
+def _proven(problems: list[Diagnostic]) -> None:
+    if problems:
+        raise Unproven(problems)
 
 
 @dataclass(frozen=True)

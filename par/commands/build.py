@@ -66,7 +66,8 @@ def run(args) -> int:
     refuse_bad_folders(inputs.paths)
     renderers = driver.artifact_renderers(args.svg)
     artifacts, notices, failed, total = [], {}, 0, len(inputs.paths)
-    for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs), start=1):
+    # The DAGs are validated while their artifacts render (par.build.render): a large one's in a worker.
+    for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs, defer_proof=True), start=1):
         progress(f"[{index}/{total}] {path}")
         print_diagnostics(diagnostics, inputs)
         if compiled is None:
@@ -74,7 +75,7 @@ def run(args) -> int:
             continue
         if failed:
             continue  # nothing will be written: the other specs are only compiled, for their diagnostics
-        rendered = _render(path, compiled, args.out, renderers, args.jobs)
+        rendered = _render(path, compiled, args.out, renderers, args.jobs, inputs)
         if rendered is None:
             failed += 1
             continue
@@ -99,12 +100,16 @@ def run(args) -> int:
     return 0
 
 
-def _render(path: Path, compiled, out: Path, renderers, jobs: int | None) -> driver.Rendered | None:
-    """The artifacts of one compiled spec; None (after saying why) if a renderer failed."""
+def _render(path: Path, compiled, out: Path, renderers, jobs: int | None, inputs) -> driver.Rendered | None:
+    """The artifacts of one compiled spec; None (after saying why) if its DAG is not well-formed
+    or a renderer failed."""
     from par import build as driver
 
     try:
         rendered = driver.render(compiled, out, renderers, jobs=jobs)
+    except driver.Unproven as exc:
+        print_diagnostics(exc.diagnostics, inputs)
+        return None
     except driver.RenderError as exc:
         progress(f"par: error: {path}: {exc}")
         progress(exc.details)

@@ -64,13 +64,15 @@ def _positive(text: str) -> int:
     return value
 
 
-def compile_each(inputs: SpecInputs) -> Iterator[tuple[Path, Compiled | None, list[Diagnostic]]]:
-    """Compiles every spec; yields (path, result or None, diagnostics to print)."""
+def compile_each(inputs: SpecInputs, *, defer_proof: bool = False) -> Iterator[tuple[Path, Compiled | None, list[Diagnostic]]]:
+    """Compiles every spec; yields (path, result or None, diagnostics to print). With
+    `defer_proof`, DAGs come unvalidated (par.dsl.compiler.compile_text)."""
     from par.dsl.compiler import compile_text
 
     for path in inputs.paths:
         try:
-            compiled = compile_text(inputs.read(path), spec_name(path), inputs.overrides, max_nodes=inputs.max_nodes)
+            source, name = inputs.read(path), spec_name(path)
+            compiled = compile_text(source, name, inputs.overrides, max_nodes=inputs.max_nodes, defer_proof=defer_proof)
         except CompileError as exc:
             yield path, None, exc.diagnostics
             continue

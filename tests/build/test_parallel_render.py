@@ -11,6 +11,7 @@ from par import workers
 from par.cli import main
 from par.codegen.artifacts import artifact_groups, made_with
 from par.codegen.renderer import ArtifactError, Skip
+from par.dsl import compiler
 from par.dsl.compiler import compile_text
 
 SPEC = (
@@ -118,3 +119,41 @@ def test_jobs_must_be_a_number_of_processes(value, tmp_path, specs, capsys):
     assert exit.value.code == 2
     assert f"argument -j/--jobs: '{value}' is not a number of processes (1 or more)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def cut_one_edge(monkeypatch):
+    """Expansion that drops an edge into the first layer's residual add: a DAG the validator refuses."""
+    real = compiler.expand
+
+    def expand(*args):
+        graph = real(*args)
+        graph.remove_edge(*graph.in_edges("layer_0_h_gpu0")[0])
+        return graph
+
+    monkeypatch.setattr(compiler, "expand", expand)
+
+
+@pytest.mark.parametrize("jobs", ["1", pytest.param("2", marks=linux_only)])
+def test_a_dag_that_fails_validation_while_it_renders_writes_nothing(specs, tmp_path, par, monkeypatch, small_is_large, jobs):
+    cut_one_edge(monkeypatch)
+    drawn = []
+    real = driver.artifact_renderers
+
+    def renderers(svg):
+        return [(name, lambda compiled, renderer=renderer, name=name: drawn.append(name) or renderer(compiled)) for name, renderer in real(svg)]
+
+    monkeypatch.setattr(driver, "artifact_renderers", renderers)
+    code, _, err = par("build", specs, "-o", tmp_path / "out", "--svg", "none", "-j", jobs)
+    assert code == 1
+    assert "gpt_tp2_pp2.par" in err and "DAG invariant" in err and "layer_0_h_gpu0" in err and "Traceback" not in err
+    assert "nothing was written" in err and not (tmp_path / "out").exists()
+    if jobs == "1":
+        assert drawn == []  # in one process the proof comes first: nothing is rendered from a bad DAG
+
+
+def test_a_build_validates_each_dag_once(specs, tmp_path, par, monkeypatch):
+    calls = []
+    real = compiler.validate
+    monkeypatch.setattr(compiler, "validate", lambda graph: calls.append(len(graph)) or real(graph))
+    assert par("build", specs, "-o", tmp_path / "out", "--svg", "none")[0] == 0
+    assert len(calls) == 2 and all(calls)
