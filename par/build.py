@@ -18,7 +18,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -97,12 +97,17 @@ def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Ren
         _proven(prove(compiled))
         pending = False
 
-    def task(index: int) -> list[Outcome] | list[Diagnostic]:
-        if pending and index == 0:
-            return prove(compiled)
-        return [_outcome(work[job][1], work[job][2]) for job in groups[index - pending]]
+    with tempfile.TemporaryDirectory(prefix="par-render-") if workers > 1 else nullcontext() as spill:
 
-    answers = run_groups(task, len(groups) + pending, workers)
+        def task(index: int) -> list[Outcome] | list[Diagnostic]:
+            if pending and index == 0:
+                return prove(compiled)
+            return [_outcome(work[job][1], work[job][2], spill) for job in groups[index - pending]]
+
+        answers = run_groups(task, len(groups) + pending, workers)
+        for answered in answers[pending:]:
+            for outcome in cast(list[Outcome], answered):
+                outcome.unspill()
     if pending:
         _proven(cast(list[Diagnostic], answers.pop(0)))
         compiled.proven = True  # what the worker found, for this process's copy
@@ -131,19 +136,28 @@ def _proven(problems: list[Diagnostic]) -> None:
         raise Unproven(problems)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Outcome:
     """What one renderer answered (picklable, to come back from a worker): its file's bytes, a
-    Skip's notice, an ArtifactError's message, or the traceback of anything else it raised."""
+    Skip's notice, an ArtifactError's message, or the traceback of anything else it raised.
+    A worker leaves large bytes in a file (`spilled`): a pipe would copy them several times."""
 
     content: bytes | None = None
     notice: str | None = None
     warning: str | None = None
     failure: str | None = None
     seconds: float = 0.0
+    spilled: str | None = None
+
+    def unspill(self) -> None:
+        if self.spilled is not None:
+            self.content, self.spilled = Path(self.spilled).read_bytes(), None
 
 
-def _outcome(renderer: Renderer, target: Compiled) -> Outcome:
+SPILL_BYTES = 1 << 20
+
+
+def _outcome(renderer: Renderer, target: Compiled, spill: str | None = None) -> Outcome:
     started = time.perf_counter()
     try:
         content = renderer(target)
@@ -154,7 +168,13 @@ def _outcome(renderer: Renderer, target: Compiled) -> Outcome:
     seconds = time.perf_counter() - started
     if isinstance(content, Skip):
         return Outcome(notice=content.notice, seconds=seconds)
-    return Outcome(content=content.encode("utf-8") if isinstance(content, str) else content, seconds=seconds)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    if spill is None or len(data) < SPILL_BYTES:
+        return Outcome(content=data, seconds=seconds)
+    descriptor, path = tempfile.mkstemp(dir=spill)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+    return Outcome(spilled=path, seconds=seconds)
 
 
 def stale(artifacts: Sequence[Artifact]) -> list[tuple[Path, str]]:

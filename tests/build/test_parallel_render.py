@@ -157,3 +157,17 @@ def test_a_build_validates_each_dag_once(specs, tmp_path, par, monkeypatch):
     monkeypatch.setattr(compiler, "validate", lambda graph: calls.append(len(graph)) or real(graph))
     assert par("build", specs, "-o", tmp_path / "out", "--svg", "none")[0] == 0
     assert len(calls) == 2 and all(calls)
+
+
+@linux_only
+def test_large_files_come_back_through_temporary_files_that_are_removed(compiled, tmp_path, small_is_large, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    monkeypatch.setattr(driver, "SPILL_BYTES", 1)
+    renderers = driver.artifact_renderers("none")
+    spilled = driver.render(compiled, tmp_path, renderers, jobs=2)
+    monkeypatch.setattr(driver, "SPILL_BYTES", 1 << 40)
+    piped = driver.render(compiled, tmp_path, renderers, jobs=2)
+    assert [(a.path, a.content) for a in spilled.artifacts] == [(a.path, a.content) for a in piped.artifacts]
+    assert list(scratch.iterdir()) == []
