@@ -13,12 +13,10 @@ child). Anywhere else the jobs run in this process, as they do with `jobs=1`.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 # What the forked workers run: set just before they start, read by `_run_group` in the child.
@@ -44,6 +42,9 @@ def run_groups(task: Callable[[int], Any], groups: int, workers: int) -> list[An
     workers = min(workers, groups)
     if workers <= 1 or not can_fork():
         return [task(index) for index in range(groups)]
+    import multiprocessing  # here: a build of small specs starts without them
+    from concurrent.futures import ProcessPoolExecutor
+
     _task = task
     gc.freeze()  # the workers' collections then leave the shared objects' pages unwritten
     try:
