@@ -6,22 +6,28 @@ the compile (parse, check, lower, expand, validate) and of each artifact, their 
 ratio to the target; CPU time beside wall time, since a shared machine inflates the wall.
 
 Where the time goes (2 shared cores, CPU seconds, cProfile and timed parts): compile about 2.5
-(validation 1.3, expansion 0.9), dag.dot 2.6 to 3.2, report.md 2.3 (the cost model's passes
-over the DAG: saved tensors, node and device times, parameters, transfers), dag.json 1.5,
+(validation 1.3, expansion 0.9), dag.dot 2.6 to 3.2, report.md 1.6 to 1.7, down from 2.1 to 2.6
+(the cost model's walks over the DAG: saved tensors 0.6 to 0.8, node and device times 0.3,
+transfers and the gradient sync 0.17, the devices' sums 0.15, parameters 0.07), dag.json 1.5,
 dag.compact.dot 0.7; every part grows with the nodes, which are `cp × tp` per op per layer.
 Each pass is bound by memory, not by Python's work: a node's attributes are a dict of about 18
 keys in an allocation of its own, and reading a dozen of them costs about 3 µs per node at this
-size, where reading one costs 0.1. So what pays is touching fewer nodes' dicts, or fewer times.
+size, where reading one costs 0.1. So what pays is touching fewer nodes' dicts, or fewer times;
+what is left of the saved tensors is mostly following each node's edges to the tensors it keeps
+and writing one entry per tensor and rank.
 Done: dag.json reads a node's shared attributes in one call and finds the text of its step by
 them (ring attention's operand lists too); dag.dot writes its lines in Python, not by a
 template loop whose nested macros copied the text at every level (0.9 s of the 3.4), and every
 renderer runs with the cyclic GC paused (the full collections its 600,000 view objects set off
-walked the whole DAG: over a second of dag.dot measured alone). Each artifact is byte for byte
-what it was. Tried and dropped, no faster measured: the cost model's saved tensors computed
-once per step, validator fast paths per node. Left: the target needs passes that skip the
-nodes a step stamps alike (validation per step; one step key for every emitter), see
-bench/compile_scale.py. The spec lives here rather than in specs/ because every test that
-builds specs/ at full size would build it.
+walked the whole DAG: over a second of dag.dot measured alone); the step estimate sums both
+directions' device times in one walk, without a table of every node's time, and the accounting
+walks the DAG fewer times, reads a node's numbers once per walk and finds once what the nodes
+of an op share (its saves, its extra bytes per shape) and the tensor holding each node's
+result. Each artifact is byte for byte what it was. Tried and dropped, no faster measured: the
+cost model's saved tensors computed once per step, validator fast paths per node. Left: the
+target needs passes that skip the nodes a step stamps alike (validation per step; one step key
+for every emitter), see bench/compile_scale.py. The spec lives here rather than in specs/
+because every test that builds specs/ at full size would build it.
 
     python bench/long_context.py [-D name=value ...]
 """

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from math import prod
 
 from par.dsl.checks.deployment import DTYPE_BYTES, Mesh
 from par.dsl.dag.types import Dag, Dtype, NodeAttrs
 from par.dsl.lowering.placement import PLACEMENTS, S_SEQ
 from par.dsl.registry.collectives import COLLECTIVES
-from par.dsl.registry.ops import COMPUTE_OPS, Saves, Stored, elements
+from par.dsl.registry.ops import COMPUTE_OPS, Saves, Stored, elements, no_bytes
 
 KINDS = tuple(name for name, spec in COLLECTIVES.items() if spec.sends)  # of a Transfer
 PHASES = ("forward", "backward", "gradients")
@@ -121,10 +122,18 @@ def transfers(graph: Dag) -> list[Transfer]:
     """Every communication of a training step, forward and backward of one microbatch and the gradient sync."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     found: list[Transfer] = []
+    # One walk over the nodes; the other nodes' backward collectives are listed after every
+    # collective node's transfers, as the order of the list is the order sums are taken in.
+    others: list[Transfer] = []
+    tp_groups: dict[int, tuple[int, ...]] = {}  # rank -> its tensor-parallel group, asked once per rank
+    group: tuple[int, ...]
     for node, data in graph.nodes(data=True):
         if data["kind"] != "comm":
+            if "backward" in data:
+                for rank in data["devices"]:
+                    group = tp_groups.get(rank) or tp_groups.setdefault(rank, mesh.tp_group_of(rank))
+                    others.append(Transfer("backward", data["backward"], node, group, (rank,), data["backward_wire_bytes"]))
             continue
-        group: tuple[int, ...]
         if data["op"] == "send":
             group = (data["devices"][0], data["peer"])
             found.append(Transfer("forward", "send", node, group, group[:1], data["wire_bytes"]))
@@ -141,11 +150,7 @@ def transfers(graph: Dag) -> list[Transfer]:
                 found.append(Transfer("backward", data["op"], node, group, group, data["wire_bytes"]))
             if "backward" in data:
                 found.append(Transfer("backward", data["backward"], node, group, group, data["backward_wire_bytes"]))
-    for node, data in graph.nodes(data=True):
-        if data["kind"] != "comm" and "backward" in data:
-            for rank in data["devices"]:
-                group = mesh.tp_group_of(rank)
-                found.append(Transfer("backward", data["backward"], node, group, (rank,), data["backward_wire_bytes"]))
+    found += others
     found += _gradient_sync(graph, mesh)
     return found
 
@@ -159,9 +164,20 @@ class Held:
     tp_partial: int  # also over the tensor-parallel group: their gradient is partial there
 
 
+# Placements by the text nodes write: a set lookup per node, where comparing Placements is a call.
+ROUTED_TEXTS = frozenset(text for text, placement in PLACEMENTS.items() if placement.routed)
+SEQ_TEXTS = frozenset(text for text, placement in PLACEMENTS.items() if placement == S_SEQ)
+
+
 def routed(data: NodeAttrs) -> bool:
     """Whether a node runs on routed tokens: its parameters are experts, reduced over the ranks holding the same experts."""
-    return "in_placement" in data and PLACEMENTS[data["in_placement"]].routed
+    return data.get("in_placement") in ROUTED_TEXTS
+
+
+def on_sequence_shards(data: NodeAttrs) -> bool:
+    """Whether a node reads a sequence shard (a norm under sp) or gives one (learned positions):
+    its parameters' gradient is partial over the tensor-parallel group."""
+    return data.get("in_placement") in SEQ_TEXTS or data.get("out_placement") in SEQ_TEXTS
 
 
 def reduce_group(mesh: Mesh, data: NodeAttrs, rank: int) -> tuple[int, ...]:
@@ -175,16 +191,19 @@ def held_params(graph: Dag, mesh: Mesh) -> list[Held]:
     for _, data in graph.nodes(data=True):
         if data["kind"] != "compute" or not data["params"]:
             continue
+        params = data["params"]
+        if routed(data):
+            for rank in data["devices"]:
+                experts[rank] += params
+            continue
+        partial = 0  # what of them is partial over tp
+        if on_sequence_shards(data):
+            partial = params
+        elif data.get("bias") and data.get("style") == "row" and mesh.tp > 1:
+            partial = data["out_shape"][-1]  # the bias, which one rank adds
         for rank in data["devices"]:
-            if routed(data):
-                experts[rank] += data["params"]
-                continue
-            dense[rank] += data["params"]
-            # on sequence shards: reading one (a norm under sp) or giving one (learned positions)
-            if S_SEQ in (PLACEMENTS[data[key]] for key in ("in_placement", "out_placement") if key in data):
-                tp_partial[rank] += data["params"]
-            elif data.get("bias") and data.get("style") == "row" and mesh.tp > 1:
-                tp_partial[rank] += data["out_shape"][-1]
+            dense[rank] += params
+            tp_partial[rank] += partial
     return [Held(*numbers) for numbers in zip(dense, experts, tp_partial, strict=True)]
 
 
@@ -323,13 +342,15 @@ def rank_costs(
     params, flops, again = [0] * world, [0] * world, [0] * world
     layers: list[set[int]] = [set() for _ in range(world)]
     for _, data in graph.nodes(data=True):
+        node_params, node_flops = data["params"], data["flops"]
+        rerun_flops = node_flops if data.get("recompute") else 0
+        layer = data["layer"] if data["kind"] == "compute" else None
         for rank in data["devices"]:
-            params[rank] += data["params"]
-            flops[rank] += data["flops"]
-            if data.get("recompute"):
-                again[rank] += data["flops"]
-            if data["kind"] == "compute" and data["layer"] is not None:
-                layers[rank].add(data["layer"])
+            params[rank] += node_params
+            flops[rank] += node_flops
+            again[rank] += rerun_flops
+            if layer is not None:
+                layers[rank].add(layer)
     kept = saved_tensors(graph) if kept is None else kept
     activations, rerun = _summed(kept), rerun_bytes(graph, kept)
     comm = comm_by_rank(transfers(graph) if items is None else items, world)
@@ -376,18 +397,19 @@ def saved_tensors(graph: Dag, *, on_cpu: bool = False) -> dict[int, dict[tuple, 
     (torch.utils.checkpoint saves its inputs). What a kept node reads from inside the region is
     kept as before.
     """
-    stored = _stored(graph)
+    keeper = _Keeper(graph, on_cpu)
     kept: dict[int, dict[tuple, int]] = {rank: {} for rank in range(graph.graph["mesh"]["world"])}
-    pred, nodes, size = graph.pred, graph.nodes, stored.dtype_bytes
+    pred, nodes = graph.pred, graph.nodes
     for node, data in nodes(data=True):
+        keeper.visit(node, data)
         if data.get("recompute"):
             for source in pred[node]:
                 if not nodes[source].get("recompute") or nodes[source]["layer"] != data["layer"]:
-                    tensor, tensor_bytes = _holder(graph, source, size)
+                    tensor, tensor_bytes = keeper.holder(source)
                     for rank in data["devices"]:
                         kept[rank][(tensor, rank)] = tensor_bytes
             continue
-        _keep(graph, node, data, stored, on_cpu, kept)
+        keeper.keep(node, data, kept)
     return kept
 
 
@@ -397,26 +419,78 @@ def _stored(graph: Dag) -> Stored:
     return Stored(dtype_bytes(graph), model["head_dim"], model["dtype"] == "fp32" and model["kv_heads"] != model["heads"])
 
 
-def _keep(graph: Dag, node: str, data: NodeAttrs, stored: Stored, on_cpu: bool, kept: dict[int, dict[tuple, int]]) -> None:
-    """Adds what `node` keeps for its backward (its op's `saves`) to each of its ranks' tensors."""
-    size = stored.dtype_bytes
-    saves = saves_of(data)
-    # Per node, not per rank: the operands' tensors (only when kept), the output's bytes and the extras.
-    held: list[tuple[str, int]] = []
-    if saves.operands:
-        operands = {index: source for source, edge in graph.pred[node].items() for index in edge["operands"]}
-        held = [_holder(graph, operands[index], size) for index in saves.operands]
-    output = elements(tuple(data["out_shape"])) * size if saves.output else 0
-    local = (tuple(data["in_shape"]), tuple(data["out_shape"]), stored)
-    extra = saves.extra(*local) + (saves.on_cpu(*local) if on_cpu else 0)
-    for rank in data["devices"]:
-        tensors = kept[rank]
-        for holder, held_bytes in held:
-            tensors[(holder, rank)] = held_bytes
-        if saves.output:
-            tensors[(node, rank)] = output
-        if extra:
-            tensors[(node, rank, "extra")] = extra
+class _Keeper:
+    """What nodes keep for their backward, each node's tensors added to its ranks' (`keep`).
+    A pass over a large DAG meets the same facts again and again, each worked out once here:
+    an op's `saves` (by its name, where its nodes keep alike), the tensor holding a node's
+    result (read by each of its consumers), an op's extra bytes (by its local shapes, which the
+    nodes of one op share)."""
+
+    def __init__(self, graph: Dag, on_cpu: bool):
+        self.graph, self.pred, self.on_cpu = graph, graph.pred, on_cpu
+        self.stored = _stored(graph)
+        # compute op -> its `saves`, None where it keeps nothing; ops with `saves_for` are not here
+        self.op_saves = {name: spec.saves if self.keeps(spec.saves) else None for name, spec in COMPUTE_OPS.items() if spec.saves_for is None}
+        self.holders: dict[str, tuple[str, int]] = {}  # node -> `_holder`
+        self.extras: dict[tuple, int] = {}  # (extra, on_cpu rule, local input shape, local output shape) -> bytes
+
+    def keeps(self, saves: Saves) -> bool:
+        return bool(saves.operands or saves.output or saves.extra is not no_bytes or (self.on_cpu and saves.on_cpu is not no_bytes))
+
+    def holder(self, node: str) -> tuple[str, int]:
+        """`_holder` of `node`."""
+        found = self.holders.get(node)
+        if found is None:
+            found = self.holders[node] = _holder(self.graph, node, self.stored.dtype_bytes)
+        return found
+
+    def visit(self, node: str, data: NodeAttrs) -> None:
+        """Notes the tensor holding `node`'s result while its attributes are at hand (unless a
+        slice's source holds it): its consumers, which mostly come soon after it, then find it
+        without reading the node again."""
+        if data["op"] != "slice" or "backward" in data or data.get("clone"):
+            self.holders[node] = (node, prod(data["out_shape"]) * self.stored.dtype_bytes)  # `elements`, inlined
+
+    def extra(self, saves: Saves, data: NodeAttrs) -> int:
+        """The bytes a node keeps beside its operands and output (`saves.extra`, and `saves.on_cpu` on CPU)."""
+        on_cpu = saves.on_cpu if self.on_cpu else no_bytes
+        if saves.extra is no_bytes and on_cpu is no_bytes:
+            return 0
+        key = (saves.extra, on_cpu, tuple(data["in_shape"]), tuple(data["out_shape"]))
+        found = self.extras.get(key)
+        if found is None:
+            local = (key[2], key[3], self.stored)
+            found = self.extras[key] = saves.extra(*local) + on_cpu(*local)
+        return found
+
+    def keep(self, node: str, data: NodeAttrs, kept: dict[int, dict[tuple, int]]) -> None:
+        """Adds what `node` keeps for its backward (its op's `saves`) to each of its ranks' tensors."""
+        op = data["op"]
+        if data["kind"] == "compute" and op in self.op_saves:
+            saves = self.op_saves[op]
+            if saves is None:
+                return
+        else:
+            saves = saves_of(data)
+        # Per node, not per rank: the operands' tensors (only when kept), the output's bytes and the extras.
+        held: list[tuple[str, int]] = []
+        if saves.operands:
+            sources: dict[int, str] = {}  # operand index -> the node giving it
+            for source, edge in self.pred[node].items():
+                for index in edge["operands"]:
+                    sources[index] = source
+            holders = self.holders
+            held = [holders.get(source) or self.holder(source) for source in map(sources.__getitem__, saves.operands)]
+        output = prod(data["out_shape"]) * self.stored.dtype_bytes if saves.output else 0  # `elements`, inlined
+        extra = self.extra(saves, data)
+        for rank in data["devices"]:
+            tensors = kept[rank]
+            for holder, held_bytes in held:
+                tensors[(holder, rank)] = held_bytes
+            if saves.output:
+                tensors[(node, rank)] = output
+            if extra:
+                tensors[(node, rank, "extra")] = extra
 
 
 def rerun_bytes(graph: Dag, kept: dict[int, dict[tuple, int]]) -> list[int]:
@@ -425,12 +499,12 @@ def rerun_bytes(graph: Dag, kept: dict[int, dict[tuple, int]]) -> list[int]:
     and the backward of that region then frees: the largest of the rank's layers."""
     if "recompute" not in graph.graph["mesh"]:
         return [0] * len(kept)
-    stored = _stored(graph)
+    keeper = _Keeper(graph, on_cpu=False)
     regions: dict[int | None, dict[int, dict[tuple, int]]] = {}
     for node, data in graph.nodes(data=True):
         if data.get("recompute"):
             region = regions.setdefault(data["layer"], {rank: {} for rank in kept})
-            _keep(graph, node, data, stored, False, region)
+            keeper.keep(node, data, region)
     largest = [0] * len(kept)
     for region in regions.values():
         for rank, tensors in region.items():
@@ -498,11 +572,13 @@ def model_parameters(graph: Dag) -> int:
     """Distinct parameters of the model: one data-parallel replica, replicated ops counted once,
     the last stage's copy of a tied embedding not at all."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
+    coords: dict[int, tuple[int, int, int]] = {}  # rank -> (dp rank, stage, tp rank), worked out once per rank
     total = 0
     for _, data in graph.nodes(data=True):
-        if data["kind"] != "compute" or data.get("tied"):
+        if data["kind"] != "compute" or not data["params"] or data.get("tied"):
             continue
-        dp_rank, _, tp_rank = mesh.coords(data["devices"][0])
+        first = data["devices"][0]
+        dp_rank, _, tp_rank = coords.get(first) or coords.setdefault(first, mesh.coords(first))
         sharded = data.get("style") in ("column", "row") or data["op"] == "embedding"  # split over tp
         # Routed ops hold their rank's experts: the ranks of one expert-parallel group hold them all.
         replicas = mesh.ep if routed(data) else 1

@@ -10,14 +10,14 @@ picture and the bubble, not for seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 from par.dsl.checks.deployment import Hardware, Mesh
 from par.dsl.cost import schedule as pipeline
 from par.dsl.cost.accounting import FP32, RankCost, TrainingState, Transfer
-from par.dsl.dag.types import Dag, MeshAttrs
+from par.dsl.dag.types import Dag, MeshAttrs, NodeAttrs
 from par.dsl.registry.collectives import COLLECTIVES, PIPELINE
 
 BACKWARD_FLOPS = 2  # backward FLOPs per forward FLOP
@@ -61,29 +61,40 @@ class Durations:
 
 
 def node_durations(graph: Dag, items: Sequence[Transfer], clock: Clock) -> Durations:
-    """Forward and backward time of every node; a node's transfers of one kind in one group run at
-    once on their ranks (max), its kinds and groups one after another (a recomputed collective and
-    its backward's; under zero 2 a sequence-parallel ReduceScatter over tp and the gradients'
-    ReduceScatter over dp). A recomputed node's backward runs its forward first."""
+    """Forward and backward time of every node (`timed_nodes`)."""
+    forward, backward = {}, {}
+    for node, _, forward_time, backward_time in timed_nodes(graph, items, clock):
+        forward[node], backward[node] = forward_time, backward_time
+    return Durations(forward, backward)
+
+
+def timed_nodes(graph: Dag, items: Sequence[Transfer], clock: Clock) -> Iterator[tuple[str, NodeAttrs, float, float]]:
+    """Every node with its attributes, forward time and backward time, in the DAG's order; a
+    node's transfers of one kind in one group run at once on their ranks (max), its kinds and
+    groups one after another (a recomputed collective and its backward's; under zero 2 a
+    sequence-parallel ReduceScatter over tp and the gradients' ReduceScatter over dp). A
+    recomputed node's backward runs its forward first. A generator, so that what sums the times
+    by device needs no table of every node's (`device_times`)."""
     times: dict[tuple[str, str, str, tuple[int, ...]], float] = {}
     for item in items:
         if item.node is not None:
             key = (item.phase, item.node, item.kind, item.group)
             times[key] = max(times.get(key, 0.0), clock.transfer(item))
-    comm: dict[tuple[str, str], float] = {}
+    comm: dict[str, dict[str, float]] = {"forward": {}, "backward": {}}  # phase -> node -> its transfers' time
     for (phase, node, _, _), time in times.items():
-        comm[(phase, node)] = comm.get((phase, node), 0.0) + time
-    forward, backward = {}, {}
+        phase_comm = comm.setdefault(phase, {})
+        phase_comm[node] = phase_comm.get(node, 0.0) + time
+    forward_comm, backward_comm, compute_time = comm["forward"], comm["backward"], clock.compute
     for node, data in graph.nodes(data=True):
-        compute = clock.compute(data["flops"]) if data["kind"] == "compute" else 0.0
-        forward[node] = compute + comm.get(("forward", node), 0.0)
+        compute = compute_time(data["flops"]) if data["kind"] == "compute" else 0.0
+        forward = compute + forward_comm.get(node, 0.0)
         again = compute if data.get("recompute") else 0.0
-        backward[node] = BACKWARD_FLOPS * compute + again + comm.get(("backward", node), 0.0)
+        backward = BACKWARD_FLOPS * compute + again + backward_comm.get(node, 0.0)
         if "ring" in data and data["op"] == "send":  # overlaps the step on the block it passes on: only the rest shows
-            overlap = clock.compute(overlapped_flops(graph, node))
-            forward[node] = max(0.0, forward[node] - overlap)
-            backward[node] = max(0.0, backward[node] - BACKWARD_FLOPS * overlap)
-    return Durations(forward, backward)
+            overlap = compute_time(overlapped_flops(graph, node))
+            forward = max(0.0, forward - overlap)
+            backward = max(0.0, backward - BACKWARD_FLOPS * overlap)
+        yield node, data, forward, backward
 
 
 def overlapped_flops(graph: Dag, send: str) -> int:
@@ -98,16 +109,19 @@ def overlapped_flops(graph: Dag, send: str) -> int:
     )
 
 
-def device_times(graph: Dag, duration: dict[str, float]) -> dict[int, float]:
-    """Per rank, the time of its nodes one after another: a device runs its ops in turn, and a
-    collective occupies each of its ranks. Sends, receives, input and output are left out."""
-    busy: dict[int, float] = {}
-    for node, data in graph.nodes(data=True):
+def device_times(graph: Dag, items: Sequence[Transfer], clock: Clock) -> tuple[dict[int, float], dict[int, float]]:
+    """Per rank, the forward and the backward time of its nodes one after another: a device runs
+    its ops in turn, and a collective occupies each of its ranks. Sends, receives, input and
+    output are left out. One walk over the nodes for both."""
+    forward: dict[int, float] = {}
+    backward: dict[int, float] = {}
+    for _, data, forward_time, backward_time in timed_nodes(graph, items, clock):
         if data["op"] in OUTSIDE_STAGES and "ring" not in data:
             continue
         for rank in data["devices"]:
-            busy[rank] = busy.get(rank, 0.0) + duration[node]
-    return busy
+            forward[rank] = forward.get(rank, 0.0) + forward_time
+            backward[rank] = backward.get(rank, 0.0) + backward_time
+    return forward, backward
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,16 +139,16 @@ class StageTimes:
         return len(self.forward) // self.chunks
 
 
-def stage_times(graph: Dag, durations: Durations, items: Sequence[Transfer], clock: Clock) -> StageTimes:
+def stage_times(graph: Dag, items: Sequence[Transfer], clock: Clock) -> StageTimes:
     """Each stage's slowest device, forward and backward, and the links between stages."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
     if mesh.chunks > 1:
-        return chunk_times(graph, mesh, durations, items, clock)
+        return chunk_times(graph, mesh, node_durations(graph, items, clock), items, clock)
     pp = mesh.pp
     forward: dict[int, float] = {}
     backward: dict[int, float] = {}
-    for totals, duration in ((forward, durations.forward), (backward, durations.backward)):
-        for rank, busy in device_times(graph, duration).items():
+    for totals, busy_by_rank in zip((forward, backward), device_times(graph, items, clock), strict=True):
+        for rank, busy in busy_by_rank.items():
             stage = mesh.coords(rank)[1]
             totals[stage] = max(totals.get(stage, 0.0), busy)
     links = [0.0] * (pp - 1)
@@ -194,8 +208,7 @@ class StepEstimate:
 
 def estimate_step(graph: Dag, items: Sequence[Transfer], clock: Clock) -> StepEstimate:
     mesh = graph.graph["mesh"]
-    durations = node_durations(graph, items, clock)
-    times = stage_times(graph, durations, items, clock)
+    times = stage_times(graph, items, clock)
     slots = pipeline.simulate(
         mesh["schedule"],
         forward=times.forward,
