@@ -31,6 +31,19 @@ about 3 µs a node) and allocating the 26 MB of text (its page faults are most o
 0.1 s). dag.json now reads a node's shared attributes in one call (an itemgetter per set of
 keys) instead of copying them out, and writes plain ids and one-GPU lists without the encoder.
 
+Then, for bench/llama3_405b_cp.par's 236,000 nodes (bench/long_context.py), both files became
+pieces of one list joined once: the template's nested cluster macros copied a drawing's text at
+every level, and at 100 million characters (UCS-2, for the placement arrows) each copy costs
+about what writing them does. dag.json's nodes of a step take the last node's reader and text
+with no look-up, and its edges write plain ids as they are; the full drawing's edges are a plain
+loop (a comprehension per tail cost a call each) and its GPU nodes one f-string each; the compact
+view reads each node's dict once. Here (2 shared cores, CPU): dag.dot 0.51 to 0.66 s before,
+0.38 to 0.43 after (100,000 to 127,000 nodes/s before, 150,000 to 170,000 after), dag.json 0.39
+to 0.48 before, 0.22 after (about 290,000 nodes/s), each file byte for byte what it was. What is
+left is Python's work per node and edge and allocating the text. Tried and dropped: a GPU's
+nodes as pieces of the file rather than statements (the final join of two million small pieces,
+each widened to UCS-2, costs what the strings saved).
+
 Then the two mixture-of-experts specs (specs/deepseek_v3.par, 82,870 nodes, and
 specs/mixtral_8x7b.par) are built with `par build --svg none` in fresh processes, start-up
 included: target < 5 s each. Where deepseek's time goes (CPU, in process): the compile about

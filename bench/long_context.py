@@ -6,18 +6,22 @@ the compile (parse, check, lower, expand, validate) and of each artifact, their 
 ratio to the target; CPU time beside wall time, since a shared machine inflates the wall.
 
 Where the time goes (2 shared cores, CPU seconds, cProfile and timed parts): compile about 2.5
-(validation 1.3, expansion 0.9), dag.dot 2.6 to 3.2, report.md 1.6 to 1.7, down from 2.1 to 2.6
-(the cost model's walks over the DAG: saved tensors 0.6 to 0.8, node and device times 0.3,
-transfers and the gradient sync 0.17, the devices' sums 0.15, parameters 0.07), dag.json 1.5,
-dag.compact.dot 0.7; every part grows with the nodes, which are `cp × tp` per op per layer.
+(validation 1.3, expansion 0.9), dag.dot 1.4, report.md 2.3 (the cost model's passes
+over the DAG: saved tensors, node and device times, parameters, transfers), dag.json 0.65,
+dag.compact.dot 0.35; every part grows with the nodes, which are `cp × tp` per op per layer.
 Each pass is bound by memory, not by Python's work: a node's attributes are a dict of about 18
 keys in an allocation of its own, and reading a dozen of them costs about 3 µs per node at this
 size, where reading one costs 0.1. So what pays is touching fewer nodes' dicts, or fewer times;
 what is left of the saved tensors is mostly following each node's edges to the tensors it keeps
 and writing one entry per tensor and rank.
 Done: dag.json reads a node's shared attributes in one call and finds the text of its step by
-them (ring attention's operand lists too); dag.dot writes its lines in Python, not by a
-template loop whose nested macros copied the text at every level (0.9 s of the 3.4), and every
+them (ring attention's operand lists too), and a node with the last one's keys and values takes
+its text with no look-up; dag.json and dag.dot write their text as pieces of one list joined
+once, not by a template whose nested macros copied it at every level nor by a join per line or
+cluster (the drawing is 100 million characters, UCS-2 for its arrows: each copy costs about what
+writing it does), which took dag.json from 1.45 s to 0.65 and dag.dot from 1.9 to 1.4. What is
+left of dag.dot is its 236,000 node statements (0.6 s with their dicts' reads), the edges (0.4:
+each head's kind looked up) and the file's 200 MB (0.35, half of it page faults). Every
 renderer runs with the cyclic GC paused (the full collections its 600,000 view objects set off
 walked the whole DAG: over a second of dag.dot measured alone); the step estimate sums both
 directions' device times in one walk, without a table of every node's time, and the accounting

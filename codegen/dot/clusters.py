@@ -102,9 +102,9 @@ class ClusterTree:
     def place_all(self, nodes: Iterable[tuple[str, NodeAttrs]]) -> None:
         """`place` of every (node id, attributes) in order. The nodes of one GPU, most of a DAG,
         are written here as `NodeViews.node` writes them (tests/graphviz/test_dot_views.py holds
-        the two equal), without a call per node: this loop is most of a large drawing's time."""
-        views = self.views
-        shared_text, ids, gpus, members, columns = views.shared_text, views.ids, self.gpus, self.members, self.columns
+        the two equal), each in one f-string and without a call per node: this loop is most of
+        a large drawing's time."""
+        shared_text, gpus, members, columns = self.views.shared_text, self.gpus, self.members, self.columns
         for node_id, data in nodes:
             devices = data["devices"]
             if len(devices) != 1 or data["op"] in ("input", "output"):
@@ -115,11 +115,10 @@ class ClusterTree:
             if column is None:
                 column = columns[rank] = attr_list(self.column(rank))
             shared = shared_text(data)
-            quoted_id = ids[node_id] = f'"{node_id}"' if node_id.isidentifier() else quoted(node_id)
+            name = node_id if node_id.isidentifier() else quoted(node_id)[1:-1]  # the id as quoted, without its quotes
             layer = data["layer"]
             where = f"GPU {rank}" if layer is None else f"layer {layer} · GPU {rank}"
-            tip = f'tooltip="{quoted_id[1:-1]}\\n{shared.facts}"'
-            gpus[rank].nodes.append(f"{quoted_id} {shared.opening}{where}{shared.middle}{column}, {tip}]")
+            gpus[rank].nodes.append(f'"{name}" {shared.opening}{where}{shared.middle}{column}, tooltip="{name}\\n{shared.facts}"]')
             members[rank].append(node_id)
 
     def add(self, home: DotCluster | None, node: DotNode) -> None:

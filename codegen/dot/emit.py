@@ -12,13 +12,14 @@ from par.codegen.dot.view import (
     NODE_DEFAULTS,
     DotEdge,
     DotGraph,
+    attr_list,
     banner,
     edge_attrs,
     header,
     legend,
     legend_id,
+    write_statements,
 )
-from par.codegen.templating import render
 from par.dsl.compiler import Compiled
 from par.dsl.dag.types import Dag, NodeAttrs, graph_attrs
 
@@ -47,8 +48,30 @@ def emit_compact_dot(compiled: Compiled) -> str:
 
 
 def emit_view(view: DotGraph) -> str:
-    """The DOT text of a drawing's view-model."""
-    return render("dag.dot.jinja", graph=view)
+    """The DOT text of a drawing's view-model: the graph's attributes and title, its nodes
+    outside any cluster, each cluster with its nodes, the rows kept in order, then the edges.
+
+    Written as pieces of one list, joined once: a large drawing is about 100 million characters
+    (236,000 nodes), and every copy of them costs about what writing them does; a template would
+    copy them again, once per level of nested clusters and once more for the whole file."""
+    title = "".join([f"<BR/>{row}" for row in view.rows])
+    out = [
+        f"// {view.banner}\n",
+        f"digraph {view.name} {{\n",
+        f"  graph [{attr_list(view.graph_attrs)}];\n",
+        f"  node [{attr_list(view.node_attrs)}];\n",
+        f"  edge [{attr_list(view.edge_attrs)}];\n",
+        f"  label=<<B>{view.title}</B>{title}>;\n\n",
+    ]
+    write_statements(view.nodes, "  ", out)
+    for box in view.clusters:
+        box.write("  ", out)
+        out.append("\n")
+    out.append("\n")
+    out += [f"  {{ rank=same; edge [style=invis]; {' -> '.join(row)}; }}\n" for row in view.rows_in_order]
+    write_statements(view.edges, "  ", out)
+    out.append("}\n")
+    return "".join(out)
 
 
 def layout_attrs(node_count: int) -> tuple[tuple[str, str], ...]:
@@ -63,20 +86,31 @@ def full_view(compiled: Compiled) -> DotGraph:
     graph = compiled.graph
     tree = ClusterTree(compiled.deployment.mesh)
     tree.place_all(graph.nodes(data=True))
-    ids = tree.views.ids
-    ids.update((node_id, quoted(node_id)) for node_id in graph.nodes if node_id not in ids)  # input, output
-    # What edge_view makes, in graph.edges' order, with each id quoted once: an edge's attributes
-    # depend only on its ends' op and kind, numbered here, so that each edge looks its text up
-    # in a table instead of hashing the four strings.
+    return _drawing(graph, tree, full_edges(graph), list(graph._node.values()), view="full DAG", folded=False)
+
+
+def full_edges(graph: Dag) -> list[DotEdge]:
+    """What edge_view makes of every edge, in graph.edges' order. An edge's attributes depend only
+    on its ends' op and kind, numbered here, so that each edge looks its text up in a table
+    instead of hashing the four strings; an id of letters, digits and _ (every id the compiler
+    makes) is quoted as it is, with no look-up."""
     kinds: dict[tuple[str, str], int] = {}
-    kind_of = {node_id: kinds.setdefault((data["op"], data["kind"]), len(kinds)) for node_id, data in graph.nodes(data=True)}
+    kind_of = {node_id: kinds.setdefault((data["op"], data["kind"]), len(kinds)) for node_id, data in graph._node.items()}
     ends = [[_edge_end(*tail, *head) for head in kinds] for tail in kinds]
-    edges = []
-    for tail, heads in graph.succ.items():
-        arrow, after = f"{ids[tail]} -> ", ends[kind_of[tail]]
-        edges += [f"{arrow}{ids[head]}{after[kind_of[head]]}" for head in heads]
-    shown = [data for _, data in graph.nodes(data=True)]
-    return _drawing(graph, tree, edges, shown, view="full DAG", folded=False)
+    edges: list[DotEdge] = []
+    add = edges.append  # a loop, not a comprehension per tail: most tails have one or two heads
+    if all(map(str.isidentifier, graph._node)):
+        for tail, heads in graph._succ.items():
+            arrow, after = f'"{tail}" -> "', ends[kind_of[tail]]
+            for head in heads:
+                add(f'{arrow}{head}"{after[kind_of[head]]}')
+    else:
+        ids = {node_id: quoted(node_id) for node_id in graph._node}
+        for tail, heads in graph._succ.items():
+            arrow, after = f"{ids[tail]} -> ", ends[kind_of[tail]]
+            for head in heads:
+                add(f"{arrow}{ids[head]}{after[kind_of[head]]}")
+    return edges
 
 
 def _edge_end(tail_op: str, tail_kind: str, head_op: str, head_kind: str) -> str:

@@ -1,10 +1,9 @@
 """The view-model of a DAG drawing: clusters, nodes and edges whose strings are DOT-ready.
 
-`templates/dag.dot.jinja` only lays these out. Every id and attribute value here is already a
-DOT quoted string (`dot_text.quoted`), every title and row already escaped for an HTML-like
-label (`dot_text.html`). A cluster's label and attribute list are joined here, and each node
-and edge is its whole statement, so that the template joins tens of thousands of them at once
-instead of looping over them.
+`emit.emit_view` lays these out. Every id and attribute value here is already a DOT quoted
+string (`dot_text.quoted`), every title and row already escaped for an HTML-like label
+(`dot_text.html`). A cluster's label and attribute list are joined here, and each node and edge
+is its whole statement (text, not an object), so that writing the file only strings them together.
 """
 
 from __future__ import annotations
@@ -82,6 +81,18 @@ class DotCluster:
     nodes: list[DotNode] = field(default_factory=list)
     clusters: list[DotCluster] = field(default_factory=list)
 
+    def write(self, indent: str, out: list[str]) -> None:
+        """Appends the cluster's text to `out`: its nodes, then its clusters, nested. Written here
+        rather than by a recursive template macro, whose every level would copy all the text
+        inside it again (a large drawing's nodes are about 100 MB of text)."""
+        out.append(f"{indent}subgraph {self.id} {{\n{indent}  graph [label={self.label}, {self.attrs}];\n")
+        inner = indent + "  "
+        write_statements(self.nodes, inner, out)
+        for child in self.clusters:
+            child.write(inner, out)
+            out.append("\n")
+        out.append(f"{indent}}}")
+
     def pruned(self) -> DotCluster | None:
         """This cluster without empty sub-clusters; None when nothing is left."""
         self.clusters = [kept for kept in (child.pruned() for child in self.clusters) if kept]
@@ -104,6 +115,17 @@ class DotGraph:
     edges: list[DotEdge]
     # Node ids laid out on one rank, left to right in this order (GPUs in rank order, legend).
     rows_in_order: list[list[str]] = field(default_factory=list)
+
+
+def write_statements(statements: Sequence[str], indent: str, out: list[str]) -> None:
+    """Appends `statements` to `out`, each on a line of its own after `indent`, ended by `;`.
+    As pieces with the separator between each two, not joined: a join would copy them once more."""
+    if statements:
+        pieces = [f";\n{indent}"] * (2 * len(statements) - 1)
+        pieces[::2] = statements
+        out.append(indent)
+        out += pieces
+        out.append(";\n")
 
 
 def look_attrs(look: style.Look) -> Attrs:
@@ -132,21 +154,14 @@ def node_view(node_id: str, data: NodeAttrs, *, extra: Attrs = ()) -> DotNode:
 
 
 class NodeViews:
-    """`node_view` for the many nodes of one drawing, and their ids quoted once for the edges too.
+    """`node_view` for the many nodes of one drawing.
 
     The nodes of one step of the layer differ only in id, layer and GPUs: what they share (the
     title, the shapes and bytes, the look, the tooltip's facts) is escaped and joined once per
     step, and the rest is spliced in, giving exactly `node_view`'s text."""
 
     def __init__(self) -> None:
-        self.ids: dict[str, str] = {}
         self.shared: dict[tuple, _Shared] = {}
-
-    def id(self, node_id: str) -> str:
-        quoted_id = self.ids.get(node_id)
-        if quoted_id is None:
-            quoted_id = self.ids[node_id] = quoted(node_id)
-        return quoted_id
 
     def node(self, node_id: str, data: NodeAttrs, *, extra: str = "") -> DotNode:
         """`node_view(node_id, data, extra=...)`, with `extra` joined as `attr_list` joins it."""
@@ -155,9 +170,7 @@ class NodeViews:
         where = f"GPU {devices[0]}" if len(devices) == 1 else f"GPUs {ranges(devices)}"  # digits: nothing to escape
         if data["layer"] is not None:
             where = f"layer {data['layer']} · {where}"
-        quoted_id = self.ids.get(node_id)
-        if quoted_id is None:
-            quoted_id = self.ids[node_id] = quoted(node_id)
+        quoted_id = quoted(node_id)
         # node_statement's text: the label, then the look, `extra` and the tooltip, joined.
         extra = f"{extra}, " if extra else ""
         return f'{quoted_id} {shared.opening}{where}{shared.middle}{extra}tooltip="{quoted_id[1:-1]}\\n{shared.facts}"]'

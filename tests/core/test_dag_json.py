@@ -126,3 +126,28 @@ def test_dag_json_of_operand_lists_is_networkx_node_link_data(shipped):
     graph.nodes[c]["operand_shapes"] = [list(shape), [1, 2]]
     graph.nodes[d]["operand_shapes"] = [shape, (2, 1)]
     assert emit_json(graph) == node_link_reference(graph)
+
+
+def test_dag_json_of_odd_ids_keys_and_edges_is_networkx_node_link_data(shipped):
+    # What the fast paths assume of a compiled DAG, broken one at a time: ids JSON must escape
+    # (in the nodes and in the edges' ends), a node's keys in another order or one key fewer
+    # than the node before, and an edge whose operands are a list.
+    from par.dsl.dag.types import Dag
+
+    shipped_graph = shipped("layerwise").graph
+    new_names = dict(zip(list(shipped_graph.nodes)[2:8:5], ['odd "id" é', "two words"], strict=True))
+    graph = Dag(**shipped_graph.graph)
+    for node, data in shipped_graph.nodes(data=True):
+        graph.add_node(new_names.get(node, node), **data)
+    for tail, head, data in shipped_graph.edges(data=True):
+        graph.add_edge(new_names.get(tail, tail), new_names.get(head, head), **data)
+    nodes = list(graph.nodes)
+    assert set(graph.nodes[nodes[3]]) == set(graph.nodes[nodes[4]])
+    items = list(graph.nodes[nodes[4]].items())
+    graph.nodes[nodes[4]].clear()
+    graph.nodes[nodes[4]].update(reversed(items))
+    del graph.nodes[nodes[5]]["layer"]
+    graph.nodes[nodes[5]].update(note="as many keys", more="as the node before")
+    assert len(graph.nodes[nodes[5]]) == len(graph.nodes[nodes[4]])
+    graph.add_edge(nodes[8], nodes[9], operands=[0, 1])
+    assert emit_json(graph) == node_link_reference(graph)
