@@ -12,14 +12,13 @@ from par.codegen.dot.view import (
     NODE_DEFAULTS,
     DotEdge,
     DotGraph,
-    attr_list,
     banner,
     edge_attrs,
     header,
     legend,
     legend_id,
-    write_statements,
 )
+from par.codegen.templating import render
 from par.dsl.compiler import Compiled
 from par.dsl.dag.types import Dag, NodeAttrs, graph_attrs
 
@@ -48,30 +47,8 @@ def emit_compact_dot(compiled: Compiled) -> str:
 
 
 def emit_view(view: DotGraph) -> str:
-    """The DOT text of a drawing's view-model: the graph's attributes and title, its nodes
-    outside any cluster, each cluster with its nodes, the rows kept in order, then the edges.
-
-    Written as pieces of one list, joined once: a large drawing is about 100 million characters
-    (236,000 nodes), and every copy of them costs about what writing them does; a template would
-    copy them again, once per level of nested clusters and once more for the whole file."""
-    title = "".join([f"<BR/>{row}" for row in view.rows])
-    out = [
-        f"// {view.banner}\n",
-        f"digraph {view.name} {{\n",
-        f"  graph [{attr_list(view.graph_attrs)}];\n",
-        f"  node [{attr_list(view.node_attrs)}];\n",
-        f"  edge [{attr_list(view.edge_attrs)}];\n",
-        f"  label=<<B>{view.title}</B>{title}>;\n\n",
-    ]
-    write_statements(view.nodes, "  ", out)
-    for box in view.clusters:
-        box.write("  ", out)
-        out.append("\n")
-    out.append("\n")
-    out += [f"  {{ rank=same; edge [style=invis]; {' -> '.join(row)}; }}\n" for row in view.rows_in_order]
-    write_statements(view.edges, "  ", out)
-    out.append("}\n")
-    return "".join(out)
+    """The DOT text of a drawing's view-model."""
+    return render("dag.dot.jinja", graph=view)
 
 
 def layout_attrs(node_count: int) -> tuple[tuple[str, str], ...]:

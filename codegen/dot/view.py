@@ -81,22 +81,29 @@ class DotCluster:
     nodes: list[DotNode] = field(default_factory=list)
     clusters: list[DotCluster] = field(default_factory=list)
 
-    def write(self, indent: str, out: list[str]) -> None:
-        """Appends the cluster's text to `out`: its nodes, then its clusters, nested. Written here
-        rather than by a recursive template macro, whose every level would copy all the text
-        inside it again (a large drawing's nodes are about 100 MB of text)."""
-        out.append(f"{indent}subgraph {self.id} {{\n{indent}  graph [label={self.label}, {self.attrs}];\n")
-        inner = indent + "  "
-        write_statements(self.nodes, inner, out)
-        for child in self.clusters:
-            child.write(inner, out)
-            out.append("\n")
-        out.append(f"{indent}}}")
-
     def pruned(self) -> DotCluster | None:
         """This cluster without empty sub-clusters; None when nothing is left."""
         self.clusters = [kept for kept in (child.pruned() for child in self.clusters) if kept]
         return self if self.nodes or self.clusters else None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlinePart:
+    """One line of the clusters' outline: a cluster opens (with its nodes), or, with `cluster`
+    None, the one opened last at this indent ends."""
+
+    indent: str
+    cluster: DotCluster | None
+
+
+def outline(clusters: Sequence[DotCluster], indent: str = "  ") -> list[OutlinePart]:
+    """The nested clusters as the template writes them, in order: what it loops over flat."""
+    parts = []
+    for cluster in clusters:
+        parts.append(OutlinePart(indent, cluster))
+        parts += outline(cluster.clusters, indent + "  ")
+        parts.append(OutlinePart(indent, None))
+    return parts
 
 
 @dataclass(slots=True)
@@ -116,16 +123,9 @@ class DotGraph:
     # Node ids laid out on one rank, left to right in this order (GPUs in rank order, legend).
     rows_in_order: list[list[str]] = field(default_factory=list)
 
-
-def write_statements(statements: Sequence[str], indent: str, out: list[str]) -> None:
-    """Appends `statements` to `out`, each on a line of its own after `indent`, ended by `;`.
-    As pieces with the separator between each two, not joined: a join would copy them once more."""
-    if statements:
-        pieces = [f";\n{indent}"] * (2 * len(statements) - 1)
-        pieces[::2] = statements
-        out.append(indent)
-        out += pieces
-        out.append(";\n")
+    @property
+    def outline(self) -> list[OutlinePart]:
+        return outline(self.clusters)
 
 
 def look_attrs(look: style.Look) -> Attrs:
