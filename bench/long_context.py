@@ -1,39 +1,35 @@
 """How long `par build --svg none` takes on bench/llama3_405b_cp.par, against its 5 s target.
 
 Llama 3 405B's shape at 128k tokens, tp 8 × cp 16 (128 GPUs), keys and values gathered once per
-layer: about 236,000 DAG nodes (with `-D cp_attention=ring`, about 977,000). Prints the time of
-the compile (parse, check, lower, expand, validate) and of each artifact, their sum, and the
-ratio to the target; CPU time beside wall time, since a shared machine inflates the wall.
+layer: about 236,000 DAG nodes (with `-D cp_attention=ring`, about 977,000). Prints, in one
+process and in turn, the time of the compile (parse, check, lower, expand, validate) and of each
+artifact; then `par build --svg none` end to end as a user runs it, with its default of one
+render worker per CPU and with `-j 1`, wall time and the CPU time of the build and its workers.
+The target is the end-to-end wall time.
 
-Where the time goes (2 shared cores, CPU seconds, cProfile and timed parts): compile about 2.5
-(validation 1.3, expansion 0.9), dag.dot 1.4, report.md 2.3 (the cost model's passes
-over the DAG: saved tensors, node and device times, parameters, transfers), dag.json 0.65,
-dag.compact.dot 0.35; every part grows with the nodes, which are `cp × tp` per op per layer.
-Each pass is bound by memory, not by Python's work: a node's attributes are a dict of about 18
-keys in an allocation of its own, and reading a dozen of them costs about 3 µs per node at this
-size, where reading one costs 0.1. So what pays is touching fewer nodes' dicts, or fewer times;
-what is left of the saved tensors is mostly following each node's edges to the tensors it keeps
-and writing one entry per tensor and rank.
-Done: dag.json reads a node's shared attributes in one call and finds the text of its step by
-them (ring attention's operand lists too), and a node with the last one's keys and values takes
-its text with no look-up; dag.json and dag.dot write their text as pieces of one list joined
-once, not by a template whose nested macros copied it at every level nor by a join per line or
-cluster (the drawing is 100 million characters, UCS-2 for its arrows: each copy costs about what
-writing it does), which took dag.json from 1.45 s to 0.65 and dag.dot from 1.9 to 1.4. What is
-left of dag.dot is its 236,000 node statements (0.6 s with their dicts' reads), the edges (0.4:
-each head's kind looked up) and the file's 200 MB (0.35, half of it page faults). Every
-renderer runs with the cyclic GC paused (the full collections its 600,000 view objects set off
-walked the whole DAG: over a second of dag.dot measured alone); the step estimate sums both
-directions' device times in one walk, without a table of every node's time, and the accounting
-walks the DAG fewer times, reads a node's numbers once per walk and finds once what the nodes
-of an op share (its saves, its extra bytes per shape) and the tensor holding each node's
-result. Each artifact is byte for byte what it was. Tried and dropped, no faster measured: the
-cost model's saved tensors computed once per step, validator fast paths per node. Left: the
-target needs passes that skip the nodes a step stamps alike (validation per step; one step key
-for every emitter), see bench/compile_scale.py. The spec lives here rather than in specs/
-because every test that builds specs/ at full size would build it.
+Where the time goes (2 shared cores, CPU seconds, timed parts): compile 1.8 (expansion 0.9,
+validation 1.0), report.md 1.5, dag.dot 1.3, dag.json 0.6, dag.compact.dot 0.3: 5.5 s in one
+process. End to end, `par build` adds its start-up (0.2 s), writing the 230 MB of files (0.3)
+and leaving (0.2), and validates the DAG in a worker while the others render (par/build.py,
+par/workers.py): 4.3 to 4.7 s wall on 2 CPUs, against 6.4 to 7.1 with `-j 1`. Reading ten keys
+of a node's dict costs about 0.7 µs here and one key 0.3: what the passes cost is Python's work
+per node, so each was cut to fewer calls and reads per node.
+Done: expansion stamps every compute step through one inlined path (dense, routed and
+context-parallel layers alike); the validator decides operands fed once and a collective's
+coverage of its group without sorting or counting; dag.json reads a node's shared attributes in
+one call, reuses the last node's text when the next one's keys and values match, and writes
+pieces of one list joined once; dag.dot's template lays out statements that arrive ready over a
+flat outline of the clusters, not a macro per level (the drawing is 100 million characters, UCS-2
+for its arrows: each copy costs about what writing it does), and its edges are a plain loop; the
+cost model's step estimate sums both directions' device times in one walk, and the accounting
+walks the DAG fewer times, reading a node's numbers once per walk; every renderer runs with the
+cyclic GC paused. Each artifact is byte for byte what it was. Tried and dropped, no faster
+measured: the cost model's saved tensors computed once per step, split-key node dicts. Left, in
+one process: passes that skip the nodes a step stamps alike (see bench/compile_scale.py). The
+spec lives here rather than in specs/ because every test that builds specs/ at full size would
+build it.
 
-    python bench/long_context.py [-D name=value ...]
+    python bench/long_context.py [-D name=value ...] [--runs N]
 """
 
 from __future__ import annotations
