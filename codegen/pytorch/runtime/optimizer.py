@@ -133,8 +133,7 @@ def flat_parameters(buffer: GradientBuffer) -> torch.Tensor:
     flat = torch.zeros(buffer.flat.numel(), dtype=DTYPE, device=buffer.flat.device)
     with torch.no_grad():
         for region in buffer.regions:
-            run = flat[region.start : region.start + sum(region.sizes)]
-            for (_, param), part in zip(region.named, run.split(region.sizes), strict=True):
+            for _, param, part in region.flat_parts(flat):
                 part.copy_(param.reshape(-1))
                 param.data = part.view_as(param)
     return flat

@@ -154,8 +154,7 @@ def zero_views(regions: list[Region], device: torch.device) -> tuple[torch.Tenso
     flat = torch.zeros(sum(region.length for region in regions), dtype=GRAD_DTYPE, device=device)
     views = {}
     for region in regions:
-        parts = flat[region.start : region.start + sum(region.sizes)].split(region.sizes)
-        views.update({name: part.view_as(param) for (name, param), part in zip(region.named, parts, strict=True)})
+        views.update({name: part.view_as(param) for name, param, part in region.flat_parts(flat)})
     return flat, views
 
 

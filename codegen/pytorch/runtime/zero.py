@@ -39,6 +39,12 @@ class Region:
         self.length = self.part * self.parts
         self.start = self.first = 0
 
+    def flat_parts(self, flat: torch.Tensor) -> list[tuple[str, nn.Parameter, torch.Tensor]]:
+        """zero 1: each parameter of the region, by name, with its part of the region's run in
+        `flat`, a tensor laid out as the gradient buffer (the gradients or the parameters)."""
+        parts = flat[self.start : self.start + sum(self.sizes)].split(self.sizes)
+        return [(name, param, part) for (name, param), part in zip(self.named, parts, strict=True)]
+
     def mine(self) -> slice:
         """zero 1: where this rank's part of the region lies in the flat parameters or gradients."""
         first = self.start + self.index * self.part
