@@ -206,7 +206,7 @@ def _devices_section(cost: Cost) -> Section:
 
 def _memory_section(cost: Cost) -> Section:
     hardware = cost.hardware
-    rerun = cost.mesh.get("recompute", "none") != "none"
+    rerun = cost.recompute != "none"
     rows: list[tuple[str, ...]] = []
     for group in cost.groups:
         memory = group.memory
@@ -386,7 +386,7 @@ def _pipeline_section(cost: Cost) -> Section:
     if estimate.unit != "s":
         notes.append("Times in FLOPs of the slowest device, its ops one after another (no hardware given: communication is not timed).")
     else:
-        again = " + the forward it recomputes (and its collectives)" if mesh.get("recompute", "none") != "none" else ""
+        again = " + the forward it recomputes (and its collectives)" if cost.recompute != "none" else ""
         notes.append(f"Times: the stage's slowest device, its ops and collectives one after another; backward = 2 x compute{again} + backward collectives.")
     return Section(
         "Pipeline",
@@ -404,7 +404,7 @@ def _step_section(cost: Cost) -> Section:
     run = cost.run_flops()
     peak = mesh["world"] * hardware.peak_tflops * 1e12
     tokens = cost.model["batch"] * cost.model["seq"]
-    again = " (recomputation included, as Megatron-LM counts)" if mesh.get("recompute", "none") != "none" else ""
+    again = " (recomputation included, as Megatron-LM counts)" if cost.recompute != "none" else ""
     rows = (
         ("one microbatch forward, every stage and link in turn", units.seconds(estimate.microbatch_latency)),
         (f"pipeline: {units.plural(mesh['microbatches'], 'microbatch', 'microbatches')} forward and backward", units.seconds(estimate.pipeline)),
@@ -429,7 +429,7 @@ def _step_section(cost: Cost) -> Section:
 
 def _totals_section(cost: Cost) -> Section:
     devices = cost.devices
-    recompute = cost.mesh.get("recompute", "none")
+    recompute = cost.recompute
     again = (
         ((f"forward FLOP run again in backward per step (recompute {recompute}), all devices", units.flop(sum(cost.recompute_step_flops(d) for d in devices))),)
         if recompute != "none"

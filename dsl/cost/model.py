@@ -62,6 +62,11 @@ class Cost:
         return graph_attrs(self.graph)["mesh"]
 
     @property
+    def recompute(self) -> str:
+        """The mesh's recomputation: none, selective or full (the mesh leaves out none)."""
+        return self.mesh.get("recompute", "none")
+
+    @property
     def model(self) -> ModelAttrs:
         return graph_attrs(self.graph)["model"]
 
