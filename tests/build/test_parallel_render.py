@@ -36,12 +36,21 @@ def pid_renderer(compiled):
     return f"{os.getpid()}\n"
 
 
+SERVING = (
+    "model m : gpt { layers 2  hidden 32  heads 4  ffn 64  batch 4  seq 16  dtype fp32 }\n"
+    "mesh { tp 2  pp 2  microbatches 2 }\nserve { prompt 8  generate 4 }\nhardware h100\n"
+)
+
+
 @linux_only
-def test_workers_write_what_one_process_writes(compiled, tmp_path, small_is_large):
+@pytest.mark.parametrize("spec", [SPEC, SERVING], ids=["training", "serving"])
+def test_workers_write_what_one_process_writes(spec, tmp_path, small_is_large):
+    compiled = compile_text(spec, "m.par")
     renderers = driver.artifact_renderers("none")
     alone = driver.render(compiled, tmp_path, renderers, jobs=1)
     shared = driver.render(compiled, tmp_path, renderers, jobs=2)
     assert len(shared.artifacts) >= 5
+    assert any(a.path.name == "dag.decode.json" for a in shared.artifacts) == (spec is SERVING)
     assert [(a.path, a.content) for a in shared.artifacts] == [(a.path, a.content) for a in alone.artifacts]
     assert shared.notices == alone.notices and shared.warnings == alone.warnings
 
