@@ -54,8 +54,10 @@ class _Validator:
         self.found: list[Diagnostic] = []
         mesh = graph.graph.get("mesh") or {}
         self.tp, self.pp, self.cp = mesh.get("tp", 1), mesh.get("pp", 1), mesh.get("cp", 1)
-        # (rank, layer, op name) -> the compute node(s) there, for invariant 7.
+        # (pipeline path, layer, op name) -> the compute node(s) there, for invariant 7; a path is
+        # (dp rank, tp rank, cp rank), the ranks a layer's nodes go through across the stages.
         self.on_path: dict[tuple, object] = {}
+        self.path_of: dict[int, tuple[int, int, int]] = {}
 
     def violation(self, rule: int, message: str, node: str | None) -> None:
         self.found.append(_violation(rule, message, self.graph, node))
@@ -72,6 +74,10 @@ class _Validator:
         if self.cp > 1:  # only context parallelism makes rings
             self.found += [_violation(rule, message, self.graph, node) for rule, message, node in rings.prove(self.graph)]
         return self.found
+
+    def path(self, rank: int) -> tuple[int, int, int]:
+        dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp, cp=self.cp)
+        return (dp_rank, tp_rank, (rank // self.tp) % self.cp)
 
     # 1 -----------------------------------------------------------------------------------------
 
@@ -108,7 +114,7 @@ class _Validator:
         latest communication of its rank that reaches it (invariant 6); positions are kept for
         communications only, the nodes that issue order compares."""
         nodes, succ, pred = self.nodes, self.succ, self.pred
-        on_path = self.on_path
+        on_path, path_of = self.on_path, self.path_of
         order = _IssueOrder(nodes, pred)
         position, latest = order.position, order.latest
         forward = True
@@ -176,7 +182,10 @@ class _Validator:
                 latest[node] = None
             layer = get("layer")
             if layer is not None and get("kind") == "compute":
-                key = (rank, layer, get("name") or node)
+                path = path_of.get(rank)
+                if path is None:
+                    path = path_of[rank] = self.path(rank)
+                key = (path, layer, get("name") or node)
                 seen = on_path.setdefault(key, node)
                 if seen is not node:
                     on_path[key] = (seen if isinstance(seen, list) else [seen]) + [node]
@@ -289,21 +298,10 @@ class _Validator:
             for cp_rank in range(self.cp):
                 for tp_rank in range(self.tp):
                     present[(dp_rank, tp_rank, cp_rank)] = set()
-        first: dict[tuple, object] = {}
-        doubled: dict[tuple, list[str]] = {}
-        paths: dict[int, tuple[int, int, int]] = {}  # rank -> (dp rank, tp rank, cp rank)
-        for (rank, layer, name), seen in self.on_path.items():
-            path = paths.get(rank)
-            if path is None:
-                dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp, cp=self.cp)
-                path = paths[rank] = (dp_rank, tp_rank, (rank // self.tp) % self.cp)
+        for path, layer in {(path, layer) for path, layer, _ in self.on_path}:
             present[path].add(layer)
-            key = (path, layer, name)
-            earlier = first.setdefault(key, seen)
-            if earlier is not seen or isinstance(seen, list):
-                listed = doubled.setdefault(key, [] if earlier is seen else _as_list(earlier))
-                listed += _as_list(seen)
-        for (_path, layer, name), seen in sorted(doubled.items()):
+        doubled = sorted((key, seen) for key, seen in self.on_path.items() if isinstance(seen, list))
+        for (_path, layer, name), seen in doubled:
             self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(seen[:3])})", seen[0])
         total = self.graph.graph.get("layers")
         if total is None:
@@ -357,10 +355,6 @@ def _cycle(succ: dict[str, dict]) -> list[str]:
                 on_path.add(target)
                 branches.append(iter(succ[target]))
     raise AssertionError("no cycle, though the topological order found one")
-
-
-def _as_list(seen) -> list[str]:
-    return seen if isinstance(seen, list) else [seen]
 
 
 def _operand(data, edge) -> tuple:
