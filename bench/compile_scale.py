@@ -25,10 +25,12 @@ collective's ranks in one pass over its inputs, and stores invariant 7's key wit
 node is its attribute dict (about 18 keys), its id, a devices list shared per rank and two
 adjacency dicts; an edge one small dict shared by the ranks of a step.
 
-Measured again at 1 M nodes (CPU): expansion 3.6 s, validation 4.6 s, 121,000 nodes/s in all
-and 2.26x the bare build (from 4.5, 5.6, 94,000 and 2.64x): expansion stamps every compute
-step through one inlined path, and the validator decides the operands of a node with several
-and a collective's coverage of its group without sorting or counting. Tried and no faster: a
+Measured again at 1 M nodes (CPU): expansion 3.6 s, validation 4.6 s, 116,000 to 121,000
+nodes/s in all and 2.26 to 2.41x the bare build in runs minutes apart (from 4.5, 5.6, 94,000
+and 2.64x): expansion stamps every compute step through one inlined path, and the validator
+decides the operands of a node with several and a collective's coverage of its group without
+sorting or counting, and keys each compute node by its pipeline path as it meets it (no second
+pass for invariant 7). Tried and no faster: a
 validator fast path for a plain single-device node (its attributes in one itemgetter call),
 attribute dicts reordered so that what the validator reads shares cache lines, split-key node
 dicts, and writing a one-input node with its in-edge in one loop. Reading ten keys of a node's
