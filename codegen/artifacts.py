@@ -120,8 +120,8 @@ def once_per_spec(function: Callable[[Compiled], T]) -> Callable[[Compiled], T]:
 
 
 # How long each artifact takes relative to the others on a large DAG (measured on
-# bench/llama3_405b_cp.par; a drawing is Graphviz's time): it only orders the work of a build
-# that renders in several processes, longest first.
+# bench/llama3_405b_cp.par; a drawing is Graphviz's time): it only shares out the work of a
+# build that renders in several processes (par.workers.balanced).
 # Matched by the end of the file name, the longest ending first.
 RELATIVE_COST = {
     "timeline.svg": 0.1, "compact.svg": 3.0, ".svg": 10.0, "report.md": 3.0, "compact.dot": 1.0, ".dot": 3.0, ".json": 2.0,
@@ -140,11 +140,16 @@ def made_with(name: str) -> str:
 
 def artifact_groups(names: list[str]) -> list[list[int]]:
     """Indices of a spec's jobs (`spec_jobs` order), grouped so that artifacts made from one
-    computation are rendered together, the groups longest first."""
+    computation are rendered in one process."""
     groups: dict[str, list[int]] = {}
     for index, name in enumerate(names):
         groups.setdefault(made_with(name), []).append(index)
-    return sorted(groups.values(), key=lambda group: -sum(_relative_cost(names[index]) for index in group))
+    return list(groups.values())
+
+
+def group_cost(names: list[str], group: list[int]) -> float:
+    """How long the artifacts `names[i]` for i in `group` take together (RELATIVE_COST's scale)."""
+    return sum(_relative_cost(names[index]) for index in group)
 
 
 def _relative_cost(name: str) -> float:

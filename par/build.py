@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from par.codegen.artifacts import artifact_groups, renderers, spec_jobs
+from par.codegen.artifacts import artifact_groups, group_cost, renderers, spec_jobs
 from par.codegen.renderer import ArtifactError, Renderer, Skip
 from par.dsl.compiler import Compiled, prove
 from par.dsl.diagnostics import Diagnostic
-from par.workers import can_fork, run_groups, worker_count
+from par.workers import can_fork, in_worker, run_tasks, worker_count
 
 
 class RenderError(Exception):
@@ -78,42 +78,48 @@ def artifact_renderers(svg: str = "auto") -> list[tuple[str, Renderer]]:
 
 
 PARALLEL_MIN_NODES = 20_000  # below this, starting worker processes costs more than it saves
+PROOF_COST = 2.5  # the validator's time, on the scale of codegen.artifacts.RELATIVE_COST
 
 
 def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]], *, jobs: int | None = None) -> Rendered:
     """Every artifact of one spec, in memory; raises RenderError if a renderer raises anything
     but ArtifactError, which only skips that file. A DAG of PARALLEL_MIN_NODES or more renders in
-    up to `jobs` worker processes (par.workers; None: one per CPU), the same bytes as in one.
+    up to `jobs` processes, this one and forked workers (par.workers; None: one per CPU), the
+    same bytes as in one.
 
     A DAG compiled with `defer_proof` is validated here, alongside the renderers where they run
     in workers, first where they do not; raises Unproven if it fails."""
     folder = out_dir / compiled.deployment.name
     work = spec_jobs(compiled, list(renderers))
-    groups = artifact_groups([name for name, _, _ in work])
+    names = [name for name, _, _ in work]
+    groups = artifact_groups(names)
     nodes = sum(len(view.graph) for _, view in compiled.phases) or len(compiled.graph)
-    workers = worker_count(jobs, [None, *groups]) if nodes >= PARALLEL_MIN_NODES and can_fork() else 1
+    processes = worker_count(jobs, len(groups) + 1) if nodes >= PARALLEL_MIN_NODES and can_fork() else 1
     pending = not compiled.proven
-    if pending and workers == 1:  # in turn: nothing is rendered from a DAG that fails
+    if pending and processes == 1:  # in turn: nothing is rendered from a DAG that fails
         _proven(prove(compiled))
         pending = False
+    # The tasks: each group of artifacts, then the proof if it is pending.
+    costs = [group_cost(names, group) for group in groups] + ([PROOF_COST] if pending else [])
+    proof = len(groups)
 
-    with tempfile.TemporaryDirectory(prefix="par-render-") if workers > 1 else nullcontext() as spill:
+    with tempfile.TemporaryDirectory(prefix="par-render-") if processes > 1 else nullcontext() as spill:
 
         def task(index: int) -> list[Outcome] | list[Diagnostic]:
-            if pending and index == 0:
+            if index == proof:
                 return prove(compiled)
-            return [_outcome(work[job][1], work[job][2], spill) for job in groups[index - pending]]
+            return [_outcome(work[job][1], work[job][2], spill if in_worker() else None) for job in groups[index]]
 
-        answers = run_groups(task, len(groups) + pending, workers)
-        for answered in answers[pending:]:
+        answers = run_tasks(task, costs, processes)
+        for answered in answers[:proof]:
             for outcome in cast(list[Outcome], answered):
                 outcome.unspill()
     if pending:
-        _proven(cast(list[Diagnostic], answers.pop(0)))
+        _proven(cast(list[Diagnostic], answers[proof]))
         compiled.proven = True  # what the worker found, for this process's copy
     outcomes: dict[int, Outcome] = {}
-    for group, answered in zip(groups, answers, strict=True):
-        outcomes.update(zip(group, cast(list[Outcome], answered), strict=True))
+    for index, group in enumerate(groups):
+        outcomes.update(zip(group, cast(list[Outcome], answers[index]), strict=True))
     rendered = Rendered()
     for index, (name, _, _) in enumerate(work):
         outcome = outcomes[index]

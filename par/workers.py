@@ -1,4 +1,4 @@
-"""Rendering a large spec's artifacts in worker processes, one group of artifacts each.
+"""Rendering a large spec's artifacts in several processes: this one and forked workers.
 
 A build of a large DAG spends most of its time in the renderers (dag.json, dag.dot, the cost
 report), which read the compiled DAG and nothing else: forked workers share it with the parent,
@@ -19,8 +19,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# What the forked workers run: set just before they start, read by `_run_group` in the child.
+# What the forked workers run: set just before they start, read by `_run_share` in the child.
 _task: Callable[[int], Any] | None = None
+_in_worker = False
 
 
 def available_cpus() -> int:
@@ -34,33 +35,59 @@ def can_fork() -> bool:
     return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
-def run_groups(task: Callable[[int], Any], groups: int, workers: int) -> list[Any]:
-    """`[task(0), ..., task(groups - 1)]`, computed by up to `workers` forked processes (in this
-    process where forking is not safe, or with one worker). Groups are handed out in index
-    order as workers free up: give the longest first."""
-    global _task
-    workers = min(workers, groups)
-    if workers <= 1 or not can_fork():
-        return [task(index) for index in range(groups)]
+def run_tasks(task: Callable[[int], Any], costs: Sequence[float], processes: int) -> list[Any]:
+    """`[task(0), ..., task(n - 1)]` for the n tasks whose relative `costs` are given, computed by
+    up to `processes` processes: the tasks are split into shares of about the same cost (the
+    longest placed first, each where the least work is yet); this process computes the first,
+    whose answers need no passing back, and `processes - 1` forked workers the others. Where
+    forking is not safe, or with one process, every task runs here, in index order."""
+    global _task, _in_worker
+    shares = balanced(costs, processes)
+    if len(shares) <= 1 or not can_fork():
+        return [task(index) for index in range(len(costs))]
     import multiprocessing  # here: a build of small specs starts without them
     from concurrent.futures import ProcessPoolExecutor
 
     _task = task
     gc.freeze()  # the workers' collections then leave the shared objects' pages unwritten
+    answers: dict[int, Any] = {}
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_run_group, range(groups)))
+        with ProcessPoolExecutor(max_workers=len(shares) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_run_share, share) for share in shares[1:]]
+            answers.update((index, task(index)) for index in shares[0])
+            for share, future in zip(shares[1:], futures, strict=True):
+                answers.update(zip(share, future.result(), strict=True))
     finally:
         _task = None
         gc.unfreeze()
+    return [answers[index] for index in range(len(costs))]
 
 
-def _run_group(index: int) -> Any:
-    assert _task is not None, "run_groups sets the task before it forks"
-    return _task(index)
+def balanced(costs: Sequence[float], processes: int) -> list[list[int]]:
+    """The task indices split into at most `processes` shares of about the same total cost,
+    each share in index order; none empty."""
+    shares: list[list[int]] = [[] for _ in range(max(1, min(processes, len(costs))))]
+    totals = [0.0] * len(shares)
+    for index in sorted(range(len(costs)), key=lambda index: -costs[index]):
+        least = totals.index(min(totals))
+        shares[least].append(index)
+        totals[least] += costs[index]
+    return [sorted(share) for share in shares if share]
 
 
-def worker_count(requested: int | None, groups: Sequence[object]) -> int:
-    """How many workers to use: `requested`, or one per available CPU, at most one per group."""
+def in_worker() -> bool:
+    """Whether this is a forked worker of `run_tasks` (what it answers is passed back)."""
+    return _in_worker
+
+
+def _run_share(share: list[int]) -> list[Any]:
+    global _in_worker
+    assert _task is not None, "run_tasks sets the task before it forks"
+    _in_worker = True
+    return [_task(index) for index in share]
+
+
+def worker_count(requested: int | None, tasks: int) -> int:
+    """How many processes to use: `requested`, or one per available CPU, at most one per task."""
     wanted = requested if requested is not None else available_cpus()
-    return max(1, min(wanted, len(groups)))
+    return max(1, min(wanted, tasks))

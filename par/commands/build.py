@@ -51,8 +51,8 @@ def register(sub) -> None:
         "--jobs",
         type=_jobs,
         metavar="N",
-        help="worker processes that render the artifacts of a large DAG (20,000 nodes or more), "
-        "on Linux; default: one per CPU; 1 renders in this process",
+        help="processes that render the artifacts of a large DAG (20,000 nodes or more): this one "
+        "and N - 1 forked workers, on Linux; default: one per CPU; 1 renders in this process alone",
     )
     add_defines(parser)
     add_limits(parser)

@@ -9,7 +9,7 @@ import pytest
 from par import build as driver
 from par import workers
 from par.cli import main
-from par.codegen.artifacts import artifact_groups, made_with
+from par.codegen.artifacts import artifact_groups, group_cost, made_with
 from par.codegen.renderer import ArtifactError, Skip
 from par.dsl import compiler
 from par.dsl.compiler import compile_text
@@ -56,16 +56,29 @@ def test_workers_write_what_one_process_writes(spec, tmp_path, small_is_large):
 
 
 @linux_only
-def test_a_large_dag_renders_in_other_processes_and_a_small_one_here(compiled, tmp_path, monkeypatch):
-    renderers = [("a.txt", pid_renderer), ("b.txt", pid_renderer)]
+def test_a_large_dag_renders_in_this_and_other_processes_and_a_small_one_here(compiled, tmp_path, monkeypatch):
+    renderers = [("a.txt", pid_renderer), ("b.txt", pid_renderer), ("c.txt", pid_renderer)]
     here = f"{os.getpid()}\n".encode()
     small = driver.render(compiled, tmp_path, renderers, jobs=2)
-    assert [a.content for a in small.artifacts] == [here, here]
+    assert [a.content for a in small.artifacts] == [here] * 3
     monkeypatch.setattr(driver, "PARALLEL_MIN_NODES", 0)
-    large = driver.render(compiled, tmp_path, renderers, jobs=2)
-    assert here not in [a.content for a in large.artifacts]
-    assert [a.path.name for a in large.artifacts] == ["a.txt", "b.txt"]
-    assert driver.render(compiled, tmp_path, renderers, jobs=1).artifacts[0].content == here
+    large = driver.render(compiled, tmp_path, renderers, jobs=3)
+    assert [a.path.name for a in large.artifacts] == ["a.txt", "b.txt", "c.txt"]
+    pids = [a.content for a in large.artifacts]
+    assert here in pids and len(set(pids)) >= 2  # this process takes a share, the workers the rest
+    assert {a.content for a in driver.render(compiled, tmp_path, renderers, jobs=1).artifacts} == {here}
+
+
+def test_shares_of_about_the_same_cost_longest_first():
+    assert workers.balanced([3.0, 3.1, 2.5, 2.0, 1.0, 0.1], 2) == [[1, 3, 4], [0, 2, 5]]
+    assert workers.balanced([1.0, 1.0, 1.0], 5) == [[0], [1], [2]]
+    assert workers.balanced([5.0, 1.0, 1.0], 1) == [[0, 1, 2]]
+    assert workers.balanced([], 4) == []
+    shares = workers.balanced([float(cost) for cost in range(1, 21)], 4)
+    assert sorted(index for share in shares for index in share) == list(range(20))
+    totals = [sum(index + 1 for index in share) for share in shares]
+    assert all(abs(total - 210 / 4) < 20 for total in totals)  # within the longest task of even
+    assert sorted(next(n for n, share in enumerate(shares) if index in share) for index in (16, 17, 18, 19)) == [0, 1, 2, 3]
 
 
 @linux_only
@@ -106,19 +119,19 @@ def test_warnings_notices_and_bugs_come_back_from_the_workers(compiled, tmp_path
     assert "Traceback" in failed.value.details and "in raises" in failed.value.details
 
 
-def test_artifacts_made_from_one_computation_render_together_longest_first():
+def test_artifacts_made_from_one_computation_render_together():
     names = ["dag.json", "dag.dot", "dag.compact.dot", "dag.svg", "dag.compact.svg", "model.py", "report.md", "timeline.svg"]
     groups = artifact_groups(names)
-    assert sorted(index for group in groups for index in group) == list(range(len(names)))
     assert [[names[index] for index in group] for group in groups] == [
+        ["dag.json"],
         ["dag.dot", "dag.svg"],
         ["dag.compact.dot", "dag.compact.svg"],
-        ["report.md", "timeline.svg"],
-        ["dag.json"],
         ["model.py"],
+        ["report.md", "timeline.svg"],
     ]
     assert made_with("dag.decode.compact.svg") == "dag.decode.compact.dot"
     assert made_with("timeline.svg") == "report.md" and made_with("model.py") == "model.py"
+    assert group_cost(names, groups[1]) > group_cost(names, groups[0]) > group_cost(names, groups[3])
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
