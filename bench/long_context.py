@@ -10,8 +10,10 @@ The target is the end-to-end wall time.
 Where the time goes (2 shared cores, CPU seconds, timed parts): compile 1.8 (expansion 0.9,
 validation 1.0), report.md 1.5, dag.dot 1.3, dag.json 0.6, dag.compact.dot 0.3: 5.5 s in one
 process. End to end, `par build` adds its start-up (0.2 s), writing the 230 MB of files (0.3)
-and leaving (0.2), and validates the DAG in a worker while the others render (par/build.py,
-par/workers.py): 4.3 to 4.7 s wall on 2 CPUs, against 6.4 to 7.1 with `-j 1`. Reading ten keys
+and leaving (0.2), and shares the rendering and the DAG's validation by their cost between
+itself and a forked worker per further CPU (par/build.py, par/workers.py): 4.3 to 4.7 s wall on
+2 CPUs in a normal stretch of this shared machine, against 6.4 to 7.1 with `-j 1`; in slow
+stretches, when `-j 1` takes 8.4 to 8.9 s, 5.3 to 6.1. Reading ten keys
 of a node's dict costs about 0.7 µs here and one key 0.3: what the passes cost is Python's work
 per node, so each was cut to fewer calls and reads per node.
 Done: expansion stamps every compute step through one inlined path (dense, routed and
