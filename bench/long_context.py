@@ -13,7 +13,7 @@ process. End to end, `par build` adds its start-up (0.2 s), writing the 230 MB o
 and leaving (0.2), and shares the rendering and the DAG's validation by their cost between
 itself and a forked worker per further CPU (par/build.py, par/workers.py): 4.3 to 4.7 s wall on
 2 CPUs in a normal stretch of this shared machine, against 6.4 to 7.1 with `-j 1`; in slow
-stretches, when `-j 1` takes 8.4 to 8.9 s, 5.3 to 6.1. Reading ten keys
+stretches, when `-j 1` takes 8.2 to 8.9 s, 5.1 to 6.9. Reading ten keys
 of a node's dict costs about 0.7 µs here and one key 0.3: what the passes cost is Python's work
 per node, so each was cut to fewer calls and reads per node.
 Done: expansion stamps every compute step through one inlined path (dense, routed and
