@@ -114,10 +114,6 @@ def dtype_bytes(graph: Dag) -> int:
     return DTYPE_BYTES[graph.graph["model"]["dtype"]]
 
 
-def out_bytes(graph: Dag, node: str) -> int:
-    return elements(tuple(graph.nodes[node]["out_shape"])) * dtype_bytes(graph)
-
-
 def transfers(graph: Dag) -> list[Transfer]:
     """Every communication of a training step, forward and backward of one microbatch and the gradient sync."""
     mesh = Mesh.from_attributes(graph.graph["mesh"])
