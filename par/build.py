@@ -27,7 +27,7 @@ from par.codegen.artifacts import artifact_groups, group_cost, renderers, spec_j
 from par.codegen.renderer import ArtifactError, Renderer, Skip
 from par.dsl.compiler import Compiled, prove
 from par.dsl.diagnostics import Diagnostic
-from par.workers import can_fork, in_worker, run_tasks, worker_count
+from par.workers import in_worker, run_tasks, worker_count
 
 
 class RenderError(Exception):
@@ -94,7 +94,7 @@ def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Ren
     names = [name for name, _, _ in work]
     groups = artifact_groups(names)
     nodes = sum(len(view.graph) for _, view in compiled.phases) or len(compiled.graph)
-    processes = worker_count(jobs, len(groups) + 1) if nodes >= PARALLEL_MIN_NODES and can_fork() else 1
+    processes = worker_count(jobs, len(groups) + 1) if nodes >= PARALLEL_MIN_NODES else 1
     pending = not compiled.proven
     if pending and processes == 1:  # in turn: nothing is rendered from a DAG that fails
         _proven(prove(compiled))

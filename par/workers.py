@@ -39,11 +39,12 @@ def run_tasks(task: Callable[[int], Any], costs: Sequence[float], processes: int
     """`[task(0), ..., task(n - 1)]` for the n tasks whose relative `costs` are given, computed by
     up to `processes` processes: the tasks are split into shares of about the same cost (the
     longest placed first, each where the least work is yet); this process computes the first,
-    whose answers need no passing back, and `processes - 1` forked workers the others. Where
-    forking is not safe, or with one process, every task runs here, in index order."""
+    whose answers need no passing back, and `processes - 1` forked workers the others.
+    `processes` is `worker_count`'s, 1 where forking is not safe: then every task runs here, in
+    index order."""
     global _task, _in_worker
     shares = balanced(costs, processes)
-    if len(shares) <= 1 or not can_fork():
+    if len(shares) <= 1:
         return [task(index) for index in range(len(costs))]
     import multiprocessing  # here: a build of small specs starts without them
     from concurrent.futures import ProcessPoolExecutor
@@ -88,6 +89,9 @@ def _run_share(share: list[int]) -> list[Any]:
 
 
 def worker_count(requested: int | None, tasks: int) -> int:
-    """How many processes to use: `requested`, or one per available CPU, at most one per task."""
+    """How many processes to use: `requested`, or one per available CPU, at most one per task;
+    1 where forking is not safe."""
+    if not can_fork():
+        return 1
     wanted = requested if requested is not None else available_cpus()
     return max(1, min(wanted, tasks))
