@@ -31,10 +31,10 @@ about 3 µs a node) and allocating the 26 MB of text (its page faults are most o
 0.1 s). dag.json now reads a node's shared attributes in one call (an itemgetter per set of
 keys) instead of copying them out, and writes plain ids and one-GPU lists without the encoder.
 
-Then, for bench/llama3_405b_cp.par's 236,000 nodes (bench/long_context.py), both files became
-pieces of one list joined once: the template's nested cluster macros copied a drawing's text at
-every level, and at 100 million characters (UCS-2, for the placement arrows) each copy costs
-about what writing them does. dag.json's nodes of a step take the last node's reader and text
+Then, for bench/llama3_405b_cp.par's 236,000 nodes (bench/long_context.py): dag.json became
+pieces of one list joined once, and dag.dot's template lays out a flat outline of the clusters
+instead of a nested macro per level, which copied a drawing's text at every level; at 100
+million characters (UCS-2, for the placement arrows) each copy costs about what writing them does. dag.json's nodes of a step take the last node's reader and text
 with no look-up, and its edges write plain ids as they are; the full drawing's edges are a plain
 loop (a comprehension per tail cost a call each) and its GPU nodes one f-string each; the compact
 view reads each node's dict once. Here (2 shared cores, CPU): dag.dot 0.51 to 0.66 s before,
