@@ -9,38 +9,31 @@ over its start, Linux). Per-node time should stay flat as the DAG grows: growth 
 Targets: at 1 M nodes, >= 200,000 nodes/s, <= 2x the bare build with the GC paused, <= 1.5 KB
 per node.
 
-Where the time goes (cProfile and timed parts, 85,762 nodes): validation a little over half
-(`node_pass`, the one pass over every node that checks invariants 2 to 6, then invariant 7's
-layer paths), expansion the rest (`_layer`: a copy of the step's attribute dict per node, two
-adjacency dicts, one edge dict per step and operand). networkx itself is not the floor any more:
-the DAG is a small class laid out as networkx's DiGraph (par.dsl.dag.types.Dag), filled through
-its dicts; what costs is Python's per-node work: about 16 dict reads per node in the validator
-(a hand-built DAG may lack any attribute, so each is a `get`), the node's key for invariant 7,
-and, at a million nodes, memory: the growth of per-node time from 85 k to 1 M nodes is the
-allocator and the page faults of 1.3 GB (the system time), not more work per node. Done: the
-validator keeps one dict of the nodes met (it proves acyclicity and holds each node's latest
-communication for invariant 6) instead of a position per node and a second dict, traces a
-collective's ranks in one pass over its inputs, and stores invariant 7's key with one
-`setdefault`; expansion finds a replica's group and a step's operand indices once. Memory: a
-node is its attribute dict (about 18 keys), its id, a devices list shared per rank and two
-adjacency dicts; an edge one small dict shared by the ranks of a step.
+The last column, `Dag s`, is not part of the compile: it is the time to build the
+networkx-shaped `Dag` that the emitters read, which `par check` never builds and `par build`
+builds once, before it renders.
 
-Measured again at 1 M nodes (CPU): expansion 3.6 s, validation 4.6 s, 116,000 to 121,000
-nodes/s in all and 2.26 to 2.41x the bare build in runs minutes apart (from 4.5, 5.6, 94,000
-and 2.64x): expansion stamps every compute step through one inlined path, and the validator
-decides the operands of a node with several and a collective's coverage of its group without
-sorting or counting, and keys each compute node by its pipeline path as it meets it (no second
-pass for invariant 7). Tried and no faster: a
-validator fast path for a plain single-device node (its attributes in one itemgetter call),
-attribute dicts reordered so that what the validator reads shares cache lines, split-key node
-dicts, and writing a one-input node with its in-edge in one loop. Reading ten keys of a node's
-dict costs about 0.7 µs and one key 0.3: what is left is Python's work per node, about 4 µs
-to stamp a node and 4.5 µs to check it. The targets need a validation that does not read every
-node's dict: the nodes a step stamps from one template differ only in layer, stage and
-devices, so the shapes, placements and operands could be proved once per step and program,
-leaving per node only its edges, its rank's issue order and its layer's key. Not done: it
-trusts the expander's stamping, which the validator exists to check; a hand-built DAG would
-keep today's full pass.
+Where the time goes. A Python dict per node is what cost: reading a node's attributes on this
+kind of machine is about 0.3 µs a key once the graph outgrows the caches, and building the dict
+and two adjacency dicts per node cost about what a bare networkx build costs. So expansion
+writes the DAG in columns (par.dsl.dag.compact.CompactDag): per node its id, its number, its
+layer, stage and devices and two adjacency lists; its attributes are its step's template, one
+dict shared by every node the step stamps (a collective, a send or an input slice keeps its own).
+The validator reads the columns, and a dict once per run of nodes sharing it (the ranks of one
+step, one after the other), so what it reads stays in the cache; the shapes along an edge are
+compared once per run of edges between the same two dicts, and invariant 7 counts the nodes per
+pipeline path in the (layer, op) row it last used. A mutation test (tests/core/test_compact.py)
+shows a defect in one node of a run is still found. `CompactDag.to_dag` builds the `Dag`:
+what expansion built before, byte for byte (the dag.json goldens).
+
+Measured at 1 M nodes, back to back on one machine (CPU): before, expansion 4.1 s and validation
+4.9 s, 103,000 nodes/s, 2.87x the bare build with the GC paused and 1,258 B per node; after,
+159,000 to 184,000 nodes/s, 1.21 to 1.43x and 770 to 776 B per node. Still short of 200,000
+nodes/s: expansion is about 3 µs a node (the id string and its entry in the index, 0.9 µs;
+two adjacency lists and an edge tuple at each end, 0.8 µs) and validation about 2.6 µs (the
+loop's own work per node: its edges, its rank's latest communication, its pipeline path). The
+next step would number the stamped nodes without writing their ids (an id follows from layer,
+step and rank) and keep the producers of a step as numbers rather than ids.
 
     python bench/compile_scale.py [--max-nodes N]
 """
@@ -106,21 +99,26 @@ def peak_bytes(text: str) -> int:
     return peak
 
 
-def measure(text: str, repeats: int) -> tuple[int, int, float, float, float, float]:
-    ours, cpu, bare, paused = [], [], [], []
+def measure(text: str, repeats: int) -> tuple[int, int, float, float, float, float, float]:
+    ours, cpu, bare, paused, built = [], [], [], [], []
     for _ in range(repeats):
         gc.collect()
         start, start_cpu = time.perf_counter(), time.process_time()
         compiled = compile_text(text, "bench.par")
         ours.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-        graph = compiled.graph
-        nodes, edges = list(graph.nodes), list(graph.edges)
-        size = (graph.number_of_nodes(), graph.number_of_edges())
-        del compiled, graph
+        compact = compiled.compact
+        ids = compact.ids
+        nodes = list(ids)
+        edges = [(ids[source], ids[target]) for source, targets in enumerate(compact.succ) for target, _ in targets]
+        start = time.perf_counter()
+        assert len(compiled.graph) == len(nodes)  # the networkx-shaped DAG the emitters read, built on first use
+        built.append(time.perf_counter() - start)
+        del compiled, compact, ids
         bare.append(bare_build(nodes, edges, pause_gc=False))
         paused.append(bare_build(nodes, edges, pause_gc=True))
-    return size[0], size[1], statistics.median(ours), statistics.median(cpu), statistics.median(bare), statistics.median(paused)
+    middle = statistics.median
+    return len(nodes), len(edges), middle(ours), middle(cpu), middle(bare), middle(paused), middle(built)
 
 
 def main() -> None:
@@ -130,19 +128,19 @@ def main() -> None:
     compile_text(spec(*SIZES[0]), "warmup.par")  # grammar and library load once per process
     print(
         f"{'layers×tp×pp×dp':>18} {'nodes':>10} {'edges':>10} {'ours s':>8} {'nodes/s':>10} {'cpu s':>7} {'nodes/s':>10}"
-        f" {'bare s':>8} {'ratio':>6} {'bare(nogc) s':>13} {'ratio':>6} {'peak B/node':>12}"
+        f" {'bare s':>8} {'ratio':>6} {'bare(nogc) s':>13} {'ratio':>6} {'peak B/node':>12} {'Dag s':>7}"
     )
     for layers, tp, pp, dp in SIZES:
         if layers * dp * (10 * tp + 2) > args.max_nodes:
             continue
         repeats = 3 if layers * dp < 2000 else 1
         text = spec(layers, tp, pp, dp)
-        nodes, edges, ours, cpu, bare, paused = measure(text, repeats)
+        nodes, edges, ours, cpu, bare, paused, built = measure(text, repeats)
         per_node = peak_bytes(text) / nodes
         label = f"{layers}×{tp}×{pp}×{dp}"
         print(
             f"{label:>18} {nodes:>10,} {edges:>10,} {ours:>8.3f} {nodes / ours:>10,.0f} {cpu:>7.3f} {nodes / cpu:>10,.0f}"
-            f" {bare:>8.3f} {ours / bare:>6.2f} {paused:>13.3f} {ours / paused:>6.2f} {per_node:>12,.0f}"
+            f" {bare:>8.3f} {ours / bare:>6.2f} {paused:>13.3f} {ours / paused:>6.2f} {per_node:>12,.0f} {built:>7.3f}"
         )
     print(
         f"targets at the largest size: >= 200,000 nodes/s: {'met' if nodes / cpu >= 200_000 else 'NOT met'} "

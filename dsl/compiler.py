@@ -10,6 +10,7 @@ from pathlib import Path
 
 from par.dsl.checks.check import check
 from par.dsl.checks.deployment import Deployment
+from par.dsl.dag.compact import CompactDag
 from par.dsl.dag.expand import expand, node_count
 from par.dsl.dag.types import Dag
 from par.dsl.dag.validate import validate
@@ -47,7 +48,7 @@ class Compiled:
 
     deployment: Deployment
     program: Program  # the first layer's (every layer's, unless the model names a block per range)
-    graph: Dag
+    compact: CompactDag  # the DAG as expansion wrote it and the validator proved it; `graph` to read it
     warnings: list[Diagnostic] = field(default_factory=list)
     # (first layer, last layer, program) per range of a model with a block per range; else empty.
     layer_programs: tuple[tuple[int, int, Program], ...] = ()
@@ -57,6 +58,12 @@ class Compiled:
     # False: compiled with `defer_proof`, the DAG not yet validated; `prove` it before trusting it.
     proven: bool = True
 
+    @property
+    def graph(self) -> Dag:
+        """The DAG, networkx-shaped: built on first use (`par check` never needs it)."""
+        with gc_paused():
+            return self.compact.to_dag()
+
 
 def prove(compiled: Compiled) -> list[Diagnostic]:
     """Validates the DAG of a spec compiled with `defer_proof`: the validator's findings, none
@@ -64,7 +71,7 @@ def prove(compiled: Compiled) -> list[Diagnostic]:
     if compiled.proven:
         return []
     with gc_paused():
-        problems = validate(compiled.graph)
+        problems = validate(compiled.compact)
     compiled.proven = not problems
     return problems
 
@@ -95,7 +102,7 @@ def compile_text(
     layer_programs = _lower_each(deployment, program)
     if deployment.serve is not None:
         phases = _serving(parsed.spec, overrides, deployment, warnings, max_nodes)
-        return Compiled(deployment, program, phases[0][1].graph, warnings, layer_programs, phases)
+        return Compiled(deployment, program, phases[0][1].compact, warnings, layer_programs, phases)
     nodes = node_count(program, layer_programs)
     if nodes > max_nodes:
         raise CompileError([_over_budget(deployment, nodes, max_nodes)] + warnings)

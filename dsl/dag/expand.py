@@ -1,4 +1,4 @@
-"""Expansion: Program -> the full per-device DAG of one forward microbatch (types.Dag).
+"""Expansion: Program -> the full per-device DAG of one forward microbatch (compact.CompactDag).
 
 One node per (device, op) per layer, one per collective instance, a Send/Recv pair per
 tensor-parallel rank at every stage boundary, and `input` / `output`. Nodes are added in a
@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal, cast
 
 from par.dsl.checks.deployment import DTYPE_BYTES, Deployment, Model
 from par.dsl.dag import ids, ring
+from par.dsl.dag.compact import CompactDag
 from par.dsl.dag.types import (
     BlockLayers,
     CollectiveOp,
-    Dag,
     EdgeAttrs,
     ExpertAttrs,
     GraphAttrs,
@@ -25,7 +25,6 @@ from par.dsl.dag.types import (
     ModelAttrs,
     NodeAttrs,
     Shape,
-    graph_attrs,
 )
 from par.dsl.lowering.backward import PAIRS, backward_kind, backward_wire_bytes
 from par.dsl.lowering.placement import R, share
@@ -37,9 +36,9 @@ from par.dsl.registry.ops import COMPUTE_OPS, INT64, NOTHING, elements
 LayerPrograms = Sequence[tuple[int, int, Program]]
 
 
-def expand(program: Program, layer_programs: LayerPrograms = ()) -> Dag:
+def expand(program: Program, layer_programs: LayerPrograms = ()) -> CompactDag:
     """`layer_programs`: the program of each range of layers, when they differ; `program` is
-    every layer's otherwise."""
+    every layer's otherwise. `to_dag()` on the result gives the networkx-shaped DAG."""
     return _Expander(program, layer_programs).run()
 
 
@@ -181,21 +180,23 @@ class _Expander:
         # The graph is filled through its dicts (`_node`, `_succ`, `_pred`, laid out as networkx's):
         # `add_node` per node would cost more than expansion itself. Ids are unique by
         # construction; `run` verifies the count.
-        self.graph: Dag = Dag(**graph_attributes(program))
-        _with_experts(graph_attrs(self.graph)["model"], self.deployment.model)
+        # The graph is written in columns, the nodes of a step sharing its attribute dict
+        # (par.dsl.dag.compact): the validator reads that; `to_dag` builds the networkx-shaped
+        # DAG for the readers that want one. Ids are unique by construction; `run` verifies it.
+        attributes = graph_attributes(program)
+        _with_experts(attributes["model"], self.deployment.model)
         if self.deployment.layer_blocks:
-            graph_attrs(self.graph)["model"]["block_layers"] = [
+            attributes["model"]["block_layers"] = [
                 BlockLayers(first=first, last=last, block=block.name) for first, last, block in self.deployment.layer_blocks
             ]
-        self.node_map: dict[str, NodeAttrs] = self.graph._node
-        self.succ: dict[str, dict[str, EdgeAttrs]] = self.graph._succ
-        self.pred: dict[str, dict[str, EdgeAttrs]] = self.graph._pred
-        self.added = 0
+        self.graph = CompactDag(cast(dict[str, Any], attributes))
         programs = {id(each): each for each in self.layer_program.values()}
         self.templates_of = {}
         for key, each in programs.items():
             rerun = recomputed_steps(each.steps, self.mesh.recompute)
-            self.templates_of[key] = {step.name: self._template(step) | ({"recompute": True} if step.name in rerun else {}) for step in each.steps}
+            self.templates_of[key] = {
+                step.name: self.graph.template(self._template(step) | ({"recompute": True} if step.name in rerun else {})) for step in each.steps
+            }
         self.issue_after_of = {key: issue_after(each.steps) for key, each in programs.items()}
         ends = program.ends
         self.ends = ends
@@ -203,8 +204,11 @@ class _Expander:
         self.end_templates = {step.name: self._template(step) for step in (ends.first + ends.last if ends else ())}
         self.alone: dict[int, list[int]] = {rank: [rank] for rank in range(self.mesh.world)}  # each rank's devices list
         self.operand_indices: dict[int, dict[str, tuple[int, ...]]] = {}  # id(step) -> `_operands`' indices
+        # id(the ids a stamp returned) -> (those ids, the first one's number): a later step reads
+        # its producers' numbers without looking each id up.
+        self.numbered: dict[int, tuple[list[str], int]] = {}
 
-    def run(self) -> Dag:
+    def run(self) -> CompactDag:
         if self.mesh.cp > 1:
             return self._run_context()
         mesh, program = self.mesh, self.program
@@ -248,20 +252,15 @@ class _Expander:
         output = ids.OUTPUT
         for source in exits:
             self._edge(source, output, (0,))
-        if len(self.node_map) != self.added:
+        if len(self.graph.index) != len(self.graph):
             raise AssertionError("expansion produced a node id twice")
         return self.graph
 
     def _node(self, node: str, data: NodeAttrs) -> None:
-        self.node_map[node] = data
-        self.succ[node] = {}
-        self.pred[node] = {}
-        self.added += 1
+        self.graph.add(node, data)
 
     def _edge(self, source: str, target: str, operands: tuple[int, ...]) -> None:
-        data: EdgeAttrs = {"operands": operands}
-        self.succ[source][target] = data
-        self.pred[target][source] = data
+        self.graph.add_edge(source, target, {"operands": operands})
 
     def _template(self, step: Step) -> NodeAttrs:
         """The attributes of every node of a step; each copy gets its layer, stage and devices."""
@@ -471,13 +470,12 @@ class _Expander:
         """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output."""
         program = program or self.program
         templates, issued_after = self.templates_of[id(program)], self.issue_after_of[id(program)]
-        node_map = self.node_map
         devices = list(group)
         produced: dict[str, list[str]] = {program.param: entry}
         if program.param_copied:  # the layer input enters column-parallel linears: its producers carry the AllReduce
             full = elements(program.stream_shape) * self.dtype_bytes
             for node in dict.fromkeys(entry):
-                self._backward(node_map[node], PAIRS["copy_to_tp"].backward, full)
+                self._backward(self.graph.own(node), PAIRS["copy_to_tp"].backward, full)
         for step in program.steps:
             template = templates[step.name]
             if step.kind == "comm":
@@ -499,25 +497,27 @@ class _Expander:
         """A compute step on each rank of a tensor-parallel group: its nodes, fed by the
         producers of its inputs. Returns their ids.
 
-        This makes most of the nodes of a large DAG, so it writes the graph's dicts inline (what
-        `_node` and `_edge` do) and spells out `ids.compute_id`. The ranks' nodes of a step share
-        one edge-attribute dict per operand and one devices list per rank (nothing writes them
-        after expansion): a third less memory per node."""
-        node_map, succ, pred, alone = self.node_map, self.succ, self.pred, self.alone
+        This makes most of the nodes of a large DAG: they share the step's template and one
+        edge-attribute dict per operand (par.dsl.dag.compact), and `ids.compute_id` is spelled
+        out."""
+        graph, alone, numbered = self.graph, self.alone, self.numbered
         prefix = f"layer_{layer}_{step.name}_gpu"
         names = [f"{prefix}{rank}" for rank in group]
-        for rank, node in zip(group, names, strict=True):
-            data = template.copy()  # what `dict(template, layer=...)` makes, faster
-            data["layer"], data["stage"], data["devices"] = layer, stage, alone[rank]
-            node_map[node] = data
-            succ[node] = {}
-            pred[node] = {}
-        self.added += len(names)
+        first = graph.stamp(names, template, layer, stage, [alone[rank] for rank in group])
+        index, succ, pred = graph.index, graph.succ, graph.pred
         for source_lists, operands in self._operands(step, produced):
             edge: EdgeAttrs = {"operands": operands}
-            for source, node in zip(source_lists, names, strict=True):
-                succ[source][node] = edge
-                pred[node][source] = edge
+            stamped = numbered.get(id(source_lists))
+            if stamped is not None and stamped[0] is source_lists:  # another step's nodes: numbered in a row
+                sources: Sequence[int] = range(stamped[1], stamped[1] + len(source_lists))
+            else:
+                sources = [index[source] for source in source_lists]
+            for target, source in enumerate(sources, first):
+                succ[source].append((target, edge))
+                pred[target].append((source, edge))
+        if len(numbered) > 4096:  # the steps of the last few layers are what later steps read
+            numbered.clear()
+        numbered[id(names)] = (names, first)
         return names
 
     def _routed_layer(self, layer: int, stage: int, program: Program, entries: dict[int, list[str]]) -> dict[int, list[str]]:
@@ -531,7 +531,7 @@ class _Expander:
             full = elements(program.stream_shape) * self.dtype_bytes
             for entry in entries.values():
                 for node in dict.fromkeys(entry):
-                    self._backward(self.node_map[node], PAIRS["copy_to_tp"].backward, full)
+                    self._backward(self.graph.own(node), PAIRS["copy_to_tp"].backward, full)
         replicas = list(entries)
         groups = {dp_rank: mesh.tp_group(dp_rank=dp_rank, stage=stage) for dp_rank in replicas}
         for step in program.steps:
@@ -634,7 +634,7 @@ class _Expander:
                 self._node(send, transfer("send", here, sender, receiver))
                 self._node(recv, transfer("recv", there, receiver, sender))
                 if self.fed_back and there == mesh.pp - 1:  # the last stage sent the tokens first
-                    self.node_map[recv]["after"] = ids.token_send_id(receiver)
+                    self.graph.own(recv)["after"] = ids.token_send_id(receiver)
             self._edge(source, send, (0,))
             self._edge(send, recv, (0,))
             receivers.append(recv)
@@ -656,7 +656,7 @@ class _Expander:
             f", its residual stream {program.stream}" if program.stream != R else ""
         )
 
-    def _run_context(self) -> Dag:
+    def _run_context(self) -> CompactDag:
         """`run` for a context-parallel mesh: each part of the sequence runs the layer like a
         replica, and the attention steps of its parts join them (par.dsl.dag.ring)."""
         mesh, program, ends = self.mesh, self.program, self.ends
@@ -666,7 +666,7 @@ class _Expander:
         given = (batch, seq * mesh.cp) if ends else self._given_input()
         self._io(ids.INPUT, given, given, list(mesh.stage_ranks(0)), 0)
         if ends:  # the embedding reads this rank's part of the token ids
-            self.node_map[ids.INPUT]["out_shape"] = ends.tokens
+            self.graph.own(ids.INPUT)["out_shape"] = ends.tokens
         entry = {(d, c): self._entry_points(d, c) for d in range(mesh.dp) for c in range(mesh.cp)}
         exits: list[str] = []
         for chunk, (first, last) in enumerate(mesh.stages):
@@ -691,7 +691,7 @@ class _Expander:
             self._io(ids.OUTPUT, program.stream_local, self._given_input(), list(mesh.stage_ranks(last)), last)
         for source in exits:
             self._edge(source, ids.OUTPUT, (0,))
-        if len(self.node_map) != self.added:
+        if len(self.graph.index) != len(self.graph):
             raise AssertionError("expansion produced a node id twice")
         return self.graph
 
@@ -707,7 +707,7 @@ class _Expander:
             full = elements(program.stream_shape) * self.dtype_bytes
             for entry in entries:
                 for node in dict.fromkeys(entry):
-                    self._backward(self.node_map[node], PAIRS["copy_to_tp"].backward, full)
+                    self._backward(self.graph.own(node), PAIRS["copy_to_tp"].backward, full)
         for step in program.steps:
             template = templates[step.name]
             if step.op == "attention":

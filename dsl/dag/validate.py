@@ -1,17 +1,20 @@
 """The validator: proves the seven invariants of the README (The DAG) on any DAG, ours or built by hand.
 
-Each check returns diagnostics naming the offending nodes. The checks read the adjacency dicts
-directly (`_succ`, `_pred`, `_node`, laid out as networkx lays out a DiGraph, so a DiGraph
-built by hand is validated alike): on million-node graphs the public views cost more than the
-checks themselves.
+Each check returns diagnostics naming the offending nodes. The checks read the DAG in columns
+(par.dsl.dag.compact), as expansion writes it: the nodes of one step share an attribute dict, so
+a million-node DAG is read through a few hundred dicts that stay in the processor's cache. A DAG
+built another way (a `Dag`, or anything laid out as networkx lays out a DiGraph) is put in
+columns first, each node keeping its own dict.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 
 from par.dsl.checks.deployment import mesh_coords
 from par.dsl.dag import ids, rings
+from par.dsl.dag.compact import Adjacency, CompactDag
 from par.dsl.dag.types import Dag, EdgeAttrs, NodeAttrs
 from par.dsl.diagnostics import Diagnostic, error
 from par.dsl.frontend.source import Span
@@ -34,33 +37,37 @@ INVARIANTS = {
 }
 
 
-def validate(graph: Dag) -> list[Diagnostic]:
-    return _Validator(graph).run()
+def validate(graph: Dag | CompactDag) -> list[Diagnostic]:
+    return _Validator(graph if isinstance(graph, CompactDag) else CompactDag.of(graph)).run()
 
 
-def _violation(rule: int, message: str, graph: Dag, node: str | None) -> Diagnostic:
-    data = graph.nodes[node] if node is not None and node in graph else None
-    span = Span.parse(data.get("src")) if data is not None else None
+def _violation(rule: int, message: str, graph: CompactDag, node: str | None) -> Diagnostic:
+    number = graph.index.get(node) if node is not None else None
+    span = Span.parse(graph.attrs[number].get("src")) if number is not None else None
     return error(f"DAG invariant {rule} ({INVARIANTS[rule]}): {message}", span)
 
 
-
 class _Validator:
-    def __init__(self, graph: Dag):
+    """Reads the DAG in columns (par.dsl.dag.compact): a node is its number; its attributes are
+    its dict, or its step's shared one with the layer, stage and devices of the columns."""
+
+    def __init__(self, graph: CompactDag):
         self.graph = graph
-        self.nodes: dict[str, NodeAttrs] = graph._node
-        self.succ: dict[str, dict[str, EdgeAttrs]] = graph._succ
-        self.pred: dict[str, dict[str, EdgeAttrs]] = graph._pred
+        self.ids = graph.ids
+        self.attrs = graph.attrs
+        self.devices = graph.devices
+        self.succ, self.pred = graph.succ, graph.pred
+        self.ends = {graph.index[end]: end for end in ENDS if end in graph.index}
         self.found: list[Diagnostic] = []
         mesh = graph.graph.get("mesh") or {}
         self.tp, self.pp, self.cp = mesh.get("tp", 1), mesh.get("pp", 1), mesh.get("cp", 1)
-        # (pipeline path, layer, op name) -> the compute node(s) there, for invariant 7; a path is
-        # (dp rank, tp rank, cp rank), the ranks a layer's nodes go through across the stages.
-        self.on_path: dict[tuple, object] = {}
+        # For invariant 7: (layer, op name) -> {pipeline path: how many compute nodes there}; a
+        # path is (dp rank, tp rank, cp rank), the ranks a layer's nodes go through across the stages.
+        self.on_path: dict[tuple[int, str], dict[tuple[int, int, int], int]] = {}
         self.path_of: dict[int, tuple[int, int, int]] = {}
 
-    def violation(self, rule: int, message: str, node: str | None) -> None:
-        self.found.append(_violation(rule, message, self.graph, node))
+    def violation(self, rule: int, message: str, node: int | None) -> None:
+        self.found.append(_violation(rule, message, self.graph, None if node is None else self.ids[node]))
 
     def run(self) -> list[Diagnostic]:
         forward, order_findings = self.node_pass()
@@ -72,7 +79,8 @@ class _Validator:
                 self.issue_order(order)
         self.layers()
         if self.cp > 1:  # only context parallelism makes rings
-            self.found += [_violation(rule, message, self.graph, node) for rule, message, node in rings.prove(self.graph)]
+            found = rings.prove(self.graph.to_dag())
+            self.found += [_violation(rule, message, self.graph, node) for rule, message, node in found]
         return self.found
 
     def path(self, rank: int) -> tuple[int, int, int]:
@@ -81,26 +89,29 @@ class _Validator:
 
     # 1 -----------------------------------------------------------------------------------------
 
-    def topological_order(self) -> list[str] | None:
+    def topological_order(self) -> list[int] | None:
         """For graphs whose insertion order is not topological: a sort, or the cycle reported."""
         order = _topological_order(self.succ, self.pred)
         if order is None:
             cycle = _cycle(self.succ)
-            self.violation(1, f"cycle {' -> '.join(cycle + [cycle[0]])}", cycle[0])
+            self.violation(1, f"cycle {' -> '.join(self.ids[node] for node in cycle + [cycle[0]])}", cycle[0])
             return None
-        recorded = [(data["after"], node) for node, data in self.nodes.items() if data.get("after") in self.nodes]
+        index = self.graph.index
+        recorded = [(index[after], node) for node, data in enumerate(self.attrs) if (after := data.get("after")) in index]
         if not recorded:
             return order
         # A recorded issue order (`after`) is a dependency too: sort with it, so that the walk meets it first.
-        succ: dict[str, dict] = {node: dict(targets) for node, targets in self.succ.items()}
-        pred: dict[str, dict] = {node: dict(sources) for node, sources in self.pred.items()}
+        succ = [list(targets) for targets in self.succ]
+        pred = [list(sources) for sources in self.pred]
+        ordering: EdgeAttrs = {"operands": ()}  # an order, not data: only the sort reads it
         for before, node in recorded:
-            succ[before][node] = {}
-            pred[node][before] = {}
+            if all(target != node for target, _ in succ[before]):
+                succ[before].append((node, ordering))
+                pred[node].append((before, ordering))
         order = _topological_order(succ, pred)
         if order is None:
             cycle = _cycle(succ)
-            self.violation(6, f"the recorded issue order contradicts the data: {' -> '.join(cycle + [cycle[0]])}", cycle[0])
+            self.violation(6, f"the recorded issue order contradicts the data: {' -> '.join(self.ids[node] for node in cycle + [cycle[0]])}", cycle[0])
         return order
 
     # 2, 3, 4, 5, 6 and what 7 needs, in one pass over the nodes ----------------------------------
@@ -110,62 +121,72 @@ class _Validator:
         order (a proof of acyclicity) and the issue-order findings, valid only if it did.
 
         The common cases (one operand, one device) are inlined: this loop runs once per node.
-        While edges go forward, `latest` holds every node met so far (what proves it), with the
-        latest communication of its rank that reaches it (invariant 6); positions are kept for
-        communications only, the nodes that issue order compares."""
-        nodes, succ, pred = self.nodes, self.succ, self.pred
+        What a node's dict says is read once per run of nodes sharing it (the ranks of a step),
+        and the shapes along an edge once per run of edges between the same two dicts. While
+        edges go forward, a node's number is its place in a topological order, and `latest`
+        holds, for each node met, the latest communication of its rank that reaches it
+        (invariant 6)."""
+        attrs, devices_of, succ, pred, ends = self.attrs, self.devices, self.succ, self.pred, self.ends
+        layer_of, ids = self.graph.layer, self.ids
         on_path, path_of = self.on_path, self.path_of
-        order = _IssueOrder(nodes, pred)
-        position, latest = order.position, order.latest
+        row: dict | None = None  # on_path's entry for the layer and op of the node before
+        row_layer = None
+        order = _IssueOrder(self.graph, range(len(ids)))
+        latest = order.latest
         forward = True
-        for node, data in nodes.items():
+        data = agreed_source = agreed_target = None
+        for node, data_here in enumerate(attrs):
+            if data_here is not data:  # a dict not met just before: read what it says
+                data, row = data_here, None
+                in_shape, in_placement, arity = data.get("in_shape"), data.get("in_placement"), data.get("arity")
+                op, name = data.get("op"), data.get("name")
+                per_operand = "operand_shapes" in data or "operand_placements" in data
+                communication = op in COMMUNICATION
+                on_ring = "ring" in data
+                compute = data.get("kind") == "compute"
             inputs = pred[node]
-            get = data.get
-            in_shape = get("in_shape")
-            in_placement = get("in_placement")
-            per_operand = "operand_shapes" in data or "operand_placements" in data
-            for source in inputs:
-                if forward and source not in latest:
+            for source, edge in inputs:
+                if source >= node:
                     forward = False
-                source_data = nodes[source]
+                source_data = attrs[source]
+                if source_data is agreed_source and data is agreed_target and not per_operand:
+                    continue
                 if per_operand:  # operands that differ: each edge is held to its own operand's
-                    in_shape, in_placement = _operand(data, inputs[source])
-                out_shape = source_data.get("out_shape")
-                # Nodes of one step share their shape objects: `is` settles most edges at once.
+                    in_shape, in_placement = _operand(data, edge)
+                out_shape, out_placement = source_data.get("out_shape"), source_data.get("out_placement")
+                agree = True
                 if out_shape is not in_shape and out_shape != in_shape and out_shape is not None and in_shape is not None:
-                    self.shapes_differ(source, out_shape, node, in_shape)
-                out_placement = source_data.get("out_placement")
+                    agree = self.shapes_agree(source, out_shape, node, in_shape)
                 if out_placement != in_placement and out_placement is not None and in_placement is not None:
-                    self.violation(5, f"{source} gives a tensor that is {out_placement} but {node} takes {in_placement}", node)
-            if node in ENDS:
+                    agree = False
+                    self.violation(5, f"{ids[source]} gives a tensor that is {out_placement} but {ids[node]} takes {in_placement}", node)
+                if agree:
+                    agreed_source, agreed_target = source_data, data
+            if node in ends:
                 latest[node] = None
-                self.ends(node, inputs, succ[node])
+                self.end(node, ends[node])
                 continue
-            arity = data.get("arity")
             if not inputs:
-                self.violation(2, f"{node} has no in-edges", node)
+                self.violation(2, f"{ids[node]} has no in-edges", node)
             elif arity is not None:
                 if arity == 1 and len(inputs) == 1:  # _missing_operand's common case, inlined
-                    (edge,) = inputs.values()
-                    if edge.get("operands", (0,)) != (0,):
+                    if inputs[0][1].get("operands", (0,)) != (0,):
                         self.missing_operand(node, inputs, arity)
                 elif not _fed_once(inputs, arity):
                     self.missing_operand(node, inputs, arity)
             if not succ[node]:
-                self.violation(2, f"{node} has no out-edges", node)
-            op = get("op")
-            devices = data.get("devices") or []
-            if op in COMMUNICATION:
+                self.violation(2, f"{ids[node]} has no out-edges", node)
+            devices = devices_of[node]
+            if communication:
                 if forward:
-                    if "ring" in data:  # a ring's order is proved apart (par.dsl.dag.rings)
+                    if on_ring:  # a ring's order is proved apart (par.dsl.dag.rings)
                         latest[node] = order.reaching(inputs, devices[0])
                     else:
-                        position[node] = len(latest)  # how many nodes were met before it
                         order.communication(node, devices)
                 else:
                     latest[node] = node
                 if op in COLLECTIVE_OPS:
-                    self.collective(node, data)
+                    self.collective(node, devices)
                 else:
                     self.point_to_point(node, data, op)
                 continue
@@ -174,78 +195,79 @@ class _Validator:
                 continue
             rank = devices[0]
             if len(inputs) == 1:  # _IssueOrder.single_device, inlined
-                (source,) = inputs
-                latest[node] = latest.get(source) if rank in (nodes[source].get("devices") or ()) else None
+                source = inputs[0][0]
+                latest[node] = latest[source] if rank in devices_of[source] else None
             elif forward:
                 latest[node] = order.reaching(inputs, rank)
             else:
                 latest[node] = None
-            layer = get("layer")
-            if layer is not None and get("kind") == "compute":
+            layer = layer_of[node]
+            if layer is not None and compute:
+                if row is None or layer != row_layer or name is None:
+                    row, row_layer = on_path.setdefault((layer, name or ids[node]), {}), layer
                 path = path_of.get(rank)
                 if path is None:
                     path = path_of[rank] = self.path(rank)
-                key = (path, layer, get("name") or node)
-                seen = on_path.setdefault(key, node)
-                if seen is not node:
-                    on_path[key] = (seen if isinstance(seen, list) else [seen]) + [node]
-        return forward, [_violation(6, message, self.graph, node) for message, node in order.findings]
+                row[path] = row.get(path, 0) + 1
+        return forward, [_violation(6, message, self.graph, ids[node]) for message, node in order.findings]
 
-    def missing_operand(self, node: str, inputs: dict, arity: int) -> None:
+    def missing_operand(self, node: int, inputs: list, arity: int) -> None:
         missing = _missing_operand(inputs, arity)
         if missing is not None:
-            self.violation(2, f"{node} lacks operand {missing} of {arity}", node)
+            self.violation(2, f"{self.ids[node]} lacks operand {missing} of {arity}", node)
 
-    def shapes_differ(self, source: str, out_shape, node: str, in_shape) -> None:
-        if tuple(out_shape) != tuple(in_shape):  # a list and a tuple of the same sizes agree
-            self.violation(5, f"{source} gives {list(out_shape)} but {node} takes {list(in_shape)}", node)
+    def shapes_agree(self, source: int, out_shape, node: int, in_shape) -> bool:
+        if tuple(out_shape) == tuple(in_shape):  # a list and a tuple of the same sizes agree
+            return True
+        self.violation(5, f"{self.ids[source]} gives {list(out_shape)} but {self.ids[node]} takes {list(in_shape)}", node)
+        return False
 
-    def ends(self, node: str, inputs: dict, outputs: dict) -> None:
-        if node == "input" and not outputs:
+    def end(self, node: int, name: str) -> None:
+        if name == "input" and not self.succ[node]:
             self.violation(2, "input feeds nothing", node)
-        if node == "output" and not inputs:
+        if name == "output" and not self.pred[node]:
             self.violation(2, "nothing reaches output", node)
 
     # 3 -----------------------------------------------------------------------------------------
 
-    def collective(self, node: str, data: NodeAttrs) -> None:
-        group = set(data.get("devices") or [])
+    def collective(self, node: int, devices: list[int]) -> None:
+        group = set(devices)
         if self.covers(self.pred[node], group, once=True) and self.covers(self.succ[node], group, once=False):
             return
         for direction, neighbours in (("in", self.pred[node]), ("out", self.succ[node])):
             side = "from" if direction == "in" else "to"
             counts, strangers = self.covered(neighbours, group)
             for stranger in strangers:
-                self.violation(3, f"{node} has an {direction}-edge {side} {stranger}, outside its group {sorted(group)}", node)
+                self.violation(3, f"{self.ids[node]} has an {direction}-edge {side} {self.ids[stranger]}, outside its group {sorted(group)}", node)
             absent = sorted(member for member in group if counts[member] == 0)
             if absent:
-                self.violation(3, f"{node} has no {direction}-edge {side} gpu {_ranks(absent)} of its group", node)
+                self.violation(3, f"{self.ids[node]} has no {direction}-edge {side} gpu {_ranks(absent)} of its group", node)
             doubled = sorted(member for member in group if counts[member] > 1)
             if direction == "in" and doubled:
-                self.violation(3, f"{node} has several in-edges from gpu {_ranks(doubled)}", node)
+                self.violation(3, f"{self.ids[node]} has several in-edges from gpu {_ranks(doubled)}", node)
 
-    def covers(self, neighbours, group: set, *, once: bool) -> bool:
+    def covers(self, neighbours: list, group: set, *, once: bool) -> bool:
         """The common case of `covered`, decided fast: single-device neighbours inside the group
         that cover each member (exactly once, with `once`). False sends the node to the full count."""
-        nodes = self.nodes
+        devices_of, ends = self.devices, self.ends
         met = []
-        for other in neighbours:
-            devices = nodes[other].get("devices") or ()
-            if len(devices) != 1 or other in ENDS:
+        for other, _ in neighbours:
+            devices = devices_of[other]
+            if len(devices) != 1 or other in ends:
                 return False
             met.append(devices[0])
         return (len(met) == len(group) or not once) and group.issuperset(met) and len(group) == len(set(met))
 
-    def covered(self, neighbours, group: set) -> tuple[Counter, list[str]]:
+    def covered(self, neighbours: list, group: set) -> tuple[Counter, list[int]]:
         """How often each member is covered: a single-device node covers its device, a
         collective over the same group covers every member. Also the neighbours outside it."""
         counts: Counter = Counter()
         strangers = []
-        for other in neighbours:
-            if other in ENDS:  # the graph's input and output serve every rank
+        for other, _ in neighbours:
+            if other in self.ends:  # the graph's input and output serve every rank
                 counts.update(group)
                 continue
-            devices = self.nodes[other].get("devices") or []
+            devices = self.devices[other]
             if len(devices) == 1 and devices[0] in group:
                 counts[devices[0]] += 1
             elif set(devices) == group:
@@ -256,29 +278,31 @@ class _Validator:
 
     # 4 -----------------------------------------------------------------------------------------
 
-    def point_to_point(self, node: str, data: NodeAttrs, op: str) -> None:
-        nodes = self.nodes
+    def point_to_point(self, node: int, data: NodeAttrs, op: str) -> None:
+        attrs, ids = self.attrs, self.ids
         if op == "recv":
-            sends = [u for u in self.pred[node] if nodes[u].get("op") == "send"]
+            sends = [u for u, _ in self.pred[node] if attrs[u].get("op") == "send"]
             if len(sends) != 1:
-                self.violation(4, f"{node} is fed by {len(sends)} sends, not 1", node)
+                self.violation(4, f"{ids[node]} is fed by {len(sends)} sends, not 1", node)
             return
-        recvs = [v for v in self.succ[node] if nodes[v].get("op") == "recv"]
+        recvs = [v for v, _ in self.succ[node] if attrs[v].get("op") == "recv"]
         if len(recvs) != 1:
-            self.violation(4, f"{node} reaches {len(recvs)} recvs, not 1", node)
+            self.violation(4, f"{ids[node]} reaches {len(recvs)} recvs, not 1", node)
             return
-        recv = nodes[recvs[0]]
-        if recv.get("peer") not in (data.get("devices") or []) or data.get("peer") not in (recv.get("devices") or []):
-            self.violation(4, f"{node} and {recvs[0]} do not name each other as peers", node)
+        recv = recvs[0]
+        if attrs[recv].get("peer") not in self.devices[node] or data.get("peer") not in self.devices[recv]:
+            self.violation(4, f"{ids[node]} and {ids[recv]} do not name each other as peers", node)
 
     # 6 -----------------------------------------------------------------------------------------
 
-    def issue_order(self, order: list[str]) -> None:
-        tracker = _IssueOrder(self.nodes, self.pred)
-        tracker.position.update((node, index) for index, node in enumerate(order))
+    def issue_order(self, order: list[int]) -> None:
+        position = [0] * len(self.ids)
+        for place, node in enumerate(order):
+            position[node] = place
+        tracker = _IssueOrder(self.graph, position)
         for node in order:
-            data = self.nodes[node]
-            devices = data.get("devices") or []
+            data = self.attrs[node]
+            devices = self.devices[node]
             if data.get("op") in COMMUNICATION and "ring" not in data:
                 tracker.communication(node, devices)
             elif len(devices) == 1:
@@ -298,14 +322,15 @@ class _Validator:
             for cp_rank in range(self.cp):
                 for tp_rank in range(self.tp):
                     present[(dp_rank, tp_rank, cp_rank)] = set()
-        for path, layer in {(path, layer) for path, layer, _ in self.on_path}:
-            present[path].add(layer)
-        doubled = sorted((key, seen) for key, seen in self.on_path.items() if isinstance(seen, list))
-        for (_path, layer, name), seen in doubled:
-            self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(seen[:3])})", seen[0])
+        for (layer, _), paths in self.on_path.items():
+            for path in paths:
+                present[path].add(layer)
+        doubled = {(path, layer, name) for (layer, name), paths in self.on_path.items() for path, count in paths.items() if count > 1}
+        for (_path, layer, name), seen in sorted(self.nodes_at(doubled).items()):
+            self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(self.ids[node] for node in seen[:3])})", seen[0])
         total = self.graph.graph.get("layers")
         if total is None:
-            total = max((key[1] for key in self.on_path), default=-1) + 1
+            total = max((layer for layer, _ in self.on_path), default=-1) + 1
         for (dp_rank, tp_rank, cp_rank), layers in sorted(present.items()):
             missing = sorted(set(range(total)) - layers)
             if missing:
@@ -313,17 +338,33 @@ class _Validator:
                 self.violation(7, f"layer {_ranks(missing)} missing on the pipeline path of dp rank {dp_rank}, tp rank {tp_rank}{part}", None)
 
 
-def _topological_order(succ: dict[str, dict], pred: dict[str, dict]) -> list[str] | None:
+    def nodes_at(self, places: set[tuple[tuple[int, int, int], int, str]]) -> dict[tuple, list[int]]:
+        """The compute nodes at each (pipeline path, layer, op name) of `places`, in order: a
+        second walk, made only when a layer appears twice on a path."""
+        found: dict[tuple, list[int]] = defaultdict(list)
+        if not places:
+            return found
+        for node, data in enumerate(self.attrs):
+            devices, layer = self.devices[node], self.graph.layer[node]
+            if len(devices) != 1 or layer is None or data.get("kind") != "compute" or node in self.ends or data.get("op") in COMMUNICATION:
+                continue
+            key = (self.path_of[devices[0]], layer, data.get("name") or self.ids[node])
+            if key in places:
+                found[key].append(node)
+        return found
+
+
+def _topological_order(succ: Adjacency, pred: Adjacency) -> list[int] | None:
     """The nodes generation by generation (those without in-edges, then those only they feed, ...),
     as networkx's topological_sort gives them; None when there is a cycle."""
-    waiting = {node: len(sources) for node, sources in pred.items() if sources}
-    generation = [node for node, sources in pred.items() if not sources]
-    order: list[str] = []
+    waiting = {node: len(sources) for node, sources in enumerate(pred) if sources}
+    generation = [node for node, sources in enumerate(pred) if not sources]
+    order: list[int] = []
     while generation:
         order += generation
         following = []
         for node in generation:
-            for target in succ[node]:
+            for target, _ in succ[node]:
                 waiting[target] -= 1
                 if waiting[target] == 0:
                     following.append(target)
@@ -332,22 +373,23 @@ def _topological_order(succ: dict[str, dict], pred: dict[str, dict]) -> list[str
     return None if waiting else order
 
 
-def _cycle(succ: dict[str, dict]) -> list[str]:
+def _cycle(succ: Adjacency) -> list[int]:
     """The nodes of one cycle, in order: the first a depth-first walk from each node in turn meets."""
-    done: set[str] = set()
-    for start in succ:
+    done: set[int] = set()
+    for start in range(len(succ)):
         if start in done:
             continue
         path, on_path = [start], {start}
         branches = [iter(succ[start])]
         while branches:
-            target = next(branches[-1], None)
-            if target is None:  # every way on from the last node of the path is explored
+            step = next(branches[-1], None)
+            if step is None:  # every way on from the last node of the path is explored
                 node = path.pop()
                 on_path.discard(node)
                 done.add(node)
                 branches.pop()
                 continue
+            target = step[0]
             if target in on_path:
                 return path[path.index(target):]
             if target not in done:
@@ -366,12 +408,12 @@ def _operand(data, edge) -> tuple:
     return shape, placement
 
 
-def _fed_once(inputs: dict, arity: int) -> bool:
+def _fed_once(inputs: list[tuple[int, EdgeAttrs]], arity: int) -> bool:
     """Whether operands 0 .. arity - 1 are each fed exactly once: `_missing_operand` is None,
     decided without sorting (the check of every node with several operands)."""
     fed = count = 0
     try:
-        for edge in inputs.values():
+        for _, edge in inputs:
             for index in edge.get("operands", (0,)):
                 fed |= 1 << index
                 count += 1
@@ -380,9 +422,9 @@ def _fed_once(inputs: dict, arity: int) -> bool:
     return count == arity and fed == (1 << arity) - 1
 
 
-def _missing_operand(inputs: dict, arity: int) -> int | None:
+def _missing_operand(inputs: list[tuple[int, EdgeAttrs]], arity: int) -> int | None:
     """The first operand index not fed exactly once, or None when all are."""
-    fed = sorted(i for edge in inputs.values() for i in edge.get("operands", (0,)))
+    fed = sorted(i for _, edge in inputs for i in edge.get("operands", (0,)))
     if fed == list(range(arity)):
         return None
     counts = Counter(fed)
@@ -393,63 +435,65 @@ class _IssueOrder:
     """Invariant 6. On every rank, each communication must depend on the one before it: a chain,
     not a choice. With collectives shared by their members and the graph acyclic, chains on every
     rank mean every member issues a group's collectives in the same order. Fed nodes in a
-    topological order, it tracks for each single-device node the latest communication of its
-    rank that reaches it."""
+    topological order (`position`: each node's place in it), it tracks for each single-device
+    node the latest communication of its rank that reaches it."""
 
-    def __init__(self, nodes: dict[str, NodeAttrs], pred: dict[str, dict[str, EdgeAttrs]]):
-        self.nodes, self.pred = nodes, pred
-        self.position: dict[str, int] = {}
-        self.latest: dict[str, str | None] = {}
-        self.previous: dict[int, str] = {}
-        self.findings: list[tuple[str, str]] = []
+    def __init__(self, graph: CompactDag, position: Sequence[int]):
+        self.graph, self.position = graph, position
+        self.devices = graph.devices
+        self.latest: list[int | None] = [None] * len(graph)
+        self.previous: dict[int, int] = {}
+        self.findings: list[tuple[str, int]] = []
 
-    def communication(self, node: str, devices) -> None:
+    def communication(self, node: int, devices: list[int]) -> None:
         """`after` (a collective issued before this one by program order) orders it like an in-edge would."""
-        inputs = list(self.pred[node])
-        after = self.nodes[node].get("after")
+        graph, position = self.graph, self.position
+        inputs = [source for source, _ in graph.pred[node]]
+        after = graph.attrs[node].get("after")
         if after is not None:
-            if after not in self.latest or self.nodes[after].get("devices") != devices:
-                self.findings.append((f"{node} is issued after {after}, which is no earlier collective of its group", node))
+            before = graph.index.get(after)
+            if before is None or position[before] >= position[node] or graph.devices[before] != devices:
+                self.findings.append((f"{graph.ids[node]} is issued after {after}, which is no earlier collective of its group", node))
             else:
-                inputs = [*inputs, after]
+                inputs.append(before)
         reached_by = self.reaching_each(inputs, devices)
         for rank in devices:
             reached = reached_by.get(rank)
             before = self.previous.get(rank)
             if before is not None and reached != before:
                 self.findings.append(
-                    (f"gpu {rank} may issue {before} and {node} in either order: neither depends on the other", node)
+                    (f"gpu {rank} may issue {graph.ids[before]} and {graph.ids[node]} in either order: neither depends on the other", node)
                 )
             self.previous[rank] = node
         self.latest[node] = node  # the latest communication that reaches itself
 
-    def single_device(self, node: str, inputs: dict, rank: int) -> None:
+    def single_device(self, node: int, inputs: list[tuple[int, EdgeAttrs]], rank: int) -> None:
         self.latest[node] = self.reaching(inputs, rank)
 
-    def reaching_each(self, inputs, ranks) -> dict[int, str]:
+    def reaching_each(self, inputs: list[int], ranks: list[int]) -> dict[int, int]:
         """`reaching` for each of `ranks` at once: one pass over the inputs, not one per rank."""
-        best: dict[int, str] = {}
+        best: dict[int, int] = {}
         wanted = set(ranks)
         position, latest = self.position, self.latest
         for source in inputs:
-            candidate = latest.get(source)
+            candidate = latest[source]
             if candidate is None:
                 continue
-            for rank in self.nodes[source].get("devices") or ():
+            for rank in self.devices[source]:
                 if rank in wanted:
                     current = best.get(rank)
                     if current is None or position[candidate] > position[current]:
                         best[rank] = candidate
         return best
 
-    def reaching(self, inputs, rank: int) -> str | None:
+    def reaching(self, inputs: list[tuple[int, EdgeAttrs]], rank: int) -> int | None:
         """The latest communication of `rank` that reaches any of `inputs` (met before them)."""
         best = None
-        position, latest = self.position, self.latest
-        for source in inputs:
-            if rank not in (self.nodes[source].get("devices") or ()):
+        position, latest, devices = self.position, self.latest, self.devices
+        for source, _ in inputs:
+            if rank not in devices[source]:
                 continue
-            candidate = latest.get(source)
+            candidate = latest[source]
             if candidate is not None and (best is None or position[candidate] > position[best]):
                 best = candidate
         return best

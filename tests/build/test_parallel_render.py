@@ -13,6 +13,7 @@ from par.codegen.artifacts import artifact_groups, group_cost, made_with
 from par.codegen.renderer import ArtifactError, Skip
 from par.dsl import compiler
 from par.dsl.compiler import compile_text
+from par.dsl.dag.compact import CompactDag
 
 SPEC = (
     "model m : gpt { layers 2  hidden 32  heads 4  ffn 64  batch 4  seq 8  dtype fp32 }\n"
@@ -148,9 +149,9 @@ def cut_one_edge(monkeypatch):
     real = compiler.expand
 
     def expand(*args):
-        graph = real(*args)
+        graph = real(*args).to_dag()
         graph.remove_edge(*graph.in_edges("layer_0_h_gpu0")[0])
-        return graph
+        return CompactDag.of(graph)
 
     monkeypatch.setattr(compiler, "expand", expand)
 

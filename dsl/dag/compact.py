@@ -1,0 +1,137 @@
+"""The DAG as expansion writes it and the validator reads it: a column per node attribute that
+varies from node to node, and one attribute dict shared by the nodes of one step.
+
+A step stamped on the ranks of a tensor-parallel group makes nodes that differ only in id,
+layer, stage and devices: they share the step's attribute dict (its template) here, and get a
+dict of their own only in `to_dag`, the networkx-shaped `Dag` the emitters read. Validating a
+million-node DAG then costs what the checks cost, not what building a million dicts and their
+adjacency dicts does, and `par check` builds no `Dag` at all.
+
+Nodes are numbered in insertion order; an edge is `(the other node's number, its attribute
+dict)` in the adjacency lists of both ends, in the order the edges were added, so that `to_dag`
+writes exactly the dicts that adding the same nodes and edges to a `Dag` writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from par.dsl.dag.types import Dag, EdgeAttrs, NodeAttrs
+
+Adjacency = list[list[tuple[int, EdgeAttrs]]]
+
+
+class CompactDag:
+    def __init__(self, graph: dict[str, Any]) -> None:
+        self.graph = graph  # the graph's attributes: one dict, shared with what `to_dag` builds
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.attrs: list[NodeAttrs] = []  # a node's own dict, or its step's template
+        self.layer: list[int | None] = []
+        self.stage: list[int] = []
+        self.devices: list[list[int]] = []
+        self.pred: Adjacency = []
+        self.succ: Adjacency = []
+        self.templates: set[int] = set()  # ids of the shared dicts: `to_dag` copies those
+        self._dag: Dag | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def built(self) -> bool:
+        """Whether `to_dag` has built the networkx-shaped DAG (or this was made from one)."""
+        return self._dag is not None
+
+    def add(self, node: str, data: NodeAttrs) -> int:
+        """A node with a dict of its own; its layer, stage and devices are the dict's."""
+        assert id(data) not in self.templates, "a template is shared through `stamp`, never added as a node"
+        number = len(self.ids)
+        self.ids.append(node)
+        self.index[node] = number
+        self.attrs.append(data)
+        self.layer.append(data.get("layer"))
+        self.stage.append(data.get("stage", 0))
+        self.devices.append(data.get("devices") or [])
+        self.pred.append([])
+        self.succ.append([])
+        return number
+
+    def template(self, data: NodeAttrs) -> NodeAttrs:
+        """Registers `data` as a template that nodes share (`stamp`)."""
+        self.templates.add(id(data))
+        return data
+
+    def stamp(self, names: Sequence[str], template: NodeAttrs, layer: int, stage: int, devices: Sequence[list[int]]) -> int:
+        """Nodes sharing `template` (registered), one per name; returns the first one's number."""
+        first = len(self.ids)
+        count = len(names)
+        self.ids += names
+        self.index.update(zip(names, range(first, first + count), strict=True))
+        self.attrs += [template] * count
+        self.layer += [layer] * count
+        self.stage += [stage] * count
+        self.devices += devices
+        self.pred += [[] for _ in names]
+        self.succ += [[] for _ in names]
+        return first
+
+    def add_edge(self, source: str, target: str, data: EdgeAttrs) -> None:
+        s, t = self.index[source], self.index[target]
+        self.succ[s].append((t, data))
+        self.pred[t].append((s, data))
+
+    def own(self, node: str) -> NodeAttrs:
+        """The node's attribute dict, made its own first if it shares its step's: for writing."""
+        number = self.index[node]
+        data = self.attrs[number]
+        if id(data) in self.templates:
+            data = self.attrs[number] = self._materialized(number)
+        return data
+
+    def data(self, number: int) -> NodeAttrs:
+        """What the node's attribute dict reads (its template's, with its own layer, stage, devices)."""
+        data = self.attrs[number]
+        return self._materialized(number) if id(data) in self.templates else data
+
+    def _materialized(self, number: int) -> NodeAttrs:
+        data = self.attrs[number].copy()
+        data["layer"], data["stage"], data["devices"] = self.layer[number], self.stage[number], self.devices[number]
+        return data
+
+    def to_dag(self) -> Dag:
+        """The networkx-shaped DAG, built once: what adding these nodes and edges in turn builds."""
+        if self._dag is not None:
+            return self._dag
+        dag = Dag()
+        dag.graph = self.graph
+        node_map, succ, pred = dag._node, dag._succ, dag._pred
+        ids, attrs, templates = self.ids, self.attrs, self.templates
+        layers, stages, devices = self.layer, self.stage, self.devices
+        for number, node in enumerate(ids):
+            data = attrs[number]
+            if id(data) in templates:
+                data = data.copy()
+                data["layer"], data["stage"], data["devices"] = layers[number], stages[number], devices[number]
+            node_map[node] = data
+        for node, edges in zip(ids, self.succ, strict=True):
+            succ[node] = {ids[target]: edge for target, edge in edges}
+        for node, edges in zip(ids, self.pred, strict=True):
+            pred[node] = {ids[source]: edge for source, edge in edges}
+        self._dag = dag
+        return dag
+
+    @classmethod
+    def of(cls, dag: Dag) -> CompactDag:
+        """A DAG built some other way (by hand, by a test), in columns: every node its own dict."""
+        compact = cls(dag.graph)
+        for node, data in dag._node.items():
+            compact.add(node, data)
+        index = compact.index
+        for node, targets in dag._succ.items():
+            compact.succ[index[node]] = [(index[target], edge) for target, edge in targets.items()]
+        for node, sources in dag._pred.items():
+            compact.pred[index[node]] = [(index[source], edge) for source, edge in sources.items()]
+        compact._dag = dag
+        return compact
