@@ -108,8 +108,8 @@ def measure(text: str, repeats: int) -> tuple[int, int, float, float, float, flo
         ours.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
         compact = compiled.compact
-        ids = compact.ids
-        nodes = list(ids)
+        ids = compact.names()
+        nodes = ids
         edges = [(ids[source], ids[target]) for source, targets in enumerate(compact.succ) for target, _ in targets]
         start = time.perf_counter()
         assert len(compiled.graph) == len(nodes)  # the networkx-shaped DAG the emitters read, built on first use

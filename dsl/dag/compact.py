@@ -3,13 +3,15 @@ varies from node to node, and one attribute dict shared by the nodes of one step
 
 A step stamped on the ranks of a tensor-parallel group makes nodes that differ only in id,
 layer, stage and devices: they share the step's attribute dict (its template) here, and get a
-dict of their own only in `to_dag`, the networkx-shaped `Dag` the emitters read. Validating a
-million-node DAG then costs what the checks cost, not what building a million dicts and their
-adjacency dicts does, and `par check` builds no `Dag` at all.
+dict of their own only in `to_dag`, the networkx-shaped `Dag` the emitters read. Their ids are
+not written either: `layer_{layer}_{step}_gpu{rank}` follows from the columns (`name`). Validating
+a million-node DAG then costs what the checks cost, not what building a million dicts, strings
+and adjacency dicts does, and `par check` builds no `Dag` at all.
 
 Nodes are numbered in insertion order; an edge is `(the other node's number, its attribute
 dict)` in the adjacency lists of both ends, in the order the edges were added, so that `to_dag`
-writes exactly the dicts that adding the same nodes and edges to a `Dag` writes.
+writes exactly the dicts that adding the same nodes and edges to a `Dag` writes. Expansion
+refers to a node by its number (`NodeRef`), or by its id where it wrote one.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from typing import Any
 from par.dsl.dag.types import Dag, EdgeAttrs, NodeAttrs
 
 Adjacency = list[list[tuple[int, EdgeAttrs]]]
+NodeRef = int | str  # a node's number, or its id
+Nodes = Sequence[NodeRef]  # the nodes giving a value, one per rank of a group (a collective's repeated)
 
 
 class CompactDag:
     def __init__(self, graph: dict[str, Any]) -> None:
         self.graph = graph  # the graph's attributes: one dict, shared with what `to_dag` builds
-        self.ids: list[str] = []
-        self.index: dict[str, int] = {}
+        self.ids: list[str | None] = []  # None: a stamped node's, which `name` spells out
+        self.index: dict[str, int] = {}  # the written ids; `find` adds the others when asked
+        self._indexed = 0  # how many nodes `find` has put in `index` all of
         self.attrs: list[NodeAttrs] = []  # a node's own dict, or its step's template
         self.layer: list[int | None] = []
         self.stage: list[int] = []
@@ -47,6 +52,8 @@ class CompactDag:
     def add(self, node: str, data: NodeAttrs) -> int:
         """A node with a dict of its own; its layer, stage and devices are the dict's."""
         assert id(data) not in self.templates, "a template is shared through `stamp`, never added as a node"
+        if node in self.index:
+            raise AssertionError(f"expansion produced the node id {node} twice")
         number = len(self.ids)
         self.ids.append(node)
         self.index[node] = number
@@ -59,41 +66,64 @@ class CompactDag:
         return number
 
     def template(self, data: NodeAttrs) -> NodeAttrs:
-        """Registers `data` as a template that nodes share (`stamp`)."""
+        """Registers `data` as a template that nodes share (`stamp`); it names them by its `name`."""
         self.templates.add(id(data))
         return data
 
-    def stamp(self, names: Sequence[str], template: NodeAttrs, layer: int, stage: int, devices: Sequence[list[int]]) -> int:
-        """Nodes sharing `template` (registered), one per name; returns the first one's number."""
+    def stamp(self, template: NodeAttrs, layer: int, stage: int, devices: Sequence[list[int]]) -> range:
+        """A node per devices list (one rank each), sharing `template` (registered); returns their numbers."""
         first = len(self.ids)
-        count = len(names)
-        self.ids += names
-        self.index.update(zip(names, range(first, first + count), strict=True))
+        count = len(devices)
+        self.ids += [None] * count
         self.attrs += [template] * count
         self.layer += [layer] * count
         self.stage += [stage] * count
         self.devices += devices
-        self.pred += [[] for _ in names]
-        self.succ += [[] for _ in names]
-        return first
+        self.pred += [[] for _ in devices]
+        self.succ += [[] for _ in devices]
+        return range(first, first + count)
 
-    def add_edge(self, source: str, target: str, data: EdgeAttrs) -> None:
-        s, t = self.index[source], self.index[target]
+    def name(self, number: int) -> str:
+        """The node's id."""
+        node = self.ids[number]
+        if node is None:
+            return f"layer_{self.layer[number]}_{self.attrs[number]['name']}_gpu{self.devices[number][0]}"
+        return node
+
+    def names(self) -> list[str]:
+        """Every node's id, in order."""
+        return [self.name(number) if node is None else node for number, node in enumerate(self.ids)]
+
+    def find(self, node: str) -> int | None:
+        """The number of the node with this id, or None."""
+        number = self.index.get(node)
+        if number is None and self._indexed < len(self.ids):  # the first time an id is not found: index them all
+            for number in range(self._indexed, len(self.ids)):
+                self.index[self.name(number)] = number
+            self._indexed = len(self.ids)
+            number = self.index.get(node)
+        return number
+
+    def number(self, node: NodeRef) -> int:
+        if type(node) is int:
+            return node
+        number = self.find(node)  # type: ignore[arg-type]  # not an int: an id
+        if number is None:
+            raise KeyError(f"the DAG has no node {node!r}")
+        return number
+
+    def add_edge(self, source: NodeRef, target: NodeRef, data: EdgeAttrs) -> None:
+        s, t = self.number(source), self.number(target)
         self.succ[s].append((t, data))
         self.pred[t].append((s, data))
 
-    def own(self, node: str) -> NodeAttrs:
+    def own(self, node: NodeRef) -> NodeAttrs:
         """The node's attribute dict, made its own first if it shares its step's: for writing."""
-        number = self.index[node]
+        number = self.number(node)
         data = self.attrs[number]
         if id(data) in self.templates:
             data = self.attrs[number] = self._materialized(number)
         return data
-
-    def data(self, number: int) -> NodeAttrs:
-        """What the node's attribute dict reads (its template's, with its own layer, stage, devices)."""
-        data = self.attrs[number]
-        return self._materialized(number) if id(data) in self.templates else data
 
     def _materialized(self, number: int) -> NodeAttrs:
         data = self.attrs[number].copy()
@@ -107,18 +137,24 @@ class CompactDag:
         dag = Dag()
         dag.graph = self.graph
         node_map, succ, pred = dag._node, dag._succ, dag._pred
-        ids, attrs, templates = self.ids, self.attrs, self.templates
+        attrs, templates = self.attrs, self.templates
         layers, stages, devices = self.layer, self.stage, self.devices
+        ids = self.names()
         for number, node in enumerate(ids):
             data = attrs[number]
             if id(data) in templates:
                 data = data.copy()
                 data["layer"], data["stage"], data["devices"] = layers[number], stages[number], devices[number]
             node_map[node] = data
-        for node, edges in zip(ids, self.succ, strict=True):
-            succ[node] = {ids[target]: edge for target, edge in edges}
-        for node, edges in zip(ids, self.pred, strict=True):
-            pred[node] = {ids[source]: edge for source, edge in edges}
+        if len(node_map) != len(ids):
+            raise AssertionError("expansion produced a node id twice")
+        for adjacency, lists in ((succ, self.succ), (pred, self.pred)):
+            for node, edges in zip(ids, lists, strict=True):
+                if len(edges) == 1:  # most nodes: a dict display, not a comprehension's call
+                    other, edge = edges[0]
+                    adjacency[node] = {ids[other]: edge}
+                else:
+                    adjacency[node] = {ids[other]: edge for other, edge in edges}
         self._dag = dag
         return dag
 

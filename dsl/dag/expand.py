@@ -14,7 +14,7 @@ from typing import Any, Literal, cast
 
 from par.dsl.checks.deployment import DTYPE_BYTES, Deployment, Model
 from par.dsl.dag import ids, ring
-from par.dsl.dag.compact import CompactDag
+from par.dsl.dag.compact import CompactDag, NodeRef, Nodes
 from par.dsl.dag.types import (
     BlockLayers,
     CollectiveOp,
@@ -34,6 +34,7 @@ from par.dsl.registry.ops import COMPUTE_OPS, INT64, NOTHING, elements
 
 # (first layer, last layer, the program of those layers): a model with a block per range of layers.
 LayerPrograms = Sequence[tuple[int, int, Program]]
+Produced = dict[str, Nodes]  # a step's name -> its nodes
 
 
 def expand(program: Program, layer_programs: LayerPrograms = ()) -> CompactDag:
@@ -204,9 +205,6 @@ class _Expander:
         self.end_templates = {step.name: self._template(step) for step in (ends.first + ends.last if ends else ())}
         self.alone: dict[int, list[int]] = {rank: [rank] for rank in range(self.mesh.world)}  # each rank's devices list
         self.operand_indices: dict[int, dict[str, tuple[int, ...]]] = {}  # id(step) -> `_operands`' indices
-        # id(the ids a stamp returned) -> (those ids, the first one's number): a later step reads
-        # its producers' numbers without looking each id up.
-        self.numbered: dict[int, tuple[list[str], int]] = {}
 
     def run(self) -> CompactDag:
         if self.mesh.cp > 1:
@@ -218,7 +216,7 @@ class _Expander:
         holder = mesh.pp - 1 if self.fed_back else 0  # the stage that holds the input
         self._io(ids.INPUT, given, given, list(mesh.stage_ranks(holder)), holder)
         entry = {d: self._entry_points(d) for d in range(mesh.dp)}
-        exits: list[str] = []
+        exits: list[NodeRef] = []
         for chunk, (first, last) in enumerate(mesh.stages):
             stage = mesh.chunk_stage(chunk)
             # The replicas of one expert-parallel group run their layers together: token routing
@@ -252,14 +250,12 @@ class _Expander:
         output = ids.OUTPUT
         for source in exits:
             self._edge(source, output, (0,))
-        if len(self.graph.index) != len(self.graph):
-            raise AssertionError("expansion produced a node id twice")
         return self.graph
 
     def _node(self, node: str, data: NodeAttrs) -> None:
         self.graph.add(node, data)
 
-    def _edge(self, source: str, target: str, operands: tuple[int, ...]) -> None:
+    def _edge(self, source: NodeRef, target: NodeRef, operands: tuple[int, ...]) -> None:
         self.graph.add_edge(source, target, {"operands": operands})
 
     def _template(self, step: Step) -> NodeAttrs:
@@ -350,7 +346,7 @@ class _Expander:
         self._node(name, data)
         return name
 
-    def _entry_points(self, dp_rank: int, cp_rank: int = 0) -> list[str]:
+    def _entry_points(self, dp_rank: int, cp_rank: int = 0) -> Nodes:
         """Where layer 0 reads the layer input on each rank: `input`, or a slice of it (under
         context parallelism always: each rank's part of the sequence)."""
         group = self.mesh.tp_group(dp_rank=dp_rank, stage=0, cp_rank=cp_rank)
@@ -389,7 +385,7 @@ class _Expander:
             points.append(node)
         return points
 
-    def _fed_back_tokens(self, dp_rank: int, group: tuple[int, ...]) -> list[str]:
+    def _fed_back_tokens(self, dp_rank: int, group: tuple[int, ...]) -> Nodes:
         """A decode step's tokens, sampled by the step before on the last stage, whose every rank
         holds them after the sampling's AllGather: each sends them to the same tensor-parallel
         rank of the first stage. Returns the recv nodes, one per rank of `group` (stage 0)."""
@@ -442,12 +438,12 @@ class _Expander:
         stage: int,
         dp_rank: int,
         group: tuple[int, ...],
-        entry: list[str],
+        entry: Nodes,
         cp_rank: int = 0,
-    ) -> list[str]:
+    ) -> Nodes:
         """Adds one end of the model (embedding, or final norm, head and loss) on one tensor-parallel
         group; returns the per-rank nodes of its output."""
-        produced: dict[str, list[str]] = {param: entry}
+        produced: Produced = {param: entry}
         for step in steps:
             template = self.end_templates[step.name]
             if step.kind == "comm":
@@ -466,12 +462,12 @@ class _Expander:
             produced[step.name] = names
         return produced[result]
 
-    def _layer(self, layer: int, stage: int, dp_rank: int, group: tuple[int, ...], entry: list[str], program: Program | None = None) -> list[str]:
+    def _layer(self, layer: int, stage: int, dp_rank: int, group: tuple[int, ...], entry: Nodes, program: Program | None = None) -> Nodes:
         """Adds one layer on one tensor-parallel group; returns the per-rank nodes of its output."""
         program = program or self.program
         templates, issued_after = self.templates_of[id(program)], self.issue_after_of[id(program)]
         devices = list(group)
-        produced: dict[str, list[str]] = {program.param: entry}
+        produced: Produced = {program.param: entry}
         if program.param_copied:  # the layer input enters column-parallel linears: its producers carry the AllReduce
             full = elements(program.stream_shape) * self.dtype_bytes
             for node in dict.fromkeys(entry):
@@ -493,34 +489,24 @@ class _Expander:
             produced[step.name] = self._stamp(step, template, layer, stage, group, produced)
         return produced[program.result]
 
-    def _stamp(self, step: Step, template: NodeAttrs, layer: int, stage: int, group: Sequence[int], produced: dict[str, list[str]]) -> list[str]:
+    def _stamp(self, step: Step, template: NodeAttrs, layer: int, stage: int, group: Sequence[int], produced: Produced) -> range:
         """A compute step on each rank of a tensor-parallel group: its nodes, fed by the
-        producers of its inputs. Returns their ids.
+        producers of its inputs. Returns their numbers.
 
-        This makes most of the nodes of a large DAG: they share the step's template and one
-        edge-attribute dict per operand (par.dsl.dag.compact), and `ids.compute_id` is spelled
-        out."""
-        graph, alone, numbered = self.graph, self.alone, self.numbered
-        prefix = f"layer_{layer}_{step.name}_gpu"
-        names = [f"{prefix}{rank}" for rank in group]
-        first = graph.stamp(names, template, layer, stage, [alone[rank] for rank in group])
-        index, succ, pred = graph.index, graph.succ, graph.pred
-        for source_lists, operands in self._operands(step, produced):
+        This makes most of the nodes of a large DAG: they share the step's template, their ids
+        follow from it (par.dsl.dag.compact), and the edges of an operand share one dict."""
+        graph, alone = self.graph, self.alone
+        targets = graph.stamp(template, layer, stage, [alone[rank] for rank in group])
+        succ, pred, number = graph.succ, graph.pred, graph.number
+        for producers, operands in self._operands(step, produced):
             edge: EdgeAttrs = {"operands": operands}
-            stamped = numbered.get(id(source_lists))
-            if stamped is not None and stamped[0] is source_lists:  # another step's nodes: numbered in a row
-                sources: Sequence[int] = range(stamped[1], stamped[1] + len(source_lists))
-            else:
-                sources = [index[source] for source in source_lists]
-            for target, source in enumerate(sources, first):
+            sources = producers if type(producers) is range else [number(source) for source in producers]
+            for source, target in zip(sources, targets, strict=True):
                 succ[source].append((target, edge))
                 pred[target].append((source, edge))
-        if len(numbered) > 4096:  # the steps of the last few layers are what later steps read
-            numbered.clear()
-        numbered[id(names)] = (names, first)
-        return names
+        return targets
 
-    def _routed_layer(self, layer: int, stage: int, program: Program, entries: dict[int, list[str]]) -> dict[int, list[str]]:
+    def _routed_layer(self, layer: int, stage: int, program: Program, entries: dict[int, Nodes]) -> dict[int, Nodes]:
         """Adds one layer on the replicas of an expert-parallel group, step by step: a token
         routing is one node per tensor-parallel rank, over that rank's expert-parallel group.
         Returns each replica's per-rank nodes of the layer's output."""
@@ -569,7 +555,7 @@ class _Expander:
                 produced[dp_rank][step.name] = self._stamp(step, template, layer, stage, group, produced[dp_rank])
         return {dp_rank: produced[dp_rank][program.result] for dp_rank in replicas}
 
-    def _operands(self, step: Step, produced: dict[str, list[str]]) -> list[tuple[list[str], tuple[int, ...]]]:
+    def _operands(self, step: Step, produced: Produced) -> list[tuple[Nodes, tuple[int, ...]]]:
         """(per-rank producers, operand indices) for each distinct input of a step: a value used
         twice feeds both operands through one edge."""
         indices = self.operand_indices.get(id(step))
@@ -579,7 +565,7 @@ class _Expander:
                 indices[value] = indices.get(value, ()) + (operand,)
         return [(produced[value], operands) for value, operands in indices.items()]
 
-    def _boundary(self, chunk: int, dp_rank: int, outputs: list[str], src: str, cp_rank: int = 0) -> list[str]:
+    def _boundary(self, chunk: int, dp_rank: int, outputs: Nodes, src: str, cp_rank: int = 0) -> Nodes:
         """Send/Recv from each rank of the stage of model chunk `chunk` (an entry of `mesh.stages`;
         without interleaving, a stage) to the same tensor-parallel rank of the next chunk's stage:
         interleaved, the last stage's chunk sends to the first stage's next one."""
@@ -668,7 +654,7 @@ class _Expander:
         if ends:  # the embedding reads this rank's part of the token ids
             self.graph.own(ids.INPUT)["out_shape"] = ends.tokens
         entry = {(d, c): self._entry_points(d, c) for d in range(mesh.dp) for c in range(mesh.cp)}
-        exits: list[str] = []
+        exits: list[NodeRef] = []
         for chunk, (first, last) in enumerate(mesh.stages):
             stage = mesh.chunk_stage(chunk)
             for dp_rank in range(mesh.dp):
@@ -691,13 +677,11 @@ class _Expander:
             self._io(ids.OUTPUT, program.stream_local, self._given_input(), list(mesh.stage_ranks(last)), last)
         for source in exits:
             self._edge(source, ids.OUTPUT, (0,))
-        if len(self.graph.index) != len(self.graph):
-            raise AssertionError("expansion produced a node id twice")
         return self.graph
 
     def _context_layer(
-        self, layer: int, stage: int, dp_rank: int, program: Program, entries: list[list[str]], builder: ring.RingBuilder
-    ) -> list[list[str]]:
+        self, layer: int, stage: int, dp_rank: int, program: Program, entries: list[Nodes], builder: ring.RingBuilder
+    ) -> list[Nodes]:
         """One layer on every part of the sequence of one replica, step by step; returns each
         part's per-rank nodes of the layer's output."""
         mesh, templates, issued_after = self.mesh, self.templates_of[id(program)], self.issue_after_of[id(program)]

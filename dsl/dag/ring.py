@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from par.dsl.checks.deployment import Deployment
 from par.dsl.dag import ids
+from par.dsl.dag.compact import NodeRef, Nodes
 from par.dsl.dag.types import NodeAttrs, Shape
 from par.dsl.lowering.program import Step
 from par.dsl.registry.collectives import COLLECTIVES
@@ -52,14 +53,14 @@ class RingBuilder:
     """Adds the nodes of one attention step across the context-parallel groups of one replica
     and stage, through the expander's `node` and `edge`."""
 
-    def __init__(self, deployment: Deployment, node: Callable[[str, NodeAttrs], None], edge: Callable[[str, str, tuple[int, ...]], None]):
+    def __init__(self, deployment: Deployment, node: Callable[[str, NodeAttrs], None], edge: Callable[[NodeRef, NodeRef, tuple[int, ...]], None]):
         self.deployment = deployment
         self.mesh = deployment.mesh
         self.node, self.edge = node, edge
         self.dtype_bytes = deployment.model.dtype_bytes
         self.src = str(deployment.span_of("cp"))
 
-    def attention(self, layer: int, stage: int, dp_rank: int, step: Step, template: NodeAttrs, qkv: list[list[str]]) -> list[list[str]]:
+    def attention(self, layer: int, stage: int, dp_rank: int, step: Step, template: NodeAttrs, qkv: list[Nodes]) -> list[list[str]]:
         """`qkv[c][t]`: the node giving the attention's input on cp rank c, tp rank t. Returns
         the nodes of its output the same way."""
         mesh = self.mesh
@@ -79,7 +80,7 @@ class RingBuilder:
 
     # -- the parts ---------------------------------------------------------------------------------
 
-    def _kv_slice(self, layer: int, stage: int, step: Step, template: NodeAttrs, rank: int, source: str) -> str:
+    def _kv_slice(self, layer: int, stage: int, step: Step, template: NodeAttrs, rank: int, source: NodeRef) -> str:
         node = ids.compute_id(layer, f"{step.name}_kv", rank)
         placement = template.get("in_placement", "R")
         data: NodeAttrs = {
@@ -161,7 +162,7 @@ class RingBuilder:
         }
         return data
 
-    def _ring(self, layer: int, stage: int, step: Step, template: NodeAttrs, ring: tuple[int, ...], sources: list[str], blocks: list[str], name: str) -> list[str]:
+    def _ring(self, layer: int, stage: int, step: Step, template: NodeAttrs, ring: tuple[int, ...], sources: list[NodeRef], blocks: list[str], name: str) -> list[str]:
         cp = len(ring)
         kv = kv_shape(step.in_shape, self.deployment)
         steps: list[list[str]] = [[] for _ in range(cp)]
@@ -232,7 +233,7 @@ class RingBuilder:
         return merged
 
     def _gathered(
-        self, layer: int, stage: int, dp_rank: int, tp_rank: int, step: Step, template: NodeAttrs, ring: tuple[int, ...], sources: list[str], blocks: list[str]
+        self, layer: int, stage: int, dp_rank: int, tp_rank: int, step: Step, template: NodeAttrs, ring: tuple[int, ...], sources: list[NodeRef], blocks: list[str]
     ) -> list[str]:
         mesh, cp = self.mesh, len(ring)
         kv = kv_shape(step.in_shape, self.deployment)

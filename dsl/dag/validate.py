@@ -42,7 +42,7 @@ def validate(graph: Dag | CompactDag) -> list[Diagnostic]:
 
 
 def _violation(rule: int, message: str, graph: CompactDag, node: str | None) -> Diagnostic:
-    number = graph.index.get(node) if node is not None else None
+    number = graph.find(node) if node is not None else None
     span = Span.parse(graph.attrs[number].get("src")) if number is not None else None
     return error(f"DAG invariant {rule} ({INVARIANTS[rule]}): {message}", span)
 
@@ -53,7 +53,7 @@ class _Validator:
 
     def __init__(self, graph: CompactDag):
         self.graph = graph
-        self.ids = graph.ids
+        self.name = graph.name
         self.attrs = graph.attrs
         self.devices = graph.devices
         self.succ, self.pred = graph.succ, graph.pred
@@ -67,7 +67,7 @@ class _Validator:
         self.path_of: dict[int, tuple[int, int, int]] = {}
 
     def violation(self, rule: int, message: str, node: int | None) -> None:
-        self.found.append(_violation(rule, message, self.graph, None if node is None else self.ids[node]))
+        self.found.append(_violation(rule, message, self.graph, None if node is None else self.name(node)))
 
     def run(self) -> list[Diagnostic]:
         forward, order_findings = self.node_pass()
@@ -94,10 +94,12 @@ class _Validator:
         order = _topological_order(self.succ, self.pred)
         if order is None:
             cycle = _cycle(self.succ)
-            self.violation(1, f"cycle {' -> '.join(self.ids[node] for node in cycle + [cycle[0]])}", cycle[0])
+            self.violation(1, f"cycle {' -> '.join(self.name(node) for node in cycle + [cycle[0]])}", cycle[0])
             return None
-        index = self.graph.index
-        recorded = [(index[after], node) for node, data in enumerate(self.attrs) if (after := data.get("after")) in index]
+        find = self.graph.find
+        recorded = [
+            (before, node) for node, data in enumerate(self.attrs) if (after := data.get("after")) is not None and (before := find(after)) is not None
+        ]
         if not recorded:
             return order
         # A recorded issue order (`after`) is a dependency too: sort with it, so that the walk meets it first.
@@ -111,7 +113,7 @@ class _Validator:
         order = _topological_order(succ, pred)
         if order is None:
             cycle = _cycle(succ)
-            self.violation(6, f"the recorded issue order contradicts the data: {' -> '.join(self.ids[node] for node in cycle + [cycle[0]])}", cycle[0])
+            self.violation(6, f"the recorded issue order contradicts the data: {' -> '.join(self.name(node) for node in cycle + [cycle[0]])}", cycle[0])
         return order
 
     # 2, 3, 4, 5, 6 and what 7 needs, in one pass over the nodes ----------------------------------
@@ -127,14 +129,15 @@ class _Validator:
         holds, for each node met, the latest communication of its rank that reaches it
         (invariant 6)."""
         attrs, devices_of, succ, pred, ends = self.attrs, self.devices, self.succ, self.pred, self.ends
-        layer_of, ids = self.graph.layer, self.ids
+        layer_of, name_of = self.graph.layer, self.name
         on_path, path_of = self.on_path, self.path_of
         row: dict | None = None  # on_path's entry for the layer and op of the node before
         row_layer = None
-        order = _IssueOrder(self.graph, range(len(ids)))
+        order = _IssueOrder(self.graph, range(len(attrs)))
         latest = order.latest
         forward = True
-        data = agreed_source = agreed_target = None
+        data = agreed_source = agreed_target = agreed_edge = None
+        plain = False
         for node, data_here in enumerate(attrs):
             if data_here is not data:  # a dict not met just before: read what it says
                 data, row = data_here, None
@@ -144,82 +147,109 @@ class _Validator:
                 communication = op in COMMUNICATION
                 on_ring = "ring" in data
                 compute = data.get("kind") == "compute"
+                # One operand, no communication: with one in-edge, the node's checks are inlined below.
+                plain = arity == 1 and not per_operand and not communication and node not in ends
             inputs = pred[node]
-            for source, edge in inputs:
+            if plain and len(inputs) == 1:
+                source, edge = inputs[0]
                 if source >= node:
                     forward = False
                 source_data = attrs[source]
-                if source_data is agreed_source and data is agreed_target and not per_operand:
-                    continue
-                if per_operand:  # operands that differ: each edge is held to its own operand's
-                    in_shape, in_placement = _operand(data, edge)
-                out_shape, out_placement = source_data.get("out_shape"), source_data.get("out_placement")
-                agree = True
-                if out_shape is not in_shape and out_shape != in_shape and out_shape is not None and in_shape is not None:
-                    agree = self.shapes_agree(source, out_shape, node, in_shape)
-                if out_placement != in_placement and out_placement is not None and in_placement is not None:
-                    agree = False
-                    self.violation(5, f"{ids[source]} gives a tensor that is {out_placement} but {ids[node]} takes {in_placement}", node)
-                if agree:
+                if (source_data is not agreed_source or data is not agreed_target) and self.edge_agrees(source, source_data, node, in_shape, in_placement):
                     agreed_source, agreed_target = source_data, data
-            if node in ends:
-                latest[node] = None
-                self.end(node, ends[node])
-                continue
-            if not inputs:
-                self.violation(2, f"{ids[node]} has no in-edges", node)
-            elif arity is not None:
-                if arity == 1 and len(inputs) == 1:  # _missing_operand's common case, inlined
-                    if inputs[0][1].get("operands", (0,)) != (0,):
-                        self.missing_operand(node, inputs, arity)
-                elif not _fed_once(inputs, arity):
-                    self.missing_operand(node, inputs, arity)
-            if not succ[node]:
-                self.violation(2, f"{ids[node]} has no out-edges", node)
-            devices = devices_of[node]
-            if communication:
-                if forward:
-                    if on_ring:  # a ring's order is proved apart (par.dsl.dag.rings)
-                        latest[node] = order.reaching(inputs, devices[0])
+                if edge is not agreed_edge:
+                    if edge.get("operands", (0,)) == (0,):
+                        agreed_edge = edge
                     else:
-                        order.communication(node, devices)
-                else:
-                    latest[node] = node
-                if op in COLLECTIVE_OPS:
-                    self.collective(node, devices)
-                else:
-                    self.point_to_point(node, data, op)
-                continue
-            if len(devices) != 1:
-                latest[node] = None
-                continue
-            rank = devices[0]
-            if len(inputs) == 1:  # _IssueOrder.single_device, inlined
-                source = inputs[0][0]
+                        self.missing_operand(node, inputs, 1)
+                if not succ[node]:
+                    self.violation(2, f"{name_of(node)} has no out-edges", node)
+                devices = devices_of[node]
+                if len(devices) != 1:
+                    latest[node] = None
+                    continue
+                rank = devices[0]
                 latest[node] = latest[source] if rank in devices_of[source] else None
-            elif forward:
-                latest[node] = order.reaching(inputs, rank)
             else:
-                latest[node] = None
+                for source, edge in inputs:
+                    if source >= node:
+                        forward = False
+                    source_data = attrs[source]
+                    if source_data is agreed_source and data is agreed_target and not per_operand:
+                        continue
+                    if per_operand:  # operands that differ: each edge is held to its own operand's
+                        in_shape, in_placement = _operand(data, edge)
+                    if self.edge_agrees(source, source_data, node, in_shape, in_placement):
+                        agreed_source, agreed_target = source_data, data
+                if node in ends:
+                    latest[node] = None
+                    self.end(node, ends[node])
+                    continue
+                if not inputs:
+                    self.violation(2, f"{name_of(node)} has no in-edges", node)
+                elif arity is not None:
+                    if arity == 1 and len(inputs) == 1:  # _missing_operand's common case, inlined
+                        if inputs[0][1].get("operands", (0,)) != (0,):
+                            self.missing_operand(node, inputs, arity)
+                    elif not _fed_once(inputs, arity):
+                        self.missing_operand(node, inputs, arity)
+                if not succ[node]:
+                    self.violation(2, f"{name_of(node)} has no out-edges", node)
+                devices = devices_of[node]
+                if communication:
+                    if forward:
+                        if on_ring:  # a ring's order is proved apart (par.dsl.dag.rings)
+                            latest[node] = order.reaching(inputs, devices[0])
+                        else:
+                            order.communication(node, devices)
+                    else:
+                        latest[node] = node
+                    if op in COLLECTIVE_OPS:
+                        self.collective(node, devices)
+                    else:
+                        self.point_to_point(node, data, op)
+                    continue
+                if len(devices) != 1:
+                    latest[node] = None
+                    continue
+                rank = devices[0]
+                if len(inputs) == 1:  # _IssueOrder.single_device, inlined
+                    source = inputs[0][0]
+                    latest[node] = latest[source] if rank in devices_of[source] else None
+                elif forward:
+                    latest[node] = order.reaching(inputs, rank)
+                else:
+                    latest[node] = None
             layer = layer_of[node]
             if layer is not None and compute:
                 if row is None or layer != row_layer or name is None:
-                    row, row_layer = on_path.setdefault((layer, name or ids[node]), {}), layer
+                    row, row_layer = on_path.setdefault((layer, name or name_of(node)), {}), layer
                 path = path_of.get(rank)
                 if path is None:
                     path = path_of[rank] = self.path(rank)
                 row[path] = row.get(path, 0) + 1
-        return forward, [_violation(6, message, self.graph, ids[node]) for message, node in order.findings]
+        return forward, [_violation(6, message, self.graph, name_of(node)) for message, node in order.findings]
+
+    def edge_agrees(self, source: int, source_data: NodeAttrs, node: int, in_shape, in_placement) -> bool:
+        """Invariant 5 along one edge: whether the source's output and the node's input agree."""
+        out_shape, out_placement = source_data.get("out_shape"), source_data.get("out_placement")
+        agree = True
+        if out_shape is not in_shape and out_shape != in_shape and out_shape is not None and in_shape is not None:
+            agree = self.shapes_agree(source, out_shape, node, in_shape)
+        if out_placement != in_placement and out_placement is not None and in_placement is not None:
+            agree = False
+            self.violation(5, f"{self.name(source)} gives a tensor that is {out_placement} but {self.name(node)} takes {in_placement}", node)
+        return agree
 
     def missing_operand(self, node: int, inputs: list, arity: int) -> None:
         missing = _missing_operand(inputs, arity)
         if missing is not None:
-            self.violation(2, f"{self.ids[node]} lacks operand {missing} of {arity}", node)
+            self.violation(2, f"{self.name(node)} lacks operand {missing} of {arity}", node)
 
     def shapes_agree(self, source: int, out_shape, node: int, in_shape) -> bool:
         if tuple(out_shape) == tuple(in_shape):  # a list and a tuple of the same sizes agree
             return True
-        self.violation(5, f"{self.ids[source]} gives {list(out_shape)} but {self.ids[node]} takes {list(in_shape)}", node)
+        self.violation(5, f"{self.name(source)} gives {list(out_shape)} but {self.name(node)} takes {list(in_shape)}", node)
         return False
 
     def end(self, node: int, name: str) -> None:
@@ -238,13 +268,13 @@ class _Validator:
             side = "from" if direction == "in" else "to"
             counts, strangers = self.covered(neighbours, group)
             for stranger in strangers:
-                self.violation(3, f"{self.ids[node]} has an {direction}-edge {side} {self.ids[stranger]}, outside its group {sorted(group)}", node)
+                self.violation(3, f"{self.name(node)} has an {direction}-edge {side} {self.name(stranger)}, outside its group {sorted(group)}", node)
             absent = sorted(member for member in group if counts[member] == 0)
             if absent:
-                self.violation(3, f"{self.ids[node]} has no {direction}-edge {side} gpu {_ranks(absent)} of its group", node)
+                self.violation(3, f"{self.name(node)} has no {direction}-edge {side} gpu {_ranks(absent)} of its group", node)
             doubled = sorted(member for member in group if counts[member] > 1)
             if direction == "in" and doubled:
-                self.violation(3, f"{self.ids[node]} has several in-edges from gpu {_ranks(doubled)}", node)
+                self.violation(3, f"{self.name(node)} has several in-edges from gpu {_ranks(doubled)}", node)
 
     def covers(self, neighbours: list, group: set, *, once: bool) -> bool:
         """The common case of `covered`, decided fast: single-device neighbours inside the group
@@ -279,24 +309,24 @@ class _Validator:
     # 4 -----------------------------------------------------------------------------------------
 
     def point_to_point(self, node: int, data: NodeAttrs, op: str) -> None:
-        attrs, ids = self.attrs, self.ids
+        attrs, name = self.attrs, self.name
         if op == "recv":
             sends = [u for u, _ in self.pred[node] if attrs[u].get("op") == "send"]
             if len(sends) != 1:
-                self.violation(4, f"{ids[node]} is fed by {len(sends)} sends, not 1", node)
+                self.violation(4, f"{name(node)} is fed by {len(sends)} sends, not 1", node)
             return
         recvs = [v for v, _ in self.succ[node] if attrs[v].get("op") == "recv"]
         if len(recvs) != 1:
-            self.violation(4, f"{ids[node]} reaches {len(recvs)} recvs, not 1", node)
+            self.violation(4, f"{name(node)} reaches {len(recvs)} recvs, not 1", node)
             return
         recv = recvs[0]
         if attrs[recv].get("peer") not in self.devices[node] or data.get("peer") not in self.devices[recv]:
-            self.violation(4, f"{ids[node]} and {ids[recv]} do not name each other as peers", node)
+            self.violation(4, f"{name(node)} and {name(recv)} do not name each other as peers", node)
 
     # 6 -----------------------------------------------------------------------------------------
 
     def issue_order(self, order: list[int]) -> None:
-        position = [0] * len(self.ids)
+        position = [0] * len(self.attrs)
         for place, node in enumerate(order):
             position[node] = place
         tracker = _IssueOrder(self.graph, position)
@@ -327,7 +357,7 @@ class _Validator:
                 present[path].add(layer)
         doubled = {(path, layer, name) for (layer, name), paths in self.on_path.items() for path, count in paths.items() if count > 1}
         for (_path, layer, name), seen in sorted(self.nodes_at(doubled).items()):
-            self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(self.ids[node] for node in seen[:3])})", seen[0])
+            self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(self.name(node) for node in seen[:3])})", seen[0])
         total = self.graph.graph.get("layers")
         if total is None:
             total = max((layer for layer, _ in self.on_path), default=-1) + 1
@@ -348,7 +378,7 @@ class _Validator:
             devices, layer = self.devices[node], self.graph.layer[node]
             if len(devices) != 1 or layer is None or data.get("kind") != "compute" or node in self.ends or data.get("op") in COMMUNICATION:
                 continue
-            key = (self.path_of[devices[0]], layer, data.get("name") or self.ids[node])
+            key = (self.path_of[devices[0]], layer, data.get("name") or self.name(node))
             if key in places:
                 found[key].append(node)
         return found
@@ -451,9 +481,9 @@ class _IssueOrder:
         inputs = [source for source, _ in graph.pred[node]]
         after = graph.attrs[node].get("after")
         if after is not None:
-            before = graph.index.get(after)
+            before = graph.find(after)
             if before is None or position[before] >= position[node] or graph.devices[before] != devices:
-                self.findings.append((f"{graph.ids[node]} is issued after {after}, which is no earlier collective of its group", node))
+                self.findings.append((f"{graph.name(node)} is issued after {after}, which is no earlier collective of its group", node))
             else:
                 inputs.append(before)
         reached_by = self.reaching_each(inputs, devices)
@@ -462,7 +492,7 @@ class _IssueOrder:
             before = self.previous.get(rank)
             if before is not None and reached != before:
                 self.findings.append(
-                    (f"gpu {rank} may issue {graph.ids[before]} and {graph.ids[node]} in either order: neither depends on the other", node)
+                    (f"gpu {rank} may issue {graph.name(before)} and {graph.name(node)} in either order: neither depends on the other", node)
                 )
             self.previous[rank] = node
         self.latest[node] = node  # the latest communication that reaches itself

@@ -29,7 +29,8 @@ def node_view(compact: CompactDag, number: int) -> dict:
 
 
 def edges(compact: CompactDag, adjacency) -> list[list[tuple[str, dict]]]:
-    return [[(compact.ids[other], edge) for other, edge in each] for each in adjacency]
+    names = compact.names()
+    return [[(names[other], edge) for other, edge in each] for each in adjacency]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda spec: "_".join(spec))
@@ -41,14 +42,15 @@ def test_the_columns_and_the_dag_they_build_agree(shipped, spec):
     for _, each in compiled.phases or (("train", compiled),):
         compact = each.compact
         dag = compact.to_dag()
-        assert list(dag._node) == compact.ids
-        assert all(dag._node[node] == node_view(compact, number) for number, node in enumerate(compact.ids))
-        assert [list(dag._succ[node].items()) for node in compact.ids] == edges(compact, compact.succ)
-        assert [list(dag._pred[node].items()) for node in compact.ids] == edges(compact, compact.pred)
+        names = compact.names()
+        assert list(dag._node) == names
+        assert all(dag._node[node] == node_view(compact, number) for number, node in enumerate(names))
+        assert [list(dag._succ[node].items()) for node in names] == edges(compact, compact.succ)
+        assert [list(dag._pred[node].items()) for node in names] == edges(compact, compact.pred)
         assert dag.graph is compact.graph
         # Put back in columns, each node with a dict of its own: the same columns.
         again = CompactDag.of(dag)
-        assert again.ids == compact.ids and again.layer == compact.layer and again.devices == compact.devices
+        assert again.names() == names and again.layer == compact.layer and again.devices == compact.devices
         assert edges(again, again.succ) == edges(compact, compact.succ) and edges(again, again.pred) == edges(compact, compact.pred)
         assert compact.to_dag() is dag  # built once
 
@@ -61,9 +63,9 @@ def test_a_compile_builds_no_dag_until_one_is_read(compile_spec):
 
 def test_the_nodes_of_a_step_share_one_dict(compile_spec):
     compact = compile_spec(SMALL).compact
-    ranks = [number for number, node in enumerate(compact.ids) if node.startswith("layer_0_qkv_gpu")]
+    ranks = [number for number, node in enumerate(compact.names()) if node.startswith("layer_0_qkv_gpu")]
     assert len(ranks) == 2 and len({id(compact.attrs[number]) for number in ranks}) == 1
-    owned = compact.own(compact.ids[ranks[1]])
+    owned = compact.own(compact.name(ranks[1]))
     assert owned is compact.attrs[ranks[1]] and owned is not compact.attrs[ranks[0]]
     assert owned == node_view(compact, ranks[1])
 
@@ -84,8 +86,8 @@ def messages(compact: CompactDag) -> str:
 def test_a_shape_changed_on_one_node_of_a_run_is_reported(compile_spec):
     compact = compile_spec(SMALL).compact
     _, second = a_run(compact)
-    compact.own(compact.ids[second])["in_shape"] = (999,)
-    assert "takes [999]" in messages(compact) and compact.ids[second] in messages(compact)
+    compact.own(compact.name(second))["in_shape"] = (999,)
+    assert "takes [999]" in messages(compact) and compact.name(second) in messages(compact)
 
 
 def test_one_node_of_a_run_fed_from_another_step_is_reported(compile_spec):
@@ -97,7 +99,7 @@ def test_one_node_of_a_run_fed_from_another_step_is_reported(compile_spec):
     compact.pred[second] = [(wrong, edge)]
     compact.succ[wrong].append((second, edge))
     found = messages(compact)
-    assert "DAG invariant 5" in found and compact.ids[second] in found and compact.ids[first] not in found
+    assert "DAG invariant 5" in found and compact.name(second) in found and compact.name(first) not in found
 
 
 def test_one_node_of_a_run_cut_off_is_reported(compile_spec):
@@ -105,7 +107,7 @@ def test_one_node_of_a_run_cut_off_is_reported(compile_spec):
     _, second = a_run(compact)
     source, edge = compact.pred[second].pop()
     compact.succ[source].remove((second, edge))
-    assert f"{compact.ids[second]} has no in-edges" in messages(compact)
+    assert f"{compact.name(second)} has no in-edges" in messages(compact)
 
 
 def test_one_node_of_a_run_moved_to_its_neighbour_s_device_is_reported(compile_spec):
@@ -118,6 +120,17 @@ def test_one_node_of_a_run_moved_to_its_neighbour_s_device_is_reported(compile_s
 def test_validating_the_columns_or_the_dag_finds_the_same(compile_spec):
     compact = compile_spec(SMALL).compact
     _, second = a_run(compact)
-    compact.own(compact.ids[second])["in_placement"] = "S(7)"
+    compact.own(compact.name(second))["in_placement"] = "S(7)"
     from_columns = [d.message for d in validate(compact)]
     assert from_columns and from_columns == [d.message for d in validate(compact.to_dag())]
+
+
+def test_one_node_of_a_run_fed_the_wrong_operand_is_reported(compile_spec):
+    compact = compile_spec(SMALL).compact
+    first, second = a_run(compact)
+    source, edge = compact.pred[second][0]
+    wrong = {"operands": (1,)}
+    compact.pred[second] = [(source, wrong)]
+    compact.succ[source] = [(target, wrong if target == second else each) for target, each in compact.succ[source]]
+    found = messages(compact)
+    assert f"{compact.name(second)} lacks operand 0 of 1" in found and compact.name(first) not in found

@@ -67,8 +67,8 @@ def test_topological_order_and_cycle_agree_with_networkx(seed):
     order = validator._topological_order(columns.succ, columns.pred)
     if nx.is_directed_acyclic_graph(theirs):
         assert order is not None
-        assert [columns.ids[node] for node in order] == list(nx.topological_sort(theirs))
+        assert [columns.name(node) for node in order] == list(nx.topological_sort(theirs))
     else:
         assert order is None
         cycle = validator._cycle(columns.succ)
-        assert [u for u, _ in nx.find_cycle(theirs)] == [columns.ids[node] for node in cycle]
+        assert [u for u, _ in nx.find_cycle(theirs)] == [columns.name(node) for node in cycle]
