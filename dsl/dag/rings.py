@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from par.dsl.dag.types import Dag, NodeAttrs
+from par.dsl.dag.compact import CompactDag
+from par.dsl.dag.types import EdgeAttrs, NodeAttrs
 
 # (invariant, message, node) as the validator reports them.
 Finding = tuple[int, str, str | None]
 
 
-def prove(graph: Dag) -> list[Finding]:
-    nodes = graph._node
+def prove(graph: CompactDag) -> list[Finding]:
+    nodes, pred = _transfers(graph)
     rings: dict[str, list[str]] = defaultdict(list)
     for node, data in nodes.items():
         if "ring" in data and data.get("op") in ("send", "recv"):
@@ -35,9 +36,27 @@ def prove(graph: Dag) -> list[Finding]:
         closes = _closes(ring, transfers, nodes)
         found += closes
         if not closes:
-            found += _reaches(ring, transfers, graph)
+            found += _reaches(ring, transfers, nodes, pred)
             found += _runs(ring, transfers, nodes)
     return found
+
+
+def _transfers(graph: CompactDag) -> tuple[dict[str, NodeAttrs], dict[str, dict[str, EdgeAttrs]]]:
+    """The rings' sends and recvs, with their in-edges, by id as a `Dag` holds them; their
+    sources' dicts too (only their `op` and `ring` are read). The rest of the DAG stays in
+    columns: a compile proves its rings without building the `Dag`."""
+    nodes: dict[str, NodeAttrs] = {}
+    pred: dict[str, dict[str, EdgeAttrs]] = {}
+    for number, data in enumerate(graph.attrs):
+        if "ring" in data and data.get("op") in ("send", "recv"):
+            node = graph.name(number)
+            nodes[node] = data  # a transfer keeps a dict of its own: its devices are in it
+            sources = pred[node] = {}
+            for source, edge in graph.pred[number]:
+                name = graph.name(source)
+                sources[name] = edge
+                nodes.setdefault(name, graph.attrs[source])
+    return nodes, pred
 
 
 def _rank(data: NodeAttrs) -> int:
@@ -88,9 +107,8 @@ def _cycle_from(start: int, following: dict[int, int]) -> list[int]:
     return cycle if rank == start else cycle + ([rank] if rank is not None else [])
 
 
-def _reaches(ring: str, transfers: list[str], graph: Dag) -> list[Finding]:
+def _reaches(ring: str, transfers: list[str], nodes: dict[str, NodeAttrs], pred: dict[str, dict[str, EdgeAttrs]]) -> list[Finding]:
     """Follows each block from its owner: a send passes on its own block or the one its rank received."""
-    nodes, pred = graph._node, graph._pred
     origin: dict[str, int] = {}
 
     def owner(node: str) -> int:

@@ -79,7 +79,7 @@ class _Validator:
                 self.issue_order(order)
         self.layers()
         if self.cp > 1:  # only context parallelism makes rings
-            found = rings.prove(self.graph.to_dag())
+            found = rings.prove(self.graph)
             self.found += [_violation(rule, message, self.graph, node) for rule, message, node in found]
         return self.found
 
