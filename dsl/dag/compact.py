@@ -105,9 +105,10 @@ class CompactDag:
         return number
 
     def number(self, node: NodeRef) -> int:
-        if type(node) is int:
+        """The node's number, from its number or its id."""
+        if isinstance(node, int):
             return node
-        number = self.find(node)  # type: ignore[arg-type]  # not an int: an id
+        number = self.find(node)
         if number is None:
             raise KeyError(f"the DAG has no node {node!r}")
         return number
