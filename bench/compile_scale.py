@@ -16,24 +16,26 @@ builds once, before it renders.
 Where the time goes. A Python dict per node is what cost: reading a node's attributes on this
 kind of machine is about 0.3 µs a key once the graph outgrows the caches, and building the dict
 and two adjacency dicts per node cost about what a bare networkx build costs. So expansion
-writes the DAG in columns (par.dsl.dag.compact.CompactDag): per node its id, its number, its
-layer, stage and devices and two adjacency lists; its attributes are its step's template, one
-dict shared by every node the step stamps (a collective, a send or an input slice keeps its own).
-The validator reads the columns, and a dict once per run of nodes sharing it (the ranks of one
-step, one after the other), so what it reads stays in the cache; the shapes along an edge are
-compared once per run of edges between the same two dicts, and invariant 7 counts the nodes per
-pipeline path in the (layer, op) row it last used. A mutation test (tests/core/test_compact.py)
-shows a defect in one node of a run is still found. `CompactDag.to_dag` builds the `Dag`:
-what expansion built before, byte for byte (the dag.json goldens).
+writes the DAG in columns (par.dsl.dag.compact.CompactDag): per node its layer, stage and
+devices and two adjacency lists of (number, edge dict); its attributes are its step's template,
+one dict shared by every node the step stamps (a collective, a send or an input slice keeps its
+own), and a stamped node has no id string: `layer_{layer}_{step}_gpu{rank}` follows from the
+columns, and expansion refers to nodes by number. The validator reads the columns, and a dict
+once per run of nodes sharing it (the ranks of one step, one after the other), so what it
+reads stays in the cache; a one-operand node's checks take an inlined path; the shapes along an
+edge are compared once per run of edges between the same two dicts, an edge dict's operands
+once per run of edges sharing it; invariant 7 counts the nodes per pipeline path in the (layer,
+op) row it last used. Mutation tests (tests/core/test_compact.py) show that a defect in one
+node of a run is still found. `CompactDag.to_dag` builds the `Dag`: what expansion built
+before, byte for byte (the dag.json goldens).
 
-Measured at 1 M nodes, back to back on one machine (CPU): before, expansion 4.1 s and validation
-4.9 s, 103,000 nodes/s, 2.87x the bare build with the GC paused and 1,258 B per node; after,
-159,000 to 184,000 nodes/s, 1.21 to 1.43x and 770 to 776 B per node. Still short of 200,000
-nodes/s: expansion is about 3 µs a node (the id string and its entry in the index, 0.9 µs;
-two adjacency lists and an edge tuple at each end, 0.8 µs) and validation about 2.6 µs (the
-loop's own work per node: its edges, its rank's latest communication, its pipeline path). The
-next step would number the stamped nodes without writing their ids (an id follows from layer,
-step and rank) and keep the producers of a step as numbers rather than ids.
+Measured at 1 M nodes (CPU). Before: expansion 4.1 s and validation 4.9 s, 103,000 nodes/s,
+2.87x the bare build with the GC paused, 1,258 B per node. After: 214,000 to 245,000 nodes/s
+in three runs, 0.77 to 0.98x the bare build, 605 to 644 B per node; with the machine in its
+faster stretch, expansion about 2.1 s and validation 1.9 s. What is left per node: writing
+its columns and an edge tuple at each end (about 2 µs) and the validator's loop (about 1.9 µs:
+its edge, its rank's latest communication, its pipeline path). Building the `Dag` (last
+column) costs about what expansion cost before; `par build` pays it once.
 
     python bench/compile_scale.py [--max-nodes N]
 """

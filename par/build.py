@@ -27,7 +27,7 @@ from par.codegen.artifacts import artifact_groups, group_cost, renderers, spec_j
 from par.codegen.renderer import ArtifactError, Renderer, Skip
 from par.dsl.compiler import Compiled, prove
 from par.dsl.diagnostics import Diagnostic
-from par.workers import in_worker, run_tasks, worker_count
+from par.workers import in_worker, run_each, run_tasks, worker_count
 
 
 class RenderError(Exception):
@@ -93,8 +93,7 @@ def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Ren
     work = spec_jobs(compiled, list(renderers))
     names = [name for name, _, _ in work]
     groups = artifact_groups(names)
-    nodes = sum(len(view.graph) for _, view in compiled.phases) or len(compiled.graph)
-    processes = worker_count(jobs, len(groups) + 1) if nodes >= PARALLEL_MIN_NODES else 1
+    processes = worker_count(jobs, len(groups) + 1) if is_large(compiled) else 1
     pending = not compiled.proven
     if pending and processes == 1:  # in turn: nothing is rendered from a DAG that fails
         _proven(prove(compiled))
@@ -103,6 +102,8 @@ def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Ren
     costs = [group_cost(names, group) for group in groups] + ([PROOF_COST] if pending else [])
     proof = len(groups)
 
+    if processes > 1:
+        _build_dags(compiled)
     with tempfile.TemporaryDirectory(prefix="par-render-") if processes > 1 else nullcontext() as spill:
 
         def task(index: int) -> list[Outcome] | list[Diagnostic]:
@@ -120,8 +121,13 @@ def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Ren
     outcomes: dict[int, Outcome] = {}
     for index, group in enumerate(groups):
         outcomes.update(zip(group, cast(list[Outcome], answers[index]), strict=True))
+    return _rendered(folder, names, outcomes)
+
+
+def _rendered(folder: Path, names: list[str], outcomes: dict[int, Outcome]) -> Rendered:
+    """One spec's artifacts from its renderers' outcomes (by job index); raises RenderError."""
     rendered = Rendered()
-    for index, (name, _, _) in enumerate(work):
+    for index, name in enumerate(names):
         outcome = outcomes[index]
         if outcome.failure is not None:
             raise RenderError(name, outcome.failure)
@@ -135,6 +141,95 @@ def render(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Ren
         elif outcome.content is not None:
             rendered.artifacts.append(Artifact(folder / name, outcome.content))
     return rendered
+
+
+def nodes_of(compiled: Compiled) -> int:
+    """The DAG's nodes, every phase's for a serving spec."""
+    return sum(len(view.compact) for _, view in compiled.phases) or len(compiled.compact)
+
+
+def _build_dags(compiled: Compiled) -> None:
+    """Builds the DAGs the renderers read (`Compiled.graph`) before workers fork: once, shared."""
+    for _, view in compiled.phases:
+        view.graph  # noqa: B018  # built on first use
+    compiled.graph  # noqa: B018
+
+
+def is_large(compiled: Compiled) -> bool:
+    """Whether `render` shares the spec's own artifacts among processes."""
+    return nodes_of(compiled) >= PARALLEL_MIN_NODES
+
+
+# `par build` renders specs side by side in batches of up to this many nodes, as they compile; a
+# spec as large renders alone (`render`): a batch holds its specs' DAGs in memory at once.
+BATCH_NODES = 200_000
+SIDE_BY_SIDE_MIN_NODES = 2_000  # a batch of fewer nodes renders in this process: a fork costs more
+
+
+def render_side_by_side(
+    specs: Sequence[Compiled], out_dir: Path, renderers: Sequence[tuple[str, Renderer]], *, jobs: int | None = None
+) -> list[Rendered | Unproven | RenderError]:
+    """`render` for each spec of a batch, what it returns or raises in the spec's place. Their
+    artifacts render side by side in up to `jobs` forked workers (None: one per CPU), each group
+    of artifacts (`artifact_groups`) and each pending proof taken by the next worker free, the
+    costliest first; the same bytes as one process renders. A spec whose DAG fails its proof is
+    Unproven, whatever its renderers did."""
+    total = sum(nodes_of(compiled) for compiled in specs)
+    works = [spec_jobs(compiled, list(renderers)) for compiled in specs]
+    names = [[name for name, _, _ in work] for work in works]
+    groups = [artifact_groups(each) for each in names]
+    tasks: list[tuple[int, int | None]] = [(spec, group) for spec in range(len(specs)) for group in range(len(groups[spec]))]
+    tasks += [(spec, None) for spec, compiled in enumerate(specs) if not compiled.proven]
+    processes = worker_count(jobs, len(tasks)) if total >= SIDE_BY_SIDE_MIN_NODES else 1
+    if processes == 1:
+        return [_render_or_failure(compiled, out_dir, renderers) for compiled in specs]
+
+    def task(index: int) -> list[Outcome] | list[Diagnostic]:
+        spec, group = tasks[index]
+        if group is None:
+            return prove(specs[spec])
+        return [_outcome(works[spec][job][1], works[spec][job][2], spill) for job in groups[spec][group]]
+
+    def cost(spec: int, group: int | None) -> float:
+        if group is None:
+            return PROOF_COST * nodes_of(specs[spec])
+        # Each artifact for the DAG it draws: a serving spec's phase's, or the spec's.
+        return sum(group_cost(names[spec], [job], len(works[spec][job][2].compact)) for job in groups[spec][group])
+
+    for compiled in specs:
+        _build_dags(compiled)
+    with tempfile.TemporaryDirectory(prefix="par-render-") as spill:
+        answers = run_each(task, [cost(spec, group) for spec, group in tasks], processes)
+        for (_, group), answer in zip(tasks, answers, strict=True):
+            for outcome in cast(list[Outcome], answer) if group is not None else ():
+                outcome.unspill()
+    results: list[Rendered | Unproven | RenderError] = []
+    for spec, compiled in enumerate(specs):
+        outcomes: dict[int, Outcome] = {}
+        problems: list[Diagnostic] = []
+        for (owner, group), answer in zip(tasks, answers, strict=True):
+            if owner != spec:
+                continue
+            if group is None:
+                problems = cast(list[Diagnostic], answer)
+            else:
+                outcomes.update(zip(groups[spec][group], cast(list[Outcome], answer), strict=True))
+        if problems:
+            results.append(Unproven(problems))
+            continue
+        compiled.proven = True  # what the worker found, for this process's copy
+        try:
+            results.append(_rendered(out_dir / compiled.deployment.name, names[spec], outcomes))
+        except RenderError as exc:
+            results.append(exc)
+    return results
+
+
+def _render_or_failure(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]]) -> Rendered | Unproven | RenderError:
+    try:
+        return render(compiled, out_dir, renderers, jobs=1)
+    except (Unproven, RenderError) as exc:
+        return exc
 
 
 def _proven(problems: list[Diagnostic]) -> None:

@@ -1,9 +1,12 @@
-"""Rendering a large spec's artifacts in several processes: this one and forked workers.
+"""Rendering artifacts in several processes: forked workers, and this one.
 
-A build of a large DAG spends most of its time in the renderers (dag.json, dag.dot, the cost
-report), which read the compiled DAG and nothing else: forked workers share it with the parent,
-copy-on-write, without pickling it. Each worker answers its artifacts' bytes; the parent keeps
-them in the order of the jobs, so the files are byte for byte what one process writes.
+A build spends most of its time in the renderers (dag.json, dag.dot, the cost report, the
+Graphviz drawings), which read the compiled DAGs and nothing else: forked workers share them
+with the parent, copy-on-write, without pickling them. Each worker answers its artifacts' bytes;
+the parent keeps them in the order of the jobs, so the files are byte for byte what one process
+writes. A large spec's artifacts are split by cost between this process and the workers
+(`run_tasks`); the artifacts of many small specs go to whichever worker is free (`run_each`),
+since a Graphviz layout's time is known only roughly.
 
 Forking is used only where it is safe and cheap: on Linux, from a process running a single
 thread (a fork copies only the calling thread, and a lock another thread held stays held in the
@@ -62,6 +65,28 @@ def run_tasks(task: Callable[[int], Any], costs: Sequence[float], processes: int
         _task = None
         gc.unfreeze()
     return [answers[index] for index in range(len(costs))]
+
+
+def run_each(task: Callable[[int], Any], costs: Sequence[float], processes: int) -> list[Any]:
+    """`[task(0), ..., task(n - 1)]`, computed by up to `processes` forked workers, each task
+    handed to the next worker free, the costliest first: a worker whose tasks took less than
+    their `costs` said takes more. This process only waits. `processes` is `worker_count`'s; with
+    1 every task runs here, in index order."""
+    global _task
+    if processes <= 1 or len(costs) <= 1:
+        return [task(index) for index in range(len(costs))]
+    import multiprocessing  # here: a build of small specs starts without them
+    from concurrent.futures import ProcessPoolExecutor
+
+    _task = task
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(max_workers=min(processes, len(costs)), mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = {index: pool.submit(_run_share, [index]) for index in sorted(range(len(costs)), key=lambda index: -costs[index])}
+            return [futures[index].result()[0] for index in range(len(costs))]
+    finally:
+        _task = None
+        gc.unfreeze()
 
 
 def balanced(costs: Sequence[float], processes: int) -> list[list[int]]:

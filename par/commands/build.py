@@ -21,6 +21,7 @@ from par.output_folders import refuse_bad_folders
 
 if TYPE_CHECKING:
     from par import build as driver
+    from par.dsl.compiler import Compiled
 
 
 def register(sub) -> None:
@@ -51,8 +52,8 @@ def register(sub) -> None:
         "--jobs",
         type=_jobs,
         metavar="N",
-        help="processes that render the artifacts of a large DAG (20,000 nodes or more): this one "
-        "and N - 1 forked workers, on Linux; default: one per CPU; 1 renders in this process alone",
+        help="processes that render the artifacts, forked on Linux: specs side by side, a DAG of "
+        "200,000 nodes or more on its own; default: one per CPU; 1 renders in this process alone",
     )
     add_defines(parser)
     add_limits(parser)
@@ -66,7 +67,21 @@ def run(args) -> int:
     refuse_bad_folders(inputs.paths)
     renderers = driver.artifact_renderers(args.svg)
     artifacts, notices, failed, total = [], {}, 0, len(inputs.paths)
-    # The DAGs are validated while their artifacts render (par.build.render): a large one's in a worker.
+    # Specs render side by side in batches of up to BATCH_NODES nodes, as they are compiled (par.build),
+    # a spec that large alone, its own artifacts shared among processes. The DAGs are validated
+    # while their artifacts render.
+    rendered: dict[int, driver.Rendered | None] = {}
+    batch: list[tuple[int, Path, Compiled]] = []
+
+    def flush() -> int:
+        """Renders the batch; returns how many of its specs failed."""
+        results = driver.render_side_by_side([compiled for _, _, compiled in batch], args.out, renderers, jobs=args.jobs)
+        for (index, path, _), result in zip(batch, results, strict=True):
+            rendered[index] = _report(path, result, inputs)
+        failures = sum(rendered[index] is None for index, _, _ in batch)
+        batch.clear()
+        return failures
+
     for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs, defer_proof=True), start=1):
         progress(f"[{index}/{total}] {path}")
         print_diagnostics(diagnostics, inputs)
@@ -75,12 +90,23 @@ def run(args) -> int:
             continue
         if failed:
             continue  # nothing will be written: the other specs are only compiled, for their diagnostics
-        rendered = _render(path, compiled, args.out, renderers, args.jobs, inputs)
-        if rendered is None:
-            failed += 1
-            continue
-        artifacts += rendered.artifacts
-        notices.update(dict.fromkeys(rendered.notices))
+        nodes = driver.nodes_of(compiled)
+        if batch and sum(driver.nodes_of(each) for _, _, each in batch) + nodes > driver.BATCH_NODES:
+            failed += flush()
+            if failed:
+                continue
+        if nodes >= driver.BATCH_NODES:
+            rendered[index] = _report(path, _render(compiled, args.out, renderers, args.jobs), inputs)
+            failed += rendered[index] is None
+        else:
+            batch.append((index, path, compiled))
+    if batch and not failed:
+        failed += flush()
+    for index in sorted(rendered):
+        each = rendered[index]
+        if each is not None:
+            artifacts += each.artifacts
+            notices.update(dict.fromkeys(each.notices))
     for notice in notices:
         progress(f"par: note: {notice}")
     if failed:
@@ -100,26 +126,33 @@ def run(args) -> int:
     return 0
 
 
-def _render(path: Path, compiled, out: Path, renderers, jobs: int | None, inputs) -> driver.Rendered | None:
-    """The artifacts of one compiled spec; None (after saying why) if its DAG is not well-formed
-    or a renderer failed."""
+def _render(compiled: Compiled, out: Path, renderers, jobs: int | None) -> driver.Rendered | driver.Unproven | driver.RenderError:
     from par import build as driver
 
     try:
-        rendered = driver.render(compiled, out, renderers, jobs=jobs)
-    except driver.Unproven as exc:
-        print_diagnostics(exc.diagnostics, inputs)
+        return driver.render(compiled, out, renderers, jobs=jobs)
+    except (driver.Unproven, driver.RenderError) as exc:
+        return exc
+
+
+def _report(path: Path, result: driver.Rendered | driver.Unproven | driver.RenderError, inputs) -> driver.Rendered | None:
+    """Says what went wrong rendering a spec (its DAG not well-formed, a renderer failing) or
+    what was slow: the artifacts, or None."""
+    from par import build as driver
+
+    if isinstance(result, driver.Unproven):
+        print_diagnostics(result.diagnostics, inputs)
         return None
-    except driver.RenderError as exc:
-        progress(f"par: error: {path}: {exc}")
-        progress(exc.details)
+    if isinstance(result, driver.RenderError):
+        progress(f"par: error: {path}: {result}")
+        progress(result.details)
         progress("par: this is a bug in par; please report it with the spec")
         return None
-    for warning in rendered.warnings:
+    for warning in result.warnings:
         progress(f"par: warning: {path}: {warning}")
-    for name, seconds in rendered.slow:
-        progress(f"    {name}: {seconds:.1f} s")
-    return rendered
+    for name, seconds in result.slow:  # the small specs' after all the specs compiled: named
+        progress(f"    {path}: {name}: {seconds:.1f} s")
+    return result
 
 
 def _check(artifacts) -> int:

@@ -194,3 +194,80 @@ def test_large_files_come_back_through_temporary_files_that_are_removed(compiled
     piped = driver.render(compiled, tmp_path, renderers, jobs=2)
     assert [(a.path, a.content) for a in spilled.artifacts] == [(a.path, a.content) for a in piped.artifacts]
     assert list(scratch.iterdir()) == []
+
+
+@pytest.fixture
+def side_by_side(monkeypatch):
+    """Any batch renders in workers, however few its nodes."""
+    monkeypatch.setattr(driver, "SIDE_BY_SIDE_MIN_NODES", 0)
+
+
+@linux_only
+def test_specs_side_by_side_write_what_one_process_writes(tmp_path, side_by_side):
+    specs = [compile_text(SPEC, "a.par", defer_proof=True), compile_text(SERVING, "b.par", defer_proof=True)]
+    renderers = driver.artifact_renderers("none")
+    alone = [driver.render(compiled, tmp_path, renderers, jobs=1) for compiled in [compile_text(SPEC, "a.par"), compile_text(SERVING, "b.par")]]
+    shared = driver.render_side_by_side(specs, tmp_path, renderers, jobs=2)
+    assert all(compiled.proven for compiled in specs)  # the workers' proofs, in this process's copies
+    for together, apart in zip(shared, alone, strict=True):
+        assert isinstance(together, driver.Rendered)
+        assert [(a.path, a.content) for a in together.artifacts] == [(a.path, a.content) for a in apart.artifacts]
+        assert together.notices == apart.notices
+
+
+@linux_only
+def test_specs_side_by_side_render_in_workers_and_small_ones_here(compiled, tmp_path, side_by_side, monkeypatch):
+    renderers = [("a.txt", pid_renderer), ("b.txt", pid_renderer)]
+    here = f"{os.getpid()}\n".encode()
+    apart = driver.render_side_by_side([compiled, compiled], tmp_path, renderers, jobs=2)
+    pids = {a.content for each in apart for a in each.artifacts}
+    assert here not in pids and 1 <= len(pids) <= 2  # this process waits for the workers
+    monkeypatch.setattr(driver, "SIDE_BY_SIDE_MIN_NODES", 10**9)
+    together = driver.render_side_by_side([compiled, compiled], tmp_path, renderers, jobs=2)
+    assert {a.content for each in together for a in each.artifacts} == {here}
+
+
+@pytest.mark.parametrize("jobs", [1, pytest.param(2, marks=linux_only)])
+def test_a_spec_side_by_side_fails_alone(tmp_path, side_by_side, monkeypatch, jobs):
+    """One spec's bad DAG or buggy renderer is its own result; the other specs render."""
+    good = compile_text(SPEC, "good.par", defer_proof=True)
+    bad = compile_text(SPEC, "bad.par", defer_proof=True)
+    graph = bad.compact.to_dag()
+    graph.remove_edge(*graph.in_edges("layer_0_h_gpu0")[0])
+    bad.compact = CompactDag.of(graph)
+
+    def raises_on_bad(compiled):
+        return 1 / 0 if compiled.deployment.file == "bad.par" else "fine\n"
+
+    results = driver.render_side_by_side([good, bad], tmp_path, [("a.txt", pid_renderer), ("b.txt", raises_on_bad)], jobs=jobs)
+    assert isinstance(results[0], driver.Rendered) and [a.path.name for a in results[0].artifacts] == ["a.txt", "b.txt"]
+    assert isinstance(results[1], driver.Unproven)  # the proof's verdict, whatever the renderers did
+    assert "layer_0_h_gpu0" in "\n".join(d.message for d in results[1].diagnostics)
+    good = compile_text(SPEC, "good.par", defer_proof=True)
+    bad = compile_text(SPEC, "bad.par", defer_proof=True)
+    results = driver.render_side_by_side([good, bad], tmp_path, [("a.txt", pid_renderer), ("b.txt", raises_on_bad)], jobs=jobs)
+    assert isinstance(results[0], driver.Rendered)
+    assert isinstance(results[1], driver.RenderError) and str(results[1]) == "cannot render b.txt: ZeroDivisionError: division by zero"
+
+
+@linux_only
+def test_tasks_go_to_the_next_worker_free_and_come_back_in_order():
+    answers = workers.run_each(lambda index: (index, os.getpid()), [1.0, 5.0, 2.0, 4.0], 2)
+    assert [index for index, _ in answers] == [0, 1, 2, 3]
+    assert os.getpid() not in {pid for _, pid in answers}
+    assert workers.run_each(lambda index: (index, os.getpid()), [1.0, 5.0], 1) == [(0, os.getpid()), (1, os.getpid())]
+
+
+def test_a_full_drawing_of_a_small_dag_costs_its_layout():
+    names = ["dag.json", "dag.svg", "dag.compact.svg"]
+    assert group_cost(names, [1], 7_000) > 100 * group_cost(names, [0], 7_000)  # Graphviz, not an emitter
+    assert group_cost(names, [1], 80_000) < group_cost(names, [0], 80_000) * 10  # not drawn above FULL_SVG_MAX_NODES
+    assert group_cost(names, [0], 2_000) == 2 * group_cost(names, [0], 1_000)
+
+
+@pytest.mark.parametrize("jobs", ["1", pytest.param("2", marks=linux_only)])
+def test_a_build_of_several_specs_writes_the_same_files_whatever_the_jobs(specs, tmp_path, par, side_by_side, jobs):
+    code, _, err = par("build", specs, "-o", tmp_path / "out", "--svg", "none", "-j", jobs)
+    assert code == 0 and "Traceback" not in err
+    code, _, err = par("build", specs, "-o", tmp_path / "out", "--svg", "none", "--check", "-j", "1" if jobs == "2" else "2")
+    assert code == 0, err
