@@ -15,7 +15,8 @@ Three measurements, printed in one run:
    layers it draws op by op, its tensor-parallel degree), each with the keys that find it.
    A finding the labels do not know is listed as unlabelled and left out of the numbers.
 3. Exactness on `par`'s drawings: every spec of specs/ compiled and drawn as `par build` draws it
-   (dag.dot and dag.compact.dot) must give no finding at all; then, one at a time, the first
+   (dag.dot and dag.compact.dot; a serving spec's phase by phase, dag.prefill.dot ...) must
+   give no finding at all; then, one at a time, the first
    collective of each kind in the first layer drawn in full and the first Send are deleted from
    the drawing (statement and edges, as a hand edit would) and each must be found by a SPEC002
    naming it: in every compact drawing, and in the full drawing of the smallest spec (reading a
@@ -104,16 +105,19 @@ def own_drawings() -> None:
     clean = drawings = found = planted = 0
     compiled_specs = {path: compile_file(path, []) for path in sorted((REPO / "specs").glob("*.par"))}
     smallest = min(compiled_specs, key=lambda path: len(compiled_specs[path].graph))
-    for path, compiled in compiled_specs.items():
+    # A serving spec is drawn phase by phase, as `par build` draws it (dag.prefill.dot, ...).
+    phases = [(path, phase, view) for path, compiled in compiled_specs.items() for phase, view in compiled.phases or (("", compiled),)]
+    for path, phase, compiled in phases:
         dag = compiled.graph
-        for view, emit in (("dag.dot", emit_dot), ("dag.compact.dot", emit_compact_dot)):
+        for view, emit in ((f"dag.{phase}.dot", emit_dot), (f"dag.{phase}.compact.dot", emit_compact_dot)):
+            view = view.replace("..", ".")
             text = emit(compiled)
             findings = _lint(text, dag)
             drawings += 1
             clean += not findings
             for finding in findings:
                 print(f"  false  {path.stem}/{view}: {finding.code} {finding.message}")
-            if view == "dag.dot" and path != smallest:
+            if not view.endswith("compact.dot") and path != smallest:
                 continue
             for node in _victims(text, dag):
                 planted += 1
