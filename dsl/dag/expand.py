@@ -252,8 +252,8 @@ class _Expander:
             self._edge(source, output, (0,))
         return self.graph
 
-    def _node(self, node: str, data: NodeAttrs) -> None:
-        self.graph.add(node, data)
+    def _node(self, node: str, data: NodeAttrs) -> int:
+        return self.graph.add(node, data)
 
     def _edge(self, source: NodeRef, target: NodeRef, operands: tuple[int, ...]) -> None:
         self.graph.add_edge(source, target, {"operands": operands})
@@ -423,11 +423,11 @@ class _Expander:
         for tp_rank, receiver in enumerate(group):
             sender = mesh.rank(dp_rank=dp_rank, stage=last, tp_rank=tp_rank)
             send, recv = ids.token_send_id(sender), ids.token_recv_id(receiver)
-            self._node(send, transfer("send", last, sender, receiver))
-            self._node(recv, transfer("recv", 0, receiver, sender))
-            self._edge(ids.INPUT, send, (0,))
-            self._edge(send, recv, (0,))
-            receivers.append(recv)
+            sent = self._node(send, transfer("send", last, sender, receiver))
+            received = self._node(recv, transfer("recv", 0, receiver, sender))
+            self._edge(ids.INPUT, sent, (0,))
+            self._edge(sent, received, (0,))
+            receivers.append(received)
         return receivers
 
     def _ends(
@@ -448,10 +448,10 @@ class _Expander:
             template = self.end_templates[step.name]
             if step.kind == "comm":
                 node = ids.end_collective_id(step.name, dp_rank, self.mesh.dp, cp_rank, self.mesh.cp)
-                self._node(node, {**template, "stage": stage, "devices": list(group)})
+                number = self._node(node, {**template, "stage": stage, "devices": list(group)})
                 for source in dict.fromkeys(produced[step.inputs[0]]):
-                    self._edge(source, node, (0,))
-                produced[step.name] = [node] * len(group)
+                    self._edge(source, number, (0,))
+                produced[step.name] = [number] * len(group)
                 continue
             names = [ids.end_id(step.name, rank) for rank in group]
             for rank, node in zip(group, names, strict=True):
@@ -481,10 +481,10 @@ class _Expander:
                 before = issued_after.get(step.name)
                 if before is not None:
                     collective["after"] = ids.collective_id(layer, before, dp_rank, self.mesh.dp)
-                self._node(node, collective)
+                number = self._node(node, collective)
                 for source in dict.fromkeys(produced[step.inputs[0]]):
-                    self._edge(source, node, (0,))
-                produced[step.name] = [node] * len(group)
+                    self._edge(source, number, (0,))
+                produced[step.name] = [number] * len(group)
                 continue
             produced[step.name] = self._stamp(step, template, layer, stage, group, produced)
         return produced[program.result]
@@ -547,10 +547,10 @@ class _Expander:
                     before = issued_after.get(step.name)
                     if before is not None and group_of[before] == "tp":  # the same members: an earlier collective of the group
                         data["after"] = ids.collective_id(layer, before, dp_rank, mesh.dp)
-                    self._node(node, data)
+                    number = self._node(node, data)
                     for source in dict.fromkeys(produced[dp_rank][step.inputs[0]]):
-                        self._edge(source, node, (0,))
-                    produced[dp_rank][step.name] = [node] * len(group)
+                        self._edge(source, number, (0,))
+                    produced[dp_rank][step.name] = [number] * len(group)
                     continue
                 produced[dp_rank][step.name] = self._stamp(step, template, layer, stage, group, produced[dp_rank])
         return {dp_rank: produced[dp_rank][program.result] for dp_rank in replicas}
@@ -707,10 +707,10 @@ class _Expander:
                     before = issued_after.get(step.name)
                     if before is not None:
                         data["after"] = ids.collective_id(layer, before, dp_rank, mesh.dp, c, mesh.cp)
-                    self._node(node, data)
+                    number = self._node(node, data)
                     for source in dict.fromkeys(produced[c][step.inputs[0]]):
-                        self._edge(source, node, (0,))
-                    produced[c][step.name] = [node] * len(group)
+                        self._edge(source, number, (0,))
+                    produced[c][step.name] = [number] * len(group)
                     continue
                 produced[c][step.name] = self._stamp(step, template, layer, stage, group, produced[c])
         return [each[program.result] for each in produced]

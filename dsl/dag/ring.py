@@ -53,7 +53,7 @@ class RingBuilder:
     """Adds the nodes of one attention step across the context-parallel groups of one replica
     and stage, through the expander's `node` and `edge`."""
 
-    def __init__(self, deployment: Deployment, node: Callable[[str, NodeAttrs], None], edge: Callable[[NodeRef, NodeRef, tuple[int, ...]], None]):
+    def __init__(self, deployment: Deployment, node: Callable[[str, NodeAttrs], object], edge: Callable[[NodeRef, NodeRef, tuple[int, ...]], None]):
         self.deployment = deployment
         self.mesh = deployment.mesh
         self.node, self.edge = node, edge

@@ -63,8 +63,11 @@ class _Validator:
         self.tp, self.pp, self.cp = mesh.get("tp", 1), mesh.get("pp", 1), mesh.get("cp", 1)
         # For invariant 7: (layer, op name) -> {pipeline path: how many compute nodes there}; a
         # path is (dp rank, tp rank, cp rank), the ranks a layer's nodes go through across the stages.
-        self.on_path: dict[tuple[int, str], dict[tuple[int, int, int], int]] = {}
-        self.path_of: dict[int, tuple[int, int, int]] = {}
+        # Paths are numbered as met (`paths`): a row's key is an int, hashed for free.
+        self.on_path: dict[tuple[int, str], dict[int, int]] = {}
+        self.paths: list[tuple[int, int, int]] = []
+        self.path_numbers: dict[tuple[int, int, int], int] = {}
+        self.path_of: dict[int, int] = {}  # rank -> its path's number
 
     def violation(self, rule: int, message: str, node: int | None) -> None:
         self.found.append(_violation(rule, message, self.graph, None if node is None else self.name(node)))
@@ -83,9 +86,14 @@ class _Validator:
             self.found += [_violation(rule, message, self.graph, node) for rule, message, node in found]
         return self.found
 
-    def path(self, rank: int) -> tuple[int, int, int]:
+    def path_number(self, rank: int) -> int:
+        """The number of the rank's pipeline path, (dp rank, tp rank, cp rank), in `paths`."""
         dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp, cp=self.cp)
-        return (dp_rank, tp_rank, (rank // self.tp) % self.cp)
+        path = (dp_rank, tp_rank, (rank // self.tp) % self.cp)
+        number = self.path_numbers.setdefault(path, len(self.paths))
+        if number == len(self.paths):
+            self.paths.append(path)
+        return number
 
     # 1 -----------------------------------------------------------------------------------------
 
@@ -226,7 +234,7 @@ class _Validator:
                     row, row_layer = on_path.setdefault((layer, name or name_of(node)), {}), layer
                 path = path_of.get(rank)
                 if path is None:
-                    path = path_of[rank] = self.path(rank)
+                    path = path_of[rank] = self.path_number(rank)
                 row[path] = row.get(path, 0) + 1
         return forward, [_violation(6, message, self.graph, name_of(node)) for message, node in order.findings]
 
@@ -354,8 +362,8 @@ class _Validator:
                     present[(dp_rank, tp_rank, cp_rank)] = set()
         for (layer, _), paths in self.on_path.items():
             for path in paths:
-                present[path].add(layer)
-        doubled = {(path, layer, name) for (layer, name), paths in self.on_path.items() for path, count in paths.items() if count > 1}
+                present[self.paths[path]].add(layer)
+        doubled = {(self.paths[path], layer, name) for (layer, name), paths in self.on_path.items() for path, count in paths.items() if count > 1}
         for (_path, layer, name), seen in sorted(self.nodes_at(doubled).items()):
             self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(self.name(node) for node in seen[:3])})", seen[0])
         total = self.graph.graph.get("layers")
@@ -367,7 +375,6 @@ class _Validator:
                 part = f", cp rank {cp_rank}" if self.cp > 1 else ""
                 self.violation(7, f"layer {_ranks(missing)} missing on the pipeline path of dp rank {dp_rank}, tp rank {tp_rank}{part}", None)
 
-
     def nodes_at(self, places: set[tuple[tuple[int, int, int], int, str]]) -> dict[tuple, list[int]]:
         """The compute nodes at each (pipeline path, layer, op name) of `places`, in order: a
         second walk, made only when a layer appears twice on a path."""
@@ -378,7 +385,7 @@ class _Validator:
             devices, layer = self.devices[node], self.graph.layer[node]
             if len(devices) != 1 or layer is None or data.get("kind") != "compute" or node in self.ends or data.get("op") in COMMUNICATION:
                 continue
-            key = (self.path_of[devices[0]], layer, data.get("name") or self.name(node))
+            key = (self.paths[self.path_of[devices[0]]], layer, data.get("name") or self.name(node))
             if key in places:
                 found[key].append(node)
         return found
