@@ -182,7 +182,7 @@ def render_side_by_side(
     tasks += [(spec, None) for spec, compiled in enumerate(specs) if not compiled.proven]
     processes = worker_count(jobs, len(tasks)) if total >= SIDE_BY_SIDE_MIN_NODES else 1
     if processes == 1:
-        return [_render_or_failure(compiled, out_dir, renderers) for compiled in specs]
+        return [render_or_failure(compiled, out_dir, renderers, jobs=1) for compiled in specs]
 
     def task(index: int) -> list[Outcome] | list[Diagnostic]:
         spec, group = tasks[index]
@@ -225,9 +225,12 @@ def render_side_by_side(
     return results
 
 
-def _render_or_failure(compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]]) -> Rendered | Unproven | RenderError:
+def render_or_failure(
+    compiled: Compiled, out_dir: Path, renderers: Sequence[tuple[str, Renderer]], *, jobs: int | None = None
+) -> Rendered | Unproven | RenderError:
+    """`render`, what it raises returned instead, as `render_side_by_side` answers."""
     try:
-        return render(compiled, out_dir, renderers, jobs=1)
+        return render(compiled, out_dir, renderers, jobs=jobs)
     except (Unproven, RenderError) as exc:
         return exc
 

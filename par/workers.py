@@ -19,8 +19,12 @@ import gc
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 # What the forked workers run: set just before they start, read by `_run_share` in the child.
 _task: Callable[[int], Any] | None = None
@@ -45,25 +49,15 @@ def run_tasks(task: Callable[[int], Any], costs: Sequence[float], processes: int
     whose answers need no passing back, and `processes - 1` forked workers the others.
     `processes` is `worker_count`'s, 1 where forking is not safe: then every task runs here, in
     index order."""
-    global _task, _in_worker
     shares = balanced(costs, processes)
     if len(shares) <= 1:
         return [task(index) for index in range(len(costs))]
-    import multiprocessing  # here: a build of small specs starts without them
-    from concurrent.futures import ProcessPoolExecutor
-
-    _task = task
-    gc.freeze()  # the workers' collections then leave the shared objects' pages unwritten
     answers: dict[int, Any] = {}
-    try:
-        with ProcessPoolExecutor(max_workers=len(shares) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_run_share, share) for share in shares[1:]]
-            answers.update((index, task(index)) for index in shares[0])
-            for share, future in zip(shares[1:], futures, strict=True):
-                answers.update(zip(share, future.result(), strict=True))
-    finally:
-        _task = None
-        gc.unfreeze()
+    with _forked(task, len(shares) - 1) as pool:
+        futures = [pool.submit(_run_share, share) for share in shares[1:]]
+        answers.update((index, task(index)) for index in shares[0])
+        for share, future in zip(shares[1:], futures, strict=True):
+            answers.update(zip(share, future.result(), strict=True))
     return [answers[index] for index in range(len(costs))]
 
 
@@ -72,18 +66,25 @@ def run_each(task: Callable[[int], Any], costs: Sequence[float], processes: int)
     handed to the next worker free, the costliest first: a worker whose tasks took less than
     their `costs` said takes more. This process only waits. `processes` is `worker_count`'s; with
     1 every task runs here, in index order."""
-    global _task
     if processes <= 1 or len(costs) <= 1:
         return [task(index) for index in range(len(costs))]
+    with _forked(task, min(processes, len(costs))) as pool:
+        futures = {index: pool.submit(_run_share, [index]) for index in sorted(range(len(costs)), key=lambda index: -costs[index])}
+        return [futures[index].result()[0] for index in range(len(costs))]
+
+
+@contextmanager
+def _forked(task: Callable[[int], Any], workers: int) -> Iterator[Executor]:
+    """A pool of `workers` processes forked from this one, which run `task` (`_run_share`)."""
+    global _task
     import multiprocessing  # here: a build of small specs starts without them
     from concurrent.futures import ProcessPoolExecutor
 
     _task = task
-    gc.freeze()
+    gc.freeze()  # the workers' collections then leave the shared objects' pages unwritten
     try:
-        with ProcessPoolExecutor(max_workers=min(processes, len(costs)), mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = {index: pool.submit(_run_share, [index]) for index in sorted(range(len(costs)), key=lambda index: -costs[index])}
-            return [futures[index].result()[0] for index in range(len(costs))]
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield pool
     finally:
         _task = None
         gc.unfreeze()
@@ -102,13 +103,13 @@ def balanced(costs: Sequence[float], processes: int) -> list[list[int]]:
 
 
 def in_worker() -> bool:
-    """Whether this is a forked worker of `run_tasks` (what it answers is passed back)."""
+    """Whether this is a forked worker (what it answers is passed back)."""
     return _in_worker
 
 
 def _run_share(share: list[int]) -> list[Any]:
     global _in_worker
-    assert _task is not None, "run_tasks sets the task before it forks"
+    assert _task is not None, "the task is set before the workers fork"
     _in_worker = True
     return [_task(index) for index in share]
 

@@ -4,7 +4,7 @@ varies from node to node, and one attribute dict shared by the nodes of one step
 A step stamped on the ranks of a tensor-parallel group makes nodes that differ only in id,
 layer, stage and devices: they share the step's attribute dict (its template) here, and get a
 dict of their own only in `to_dag`, the networkx-shaped `Dag` the emitters read. Their ids are
-not written either: `layer_{layer}_{step}_gpu{rank}` follows from the columns (`name`). Validating
+not written either: `ids.compute_id` of the columns gives it (`name`). Validating
 a million-node DAG then costs what the checks cost, not what building a million dicts, strings
 and adjacency dicts does, and `par check` builds no `Dag` at all.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from par.dsl.dag import ids as node_ids
 from par.dsl.dag.types import Dag, EdgeAttrs, NodeAttrs
 
 Adjacency = list[list[tuple[int, EdgeAttrs]]]
@@ -86,8 +87,10 @@ class CompactDag:
     def name(self, number: int) -> str:
         """The node's id."""
         node = self.ids[number]
-        if node is None:
-            return f"layer_{self.layer[number]}_{self.attrs[number]['name']}_gpu{self.devices[number][0]}"
+        if node is None:  # stamped: a compute step of a layer, on one rank
+            layer = self.layer[number]
+            assert layer is not None, "only a layer's steps are stamped"
+            return node_ids.compute_id(layer, self.attrs[number]["name"], self.devices[number][0])
         return node
 
     def names(self) -> list[str]:
@@ -125,6 +128,12 @@ class CompactDag:
         if id(data) in self.templates:
             data = self.attrs[number] = self._materialized(number)
         return data
+
+    def data(self, number: int) -> NodeAttrs:
+        """The node's attributes as one dict: its own, or a copy of its step's with its layer,
+        stage and devices (for reading a few nodes whole; the validator reads the columns)."""
+        data = self.attrs[number]
+        return self._materialized(number) if id(data) in self.templates else data
 
     def _materialized(self, number: int) -> NodeAttrs:
         data = self.attrs[number].copy()

@@ -178,12 +178,10 @@ class _Expander:
         self.deployment: Deployment = program.deployment
         self.mesh = self.deployment.mesh
         self.dtype_bytes = self.deployment.model.dtype_bytes
-        # The graph is filled through its dicts (`_node`, `_succ`, `_pred`, laid out as networkx's):
-        # `add_node` per node would cost more than expansion itself. Ids are unique by
-        # construction; `run` verifies the count.
         # The graph is written in columns, the nodes of a step sharing its attribute dict
         # (par.dsl.dag.compact): the validator reads that; `to_dag` builds the networkx-shaped
-        # DAG for the readers that want one. Ids are unique by construction; `run` verifies it.
+        # DAG for the readers that want one. Ids are unique by construction; `CompactDag`
+        # verifies it.
         attributes = graph_attributes(program)
         _with_experts(attributes["model"], self.deployment.model)
         if self.deployment.layer_blocks:
@@ -257,6 +255,14 @@ class _Expander:
 
     def _edge(self, source: NodeRef, target: NodeRef, operands: tuple[int, ...]) -> None:
         self.graph.add_edge(source, target, {"operands": operands})
+
+    def _collective(self, node: str, data: NodeAttrs, producers: Nodes, members: int) -> list[int]:
+        """A node over a group (a collective), fed once by each distinct producer; returns it once
+        per member, as a step's per-rank nodes."""
+        number = self._node(node, data)
+        for source in dict.fromkeys(producers):
+            self._edge(source, number, (0,))
+        return [number] * members
 
     def _template(self, step: Step) -> NodeAttrs:
         """The attributes of every node of a step; each copy gets its layer, stage and devices."""
@@ -448,10 +454,7 @@ class _Expander:
             template = self.end_templates[step.name]
             if step.kind == "comm":
                 node = ids.end_collective_id(step.name, dp_rank, self.mesh.dp, cp_rank, self.mesh.cp)
-                number = self._node(node, {**template, "stage": stage, "devices": list(group)})
-                for source in dict.fromkeys(produced[step.inputs[0]]):
-                    self._edge(source, number, (0,))
-                produced[step.name] = [number] * len(group)
+                produced[step.name] = self._collective(node, {**template, "stage": stage, "devices": list(group)}, produced[step.inputs[0]], len(group))
                 continue
             names = [ids.end_id(step.name, rank) for rank in group]
             for rank, node in zip(group, names, strict=True):
@@ -481,10 +484,7 @@ class _Expander:
                 before = issued_after.get(step.name)
                 if before is not None:
                     collective["after"] = ids.collective_id(layer, before, dp_rank, self.mesh.dp)
-                number = self._node(node, collective)
-                for source in dict.fromkeys(produced[step.inputs[0]]):
-                    self._edge(source, number, (0,))
-                produced[step.name] = [number] * len(group)
+                produced[step.name] = self._collective(node, collective, produced[step.inputs[0]], len(group))
                 continue
             produced[step.name] = self._stamp(step, template, layer, stage, group, produced)
         return produced[program.result]
@@ -547,10 +547,7 @@ class _Expander:
                     before = issued_after.get(step.name)
                     if before is not None and group_of[before] == "tp":  # the same members: an earlier collective of the group
                         data["after"] = ids.collective_id(layer, before, dp_rank, mesh.dp)
-                    number = self._node(node, data)
-                    for source in dict.fromkeys(produced[dp_rank][step.inputs[0]]):
-                        self._edge(source, number, (0,))
-                    produced[dp_rank][step.name] = [number] * len(group)
+                    produced[dp_rank][step.name] = self._collective(node, data, produced[dp_rank][step.inputs[0]], len(group))
                     continue
                 produced[dp_rank][step.name] = self._stamp(step, template, layer, stage, group, produced[dp_rank])
         return {dp_rank: produced[dp_rank][program.result] for dp_rank in replicas}
@@ -707,10 +704,7 @@ class _Expander:
                     before = issued_after.get(step.name)
                     if before is not None:
                         data["after"] = ids.collective_id(layer, before, dp_rank, mesh.dp, c, mesh.cp)
-                    number = self._node(node, data)
-                    for source in dict.fromkeys(produced[c][step.inputs[0]]):
-                        self._edge(source, number, (0,))
-                    produced[c][step.name] = [number] * len(group)
+                    produced[c][step.name] = self._collective(node, data, produced[c][step.inputs[0]], len(group))
                     continue
                 produced[c][step.name] = self._stamp(step, template, layer, stage, group, produced[c])
         return [each[program.result] for each in produced]

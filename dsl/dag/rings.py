@@ -25,11 +25,7 @@ Finding = tuple[int, str, str | None]
 
 
 def prove(graph: CompactDag) -> list[Finding]:
-    nodes, pred = _transfers(graph)
-    rings: dict[str, list[str]] = defaultdict(list)
-    for node, data in nodes.items():
-        if "ring" in data and data.get("op") in ("send", "recv"):
-            rings[data["ring"]].append(node)
+    nodes, pred, rings = _transfers(graph)
     found: list[Finding] = []
     for ring in sorted(rings):
         transfers = rings[ring]
@@ -41,22 +37,24 @@ def prove(graph: CompactDag) -> list[Finding]:
     return found
 
 
-def _transfers(graph: CompactDag) -> tuple[dict[str, NodeAttrs], dict[str, dict[str, EdgeAttrs]]]:
-    """The rings' sends and recvs, with their in-edges, by id as a `Dag` holds them; their
-    sources' dicts too (only their `op` and `ring` are read). The rest of the DAG stays in
-    columns: a compile proves its rings without building the `Dag`."""
+def _transfers(graph: CompactDag) -> tuple[dict[str, NodeAttrs], dict[str, dict[str, EdgeAttrs]], dict[str, list[str]]]:
+    """The rings' sends and recvs by id, with their in-edges, as a `Dag` holds them, and each
+    ring's transfers in order; their sources' dicts too (only their `op` and `ring` are read).
+    The rest of the DAG stays in columns: a compile proves its rings without building the `Dag`."""
     nodes: dict[str, NodeAttrs] = {}
     pred: dict[str, dict[str, EdgeAttrs]] = {}
+    rings: dict[str, list[str]] = defaultdict(list)
     for number, data in enumerate(graph.attrs):
         if "ring" in data and data.get("op") in ("send", "recv"):
             node = graph.name(number)
-            nodes[node] = data  # a transfer keeps a dict of its own: its devices are in it
+            nodes[node] = graph.data(number)
+            rings[data["ring"]].append(node)
             sources = pred[node] = {}
             for source, edge in graph.pred[number]:
                 name = graph.name(source)
                 sources[name] = edge
                 nodes.setdefault(name, graph.attrs[source])
-    return nodes, pred
+    return nodes, pred, rings
 
 
 def _rank(data: NodeAttrs) -> int:

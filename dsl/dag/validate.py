@@ -41,9 +41,9 @@ def validate(graph: Dag | CompactDag) -> list[Diagnostic]:
     return _Validator(graph if isinstance(graph, CompactDag) else CompactDag.of(graph)).run()
 
 
-def _violation(rule: int, message: str, graph: CompactDag, node: str | None) -> Diagnostic:
-    number = graph.find(node) if node is not None else None
-    span = Span.parse(graph.attrs[number].get("src")) if number is not None else None
+def _violation(rule: int, message: str, graph: CompactDag, node: int | None) -> Diagnostic:
+    """The diagnostic, at the spec span behind the node (its number), if any."""
+    span = Span.parse(graph.attrs[node].get("src")) if node is not None else None
     return error(f"DAG invariant {rule} ({INVARIANTS[rule]}): {message}", span)
 
 
@@ -63,14 +63,13 @@ class _Validator:
         self.tp, self.pp, self.cp = mesh.get("tp", 1), mesh.get("pp", 1), mesh.get("cp", 1)
         # For invariant 7: (layer, op name) -> {pipeline path: how many compute nodes there}; a
         # path is (dp rank, tp rank, cp rank), the ranks a layer's nodes go through across the stages.
-        # Paths are numbered as met (`paths`): a row's key is an int, hashed for free.
+        # Paths are numbered as met: a row's key is an int, hashed for free.
         self.on_path: dict[tuple[int, str], dict[int, int]] = {}
-        self.paths: list[tuple[int, int, int]] = []
-        self.path_numbers: dict[tuple[int, int, int], int] = {}
+        self.path_numbers: dict[tuple[int, int, int], int] = {}  # path -> its number, in the order met
         self.path_of: dict[int, int] = {}  # rank -> its path's number
 
     def violation(self, rule: int, message: str, node: int | None) -> None:
-        self.found.append(_violation(rule, message, self.graph, None if node is None else self.name(node)))
+        self.found.append(_violation(rule, message, self.graph, node))
 
     def run(self) -> list[Diagnostic]:
         forward, order_findings = self.node_pass()
@@ -83,17 +82,14 @@ class _Validator:
         self.layers()
         if self.cp > 1:  # only context parallelism makes rings
             found = rings.prove(self.graph)
-            self.found += [_violation(rule, message, self.graph, node) for rule, message, node in found]
+            self.found += [_violation(rule, message, self.graph, None if node is None else self.graph.find(node)) for rule, message, node in found]
         return self.found
 
     def path_number(self, rank: int) -> int:
-        """The number of the rank's pipeline path, (dp rank, tp rank, cp rank), in `paths`."""
+        """The number of the rank's pipeline path, (dp rank, tp rank, cp rank)."""
         dp_rank, _, tp_rank = mesh_coords(rank, tp=self.tp, pp=self.pp, cp=self.cp)
         path = (dp_rank, tp_rank, (rank // self.tp) % self.cp)
-        number = self.path_numbers.setdefault(path, len(self.paths))
-        if number == len(self.paths):
-            self.paths.append(path)
-        return number
+        return self.path_numbers.setdefault(path, len(self.path_numbers))
 
     # 1 -----------------------------------------------------------------------------------------
 
@@ -158,7 +154,7 @@ class _Validator:
                 # One operand, no communication: with one in-edge, the node's checks are inlined below.
                 plain = arity == 1 and not per_operand and not communication and node not in ends
             inputs = pred[node]
-            if plain and len(inputs) == 1:
+            if plain and len(inputs) == 1:  # the common case: its edge's checks, inlined
                 source, edge = inputs[0]
                 if source >= node:
                     forward = False
@@ -170,24 +166,15 @@ class _Validator:
                         agreed_edge = edge
                     else:
                         self.missing_operand(node, inputs, 1)
-                if not succ[node]:
-                    self.violation(2, f"{name_of(node)} has no out-edges", node)
-                devices = devices_of[node]
-                if len(devices) != 1:
-                    latest[node] = None
-                    continue
-                rank = devices[0]
-                latest[node] = latest[source] if rank in devices_of[source] else None
             else:
                 for source, edge in inputs:
                     if source >= node:
                         forward = False
                     source_data = attrs[source]
-                    if source_data is agreed_source and data is agreed_target and not per_operand:
-                        continue
                     if per_operand:  # operands that differ: each edge is held to its own operand's
-                        in_shape, in_placement = _operand(data, edge)
-                    if self.edge_agrees(source, source_data, node, in_shape, in_placement):
+                        taken_shape, taken_placement = _operand(data, edge)
+                        self.edge_agrees(source, source_data, node, taken_shape, taken_placement)
+                    elif (source_data is not agreed_source or data is not agreed_target) and self.edge_agrees(source, source_data, node, in_shape, in_placement):
                         agreed_source, agreed_target = source_data, data
                 if node in ends:
                     latest[node] = None
@@ -195,39 +182,35 @@ class _Validator:
                     continue
                 if not inputs:
                     self.violation(2, f"{name_of(node)} has no in-edges", node)
-                elif arity is not None:
-                    if arity == 1 and len(inputs) == 1:  # _missing_operand's common case, inlined
-                        if inputs[0][1].get("operands", (0,)) != (0,):
-                            self.missing_operand(node, inputs, arity)
-                    elif not _fed_once(inputs, arity):
-                        self.missing_operand(node, inputs, arity)
-                if not succ[node]:
-                    self.violation(2, f"{name_of(node)} has no out-edges", node)
-                devices = devices_of[node]
-                if communication:
-                    if forward:
-                        if on_ring:  # a ring's order is proved apart (par.dsl.dag.rings)
-                            latest[node] = order.reaching(inputs, devices[0])
-                        else:
-                            order.communication(node, devices)
+                elif arity is not None and not _fed_once(inputs, arity):
+                    self.missing_operand(node, inputs, arity)
+            if not succ[node]:
+                self.violation(2, f"{name_of(node)} has no out-edges", node)
+            devices = devices_of[node]
+            if communication:
+                if forward:
+                    if on_ring:  # a ring's order is proved apart (par.dsl.dag.rings)
+                        latest[node] = order.reaching(inputs, devices[0])
                     else:
-                        latest[node] = node
-                    if op in COLLECTIVE_OPS:
-                        self.collective(node, devices)
-                    else:
-                        self.point_to_point(node, data, op)
-                    continue
-                if len(devices) != 1:
-                    latest[node] = None
-                    continue
-                rank = devices[0]
-                if len(inputs) == 1:  # _IssueOrder.single_device, inlined
-                    source = inputs[0][0]
-                    latest[node] = latest[source] if rank in devices_of[source] else None
-                elif forward:
-                    latest[node] = order.reaching(inputs, rank)
+                        order.communication(node, devices)
                 else:
-                    latest[node] = None
+                    latest[node] = node
+                if op in COLLECTIVE_OPS:
+                    self.collective(node, devices)
+                else:
+                    self.point_to_point(node, data, op)
+                continue
+            if len(devices) != 1:
+                latest[node] = None
+                continue
+            rank = devices[0]
+            if len(inputs) == 1:  # _IssueOrder.single_device, inlined
+                source = inputs[0][0]
+                latest[node] = latest[source] if rank in devices_of[source] else None
+            elif forward:
+                latest[node] = order.reaching(inputs, rank)
+            else:
+                latest[node] = None
             layer = layer_of[node]
             if layer is not None and compute:
                 if row is None or layer != row_layer or name is None:
@@ -236,7 +219,7 @@ class _Validator:
                 if path is None:
                     path = path_of[rank] = self.path_number(rank)
                 row[path] = row.get(path, 0) + 1
-        return forward, [_violation(6, message, self.graph, name_of(node)) for message, node in order.findings]
+        return forward, [_violation(6, message, self.graph, node) for message, node in order.findings]
 
     def edge_agrees(self, source: int, source_data: NodeAttrs, node: int, in_shape, in_placement) -> bool:
         """Invariant 5 along one edge: whether the source's output and the node's input agree."""
@@ -355,15 +338,16 @@ class _Validator:
     def layers(self) -> None:
         """Every layer once per pipeline path: the ranks (dp rank, ·, tp rank) across stages."""
         mesh = self.graph.graph.get("mesh") or {}
+        paths = list(self.path_numbers)  # by number
         present: dict[tuple, set[int]] = defaultdict(set)
         for dp_rank in range(mesh.get("dp", 1) if mesh else 0):
             for cp_rank in range(self.cp):
                 for tp_rank in range(self.tp):
                     present[(dp_rank, tp_rank, cp_rank)] = set()
-        for (layer, _), paths in self.on_path.items():
-            for path in paths:
-                present[self.paths[path]].add(layer)
-        doubled = {(self.paths[path], layer, name) for (layer, name), paths in self.on_path.items() for path, count in paths.items() if count > 1}
+        for (layer, _), counts in self.on_path.items():
+            for path in counts:
+                present[paths[path]].add(layer)
+        doubled = {(paths[path], layer, name) for (layer, name), counts in self.on_path.items() for path, count in counts.items() if count > 1}
         for (_path, layer, name), seen in sorted(self.nodes_at(doubled).items()):
             self.violation(7, f"layer {layer} op {name} appears {len(seen)} times on one pipeline path ({', '.join(self.name(node) for node in seen[:3])})", seen[0])
         total = self.graph.graph.get("layers")
@@ -381,11 +365,12 @@ class _Validator:
         found: dict[tuple, list[int]] = defaultdict(list)
         if not places:
             return found
+        paths = list(self.path_numbers)
         for node, data in enumerate(self.attrs):
             devices, layer = self.devices[node], self.graph.layer[node]
             if len(devices) != 1 or layer is None or data.get("kind") != "compute" or node in self.ends or data.get("op") in COMMUNICATION:
                 continue
-            key = (self.paths[self.path_of[devices[0]]], layer, data.get("name") or self.name(node))
+            key = (paths[self.path_of[devices[0]]], layer, data.get("name") or self.name(node))
             if key in places:
                 found[key].append(node)
         return found

@@ -72,14 +72,17 @@ def run(args) -> int:
     # while their artifacts render.
     rendered: dict[int, driver.Rendered | None] = {}
     batch: list[tuple[int, Path, Compiled]] = []
+    batch_nodes = 0
 
     def flush() -> int:
         """Renders the batch; returns how many of its specs failed."""
         results = driver.render_side_by_side([compiled for _, _, compiled in batch], args.out, renderers, jobs=args.jobs)
         for (index, path, _), result in zip(batch, results, strict=True):
             rendered[index] = _report(path, result, inputs)
+        nonlocal batch_nodes
         failures = sum(rendered[index] is None for index, _, _ in batch)
         batch.clear()
+        batch_nodes = 0
         return failures
 
     for index, (path, compiled, diagnostics) in enumerate(compile_each(inputs, defer_proof=True), start=1):
@@ -91,15 +94,16 @@ def run(args) -> int:
         if failed:
             continue  # nothing will be written: the other specs are only compiled, for their diagnostics
         nodes = driver.nodes_of(compiled)
-        if batch and sum(driver.nodes_of(each) for _, _, each in batch) + nodes > driver.BATCH_NODES:
+        if batch and batch_nodes + nodes > driver.BATCH_NODES:
             failed += flush()
             if failed:
                 continue
         if nodes >= driver.BATCH_NODES:
-            rendered[index] = _report(path, _render(compiled, args.out, renderers, args.jobs), inputs)
+            rendered[index] = _report(path, driver.render_or_failure(compiled, args.out, renderers, jobs=args.jobs), inputs)
             failed += rendered[index] is None
         else:
             batch.append((index, path, compiled))
+            batch_nodes += nodes
     if batch and not failed:
         failed += flush()
     for index in sorted(rendered):
@@ -124,15 +128,6 @@ def run(args) -> int:
         return 1
     progress(f"par: wrote {len(written)} of {len(artifacts)} files under {args.out} ({len(artifacts) - len(written)} unchanged)")
     return 0
-
-
-def _render(compiled: Compiled, out: Path, renderers, jobs: int | None) -> driver.Rendered | driver.Unproven | driver.RenderError:
-    from par import build as driver
-
-    try:
-        return driver.render(compiled, out, renderers, jobs=jobs)
-    except (driver.Unproven, driver.RenderError) as exc:
-        return exc
 
 
 def _report(path: Path, result: driver.Rendered | driver.Unproven | driver.RenderError, inputs) -> driver.Rendered | None:

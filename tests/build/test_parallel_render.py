@@ -251,7 +251,7 @@ def test_a_spec_side_by_side_fails_alone(tmp_path, side_by_side, monkeypatch, jo
 
 
 @linux_only
-def test_tasks_go_to_the_next_worker_free_and_come_back_in_order():
+def test_each_task_runs_in_a_worker_and_comes_back_in_order():
     answers = workers.run_each(lambda index: (index, os.getpid()), [1.0, 5.0, 2.0, 4.0], 2)
     assert [index for index, _ in answers] == [0, 1, 2, 3]
     assert os.getpid() not in {pid for _, pid in answers}
